@@ -1,0 +1,202 @@
+//! Opening backing images: raw files (created sparse when missing) and block devices, and
+//! the synchronous operations every file engine shares.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use scsi::AllocExtent;
+
+use super::{push_extent, sys};
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct ImageOptions {
+    /// Size to create a missing file with. An existing image keeps its own size.
+    pub create_size: Option<u64>,
+    /// Open with `O_DIRECT`, bypassing the host page cache.
+    pub direct: bool,
+    /// Open read-only.
+    pub read_only: bool,
+}
+
+/// An open backing image.
+#[derive(Debug)]
+pub struct Image {
+    /// The open file or block device.
+    pub file: File,
+    /// Where it lives.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether it is a block device.
+    pub block_device: bool,
+    /// Whether it was opened with `O_DIRECT`.
+    pub direct: bool,
+    /// Whether it was opened read-only.
+    pub read_only: bool,
+}
+
+impl Image {
+    /// Opens `path`, creating a sparse file of `opts.create_size` bytes when it is missing.
+    pub fn open(path: &Path, opts: &ImageOptions) -> io::Result<Image> {
+        let exists = path.exists();
+        if !exists {
+            let size = opts.create_size.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} does not exist and no size was given to create it", path.display()),
+                )
+            })?;
+            if opts.read_only {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} does not exist (read-only images are never created)", path.display()),
+                ));
+            }
+            let f = OpenOptions::new().write(true).create_new(true).open(path)?;
+            f.set_len(size)?;
+            f.sync_all()?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(!opts.read_only);
+        if opts.direct {
+            oo.custom_flags(libc::O_DIRECT);
+        }
+        let file = oo.open(path)?;
+        let meta = file.metadata()?;
+        let block_device = meta.file_type().is_block_device();
+        let size = if block_device {
+            sys::block_device_size(&file)?
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is neither a regular file nor a block device", path.display()),
+            ));
+        };
+        Ok(Image { file, path: path.to_owned(), size, block_device, direct: opts.direct, read_only: opts.read_only })
+    }
+
+    /// Allocation status of `[offset, offset+len)` from `SEEK_DATA`/`SEEK_HOLE`. Block
+    /// devices, and filesystems without hole reporting, report everything mapped.
+    pub fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<AllocExtent>> {
+        let mut out = Vec::new();
+        let end = offset.saturating_add(len).min(self.size);
+        if self.block_device {
+            push_extent(&mut out, end.saturating_sub(offset), true);
+            return Ok(out);
+        }
+        let mut at = offset;
+        // Each pass consumes at least one byte, so the loop ends; bound it anyway.
+        for _ in 0..100_000 {
+            if at >= end {
+                break;
+            }
+            let data = match sys::seek(&self.file, at, libc::SEEK_DATA) {
+                Ok(d) => d.unwrap_or(end).min(end),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    push_extent(&mut out, end - at, true);
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            };
+            push_extent(&mut out, data - at, false);
+            if data >= end {
+                break;
+            }
+            let hole = sys::seek(&self.file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+            push_extent(&mut out, hole - data, true);
+            at = hole;
+        }
+        if at < end {
+            push_extent(&mut out, end - at, true);
+        }
+        Ok(out)
+    }
+
+    /// Deallocates a range, falling back to writing zeros where the filesystem or device
+    /// cannot punch holes. Returns whether the fallback was used.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        match sys::fallocate(&self.file, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+            Ok(()) => Ok(false),
+            Err(e) if refused(&e) => self.write_zeroes_slow(offset, len).map(|()| true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Zeroes a range keeping it allocated (`FALLOC_FL_ZERO_RANGE`), falling back to writing
+    /// zeros. Returns whether the fallback was used.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        match sys::fallocate(&self.file, libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+            Ok(()) => Ok(false),
+            Err(e) if refused(&e) => self.write_zeroes_slow(offset, len).map(|()| true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes zeros in 1 MiB pieces (aligned, so it also works with `O_DIRECT`).
+    pub fn write_zeroes_slow(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = super::AlignedBuf::zeroed(1 << 20);
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros.as_slice()[..n], offset + at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes with `RWF_DSYNC` when `fua`, else a plain positional write, all of `data`.
+    pub fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        let mut done = 0usize;
+        while done < data.len() {
+            match sys::pwrite2(&self.file, &data[done..], offset + done as u64, flags) {
+                Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors meaning "this fallocate mode is not available here", where a fallback applies.
+pub(crate) fn refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_sparse_and_reopens_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.img");
+        let img = Image::open(&p, &ImageOptions { create_size: Some(8 << 20), ..Default::default() }).unwrap();
+        assert_eq!(img.size, 8 << 20);
+        assert_eq!(img.block_status(0, 8 << 20).unwrap(), vec![AllocExtent { len: 8 << 20, mapped: false }]);
+        img.write_at(&[1u8; 4096], 1 << 20, true).unwrap();
+        let st = img.block_status(0, 8 << 20).unwrap();
+        assert!(st.iter().any(|e| e.mapped), "{st:?}");
+        assert_eq!(st.iter().map(|e| e.len).sum::<u64>(), 8 << 20);
+        drop(img);
+        let again = Image::open(&p, &ImageOptions { create_size: Some(1 << 20), ..Default::default() }).unwrap();
+        assert_eq!(again.size, 8 << 20, "an existing image keeps its size");
+    }
+
+    #[test]
+    fn missing_image_without_size_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Image::open(&dir.path().join("nope.img"), &ImageOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("no size was given"), "{e}");
+    }
+}

@@ -1,0 +1,280 @@
+//! Backing-image engines: a small trait over one request value, with io_uring, synchronous,
+//! RAM and null implementations.
+//!
+//! An engine never sees a CDB. It takes [`IoRequest`]s, performs them on one image, and
+//! hands every request back in an [`IoCompletion`], whether it succeeded, failed, or could
+//! not even be submitted, so the caller can always answer the command it came from.
+
+pub mod buf;
+pub mod image;
+pub mod ram;
+pub mod sync;
+mod sys;
+pub mod uring;
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::str::FromStr;
+
+pub use buf::{AlignedBuf, Arena};
+pub use image::{Image, ImageOptions};
+pub use ram::{NullEngine, RamEngine};
+pub use sync::SyncEngine;
+pub use uring::UringEngine;
+
+use scsi::{AllocExtent, IoDone, IoFailure};
+
+/// One operation on an image. Offsets and lengths are bytes.
+#[derive(Debug)]
+pub enum IoOp {
+    /// Read `range.len()` bytes at `offset` into `buf[range]`.
+    Read {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Destination buffer.
+        buf: AlignedBuf,
+        /// Part of `buf` to fill.
+        range: Range<usize>,
+    },
+    /// Write `buf[range]` at `offset`; with `fua` it is durable before completion.
+    Write {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Source buffer.
+        buf: AlignedBuf,
+        /// Part of `buf` to write.
+        range: Range<usize>,
+        /// Force unit access (`RWF_DSYNC`).
+        fua: bool,
+    },
+    /// Make completed writes durable (`fdatasync`).
+    Flush,
+    /// Deallocate; the range then reads as zeros.
+    Unmap {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Zero the range, keeping it allocated.
+    WriteZeroes {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Report allocation of the range (`SEEK_DATA`/`SEEK_HOLE`).
+    BlockStatus {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+}
+
+impl IoOp {
+    /// Whether the operation changes the image.
+    pub fn writes(&self) -> bool {
+        matches!(self, IoOp::Write { .. } | IoOp::Unmap { .. } | IoOp::WriteZeroes { .. })
+    }
+
+    /// The buffer the operation carries, if any.
+    pub fn into_buf(self) -> Option<AlignedBuf> {
+        match self {
+            IoOp::Read { buf, .. } | IoOp::Write { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+}
+
+/// A request: an operation and a caller-chosen tag that comes back with its completion.
+#[derive(Debug)]
+pub struct IoRequest {
+    /// Caller's token.
+    pub tag: u64,
+    /// What to do.
+    pub op: IoOp,
+}
+
+/// Why an engine request failed: the OS error, or a transfer that came up short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The system call failed with this errno.
+    Os(i32),
+    /// A read or write moved fewer bytes than asked and could not make progress.
+    Short {
+        /// Bytes moved.
+        done: usize,
+        /// Bytes asked for.
+        wanted: usize,
+    },
+    /// The engine has no room for more requests now; submit again after reaping.
+    Full,
+    /// The request lies outside the image.
+    OutOfRange,
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Os(e) => write!(f, "{}", io::Error::from_raw_os_error(*e)),
+            EngineError::Short { done, wanted } => write!(f, "short transfer: {done} of {wanted} bytes"),
+            EngineError::Full => f.write_str("engine queue full"),
+            EngineError::OutOfRange => f.write_str("request outside the image"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl EngineError {
+    /// The SCSI-level meaning of the failure (mapped to sense by the target in one place).
+    pub fn failure(&self) -> IoFailure {
+        match *self {
+            EngineError::Os(libc::ENOSPC) | EngineError::Os(libc::EDQUOT) => IoFailure::NoSpace,
+            EngineError::Os(libc::EROFS) | EngineError::Os(libc::EPERM) | EngineError::Os(libc::EACCES) => {
+                IoFailure::ReadOnly
+            }
+            EngineError::Os(libc::ENOMEM) | EngineError::Os(libc::EAGAIN) | EngineError::Full => IoFailure::Internal,
+            EngineError::Os(_) | EngineError::Short { .. } | EngineError::OutOfRange => IoFailure::Medium,
+        }
+    }
+}
+
+impl From<io::Error> for EngineError {
+    fn from(e: io::Error) -> EngineError {
+        EngineError::Os(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// A finished request, handed back with its result.
+#[derive(Debug)]
+pub struct IoCompletion {
+    /// The request, with its buffer.
+    pub req: IoRequest,
+    /// What happened.
+    pub result: Result<IoDone, EngineError>,
+}
+
+/// A backing-image engine. Single-threaded: each worker owns its engines.
+pub trait Backend: fmt::Debug + Send {
+    /// Queues a request. Nothing reaches the kernel until [`Backend::reap`], so callers can
+    /// batch. A request that cannot be queued is handed back with the reason.
+    fn submit(&mut self, req: IoRequest) -> Result<(), (IoRequest, EngineError)>;
+
+    /// Sends queued requests, waits until at least `min` completions are available (0: do
+    /// not wait), and appends every available completion to `out`.
+    fn reap(&mut self, out: &mut Vec<IoCompletion>, min: usize) -> io::Result<()>;
+
+    /// Requests submitted and not yet reaped.
+    fn in_flight(&self) -> usize;
+
+    /// Image size in bytes.
+    fn size(&self) -> u64;
+
+    /// A buffer suited to this engine (from its registered arena when it has one).
+    fn buffer(&mut self, len: usize) -> AlignedBuf {
+        AlignedBuf::zeroed(len)
+    }
+
+    /// The engine's name, for logs and benchmarks.
+    fn name(&self) -> &'static str;
+}
+
+/// Which engine to run an image on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// io_uring when the kernel supports every opcode needed, else synchronous.
+    #[default]
+    Auto,
+    /// io_uring, failing if unavailable.
+    Uring,
+    /// Synchronous pread/pwrite.
+    Sync,
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<EngineKind, String> {
+        match s {
+            "auto" => Ok(EngineKind::Auto),
+            "uring" | "io_uring" => Ok(EngineKind::Uring),
+            "sync" => Ok(EngineKind::Sync),
+            other => Err(format!("unknown engine {other:?}: expected auto, uring or sync")),
+        }
+    }
+}
+
+/// Environment variable that overrides the configured engine for every image.
+pub const ENGINE_ENV: &str = "PANGATE_ENGINE";
+
+impl EngineKind {
+    /// The configured kind, overridden by `PANGATE_ENGINE` when set.
+    pub fn resolve(configured: EngineKind) -> Result<EngineKind, String> {
+        match std::env::var(ENGINE_ENV) {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(configured),
+        }
+    }
+}
+
+/// Opens an engine of `kind` on an image. `Auto` probes io_uring and falls back to the
+/// synchronous engine with one log line saying why.
+pub fn open_engine(image: Image, kind: EngineKind, depth: u32) -> io::Result<Box<dyn Backend>> {
+    match kind {
+        EngineKind::Sync => Ok(Box::new(SyncEngine::new(image))),
+        EngineKind::Uring => Ok(Box::new(UringEngine::new(image, depth)?)),
+        EngineKind::Auto => match uring::probe() {
+            Ok(()) => Ok(Box::new(UringEngine::new(image, depth)?)),
+            Err(why) => {
+                tracing::warn!(reason = %why, "io_uring unavailable; using the synchronous engine");
+                Ok(Box::new(SyncEngine::new(image)))
+            }
+        },
+    }
+}
+
+/// Checks that `[offset, offset+len)` lies inside an image of `size` bytes.
+pub(crate) fn in_bounds(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+/// The byte range of an op on the image, for bounds checks.
+pub(crate) fn op_extent(op: &IoOp) -> Option<(u64, u64)> {
+    match op {
+        IoOp::Read { offset, range, .. } | IoOp::Write { offset, range, .. } => {
+            Some((*offset, (range.end - range.start) as u64))
+        }
+        IoOp::Unmap { offset, len } | IoOp::WriteZeroes { offset, len } | IoOp::BlockStatus { offset, len } => {
+            Some((*offset, *len))
+        }
+        IoOp::Flush => None,
+    }
+}
+
+/// Validates a request against the image and its buffer; engines call this before anything.
+pub(crate) fn validate(op: &IoOp, size: u64) -> Result<(), EngineError> {
+    if let IoOp::Read { buf, range, .. } | IoOp::Write { buf, range, .. } = op {
+        if range.start > range.end || range.end > buf.len() {
+            return Err(EngineError::OutOfRange);
+        }
+    }
+    match op_extent(op) {
+        Some((offset, len)) if !in_bounds(offset, len, size) => Err(EngineError::OutOfRange),
+        _ => Ok(()),
+    }
+}
+
+/// Merges adjacent extents of the same kind.
+pub(crate) fn push_extent(out: &mut Vec<AllocExtent>, len: u64, mapped: bool) {
+    if len == 0 {
+        return;
+    }
+    match out.last_mut() {
+        Some(last) if last.mapped == mapped => last.len += len,
+        _ => out.push(AllocExtent { len, mapped }),
+    }
+}

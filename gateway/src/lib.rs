@@ -1,0 +1,5 @@
+//! The pangate control node: backing-image engines, LUN execution, configuration, and the
+//! pieces the `pangate` binary composes.
+
+pub mod engine;
+pub mod lun;

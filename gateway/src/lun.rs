@@ -1,0 +1,345 @@
+//! Runs SCSI commands for one LUN on a backend engine: decode, execute, drive each task's
+//! backend steps with many commands in flight, and hold block-range locks so COMPARE AND
+//! WRITE is atomic against overlapping writes.
+//!
+//! Every submitted command produces exactly one [`Finished`], on every path: immediate
+//! answers, backend failures, and engines that refuse a request.
+
+use std::collections::VecDeque;
+use std::io;
+
+use scsi::{
+    Action, BackendOp, Buf, Completion, DataIn, InitiatorId, LockId, LockRequest, LogicalUnit, LunConfig, Nexus,
+    RangeLocks, Sense, Step, Task,
+};
+
+use crate::engine::{AlignedBuf, Backend, IoCompletion, IoOp, IoRequest};
+
+/// A command that has completed.
+#[derive(Debug)]
+pub struct Finished {
+    /// The caller's tag from [`LunDriver::submit`].
+    pub tag: u64,
+    /// Status, sense and how data-in was produced.
+    pub completion: Completion,
+    /// The data-in buffer, when backend reads filled it.
+    buffer: Option<AlignedBuf>,
+}
+
+impl Finished {
+    /// The data-in bytes, already limited to what the command transferred.
+    pub fn data(&self) -> &[u8] {
+        match &self.completion.data_in {
+            DataIn::None => &[],
+            DataIn::Bytes(b) => b,
+            DataIn::InBuffer(n) => self.buffer.as_ref().map_or(&[][..], |b| &b.as_slice()[..*n]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    DataIn,
+    DataOut,
+    Scratch,
+}
+
+#[derive(Debug)]
+struct Running {
+    tag: u64,
+    task: Task,
+    data_in: Option<AlignedBuf>,
+    data_out: Option<AlignedBuf>,
+    scratch: Option<AlignedBuf>,
+    lock: Option<LockId>,
+    lock_request: Option<LockRequest>,
+    /// The buffer lent to the backend for the outstanding step.
+    lent: Option<Which>,
+    /// Data-out offset of the outstanding compare, for the miscompare offset.
+    compare_at: usize,
+}
+
+impl Running {
+    fn slot(&mut self, which: Which) -> &mut Option<AlignedBuf> {
+        match which {
+            Which::DataIn => &mut self.data_in,
+            Which::DataOut => &mut self.data_out,
+            Which::Scratch => &mut self.scratch,
+        }
+    }
+}
+
+/// One LUN: its SCSI state and its engine.
+#[derive(Debug)]
+pub struct LunDriver {
+    lu: LogicalUnit,
+    backend: Box<dyn Backend>,
+    locks: RangeLocks,
+    running: Vec<Option<Running>>,
+    free: Vec<usize>,
+    parked: VecDeque<usize>,
+    finished: Vec<Finished>,
+    reaped: Vec<IoCompletion>,
+}
+
+impl LunDriver {
+    /// A driver for `cfg` over `backend`. The configured capacity must fit in the backend.
+    pub fn new(cfg: LunConfig, backend: Box<dyn Backend>) -> io::Result<LunDriver> {
+        if cfg.capacity_bytes() > backend.size() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("LUN capacity {} exceeds its image's {} bytes", cfg.capacity_bytes(), backend.size()),
+            ));
+        }
+        Ok(LunDriver {
+            lu: LogicalUnit::new(cfg),
+            backend,
+            locks: RangeLocks::new(),
+            running: Vec::new(),
+            free: Vec::new(),
+            parked: VecDeque::new(),
+            finished: Vec::new(),
+            reaped: Vec::new(),
+        })
+    }
+
+    /// The SCSI logical unit.
+    pub fn unit(&self) -> &LogicalUnit {
+        &self.lu
+    }
+
+    /// The SCSI logical unit, for resets and capacity changes.
+    pub fn unit_mut(&mut self) -> &mut LogicalUnit {
+        &mut self.lu
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Commands submitted and not yet returned by [`LunDriver::poll`].
+    pub fn outstanding(&self) -> usize {
+        self.running.len() - self.free.len() + self.finished.len()
+    }
+
+    /// Starts a command whose data-out (if any) the caller provides as a slice.
+    pub fn submit(&mut self, tag: u64, nexus: &Nexus<'_>, cdb: &[u8], data_out: &[u8]) {
+        let buf = if data_out.is_empty() {
+            None
+        } else {
+            let mut b = self.backend.buffer(data_out.len());
+            b.as_mut_slice().copy_from_slice(data_out);
+            Some(b)
+        };
+        self.submit_buf(tag, nexus, cdb, buf);
+    }
+
+    /// Starts a command, taking ownership of its data-out buffer.
+    pub fn submit_buf(&mut self, tag: u64, nexus: &Nexus<'_>, cdb: &[u8], data_out: Option<AlignedBuf>) {
+        let descriptor = self.lu.mode().descriptor_sense;
+        let cmd = match self.lu.decode(nexus.id, cdb) {
+            Ok(cmd) => cmd,
+            Err(completion) => return self.finished.push(Finished { tag, completion, buffer: None }),
+        };
+        let bs = self.lu.config().block_size;
+        let have = data_out.as_ref().map_or(0, AlignedBuf::len);
+        if have < cmd.data_out_len(bs) {
+            let completion = Completion::check(&Sense::parameter_list_length(), descriptor);
+            return self.finished.push(Finished { tag, completion, buffer: None });
+        }
+        let params = data_out.as_ref().map_or(&[][..], |b| &b.as_slice()[..cmd.parameter_len(bs)]);
+        let task = match self.lu.execute(nexus, &cmd, params) {
+            Action::Complete(completion) => return self.finished.push(Finished { tag, completion, buffer: None }),
+            Action::Backend(task) => task,
+        };
+        let data_in = match cmd.data_in_len(bs) {
+            0 => None,
+            n if matches!(cmd, scsi::Command::Read { .. }) => Some(self.backend.buffer(n)),
+            _ => None,
+        };
+        let scratch = match task.scratch_len() {
+            0 => None,
+            n => {
+                let mut s = self.backend.buffer(n);
+                task.fill_scratch(s.as_mut_slice());
+                Some(s)
+            }
+        };
+        let lock_request = task.lock();
+        let running =
+            Running { tag, task, data_in, data_out, scratch, lock: None, lock_request, lent: None, compare_at: 0 };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.running[id] = Some(running);
+                id
+            }
+            None => {
+                self.running.push(Some(running));
+                self.running.len() - 1
+            }
+        };
+        if let Some(req) = lock_request {
+            let waiting = self.parked.iter().filter_map(|&p| self.running[p].as_ref().and_then(|r| r.lock_request));
+            let waiting: Vec<LockRequest> = waiting.collect();
+            match self.locks.try_lock(req, &waiting) {
+                Some(lock) => self.running[id].as_mut().expect("just inserted").lock = Some(lock),
+                None => return self.parked.push_back(id),
+            }
+        }
+        self.advance(id);
+    }
+
+    /// Drives a task until it waits on the backend or completes.
+    fn advance(&mut self, id: usize) {
+        // Each pass either lends a buffer to the backend (and returns) or consumes a step;
+        // tasks have a bounded number of steps.
+        loop {
+            let r = self.running[id].as_mut().expect("advance on an empty slot");
+            match r.task.next_step() {
+                Step::Io(op) => {
+                    let (io, lent) = match lend(r, op) {
+                        Ok(v) => v,
+                        Err(failure) => {
+                            r.task.io_done(Err(failure));
+                            continue;
+                        }
+                    };
+                    r.lent = lent;
+                    if let Err((req, e)) = self.backend.submit(IoRequest { tag: id as u64, op: io }) {
+                        let r = self.running[id].as_mut().expect("slot is live");
+                        give_back(r, req.op);
+                        tracing::warn!(error = %e, "backend refused a request");
+                        r.task.io_done(Err(e.failure()));
+                        continue;
+                    }
+                    return;
+                }
+                Step::Compare { scratch, data_out, len } => {
+                    let a = r.scratch.as_ref().map(|b| &b.as_slice()[scratch..scratch + len]);
+                    let b = r.data_out.as_ref().map(|b| &b.as_slice()[data_out..data_out + len]);
+                    let mismatch = match (a, b) {
+                        (Some(a), Some(b)) => scsi::task::first_mismatch(a, b),
+                        _ => Some(0),
+                    };
+                    r.compare_at = data_out;
+                    r.task.compared(r.compare_at, mismatch);
+                }
+                Step::Done(completion) => {
+                    let r = self.running[id].take().expect("slot is live");
+                    self.free.push(id);
+                    let had_lock = r.lock.is_some();
+                    if let Some(lock) = r.lock {
+                        self.locks.unlock(lock);
+                    }
+                    let buffer = match completion.data_in {
+                        DataIn::InBuffer(_) => r.data_in,
+                        _ => None,
+                    };
+                    self.finished.push(Finished { tag: r.tag, completion, buffer });
+                    if had_lock {
+                        self.wake_parked();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Grants locks to parked tasks in arrival order, as far as they no longer conflict.
+    fn wake_parked(&mut self) {
+        let mut i = 0;
+        while i < self.parked.len() {
+            let id = self.parked[i];
+            let req = self.running[id].as_ref().and_then(|r| r.lock_request).expect("parked task has a lock request");
+            let ahead: Vec<LockRequest> = self
+                .parked
+                .iter()
+                .take(i)
+                .filter_map(|&p| self.running[p].as_ref().and_then(|r| r.lock_request))
+                .collect();
+            match self.locks.try_lock(req, &ahead) {
+                Some(lock) => {
+                    self.parked.remove(i);
+                    self.running[id].as_mut().expect("parked slot is live").lock = Some(lock);
+                    self.advance(id);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Collects finished commands. With `wait`, blocks until at least one finishes if any
+    /// is outstanding.
+    pub fn poll(&mut self, out: &mut Vec<Finished>, wait: bool) -> io::Result<()> {
+        if self.finished.is_empty() {
+            let min = usize::from(wait && self.backend.in_flight() > 0);
+            let mut reaped = std::mem::take(&mut self.reaped);
+            self.backend.reap(&mut reaped, min)?;
+            for c in reaped.drain(..) {
+                let id = c.req.tag as usize;
+                let r = self.running[id].as_mut().expect("completion for an idle slot");
+                give_back(r, c.req.op);
+                r.task.io_done(c.result.map_err(|e| e.failure()));
+                self.advance(id);
+            }
+            self.reaped = reaped;
+        }
+        out.append(&mut self.finished);
+        Ok(())
+    }
+
+    /// Runs one command to completion. Other commands' completions stay queued for `poll`.
+    pub fn run(&mut self, initiator: InitiatorId, luns: &[u16], cdb: &[u8], data_out: &[u8]) -> io::Result<Finished> {
+        const TAG: u64 = u64::MAX;
+        self.submit(TAG, &Nexus { id: initiator, luns }, cdb, data_out);
+        let mut out = Vec::new();
+        loop {
+            self.poll(&mut out, true)?;
+            if let Some(i) = out.iter().position(|f| f.tag == TAG) {
+                let mine = out.swap_remove(i);
+                self.finished.append(&mut out);
+                return Ok(mine);
+            }
+            // A lock is only ever held by a task with backend I/O in flight, so with nothing
+            // in flight the command must have finished; anything else is a driver bug.
+            if self.backend.in_flight() == 0 && self.finished.is_empty() {
+                return Err(io::Error::other("command neither finished nor waiting on the backend"));
+            }
+        }
+    }
+}
+
+/// Builds the engine op for a task step, lending it the buffer the step names.
+fn lend(r: &mut Running, op: BackendOp) -> Result<(IoOp, Option<Which>), scsi::IoFailure> {
+    let take = |r: &mut Running, b: Buf| -> Result<(AlignedBuf, usize, Which), scsi::IoFailure> {
+        let (which, at) = match b {
+            Buf::DataIn(at) => (Which::DataIn, at),
+            Buf::DataOut(at) => (Which::DataOut, at),
+            Buf::Scratch(at) => (Which::Scratch, at),
+        };
+        let buf = r.slot(which).take().ok_or(scsi::IoFailure::Internal)?;
+        Ok((buf, at, which))
+    };
+    Ok(match op {
+        BackendOp::Read { offset, len, into } => {
+            let (buf, at, which) = take(r, into)?;
+            (IoOp::Read { offset, buf, range: at..at + len }, Some(which))
+        }
+        BackendOp::Write { offset, len, from, fua } => {
+            let (buf, at, which) = take(r, from)?;
+            (IoOp::Write { offset, buf, range: at..at + len, fua }, Some(which))
+        }
+        BackendOp::Flush => (IoOp::Flush, None),
+        BackendOp::Unmap { offset, len } => (IoOp::Unmap { offset, len }, None),
+        BackendOp::WriteZeroes { offset, len } => (IoOp::WriteZeroes { offset, len }, None),
+        BackendOp::BlockStatus { offset, len } => (IoOp::BlockStatus { offset, len }, None),
+    })
+}
+
+/// Returns a lent buffer to the task's slot.
+fn give_back(r: &mut Running, op: IoOp) {
+    if let (Some(which), Some(buf)) = (r.lent.take(), op.into_buf()) {
+        *r.slot(which) = Some(buf);
+    }
+}

@@ -1,0 +1,627 @@
+//! Byte-fixture tests: every supported command's good path and each distinct error, through
+//! the LUN driver on the RAM engine.
+
+mod support;
+
+use gateway::engine::{AlignedBuf, Backend, EngineError, IoCompletion, IoOp, IoRequest, RamEngine};
+use scsi::{absent_lun, Asc, Status};
+use support::*;
+
+// ---- TEST UNIT READY, REQUEST SENSE, unit attentions -------------------------------------
+
+#[test]
+fn test_unit_ready_reports_power_on_once_per_initiator() {
+    let mut d = ram_lun();
+    expect_good(&run(&mut d, &[0; 6], &[]));
+    let f = d.run(2, &[0], &[0; 6], &[]).unwrap();
+    expect_sense(&f, 0x6, Asc::POWER_ON_RESET);
+    expect_good(&d.run(2, &[0], &[0; 6], &[]).unwrap());
+}
+
+#[test]
+fn test_unit_ready_with_naca_is_invalid() {
+    let mut d = ram_lun();
+    expect_invalid_field(&run(&mut d, &[0, 0, 0, 0, 0, 0x04], &[]), 5);
+}
+
+#[test]
+fn request_sense_returns_and_clears_pending_attention() {
+    let mut d = ram_lun();
+    let f = d.run(7, &[0], &[0x03, 0, 0, 0, 252, 0], &[]).unwrap();
+    expect_good(&f);
+    assert_eq!(f.data()[0], 0x70);
+    assert_eq!((f.data()[2], f.data()[12], f.data()[13]), (0x6, 0x29, 0x00));
+    let f = d.run(7, &[0], &[0x03, 0, 0, 0, 252, 0], &[]).unwrap();
+    assert_eq!((f.data()[2], f.data()[12]), (0x0, 0x00), "nothing pending: NO SENSE");
+}
+
+#[test]
+fn request_sense_descriptor_format_and_truncation() {
+    let mut d = ram_lun();
+    let f = run(&mut d, &[0x03, 0x01, 0, 0, 252, 0], &[]);
+    assert_eq!(f.data()[0], 0x72);
+    let f = run(&mut d, &[0x03, 0, 0, 0, 8, 0], &[]);
+    assert_eq!(f.data().len(), 8);
+}
+
+#[test]
+fn capacity_change_and_lun_reset_raise_unit_attentions() {
+    let mut d = ram_lun();
+    d.unit_mut().set_capacity(1024);
+    expect_sense(&run(&mut d, &[0; 6], &[]), 0x6, Asc::CAPACITY_CHANGED);
+    let f = run(&mut d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(&f.data()[0..4], &1023u32.to_be_bytes());
+    d.unit_mut().reset();
+    expect_sense(&run(&mut d, &[0; 6], &[]), 0x6, Asc::LUN_RESET);
+    expect_good(&run(&mut d, &[0; 6], &[]));
+}
+
+// ---- INQUIRY -----------------------------------------------------------------------------
+
+#[test]
+fn inquiry_standard_truncates_to_allocation_length() {
+    let mut d = ram_lun();
+    let f = run(&mut d, &[0x12, 0, 0, 0, 36, 0], &[]);
+    expect_good(&f);
+    assert_eq!(f.data().len(), 36);
+    assert_eq!(&f.data()[8..16], b"PANGATE ");
+    let f = run(&mut d, &[0x12, 0, 0, 0x01, 0x00, 0], &[]);
+    assert_eq!(f.data().len(), 96);
+}
+
+#[test]
+fn inquiry_is_not_blocked_by_unit_attention() {
+    let mut d = ram_lun();
+    let f = d.run(9, &[0], &[0x12, 0, 0, 0, 36, 0], &[]).unwrap();
+    expect_good(&f);
+    expect_sense(&d.run(9, &[0], &[0; 6], &[]).unwrap(), 0x6, Asc::POWER_ON_RESET);
+}
+
+#[test]
+fn inquiry_vpd_pages() {
+    let mut d = ram_lun();
+    for page in [0x00u8, 0x80, 0x83, 0xB0, 0xB1, 0xB2] {
+        let f = run(&mut d, &[0x12, 1, page, 0x10, 0, 0], &[]);
+        expect_good(&f);
+        assert_eq!(f.data()[1], page);
+        let len = u16::from_be_bytes([f.data()[2], f.data()[3]]) as usize;
+        assert_eq!(f.data().len(), len + 4, "page {page:#x}");
+    }
+    let serial = run(&mut d, &[0x12, 1, 0x80, 0, 255, 0], &[]);
+    let again = ram_lun().run(I, &[0], &[0x12, 1, 0x80, 0, 255, 0], &[]).unwrap();
+    assert_eq!(serial.data(), again.data(), "identity is stable across restarts");
+}
+
+#[test]
+fn inquiry_errors() {
+    let mut d = ram_lun();
+    expect_invalid_field(&run(&mut d, &[0x12, 1, 0x99, 0, 255, 0], &[]), 2);
+    expect_invalid_field(&run(&mut d, &[0x12, 0, 0x80, 0, 255, 0], &[]), 2);
+    expect_invalid_field(&run(&mut d, &[0x12, 0x02, 0, 0, 255, 0], &[]), 1);
+}
+
+// ---- READ CAPACITY -----------------------------------------------------------------------
+
+#[test]
+fn read_capacity_10_and_16() {
+    let mut d = ram_lun();
+    let f = run(&mut d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(f.data(), &[0, 0, 0x07, 0xFF, 0, 0, 0x02, 0x00]);
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x10;
+    c[13] = 32;
+    let f = run(&mut d, &c, &[]);
+    assert_eq!(&f.data()[0..12], &[0, 0, 0, 0, 0, 0, 0x07, 0xFF, 0, 0, 0x02, 0]);
+    assert_eq!((f.data()[13], f.data()[14]), (3, 0xC0));
+    c[13] = 12;
+    assert_eq!(run(&mut d, &c, &[]).data().len(), 12);
+}
+
+#[test]
+fn read_capacity_errors() {
+    let mut d = ram_lun();
+    expect_invalid_field(&run(&mut d, &[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0], &[]), 2);
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x1F;
+    expect_invalid_field(&run(&mut d, &c, &[]), 1);
+}
+
+// ---- READ / WRITE ------------------------------------------------------------------------
+
+#[test]
+fn write_and_read_every_cdb_size() {
+    let mut d = ram_lun();
+    let data = pattern(1024, 1);
+    // WRITE(6) at LBA 3, READ(6) back.
+    expect_good(&run(&mut d, &[0x0A, 0, 0, 3, 2, 0], &data));
+    let f = run(&mut d, &[0x08, 0, 0, 3, 2, 0], &[]);
+    assert_eq!(f.data(), &data[..]);
+    // (10)
+    expect_good(&run(&mut d, &cdb10(0x2A, 0x08, 10, 2), &data));
+    assert_eq!(run(&mut d, &cdb10(0x28, 0x10, 10, 2), &[]).data(), &data[..]);
+    // (12)
+    let mut w12 = [0u8; 12];
+    w12[0] = 0xAA;
+    w12[5] = 20;
+    w12[9] = 2;
+    expect_good(&run(&mut d, &w12, &data));
+    w12[0] = 0xA8;
+    assert_eq!(run(&mut d, &w12, &[]).data(), &data[..]);
+    // (16) with FUA
+    expect_good(&run(&mut d, &rw16(0x8A, 2046, 2, true), &data));
+    assert_eq!(read(&mut d, 2046, 2), data);
+}
+
+#[test]
+fn zero_length_transfers_are_good() {
+    let mut d = ram_lun();
+    let f = run(&mut d, &cdb10(0x28, 0, 5, 0), &[]);
+    expect_good(&f);
+    assert!(f.data().is_empty());
+    expect_good(&run(&mut d, &cdb10(0x2A, 0, 5, 0), &[]));
+}
+
+#[test]
+fn read_write_range_and_limit_errors() {
+    let mut d = ram_lun();
+    expect_sense(&run(&mut d, &rw16(0x88, 2047, 2, false), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_sense(&run(&mut d, &rw16(0x88, u64::MAX, 1, false), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_sense(&run(&mut d, &cdb10(0x28, 0, 2048, 0), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_sense(&run(&mut d, &[0x08, 0x1F, 0xFF, 0xFF, 1, 0], &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    // Over the Block Limits maximum transfer (8 MiB = 16384 blocks).
+    expect_invalid_field(&run(&mut d, &rw16(0x88, 0, 16385, false), &[]), 10);
+    // RDPROTECT is not supported.
+    expect_invalid_field(&run(&mut d, &cdb10(0x28, 0x20, 0, 1), &[]), 1);
+}
+
+#[test]
+fn write_without_enough_data_out_is_refused() {
+    let mut d = ram_lun();
+    expect_sense(&run(&mut d, &cdb10(0x2A, 0, 0, 2), &[0; 512]), 0x5, Asc::PARAMETER_LIST_LENGTH_ERROR);
+}
+
+#[test]
+fn writes_to_read_only_lun_are_write_protected() {
+    let mut cfg = config(512, 1 << 20);
+    cfg.read_only = true;
+    let mut d = driver(cfg, Box::new(RamEngine::new(1 << 20)));
+    let data = [0u8; 512];
+    for (cdb, out) in [
+        (cdb10(0x2A, 0, 0, 1).to_vec(), &data[..]),
+        (cdb10(0x41, 0, 0, 1).to_vec(), &data[..]),
+        (cdb10(0x2E, 0, 0, 1).to_vec(), &data[..]),
+        (vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[][..]),
+    ] {
+        expect_sense(&run(&mut d, &cdb, out), 0x7, Asc::WRITE_PROTECTED);
+    }
+    expect_good(&run(&mut d, &cdb10(0x28, 0, 0, 1), &[]));
+    // MODE SENSE shows WP.
+    assert_eq!(run(&mut d, &[0x1A, 0x08, 0x3F, 0, 255, 0], &[]).data()[2] & 0x80, 0x80);
+}
+
+// ---- WRITE AND VERIFY, VERIFY ------------------------------------------------------------
+
+#[test]
+fn write_and_verify_10_and_16() {
+    let mut d = ram_lun();
+    let data = pattern(1024, 9);
+    expect_good(&run(&mut d, &cdb10(0x2E, 0x02, 4, 2), &data));
+    assert_eq!(read(&mut d, 4, 2), data);
+    let mut c = rw16(0x8E, 100, 2, false);
+    expect_good(&run(&mut d, &c, &data));
+    assert_eq!(read(&mut d, 100, 2), data);
+    c[1] = 0x04; // BYTCHK=10b is reserved
+    expect_invalid_field(&run(&mut d, &c, &data), 1);
+}
+
+#[test]
+fn verify_medium_and_byte_compare() {
+    let mut d = ram_lun();
+    let data = pattern(2048, 3);
+    expect_good(&run(&mut d, &rw16(0x8A, 8, 4, false), &data));
+    expect_good(&run(&mut d, &cdb10(0x2F, 0, 8, 4), &[]));
+    expect_good(&run(&mut d, &cdb10(0x2F, 0x02, 8, 4), &data));
+    let mut wrong = data.clone();
+    wrong[1300] ^= 0xFF;
+    let mut c = rw16(0x8F, 8, 4, false);
+    c[1] = 0x02;
+    let info = expect_sense(&run(&mut d, &c, &wrong), 0xE, Asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(info, Some(1300));
+    expect_sense(&run(&mut d, &cdb10(0x2F, 0, 2047, 2), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+}
+
+// ---- SYNCHRONIZE CACHE -------------------------------------------------------------------
+
+#[test]
+fn synchronize_cache_10_and_16() {
+    let mut d = ram_lun();
+    expect_good(&run(&mut d, &cdb10(0x35, 0, 0, 0), &[]));
+    expect_good(&run(&mut d, &cdb10(0x35, 0x02, 100, 10), &[]));
+    let mut c = rw16(0x91, 0, 0, false);
+    expect_good(&run(&mut d, &c, &[]));
+    c[2..10].copy_from_slice(&4096u64.to_be_bytes());
+    expect_sense(&run(&mut d, &c, &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+}
+
+// ---- UNMAP and GET LBA STATUS ------------------------------------------------------------
+
+fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut p = vec![0u8; 8];
+    for &(lba, n) in ranges {
+        p.extend_from_slice(&lba.to_be_bytes());
+        p.extend_from_slice(&n.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    let desc = (p.len() - 8) as u16;
+    p[0..2].copy_from_slice(&(desc + 6).to_be_bytes());
+    p[2..4].copy_from_slice(&desc.to_be_bytes());
+    p
+}
+
+fn unmap_cdb(len: usize) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x42;
+    c[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+    c
+}
+
+fn lba_status(d: &mut gateway::lun::LunDriver, lba: u64) -> Vec<(u64, u32, u8)> {
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    let f = run(d, &c, &[]);
+    expect_good(&f);
+    let b = f.data();
+    let n = (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize - 4) / 16;
+    (0..n)
+        .map(|i| {
+            let e = &b[8 + 16 * i..24 + 16 * i];
+            (u64::from_be_bytes(e[0..8].try_into().unwrap()), u32::from_be_bytes(e[8..12].try_into().unwrap()), e[12])
+        })
+        .collect()
+}
+
+#[test]
+fn unmap_deallocates_several_ranges_and_reads_zero() {
+    let mut d = ram_lun();
+    let data = pattern(1 << 20, 5);
+    expect_good(&run(&mut d, &rw16(0x8A, 0, 2048, false), &data));
+    assert_eq!(lba_status(&mut d, 0), vec![(0, 2048, 0)]);
+    let list = unmap_list(&[(128, 128), (1024, 256), (0, 0)]);
+    expect_good(&run(&mut d, &unmap_cdb(list.len()), &list));
+    assert!(read(&mut d, 128, 128).iter().all(|&b| b == 0));
+    assert!(read(&mut d, 1024, 256).iter().all(|&b| b == 0));
+    assert_eq!(read(&mut d, 0, 128), data[..65536]);
+    assert_eq!(lba_status(&mut d, 0), vec![(0, 128, 0), (128, 128, 1), (256, 768, 0), (1024, 256, 1), (1280, 768, 0)]);
+}
+
+#[test]
+fn unmap_parameter_errors() {
+    let mut d = ram_lun();
+    expect_good(&run(&mut d, &unmap_cdb(0), &[]));
+    expect_sense(&run(&mut d, &unmap_cdb(4), &[0; 4]), 0x5, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    let list = unmap_list(&[(2040, 16)]);
+    expect_sense(&run(&mut d, &unmap_cdb(list.len()), &list), 0x5, Asc::LBA_OUT_OF_RANGE);
+    let many: Vec<(u64, u32)> = (0..257).map(|i| (i, 1)).collect();
+    let list = unmap_list(&many);
+    expect_sense(&run(&mut d, &unmap_cdb(list.len()), &list), 0x5, Asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    let mut anchor = unmap_cdb(0);
+    anchor[1] = 1;
+    expect_invalid_field(&run(&mut d, &anchor, &[]), 1);
+}
+
+#[test]
+fn unmap_needs_thin_provisioning() {
+    let mut cfg = config(512, 1 << 20);
+    cfg.thin_provisioning = false;
+    let mut d = driver(cfg, Box::new(RamEngine::new(1 << 20)));
+    expect_sense(&run(&mut d, &unmap_cdb(0), &[]), 0x5, Asc::INVALID_OPCODE);
+    let vpd = run(&mut d, &[0x12, 1, 0xB2, 0, 64, 0], &[]);
+    assert_eq!(vpd.data()[5], 0, "LBPU clear");
+}
+
+#[test]
+fn get_lba_status_errors() {
+    let mut d = ram_lun();
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&2048u64.to_be_bytes());
+    c[13] = 24;
+    expect_sense(&run(&mut d, &c, &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    assert_eq!(lba_status(&mut d, 2000), vec![(2000, 48, 1)]);
+}
+
+// ---- WRITE SAME --------------------------------------------------------------------------
+
+#[test]
+fn write_same_pattern_zero_unmap_and_ndob() {
+    let mut d = ram_lun();
+    let block = pattern(512, 77);
+    expect_good(&run(&mut d, &cdb10(0x41, 0, 10, 300), &block));
+    let back = read(&mut d, 10, 300);
+    assert!(back.chunks(512).all(|c| c == &block[..]));
+    // UNMAP bit with a zero block deallocates.
+    expect_good(&run(&mut d, &cdb10(0x41, 0x08, 0, 2048), &[0u8; 512]));
+    assert!(read(&mut d, 10, 300).iter().all(|&b| b == 0));
+    assert_eq!(lba_status(&mut d, 0), vec![(0, 2048, 1)]);
+    // NDOB: no data-out, zeros.
+    expect_good(&run(&mut d, &rw16(0x8A, 0, 1, false), &block));
+    let mut c = rw16(0x93, 0, 1, false);
+    c[1] = 0x01;
+    expect_good(&run(&mut d, &c, &[]));
+    assert!(read(&mut d, 0, 1).iter().all(|&b| b == 0));
+    // Without UNMAP, zeros stay allocated.
+    expect_good(&run(&mut d, &cdb10(0x41, 0, 0, 128), &[0u8; 512]));
+    assert_eq!(lba_status(&mut d, 0)[0], (0, 128, 0));
+}
+
+#[test]
+fn write_same_errors() {
+    let mut d = ram_lun();
+    expect_invalid_field(&run(&mut d, &cdb10(0x41, 0, 0, 0), &[0u8; 512]), 7);
+    expect_sense(&run(&mut d, &cdb10(0x41, 0, 2047, 2), &[0u8; 512]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_invalid_field(&run(&mut d, &cdb10(0x41, 0x10, 0, 1), &[0u8; 512]), 1);
+}
+
+// ---- COMPARE AND WRITE -------------------------------------------------------------------
+
+fn caw(lba: u64, blocks: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x89;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[13] = blocks;
+    c
+}
+
+#[test]
+fn compare_and_write_success_and_miscompare() {
+    let mut d = ram_lun();
+    let old = pattern(1024, 1);
+    let new = pattern(1024, 2);
+    expect_good(&run(&mut d, &rw16(0x8A, 50, 2, false), &old));
+    let mut out = old.clone();
+    out.extend(&new);
+    expect_good(&run(&mut d, &caw(50, 2), &out));
+    assert_eq!(read(&mut d, 50, 2), new);
+    // Now the medium holds `new`: comparing against `old` fails at byte 0 and writes nothing.
+    let mut stale = old.clone();
+    stale[..700].copy_from_slice(&new[..700]);
+    stale.extend(&pattern(1024, 3));
+    let info = expect_sense(&run(&mut d, &caw(50, 2), &stale), 0xE, Asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(info, Some(new.iter().zip(&old).skip(700).position(|(a, b)| a != b).unwrap() as u64 + 700));
+    assert_eq!(read(&mut d, 50, 2), new);
+}
+
+#[test]
+fn compare_and_write_errors() {
+    let mut d = ram_lun();
+    expect_invalid_field(&run(&mut d, &caw(0, 17), &vec![0; 17 * 1024]), 13);
+    expect_sense(&run(&mut d, &caw(2047, 2), &[0; 2048]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_good(&run(&mut d, &caw(0, 0), &[]));
+}
+
+// ---- MODE SENSE / MODE SELECT ------------------------------------------------------------
+
+#[test]
+fn mode_sense_6_and_10_every_page_and_control() {
+    let mut d = ram_lun();
+    for (page, len) in [(0x01u8, 12usize), (0x08, 20), (0x0A, 12)] {
+        for pc in 0..4u8 {
+            let f = run(&mut d, &[0x1A, 0x08, (pc << 6) | page, 0, 255, 0], &[]);
+            expect_good(&f);
+            assert_eq!(f.data().len(), 4 + len, "page {page:#x} pc {pc}");
+            assert_eq!(f.data()[4] & 0x3F, page);
+        }
+    }
+    let f = run(&mut d, &[0x5A, 0x10, 0x3F, 0, 0, 0, 0, 0x10, 0, 0], &[]);
+    expect_good(&f);
+    let b = f.data();
+    assert_eq!(u16::from_be_bytes([b[0], b[1]]) as usize, b.len() - 2);
+    assert_eq!((b[4], u16::from_be_bytes([b[6], b[7]])), (1, 16), "long LBA descriptor");
+    assert_eq!(&b[8..16], &2048u64.to_be_bytes());
+    let f = run(&mut d, &[0x1A, 0, 0x3F, 0, 10, 0], &[]);
+    assert_eq!(f.data().len(), 10, "truncated to allocation length");
+}
+
+#[test]
+fn mode_sense_errors() {
+    let mut d = ram_lun();
+    expect_invalid_field(&run(&mut d, &[0x1A, 0, 0x1C, 0, 255, 0], &[]), 2);
+    expect_invalid_field(&run(&mut d, &[0x1A, 0, 0x08, 0x01, 255, 0], &[]), 3);
+}
+
+#[test]
+fn mode_select_changes_wce_saves_and_notifies_others() {
+    let mut d = ram_lun();
+    d.run(2, &[0], &[0; 6], &[]).unwrap(); // initiator 2 consumes its power-on attention
+    let mut caching = run(&mut d, &[0x1A, 0x08, 0x08, 0, 255, 0], &[]).data().to_vec();
+    caching[0] = 0;
+    caching[2] = 0;
+    caching[6] &= !0x04; // clear WCE
+    expect_good(&run(&mut d, &[0x15, 0x11, 0, 0, caching.len() as u8, 0], &caching));
+    assert_eq!(run(&mut d, &[0x1A, 0x08, 0x08, 0, 255, 0], &[]).data()[6] & 0x04, 0);
+    assert_eq!(run(&mut d, &[0x1A, 0x08, 0xC8, 0, 255, 0], &[]).data()[6] & 0x04, 0, "saved");
+    assert_eq!(run(&mut d, &[0x1A, 0x08, 0x88, 0, 255, 0], &[]).data()[6] & 0x04, 0x04, "default");
+    expect_sense(&d.run(2, &[0], &[0; 6], &[]).unwrap(), 0x6, Asc::MODE_PARAMETERS_CHANGED);
+    // With WCE off, writes are forced to media and still work.
+    expect_good(&run(&mut d, &cdb10(0x2A, 0, 0, 1), &[1; 512]));
+}
+
+#[test]
+fn mode_select_10_enables_descriptor_sense() {
+    let mut d = ram_lun();
+    let mut control = run(&mut d, &[0x5A, 0x08, 0x0A, 0, 0, 0, 0, 0, 255, 0], &[]).data().to_vec();
+    control[0] = 0;
+    control[1] = 0;
+    control[10] |= 0x04; // D_SENSE
+    let mut c = [0x55, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
+    c[8] = control.len() as u8;
+    expect_good(&run(&mut d, &c, &control));
+    let f = run(&mut d, &rw16(0x88, 5000, 1, false), &[]);
+    assert_eq!(f.completion.sense[0], 0x72);
+    expect_sense(&f, 0x5, Asc::LBA_OUT_OF_RANGE);
+}
+
+#[test]
+fn mode_select_errors() {
+    let mut d = ram_lun();
+    let mut caching = run(&mut d, &[0x1A, 0x08, 0x08, 0, 255, 0], &[]).data().to_vec();
+    caching[0] = 0;
+    caching[2] = 0;
+    caching[7] = 0x01; // a field that is not changeable
+    expect_sense(
+        &run(&mut d, &[0x15, 0x11, 0, 0, caching.len() as u8, 0], &caching),
+        0x5,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    expect_sense(&run(&mut d, &[0x15, 0x10, 0, 0, 2, 0], &[0, 0]), 0x5, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    expect_invalid_field(&run(&mut d, &[0x15, 0x00, 0, 0, 4, 0], &[0; 4]), 1);
+    // A block descriptor that changes the block length.
+    let p = [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x10, 0];
+    expect_sense(&run(&mut d, &[0x15, 0x10, 0, 0, 12, 0], &p), 0x5, Asc::INVALID_FIELD_IN_PARAMETER_LIST);
+}
+
+// ---- REPORT LUNS, REPORT SUPPORTED OPERATION CODES ---------------------------------------
+
+#[test]
+fn report_luns_lists_the_initiators_map() {
+    let mut d = ram_lun();
+    let f = d.run(I, &[0, 3, 300], &[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).unwrap();
+    expect_good(&f);
+    assert_eq!(&f.data()[0..4], &24u32.to_be_bytes());
+    assert_eq!(&f.data()[24..26], &[0x41, 0x2C]);
+    let f = d.run(I, &[0, 3], &[0xA0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).unwrap();
+    assert_eq!(f.data(), &[0; 8]);
+    expect_invalid_field(&run(&mut d, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], &[]), 6);
+    expect_invalid_field(&run(&mut d, &[0xA0, 0, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]), 2);
+}
+
+#[test]
+fn report_supported_operation_codes() {
+    let mut d = ram_lun();
+    let all = run(&mut d, &[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
+    expect_good(&all);
+    let n = u32::from_be_bytes(all.data()[0..4].try_into().unwrap()) as usize;
+    assert_eq!(n, 8 * scsi::opcodes::COMMANDS.len());
+    let timed = run(&mut d, &[0xA3, 0x0C, 0x80, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
+    assert_eq!(u32::from_be_bytes(timed.data()[0..4].try_into().unwrap()) as usize, 20 * scsi::opcodes::COMMANDS.len());
+    let one = run(&mut d, &[0xA3, 0x0C, 0x01, 0x2A, 0, 0, 0, 0, 0, 64, 0, 0], &[]);
+    assert_eq!(&one.data()[..6], &[0, 0x03, 0, 10, 0x2A, 0x18]);
+    let sa = run(&mut d, &[0xA3, 0x0C, 0x02, 0x9E, 0, 0x10, 0, 0, 0, 64, 0, 0], &[]);
+    assert_eq!(&sa.data()[..6], &[0, 0x03, 0, 16, 0x9E, 0x10]);
+    let none = run(&mut d, &[0xA3, 0x0C, 0x01, 0xC5, 0, 0, 0, 0, 0, 64, 0, 0], &[]);
+    assert_eq!(none.data()[1], 0x01, "not supported");
+    expect_invalid_field(&run(&mut d, &[0xA3, 0x0C, 0x01, 0x9E, 0, 0, 0, 0, 0, 64, 0, 0], &[]), 2);
+    expect_invalid_field(&run(&mut d, &[0xA3, 0x0C, 0x05, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[]), 2);
+    expect_invalid_field(&run(&mut d, &[0xA3, 0x05, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], &[]), 1);
+}
+
+#[test]
+fn every_reported_usage_mask_is_what_decoding_accepts() {
+    // For each command, a CDB with every "used" bit set must not fail on a reserved bit.
+    let mut d = ram_lun();
+    for c in scsi::opcodes::COMMANDS {
+        let f = run(&mut d, c.usage, &vec![0; 1 << 16]);
+        if f.completion.status == Status::CheckCondition {
+            let s = &f.completion.sense;
+            let pointer_to_reserved = s[12] == 0x24 && s[15] & 0x08 != 0 && {
+                let byte = usize::from(u16::from_be_bytes([s[16], s[17]]));
+                let bit = s[15] & 7;
+                c.usage[byte] & (1 << bit) == 0
+            };
+            assert!(!pointer_to_reserved, "{:#04x}: a used bit was reported reserved: {s:02x?}", c.opcode);
+        }
+    }
+}
+
+// ---- START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL, unknown opcodes ----------------------
+
+#[test]
+fn start_stop_and_prevent_allow() {
+    let mut d = ram_lun();
+    expect_good(&run(&mut d, &[0x1B, 0, 0, 0, 0x01, 0], &[]));
+    expect_good(&run(&mut d, &[0x1B, 1, 0, 0, 0x00, 0], &[]));
+    expect_good(&run(&mut d, &[0x1B, 0, 0, 0, 0x04, 0], &[]));
+    expect_invalid_field(&run(&mut d, &[0x1B, 0, 0, 0, 0x30, 0], &[]), 4);
+    expect_good(&run(&mut d, &[0x1E, 0, 0, 0, 1, 0], &[]));
+    expect_invalid_field(&run(&mut d, &[0x1E, 0, 0, 0, 4, 0], &[]), 4);
+}
+
+#[test]
+fn unknown_opcode_and_short_cdb() {
+    let mut d = ram_lun();
+    expect_sense(&run(&mut d, &[0xC1, 0, 0, 0, 0, 0], &[]), 0x5, Asc::INVALID_OPCODE);
+    expect_sense(&run(&mut d, &[0x28, 0, 0], &[]), 0x5, Asc::INVALID_OPCODE);
+    expect_sense(&run(&mut d, &[], &[]), 0x5, Asc::INVALID_OPCODE);
+}
+
+// ---- Absent LUNs -------------------------------------------------------------------------
+
+#[test]
+fn absent_lun_answers() {
+    let inq = absent_lun(&[0x12, 0, 0, 0, 36, 0], &[0]);
+    assert_eq!(inq.status, Status::Good);
+    assert!(matches!(&inq.data_in, scsi::DataIn::Bytes(b) if b[0] == 0x7F));
+    let luns = absent_lun(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[0, 1]);
+    assert!(matches!(&luns.data_in, scsi::DataIn::Bytes(b) if b[3] == 16));
+    let tur = absent_lun(&[0, 0, 0, 0, 0, 0], &[0]);
+    assert_eq!(scsi::sense::parse_sense(&tur.sense).unwrap().1, Asc::LUN_NOT_SUPPORTED);
+    let rs = absent_lun(&[0x03, 0, 0, 0, 18, 0], &[0]);
+    assert!(matches!(&rs.data_in, scsi::DataIn::Bytes(b) if b[12] == 0x25));
+}
+
+// ---- Backend failures map to sense -------------------------------------------------------
+
+/// An engine whose every data operation fails with a chosen error.
+#[derive(Debug)]
+struct Failing {
+    inner: RamEngine,
+    error: EngineError,
+}
+
+impl Backend for Failing {
+    fn submit(&mut self, req: IoRequest) -> Result<(), (IoRequest, EngineError)> {
+        match req.op {
+            IoOp::Read { .. } | IoOp::Write { .. } | IoOp::Flush => Err((req, self.error.clone())),
+            _ => self.inner.submit(req),
+        }
+    }
+    fn reap(&mut self, out: &mut Vec<IoCompletion>, min: usize) -> std::io::Result<()> {
+        self.inner.reap(out, min)
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn buffer(&mut self, len: usize) -> AlignedBuf {
+        AlignedBuf::zeroed(len)
+    }
+    fn name(&self) -> &'static str {
+        "failing"
+    }
+}
+
+#[test]
+fn backend_errors_become_the_right_sense() {
+    let cases = [
+        (EngineError::Os(libc::EIO), false, 0x3, Asc::UNRECOVERED_READ_ERROR),
+        (EngineError::Short { done: 1, wanted: 2 }, false, 0x3, Asc::UNRECOVERED_READ_ERROR),
+        (EngineError::Os(libc::EIO), true, 0x3, Asc::WRITE_ERROR),
+        (EngineError::Os(libc::ENOSPC), true, 0x7, Asc::SPACE_ALLOCATION_FAILED),
+        (EngineError::Os(libc::EROFS), true, 0x7, Asc::WRITE_PROTECTED),
+    ];
+    for (error, write, key, asc) in cases {
+        let backend = Failing { inner: RamEngine::new(1 << 20), error };
+        let mut d = driver(config(512, 1 << 20), Box::new(backend));
+        let f =
+            if write { run(&mut d, &cdb10(0x2A, 0, 0, 1), &[0; 512]) } else { run(&mut d, &cdb10(0x28, 0, 0, 1), &[]) };
+        expect_sense(&f, key, asc);
+    }
+}

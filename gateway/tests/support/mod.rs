@@ -1,0 +1,89 @@
+//! Helpers shared by the gateway's integration tests.
+#![allow(dead_code)]
+
+use gateway::engine::{Backend, RamEngine};
+use gateway::lun::{Finished, LunDriver};
+use scsi::sense::parse_sense;
+use scsi::{Asc, LunConfig, LunIdentity, Status};
+
+/// The initiator most tests use.
+pub const I: u64 = 1;
+
+/// LUN settings for tests.
+pub fn config(block_size: u32, bytes: u64) -> LunConfig {
+    LunConfig::new(LunIdentity::new("test/pan0/lun0"), block_size, bytes).unwrap()
+}
+
+/// A driver over `backend` whose power-on unit attention for initiator [`I`] was consumed.
+pub fn driver(cfg: LunConfig, backend: Box<dyn Backend>) -> LunDriver {
+    let mut d = LunDriver::new(cfg, backend).unwrap();
+    let f = d.run(I, &[0], &[0, 0, 0, 0, 0, 0], &[]).unwrap();
+    expect_sense(&f, 0x6, Asc::POWER_ON_RESET);
+    d
+}
+
+/// A 512-byte-block, 1 MiB RAM LUN ready for commands.
+pub fn ram_lun() -> LunDriver {
+    driver(config(512, 1 << 20), Box::new(RamEngine::new(1 << 20)))
+}
+
+/// Runs a command as initiator [`I`] seeing LUN 0.
+pub fn run(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
+    d.run(I, &[0], cdb, out).unwrap()
+}
+
+/// Asserts GOOD status.
+#[track_caller]
+pub fn expect_good(f: &Finished) {
+    assert_eq!(f.completion.status, Status::Good, "sense: {:02x?}", f.completion.sense);
+}
+
+/// Asserts CHECK CONDITION with this key and code; returns the INFORMATION field.
+#[track_caller]
+pub fn expect_sense(f: &Finished, key: u8, asc: Asc) -> Option<u64> {
+    assert_eq!(f.completion.status, Status::CheckCondition);
+    let (k, a, info) = parse_sense(&f.completion.sense).expect("sense data parses");
+    assert_eq!((k, a), (key, asc), "sense {:02x?}", f.completion.sense);
+    info
+}
+
+/// Asserts ILLEGAL REQUEST / INVALID FIELD IN CDB pointing at `byte`.
+#[track_caller]
+pub fn expect_invalid_field(f: &Finished, byte: u16) {
+    expect_sense(f, 0x5, Asc::INVALID_FIELD_IN_CDB);
+    let s = &f.completion.sense;
+    assert_eq!(s[15] & 0xC0, 0xC0, "SKSV and C/D set: {s:02x?}");
+    assert_eq!(u16::from_be_bytes([s[16], s[17]]), byte, "field pointer: {s:02x?}");
+}
+
+/// A READ(16) or WRITE(16) CDB.
+pub fn rw16(op: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[1] = if fua { 0x08 } else { 0 };
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// A 10-byte block command CDB (READ/WRITE/VERIFY/SYNC/WRITE SAME (10)).
+pub fn cdb10(op: u8, byte1: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[1] = byte1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// Deterministic non-trivial bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// Reads `blocks` 512-byte blocks at `lba` with READ(16).
+pub fn read(d: &mut LunDriver, lba: u64, blocks: u32) -> Vec<u8> {
+    let f = run(d, &rw16(0x88, lba, blocks, false), &[]);
+    expect_good(&f);
+    f.data().to_vec()
+}

@@ -1,0 +1,2 @@
+//! Metric families for pangate; the registry and rendering arrive with the metrics issue.
+#![forbid(unsafe_code)]

@@ -1,0 +1,398 @@
+//! One logical unit: its settings, mode state and per-initiator unit attentions, and the
+//! execution of decoded commands into immediate completions or backend tasks.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::cdb::{self, Command, Extent};
+use crate::config::LunConfig;
+use crate::inquiry;
+use crate::mode::{self, ModeState};
+use crate::opcodes::op;
+use crate::report;
+use crate::sense::{Asc, Sense, SenseKey};
+use crate::task::{BackendOp, Buf, Completion, Finish, LockMode, LockRequest, Step, Task};
+
+/// Identifies an I_T nexus (an initiator's connection), chosen by the transport.
+pub type InitiatorId = u64;
+
+/// The initiator a command comes from, and the LUNs its map shows it (for REPORT LUNS).
+#[derive(Debug, Clone, Copy)]
+pub struct Nexus<'a> {
+    /// The I_T nexus.
+    pub id: InitiatorId,
+    /// LUN numbers visible to this initiator on this target.
+    pub luns: &'a [u16],
+}
+
+/// Most scratch a single step uses, so long VERIFY and WRITE SAME work in bounded memory.
+pub const SCRATCH_CHUNK: usize = 1 << 20;
+
+/// Most unit attentions queued per initiator; older ones are dropped past it.
+const MAX_PENDING_UA: usize = 8;
+
+/// What executing a command needs next.
+#[derive(Debug)]
+pub enum Action {
+    /// The command is complete without touching the backing image.
+    Complete(Completion),
+    /// The command needs the backing image; drive the task to completion.
+    Backend(Task),
+}
+
+/// A logical unit's state. Deterministic and free of I/O.
+#[derive(Debug)]
+pub struct LogicalUnit {
+    cfg: LunConfig,
+    mode: ModeState,
+    saved: ModeState,
+    attentions: HashMap<InitiatorId, VecDeque<Asc>>,
+}
+
+impl LogicalUnit {
+    /// A logical unit at power on.
+    pub fn new(cfg: LunConfig) -> LogicalUnit {
+        let mode = ModeState::defaults(&cfg);
+        LogicalUnit { cfg, mode, saved: mode, attentions: HashMap::new() }
+    }
+
+    /// The unit's settings.
+    pub fn config(&self) -> &LunConfig {
+        &self.cfg
+    }
+
+    /// The current mode state (WCE, D_SENSE).
+    pub fn mode(&self) -> ModeState {
+        self.mode
+    }
+
+    /// The saved mode state, for the transport to persist across restarts.
+    pub fn saved_mode(&self) -> ModeState {
+        self.saved
+    }
+
+    /// Restores saved mode pages at start-up; they become current too.
+    pub fn restore_saved_mode(&mut self, saved: ModeState) {
+        self.saved = saved;
+        self.mode = saved;
+    }
+
+    fn queue_attention(&mut self, asc: Asc, except: Option<InitiatorId>) {
+        for (id, q) in self.attentions.iter_mut() {
+            if Some(*id) == except || q.contains(&asc) {
+                continue;
+            }
+            if q.len() == MAX_PENDING_UA {
+                q.pop_front();
+            }
+            q.push_back(asc);
+        }
+    }
+
+    /// Changes capacity (after the image was resized): every initiator that has seen the
+    /// unit gets CAPACITY DATA HAS CHANGED.
+    pub fn set_capacity(&mut self, blocks: u64) {
+        self.cfg.blocks = blocks.max(1);
+        self.queue_attention(Asc::CAPACITY_CHANGED, None);
+    }
+
+    /// Marks a LOGICAL UNIT RESET: mode pages return to saved values and every initiator
+    /// gets BUS DEVICE RESET FUNCTION OCCURRED.
+    pub fn reset(&mut self) {
+        self.mode = self.saved;
+        self.queue_attention(Asc::LUN_RESET, None);
+    }
+
+    /// Forgets an initiator (its nexus is gone); a new one starts with a power-on attention.
+    pub fn forget(&mut self, initiator: InitiatorId) {
+        self.attentions.remove(&initiator);
+    }
+
+    fn attentions_of(&mut self, initiator: InitiatorId) -> &mut VecDeque<Asc> {
+        self.attentions.entry(initiator).or_insert_with(|| VecDeque::from([Asc::POWER_ON_RESET]))
+    }
+
+    /// Decodes a CDB for `initiator`, reporting a pending unit attention first (SAM-5 5.14,
+    /// except for INQUIRY, REPORT LUNS and REQUEST SENSE).
+    pub fn decode(&mut self, initiator: InitiatorId, cdb: &[u8]) -> Result<Command, Completion> {
+        let descriptor = self.mode.descriptor_sense;
+        let exempt = matches!(cdb.first(), Some(&(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)));
+        if !exempt {
+            if let Some(asc) = self.attentions_of(initiator).pop_front() {
+                return Err(Completion::check(&Sense::new(SenseKey::UnitAttention, asc), descriptor));
+            }
+        }
+        cdb::decode(cdb, &self.cfg).map_err(|s| Completion::check(&s, descriptor))
+    }
+
+    /// Decodes and executes in one go. `params` is the command's parameter data
+    /// ([`Command::parameter_len`] bytes of data-out); bulk data stays with the transport.
+    pub fn command(&mut self, nexus: &Nexus<'_>, cdb: &[u8], params: &[u8]) -> Action {
+        match self.decode(nexus.id, cdb) {
+            Ok(cmd) => self.execute(nexus, &cmd, params),
+            Err(c) => Action::Complete(c),
+        }
+    }
+
+    fn fail(&self, sense: &Sense) -> Action {
+        Action::Complete(Completion::check(sense, self.mode.descriptor_sense))
+    }
+
+    fn task(&self, steps: Vec<Step>, finish: Finish, writing: bool) -> Task {
+        Task::new(steps, finish, self.mode.descriptor_sense, writing)
+    }
+
+    fn bytes(&self, e: Extent) -> (u64, usize) {
+        (e.lba << self.cfg.block_shift(), (e.blocks as usize) << self.cfg.block_shift())
+    }
+
+    fn lock(&self, lba: u64, blocks: u64, mode: LockMode) -> LockRequest {
+        LockRequest { start: lba, end: lba + blocks, mode }
+    }
+
+    /// Executes a decoded command.
+    pub fn execute(&mut self, nexus: &Nexus<'_>, cmd: &Command, params: &[u8]) -> Action {
+        let initiator = nexus.id;
+        if cmd.writes_medium() && self.cfg.read_only {
+            return self.fail(&Sense::write_protected());
+        }
+        let want = cmd.parameter_len(self.cfg.block_size);
+        if params.len() < want {
+            return self.fail(&Sense::parameter_list_length());
+        }
+        let params = &params[..want];
+        let cfg = &self.cfg;
+        let done = |bytes: Vec<u8>, alloc: usize| Action::Complete(Completion::data(bytes, alloc));
+        match *cmd {
+            Command::TestUnitReady | Command::PreventAllowMediumRemoval => Action::Complete(Completion::good()),
+            Command::RequestSense { desc, alloc } => {
+                let sense = match self.attentions_of(initiator).pop_front() {
+                    Some(asc) => Sense::new(SenseKey::UnitAttention, asc),
+                    None => Sense::new(SenseKey::NoSense, Asc::NO_ADDITIONAL_SENSE),
+                };
+                done(sense.encode(desc), usize::from(alloc))
+            }
+            Command::Inquiry { vpd: None, alloc } => done(inquiry::standard(cfg), usize::from(alloc)),
+            Command::Inquiry { vpd: Some(page), alloc } => match inquiry::vpd(cfg, page) {
+                Ok(b) => done(b, usize::from(alloc)),
+                Err(s) => self.fail(&s),
+            },
+            Command::ModeSense(req) => match mode::sense(&req, cfg, &self.mode, &self.saved) {
+                Ok(b) => done(b, usize::from(req.alloc)),
+                Err(s) => self.fail(&s),
+            },
+            Command::ModeSelect { ten, save, .. } => match mode::select(ten, params, cfg, &self.mode) {
+                Ok(next) => {
+                    if next != self.mode {
+                        self.queue_attention(Asc::MODE_PARAMETERS_CHANGED, Some(initiator));
+                    }
+                    self.mode = next;
+                    if save {
+                        self.saved = next;
+                    }
+                    Action::Complete(Completion::good())
+                }
+                Err(s) => self.fail(&s),
+            },
+            Command::StartStopUnit { start, no_flush } => {
+                if start || no_flush {
+                    Action::Complete(Completion::good())
+                } else {
+                    Action::Backend(self.task(vec![Step::Io(BackendOp::Flush)], Finish::Good, false))
+                }
+            }
+            Command::ReadCapacity10 => done(report::read_capacity10(cfg), 8),
+            Command::ReadCapacity16 { alloc } => done(report::read_capacity16(cfg), alloc as usize),
+            Command::ReportLuns { select, alloc } => done(report::report_luns(nexus.luns, select), alloc as usize),
+            Command::ReportSupportedOpcodes { rctd, options, opcode, service_action, alloc } => {
+                match report::supported_opcodes(rctd, options, opcode, service_action) {
+                    Ok(b) => done(b, alloc as usize),
+                    Err(s) => self.fail(&s),
+                }
+            }
+            Command::GetLbaStatus { lba, alloc } => {
+                let bs = cfg.block_size;
+                let offset = lba << cfg.block_shift();
+                // Ask for no more than the allocation length can describe.
+                let max_desc = (alloc.saturating_sub(8) / 16).clamp(1, 1024);
+                let span = (cfg.blocks - lba).min(u64::from(max_desc) * u64::from(cfg.max_transfer_blocks()));
+                let op = BackendOp::BlockStatus { offset, len: span << cfg.block_shift() };
+                let finish = Finish::LbaStatus { lba, alloc, block_size: bs };
+                Action::Backend(self.task(vec![Step::Io(op)], finish, false))
+            }
+            Command::SynchronizeCache => {
+                Action::Backend(self.task(vec![Step::Io(BackendOp::Flush)], Finish::Good, false))
+            }
+            Command::Read { extent, .. } => {
+                let (offset, len) = self.bytes(extent);
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let op = BackendOp::Read { offset, len, into: Buf::DataIn(0) };
+                Action::Backend(self.task(vec![Step::Io(op)], Finish::ReadData(len), false))
+            }
+            Command::Write { extent, fua } => {
+                let (offset, len) = self.bytes(extent);
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let fua = fua || !self.mode.write_cache;
+                let op = BackendOp::Write { offset, len, from: Buf::DataOut(0), fua };
+                let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Shared);
+                Action::Backend(self.task(vec![Step::Io(op)], Finish::Good, true).with_lock(lock))
+            }
+            Command::WriteAndVerify { extent, bytchk } => {
+                let (offset, len) = self.bytes(extent);
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let mut steps = vec![Step::Io(BackendOp::Write { offset, len, from: Buf::DataOut(0), fua: true })];
+                steps.extend(self.verify_steps(offset, len, bytchk));
+                let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Exclusive);
+                let scratch = len.min(SCRATCH_CHUNK);
+                Action::Backend(self.task(steps, Finish::Good, true).with_scratch(scratch, None).with_lock(lock))
+            }
+            Command::Verify { extent, bytchk } => {
+                let (offset, len) = self.bytes(extent);
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let steps = self.verify_steps(offset, len, bytchk);
+                Action::Backend(self.task(steps, Finish::Good, false).with_scratch(len.min(SCRATCH_CHUNK), None))
+            }
+            Command::CompareAndWrite { extent, fua } => {
+                let (offset, len) = self.bytes(extent);
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let fua = fua || !self.mode.write_cache;
+                let steps = vec![
+                    Step::Io(BackendOp::Read { offset, len, into: Buf::Scratch(0) }),
+                    Step::Compare { scratch: 0, data_out: 0, len },
+                    Step::Io(BackendOp::Write { offset, len, from: Buf::DataOut(len), fua }),
+                ];
+                let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Exclusive);
+                Action::Backend(self.task(steps, Finish::Good, true).with_scratch(len, None).with_lock(lock))
+            }
+            Command::WriteSame { lba, blocks, unmap, ndob } => {
+                let offset = lba << cfg.block_shift();
+                let total = blocks << cfg.block_shift();
+                let zero = ndob || params.iter().all(|&b| b == 0);
+                let lock = self.lock(lba, blocks, LockMode::Shared);
+                let mut steps = Vec::new();
+                let task = if zero {
+                    let op = if unmap {
+                        BackendOp::Unmap { offset, len: total }
+                    } else {
+                        BackendOp::WriteZeroes { offset, len: total }
+                    };
+                    steps.push(Step::Io(op));
+                    self.task(steps, Finish::Good, true)
+                } else {
+                    let chunk = (total as usize).min(SCRATCH_CHUNK);
+                    let fua = !self.mode.write_cache;
+                    let mut at = 0u64;
+                    while at < total {
+                        let len = (total - at).min(chunk as u64) as usize;
+                        steps.push(Step::Io(BackendOp::Write { offset: offset + at, len, from: Buf::Scratch(0), fua }));
+                        at += len as u64;
+                    }
+                    self.task(steps, Finish::Good, true).with_scratch(chunk, Some(params.to_vec()))
+                };
+                Action::Backend(task.with_lock(lock))
+            }
+            Command::Unmap { .. } => match self.unmap_ranges(params) {
+                Ok(ranges) if ranges.is_empty() => Action::Complete(Completion::good()),
+                Ok(ranges) => {
+                    let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+                    let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
+                    let shift = self.cfg.block_shift();
+                    let steps = ranges
+                        .iter()
+                        .map(|&(lba, n)| Step::Io(BackendOp::Unmap { offset: lba << shift, len: n << shift }))
+                        .collect();
+                    let lock = self.lock(start, end - start, LockMode::Shared);
+                    Action::Backend(self.task(steps, Finish::Good, true).with_lock(lock))
+                }
+                Err(s) => self.fail(&s),
+            },
+        }
+    }
+
+    /// Reads `[offset, offset+len)` in scratch-sized chunks, comparing each with data-out
+    /// when `bytchk` is set.
+    fn verify_steps(&self, offset: u64, len: usize, bytchk: bool) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut at = 0usize;
+        while at < len {
+            let n = (len - at).min(SCRATCH_CHUNK);
+            steps.push(Step::Io(BackendOp::Read { offset: offset + at as u64, len: n, into: Buf::Scratch(0) }));
+            if bytchk {
+                steps.push(Step::Compare { scratch: 0, data_out: at, len: n });
+            }
+            at += n;
+        }
+        steps
+    }
+
+    /// Parses and validates an UNMAP parameter list (SBC-3 5.28.2) into (lba, blocks) pairs.
+    fn unmap_ranges(&self, p: &[u8]) -> Result<Vec<(u64, u64)>, Sense> {
+        if p.is_empty() {
+            return Ok(Vec::new());
+        }
+        if p.len() < 8 {
+            return Err(Sense::parameter_list_length());
+        }
+        let data_len = usize::from(u16::from_be_bytes([p[0], p[1]]));
+        let desc_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        if data_len + 2 > p.len() || desc_len + 8 > p.len() {
+            return Err(Sense::parameter_list_length());
+        }
+        // A trailing partial descriptor is ignored, as SBC-3 allows.
+        let count = desc_len / 16;
+        if count > self.cfg.limits.max_unmap_descriptors as usize {
+            return Err(Sense::invalid_parameter(2, None));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        let mut total = 0u64;
+        for i in 0..count {
+            let d = &p[8 + 16 * i..24 + 16 * i];
+            let lba = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+            let blocks = u64::from(u32::from_be_bytes([d[8], d[9], d[10], d[11]]));
+            cdb::check_range(&self.cfg, lba, blocks)?;
+            total += blocks;
+            if total > u64::from(self.cfg.max_unmap_blocks()) {
+                return Err(Sense::invalid_parameter((8 + 16 * i + 8) as u16, None));
+            }
+            if blocks > 0 {
+                ranges.push((lba, blocks));
+            }
+        }
+        Ok(ranges)
+    }
+}
+
+/// Executes a command addressed to a LUN that does not exist for this initiator (SPC-4
+/// 5.8): INQUIRY reports an unconnected unit, REPORT LUNS lists `luns`, REQUEST SENSE and
+/// everything else report LOGICAL UNIT NOT SUPPORTED.
+pub fn absent_lun(cdb: &[u8], luns: &[u16]) -> Completion {
+    let fail = |s: &Sense| Completion::check(s, false);
+    match cdb.first() {
+        Some(&op::INQUIRY) if cdb.len() >= 6 => {
+            let alloc = usize::from(u16::from_be_bytes([cdb[3], cdb[4]]));
+            if cdb[1] & 1 != 0 {
+                fail(&Sense::lun_not_supported())
+            } else {
+                Completion::data(inquiry::not_connected(), alloc)
+            }
+        }
+        Some(&op::REPORT_LUNS) => match crate::opcodes::check(cdb).and_then(|_| cdb::report_luns_fields(cdb)) {
+            Ok((select, alloc)) => Completion::data(report::report_luns(luns, select), alloc as usize),
+            Err(s) => fail(&s),
+        },
+        Some(&op::REQUEST_SENSE) if cdb.len() >= 6 => {
+            let desc = cdb[1] & 1 != 0;
+            Completion::data(Sense::lun_not_supported().encode(desc), usize::from(cdb[4]))
+        }
+        _ => fail(&Sense::lun_not_supported()),
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for pangate's integration tests: prerequisite checks and cleanup guards.
