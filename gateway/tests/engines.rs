@@ -1,0 +1,203 @@
+//! The io_uring engine against the synchronous fallback on real files, batching at depth,
+//! and COMPARE AND WRITE atomicity with overlapping writes in flight.
+
+mod support;
+
+use gateway::engine::{
+    open_engine, uring, AlignedBuf, Backend, EngineError, EngineKind, Image, ImageOptions, IoCompletion, IoOp,
+    IoRequest, SyncEngine, UringEngine,
+};
+use gateway::lun::Finished;
+use proptest::prelude::*;
+use scsi::{IoDone, Nexus, Status};
+use support::*;
+
+const SIZE: u64 = 4 << 20;
+
+fn image(dir: &tempfile::TempDir, name: &str, direct: bool) -> Image {
+    let opts = ImageOptions { create_size: Some(SIZE), direct, read_only: false };
+    Image::open(&dir.path().join(name), &opts).unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum RawOp {
+    Write { block: u64, blocks: u64, seed: u8, fua: bool },
+    Read { block: u64, blocks: u64 },
+    Unmap { block: u64, blocks: u64 },
+    Zero { block: u64, blocks: u64 },
+    Flush,
+    Status { block: u64, blocks: u64 },
+}
+
+fn raw_op() -> impl Strategy<Value = RawOp> {
+    let range = (0..1100u64, 1..64u64);
+    prop_oneof![
+        (range.clone(), any::<u8>(), any::<bool>()).prop_map(|((block, blocks), seed, fua)| RawOp::Write {
+            block,
+            blocks,
+            seed,
+            fua
+        }),
+        range.clone().prop_map(|(block, blocks)| RawOp::Read { block, blocks }),
+        range.clone().prop_map(|(block, blocks)| RawOp::Unmap { block, blocks }),
+        range.clone().prop_map(|(block, blocks)| RawOp::Zero { block, blocks }),
+        Just(RawOp::Flush),
+        range.prop_map(|(block, blocks)| RawOp::Status { block, blocks }),
+    ]
+}
+
+fn to_io(op: &RawOp) -> IoOp {
+    let b = |n: u64| n * 4096;
+    match *op {
+        RawOp::Write { block, blocks, seed, fua } => {
+            let len = b(blocks) as usize;
+            IoOp::Write { offset: b(block), buf: AlignedBuf::from_slice(&pattern(len, seed)), range: 0..len, fua }
+        }
+        RawOp::Read { block, blocks } => {
+            let len = b(blocks) as usize;
+            IoOp::Read { offset: b(block), buf: AlignedBuf::zeroed(len), range: 0..len }
+        }
+        RawOp::Unmap { block, blocks } => IoOp::Unmap { offset: b(block), len: b(blocks) },
+        RawOp::Zero { block, blocks } => IoOp::WriteZeroes { offset: b(block), len: b(blocks) },
+        RawOp::Flush => IoOp::Flush,
+        RawOp::Status { block, blocks } => IoOp::BlockStatus { offset: b(block), len: b(blocks) },
+    }
+}
+
+/// Result and any data read, comparable across engines.
+fn one(e: &mut dyn Backend, op: IoOp) -> (Result<IoDone, EngineError>, Vec<u8>) {
+    e.submit(IoRequest { tag: 0, op }).unwrap();
+    let mut out = Vec::new();
+    while out.is_empty() {
+        e.reap(&mut out, 1).unwrap();
+    }
+    let c = out.pop().unwrap();
+    let data = match c.req.op {
+        IoOp::Read { buf, .. } => buf.as_slice().to_vec(),
+        _ => vec![],
+    };
+    (c.result, data)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn uring_and_sync_engines_agree(ops in prop::collection::vec(raw_op(), 1..30), direct in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut u = UringEngine::new(image(&dir, "u.img", direct), 32).unwrap();
+        let mut s = SyncEngine::new(image(&dir, "s.img", direct));
+        for op in &ops {
+            let (ru, du) = one(&mut u, to_io(op));
+            let (rs, ds) = one(&mut s, to_io(op));
+            prop_assert_eq!(&ru, &rs, "{:?}", op);
+            prop_assert!(du == ds, "read data differs for {:?}", op);
+        }
+        let a = std::fs::read(dir.path().join("u.img")).unwrap();
+        let b = std::fs::read(dir.path().join("s.img")).unwrap();
+        prop_assert!(a == b, "final images differ");
+    }
+}
+
+#[test]
+fn probe_succeeds_here_or_says_why() {
+    match uring::probe() {
+        Ok(()) => {}
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("io_uring is required in CI: {why}"),
+        Err(why) => eprintln!("skipping: io_uring unavailable: {why}"),
+    }
+}
+
+#[test]
+fn auto_engine_opens_uring_where_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open_engine(image(&dir, "a.img", false), EngineKind::Auto, 8).unwrap();
+    assert_eq!(e.name(), if uring::probe().is_ok() { "io_uring" } else { "sync" });
+    let e = open_engine(image(&dir, "b.img", false), EngineKind::Sync, 8).unwrap();
+    assert_eq!(e.name(), "sync");
+}
+
+#[test]
+fn uring_batches_a_full_queue_and_hands_back_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = UringEngine::new(image(&dir, "q.img", true), 32).unwrap();
+    for i in 0..32u64 {
+        let buf = e.buffer(4096);
+        assert!(buf.fixed_index().is_some(), "buffers come from the registered arena");
+        e.submit(IoRequest { tag: i, op: IoOp::Write { offset: i * 4096, buf, range: 0..4096, fua: false } }).unwrap();
+    }
+    let extra = IoRequest { tag: 99, op: IoOp::Flush };
+    let (back, err) = e.submit(extra).unwrap_err();
+    assert_eq!((back.tag, err), (99, EngineError::Full));
+    let mut done: Vec<IoCompletion> = Vec::new();
+    for _ in 0..1000 {
+        if done.len() == 32 {
+            break;
+        }
+        let want = 32 - done.len();
+        e.reap(&mut done, want).unwrap();
+    }
+    assert_eq!(done.len(), 32);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+}
+
+#[test]
+fn out_of_range_requests_complete_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = UringEngine::new(image(&dir, "r.img", false), 4).unwrap();
+    let (r, _) = one(&mut e, IoOp::Read { offset: SIZE - 512, buf: AlignedBuf::zeroed(4096), range: 0..4096 });
+    assert_eq!(r, Err(EngineError::OutOfRange));
+}
+
+#[test]
+fn short_read_of_a_truncated_image_is_a_medium_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(&dir, "t.img", false);
+    let path = img.path.clone();
+    let mut e = UringEngine::new(img, 4).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    let (r, _) = one(&mut e, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(8192), range: 0..8192 });
+    assert_eq!(r, Err(EngineError::Short { done: 4096, wanted: 8192 }));
+}
+
+/// With the write to the same block submitted between two COMPARE AND WRITEs, and all
+/// three in flight at once, the range lock must serialise them in arrival order: CAW(A→B),
+/// WRITE(C), CAW(C→D) all succeed and the block ends as D. Without the lock the write
+/// could land between the first CAW's read and write.
+#[test]
+fn compare_and_write_is_atomic_against_overlapping_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = UringEngine::new(image(&dir, "c.img", true), 64).unwrap();
+    let mut d = driver(config(4096, SIZE), Box::new(engine));
+    let [a, b, c, dd] = [1u8, 2, 3, 4].map(|s| pattern(4096, s));
+    for round in 0..50u64 {
+        let lba = round % 16;
+        expect_good(&run(&mut d, &rw16(0x8A, lba, 1, false), &a));
+        let nexus = Nexus { id: I, luns: &[0] };
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[2..10].copy_from_slice(&lba.to_be_bytes());
+        caw[13] = 1;
+        d.submit(1, &nexus, &caw, &[a.clone(), b.clone()].concat());
+        d.submit(2, &nexus, &rw16(0x8A, lba, 1, false), &c);
+        d.submit(3, &nexus, &caw, &[c.clone(), dd.clone()].concat());
+        let mut out: Vec<Finished> = Vec::new();
+        for _ in 0..1000 {
+            if out.len() == 3 {
+                break;
+            }
+            d.poll(&mut out, true).unwrap();
+        }
+        assert_eq!(out.len(), 3);
+        for f in &out {
+            assert_eq!(f.completion.status, Status::Good, "round {round} tag {}: {:02x?}", f.tag, f.completion.sense);
+        }
+        assert_eq!(read4k(&mut d, lba), dd, "round {round}");
+    }
+}
+
+fn read4k(d: &mut gateway::lun::LunDriver, lba: u64) -> Vec<u8> {
+    let f = run(d, &rw16(0x88, lba, 1, false), &[]);
+    expect_good(&f);
+    f.data().to_vec()
+}
