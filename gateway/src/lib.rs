@@ -1,5 +1,8 @@
 //! The pangate control node: backing-image engines, LUN execution, configuration, and the
 //! pieces the `pangate` binary composes.
 
+pub mod config;
 pub mod engine;
 pub mod lun;
+pub mod persist;
+pub mod storage;

@@ -1,0 +1,469 @@
+//! The control node's TOML configuration: PANs, their images, and each node's LUN map.
+//!
+//! Loading validates everything up front; an error names the file, the key and the reason,
+//! and says what would fix it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineKind;
+use crate::persist;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, when the config came from one.
+    pub file: Option<PathBuf>,
+    /// Dotted path of the offending key, e.g. `pan[0].node[1].luns[2].image`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+    /// What would fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        write!(f, "{}: {} (fix: {})", self.key, self.reason, self.fix)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError { file: None, key: key.into(), reason: reason.into(), fix: fix.into() }
+}
+
+/// A byte size: an integer, or a string like `"1GiB"`, `"512MiB"`, `"4096"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "SizeRepr")]
+pub struct Size(pub u64);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for Size {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Size, String> {
+        match r {
+            SizeRepr::Bytes(n) => Ok(Size(n)),
+            SizeRepr::Text(s) => parse_size(&s).map(Size),
+        }
+    }
+}
+
+impl From<Size> for SizeRepr {
+    fn from(s: Size) -> SizeRepr {
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if s.0 != 0 && s.0 % (1 << shift) == 0 {
+                return SizeRepr::Text(format!("{}{unit}", s.0 >> shift));
+            }
+        }
+        SizeRepr::Bytes(s.0)
+    }
+}
+
+/// Parses `"<n>[KiB|MiB|GiB|TiB|K|M|G|T]"` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"1GiB\" or 4096"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Access a node has to a mapped LUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read-only.
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+/// A backing image owned by a PAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Name, unique within the PAN.
+    pub name: String,
+    /// File or block device; relative paths are under the data directory.
+    pub path: PathBuf,
+    /// Size to create a missing file with.
+    pub size: Size,
+    /// Logical block size: 512 or 4096.
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// Thin provisioning (UNMAP, deallocated extents).
+    #[serde(default = "yes")]
+    pub thin: bool,
+    /// Write cache enabled at power on.
+    #[serde(default = "yes")]
+    pub write_cache: bool,
+}
+
+/// One (target, LUN) → image entry of a node's map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LunMapEntry {
+    /// Virtual SCSI target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// Name of an image of the same PAN.
+    pub image: String,
+    /// Access granted.
+    pub access: Access,
+}
+
+/// A node: a client of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name, unique within the PAN.
+    pub name: String,
+    /// Shared secret the node presents when it connects.
+    pub credential: String,
+    /// The node's virtual storage space.
+    #[serde(default)]
+    pub luns: Vec<LunMapEntry>,
+}
+
+/// A processing area network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanConfig {
+    /// Name, unique on this control node.
+    pub name: String,
+    /// Images the PAN's nodes may map.
+    #[serde(default, rename = "image")]
+    pub images: Vec<ImageConfig>,
+    /// Nodes of the PAN.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The control node's serial, the root of LUN identities and MAC addresses.
+    pub serial: String,
+    /// Where images and state live; relative to the config file's directory.
+    pub data_dir: PathBuf,
+    /// Engine for every image.
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// Open images with `O_DIRECT`.
+    #[serde(default)]
+    pub direct_io: bool,
+    /// The PANs.
+    #[serde(default, rename = "pan")]
+    pub pans: Vec<PanConfig>,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!("{name:?} is not a valid name"),
+            "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+        ))
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text. `file` is only used in error messages.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let with_file = |mut e: ConfigError| {
+            e.file = file.map(Path::to_path_buf);
+            e
+        };
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let key = e.span().map_or_else(|| "(document)".to_string(), |s| locate(text, s.start));
+            with_file(err(key, e.message().to_string(), "see the config format in README.md"))
+        })?;
+        cfg.validate().map_err(with_file)?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: "(file)".into(),
+            reason: e.to_string(),
+            fix: "check the path and its permissions".into(),
+        })?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// Checks names, uniqueness, geometry and that every map entry names an image of its
+    /// own PAN (so a LUN can be shared within a PAN but never across PANs).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.serial.is_empty() || self.serial.len() > 32 || !self.serial.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err("serial", "must be 1-32 printable ASCII characters", "set serial = \"pg-<hex>\""));
+        }
+        let mut pans = HashSet::new();
+        for (p, pan) in self.pans.iter().enumerate() {
+            let pk = format!("pan[{p}]");
+            check_name(&format!("{pk}.name"), &pan.name)?;
+            if !pans.insert(&pan.name) {
+                return Err(err(
+                    format!("{pk}.name"),
+                    format!("PAN {:?} is defined twice", pan.name),
+                    "give each PAN a unique name",
+                ));
+            }
+            let mut images = HashSet::new();
+            for (i, img) in pan.images.iter().enumerate() {
+                let ik = format!("{pk}.image[{i}]");
+                check_name(&format!("{ik}.name"), &img.name)?;
+                if !images.insert(img.name.as_str()) {
+                    return Err(err(
+                        format!("{ik}.name"),
+                        format!("image {:?} is defined twice in PAN {:?}", img.name, pan.name),
+                        "give each image of a PAN a unique name",
+                    ));
+                }
+                if img.block_size != 512 && img.block_size != 4096 {
+                    return Err(err(
+                        format!("{ik}.block_size"),
+                        format!("{} is not supported", img.block_size),
+                        "use 512 or 4096",
+                    ));
+                }
+                if img.size.0 < u64::from(img.block_size) || img.size.0 % u64::from(img.block_size) != 0 {
+                    return Err(err(
+                        format!("{ik}.size"),
+                        format!(
+                            "{} bytes is not a positive multiple of the {}-byte block size",
+                            img.size.0, img.block_size
+                        ),
+                        "use a size such as \"1GiB\"",
+                    ));
+                }
+            }
+            let mut nodes = HashSet::new();
+            for (n, node) in pan.nodes.iter().enumerate() {
+                let nk = format!("{pk}.node[{n}]");
+                check_name(&format!("{nk}.name"), &node.name)?;
+                if !nodes.insert(&node.name) {
+                    return Err(err(
+                        format!("{nk}.name"),
+                        format!("node {:?} is defined twice in PAN {:?}", node.name, pan.name),
+                        "give each node of a PAN a unique name",
+                    ));
+                }
+                if node.credential.len() < 16 {
+                    return Err(err(
+                        format!("{nk}.credential"),
+                        "shorter than 16 characters",
+                        "use a long random secret, e.g. `openssl rand -hex 16`",
+                    ));
+                }
+                let mut addrs = HashSet::new();
+                for (l, m) in node.luns.iter().enumerate() {
+                    let lk = format!("{nk}.luns[{l}]");
+                    if m.lun >= 16384 {
+                        return Err(err(
+                            format!("{lk}.lun"),
+                            format!("{} is beyond flat LUN addressing", m.lun),
+                            "use a LUN below 16384",
+                        ));
+                    }
+                    if !addrs.insert((m.target, m.lun)) {
+                        return Err(err(
+                            lk,
+                            format!("target {} LUN {} is mapped twice", m.target, m.lun),
+                            "map each (target, LUN) once per node",
+                        ));
+                    }
+                    if !images.contains(m.image.as_str()) {
+                        return Err(err(
+                            format!("{lk}.image"),
+                            format!("no image {:?} in PAN {:?}", m.image, pan.name),
+                            "name an image defined under this PAN's [[pan.image]]",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory, resolved against the directory holding the config file.
+    pub fn data_dir_from(&self, config_dir: &Path) -> PathBuf {
+        if self.data_dir.is_absolute() {
+            self.data_dir.clone()
+        } else {
+            config_dir.join(&self.data_dir)
+        }
+    }
+
+    /// The embedded default: a demo PAN with two nodes, each with its own 1 GiB image at
+    /// target 0 LUN 0, and a shared read-only image at LUN 1.
+    pub fn embedded_default() -> std::io::Result<Config> {
+        let image = |name: &str| ImageConfig {
+            name: name.into(),
+            path: PathBuf::from(format!("images/demo-{name}.img")),
+            size: Size(1 << 30),
+            block_size: 512,
+            thin: true,
+            write_cache: true,
+        };
+        let node = |name: &str, disk: &str| -> std::io::Result<NodeConfig> {
+            Ok(NodeConfig {
+                name: name.into(),
+                credential: persist::random_hex(16)?,
+                luns: vec![
+                    LunMapEntry { target: 0, lun: 0, image: disk.into(), access: Access::Rw },
+                    LunMapEntry { target: 0, lun: 1, image: "shared".into(), access: Access::Ro },
+                ],
+            })
+        };
+        Ok(Config {
+            serial: format!("pg-{}", persist::random_hex(6)?),
+            data_dir: PathBuf::from("."),
+            engine: EngineKind::Auto,
+            direct_io: false,
+            pans: vec![PanConfig {
+                name: "demo".into(),
+                images: vec![image("disk-a"), image("disk-b"), image("shared")],
+                nodes: vec![node("node-a", "disk-a")?, node("node-b", "disk-b")?],
+            }],
+        })
+    }
+
+    /// Serialises to TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Writes the config atomically with mode 0600 (it holds credentials).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        persist::write_atomic(path, self.to_toml().as_bytes(), 0o600)
+    }
+}
+
+/// A rough key path for a byte offset in TOML text: the nearest table header and the key
+/// on that line, for parse errors that carry only a position.
+fn locate(text: &str, at: usize) -> String {
+    let upto = &text[..at.min(text.len())];
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line_no = upto.matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let table = upto.lines().rev().find(|l| l.trim_start().starts_with('[')).map(str::trim).unwrap_or("");
+    if key.is_empty() || key.starts_with('[') {
+        format!("line {line_no}")
+    } else if table.is_empty() {
+        format!("{key} (line {line_no})")
+    } else {
+        format!("{table} {key} (line {line_no})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+serial = "pg-test"
+data_dir = "/tmp/x"
+
+[[pan]]
+name = "p1"
+
+[[pan.image]]
+name = "d0"
+path = "d0.img"
+size = "64MiB"
+
+[[pan.node]]
+name = "n1"
+credential = "0123456789abcdef0123"
+luns = [{ target = 0, lun = 0, image = "d0", access = "rw" }]
+"#;
+
+    #[test]
+    fn parses_sizes_and_defaults() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.pans[0].images[0].size, Size(64 << 20));
+        assert_eq!(c.pans[0].images[0].block_size, 512);
+        assert_eq!(c.engine, EngineKind::Auto);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn default_round_trips_and_validates() {
+        let c = Config::embedded_default().unwrap();
+        let again = Config::parse(&c.to_toml(), None).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn errors_name_file_key_reason_and_fix() {
+        let bad = GOOD.replace("image = \"d0\"", "image = \"d9\"");
+        let e = Config::parse(&bad, Some(Path::new("/etc/pangate.toml"))).unwrap_err();
+        assert_eq!(e.key, "pan[0].node[0].luns[0].image");
+        let text = e.to_string();
+        assert!(text.starts_with("/etc/pangate.toml: pan[0].node[0].luns[0].image: no image \"d9\""), "{text}");
+        assert!(text.contains("fix:"), "{text}");
+
+        let e = Config::parse(&GOOD.replace("\"64MiB\"", "\"64MB\""), None).unwrap_err();
+        assert!(e.reason.contains("unknown size unit"), "{e}");
+        assert!(e.key.contains("size"), "{e}");
+
+        let e = Config::parse(&GOOD.replace("credential = \"0123456789abcdef0123\"", "credential = \"x\""), None)
+            .unwrap_err();
+        assert_eq!(e.key, "pan[0].node[0].credential");
+
+        let e = Config::parse(&GOOD.replace("name = \"p1\"", "name = \"P 1\""), None).unwrap_err();
+        assert_eq!(e.key, "pan[0].name");
+
+        let e = Config::parse(&format!("{GOOD}\nbogus = 1\n"), None).unwrap_err();
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_node_cannot_map_another_pans_image() {
+        let two = format!("{GOOD}\n[[pan]]\nname = \"p2\"\n[[pan.node]]\nname = \"n1\"\ncredential = \"0123456789abcdef0123\"\nluns = [{{ target = 0, lun = 0, image = \"d0\", access = \"ro\" }}]\n");
+        let e = Config::parse(&two, None).unwrap_err();
+        assert_eq!(e.key, "pan[1].node[0].luns[0].image");
+    }
+}

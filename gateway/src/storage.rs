@@ -1,0 +1,85 @@
+//! Opens a configuration's images and builds one LUN driver per image, shared by every node
+//! of the PAN that maps it.
+
+use std::path::Path;
+
+use scsi::{LunConfig, LunIdentity};
+
+use crate::config::{Access, Config};
+use crate::engine::{open_engine, EngineKind, Image, ImageOptions};
+use crate::lun::LunDriver;
+
+/// Queue depth of each image's engine.
+pub const ENGINE_DEPTH: u32 = 256;
+
+/// An open image of a PAN.
+#[derive(Debug)]
+pub struct OpenImage {
+    /// PAN name.
+    pub pan: String,
+    /// Image name.
+    pub name: String,
+    /// Where it lives.
+    pub path: std::path::PathBuf,
+    /// The LUN driver over its engine.
+    pub driver: LunDriver,
+}
+
+/// One entry of a node's map, resolved to an open image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// PAN name.
+    pub pan: String,
+    /// Node name.
+    pub node: String,
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// Index into the image list.
+    pub image: usize,
+    /// Access granted.
+    pub access: Access,
+}
+
+/// Opens every image of every PAN (creating missing files sparse) on the configured engine.
+pub fn open_all(cfg: &Config, data_dir: &Path) -> anyhow::Result<(Vec<OpenImage>, Vec<Mapping>)> {
+    let kind = EngineKind::resolve(cfg.engine).map_err(anyhow::Error::msg)?;
+    let mut images = Vec::new();
+    let mut maps = Vec::new();
+    for pan in &cfg.pans {
+        let first = images.len();
+        for img in &pan.images {
+            let path = if img.path.is_absolute() { img.path.clone() } else { data_dir.join(&img.path) };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let opts = ImageOptions { create_size: Some(img.size.0), direct: cfg.direct_io, read_only: false };
+            let image = Image::open(&path, &opts)
+                .map_err(|e| anyhow::anyhow!("pan {:?} image {:?} at {}: {e}", pan.name, img.name, path.display()))?;
+            let size = image.size - image.size % u64::from(img.block_size);
+            let identity = LunIdentity::new(format!("{}/{}/{}", cfg.serial, pan.name, img.name));
+            let mut lun = LunConfig::new(identity, img.block_size, size)
+                .map_err(|e| anyhow::anyhow!("pan {:?} image {:?}: {e}", pan.name, img.name))?;
+            lun.thin_provisioning = img.thin;
+            lun.write_cache = img.write_cache;
+            let engine = open_engine(image, kind, ENGINE_DEPTH)?;
+            let driver = LunDriver::new(lun, engine)?;
+            images.push(OpenImage { pan: pan.name.clone(), name: img.name.clone(), path, driver });
+        }
+        for node in &pan.nodes {
+            for m in &node.luns {
+                let image = first + pan.images.iter().position(|i| i.name == m.image).expect("validated");
+                maps.push(Mapping {
+                    pan: pan.name.clone(),
+                    node: node.name.clone(),
+                    target: m.target,
+                    lun: m.lun,
+                    image,
+                    access: m.access,
+                });
+            }
+        }
+    }
+    Ok((images, maps))
+}
