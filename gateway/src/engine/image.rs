@@ -107,6 +107,7 @@ impl Image {
                 Err(e) => return Err(e),
             };
             push_extent(&mut out, data - at, false);
+            at = data;
             if data >= end {
                 break;
             }
