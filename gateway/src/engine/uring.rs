@@ -16,6 +16,14 @@ use super::{validate, AlignedBuf, Arena, Backend, EngineError, Image, IoCompleti
 /// Bytes of registered buffer memory per engine.
 pub const ARENA_BYTES: usize = 16 << 20;
 
+/// Default most SQEs handed to the kernel per `io_uring_enter`.
+///
+/// Measured on a virtio disk: submitting a whole queue's worth at once makes the device
+/// complete it as one wave, so every wave waits for its slowest request and the queue runs
+/// in lockstep (-15% IOPS at QD32 against fio). Small batches keep completions staggered
+/// and still save most syscalls.
+pub const SUBMIT_BATCH: usize = 4;
+
 /// How many times a request that made partial progress, or hit EAGAIN, is resubmitted.
 const MAX_RETRIES: u8 = 16;
 
@@ -55,6 +63,10 @@ pub struct UringEngine {
     ready: VecDeque<IoCompletion>,
     arena: Option<Arc<Arena>>,
     queued: usize,
+    /// Most SQEs queued before they are handed to the kernel.
+    submit_batch: usize,
+    /// Whether the ring has been enabled; the first thread to use it enables it.
+    enabled: bool,
     can_punch: bool,
     can_zero_range: bool,
 }
@@ -74,7 +86,22 @@ impl UringEngine {
     /// An engine with room for `depth` requests in flight.
     pub fn new(image: Image, depth: u32) -> io::Result<UringEngine> {
         let depth = depth.clamp(1, 4096);
-        let ring = IoUring::builder().setup_coop_taskrun().setup_cqsize(depth * 2).build(depth)?;
+        // Completions are posted only when this engine's thread enters the kernel
+        // (DEFER_TASKRUN), so they trickle in as the worker asks rather than waking it for
+        // each one. The ring starts disabled so that the thread that first drives it, not
+        // the one that built it, becomes its single issuer. Kernels before 6.1 lack these
+        // flags; they get a plain ring.
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_r_disabled()
+            .setup_cqsize(depth * 2)
+            .build(depth)
+            .map(|r| (r, false))
+            .or_else(|_| IoUring::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
+        let (ring, enabled) = ring;
         ring.submitter().register_files(&[image.file.as_raw_fd()])?;
         let arena = Arena::new(ARENA_BYTES, 0);
         // SAFETY: the arena's memory stays allocated while the ring lives: the engine holds an
@@ -94,9 +121,25 @@ impl UringEngine {
             ready: VecDeque::new(),
             arena,
             queued: 0,
+            submit_batch: SUBMIT_BATCH,
+            enabled,
             can_punch: true,
             can_zero_range: true,
         })
+    }
+
+    /// Sets the most SQEs handed to the kernel per `io_uring_enter` (at least 1).
+    pub fn set_submit_batch(&mut self, n: usize) {
+        self.submit_batch = n.max(1);
+    }
+
+    /// Enables a ring created disabled, making the calling thread its single issuer.
+    fn enable(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+        }
+        Ok(())
     }
 
     /// The image this engine serves.
@@ -159,6 +202,10 @@ impl UringEngine {
             // memory never moves) until the CQE for this user data is reaped.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.queued += 1;
+                if self.queued >= self.submit_batch {
+                    self.ring.submit()?;
+                    self.queued = 0;
+                }
                 return Ok(());
             }
             self.ring.submit()?;
@@ -236,6 +283,9 @@ impl Backend for UringEngine {
             self.ready.push_back(IoCompletion { req, result: Err(e) });
             return Ok(());
         }
+        if let Err(e) = self.enable() {
+            return Err((req, e.into()));
+        }
         let Some(slot) = self.free.pop() else {
             return Err((req, EngineError::Full));
         };
@@ -249,6 +299,7 @@ impl Backend for UringEngine {
     }
 
     fn reap(&mut self, out: &mut Vec<IoCompletion>, min: usize) -> io::Result<()> {
+        self.enable()?;
         let want = if self.ready.len() >= min { 0 } else { min - self.ready.len() };
         let outstanding = self.slots.len() - self.free.len();
         let want = want.min(outstanding);
@@ -296,7 +347,7 @@ impl Drop for UringEngine {
         for _ in 0..self.slots.len() {
             let outstanding = self.slots.len() - self.free.len();
             if outstanding == 0 {
-                break;
+                return;
             }
             if self.ring.submit_and_wait(outstanding).is_err() {
                 break;
@@ -307,6 +358,11 @@ impl Drop for UringEngine {
                     self.free.push(slot);
                 }
             }
+        }
+        // The kernel could not be waited for (dropped on a thread that is not the ring's
+        // issuer, say): leak what is still in flight rather than free memory it may write.
+        for slot in self.slots.drain(..).flatten() {
+            std::mem::forget(slot);
         }
     }
 }
