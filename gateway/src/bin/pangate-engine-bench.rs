@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use gateway::engine::{open_engine, Backend, EngineKind, Image, ImageOptions, IoCompletion, IoOp, IoRequest, UringEngine};
+use gateway::engine::{
+    open_engine, Backend, EngineKind, Image, ImageOptions, IoCompletion, IoOp, IoRequest, UringEngine,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Rw {
@@ -141,7 +143,9 @@ fn main() -> anyhow::Result<()> {
                 lat_total += now.duration_since(started[tag]);
                 let buf = c.req.op.into_buf().expect("data ops carry buffers");
                 started[tag] = Instant::now();
-                engine.submit(IoRequest { tag: tag as u64, op: make(buf, next_offset(&mut rng)) }).map_err(|(_, e)| e)?;
+                engine
+                    .submit(IoRequest { tag: tag as u64, op: make(buf, next_offset(&mut rng)) })
+                    .map_err(|(_, e)| e)?;
             }
         }
     }
