@@ -114,10 +114,10 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let mut started = vec![Instant::now(); a.qd];
-    for tag in 0..a.qd {
+    for (tag, start) in started.iter_mut().enumerate() {
         let mut buf = engine.buffer(a.bs);
         buf.as_mut_slice().iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8) ^ (tag as u8));
-        started[tag] = Instant::now();
+        *start = Instant::now();
         engine.submit(IoRequest { tag: tag as u64, op: make(buf, next_offset(&mut rng)) }).map_err(|(_, e)| e)?;
     }
     let run = Duration::from_secs_f64(a.seconds);
