@@ -303,7 +303,10 @@ impl Backend for UringEngine {
         let want = if self.ready.len() >= min { 0 } else { min - self.ready.len() };
         let outstanding = self.slots.len() - self.free.len();
         let want = want.min(outstanding);
-        if self.queued > 0 || want > 0 {
+        // With DEFER_TASKRUN, finished requests are posted to the CQ only by an enter with
+        // GETEVENTS; the kernel raises SQ_TASKRUN when some are waiting.
+        let deferred = self.ring.submission().taskrun();
+        if self.queued > 0 || want > 0 || deferred {
             loop {
                 match self.ring.submit_and_wait(want) {
                     Ok(_) => break,
