@@ -146,7 +146,7 @@ fn non_blocking_reaps_see_completions() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(&dir, "n.img", true);
     // Reads of holes complete inline at submission; allocate the blocks so they go to disk.
-    img.write_at(&AlignedBuf::from_slice(&pattern(1 << 20, 1)).as_slice()[..], 0, true).unwrap();
+    img.write_at(AlignedBuf::from_slice(&pattern(1 << 20, 1)).as_slice(), 0, true).unwrap();
     let mut e = UringEngine::new(img, 8).unwrap();
     for i in 0..4u64 {
         let buf = e.buffer(4096);
