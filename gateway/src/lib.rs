@@ -5,4 +5,5 @@ pub mod config;
 pub mod engine;
 pub mod lun;
 pub mod persist;
+pub mod ring;
 pub mod storage;

@@ -1,0 +1,603 @@
+//! The CMD / STAT / BUF / TRAN message codec (sans-IO): fixed-size slots in, validated
+//! values out, and back.
+//!
+//! Every message is one [`SLOT_SIZE`]-byte slot, little-endian, starting with a 16-byte
+//! header:
+//!
+//! ```text
+//! 0      kind          1 CMD, 2 STAT, 3 BUF, 4 TRAN
+//! 1      flags         DATA_IN, DATA_OUT, CONTROL, STAGED
+//! 2..4   reserved      zero
+//! 4..8   seq           the command's sequence number, chosen by the node
+//! 8..12  len           bytes of the message, header included
+//! 12..16 reserved      zero
+//! ```
+//!
+//! CMD (node → gateway): target u16 @16, lun u16 @18, cdb_len u8 @20, control op u8 @21,
+//! segment count u16 @22, control argument u32 @24, reserved u32 @28, CDB [u8; 32] @32, then
+//! segments of 16 bytes (offset u64, len u32, reserved u32) @64: regions of the node's data
+//! area. STAT (gateway → node): status u8 @16, sense_len u8 @17, control result u16 @18,
+//! residual u32 @20, transferred u32 @24, reserved u32 @28, sense [u8; 96] @32. BUF (gateway
+//! → node): index u16 @16, segment count u16 @18, reserved u32 @20, segments @24: regions
+//! of the gateway's staging area. TRAN (node → gateway): index u16 @16, reserved @18..24.
+//!
+//! Parsing takes the bounds of the areas regions may name and rejects anything that does
+//! not fit, with checked arithmetic; reserved bytes must be zero.
+
+use thiserror::Error;
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+/// Bytes per ring slot; every message fits in one.
+pub const SLOT_SIZE: usize = 512;
+/// Longest CDB a CMD carries.
+pub const MAX_CDB: usize = 32;
+/// Most segments in a CMD.
+pub const MAX_CMD_SEGMENTS: usize = (SLOT_SIZE - 64) / 16;
+/// Most segments in a BUF.
+pub const MAX_BUF_SEGMENTS: usize = (SLOT_SIZE - 24) / 16;
+/// Most sense bytes in a STAT.
+pub const MAX_SENSE: usize = 96;
+
+/// Message kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A SCSI command or protocol-control request, node → gateway.
+    Cmd = 1,
+    /// Completion of a command, gateway → node.
+    Stat = 2,
+    /// Gateway buffers the node should fill (staged writes), gateway → node.
+    Buf = 3,
+    /// A BUF's segment has been written, node → gateway.
+    Tran = 4,
+}
+
+/// Header flag: the command moves data gateway → node (a read).
+pub const FLAG_DATA_IN: u8 = 0x01;
+/// Header flag: the command moves data node → gateway (a write).
+pub const FLAG_DATA_OUT: u8 = 0x02;
+/// Header flag: a protocol-control message, not a SCSI command.
+pub const FLAG_CONTROL: u8 = 0x04;
+/// Header flag on CMD: deliver write data through BUF/TRAN rather than reading the regions.
+pub const FLAG_STAGED: u8 = 0x08;
+const KNOWN_FLAGS: u8 = FLAG_DATA_IN | FLAG_DATA_OUT | FLAG_CONTROL | FLAG_STAGED;
+
+/// Protocol-control operations (CMD with [`FLAG_CONTROL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ControlOp {
+    /// Liveness check; answered at once.
+    Heartbeat = 1,
+    /// Abort the command whose sequence number is the argument.
+    AbortTask = 2,
+    /// Reset the (target, LUN) of the message.
+    LunReset = 3,
+    /// Write the node's LUN list into the message's segments.
+    ReportConfig = 4,
+}
+
+/// A message that breaks the protocol, and what about it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtoError {
+    /// The kind byte names no message.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// A message arrived on a ring that does not carry its kind.
+    #[error("a {0:?} message is not allowed in this direction")]
+    WrongDirection(Kind),
+    /// Undefined flag bits, or a combination that makes no sense.
+    #[error("invalid flags {0:#04x}")]
+    BadFlags(u8),
+    /// Bytes that must be zero are not.
+    #[error("reserved byte {0} is not zero")]
+    Reserved(usize),
+    /// The length field disagrees with the content or the slot.
+    #[error("message length {len} is wrong (expected {expected})")]
+    BadLength {
+        /// Length claimed.
+        len: u32,
+        /// Length the content implies.
+        expected: u32,
+    },
+    /// CDB length zero or over [`MAX_CDB`].
+    #[error("CDB length {0} is outside 1..=32")]
+    CdbLength(u8),
+    /// More segments than fit.
+    #[error("{0} segments exceed the limit")]
+    TooManySegments(u16),
+    /// A segment lies outside the area it must be in.
+    #[error("segment {index} ({offset:#x}+{len}) lies outside the {area}-byte area")]
+    OutOfBounds {
+        /// Segment index.
+        index: usize,
+        /// Its offset.
+        offset: u64,
+        /// Its length.
+        len: u32,
+        /// Size of the area.
+        area: u64,
+    },
+    /// Segment lengths sum past what a transfer can be.
+    #[error("segment lengths overflow")]
+    LengthOverflow,
+    /// Sense length over [`MAX_SENSE`].
+    #[error("sense length {0} exceeds 96")]
+    SenseLength(u8),
+    /// Unknown protocol-control operation.
+    #[error("unknown control operation {0}")]
+    UnknownControl(u8),
+}
+
+/// A region of a shared area: `len` bytes at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Region {
+    /// Offset in the area.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// A bounded scatter-gather list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    n: usize,
+    regions: [Region; MAX_CMD_SEGMENTS],
+}
+
+impl Default for Segments {
+    fn default() -> Self {
+        Segments { n: 0, regions: [Region::default(); MAX_CMD_SEGMENTS] }
+    }
+}
+
+impl Segments {
+    /// A list from regions; `None` when there are more than [`MAX_CMD_SEGMENTS`].
+    pub fn new(regions: &[Region]) -> Option<Segments> {
+        let mut s = Segments::default();
+        if regions.len() > MAX_CMD_SEGMENTS {
+            return None;
+        }
+        s.regions[..regions.len()].copy_from_slice(regions);
+        s.n = regions.len();
+        Some(s)
+    }
+
+    /// The regions.
+    pub fn as_slice(&self) -> &[Region] {
+        &self.regions[..self.n]
+    }
+
+    /// Sum of the lengths (validated not to overflow at parse time).
+    pub fn total(&self) -> u64 {
+        self.as_slice().iter().map(|r| u64::from(r.len)).sum()
+    }
+}
+
+/// A SCSI command or protocol-control request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cmd {
+    /// Sequence number, echoed in STAT and BUF.
+    pub seq: u32,
+    /// Header flags.
+    pub flags: u8,
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// CDB bytes (`cdb_len` of them are meaningful).
+    pub cdb: [u8; MAX_CDB],
+    /// CDB length.
+    pub cdb_len: u8,
+    /// Control operation, for control messages.
+    pub control: Option<ControlOp>,
+    /// Control argument (ABORT TASK: the sequence number to abort).
+    pub arg: u32,
+    /// Data regions in the node's data area.
+    pub segments: Segments,
+}
+
+impl Cmd {
+    /// A SCSI command.
+    pub fn scsi(seq: u32, target: u16, lun: u16, cdb: &[u8], flags: u8, segments: &[Region]) -> Option<Cmd> {
+        if cdb.is_empty() || cdb.len() > MAX_CDB {
+            return None;
+        }
+        let mut c = [0u8; MAX_CDB];
+        c[..cdb.len()].copy_from_slice(cdb);
+        Some(Cmd {
+            seq,
+            flags: flags & !FLAG_CONTROL,
+            target,
+            lun,
+            cdb: c,
+            cdb_len: cdb.len() as u8,
+            control: None,
+            arg: 0,
+            segments: Segments::new(segments)?,
+        })
+    }
+
+    /// A protocol-control request.
+    pub fn control(seq: u32, op: ControlOp, target: u16, lun: u16, arg: u32, segments: &[Region]) -> Option<Cmd> {
+        let flags = FLAG_CONTROL | if segments.is_empty() { 0 } else { FLAG_DATA_IN };
+        Some(Cmd {
+            seq,
+            flags,
+            target,
+            lun,
+            cdb: [0; MAX_CDB],
+            cdb_len: 0,
+            control: Some(op),
+            arg,
+            segments: Segments::new(segments)?,
+        })
+    }
+
+    /// The CDB.
+    pub fn cdb(&self) -> &[u8] {
+        &self.cdb[..usize::from(self.cdb_len)]
+    }
+}
+
+/// Completion of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Sequence number of the command.
+    pub seq: u32,
+    /// Header flags (CONTROL for control replies).
+    pub flags: u8,
+    /// SCSI status byte.
+    pub status: u8,
+    /// Result of a control request (0: done).
+    pub control_result: u16,
+    /// Bytes of the expected transfer not moved.
+    pub residual: u32,
+    /// Bytes moved.
+    pub transferred: u32,
+    /// Sense bytes (`sense_len` are meaningful).
+    pub sense: [u8; MAX_SENSE],
+    /// Sense length.
+    pub sense_len: u8,
+}
+
+impl Stat {
+    /// A STAT with `sense` truncated to [`MAX_SENSE`].
+    pub fn new(seq: u32, status: u8, sense: &[u8], transferred: u32, residual: u32) -> Stat {
+        let n = sense.len().min(MAX_SENSE);
+        let mut s = [0u8; MAX_SENSE];
+        s[..n].copy_from_slice(&sense[..n]);
+        Stat { seq, flags: 0, status, control_result: 0, residual, transferred, sense: s, sense_len: n as u8 }
+    }
+
+    /// The sense bytes.
+    pub fn sense(&self) -> &[u8] {
+        &self.sense[..usize::from(self.sense_len)]
+    }
+}
+
+/// Gateway buffers for one segment of a staged write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buf {
+    /// Sequence number of the command.
+    pub seq: u32,
+    /// Which of the command's segments this is.
+    pub index: u16,
+    /// Regions of the staging area to fill, in order.
+    pub segments: Segments,
+}
+
+/// A staged segment has been written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tran {
+    /// Sequence number of the command.
+    pub seq: u32,
+    /// Which BUF this confirms.
+    pub index: u16,
+}
+
+/// Any message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// CMD.
+    Cmd(Cmd),
+    /// STAT.
+    Stat(Stat),
+    /// BUF.
+    Buf(Buf),
+    /// TRAN.
+    Tran(Tran),
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+fn zero(b: &[u8], range: std::ops::Range<usize>) -> Result<(), ProtoError> {
+    match b[range.clone()].iter().position(|&x| x != 0) {
+        Some(i) => Err(ProtoError::Reserved(range.start + i)),
+        None => Ok(()),
+    }
+}
+
+fn parse_segments(b: &[u8], at: usize, n: usize, area: u64) -> Result<Segments, ProtoError> {
+    let mut s = Segments::default();
+    let mut total = 0u64;
+    for i in 0..n {
+        let base = at + 16 * i;
+        let r = Region { offset: u64_at(b, base), len: u32_at(b, base + 8) };
+        zero(b, base + 12..base + 16)?;
+        let fits = r.offset.checked_add(u64::from(r.len)).is_some_and(|end| end <= area);
+        if !fits {
+            return Err(ProtoError::OutOfBounds { index: i, offset: r.offset, len: r.len, area });
+        }
+        total = total
+            .checked_add(u64::from(r.len))
+            .filter(|&t| t <= u64::from(u32::MAX))
+            .ok_or(ProtoError::LengthOverflow)?;
+        s.regions[i] = r;
+    }
+    s.n = n;
+    Ok(s)
+}
+
+fn check_len(len: u32, expected: usize) -> Result<(), ProtoError> {
+    if len as usize != expected {
+        return Err(ProtoError::BadLength { len, expected: expected as u32 });
+    }
+    Ok(())
+}
+
+/// Parses one slot. `area` is the size of the area the message's regions refer to: the
+/// node's data area for CMD, the staging area for BUF.
+pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
+    let b = &slot[..];
+    let flags = b[1];
+    let seq = u32_at(b, 4);
+    let len = u32_at(b, 8);
+    zero(b, 2..4)?;
+    zero(b, 12..16)?;
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(ProtoError::BadFlags(flags));
+    }
+    match b[0] {
+        1 => {
+            if flags & FLAG_DATA_IN != 0 && flags & FLAG_DATA_OUT != 0 {
+                return Err(ProtoError::BadFlags(flags));
+            }
+            if flags & FLAG_STAGED != 0 && flags & FLAG_DATA_OUT == 0 {
+                return Err(ProtoError::BadFlags(flags));
+            }
+            let n = u16_at(b, 22);
+            if usize::from(n) > MAX_CMD_SEGMENTS {
+                return Err(ProtoError::TooManySegments(n));
+            }
+            check_len(len, 64 + 16 * usize::from(n))?;
+            zero(b, 28..32)?;
+            let control = if flags & FLAG_CONTROL != 0 {
+                if b[20] != 0 {
+                    return Err(ProtoError::CdbLength(b[20]));
+                }
+                zero(b, 32..64)?;
+                Some(match b[21] {
+                    1 => ControlOp::Heartbeat,
+                    2 => ControlOp::AbortTask,
+                    3 => ControlOp::LunReset,
+                    4 => ControlOp::ReportConfig,
+                    other => return Err(ProtoError::UnknownControl(other)),
+                })
+            } else {
+                if b[20] == 0 || usize::from(b[20]) > MAX_CDB {
+                    return Err(ProtoError::CdbLength(b[20]));
+                }
+                if b[21] != 0 {
+                    return Err(ProtoError::Reserved(21));
+                }
+                zero(b, 24..28)?;
+                zero(b, 32 + usize::from(b[20])..64)?;
+                None
+            };
+            let mut cdb = [0u8; MAX_CDB];
+            cdb.copy_from_slice(&b[32..64]);
+            Ok(Message::Cmd(Cmd {
+                seq,
+                flags,
+                target: u16_at(b, 16),
+                lun: u16_at(b, 18),
+                cdb,
+                cdb_len: b[20],
+                control,
+                arg: u32_at(b, 24),
+                segments: parse_segments(b, 64, usize::from(n), area)?,
+            }))
+        }
+        2 => {
+            check_len(len, 32 + MAX_SENSE)?;
+            if flags & !FLAG_CONTROL != 0 {
+                return Err(ProtoError::BadFlags(flags));
+            }
+            if usize::from(b[17]) > MAX_SENSE {
+                return Err(ProtoError::SenseLength(b[17]));
+            }
+            zero(b, 28..32)?;
+            let mut sense = [0u8; MAX_SENSE];
+            sense.copy_from_slice(&b[32..32 + MAX_SENSE]);
+            Ok(Message::Stat(Stat {
+                seq,
+                flags,
+                status: b[16],
+                sense_len: b[17],
+                control_result: u16_at(b, 18),
+                residual: u32_at(b, 20),
+                transferred: u32_at(b, 24),
+                sense,
+            }))
+        }
+        3 => {
+            if flags != 0 {
+                return Err(ProtoError::BadFlags(flags));
+            }
+            let n = u16_at(b, 18);
+            if usize::from(n) > MAX_BUF_SEGMENTS || n == 0 {
+                return Err(ProtoError::TooManySegments(n));
+            }
+            check_len(len, 24 + 16 * usize::from(n))?;
+            zero(b, 20..24)?;
+            let regions = parse_segments(b, 24, usize::from(n), area)?;
+            Ok(Message::Buf(Buf { seq, index: u16_at(b, 16), segments: regions }))
+        }
+        4 => {
+            if flags != 0 {
+                return Err(ProtoError::BadFlags(flags));
+            }
+            check_len(len, 24)?;
+            zero(b, 18..24)?;
+            Ok(Message::Tran(Tran { seq, index: u16_at(b, 16) }))
+        }
+        other => Err(ProtoError::UnknownKind(other)),
+    }
+}
+
+fn header(b: &mut [u8; SLOT_SIZE], kind: Kind, flags: u8, seq: u32, len: usize) {
+    b.fill(0);
+    b[0] = kind as u8;
+    b[1] = flags;
+    b[4..8].copy_from_slice(&seq.to_le_bytes());
+    b[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+}
+
+fn emit_segments(b: &mut [u8; SLOT_SIZE], at: usize, regions: &[Region]) {
+    for (i, r) in regions.iter().enumerate() {
+        let base = at + 16 * i;
+        b[base..base + 8].copy_from_slice(&r.offset.to_le_bytes());
+        b[base + 8..base + 12].copy_from_slice(&r.len.to_le_bytes());
+    }
+}
+
+impl Message {
+    /// Writes the message into a slot (the whole slot, so no stale bytes remain).
+    pub fn emit(&self, b: &mut [u8; SLOT_SIZE]) {
+        match self {
+            Message::Cmd(c) => {
+                let segs = c.segments.as_slice();
+                header(b, Kind::Cmd, c.flags, c.seq, 64 + 16 * segs.len());
+                b[16..18].copy_from_slice(&c.target.to_le_bytes());
+                b[18..20].copy_from_slice(&c.lun.to_le_bytes());
+                b[20] = c.cdb_len;
+                b[21] = c.control.map_or(0, |op| op as u8);
+                b[22..24].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+                b[24..28].copy_from_slice(&c.arg.to_le_bytes());
+                b[32..64].copy_from_slice(&c.cdb);
+                emit_segments(b, 64, segs);
+            }
+            Message::Stat(s) => {
+                header(b, Kind::Stat, s.flags, s.seq, 32 + MAX_SENSE);
+                b[16] = s.status;
+                b[17] = s.sense_len;
+                b[18..20].copy_from_slice(&s.control_result.to_le_bytes());
+                b[20..24].copy_from_slice(&s.residual.to_le_bytes());
+                b[24..28].copy_from_slice(&s.transferred.to_le_bytes());
+                b[32..32 + MAX_SENSE].copy_from_slice(&s.sense);
+            }
+            Message::Buf(m) => {
+                let segs = m.segments.as_slice();
+                header(b, Kind::Buf, 0, m.seq, 24 + 16 * segs.len());
+                b[16..18].copy_from_slice(&m.index.to_le_bytes());
+                b[18..20].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+                emit_segments(b, 24, segs);
+            }
+            Message::Tran(t) => {
+                header(b, Kind::Tran, 0, t.seq, 24);
+                b[16..18].copy_from_slice(&t.index.to_le_bytes());
+            }
+        }
+    }
+
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Cmd(_) => Kind::Cmd,
+            Message::Stat(_) => Kind::Stat,
+            Message::Buf(_) => Kind::Buf,
+            Message::Tran(_) => Kind::Tran,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: Message, area: u64) -> Result<Message, ProtoError> {
+        let mut slot = [0xAAu8; SLOT_SIZE];
+        m.emit(&mut slot);
+        parse(&slot, area)
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let regions = [Region { offset: 0, len: 4096 }, Region { offset: 8192, len: 512 }];
+        let cmd = Cmd::scsi(7, 1, 2, &[0x28, 0, 0, 0, 0, 1, 0, 0, 9, 0], FLAG_DATA_IN, &regions).unwrap();
+        assert_eq!(round_trip(Message::Cmd(cmd), 1 << 20), Ok(Message::Cmd(cmd)));
+        let ctl = Cmd::control(8, ControlOp::AbortTask, 0, 0, 7, &[]).unwrap();
+        assert_eq!(round_trip(Message::Cmd(ctl), 1 << 20), Ok(Message::Cmd(ctl)));
+        let stat = Stat::new(7, 2, &[0x70, 0, 5], 0, 4608);
+        assert_eq!(round_trip(Message::Stat(stat), 0), Ok(Message::Stat(stat)));
+        let buf = Buf { seq: 9, index: 1, segments: Segments::new(&regions).unwrap() };
+        assert_eq!(round_trip(Message::Buf(buf), 1 << 20), Ok(Message::Buf(buf)));
+        let tran = Tran { seq: 9, index: 1 };
+        assert_eq!(round_trip(Message::Tran(tran), 0), Ok(Message::Tran(tran)));
+    }
+
+    #[test]
+    fn segments_must_fit_the_area() {
+        let r = [Region { offset: u64::MAX - 10, len: 100 }];
+        let cmd = Cmd::scsi(1, 0, 0, &[0; 6], FLAG_DATA_IN, &r).unwrap();
+        assert!(matches!(round_trip(Message::Cmd(cmd), 1 << 20), Err(ProtoError::OutOfBounds { index: 0, .. })));
+        let r = [Region { offset: 4096, len: 4097 }];
+        let cmd = Cmd::scsi(1, 0, 0, &[0; 6], FLAG_DATA_IN, &r).unwrap();
+        assert!(matches!(round_trip(Message::Cmd(cmd), 8192), Err(ProtoError::OutOfBounds { .. })));
+    }
+
+    #[test]
+    fn lying_lengths_and_reserved_bytes_are_refused() {
+        let cmd = Cmd::scsi(1, 0, 0, &[0; 6], 0, &[]).unwrap();
+        let mut slot = [0u8; SLOT_SIZE];
+        Message::Cmd(cmd).emit(&mut slot);
+        let mut bad = slot;
+        bad[8] = 200;
+        assert_eq!(parse(&bad, 0), Err(ProtoError::BadLength { len: 200, expected: 64 }));
+        let mut bad = slot;
+        bad[22] = 60;
+        assert_eq!(parse(&bad, 0), Err(ProtoError::TooManySegments(60)));
+        let mut bad = slot;
+        bad[40] = 1; // past the 6-byte CDB
+        assert_eq!(parse(&bad, 0), Err(ProtoError::Reserved(40)));
+        let mut bad = slot;
+        bad[1] = FLAG_DATA_IN | FLAG_DATA_OUT;
+        assert_eq!(parse(&bad, 0), Err(ProtoError::BadFlags(3)));
+        let mut bad = slot;
+        bad[0] = 9;
+        assert_eq!(parse(&bad, 0), Err(ProtoError::UnknownKind(9)));
+        let mut bad = slot;
+        bad[20] = 33;
+        assert_eq!(parse(&bad, 0), Err(ProtoError::CdbLength(33)));
+    }
+
+    #[test]
+    fn segment_sum_cannot_overflow_a_transfer() {
+        let r = [Region { offset: 0, len: u32::MAX }, Region { offset: 0, len: 2 }];
+        let cmd = Cmd::scsi(1, 0, 0, &[0; 6], FLAG_DATA_IN, &r).unwrap();
+        assert_eq!(round_trip(Message::Cmd(cmd), u64::MAX), Err(ProtoError::LengthOverflow));
+    }
+}

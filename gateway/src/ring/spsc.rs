@@ -1,0 +1,286 @@
+//! Single-producer single-consumer rings of fixed-size slots in a shared ring region.
+//!
+//! A queue pair's ring region holds four rings (CMD, STAT, BUF, TRAN). Each has a control
+//! block with the producer cursor, the consumer cursor and the consumer's "polling" flag on
+//! separate cache lines, and `slots` slots of [`SLOT_SIZE`] bytes. Cursors are free-running
+//! `u32`s: the producer alone writes the producer cursor, the consumer alone the consumer
+//! cursor, with release stores and acquire loads. Each side keeps its own cursor locally and
+//! never reads it back from shared memory, and validates the peer's: a cursor that moves
+//! backwards or more than a ring's worth ahead is a protocol error.
+
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::proto::{self, Message, ProtoError, SLOT_SIZE};
+use super::shm::{SharedMemory, ShmError};
+
+/// The four rings of a queue pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingId {
+    /// CMD, node → gateway.
+    Cmd = 0,
+    /// STAT, gateway → node.
+    Stat = 1,
+    /// BUF, gateway → node.
+    Buf = 2,
+    /// TRAN, node → gateway.
+    Tran = 3,
+}
+
+const CONTROL_BLOCK: usize = 256;
+const PROD: usize = 0;
+const CONS: usize = 64;
+const CONS_FLAGS: usize = 128;
+/// Consumer flag: polling, so the producer need not ring the doorbell.
+const POLLING: u32 = 1;
+const SLOTS_BASE: usize = 4096;
+
+/// Least and most slots per ring a queue pair may negotiate.
+pub const MIN_SLOTS: u32 = 256;
+/// See [`MIN_SLOTS`].
+pub const MAX_SLOTS: u32 = 4096;
+
+/// Bytes of ring region for `slots` slots per ring.
+pub fn region_size(slots: u32) -> usize {
+    SLOTS_BASE + 4 * slots as usize * SLOT_SIZE
+}
+
+/// A ring whose peer broke the protocol.
+#[derive(Debug, Error)]
+pub enum RingError {
+    /// The peer's cursor went backwards.
+    #[error("{ring:?} cursor moved backwards from {was} to {now}")]
+    Backwards {
+        /// Which ring.
+        ring: RingId,
+        /// Last value seen.
+        was: u32,
+        /// Value now.
+        now: u32,
+    },
+    /// The peer's cursor is more than a ring's worth away from ours.
+    #[error("{ring:?} cursor {peer} is beyond the ring (ours is {ours}, {slots} slots)")]
+    Beyond {
+        /// Which ring.
+        ring: RingId,
+        /// Peer's cursor.
+        peer: u32,
+        /// Our cursor.
+        ours: u32,
+        /// Ring size.
+        slots: u32,
+    },
+    /// A slot held a malformed message.
+    #[error("{ring:?} slot: {err}")]
+    Malformed {
+        /// Which ring.
+        ring: RingId,
+        /// What is wrong.
+        err: ProtoError,
+    },
+    /// A message of the wrong kind for the ring.
+    #[error("{0:?} ring carried a message of another kind")]
+    WrongKind(RingId),
+    /// Shared memory access failed (a bug: offsets are computed, not received).
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+}
+
+fn base(ring: RingId) -> usize {
+    ring as usize * CONTROL_BLOCK
+}
+
+fn slot_offset(ring: RingId, slots: u32, cursor: u32) -> u64 {
+    (SLOTS_BASE + (ring as usize * slots as usize + (cursor % slots) as usize) * SLOT_SIZE) as u64
+}
+
+/// The producing end of one ring.
+#[derive(Debug)]
+pub struct Producer {
+    shm: Arc<SharedMemory>,
+    ring: RingId,
+    slots: u32,
+    prod: u32,
+    cons_seen: u32,
+}
+
+impl Producer {
+    /// The producer of `ring` in a region laid out for `slots` (a power of two).
+    pub fn new(shm: Arc<SharedMemory>, ring: RingId, slots: u32) -> Producer {
+        debug_assert!(slots.is_power_of_two() && shm.len() >= region_size(slots));
+        Producer { shm, ring, slots, prod: 0, cons_seen: 0 }
+    }
+
+    fn free(&mut self) -> Result<u32, RingError> {
+        let cons = self.shm.load_acquire(base(self.ring) + CONS)?;
+        if cons.wrapping_sub(self.cons_seen) > self.slots {
+            return Err(RingError::Backwards { ring: self.ring, was: self.cons_seen, now: cons });
+        }
+        let used = self.prod.wrapping_sub(cons);
+        if used > self.slots {
+            return Err(RingError::Beyond { ring: self.ring, peer: cons, ours: self.prod, slots: self.slots });
+        }
+        self.cons_seen = cons;
+        Ok(self.slots - used)
+    }
+
+    /// Puts a message in the next slot; `Ok(false)` when the ring is full.
+    pub fn push(&mut self, msg: &Message) -> Result<bool, RingError> {
+        if self.free()? == 0 {
+            return Ok(false);
+        }
+        let mut slot = [0u8; SLOT_SIZE];
+        msg.emit(&mut slot);
+        self.shm.write(slot_offset(self.ring, self.slots, self.prod), &slot)?;
+        self.prod = self.prod.wrapping_add(1);
+        self.shm.store_release(base(self.ring) + PROD, self.prod)?;
+        Ok(true)
+    }
+
+    /// Whether the consumer says it is polling, so no doorbell is needed. Call after
+    /// pushing; the fence pairs with the consumer's in [`Consumer::set_polling`].
+    pub fn consumer_polling(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.shm.load_acquire(base(self.ring) + CONS_FLAGS).is_ok_and(|f| f & POLLING != 0)
+    }
+
+    /// Slots that can be filled now.
+    pub fn room(&mut self) -> Result<u32, RingError> {
+        self.free()
+    }
+}
+
+/// The consuming end of one ring.
+#[derive(Debug)]
+pub struct Consumer {
+    shm: Arc<SharedMemory>,
+    ring: RingId,
+    slots: u32,
+    cons: u32,
+    prod_seen: u32,
+}
+
+impl Consumer {
+    /// The consumer of `ring` in a region laid out for `slots` (a power of two).
+    pub fn new(shm: Arc<SharedMemory>, ring: RingId, slots: u32) -> Consumer {
+        debug_assert!(slots.is_power_of_two() && shm.len() >= region_size(slots));
+        Consumer { shm, ring, slots, cons: 0, prod_seen: 0 }
+    }
+
+    /// Messages waiting.
+    pub fn pending(&mut self) -> Result<u32, RingError> {
+        let prod = self.shm.load_acquire(base(self.ring) + PROD)?;
+        if prod.wrapping_sub(self.prod_seen) > self.slots {
+            return Err(RingError::Backwards { ring: self.ring, was: self.prod_seen, now: prod });
+        }
+        let n = prod.wrapping_sub(self.cons);
+        if n > self.slots {
+            return Err(RingError::Beyond { ring: self.ring, peer: prod, ours: self.cons, slots: self.slots });
+        }
+        self.prod_seen = prod;
+        Ok(n)
+    }
+
+    /// Takes the next message, copying the slot out once and parsing the copy; regions are
+    /// checked against `area` bytes.
+    pub fn pop(&mut self, area: u64) -> Result<Option<Message>, RingError> {
+        if self.pending()? == 0 {
+            return Ok(None);
+        }
+        let mut slot = [0u8; SLOT_SIZE];
+        self.shm.read(slot_offset(self.ring, self.slots, self.cons), &mut slot)?;
+        self.cons = self.cons.wrapping_add(1);
+        self.shm.store_release(base(self.ring) + CONS, self.cons)?;
+        let msg = proto::parse(&slot, area).map_err(|err| RingError::Malformed { ring: self.ring, err })?;
+        let expected = match self.ring {
+            RingId::Cmd => proto::Kind::Cmd,
+            RingId::Stat => proto::Kind::Stat,
+            RingId::Buf => proto::Kind::Buf,
+            RingId::Tran => proto::Kind::Tran,
+        };
+        if msg.kind() != expected {
+            return Err(RingError::WrongKind(self.ring));
+        }
+        Ok(Some(msg))
+    }
+
+    /// Tells the producer whether we are polling (no doorbell needed). After clearing it,
+    /// check [`Consumer::pending`] once more before sleeping, or a message pushed in between
+    /// is missed.
+    pub fn set_polling(&self, on: bool) {
+        let _ = self.shm.store_release(base(self.ring) + CONS_FLAGS, u32::from(on) * POLLING);
+        fence(Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::proto::{Stat, Tran};
+
+    fn pair(ring: RingId, slots: u32) -> (Producer, Consumer, Arc<SharedMemory>) {
+        let shm = Arc::new(SharedMemory::create("r", region_size(slots)).unwrap());
+        (Producer::new(shm.clone(), ring, slots), Consumer::new(shm.clone(), ring, slots), shm)
+    }
+
+    #[test]
+    fn fills_drains_and_wraps_the_cursors() {
+        let (mut p, mut c, shm) = pair(RingId::Tran, 256);
+        // Start both cursors just below u32::MAX so they wrap during the test.
+        let start = u32::MAX - 100;
+        shm.store_release(base(RingId::Tran) + PROD, start).unwrap();
+        shm.store_release(base(RingId::Tran) + CONS, start).unwrap();
+        (p.prod, p.cons_seen, c.cons, c.prod_seen) = (start, start, start, start);
+        for round in 0..3u32 {
+            for i in 0..256u32 {
+                assert!(p.push(&Message::Tran(Tran { seq: round * 1000 + i, index: 0 })).unwrap());
+            }
+            assert!(!p.push(&Message::Tran(Tran { seq: 0, index: 0 })).unwrap(), "full");
+            for i in 0..256u32 {
+                assert_eq!(c.pop(0).unwrap(), Some(Message::Tran(Tran { seq: round * 1000 + i, index: 0 })));
+            }
+            assert_eq!(c.pop(0).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn hostile_cursors_are_detected() {
+        let (mut p, mut c, shm) = pair(RingId::Tran, 256);
+        p.push(&Message::Tran(Tran { seq: 1, index: 0 })).unwrap();
+        p.push(&Message::Tran(Tran { seq: 2, index: 0 })).unwrap();
+        assert_eq!(c.pending().unwrap(), 2);
+        // The producer (peer) moves its cursor back.
+        shm.store_release(base(RingId::Tran) + PROD, 1).unwrap();
+        assert!(matches!(c.pending(), Err(RingError::Backwards { .. }) | Err(RingError::Beyond { .. })));
+        // Far past the ring size.
+        let (_, mut c2, shm2) = pair(RingId::Tran, 256);
+        shm2.store_release(base(RingId::Tran) + PROD, 1000).unwrap();
+        assert!(matches!(c2.pending(), Err(RingError::Backwards { .. }) | Err(RingError::Beyond { .. })));
+        // The consumer (peer) claims to have consumed more than was produced.
+        let (mut p3, _, shm3) = pair(RingId::Stat, 256);
+        shm3.store_release(base(RingId::Stat) + CONS, 5).unwrap();
+        assert!(matches!(p3.push(&Message::Stat(Stat::new(1, 0, &[], 0, 0))), Err(RingError::Beyond { .. })));
+    }
+
+    #[test]
+    fn garbage_and_wrong_kinds_are_errors() {
+        let (mut p, mut c, shm) = pair(RingId::Tran, 256);
+        p.push(&Message::Stat(Stat::new(1, 0, &[], 0, 0))).unwrap();
+        assert!(matches!(c.pop(0), Err(RingError::WrongKind(RingId::Tran))));
+        shm.write(slot_offset(RingId::Tran, 256, 1), &[0xFF; SLOT_SIZE]).unwrap();
+        shm.store_release(base(RingId::Tran) + PROD, 2).unwrap();
+        assert!(matches!(c.pop(0), Err(RingError::Malformed { .. })));
+    }
+
+    #[test]
+    fn polling_flag_is_visible_to_the_producer() {
+        let (p, c, _) = pair(RingId::Cmd, 256);
+        assert!(!p.consumer_polling());
+        c.set_polling(true);
+        assert!(p.consumer_polling());
+        c.set_polling(false);
+        assert!(!p.consumer_polling());
+    }
+}
