@@ -600,4 +600,24 @@ mod tests {
         let cmd = Cmd::scsi(1, 0, 0, &[0; 6], FLAG_DATA_IN, &r).unwrap();
         assert_eq!(round_trip(Message::Cmd(cmd), u64::MAX), Err(ProtoError::LengthOverflow));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 20_000, failure_persistence: None, ..Default::default() })]
+
+        /// A bounded fuzz run: arbitrary slots never panic, and whatever parses round-trips.
+        #[test]
+        fn arbitrary_slots_parse_or_fail_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), SLOT_SIZE), kind in 1u8..5) {
+            let mut slot = [0u8; SLOT_SIZE];
+            slot.copy_from_slice(&bytes);
+            slot[0] = kind;
+            // Bias towards plausible headers so parsing gets past the first checks.
+            slot[2..4].fill(0);
+            slot[12..16].fill(0);
+            if let Ok(msg) = parse(&slot, 1 << 20) {
+                let mut again = [0u8; SLOT_SIZE];
+                msg.emit(&mut again);
+                proptest::prop_assert_eq!(parse(&again, 1 << 20), Ok(msg));
+            }
+        }
+    }
 }
