@@ -152,6 +152,23 @@ pub fn has_service_action(opcode: u8) -> bool {
     matches!(opcode, op::SERVICE_ACTION_IN_16 | op::MAINTENANCE_IN)
 }
 
+/// Whether an opcode changes the medium; a node with read-only access may not send it.
+pub fn writes_medium(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::WRITE_6
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_16
+            | op::WRITE_SAME_10
+            | op::WRITE_SAME_16
+            | op::UNMAP
+            | op::COMPARE_AND_WRITE
+    )
+}
+
 /// Looks up a command by opcode and service action.
 pub fn lookup(opcode: u8, service_action: Option<u16>) -> Option<&'static CommandInfo> {
     COMMANDS.iter().find(|c| c.opcode == opcode && c.service_action == service_action)
@@ -194,6 +211,31 @@ mod tests {
             assert!([6, 10, 12, 16].contains(&c.usage.len()), "{:#x}", c.opcode);
             if let Some(sa) = c.service_action {
                 assert_eq!(u16::from(c.usage[1] & 0x1F), sa);
+            }
+        }
+    }
+
+    #[test]
+    fn writes_medium_agrees_with_decoded_commands() {
+        let cfg = crate::LunConfig::new(crate::LunIdentity::new("w"), 512, 1 << 20).unwrap();
+        for c in COMMANDS {
+            let mut cdb = vec![0u8; c.usage.len()];
+            cdb[0] = c.opcode;
+            if let Some(sa) = c.service_action {
+                cdb[1] = sa as u8;
+            }
+            // Give length fields a non-zero value where the command needs one.
+            if matches!(c.opcode, op::WRITE_SAME_10) {
+                cdb[8] = 1;
+            }
+            if matches!(c.opcode, op::WRITE_SAME_16) {
+                cdb[13] = 1;
+            }
+            if matches!(c.opcode, op::REPORT_LUNS) {
+                cdb[9] = 16;
+            }
+            if let Ok(cmd) = crate::cdb::decode(&cdb, &cfg) {
+                assert_eq!(cmd.writes_medium(), writes_medium(c.opcode), "{:#04x}", c.opcode);
             }
         }
     }

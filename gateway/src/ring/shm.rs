@@ -176,6 +176,12 @@ pub struct Doorbell {
     fd: OwnedFd,
 }
 
+impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Doorbell {
     /// A new non-blocking doorbell.
     pub fn new() -> std::io::Result<Doorbell> {

@@ -1,0 +1,823 @@
+//! The gateway side of the ring protocol: a listener that authenticates nodes and sets up
+//! queue pairs, and a worker that serves them.
+//!
+//! The worker polls while anything is happening (ring traffic within the spin window, or
+//! backend I/O in flight) and sleeps in `poll(2)` on the doorbells and sockets otherwise,
+//! telling nodes through the rings' polling flags when it needs a doorbell. A node that
+//! breaks the protocol loses its own connection, with a logged reason; its in-flight
+//! backend I/O completes and is discarded.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
+
+use super::alloc::RegionAllocator;
+use super::handshake::{self, Answer, Hello, LunInfo, Refusal, Welcome};
+use super::proto::{self, Buf, Cmd, ControlOp, Message, Region, Segments, Stat};
+use super::shm::{Doorbell, SharedMemory};
+use super::spsc::{self, Consumer, Producer, RingId};
+use crate::config::Access;
+use crate::engine::AlignedBuf;
+use crate::lun::Finished;
+use crate::storage::OpenImage;
+
+/// Control results in STAT replies to protocol-control messages.
+pub mod control_result {
+    /// Done.
+    pub const DONE: u16 = 0;
+    /// The task is with the backend and will complete normally.
+    pub const IN_PROGRESS: u16 = 1;
+    /// No such task or LUN.
+    pub const NOT_FOUND: u16 = 2;
+}
+
+/// Bytes in one REPORT CONFIG entry: target u16, lun u16, read-only u8, 3 reserved,
+/// block size u32, blocks u64.
+pub const REPORT_ENTRY: usize = 20;
+
+/// Tunables of the ring server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Path of the Unix socket.
+    pub socket: PathBuf,
+    /// How long the worker keeps polling after the last activity before it sleeps.
+    pub spin: Duration,
+    /// Largest data area a node may ask for.
+    pub max_data_bytes: u64,
+    /// Time a node has to complete the handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults for a socket path.
+    pub fn new(socket: impl Into<PathBuf>) -> ServerOptions {
+        ServerOptions {
+            socket: socket.into(),
+            spin: Duration::from_micros(50),
+            max_data_bytes: 256 << 20,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A node allowed to connect, and its map.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// PAN name.
+    pub pan: String,
+    /// Node name.
+    pub node: String,
+    /// Credential it must present.
+    pub credential: String,
+    /// The only peer uid it may connect from, when set.
+    pub uid: Option<u32>,
+    /// (target, LUN) → (image index, access).
+    pub luns: Vec<(u16, u16, usize, Access)>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    wake: Arc<Doorbell>,
+    listener: Option<JoinHandle<()>>,
+    worker: Option<JoinHandle<Vec<OpenImage>>>,
+    socket: PathBuf,
+}
+
+struct Accepted {
+    entry: NodeEntry,
+    sock: UnixStream,
+    ring: Arc<SharedMemory>,
+    data: Arc<SharedMemory>,
+    staging: Arc<SharedMemory>,
+    to_gateway: Doorbell,
+    to_node: Doorbell,
+    slots: u32,
+}
+
+impl Server {
+    /// Binds the socket and starts the listener and the worker over `images`.
+    pub fn start(images: Vec<OpenImage>, nodes: Vec<NodeEntry>, opts: ServerOptions) -> io::Result<Server> {
+        if let Ok(meta) = std::fs::symlink_metadata(&opts.socket) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", opts.socket.display()),
+                ));
+            }
+            if UnixStream::connect(&opts.socket).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another gateway is listening on {}", opts.socket.display()),
+                ));
+            }
+            std::fs::remove_file(&opts.socket)?;
+        }
+        let listener = UnixListener::bind(&opts.socket)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Doorbell::new()?);
+        let (tx, rx) = mpsc::channel();
+        let caps: Vec<(u32, u64)> =
+            images.iter().map(|i| (i.driver.unit().config().block_size, i.driver.unit().config().blocks)).collect();
+        let listener_thread = {
+            let (stop, wake, opts) = (stop.clone(), wake.clone(), opts.clone());
+            std::thread::Builder::new()
+                .name("pangate-listen".into())
+                .spawn(move || listen(listener, nodes, caps, opts, stop, wake, tx))?
+        };
+        let worker_thread = {
+            let (stop, wake, spin) = (stop.clone(), wake.clone(), opts.spin);
+            std::thread::Builder::new()
+                .name("pangate-worker".into())
+                .spawn(move || Worker::new(images, rx, wake, stop, spin).run())?
+        };
+        Ok(Server { stop, wake, listener: Some(listener_thread), worker: Some(worker_thread), socket: opts.socket })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops accepting, completes in-flight I/O, flushes every image, closes every queue
+    /// pair and hands the images back.
+    pub fn shutdown(mut self) -> io::Result<Vec<OpenImage>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.ring()?;
+        if let Some(l) = self.listener.take() {
+            let _ = l.join();
+        }
+        let images =
+            self.worker.take().map(|w| w.join().map_err(|_| io::Error::other("worker panicked"))).transpose()?;
+        let _ = std::fs::remove_file(&self.socket);
+        Ok(images.unwrap_or_default())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.ring();
+        if let Some(l) = self.listener.take() {
+            let _ = l.join();
+        }
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn listen(
+    listener: UnixListener,
+    nodes: Vec<NodeEntry>,
+    caps: Vec<(u32, u64)>,
+    opts: ServerOptions,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Doorbell>,
+    tx: Sender<Accepted>,
+) {
+    let _ = listener.set_nonblocking(true);
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
+        let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        if !matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok((sock, _)) = listener.accept() else { continue };
+        match handshake_with(&sock, &nodes, &caps, &opts) {
+            Ok(acc) => {
+                tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, "queue pair connected");
+                if tx.send(acc).is_err() {
+                    return;
+                }
+                let _ = wake.ring();
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "refused a node");
+                let _ = handshake::send(&sock, &Answer::Refused(Refusal { error: why }), &[]);
+            }
+        }
+    }
+}
+
+fn handshake_with(
+    sock: &UnixStream,
+    nodes: &[NodeEntry],
+    caps: &[(u32, u64)],
+    opts: &ServerOptions,
+) -> Result<Accepted, String> {
+    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(opts.handshake_timeout)).map_err(|e| e.to_string())?;
+    let (hello, _): (Hello, _) = handshake::recv(sock).map_err(|e| format!("handshake failed: {e}"))?;
+    if hello.version != proto::VERSION {
+        return Err(format!(
+            "protocol version {} is not supported (this gateway speaks {})",
+            hello.version,
+            proto::VERSION
+        ));
+    }
+    let entry = nodes
+        .iter()
+        .find(|n| n.pan == hello.pan && n.node == hello.node)
+        .ok_or_else(|| format!("no node {:?} in PAN {:?}", hello.node, hello.pan))?;
+    if !constant_time_eq(entry.credential.as_bytes(), hello.credential.as_bytes()) {
+        return Err(format!("wrong credential for node {:?} of PAN {:?}", hello.node, hello.pan));
+    }
+    if let Some(uid) = entry.uid {
+        let peer = handshake::peer_uid(sock).map_err(|e| e.to_string())?;
+        if peer != uid {
+            return Err(format!("node {:?} must connect as uid {uid}, not {peer}", hello.node));
+        }
+    }
+    let slots = hello.slots.clamp(spsc::MIN_SLOTS, spsc::MAX_SLOTS).next_power_of_two();
+    let data_bytes = hello.data_bytes.clamp(1 << 20, opts.max_data_bytes).next_multiple_of(super::alloc::PAGE);
+    let mk = |name: &str, len: usize| SharedMemory::create(name, len).map(Arc::new).map_err(|e| e.to_string());
+    let ring = mk("pangate-ring", spsc::region_size(slots))?;
+    let data = mk("pangate-data", data_bytes as usize)?;
+    let staging = mk("pangate-staging", data_bytes as usize)?;
+    let to_gateway = Doorbell::new().map_err(|e| e.to_string())?;
+    let to_node = Doorbell::new().map_err(|e| e.to_string())?;
+    let luns = entry
+        .luns
+        .iter()
+        .map(|&(target, lun, image, access)| LunInfo {
+            target,
+            lun,
+            block_size: caps[image].0,
+            blocks: caps[image].1,
+            read_only: access == Access::Ro,
+        })
+        .collect();
+    let welcome = Welcome { version: proto::VERSION, slots, data_bytes, staging_bytes: data_bytes, luns };
+    handshake::send(
+        sock,
+        &Answer::Welcome(welcome),
+        &[ring.fd(), data.fd(), staging.fd(), to_gateway.fd(), to_node.fd()],
+    )
+    .map_err(|e| format!("sending the welcome failed: {e}"))?;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(Accepted {
+        entry: entry.clone(),
+        sock: sock.try_clone().map_err(|e| e.to_string())?,
+        ring,
+        data,
+        staging,
+        to_gateway,
+        to_node,
+        slots,
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A command the gateway has accepted and not yet answered.
+#[derive(Debug)]
+enum Pending {
+    /// Waiting for the node to fill staging buffers (staged write).
+    Staged { image: usize, cmd: Cmd, staged: Vec<Region>, received: Vec<bool> },
+    /// With the backend; data-in goes to `segments`.
+    Backend { segments: Segments, expected: u64, staged: Vec<Region>, data_out: bool },
+}
+
+struct Conn {
+    id: u64,
+    entry: NodeEntry,
+    sock: UnixStream,
+    data: Arc<SharedMemory>,
+    staging: Arc<SharedMemory>,
+    cmd: Consumer,
+    stat: Producer,
+    buf: Producer,
+    tran: Consumer,
+    to_gateway: Doorbell,
+    to_node: Doorbell,
+    slots: u32,
+    map: HashMap<(u16, u16), (usize, Access)>,
+    pending: HashMap<u32, Pending>,
+    out_stat: VecDeque<Stat>,
+    out_buf: VecDeque<Buf>,
+    staging_alloc: RegionAllocator,
+    dead: Option<String>,
+}
+
+impl Conn {
+    fn new(id: u64, a: Accepted) -> Conn {
+        let map = a.entry.luns.iter().map(|&(t, l, i, acc)| ((t, l), (i, acc))).collect();
+        let staging_alloc = RegionAllocator::new(a.staging.len() as u64);
+        let cmd = Consumer::new(a.ring.clone(), RingId::Cmd, a.slots);
+        let tran = Consumer::new(a.ring.clone(), RingId::Tran, a.slots);
+        // The worker is awake right now: nodes need not ring until it says otherwise.
+        cmd.set_polling(true);
+        tran.set_polling(true);
+        Conn {
+            id,
+            sock: a.sock,
+            data: a.data,
+            staging: a.staging,
+            stat: Producer::new(a.ring.clone(), RingId::Stat, a.slots),
+            buf: Producer::new(a.ring.clone(), RingId::Buf, a.slots),
+            cmd,
+            tran,
+            to_gateway: a.to_gateway,
+            to_node: a.to_node,
+            slots: a.slots,
+            map,
+            pending: HashMap::new(),
+            out_stat: VecDeque::new(),
+            out_buf: VecDeque::new(),
+            staging_alloc,
+            dead: None,
+            entry: a.entry,
+        }
+    }
+
+    fn luns_of_target(&self, target: u16) -> Vec<u16> {
+        let mut v: Vec<u16> = self.map.keys().filter(|(t, _)| *t == target).map(|(_, l)| *l).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Copies `bytes` into the node's regions; returns how many fit.
+    fn scatter(&self, segments: &Segments, bytes: &[u8]) -> Result<usize, String> {
+        let mut at = 0usize;
+        for r in segments.as_slice() {
+            if at >= bytes.len() {
+                break;
+            }
+            let n = (r.len as usize).min(bytes.len() - at);
+            self.data.write(r.offset, &bytes[at..at + n]).map_err(|e| e.to_string())?;
+            at += n;
+        }
+        Ok(at)
+    }
+
+    fn kill(&mut self, why: String) {
+        if self.dead.is_none() {
+            tracing::warn!(pan = %self.entry.pan, node = %self.entry.node, reason = %why, "closing queue pair");
+            self.dead = Some(why);
+        }
+    }
+}
+
+fn stat_from(seq: u32, c: &Completion, transferred: u32, expected: u64) -> Stat {
+    let residual = expected.saturating_sub(u64::from(transferred)).min(u64::from(u32::MAX)) as u32;
+    Stat::new(seq, c.status as u8, &c.sense, transferred, residual)
+}
+
+fn control_stat(seq: u32, result: u16, transferred: u32) -> Stat {
+    let mut s = Stat::new(seq, Status::Good as u8, &[], transferred, 0);
+    s.flags = proto::FLAG_CONTROL;
+    s.control_result = result;
+    s
+}
+
+struct Worker {
+    images: Vec<OpenImage>,
+    conns: Vec<Conn>,
+    incoming: Receiver<Accepted>,
+    wake: Arc<Doorbell>,
+    stop: Arc<AtomicBool>,
+    spin: Duration,
+    next_id: u64,
+    in_backend: Vec<usize>,
+    finished: Vec<Finished>,
+}
+
+impl Worker {
+    fn new(
+        images: Vec<OpenImage>,
+        incoming: Receiver<Accepted>,
+        wake: Arc<Doorbell>,
+        stop: Arc<AtomicBool>,
+        spin: Duration,
+    ) -> Worker {
+        let n = images.len();
+        Worker {
+            images,
+            conns: Vec::new(),
+            incoming,
+            wake,
+            stop,
+            spin,
+            next_id: 1,
+            in_backend: vec![0; n],
+            finished: Vec::new(),
+        }
+    }
+
+    fn run(mut self) -> Vec<OpenImage> {
+        let mut last_activity = Instant::now();
+        let mut loops = 0u64;
+        loop {
+            loops += 1;
+            let stopping = self.stop.load(Ordering::SeqCst);
+            while let Ok(a) = self.incoming.try_recv() {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.conns.push(Conn::new(id, a));
+            }
+            let mut progress = false;
+            if !stopping {
+                for i in 0..self.conns.len() {
+                    progress |= self.service(i);
+                }
+            }
+            progress |= self.reap();
+            for c in &mut self.conns {
+                progress |= flush(c);
+            }
+            if loops % 1024 == 0 {
+                self.check_sockets(Duration::ZERO);
+            }
+            self.conns.retain(|c| c.dead.is_none());
+            let busy: usize = self.in_backend.iter().sum();
+            if stopping && busy == 0 {
+                return self.finish();
+            }
+            if progress {
+                last_activity = Instant::now();
+                continue;
+            }
+            if last_activity.elapsed() < self.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            if busy > 0 {
+                // Backend I/O is in flight: nap briefly, still watching the doorbells.
+                self.sleep(Duration::from_micros(20));
+            } else {
+                self.sleep(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Sleeps until a doorbell, a socket event or the timeout, with the rings' polling
+    /// flags cleared so nodes ring.
+    fn sleep(&mut self, timeout: Duration) {
+        for c in &self.conns {
+            c.cmd.set_polling(false);
+            c.tran.set_polling(false);
+        }
+        let pending =
+            self.conns.iter_mut().any(|c| c.cmd.pending().unwrap_or(1) > 0 || c.tran.pending().unwrap_or(1) > 0);
+        if !pending {
+            self.check_sockets(timeout);
+        }
+        for c in &self.conns {
+            c.cmd.set_polling(true);
+            c.tran.set_polling(true);
+        }
+    }
+
+    /// Polls doorbells and sockets; marks hung-up or chattering nodes dead.
+    fn check_sockets(&mut self, timeout: Duration) {
+        use rustix::event::{PollFd, PollFlags};
+        let mut fds = vec![PollFd::new(&*self.wake, PollFlags::IN)];
+        for c in &self.conns {
+            fds.push(PollFd::new(&c.to_gateway, PollFlags::IN));
+            fds.push(PollFd::new(&c.sock, PollFlags::IN | PollFlags::RDHUP));
+        }
+        let ts =
+            rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+        if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
+            return;
+        }
+        let events: Vec<PollFlags> = fds.iter().map(|f| f.revents()).collect();
+        drop(fds);
+        let _ = self.wake.drain();
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            let _ = c.to_gateway.drain();
+            let ev = events[2 + 2 * i];
+            if ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
+                c.kill("the node closed its socket".into());
+            } else if ev.contains(PollFlags::IN) {
+                c.kill("the node sent data on its socket after the handshake".into());
+            }
+        }
+    }
+
+    /// Consumes CMD and TRAN messages of one connection (a bounded batch).
+    fn service(&mut self, i: usize) -> bool {
+        let mut progress = false;
+        for _ in 0..64 {
+            let data_area = self.conns[i].data.len() as u64;
+            match self.conns[i].cmd.pop(data_area) {
+                Ok(Some(Message::Cmd(cmd))) => {
+                    progress = true;
+                    self.on_cmd(i, cmd);
+                }
+                Ok(Some(_)) => unreachable!("the consumer checks kinds"),
+                Ok(None) => break,
+                Err(e) => {
+                    self.conns[i].kill(e.to_string());
+                    return true;
+                }
+            }
+            if self.conns[i].dead.is_some() {
+                return true;
+            }
+        }
+        for _ in 0..64 {
+            match self.conns[i].tran.pop(0) {
+                Ok(Some(Message::Tran(t))) => {
+                    progress = true;
+                    self.on_tran(i, t.seq, t.index);
+                }
+                Ok(Some(_)) => unreachable!("the consumer checks kinds"),
+                Ok(None) => break,
+                Err(e) => {
+                    self.conns[i].kill(e.to_string());
+                    return true;
+                }
+            }
+            if self.conns[i].dead.is_some() {
+                return true;
+            }
+        }
+        progress
+    }
+
+    fn on_cmd(&mut self, i: usize, cmd: Cmd) {
+        {
+            let c = &mut self.conns[i];
+            if c.pending.len() >= c.slots as usize {
+                return c.kill(format!("more than {} commands outstanding", c.slots));
+            }
+            if c.pending.contains_key(&cmd.seq) {
+                return c.kill(format!("sequence number {} reused while outstanding", cmd.seq));
+            }
+        }
+        if let Some(op) = cmd.control {
+            return self.on_control(i, cmd, op);
+        }
+        let c = &mut self.conns[i];
+        let expected = cmd.segments.total();
+        let Some(&(image, access)) = c.map.get(&(cmd.target, cmd.lun)) else {
+            let luns = c.luns_of_target(cmd.target);
+            let completion = absent_lun(cmd.cdb(), &luns);
+            let data = match &completion.data_in {
+                DataIn::Bytes(b) => b.clone(),
+                _ => Vec::new(),
+            };
+            let n = if cmd.flags & proto::FLAG_DATA_IN != 0 { c.scatter(&cmd.segments, &data) } else { Ok(0) };
+            match n {
+                Ok(n) => c.out_stat.push_back(stat_from(cmd.seq, &completion, n as u32, expected)),
+                Err(e) => c.kill(e),
+            }
+            return;
+        };
+        if access == Access::Ro && scsi::opcodes::writes_medium(cmd.cdb()[0]) {
+            let completion = Completion::check(&Sense::write_protected(), false);
+            c.out_stat.push_back(stat_from(cmd.seq, &completion, 0, expected));
+            return;
+        }
+        if cmd.flags & proto::FLAG_STAGED != 0 {
+            // One BUF per segment of the CMD, each naming staging space of the same size.
+            let mut staged = Vec::new();
+            for r in cmd.segments.as_slice() {
+                match c.staging_alloc.alloc(r.len) {
+                    Some(s) => staged.push(s),
+                    None => {
+                        for s in staged {
+                            c.staging_alloc.free(s);
+                        }
+                        let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
+                        c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
+                        return;
+                    }
+                }
+            }
+            for (index, s) in staged.iter().enumerate() {
+                let segments = Segments::new(&[*s]).expect("one segment fits");
+                c.out_buf.push_back(Buf { seq: cmd.seq, index: index as u16, segments });
+            }
+            let received = vec![false; staged.len()];
+            c.pending.insert(cmd.seq, Pending::Staged { image, cmd, staged, received });
+            if cmd.segments.as_slice().is_empty() {
+                self.submit_staged(i, cmd.seq);
+            }
+            return;
+        }
+        let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
+            let mut buf = AlignedBuf::zeroed(expected as usize);
+            let mut at = 0usize;
+            for r in cmd.segments.as_slice() {
+                let n = r.len as usize;
+                if let Err(e) = c.data.read(r.offset, &mut buf.as_mut_slice()[at..at + n]) {
+                    return c.kill(e.to_string());
+                }
+                at += n;
+            }
+            Some(buf)
+        } else {
+            None
+        };
+        self.submit(i, image, cmd, data_out, Vec::new());
+    }
+
+    fn submit(&mut self, i: usize, image: usize, cmd: Cmd, data_out: Option<AlignedBuf>, staged: Vec<Region>) {
+        let c = &mut self.conns[i];
+        let tag = (c.id << 32) | u64::from(cmd.seq);
+        let luns = c.luns_of_target(cmd.target);
+        let expected = cmd.segments.total();
+        let is_out = data_out.is_some();
+        c.pending.insert(cmd.seq, Pending::Backend { segments: cmd.segments, expected, staged, data_out: is_out });
+        self.in_backend[image] += 1;
+        self.images[image].driver.submit_buf(tag, &Nexus { id: c.id, luns: &luns }, cmd.cdb(), data_out);
+    }
+
+    fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
+        let c = &mut self.conns[i];
+        let Some(Pending::Staged { received, .. }) = c.pending.get_mut(&seq) else {
+            return c.kill(format!("TRAN for sequence number {seq}, which awaits no data"));
+        };
+        match received.get_mut(usize::from(index)) {
+            Some(r) if !*r => *r = true,
+            _ => return c.kill(format!("TRAN index {index} for sequence number {seq} is unknown or repeated")),
+        }
+        if received.iter().all(|&r| r) {
+            self.submit_staged(i, seq);
+        }
+    }
+
+    fn submit_staged(&mut self, i: usize, seq: u32) {
+        let c = &mut self.conns[i];
+        let Some(Pending::Staged { image, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
+        let total: usize = staged.iter().map(|r| r.len as usize).sum();
+        let mut buf = AlignedBuf::zeroed(total);
+        let mut at = 0usize;
+        for r in &staged {
+            let n = r.len as usize;
+            if let Err(e) = c.staging.read(r.offset, &mut buf.as_mut_slice()[at..at + n]) {
+                return c.kill(e.to_string());
+            }
+            at += n;
+        }
+        self.submit(i, image, cmd, Some(buf), staged);
+    }
+
+    fn on_control(&mut self, i: usize, cmd: Cmd, op: ControlOp) {
+        let c = &mut self.conns[i];
+        let reply = match op {
+            ControlOp::Heartbeat => control_stat(cmd.seq, control_result::DONE, 0),
+            ControlOp::AbortTask => match c.pending.get(&cmd.arg) {
+                Some(Pending::Staged { .. }) => {
+                    if let Some(Pending::Staged { staged, .. }) = c.pending.remove(&cmd.arg) {
+                        for s in staged {
+                            c.staging_alloc.free(s);
+                        }
+                    }
+                    let aborted = Completion { status: Status::TaskAborted, sense: Vec::new(), data_in: DataIn::None };
+                    c.out_stat.push_back(stat_from(cmd.arg, &aborted, 0, 0));
+                    control_stat(cmd.seq, control_result::DONE, 0)
+                }
+                Some(Pending::Backend { .. }) => control_stat(cmd.seq, control_result::IN_PROGRESS, 0),
+                None => control_stat(cmd.seq, control_result::NOT_FOUND, 0),
+            },
+            ControlOp::LunReset => match c.map.get(&(cmd.target, cmd.lun)) {
+                Some(&(image, _)) => {
+                    self.images[image].driver.unit_mut().reset();
+                    control_stat(cmd.seq, control_result::DONE, 0)
+                }
+                None => control_stat(cmd.seq, control_result::NOT_FOUND, 0),
+            },
+            ControlOp::ReportConfig => {
+                let mut entries: Vec<_> = c.map.iter().collect();
+                entries.sort_by_key(|(k, _)| **k);
+                let mut bytes = Vec::with_capacity(entries.len() * REPORT_ENTRY);
+                for (&(t, l), &(image, access)) in entries {
+                    let cfg = self.images[image].driver.unit().config();
+                    bytes.extend_from_slice(&t.to_le_bytes());
+                    bytes.extend_from_slice(&l.to_le_bytes());
+                    bytes.extend_from_slice(&[u8::from(access == Access::Ro), 0, 0, 0]);
+                    bytes.extend_from_slice(&cfg.block_size.to_le_bytes());
+                    bytes.extend_from_slice(&cfg.blocks.to_le_bytes());
+                }
+                match c.scatter(&cmd.segments, &bytes) {
+                    Ok(n) => {
+                        let mut s = control_stat(cmd.seq, control_result::DONE, n as u32);
+                        s.residual = (bytes.len() - n) as u32;
+                        s
+                    }
+                    Err(e) => return c.kill(e),
+                }
+            }
+        };
+        c.out_stat.push_back(reply);
+    }
+
+    /// Collects backend completions and turns them into STATs.
+    fn reap(&mut self) -> bool {
+        let mut any = false;
+        for image in 0..self.images.len() {
+            if self.in_backend[image] == 0 {
+                continue;
+            }
+            if let Err(e) = self.images[image].driver.poll(&mut self.finished, false) {
+                tracing::error!(image = %self.images[image].name, error = %e, "backend poll failed");
+            }
+            self.in_backend[image] -= self.finished.len().min(self.in_backend[image]);
+            for f in self.finished.drain(..) {
+                any = true;
+                let (conn_id, seq) = (f.tag >> 32, f.tag as u32);
+                // Completions for connections that are gone are discarded.
+                let Some(c) = self.conns.iter_mut().find(|c| c.id == conn_id) else { continue };
+                let Some(Pending::Backend { segments, expected, staged, data_out }) = c.pending.remove(&seq) else {
+                    continue;
+                };
+                for s in staged {
+                    c.staging_alloc.free(s);
+                }
+                let transferred = if data_out {
+                    if f.completion.status == Status::Good {
+                        expected as usize
+                    } else {
+                        0
+                    }
+                } else {
+                    match c.scatter(&segments, f.data()) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            c.kill(e);
+                            continue;
+                        }
+                    }
+                };
+                c.out_stat.push_back(stat_from(seq, &f.completion, transferred as u32, expected));
+            }
+        }
+        any
+    }
+
+    /// Finishes shutdown: flush every image, close every queue pair.
+    fn finish(mut self) -> Vec<OpenImage> {
+        for img in &mut self.images {
+            match img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]) {
+                Ok(f) if f.completion.status == Status::Good => {}
+                Ok(f) => tracing::error!(image = %img.name, sense = ?f.completion.sense, "flush at shutdown failed"),
+                Err(e) => tracing::error!(image = %img.name, error = %e, "flush at shutdown failed"),
+            }
+        }
+        for c in &mut self.conns {
+            flush(c);
+        }
+        self.conns.clear();
+        self.images
+    }
+}
+
+/// Moves queued STATs and BUFs into the rings and rings the node's doorbell if it is not
+/// polling. Returns whether anything moved.
+fn flush(c: &mut Conn) -> bool {
+    let mut moved = false;
+    while let Some(s) = c.out_stat.front() {
+        match c.stat.push(&Message::Stat(*s)) {
+            Ok(true) => {
+                c.out_stat.pop_front();
+                moved = true;
+            }
+            Ok(false) => break,
+            Err(e) => {
+                c.kill(e.to_string());
+                return true;
+            }
+        }
+    }
+    while let Some(b) = c.out_buf.front() {
+        match c.buf.push(&Message::Buf(*b)) {
+            Ok(true) => {
+                c.out_buf.pop_front();
+                moved = true;
+            }
+            Ok(false) => break,
+            Err(e) => {
+                c.kill(e.to_string());
+                return true;
+            }
+        }
+    }
+    if moved && !(c.stat.consumer_polling() && c.buf.consumer_polling()) {
+        if let Err(e) = c.to_node.ring() {
+            c.kill(format!("ringing the node's doorbell failed: {e}"));
+        }
+    }
+    moved
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted").field("pan", &self.entry.pan).field("node", &self.entry.node).finish()
+    }
+}

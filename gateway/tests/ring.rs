@@ -1,0 +1,276 @@
+//! The ring protocol end to end: a real gateway server on a Unix socket, file images on the
+//! io_uring engine, and initiators over shared memory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gateway::config::Config;
+use gateway::ring::initiator::{ConnectOptions, Data, Initiator, InitiatorError};
+use gateway::ring::proto::{self, Region};
+use gateway::ring::server::{control_result, NodeEntry, Server, ServerOptions};
+use gateway::storage;
+use scsi::sense::parse_sense;
+use scsi::Asc;
+
+const CRED_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaa";
+const CRED_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbb";
+const CRED_C: &str = "cccccccccccccccccccccccc";
+
+fn config(dir: &Path) -> Config {
+    let text = format!(
+        r#"
+serial = "pg-test"
+data_dir = "{dir}"
+
+[[pan]]
+name = "alpha"
+[[pan.image]]
+name = "a0"
+path = "a0.img"
+size = "16MiB"
+[[pan.image]]
+name = "shared"
+path = "shared.img"
+size = "16MiB"
+block_size = 4096
+[[pan.node]]
+name = "n1"
+credential = "{CRED_A}"
+luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}, {{ target = 0, lun = 1, image = "shared", access = "ro" }}]
+[[pan.node]]
+name = "n2"
+credential = "{CRED_C}"
+luns = [{{ target = 0, lun = 1, image = "shared", access = "rw" }}]
+
+[[pan]]
+name = "beta"
+[[pan.image]]
+name = "b0"
+path = "b0.img"
+size = "16MiB"
+[[pan.node]]
+name = "n1"
+credential = "{CRED_B}"
+luns = [{{ target = 0, lun = 0, image = "b0", access = "rw" }}, {{ target = 2, lun = 7, image = "b0", access = "rw" }}]
+"#,
+        dir = dir.display()
+    );
+    Config::parse(&text, None).unwrap()
+}
+
+fn nodes(cfg: &Config, maps: &[storage::Mapping]) -> Vec<NodeEntry> {
+    cfg.pans
+        .iter()
+        .flat_map(|p| {
+            p.nodes.iter().map(move |n| NodeEntry {
+                pan: p.name.clone(),
+                node: n.name.clone(),
+                credential: n.credential.clone(),
+                uid: None,
+                luns: Vec::new(),
+            })
+        })
+        .map(|mut e| {
+            e.luns = maps
+                .iter()
+                .filter(|m| m.pan == e.pan && m.node == e.node)
+                .map(|m| (m.target, m.lun, m.image, m.access))
+                .collect();
+            e
+        })
+        .collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: Option<Server>,
+    socket: std::path::PathBuf,
+}
+
+fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
+    let socket = dir.path().join("pangate.sock");
+    let server = Server::start(images, nodes(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    Fixture { _dir: dir, server: Some(server), socket }
+}
+
+fn opts(pan: &str, node: &str, cred: &str) -> ConnectOptions {
+    ConnectOptions { pan: pan.into(), node: node.into(), credential: cred.into(), slots: 256, data_bytes: 16 << 20 }
+}
+
+fn connect(f: &Fixture, pan: &str, node: &str, cred: &str) -> Initiator {
+    Initiator::connect(&f.socket, &opts(pan, node, cred)).unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
+}
+
+fn sense_of(r: &gateway::ring::initiator::Response) -> (u8, Asc) {
+    let (k, a, _) = parse_sense(&r.sense).expect("sense parses");
+    (k, a)
+}
+
+#[test]
+fn handshake_reports_the_nodes_map() {
+    let f = start();
+    let i = connect(&f, "alpha", "n1", CRED_A);
+    assert_eq!(i.queue_depth(), 256);
+    let luns: Vec<_> = i.luns().iter().map(|l| (l.target, l.lun, l.block_size, l.blocks, l.read_only)).collect();
+    assert_eq!(luns, vec![(0, 0, 512, 32768, false), (0, 1, 4096, 4096, true)]);
+}
+
+#[test]
+fn wrong_credential_pan_or_node_is_refused_with_a_reason() {
+    let f = start();
+    for (pan, node, cred, want) in [
+        ("alpha", "n1", CRED_B, "wrong credential"),
+        ("gamma", "n1", CRED_A, "no node \"n1\" in PAN \"gamma\""),
+        ("alpha", "n9", CRED_A, "no node \"n9\""),
+    ] {
+        match Initiator::connect(&f.socket, &opts(pan, node, cred)) {
+            Err(InitiatorError::Refused(why)) => assert!(why.contains(want), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_scsi_family_round_trips_on_both_write_paths() {
+    let f = start();
+    let mut i = connect(&f, "alpha", "n1", CRED_A);
+    // Power-on unit attention first, then TEST UNIT READY is good.
+    let tur = i.execute(0, 0, &[0; 6], Data::None).unwrap();
+    assert_eq!(sense_of(&tur), (0x6, Asc::POWER_ON_RESET));
+    assert!(i.execute(0, 0, &[0; 6], Data::None).unwrap().good());
+    let (r, inq) = i.inquiry(0, 0, None).unwrap();
+    assert!(r.good());
+    assert_eq!(&inq[8..16], b"PANGATE ");
+    let (r, vpd) = i.inquiry(0, 0, Some(0x83)).unwrap();
+    assert!(r.good() && vpd[1] == 0x83);
+    assert_eq!(i.read_capacity(0, 0).unwrap().1, Some((32768, 512)));
+
+    for staged in [false, true] {
+        let data = pattern(64 << 10, u8::from(staged) + 1);
+        let lba = if staged { 1000 } else { 0 };
+        assert!(i.write(0, 0, lba, &data, false, staged).unwrap().good());
+        let (r, back) = i.read(0, 0, lba, data.len() as u32).unwrap();
+        assert!(r.good());
+        assert_eq!(r.transferred, data.len() as u32);
+        assert_eq!(back, data, "staged={staged}");
+    }
+    assert!(i.write(0, 0, 5000, &pattern(4096, 9), true, false).unwrap().good(), "FUA write");
+    assert!(i.flush(0, 0).unwrap().good());
+    assert!(i.unmap(0, 0, 0, 128).unwrap().good());
+    assert!(i.read(0, 0, 0, 65536).unwrap().1.iter().all(|&b| b == 0));
+    // A command that fails on the LUN comes back with its sense.
+    let r = i.execute(0, 0, &proto_read(40000), Data::None).unwrap();
+    assert_eq!(sense_of(&r), (0x5, Asc::LBA_OUT_OF_RANGE));
+    // REPORT LUNS lists the node's own LUNs of the target.
+    let (r, luns) = i.data_in(0, 0, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256).unwrap();
+    assert!(r.good());
+    assert_eq!(&luns[..4], &16u32.to_be_bytes());
+}
+
+fn proto_read(lba: u64) -> [u8; 16] {
+    gateway::ring::initiator::rw16(0x88, lba, 1, false)
+}
+
+#[test]
+fn control_messages() {
+    let f = start();
+    let mut i = connect(&f, "alpha", "n1", CRED_A);
+    let hb = i.heartbeat().unwrap();
+    assert_eq!(hb.control_result, control_result::DONE);
+    let cfg = i.report_config().unwrap();
+    assert_eq!(cfg.len(), 2);
+    assert_eq!((cfg[1].target, cfg[1].lun, cfg[1].read_only, cfg[1].blocks), (0, 1, true, 4096));
+    // LUN RESET raises a unit attention.
+    i.execute(0, 0, &[0; 6], Data::None).unwrap();
+    let seq = i.control(proto::ControlOp::LunReset, 0, 0, 0, None).unwrap();
+    assert_eq!(i.wait_for(seq, Duration::from_secs(5)).unwrap().control_result, control_result::DONE);
+    assert_eq!(sense_of(&i.execute(0, 0, &[0; 6], Data::None).unwrap()), (0x6, Asc::LUN_RESET));
+    // Aborting an unknown task says so.
+    let seq = i.control(proto::ControlOp::AbortTask, 0, 0, 424242, None).unwrap();
+    assert_eq!(i.wait_for(seq, Duration::from_secs(5)).unwrap().control_result, control_result::NOT_FOUND);
+}
+
+#[test]
+fn access_control_across_pans_and_read_only_maps() {
+    let f = start();
+    let mut b = connect(&f, "beta", "n1", CRED_B);
+    b.write(0, 0, 0, &pattern(4096, 77), false, false).unwrap();
+    let mut a = connect(&f, "alpha", "n1", CRED_A);
+    a.execute(0, 0, &[0; 6], Data::None).unwrap();
+    // Alpha's node probes every (target, LUN) beta's node has and more: only its own map
+    // answers; everything else is LOGICAL UNIT NOT SUPPORTED.
+    for target in 0..4u16 {
+        for lun in 0..10u16 {
+            let r = a.execute(target, lun, &proto_read(0), Data::None).unwrap();
+            let mine = target == 0 && lun <= 1;
+            if !mine {
+                assert_eq!(sense_of(&r), (0x5, Asc::LUN_NOT_SUPPORTED), "target {target} lun {lun}");
+            }
+        }
+    }
+    // Alpha's (0,0) is its own image, not beta's.
+    let (_, d) = a.read(0, 0, 0, 4096).unwrap();
+    assert_ne!(d, pattern(4096, 77));
+    // Read-only map: writes are refused, reads work.
+    let r = a.write(0, 1, 0, &pattern(4096, 1), false, false).unwrap();
+    assert_eq!(sense_of(&r), (0x7, Asc::WRITE_PROTECTED));
+    assert!(a.read(0, 1, 0, 4096).unwrap().0.good());
+    // INQUIRY of an unmapped LUN reports an unconnected unit.
+    let (r, inq) = a.inquiry(3, 3, None).unwrap();
+    assert!(r.good());
+    assert_eq!(inq[0], 0x7F);
+}
+
+#[test]
+fn a_hostile_node_loses_only_its_connection() {
+    let f = start();
+    let mut good = connect(&f, "beta", "n1", CRED_B);
+    assert_eq!(sense_of(&good.execute(0, 0, &[0; 6], Data::None).unwrap()), (0x6, Asc::POWER_ON_RESET));
+    let mut bad = connect(&f, "alpha", "n1", CRED_A);
+    bad.execute(0, 0, &[0; 6], Data::None).unwrap();
+    // A region outside the data area.
+    let out_of_area = Region { offset: 1 << 40, len: 4096 };
+    bad.submit(0, 0, &proto_read(0), Data::In(out_of_area)).unwrap();
+    let mut out = Vec::new();
+    let err = loop {
+        match bad.poll(&mut out, Duration::from_secs(5)) {
+            Err(e) => break e,
+            Ok(()) if out.is_empty() => continue,
+            Ok(()) => panic!("the gateway answered a command with a region outside the data area: {out:?}"),
+        }
+    };
+    assert!(matches!(err, InitiatorError::Closed), "{err:?}");
+    // The healthy node goes on.
+    for k in 0..20u64 {
+        let data = pattern(4096, k as u8);
+        assert!(good.write(0, 0, k * 8, &data, false, false).unwrap().good());
+        assert_eq!(good.read(0, 0, k * 8, 4096).unwrap().1, data);
+    }
+}
+
+#[test]
+fn shutdown_drains_and_flushes() {
+    let mut f = start();
+    let mut i = connect(&f, "alpha", "n1", CRED_A);
+    i.execute(0, 0, &[0; 6], Data::None).unwrap();
+    let data = pattern(1 << 20, 3);
+    let r = i.alloc(data.len() as u32).unwrap();
+    i.write_data(r, &data).unwrap();
+    let seq = i
+        .submit(0, 0, &gateway::ring::initiator::rw16(0x8A, 0, 2048, false), Data::Out { region: r, staged: false })
+        .unwrap();
+    let resp = i.wait_for(seq, Duration::from_secs(10)).unwrap();
+    assert!(resp.good());
+    let images = f.server.take().unwrap().shutdown().unwrap();
+    assert_eq!(images.len(), 3);
+    let on_disk = std::fs::read(&images[0].path).unwrap();
+    assert_eq!(&on_disk[..data.len()], &data[..]);
+    assert!(!f.socket.exists(), "the socket is removed");
+}
