@@ -143,9 +143,38 @@ pub struct NodeConfig {
     pub name: String,
     /// Shared secret the node presents when it connects.
     pub credential: String,
+    /// When set, the node may only connect from a process with this uid (`SO_PEERCRED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     /// The node's virtual storage space.
     #[serde(default)]
     pub luns: Vec<LunMapEntry>,
+}
+
+/// Where and how the ring server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Unix socket nodes connect to; relative to the data directory.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Microseconds the worker keeps polling after activity before it sleeps.
+    #[serde(default = "default_spin_us")]
+    pub spin_us: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { socket: default_socket(), spin_us: default_spin_us() }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("pangate.sock")
+}
+
+fn default_spin_us() -> u64 {
+    50
 }
 
 /// A processing area network.
@@ -176,6 +205,9 @@ pub struct Config {
     /// Open images with `O_DIRECT`.
     #[serde(default)]
     pub direct_io: bool,
+    /// The ring server.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The PANs.
     #[serde(default, rename = "pan")]
     pub pans: Vec<PanConfig>,
@@ -349,6 +381,7 @@ impl Config {
             Ok(NodeConfig {
                 name: name.into(),
                 credential: persist::random_hex(16)?,
+                uid: None,
                 luns: vec![
                     LunMapEntry { target: 0, lun: 0, image: disk.into(), access: Access::Rw },
                     LunMapEntry { target: 0, lun: 1, image: "shared".into(), access: Access::Ro },
@@ -360,6 +393,7 @@ impl Config {
             data_dir: PathBuf::from("."),
             engine: EngineKind::Auto,
             direct_io: false,
+            storage: StorageConfig::default(),
             pans: vec![PanConfig {
                 name: "demo".into(),
                 images: vec![image("disk-a"), image("disk-b"), image("shared")],

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gateway::config::Config;
 use gateway::ring::initiator::{ConnectOptions, Data, Initiator, InitiatorError};
 use gateway::ring::proto::{self, Region};
-use gateway::ring::server::{control_result, NodeEntry, Server, ServerOptions};
+use gateway::ring::server::{control_result, Server, ServerOptions};
 use gateway::storage;
 use scsi::sense::parse_sense;
 use scsi::Asc;
@@ -58,29 +58,6 @@ luns = [{{ target = 0, lun = 0, image = "b0", access = "rw" }}, {{ target = 2, l
     Config::parse(&text, None).unwrap()
 }
 
-fn nodes(cfg: &Config, maps: &[storage::Mapping]) -> Vec<NodeEntry> {
-    cfg.pans
-        .iter()
-        .flat_map(|p| {
-            p.nodes.iter().map(move |n| NodeEntry {
-                pan: p.name.clone(),
-                node: n.name.clone(),
-                credential: n.credential.clone(),
-                uid: None,
-                luns: Vec::new(),
-            })
-        })
-        .map(|mut e| {
-            e.luns = maps
-                .iter()
-                .filter(|m| m.pan == e.pan && m.node == e.node)
-                .map(|m| (m.target, m.lun, m.image, m.access))
-                .collect();
-            e
-        })
-        .collect()
-}
-
 struct Fixture {
     _dir: tempfile::TempDir,
     server: Option<Server>,
@@ -92,7 +69,7 @@ fn start() -> Fixture {
     let cfg = config(dir.path());
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
     let socket = dir.path().join("pangate.sock");
-    let server = Server::start(images, nodes(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
     Fixture { _dir: dir, server: Some(server), socket }
 }
 

@@ -363,6 +363,15 @@ impl Conn {
         Ok(at)
     }
 
+    /// The node went away normally.
+    fn hang_up(&mut self) {
+        if self.dead.is_none() {
+            tracing::info!(pan = %self.entry.pan, node = %self.entry.node, outstanding = self.pending.len(), "queue pair disconnected");
+            self.dead = Some("disconnected".into());
+        }
+    }
+
+    /// The node broke the protocol: close its queue pair and say why.
     fn kill(&mut self, why: String) {
         if self.dead.is_none() {
             tracing::warn!(pan = %self.entry.pan, node = %self.entry.node, reason = %why, "closing queue pair");
@@ -501,7 +510,7 @@ impl Worker {
             let _ = c.to_gateway.drain();
             let ev = events[2 + 2 * i];
             if ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
-                c.kill("the node closed its socket".into());
+                c.hang_up();
             } else if ev.contains(PollFlags::IN) {
                 c.kill("the node sent data on its socket after the handshake".into());
             }

@@ -1,11 +1,17 @@
 //! `pangate`: the control-node gateway.
 
+mod bench;
+mod scsi_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use gateway::config::Config;
+use gateway::ring::initiator::{ConnectOptions, Initiator};
+use gateway::ring::server::{Server, ServerOptions};
 use gateway::storage::{self, OpenImage};
 use tracing_subscriber::EnvFilter;
 
@@ -30,10 +36,10 @@ enum Command {
         /// Configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Data directory (images, state). Defaults to $PANGATE_DATA_DIR or ./pangate-data.
+        /// Data directory (images, socket, state). Defaults to $PANGATE_DATA_DIR or ./pangate-data.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Start, check every LUN, flush and exit instead of running until signalled.
+        /// Start, check every LUN, flush and exit instead of serving until signalled.
         #[arg(long)]
         oneshot: bool,
     },
@@ -42,6 +48,63 @@ enum Command {
         /// Configuration file.
         file: PathBuf,
     },
+    /// Send one SCSI command to a LUN over the rings, in the spirit of sg3_utils.
+    Scsi(scsi_cmd::ScsiArgs),
+    /// Drive a LUN over the rings and report IOPS, bandwidth and latency as JSON.
+    Bench(bench::BenchArgs),
+}
+
+/// How to reach the gateway as a node.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// PAN name.
+    #[arg(long)]
+    pan: String,
+    /// Node name.
+    #[arg(long)]
+    node: String,
+    /// The node's credential; defaults to $PANGATE_CREDENTIAL, else the gateway's config.
+    #[arg(long)]
+    credential: Option<String>,
+    /// Gateway socket; defaults to the one in the data directory's config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Data directory whose pangate.toml names the socket and credentials.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// Connects one queue pair.
+    pub fn connect(&self, slots: u32, data_bytes: u64) -> anyhow::Result<Initiator> {
+        let (socket, credential) = self.resolve()?;
+        let opts = ConnectOptions { pan: self.pan.clone(), node: self.node.clone(), credential, slots, data_bytes };
+        Ok(Initiator::connect_with_retry(&socket, &opts, Duration::from_secs(5))?)
+    }
+
+    fn resolve(&self) -> anyhow::Result<(PathBuf, String)> {
+        let credential = self.credential.clone().or_else(|| std::env::var("PANGATE_CREDENTIAL").ok());
+        if let (Some(socket), Some(credential)) = (&self.socket, &credential) {
+            return Ok((socket.clone(), credential.clone()));
+        }
+        let dir = default_data_dir(self.data_dir.clone());
+        let cfg = Config::load(&dir.join(CONFIG_NAME))
+            .with_context(|| "give --socket and --credential, or --data-dir of a gateway whose config names them")?;
+        let data_dir = cfg.data_dir_from(&dir);
+        let socket = self.socket.clone().unwrap_or_else(|| data_dir.join(&cfg.storage.socket));
+        let credential = match credential {
+            Some(c) => c,
+            None => cfg
+                .pans
+                .iter()
+                .filter(|p| p.name == self.pan)
+                .flat_map(|p| &p.nodes)
+                .find(|n| n.name == self.node)
+                .map(|n| n.credential.clone())
+                .with_context(|| format!("no node {:?} in PAN {:?} in {}", self.node, self.pan, dir.display()))?,
+        };
+        Ok((socket, credential))
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,6 +114,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up { config, data_dir, oneshot } => up(config, data_dir, oneshot),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Scsi(args) => scsi_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,7 +134,14 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the config, or creates the embedded default in the data directory.
+fn default_data_dir(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("PANGATE_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("pangate-data"))
+}
+
+/// Loads the config, or creates the embedded default in the data directory. Returns the
+/// config, its file, and the data directory.
 fn load_or_create(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<(Config, PathBuf, PathBuf)> {
     if let Some(file) = config {
         let cfg = Config::load(&file)?;
@@ -77,13 +149,13 @@ fn load_or_create(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow:
         let dir = data_dir.unwrap_or_else(|| cfg.data_dir_from(&base));
         return Ok((cfg, file, dir));
     }
-    let dir = data_dir
-        .or_else(|| std::env::var_os("PANGATE_DATA_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("pangate-data"));
+    let dir = default_data_dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let file = dir.join(CONFIG_NAME);
     if file.exists() {
-        return Ok((Config::load(&file)?, file, dir));
+        let cfg = Config::load(&file)?;
+        let data_dir = cfg.data_dir_from(&dir);
+        return Ok((cfg, file, data_dir));
     }
     let cfg = Config::embedded_default()?;
     cfg.save(&file).with_context(|| format!("writing {}", file.display()))?;
@@ -95,9 +167,11 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
     let (cfg, file, dir) = load_or_create(config, data_dir)?;
     let (mut images, maps) = storage::open_all(&cfg, &dir)?;
     let dir = dir.canonicalize().unwrap_or(dir);
+    let socket = dir.join(&cfg.storage.socket);
     println!("pangate {} control node {}", env!("CARGO_PKG_VERSION"), cfg.serial);
     println!("  config:    {}", file.display());
     println!("  data dir:  {}", dir.display());
+    println!("  socket:    {}", socket.display());
     for img in &mut images {
         self_check(img)?;
     }
@@ -120,22 +194,29 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
             }
         }
     }
-    println!("  storage front-ends (rings, FUSE, TCMU), netvirt, metrics and the web admin are not in this build yet;");
-    println!("  the gateway holds every image open and flushes them on exit.");
-    if !oneshot {
-        wait_for_signal()?;
+    if oneshot {
+        for img in &mut images {
+            flush(img)?;
+        }
+        println!("pangate: all images flushed; stopped");
+        return Ok(());
     }
-    for img in &mut images {
-        flush(img)?;
-    }
-    println!("pangate: all images flushed; stopped");
+    let mut opts = ServerOptions::new(&socket);
+    opts.spin = Duration::from_micros(cfg.storage.spin_us);
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), opts)
+        .with_context(|| format!("starting the ring server on {}", socket.display()))?;
+    println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
+    println!("  FUSE, TCMU, netvirt, metrics and the web admin are not in this build yet.");
+    wait_for_signal()?;
+    server.shutdown().context("stopping the ring server")?;
+    println!("pangate: in-flight I/O completed, all images flushed; stopped");
     Ok(())
 }
 
 /// INQUIRY and READ CAPACITY (16) on an image, so a broken image fails at start-up.
 fn self_check(img: &mut OpenImage) -> anyhow::Result<()> {
     let d = &mut img.driver;
-    // Consume the power-on unit attention of the gateway's own nexus.
+    // The gateway's own nexus (id 0) consumes its power-on unit attention.
     d.run(0, &[0], &[0, 0, 0, 0, 0, 0], &[])?;
     let inq = d.run(0, &[0], &[0x12, 0, 0, 0, 96, 0], &[])?;
     let rc = d.run(0, &[0], &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[])?;
