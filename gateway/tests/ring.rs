@@ -65,6 +65,7 @@ struct Fixture {
 }
 
 fn start() -> Fixture {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("gateway=debug").try_init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
@@ -250,4 +251,138 @@ fn shutdown_drains_and_flushes() {
     let on_disk = std::fs::read(&images[0].path).unwrap();
     assert_eq!(&on_disk[..data.len()], &data[..]);
     assert!(!f.socket.exists(), "the socket is removed");
+}
+
+// ---- Misbehaving nodes -------------------------------------------------------------------
+
+use gateway::ring::proto::{Cmd, Message, SLOT_SIZE};
+use gateway::ring::spsc::{cursor_offsets, slot_offset, RingId};
+
+/// Puts raw bytes in the next CMD slot and publishes it, as a broken node would.
+fn raw_cmd(i: &Initiator, cursor: u32, slot: &[u8; SLOT_SIZE]) {
+    let ring = i.raw_ring();
+    ring.write(slot_offset(RingId::Cmd, i.queue_depth(), cursor), slot).unwrap();
+    ring.store_release(cursor_offsets(RingId::Cmd).0, cursor + 1).unwrap();
+}
+
+fn healthy_io(good: &mut Initiator, rounds: u64) {
+    for k in 0..rounds {
+        let data = pattern(4096, k as u8 ^ 0x5A);
+        assert!(good.write(0, 0, 4096 + k * 8, &data, false, k % 2 == 1).unwrap().good());
+        assert_eq!(good.read(0, 0, 4096 + k * 8, 4096).unwrap().1, data);
+    }
+}
+
+fn hostile_case(setup: impl FnOnce(&mut Initiator)) {
+    let f = start();
+    let mut good = connect(&f, "beta", "n1", CRED_B);
+    good.execute(0, 0, &[0; 6], Data::None).unwrap();
+    let mut bad = connect(&f, "alpha", "n1", CRED_A);
+    bad.execute(0, 0, &[0; 6], Data::None).unwrap();
+    healthy_io(&mut good, 5);
+    setup(&mut bad);
+    // Watch only the socket: a misbehaving node does not reap its STATs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match bad.check_connected() {
+            Err(InitiatorError::Closed) => break,
+            Err(other) => panic!("expected the connection to be closed, got {other:?}"),
+            Ok(()) => {
+                assert!(std::time::Instant::now() < deadline, "the gateway kept a misbehaving node connected");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    healthy_io(&mut good, 20);
+}
+
+#[test]
+fn garbage_in_a_slot_closes_only_that_node() {
+    hostile_case(|bad| {
+        let mut slot = [0u8; SLOT_SIZE];
+        for (k, b) in slot.iter_mut().enumerate() {
+            *b = (k as u8).wrapping_mul(151).wrapping_add(7);
+        }
+        raw_cmd(bad, 1, &slot);
+    });
+}
+
+#[test]
+fn a_length_that_lies_closes_only_that_node() {
+    hostile_case(|bad| {
+        let cmd = Cmd::scsi(99, 0, 0, &[0; 6], 0, &[]).unwrap();
+        let mut slot = [0u8; SLOT_SIZE];
+        Message::Cmd(cmd).emit(&mut slot);
+        slot[8..12].copy_from_slice(&4000u32.to_le_bytes());
+        raw_cmd(bad, 1, &slot);
+    });
+}
+
+#[test]
+fn a_cursor_moving_backwards_closes_only_that_node() {
+    hostile_case(|bad| {
+        // One real command went through (cursor 1); now claim the producer is at 0 again
+        // after pretending to have produced more.
+        let off = cursor_offsets(RingId::Cmd).0;
+        bad.raw_ring().store_release(off, u32::MAX - 5).unwrap();
+    });
+}
+
+#[test]
+fn a_cursor_past_the_ring_closes_only_that_node() {
+    hostile_case(|bad| {
+        let off = cursor_offsets(RingId::Cmd).0;
+        bad.raw_ring().store_release(off, 1 + bad.queue_depth() + 1).unwrap();
+    });
+}
+
+#[test]
+fn exceeding_the_queue_depth_closes_only_that_node() {
+    hostile_case(|bad| {
+        // Never consume STATs, and keep sending: the node soon has more commands
+        // outstanding than its queue depth.
+        let depth = bad.queue_depth();
+        for k in 0..=depth + 1 {
+            let cmd = Cmd::scsi(1000 + k, 0, 0, &[0; 6], 0, &[]).unwrap();
+            let mut slot = [0u8; SLOT_SIZE];
+            Message::Cmd(cmd).emit(&mut slot);
+            // Wait (bounded) for ring room as an honest producer would, then publish.
+            let (prod_off, cons_off) = cursor_offsets(RingId::Cmd);
+            let cursor = 1 + k;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cursor.wrapping_sub(bad.raw_ring().load_acquire(cons_off).unwrap()) >= depth {
+                if std::time::Instant::now() > deadline {
+                    return; // the gateway stopped consuming: it has closed us
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            bad.raw_ring().write(slot_offset(RingId::Cmd, depth, cursor), &slot).unwrap();
+            bad.raw_ring().store_release(prod_off, cursor + 1).unwrap();
+            let _ = bad.kick();
+        }
+    });
+}
+
+#[test]
+fn a_node_dying_with_io_in_flight_leaves_others_unharmed() {
+    let f = start();
+    let mut good = connect(&f, "beta", "n1", CRED_B);
+    good.execute(0, 0, &[0; 6], Data::None).unwrap();
+    for _ in 0..5 {
+        let mut bad = connect(&f, "alpha", "n1", CRED_A);
+        bad.execute(0, 0, &[0; 6], Data::None).unwrap();
+        let r = bad.alloc(1 << 20).unwrap();
+        for k in 0..32u64 {
+            bad.queue(
+                0,
+                0,
+                &gateway::ring::initiator::rw16(0x8A, k * 2048, 2048, false),
+                Data::Out { region: r, staged: false },
+            )
+            .unwrap();
+        }
+        bad.kick().unwrap();
+        drop(bad);
+    }
+    healthy_io(&mut good, 20);
 }

@@ -96,7 +96,12 @@ pub fn send<T: Serialize>(sock: &UnixStream, msg: &T, fds: &[BorrowedFd<'_>]) ->
     if !fds.is_empty() && !anc.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("too many fds for one message"));
     }
-    let sent = rustix::net::sendmsg(sock, &[io::IoSlice::new(&framed)], &mut anc, rustix::net::SendFlags::NOSIGNAL)?;
+    let sent = loop {
+        match rustix::net::sendmsg(sock, &[io::IoSlice::new(&framed)], &mut anc, rustix::net::SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
     (&*sock).write_all(&framed[sent..])
 }
 
@@ -109,12 +114,15 @@ pub fn recv<T: for<'de> Deserialize<'de>>(sock: &UnixStream) -> io::Result<(T, V
     while got < head.len() {
         let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
         let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
-        let r = rustix::net::recvmsg(
+        let r = match rustix::net::recvmsg(
             sock,
             &mut [io::IoSliceMut::new(&mut head[got..])],
             &mut anc,
             rustix::net::RecvFlags::CMSG_CLOEXEC,
-        )?;
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => other?,
+        };
         for m in anc.drain() {
             if let rustix::net::RecvAncillaryMessage::ScmRights(received) = m {
                 fds.extend(received);

@@ -127,6 +127,7 @@ impl Response {
 #[derive(Debug)]
 pub struct Initiator {
     sock: UnixStream,
+    ring: Arc<SharedMemory>,
     data: Arc<SharedMemory>,
     staging: Arc<SharedMemory>,
     cmd: Producer,
@@ -149,7 +150,12 @@ pub struct Initiator {
 impl Initiator {
     /// Connects to the gateway's socket and sets up a queue pair.
     pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Initiator, InitiatorError> {
-        let sock = UnixStream::connect(socket)?;
+        let sock = loop {
+            match UnixStream::connect(socket) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
         let hello = Hello {
             version: proto::VERSION,
@@ -179,6 +185,7 @@ impl Initiator {
         let buf = Consumer::new(ring.clone(), RingId::Buf, slots);
         Ok(Initiator {
             sock,
+            ring: ring.clone(),
             alloc: RegionAllocator::new(welcome.data_bytes),
             cmd: Producer::new(ring.clone(), RingId::Cmd, slots),
             tran: Producer::new(ring.clone(), RingId::Tran, slots),
@@ -258,6 +265,12 @@ impl Initiator {
             return Err(InitiatorError::Invalid("read larger than its region".into()));
         }
         Ok(self.data.read(r.offset, out)?)
+    }
+
+    /// The ring region, for protocol conformance tests that play a misbehaving node.
+    /// Writing to it breaks the protocol.
+    pub fn raw_ring(&self) -> &SharedMemory {
+        &self.ring
     }
 
     /// Raw access to the data area mapping, for zero-copy users.
@@ -354,7 +367,7 @@ impl Initiator {
             self.buf.set_polling(false);
             let pending = self.stat.pending()? + self.buf.pending()?;
             if pending == 0 {
-                self.check_alive()?;
+                self.check_connected()?;
                 let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
                 self.to_node.wait(left)?;
                 self.to_node.drain()?;
@@ -419,7 +432,8 @@ impl Initiator {
         self.tran.consumer_polling()
     }
 
-    fn check_alive(&self) -> Result<(), InitiatorError> {
+    /// Checks, without touching the rings, whether the gateway still holds the connection.
+    pub fn check_connected(&self) -> Result<(), InitiatorError> {
         let mut b = [0u8; 1];
         match rustix::net::recv(&self.sock, &mut b, rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT) {
             Ok((0, _)) => Err(InitiatorError::Closed),

@@ -561,7 +561,13 @@ impl Worker {
     fn on_cmd(&mut self, i: usize, cmd: Cmd) {
         {
             let c = &mut self.conns[i];
-            if c.pending.len() >= c.slots as usize {
+            // Outstanding: accepted and unanswered, answered but queued, and answered in the
+            // STAT ring but not yet consumed by the node.
+            let in_ring = match c.stat.room() {
+                Ok(room) => c.slots - room,
+                Err(e) => return c.kill(e.to_string()),
+            };
+            if c.pending.len() + c.out_stat.len() + in_ring as usize >= c.slots as usize {
                 return c.kill(format!("more than {} commands outstanding", c.slots));
             }
             if c.pending.contains_key(&cmd.seq) {

@@ -92,7 +92,14 @@ fn base(ring: RingId) -> usize {
     ring as usize * CONTROL_BLOCK
 }
 
-fn slot_offset(ring: RingId, slots: u32, cursor: u32) -> u64 {
+/// Offsets of a ring's producer and consumer cursors in the ring region (for conformance
+/// tests that play a misbehaving peer).
+pub fn cursor_offsets(ring: RingId) -> (usize, usize) {
+    (base(ring) + PROD, base(ring) + CONS)
+}
+
+/// Offset of the slot a cursor value selects.
+pub fn slot_offset(ring: RingId, slots: u32, cursor: u32) -> u64 {
     (SLOTS_BASE + (ring as usize * slots as usize + (cursor % slots) as usize) * SLOT_SIZE) as u64
 }
 
