@@ -16,7 +16,7 @@ fn environment_forces_the_synchronous_fallback_and_rejects_nonsense() {
     // SAFETY: as above.
     unsafe { std::env::set_var(ENGINE_ENV, "turbo") };
     let err = EngineKind::resolve(EngineKind::Auto).unwrap_err();
-    assert!(err.contains("expected auto, uring or sync"), "{err}");
+    assert!(err.contains("expected auto, uring, sync or ram"), "{err}");
     // SAFETY: as above.
     unsafe { std::env::remove_var(ENGINE_ENV) };
     assert_eq!(EngineKind::resolve(EngineKind::Uring).unwrap(), EngineKind::Uring);

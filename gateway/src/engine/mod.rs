@@ -193,6 +193,9 @@ pub enum EngineKind {
     Uring,
     /// Synchronous pread/pwrite.
     Sync,
+    /// In memory, for tests and benchmarks: the image file is not used and contents are
+    /// lost on exit.
+    Ram,
 }
 
 impl FromStr for EngineKind {
@@ -203,7 +206,8 @@ impl FromStr for EngineKind {
             "auto" => Ok(EngineKind::Auto),
             "uring" | "io_uring" => Ok(EngineKind::Uring),
             "sync" => Ok(EngineKind::Sync),
-            other => Err(format!("unknown engine {other:?}: expected auto, uring or sync")),
+            "ram" => Ok(EngineKind::Ram),
+            other => Err(format!("unknown engine {other:?}: expected auto, uring, sync or ram")),
         }
     }
 }
@@ -225,6 +229,7 @@ impl EngineKind {
 /// synchronous engine with one log line saying why.
 pub fn open_engine(image: Image, kind: EngineKind, depth: u32) -> io::Result<Box<dyn Backend>> {
     match kind {
+        EngineKind::Ram => Ok(Box::new(RamEngine::new(image.size))),
         EngineKind::Sync => Ok(Box::new(SyncEngine::new(image))),
         EngineKind::Uring => Ok(Box::new(UringEngine::new(image, depth)?)),
         EngineKind::Auto => match uring::probe() {

@@ -145,6 +145,8 @@ pub struct Initiator {
     outstanding: usize,
     /// Doorbells rung (for tests and metrics).
     pub doorbells: u64,
+    /// How long `poll` spins on the rings before sleeping on the doorbell.
+    spin: Duration,
 }
 
 impl Initiator {
@@ -201,6 +203,7 @@ impl Initiator {
             done: HashMap::new(),
             outstanding: 0,
             doorbells: 0,
+            spin: Duration::ZERO,
         })
     }
 
@@ -224,6 +227,12 @@ impl Initiator {
                 }
             }
         }
+    }
+
+    /// Makes `poll` spin on the rings for up to `spin` before sleeping: polling mode, in
+    /// which the gateway need not ring the node's doorbell while it spins.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
     }
 
     /// The node's LUNs, from the handshake.
@@ -352,7 +361,8 @@ impl Initiator {
     /// Handles what the gateway sent: STATs become responses, BUFs are filled and answered
     /// with TRAN. Waits up to `wait` for something to arrive when nothing has.
     pub fn poll(&mut self, out: &mut Vec<Response>, wait: Duration) -> Result<(), InitiatorError> {
-        let deadline = Instant::now() + wait;
+        let start = Instant::now();
+        let deadline = start + wait;
         loop {
             let before = out.len();
             let moved = self.drain(out)?;
@@ -360,6 +370,10 @@ impl Initiator {
                 return Ok(());
             }
             if moved {
+                continue;
+            }
+            if start.elapsed() < self.spin {
+                std::hint::spin_loop();
                 continue;
             }
             // Say we will sleep, check once more, then wait on the doorbell.

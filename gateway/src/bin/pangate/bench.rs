@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// Write patterns and check every read of them (write, then read back, per slot).
     #[arg(long)]
     verify: bool,
+    /// Poll the rings this long before sleeping on the doorbell (polling mode).
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
 }
 
 /// What one queue measured.
@@ -108,6 +111,7 @@ struct Slot {
 fn run_queue(a: &BenchArgs, q: u32, blocks: u64, block_size: u32, deadline: Instant) -> anyhow::Result<QueueResult> {
     let per = u64::from(a.bs / block_size);
     let mut i: Initiator = a.node.connect(a.qd.max(256), (u64::from(a.qd) * u64::from(a.bs) * 2).max(1 << 20))?;
+    i.set_spin(Duration::from_micros(a.spin_us));
     i.execute(a.target, a.lun, &[0; 6], Data::None)?;
     // Each queue works in its own slice of the LUN, so verify patterns never collide.
     let span = (blocks / u64::from(a.queues)) / per * per;
@@ -280,7 +284,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let iops = all.ios as f64 / elapsed;
     let report = json!({
         "rw": format!("{:?}", a.rw).to_lowercase(),
-        "bs": a.bs, "qd": a.qd, "queues": a.queues, "path": format!("{:?}", a.path).to_lowercase(), "verify": a.verify,
+        "bs": a.bs, "qd": a.qd, "queues": a.queues, "path": format!("{:?}", a.path).to_lowercase(), "verify": a.verify, "spin_us": a.spin_us,
         "seconds": elapsed, "ios": all.ios, "iops": iops, "bw_bytes": iops * f64::from(a.bs),
         "lat_us": {"mean": mean, "p50": percentile(&all.lat_ns, 0.50), "p99": percentile(&all.lat_ns, 0.99), "p999": percentile(&all.lat_ns, 0.999)},
         "errors": all.errors, "mismatches": all.mismatches, "first_error": all.first_error,
