@@ -7,3 +7,4 @@ pub mod lun;
 pub mod persist;
 pub mod ring;
 pub mod storage;
+pub mod workload;

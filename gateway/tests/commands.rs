@@ -247,19 +247,6 @@ fn synchronize_cache_10_and_16() {
 
 // ---- UNMAP and GET LBA STATUS ------------------------------------------------------------
 
-fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
-    let mut p = vec![0u8; 8];
-    for &(lba, n) in ranges {
-        p.extend_from_slice(&lba.to_be_bytes());
-        p.extend_from_slice(&n.to_be_bytes());
-        p.extend_from_slice(&[0; 4]);
-    }
-    let desc = (p.len() - 8) as u16;
-    p[0..2].copy_from_slice(&(desc + 6).to_be_bytes());
-    p[2..4].copy_from_slice(&desc.to_be_bytes());
-    p
-}
-
 fn unmap_cdb(len: usize) -> [u8; 10] {
     let mut c = [0u8; 10];
     c[0] = 0x42;

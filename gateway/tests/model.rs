@@ -126,15 +126,7 @@ fn encode(op: &Op, disk: &[u8]) -> (Vec<u8>, Vec<u8>) {
             (c.to_vec(), block)
         }
         Op::Unmap { ref ranges } => {
-            let mut p = vec![0u8; 8];
-            for &(l, n) in ranges {
-                p.extend_from_slice(&l.to_be_bytes());
-                p.extend_from_slice(&n.to_be_bytes());
-                p.extend_from_slice(&[0; 4]);
-            }
-            let d = (p.len() - 8) as u16;
-            p[0..2].copy_from_slice(&(d + 6).to_be_bytes());
-            p[2..4].copy_from_slice(&d.to_be_bytes());
+            let p = unmap_list(ranges);
             let mut c = vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
             c[7..9].copy_from_slice(&(p.len() as u16).to_be_bytes());
             (c, p)

@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use gateway::engine::{
     open_engine, Backend, EngineKind, Image, ImageOptions, IoCompletion, IoOp, IoRequest, UringEngine,
 };
+use gateway::workload::XorShift;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Rw {
@@ -64,18 +65,6 @@ fn reap_adaptive(engine: &mut dyn Backend, out: &mut Vec<IoCompletion>, spin: Du
     }
 }
 
-/// xorshift64*: cheap, deterministic offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let image = Image::open(&a.file, &ImageOptions { create_size: None, direct: a.direct, read_only: false })?;
@@ -92,11 +81,11 @@ fn main() -> anyhow::Result<()> {
     };
     // A fresh seed each run, like fio's randrepeat=0.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed);
     let mut seq = 0u64;
-    let mut next_offset = |rng: &mut Rng| -> u64 {
+    let mut next_offset = |rng: &mut XorShift| -> u64 {
         match a.rw {
-            Rw::Randread | Rw::Randwrite => (rng.next() % blocks) * a.bs as u64,
+            Rw::Randread | Rw::Randwrite => (rng.next_u64() % blocks) * a.bs as u64,
             Rw::Read | Rw::Write => {
                 let o = (seq % blocks) * a.bs as u64;
                 seq += 1;

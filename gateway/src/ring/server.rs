@@ -23,7 +23,7 @@ use super::alloc::RegionAllocator;
 use super::handshake::{self, Answer, Hello, LunInfo, Refusal, Welcome};
 use super::proto::{self, Buf, Cmd, ControlOp, Message, Region, Segments, Stat};
 use super::shm::{Doorbell, SharedMemory};
-use super::spsc::{self, Consumer, Producer, RingId};
+use super::spsc::{self, Consumer, Producer, RingError, RingId};
 use crate::config::Access;
 use crate::engine::AlignedBuf;
 use crate::lun::Finished;
@@ -793,36 +793,31 @@ impl Worker {
     }
 }
 
+/// Moves queued messages into a ring while it has room; returns whether any moved.
+fn drain_into<T>(queue: &mut VecDeque<T>, ring: &mut Producer, msg: impl Fn(&T) -> Message) -> Result<bool, RingError> {
+    let mut moved = false;
+    while let Some(m) = queue.front() {
+        if !ring.push(&msg(m))? {
+            break;
+        }
+        queue.pop_front();
+        moved = true;
+    }
+    Ok(moved)
+}
+
 /// Moves queued STATs and BUFs into the rings and rings the node's doorbell if it is not
 /// polling. Returns whether anything moved.
 fn flush(c: &mut Conn) -> bool {
-    let mut moved = false;
-    while let Some(s) = c.out_stat.front() {
-        match c.stat.push(&Message::Stat(*s)) {
-            Ok(true) => {
-                c.out_stat.pop_front();
-                moved = true;
-            }
-            Ok(false) => break,
-            Err(e) => {
-                c.kill(e.to_string());
-                return true;
-            }
+    let stats = drain_into(&mut c.out_stat, &mut c.stat, |s| Message::Stat(*s));
+    let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| Message::Buf(*b));
+    let moved = match (stats, bufs) {
+        (Ok(a), Ok(b)) => a || b,
+        (Err(e), _) | (_, Err(e)) => {
+            c.kill(e.to_string());
+            return true;
         }
-    }
-    while let Some(b) = c.out_buf.front() {
-        match c.buf.push(&Message::Buf(*b)) {
-            Ok(true) => {
-                c.out_buf.pop_front();
-                moved = true;
-            }
-            Ok(false) => break,
-            Err(e) => {
-                c.kill(e.to_string());
-                return true;
-            }
-        }
-    }
+    };
     if moved && !(c.stat.consumer_polling() && c.buf.consumer_polling()) {
         if let Err(e) = c.to_node.ring() {
             c.kill(format!("ringing the node's doorbell failed: {e}"));

@@ -6,6 +6,8 @@ use gateway::lun::{Finished, LunDriver};
 use scsi::sense::parse_sense;
 use scsi::{Asc, LunConfig, LunIdentity, Status};
 
+pub use gateway::ring::initiator::rw16;
+
 /// The initiator most tests use.
 pub const I: u64 = 1;
 
@@ -56,16 +58,6 @@ pub fn expect_invalid_field(f: &Finished, byte: u16) {
     assert_eq!(u16::from_be_bytes([s[16], s[17]]), byte, "field pointer: {s:02x?}");
 }
 
-/// A READ(16) or WRITE(16) CDB.
-pub fn rw16(op: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = if fua { 0x08 } else { 0 };
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
 /// A 10-byte block command CDB (READ/WRITE/VERIFY/SYNC/WRITE SAME (10)).
 pub fn cdb10(op: u8, byte1: u8, lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
@@ -86,4 +78,18 @@ pub fn read(d: &mut LunDriver, lba: u64, blocks: u32) -> Vec<u8> {
     let f = run(d, &rw16(0x88, lba, blocks, false), &[]);
     expect_good(&f);
     f.data().to_vec()
+}
+
+/// An UNMAP parameter list for (lba, blocks) descriptors.
+pub fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut p = vec![0u8; 8];
+    for &(lba, n) in ranges {
+        p.extend_from_slice(&lba.to_be_bytes());
+        p.extend_from_slice(&n.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    let desc = (p.len() - 8) as u16;
+    p[0..2].copy_from_slice(&(desc + 6).to_be_bytes());
+    p[2..4].copy_from_slice(&desc.to_be_bytes());
+    p
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use gateway::ring::initiator::{rw16, Data, Initiator, Response};
 use gateway::ring::proto::Region;
+use gateway::workload::XorShift;
 use serde_json::json;
 
 use crate::NodeArgs;
@@ -69,18 +70,6 @@ struct QueueResult {
     first_error: Option<String>,
 }
 
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 /// The verify pattern of a block: its LBA and a nonce, repeated.
 fn fill(buf: &mut [u8], lba: u64, nonce: u64) {
     for (i, chunk) in buf.chunks_mut(16).enumerate() {
@@ -117,7 +106,7 @@ fn run_queue(a: &BenchArgs, q: u32, blocks: u64, block_size: u32, deadline: Inst
     let span = (blocks / u64::from(a.queues)) / per * per;
     anyhow::ensure!(span >= per, "the LUN is too small for {} queues of {}-byte I/O", a.queues, a.bs);
     let base = u64::from(q) * span;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (u64::from(q) + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15 ^ (u64::from(q) + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let mut seq_at = 0u64;
     // With --verify each slot also owns its own part of the slice, so no two commands in
     // flight ever touch the same block and every read must return that slot's pattern.
@@ -128,9 +117,9 @@ fn run_queue(a: &BenchArgs, q: u32, blocks: u64, block_size: u32, deadline: Inst
         a.qd,
         a.bs
     );
-    let mut next_lba = |rng: &mut Rng, slot: u64| match a.rw {
-        _ if a.verify => base + slot * slot_span + (rng.next() % (slot_span / per)) * per,
-        Rw::Randread | Rw::Randwrite => base + (rng.next() % (span / per)) * per,
+    let mut next_lba = |rng: &mut XorShift, slot: u64| match a.rw {
+        _ if a.verify => base + slot * slot_span + (rng.next_u64() % (slot_span / per)) * per,
+        Rw::Randread | Rw::Randwrite => base + (rng.next_u64() % (span / per)) * per,
         Rw::Read | Rw::Write => {
             let l = base + seq_at % span;
             seq_at += per;
