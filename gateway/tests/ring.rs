@@ -386,3 +386,31 @@ fn a_node_dying_with_io_in_flight_leaves_others_unharmed() {
     }
     healthy_io(&mut good, 20);
 }
+
+#[test]
+fn data_beyond_the_data_area_in_flight_gets_busy_not_memory() {
+    let f = start();
+    let mut i = connect(&f, "alpha", "n1", CRED_A);
+    i.execute(0, 0, &[0; 6], Data::None).unwrap();
+    // Segments may overlap, so a node can name far more bytes than its data area holds.
+    // Each CMD names 28 × 1 MiB segments over the same MiB: 28 MiB against a 16 MiB area.
+    let whole = Region { offset: 0, len: 1 << 20 };
+    let cmd =
+        Cmd::scsi(77, 0, 0, &gateway::ring::initiator::rw16(0x8A, 0, 2048, false), proto::FLAG_DATA_OUT, &[whole; 28])
+            .unwrap();
+    let mut slot = [0u8; SLOT_SIZE];
+    Message::Cmd(cmd).emit(&mut slot);
+    raw_cmd(&i, 1, &slot);
+    let _ = i.kick();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while out.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no answer");
+        // The initiator did not queue seq 77 itself, so read the STAT ring directly.
+        i.poll(&mut out, Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(out[0].seq, 77);
+    assert_eq!(out[0].status, scsi::Status::Busy as u8);
+    // Refused with BUSY, not closed: the node did nothing illegal.
+    assert!(i.check_connected().is_ok());
+}

@@ -309,6 +309,9 @@ struct Conn {
     out_stat: VecDeque<Stat>,
     out_buf: VecDeque<Buf>,
     staging_alloc: RegionAllocator,
+    /// Bytes named by the segments of commands not yet answered, capped at the size of the
+    /// node's data area so a node cannot make the gateway hold more data than it could send.
+    bytes_in_flight: u64,
     dead: Option<String>,
 }
 
@@ -338,6 +341,7 @@ impl Conn {
             out_stat: VecDeque::new(),
             out_buf: VecDeque::new(),
             staging_alloc,
+            bytes_in_flight: 0,
             dead: None,
             entry: a.entry,
         }
@@ -598,6 +602,13 @@ impl Worker {
             c.out_stat.push_back(stat_from(cmd.seq, &completion, 0, expected));
             return;
         }
+        if c.bytes_in_flight + expected > c.data.len() as u64 {
+            // More data in flight than the node's whole data area: ask it to retry later.
+            let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
+            c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
+            return;
+        }
+        c.bytes_in_flight += expected;
         if cmd.flags & proto::FLAG_STAGED != 0 {
             // One BUF per segment of the CMD, each naming staging space of the same size.
             let mut staged = Vec::new();
@@ -608,6 +619,7 @@ impl Worker {
                         for s in staged {
                             c.staging_alloc.free(s);
                         }
+                        c.bytes_in_flight -= expected;
                         let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
                         c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
                         return;
@@ -689,10 +701,11 @@ impl Worker {
             ControlOp::Heartbeat => control_stat(cmd.seq, control_result::DONE, 0),
             ControlOp::AbortTask => match c.pending.get(&cmd.arg) {
                 Some(Pending::Staged { .. }) => {
-                    if let Some(Pending::Staged { staged, .. }) = c.pending.remove(&cmd.arg) {
+                    if let Some(Pending::Staged { staged, cmd: aborted, .. }) = c.pending.remove(&cmd.arg) {
                         for s in staged {
                             c.staging_alloc.free(s);
                         }
+                        c.bytes_in_flight -= aborted.segments.total();
                     }
                     let aborted = Completion { status: Status::TaskAborted, sense: Vec::new(), data_in: DataIn::None };
                     c.out_stat.push_back(stat_from(cmd.arg, &aborted, 0, 0));
@@ -752,6 +765,7 @@ impl Worker {
                 let Some(Pending::Backend { segments, expected, staged, data_out }) = c.pending.remove(&seq) else {
                     continue;
                 };
+                c.bytes_in_flight -= expected;
                 for s in staged {
                     c.staging_alloc.free(s);
                 }
