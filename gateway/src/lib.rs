@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod fuse;
 pub mod lun;
 pub mod persist;
 pub mod ring;

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use gateway::ring::initiator::{rw16, ConnectOptions, Data, Initiator};
 
+mod support;
+use support::Gateway;
+
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
 
 fn cred(n: usize) -> String {
@@ -29,56 +32,6 @@ fn write_config(dir: &Path, nodes: usize) -> PathBuf {
     let file = dir.join("pangate.toml");
     std::fs::write(&file, text).unwrap();
     file
-}
-
-/// A gateway child process, killed on drop so a failing test leaves nothing running.
-struct Gateway {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Gateway {
-    fn start(dir: &Path, config: &Path) -> Gateway {
-        let child = Command::new(PANGATE)
-            .args(["up", "--config"])
-            .arg(config)
-            .arg("--log-level")
-            .arg("warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let socket = dir.join("pangate.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start listening within 20 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Gateway { child, socket }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn bench(socket: &Path, n: usize, args: &[&str]) -> Command {

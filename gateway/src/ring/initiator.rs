@@ -446,6 +446,30 @@ impl Initiator {
         self.tran.consumer_polling()
     }
 
+    /// Prepares to sleep outside [`Initiator::poll`]: says the node is not polling, then
+    /// reports whether STAT or BUF messages arrived meanwhile (if so, drain before sleeping).
+    /// Callers that wait on [`Initiator::wait_fds`] themselves use this to close the race
+    /// between their last drain and the gateway's decision not to ring.
+    pub fn arm_doorbell(&mut self) -> Result<bool, InitiatorError> {
+        self.stat.set_polling(false);
+        self.buf.set_polling(false);
+        Ok(self.stat.pending()? + self.buf.pending()? > 0)
+    }
+
+    /// Says the node is polling again, so the gateway need not ring.
+    pub fn disarm_doorbell(&mut self) {
+        self.stat.set_polling(true);
+        self.buf.set_polling(true);
+    }
+
+    /// The node's doorbell and the connection's socket, for callers that wait on them
+    /// themselves: the doorbell becomes readable when the gateway rings, the socket when
+    /// the gateway goes away.
+    pub fn wait_fds(&self) -> (std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>) {
+        use std::os::fd::AsFd;
+        (self.to_node.fd(), self.sock.as_fd())
+    }
+
     /// Checks, without touching the rings, whether the gateway still holds the connection.
     pub fn check_connected(&self) -> Result<(), InitiatorError> {
         let mut b = [0u8; 1];

@@ -1,6 +1,10 @@
 //! Helpers shared by the gateway's integration tests.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use gateway::engine::{Backend, RamEngine};
 use gateway::lun::{Finished, LunDriver};
 use scsi::sense::parse_sense;
@@ -92,4 +96,54 @@ pub fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
     p[0..2].copy_from_slice(&(desc + 6).to_be_bytes());
     p[2..4].copy_from_slice(&desc.to_be_bytes());
     p
+}
+
+/// A gateway child process, killed on drop so a failing test leaves nothing running.
+pub struct Gateway {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(dir: &Path, config: &Path) -> Gateway {
+        let child = Command::new(env!("CARGO_BIN_EXE_pangate"))
+            .args(["up", "--config"])
+            .arg(config)
+            .arg("--log-level")
+            .arg("warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.join("pangate.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not start listening within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Gateway { child, socket }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,6 +1,7 @@
 //! `pangate`: the control-node gateway.
 
 mod bench;
+mod mount;
 mod scsi_cmd;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ enum Command {
     Scsi(scsi_cmd::ScsiArgs),
     /// Drive a LUN over the rings and report IOPS, bandwidth and latency as JSON.
     Bench(bench::BenchArgs),
+    /// Mount a node's LUNs as files (t<target>-l<lun>) through FUSE.
+    Mount(mount::MountArgs),
+    /// Unmount a `pangate mount`.
+    Umount(mount::UmountArgs),
 }
 
 /// How to reach the gateway as a node.
@@ -82,7 +87,7 @@ impl NodeArgs {
         Ok(Initiator::connect_with_retry(&socket, &opts, Duration::from_secs(5))?)
     }
 
-    fn resolve(&self) -> anyhow::Result<(PathBuf, String)> {
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, String)> {
         let credential = self.credential.clone().or_else(|| std::env::var("PANGATE_CREDENTIAL").ok());
         if let (Some(socket), Some(credential)) = (&self.socket, &credential) {
             return Ok((socket.clone(), credential.clone()));
@@ -116,6 +121,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Scsi(args) => scsi_cmd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Mount(args) => mount::run(args),
+        Command::Umount(args) => mount::umount(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,7 +213,8 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
     let server = Server::start(images, storage::node_entries(&cfg, &maps), opts)
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
     println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
-    println!("  FUSE, TCMU, netvirt, metrics and the web admin are not in this build yet.");
+    println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
+    println!("  TCMU, netvirt, metrics and the web admin are not in this build yet.");
     wait_for_signal()?;
     server.shutdown().context("stopping the ring server")?;
     println!("pangate: in-flight I/O completed, all images flushed; stopped");

@@ -1,0 +1,586 @@
+//! The FUSE filesystem: a flat directory with one file per LUN the node maps, named
+//! `t<target>-l<lun>`, whose reads and writes become SCSI commands over the rings.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use super::link::{Command, Link, LinkError, Outcome};
+use super::span::{chunks, verdict, Span, Verdict};
+use crate::ring::handshake::LunInfo;
+use crate::ring::initiator::rw16;
+
+/// The largest read or write the kernel sends in one request, and so in one command.
+pub const MAX_IO: u32 = 1 << 20;
+/// How long the kernel may cache names and attributes; capacity changes show within it.
+const TTL: Duration = Duration::from_secs(1);
+/// Blocks per UNMAP descriptor or WRITE SAME, well inside the gateway's advertised limits.
+const MAX_RANGE_BLOCKS: u64 = 1 << 20;
+
+/// Inode of the LUN at (target, lun); the root is 1.
+fn ino_of(target: u16, lun: u16) -> u64 {
+    2 + ((u64::from(target) << 16) | u64::from(lun))
+}
+
+/// The file name of the LUN at (target, lun).
+pub fn file_name(target: u16, lun: u16) -> String {
+    format!("t{target}-l{lun}")
+}
+
+fn parse_name(name: &OsStr) -> Option<(u16, u16)> {
+    let s = name.to_str()?.strip_prefix('t')?;
+    let (t, l) = s.split_once("-l")?;
+    let (target, lun) = (t.parse().ok()?, l.parse().ok()?);
+    (file_name(target, lun) == name.to_str()?).then_some((target, lun))
+}
+
+/// One LUN file's state.
+#[derive(Debug)]
+struct LunFile {
+    target: u16,
+    lun: u16,
+    block_size: u32,
+    read_only: bool,
+    /// (blocks, when last confirmed by READ CAPACITY).
+    capacity: Mutex<(u64, Instant)>,
+    /// Block ranges with writes in flight: a read-modify-write must not interleave with
+    /// another write to the same blocks, or one of them would be lost.
+    writing: Mutex<Vec<(u64, u64)>>,
+    writing_done: Condvar,
+}
+
+impl LunFile {
+    fn new(info: &LunInfo) -> LunFile {
+        LunFile {
+            target: info.target,
+            lun: info.lun,
+            block_size: info.block_size,
+            read_only: info.read_only,
+            capacity: Mutex::new((info.blocks, Instant::now())),
+            writing: Mutex::new(Vec::new()),
+            writing_done: Condvar::new(),
+        }
+    }
+
+    /// Makes the next attribute lookup ask the gateway for the capacity again, after a
+    /// unit attention said it changed.
+    fn note(&self, o: &Outcome) {
+        if o.capacity_changed {
+            let mut c = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+            c.1 = Instant::now().checked_sub(TTL).unwrap_or(c.1);
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.capacity.lock().unwrap_or_else(|p| p.into_inner()).0 * u64::from(self.block_size)
+    }
+
+    /// Waits until no write in flight overlaps blocks [first, end), then claims them.
+    fn lock_blocks(self: &Arc<Self>, first: u64, end: u64) -> BlockGuard {
+        let mut held = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        while held.iter().any(|&(a, b)| a < end && first < b) {
+            held = self.writing_done.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.push((first, end));
+        BlockGuard { file: self.clone(), range: (first, end) }
+    }
+}
+
+/// Blocks claimed by a write; released on drop, whichever thread completes the write.
+struct BlockGuard {
+    file: Arc<LunFile>,
+    range: (u64, u64),
+}
+
+impl Drop for BlockGuard {
+    fn drop(&mut self) {
+        let mut held = self.file.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = held.iter().position(|r| *r == self.range) {
+            held.swap_remove(i);
+        }
+        drop(held);
+        self.file.writing_done.notify_all();
+    }
+}
+
+/// The filesystem over a node's LUNs.
+#[derive(Debug)]
+pub struct LunFiles {
+    link: Arc<Link>,
+    files: RwLock<BTreeMap<u64, Arc<LunFile>>>,
+    uid: u32,
+    gid: u32,
+    mounted: SystemTime,
+}
+
+/// A SCSI outcome as a result: the response's data, or the errno to reply with.
+fn checked(o: Outcome, what: &str) -> Result<Vec<u8>, Errno> {
+    match o.result {
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} failed");
+            Err(match e {
+                LinkError::TooLarge => Errno::EINVAL,
+                _ => Errno::EIO,
+            })
+        }
+        Ok(r) => match verdict(r.status, &r.sense) {
+            Verdict::Done => Ok(o.data),
+            Verdict::Fail(errno) => {
+                tracing::warn!(status = r.status, sense = ?r.sense, errno, "{what} failed");
+                Err(Errno::from_i32(errno))
+            }
+            Verdict::Retry { .. } => {
+                tracing::warn!(status = r.status, sense = ?r.sense, "{what} failed after retries");
+                Err(Errno::EIO)
+            }
+        },
+    }
+}
+
+impl LunFiles {
+    /// The filesystem over `link`'s LUNs; files belong to `uid`/`gid`.
+    pub fn new(link: Arc<Link>, uid: u32, gid: u32) -> LunFiles {
+        let fs = LunFiles { link, files: RwLock::new(BTreeMap::new()), uid, gid, mounted: SystemTime::now() };
+        fs.refresh();
+        fs
+    }
+
+    /// Brings the file list in line with the node's LUN map as of the latest connect.
+    fn refresh(&self) {
+        let luns = self.link.luns();
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        files.retain(|_, f| luns.iter().any(|l| (l.target, l.lun) == (f.target, f.lun)));
+        for l in &luns {
+            let f = files.entry(ino_of(l.target, l.lun)).or_insert_with(|| Arc::new(LunFile::new(l)));
+            if f.block_size != l.block_size || f.read_only != l.read_only {
+                *f = Arc::new(LunFile::new(l));
+            }
+        }
+    }
+
+    fn file(&self, ino: INodeNo) -> Result<Arc<LunFile>, Errno> {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).get(&ino.0).cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// Asks the gateway for the LUN's capacity when the cached one is older than the
+    /// attribute TTL (or `force`). On failure the cached value stands.
+    fn check_capacity(&self, f: &LunFile, force: bool) {
+        let stale = f.capacity.lock().unwrap_or_else(|p| p.into_inner()).1.elapsed() >= TTL;
+        if !(stale || force) {
+            return;
+        }
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        let o = self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 32 });
+        if let Ok(d) = checked(o, "READ CAPACITY") {
+            if d.len() >= 12 {
+                let last = u64::from_be_bytes(d[0..8].try_into().expect("8 bytes"));
+                *f.capacity.lock().unwrap_or_else(|p| p.into_inner()) = (last + 1, Instant::now());
+            }
+        }
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        FileAttr {
+            ino: INodeNo::ROOT,
+            size: 0,
+            blocks: 0,
+            atime: self.mounted,
+            mtime: self.mounted,
+            ctime: self.mounted,
+            crtime: self.mounted,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr(&self, f: &LunFile) -> FileAttr {
+        let size = f.bytes();
+        FileAttr {
+            ino: INodeNo(ino_of(f.target, f.lun)),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.mounted,
+            mtime: self.mounted,
+            ctime: self.mounted,
+            crtime: self.mounted,
+            kind: FileType::RegularFile,
+            perm: if f.read_only { 0o444 } else { 0o644 },
+            nlink: 1,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: f.block_size.max(4096),
+            flags: 0,
+        }
+    }
+
+    /// Writes `data` over `span` when its ends are not block-aligned: reads the partial
+    /// blocks at either end, merges, and writes whole blocks, holding the blocks against
+    /// other writes throughout. Used for unaligned writes and for zeroing partial blocks.
+    fn write_unaligned(&self, f: &Arc<LunFile>, span: Span, data: &[u8], fua: bool) -> Result<(), Errno> {
+        let bs = span.block_size;
+        let _guard = f.lock_blocks(span.first_block(), span.end_block());
+        let mut buf = vec![0u8; (span.blocks() * bs) as usize];
+        for block in span.partial_blocks() {
+            let cdb = rw16(0x88, block, 1, false);
+            let o = self.link.queue().execute(Command {
+                target: f.target,
+                lun: f.lun,
+                cdb: &cdb,
+                out: &[],
+                in_len: bs as u32,
+            });
+            let old = checked(o, "READ for read-modify-write")?;
+            if old.len() != bs as usize {
+                return Err(Errno::EIO);
+            }
+            let at = ((block - span.first_block()) * bs) as usize;
+            buf[at..at + bs as usize].copy_from_slice(&old);
+        }
+        let skip = span.head_skip() as usize;
+        buf[skip..skip + data.len()].copy_from_slice(data);
+        let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
+        let o = self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &buf, in_len: 0 });
+        checked(o, "WRITE").map(drop)
+    }
+
+    /// Zeroes a byte range: whole blocks with WRITE SAME (UNMAP when `unmap`), partial
+    /// blocks by read-modify-write.
+    fn zero_range(&self, f: &Arc<LunFile>, span: Span, unmap: bool) -> Result<(), Errno> {
+        let bs = span.block_size;
+        for block in span.partial_blocks() {
+            let start = (block * bs).max(span.offset);
+            let end = ((block + 1) * bs).min(span.end());
+            let part = Span { offset: start, len: end - start, block_size: bs };
+            self.write_unaligned(f, part, &vec![0u8; part.len as usize], false)?;
+        }
+        let (first, count) = span.inner_blocks();
+        for (lba, n) in chunks(first, count, MAX_RANGE_BLOCKS) {
+            let _guard = f.lock_blocks(lba, lba + n);
+            let o = if unmap {
+                let mut list = vec![0u8; 24];
+                list[0..2].copy_from_slice(&22u16.to_be_bytes());
+                list[2..4].copy_from_slice(&16u16.to_be_bytes());
+                list[8..16].copy_from_slice(&lba.to_be_bytes());
+                list[16..20].copy_from_slice(&(n as u32).to_be_bytes());
+                let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+                self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &list, in_len: 0 })
+            } else {
+                // WRITE SAME (16) with NDOB: zeros without a data-out buffer.
+                let mut cdb = [0u8; 16];
+                cdb[0] = 0x93;
+                cdb[1] = 0x01;
+                cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+                cdb[10..14].copy_from_slice(&(n as u32).to_be_bytes());
+                self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 })
+            };
+            checked(o, if unmap { "UNMAP" } else { "WRITE SAME" }).map_err(|e| {
+                // A LUN that is not thin refuses UNMAP: hole punching is not supported there.
+                if unmap && e == Errno::EINVAL {
+                    Errno::EOPNOTSUPP
+                } else {
+                    e
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Filesystem for LunFiles {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        // Let the kernel send several direct reads and writes of one file at once.
+        for flag in [InitFlags::FUSE_ASYNC_DIO, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_background(256);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent != INodeNo::ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let Some((target, lun)) = parse_name(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        self.refresh();
+        match self.file(INodeNo(ino_of(target, lun))) {
+            Ok(f) => {
+                self.check_capacity(&f, false);
+                reply.entry(&TTL, &self.attr(&f), fuser::Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino == INodeNo::ROOT {
+            return reply.attr(&TTL, &self.root_attr());
+        }
+        match self.file(ino) {
+            Ok(f) => {
+                self.check_capacity(&f, false);
+                reply.attr(&TTL, &self.attr(&f))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Like a block device: truncation and mode changes leave the LUN as it is, so tools
+        // that open with O_TRUNC (cp, dd without conv=notrunc) still work.
+        if ino == INodeNo::ROOT {
+            return reply.attr(&TTL, &self.root_attr());
+        }
+        match self.file(ino) {
+            Ok(f) => reply.attr(&TTL, &self.attr(&f)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let f = match self.file(ino) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if f.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        // Direct I/O, so the page cache never hides the gateway; parallel direct writes, so
+        // the kernel does not serialise them on the inode lock.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = match self.file(ino) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let Some(span) = Span::clip(offset, u64::from(size), f.bytes(), f.block_size) else {
+            return reply.data(&[]);
+        };
+        let bytes = span.blocks() * span.block_size;
+        let Ok(in_len) = u32::try_from(bytes) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let cdb = rw16(0x88, span.first_block(), (span.blocks()) as u32, false);
+        let (skip, len) = (span.head_skip() as usize, span.len as usize);
+        let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len };
+        self.link.queue().submit(
+            cmd,
+            Box::new(move |o| {
+                f.note(&o);
+                match checked(o, "READ") {
+                    Ok(d) => reply.data(&d[skip.min(d.len())..(skip + len).min(d.len())]),
+                    Err(e) => reply.error(e),
+                }
+            }),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let f = match self.file(ino) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if f.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        if data.is_empty() {
+            return reply.written(0);
+        }
+        let Some(span) = Span::clip(offset, data.len() as u64, f.bytes(), f.block_size) else {
+            // Past the end of the disk, as a block device answers.
+            return reply.error(Errno::ENOSPC);
+        };
+        let data = &data[..span.len as usize];
+        // O_SYNC and O_DSYNC writes are forced to stable storage, as for a block device.
+        let fua = flags.0 & libc::O_DSYNC != 0;
+        if !span.aligned() {
+            return match self.write_unaligned(&f, span, data, fua) {
+                Ok(()) => reply.written(span.len as u32),
+                Err(e) => reply.error(e),
+            };
+        }
+        let guard = f.lock_blocks(span.first_block(), span.end_block());
+        let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
+        let written = span.len as u32;
+        self.link.queue().submit(
+            Command { target: f.target, lun: f.lun, cdb: &cdb, out: data, in_len: 0 },
+            Box::new(move |o| {
+                guard.file.note(&o);
+                drop(guard);
+                match checked(o, "WRITE") {
+                    Ok(_) => reply.written(written),
+                    Err(e) => reply.error(e),
+                }
+            }),
+        );
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // close(2) promises nothing about durability; fsync does.
+        reply.ok()
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let f = match self.file(ino) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x91;
+        self.link.queue().submit(
+            Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 },
+            Box::new(move |o| match checked(o, "SYNCHRONIZE CACHE") {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let f = match self.file(ino) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let capacity = f.bytes();
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let result = match mode {
+            // Every block of a LUN exists already; growing it is not possible.
+            0 | libc::FALLOC_FL_KEEP_SIZE => {
+                if offset.saturating_add(length) <= capacity || mode == libc::FALLOC_FL_KEEP_SIZE {
+                    Ok(())
+                } else {
+                    Err(Errno::EOPNOTSUPP)
+                }
+            }
+            _ if f.read_only => Err(Errno::EROFS),
+            PUNCH => match Span::clip(offset, length, capacity, f.block_size) {
+                Some(span) => self.zero_range(&f, span, true),
+                None => Ok(()),
+            },
+            m if m & !libc::FALLOC_FL_KEEP_SIZE == libc::FALLOC_FL_ZERO_RANGE => {
+                match Span::clip(offset, length, capacity, f.block_size) {
+                    Some(span) => self.zero_range(&f, span, false),
+                    None => Ok(()),
+                }
+            }
+            _ => Err(Errno::EOPNOTSUPP),
+        };
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        if offset == 0 {
+            self.refresh();
+        }
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        let mut entries = vec![(1u64, FileType::Directory, ".".to_string()), (1, FileType::Directory, "..".into())];
+        entries.extend(
+            files.values().map(|f| (ino_of(f.target, f.lun), FileType::RegularFile, file_name(f.target, f.lun))),
+        );
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        let bytes: u64 = files.values().map(|f| f.bytes()).sum();
+        // The LUNs fill the filesystem: every byte belongs to one of them.
+        reply.statfs(bytes / 4096, 0, 0, files.len() as u64, 0, 4096, 255, 4096)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(file_name(0, 3), "t0-l3");
+        assert_eq!(parse_name(OsStr::new("t0-l3")), Some((0, 3)));
+        assert_eq!(parse_name(OsStr::new("t65535-l65535")), Some((65535, 65535)));
+        for bad in ["t0-l", "t-l0", "t00-l1", "x0-l1", "t0-l1x", "t0-l+1", "t70000-l0"] {
+            assert_eq!(parse_name(OsStr::new(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn inodes_are_unique_and_never_the_root() {
+        assert_ne!(ino_of(0, 0), 1);
+        assert_ne!(ino_of(0, 1), ino_of(1, 0));
+    }
+}

@@ -1,0 +1,532 @@
+//! The mount's connection to the gateway: several queue pairs, each with a completion
+//! thread, so a FUSE thread submits a command and goes back for the next request while the
+//! reply goes out when the STAT arrives.
+//!
+//! Every submitted command completes exactly once: with the gateway's response, or with a
+//! [`LinkError`] when the gateway goes away, does not answer within the I/O timeout, or the
+//! mount is closing. A queue pair whose connection broke fails everything it had in flight,
+//! answers new commands at once with [`LinkError::Down`], and reconnects in the background
+//! with backoff.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::span::{verdict, Verdict};
+use crate::ring::handshake::LunInfo;
+use crate::ring::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response};
+use crate::ring::proto::Region;
+
+/// Longest wait in `poll(2)` before the completion thread looks at timeouts and shutdown.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a command is sent again after BUSY or a unit attention before it fails.
+const MAX_RETRIES: u8 = 8;
+
+/// Why a command got no SCSI response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum LinkError {
+    /// The gateway is not connected.
+    #[error("the gateway is not connected")]
+    Down,
+    /// The gateway did not answer within the I/O timeout.
+    #[error("the gateway did not answer in time")]
+    Timeout,
+    /// The mount is being unmounted.
+    #[error("the mount is closing")]
+    Closing,
+    /// The command cannot be expressed (larger than the data area, bad CDB).
+    #[error("the command does not fit the queue pair")]
+    TooLarge,
+}
+
+/// A finished command: the gateway's response and any data it returned.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The response, or why there is none.
+    pub result: Result<Response, LinkError>,
+    /// Data-in bytes (as many as were transferred).
+    pub data: Vec<u8>,
+    /// A unit attention said the capacity changed while this command was retried.
+    pub capacity_changed: bool,
+}
+
+/// Runs once with the outcome, on a completion thread or the submitting one.
+pub type Done = Box<dyn FnOnce(Outcome) + Send>;
+
+/// One SCSI command.
+#[derive(Debug, Clone, Copy)]
+pub struct Command<'a> {
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// CDB bytes.
+    pub cdb: &'a [u8],
+    /// Data-out bytes (a write), or empty.
+    pub out: &'a [u8],
+    /// Data-in bytes expected (a read), or 0.
+    pub in_len: u32,
+}
+
+/// How to reach the gateway.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// The gateway's socket.
+    pub socket: PathBuf,
+    /// PAN, node, credential, ring size and data area size.
+    pub connect: ConnectOptions,
+    /// Queue pairs to open.
+    pub queues: usize,
+    /// How long a command may stay unanswered before the queue pair is torn down.
+    pub io_timeout: Duration,
+    /// How long a completion thread polls the rings after activity before it sleeps.
+    pub spin: Duration,
+}
+
+/// The mount's queue pairs.
+#[derive(Debug)]
+pub struct Link {
+    queues: Vec<Arc<QueuePair>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next: AtomicUsize,
+}
+
+thread_local! {
+    /// Which queue pair this thread submits on, chosen on its first command.
+    static QUEUE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+impl Link {
+    /// Connects every queue pair (failing if the gateway refuses or is not there) and
+    /// starts their completion threads.
+    pub fn connect(opts: LinkOptions) -> Result<Link, InitiatorError> {
+        let opts = Arc::new(opts);
+        let mut queues = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..opts.queues.max(1) {
+            let conn = Initiator::connect(&opts.socket, &opts.connect)?;
+            let luns = conn.luns().to_vec();
+            let qp = Arc::new(QueuePair {
+                index,
+                opts: opts.clone(),
+                state: Mutex::new(State {
+                    conn: None,
+                    pending: HashMap::new(),
+                    luns,
+                    backoff: BACKOFF_MIN,
+                    next_attempt: Instant::now(),
+                }),
+                space: Condvar::new(),
+                closing: AtomicBool::new(false),
+            });
+            let (wake, gone) = dup_wait_fds(&conn)?;
+            qp.lock().conn = Some(conn);
+            let runner = qp.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("pangate-cq{index}"))
+                    .spawn(move || runner.complete_loop(Some((wake, gone))))?,
+            );
+            queues.push(qp);
+        }
+        Ok(Link { queues, threads: Mutex::new(threads), next: AtomicUsize::new(0) })
+    }
+
+    /// The calling thread's queue pair: threads are spread over them round-robin on first
+    /// use and keep theirs, so each FUSE thread drives its own queue pair.
+    pub fn queue(&self) -> &QueuePair {
+        let i = QUEUE.with(|q| match q.get() {
+            Some(i) => i,
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                q.set(Some(i));
+                i
+            }
+        });
+        &self.queues[i % self.queues.len()]
+    }
+
+    /// The node's LUNs as of the latest (re)connect.
+    pub fn luns(&self) -> Vec<LunInfo> {
+        self.queues[0].lock().luns.clone()
+    }
+
+    /// Fails everything in flight with [`LinkError::Closing`], closes the connections and
+    /// joins the completion threads.
+    pub fn close(&self) {
+        for q in &self.queues {
+            q.closing.store(true, Ordering::Release);
+            q.space.notify_all();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A command the gateway has not answered yet.
+struct Pending {
+    target: u16,
+    lun: u16,
+    cdb: Vec<u8>,
+    data: Data,
+    region: Option<Region>,
+    done: Done,
+    since: Instant,
+    retries: u8,
+    capacity_changed: bool,
+}
+
+struct State {
+    conn: Option<Initiator>,
+    pending: HashMap<u32, Pending>,
+    luns: Vec<LunInfo>,
+    backoff: Duration,
+    next_attempt: Instant,
+}
+
+/// One queue pair and its completion thread's shared state.
+pub struct QueuePair {
+    index: usize,
+    opts: Arc<LinkOptions>,
+    state: Mutex<State>,
+    /// Signalled when ring slots or data-area space are freed, or the connection changes.
+    space: Condvar,
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+/// The fds a completion thread sleeps on, duplicated so it can wait without the lock:
+/// the node's doorbell and the connection's socket.
+type WaitFds = (OwnedFd, OwnedFd);
+
+fn dup_wait_fds(conn: &Initiator) -> std::io::Result<WaitFds> {
+    let (wake, sock) = conn.wait_fds();
+    Ok((wake.try_clone_to_owned()?, sock.try_clone_to_owned()?))
+}
+
+impl QueuePair {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a command; `done` runs exactly once with its outcome. Waits (up to the I/O
+    /// timeout) only when the queue pair is full.
+    pub fn submit(&self, cmd: Command<'_>, done: Done) {
+        let need = cmd.out.len().max(cmd.in_len as usize);
+        let Ok(need) = u32::try_from(need) else {
+            return fail(done, LinkError::TooLarge);
+        };
+        if u64::from(need) > self.opts.connect.data_bytes {
+            return fail(done, LinkError::TooLarge);
+        }
+        let deadline = Instant::now() + self.opts.io_timeout;
+        let mut st = self.lock();
+        let region = loop {
+            if self.closing.load(Ordering::Acquire) {
+                drop(st);
+                return fail(done, LinkError::Closing);
+            }
+            let Some(conn) = st.conn.as_mut() else {
+                drop(st);
+                return fail(done, LinkError::Down);
+            };
+            if conn.outstanding() < conn.queue_depth() as usize {
+                if need == 0 {
+                    break None;
+                }
+                if let Some(r) = conn.alloc(need) {
+                    break Some(r);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(st);
+                return fail(done, LinkError::Timeout);
+            }
+            st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        };
+        let data = match (region, cmd.out.is_empty()) {
+            (None, _) => Data::None,
+            (Some(r), true) => Data::In(r),
+            (Some(r), false) => Data::Out { region: r, staged: false },
+        };
+        let conn = st.conn.as_mut().expect("checked above");
+        if let (Some(r), false) = (region, cmd.out.is_empty()) {
+            if let Err(e) = conn.write_data(r, cmd.out) {
+                conn.free(r);
+                drop(st);
+                tracing::warn!(queue = self.index, error = %e, "cannot fill the data area");
+                return fail(done, LinkError::Down);
+            }
+        }
+        let pending = Pending {
+            target: cmd.target,
+            lun: cmd.lun,
+            cdb: cmd.cdb.to_vec(),
+            data,
+            region,
+            done,
+            since: Instant::now(),
+            retries: 0,
+            capacity_changed: false,
+        };
+        match conn.submit(cmd.target, cmd.lun, cmd.cdb, data) {
+            Ok(seq) => {
+                st.pending.insert(seq, pending);
+            }
+            Err(e) => {
+                if let Some(r) = region {
+                    conn.free(r);
+                }
+                drop(st);
+                let err = match e {
+                    InitiatorError::Invalid(_) => LinkError::TooLarge,
+                    _ => LinkError::Down,
+                };
+                tracing::warn!(queue = self.index, error = %e, "cannot submit");
+                fail(pending.done, err);
+            }
+        }
+    }
+
+    /// Sends a command and waits for its outcome.
+    pub fn execute(&self, cmd: Command<'_>) -> Outcome {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            cmd,
+            Box::new(move |o| {
+                let _ = tx.send(o);
+            }),
+        );
+        // The completion thread answers within the I/O timeout; the margin covers its tick.
+        rx.recv_timeout(self.opts.io_timeout + Duration::from_secs(5)).unwrap_or(Outcome {
+            result: Err(LinkError::Timeout),
+            data: Vec::new(),
+            capacity_changed: false,
+        })
+    }
+
+    /// The completion thread: drains STATs, retries, replies, notices a broken or silent
+    /// gateway, and reconnects.
+    fn complete_loop(self: Arc<Self>, mut fds: Option<WaitFds>) {
+        let mut responses = Vec::new();
+        let mut finished: Vec<(Done, Outcome)> = Vec::new();
+        let mut last_activity = Instant::now();
+        let mut socket_news = false;
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                let mut st = self.lock();
+                let failed = take_all(&mut st, LinkError::Closing);
+                st.conn = None;
+                drop(st);
+                run(failed);
+                return;
+            }
+            let Some((wake, sock)) = fds.as_ref() else {
+                fds = self.reconnect();
+                continue;
+            };
+            let mut st = self.lock();
+            // The socket only has news when the gateway closed it (or broke the protocol).
+            let polled = st.conn.as_mut().map(|c| {
+                if std::mem::take(&mut socket_news) {
+                    c.check_connected()?;
+                }
+                c.poll(&mut responses, Duration::ZERO)
+            });
+            let broken = match polled {
+                Some(Ok(())) => None,
+                Some(Err(e)) => Some(e.to_string()),
+                None => Some("connection dropped".into()),
+            };
+            if let Some(reason) = broken {
+                tracing::warn!(queue = self.index, %reason, in_flight = st.pending.len(), "lost the gateway; failing in-flight I/O");
+                let failed = self.tear_down(&mut st, LinkError::Down);
+                drop(st);
+                run(failed);
+                fds = None;
+                continue;
+            }
+            let moved = !responses.is_empty();
+            let mut kick = false;
+            for r in responses.drain(..) {
+                kick |= self.finish(&mut st, r, &mut finished);
+            }
+            if kick {
+                if let Some(Err(e)) = st.conn.as_mut().map(Initiator::kick) {
+                    tracing::warn!(queue = self.index, error = %e, "cannot ring the gateway");
+                }
+            }
+            let now = Instant::now();
+            if st.pending.values().any(|p| now.duration_since(p.since) > self.opts.io_timeout) {
+                tracing::warn!(queue = self.index, timeout = ?self.opts.io_timeout, "the gateway did not answer in time; dropping the connection");
+                let failed = self.tear_down(&mut st, LinkError::Timeout);
+                drop(st);
+                run(failed);
+                fds = None;
+                continue;
+            }
+            if moved {
+                last_activity = now;
+            }
+            let sleep = !moved && now.duration_since(last_activity) >= self.opts.spin;
+            let armed_clean = if sleep {
+                match st.conn.as_mut().map(Initiator::arm_doorbell) {
+                    Some(Ok(arrived)) => !arrived,
+                    _ => false,
+                }
+            } else {
+                if moved && !self.opts.spin.is_zero() {
+                    if let Some(c) = st.conn.as_mut() {
+                        c.disarm_doorbell();
+                    }
+                }
+                false
+            };
+            let freed = moved;
+            drop(st);
+            if freed {
+                self.space.notify_all();
+            }
+            run(std::mem::take(&mut finished));
+            if armed_clean {
+                socket_news = wait_readable(wake, sock, IDLE_WAIT);
+                drain_eventfd(wake);
+            } else if !moved {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Handles one response: retries it, or frees its region and queues its callback.
+    /// Returns whether a command was sent again (so the gateway needs a kick).
+    fn finish(&self, st: &mut State, r: Response, finished: &mut Vec<(Done, Outcome)>) -> bool {
+        let Some(mut p) = st.pending.remove(&r.seq) else {
+            tracing::warn!(queue = self.index, seq = r.seq, "response for no command of ours");
+            return false;
+        };
+        let conn = st.conn.as_mut().expect("only called while connected");
+        if let Verdict::Retry { capacity_changed } = verdict(r.status, &r.sense) {
+            if p.retries < MAX_RETRIES {
+                p.retries += 1;
+                p.capacity_changed |= capacity_changed;
+                if let Ok(seq) = conn.queue(p.target, p.lun, &p.cdb, p.data) {
+                    st.pending.insert(seq, p);
+                    return true;
+                }
+            }
+        }
+        let mut data = Vec::new();
+        if let Data::In(region) = p.data {
+            let n = (r.transferred as usize).min(region.len as usize);
+            data = vec![0u8; n];
+            if let Err(e) = conn.read_data(Region { offset: region.offset, len: n as u32 }, &mut data) {
+                tracing::warn!(queue = self.index, error = %e, "cannot read the data area");
+                data.clear();
+            }
+        }
+        if let Some(region) = p.region {
+            conn.free(region);
+        }
+        finished.push((p.done, Outcome { result: Ok(r), data, capacity_changed: p.capacity_changed }));
+        false
+    }
+
+    /// Drops the connection and takes every pending command to fail with `why`.
+    fn tear_down(&self, st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
+        st.conn = None;
+        st.backoff = BACKOFF_MIN;
+        st.next_attempt = Instant::now() + BACKOFF_MIN;
+        self.space.notify_all();
+        take_all(st, why)
+    }
+
+    /// One reconnect attempt when its time has come; otherwise a short sleep.
+    fn reconnect(&self) -> Option<WaitFds> {
+        let wait = self.lock().next_attempt.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait.min(IDLE_WAIT));
+            return None;
+        }
+        match Initiator::connect(&self.opts.socket, &self.opts.connect) {
+            Ok(conn) => {
+                let fds = match dup_wait_fds(&conn) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(queue = self.index, error = %e, "cannot duplicate the wait fds");
+                        return None;
+                    }
+                };
+                tracing::info!(queue = self.index, "reconnected to the gateway");
+                let mut st = self.lock();
+                st.luns = conn.luns().to_vec();
+                st.conn = Some(conn);
+                st.backoff = BACKOFF_MIN;
+                drop(st);
+                self.space.notify_all();
+                Some(fds)
+            }
+            Err(e) => {
+                let mut st = self.lock();
+                tracing::debug!(queue = self.index, error = %e, retry_in = ?st.backoff, "reconnect failed");
+                st.next_attempt = Instant::now() + st.backoff;
+                st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                None
+            }
+        }
+    }
+}
+
+fn take_all(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
+    st.pending
+        .drain()
+        .map(|(_, p)| (p.done, Outcome { result: Err(why), data: Vec::new(), capacity_changed: false }))
+        .collect()
+}
+
+fn fail(done: Done, why: LinkError) {
+    done(Outcome { result: Err(why), data: Vec::new(), capacity_changed: false });
+}
+
+fn run(finished: Vec<(Done, Outcome)>) {
+    for (done, outcome) in finished {
+        done(outcome);
+    }
+}
+
+/// Sleeps until the doorbell rings, the socket has news (the gateway closed it), or
+/// `timeout` passes; returns whether the socket had news.
+fn wait_readable(wake: &OwnedFd, sock: &OwnedFd, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(wake, PollFlags::IN), PollFd::new(sock, PollFlags::IN)];
+    let ts = rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+    matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) && !fds[1].revents().is_empty()
+}
+
+fn drain_eventfd(fd: &OwnedFd) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}

@@ -1,0 +1,534 @@
+//! `pangate mount` against the real kernel: FUSE, loop devices, ext4, fio.
+//!
+//! These need root, /dev/fuse, losetup, mkfs.ext4, fsck.ext4 and fio. Outside CI a missing
+//! prerequisite skips the test with a reason; with CI=true it fails it.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+mod support;
+use support::Gateway;
+
+const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
+const CRED: &str = "fuse-test-credential-0001";
+/// The kernel's FUSE mounts are few and the machine small: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Whether the kernel parts are here; outside CI, says why not and returns false.
+fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if rustix::process::geteuid().as_raw() != 0 {
+        missing.push("root".to_string());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse".into());
+    }
+    for tool in ["losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "fio"] {
+        let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()));
+        if !found {
+            missing.push(tool.into());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("FUSE tests need {}", missing.join(", "));
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why} (a failure under CI=true)");
+    eprintln!("skipping: {why}");
+    false
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A config with PAN "p" and node "n": t0-l0 read-write (64 MiB), t0-l1 read-only (4 MiB).
+fn write_config(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"serial = "pg-fuse-test"
+data_dir = "{dir}"
+[[pan]]
+name = "p"
+[[pan.image]]
+name = "rw"
+path = "rw.img"
+size = "64MiB"
+[[pan.image]]
+name = "ro"
+path = "ro.img"
+size = "4MiB"
+[[pan.node]]
+name = "n"
+credential = "{CRED}"
+luns = [
+  {{ target = 0, lun = 0, image = "rw", access = "rw" }},
+  {{ target = 0, lun = 1, image = "ro", access = "ro" }},
+]
+"#,
+        dir = dir.display()
+    );
+    let file = dir.join("pangate.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// A `pangate mount` process; on drop it is stopped and the mount point released, whatever
+/// state the test left it in.
+struct Mount {
+    child: Option<Child>,
+    point: PathBuf,
+}
+
+impl Mount {
+    fn start(socket: &Path, point: &Path) -> Mount {
+        std::fs::create_dir_all(point).unwrap();
+        let child = Command::new(PANGATE)
+            .args(["mount", "--pan", "p", "--node", "n", "--credential", CRED, "--io-timeout", "5", "--socket"])
+            .arg(socket)
+            .arg(point)
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let m = Mount { child: Some(child), point: point.to_path_buf() };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.file("t0-l0").exists() {
+            assert!(Instant::now() < deadline, "the mount did not show its files within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.point.join(name)
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    }
+
+    /// Waits for the mount process to exit; returns its status.
+    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the mount process did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn mounted(point: &Path) -> bool {
+    let point = point.canonicalize().unwrap_or_else(|_| point.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(point.to_str().unwrap()))
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if mounted(&self.point) {
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        }
+    }
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        Loop(sh("losetup", &["-f", "--show", file.to_str().unwrap()]).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// A filesystem mounted on a directory, unmounted on drop.
+struct FsMount(PathBuf);
+
+impl FsMount {
+    fn mount(dev: &str, at: &Path) -> FsMount {
+        std::fs::create_dir_all(at).unwrap();
+        sh("mount", &[dev, at.to_str().unwrap()]);
+        FsMount(at.to_path_buf())
+    }
+}
+
+impl Drop for FsMount {
+    fn drop(&mut self) {
+        if mounted(&self.0) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+        if mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A gateway with the test config and a mount of node "n".
+struct Rig {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    gateway: Option<Gateway>,
+    mount: Mount,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path());
+        let gateway = Gateway::start(dir.path(), &config);
+        let mount = Mount::start(&gateway.socket, &dir.path().join("mnt"));
+        Rig { dir, config, gateway: Some(gateway), mount }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("pangate.sock")
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn ext4_on_a_loop_device_survives_unmount_fsck_and_remount() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let lun = rig.mount.file("t0-l0");
+    let fs_dir = rig.dir.path().join("ext4");
+    let mut sums = BTreeMap::new();
+    {
+        let dev = Loop::attach(&lun);
+        sh("mkfs.ext4", &["-q", "-F", &dev.0]);
+        let fs = FsMount::mount(&dev.0, &fs_dir);
+        for d in 0..4 {
+            std::fs::create_dir_all(fs_dir.join(format!("d{d}/sub"))).unwrap();
+            for f in 0..8u64 {
+                let len = 1000 + (f as usize * 37_123) % 700_000;
+                let data = pattern(len, d * 100 + f + 1);
+                let rel = format!("d{d}/{}f{f}", if f % 2 == 0 { "sub/" } else { "" });
+                std::fs::write(fs_dir.join(&rel), &data).unwrap();
+                sums.insert(rel, data);
+            }
+        }
+        sh("sync", &[]);
+        drop(fs);
+        let report = sh("fsck.ext4", &["-fn", &dev.0]);
+        assert!(report.contains("files"), "{report}");
+    }
+    // A fresh loop device and mount read everything back through the gateway.
+    let dev = Loop::attach(&lun);
+    let _fs = FsMount::mount(&dev.0, &fs_dir);
+    for (rel, data) in &sums {
+        let back = std::fs::read(fs_dir.join(rel)).unwrap();
+        assert!(back == *data, "{rel} changed after remount");
+    }
+}
+
+#[test]
+fn fio_random_writes_verify_through_o_direct() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let lun = rig.mount.file("t0-l0");
+    let out = Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=24M",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--randrepeat=0",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", lun.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fio failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["write"]["io_bytes"].as_u64(), Some(24 << 20), "every block written");
+    assert_eq!(job["read"]["io_bytes"].as_u64(), Some(24 << 20), "every block read back and verified");
+}
+
+#[test]
+fn gateway_restart_fails_io_then_the_same_mount_recovers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let mut rig = Rig::new();
+    let lun = rig.mount.file("t0-l0");
+    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&lun).unwrap();
+    let before = pattern(64 << 10, 7);
+    f.write_all_at(&before, 1 << 20).unwrap();
+    f.sync_all().unwrap();
+
+    // Kill the gateway under I/O: a writer keeps going until it sees an error.
+    let writer = {
+        let f = f.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let block = pattern(4096, 9);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if let Err(e) = f.write_all_at(&block, (8 << 20) + (n % 256) * 4096) {
+                    return (n, Some(e));
+                }
+                n += 1;
+            }
+            (n, None)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    rig.gateway.as_ref().unwrap().signal(libc::SIGKILL);
+    let (done, err) = writer.join().unwrap();
+    let err = err.expect("I/O kept succeeding with the gateway dead");
+    assert!(done > 10, "the writer did I/O before the kill");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(killed.elapsed() < Duration::from_secs(10), "EIO took {:?}", killed.elapsed());
+    drop(rig.gateway.take());
+    let mut buf = vec![0u8; 4096];
+    let e = f.read_exact_at(&mut buf, 0).expect_err("reads fail while the gateway is down");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+
+    // Restart: the mount reconnects by itself and the same open file works again.
+    rig.gateway = Some(Gateway::start(rig.dir.path(), &rig.config));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut back = vec![0u8; before.len()];
+    loop {
+        match f.read_exact_at(&mut back, 1 << 20) {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no recovery within 15 s: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(back == before, "data flushed before the crash reads back intact");
+    f.write_all_at(&pattern(4096, 11), 0).unwrap();
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, pattern(4096, 11));
+    assert_eq!(rig.socket(), rig.gateway.as_ref().unwrap().socket);
+}
+
+#[test]
+fn read_only_maps_edges_and_unaligned_io() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let ro = rig.mount.file("t0-l1");
+    let rw = rig.mount.file("t0-l0");
+    let mut names: Vec<_> =
+        std::fs::read_dir(&rig.mount.point).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["t0-l0", "t0-l1"]);
+
+    // Read-only: mode 0444, opening for writing fails with EROFS, reads work.
+    let meta = std::fs::metadata(&ro).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    assert_eq!(meta.len(), 4 << 20);
+    let e = OpenOptions::new().write(true).open(&ro).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert_eq!(std::fs::read(&ro).unwrap().len(), 4 << 20);
+
+    // Sizes and edges, as for a regular file.
+    let cap = std::fs::metadata(&rw).unwrap().len();
+    assert_eq!(cap, 64 << 20);
+    let f = OpenOptions::new().read(true).write(true).open(&rw).unwrap();
+    let mut buf = [0u8; 100];
+    assert_eq!(f.read_at(&mut buf, cap).unwrap(), 0, "a read at the end returns nothing");
+    assert_eq!(f.read_at(&mut buf, cap + 12345).unwrap(), 0, "a read past the end returns nothing");
+    assert_eq!(f.read_at(&mut buf, cap - 10).unwrap(), 10, "a read across the end is short");
+    assert_eq!(f.read_at(&mut [], 0).unwrap(), 0);
+    assert_eq!(f.write_at(&[], 0).unwrap(), 0);
+    let e = f.write_at(b"x", cap).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "writing past the end of a disk: {e}");
+
+    // Unaligned writes read-modify-write around their bytes.
+    f.write_all_at(&[0xAA; 4096], 0).unwrap();
+    f.write_all_at(b"hello", 1000).unwrap();
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 0).unwrap();
+    let mut want = vec![0xAA; 4096];
+    want[1000..1005].copy_from_slice(b"hello");
+    assert_eq!(back, want);
+
+    // Concurrent unaligned writes sharing blocks never lose each other's bytes.
+    let threads: Vec<_> = (0..6u8)
+        .map(|t| {
+            let f = f.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for round in 0..40u8 {
+                    // Thread t owns bytes [t*80, t*80+80) of each of blocks 16..20.
+                    for block in 16..20u64 {
+                        f.write_all_at(&[t * 40 + round + 1; 80], block * 512 + u64::from(t) * 80).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut blocks = vec![0u8; 4 * 512];
+    f.read_exact_at(&mut blocks, 16 * 512).unwrap();
+    for block in 0..4 {
+        for t in 0..6u8 {
+            let at = block * 512 + usize::from(t) * 80;
+            let got = &blocks[at..at + 80];
+            assert!(got.iter().all(|&b| b == t * 40 + 40), "block {block}, thread {t}: torn: {got:?}");
+        }
+    }
+
+    // Hole punching and zeroing read back as zeros; fsync reaches the gateway.
+    f.write_all_at(&[0x55; 3 << 20], 1 << 20).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate(2) on an fd we own.
+    assert_eq!(unsafe { libc::fallocate(fd, punch, (1 << 20) + 100, 1 << 20) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, (3 << 20) + 7, 5000) }, 0);
+    f.sync_all().unwrap();
+    let mut region = vec![0u8; 3 << 20];
+    f.read_exact_at(&mut region, 1 << 20).unwrap();
+    for (i, &b) in region.iter().enumerate() {
+        let off = i as u64 + (1 << 20);
+        let zero =
+            ((1 << 20) + 100..(2 << 20) + 100).contains(&off) || ((3 << 20) + 7..(3 << 20) + 5007).contains(&off);
+        assert_eq!(b, if zero { 0 } else { 0x55 }, "byte at {off}");
+    }
+
+    // O_DIRECT with a 1 MiB request, through the normal file API.
+    let mut d = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&rw).unwrap();
+    let big = pattern(1 << 20, 3);
+    let mut aligned = AlignedBuf::new(1 << 20);
+    aligned.as_mut().copy_from_slice(&big);
+    d.seek(SeekFrom::Start(8 << 20)).unwrap();
+    d.write_all(aligned.as_mut()).unwrap();
+    d.seek(SeekFrom::Start(8 << 20)).unwrap();
+    aligned.as_mut().fill(0);
+    d.read_exact(aligned.as_mut()).unwrap();
+    assert!(aligned.as_mut() == &big[..]);
+    d.flush().unwrap();
+
+    // statfs reports the LUNs.
+    let st = rustix::fs::statfs(&rig.mount.point).unwrap();
+    assert_eq!(st.f_files, 2);
+    assert_eq!(st.f_blocks as u64 * st.f_bsize as u64, (64 << 20) + (4 << 20));
+}
+
+/// A page-aligned buffer for O_DIRECT.
+struct AlignedBuf {
+    v: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let v = vec![0u8; len + 4096];
+        let at = v.as_ptr().align_offset(4096);
+        AlignedBuf { v, at, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.at..self.at + self.len]
+    }
+}
+
+#[test]
+fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let mut rig = Rig::new();
+    // SIGTERM unmounts and exits 0.
+    rig.mount.signal(libc::SIGTERM);
+    let status = rig.mount.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(!mounted(&rig.mount.point));
+
+    // --daemon returns once the files are there; `pangate umount` ends the mount process.
+    let out = Command::new(PANGATE)
+        .args(["mount", "--daemon", "--pan", "p", "--node", "n", "--credential", CRED, "--socket"])
+        .arg(rig.socket())
+        .arg(&rig.mount.point)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rig.mount.file("t0-l0").exists(), "files are there when --daemon returns");
+    let out = Command::new(PANGATE).arg("umount").arg(&rig.mount.point).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!mounted(&rig.mount.point));
+
+    // A wrong credential fails the mount with the gateway's reason, and mounts nothing.
+    let out = Command::new(PANGATE)
+        .args(["mount", "--daemon", "--pan", "p", "--node", "n", "--credential", "wrong-credential-000000", "--socket"])
+        .arg(rig.socket())
+        .arg(&rig.mount.point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused"), "{err}");
+    assert!(!mounted(&rig.mount.point));
+}
