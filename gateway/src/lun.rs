@@ -123,12 +123,18 @@ impl LunDriver {
         self.running.len() - self.free.len() + self.finished.len()
     }
 
+    /// A data buffer from the engine (its registered arena where it has one), for callers
+    /// that fill data-out themselves before [`LunDriver::submit_buf`].
+    pub fn buffer(&mut self, len: usize) -> AlignedBuf {
+        self.backend.buffer(len)
+    }
+
     /// Starts a command whose data-out (if any) the caller provides as a slice.
     pub fn submit(&mut self, tag: u64, nexus: &Nexus<'_>, cdb: &[u8], data_out: &[u8]) {
         let buf = if data_out.is_empty() {
             None
         } else {
-            let mut b = self.backend.buffer(data_out.len());
+            let mut b = self.buffer(data_out.len());
             b.as_mut_slice().copy_from_slice(data_out);
             Some(b)
         };

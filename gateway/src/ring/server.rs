@@ -638,7 +638,9 @@ impl Worker {
             return;
         }
         let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
-            let mut buf = AlignedBuf::zeroed(expected as usize);
+            // The engine's arena: already mapped (and registered with io_uring), where a
+            // fresh heap buffer of a large write would be page-faulted in on every command.
+            let mut buf = self.images[image].driver.buffer(expected as usize);
             let mut at = 0usize;
             for r in cmd.segments.as_slice() {
                 let n = r.len as usize;
@@ -683,7 +685,7 @@ impl Worker {
         let c = &mut self.conns[i];
         let Some(Pending::Staged { image, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
         let total: usize = staged.iter().map(|r| r.len as usize).sum();
-        let mut buf = AlignedBuf::zeroed(total);
+        let mut buf = self.images[image].driver.buffer(total);
         let mut at = 0usize;
         for r in &staged {
             let n = r.len as usize;
