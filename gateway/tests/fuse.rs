@@ -532,3 +532,30 @@ fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
     assert!(err.contains("refused"), "{err}");
     assert!(!mounted(&rig.mount.point));
 }
+
+#[test]
+fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let f = OpenOptions::new().read(true).write(true).open(rig.mount.file("t0-l0")).unwrap();
+    f.write_all_at(&pattern(4096, 5), 0).unwrap();
+    let gw = rig.gateway.as_ref().unwrap();
+    gw.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let e = f.read_exact_at(&mut buf, 0).expect_err("a stopped gateway cannot answer");
+    gw.signal(libc::SIGCONT);
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // The mount was started with --io-timeout 5.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(10), "EIO after {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.read_exact_at(&mut buf, 0).is_err() {
+        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(buf, pattern(4096, 5));
+}

@@ -29,6 +29,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Data-out at least this large is copied into the data area without holding the lock.
+const UNLOCKED_COPY: usize = 64 << 10;
 /// How often a command is sent again after BUSY or a unit attention before it fails.
 const MAX_RETRIES: u8 = 8;
 
@@ -89,10 +91,6 @@ pub struct LinkOptions {
     pub queues: usize,
     /// How long a command may stay unanswered before the queue pair is torn down.
     pub io_timeout: Duration,
-    /// How long a submitting thread polls the rings for its own command when it is the only
-    /// one in flight (a queue depth of one), before leaving it to the completion thread.
-    /// Saves a thread wake-up per command at low depth; zero turns it off.
-    pub spin: Duration,
 }
 
 /// The mount's queue pairs.
@@ -125,6 +123,7 @@ impl Link {
                     conn: None,
                     pending: HashMap::new(),
                     luns,
+                    generation: 0,
                     backoff: BACKOFF_MIN,
                     next_attempt: Instant::now(),
                 }),
@@ -200,6 +199,9 @@ struct State {
     conn: Option<Initiator>,
     pending: HashMap<u32, Pending>,
     luns: Vec<LunInfo>,
+    /// Bumped whenever the connection is dropped, so a region allocated before is known
+    /// to belong to a connection that is gone.
+    generation: u64,
     backoff: Duration,
     next_attempt: Instant,
 }
@@ -275,15 +277,32 @@ impl QueuePair {
             (Some(r), true) => Data::In(r),
             (Some(r), false) => Data::Out { region: r, staged: false },
         };
-        let conn = st.conn.as_mut().expect("checked above");
         if let (Some(r), false) = (region, cmd.out.is_empty()) {
-            if let Err(e) = conn.write_data(r, cmd.out) {
-                conn.free(r);
+            // Large copies happen outside the lock, so the completion thread keeps reaping;
+            // the region is ours alone until submitted.
+            let unlocked = cmd.out.len() >= UNLOCKED_COPY;
+            let area = st.conn.as_ref().expect("checked above").shared_data_area();
+            let generation = st.generation;
+            let copied = if unlocked {
+                drop(st);
+                let copied = area.write(r.offset, cmd.out);
+                st = self.lock();
+                copied
+            } else {
+                area.write(r.offset, cmd.out)
+            };
+            if st.generation != generation || st.conn.is_none() {
+                drop(st);
+                return fail(done, LinkError::Down);
+            }
+            if let Err(e) = copied {
+                st.conn.as_mut().expect("checked above").free(r);
                 drop(st);
                 tracing::warn!(queue = self.index, error = %e, "cannot fill the data area");
                 return fail(done, LinkError::Down);
             }
         }
+        let conn = st.conn.as_mut().expect("checked above");
         let pending = Pending {
             target: cmd.target,
             lun: cmd.lun,
@@ -298,11 +317,6 @@ impl QueuePair {
         match conn.submit(cmd.target, cmd.lun, cmd.cdb, data) {
             Ok(seq) => {
                 st.pending.insert(seq, pending);
-                if !self.opts.spin.is_zero() && st.pending.len() == 1 {
-                    let finished = self.spin_for_completion(st);
-                    self.space.notify_all();
-                    run(finished);
-                }
             }
             Err(e) => {
                 if let Some(r) = region {
@@ -413,51 +427,6 @@ impl QueuePair {
         }
     }
 
-    /// Polls the rings for up to the spin time while the command just submitted is the only
-    /// one in flight, finishing whatever arrives on this thread; the completion thread takes
-    /// over whatever is left.
-    fn spin_for_completion<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Vec<(Done, Outcome)> {
-        let start = Instant::now();
-        let mut responses = Vec::new();
-        let mut finished = Vec::new();
-        if let Some(c) = st.conn.as_mut() {
-            c.disarm_doorbell();
-        }
-        loop {
-            let Some(conn) = st.conn.as_mut() else { return finished };
-            // Errors are the completion thread's to handle; it sees them on its next pass.
-            if conn.poll(&mut responses, Duration::ZERO).is_err() {
-                break;
-            }
-            let mut kick = false;
-            for r in responses.drain(..) {
-                kick |= self.finish(&mut st, r, &mut finished);
-            }
-            if kick {
-                let _ = st.conn.as_mut().map(Initiator::kick);
-            }
-            if !finished.is_empty() || st.pending.is_empty() || start.elapsed() >= self.opts.spin {
-                break;
-            }
-            drop(st);
-            std::hint::spin_loop();
-            st = self.lock();
-        }
-        // Back to doorbells; take what arrived while saying so.
-        if let Some(Ok(true)) = st.conn.as_mut().map(Initiator::arm_doorbell) {
-            if let Some(Ok(())) = st.conn.as_mut().map(|c| c.poll(&mut responses, Duration::ZERO)) {
-                let mut kick = false;
-                for r in responses.drain(..) {
-                    kick |= self.finish(&mut st, r, &mut finished);
-                }
-                if kick {
-                    let _ = st.conn.as_mut().map(Initiator::kick);
-                }
-            }
-        }
-        finished
-    }
-
     /// Handles one response: retries it, or frees its region and queues its callback.
     /// Returns whether a command was sent again (so the gateway needs a kick).
     fn finish(&self, st: &mut State, r: Response, finished: &mut Vec<(Done, Outcome)>) -> bool {
@@ -495,6 +464,7 @@ impl QueuePair {
     /// Drops the connection and takes every pending command to fail with `why`.
     fn tear_down(&self, st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
         st.conn = None;
+        st.generation += 1;
         st.backoff = BACKOFF_MIN;
         st.next_attempt = Instant::now() + BACKOFF_MIN;
         self.space.notify_all();

@@ -282,6 +282,12 @@ impl Initiator {
         &self.ring
     }
 
+    /// The data area, shared, for callers that fill regions they allocated without holding
+    /// the initiator (another thread's lock, say).
+    pub fn shared_data_area(&self) -> Arc<SharedMemory> {
+        self.data.clone()
+    }
+
     /// Raw access to the data area mapping, for zero-copy users.
     pub fn data_area(&self) -> &SharedMemory {
         &self.data
@@ -454,12 +460,6 @@ impl Initiator {
         self.stat.set_polling(false);
         self.buf.set_polling(false);
         Ok(self.stat.pending()? + self.buf.pending()? > 0)
-    }
-
-    /// Says the node is polling again, so the gateway need not ring.
-    pub fn disarm_doorbell(&mut self) {
-        self.stat.set_polling(true);
-        self.buf.set_polling(true);
     }
 
     /// The node's doorbell and the connection's socket, for callers that wait on them

@@ -33,9 +33,6 @@ pub struct MountArgs {
     /// fails with EIO.
     #[arg(long, default_value_t = 30)]
     io_timeout: u64,
-    /// Microseconds a completion thread polls the rings after activity before it sleeps.
-    #[arg(long, default_value_t = 0)]
-    spin_us: u64,
     /// Let other users reach the files (needs user_allow_other in /etc/fuse.conf when not root).
     #[arg(long)]
     allow_other: bool,
@@ -68,7 +65,6 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
             },
             queues,
             io_timeout: Duration::from_secs(a.io_timeout.max(1)),
-            spin: Duration::from_micros(a.spin_us),
         },
         allow_other: a.allow_other,
     };
