@@ -8,4 +8,5 @@ pub mod lun;
 pub mod persist;
 pub mod ring;
 pub mod storage;
+pub mod tcmu;
 pub mod workload;

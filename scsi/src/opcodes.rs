@@ -152,6 +152,13 @@ pub fn has_service_action(opcode: u8) -> bool {
     matches!(opcode, op::SERVICE_ACTION_IN_16 | op::MAINTENANCE_IN)
 }
 
+/// Whether a command with this opcode moves data from the initiator to the target (for
+/// transports that give buffers without a direction, like TCMU): everything that writes the
+/// medium, plus MODE SELECT and VERIFY (whose BYTCHK data is compared).
+pub fn carries_data_out(opcode: u8) -> bool {
+    writes_medium(opcode) || matches!(opcode, op::MODE_SELECT_6 | op::MODE_SELECT_10 | op::VERIFY_10 | op::VERIFY_16)
+}
+
 /// Whether an opcode changes the medium; a node with read-only access may not send it.
 pub fn writes_medium(opcode: u8) -> bool {
     matches!(

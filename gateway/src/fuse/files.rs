@@ -12,10 +12,10 @@ use fuser::{
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use super::link::{Command, Link, LinkError, Outcome};
 use super::span::{chunks, verdict, Span, Verdict};
 use crate::ring::handshake::LunInfo;
 use crate::ring::initiator::rw16;
+use crate::ring::link::{Command, Link, LinkError, Outcome};
 
 /// The largest read or write the kernel sends in one request, and so in one command.
 pub const MAX_IO: u32 = 1 << 20;
@@ -136,7 +136,7 @@ fn checked(o: Outcome, what: &str) -> Result<Vec<u8>, Errno> {
                 tracing::warn!(status = r.status, sense = ?r.sense, errno, "{what} failed");
                 Err(Errno::from_i32(errno))
             }
-            Verdict::Retry { .. } => {
+            Verdict::Retry => {
                 tracing::warn!(status = r.status, sense = ?r.sense, "{what} failed after retries");
                 Err(Errno::EIO)
             }

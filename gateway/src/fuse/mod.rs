@@ -12,16 +12,15 @@
 //! - When the gateway goes away, I/O fails with EIO; the mount reconnects by itself.
 
 mod files;
-mod link;
 pub mod span;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::ring::link::{Link, LinkOptions};
 use anyhow::Context;
 pub use files::{file_name, LunFiles, MAX_IO};
 use fuser::{Config, MountOption, SessionACL};
-pub use link::{Command, Link, LinkError, LinkOptions, Outcome, QueuePair};
 
 /// What `pangate mount` was asked for.
 #[derive(Debug, Clone)]

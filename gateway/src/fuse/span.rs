@@ -4,6 +4,8 @@
 use scsi::sense::parse_sense;
 use scsi::Asc;
 
+use crate::ring::link::retryable;
+
 /// A byte range of a LUN file, clipped to the LUN, with the blocks that cover it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -88,43 +90,27 @@ pub fn chunks(first: u64, count: u64, max: u64) -> impl Iterator<Item = (u64, u6
     })
 }
 
-/// SCSI status bytes the front-end reacts to.
-pub mod status {
-    /// GOOD.
-    pub const GOOD: u8 = 0x00;
-    /// CHECK CONDITION.
-    pub const CHECK_CONDITION: u8 = 0x02;
-    /// BUSY.
-    pub const BUSY: u8 = 0x08;
-    /// TASK SET FULL.
-    pub const TASK_SET_FULL: u8 = 0x28;
-}
-
-/// What to do with a completed command.
+/// What a file operation makes of a completed command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// It succeeded.
     Done,
-    /// Send it again: the unit was busy, or reported a unit attention (which the first
-    /// command after a connect or a reset receives, as with any SCSI initiator).
-    Retry {
-        /// The unit attention was CAPACITY DATA HAS CHANGED.
-        capacity_changed: bool,
-    },
+    /// The unit stayed busy or kept reporting unit attentions through every retry.
+    Retry,
     /// It failed with this errno.
     Fail(i32),
 }
 
 /// Judges a SCSI status and its sense data.
 pub fn verdict(status: u8, sense: &[u8]) -> Verdict {
-    match status {
-        status::GOOD => Verdict::Done,
-        status::BUSY | status::TASK_SET_FULL => Verdict::Retry { capacity_changed: false },
-        status::CHECK_CONDITION => match parse_sense(sense) {
-            Some((0x6, asc, _)) => Verdict::Retry { capacity_changed: asc == Asc::CAPACITY_CHANGED },
-            Some((key, asc, _)) => Verdict::Fail(errno_for(key, asc)),
-            None => Verdict::Fail(libc::EIO),
-        },
+    if status == scsi::Status::Good as u8 {
+        return Verdict::Done;
+    }
+    if retryable(status, sense).is_some() {
+        return Verdict::Retry;
+    }
+    match parse_sense(sense) {
+        Some((key, asc, _)) if status == scsi::Status::CheckCondition as u8 => Verdict::Fail(errno_for(key, asc)),
         _ => Verdict::Fail(libc::EIO),
     }
 }
@@ -219,8 +205,11 @@ mod tests {
 
     #[test]
     fn unit_attention_and_busy_are_retried() {
-        assert_eq!(verdict(8, &[]), Verdict::Retry { capacity_changed: false });
-        assert_eq!(verdict(2, &fixed_sense(0x6, 0x29, 0x00)), Verdict::Retry { capacity_changed: false });
-        assert_eq!(verdict(2, &fixed_sense(0x6, 0x2A, 0x09)), Verdict::Retry { capacity_changed: true });
+        assert_eq!(retryable(8, &[]), Some(false));
+        assert_eq!(retryable(0x28, &[]), Some(false));
+        assert_eq!(retryable(2, &fixed_sense(0x6, 0x29, 0x00)), Some(false));
+        assert_eq!(retryable(2, &fixed_sense(0x6, 0x2A, 0x09)), Some(true));
+        assert_eq!(retryable(2, &fixed_sense(0x5, 0x24, 0x00)), None);
+        assert_eq!(verdict(8, &[]), Verdict::Retry);
     }
 }

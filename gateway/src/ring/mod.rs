@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod handshake;
 pub mod initiator;
+pub mod link;
 pub mod proto;
 pub mod server;
 pub mod shm;

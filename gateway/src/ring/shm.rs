@@ -78,6 +78,12 @@ impl SharedMemory {
         Self::map(fd, len)
     }
 
+    /// Maps `len` bytes of a device the kernel sizes itself (a TCMU uio device), where no
+    /// peer can resize the memory under us.
+    pub fn map_device(fd: OwnedFd, len: usize) -> Result<SharedMemory, ShmError> {
+        Self::map(fd, len)
+    }
+
     fn map(fd: OwnedFd, len: usize) -> Result<SharedMemory, ShmError> {
         if len == 0 {
             return Err(ShmError::BadFd("zero-length area".into()));

@@ -214,8 +214,32 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
     println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
     println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
-    println!("  TCMU, netvirt, metrics and the web admin are not in this build yet.");
+    let nodes = cfg
+        .pans
+        .iter()
+        .flat_map(|p| {
+            p.nodes.iter().map(|n| gateway::tcmu::NodeCredential {
+                pan: p.name.clone(),
+                node: n.name.clone(),
+                credential: n.credential.clone(),
+            })
+        })
+        .collect();
+    // Logs one line and carries on where the kernel has no target_core_user.
+    let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes);
+    println!(
+        "  TCMU:      {}",
+        if tcmu.is_some() {
+            "serving LIO user: backstores (config pangate/<pan>/<node>/<target>/<lun>)"
+        } else {
+            "off (no target_core_user in this kernel)"
+        }
+    );
+    println!("  netvirt, metrics and the web admin are not in this build yet.");
     wait_for_signal()?;
+    if let Some(t) = tcmu {
+        t.stop();
+    }
     server.shutdown().context("stopping the ring server")?;
     println!("pangate: in-flight I/O completed, all images flushed; stopped");
     Ok(())

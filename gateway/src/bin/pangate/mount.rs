@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use gateway::fuse::{self, LinkOptions, MountRequest};
+use gateway::fuse::{self, MountRequest};
 use gateway::ring::initiator::ConnectOptions;
+use gateway::ring::link::LinkOptions;
 
 use crate::NodeArgs;
 
@@ -65,6 +66,7 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
             },
             queues,
             io_timeout: Duration::from_secs(a.io_timeout.max(1)),
+            retry: true,
         },
         allow_other: a.allow_other,
     };

@@ -1,6 +1,6 @@
-//! The mount's connection to the gateway: several queue pairs, each with a completion
-//! thread, so a FUSE thread submits a command and goes back for the next request while the
-//! reply goes out when the STAT arrives.
+//! A multi-threaded initiator: several queue pairs, each with a completion thread, so a
+//! front-end thread (a FUSE thread, a TCMU device) submits a command and goes back for the
+//! next request while the command's callback runs when the STAT arrives.
 //!
 //! Every submitted command completes exactly once: with the gateway's response, or with a
 //! [`LinkError`] when the gateway goes away, does not answer within the I/O timeout, or the
@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::span::{verdict, Verdict};
-use crate::ring::handshake::LunInfo;
-use crate::ring::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response};
-use crate::ring::proto::Region;
+use scsi::sense::parse_sense;
+use scsi::Asc;
+
+use super::handshake::LunInfo;
+use super::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response};
+use super::proto::Region;
 
 /// Longest wait in `poll(2)` before the completion thread looks at timeouts and shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -91,6 +93,9 @@ pub struct LinkOptions {
     pub queues: usize,
     /// How long a command may stay unanswered before the queue pair is torn down.
     pub io_timeout: Duration,
+    /// Send a command again after BUSY or a unit attention, as an operating system's SCSI
+    /// layer does, instead of handing those to the caller.
+    pub retry: bool,
 }
 
 /// The mount's queue pairs.
@@ -435,7 +440,7 @@ impl QueuePair {
             return false;
         };
         let conn = st.conn.as_mut().expect("only called while connected");
-        if let Verdict::Retry { capacity_changed } = verdict(r.status, &r.sense) {
+        if let (true, Some(capacity_changed)) = (self.opts.retry, retryable(r.status, &r.sense)) {
             if p.retries < MAX_RETRIES {
                 p.retries += 1;
                 p.capacity_changed |= capacity_changed;
@@ -504,6 +509,23 @@ impl QueuePair {
                 None
             }
         }
+    }
+}
+
+/// Whether a status asks for the command to be sent again: BUSY, TASK SET FULL, or a unit
+/// attention (which the first command after a connect or a reset receives). The flag says
+/// the attention was CAPACITY DATA HAS CHANGED.
+pub fn retryable(status: u8, sense: &[u8]) -> Option<bool> {
+    const CHECK_CONDITION: u8 = 0x02;
+    const BUSY: u8 = 0x08;
+    const TASK_SET_FULL: u8 = 0x28;
+    match status {
+        BUSY | TASK_SET_FULL => Some(false),
+        CHECK_CONDITION => match parse_sense(sense) {
+            Some((0x6, asc, _)) => Some(asc == Asc::CAPACITY_CHANGED),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
