@@ -65,7 +65,7 @@ impl TryFrom<SizeRepr> for Size {
 impl From<Size> for SizeRepr {
     fn from(s: Size) -> SizeRepr {
         for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if s.0 != 0 && s.0 % (1 << shift) == 0 {
+            if s.0 != 0 && s.0.is_multiple_of(1 << shift) {
                 return SizeRepr::Text(format!("{}{unit}", s.0 >> shift));
             }
         }

@@ -111,7 +111,7 @@ impl LunConfig {
         if bytes < u64::from(block_size) {
             return Err(LunConfigError::TooSmall(bytes));
         }
-        if bytes % u64::from(block_size) != 0 {
+        if !bytes.is_multiple_of(u64::from(block_size)) {
             return Err(LunConfigError::Unaligned { bytes, block_size });
         }
         Ok(LunConfig {

@@ -55,7 +55,7 @@ impl Span {
 
     /// Whether both ends fall on block boundaries.
     pub fn aligned(&self) -> bool {
-        self.offset % self.block_size == 0 && self.end() % self.block_size == 0
+        self.offset.is_multiple_of(self.block_size) && self.end().is_multiple_of(self.block_size)
     }
 
     /// The whole blocks inside the span (first block, count), which may be none.
@@ -70,11 +70,11 @@ impl Span {
     /// it (once, when both are the same block).
     pub fn partial_blocks(&self) -> Vec<u64> {
         let mut v = Vec::with_capacity(2);
-        if self.offset % self.block_size != 0 {
+        if !self.offset.is_multiple_of(self.block_size) {
             v.push(self.first_block());
         }
         let last = self.end_block() - 1;
-        if self.end() % self.block_size != 0 && v.last() != Some(&last) {
+        if !self.end().is_multiple_of(self.block_size) && v.last() != Some(&last) {
             v.push(last);
         }
         v

@@ -451,7 +451,7 @@ impl Worker {
             for c in &mut self.conns {
                 progress |= flush(c);
             }
-            if loops % 1024 == 0 {
+            if loops.is_multiple_of(1024) {
                 self.check_sockets(Duration::ZERO);
             }
             self.conns.retain(|c| c.dead.is_none());

@@ -147,7 +147,7 @@ impl SharedMemory {
     }
 
     fn atomic(&self, offset: usize) -> Result<&AtomicU32, ShmError> {
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(ShmError::Unaligned(offset));
         }
         let ptr = self.raw(offset as u64, 4)?.cast::<AtomicU32>();

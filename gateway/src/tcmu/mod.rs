@@ -11,8 +11,10 @@
 //!   untrusted.
 //! - [`device`]: a thread per device between the ring and the gateway.
 //! - [`netlink`]: the TCM-USER family's messages; [`sys`]: uio devices and the socket.
+//! - [`dbus`]: the handler registration targetcli looks for on the system bus.
 
 pub mod abi;
+pub mod dbus;
 pub mod device;
 pub mod netlink;
 pub mod ring;
@@ -72,6 +74,22 @@ pub struct NodeCredential {
     pub node: String,
     /// Its credential.
     pub credential: String,
+    /// Its (target, LUN) map.
+    pub luns: Vec<(u16, u16)>,
+}
+
+/// Whether a config string selects a LUN in one of these nodes' maps; the error says why
+/// not (targetcli shows it before creating anything).
+pub fn check_config(nodes: &[NodeCredential], config: &str) -> Result<Selector, String> {
+    let sel = parse_selector(config)?;
+    let node = nodes
+        .iter()
+        .find(|n| n.pan == sel.pan && n.node == sel.node)
+        .ok_or_else(|| format!("no node {:?} in PAN {:?}", sel.node, sel.pan))?;
+    if !node.luns.contains(&(sel.target, sel.lun)) {
+        return Err(format!("node {:?} maps no target {} LUN {}", sel.node, sel.target, sel.lun));
+    }
+    Ok(sel)
 }
 
 /// A device being served.
@@ -261,6 +279,7 @@ impl<S: UioSource> Controller<S> {
 pub struct TcmuService {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    _dbus: Option<dbus::Registration>,
 }
 
 impl TcmuService {
@@ -280,13 +299,26 @@ impl TcmuService {
                 return None;
             }
         };
+        let known = nodes.clone();
+        let check: dbus::ConfigCheck = Arc::new(move |c: &str| check_config(&known, c).map(drop));
+        let registration = match dbus::register(None, check) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "TCMU: cannot register {} on the system bus, so targetcli will not list user:pangate (configfs still works)",
+                    dbus::SERVICE
+                );
+                None
+            }
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pangate-tcmu".into())
             .spawn(move || serve(nl, Controller::new(KernelUio, socket, nodes), &flag))
             .ok()?;
-        Some(TcmuService { stop, thread: Some(thread) })
+        Some(TcmuService { stop, thread: Some(thread), _dbus: registration })
     }
 
     /// Stops serving every device.

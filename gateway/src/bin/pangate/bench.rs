@@ -227,7 +227,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("target {} LUN {} is not in this node's map", a.target, a.lun))?;
     drop(probe);
     anyhow::ensure!(
-        a.bs % lun.block_size == 0 && a.bs > 0,
+        a.bs.is_multiple_of(lun.block_size) && a.bs > 0,
         "--bs must be a multiple of the {}-byte block size",
         lun.block_size
     );

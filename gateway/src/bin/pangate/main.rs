@@ -222,6 +222,7 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
                 pan: p.name.clone(),
                 node: n.name.clone(),
                 credential: n.credential.clone(),
+                luns: n.luns.iter().map(|l| (l.target, l.lun)).collect(),
             })
         })
         .collect();
