@@ -559,3 +559,82 @@ fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
     }
     assert_eq!(buf, pattern(4096, 5));
 }
+
+#[test]
+fn an_ordinary_user_mounts_through_fusermount3() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let have =
+        |tool: &str| std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()));
+    if !have("fusermount3") || !have("setpriv") {
+        let why = "needs fusermount3 (fuse3) and setpriv (util-linux)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why} (a failure under CI=true)");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    // Distributions make /dev/fuse 0666 so users can open it; some containers leave it 0600.
+    // Open it up for the test, as on a normal host, and put it back afterwards.
+    let _fuse_mode = DevFuseMode::open_up();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let gw = Gateway::start(dir.path(), &config);
+    // The user must reach the socket, and own the mount point.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&gw.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let point = dir.path().join("user-mnt");
+    std::fs::create_dir(&point).unwrap();
+    rustix::fs::chown(&point, Some(rustix::fs::Uid::from_raw(65534)), Some(rustix::fs::Gid::from_raw(65534))).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).args(args);
+        c
+    };
+    let sock = gw.socket.to_str().unwrap();
+    let mnt = point.to_str().unwrap();
+    let child =
+        as_nobody(&[PANGATE, "mount", "--pan", "p", "--node", "n", "--credential", CRED, "--socket", sock, mnt])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+    let mut m = Mount { child: Some(child), point: point.clone() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mounted(&point) {
+        assert!(Instant::now() < deadline, "the user's mount did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lun = format!("{mnt}/t0-l0");
+    let wrote =
+        as_nobody(&["dd", "if=/dev/zero", &format!("of={lun}"), "bs=4096", "count=4", "oflag=direct", "conv=notrunc"])
+            .output()
+            .unwrap();
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    let read = as_nobody(&["dd", &format!("if={lun}"), "of=/dev/null", "bs=4096", "count=4", "iflag=direct"])
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    // Unmounting as the user goes through fusermount3 -u.
+    let out = as_nobody(&[PANGATE, "umount", mnt]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(m.wait(Duration::from_secs(10)).success());
+    assert!(!mounted(&point));
+}
+
+/// /dev/fuse's mode, restored on drop.
+struct DevFuseMode(u32);
+
+impl DevFuseMode {
+    fn open_up() -> DevFuseMode {
+        let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+        DevFuseMode(mode)
+    }
+}
+
+impl Drop for DevFuseMode {
+    fn drop(&mut self) {
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}

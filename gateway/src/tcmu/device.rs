@@ -122,7 +122,7 @@ pub fn start(
     let stats = Arc::new(DeviceStats::default());
     let wake = Arc::new(Doorbell::new().map_err(crate::ring::shm::ShmError::Os)?);
     let (tx, rx) = mpsc::channel();
-    let mut device = Device { name, ring, kernel, link, target, lun, stats: stats.clone(), tx, rx, wake, in_flight: 0 };
+    let mut device = Device { name, ring, kernel, link, target, lun, stats: stats.clone(), tx, rx, wake };
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
         .name(format!("pangate-tcmu-{target}-{lun}"))
@@ -142,7 +142,6 @@ struct Device {
     tx: Sender<Finished>,
     rx: Receiver<Finished>,
     wake: Arc<Doorbell>,
-    in_flight: usize,
 }
 
 impl Device {
@@ -166,7 +165,6 @@ impl Device {
                 self.handle(e)?;
             }
             while let Ok(f) = self.rx.try_recv() {
-                self.in_flight -= 1;
                 self.finish(f)?;
             }
             if self.ring.publish()? {
@@ -232,7 +230,6 @@ impl Device {
         let in_len = if data_out { 0 } else { c.total as u32 };
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
         let (cmd_id, iovs) = (c.cmd_id, c.iovs);
-        self.in_flight += 1;
         self.link.queue().submit(
             Command { target: self.target, lun: self.lun, cdb: &c.cdb, out: &out, in_len },
             Box::new(move |outcome| {
