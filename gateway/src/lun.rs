@@ -113,6 +113,30 @@ impl LunDriver {
         &mut self.lu
     }
 
+    /// Grows the LUN to `bytes` (a whole number of blocks, at least its capacity): the image
+    /// grows first, then the capacity, and every initiator gets CAPACITY DATA HAS CHANGED.
+    pub fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        let cfg = self.lu.config();
+        let bs = u64::from(cfg.block_size);
+        if !bytes.is_multiple_of(bs) || bytes < cfg.capacity_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{bytes} bytes is not a whole number of {bs}-byte blocks at least the LUN's {}",
+                    cfg.capacity_bytes()
+                ),
+            ));
+        }
+        if bytes == cfg.capacity_bytes() {
+            return Ok(());
+        }
+        if self.backend.size() < bytes {
+            self.backend.grow(bytes)?;
+        }
+        self.lu.set_capacity(bytes / bs);
+        Ok(())
+    }
+
     /// The engine's name.
     pub fn engine_name(&self) -> &'static str {
         self.backend.name()

@@ -638,3 +638,37 @@ impl Drop for DevFuseMode {
         let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
     }
 }
+
+#[test]
+fn a_lun_file_follows_a_resize_in_the_gateway() {
+    use gateway::config::Config;
+    use gateway::ring::server::{Server, ServerOptions};
+    use gateway::storage;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::load(&write_config(dir.path())).unwrap();
+    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
+    let image = maps.iter().find(|m| (m.target, m.lun) == (0, 0)).unwrap().image;
+    let socket = dir.path().join("pangate.sock");
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let mount = Mount::start(&socket, &dir.path().join("mnt"));
+    let lun = mount.file("t0-l0");
+    assert_eq!(std::fs::metadata(&lun).unwrap().len(), 64 << 20);
+    server.control().grow(image, 128 << 20).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&lun).unwrap().len() != 128 << 20 {
+        assert!(Instant::now() < deadline, "the file kept its old size");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let f = OpenOptions::new().read(true).write(true).open(&lun).unwrap();
+    f.write_all_at(&pattern(8192, 21), 100 << 20).unwrap();
+    let mut back = vec![0u8; 8192];
+    f.read_exact_at(&mut back, 100 << 20).unwrap();
+    assert_eq!(back, pattern(8192, 21), "the new blocks are usable");
+    drop(f);
+    drop(mount);
+    server.shutdown().unwrap();
+}

@@ -639,7 +639,9 @@ fn netlink_add_reconfigure_and_remove() {
     assert!(wce(&mut k));
     // The size must be the LUN's; moving the device to another LUN is refused.
     assert_eq!(rig.deliver(reconfig(vec![TcmuAttr::DevSize(16 << 20)]), done, 103), 0);
-    assert_eq!(rig.deliver(reconfig(vec![TcmuAttr::DevSize(32 << 20)]), done, 103), -libc::EINVAL);
+    // This controller was given no way to resize (an in-process gateway grows LUNs; see
+    // `reconfiguring_the_size_grows_the_lun`).
+    assert_eq!(rig.deliver(reconfig(vec![TcmuAttr::DevSize(32 << 20)]), done, 103), -libc::EOPNOTSUPP);
     assert_eq!(rig.deliver(reconfig(vec![TcmuAttr::DevCfg("pangate/p/n/0/1".into())]), done, 103), -libc::EINVAL);
 
     assert_eq!(rig.remove(3, NAME), 0);
@@ -893,4 +895,62 @@ fn targetcli_finds_the_handler_on_dbus() {
     assert!(bad.contains("boolean false") && bad.contains("maps no target 0 LUN 7"), "{bad}");
     let bad = check("pangate/p/x/0/0");
     assert!(bad.contains("boolean false") && bad.contains("no node"), "{bad}");
+}
+
+#[test]
+fn reconfiguring_the_size_grows_the_lun() {
+    use gateway::config::Config;
+    use gateway::ring::server::{Server, ServerOptions};
+    use gateway::storage;
+    use gateway::tcmu::{GrowLun, Selector};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_file = config(dir.path());
+    let cfg = Config::load(&cfg_file).unwrap();
+    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
+    let socket = dir.path().join("in-process.sock");
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let control = server.control();
+    let grow: GrowLun = Arc::new(move |sel: &Selector, bytes: u64| {
+        let m = maps
+            .iter()
+            .find(|m| (m.pan.as_str(), m.node.as_str(), m.target, m.lun) == (&sel.pan, &sel.node, sel.target, sel.lun));
+        control.grow(m.ok_or("no such LUN")?.image, bytes).map_err(|e| e.to_string())
+    });
+    let uio = ModelUio::default();
+    let nodes = vec![NodeCredential { pan: "p".into(), node: "n".into(), credential: CRED.into(), luns: vec![(0, 0)] }];
+    let mut ctl = Controller::new(uio.clone(), socket.clone(), nodes).with_grow(grow);
+    let mut k = KernelModel::new(4096, 1 << 20, ALL_CAPS);
+    uio.0.lock().unwrap().insert(0, (NAME.into(), k.map.clone(), k.bell.clone()));
+    assert_eq!(ctl.on_event(&DeviceEvent::Added { name: NAME.into(), minor: 0, id: None }), 0);
+    clear_attention(&mut k);
+
+    let reconfig = |size| DeviceEvent::Reconfig {
+        name: NAME.into(),
+        minor: 0,
+        id: None,
+        config: None,
+        size: Some(size),
+        write_cache: None,
+    };
+    assert_eq!(ctl.on_event(&reconfig(64 << 20)), 0);
+    // The initiator hears of it, then sees the new capacity; the image file grew.
+    let rc16 = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    let ua = k.run(&rc16, None, 32);
+    assert_eq!((ua.status, ua.sense_key(), ua.sense[12], ua.sense[13]), (2, 0x6, 0x2A, 0x09));
+    let cap = k.run(&rc16, None, 32);
+    assert_eq!(u64::from_be_bytes(cap.good().data[0..8].try_into().unwrap()) + 1, (64 << 20) / 512);
+    assert_eq!(std::fs::metadata(dir.path().join("d.img")).unwrap().len(), 64 << 20);
+    k.run(&rw16(0x8A, (60 << 20) / 512, 8, false), Some(&pattern(4096, 5)), 0).good();
+    // Nodes connecting now are told the new size.
+    let opts =
+        ConnectOptions { pan: "p".into(), node: "n".into(), credential: CRED.into(), slots: 256, data_bytes: 1 << 20 };
+    let node = Initiator::connect(&socket, &opts).unwrap();
+    assert_eq!(node.luns()[0].blocks, (64 << 20) / 512);
+    // Shrinking, or sizes that are not whole blocks, are refused.
+    assert_eq!(ctl.on_event(&reconfig(32 << 20)), -libc::EINVAL);
+    assert_eq!(ctl.on_event(&reconfig((64 << 20) + 100)), -libc::EINVAL);
+    drop(node);
+    assert_eq!(ctl.on_event(&DeviceEvent::Removed { name: NAME.into(), minor: 0, id: None }), 0);
+    server.shutdown().unwrap();
 }

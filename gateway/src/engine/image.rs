@@ -39,6 +39,24 @@ pub struct Image {
 }
 
 impl Image {
+    /// Grows a file image to `bytes` (sparse), making the new size durable. Block devices
+    /// are sized by their own device, and shrinking would drop data: both are refused.
+    pub fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        if self.block_device {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "a block device's size is its own"));
+        }
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if bytes < self.size {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "shrinking an image would drop its data"));
+        }
+        self.file.set_len(bytes)?;
+        self.file.sync_all()?;
+        self.size = bytes;
+        Ok(())
+    }
+
     /// Opens `path`, creating a sparse file of `opts.create_size` bytes when it is missing.
     pub fn open(path: &Path, opts: &ImageOptions) -> io::Result<Image> {
         let exists = path.exists();

@@ -173,6 +173,12 @@ pub trait Backend: fmt::Debug + Send {
     /// Image size in bytes.
     fn size(&self) -> u64;
 
+    /// Grows the image to `bytes`; engines over fixed-size media refuse.
+    fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        let _ = bytes;
+        Err(io::Error::new(io::ErrorKind::Unsupported, format!("the {} engine cannot grow its image", self.name())))
+    }
+
     /// A buffer suited to this engine (from its registered arena when it has one).
     fn buffer(&mut self, len: usize) -> AlignedBuf {
         AlignedBuf::zeroed(len)

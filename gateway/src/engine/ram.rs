@@ -111,6 +111,17 @@ impl Backend for RamEngine {
         self.size
     }
 
+    fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        if bytes < self.size {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "shrinking an image would drop its data"));
+        }
+        let n =
+            usize::try_from(bytes.div_ceil(CHUNK as u64)).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        self.chunks.resize_with(n, || None);
+        self.size = bytes;
+        Ok(())
+    }
+
     fn name(&self) -> &'static str {
         "ram"
     }
@@ -196,5 +207,17 @@ mod tests {
         assert_eq!(r, Err(EngineError::OutOfRange));
         let (_, r) = run(&mut e, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(512), range: 0..513 });
         assert_eq!(r, Err(EngineError::OutOfRange));
+    }
+
+    #[test]
+    fn grows_but_never_shrinks() {
+        let mut e = RamEngine::new(100 << 10);
+        e.grow(300 << 10).unwrap();
+        assert_eq!(e.size(), 300 << 10);
+        let buf = AlignedBuf::from_slice(&[9u8; 4096]);
+        let (_, r) = run(&mut e, IoOp::Write { offset: 290 << 10, buf, range: 0..4096, fua: false });
+        assert!(r.is_ok(), "the new space is writable: {r:?}");
+        assert!(e.grow(200 << 10).is_err());
+        assert_eq!(e.size(), 300 << 10);
     }
 }

@@ -79,6 +79,10 @@ impl Backend for SyncEngine {
         self.image.size
     }
 
+    fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        self.image.grow(bytes)
+    }
+
     fn buffer(&mut self, len: usize) -> AlignedBuf {
         AlignedBuf::zeroed(len)
     }

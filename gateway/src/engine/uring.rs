@@ -334,6 +334,10 @@ impl Backend for UringEngine {
         self.image.size
     }
 
+    fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        self.image.grow(bytes)
+    }
+
     fn buffer(&mut self, len: usize) -> AlignedBuf {
         self.arena.as_ref().and_then(|a| a.alloc(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
     }

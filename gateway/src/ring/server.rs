@@ -91,6 +91,37 @@ pub struct Server {
     listener: Option<JoinHandle<()>>,
     worker: Option<JoinHandle<Vec<OpenImage>>>,
     socket: PathBuf,
+    control: LunControl,
+}
+
+/// Image sizes as (block size, blocks), shared by the worker (which changes them) and the
+/// listener (which reports them in handshakes).
+type Capacities = Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
+
+/// A request to the worker from the control plane, answered on `reply`.
+enum Control {
+    Grow { image: usize, bytes: u64, reply: mpsc::SyncSender<io::Result<()>> },
+}
+
+/// Changes the LUNs of a running server from outside the I/O path (TCMU reconfiguration,
+/// the admin API): the request goes to the worker, which owns the images.
+#[derive(Debug, Clone)]
+pub struct LunControl {
+    tx: Sender<Control>,
+    wake: Arc<Doorbell>,
+}
+
+impl LunControl {
+    /// Grows image `image` (an index into the server's image list) to `bytes`; every
+    /// initiator of its LUNs gets CAPACITY DATA HAS CHANGED.
+    pub fn grow(&self, image: usize, bytes: u64) -> io::Result<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.tx.send(Control::Grow { image, bytes, reply }).map_err(|_| io::Error::other("the gateway is stopping"))?;
+        self.wake.ring()?;
+        answer
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the worker did not answer"))?
+    }
 }
 
 struct Accepted {
@@ -127,10 +158,12 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Doorbell::new()?);
         let (tx, rx) = mpsc::channel();
-        let caps: Vec<(u32, u64)> =
-            images.iter().map(|i| (i.driver.unit().config().block_size, i.driver.unit().config().blocks)).collect();
+        let (control_tx, control_rx) = mpsc::channel();
+        let caps: Capacities = Arc::new(std::sync::Mutex::new(
+            images.iter().map(|i| (i.driver.unit().config().block_size, i.driver.unit().config().blocks)).collect(),
+        ));
         let listener_thread = {
-            let (stop, wake, opts) = (stop.clone(), wake.clone(), opts.clone());
+            let (stop, wake, opts, caps) = (stop.clone(), wake.clone(), opts.clone(), caps.clone());
             std::thread::Builder::new()
                 .name("pangate-listen".into())
                 .spawn(move || listen(listener, nodes, caps, opts, stop, wake, tx))?
@@ -139,9 +172,22 @@ impl Server {
             let (stop, wake, spin) = (stop.clone(), wake.clone(), opts.spin);
             std::thread::Builder::new()
                 .name("pangate-worker".into())
-                .spawn(move || Worker::new(images, rx, wake, stop, spin).run())?
+                .spawn(move || Worker::new(images, rx, control_rx, caps, wake, stop, spin).run())?
         };
-        Ok(Server { stop, wake, listener: Some(listener_thread), worker: Some(worker_thread), socket: opts.socket })
+        let control = LunControl { tx: control_tx, wake: wake.clone() };
+        Ok(Server {
+            stop,
+            wake,
+            listener: Some(listener_thread),
+            worker: Some(worker_thread),
+            socket: opts.socket,
+            control,
+        })
+    }
+
+    /// A handle for changing LUNs while the server runs.
+    pub fn control(&self) -> LunControl {
+        self.control.clone()
     }
 
     /// The socket path.
@@ -180,7 +226,7 @@ impl Drop for Server {
 fn listen(
     listener: UnixListener,
     nodes: Vec<NodeEntry>,
-    caps: Vec<(u32, u64)>,
+    caps: Capacities,
     opts: ServerOptions,
     stop: Arc<AtomicBool>,
     wake: Arc<Doorbell>,
@@ -194,7 +240,8 @@ fn listen(
             continue;
         }
         let Ok((sock, _)) = listener.accept() else { continue };
-        match handshake_with(&sock, &nodes, &caps, &opts) {
+        let now = caps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match handshake_with(&sock, &nodes, &now, &opts) {
             Ok(acc) => {
                 tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, "queue pair connected");
                 if tx.send(acc).is_err() {
@@ -400,6 +447,8 @@ struct Worker {
     images: Vec<OpenImage>,
     conns: Vec<Conn>,
     incoming: Receiver<Accepted>,
+    control: Receiver<Control>,
+    caps: Capacities,
     wake: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
     spin: Duration,
@@ -412,6 +461,8 @@ impl Worker {
     fn new(
         images: Vec<OpenImage>,
         incoming: Receiver<Accepted>,
+        control: Receiver<Control>,
+        caps: Capacities,
         wake: Arc<Doorbell>,
         stop: Arc<AtomicBool>,
         spin: Duration,
@@ -421,6 +472,8 @@ impl Worker {
             images,
             conns: Vec::new(),
             incoming,
+            control,
+            caps,
             wake,
             stop,
             spin,
@@ -440,6 +493,9 @@ impl Worker {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.conns.push(Conn::new(id, a));
+            }
+            while let Ok(c) = self.control.try_recv() {
+                self.apply(c);
             }
             let mut progress = false;
             if !stopping {
@@ -472,6 +528,24 @@ impl Worker {
                 self.sleep(Duration::from_micros(20));
             } else {
                 self.sleep(Duration::from_millis(500));
+            }
+        }
+    }
+
+    fn apply(&mut self, c: Control) {
+        match c {
+            Control::Grow { image, bytes, reply } => {
+                let result = match self.images.get_mut(image) {
+                    Some(img) => img.driver.grow(bytes).inspect(|()| {
+                        let cfg = img.driver.unit().config();
+                        tracing::info!(pan = %img.pan, image = %img.name, bytes, "LUN grown");
+                        if let Some(c) = self.caps.lock().unwrap_or_else(|p| p.into_inner()).get_mut(image) {
+                            *c = (cfg.block_size, cfg.blocks);
+                        }
+                    }),
+                    None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no image {image}"))),
+                };
+                let _ = reply.send(result);
             }
         }
     }

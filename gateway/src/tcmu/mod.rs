@@ -92,6 +92,12 @@ pub fn check_config(nodes: &[NodeCredential], config: &str) -> Result<Selector, 
     Ok(sel)
 }
 
+/// Grows the LUN a selector names to a number of bytes (the gateway's [`LunControl`]
+/// behind a lookup of the node's map); the error says why not.
+///
+/// [`LunControl`]: crate::ring::server::LunControl
+pub type GrowLun = Arc<dyn Fn(&Selector, u64) -> Result<(), String> + Send + Sync>;
+
 /// A device being served.
 #[derive(Debug)]
 struct Served {
@@ -101,19 +107,35 @@ struct Served {
 }
 
 /// Turns device events into served devices and statuses for the kernel.
-#[derive(Debug)]
 pub struct Controller<S: UioSource> {
     source: S,
     socket: PathBuf,
     nodes: Vec<NodeCredential>,
     io_timeout: Duration,
     devices: HashMap<u32, Served>,
+    grow: Option<GrowLun>,
+}
+
+impl<S: UioSource> std::fmt::Debug for Controller<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("socket", &self.socket)
+            .field("devices", &self.devices)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: UioSource> Controller<S> {
     /// A controller that connects to the ring server at `socket` as the given nodes.
     pub fn new(source: S, socket: PathBuf, nodes: Vec<NodeCredential>) -> Controller<S> {
-        Controller { source, socket, nodes, io_timeout: Duration::from_secs(30), devices: HashMap::new() }
+        Controller { source, socket, nodes, io_timeout: Duration::from_secs(30), devices: HashMap::new(), grow: None }
+    }
+
+    /// Lets RECONFIG_DEVICE grow LUNs through `grow` (without it, a size other than the
+    /// LUN's is refused).
+    pub fn with_grow(mut self, grow: GrowLun) -> Controller<S> {
+        self.grow = Some(grow);
+        self
     }
 
     /// Serves the TCMU devices that exist already.
@@ -240,8 +262,15 @@ impl<S: UioSource> Controller<S> {
                 _ => return Err(-libc::EIO),
             };
             if capacity != bytes {
-                tracing::warn!(device = %name, asked = bytes, capacity, "the LUN's size is the image's; resize it in the gateway");
-                return Err(-libc::EINVAL);
+                let Some(grow) = &self.grow else {
+                    tracing::warn!(device = %name, asked = bytes, capacity, "this gateway cannot resize LUNs");
+                    return Err(-libc::EOPNOTSUPP);
+                };
+                grow(&served.selector, bytes).map_err(|e| {
+                    tracing::warn!(device = %name, asked = bytes, capacity, error = %e, "cannot resize the LUN");
+                    -libc::EINVAL
+                })?;
+                tracing::info!(device = %name, from = capacity, to = bytes, "LUN resized");
             }
         }
         if let Some(on) = write_cache {
@@ -285,7 +314,7 @@ pub struct TcmuService {
 impl TcmuService {
     /// Starts serving TCMU devices, or logs one line and returns `None` when the kernel
     /// has no target_core_user.
-    pub fn start(socket: PathBuf, nodes: Vec<NodeCredential>) -> Option<TcmuService> {
+    pub fn start(socket: PathBuf, nodes: Vec<NodeCredential>, grow: GrowLun) -> Option<TcmuService> {
         let nl = match TcmuSocket::open() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -316,7 +345,7 @@ impl TcmuService {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pangate-tcmu".into())
-            .spawn(move || serve(nl, Controller::new(KernelUio, socket, nodes), &flag))
+            .spawn(move || serve(nl, Controller::new(KernelUio, socket, nodes).with_grow(grow), &flag))
             .ok()?;
         Some(TcmuService { stop, thread: Some(thread), _dbus: registration })
     }

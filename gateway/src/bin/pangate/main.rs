@@ -6,6 +6,7 @@ mod scsi_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -226,8 +227,17 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
             })
         })
         .collect();
+    let control = server.control();
+    let grow: gateway::tcmu::GrowLun = Arc::new(move |sel: &gateway::tcmu::Selector, bytes: u64| {
+        let image = maps
+            .iter()
+            .find(|m| m.pan == sel.pan && m.node == sel.node && (m.target, m.lun) == (sel.target, sel.lun))
+            .map(|m| m.image)
+            .ok_or_else(|| "no such LUN".to_string())?;
+        control.grow(image, bytes).map_err(|e| e.to_string())
+    });
     // Logs one line and carries on where the kernel has no target_core_user.
-    let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes);
+    let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow);
     println!(
         "  TCMU:      {}",
         if tcmu.is_some() {
