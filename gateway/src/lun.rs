@@ -147,10 +147,16 @@ impl LunDriver {
         self.running.len() - self.free.len() + self.finished.len()
     }
 
-    /// A data buffer from the engine (its registered arena where it has one), for callers
-    /// that fill data-out themselves before [`LunDriver::submit_buf`].
-    pub fn buffer(&mut self, len: usize) -> AlignedBuf {
-        self.backend.buffer(len)
+    /// Whether data-out may be a borrowed view of a node's memory for plain writes (see
+    /// [`AlignedBuf::borrowed`]).
+    pub fn takes_borrowed(&self) -> bool {
+        self.backend.takes_borrowed()
+    }
+
+    /// A data-out buffer from the engine (its registered arena where it has one), for
+    /// callers that fill all of it before [`LunDriver::submit_buf`]; it is not cleared.
+    pub fn buffer_for_overwrite(&mut self, len: usize) -> AlignedBuf {
+        self.backend.buffer_for_overwrite(len)
     }
 
     /// Starts a command whose data-out (if any) the caller provides as a slice.
@@ -158,7 +164,7 @@ impl LunDriver {
         let buf = if data_out.is_empty() {
             None
         } else {
-            let mut b = self.buffer(data_out.len());
+            let mut b = self.buffer_for_overwrite(data_out.len());
             b.as_mut_slice().copy_from_slice(data_out);
             Some(b)
         };
@@ -178,7 +184,10 @@ impl LunDriver {
             let completion = Completion::check(&Sense::parameter_list_length(), descriptor);
             return self.finished.push(Finished { tag, completion, buffer: None });
         }
-        let params = data_out.as_ref().map_or(&[][..], |b| &b.as_slice()[..cmd.parameter_len(bs)]);
+        let params = match (cmd.parameter_len(bs), data_out.as_ref()) {
+            (0, _) | (_, None) => &[][..],
+            (n, Some(b)) => &b.as_slice()[..n],
+        };
         let task = match self.lu.execute(nexus, &cmd, params) {
             Action::Complete(completion) => return self.finished.push(Finished { tag, completion, buffer: None }),
             Action::Backend(task) => task,

@@ -19,7 +19,14 @@ pub struct AlignedBuf {
 
 enum Origin {
     Heap,
-    Arena { arena: Arc<Arena>, first_page: usize },
+    Arena {
+        arena: Arc<Arena>,
+        first_page: usize,
+    },
+    /// Memory someone else owns (a node's shared data area), kept mapped by `_owner`.
+    Borrowed {
+        _owner: Arc<dyn std::any::Any + Send + Sync>,
+    },
 }
 
 // SAFETY: AlignedBuf owns its memory exclusively, like a Vec<u8>.
@@ -45,6 +52,24 @@ impl AlignedBuf {
         b
     }
 
+    /// A buffer over memory owned elsewhere: a node's shared data area, handed to an engine
+    /// that only gives the kernel a pointer to it ([`super::Backend::takes_borrowed`]), so a
+    /// write needs no copy.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes for as long as `owner` lives.
+    /// Another process may change the memory at any time, so no reference to it may ever be
+    /// formed: [`AlignedBuf::as_slice`] and [`AlignedBuf::as_mut_slice`] refuse (panic on) a
+    /// borrowed buffer, and only [`AlignedBuf::as_mut_ptr`] may be used.
+    pub unsafe fn borrowed(ptr: NonNull<u8>, len: usize, owner: Arc<dyn std::any::Any + Send + Sync>) -> AlignedBuf {
+        AlignedBuf { ptr, len, cap: len, origin: Origin::Borrowed { _owner: owner } }
+    }
+
+    /// Whether the buffer is a view of memory owned elsewhere.
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.origin, Origin::Borrowed { .. })
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -57,12 +82,14 @@ impl AlignedBuf {
 
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
+        assert!(!self.is_borrowed(), "a reference into shared memory would let another process change it under us");
         // SAFETY: ptr is valid for cap >= len initialised bytes and uniquely owned.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        assert!(!self.is_borrowed(), "a reference into shared memory would let another process change it under us");
         // SAFETY: as in as_slice, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -76,7 +103,7 @@ impl AlignedBuf {
     pub fn fixed_index(&self) -> Option<u16> {
         match self.origin {
             Origin::Arena { ref arena, .. } => Some(arena.index),
-            Origin::Heap => None,
+            Origin::Heap | Origin::Borrowed { .. } => None,
         }
     }
 }
@@ -90,6 +117,8 @@ impl Drop for AlignedBuf {
                 unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
             }
             Origin::Arena { arena, first_page } => arena.release(*first_page, self.cap / ALIGN),
+            // The owner keeps the memory; dropping the Arc is all there is to do.
+            Origin::Borrowed { .. } => {}
         }
     }
 }
@@ -143,6 +172,17 @@ impl Arena {
     /// A zeroed buffer of `len` bytes from the arena, or `None` when it has no run of free
     /// pages long enough.
     pub fn alloc(self: &Arc<Arena>, len: usize) -> Option<AlignedBuf> {
+        self.take(len, true)
+    }
+
+    /// Like [`Arena::alloc`] but not zeroed: it may hold what an earlier command left, so the
+    /// caller must overwrite all `len` bytes before anyone reads them (data-out copied in
+    /// from a node). Saves clearing memory that is about to be written anyway.
+    pub fn alloc_for_overwrite(self: &Arc<Arena>, len: usize) -> Option<AlignedBuf> {
+        self.take(len, false)
+    }
+
+    fn take(self: &Arc<Arena>, len: usize, zero: bool) -> Option<AlignedBuf> {
         let need = len.max(1).div_ceil(ALIGN);
         let mut map = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let used = |p: usize| map[p / 64] & (1 << (p % 64)) != 0;
@@ -166,8 +206,10 @@ impl Arena {
         drop(map);
         // SAFETY: first + need <= pages, so the run lies inside the arena allocation.
         let ptr = unsafe { self.base.add(first * ALIGN) };
-        // SAFETY: the pages were just marked used, so nobody else can reach them.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, need * ALIGN) };
+        if zero {
+            // SAFETY: the pages were just marked used, so nobody else can reach them.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, need * ALIGN) };
+        }
         Some(AlignedBuf {
             ptr,
             len,
@@ -217,5 +259,17 @@ mod tests {
         c.as_mut_slice()[0] = 7;
         drop((b, c));
         assert!(arena.alloc(4 * ALIGN).is_some());
+    }
+
+    #[test]
+    #[should_panic(expected = "shared memory")]
+    fn borrowed_buffers_never_hand_out_references() {
+        let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(vec![0u8; 4096]);
+        let ptr = NonNull::new(owner.downcast_ref::<Vec<u8>>().unwrap().as_ptr().cast_mut()).unwrap();
+        // SAFETY: the vector lives as long as `owner`, which the buffer holds; no reference to
+        // its bytes is formed while the buffer exists (the call below must refuse to).
+        let b = unsafe { AlignedBuf::borrowed(ptr, 4096, owner.clone()) };
+        assert!(b.is_borrowed() && b.fixed_index().is_none());
+        let _ = b.as_slice();
     }
 }

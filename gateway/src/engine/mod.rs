@@ -184,6 +184,18 @@ pub trait Backend: fmt::Debug + Send {
         AlignedBuf::zeroed(len)
     }
 
+    /// Whether the engine accepts borrowed buffers ([`AlignedBuf::borrowed`]): it must only
+    /// ever pass their pointers to the kernel, never read or write them itself.
+    fn takes_borrowed(&self) -> bool {
+        false
+    }
+
+    /// A buffer the caller overwrites completely before it is read (data-out): it may hold
+    /// an earlier command's bytes, which spares clearing it.
+    fn buffer_for_overwrite(&mut self, len: usize) -> AlignedBuf {
+        self.buffer(len)
+    }
+
     /// The engine's name, for logs and benchmarks.
     fn name(&self) -> &'static str;
 }

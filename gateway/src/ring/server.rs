@@ -712,9 +712,15 @@ impl Worker {
             return;
         }
         let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
+            if let Some(view) = self.borrowable(i, image, &cmd) {
+                return self.submit(i, image, cmd, Some(view), Vec::new());
+            }
+            let c = &mut self.conns[i];
             // The engine's arena: already mapped (and registered with io_uring), where a
             // fresh heap buffer of a large write would be page-faulted in on every command.
-            let mut buf = self.images[image].driver.buffer(expected as usize);
+            // Not cleared: the segments below fill every byte, or the node is cut off and
+            // the buffer never used.
+            let mut buf = self.images[image].driver.buffer_for_overwrite(expected as usize);
             let mut at = 0usize;
             for r in cmd.segments.as_slice() {
                 let n = r.len as usize;
@@ -728,6 +734,30 @@ impl Worker {
             None
         };
         self.submit(i, image, cmd, data_out, Vec::new());
+    }
+
+    /// A plain WRITE's data as a view of the node's data area, with no copy, when the engine
+    /// only hands buffers to the kernel: the node may change the bytes while the write is in
+    /// flight, which is its own affair (the data is its own, and nothing here reads it).
+    /// Parameter lists and compared data are always copied in first.
+    fn borrowable(&self, i: usize, image: usize, cmd: &Cmd) -> Option<AlignedBuf> {
+        use scsi::opcodes::op;
+        let c = &self.conns[i];
+        let plain_write =
+            matches!(cmd.cdb().first(), Some(&(op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)));
+        let [r] = cmd.segments.as_slice() else { return None };
+        if !plain_write
+            || !self.images[image].driver.takes_borrowed()
+            || r.offset % crate::engine::buf::ALIGN as u64 != 0
+        {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(c.data.raw(r.offset, u64::from(r.len)).ok()?)?;
+        let owner: Arc<dyn std::any::Any + Send + Sync> = c.data.clone();
+        // SAFETY: `raw` checked that [offset, offset+len) lies inside the mapping, which
+        // `owner` keeps mapped for the buffer's life; the buffer goes only to an engine that
+        // passes its pointer to the kernel and never forms a reference to it.
+        Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
     }
 
     fn submit(&mut self, i: usize, image: usize, cmd: Cmd, data_out: Option<AlignedBuf>, staged: Vec<Region>) {
@@ -759,7 +789,7 @@ impl Worker {
         let c = &mut self.conns[i];
         let Some(Pending::Staged { image, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
         let total: usize = staged.iter().map(|r| r.len as usize).sum();
-        let mut buf = self.images[image].driver.buffer(total);
+        let mut buf = self.images[image].driver.buffer_for_overwrite(total);
         let mut at = 0usize;
         for r in &staged {
             let n = r.len as usize;
