@@ -27,6 +27,17 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// For a READ started with [`LunDriver::submit_into`] whose data went straight into the
+    /// caller's memory: how many bytes arrived there. `None` when the data (if any) must be
+    /// fetched with [`Finished::data`].
+    pub fn in_place(&self) -> Option<usize> {
+        match (&self.completion.data_in, &self.buffer) {
+            (DataIn::InBuffer(n), Some(b)) if b.is_borrowed() => Some(*n),
+            (_, Some(b)) if b.is_borrowed() => Some(0),
+            _ => None,
+        }
+    }
+
     /// The data-in bytes, already limited to what the command transferred.
     pub fn data(&self) -> &[u8] {
         match &self.completion.data_in {
@@ -173,6 +184,25 @@ impl LunDriver {
 
     /// Starts a command, taking ownership of its data-out buffer.
     pub fn submit_buf(&mut self, tag: u64, nexus: &Nexus<'_>, cdb: &[u8], data_out: Option<AlignedBuf>) {
+        self.start(tag, nexus, cdb, data_out, None)
+    }
+
+    /// Starts a READ whose data the engine places straight into `data_in` (a borrowed view
+    /// of the caller's memory, see [`AlignedBuf::borrowed`]) rather than into a buffer of its
+    /// own; [`Finished::in_place`] then says how much arrived. Other commands, or a buffer
+    /// too small for the READ, fall back to the engine's buffer.
+    pub fn submit_into(&mut self, tag: u64, nexus: &Nexus<'_>, cdb: &[u8], data_in: AlignedBuf) {
+        self.start(tag, nexus, cdb, None, Some(data_in))
+    }
+
+    fn start(
+        &mut self,
+        tag: u64,
+        nexus: &Nexus<'_>,
+        cdb: &[u8],
+        data_out: Option<AlignedBuf>,
+        into: Option<AlignedBuf>,
+    ) {
         let descriptor = self.lu.mode().descriptor_sense;
         let cmd = match self.lu.decode(nexus.id, cdb) {
             Ok(cmd) => cmd,
@@ -194,7 +224,10 @@ impl LunDriver {
         };
         let data_in = match cmd.data_in_len(bs) {
             0 => None,
-            n if matches!(cmd, scsi::Command::Read { .. }) => Some(self.backend.buffer(n)),
+            n if matches!(cmd, scsi::Command::Read { .. }) => match into {
+                Some(b) if b.len() >= n => Some(b),
+                _ => Some(self.backend.buffer(n)),
+            },
             _ => None,
         };
         let scratch = match task.scratch_len() {

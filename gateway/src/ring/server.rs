@@ -98,6 +98,16 @@ pub struct Server {
 /// listener (which reports them in handshakes).
 type Capacities = Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
 
+/// The buffer a command brings to the backend.
+enum Data {
+    /// None, or the engine provides its own (data-in of most commands).
+    None,
+    /// Data-out, copied in or borrowed from the node.
+    Out(AlignedBuf),
+    /// A READ's destination in the node's data area.
+    In(AlignedBuf),
+}
+
 /// A request to the worker from the control plane, answered on `reply`.
 enum Control {
     Grow { image: usize, bytes: u64, reply: mpsc::SyncSender<io::Result<()>> },
@@ -713,7 +723,7 @@ impl Worker {
         }
         let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
             if let Some(view) = self.borrowable(i, image, &cmd) {
-                return self.submit(i, image, cmd, Some(view), Vec::new());
+                return self.submit(i, image, cmd, Data::Out(view), Vec::new());
             }
             let c = &mut self.conns[i];
             // The engine's arena: already mapped (and registered with io_uring), where a
@@ -730,26 +740,32 @@ impl Worker {
                 at += n;
             }
             Some(buf)
+        } else if let Some(view) = self.borrowable(i, image, &cmd) {
+            // A READ lands in the node's region directly.
+            return self.submit(i, image, cmd, Data::In(view), Vec::new());
         } else {
             None
         };
-        self.submit(i, image, cmd, data_out, Vec::new());
+        self.submit(i, image, cmd, data_out.map_or(Data::None, Data::Out), Vec::new());
     }
 
-    /// A plain WRITE's data as a view of the node's data area, with no copy, when the engine
-    /// only hands buffers to the kernel: the node may change the bytes while the write is in
-    /// flight, which is its own affair (the data is its own, and nothing here reads it).
-    /// Parameter lists and compared data are always copied in first.
+    /// The node's region of a plain READ or WRITE as a buffer of its own, with no copy,
+    /// when the engine only hands buffers to the kernel: the data goes straight between the
+    /// image and the node's data area. The node may touch the bytes while the command is in
+    /// flight, which is its own affair (the data is its own, and the gateway never reads
+    /// it). Parameter lists, compared data and everything else are still copied.
     fn borrowable(&self, i: usize, image: usize, cmd: &Cmd) -> Option<AlignedBuf> {
         use scsi::opcodes::op;
         let c = &self.conns[i];
-        let plain_write =
-            matches!(cmd.cdb().first(), Some(&(op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)));
+        let opcode = *cmd.cdb().first()?;
+        let plain = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
+            matches!(opcode, op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)
+        } else {
+            cmd.flags & proto::FLAG_DATA_IN != 0
+                && matches!(opcode, op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16)
+        };
         let [r] = cmd.segments.as_slice() else { return None };
-        if !plain_write
-            || !self.images[image].driver.takes_borrowed()
-            || r.offset % crate::engine::buf::ALIGN as u64 != 0
-        {
+        if !plain || !self.images[image].driver.takes_borrowed() || r.offset % crate::engine::buf::ALIGN as u64 != 0 {
             return None;
         }
         let ptr = std::ptr::NonNull::new(c.data.raw(r.offset, u64::from(r.len)).ok()?)?;
@@ -760,15 +776,21 @@ impl Worker {
         Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
     }
 
-    fn submit(&mut self, i: usize, image: usize, cmd: Cmd, data_out: Option<AlignedBuf>, staged: Vec<Region>) {
+    fn submit(&mut self, i: usize, image: usize, cmd: Cmd, data: Data, staged: Vec<Region>) {
         let c = &mut self.conns[i];
         let tag = (c.id << 32) | u64::from(cmd.seq);
         let luns = c.luns_of_target(cmd.target);
         let expected = cmd.segments.total();
-        let is_out = data_out.is_some();
+        let is_out = matches!(data, Data::Out(_));
         c.pending.insert(cmd.seq, Pending::Backend { segments: cmd.segments, expected, staged, data_out: is_out });
         self.in_backend[image] += 1;
-        self.images[image].driver.submit_buf(tag, &Nexus { id: c.id, luns: &luns }, cmd.cdb(), data_out);
+        let nexus = Nexus { id: c.id, luns: &luns };
+        let driver = &mut self.images[image].driver;
+        match data {
+            Data::None => driver.submit_buf(tag, &nexus, cmd.cdb(), None),
+            Data::Out(buf) => driver.submit_buf(tag, &nexus, cmd.cdb(), Some(buf)),
+            Data::In(view) => driver.submit_into(tag, &nexus, cmd.cdb(), view),
+        }
     }
 
     fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
@@ -798,7 +820,7 @@ impl Worker {
             }
             at += n;
         }
-        self.submit(i, image, cmd, Some(buf), staged);
+        self.submit(i, image, cmd, Data::Out(buf), staged);
     }
 
     fn on_control(&mut self, i: usize, cmd: Cmd, op: ControlOp) {
@@ -881,6 +903,8 @@ impl Worker {
                     } else {
                         0
                     }
+                } else if let Some(n) = f.in_place() {
+                    n
                 } else {
                     match c.scatter(&segments, f.data()) {
                         Ok(n) => n,
