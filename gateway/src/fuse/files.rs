@@ -14,7 +14,7 @@ use fuser::{
 
 use super::span::{chunks, verdict, Span, Verdict};
 use crate::ring::handshake::LunInfo;
-use crate::ring::initiator::rw16;
+use crate::ring::initiator::{parse_capacity, rw16, unmap_list, READ_CAPACITY_16, UNMAP_ONE};
 use crate::ring::link::{Command, Link, LinkError, Outcome};
 
 /// The largest read or write the kernel sends in one request, and so in one command.
@@ -176,13 +176,10 @@ impl LunFiles {
         if !(stale || force) {
             return;
         }
-        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
-        let o = self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 32 });
-        if let Ok(d) = checked(o, "READ CAPACITY") {
-            if d.len() >= 12 {
-                let last = u64::from_be_bytes(d[0..8].try_into().expect("8 bytes"));
-                *f.capacity.lock().unwrap_or_else(|p| p.into_inner()) = (last + 1, Instant::now());
-            }
+        let cmd = Command { target: f.target, lun: f.lun, cdb: &READ_CAPACITY_16, out: &[], in_len: 32 };
+        let o = self.link.queue().execute(cmd);
+        if let Some((blocks, _)) = checked(o, "READ CAPACITY").ok().as_deref().and_then(parse_capacity) {
+            *f.capacity.lock().unwrap_or_else(|p| p.into_inner()) = (blocks, Instant::now());
         }
     }
 
@@ -271,13 +268,14 @@ impl LunFiles {
         for (lba, n) in chunks(first, count, MAX_RANGE_BLOCKS) {
             let _guard = f.lock_blocks(lba, lba + n);
             let o = if unmap {
-                let mut list = vec![0u8; 24];
-                list[0..2].copy_from_slice(&22u16.to_be_bytes());
-                list[2..4].copy_from_slice(&16u16.to_be_bytes());
-                list[8..16].copy_from_slice(&lba.to_be_bytes());
-                list[16..20].copy_from_slice(&(n as u32).to_be_bytes());
-                let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
-                self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &list, in_len: 0 })
+                let list = unmap_list(lba, n as u32);
+                self.link.queue().execute(Command {
+                    target: f.target,
+                    lun: f.lun,
+                    cdb: &UNMAP_ONE,
+                    out: &list,
+                    in_len: 0,
+                })
             } else {
                 // WRITE SAME (16) with NDOB: zeros without a data-out buffer.
                 let mut cdb = [0u8; 16];

@@ -549,16 +549,15 @@ impl Initiator {
 
     /// UNMAP of `blocks` blocks at `lba`.
     pub fn unmap(&mut self, target: u16, lun: u16, lba: u64, blocks: u32) -> Result<Response, InitiatorError> {
-        let mut p = vec![0u8; 24];
-        p[0..2].copy_from_slice(&22u16.to_be_bytes());
-        p[2..4].copy_from_slice(&16u16.to_be_bytes());
-        p[8..16].copy_from_slice(&lba.to_be_bytes());
-        p[16..20].copy_from_slice(&blocks.to_be_bytes());
+        let p = unmap_list(lba, blocks);
         let r = self.alloc(24).ok_or_else(|| InitiatorError::Invalid("data area exhausted".into()))?;
         self.write_data(r, &p)?;
-        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
-        let result =
-            self.execute(target, lun, &cdb, Data::Out { region: Region { offset: r.offset, len: 24 }, staged: false });
+        let result = self.execute(
+            target,
+            lun,
+            &UNMAP_ONE,
+            Data::Out { region: Region { offset: r.offset, len: 24 }, staged: false },
+        );
         self.free(r);
         result
     }
@@ -590,15 +589,8 @@ impl Initiator {
 
     /// READ CAPACITY (16): (blocks, block size).
     pub fn read_capacity(&mut self, target: u16, lun: u16) -> Result<(Response, Option<(u64, u32)>), InitiatorError> {
-        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
-        let (resp, d) = self.data_in(target, lun, &cdb, 32)?;
-        let cap = (d.len() >= 12).then(|| {
-            (
-                u64::from_be_bytes(d[0..8].try_into().expect("8 bytes")) + 1,
-                u32::from_be_bytes(d[8..12].try_into().expect("4 bytes")),
-            )
-        });
-        Ok((resp, cap))
+        let (resp, d) = self.data_in(target, lun, &READ_CAPACITY_16, 32)?;
+        Ok((resp, parse_capacity(&d)))
     }
 
     /// REPORT CONFIG: the node's (target, LUN, read-only, block size, blocks) list.
@@ -636,6 +628,29 @@ impl Initiator {
     fn block_size(&self, target: u16, lun: u16) -> u32 {
         self.welcome.luns.iter().find(|l| l.target == target && l.lun == lun).map_or(512, |l| l.block_size)
     }
+}
+
+/// READ CAPACITY (16) with a 32-byte allocation length.
+pub const READ_CAPACITY_16: [u8; 16] = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+
+/// (blocks, block size) from READ CAPACITY (16) data, if long enough.
+pub fn parse_capacity(d: &[u8]) -> Option<(u64, u32)> {
+    let last = u64::from_be_bytes(d.get(0..8)?.try_into().ok()?);
+    let bs = u32::from_be_bytes(d.get(8..12)?.try_into().ok()?);
+    Some((last.checked_add(1)?, bs))
+}
+
+/// UNMAP with a 24-byte parameter list: one descriptor, as built by [`unmap_list`].
+pub const UNMAP_ONE: [u8; 10] = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+
+/// An UNMAP parameter list with one (lba, blocks) descriptor.
+pub fn unmap_list(lba: u64, blocks: u32) -> [u8; 24] {
+    let mut p = [0u8; 24];
+    p[0..2].copy_from_slice(&22u16.to_be_bytes());
+    p[2..4].copy_from_slice(&16u16.to_be_bytes());
+    p[8..16].copy_from_slice(&lba.to_be_bytes());
+    p[16..20].copy_from_slice(&blocks.to_be_bytes());
+    p
 }
 
 /// A READ(16) or WRITE(16) CDB.

@@ -551,7 +551,7 @@ fn run(finished: Vec<(Done, Outcome)>) {
 fn wait_readable(wake: &OwnedFd, sock: &OwnedFd, timeout: Duration) -> bool {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [PollFd::new(wake, PollFlags::IN), PollFd::new(sock, PollFlags::IN)];
-    let ts = rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+    let ts = crate::ring::shm::poll_timeout(timeout);
     matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) && !fds[1].revents().is_empty()
 }
 

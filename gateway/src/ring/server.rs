@@ -245,7 +245,7 @@ fn listen(
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::SeqCst) {
         let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
-        let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        let ts = super::shm::poll_timeout(Duration::from_millis(100));
         if !matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
             continue;
         }
@@ -586,8 +586,7 @@ impl Worker {
             fds.push(PollFd::new(&c.to_gateway, PollFlags::IN));
             fds.push(PollFd::new(&c.sock, PollFlags::IN | PollFlags::RDHUP));
         }
-        let ts =
-            rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+        let ts = super::shm::poll_timeout(timeout);
         if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
             return;
         }

@@ -176,6 +176,11 @@ impl Drop for SharedMemory {
     }
 }
 
+/// A `poll(2)` timeout; durations past what a timespec holds saturate.
+pub fn poll_timeout(d: std::time::Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec::try_from(d).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
+}
+
 /// An eventfd used as a doorbell.
 #[derive(Debug)]
 pub struct Doorbell {
@@ -227,8 +232,7 @@ impl Doorbell {
     /// Waits until rung or `timeout` passes (a blocking poll), without clearing.
     pub fn wait(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
         let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::IN)];
-        let ts =
-            rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+        let ts = poll_timeout(timeout);
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(n) => Ok(n > 0),
             Err(rustix::io::Errno::INTR) => Ok(false),

@@ -178,7 +178,7 @@ impl Device {
     fn wait(&self) {
         use rustix::event::{poll, PollFd, PollFlags};
         let mut fds = [PollFd::new(&self.kernel.fd, PollFlags::IN), PollFd::new(&*self.wake, PollFlags::IN)];
-        let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: TICK.as_nanos() as i64 };
+        let ts = crate::ring::shm::poll_timeout(TICK);
         if let Ok(n) = poll(&mut fds, Some(&ts)) {
             if n > 0 {
                 if !fds[0].revents().is_empty() {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use self::device::DeviceHandle;
 use self::netlink::{DeviceEvent, Incoming};
 use self::sys::{KernelUio, TcmuSocket, UioSource};
-use crate::ring::initiator::ConnectOptions;
+use crate::ring::initiator::{parse_capacity, ConnectOptions, READ_CAPACITY_16};
 use crate::ring::link::{Command, Link, LinkOptions};
 
 /// The LUN a backstore's config string selects.
@@ -252,13 +252,9 @@ impl<S: UioSource> Controller<S> {
         }
         let q = served.link.queue();
         if let Some(bytes) = size {
-            let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
-            let o = q.execute(Command { target: t, lun: l, cdb: &cdb, out: &[], in_len: 32 });
-            let capacity = match (&o.result, o.data.get(..12)) {
-                (Ok(r), Some(d)) if r.good() => {
-                    (u64::from_be_bytes(d[0..8].try_into().expect("8 bytes")) + 1)
-                        * u64::from(u32::from_be_bytes(d[8..12].try_into().expect("4 bytes")))
-                }
+            let o = q.execute(Command { target: t, lun: l, cdb: &READ_CAPACITY_16, out: &[], in_len: 32 });
+            let capacity = match (&o.result, parse_capacity(&o.data)) {
+                (Ok(r), Some((blocks, bs))) if r.good() => blocks * u64::from(bs),
                 _ => return Err(-libc::EIO),
             };
             if capacity != bytes {

@@ -127,8 +127,7 @@ impl TcmuSocket {
         use rustix::event::{poll, PollFd, PollFlags};
         let fd = self.sock.as_fd();
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let ts =
-            rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+        let ts = crate::ring::shm::poll_timeout(timeout);
         if poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
             return Ok(Vec::new());
         }
