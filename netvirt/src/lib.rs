@@ -1,5 +1,9 @@
-//! Emulated switched Ethernet for PANs: the virtual LAN server, ports and uplinks.
+//! Emulated switched Ethernet for PANs.
 //!
-//! The switch core, ports and uplinks arrive with the netvirt issue; this crate is the
-//! place they land so the workspace layout matches DESIGN.md from the start.
-#![forbid(unsafe_code)]
+//! - [`switch`]: the virtual LAN server, a sans-IO state machine per LAN.
+//! - [`mac`]: MAC addresses and their assignment from the control node's serial.
+//! - [`counters`]: per-port and per-LAN traffic counters.
+
+pub mod counters;
+pub mod mac;
+pub mod switch;

@@ -1,0 +1,662 @@
+//! The virtual LAN server: one switched Ethernet broadcast domain, sans-IO. Frames come in
+//! from a member port or the uplink as bytes; the server checks them against what it
+//! knows of the sender (its MAC, its registered IPs), then hands each copy it decides to
+//! send to a [`Sink`]. It never sees an fd, a clock or a thread, so tests and fuzzers drive
+//! it with hand-built frames.
+//!
+//! What it enforces, after the source documents' virtual LAN server and ARP server:
+//! - a port sends only from its assigned MAC, and ARP and IP only from its registered IPs;
+//! - unicast reaches only the port owning the destination MAC; broadcast and multicast are
+//!   cloned to every other member and to the uplink;
+//! - ARP requests for a member's IP go only to that member (the server knows who owns
+//!   every IP, so it need not flood them), and an IP that moves is announced with a
+//!   gratuitous ARP;
+//! - ports the administrator allowed to be promiscuous get a copy of all traffic;
+//! - nothing crosses to another LAN: a `VirtualLan` only knows its own ports.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use etherparse::{ArpOperation, ArpPacketSlice, EtherType};
+
+use crate::counters::{DropReason, Traffic};
+use crate::mac::Mac;
+
+/// A port's index within its LAN.
+pub type PortId = usize;
+
+/// Ethernet header length (no 802.1Q tag).
+pub const ETH_HLEN: usize = 14;
+/// Smallest and largest MTU a LAN accepts.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9216;
+
+/// A member port as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// The node the port belongs to.
+    pub node: String,
+    /// The MAC the server assigned.
+    pub mac: Mac,
+    /// IPs registered to the port.
+    pub ips: Vec<IpAddr>,
+    /// Whether the administrator allows this port to see all traffic on the LAN.
+    pub promiscuous: bool,
+}
+
+/// How the LAN meets the outside network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkMode {
+    /// Virtual MACs are visible outside; the uplink is one more bridge port.
+    Unfiltered,
+    /// The outside sees one MAC: outbound source MACs are rewritten to it, inbound frames
+    /// are delivered by destination IP, and ARP for member IPs is answered with it.
+    Filtered {
+        /// The single external MAC.
+        external_mac: Mac,
+    },
+}
+
+/// A LAN as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanSpec {
+    /// Name, unique within the PAN.
+    pub name: String,
+    /// Largest L3 packet (Ethernet payload) a frame may carry.
+    pub mtu: u32,
+    /// Member ports.
+    pub ports: Vec<PortSpec>,
+    /// The uplink, if the LAN has one.
+    pub uplink: Option<UplinkMode>,
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A member port.
+    Port(PortId),
+    /// The uplink (untagged; the uplink adds its 802.1Q tag).
+    Uplink,
+}
+
+/// What a delivered frame is, relative to the frame the server was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    /// The input frame unchanged: any offload metadata (GSO, checksum) still applies.
+    Input,
+    /// The input with addresses rewritten in place: same length and offsets, so offload
+    /// metadata still applies.
+    Rewritten,
+    /// A frame the server made (an ARP reply or announcement): no offload metadata.
+    Generated,
+}
+
+/// Receives the frames the server sends.
+pub trait Sink {
+    /// Queues `frame` for `to`. Returns false if the destination cannot take it now.
+    fn deliver(&mut self, to: Dest, frame: &[u8], emit: Emit) -> bool;
+}
+
+/// A configuration the server refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LanError {
+    /// MTU outside [`MTU_RANGE`].
+    #[error("LAN {lan:?}: MTU {mtu} is outside {}..={}", MTU_RANGE.start(), MTU_RANGE.end())]
+    Mtu {
+        /// LAN name.
+        lan: String,
+        /// The MTU given.
+        mtu: u32,
+    },
+    /// A port MAC that is a group address.
+    #[error("LAN {lan:?}: port of node {node:?} has group address {mac} as its MAC")]
+    GroupMac {
+        /// LAN name.
+        lan: String,
+        /// Node name.
+        node: String,
+        /// The MAC.
+        mac: Mac,
+    },
+    /// Two ports with one MAC.
+    #[error("LAN {lan:?}: MAC {mac} is assigned to two ports")]
+    DuplicateMac {
+        /// LAN name.
+        lan: String,
+        /// The MAC.
+        mac: Mac,
+    },
+    /// Two ports with one IP.
+    #[error("LAN {lan:?}: IP {ip} is registered to two ports")]
+    DuplicateIp {
+        /// LAN name.
+        lan: String,
+        /// The IP.
+        ip: IpAddr,
+    },
+    /// An IP that cannot be a host's source address.
+    #[error("LAN {lan:?}: {ip} cannot be a port's address")]
+    BadIp {
+        /// LAN name.
+        lan: String,
+        /// The IP.
+        ip: IpAddr,
+    },
+    /// A port index that does not exist.
+    #[error("LAN {lan:?} has no port {port}")]
+    NoPort {
+        /// LAN name.
+        lan: String,
+        /// The index.
+        port: PortId,
+    },
+}
+
+#[derive(Debug)]
+struct Port {
+    spec: PortSpec,
+    attached: bool,
+    traffic: Arc<Traffic>,
+}
+
+/// One virtual LAN's switch state.
+#[derive(Debug)]
+pub struct VirtualLan {
+    name: String,
+    mtu: usize,
+    ports: Vec<Port>,
+    by_mac: HashMap<Mac, PortId>,
+    by_ip: HashMap<IpAddr, PortId>,
+    promiscuous: Vec<PortId>,
+    uplink: Option<UplinkMode>,
+    uplink_traffic: Arc<Traffic>,
+    traffic: Arc<Traffic>,
+    scratch: Vec<u8>,
+}
+
+/// Offsets inside an Ethernet/IPv4 ARP packet.
+mod arp_field {
+    pub const OPER: usize = 6;
+    pub const SHA: usize = 8;
+    pub const THA: usize = 18;
+}
+
+impl VirtualLan {
+    /// Builds the server for one LAN. Ports start detached.
+    pub fn new(spec: LanSpec) -> Result<VirtualLan, LanError> {
+        if !MTU_RANGE.contains(&spec.mtu) {
+            return Err(LanError::Mtu { lan: spec.name, mtu: spec.mtu });
+        }
+        let lan = spec.name.clone();
+        let mut by_mac = HashMap::new();
+        let mut by_ip = HashMap::new();
+        let mut promiscuous = Vec::new();
+        for (id, p) in spec.ports.iter().enumerate() {
+            if p.mac.is_group() {
+                return Err(LanError::GroupMac { lan, node: p.node.clone(), mac: p.mac });
+            }
+            if by_mac.insert(p.mac, id).is_some() {
+                return Err(LanError::DuplicateMac { lan, mac: p.mac });
+            }
+            for &ip in &p.ips {
+                if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+                    return Err(LanError::BadIp { lan, ip });
+                }
+                if by_ip.insert(ip, id).is_some() {
+                    return Err(LanError::DuplicateIp { lan, ip });
+                }
+            }
+            if p.promiscuous {
+                promiscuous.push(id);
+            }
+        }
+        Ok(VirtualLan {
+            name: spec.name,
+            mtu: spec.mtu as usize,
+            ports: spec.ports.into_iter().map(|spec| Port { spec, attached: false, traffic: Arc::default() }).collect(),
+            by_mac,
+            by_ip,
+            promiscuous,
+            uplink: spec.uplink,
+            uplink_traffic: Arc::default(),
+            traffic: Arc::default(),
+            scratch: Vec::with_capacity(2048),
+        })
+    }
+
+    /// The LAN's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The LAN's MTU.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// Number of member ports.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// A port's configuration and current IPs.
+    pub fn port(&self, id: PortId) -> Option<&PortSpec> {
+        self.ports.get(id).map(|p| &p.spec)
+    }
+
+    /// The port of `node`, if it is a member.
+    pub fn port_of(&self, node: &str) -> Option<PortId> {
+        self.ports.iter().position(|p| p.spec.node == node)
+    }
+
+    /// Whether something is attached to the port.
+    pub fn is_attached(&self, id: PortId) -> bool {
+        self.ports.get(id).is_some_and(|p| p.attached)
+    }
+
+    /// Marks a port as attached (frames are delivered to it) or detached (they are dropped
+    /// and counted as `port_down`).
+    pub fn set_attached(&mut self, id: PortId, attached: bool) -> Result<(), LanError> {
+        let lan = &self.name;
+        let p = self.ports.get_mut(id).ok_or_else(|| LanError::NoPort { lan: lan.clone(), port: id })?;
+        p.attached = attached;
+        Ok(())
+    }
+
+    /// A port's counters.
+    pub fn port_traffic(&self, id: PortId) -> Option<Arc<Traffic>> {
+        self.ports.get(id).map(|p| p.traffic.clone())
+    }
+
+    /// The LAN's counters (everything any port or the uplink sent or received).
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
+    }
+
+    /// The uplink's counters ("in" is from outside).
+    pub fn uplink_traffic(&self) -> Arc<Traffic> {
+        self.uplink_traffic.clone()
+    }
+
+    /// The uplink mode, if the LAN has an uplink.
+    pub fn uplink(&self) -> Option<UplinkMode> {
+        self.uplink
+    }
+
+    /// Entries in the server's ARP table (IP to port bindings).
+    pub fn arp_entries(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    /// A frame sent by member port `from`. `wire_len` is the length of the largest frame
+    /// this stands for on the wire: `frame.len()` normally, the first segment's length when
+    /// `frame` is a GSO super-frame that will be cut into MTU-sized segments.
+    pub fn from_port(&mut self, from: PortId, frame: &[u8], wire_len: usize, out: &mut impl Sink) {
+        let Some(port) = self.ports.get(from) else { return };
+        port.traffic.frames_in.bump(1);
+        port.traffic.bytes_in.bump(frame.len() as u64);
+        self.traffic.frames_in.bump(1);
+        self.traffic.bytes_in.bump(frame.len() as u64);
+        match self.check_from_port(from, frame, wire_len) {
+            Err(why) => {
+                self.ports[from].traffic.count_drop(why);
+                self.traffic.count_drop(why);
+            }
+            Ok(Route::Only(to)) => {
+                self.send(Dest::Port(to), frame, Emit::Input, out);
+                self.mirror(Some(from), Some(to), frame, out);
+            }
+            Ok(Route::ByMac(dst)) => self.forward(Some(from), dst, frame, out),
+        }
+    }
+
+    /// A frame that arrived on the uplink, with its 802.1Q tag removed.
+    pub fn from_uplink(&mut self, frame: &[u8], out: &mut impl Sink) {
+        self.uplink_traffic.frames_in.bump(1);
+        self.uplink_traffic.bytes_in.bump(frame.len() as u64);
+        self.traffic.frames_in.bump(1);
+        self.traffic.bytes_in.bump(frame.len() as u64);
+        let Some(mode) = self.uplink else {
+            return self.uplink_drop(DropReason::UnknownDestination);
+        };
+        if frame.len() < ETH_HLEN {
+            return self.uplink_drop(DropReason::Malformed);
+        }
+        if frame.len() - ETH_HLEN > self.mtu {
+            return self.uplink_drop(DropReason::Mtu);
+        }
+        let dst = mac_at(frame, 0);
+        match mode {
+            UplinkMode::Unfiltered => {
+                if let Some(to) = self.arp_request_owner(frame) {
+                    self.send(Dest::Port(to), frame, Emit::Input, out);
+                    self.mirror(None, Some(to), frame, out);
+                } else {
+                    self.forward(None, dst, frame, out);
+                }
+            }
+            UplinkMode::Filtered { external_mac } => self.filtered_inbound(external_mac, frame, out),
+        }
+    }
+
+    /// Moves `ip` to port `to` (failover of a personality, or an address change) and
+    /// announces it with a gratuitous ARP to every other member and, when the virtual
+    /// MACs are visible outside, to the uplink.
+    pub fn move_ip(&mut self, ip: Ipv4Addr, to: PortId, out: &mut impl Sink) -> Result<(), LanError> {
+        if to >= self.ports.len() {
+            return Err(LanError::NoPort { lan: self.name.clone(), port: to });
+        }
+        let addr = IpAddr::V4(ip);
+        if addr.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return Err(LanError::BadIp { lan: self.name.clone(), ip: addr });
+        }
+        if let Some(old) = self.by_ip.insert(addr, to) {
+            self.ports[old].spec.ips.retain(|&i| i != addr);
+        }
+        self.ports[to].spec.ips.push(addr);
+        let mac = self.ports[to].spec.mac;
+        let garp = arp_frame(Mac::BROADCAST, mac, ArpOperation::REQUEST, mac, ip, Mac::default(), ip);
+        for q in 0..self.ports.len() {
+            if q != to {
+                self.send(Dest::Port(q), &garp, Emit::Generated, out);
+            }
+        }
+        if self.uplink == Some(UplinkMode::Unfiltered) {
+            self.send(Dest::Uplink, &garp, Emit::Generated, out);
+        }
+        Ok(())
+    }
+
+    fn check_from_port(&self, from: PortId, frame: &[u8], wire_len: usize) -> Result<Route, DropReason> {
+        let me = &self.ports[from].spec;
+        if frame.len() < ETH_HLEN || wire_len < ETH_HLEN {
+            return Err(DropReason::Malformed);
+        }
+        if wire_len - ETH_HLEN > self.mtu {
+            return Err(DropReason::Mtu);
+        }
+        let (dst, src) = (mac_at(frame, 0), mac_at(frame, 6));
+        if src != me.mac {
+            return Err(DropReason::MacSpoof);
+        }
+        let payload = &frame[ETH_HLEN..];
+        match EtherType(u16::from_be_bytes([frame[12], frame[13]])) {
+            EtherType::ARP => {
+                let arp = parse_arp(payload).ok_or(DropReason::Malformed)?;
+                if Mac(arp.sender_mac) != me.mac {
+                    return Err(DropReason::ArpSpoof);
+                }
+                let spa = IpAddr::V4(arp.sender_ipv4_addr());
+                if !spa.is_unspecified() && self.by_ip.get(&spa) != Some(&from) {
+                    return Err(DropReason::ArpSpoof);
+                }
+                if let Some(to) = self.arp_request_owner(frame) {
+                    if to != from {
+                        return Ok(Route::Only(to));
+                    }
+                }
+            }
+            EtherType::IPV4 => {
+                if payload.len() < 20 || payload[0] >> 4 != 4 {
+                    return Err(DropReason::Malformed);
+                }
+                let src = IpAddr::V4(Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]));
+                if !src.is_unspecified() && self.by_ip.get(&src) != Some(&from) {
+                    return Err(DropReason::IpSpoof);
+                }
+            }
+            EtherType::IPV6 => {
+                if payload.len() < 40 || payload[0] >> 4 != 6 {
+                    return Err(DropReason::Malformed);
+                }
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&payload[8..24]);
+                let src = Ipv6Addr::from(a);
+                let ok = src.is_unspecified()
+                    || src == me.mac.ipv6_link_local()
+                    || self.by_ip.get(&IpAddr::V6(src)) == Some(&from);
+                if !ok {
+                    return Err(DropReason::IpSpoof);
+                }
+            }
+            EtherType::VLAN_TAGGED_FRAME | EtherType::PROVIDER_BRIDGING | EtherType::VLAN_DOUBLE_TAGGED_FRAME => {
+                return Err(DropReason::Tagged);
+            }
+            _ => {}
+        }
+        Ok(Route::ByMac(dst))
+    }
+
+    /// For a broadcast ARP request (not an announcement) whose target IP a member owns:
+    /// that member.
+    fn arp_request_owner(&self, frame: &[u8]) -> Option<PortId> {
+        if frame.len() < ETH_HLEN || mac_at(frame, 0) != Mac::BROADCAST || frame[12..14] != [0x08, 0x06] {
+            return None;
+        }
+        let arp = parse_arp(&frame[ETH_HLEN..])?;
+        if arp.operation != ArpOperation::REQUEST || arp.sender_ipv4 == arp.target_ipv4 {
+            return None;
+        }
+        self.by_ip.get(&IpAddr::V4(arp.target_ipv4_addr())).copied()
+    }
+
+    /// Layer-2 forwarding from a port (`Some`) or the unfiltered uplink (`None`).
+    fn forward(&mut self, from: Option<PortId>, dst: Mac, frame: &[u8], out: &mut impl Sink) {
+        if dst.is_group() {
+            for q in 0..self.ports.len() {
+                if Some(q) != from {
+                    self.send(Dest::Port(q), frame, Emit::Input, out);
+                }
+            }
+            if from.is_some() && self.uplink.is_some() {
+                self.send_uplink(frame, out);
+            }
+            return;
+        }
+        match self.by_mac.get(&dst).copied() {
+            Some(to) if Some(to) == from => {}
+            Some(to) => {
+                self.send(Dest::Port(to), frame, Emit::Input, out);
+                self.mirror(from, Some(to), frame, out);
+            }
+            None if from.is_some() && self.uplink.is_some() => {
+                self.send_uplink(frame, out);
+                self.mirror(from, None, frame, out);
+            }
+            None => match from {
+                Some(p) => {
+                    self.ports[p].traffic.count_drop(DropReason::UnknownDestination);
+                    self.traffic.count_drop(DropReason::UnknownDestination);
+                }
+                None => self.uplink_drop(DropReason::UnknownDestination),
+            },
+        }
+    }
+
+    /// Copies of a unicast frame for promiscuous ports other than its sender and receiver.
+    fn mirror(&mut self, from: Option<PortId>, to: Option<PortId>, frame: &[u8], out: &mut impl Sink) {
+        for i in 0..self.promiscuous.len() {
+            let q = self.promiscuous[i];
+            if Some(q) != from && Some(q) != to {
+                self.send(Dest::Port(q), frame, Emit::Input, out);
+            }
+        }
+    }
+
+    fn send_uplink(&mut self, frame: &[u8], out: &mut impl Sink) {
+        match self.uplink {
+            Some(UplinkMode::Unfiltered) => self.send(Dest::Uplink, frame, Emit::Input, out),
+            Some(UplinkMode::Filtered { external_mac }) => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.clear();
+                buf.extend_from_slice(frame);
+                buf[6..12].copy_from_slice(&external_mac.0);
+                if buf[12..14] == [0x08, 0x06] && buf.len() >= ETH_HLEN + arp_field::SHA + 6 {
+                    let sha = ETH_HLEN + arp_field::SHA;
+                    buf[sha..sha + 6].copy_from_slice(&external_mac.0);
+                }
+                self.send(Dest::Uplink, &buf, Emit::Rewritten, out);
+                self.scratch = buf;
+            }
+            None => {}
+        }
+    }
+
+    fn filtered_inbound(&mut self, external: Mac, frame: &[u8], out: &mut impl Sink) {
+        let payload = &frame[ETH_HLEN..];
+        let ethertype = EtherType(u16::from_be_bytes([frame[12], frame[13]]));
+        let owner_mac_rewrite = |lan: &mut VirtualLan, to: PortId, tha: bool, out: &mut dyn FnMut(&[u8])| {
+            let mac = lan.ports[to].spec.mac;
+            let mut buf = std::mem::take(&mut lan.scratch);
+            buf.clear();
+            buf.extend_from_slice(frame);
+            buf[0..6].copy_from_slice(&mac.0);
+            if tha {
+                let t = ETH_HLEN + arp_field::THA;
+                buf[t..t + 6].copy_from_slice(&mac.0);
+            }
+            out(&buf);
+            lan.scratch = buf;
+        };
+        if ethertype == EtherType::ARP {
+            let Some(arp) = parse_arp(payload) else { return self.uplink_drop(DropReason::Malformed) };
+            let owner = self.by_ip.get(&IpAddr::V4(arp.target_ipv4_addr())).copied();
+            match (arp.operation, owner) {
+                (ArpOperation::REQUEST, Some(_)) if arp.sender_ipv4 != arp.target_ipv4 => {
+                    // The outside sees one host: answer for every member IP with our MAC.
+                    let reply = arp_frame(
+                        Mac(arp.sender_mac),
+                        external,
+                        ArpOperation::REPLY,
+                        external,
+                        arp.target_ipv4_addr(),
+                        Mac(arp.sender_mac),
+                        arp.sender_ipv4_addr(),
+                    );
+                    self.send(Dest::Uplink, &reply, Emit::Generated, out);
+                }
+                (ArpOperation::REPLY, Some(to)) => {
+                    let mut sent = false;
+                    owner_mac_rewrite(self, to, true, &mut |f| sent = out.deliver(Dest::Port(to), f, Emit::Rewritten));
+                    self.count_send(to, frame.len(), sent);
+                    self.mirror(None, Some(to), frame, out);
+                }
+                _ if mac_at(frame, 0).is_group() => {
+                    // Announcements and requests for outside IPs: members may want to learn.
+                    self.forward(None, Mac::BROADCAST, frame, out);
+                }
+                _ => self.uplink_drop(DropReason::UnknownDestination),
+            }
+            return;
+        }
+        if mac_at(frame, 0).is_group() {
+            return self.forward(None, mac_at(frame, 0), frame, out);
+        }
+        let owner = if ethertype == EtherType::IPV4 && payload.len() >= 20 {
+            let dst = Ipv4Addr::new(payload[16], payload[17], payload[18], payload[19]);
+            self.by_ip.get(&IpAddr::V4(dst)).copied()
+        } else if ethertype == EtherType::IPV6 && payload.len() >= 40 {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&payload[24..40]);
+            self.by_ip.get(&IpAddr::V6(Ipv6Addr::from(a))).copied()
+        } else {
+            None
+        };
+        match owner {
+            Some(to) => {
+                let mut sent = false;
+                owner_mac_rewrite(self, to, false, &mut |f| sent = out.deliver(Dest::Port(to), f, Emit::Rewritten));
+                self.count_send(to, frame.len(), sent);
+                self.mirror(None, Some(to), frame, out);
+            }
+            None => self.uplink_drop(DropReason::UnknownDestination),
+        }
+    }
+
+    fn uplink_drop(&self, why: DropReason) {
+        self.uplink_traffic.count_drop(why);
+        self.traffic.count_drop(why);
+    }
+
+    /// Delivers one copy and counts it.
+    fn send(&self, to: Dest, frame: &[u8], emit: Emit, out: &mut impl Sink) {
+        match to {
+            Dest::Port(q) => {
+                if !self.ports[q].attached {
+                    self.ports[q].traffic.count_drop(DropReason::PortDown);
+                    self.traffic.count_drop(DropReason::PortDown);
+                    return;
+                }
+                let sent = out.deliver(to, frame, emit);
+                self.count_send(q, frame.len(), sent);
+            }
+            Dest::Uplink => {
+                let t = &self.uplink_traffic;
+                if out.deliver(to, frame, emit) {
+                    t.frames_out.bump(1);
+                    t.bytes_out.bump(frame.len() as u64);
+                    self.traffic.frames_out.bump(1);
+                    self.traffic.bytes_out.bump(frame.len() as u64);
+                } else {
+                    t.count_drop(DropReason::TxFailed);
+                    self.traffic.count_drop(DropReason::TxFailed);
+                }
+            }
+        }
+    }
+
+    fn count_send(&self, q: PortId, len: usize, sent: bool) {
+        let t = &self.ports[q].traffic;
+        if sent {
+            t.frames_out.bump(1);
+            t.bytes_out.bump(len as u64);
+            self.traffic.frames_out.bump(1);
+            self.traffic.bytes_out.bump(len as u64);
+        } else {
+            t.count_drop(DropReason::TxFailed);
+            self.traffic.count_drop(DropReason::TxFailed);
+        }
+    }
+}
+
+enum Route {
+    /// Deliver only to this port (an ARP request for its IP).
+    Only(PortId),
+    /// Ordinary layer-2 forwarding by destination MAC.
+    ByMac(Mac),
+}
+
+fn mac_at(frame: &[u8], at: usize) -> Mac {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&frame[at..at + 6]);
+    Mac(m)
+}
+
+fn parse_arp(payload: &[u8]) -> Option<etherparse::ArpEthIpv4Packet> {
+    let slice = ArpPacketSlice::from_slice(payload).ok()?;
+    slice.to_packet().try_eth_ipv4().ok()
+}
+
+/// An Ethernet frame carrying an Ethernet/IPv4 ARP packet.
+pub fn arp_frame(dst: Mac, src: Mac, op: ArpOperation, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
+    let arp = etherparse::ArpEthIpv4Packet {
+        operation: op,
+        sender_mac: sha.0,
+        sender_ipv4: spa.octets(),
+        target_mac: tha.0,
+        target_ipv4: tpa.octets(),
+    };
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&EtherType::ARP.0.to_be_bytes());
+    f.extend_from_slice(&arp.to_bytes());
+    debug_assert_eq!(u16::from_be_bytes([f[ETH_HLEN + arp_field::OPER], f[ETH_HLEN + arp_field::OPER + 1]]), op.0);
+    // Pad to the 60-byte Ethernet minimum, as a NIC would.
+    f.resize(60, 0);
+    f
+}
+
+#[cfg(test)]
+#[path = "switch_tests.rs"]
+mod tests;
