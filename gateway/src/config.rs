@@ -189,6 +189,28 @@ pub struct PanConfig {
     /// Nodes of the PAN.
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeConfig>,
+    /// The PAN's virtual LANs.
+    #[serde(default, rename = "lan")]
+    pub lans: Vec<netvirt::config::LanConfig>,
+}
+
+/// Where netvirt listens for ring clients and `pangate net show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Unix socket; relative to the data directory.
+    #[serde(default = "default_net_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig { socket: default_net_socket() }
+    }
+}
+
+fn default_net_socket() -> PathBuf {
+    PathBuf::from("net.sock")
 }
 
 /// The whole configuration.
@@ -208,6 +230,9 @@ pub struct Config {
     /// The ring server.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The netvirt socket.
+    #[serde(default)]
+    pub net: NetConfig,
     /// The PANs.
     #[serde(default, rename = "pan")]
     pub pans: Vec<PanConfig>,
@@ -270,6 +295,7 @@ impl Config {
             return Err(err("serial", "must be 1-32 printable ASCII characters", "set serial = \"pg-<hex>\""));
         }
         let mut pans = HashSet::new();
+        let mut taps = HashSet::new();
         for (p, pan) in self.pans.iter().enumerate() {
             let pk = format!("pan[{p}]");
             check_name(&format!("{pk}.name"), &pan.name)?;
@@ -353,6 +379,34 @@ impl Config {
                     }
                 }
             }
+            let node_names: HashSet<&str> = pan.nodes.iter().map(|n| n.name.as_str()).collect();
+            let mut lans = HashSet::new();
+            for (l, lan) in pan.lans.iter().enumerate() {
+                let lk = format!("{pk}.lan[{l}]");
+                check_name(&format!("{lk}.name"), &lan.name)?;
+                if !lans.insert(lan.name.as_str()) {
+                    return Err(err(
+                        format!("{lk}.name"),
+                        format!("LAN {:?} is defined twice in PAN {:?}", lan.name, pan.name),
+                        "give each LAN of a PAN a unique name",
+                    ));
+                }
+                lan.validate(&node_names).map_err(|e| err(format!("{lk}.{}", e.key), e.reason, e.fix))?;
+                for (i, port) in lan.ports.iter().enumerate() {
+                    if port.kind != netvirt::config::PortKind::Tap {
+                        continue;
+                    }
+                    let ifname =
+                        port.ifname.clone().unwrap_or_else(|| netvirt::config::default_ifname(&lan.name, &port.node));
+                    if !taps.insert((port.netns.clone(), ifname.clone())) {
+                        return Err(err(
+                            format!("{lk}.port[{i}].ifname"),
+                            format!("interface {ifname:?} is used by two ports in one namespace"),
+                            "give each TAP in a namespace its own name",
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -367,7 +421,8 @@ impl Config {
     }
 
     /// The embedded default: a demo PAN with two nodes, each with its own 1 GiB image at
-    /// target 0 LUN 0, and a shared read-only image at LUN 1.
+    /// target 0 LUN 0, and a shared read-only image at LUN 1, and one LAN joining the two
+    /// nodes' network namespaces (`pg-demo-a`, `pg-demo-b`) at 198.18.0.1 and .2.
     pub fn embedded_default() -> std::io::Result<Config> {
         let image = |name: &str| ImageConfig {
             name: name.into(),
@@ -388,16 +443,35 @@ impl Config {
                 ],
             })
         };
+        let port = |node: &str, ns: &str, ip: &str| netvirt::config::PortConfig {
+            node: node.into(),
+            kind: netvirt::config::PortKind::Tap,
+            netns: Some(ns.into()),
+            ifname: Some("eth0".into()),
+            ips: vec![ip.into()],
+            promiscuous: false,
+            mac: None,
+        };
         Ok(Config {
             serial: format!("pg-{}", persist::random_hex(6)?),
             data_dir: PathBuf::from("."),
             engine: EngineKind::Auto,
             direct_io: false,
             storage: StorageConfig::default(),
+            net: NetConfig::default(),
             pans: vec![PanConfig {
                 name: "demo".into(),
                 images: vec![image("disk-a"), image("disk-b"), image("shared")],
                 nodes: vec![node("node-a", "disk-a")?, node("node-b", "disk-b")?],
+                lans: vec![netvirt::config::LanConfig {
+                    name: "lan0".into(),
+                    mtu: 1500,
+                    ports: vec![
+                        port("node-a", "pg-demo-a", "198.18.0.1/24"),
+                        port("node-b", "pg-demo-b", "198.18.0.2/24"),
+                    ],
+                    uplink: None,
+                }],
             }],
         })
     }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod engine;
 pub mod fuse;
 pub mod lun;
+pub mod net;
 pub mod persist;
 pub mod ring;
 pub mod storage;

@@ -4,6 +4,14 @@
 //! - [`mac`]: MAC addresses and their assignment from the control node's serial.
 //! - [`counters`]: per-port and per-LAN traffic counters.
 
+pub mod client;
+pub mod config;
 pub mod counters;
+pub mod dataplane;
+pub mod host;
 pub mod mac;
+pub mod network;
+pub mod ringport;
 pub mod switch;
+mod sys;
+pub mod vnet;

@@ -310,8 +310,9 @@ impl VirtualLan {
         }
     }
 
-    /// A frame that arrived on the uplink, with its 802.1Q tag removed.
-    pub fn from_uplink(&mut self, frame: &[u8], out: &mut impl Sink) {
+    /// A frame that arrived on the uplink, with its 802.1Q tag removed; `wire_len` as for
+    /// [`VirtualLan::from_port`].
+    pub fn from_uplink(&mut self, frame: &[u8], wire_len: usize, out: &mut impl Sink) {
         self.uplink_traffic.frames_in.bump(1);
         self.uplink_traffic.bytes_in.bump(frame.len() as u64);
         self.traffic.frames_in.bump(1);
@@ -319,10 +320,10 @@ impl VirtualLan {
         let Some(mode) = self.uplink else {
             return self.uplink_drop(DropReason::UnknownDestination);
         };
-        if frame.len() < ETH_HLEN {
+        if frame.len() < ETH_HLEN || wire_len < ETH_HLEN {
             return self.uplink_drop(DropReason::Malformed);
         }
-        if frame.len() - ETH_HLEN > self.mtu {
+        if wire_len - ETH_HLEN > self.mtu {
             return self.uplink_drop(DropReason::Mtu);
         }
         let dst = mac_at(frame, 0);

@@ -61,6 +61,10 @@ fn arp_request(sha: Mac, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     arp_frame(Mac::BROADCAST, sha, ArpOperation::REQUEST, sha, spa, Mac::default(), tpa)
 }
 
+fn up(l: &mut VirtualLan, f: &[u8], w: &mut Wire) {
+    l.from_uplink(f, f.len(), w);
+}
+
 fn send(l: &mut VirtualLan, from: PortId, f: &[u8], w: &mut Wire) {
     l.from_port(from, f, f.len(), w);
 }
@@ -230,13 +234,13 @@ fn a_filtered_uplink_shows_one_mac_and_delivers_by_ip() {
     let mut w = Wire::default();
     // Outbound: source MAC and ARP sender MAC become the external MAC.
     send(&mut l, 0, &arp_request(mac(0), ip(1), outside), &mut w);
-    let up: Vec<_> = w.sent.drain(..).filter(|(d, _, _)| *d == Dest::Uplink).collect();
-    assert_eq!(up.len(), 1);
-    assert_eq!(mac_at(&up[0].1, 6), ext);
-    assert_eq!(Mac(parse_arp(&up[0].1[ETH_HLEN..]).unwrap().sender_mac), ext);
-    assert_eq!(up[0].2, Emit::Rewritten);
+    let out: Vec<_> = w.sent.drain(..).filter(|(d, _, _)| *d == Dest::Uplink).collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(mac_at(&out[0].1, 6), ext);
+    assert_eq!(Mac(parse_arp(&out[0].1[ETH_HLEN..]).unwrap().sender_mac), ext);
+    assert_eq!(out[0].2, Emit::Rewritten);
     // Inbound ARP for a member IP is answered with the external MAC, not forwarded.
-    l.from_uplink(&arp_request(peer, outside, ip(2)), &mut w);
+    up(&mut l, &arp_request(peer, outside, ip(2)), &mut w);
     let (d, f, e) = w.sent.pop().unwrap();
     assert!(w.sent.is_empty());
     assert_eq!((d, e), (Dest::Uplink, Emit::Generated));
@@ -244,19 +248,19 @@ fn a_filtered_uplink_shows_one_mac_and_delivers_by_ip() {
     assert_eq!((a.operation, Mac(a.sender_mac), a.sender_ipv4_addr()), (ArpOperation::REPLY, ext, ip(2)));
     assert_eq!(mac_at(&f, 0), peer);
     // Inbound IP to the external MAC reaches the owner of the destination IP, readdressed.
-    l.from_uplink(&udp(peer, ext, outside, ip(2), 10), &mut w);
+    up(&mut l, &udp(peer, ext, outside, ip(2), 10), &mut w);
     let got: Vec<_> = w.sent.drain(..).collect();
     assert_eq!(got[0].0, Dest::Port(1));
     assert_eq!(mac_at(&got[0].1, 0), mac(1));
     // An ARP reply for a member is readdressed too.
     let reply = arp_frame(ext, peer, ArpOperation::REPLY, peer, outside, ext, ip(1));
-    l.from_uplink(&reply, &mut w);
+    up(&mut l, &reply, &mut w);
     let (d, f, _) = w.sent.remove(0);
     assert_eq!(d, Dest::Port(0));
     assert_eq!(Mac(parse_arp(&f[ETH_HLEN..]).unwrap().target_mac), mac(0));
     // To an IP nobody owns: dropped.
     w.sent.clear();
-    l.from_uplink(&udp(peer, ext, outside, Ipv4Addr::new(198, 18, 0, 99), 10), &mut w);
+    up(&mut l, &udp(peer, ext, outside, Ipv4Addr::new(198, 18, 0, 99), 10), &mut w);
     assert!(w.sent.is_empty());
     assert_eq!(l.uplink_traffic().drops(DropReason::UnknownDestination), 1);
 }
@@ -267,9 +271,9 @@ fn an_unfiltered_uplink_bridges_by_mac() {
     let outside = Ipv4Addr::new(198, 18, 0, 200);
     let mut l = lan(Some(UplinkMode::Unfiltered));
     let mut w = Wire::default();
-    l.from_uplink(&udp(peer, mac(2), outside, ip(3), 10), &mut w);
+    up(&mut l, &udp(peer, mac(2), outside, ip(3), 10), &mut w);
     assert_eq!(w.dests(), vec![Dest::Port(2), Dest::Port(3)]);
-    l.from_uplink(&arp_request(peer, outside, ip(1)), &mut w);
+    up(&mut l, &arp_request(peer, outside, ip(1)), &mut w);
     assert_eq!(w.dests(), vec![Dest::Port(0), Dest::Port(3)]);
     send(&mut l, 1, &udp(mac(1), peer, ip(2), outside, 10), &mut w);
     let (_, f, e) = w.sent.iter().find(|(d, _, _)| *d == Dest::Uplink).unwrap();
@@ -317,6 +321,6 @@ proptest::proptest! {
                 proptest::prop_assert_eq!(mac_at(f, 6), mac(from as u8));
             }
         }
-        l.from_uplink(&bytes, &mut w);
+        up(&mut l, &bytes, &mut w);
     }
 }

@@ -58,6 +58,25 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a `pangate mount`.
     Umount(mount::UmountArgs),
+    /// Inspect the virtual LANs of a running gateway.
+    #[command(subcommand)]
+    Net(NetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NetCommand {
+    /// List LANs, ports, namespaces, MACs, IPs and counters.
+    Show {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Data directory of the gateway; defaults to $PANGATE_DATA_DIR or ./pangate-data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The gateway's netvirt socket, instead of the one its config names.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 /// How to reach the gateway as a node.
@@ -124,6 +143,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => mount::umount(args),
+        Command::Net(NetCommand::Show { json, data_dir, socket }) => net_show(json, data_dir, socket),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,13 +266,115 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
             "off (no target_core_user in this kernel)"
         }
     );
-    println!("  netvirt, metrics and the web admin are not in this build yet.");
+    let network = start_network(&cfg, &dir)?;
+    println!("  metrics and the web admin are not in this build yet.");
     wait_for_signal()?;
+    if let Some(n) = network {
+        n.stop().context("stopping netvirt")?;
+    }
     if let Some(t) = tcmu {
         t.stop();
     }
     server.shutdown().context("stopping the ring server")?;
     println!("pangate: in-flight I/O completed, all images flushed; stopped");
+    Ok(())
+}
+
+/// Starts netvirt for the config's LANs. Where this host cannot create TAPs (not root, no
+/// /dev/net/tun), says so and runs without it.
+fn start_network(cfg: &Config, dir: &Path) -> anyhow::Result<Option<netvirt::network::Network>> {
+    let plans = gateway::net::plan(cfg, dir)?;
+    if plans.is_empty() {
+        println!("  netvirt:   no LANs configured");
+        return Ok(None);
+    }
+    let credentials: Vec<(String, String, String)> = cfg
+        .pans
+        .iter()
+        .flat_map(|p| p.nodes.iter().map(move |n| (p.name.clone(), n.name.clone(), n.credential.clone())))
+        .collect();
+    let authorize: netvirt::network::Authorize = Arc::new(move |pan: &str, node: &str, credential: &str| {
+        credentials.iter().any(|(p, n, c)| {
+            p == pan && n == node && gateway::ring::server::constant_time_eq(c.as_bytes(), credential.as_bytes())
+        })
+    });
+    let socket = dir.join(&cfg.net.socket);
+    match netvirt::network::Network::start(plans.clone(), &socket, authorize) {
+        Ok(n) => {
+            for lan in &plans {
+                println!("  LAN {}/{} (MTU {})", lan.pan, lan.name, lan.mtu);
+                for p in &lan.ports {
+                    let ips: Vec<String> = p.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect();
+                    let at = match (&p.kind, &p.netns) {
+                        (netvirt::config::PortKind::Ring, _) => "ring port".to_string(),
+                        (_, Some(ns)) => format!("{} in netns {ns}", p.ifname),
+                        (_, None) => p.ifname.clone(),
+                    };
+                    println!("    {} {} {} {}", p.node, p.mac, ips.join(","), at);
+                }
+            }
+            println!("  netvirt:   {} (pangate net show --data-dir {})", socket.display(), dir.display());
+            Ok(Some(n))
+        }
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound) => {
+            println!("  netvirt:   off ({e}); TAP ports need root and /dev/net/tun");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("starting netvirt")),
+    }
+}
+
+fn net_show(json: bool, data_dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            let dir = default_data_dir(data_dir);
+            let cfg = Config::load(&dir.join(CONFIG_NAME))?;
+            cfg.data_dir_from(&dir).join(&cfg.net.socket)
+        }
+    };
+    let show = netvirt::network::query_show(&socket)
+        .with_context(|| format!("asking the gateway at {} (is `pangate up` running?)", socket.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&show)?);
+        return Ok(());
+    }
+    for lan in &show.lans {
+        let c = &lan.counters;
+        println!(
+            "LAN {}/{}  mtu {}  arp entries {}  in {} frames {} bytes  out {} frames {} bytes",
+            lan.pan, lan.lan, lan.mtu, lan.arp_entries, c.frames_in, c.bytes_in, c.frames_out, c.bytes_out
+        );
+        if let Some(u) = &lan.uplink {
+            let vlan = u.vlan.map_or("untagged".to_string(), |v| format!("vlan {v}"));
+            let mac = u.mac.map(|m| format!(" mac {m}")).unwrap_or_default();
+            println!(
+                "  uplink {} {vlan} {}{mac}  in {} out {}",
+                u.interface, u.mode, u.counters.frames_in, u.counters.frames_out
+            );
+        }
+        println!(
+            "  {:<12} {:<5} {:<14} {:<10} {:<17} {:<20} {:>9} {:>9}  drops",
+            "node", "kind", "netns", "ifname", "mac", "ips", "in", "out"
+        );
+        for p in &lan.ports {
+            let drops: Vec<String> =
+                p.counters.drops.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+            println!(
+                "  {:<12} {:<5} {:<14} {:<10} {:<17} {:<20} {:>9} {:>9}  {}{}",
+                p.node,
+                p.kind,
+                p.netns.as_deref().unwrap_or("-"),
+                p.ifname.as_deref().unwrap_or("-"),
+                p.mac.to_string(),
+                p.ips.join(","),
+                p.counters.frames_in,
+                p.counters.frames_out,
+                if drops.is_empty() { "-".to_string() } else { drops.join(" ") },
+                if p.attached { "" } else { "  (detached)" },
+            );
+        }
+    }
     Ok(())
 }
 

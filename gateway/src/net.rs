@@ -1,0 +1,93 @@
+//! From the config to netvirt: assigns each port its MAC (persisting the assignments so a
+//! port keeps its MAC across restarts and a counter value is never reused) and resolves
+//! names and addresses into the plan netvirt runs.
+
+use std::io;
+use std::path::Path;
+
+use netvirt::config::{default_ifname, parse_cidr};
+use netvirt::mac::MacBook;
+use netvirt::network::{LanPlan, PortPlan, UplinkPlan};
+
+use crate::config::Config;
+use crate::persist;
+
+/// File in the data directory holding the MAC assignments.
+pub const MAC_BOOK: &str = "netvirt-macs.json";
+
+/// Every LAN of every PAN, resolved. Writes the MAC book first if it changed.
+pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
+    let book_path = data_dir.join(MAC_BOOK);
+    let mut book: MacBook = match std::fs::read(&book_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e} (remove it to reassign MACs)", book_path.display()),
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => MacBook::default(),
+        Err(e) => return Err(e),
+    };
+    let mut changed = false;
+    let mut plans = Vec::new();
+    for pan in &cfg.pans {
+        for lan in &pan.lans {
+            let mut ports = Vec::new();
+            for p in &lan.ports {
+                let mac = match p.mac {
+                    Some(m) => m,
+                    None => {
+                        let (m, new) = book.mac_for(&cfg.serial, &format!("{}/{}/{}", pan.name, lan.name, p.node));
+                        changed |= new;
+                        m
+                    }
+                };
+                let addrs = p.ips.iter().map(|s| parse_cidr(s).map_err(io::Error::other)).collect::<io::Result<_>>()?;
+                ports.push(PortPlan {
+                    node: p.node.clone(),
+                    kind: p.kind,
+                    netns: p.netns.clone(),
+                    ifname: p.ifname.clone().unwrap_or_else(|| default_ifname(&lan.name, &p.node)),
+                    mac,
+                    addrs,
+                    promiscuous: p.promiscuous,
+                });
+            }
+            plans.push(LanPlan {
+                pan: pan.name.clone(),
+                name: lan.name.clone(),
+                mtu: lan.mtu,
+                ports,
+                uplink: lan.uplink.as_ref().map(|u| UplinkPlan {
+                    interface: u.interface.clone(),
+                    vlan: u.vlan,
+                    mode: u.mode,
+                    mac: u.mac,
+                }),
+            });
+        }
+    }
+    if changed {
+        let text = serde_json::to_vec_pretty(&book).map_err(io::Error::other)?;
+        persist::write_atomic(&book_path, &text, 0o644)?;
+    }
+    Ok(plans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_assigned_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::embedded_default().unwrap();
+        let first = plan(&cfg, dir.path()).unwrap();
+        let again = plan(&cfg, dir.path()).unwrap();
+        let macs = |p: &[LanPlan]| p[0].ports.iter().map(|x| x.mac).collect::<Vec<_>>();
+        assert_eq!(macs(&first), macs(&again));
+        assert_ne!(macs(&first)[0], macs(&first)[1]);
+        assert!(dir.path().join(MAC_BOOK).exists());
+        assert_eq!(first[0].ports[0].addrs[0].1, 24);
+    }
+}

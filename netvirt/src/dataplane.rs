@@ -1,0 +1,731 @@
+//! The netvirt data path: one thread, one io_uring, every LAN of the control node. TAP
+//! fds and uplink packet sockets are read with several reads in flight per port; each
+//! completed read is run through its LAN's [`VirtualLan`], and the copies it sends become
+//! writes queued on the same ring and submitted together with the next reads, in one
+//! `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it
+//! was read into (counted references), so a 64 KiB TCP super-frame is never copied.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+
+use crate::ringport::RingPort;
+use crate::switch::{Dest, Emit, PortId, Sink, VirtualLan};
+use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
+
+/// Room for a virtio-net header, an 802.1Q tag and the largest super-frame a TAP hands
+/// over (64 KiB of IP plus the Ethernet header).
+const BUF_LEN: usize = VNET_HDR_LEN + 4 + 14 + 65_535 + 64;
+/// Reads kept in flight per TAP or uplink.
+const READS_PER_PORT: usize = 4;
+/// Buffers the pool may hold at most (read and write buffers together).
+const MAX_BUFS: usize = 512;
+
+/// How a member port is reached.
+#[derive(Debug)]
+pub enum PortIo {
+    /// A TAP device (non-blocking fd with virtio-net headers).
+    Tap(OwnedFd),
+    /// Shared-memory rings, while a client is attached.
+    Ring(RingPort),
+    /// Nothing attached yet (a ring port without a client).
+    Absent,
+}
+
+/// A LAN's uplink: a packet socket on a host interface, and the LAN's VLAN ID there.
+#[derive(Debug)]
+pub struct UplinkIo {
+    /// Bound `AF_PACKET` socket with virtio-net headers and auxdata.
+    pub fd: OwnedFd,
+    /// 802.1Q VLAN ID, or untagged.
+    pub vlan: Option<u16>,
+}
+
+/// One LAN as the data path holds it.
+#[derive(Debug)]
+pub struct LanIo {
+    /// The switch state.
+    pub lan: VirtualLan,
+    /// Port I/O, indexed like the LAN's ports.
+    pub ports: Vec<PortIo>,
+    /// The uplink, if any.
+    pub uplink: Option<UplinkIo>,
+}
+
+/// Requests to the data path thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Attach a client's rings to a ring port.
+    AttachRing {
+        /// LAN index.
+        lan: usize,
+        /// Port index.
+        port: PortId,
+        /// The mapped rings.
+        ring: RingPort,
+    },
+    /// Drop a ring port's client (it hung up or misbehaved).
+    DetachRing {
+        /// LAN index.
+        lan: usize,
+        /// Port index.
+        port: PortId,
+    },
+    /// Move an IPv4 address to another port and announce it.
+    MoveIp {
+        /// LAN index.
+        lan: usize,
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// Its new port.
+        port: PortId,
+    },
+    /// Stop the thread.
+    Stop,
+}
+
+/// A handle to post commands to the data path thread.
+#[derive(Debug, Clone)]
+pub struct Control {
+    queue: Arc<Mutex<Vec<Command>>>,
+    wake: Arc<OwnedFd>,
+}
+
+impl Control {
+    /// Queues a command and wakes the thread.
+    pub fn send(&self, c: Command) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Port(PortId),
+    Uplink,
+}
+
+struct RecvState {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    control: [u64; 16],
+}
+
+// SAFETY: the raw pointers in a RecvState point into its own box and into a pool buffer,
+// both owned by the Dataplane; they move between threads only together with it.
+unsafe impl Send for RecvState {}
+
+enum Op {
+    Read { lan: usize, src: Src, buf: usize },
+    Recv { lan: usize, buf: usize, state: Box<RecvState> },
+    Write { buf: usize },
+    Poll { lan: usize, src: Src },
+    Wake,
+}
+
+struct Pool {
+    bufs: Vec<Box<[u8]>>,
+    refs: Vec<u32>,
+    free: Vec<usize>,
+}
+
+impl Pool {
+    fn alloc(&mut self) -> Option<usize> {
+        if let Some(b) = self.free.pop() {
+            self.refs[b] = 1;
+            return Some(b);
+        }
+        if self.bufs.len() >= MAX_BUFS {
+            return None;
+        }
+        self.bufs.push(vec![0u8; BUF_LEN].into_boxed_slice());
+        self.refs.push(1);
+        Some(self.bufs.len() - 1)
+    }
+
+    fn release(&mut self, b: usize) {
+        self.refs[b] -= 1;
+        if self.refs[b] == 0 {
+            self.free.push(b);
+        }
+    }
+}
+
+/// A queued write: fd, buffer, length from the buffer's start.
+type Write = (RawFd, usize, usize);
+
+/// The data path.
+pub struct Dataplane {
+    lans: Vec<LanIo>,
+    ring: IoUring,
+    ops: Vec<Option<Op>>,
+    free_ops: Vec<usize>,
+    pool: Pool,
+    writes: Vec<Write>,
+    starved: Vec<(usize, Src)>,
+    queue: Arc<Mutex<Vec<Command>>>,
+    wake: Arc<OwnedFd>,
+    wake_buf: Box<[u8; 8]>,
+    scratch: Vec<u8>,
+    generation: u64,
+    rx_frame: Vec<u8>,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").field("lans", &self.lans.len()).finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Sets up the ring for these LANs.
+    pub fn new(lans: Vec<LanIo>) -> std::io::Result<(Dataplane, Control)> {
+        let ring = IoUring::new(1024)?;
+        let wake = Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?);
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let control = Control { queue: queue.clone(), wake: wake.clone() };
+        let dp = Dataplane {
+            lans,
+            ring,
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            pool: Pool { bufs: Vec::new(), refs: Vec::new(), free: Vec::new() },
+            writes: Vec::new(),
+            starved: Vec::new(),
+            queue,
+            wake,
+            wake_buf: Box::new([0; 8]),
+            scratch: Vec::with_capacity(2048),
+            generation: 0,
+            rx_frame: Vec::with_capacity(2048),
+            stop: false,
+        };
+        Ok((dp, control))
+    }
+
+    /// Runs until [`Command::Stop`].
+    pub fn run(mut self) -> std::io::Result<()> {
+        self.push_wake();
+        for l in 0..self.lans.len() {
+            for p in 0..self.lans[l].ports.len() {
+                if matches!(self.lans[l].ports[p], PortIo::Tap(_)) {
+                    for _ in 0..READS_PER_PORT {
+                        self.push_read(l, Src::Port(p));
+                    }
+                }
+            }
+            if self.lans[l].uplink.is_some() {
+                for _ in 0..READS_PER_PORT {
+                    self.push_read(l, Src::Uplink);
+                }
+            }
+        }
+        let mut cqes = Vec::with_capacity(256);
+        while !self.stop {
+            let have_rings = self.lans.iter().any(|l| l.ports.iter().any(|p| matches!(p, PortIo::Ring(_))));
+            self.flush_writes();
+            if have_rings {
+                // Ring clients do not make syscalls per frame: poll their rings, and sleep
+                // in the kernel only when they have been idle for a while.
+                self.ring.submit()?;
+                if !self.poll_rings() {
+                    self.idle_rings()?;
+                }
+            } else {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for (token, res) in cqes.drain(..) {
+                self.complete(token as usize, res);
+            }
+            let starved = std::mem::take(&mut self.starved);
+            for (l, src) in starved {
+                self.push_read(l, src);
+            }
+        }
+        self.cancel_all();
+        Ok(())
+    }
+
+    fn push_op(&mut self, op: Op) -> usize {
+        match self.free_ops.pop() {
+            Some(i) => {
+                self.ops[i] = Some(op);
+                i
+            }
+            None => {
+                self.ops.push(Some(op));
+                self.ops.len() - 1
+            }
+        }
+    }
+
+    fn submit(&mut self, entry: io_uring::squeue::Entry) {
+        // SAFETY: every entry's buffers live in `self.pool` or in the boxed op state and
+        // are not reused or freed until the entry's completion is handled.
+        while unsafe { self.ring.submission().push(&entry) }.is_err() {
+            if self.ring.submit().is_err() {
+                break;
+            }
+        }
+    }
+
+    fn push_wake(&mut self) {
+        let token = self.push_op(Op::Wake);
+        let e = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(token as u64);
+        self.submit(e);
+    }
+
+    fn fd_of(&self, l: usize, src: Src) -> Option<RawFd> {
+        match src {
+            Src::Port(p) => match &self.lans[l].ports[p] {
+                PortIo::Tap(fd) => Some(fd.as_raw_fd()),
+                _ => None,
+            },
+            Src::Uplink => self.lans[l].uplink.as_ref().map(|u| u.fd.as_raw_fd()),
+        }
+    }
+
+    fn push_read(&mut self, l: usize, src: Src) {
+        let Some(fd) = self.fd_of(l, src) else { return };
+        let Some(buf) = self.pool.alloc() else {
+            self.starved.push((l, src));
+            return;
+        };
+        let ptr = self.pool.bufs[buf].as_mut_ptr();
+        match src {
+            Src::Port(_) => {
+                let token = self.push_op(Op::Read { lan: l, src, buf });
+                let e = opcode::Read::new(types::Fd(fd), ptr, BUF_LEN as u32).build().user_data(token as u64);
+                self.submit(e);
+            }
+            Src::Uplink => {
+                // Leave room to insert nothing: uplink frames arrive untagged or are
+                // untagged in place, so read at the buffer's start.
+                // SAFETY: all-zero is a valid msghdr and iovec.
+                let mut state: Box<RecvState> = Box::new(unsafe { std::mem::zeroed() });
+                state.iov = libc::iovec { iov_base: ptr.cast(), iov_len: BUF_LEN };
+                state.msg.msg_iov = &mut state.iov;
+                state.msg.msg_iovlen = 1;
+                state.msg.msg_control = state.control.as_mut_ptr().cast();
+                state.msg.msg_controllen = std::mem::size_of_val(&state.control);
+                let msg: *mut libc::msghdr = &mut state.msg;
+                let token = self.push_op(Op::Recv { lan: l, buf, state });
+                let e = opcode::RecvMsg::new(types::Fd(fd), msg).build().user_data(token as u64);
+                self.submit(e);
+            }
+        }
+    }
+
+    fn push_poll(&mut self, l: usize, src: Src) {
+        let Some(fd) = self.fd_of(l, src) else { return };
+        let token = self.push_op(Op::Poll { lan: l, src });
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(token as u64);
+        self.submit(e);
+    }
+
+    fn flush_writes(&mut self) {
+        let writes = std::mem::take(&mut self.writes);
+        for &(fd, buf, len) in &writes {
+            let token = self.push_op(Op::Write { buf });
+            let ptr = self.pool.bufs[buf].as_ptr();
+            let e = opcode::Write::new(types::Fd(fd), ptr, len as u32).build().user_data(token as u64);
+            self.submit(e);
+        }
+        self.writes = writes;
+        self.writes.clear();
+    }
+
+    fn complete(&mut self, token: usize, res: i32) {
+        let Some(op) = self.ops.get_mut(token).and_then(Option::take) else { return };
+        self.free_ops.push(token);
+        match op {
+            Op::Wake => {
+                if res >= 0 || res == -libc::EINTR || res == -libc::EAGAIN {
+                    self.commands();
+                }
+                if !self.stop {
+                    self.push_wake();
+                }
+            }
+            Op::Write { buf } => {
+                if res < 0 {
+                    tracing::debug!(error = %std::io::Error::from_raw_os_error(-res), "netvirt write failed");
+                }
+                self.pool.release(buf);
+            }
+            Op::Poll { lan, src } => {
+                if let (Src::Port(p), Some(l)) = (src, self.lans.get_mut(lan)) {
+                    if let Some(PortIo::Ring(r)) = l.ports.get_mut(p) {
+                        r.poll_armed = false;
+                        return;
+                    }
+                }
+                if res >= 0 {
+                    self.push_read(lan, src);
+                }
+            }
+            Op::Read { lan, src, buf } => {
+                if res == -libc::EAGAIN {
+                    self.pool.release(buf);
+                    return self.push_poll(lan, src);
+                }
+                if res < 0 {
+                    self.pool.release(buf);
+                    if res != -libc::ECANCELED {
+                        tracing::warn!(lan = self.lans[lan].lan.name(), error = %std::io::Error::from_raw_os_error(-res), "TAP read failed; port stops");
+                    }
+                    return;
+                }
+                self.frame_in(lan, src, buf, res as usize, None);
+                self.pool.release(buf);
+                self.push_read(lan, src);
+            }
+            Op::Recv { lan, buf, state } => {
+                if res == -libc::EAGAIN {
+                    self.pool.release(buf);
+                    return self.push_poll(lan, src_uplink());
+                }
+                if res < 0 {
+                    self.pool.release(buf);
+                    if res != -libc::ECANCELED {
+                        tracing::warn!(lan = self.lans[lan].lan.name(), error = %std::io::Error::from_raw_os_error(-res), "uplink read failed; uplink stops");
+                    }
+                    return;
+                }
+                let ctl_len = state.msg.msg_controllen.min(std::mem::size_of_val(&state.control));
+                // SAFETY: `control` is plain bytes the kernel filled up to `msg_controllen`.
+                let control = unsafe { std::slice::from_raw_parts(state.control.as_ptr().cast::<u8>(), ctl_len) };
+                let vlan = crate::sys::aux_vlan(control);
+                self.frame_in(lan, Src::Uplink, buf, res as usize, Some(vlan));
+                self.pool.release(buf);
+                self.push_read(lan, Src::Uplink);
+            }
+        }
+    }
+
+    /// Runs one received frame (`len` bytes, virtio-net header first) through its LAN.
+    fn frame_in(&mut self, l: usize, src: Src, buf: usize, len: usize, aux_vlan: Option<Option<u16>>) {
+        if len < VNET_HDR_LEN {
+            return;
+        }
+        let mut hdr_bytes = [0u8; VNET_HDR_LEN];
+        hdr_bytes.copy_from_slice(&self.pool.bufs[buf][..VNET_HDR_LEN]);
+        let mut hdr = VnetHdr::parse(&hdr_bytes);
+        let mut len = len;
+        if let Some(tag) = aux_vlan {
+            // Uplink: keep only this LAN's VLAN, untagging in place if the kernel did not.
+            let want = self.lans[l].uplink.as_ref().and_then(|u| u.vlan);
+            let b = &mut self.pool.bufs[buf];
+            let f = VNET_HDR_LEN;
+            let inline = if len >= f + 18 && b[f + 12..f + 14] == [0x81, 0x00] {
+                Some(u16::from_be_bytes([b[f + 14], b[f + 15]]) & 0x0fff)
+            } else {
+                None
+            };
+            let vid = tag.or(inline);
+            if vid != want {
+                return;
+            }
+            if inline.is_some() && tag.is_none() {
+                b.copy_within(f + 16..len, f + 12);
+                len -= 4;
+                if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
+                    hdr.csum_start = hdr.csum_start.saturating_sub(4);
+                }
+                b[..VNET_HDR_LEN].copy_from_slice(&hdr.emit());
+            }
+        }
+        let LanIo { lan, ports, uplink } = &mut self.lans[l];
+        self.generation += 1;
+        let Dataplane { pool, writes, scratch, generation, .. } = self;
+        let frame_ptr_range = VNET_HDR_LEN..len;
+        // The frame is read from the pool buffer while the sink may allocate others; take
+        // the buffer out for the duration so both can be borrowed.
+        let data = std::mem::take(&mut pool.bufs[buf]);
+        {
+            let frame = &data[frame_ptr_range];
+            let wire_len = hdr.wire_len(frame);
+            let mut sink = PlaneSink {
+                ports,
+                uplink: uplink.as_ref(),
+                pool,
+                writes,
+                input: (buf, hdr),
+                generation: *generation,
+                scratch,
+            };
+            match src {
+                Src::Port(p) => lan.from_port(p, frame, wire_len, &mut sink),
+                Src::Uplink => lan.from_uplink(frame, wire_len, &mut sink),
+            }
+        }
+        pool.bufs[buf] = data;
+    }
+
+    fn commands(&mut self) {
+        let cmds = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in cmds {
+            match c {
+                Command::Stop => self.stop = true,
+                Command::AttachRing { lan, port, ring } => {
+                    if let Some(l) = self.lans.get_mut(lan) {
+                        if port < l.ports.len() {
+                            l.ports[port] = PortIo::Ring(ring);
+                            let _ = l.lan.set_attached(port, true);
+                        }
+                    }
+                }
+                Command::DetachRing { lan, port } => {
+                    if let Some(l) = self.lans.get_mut(lan) {
+                        if port < l.ports.len() {
+                            l.ports[port] = PortIo::Absent;
+                            let _ = l.lan.set_attached(port, false);
+                        }
+                    }
+                }
+                Command::MoveIp { lan, ip, port } => {
+                    if lan < self.lans.len() {
+                        let mut garps = Vec::new();
+                        let mut rec = Recorder(&mut garps);
+                        if let Err(e) = self.lans[lan].lan.move_ip(ip, port, &mut rec) {
+                            tracing::warn!(error = %e, "moving an IP failed");
+                        }
+                        self.generation += 1;
+                        for (to, f) in garps {
+                            let LanIo { ports, uplink, .. } = &mut self.lans[lan];
+                            let Dataplane { pool, writes, scratch, generation, .. } = self;
+                            let mut sink = PlaneSink {
+                                ports,
+                                uplink: uplink.as_ref(),
+                                pool,
+                                writes,
+                                input: (usize::MAX, VnetHdr::default()),
+                                generation: *generation,
+                                scratch,
+                            };
+                            sink.deliver(to, &f, Emit::Generated);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes frames from every attached ring port. Returns whether any moved.
+    fn poll_rings(&mut self) -> bool {
+        let mut moved = false;
+        for l in 0..self.lans.len() {
+            for p in 0..self.lans[l].ports.len() {
+                loop {
+                    let LanIo { lan, ports, uplink } = &mut self.lans[l];
+                    let PortIo::Ring(r) = &mut ports[p] else { break };
+                    let mut frame = std::mem::take(&mut self.rx_frame);
+                    if r.next_tx(&mut frame).is_none() {
+                        self.rx_frame = frame;
+                        break;
+                    }
+                    moved = true;
+                    self.generation += 1;
+                    let Dataplane { pool, writes, scratch, generation, .. } = self;
+                    let mut sink = PlaneSink {
+                        ports,
+                        uplink: uplink.as_ref(),
+                        pool,
+                        writes,
+                        input: (usize::MAX, VnetHdr::default()),
+                        generation: *generation,
+                        scratch,
+                    };
+                    lan.from_port(p, &frame, frame.len(), &mut sink);
+                    self.rx_frame = frame;
+                }
+                if let PortIo::Ring(r) = &mut self.lans[l].ports[p] {
+                    if r.failed() {
+                        tracing::warn!(
+                            lan = self.lans[l].lan.name(),
+                            port = p,
+                            "ring client broke the protocol; detached"
+                        );
+                        self.lans[l].ports[p] = PortIo::Absent;
+                        let _ = self.lans[l].lan.set_attached(p, false);
+                    }
+                }
+            }
+        }
+        for l in &mut self.lans {
+            for p in &mut l.ports {
+                if let PortIo::Ring(r) = p {
+                    r.flush();
+                }
+            }
+        }
+        moved
+    }
+
+    /// Spins briefly, then sleeps until a ring doorbell or any completion.
+    fn idle_rings(&mut self) -> std::io::Result<()> {
+        let spin_until = Instant::now() + Duration::from_micros(50);
+        while Instant::now() < spin_until {
+            if self.lans.iter().any(|l| l.ports.iter().any(|p| matches!(p, PortIo::Ring(r) if r.tx_pending()))) {
+                return Ok(());
+            }
+            if !self.ring.completion().is_empty() {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        let mut bells = Vec::new();
+        for (l, lan) in self.lans.iter_mut().enumerate() {
+            for (p, port) in lan.ports.iter_mut().enumerate() {
+                if let PortIo::Ring(r) = port {
+                    if !r.arm_doorbell() {
+                        return Ok(());
+                    }
+                    if !r.poll_armed {
+                        r.poll_armed = true;
+                        bells.push((l, p, r.doorbell_fd()));
+                    }
+                }
+            }
+        }
+        for (l, p, fd) in bells {
+            let token = self.push_op(Op::Poll { lan: l, src: Src::Port(p) });
+            let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(token as u64);
+            self.submit(e);
+        }
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels every request in flight and waits (boundedly) for them to finish, so no
+    /// buffer is freed while the kernel may still write into it.
+    fn cancel_all(&mut self) {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(u64::MAX);
+        self.submit(e);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.ops.iter().any(Option::is_some) && Instant::now() < deadline {
+            let _ = self.ring.submit_and_wait(1);
+            let done: Vec<_> = self.ring.completion().map(|c| c.user_data()).collect();
+            for t in done {
+                if let Some(slot) = self.ops.get_mut(t as usize) {
+                    *slot = None;
+                }
+            }
+        }
+        if self.ops.iter().any(Option::is_some) {
+            // Leak the buffers rather than free memory the kernel may still write.
+            std::mem::forget(std::mem::take(&mut self.pool.bufs));
+        }
+    }
+}
+
+fn src_uplink() -> Src {
+    Src::Uplink
+}
+
+struct Recorder<'a>(&'a mut Vec<(Dest, Vec<u8>)>);
+
+impl Sink for Recorder<'_> {
+    fn deliver(&mut self, to: Dest, frame: &[u8], _: Emit) -> bool {
+        self.0.push((to, frame.to_vec()));
+        true
+    }
+}
+
+/// Turns the switch's decisions into queued writes and ring pushes.
+struct PlaneSink<'a> {
+    ports: &'a mut [PortIo],
+    uplink: Option<&'a UplinkIo>,
+    pool: &'a mut Pool,
+    writes: &'a mut Vec<Write>,
+    /// The input frame's buffer (`usize::MAX` if it is not in the pool) and header.
+    input: (usize, VnetHdr),
+    /// Counts input frames, so a broadcast ring is written once per frame.
+    generation: u64,
+    scratch: &'a mut Vec<u8>,
+}
+
+impl PlaneSink<'_> {
+    /// Copies `frame` with header `hdr` (and a VLAN tag) into a new buffer and queues it.
+    fn write_copy(&mut self, fd: RawFd, hdr: VnetHdr, frame: &[u8], vlan: Option<u16>) -> bool {
+        let Some(b) = self.pool.alloc() else { return false };
+        let buf = &mut self.pool.bufs[b];
+        let mut hdr = hdr;
+        let len = match vlan {
+            None => {
+                buf[..VNET_HDR_LEN].copy_from_slice(&hdr.emit());
+                buf[VNET_HDR_LEN..VNET_HDR_LEN + frame.len()].copy_from_slice(frame);
+                VNET_HDR_LEN + frame.len()
+            }
+            Some(vid) => {
+                if frame.len() < 14 {
+                    self.pool.release(b);
+                    return false;
+                }
+                if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
+                    hdr.csum_start += 4;
+                }
+                if hdr.hdr_len != 0 {
+                    hdr.hdr_len += 4;
+                }
+                let f = VNET_HDR_LEN;
+                buf[..f].copy_from_slice(&hdr.emit());
+                buf[f..f + 12].copy_from_slice(&frame[..12]);
+                buf[f + 12..f + 16].copy_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8]);
+                buf[f + 16..f + 16 + frame.len() - 12].copy_from_slice(&frame[12..]);
+                f + 4 + frame.len()
+            }
+        };
+        self.writes.push((fd, b, len));
+        true
+    }
+}
+
+impl Sink for PlaneSink<'_> {
+    fn deliver(&mut self, to: Dest, frame: &[u8], emit: Emit) -> bool {
+        let (in_buf, in_hdr) = self.input;
+        let hdr = if emit == Emit::Generated { VnetHdr::default() } else { in_hdr };
+        match to {
+            Dest::Port(q) => match self.ports.get_mut(q) {
+                Some(PortIo::Tap(fd)) => {
+                    let fd = fd.as_raw_fd();
+                    if emit == Emit::Input && in_buf != usize::MAX {
+                        self.pool.refs[in_buf] += 1;
+                        self.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
+                        true
+                    } else {
+                        self.write_copy(fd, hdr, frame, None)
+                    }
+                }
+                Some(PortIo::Ring(r)) => r.push_frame(self.generation, &hdr, frame, self.scratch),
+                _ => false,
+            },
+            Dest::Uplink => match self.uplink {
+                Some(u) => {
+                    let fd = u.fd.as_raw_fd();
+                    if u.vlan.is_none() && emit == Emit::Input && in_buf != usize::MAX {
+                        self.pool.refs[in_buf] += 1;
+                        self.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
+                        true
+                    } else {
+                        self.write_copy(fd, hdr, frame, u.vlan)
+                    }
+                }
+                None => false,
+            },
+        }
+    }
+}

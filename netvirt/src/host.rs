@@ -1,0 +1,210 @@
+//! The host side of ports: named network namespaces (as `ip netns` keeps them), TAP
+//! devices created inside them, and link and address configuration over rtnetlink.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::mac::Mac;
+use crate::sys;
+
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// A named network namespace.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+    path: PathBuf,
+    created: bool,
+}
+
+impl NetNs {
+    /// Opens the namespace `name`, creating it (as `ip netns add` would) if it does not
+    /// exist. A namespace created here is removed by [`NetNs::remove`].
+    pub fn ensure(name: &str) -> io::Result<NetNs> {
+        if name.is_empty() || name.len() > 64 || name.contains('/') || name.starts_with('.') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is not a namespace name")));
+        }
+        let path = Path::new(NETNS_DIR).join(name);
+        if is_netns(&path) {
+            return Ok(NetNs { name: name.into(), path, created: false });
+        }
+        std::fs::create_dir_all(NETNS_DIR)?;
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let bind = path.clone();
+        let made = std::thread::spawn(move || -> io::Result<()> {
+            // SAFETY: unsharing only the network namespace of this short-lived thread, which
+            // shares no namespace-dependent state with the rest of the process.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+            rustix::mount::mount_bind("/proc/thread-self/ns/net", &bind)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?;
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let ns = NetNs { name: name.into(), path, created: true };
+        ns.run(|| {
+            let mut nl = Rtnl::open()?;
+            let lo = sys::if_index("lo")?;
+            nl.link_set(lo, None, None, true)
+        })?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether pangate created it (and so removes it).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Runs `f` on a thread that has entered the namespace. Sockets and devices `f`
+    /// creates belong to the namespace and stay usable from any thread.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        let file = std::fs::File::open(&self.path)?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                f()
+            })
+            .join()
+            .map_err(|_| io::Error::other("namespace thread panicked"))?
+        })
+    }
+
+    /// Removes the namespace if pangate created it. Its devices go with it.
+    pub fn remove(self) -> io::Result<()> {
+        if !self.created {
+            return Ok(());
+        }
+        rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH)?;
+        std::fs::remove_file(&self.path)
+    }
+}
+
+fn is_netns(path: &Path) -> bool {
+    // A bind-mounted nsfs file; an empty regular file left by a crash is not one.
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as u64 == 0x6e73_6673)
+}
+
+/// What a TAP port looks like from inside its namespace.
+#[derive(Debug, Clone)]
+pub struct TapSpec {
+    /// Interface name.
+    pub ifname: String,
+    /// Assigned MAC.
+    pub mac: Mac,
+    /// MTU.
+    pub mtu: u32,
+    /// Addresses with prefix lengths.
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+/// Creates the TAP in `ns` (or the gateway's own namespace), sets its MAC and MTU, adds
+/// its addresses and brings it up. Returns the TAP's fd.
+pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec) -> io::Result<OwnedFd> {
+    let make = || -> io::Result<OwnedFd> {
+        let fd = sys::create_tap(&spec.ifname)?;
+        let index = sys::if_index(&spec.ifname)?;
+        let mut nl = Rtnl::open()?;
+        nl.link_set(index, Some(spec.mac), Some(spec.mtu), true)?;
+        for &(ip, prefix) in &spec.addrs {
+            nl.addr_add(index, ip, prefix)?;
+        }
+        Ok(fd)
+    };
+    match ns {
+        Some(ns) => ns.run(make),
+        None => make(),
+    }
+}
+
+/// A synchronous rtnetlink socket in the namespace of the thread that opened it.
+#[derive(Debug)]
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    /// Opens a route netlink socket.
+    pub fn open() -> io::Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl { sock, seq: 0 })
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        loop {
+            let mut rx = Vec::with_capacity(8192);
+            self.sock.recv(&mut rx, 0)?;
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx).map_err(io::Error::other)?;
+            if reply.header.sequence_number != self.seq {
+                continue;
+            }
+            return match reply.payload {
+                NetlinkPayload::Error(e) => match e.code {
+                    None => Ok(()),
+                    Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                },
+                _ => Ok(()),
+            };
+        }
+    }
+
+    /// Sets a link's MAC and MTU (when given) and its up/down state.
+    pub fn link_set(&mut self, index: u32, mac: Option<Mac>, mtu: Option<u32>, up: bool) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.change_mask = LinkFlags::Up;
+        m.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Adds an address to a link.
+    pub fn addr_add(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(ip));
+        m.attributes.push(AddressAttribute::Address(ip));
+        self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+}

@@ -1,0 +1,576 @@
+//! The running netvirt service: builds every LAN's switch and ports from the plan the
+//! gateway resolved, runs the data path thread, and serves the netvirt socket where ring
+//! clients attach and `pangate net show` asks what is there.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{PortKind, UplinkModeConfig};
+use crate::counters::{Traffic, TrafficSnapshot};
+use crate::dataplane::{Command, Control, Dataplane, LanIo, PortIo, UplinkIo};
+use crate::host::{self, NetNs, TapSpec};
+use crate::mac::Mac;
+use crate::ringport::{BcastRing, RingPort};
+use crate::switch::{LanSpec, PortSpec, UplinkMode, VirtualLan};
+
+/// Slots per ring (each direction, and the broadcast ring).
+pub const RING_SLOTS: u32 = 1024;
+
+/// A port with everything resolved: its MAC assigned, its addresses parsed.
+#[derive(Debug, Clone)]
+pub struct PortPlan {
+    /// Node name.
+    pub node: String,
+    /// TAP or ring.
+    pub kind: PortKind,
+    /// Namespace of a TAP.
+    pub netns: Option<String>,
+    /// Interface name of a TAP.
+    pub ifname: String,
+    /// Assigned MAC.
+    pub mac: Mac,
+    /// Addresses with prefix lengths.
+    pub addrs: Vec<(IpAddr, u8)>,
+    /// Allowed to see all traffic.
+    pub promiscuous: bool,
+}
+
+/// An uplink with everything resolved.
+#[derive(Debug, Clone)]
+pub struct UplinkPlan {
+    /// Host interface.
+    pub interface: String,
+    /// 802.1Q VLAN ID.
+    pub vlan: Option<u16>,
+    /// Mode.
+    pub mode: UplinkModeConfig,
+    /// External MAC for filtered mode, if the config fixes one.
+    pub mac: Option<Mac>,
+}
+
+/// A LAN with everything resolved.
+#[derive(Debug, Clone)]
+pub struct LanPlan {
+    /// PAN name.
+    pub pan: String,
+    /// LAN name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Ports.
+    pub ports: Vec<PortPlan>,
+    /// Uplink.
+    pub uplink: Option<UplinkPlan>,
+}
+
+/// Decides whether a node's credential is good: (pan, node, credential).
+pub type Authorize = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
+
+/// What a ring client asks on the netvirt socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Attach to my ring port on a LAN.
+    Attach {
+        /// PAN.
+        pan: String,
+        /// Node.
+        node: String,
+        /// LAN.
+        lan: String,
+        /// The node's credential.
+        credential: String,
+    },
+    /// Describe every LAN (root or the gateway's own user only).
+    Show,
+}
+
+/// The gateway's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// Attached: the port region, broadcast region and two doorbells follow as fds.
+    Attached {
+        /// The port's MAC.
+        mac: Mac,
+        /// LAN MTU.
+        mtu: u32,
+        /// Slots per ring.
+        slots: u32,
+        /// Bytes per slot.
+        slot_size: u32,
+        /// Registered addresses.
+        ips: Vec<String>,
+    },
+    /// The description asked for.
+    Show(NetShow),
+    /// Refused, and why.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `pangate net show`: every LAN, port and counter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetShow {
+    /// LANs.
+    pub lans: Vec<LanShow>,
+}
+
+/// One LAN in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanShow {
+    /// PAN.
+    pub pan: String,
+    /// LAN.
+    pub lan: String,
+    /// MTU.
+    pub mtu: u32,
+    /// IP-to-port bindings the ARP server holds.
+    pub arp_entries: usize,
+    /// Uplink, if any: interface, VLAN, mode, external MAC.
+    pub uplink: Option<UplinkShow>,
+    /// Ports.
+    pub ports: Vec<PortShow>,
+    /// Everything on the LAN.
+    pub counters: TrafficSnapshot,
+}
+
+/// An uplink in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UplinkShow {
+    /// Host interface.
+    pub interface: String,
+    /// VLAN ID.
+    pub vlan: Option<u16>,
+    /// "filtered" or "unfiltered".
+    pub mode: String,
+    /// External MAC (filtered).
+    pub mac: Option<Mac>,
+    /// Counters ("in" is from outside).
+    pub counters: TrafficSnapshot,
+}
+
+/// A port in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortShow {
+    /// Node.
+    pub node: String,
+    /// "tap" or "ring".
+    pub kind: String,
+    /// Namespace (TAP).
+    pub netns: Option<String>,
+    /// Interface (TAP).
+    pub ifname: Option<String>,
+    /// MAC.
+    pub mac: Mac,
+    /// Addresses.
+    pub ips: Vec<String>,
+    /// Promiscuous allowed.
+    pub promiscuous: bool,
+    /// Something is attached.
+    pub attached: bool,
+    /// Counters ("in" is from the node).
+    pub counters: TrafficSnapshot,
+}
+
+#[derive(Debug)]
+struct PortState {
+    plan: PortPlan,
+    attached: AtomicBool,
+    traffic: Arc<Traffic>,
+}
+
+#[derive(Debug)]
+struct LanState {
+    plan: LanPlan,
+    external_mac: Option<Mac>,
+    ports: Vec<PortState>,
+    traffic: Arc<Traffic>,
+    uplink_traffic: Arc<Traffic>,
+    arp_entries: usize,
+    bcast: Option<Arc<BcastRing>>,
+}
+
+/// What every thread of the service shares.
+#[derive(Debug)]
+struct Shared {
+    lans: Vec<LanState>,
+    control: Control,
+    authorize: AuthorizeBox,
+    gateway_uid: u32,
+}
+
+struct AuthorizeBox(Authorize);
+
+impl std::fmt::Debug for AuthorizeBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authorize")
+    }
+}
+
+/// The running service.
+#[derive(Debug)]
+pub struct Network {
+    shared: Arc<Shared>,
+    dataplane: Option<JoinHandle<io::Result<()>>>,
+    listener: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    namespaces: Vec<NetNs>,
+    socket: PathBuf,
+}
+
+impl Network {
+    /// Creates namespaces, TAPs and uplinks, starts the data path and listens on `socket`.
+    /// On error everything created so far is removed again.
+    pub fn start(plans: Vec<LanPlan>, socket: &Path, authorize: Authorize) -> io::Result<Network> {
+        let mut namespaces: Vec<NetNs> = Vec::new();
+        let result = build(&plans, &mut namespaces);
+        let (lans_io, states) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                for ns in namespaces {
+                    let _ = ns.remove();
+                }
+                return Err(e);
+            }
+        };
+        let (dp, control) = Dataplane::new(lans_io)?;
+        let dataplane = std::thread::Builder::new().name("netvirt".into()).spawn(move || {
+            let r = dp.run();
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the netvirt data path stopped");
+            }
+            r
+        })?;
+        let shared = Arc::new(Shared {
+            lans: states,
+            control,
+            authorize: AuthorizeBox(authorize),
+            gateway_uid: rustix::process::geteuid().as_raw(),
+        });
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)?;
+        listener.set_nonblocking(true)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (sh, st) = (shared.clone(), stopping.clone());
+        let listener =
+            std::thread::Builder::new().name("netvirt-sock".into()).spawn(move || serve(listener, sh, st))?;
+        Ok(Network {
+            shared,
+            dataplane: Some(dataplane),
+            listener: Some(listener),
+            stopping,
+            namespaces,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Every LAN, port and counter.
+    pub fn show(&self) -> NetShow {
+        show(&self.shared)
+    }
+
+    /// Moves an IPv4 address of a LAN to another node's port and announces it.
+    pub fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> Result<(), String> {
+        let (l, state) = self
+            .shared
+            .lans
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.plan.pan == pan && s.plan.name == lan)
+            .ok_or_else(|| format!("no LAN {lan:?} in PAN {pan:?}"))?;
+        let port = state
+            .ports
+            .iter()
+            .position(|p| p.plan.node == node)
+            .ok_or_else(|| format!("node {node:?} has no port on {lan:?}"))?;
+        self.shared.control.send(Command::MoveIp { lan: l, ip, port });
+        Ok(())
+    }
+
+    /// Stops the data path, deletes the TAPs and removes the namespaces pangate created.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.shared.control.send(Command::Stop);
+        if let Some(t) = self.listener.take() {
+            let _ = t.join();
+        }
+        let r = match self.dataplane.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("netvirt thread panicked")),
+            None => Ok(()),
+        };
+        let _ = std::fs::remove_file(&self.socket);
+        // The TAP fds closed with the data path; a namespace can go now.
+        for ns in self.namespaces.drain(..) {
+            if let Err(e) = ns.remove() {
+                tracing::warn!(error = %e, "removing a network namespace");
+            }
+        }
+        r
+    }
+}
+
+type Built = (Vec<LanIo>, Vec<LanState>);
+
+fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
+    let mut lans_io = Vec::new();
+    let mut states = Vec::new();
+    for plan in plans {
+        let mut uplink_io = None;
+        let mut external_mac = None;
+        let uplink_mode = match &plan.uplink {
+            None => None,
+            Some(u) => {
+                let index = crate::sys::if_index(&u.interface)
+                    .map_err(|e| io::Error::new(e.kind(), format!("LAN {}: uplink {}: {e}", plan.name, u.interface)))?;
+                let unfiltered = u.mode == UplinkModeConfig::Unfiltered;
+                let fd = crate::sys::packet_socket(index, unfiltered)?;
+                uplink_io = Some(UplinkIo { fd, vlan: u.vlan });
+                if unfiltered {
+                    Some(UplinkMode::Unfiltered)
+                } else {
+                    let mac = match u.mac {
+                        Some(m) => m,
+                        None => std::fs::read_to_string(format!("/sys/class/net/{}/address", u.interface))?
+                            .trim()
+                            .parse()
+                            .map_err(io::Error::other)?,
+                    };
+                    external_mac = Some(mac);
+                    Some(UplinkMode::Filtered { external_mac: mac })
+                }
+            }
+        };
+        let spec = LanSpec {
+            name: plan.name.clone(),
+            mtu: plan.mtu,
+            ports: plan
+                .ports
+                .iter()
+                .map(|p| PortSpec {
+                    node: p.node.clone(),
+                    mac: p.mac,
+                    ips: p.addrs.iter().map(|a| a.0).collect(),
+                    promiscuous: p.promiscuous,
+                })
+                .collect(),
+            uplink: uplink_mode,
+        };
+        let mut lan = VirtualLan::new(spec).map_err(io::Error::other)?;
+        let mut ports_io = Vec::new();
+        for (i, p) in plan.ports.iter().enumerate() {
+            match p.kind {
+                PortKind::Tap => {
+                    let ns = match &p.netns {
+                        None => None,
+                        Some(name) => {
+                            if !namespaces.iter().any(|n| n.name() == name) {
+                                namespaces.push(NetNs::ensure(name)?);
+                            }
+                            namespaces.iter().find(|n| n.name() == name)
+                        }
+                    };
+                    let spec = TapSpec { ifname: p.ifname.clone(), mac: p.mac, mtu: plan.mtu, addrs: p.addrs.clone() };
+                    let fd = host::create_tap(ns, &spec).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("LAN {}: TAP {} for node {}: {e}", plan.name, p.ifname, p.node),
+                        )
+                    })?;
+                    ports_io.push(PortIo::Tap(fd));
+                    lan.set_attached(i, true).map_err(io::Error::other)?;
+                }
+                PortKind::Ring => ports_io.push(PortIo::Absent),
+            }
+        }
+        let bcast = if plan.ports.iter().any(|p| p.kind == PortKind::Ring) {
+            Some(Arc::new(BcastRing::create(&plan.name, RING_SLOTS, plan.mtu as usize).map_err(io::Error::other)?))
+        } else {
+            None
+        };
+        states.push(LanState {
+            plan: plan.clone(),
+            external_mac,
+            ports: plan
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PortState {
+                    plan: p.clone(),
+                    attached: AtomicBool::new(p.kind == PortKind::Tap),
+                    traffic: lan.port_traffic(i).unwrap_or_default(),
+                })
+                .collect(),
+            traffic: lan.traffic(),
+            uplink_traffic: lan.uplink_traffic(),
+            arp_entries: lan.arp_entries(),
+            bcast,
+        });
+        lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io });
+    }
+    Ok((lans_io, states))
+}
+
+fn show(shared: &Shared) -> NetShow {
+    NetShow {
+        lans: shared
+            .lans
+            .iter()
+            .map(|l| LanShow {
+                pan: l.plan.pan.clone(),
+                lan: l.plan.name.clone(),
+                mtu: l.plan.mtu,
+                arp_entries: l.arp_entries,
+                uplink: l.plan.uplink.as_ref().map(|u| UplinkShow {
+                    interface: u.interface.clone(),
+                    vlan: u.vlan,
+                    mode: match u.mode {
+                        UplinkModeConfig::Filtered => "filtered".into(),
+                        UplinkModeConfig::Unfiltered => "unfiltered".into(),
+                    },
+                    mac: l.external_mac,
+                    counters: l.uplink_traffic.snapshot(),
+                }),
+                ports: l
+                    .ports
+                    .iter()
+                    .map(|p| PortShow {
+                        node: p.plan.node.clone(),
+                        kind: match p.plan.kind {
+                            PortKind::Tap => "tap".into(),
+                            PortKind::Ring => "ring".into(),
+                        },
+                        netns: p.plan.netns.clone(),
+                        ifname: (p.plan.kind == PortKind::Tap).then(|| p.plan.ifname.clone()),
+                        mac: p.plan.mac,
+                        ips: p.plan.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect(),
+                        promiscuous: p.plan.promiscuous,
+                        attached: p.attached.load(Ordering::Relaxed),
+                        counters: p.traffic.snapshot(),
+                    })
+                    .collect(),
+                counters: l.traffic.snapshot(),
+            })
+            .collect(),
+    }
+}
+
+fn serve(listener: UnixListener, shared: Arc<Shared>, stopping: Arc<AtomicBool>) {
+    let busy: Arc<Mutex<HashSet<(usize, usize)>>> = Arc::default();
+    while !stopping.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                let (sh, b) = (shared.clone(), busy.clone());
+                let _ = std::thread::Builder::new().name("netvirt-conn".into()).spawn(move || {
+                    if let Err(e) = connection(&sock, &sh, &b) {
+                        tracing::debug!(error = %e, "netvirt connection ended");
+                    }
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let fd = std::os::fd::AsFd::as_fd(&listener);
+                let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+                let _ = rustix::event::poll(&mut fds, Some(&shmem::poll_timeout(Duration::from_millis(200))));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "netvirt socket accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn refuse(sock: &UnixStream, reason: impl Into<String>) -> io::Result<()> {
+    shmem::msg::send(sock, &Reply::Refused { reason: reason.into() }, &[])
+}
+
+fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, usize)>>) -> io::Result<()> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (req, _fds): (Request, _) = match shmem::msg::recv(sock) {
+        Ok(r) => r,
+        Err(e) => return refuse(sock, format!("bad request: {e}")),
+    };
+    let (pan, node, lan, credential) = match req {
+        Request::Show => {
+            let uid = shmem::msg::peer_uid(sock)?;
+            if uid != 0 && uid != shared.gateway_uid {
+                return refuse(sock, "only root or the gateway's user may list the network");
+            }
+            return shmem::msg::send(sock, &Reply::Show(show(shared)), &[]);
+        }
+        Request::Attach { pan, node, lan, credential } => (pan, node, lan, credential),
+    };
+    if !(shared.authorize.0)(&pan, &node, &credential) {
+        return refuse(sock, format!("node {node:?} of PAN {pan:?} is unknown or its credential is wrong"));
+    }
+    let Some((l, state)) = shared.lans.iter().enumerate().find(|(_, s)| s.plan.pan == pan && s.plan.name == lan) else {
+        return refuse(sock, format!("PAN {pan:?} has no LAN {lan:?}"));
+    };
+    let Some(p) = state.ports.iter().position(|p| p.plan.node == node) else {
+        return refuse(sock, format!("node {node:?} is not a member of LAN {lan:?}"));
+    };
+    let port = &state.ports[p];
+    if port.plan.kind != PortKind::Ring {
+        return refuse(sock, format!("node {node:?}'s port on {lan:?} is a TAP, not a ring port"));
+    }
+    if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert((l, p)) {
+        return refuse(sock, format!("node {node:?}'s port on {lan:?} already has a client"));
+    }
+    let result = (|| -> io::Result<()> {
+        let bcast = state.bcast.clone().ok_or_else(|| io::Error::other("LAN has no broadcast ring"))?;
+        let ring =
+            RingPort::create(port.plan.mac, RING_SLOTS, state.plan.mtu as usize, bcast).map_err(io::Error::other)?;
+        let fds = ring.fds();
+        let reply = Reply::Attached {
+            mac: port.plan.mac,
+            mtu: state.plan.mtu,
+            slots: RING_SLOTS,
+            slot_size: crate::ringport::slot_size(state.plan.mtu as usize) as u32,
+            ips: port.plan.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect(),
+        };
+        shmem::msg::send(sock, &reply, &[fds.region, fds.bcast, fds.to_gateway, fds.to_node])?;
+        shared.control.send(Command::AttachRing { lan: l, port: p, ring });
+        port.attached.store(true, Ordering::Relaxed);
+        // The client holds the socket open while it runs; its closing detaches the port.
+        sock.set_read_timeout(None)?;
+        let mut b = [0u8; 64];
+        loop {
+            match io::Read::read(&mut &*sock, &mut b) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    })();
+    shared.control.send(Command::DetachRing { lan: l, port: p });
+    port.attached.store(false, Ordering::Relaxed);
+    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&(l, p));
+    result
+}
+
+/// Asks a running gateway's netvirt socket for [`NetShow`].
+pub fn query_show(socket: &Path) -> io::Result<NetShow> {
+    let sock = UnixStream::connect(socket)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    shmem::msg::send(&sock, &Request::Show, &[])?;
+    match shmem::msg::recv::<Reply>(&sock)?.0 {
+        Reply::Show(s) => Ok(s),
+        Reply::Refused { reason } => Err(io::Error::new(io::ErrorKind::PermissionDenied, reason)),
+        Reply::Attached { .. } => Err(io::Error::other("unexpected answer")),
+    }
+}

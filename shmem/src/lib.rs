@@ -1,0 +1,292 @@
+//! The one accessor for memory shared with another process.
+//!
+//! The peer can write this memory at any moment, so no `&` or `&mut` reference to it is
+//! ever formed. Reads copy out, writes copy in, cursors are atomics with acquire/release
+//! ordering, and every offset is bounds-checked with checked arithmetic. The memfds are
+//! sealed against shrinking and growing, so a peer cannot truncate the file under us and
+//! turn an access into SIGBUS.
+
+pub mod msg;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use thiserror::Error;
+
+/// Why a shared-memory access or mapping failed.
+#[derive(Debug, Error)]
+pub enum ShmError {
+    /// The access falls outside the mapping.
+    #[error("access at {offset:#x}+{len} is outside the {size}-byte shared area")]
+    OutOfBounds {
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// Size of the area.
+        size: usize,
+    },
+    /// A 32-bit atomic access at an unaligned offset.
+    #[error("atomic access at unaligned offset {0:#x}")]
+    Unaligned(usize),
+    /// The peer's memfd is not sealed against resizing, or has the wrong size.
+    #[error("shared memory fd is unusable: {0}")]
+    BadFd(String),
+    /// A system call failed.
+    #[error(transparent)]
+    Os(#[from] std::io::Error),
+}
+
+/// A `MAP_SHARED` mapping of a sealed memfd.
+#[derive(Debug)]
+pub struct SharedMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain memory reached only through the methods below, which are
+// safe to call from any thread (copies and atomics).
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above; concurrent callers race only as the peer process already does.
+unsafe impl Sync for SharedMemory {}
+
+impl SharedMemory {
+    /// Creates a zeroed memfd of `len` bytes, seals its size, and maps it.
+    pub fn create(name: &str, len: usize) -> Result<SharedMemory, ShmError> {
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(std::io::Error::from)?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(std::io::Error::from)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(std::io::Error::from)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a memfd received from a peer, after checking it is sealed against resizing and
+    /// is exactly `len` bytes.
+    pub fn open(fd: OwnedFd, len: usize) -> Result<SharedMemory, ShmError> {
+        let seals =
+            rustix::fs::fcntl_get_seals(&fd).map_err(|e| ShmError::BadFd(format!("not a sealable memfd: {e}")))?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(ShmError::BadFd("not sealed against shrinking and growing".into()));
+        }
+        let size = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?.st_size;
+        if u64::try_from(size).ok() != Some(len as u64) {
+            return Err(ShmError::BadFd(format!("size {size} is not the agreed {len}")));
+        }
+        Self::map(fd, len)
+    }
+
+    /// Maps `len` bytes of a device the kernel sizes itself (a TCMU uio device), where no
+    /// peer can resize the memory under us.
+    pub fn map_device(fd: OwnedFd, len: usize) -> Result<SharedMemory, ShmError> {
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<SharedMemory, ShmError> {
+        if len == 0 {
+            return Err(ShmError::BadFd("zero-length area".into()));
+        }
+        // SAFETY: a fresh shared mapping of a memfd we hold open, at an address the kernel
+        // chooses; it overlaps nothing of ours and is unmapped only in Drop.
+        let raw = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+        }
+        .map_err(std::io::Error::from)?;
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| ShmError::BadFd("mmap returned null".into()))?;
+        Ok(SharedMemory { ptr, len, fd })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the area is empty (never, for a mapped area).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memfd, to pass to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<usize, ShmError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len as u64 => Ok(offset as usize),
+            _ => Err(ShmError::OutOfBounds { offset, len, size: self.len }),
+        }
+    }
+
+    /// Copies `dst.len()` bytes out of the area at `offset`.
+    pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), ShmError> {
+        let src = self.raw(offset, dst.len() as u64)?;
+        // SAFETY: [src, src+len) is inside the mapping (checked by `raw`); dst is our own
+        // memory and cannot overlap a mapping we never hand out as a slice. The peer may
+        // write the source concurrently: we copy once and validate only the copy.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` into the area at `offset`.
+    pub fn write(&self, offset: u64, src: &[u8]) -> Result<(), ShmError> {
+        let dst = self.raw(offset, src.len() as u64)?;
+        // SAFETY: as in `read`, with the direction reversed.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        Ok(())
+    }
+
+    /// Raw pointer to `[offset, offset+len)`, for the kernel to read or write (io_uring on
+    /// the direct path). The caller must not turn it into a reference.
+    pub fn raw(&self, offset: u64, len: u64) -> Result<*mut u8, ShmError> {
+        let at = self.check(offset, len)?;
+        // SAFETY: `at` is within the mapping.
+        Ok(unsafe { self.ptr.as_ptr().add(at) })
+    }
+
+    fn atomic(&self, offset: usize) -> Result<&AtomicU32, ShmError> {
+        if !offset.is_multiple_of(4) {
+            return Err(ShmError::Unaligned(offset));
+        }
+        let ptr = self.raw(offset as u64, 4)?.cast::<AtomicU32>();
+        // SAFETY: in bounds and 4-aligned (the mapping is page-aligned); AtomicU32 has the
+        // layout of u32 and all bit patterns are valid, and atomics are the sanctioned way
+        // to share a word with another process. The mapping outlives the reference (&self).
+        Ok(unsafe { &*ptr })
+    }
+
+    /// Loads a 32-bit word with acquire ordering.
+    pub fn load_acquire(&self, offset: usize) -> Result<u32, ShmError> {
+        Ok(self.atomic(offset)?.load(Ordering::Acquire))
+    }
+
+    /// Stores a 32-bit word with release ordering.
+    pub fn store_release(&self, offset: usize, v: u32) -> Result<(), ShmError> {
+        self.atomic(offset)?.store(v, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no references into it exist.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A `poll(2)` timeout; durations past what a timespec holds saturate.
+pub fn poll_timeout(d: std::time::Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec::try_from(d).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
+}
+
+/// An eventfd used as a doorbell.
+#[derive(Debug)]
+pub struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Doorbell {
+    /// A new non-blocking doorbell.
+    pub fn new() -> std::io::Result<Doorbell> {
+        let fd =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
+        Ok(Doorbell { fd })
+    }
+
+    /// A doorbell from a received fd.
+    pub fn from_fd(fd: OwnedFd) -> Doorbell {
+        Doorbell { fd }
+    }
+
+    /// The fd, to pass to the peer or to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Rings once.
+    pub fn ring(&self) -> std::io::Result<()> {
+        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Clears pending rings; returns how many there were (0 if none).
+    pub fn drain(&self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        match rustix::io::read(&self.fd, &mut b) {
+            Ok(_) => Ok(u64::from_ne_bytes(b)),
+            Err(rustix::io::Errno::AGAIN) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits until rung or `timeout` passes (a blocking poll), without clearing.
+    pub fn wait(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::IN)];
+        let ts = poll_timeout(timeout);
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_and_alignment_are_enforced() {
+        let m = SharedMemory::create("t", 8192).unwrap();
+        m.write(8188, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        m.read(8188, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert!(matches!(m.read(8189, &mut b), Err(ShmError::OutOfBounds { .. })));
+        assert!(matches!(m.read(u64::MAX - 1, &mut b), Err(ShmError::OutOfBounds { .. })));
+        assert!(matches!(m.load_acquire(2), Err(ShmError::Unaligned(2))));
+        m.store_release(64, 7).unwrap();
+        assert_eq!(m.load_acquire(64).unwrap(), 7);
+    }
+
+    #[test]
+    fn peer_mapping_shares_memory_and_requires_seals() {
+        let a = SharedMemory::create("a", 4096).unwrap();
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        let b = SharedMemory::open(fd, 4096).unwrap();
+        a.write(100, b"hello").unwrap();
+        let mut got = [0u8; 5];
+        b.read(100, &mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // The wrong size, or an unsealed fd, is refused.
+        assert!(SharedMemory::open(a.fd().try_clone_to_owned().unwrap(), 8192).is_err());
+        let unsealed = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        assert!(matches!(SharedMemory::open(unsealed, 4096), Err(ShmError::BadFd(_))));
+        // Nobody can shrink it under us.
+        assert!(rustix::fs::ftruncate(a.fd(), 0).is_err());
+    }
+
+    #[test]
+    fn doorbell_rings_and_drains() {
+        let d = Doorbell::new().unwrap();
+        assert_eq!(d.drain().unwrap(), 0);
+        assert!(!d.wait(std::time::Duration::from_millis(1)).unwrap());
+        d.ring().unwrap();
+        d.ring().unwrap();
+        assert!(d.wait(std::time::Duration::from_millis(100)).unwrap());
+        assert_eq!(d.drain().unwrap(), 2);
+    }
+}
