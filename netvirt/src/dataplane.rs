@@ -52,6 +52,8 @@ pub struct LanIo {
     pub ports: Vec<PortIo>,
     /// The uplink, if any.
     pub uplink: Option<UplinkIo>,
+    /// Per port: whether a client is attached, as `net show` reports it.
+    pub attached: Vec<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Requests to the data path thread.
@@ -445,7 +447,7 @@ impl Dataplane {
                 b[..VNET_HDR_LEN].copy_from_slice(&hdr.emit());
             }
         }
-        let LanIo { lan, ports, uplink } = &mut self.lans[l];
+        let LanIo { lan, ports, uplink, .. } = &mut self.lans[l];
         self.generation += 1;
         let Dataplane { pool, writes, scratch, generation, .. } = self;
         let frame_ptr_range = VNET_HDR_LEN..len;
@@ -527,7 +529,7 @@ impl Dataplane {
         for l in 0..self.lans.len() {
             for p in 0..self.lans[l].ports.len() {
                 loop {
-                    let LanIo { lan, ports, uplink } = &mut self.lans[l];
+                    let LanIo { lan, ports, uplink, .. } = &mut self.lans[l];
                     let PortIo::Ring(r) = &mut ports[p] else { break };
                     let mut frame = std::mem::take(&mut self.rx_frame);
                     if r.next_tx(&mut frame).is_none() {
@@ -558,6 +560,9 @@ impl Dataplane {
                         );
                         self.lans[l].ports[p] = PortIo::Absent;
                         let _ = self.lans[l].lan.set_attached(p, false);
+                        if let Some(a) = self.lans[l].attached.get(p) {
+                            a.store(false, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
             }

@@ -187,7 +187,7 @@ pub struct PortShow {
 #[derive(Debug)]
 struct PortState {
     plan: PortPlan,
-    attached: AtomicBool,
+    attached: Arc<AtomicBool>,
     traffic: Arc<Traffic>,
 }
 
@@ -343,10 +343,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                 } else {
                     let mac = match u.mac {
                         Some(m) => m,
-                        None => std::fs::read_to_string(format!("/sys/class/net/{}/address", u.interface))?
-                            .trim()
-                            .parse()
-                            .map_err(io::Error::other)?,
+                        None => Mac(crate::sys::if_mac(&u.interface)?),
                     };
                     external_mac = Some(mac);
                     Some(UplinkMode::Filtered { external_mac: mac })
@@ -395,6 +392,8 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                 PortKind::Ring => ports_io.push(PortIo::Absent),
             }
         }
+        let attached: Vec<Arc<AtomicBool>> =
+            plan.ports.iter().map(|p| Arc::new(AtomicBool::new(p.kind == PortKind::Tap))).collect();
         let bcast = if plan.ports.iter().any(|p| p.kind == PortKind::Ring) {
             Some(Arc::new(BcastRing::create(&plan.name, RING_SLOTS, plan.mtu as usize).map_err(io::Error::other)?))
         } else {
@@ -409,7 +408,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                 .enumerate()
                 .map(|(i, p)| PortState {
                     plan: p.clone(),
-                    attached: AtomicBool::new(p.kind == PortKind::Tap),
+                    attached: attached[i].clone(),
                     traffic: lan.port_traffic(i).unwrap_or_default(),
                 })
                 .collect(),
@@ -418,7 +417,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
             arp_entries: lan.arp_entries(),
             bcast,
         });
-        lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io });
+        lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached });
     }
     Ok((lans_io, states))
 }
@@ -542,8 +541,8 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
             ips: port.plan.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect(),
         };
         shmem::msg::send(sock, &reply, &[fds.region, fds.bcast, fds.to_gateway, fds.to_node])?;
-        shared.control.send(Command::AttachRing { lan: l, port: p, ring });
         port.attached.store(true, Ordering::Relaxed);
+        shared.control.send(Command::AttachRing { lan: l, port: p, ring });
         // The client holds the socket open while it runs; its closing detaches the port.
         sock.set_read_timeout(None)?;
         let mut b = [0u8; 64];

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Small packet tools the netvirt tests run inside network namespaces.
+
+Every loop is bounded by a deadline; nothing here sends outside the namespace it runs in.
+"""
+import socket
+import struct
+import sys
+import time
+
+ETH_P_ALL = 0x0003
+
+
+def mac_bytes(s):
+    return bytes(int(x, 16) for x in s.split(":"))
+
+
+def listen_udp(port, secs):
+    """Counts UDP datagrams (broadcast included) arriving on `port` for `secs`."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    n = 0
+    end = time.time() + secs
+    print("ready", flush=True)
+    while time.time() < end:
+        try:
+            s.recv(2048)
+            n += 1
+        except socket.timeout:
+            pass
+    print(n, flush=True)
+
+
+def send_bcast(addr, port, count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    for _ in range(count):
+        s.sendto(b"pangate broadcast", (addr, port))
+        time.sleep(0.05)
+
+
+def capture(iface, secs, proto):
+    """Counts frames on `iface` for `secs` that carry IPv4 protocol `proto` (1 = ICMP),
+    or, with proto 0, UDP to port 7777 (the spoofing probe)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((iface, 0))
+    s.settimeout(0.2)
+    n = 0
+    end = time.time() + secs
+    print("ready", flush=True)
+    while time.time() < end:
+        try:
+            f, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING or len(f) < 34 or f[12:14] != b"\x08\x00":
+            continue
+        ihl = (f[14] & 0x0F) * 4
+        if proto and f[23] == proto:
+            n += 1
+        elif not proto and f[23] == 17 and struct.unpack("!H", f[14 + ihl + 2:14 + ihl + 4])[0] == 7777:
+            n += 1
+    print(n, flush=True)
+
+
+def checksum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+def udp_frame(src_mac, dst_mac, src_ip, dst_ip, port):
+    payload = b"spoofed"
+    udp = struct.pack("!HHHH", 5555, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return dst_mac + src_mac + b"\x08\x00" + ip + udp
+
+
+def arp_frame(src_mac, dst_mac, op, sha, spa, tha, tpa):
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, sha, socket.inet_aton(spa), tha,
+                      socket.inet_aton(tpa))
+    return dst_mac + src_mac + b"\x08\x06" + arp + b"\0" * 18
+
+
+def spoof(iface, own_mac, victim_mac, victim_ip, target_mac, target_ip, own_ip):
+    """From `iface`: a UDP frame with the victim's source MAC, a UDP frame with our MAC
+    but the victim's IP, and ARP (reply and gratuitous) claiming the victim's IP is ours."""
+    own, victim, target = mac_bytes(own_mac), mac_bytes(victim_mac), mac_bytes(target_mac)
+    bcast = b"\xff" * 6
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    for _ in range(3):
+        s.send(udp_frame(victim, target, victim_ip, target_ip, 7777))
+        s.send(udp_frame(own, target, victim_ip, target_ip, 7777))
+        s.send(arp_frame(own, target, 2, own, victim_ip, target, target_ip))
+        s.send(arp_frame(own, bcast, 1, own, victim_ip, b"\0" * 6, victim_ip))
+        time.sleep(0.05)
+
+
+def big_frame(iface, own_mac, dst_mac, own_ip, dst_ip, size):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    f = udp_frame(mac_bytes(own_mac), mac_bytes(dst_mac), own_ip, dst_ip, 7777)
+    pad = size - len(f)
+    f = f[:16] + struct.pack("!H", 20 + 8 + 7 + pad) + f[18:] + b"\0" * pad
+    s.send(f)
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "listen-udp":
+        listen_udp(int(args[0]), float(args[1]))
+    elif cmd == "send-bcast":
+        send_bcast(args[0], int(args[1]), int(args[2]))
+    elif cmd == "capture":
+        capture(args[0], float(args[1]), int(args[2]))
+    elif cmd == "spoof":
+        spoof(*args)
+    elif cmd == "big-frame":
+        big_frame(args[0], args[1], args[2], args[3], args[4], int(args[5]))
+    else:
+        sys.exit("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    main()
