@@ -36,9 +36,9 @@ def build():
 class Gateway:
     """`pangate up` on a config, ready once its socket accepts; stopped with SIGTERM."""
 
-    def __init__(self, binary, config, sock):
+    def __init__(self, binary, config, sock, prefix=()):
         self.sock = sock
-        self.p = subprocess.Popen([binary, "up", "--config", config, "--log-level", "warn"],
+        self.p = subprocess.Popen([*prefix, binary, "up", "--config", config, "--log-level", "warn"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -77,6 +77,30 @@ enum NetCommand {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Measure frames per second between two ring ports of a running gateway, printing JSON.
+    RingBench {
+        /// Data directory of the gateway (its config names the socket and credentials).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// PAN.
+        #[arg(long)]
+        pan: String,
+        /// LAN.
+        #[arg(long)]
+        lan: String,
+        /// Sending node (a ring port on the LAN).
+        #[arg(long)]
+        from: String,
+        /// Receiving node (a ring port on the LAN).
+        #[arg(long)]
+        to: String,
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
 }
 
 /// How to reach the gateway as a node.
@@ -144,6 +168,9 @@ fn main() -> ExitCode {
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => mount::umount(args),
         Command::Net(NetCommand::Show { json, data_dir, socket }) => net_show(json, data_dir, socket),
+        Command::Net(NetCommand::RingBench { data_dir, pan, lan, from, to, size, seconds }) => {
+            ring_bench(data_dir, &pan, &lan, &from, &to, size, seconds)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,6 +349,77 @@ fn start_network(cfg: &Config, dir: &Path) -> anyhow::Result<Option<netvirt::net
         }
         Err(e) => Err(anyhow::Error::new(e).context("starting netvirt")),
     }
+}
+
+/// One thread sends `size`-byte frames from `from` to `to` in batches and drains what
+/// arrives in between, so the client side needs one core and the gateway the other.
+fn ring_bench(
+    data_dir: Option<PathBuf>,
+    pan: &str,
+    lan: &str,
+    from: &str,
+    to: &str,
+    size: usize,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    use netvirt::client::RingClient;
+    let dir = default_data_dir(data_dir);
+    let cfg = Config::load(&dir.join(CONFIG_NAME))?;
+    let socket = cfg.data_dir_from(&dir).join(&cfg.net.socket);
+    let cred = |node: &str| -> anyhow::Result<String> {
+        cfg.pans
+            .iter()
+            .filter(|p| p.name == pan)
+            .flat_map(|p| &p.nodes)
+            .find(|n| n.name == node)
+            .map(|n| n.credential.clone())
+            .with_context(|| format!("no node {node:?} in PAN {pan:?}"))
+    };
+    let mut tx = RingClient::connect(&socket, pan, from, lan, &cred(from)?)?;
+    let mut rx = RingClient::connect(&socket, pan, to, lan, &cred(to)?)?;
+    let ip = |c: &RingClient| -> anyhow::Result<[u8; 4]> {
+        let first = c.ips().first().context("the ring port has no IPv4 address")?;
+        let addr: std::net::Ipv4Addr = first.split('/').next().unwrap_or("").parse()?;
+        Ok(addr.octets())
+    };
+    let mut frame = vec![0u8; size.max(60)];
+    frame[0..6].copy_from_slice(&rx.mac().0);
+    frame[6..12].copy_from_slice(&tx.mac().0);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (frame.len() - 14) as u16;
+    frame[14] = 0x45;
+    frame[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    frame[22] = 64;
+    frame[23] = 17;
+    frame[26..30].copy_from_slice(&ip(&tx)?);
+    frame[30..34].copy_from_slice(&ip(&rx)?);
+    let mut buf = vec![0u8; 2048];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let start = std::time::Instant::now();
+    let run_for = Duration::from_secs_f64(seconds);
+    while start.elapsed() < run_for {
+        for _ in 0..256 {
+            if !tx.send(&frame)? {
+                break;
+            }
+            sent += 1;
+        }
+        tx.flush();
+        while rx.recv(&mut buf)?.is_some() {
+            received += 1;
+        }
+        rx.flush();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "frames_per_sec": received as f64 / elapsed,
+        "sent": sent,
+        "received": received,
+        "frame_bytes": frame.len(),
+        "seconds": elapsed,
+    });
+    println!("{out}");
+    Ok(())
 }
 
 fn net_show(json: bool, data_dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<()> {
