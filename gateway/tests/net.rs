@@ -184,6 +184,11 @@ impl Lab {
         sh(&full)
     }
 
+    /// `ip neigh show IP` in a node's namespace.
+    fn neigh(&self, node: &str, ip: &str) -> String {
+        String::from_utf8_lossy(&self.exec(node, &["ip", "neigh", "show", ip]).stdout).into_owned()
+    }
+
     fn ping(&self, from: &str, to_ip: &str) -> bool {
         self.exec(from, &["ping", "-c", "2", "-i", "0.2", "-W", "1", to_ip]).status.success()
     }
@@ -229,7 +234,7 @@ fn topology_ping_arp_isolation_and_broadcast() {
     assert!(lab.ping("n1", "198.18.0.2"), "ping within LAN a: {}", lab.log());
     assert!(lab.ping("n2", "198.18.0.3"));
     // The neighbour table holds the MAC the virtual LAN server assigned.
-    let neigh = String::from_utf8_lossy(&lab.exec("n1", &["ip", "neigh", "show", "198.18.0.2"]).stdout).into_owned();
+    let neigh = lab.neigh("n1", "198.18.0.2");
     assert!(neigh.contains(&lab.port_mac("a", "n2")), "{neigh}");
     // LAN b is another broadcast domain, though on the same subnet.
     assert!(!lab.ping("n1", "198.18.0.4"), "a frame crossed from LAN a to LAN b");
@@ -336,7 +341,7 @@ fn spoofed_macs_and_arp_never_reach_the_victim() {
         "198.18.0.5",
     ]);
     assert_eq!(Lab::tool_count(cap), 0, "a spoofed frame reached the victim");
-    let neigh = String::from_utf8_lossy(&lab.exec("n2", &["ip", "neigh", "show", "198.18.0.1"]).stdout).into_owned();
+    let neigh = lab.neigh("n2", "198.18.0.1");
     assert!(neigh.contains(&m1) && !neigh.contains(&m5), "ARP cache poisoned: {neigh}");
     assert_eq!(lab.drops("a", "n5", "mac_spoof"), 3);
     assert_eq!(lab.drops("a", "n5", "ip_spoof"), 3);
@@ -354,42 +359,31 @@ fn frames_over_the_mtu_are_dropped_and_counted() {
     let (m1, m2) = (lab.port_mac("a", "n1"), lab.port_mac("a", "n2"));
     // Let n1's kernel send jumbo frames, so only the LAN's MTU stands in the way.
     ok(&["ip", "-n", &lab.ns("n1"), "link", "set", "eth0", "mtu", "9000"]);
-    let cap = lab.spawn_tool("n2", &["capture", "eth0", "1.5", "0"]);
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns("n1"),
-        "python3",
-        TOOL,
-        "big-frame",
-        "eth0",
-        &m1,
-        &m2,
-        "198.18.0.1",
-        "198.18.0.2",
-        "1515",
-    ]);
-    assert_eq!(Lab::tool_count(cap), 0, "a 1515-byte frame crossed a 1500-byte MTU LAN");
+    // n1 sends one UDP frame of `size` bytes to n2; returns how many n2 captured.
+    let send = |size: &str| {
+        let cap = lab.spawn_tool("n2", &["capture", "eth0", "1.5", "0"]);
+        let n1 = lab.ns("n1");
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &n1,
+            "python3",
+            TOOL,
+            "big-frame",
+            "eth0",
+            &m1,
+            &m2,
+            "198.18.0.1",
+            "198.18.0.2",
+            size,
+        ]);
+        Lab::tool_count(cap)
+    };
+    assert_eq!(send("1515"), 0, "a 1515-byte frame crossed a 1500-byte MTU LAN");
     assert_eq!(lab.drops("a", "n1", "mtu"), 1);
     // Exactly the MTU passes.
-    let cap = lab.spawn_tool("n2", &["capture", "eth0", "1.5", "0"]);
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns("n1"),
-        "python3",
-        TOOL,
-        "big-frame",
-        "eth0",
-        &m1,
-        &m2,
-        "198.18.0.1",
-        "198.18.0.2",
-        "1514",
-    ]);
-    assert_eq!(Lab::tool_count(cap), 1);
+    assert_eq!(send("1514"), 1);
 }
 
 #[test]
@@ -449,7 +443,7 @@ fn uplink_modes(tag: &str, vlan: bool) {
     lab.start(&lab.config(&uplink("unfiltered")));
     assert!(lab.ping("ext", "198.18.0.1"), "unfiltered uplink: {}", lab.log());
     assert!(lab.ping("n2", "198.18.0.200"));
-    let neigh = String::from_utf8_lossy(&lab.exec("ext", &["ip", "neigh", "show", "198.18.0.1"]).stdout).into_owned();
+    let neigh = lab.neigh("ext", "198.18.0.1");
     assert!(neigh.contains(&lab.port_mac("a", "n1")), "unfiltered mode shows the virtual MAC: {neigh}");
     // LAN b has no uplink.
     assert!(!lab.ping("ext", "198.18.0.4"));
@@ -463,7 +457,7 @@ fn uplink_modes(tag: &str, vlan: bool) {
     let up = show.lans.iter().find(|l| l.lan == "a").unwrap().uplink.clone().unwrap();
     let external = up.mac.unwrap().to_string();
     for ip in ["198.18.0.1", "198.18.0.2"] {
-        let neigh = String::from_utf8_lossy(&lab.exec("ext", &["ip", "neigh", "show", ip]).stdout).into_owned();
+        let neigh = lab.neigh("ext", ip);
         assert!(neigh.contains(&external), "filtered mode shows one external MAC: {neigh}");
     }
     assert!(up.counters.frames_in > 0 && up.counters.frames_out > 0);

@@ -177,7 +177,7 @@ impl LanConfig {
                 }
             }
             if let Some(m) = p.mac {
-                if !m.is_local_unicast() && m.is_group() {
+                if m.is_group() {
                     return Err(bad(format!("{k}.mac"), format!("{m} is a group address"), "use a unicast MAC"));
                 }
             }

@@ -164,16 +164,39 @@ pub struct Dataplane {
     ring: IoUring,
     ops: Vec<Option<Op>>,
     free_ops: Vec<usize>,
-    pool: Pool,
-    writes: Vec<Write>,
+    out: Egress,
     starved: Vec<(usize, Src)>,
     queue: Arc<Mutex<Vec<Command>>>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
+    rx_frame: Vec<u8>,
+    /// Ring ports with a client attached; the loop polls rings only while there are any.
+    ring_ports: usize,
+    stop: bool,
+}
+
+/// What every delivery draws on: the buffer pool, the writes queued for the next submit,
+/// scratch space for segmentation, and the input-frame counter that keeps a broadcast
+/// ring from getting one frame twice.
+struct Egress {
+    pool: Pool,
+    writes: Vec<Write>,
     scratch: Vec<u8>,
     generation: u64,
-    rx_frame: Vec<u8>,
-    stop: bool,
+}
+
+impl Egress {
+    /// A sink for one input frame of a LAN: `input` is its pool buffer (`usize::MAX` if it
+    /// is not in the pool) and virtio-net header.
+    fn sink<'a>(
+        &'a mut self,
+        ports: &'a mut [PortIo],
+        uplink: Option<&'a UplinkIo>,
+        input: (usize, VnetHdr),
+    ) -> PlaneSink<'a> {
+        self.generation += 1;
+        PlaneSink { ports, uplink, out: self, input }
+    }
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -194,15 +217,18 @@ impl Dataplane {
             ring,
             ops: Vec::new(),
             free_ops: Vec::new(),
-            pool: Pool { bufs: Vec::new(), refs: Vec::new(), free: Vec::new() },
-            writes: Vec::new(),
+            out: Egress {
+                pool: Pool { bufs: Vec::new(), refs: Vec::new(), free: Vec::new() },
+                writes: Vec::new(),
+                scratch: Vec::with_capacity(2048),
+                generation: 0,
+            },
             starved: Vec::new(),
             queue,
             wake,
             wake_buf: Box::new([0; 8]),
-            scratch: Vec::with_capacity(2048),
-            generation: 0,
             rx_frame: Vec::with_capacity(2048),
+            ring_ports: 0,
             stop: false,
         };
         Ok((dp, control))
@@ -227,9 +253,8 @@ impl Dataplane {
         }
         let mut cqes = Vec::with_capacity(256);
         while !self.stop {
-            let have_rings = self.lans.iter().any(|l| l.ports.iter().any(|p| matches!(p, PortIo::Ring(_))));
             self.flush_writes();
-            if have_rings {
+            if self.ring_ports > 0 {
                 // Ring clients do not make syscalls per frame: poll their rings, and sleep
                 // in the kernel only when they have been idle for a while.
                 self.ring.submit()?;
@@ -299,11 +324,11 @@ impl Dataplane {
 
     fn push_read(&mut self, l: usize, src: Src) {
         let Some(fd) = self.fd_of(l, src) else { return };
-        let Some(buf) = self.pool.alloc() else {
+        let Some(buf) = self.out.pool.alloc() else {
             self.starved.push((l, src));
             return;
         };
-        let ptr = self.pool.bufs[buf].as_mut_ptr();
+        let ptr = self.out.pool.bufs[buf].as_mut_ptr();
         match src {
             Src::Port(_) => {
                 let token = self.push_op(Op::Read { lan: l, src, buf });
@@ -336,15 +361,15 @@ impl Dataplane {
     }
 
     fn flush_writes(&mut self) {
-        let writes = std::mem::take(&mut self.writes);
+        let writes = std::mem::take(&mut self.out.writes);
         for &(fd, buf, len) in &writes {
             let token = self.push_op(Op::Write { buf });
-            let ptr = self.pool.bufs[buf].as_ptr();
+            let ptr = self.out.pool.bufs[buf].as_ptr();
             let e = opcode::Write::new(types::Fd(fd), ptr, len as u32).build().user_data(token as u64);
             self.submit(e);
         }
-        self.writes = writes;
-        self.writes.clear();
+        self.out.writes = writes;
+        self.out.writes.clear();
     }
 
     fn complete(&mut self, token: usize, res: i32) {
@@ -363,7 +388,7 @@ impl Dataplane {
                 if res < 0 {
                     tracing::debug!(error = %std::io::Error::from_raw_os_error(-res), "netvirt write failed");
                 }
-                self.pool.release(buf);
+                self.out.pool.release(buf);
             }
             Op::Poll { lan, src } => {
                 if let (Src::Port(p), Some(l)) = (src, self.lans.get_mut(lan)) {
@@ -378,27 +403,27 @@ impl Dataplane {
             }
             Op::Read { lan, src, buf } => {
                 if res == -libc::EAGAIN {
-                    self.pool.release(buf);
+                    self.out.pool.release(buf);
                     return self.push_poll(lan, src);
                 }
                 if res < 0 {
-                    self.pool.release(buf);
+                    self.out.pool.release(buf);
                     if res != -libc::ECANCELED {
                         tracing::warn!(lan = self.lans[lan].lan.name(), error = %std::io::Error::from_raw_os_error(-res), "TAP read failed; port stops");
                     }
                     return;
                 }
                 self.frame_in(lan, src, buf, res as usize, None);
-                self.pool.release(buf);
+                self.out.pool.release(buf);
                 self.push_read(lan, src);
             }
             Op::Recv { lan, buf, state } => {
                 if res == -libc::EAGAIN {
-                    self.pool.release(buf);
-                    return self.push_poll(lan, src_uplink());
+                    self.out.pool.release(buf);
+                    return self.push_poll(lan, Src::Uplink);
                 }
                 if res < 0 {
-                    self.pool.release(buf);
+                    self.out.pool.release(buf);
                     if res != -libc::ECANCELED {
                         tracing::warn!(lan = self.lans[lan].lan.name(), error = %std::io::Error::from_raw_os_error(-res), "uplink read failed; uplink stops");
                     }
@@ -409,7 +434,7 @@ impl Dataplane {
                 let control = unsafe { std::slice::from_raw_parts(state.control.as_ptr().cast::<u8>(), ctl_len) };
                 let vlan = crate::sys::aux_vlan(control);
                 self.frame_in(lan, Src::Uplink, buf, res as usize, Some(vlan));
-                self.pool.release(buf);
+                self.out.pool.release(buf);
                 self.push_read(lan, Src::Uplink);
             }
         }
@@ -421,13 +446,13 @@ impl Dataplane {
             return;
         }
         let mut hdr_bytes = [0u8; VNET_HDR_LEN];
-        hdr_bytes.copy_from_slice(&self.pool.bufs[buf][..VNET_HDR_LEN]);
+        hdr_bytes.copy_from_slice(&self.out.pool.bufs[buf][..VNET_HDR_LEN]);
         let mut hdr = VnetHdr::parse(&hdr_bytes);
         let mut len = len;
         if let Some(tag) = aux_vlan {
             // Uplink: keep only this LAN's VLAN, untagging in place if the kernel did not.
             let want = self.lans[l].uplink.as_ref().and_then(|u| u.vlan);
-            let b = &mut self.pool.bufs[buf];
+            let b = &mut self.out.pool.bufs[buf];
             let f = VNET_HDR_LEN;
             let inline = if len >= f + 18 && b[f + 12..f + 14] == [0x81, 0x00] {
                 Some(u16::from_be_bytes([b[f + 14], b[f + 15]]) & 0x0fff)
@@ -448,30 +473,17 @@ impl Dataplane {
             }
         }
         let LanIo { lan, ports, uplink, .. } = &mut self.lans[l];
-        self.generation += 1;
-        let Dataplane { pool, writes, scratch, generation, .. } = self;
-        let frame_ptr_range = VNET_HDR_LEN..len;
         // The frame is read from the pool buffer while the sink may allocate others; take
         // the buffer out for the duration so both can be borrowed.
-        let data = std::mem::take(&mut pool.bufs[buf]);
-        {
-            let frame = &data[frame_ptr_range];
-            let wire_len = hdr.wire_len(frame);
-            let mut sink = PlaneSink {
-                ports,
-                uplink: uplink.as_ref(),
-                pool,
-                writes,
-                input: (buf, hdr),
-                generation: *generation,
-                scratch,
-            };
-            match src {
-                Src::Port(p) => lan.from_port(p, frame, wire_len, &mut sink),
-                Src::Uplink => lan.from_uplink(frame, wire_len, &mut sink),
-            }
+        let data = std::mem::take(&mut self.out.pool.bufs[buf]);
+        let frame = &data[VNET_HDR_LEN..len];
+        let wire_len = hdr.wire_len(frame);
+        let mut sink = self.out.sink(ports, uplink.as_ref(), (buf, hdr));
+        match src {
+            Src::Port(p) => lan.from_port(p, frame, wire_len, &mut sink),
+            Src::Uplink => lan.from_uplink(frame, wire_len, &mut sink),
         }
-        pool.bufs[buf] = data;
+        self.out.pool.bufs[buf] = data;
     }
 
     fn commands(&mut self) {
@@ -482,6 +494,9 @@ impl Dataplane {
                 Command::AttachRing { lan, port, ring } => {
                     if let Some(l) = self.lans.get_mut(lan) {
                         if port < l.ports.len() {
+                            if !matches!(l.ports[port], PortIo::Ring(_)) {
+                                self.ring_ports += 1;
+                            }
                             l.ports[port] = PortIo::Ring(ring);
                             let _ = l.lan.set_attached(port, true);
                         }
@@ -490,32 +505,19 @@ impl Dataplane {
                 Command::DetachRing { lan, port } => {
                     if let Some(l) = self.lans.get_mut(lan) {
                         if port < l.ports.len() {
+                            if matches!(l.ports[port], PortIo::Ring(_)) {
+                                self.ring_ports -= 1;
+                            }
                             l.ports[port] = PortIo::Absent;
                             let _ = l.lan.set_attached(port, false);
                         }
                     }
                 }
                 Command::MoveIp { lan, ip, port } => {
-                    if lan < self.lans.len() {
-                        let mut garps = Vec::new();
-                        let mut rec = Recorder(&mut garps);
-                        if let Err(e) = self.lans[lan].lan.move_ip(ip, port, &mut rec) {
+                    if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan) {
+                        let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
+                        if let Err(e) = lan.move_ip(ip, port, &mut sink) {
                             tracing::warn!(error = %e, "moving an IP failed");
-                        }
-                        self.generation += 1;
-                        for (to, f) in garps {
-                            let LanIo { ports, uplink, .. } = &mut self.lans[lan];
-                            let Dataplane { pool, writes, scratch, generation, .. } = self;
-                            let mut sink = PlaneSink {
-                                ports,
-                                uplink: uplink.as_ref(),
-                                pool,
-                                writes,
-                                input: (usize::MAX, VnetHdr::default()),
-                                generation: *generation,
-                                scratch,
-                            };
-                            sink.deliver(to, &f, Emit::Generated);
                         }
                     }
                 }
@@ -537,17 +539,7 @@ impl Dataplane {
                         break;
                     }
                     moved = true;
-                    self.generation += 1;
-                    let Dataplane { pool, writes, scratch, generation, .. } = self;
-                    let mut sink = PlaneSink {
-                        ports,
-                        uplink: uplink.as_ref(),
-                        pool,
-                        writes,
-                        input: (usize::MAX, VnetHdr::default()),
-                        generation: *generation,
-                        scratch,
-                    };
+                    let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
                     lan.from_port(p, &frame, frame.len(), &mut sink);
                     self.rx_frame = frame;
                 }
@@ -559,6 +551,7 @@ impl Dataplane {
                             "ring client broke the protocol; detached"
                         );
                         self.lans[l].ports[p] = PortIo::Absent;
+                        self.ring_ports -= 1;
                         let _ = self.lans[l].lan.set_attached(p, false);
                         if let Some(a) = self.lans[l].attached.get(p) {
                             a.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -632,21 +625,8 @@ impl Dataplane {
         }
         if self.ops.iter().any(Option::is_some) {
             // Leak the buffers rather than free memory the kernel may still write.
-            std::mem::forget(std::mem::take(&mut self.pool.bufs));
+            std::mem::forget(std::mem::take(&mut self.out.pool.bufs));
         }
-    }
-}
-
-fn src_uplink() -> Src {
-    Src::Uplink
-}
-
-struct Recorder<'a>(&'a mut Vec<(Dest, Vec<u8>)>);
-
-impl Sink for Recorder<'_> {
-    fn deliver(&mut self, to: Dest, frame: &[u8], _: Emit) -> bool {
-        self.0.push((to, frame.to_vec()));
-        true
     }
 }
 
@@ -654,20 +634,16 @@ impl Sink for Recorder<'_> {
 struct PlaneSink<'a> {
     ports: &'a mut [PortIo],
     uplink: Option<&'a UplinkIo>,
-    pool: &'a mut Pool,
-    writes: &'a mut Vec<Write>,
+    out: &'a mut Egress,
     /// The input frame's buffer (`usize::MAX` if it is not in the pool) and header.
     input: (usize, VnetHdr),
-    /// Counts input frames, so a broadcast ring is written once per frame.
-    generation: u64,
-    scratch: &'a mut Vec<u8>,
 }
 
 impl PlaneSink<'_> {
     /// Copies `frame` with header `hdr` (and a VLAN tag) into a new buffer and queues it.
     fn write_copy(&mut self, fd: RawFd, hdr: VnetHdr, frame: &[u8], vlan: Option<u16>) -> bool {
-        let Some(b) = self.pool.alloc() else { return false };
-        let buf = &mut self.pool.bufs[b];
+        let Some(b) = self.out.pool.alloc() else { return false };
+        let buf = &mut self.out.pool.bufs[b];
         let mut hdr = hdr;
         let len = match vlan {
             None => {
@@ -677,7 +653,7 @@ impl PlaneSink<'_> {
             }
             Some(vid) => {
                 if frame.len() < 14 {
-                    self.pool.release(b);
+                    self.out.pool.release(b);
                     return false;
                 }
                 if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
@@ -694,7 +670,7 @@ impl PlaneSink<'_> {
                 f + 4 + frame.len()
             }
         };
-        self.writes.push((fd, b, len));
+        self.out.writes.push((fd, b, len));
         true
     }
 }
@@ -708,22 +684,22 @@ impl Sink for PlaneSink<'_> {
                 Some(PortIo::Tap(fd)) => {
                     let fd = fd.as_raw_fd();
                     if emit == Emit::Input && in_buf != usize::MAX {
-                        self.pool.refs[in_buf] += 1;
-                        self.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
+                        self.out.pool.refs[in_buf] += 1;
+                        self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
                         true
                     } else {
                         self.write_copy(fd, hdr, frame, None)
                     }
                 }
-                Some(PortIo::Ring(r)) => r.push_frame(self.generation, &hdr, frame, self.scratch),
+                Some(PortIo::Ring(r)) => r.push_frame(self.out.generation, &hdr, frame, &mut self.out.scratch),
                 _ => false,
             },
             Dest::Uplink => match self.uplink {
                 Some(u) => {
                     let fd = u.fd.as_raw_fd();
                     if u.vlan.is_none() && emit == Emit::Input && in_buf != usize::MAX {
-                        self.pool.refs[in_buf] += 1;
-                        self.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
+                        self.out.pool.refs[in_buf] += 1;
+                        self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
                         true
                     } else {
                         self.write_copy(fd, hdr, frame, u.vlan)
