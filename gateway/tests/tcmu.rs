@@ -864,16 +864,16 @@ fn targetcli_finds_the_handler_on_dbus() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bus");
     let addr = format!("unix:path={}", path.display());
-    let _bus = Bus(std::process::Command::new("dbus-daemon")
-        .args(["--session", "--nofork", &format!("--address={addr}")])
-        .stdout(std::process::Stdio::null())
+    let mut bus = Bus(std::process::Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address", &format!("--address={addr}")])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "the bus daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The socket file appears at bind(), before the daemon listens; the printed address
+    // comes only once it accepts connections.
+    let mut printed = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(bus.0.stdout.take().unwrap()), &mut printed).unwrap();
+    assert!(printed.contains(&*path.to_string_lossy()), "the bus daemon did not start: {printed:?}");
     let nodes = vec![NodeCredential { pan: "p".into(), node: "n".into(), credential: CRED.into(), luns: vec![(0, 0)] }];
     let check: dbus::ConfigCheck = Arc::new(move |c: &str| check_config(&nodes, c).map(drop));
     let _reg = dbus::register(Some(&addr), check).unwrap();
