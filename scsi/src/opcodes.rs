@@ -47,6 +47,42 @@ pub mod op {
     pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
 }
 
+/// The standard name of an opcode this target knows (`READ_10`, `SERVICE_ACTION_IN_16`…),
+/// for logs and metric labels.
+pub fn name(opcode: u8) -> Option<&'static str> {
+    Some(match opcode {
+        op::TEST_UNIT_READY => "TEST_UNIT_READY",
+        op::REQUEST_SENSE => "REQUEST_SENSE",
+        op::READ_6 => "READ_6",
+        op::WRITE_6 => "WRITE_6",
+        op::INQUIRY => "INQUIRY",
+        op::MODE_SELECT_6 => "MODE_SELECT_6",
+        op::MODE_SENSE_6 => "MODE_SENSE_6",
+        op::START_STOP_UNIT => "START_STOP_UNIT",
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => "PREVENT_ALLOW_MEDIUM_REMOVAL",
+        op::READ_CAPACITY_10 => "READ_CAPACITY_10",
+        op::READ_10 => "READ_10",
+        op::WRITE_10 => "WRITE_10",
+        op::WRITE_AND_VERIFY_10 => "WRITE_AND_VERIFY_10",
+        op::VERIFY_10 => "VERIFY_10",
+        op::SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE_CACHE_10",
+        op::WRITE_SAME_10 => "WRITE_SAME_10",
+        op::UNMAP => "UNMAP",
+        op::MODE_SELECT_10 => "MODE_SELECT_10",
+        op::MODE_SENSE_10 => "MODE_SENSE_10",
+        op::READ_16 => "READ_16",
+        op::COMPARE_AND_WRITE => "COMPARE_AND_WRITE",
+        op::WRITE_16 => "WRITE_16",
+        op::WRITE_AND_VERIFY_16 => "WRITE_AND_VERIFY_16",
+        op::VERIFY_16 => "VERIFY_16",
+        op::SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE_CACHE_16",
+        op::WRITE_SAME_16 => "WRITE_SAME_16",
+        op::SERVICE_ACTION_IN_16 => "SERVICE_ACTION_IN_16",
+        op::REPORT_LUNS => "REPORT_LUNS",
+        _ => return None,
+    })
+}
+
 /// One supported command.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandInfo {
@@ -157,6 +193,11 @@ pub fn has_service_action(opcode: u8) -> bool {
 /// medium, plus MODE SELECT and VERIFY (whose BYTCHK data is compared).
 pub fn carries_data_out(opcode: u8) -> bool {
     writes_medium(opcode) || matches!(opcode, op::MODE_SELECT_6 | op::MODE_SELECT_10 | op::VERIFY_10 | op::VERIFY_16)
+}
+
+/// Whether an opcode returns data read from the medium (the READ family).
+pub fn reads_medium(opcode: u8) -> bool {
+    matches!(opcode, op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16)
 }
 
 /// Whether an opcode changes the medium; a node with read-only access may not send it.

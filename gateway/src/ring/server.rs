@@ -13,10 +13,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
 use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
 
 use super::alloc::RegionAllocator;
@@ -54,6 +55,8 @@ pub struct ServerOptions {
     pub max_data_bytes: u64,
     /// Time a node has to complete the handshake.
     pub handshake_timeout: Duration,
+    /// Where the worker counts commands, bytes, latencies and ring events.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ServerOptions {
@@ -64,6 +67,7 @@ impl ServerOptions {
             spin: Duration::from_micros(50),
             max_data_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(5),
+            metrics: Arc::new(Metrics::new(scsi::opcodes::name, env!("CARGO_PKG_VERSION"))),
         }
     }
 }
@@ -82,6 +86,10 @@ pub struct NodeEntry {
     /// (target, LUN) → (image index, access).
     pub luns: Vec<(u16, u16, usize, Access)>,
 }
+
+/// The nodes allowed to connect, shared by the listener (which reads it at each handshake)
+/// and the control plane (which changes it).
+pub type NodeTable = Arc<RwLock<Vec<NodeEntry>>>;
 
 /// A running server.
 #[derive(Debug)]
@@ -110,27 +118,85 @@ enum Data {
 
 /// A request to the worker from the control plane, answered on `reply`.
 enum Control {
-    Grow { image: usize, bytes: u64, reply: mpsc::SyncSender<io::Result<()>> },
+    Grow {
+        image: usize,
+        bytes: u64,
+        reply: mpsc::SyncSender<io::Result<()>>,
+    },
+    AddImage {
+        image: Box<OpenImage>,
+        reply: mpsc::SyncSender<io::Result<()>>,
+    },
+    Retire {
+        image: usize,
+        reply: mpsc::SyncSender<io::Result<()>>,
+    },
+    /// The node's entry changed or went away: update or close its queue pairs.
+    Node {
+        pan: String,
+        node: String,
+        entry: Option<NodeEntry>,
+        reply: mpsc::SyncSender<io::Result<()>>,
+    },
 }
 
-/// Changes the LUNs of a running server from outside the I/O path (TCMU reconfiguration,
-/// the admin API): the request goes to the worker, which owns the images.
+/// Changes the LUNs and nodes of a running server from outside the I/O path (TCMU
+/// reconfiguration, the admin API): the request goes to the worker, which owns the images
+/// and the queue pairs.
 #[derive(Debug, Clone)]
 pub struct LunControl {
     tx: Sender<Control>,
     wake: Arc<Doorbell>,
+    nodes: NodeTable,
 }
 
 impl LunControl {
-    /// Grows image `image` (an index into the server's image list) to `bytes`; every
-    /// initiator of its LUNs gets CAPACITY DATA HAS CHANGED.
-    pub fn grow(&self, image: usize, bytes: u64) -> io::Result<()> {
+    fn ask(&self, make: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> Control) -> io::Result<()> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.tx.send(Control::Grow { image, bytes, reply }).map_err(|_| io::Error::other("the gateway is stopping"))?;
+        self.tx.send(make(reply)).map_err(|_| io::Error::other("the gateway is stopping"))?;
         self.wake.ring()?;
         answer
             .recv_timeout(Duration::from_secs(30))
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the worker did not answer"))?
+    }
+
+    /// Grows image `image` (an index into the server's image list) to `bytes`; every
+    /// initiator of its LUNs gets CAPACITY DATA HAS CHANGED.
+    pub fn grow(&self, image: usize, bytes: u64) -> io::Result<()> {
+        self.ask(|reply| Control::Grow { image, bytes, reply })
+    }
+
+    /// Adds an image; it gets the next index (the server's image count before the call).
+    pub fn add_image(&self, image: OpenImage) -> io::Result<()> {
+        self.ask(|reply| Control::AddImage { image: Box::new(image), reply })
+    }
+
+    /// Flushes an image that no map names any more. Its index stays taken, so others keep
+    /// theirs; the file is left as it is.
+    pub fn retire_image(&self, image: usize) -> io::Result<()> {
+        self.ask(|reply| Control::Retire { image, reply })
+    }
+
+    /// Adds a node or replaces its credential and map. Its open queue pairs see the new
+    /// map from their next command; a LUN taken away answers LOGICAL UNIT NOT SUPPORTED.
+    pub fn set_node(&self, entry: NodeEntry) -> io::Result<()> {
+        {
+            let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+            match nodes.iter_mut().find(|n| n.pan == entry.pan && n.node == entry.node) {
+                Some(n) => *n = entry.clone(),
+                None => nodes.push(entry.clone()),
+            }
+        }
+        let (pan, node) = (entry.pan.clone(), entry.node.clone());
+        self.ask(|reply| Control::Node { pan, node, entry: Some(entry), reply })
+    }
+
+    /// Removes a node: it can no longer connect, and its queue pairs are closed (their
+    /// in-flight I/O completes and is discarded).
+    pub fn remove_node(&self, pan: &str, node: &str) -> io::Result<()> {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).retain(|n| !(n.pan == pan && n.node == node));
+        let (pan, node) = (pan.to_string(), node.to_string());
+        self.ask(|reply| Control::Node { pan, node, entry: None, reply })
     }
 }
 
@@ -172,19 +238,21 @@ impl Server {
         let caps: Capacities = Arc::new(std::sync::Mutex::new(
             images.iter().map(|i| (i.driver.unit().config().block_size, i.driver.unit().config().blocks)).collect(),
         ));
+        let nodes: NodeTable = Arc::new(RwLock::new(nodes));
         let listener_thread = {
-            let (stop, wake, opts, caps) = (stop.clone(), wake.clone(), opts.clone(), caps.clone());
+            let (stop, wake, opts, caps, nodes) =
+                (stop.clone(), wake.clone(), opts.clone(), caps.clone(), nodes.clone());
             std::thread::Builder::new()
                 .name("pangate-listen".into())
                 .spawn(move || listen(listener, nodes, caps, opts, stop, wake, tx))?
         };
         let worker_thread = {
-            let (stop, wake, spin) = (stop.clone(), wake.clone(), opts.spin);
+            let (stop, wake, opts) = (stop.clone(), wake.clone(), opts.clone());
             std::thread::Builder::new()
                 .name("pangate-worker".into())
-                .spawn(move || Worker::new(images, rx, control_rx, caps, wake, stop, spin).run())?
+                .spawn(move || Worker::new(images, rx, control_rx, caps, wake, stop, &opts).run())?
         };
-        let control = LunControl { tx: control_tx, wake: wake.clone() };
+        let control = LunControl { tx: control_tx, wake: wake.clone(), nodes };
         Ok(Server {
             stop,
             wake,
@@ -235,7 +303,7 @@ impl Drop for Server {
 
 fn listen(
     listener: UnixListener,
-    nodes: Vec<NodeEntry>,
+    nodes: NodeTable,
     caps: Capacities,
     opts: ServerOptions,
     stop: Arc<AtomicBool>,
@@ -251,7 +319,8 @@ fn listen(
         }
         let Ok((sock, _)) = listener.accept() else { continue };
         let now = caps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match handshake_with(&sock, &nodes, &now, &opts) {
+        let known = nodes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match handshake_with(&sock, &known, &now, &opts) {
             Ok(acc) => {
                 tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, "queue pair connected");
                 if tx.send(acc).is_err() {
@@ -307,12 +376,9 @@ fn handshake_with(
     let luns = entry
         .luns
         .iter()
-        .map(|&(target, lun, image, access)| LunInfo {
-            target,
-            lun,
-            block_size: caps[image].0,
-            blocks: caps[image].1,
-            read_only: access == Access::Ro,
+        .filter_map(|&(target, lun, image, access)| {
+            let &(block_size, blocks) = caps.get(image)?;
+            Some(LunInfo { target, lun, block_size, blocks, read_only: access == Access::Ro })
         })
         .collect();
     let welcome = Welcome { version: proto::VERSION, slots, data_bytes, staging_bytes: data_bytes, luns };
@@ -344,9 +410,36 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug)]
 enum Pending {
     /// Waiting for the node to fill staging buffers (staged write).
-    Staged { image: usize, cmd: Cmd, staged: Vec<Region>, received: Vec<bool> },
+    Staged { lun: MappedLun, cmd: Cmd, staged: Vec<Region>, received: Vec<bool> },
     /// With the backend; data-in goes to `segments`.
-    Backend { segments: Segments, expected: u64, staged: Vec<Region>, data_out: bool },
+    Backend {
+        segments: Segments,
+        expected: u64,
+        staged: Vec<Region>,
+        data_out: bool,
+        opcode: u8,
+        started_ns: u64,
+        stats: Arc<LunStats>,
+    },
+}
+
+/// One entry of a queue pair's map.
+#[derive(Debug, Clone)]
+struct MappedLun {
+    image: usize,
+    access: Access,
+    stats: Arc<LunStats>,
+}
+
+fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> HashMap<(u16, u16), MappedLun> {
+    entry
+        .luns
+        .iter()
+        .map(|&(target, lun, image, access)| {
+            let key = LunKey { pan: entry.pan.clone(), node: entry.node.clone(), target, lun };
+            ((target, lun), MappedLun { image, access, stats: metrics.lun(key) })
+        })
+        .collect()
 }
 
 struct Conn {
@@ -362,8 +455,11 @@ struct Conn {
     to_gateway: Doorbell,
     to_node: Doorbell,
     slots: u32,
-    map: HashMap<(u16, u16), (usize, Access)>,
+    map: HashMap<(u16, u16), MappedLun>,
     pending: HashMap<u32, Pending>,
+    ring_stats: Arc<RingStats>,
+    /// Commands accepted whose STAT has not gone into the ring.
+    unanswered: u64,
     out_stat: VecDeque<Stat>,
     out_buf: VecDeque<Buf>,
     staging_alloc: RegionAllocator,
@@ -374,8 +470,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(id: u64, a: Accepted) -> Conn {
-        let map = a.entry.luns.iter().map(|&(t, l, i, acc)| ((t, l), (i, acc))).collect();
+    fn new(id: u64, a: Accepted, metrics: &Metrics) -> Conn {
+        let map = lun_map(&a.entry, metrics);
+        let ring_stats = metrics.ring(&a.entry.pan, &a.entry.node);
+        ring_stats.connected();
         let staging_alloc = RegionAllocator::new(a.staging.len() as u64);
         let cmd = Consumer::new(a.ring.clone(), RingId::Cmd, a.slots);
         let tran = Consumer::new(a.ring.clone(), RingId::Tran, a.slots);
@@ -396,6 +494,8 @@ impl Conn {
             slots: a.slots,
             map,
             pending: HashMap::new(),
+            ring_stats,
+            unanswered: 0,
             out_stat: VecDeque::new(),
             out_buf: VecDeque::new(),
             staging_alloc,
@@ -433,12 +533,20 @@ impl Conn {
         }
     }
 
-    /// The node broke the protocol: close its queue pair and say why.
-    fn kill(&mut self, why: String) {
+    /// The node broke the protocol: close its queue pair and say why. `label` names the
+    /// kind of fault for metrics.
+    fn kill(&mut self, label: &'static str, why: String) {
         if self.dead.is_none() {
             tracing::warn!(pan = %self.entry.pan, node = %self.entry.node, reason = %why, "closing queue pair");
+            self.ring_stats.protocol_error(label);
             self.dead = Some(why);
         }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.ring_stats.disconnected(self.unanswered);
     }
 }
 
@@ -466,6 +574,9 @@ struct Worker {
     next_id: u64,
     in_backend: Vec<usize>,
     finished: Vec<Finished>,
+    metrics: Arc<Metrics>,
+    /// Images no map names any more (flushed, kept so indices stay stable).
+    retired: Vec<bool>,
 }
 
 impl Worker {
@@ -476,7 +587,7 @@ impl Worker {
         caps: Capacities,
         wake: Arc<Doorbell>,
         stop: Arc<AtomicBool>,
-        spin: Duration,
+        opts: &ServerOptions,
     ) -> Worker {
         let n = images.len();
         Worker {
@@ -487,10 +598,12 @@ impl Worker {
             caps,
             wake,
             stop,
-            spin,
+            spin: opts.spin,
             next_id: 1,
             in_backend: vec![0; n],
             finished: Vec::new(),
+            metrics: opts.metrics.clone(),
+            retired: vec![false; n],
         }
     }
 
@@ -503,7 +616,7 @@ impl Worker {
             while let Ok(a) = self.incoming.try_recv() {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.conns.push(Conn::new(id, a));
+                self.conns.push(Conn::new(id, a, &self.metrics));
             }
             while let Ok(c) = self.control.try_recv() {
                 self.apply(c);
@@ -558,6 +671,41 @@ impl Worker {
                 };
                 let _ = reply.send(result);
             }
+            Control::AddImage { image, reply } => {
+                let cfg = image.driver.unit().config();
+                self.caps.lock().unwrap_or_else(|p| p.into_inner()).push((cfg.block_size, cfg.blocks));
+                tracing::info!(pan = %image.pan, image = %image.name, path = %image.path.display(), "LUN added");
+                self.images.push(*image);
+                self.in_backend.push(0);
+                self.retired.push(false);
+                let _ = reply.send(Ok(()));
+            }
+            Control::Retire { image, reply } => {
+                let result = match self.images.get_mut(image) {
+                    Some(img) => {
+                        self.retired[image] = true;
+                        tracing::info!(pan = %img.pan, image = %img.name, "LUN deleted");
+                        flush_image(img)
+                    }
+                    None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no image {image}"))),
+                };
+                let _ = reply.send(result);
+            }
+            Control::Node { pan, node, entry, reply } => {
+                for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
+                    match &entry {
+                        Some(e) => {
+                            c.map = lun_map(e, &self.metrics);
+                            c.entry = e.clone();
+                        }
+                        None => {
+                            tracing::info!(pan = %pan, node = %node, "node deleted: closing its queue pair");
+                            c.dead = Some("the node was deleted".into());
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -600,7 +748,7 @@ impl Worker {
             if ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
                 c.hang_up();
             } else if ev.contains(PollFlags::IN) {
-                c.kill("the node sent data on its socket after the handshake".into());
+                c.kill("socket_chatter", "the node sent data on its socket after the handshake".into());
             }
         }
     }
@@ -618,7 +766,7 @@ impl Worker {
                 Ok(Some(_)) => unreachable!("the consumer checks kinds"),
                 Ok(None) => break,
                 Err(e) => {
-                    self.conns[i].kill(e.to_string());
+                    self.conns[i].kill(e.label(), e.to_string());
                     return true;
                 }
             }
@@ -635,7 +783,7 @@ impl Worker {
                 Ok(Some(_)) => unreachable!("the consumer checks kinds"),
                 Ok(None) => break,
                 Err(e) => {
-                    self.conns[i].kill(e.to_string());
+                    self.conns[i].kill(e.label(), e.to_string());
                     return true;
                 }
             }
@@ -653,21 +801,23 @@ impl Worker {
             // STAT ring but not yet consumed by the node.
             let in_ring = match c.stat.room() {
                 Ok(room) => c.slots - room,
-                Err(e) => return c.kill(e.to_string()),
+                Err(e) => return c.kill(e.label(), e.to_string()),
             };
             if c.pending.len() + c.out_stat.len() + in_ring as usize >= c.slots as usize {
-                return c.kill(format!("more than {} commands outstanding", c.slots));
+                return c.kill("queue_overflow", format!("more than {} commands outstanding", c.slots));
             }
             if c.pending.contains_key(&cmd.seq) {
-                return c.kill(format!("sequence number {} reused while outstanding", cmd.seq));
+                return c.kill("sequence_reused", format!("sequence number {} reused while outstanding", cmd.seq));
             }
+            c.unanswered += 1;
+            c.ring_stats.command_accepted();
         }
         if let Some(op) = cmd.control {
             return self.on_control(i, cmd, op);
         }
         let c = &mut self.conns[i];
         let expected = cmd.segments.total();
-        let Some(&(image, access)) = c.map.get(&(cmd.target, cmd.lun)) else {
+        let Some(lun) = c.map.get(&(cmd.target, cmd.lun)).cloned() else {
             let luns = c.luns_of_target(cmd.target);
             let completion = absent_lun(cmd.cdb(), &luns);
             let data = match &completion.data_in {
@@ -677,21 +827,25 @@ impl Worker {
             let n = if cmd.flags & proto::FLAG_DATA_IN != 0 { c.scatter(&cmd.segments, &data) } else { Ok(0) };
             match n {
                 Ok(n) => c.out_stat.push_back(stat_from(cmd.seq, &completion, n as u32, expected)),
-                Err(e) => c.kill(e),
+                Err(e) => c.kill("bad_region", e),
             }
             return;
         };
-        if access == Access::Ro && scsi::opcodes::writes_medium(cmd.cdb()[0]) {
+        let opcode = cmd.cdb()[0];
+        if lun.access == Access::Ro && scsi::opcodes::writes_medium(opcode) {
             let completion = Completion::check(&Sense::write_protected(), false);
+            lun.stats.answered(opcode, completion.status as u8, Transfer::None);
             c.out_stat.push_back(stat_from(cmd.seq, &completion, 0, expected));
             return;
         }
         if c.bytes_in_flight + expected > c.data.len() as u64 {
             // More data in flight than the node's whole data area: ask it to retry later.
             let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
+            lun.stats.answered(opcode, busy.status as u8, Transfer::None);
             c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
             return;
         }
+        let image = lun.image;
         c.bytes_in_flight += expected;
         if cmd.flags & proto::FLAG_STAGED != 0 {
             // One BUF per segment of the CMD, each naming staging space of the same size.
@@ -705,6 +859,7 @@ impl Worker {
                         }
                         c.bytes_in_flight -= expected;
                         let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
+                        lun.stats.answered(opcode, busy.status as u8, Transfer::None);
                         c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
                         return;
                     }
@@ -715,7 +870,7 @@ impl Worker {
                 c.out_buf.push_back(Buf { seq: cmd.seq, index: index as u16, segments });
             }
             let received = vec![false; staged.len()];
-            c.pending.insert(cmd.seq, Pending::Staged { image, cmd, staged, received });
+            c.pending.insert(cmd.seq, Pending::Staged { lun, cmd, staged, received });
             if cmd.segments.as_slice().is_empty() {
                 self.submit_staged(i, cmd.seq);
             }
@@ -723,7 +878,7 @@ impl Worker {
         }
         let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
             if let Some(view) = self.borrowable(i, image, &cmd) {
-                return self.submit(i, image, cmd, Data::Out(view), Vec::new());
+                return self.submit(i, &lun, cmd, Data::Out(view), Vec::new());
             }
             let c = &mut self.conns[i];
             // The engine's arena: already mapped (and registered with io_uring), where a
@@ -735,18 +890,18 @@ impl Worker {
             for r in cmd.segments.as_slice() {
                 let n = r.len as usize;
                 if let Err(e) = c.data.read(r.offset, &mut buf.as_mut_slice()[at..at + n]) {
-                    return c.kill(e.to_string());
+                    return c.kill("bad_region", e.to_string());
                 }
                 at += n;
             }
             Some(buf)
         } else if let Some(view) = self.borrowable(i, image, &cmd) {
             // A READ lands in the node's region directly.
-            return self.submit(i, image, cmd, Data::In(view), Vec::new());
+            return self.submit(i, &lun, cmd, Data::In(view), Vec::new());
         } else {
             None
         };
-        self.submit(i, image, cmd, data_out.map_or(Data::None, Data::Out), Vec::new());
+        self.submit(i, &lun, cmd, data_out.map_or(Data::None, Data::Out), Vec::new());
     }
 
     /// The node's region of a plain READ or WRITE as a buffer of its own, with no copy,
@@ -776,13 +931,27 @@ impl Worker {
         Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
     }
 
-    fn submit(&mut self, i: usize, image: usize, cmd: Cmd, data: Data, staged: Vec<Region>) {
+    fn submit(&mut self, i: usize, lun: &MappedLun, cmd: Cmd, data: Data, staged: Vec<Region>) {
+        let image = lun.image;
         let c = &mut self.conns[i];
         let tag = (c.id << 32) | u64::from(cmd.seq);
         let luns = c.luns_of_target(cmd.target);
         let expected = cmd.segments.total();
         let is_out = matches!(data, Data::Out(_));
-        c.pending.insert(cmd.seq, Pending::Backend { segments: cmd.segments, expected, staged, data_out: is_out });
+        let started_ns = metrics::now_ns();
+        lun.stats.started(started_ns);
+        c.pending.insert(
+            cmd.seq,
+            Pending::Backend {
+                segments: cmd.segments,
+                expected,
+                staged,
+                data_out: is_out,
+                opcode: cmd.cdb()[0],
+                started_ns,
+                stats: lun.stats.clone(),
+            },
+        );
         self.in_backend[image] += 1;
         let nexus = Nexus { id: c.id, luns: &luns };
         let driver = &mut self.images[image].driver;
@@ -796,11 +965,16 @@ impl Worker {
     fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
         let c = &mut self.conns[i];
         let Some(Pending::Staged { received, .. }) = c.pending.get_mut(&seq) else {
-            return c.kill(format!("TRAN for sequence number {seq}, which awaits no data"));
+            return c.kill("unexpected_tran", format!("TRAN for sequence number {seq}, which awaits no data"));
         };
         match received.get_mut(usize::from(index)) {
             Some(r) if !*r => *r = true,
-            _ => return c.kill(format!("TRAN index {index} for sequence number {seq} is unknown or repeated")),
+            _ => {
+                return c.kill(
+                    "unexpected_tran",
+                    format!("TRAN index {index} for sequence number {seq} is unknown or repeated"),
+                )
+            }
         }
         if received.iter().all(|&r| r) {
             self.submit_staged(i, seq);
@@ -809,18 +983,18 @@ impl Worker {
 
     fn submit_staged(&mut self, i: usize, seq: u32) {
         let c = &mut self.conns[i];
-        let Some(Pending::Staged { image, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
+        let Some(Pending::Staged { lun, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
         let total: usize = staged.iter().map(|r| r.len as usize).sum();
-        let mut buf = self.images[image].driver.buffer_for_overwrite(total);
+        let mut buf = self.images[lun.image].driver.buffer_for_overwrite(total);
         let mut at = 0usize;
         for r in &staged {
             let n = r.len as usize;
             if let Err(e) = c.staging.read(r.offset, &mut buf.as_mut_slice()[at..at + n]) {
-                return c.kill(e.to_string());
+                return c.kill("bad_region", e.to_string());
             }
             at += n;
         }
-        self.submit(i, image, cmd, Data::Out(buf), staged);
+        self.submit(i, &lun, cmd, Data::Out(buf), staged);
     }
 
     fn on_control(&mut self, i: usize, cmd: Cmd, op: ControlOp) {
@@ -843,8 +1017,8 @@ impl Worker {
                 None => control_stat(cmd.seq, control_result::NOT_FOUND, 0),
             },
             ControlOp::LunReset => match c.map.get(&(cmd.target, cmd.lun)) {
-                Some(&(image, _)) => {
-                    self.images[image].driver.unit_mut().reset();
+                Some(lun) => {
+                    self.images[lun.image].driver.unit_mut().reset();
                     control_stat(cmd.seq, control_result::DONE, 0)
                 }
                 None => control_stat(cmd.seq, control_result::NOT_FOUND, 0),
@@ -853,11 +1027,11 @@ impl Worker {
                 let mut entries: Vec<_> = c.map.iter().collect();
                 entries.sort_by_key(|(k, _)| **k);
                 let mut bytes = Vec::with_capacity(entries.len() * REPORT_ENTRY);
-                for (&(t, l), &(image, access)) in entries {
-                    let cfg = self.images[image].driver.unit().config();
+                for (&(t, l), lun) in entries {
+                    let cfg = self.images[lun.image].driver.unit().config();
                     bytes.extend_from_slice(&t.to_le_bytes());
                     bytes.extend_from_slice(&l.to_le_bytes());
-                    bytes.extend_from_slice(&[u8::from(access == Access::Ro), 0, 0, 0]);
+                    bytes.extend_from_slice(&[u8::from(lun.access == Access::Ro), 0, 0, 0]);
                     bytes.extend_from_slice(&cfg.block_size.to_le_bytes());
                     bytes.extend_from_slice(&cfg.blocks.to_le_bytes());
                 }
@@ -867,7 +1041,7 @@ impl Worker {
                         s.residual = (bytes.len() - n) as u32;
                         s
                     }
-                    Err(e) => return c.kill(e),
+                    Err(e) => return c.kill("bad_region", e),
                 }
             }
         };
@@ -890,7 +1064,9 @@ impl Worker {
                 let (conn_id, seq) = (f.tag >> 32, f.tag as u32);
                 // Completions for connections that are gone are discarded.
                 let Some(c) = self.conns.iter_mut().find(|c| c.id == conn_id) else { continue };
-                let Some(Pending::Backend { segments, expected, staged, data_out }) = c.pending.remove(&seq) else {
+                let Some(Pending::Backend { segments, expected, staged, data_out, opcode, started_ns, stats }) =
+                    c.pending.remove(&seq)
+                else {
                     continue;
                 };
                 c.bytes_in_flight -= expected;
@@ -909,11 +1085,18 @@ impl Worker {
                     match c.scatter(&segments, f.data()) {
                         Ok(n) => n,
                         Err(e) => {
-                            c.kill(e);
+                            c.kill("bad_region", e);
                             continue;
                         }
                     }
                 };
+                let status = f.completion.status;
+                let transfer = match status {
+                    Status::Good if data_out && writes_data(opcode) => Transfer::Written(expected),
+                    Status::Good if scsi::opcodes::reads_medium(opcode) => Transfer::Read(transferred as u64),
+                    _ => Transfer::None,
+                };
+                stats.finished(opcode, status as u8, transfer, started_ns, metrics::now_ns());
                 c.out_stat.push_back(stat_from(seq, &f.completion, transferred as u32, expected));
             }
         }
@@ -922,11 +1105,9 @@ impl Worker {
 
     /// Finishes shutdown: flush every image, close every queue pair.
     fn finish(mut self) -> Vec<OpenImage> {
-        for img in &mut self.images {
-            match img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]) {
-                Ok(f) if f.completion.status == Status::Good => {}
-                Ok(f) => tracing::error!(image = %img.name, sense = ?f.completion.sense, "flush at shutdown failed"),
-                Err(e) => tracing::error!(image = %img.name, error = %e, "flush at shutdown failed"),
+        for (img, _) in self.images.iter_mut().zip(&self.retired).filter(|(_, retired)| !**retired) {
+            if let Err(e) = flush_image(img) {
+                tracing::error!(image = %img.name, error = %e, "flush at shutdown failed");
             }
         }
         for c in &mut self.conns {
@@ -937,15 +1118,29 @@ impl Worker {
     }
 }
 
+/// Whether a command's data-out is data for the medium (not UNMAP's parameter list).
+fn writes_data(opcode: u8) -> bool {
+    scsi::opcodes::writes_medium(opcode) && opcode != scsi::opcodes::op::UNMAP
+}
+
+/// SYNCHRONIZE CACHE on an image, from the gateway's own nexus.
+fn flush_image(img: &mut OpenImage) -> io::Result<()> {
+    let f = img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])?;
+    if f.completion.status != Status::Good {
+        return Err(io::Error::other(format!("SYNCHRONIZE CACHE failed: sense {:02x?}", f.completion.sense)));
+    }
+    Ok(())
+}
+
 /// Moves queued messages into a ring while it has room; returns whether any moved.
-fn drain_into<T>(queue: &mut VecDeque<T>, ring: &mut Producer, msg: impl Fn(&T) -> Message) -> Result<bool, RingError> {
-    let mut moved = false;
+fn drain_into<T>(queue: &mut VecDeque<T>, ring: &mut Producer, msg: impl Fn(&T) -> Message) -> Result<u64, RingError> {
+    let mut moved = 0;
     while let Some(m) = queue.front() {
         if !ring.push(&msg(m))? {
             break;
         }
         queue.pop_front();
-        moved = true;
+        moved += 1;
     }
     Ok(moved)
 }
@@ -956,15 +1151,23 @@ fn flush(c: &mut Conn) -> bool {
     let stats = drain_into(&mut c.out_stat, &mut c.stat, |s| Message::Stat(*s));
     let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| Message::Buf(*b));
     let moved = match (stats, bufs) {
-        (Ok(a), Ok(b)) => a || b,
+        (Ok(a), Ok(b)) => {
+            c.unanswered -= a;
+            c.ring_stats.commands_answered(a);
+            a + b > 0
+        }
         (Err(e), _) | (_, Err(e)) => {
-            c.kill(e.to_string());
+            c.kill(e.label(), e.to_string());
             return true;
         }
     };
-    if moved && !(c.stat.consumer_polling() && c.buf.consumer_polling()) {
-        if let Err(e) = c.to_node.ring() {
-            c.kill(format!("ringing the node's doorbell failed: {e}"));
+    if moved {
+        let ring = !(c.stat.consumer_polling() && c.buf.consumer_polling());
+        c.ring_stats.doorbell(ring);
+        if ring {
+            if let Err(e) = c.to_node.ring() {
+                c.kill("doorbell_failed", format!("ringing the node's doorbell failed: {e}"));
+            }
         }
     }
     moved

@@ -88,6 +88,19 @@ pub enum RingError {
     Shm(#[from] ShmError),
 }
 
+impl RingError {
+    /// A short, fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RingError::Backwards { .. } => "cursor_backwards",
+            RingError::Beyond { .. } => "cursor_beyond_ring",
+            RingError::Malformed { .. } => "malformed_message",
+            RingError::WrongKind(_) => "wrong_message_kind",
+            RingError::Shm(_) => "shared_memory",
+        }
+    }
+}
+
 fn base(ring: RingId) -> usize {
     ring as usize * CONTROL_BLOCK
 }

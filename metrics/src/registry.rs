@@ -1,0 +1,138 @@
+//! The set of everything pangate counts, keyed by what it belongs to.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::{LunSnapshot, LunStats, RingSnapshot, RingStats};
+
+/// Labels of a LUN as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LunKey {
+    /// PAN.
+    pub pan: String,
+    /// Node.
+    pub node: String,
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+}
+
+/// Frames and bytes each way and drops by reason, as netvirt counts them ("in" is toward
+/// the switch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrafficSample {
+    /// Frames into the switch.
+    pub frames_in: u64,
+    /// Bytes into the switch.
+    pub bytes_in: u64,
+    /// Frames out of the switch.
+    pub frames_out: u64,
+    /// Bytes out of the switch.
+    pub bytes_out: u64,
+    /// Drops by reason.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// One port (or the uplink) of a LAN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSample {
+    /// The node's name, or `uplink`.
+    pub port: String,
+    /// Its counters.
+    pub traffic: TrafficSample,
+}
+
+/// One LAN, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LanSample {
+    /// PAN.
+    pub pan: String,
+    /// LAN.
+    pub lan: String,
+    /// IP-to-port bindings of its ARP server.
+    pub arp_entries: u64,
+    /// Everything on the LAN.
+    pub traffic: TrafficSample,
+    /// Ports and uplink.
+    pub ports: Vec<PortSample>,
+}
+
+/// Reads the LANs' counters when a scrape asks for them.
+pub type LanSampler = Box<dyn Fn() -> Vec<LanSample> + Send + Sync>;
+
+/// Every metric of one gateway. Recorders get `Arc`s to their own counters once (at
+/// connect time) and bump atomics from then on; the maps here are touched only then and
+/// at scrape time.
+pub struct Metrics {
+    luns: Mutex<BTreeMap<LunKey, Arc<LunStats>>>,
+    rings: Mutex<BTreeMap<(String, String), Arc<RingStats>>>,
+    lans: OnceLock<LanSampler>,
+    opcode_name: fn(u8) -> Option<&'static str>,
+    version: &'static str,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// An empty set; `opcode_name` labels commands, `version` goes into the build info.
+    pub fn new(opcode_name: fn(u8) -> Option<&'static str>, version: &'static str) -> Metrics {
+        Metrics { luns: Mutex::default(), rings: Mutex::default(), lans: OnceLock::new(), opcode_name, version }
+    }
+
+    /// The counters of a LUN as a node sees it, created on first use.
+    pub fn lun(&self, key: LunKey) -> Arc<LunStats> {
+        self.luns.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+    }
+
+    /// Forgets a LUN's counters (its map entry was removed).
+    pub fn remove_lun(&self, key: &LunKey) {
+        self.luns.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// The ring counters of a node, created on first use.
+    pub fn ring(&self, pan: &str, node: &str) -> Arc<RingStats> {
+        let key = (pan.to_string(), node.to_string());
+        self.rings.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+    }
+
+    /// Sets where LAN counters come from (once; later calls are ignored).
+    pub fn set_lan_sampler(&self, sampler: LanSampler) {
+        let _ = self.lans.set(sampler);
+    }
+
+    /// Every LUN's counters as of now.
+    pub fn luns(&self) -> Vec<(LunKey, LunSnapshot)> {
+        let now = crate::now_ns();
+        let luns = self.luns.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        luns.into_iter().map(|(k, s)| (k, s.snapshot(now))).collect()
+    }
+
+    /// Every node's ring counters.
+    pub fn rings(&self) -> Vec<((String, String), RingSnapshot)> {
+        let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        rings.into_iter().map(|(k, s)| (k, s.snapshot())).collect()
+    }
+
+    /// Every LAN's counters, if netvirt runs.
+    pub fn lans(&self) -> Vec<LanSample> {
+        self.lans.get().map(|f| f()).unwrap_or_default()
+    }
+
+    /// The name `opcode` is labelled with.
+    pub fn opcode_label(&self, opcode: u8) -> String {
+        match (self.opcode_name)(opcode) {
+            Some(n) => n.to_string(),
+            None => format!("0x{opcode:02x}"),
+        }
+    }
+
+    /// The version the build info reports.
+    pub fn version(&self) -> &'static str {
+        self.version
+    }
+}
