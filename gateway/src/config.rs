@@ -213,6 +213,34 @@ fn default_net_socket() -> PathBuf {
     PathBuf::from("net.sock")
 }
 
+/// The web admin and the metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the admin pages, the API and `/metrics`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address of the admin listener (loopback by default).
+    #[serde(default = "default_web_listen")]
+    pub listen: String,
+    /// A second listener with only `/metrics`, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// The admin token; when absent, one is generated into DATA_DIR/admin-token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { enabled: true, listen: default_web_listen(), metrics_listen: None, token: None }
+    }
+}
+
+fn default_web_listen() -> String {
+    "127.0.0.1:9180".to_string()
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,6 +261,9 @@ pub struct Config {
     /// The netvirt socket.
     #[serde(default)]
     pub net: NetConfig,
+    /// The web admin and metrics.
+    #[serde(default)]
+    pub web: WebConfig,
     /// The PANs.
     #[serde(default, rename = "pan")]
     pub pans: Vec<PanConfig>,
@@ -246,7 +277,8 @@ fn yes() -> bool {
     true
 }
 
-fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+/// Checks a PAN, node, image or LAN name; `key` names it in the error.
+pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -293,6 +325,26 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.serial.is_empty() || self.serial.len() > 32 || !self.serial.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(err("serial", "must be 1-32 printable ASCII characters", "set serial = \"pg-<hex>\""));
+        }
+        for (key, addr) in std::iter::once(("web.listen", Some(&self.web.listen)))
+            .chain([("web.metrics_listen", self.web.metrics_listen.as_ref())])
+        {
+            if let Some(a) = addr {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(err(
+                        key,
+                        format!("{a:?} is not an address and port"),
+                        "write it as \"127.0.0.1:9180\"",
+                    ));
+                }
+            }
+        }
+        if self.web.token.as_ref().is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err(err(
+                "web.token",
+                "shorter than 16 characters or not printable ASCII",
+                "use a long random secret, e.g. `openssl rand -hex 32`, or leave it out to have one generated",
+            ));
         }
         let mut pans = HashSet::new();
         let mut taps = HashSet::new();
@@ -459,6 +511,7 @@ impl Config {
             direct_io: false,
             storage: StorageConfig::default(),
             net: NetConfig::default(),
+            web: WebConfig::default(),
             pans: vec![PanConfig {
                 name: "demo".into(),
                 images: vec![image("disk-a"), image("disk-b"), image("shared")],

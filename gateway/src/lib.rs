@@ -1,6 +1,7 @@
 //! The pangate control node: backing-image engines, LUN execution, configuration, and the
 //! pieces the `pangate` binary composes.
 
+pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod fuse;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use scsi::{LunConfig, LunIdentity};
 
-use crate::config::{Access, Config};
+use crate::config::{Access, Config, ImageConfig};
 use crate::engine::{open_engine, EngineKind, Image, ImageOptions};
 use crate::lun::LunDriver;
 
@@ -50,22 +50,7 @@ pub fn open_all(cfg: &Config, data_dir: &Path) -> anyhow::Result<(Vec<OpenImage>
     for pan in &cfg.pans {
         let first = images.len();
         for img in &pan.images {
-            let path = if img.path.is_absolute() { img.path.clone() } else { data_dir.join(&img.path) };
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let opts = ImageOptions { create_size: Some(img.size.0), direct: cfg.direct_io, read_only: false };
-            let image = Image::open(&path, &opts)
-                .map_err(|e| anyhow::anyhow!("pan {:?} image {:?} at {}: {e}", pan.name, img.name, path.display()))?;
-            let size = image.size - image.size % u64::from(img.block_size);
-            let identity = LunIdentity::new(format!("{}/{}/{}", cfg.serial, pan.name, img.name));
-            let mut lun = LunConfig::new(identity, img.block_size, size)
-                .map_err(|e| anyhow::anyhow!("pan {:?} image {:?}: {e}", pan.name, img.name))?;
-            lun.thin_provisioning = img.thin;
-            lun.write_cache = img.write_cache;
-            let engine = open_engine(image, kind, ENGINE_DEPTH)?;
-            let driver = LunDriver::new(lun, engine)?;
-            images.push(OpenImage { pan: pan.name.clone(), name: img.name.clone(), path, driver });
+            images.push(open_image(cfg, kind, &pan.name, img, data_dir)?);
         }
         for node in &pan.nodes {
             for m in &node.luns {
@@ -82,6 +67,41 @@ pub fn open_all(cfg: &Config, data_dir: &Path) -> anyhow::Result<(Vec<OpenImage>
         }
     }
     Ok((images, maps))
+}
+
+/// Opens one image of PAN `pan` (creating a missing file sparse) on engine `kind`.
+pub fn open_image(
+    cfg: &Config,
+    kind: EngineKind,
+    pan: &str,
+    img: &ImageConfig,
+    data_dir: &Path,
+) -> anyhow::Result<OpenImage> {
+    let path = image_path(img, data_dir);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let opts = ImageOptions { create_size: Some(img.size.0), direct: cfg.direct_io, read_only: false };
+    let image = Image::open(&path, &opts)
+        .map_err(|e| anyhow::anyhow!("pan {pan:?} image {:?} at {}: {e}", img.name, path.display()))?;
+    let size = image.size - image.size % u64::from(img.block_size);
+    let identity = LunIdentity::new(format!("{}/{}/{}", cfg.serial, pan, img.name));
+    let mut lun = LunConfig::new(identity, img.block_size, size)
+        .map_err(|e| anyhow::anyhow!("pan {pan:?} image {:?}: {e}", img.name))?;
+    lun.thin_provisioning = img.thin;
+    lun.write_cache = img.write_cache;
+    let engine = open_engine(image, kind, ENGINE_DEPTH)?;
+    let driver = LunDriver::new(lun, engine)?;
+    Ok(OpenImage { pan: pan.to_string(), name: img.name.clone(), path, driver })
+}
+
+/// Where an image lives: relative paths are under the data directory.
+pub fn image_path(img: &ImageConfig, data_dir: &Path) -> std::path::PathBuf {
+    if img.path.is_absolute() {
+        img.path.clone()
+    } else {
+        data_dir.join(&img.path)
+    }
 }
 
 /// The ring server's view of the configured nodes: credentials, uids and resolved maps.

@@ -148,6 +148,7 @@ pub struct LunControl {
     tx: Sender<Control>,
     wake: Arc<Doorbell>,
     nodes: NodeTable,
+    caps: Capacities,
 }
 
 impl LunControl {
@@ -158,6 +159,16 @@ impl LunControl {
         answer
             .recv_timeout(Duration::from_secs(30))
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the worker did not answer"))?
+    }
+
+    /// (block size, blocks) of image `image`, as nodes see it now.
+    pub fn capacity(&self, image: usize) -> Option<(u32, u64)> {
+        self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).copied()
+    }
+
+    /// The nodes allowed to connect (credentials included), as the handshake sees them.
+    pub fn nodes(&self) -> Vec<NodeEntry> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Grows image `image` (an index into the server's image list) to `bytes`; every
@@ -247,12 +258,12 @@ impl Server {
                 .spawn(move || listen(listener, nodes, caps, opts, stop, wake, tx))?
         };
         let worker_thread = {
-            let (stop, wake, opts) = (stop.clone(), wake.clone(), opts.clone());
+            let (stop, wake, opts, caps) = (stop.clone(), wake.clone(), opts.clone(), caps.clone());
             std::thread::Builder::new()
                 .name("pangate-worker".into())
                 .spawn(move || Worker::new(images, rx, control_rx, caps, wake, stop, &opts).run())?
         };
-        let control = LunControl { tx: control_tx, wake: wake.clone(), nodes };
+        let control = LunControl { tx: control_tx, wake: wake.clone(), nodes, caps };
         Ok(Server {
             stop,
             wake,

@@ -6,7 +6,7 @@ mod scsi_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -258,6 +258,8 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
     }
     let mut opts = ServerOptions::new(&socket);
     opts.spin = Duration::from_micros(cfg.storage.spin_us);
+    let metrics = opts.metrics.clone();
+    let image_names: Vec<(String, String)> = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
     let server = Server::start(images, storage::node_entries(&cfg, &maps), opts)
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
     println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
@@ -293,10 +295,31 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
             "off (no target_core_user in this kernel)"
         }
     );
-    let network = start_network(&cfg, &dir)?;
-    println!("  metrics and the web admin are not in this build yet.");
+    let network = Arc::new(Mutex::new(start_network(&cfg, &dir, server.control())?));
+    let net_show: gateway::admin::NetShowFn = {
+        let network = network.clone();
+        Arc::new(move || network.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|n| n.show()))
+    };
+    {
+        let net_show = net_show.clone();
+        metrics
+            .set_lan_sampler(Box::new(move || net_show().map(|s| gateway::admin::lan_samples(&s)).unwrap_or_default()));
+    }
+    let admin = gateway::admin::GatewayAdmin::new(
+        cfg.clone(),
+        file.clone(),
+        dir.clone(),
+        image_names,
+        server.control(),
+        metrics,
+        net_show,
+    )?;
+    let web = start_web(&cfg, &dir, Arc::new(admin))?;
     wait_for_signal()?;
-    if let Some(n) = network {
+    if let Some(w) = web {
+        w.stop();
+    }
+    if let Some(n) = network.lock().unwrap_or_else(|p| p.into_inner()).take() {
         n.stop().context("stopping netvirt")?;
     }
     if let Some(t) = tcmu {
@@ -309,20 +332,22 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
 
 /// Starts netvirt for the config's LANs. Where this host cannot create TAPs (not root, no
 /// /dev/net/tun), says so and runs without it.
-fn start_network(cfg: &Config, dir: &Path) -> anyhow::Result<Option<netvirt::network::Network>> {
+fn start_network(
+    cfg: &Config,
+    dir: &Path,
+    control: gateway::ring::server::LunControl,
+) -> anyhow::Result<Option<netvirt::network::Network>> {
     let plans = gateway::net::plan(cfg, dir)?;
     if plans.is_empty() {
         println!("  netvirt:   no LANs configured");
         return Ok(None);
     }
-    let credentials: Vec<(String, String, String)> = cfg
-        .pans
-        .iter()
-        .flat_map(|p| p.nodes.iter().map(move |n| (p.name.clone(), n.name.clone(), n.credential.clone())))
-        .collect();
+    // The ring server's node table, which the admin keeps current.
     let authorize: netvirt::network::Authorize = Arc::new(move |pan: &str, node: &str, credential: &str| {
-        credentials.iter().any(|(p, n, c)| {
-            p == pan && n == node && gateway::ring::server::constant_time_eq(c.as_bytes(), credential.as_bytes())
+        control.nodes().iter().any(|n| {
+            n.pan == pan
+                && n.node == node
+                && gateway::ring::server::constant_time_eq(n.credential.as_bytes(), credential.as_bytes())
         })
     });
     let socket = dir.join(&cfg.net.socket);
@@ -349,6 +374,91 @@ fn start_network(cfg: &Config, dir: &Path) -> anyhow::Result<Option<netvirt::net
         }
         Err(e) => Err(anyhow::Error::new(e).context("starting netvirt")),
     }
+}
+
+/// The web admin's runtime and listeners.
+struct WebService {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WebService {
+    fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
+    }
+}
+
+/// The admin token: from the config, or DATA_DIR/admin-token (created 0600 on first
+/// start and printed that once).
+fn admin_token(cfg: &Config, dir: &Path) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.web.token {
+        println!("  admin token: from the config");
+        return Ok(t.clone());
+    }
+    let path = dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => {
+            println!("  admin token: in {}", path.display());
+            Ok(t.trim().to_string())
+        }
+        Ok(_) => anyhow::bail!("{} is shorter than 16 characters; delete it to have a new one made", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = gateway::persist::random_hex(24)?;
+            gateway::persist::write_atomic(&path, format!("{t}\n").as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("  admin token: {t} (saved in {}; printed only this once)", path.display());
+            Ok(t)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+/// Starts the web admin (and the separate metrics listener, if configured) on a small
+/// tokio runtime of its own.
+fn start_web(cfg: &Config, dir: &Path, admin: Arc<dyn web::Admin>) -> anyhow::Result<Option<WebService>> {
+    if !cfg.web.enabled {
+        println!("  web admin: off ([web] enabled = false)");
+        return Ok(None);
+    }
+    let token = admin_token(cfg, dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pangate-web")
+        .enable_all()
+        .build()
+        .context("starting the web runtime")?;
+    let bind = |addr: &str| {
+        rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding the web admin to {addr}"))
+    };
+    let listener = bind(&cfg.web.listen)?;
+    let addr = listener.local_addr()?;
+    let metrics_listener = cfg.web.metrics_listen.as_deref().map(bind).transpose()?;
+    println!("  web admin: http://{addr}/  (API /api/v1, metrics /metrics)");
+    if let Some(m) = &metrics_listener {
+        println!("  metrics:   http://{}/metrics", m.local_addr()?);
+    }
+    let state = web::WebState::new(admin, token);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new().name("pangate-web".into()).spawn(move || {
+        rt.block_on(async move {
+            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Some(m) = metrics_listener {
+                let (state, rx) = (state.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = web::serve_metrics(m, state, until(rx)).await {
+                        tracing::error!(error = %e, "the metrics listener failed");
+                    }
+                });
+            }
+            if let Err(e) = web::serve(listener, state, until(stopped)).await {
+                tracing::error!(error = %e, "the web admin failed");
+            }
+        });
+    })?;
+    Ok(Some(WebService { stop, thread }))
 }
 
 /// One thread sends `size`-byte frames from `from` to `to` in batches and drains what

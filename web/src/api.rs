@@ -1,0 +1,283 @@
+//! The JSON API under `/api/v1`, and its OpenAPI document.
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::admin::Change;
+use crate::auth::Authorized;
+use crate::model::*;
+use crate::problem::Problem;
+use crate::WebState;
+
+/// A JSON body whose errors are problem documents.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Body<T>, Problem> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(Problem::new(e.status(), "invalid-body", e.body_text())),
+        }
+    }
+}
+
+/// Path parameters whose errors are problem documents.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params<T>, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Params(v)),
+            Err(e) => Err(Problem::bad_request(e.body_text())),
+        }
+    }
+}
+
+fn find_pan(o: &Overview, pan: &str) -> Result<PanView, Problem> {
+    o.pans.iter().find(|p| p.name == pan).cloned().ok_or_else(|| Problem::not_found(format!("no PAN {pan:?}")))
+}
+
+fn find_lun(o: &Overview, pan: &str, lun: &str) -> Result<LunView, Problem> {
+    find_pan(o, pan)?
+        .luns
+        .into_iter()
+        .find(|l| l.name == lun)
+        .ok_or_else(|| Problem::not_found(format!("no LUN {lun:?} in PAN {pan:?}")))
+}
+
+fn created<T: serde::Serialize>(v: T) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/overview", tag = "state",
+    responses((status = 200, description = "PANs, nodes, LUNs, LANs and ring connections", body = Overview)))]
+async fn overview(State(s): State<WebState>) -> Json<Overview> {
+    Json(s.overview().await)
+}
+
+#[utoipa::path(get, path = "/api/v1/pans", tag = "pans", responses((status = 200, body = Vec<PanView>)))]
+async fn list_pans(State(s): State<WebState>) -> Json<Vec<PanView>> {
+    Json(s.overview().await.pans)
+}
+
+#[utoipa::path(post, path = "/api/v1/pans", tag = "pans", request_body = NewPan, security(("token" = [])),
+    responses((status = 201, body = PanView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 409, body = Problem)))]
+async fn create_pan(State(s): State<WebState>, _: Authorized, Body(b): Body<NewPan>) -> Result<Response, Problem> {
+    s.apply(Change::CreatePan { pan: b.name.clone() }).await?;
+    Ok(created(find_pan(&s.overview().await, &b.name)?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pans/{pan}", tag = "pans", params(("pan" = String, Path)),
+    responses((status = 200, body = PanView), (status = 404, body = Problem)))]
+async fn get_pan(State(s): State<WebState>, Params(pan): Params<String>) -> Result<Json<PanView>, Problem> {
+    Ok(Json(find_pan(&s.overview().await, &pan)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pans/{pan}", tag = "pans", params(("pan" = String, Path)),
+    security(("token" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+async fn delete_pan(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params(pan): Params<String>,
+) -> Result<StatusCode, Problem> {
+    s.apply(Change::DeletePan { pan }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/nodes", tag = "nodes", params(("pan" = String, Path)),
+    request_body = NewNode, security(("token" = [])),
+    responses((status = 201, body = CreatedNode), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn create_node(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params(pan): Params<String>,
+    Body(b): Body<NewNode>,
+) -> Result<Response, Problem> {
+    let credential = b.credential.unwrap_or_else(|| crate::auth::random_token(16));
+    s.apply(Change::CreateNode { pan, node: b.name.clone(), credential: credential.clone(), uid: b.uid }).await?;
+    Ok(created(CreatedNode { name: b.name, credential }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pans/{pan}/nodes/{node}", tag = "nodes",
+    params(("pan" = String, Path), ("node" = String, Path)), security(("token" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn delete_node(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, node)): Params<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    s.apply(Change::DeleteNode { pan, node }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/nodes/{node}/maps", tag = "nodes",
+    params(("pan" = String, Path), ("node" = String, Path)), request_body = NewMap, security(("token" = [])),
+    responses((status = 201, body = MapView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn map_lun(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, node)): Params<(String, String)>,
+    Body(b): Body<NewMap>,
+) -> Result<Response, Problem> {
+    let change = Change::Map { pan, node, target: b.target, lun: b.lun, image: b.image.clone(), access: b.access };
+    s.apply(change).await?;
+    Ok(created(MapView { target: b.target, lun: b.lun, image: b.image, access: b.access }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pans/{pan}/nodes/{node}/maps/{target}/{lun}", tag = "nodes",
+    params(("pan" = String, Path), ("node" = String, Path), ("target" = u16, Path), ("lun" = u16, Path)),
+    security(("token" = [])),
+    responses((status = 204), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem)))]
+async fn unmap_lun(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, node, target, lun)): Params<(String, String, u16, u16)>,
+) -> Result<StatusCode, Problem> {
+    s.apply(Change::Unmap { pan, node, target, lun }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/luns", tag = "luns", params(("pan" = String, Path)),
+    request_body = NewLun, security(("token" = [])),
+    responses((status = 201, body = LunView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn create_lun(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params(pan): Params<String>,
+    Body(b): Body<NewLun>,
+) -> Result<Response, Problem> {
+    let name = b.name.clone();
+    s.apply(Change::CreateLun { pan: pan.clone(), lun: b }).await?;
+    Ok(created(find_lun(&s.overview().await, &pan, &name)?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pans/{pan}/luns/{lun}", tag = "luns",
+    params(("pan" = String, Path), ("lun" = String, Path)),
+    responses((status = 200, body = LunView), (status = 404, body = Problem)))]
+async fn get_lun(
+    State(s): State<WebState>,
+    Params((pan, lun)): Params<(String, String)>,
+) -> Result<Json<LunView>, Problem> {
+    Ok(Json(find_lun(&s.overview().await, &pan, &lun)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pans/{pan}/luns/{lun}", tag = "luns",
+    params(("pan" = String, Path), ("lun" = String, Path)), security(("token" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+async fn delete_lun(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lun)): Params<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    s.apply(Change::DeleteLun { pan, lun }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/luns/{lun}/resize", tag = "luns",
+    params(("pan" = String, Path), ("lun" = String, Path)), request_body = Resize, security(("token" = [])),
+    responses((status = 200, body = LunView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn resize_lun(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lun)): Params<(String, String)>,
+    Body(b): Body<Resize>,
+) -> Result<Json<LunView>, Problem> {
+    s.apply(Change::ResizeLun { pan: pan.clone(), lun: lun.clone(), size: b.size }).await?;
+    Ok(Json(find_lun(&s.overview().await, &pan, &lun)?))
+}
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/lans", tag = "lans", params(("pan" = String, Path)),
+    request_body = NewLan, security(("token" = [])),
+    responses((status = 201, body = LanView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn create_lan(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params(pan): Params<String>,
+    Body(b): Body<NewLan>,
+) -> Result<Response, Problem> {
+    let name = b.name.clone();
+    s.apply(Change::CreateLan { pan: pan.clone(), lan: b }).await?;
+    let lan = find_pan(&s.overview().await, &pan)?.lans.into_iter().find(|l| l.name == name);
+    Ok(created(lan.ok_or_else(|| Problem::not_found(format!("LAN {name:?} vanished")))?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pans/{pan}/lans/{lan}", tag = "lans",
+    params(("pan" = String, Path), ("lan" = String, Path)), security(("token" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn delete_lan(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lan)): Params<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    s.apply(Change::DeleteLan { pan, lan }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+struct TokenScheme;
+
+impl Modify for TokenScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
+    paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
+        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan),
+    modifiers(&TokenScheme)
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The API's routes.
+pub fn routes() -> Router<WebState> {
+    use axum::routing::delete;
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/overview", get(overview))
+        .route("/api/v1/pans", get(list_pans).post(create_pan))
+        .route("/api/v1/pans/{pan}", get(get_pan).delete(delete_pan))
+        .route("/api/v1/pans/{pan}/nodes", post(create_node))
+        .route("/api/v1/pans/{pan}/nodes/{node}", delete(delete_node))
+        .route("/api/v1/pans/{pan}/nodes/{node}/maps", post(map_lun))
+        .route("/api/v1/pans/{pan}/nodes/{node}/maps/{target}/{lun}", delete(unmap_lun))
+        .route("/api/v1/pans/{pan}/luns", post(create_lun))
+        .route("/api/v1/pans/{pan}/luns/{lun}", get(get_lun).delete(delete_lun))
+        .route("/api/v1/pans/{pan}/luns/{lun}/resize", post(resize_lun))
+        .route("/api/v1/pans/{pan}/lans", post(create_lan))
+        .route("/api/v1/pans/{pan}/lans/{lan}", delete(delete_lan))
+}

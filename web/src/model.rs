@@ -1,0 +1,237 @@
+//! What the API returns and takes. The same types feed the pages.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Everything the admin shows: PANs with nodes and LUNs, LANs, ring connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Overview {
+    /// The control node's serial.
+    pub serial: String,
+    /// PANs.
+    pub pans: Vec<PanView>,
+    /// Whether netvirt runs (TAP ports need root and /dev/net/tun).
+    pub netvirt: bool,
+}
+
+/// A PAN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PanView {
+    /// Name.
+    pub name: String,
+    /// Nodes.
+    pub nodes: Vec<NodeView>,
+    /// LUNs (backing images).
+    pub luns: Vec<LunView>,
+    /// LANs.
+    pub lans: Vec<LanView>,
+}
+
+/// A node and its map. Its credential is shown only when it is created.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// Name.
+    pub name: String,
+    /// The only uid it may connect from, if set.
+    pub uid: Option<u32>,
+    /// (target, LUN) → LUN.
+    pub maps: Vec<MapView>,
+    /// Ring queue pairs open now.
+    pub ring_connections: u64,
+    /// Commands accepted and not yet answered.
+    pub outstanding_commands: u64,
+    /// Queue pairs closed for protocol errors.
+    pub protocol_errors: u64,
+}
+
+/// One entry of a node's map.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct MapView {
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// LUN (image) name.
+    pub image: String,
+    /// `ro` or `rw`.
+    pub access: Access,
+}
+
+/// Access a map grants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read-only.
+    Ro,
+    /// Read-write.
+    #[default]
+    Rw,
+}
+
+/// A LUN: a backing image of a PAN, with counters summed over the nodes that map it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct LunView {
+    /// Name.
+    pub name: String,
+    /// Backing file or device.
+    pub path: String,
+    /// Capacity in bytes.
+    pub size_bytes: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Counters.
+    pub counters: LunCounters,
+}
+
+/// Per-LUN figures, as the source document's management interface keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LunCounters {
+    /// Commands of every kind.
+    pub commands: u64,
+    /// Commands that read the medium.
+    pub reads: u64,
+    /// Commands that wrote the medium.
+    pub writes: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Seconds with I/O in progress.
+    pub busy_seconds: f64,
+}
+
+/// A LAN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct LanView {
+    /// Name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// IP-to-port bindings of its ARP server (when netvirt runs).
+    pub arp_entries: u64,
+    /// Whether netvirt serves it now. A LAN created or deleted while the gateway runs
+    /// takes effect at the next start.
+    pub active: bool,
+    /// Ports.
+    pub ports: Vec<PortView>,
+}
+
+/// A node's port on a LAN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PortView {
+    /// Node.
+    pub node: String,
+    /// `tap` or `ring`.
+    pub kind: String,
+    /// Network namespace (TAP).
+    pub netns: Option<String>,
+    /// MAC, once assigned.
+    pub mac: Option<String>,
+    /// Addresses (CIDR).
+    pub ips: Vec<String>,
+    /// Frames from the node.
+    pub frames_in: u64,
+    /// Frames to the node.
+    pub frames_out: u64,
+    /// Frames dropped (all reasons).
+    pub drops: u64,
+}
+
+/// A new PAN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPan {
+    /// Name: letters, digits, `-`, `_`, `.`; 1 to 63 characters.
+    pub name: String,
+}
+
+/// A new node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    /// Name.
+    pub name: String,
+    /// Credential; generated when absent.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// The only uid it may connect from.
+    #[serde(default)]
+    pub uid: Option<u32>,
+}
+
+/// A node as created, with its credential.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreatedNode {
+    /// Name.
+    pub name: String,
+    /// The credential it connects with.
+    pub credential: String,
+}
+
+/// A new LUN: a new sparse image of `size`, or an existing file or block device at `path`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewLun {
+    /// Name.
+    pub name: String,
+    /// Size of a new image: bytes, or with a K/M/G/T suffix (binary).
+    #[serde(default)]
+    pub size: Option<String>,
+    /// An existing file or block device (absolute), instead of a new image.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Logical block size: 512 or 4096 (default 512).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+}
+
+/// A new size for a LUN; it only grows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resize {
+    /// Bytes, or with a K/M/G/T suffix.
+    pub size: String,
+}
+
+/// A map entry to add to a node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMap {
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// LUN (image) name in the same PAN.
+    pub image: String,
+    /// `ro` or `rw` (default `rw`).
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// A new LAN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewLan {
+    /// Name.
+    pub name: String,
+    /// MTU (576 to 9216, default 1500).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Member ports.
+    #[serde(default)]
+    pub ports: Vec<NewPort>,
+}
+
+/// A member port of a new LAN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPort {
+    /// Node of the same PAN.
+    pub node: String,
+    /// Addresses in CIDR form.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Network namespace for a TAP port; a shared-memory ring port when absent.
+    #[serde(default)]
+    pub netns: Option<String>,
+}

@@ -1,0 +1,538 @@
+//! Server-rendered pages and the forms behind them. Forms build the same [`Change`]s as
+//! the API and go through the same [`WebState::apply`].
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use axum_extra::extract::cookie::{Cookie, CookieJar};
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+
+use crate::admin::Change;
+use crate::api::Params;
+use crate::auth::{Auth, Viewer, SESSION_COOKIE};
+use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
+use crate::model::{Access, LunView, NewLan, NewLun, NewPort, Overview, PanView};
+use crate::problem::Problem;
+use crate::WebState;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 2em 2em;color:#1b1f24}\
+header{display:flex;gap:1.5em;align-items:center;border-bottom:1px solid #ccd;padding:.6em 0;margin-bottom:1em}\
+header .who{margin-left:auto}table{border-collapse:collapse;margin:.4em 0 1.2em}\
+td,th{border:1px solid #d6dae0;padding:.25em .6em;text-align:left;vertical-align:top}th{background:#f4f6f8}\
+form.inline{display:inline}fieldset{border:1px solid #d6dae0;margin:.6em 0;padding:.6em}\
+figure.chart{display:inline-block;margin:.3em 1.5em .3em 0}figcaption{font-size:.85em}\
+.error{color:#a00}code{background:#f4f6f8;padding:0 .2em}";
+
+/// The client's address, for slowing down failed logins (loopback when unknown).
+struct ClientIp(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientIp, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientIp(ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))))
+    }
+}
+
+fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " · pangate" }
+                style { (STYLE) }
+            }
+            body {
+                header {
+                    strong { a href="/" { "pangate" } }
+                    a href="/metrics" { "metrics" }
+                    a href="/api/v1/openapi.json" { "API" }
+                    span.who {
+                        @match viewer {
+                            Viewer::Anonymous => { "read-only · " a href="/login" { "log in" } }
+                            Viewer::Bearer => { "admin (token)" }
+                            Viewer::Session { csrf, .. } => {
+                                "admin · "
+                                form.inline method="post" action="/logout" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" { "log out" }
+                                }
+                            }
+                        }
+                    }
+                }
+                h1 { (title) }
+                (body)
+            }
+        }
+    }
+}
+
+/// A form that posts one change; `fields` are its inputs.
+fn change_form(viewer: &Viewer, op: &str, back: &str, legend: &str, fields: Markup) -> Markup {
+    let Some(csrf) = viewer.csrf() else { return nothing() };
+    html! {
+        form method="post" action="/ui/change" {
+            fieldset {
+                legend { (legend) }
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="op" value=(op);
+                input type="hidden" name="back" value=(back);
+                (fields)
+                " " button type="submit" { (legend) }
+            }
+        }
+    }
+}
+
+/// A one-button form (delete, unmap) carrying hidden fields.
+fn button_form(viewer: &Viewer, op: &str, back: &str, label: &str, hidden: &[(&str, String)]) -> Markup {
+    let Some(csrf) = viewer.csrf() else { return nothing() };
+    html! {
+        form.inline method="post" action="/ui/change" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="op" value=(op);
+            input type="hidden" name="back" value=(back);
+            @for (k, v) in hidden { input type="hidden" name=(k) value=(v); }
+            button type="submit" { (label) }
+        }
+    }
+}
+
+fn lun_rows(s: &WebState, pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
+    let history = s.history.lock().unwrap_or_else(|p| p.into_inner());
+    html! {
+        table.luns {
+            tr { th { "LUN" } th { "capacity" } th { "IOPS" } th { "throughput" } th { "reads" } th { "writes" }
+                 th { "read" } th { "written" } th { "path" } th {} }
+            @for l in &pan.luns {
+                @let rate = history.latest(&pan.name, &l.name);
+                tr data-lun=(l.name) {
+                    td { a href=(format!("/pans/{}/luns/{}", pan.name, l.name)) { (l.name) } }
+                    td { (bytes(l.size_bytes)) }
+                    td { (per_sec(rate.iops)) }
+                    td { (bytes_per_sec(rate.bytes_per_sec)) }
+                    td.reads { (l.counters.reads) }
+                    td.writes { (l.counters.writes) }
+                    td { (bytes(l.counters.bytes_read)) }
+                    td { (bytes(l.counters.bytes_written)) }
+                    td { code { (l.path) } }
+                    td { (button_form(viewer, "delete-lun", back, "delete", &[("pan", pan.name.clone()), ("name", l.name.clone())])) }
+                }
+            }
+        }
+    }
+}
+
+fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
+    html! {
+        @for lan in &pan.lans {
+            h3 { "LAN " (lan.name) " · MTU " (lan.mtu) " · " (lan.arp_entries) " ARP entries "
+                 (button_form(viewer, "delete-lan", back, "delete", &[("pan", pan.name.clone()), ("name", lan.name.clone())])) }
+            table.ports {
+                tr { th { "node" } th { "kind" } th { "netns" } th { "MAC" } th { "IPs" } th { "frames in" } th { "frames out" } th { "drops" } }
+                @for p in &lan.ports {
+                    tr {
+                        td { (p.node) } td { (p.kind) } td { (p.netns.as_deref().unwrap_or("-")) }
+                        td { code { (p.mac.as_deref().unwrap_or("-")) } } td { (p.ips.join(", ")) }
+                        td { (p.frames_in) } td { (p.frames_out) } td { (p.drops) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn dashboard(State(s): State<WebState>, viewer: Viewer) -> Markup {
+    let o = s.overview().await;
+    let body = html! {
+        p { "Control node " code { (o.serial) } ". netvirt " @if o.netvirt { "running" } @else { "off" } "." }
+        @for pan in &o.pans {
+            section.pan data-pan=(pan.name) {
+                h2 { "PAN " a href=(format!("/pans/{}", pan.name)) { (pan.name) } }
+                h3 { "Nodes" }
+                table.nodes {
+                    tr { th { "node" } th { "maps" } th { "ring queue pairs" } th { "outstanding" } th { "protocol errors" } }
+                    @for n in &pan.nodes {
+                        tr {
+                            td { (n.name) }
+                            td { @for m in &n.maps { (format!("t{} l{} → {} ({}) ", m.target, m.lun, m.image, access_name(m.access))) } }
+                            td { (n.ring_connections) } td { (n.outstanding_commands) } td { (n.protocol_errors) }
+                        }
+                    }
+                }
+                h3 { "LUNs" }
+                (lun_rows(&s, pan, &viewer, "/"))
+                (lan_tables(pan, &viewer, "/"))
+            }
+        }
+        (change_form(&viewer, "create-pan", "/", "Create PAN", html! { label { "name " input name="pan" required; } }))
+    };
+    layout("Dashboard", &viewer, body)
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::Ro => "ro",
+        Access::Rw => "rw",
+    }
+}
+
+fn find_pan(o: &Overview, pan: &str) -> Result<PanView, Problem> {
+    o.pans.iter().find(|p| p.name == pan).cloned().ok_or_else(|| Problem::not_found(format!("no PAN {pan:?}")))
+}
+
+async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Params<String>) -> Result<Markup, Problem> {
+    let o = s.overview().await;
+    let pan = find_pan(&o, &name)?;
+    let back = format!("/pans/{}", pan.name);
+    let rates = s.history.lock().unwrap_or_else(|p| p.into_inner()).pan_rates(&pan.name);
+    let iops: Vec<f64> = rates.iter().map(|r| r.iops).collect();
+    let tput: Vec<f64> = rates.iter().map(|r| r.bytes_per_sec).collect();
+    let p = || ("pan", pan.name.clone());
+    let body = html! {
+        (sparkline("IOPS", &iops, per_sec))
+        (sparkline("throughput", &tput, bytes_per_sec))
+        h2 { "Nodes" }
+        table.nodes {
+            tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th {} }
+            @for n in &pan.nodes {
+                tr data-node=(n.name) {
+                    td { (n.name) }
+                    td { (n.uid.map_or("-".to_string(), |u| u.to_string())) }
+                    td {
+                        @for m in &n.maps {
+                            div { (format!("target {} LUN {} → {} ({}) ", m.target, m.lun, m.image, access_name(m.access)))
+                                (button_form(&viewer, "unmap", &back, "unmap", &[p(), ("node", n.name.clone()),
+                                    ("target", m.target.to_string()), ("lun", m.lun.to_string())])) }
+                        }
+                    }
+                    td { (n.ring_connections) }
+                    td { (button_form(&viewer, "delete-node", &back, "delete", &[p(), ("node", n.name.clone())])) }
+                }
+            }
+        }
+        h2 { "LUNs" }
+        (lun_rows(&s, &pan, &viewer, &back))
+        h2 { "LANs" }
+        (lan_tables(&pan, &viewer, &back))
+        @if viewer.csrf().is_some() {
+            h2 { "Change" }
+            (change_form(&viewer, "create-node", &back, "Create node", html! {
+                input type="hidden" name="pan" value=(pan.name);
+                label { "name " input name="node" required; }
+            }))
+            (change_form(&viewer, "create-lun", &back, "Create LUN", html! {
+                input type="hidden" name="pan" value=(pan.name);
+                label { "name " input name="name" required; } " "
+                label { "size " input name="size" placeholder="1G"; } " or "
+                label { "existing file " input name="path" placeholder="/var/lib/images/disk.img"; } " "
+                label { "block size " select name="block_size" { option { "512" } option { "4096" } } }
+            }))
+            (change_form(&viewer, "map", &back, "Map LUN", html! {
+                input type="hidden" name="pan" value=(pan.name);
+                label { "node " select name="node" { @for n in &pan.nodes { option { (n.name) } } } } " "
+                label { "target " input name="target" value="0" size="4"; } " "
+                label { "LUN " input name="lun" value="0" size="4"; } " "
+                label { "image " select name="image" { @for l in &pan.luns { option { (l.name) } } } } " "
+                label { "access " select name="access" { option { "rw" } option { "ro" } } }
+            }))
+            (change_form(&viewer, "create-lan", &back, "Create LAN", html! {
+                input type="hidden" name="pan" value=(pan.name);
+                label { "name " input name="name" required; } " "
+                label { "MTU " input name="mtu" value="1500" size="5"; } br;
+                label { "ports, one per line: node address/prefix [netns] (no netns: a ring port)" br;
+                    textarea name="ports" rows="3" cols="50" {} }
+            }))
+            (button_form(&viewer, "delete-pan", "/", "Delete this PAN", &[p()]))
+        }
+    };
+    Ok(layout(&format!("PAN {}", pan.name), &viewer, body))
+}
+
+async fn lun_page(
+    State(s): State<WebState>,
+    viewer: Viewer,
+    Params((pan, lun)): Params<(String, String)>,
+) -> Result<Markup, Problem> {
+    let o = s.overview().await;
+    let p = find_pan(&o, &pan)?;
+    let l: LunView = p
+        .luns
+        .iter()
+        .find(|l| l.name == lun)
+        .cloned()
+        .ok_or_else(|| Problem::not_found(format!("no LUN {lun:?} in PAN {pan:?}")))?;
+    let rates = s.history.lock().unwrap_or_else(|p| p.into_inner()).rates(&pan, &lun);
+    let iops: Vec<f64> = rates.iter().map(|r| r.iops).collect();
+    let tput: Vec<f64> = rates.iter().map(|r| r.bytes_per_sec).collect();
+    let back = format!("/pans/{pan}/luns/{lun}");
+    let c = l.counters;
+    let body = html! {
+        p { a href=(format!("/pans/{pan}")) { "PAN " (pan) } " · " code { (l.path) } " · " (bytes(l.size_bytes))
+            " · " (l.block_size) "-byte blocks" }
+        (sparkline("IOPS", &iops, per_sec))
+        (sparkline("throughput", &tput, bytes_per_sec))
+        table.counters {
+            tr { th { "commands" } td.commands { (c.commands) } }
+            tr { th { "reads" } td.reads { (c.reads) } }
+            tr { th { "writes" } td.writes { (c.writes) } }
+            tr { th { "bytes read" } td { (c.bytes_read) } }
+            tr { th { "bytes written" } td { (c.bytes_written) } }
+            tr { th { "seconds busy" } td { (format!("{:.3}", c.busy_seconds)) } }
+        }
+        h2 { "Mapped by" }
+        ul { @for n in &p.nodes { @for m in n.maps.iter().filter(|m| m.image == lun) {
+            li { (n.name) ": target " (m.target) " LUN " (m.lun) " (" (access_name(m.access)) ")" } } } }
+        (change_form(&viewer, "resize-lun", &back, "Resize", html! {
+            input type="hidden" name="pan" value=(pan);
+            input type="hidden" name="name" value=(lun);
+            label { "new size " input name="size" placeholder="2G" required; }
+        }))
+    };
+    Ok(layout(&format!("LUN {lun}"), &viewer, body))
+}
+
+/// Every field any change form sends.
+#[derive(Debug, Default, Deserialize)]
+struct ChangeForm {
+    csrf: String,
+    op: String,
+    back: Option<String>,
+    pan: Option<String>,
+    node: Option<String>,
+    name: Option<String>,
+    size: Option<String>,
+    path: Option<String>,
+    block_size: Option<String>,
+    target: Option<String>,
+    lun: Option<String>,
+    image: Option<String>,
+    access: Option<String>,
+    mtu: Option<String>,
+    ports: Option<String>,
+}
+
+fn field(v: &Option<String>, name: &str) -> Result<String, Problem> {
+    match v.as_deref().map(str::trim) {
+        Some(s) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(Problem::bad_request(format!("the form needs a {name}"))),
+    }
+}
+
+fn number<T: std::str::FromStr>(v: &Option<String>, name: &str) -> Result<T, Problem> {
+    field(v, name)?.parse().map_err(|_| Problem::bad_request(format!("{name} must be a number in range")))
+}
+
+fn optional(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+impl ChangeForm {
+    /// The change the form asks for; a node's generated credential comes back with it.
+    fn change(&self) -> Result<(Change, Option<String>), Problem> {
+        let pan = || field(&self.pan, "PAN");
+        let c = match self.op.as_str() {
+            "create-pan" => Change::CreatePan { pan: pan()? },
+            "delete-pan" => Change::DeletePan { pan: pan()? },
+            "create-node" => {
+                let credential = crate::auth::random_token(16);
+                let c = Change::CreateNode {
+                    pan: pan()?,
+                    node: field(&self.node, "node")?,
+                    credential: credential.clone(),
+                    uid: None,
+                };
+                return Ok((c, Some(credential)));
+            }
+            "delete-node" => Change::DeleteNode { pan: pan()?, node: field(&self.node, "node")? },
+            "create-lun" => Change::CreateLun {
+                pan: pan()?,
+                lun: NewLun {
+                    name: field(&self.name, "name")?,
+                    size: optional(&self.size),
+                    path: optional(&self.path),
+                    block_size: optional(&self.block_size)
+                        .map(|b| b.parse())
+                        .transpose()
+                        .map_err(|_| Problem::bad_request("block size must be 512 or 4096"))?,
+                },
+            },
+            "delete-lun" => Change::DeleteLun { pan: pan()?, lun: field(&self.name, "name")? },
+            "resize-lun" => {
+                Change::ResizeLun { pan: pan()?, lun: field(&self.name, "name")?, size: field(&self.size, "size")? }
+            }
+            "map" => Change::Map {
+                pan: pan()?,
+                node: field(&self.node, "node")?,
+                target: number(&self.target, "target")?,
+                lun: number(&self.lun, "LUN")?,
+                image: field(&self.image, "image")?,
+                access: match self.access.as_deref() {
+                    Some("ro") => Access::Ro,
+                    None | Some("rw") => Access::Rw,
+                    Some(other) => return Err(Problem::bad_request(format!("access must be ro or rw, not {other:?}"))),
+                },
+            },
+            "unmap" => Change::Unmap {
+                pan: pan()?,
+                node: field(&self.node, "node")?,
+                target: number(&self.target, "target")?,
+                lun: number(&self.lun, "LUN")?,
+            },
+            "create-lan" => Change::CreateLan {
+                pan: pan()?,
+                lan: NewLan {
+                    name: field(&self.name, "name")?,
+                    mtu: optional(&self.mtu)
+                        .map(|m| m.parse())
+                        .transpose()
+                        .map_err(|_| Problem::bad_request("MTU must be a number"))?,
+                    ports: parse_ports(self.ports.as_deref().unwrap_or(""))?,
+                },
+            },
+            "delete-lan" => Change::DeleteLan { pan: pan()?, lan: field(&self.name, "name")? },
+            other => return Err(Problem::bad_request(format!("unknown operation {other:?}"))),
+        };
+        Ok((c, None))
+    }
+}
+
+/// "node address/prefix [netns]" per line.
+fn parse_ports(text: &str) -> Result<Vec<NewPort>, Problem> {
+    let mut ports = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [node, ip] => ports.push(NewPort { node: node.to_string(), ips: vec![ip.to_string()], netns: None }),
+            [node, ip, ns] => {
+                ports.push(NewPort { node: node.to_string(), ips: vec![ip.to_string()], netns: Some(ns.to_string()) })
+            }
+            _ => return Err(Problem::bad_request(format!("port line {line:?} is not 'node address/prefix [netns]'"))),
+        }
+    }
+    Ok(ports)
+}
+
+fn error_page(viewer: &Viewer, p: Problem) -> Response {
+    let status = p.status_code();
+    let body = html! { p.error { (p.detail) } p { a href="javascript:history.back()" { "back" } } };
+    (status, layout(&format!("{} {}", p.status, p.title), viewer, body)).into_response()
+}
+
+/// Only local paths: a form must not redirect elsewhere.
+fn safe_back(back: Option<&str>) -> String {
+    match back {
+        Some(b) if b.starts_with('/') && !b.starts_with("//") && !b.contains('\\') => b.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+async fn post_change(State(s): State<WebState>, viewer: Viewer, Form(form): Form<ChangeForm>) -> Response {
+    let Viewer::Session { csrf, .. } = &viewer else {
+        return error_page(&viewer, Problem::unauthorized("log in to change anything"));
+    };
+    if !crate::auth::same_secret(&form.csrf, csrf) {
+        return error_page(
+            &viewer,
+            Problem::forbidden("the form's CSRF token does not match this session; reload the page"),
+        );
+    }
+    let (change, credential) = match form.change() {
+        Ok(c) => c,
+        Err(p) => return error_page(&viewer, p),
+    };
+    let node = form.node.clone().unwrap_or_default();
+    if let Err(p) = s.apply(change).await {
+        return error_page(&viewer, p);
+    }
+    let back = safe_back(form.back.as_deref());
+    match credential {
+        Some(cred) => {
+            let body = html! {
+                p { "Node " strong { (node) } " created. Its credential (shown once): " code id="credential" { (cred) } }
+                p { a href=(back) { "continue" } }
+            };
+            layout("Node created", &viewer, body).into_response()
+        }
+        None => Redirect::to(&back).into_response(),
+    }
+}
+
+async fn login_page(viewer: Viewer) -> Markup {
+    login_form(&viewer, None)
+}
+
+fn login_form(viewer: &Viewer, error: Option<&str>) -> Markup {
+    let body = html! {
+        @if let Some(e) = error { p.error { (e) } }
+        form method="post" action="/login" {
+            label { "admin token " input type="password" name="token" autocomplete="current-password" required; }
+            " " button type="submit" { "log in" }
+        }
+        p { "The token is in the data directory's " code { "admin-token" } " file, printed when the gateway first started." }
+    };
+    layout("Log in", viewer, body)
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(s): State<WebState>,
+    ClientIp(ip): ClientIp,
+    jar: CookieJar,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let delay = s.auth.login_delay(ip);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match s.auth.login(ip, &form.token) {
+        Some(id) => (jar.add(Auth::cookie(id)), Redirect::to("/")).into_response(),
+        None => {
+            tracing::warn!(client = %ip, "failed admin login");
+            (StatusCode::UNAUTHORIZED, login_form(&Viewer::Anonymous, Some("wrong token"))).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LogoutForm {
+    csrf: String,
+}
+
+async fn logout(State(s): State<WebState>, viewer: Viewer, jar: CookieJar, Form(form): Form<LogoutForm>) -> Response {
+    if let Viewer::Session { id, csrf } = &viewer {
+        if crate::auth::same_secret(&form.csrf, csrf) {
+            s.auth.logout(id);
+        }
+    }
+    (jar.remove(Cookie::build(SESSION_COOKIE).path("/")), Redirect::to("/")).into_response()
+}
+
+async fn favicon() -> impl IntoResponse {
+    (StatusCode::NO_CONTENT, [(header::CACHE_CONTROL, "max-age=86400")])
+}
+
+/// The pages' routes.
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/pans/{pan}", get(pan_page))
+        .route("/pans/{pan}/luns/{lun}", get(lun_page))
+        .route("/ui/change", post(post_change))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/favicon.ico", get(favicon))
+}
