@@ -1136,6 +1136,9 @@ fn writes_data(opcode: u8) -> bool {
 
 /// SYNCHRONIZE CACHE on an image, from the gateway's own nexus.
 fn flush_image(img: &mut OpenImage) -> io::Result<()> {
+    // A TEST UNIT READY first takes any unit attention queued for the gateway's nexus (a
+    // resize raises one for every nexus), which would otherwise answer the flush.
+    img.driver.run(0, &[0], &[0; 6], &[])?;
     let f = img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])?;
     if f.completion.status != Status::Good {
         return Err(io::Error::other(format!("SYNCHRONIZE CACHE failed: sense {:02x?}", f.completion.sense)));

@@ -1,0 +1,523 @@
+//! The web admin's handlers through `tower::ServiceExt::oneshot`, over a real ring server
+//! with file images: authentication, validation, and every operation's effect on the
+//! running gateway and on the persisted config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use gateway::admin::GatewayAdmin;
+use gateway::config::Config;
+use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
+use gateway::ring::server::{Server, ServerOptions};
+use gateway::storage;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const TOKEN: &str = "admin-token-for-tests-0123456789";
+const CRED: &str = "cccccccccccccccccccccccc";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    socket: PathBuf,
+    state: web::WebState,
+    _server: Server,
+}
+
+fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+serial = "pg-admin"
+data_dir = "{d}"
+[[pan]]
+name = "alpha"
+[[pan.image]]
+name = "a0"
+path = "a0.img"
+size = "16MiB"
+[[pan.node]]
+name = "n1"
+credential = "{CRED}"
+luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
+"#,
+        d = dir.path().display()
+    );
+    let file = dir.path().join("pangate.toml");
+    std::fs::write(&file, &text).unwrap();
+    let cfg = Config::load(&file).unwrap();
+    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
+    let names = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
+    let socket = dir.path().join("pangate.sock");
+    let opts = ServerOptions::new(&socket);
+    let metrics = opts.metrics.clone();
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), opts).unwrap();
+    let admin = GatewayAdmin::new(
+        cfg,
+        file.clone(),
+        dir.path().to_path_buf(),
+        names,
+        server.control(),
+        metrics,
+        Arc::new(|| None),
+    )
+    .unwrap();
+    let state = web::WebState::new(Arc::new(admin), TOKEN.into());
+    Fixture { dir, file, socket, state, _server: server }
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    set_cookie: Option<String>,
+    location: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// A 4xx problem document, which says what is wrong.
+    fn problem(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.content_type, "application/problem+json", "{}", self.body);
+        let p = self.json();
+        assert_eq!(p["status"], status.as_u16());
+        let detail = p["detail"].as_str().unwrap().to_string();
+        assert!(!detail.is_empty());
+        detail
+    }
+}
+
+async fn send(f: &Fixture, req: Request<Body>) -> Reply {
+    let resp = web::router(f.state.clone()).oneshot(req).await.unwrap();
+    let h = |name| resp.headers().get(name).map(|v: &header::HeaderValue| v.to_str().unwrap().to_string());
+    let (content_type, set_cookie, location) = (h(header::CONTENT_TYPE), h(header::SET_COOKIE), h(header::LOCATION));
+    let status = resp.status();
+    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    Reply { status, content_type: content_type.unwrap_or_default(), set_cookie, location, body }
+}
+
+fn api(method: &str, uri: &str, body: Option<Value>, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    match body {
+        Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())).unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> Reply {
+    send(f, api(method, uri, body, Some(TOKEN))).await
+}
+
+fn form(uri: &str, fields: &[(&str, &str)], cookie: Option<&str>) -> Request<Body> {
+    let body: String = fields
+        .iter()
+        .map(|(k, v)| {
+            format!("{k}={}", v.replace('%', "%25").replace('&', "%26").replace(' ', "+").replace('/', "%2F"))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut b =
+        Request::builder().method("POST").uri(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+fn saved(f: &Fixture) -> Config {
+    Config::load(&f.file).unwrap()
+}
+
+fn connect(f: &Fixture, pan: &str, node: &str, cred: &str) -> Initiator {
+    let opts =
+        ConnectOptions { pan: pan.into(), node: node.into(), credential: cred.into(), slots: 256, data_bytes: 4 << 20 };
+    Initiator::connect(&f.socket, &opts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_open_and_changes_need_the_token() {
+    let f = start();
+    let r = send(&f, api("GET", "/api/v1/overview", None, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["pans"][0]["name"], "alpha");
+    let r = send(&f, api("GET", "/", None, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("log in") && !r.body.contains("Create PAN"), "read-only page shows no forms");
+
+    let new_pan = || Some(json!({"name": "beta"}));
+    send(&f, api("POST", "/api/v1/pans", new_pan(), None)).await.problem(StatusCode::UNAUTHORIZED);
+    send(&f, api("POST", "/api/v1/pans", new_pan(), Some("wrong-token-wrong-token")))
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    send(&f, api("DELETE", "/api/v1/pans/alpha/nodes/n1", None, None)).await.problem(StatusCode::UNAUTHORIZED);
+    let r = send(&f, form("/ui/change", &[("csrf", "x"), ("op", "create-pan"), ("pan", "beta")], None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(saved(&f).pans.len(), 1, "nothing changed");
+
+    let r = send(&f, api("POST", "/api/v1/pans", new_pan(), Some(TOKEN))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(saved(&f).pans.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sets_a_strict_cookie_and_forms_need_the_csrf_token() {
+    let f = start();
+    let r = send(&f, form("/login", &[("token", "not-the-token")], None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.set_cookie.is_none());
+    // The second failure from the same client waits before answering.
+    let t = std::time::Instant::now();
+    send(&f, form("/login", &[("token", "still-not-it")], None)).await;
+    assert!(t.elapsed() >= Duration::from_millis(240), "failed logins are slowed down");
+
+    let r = send(&f, form("/login", &[("token", TOKEN)], None)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let set = r.set_cookie.unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
+    assert!(page.body.contains("Create LUN"), "logged-in pages show forms");
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+
+    let r = send(&f, form("/ui/change", &[("csrf", "forged"), ("op", "create-pan"), ("pan", "gamma")], Some(&cookie)))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The API with only the cookie needs the CSRF header too.
+    let r = send(
+        &f,
+        Request::post("/api/v1/pans")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"name":"gamma"}"#))
+            .unwrap(),
+    )
+    .await;
+    r.problem(StatusCode::FORBIDDEN);
+    assert!(!saved(&f).pans.iter().any(|p| p.name == "gamma"));
+
+    let back = "/pans/alpha";
+    let ok = [("csrf", csrf.as_str()), ("op", "create-pan"), ("pan", "gamma"), ("back", back)];
+    let r = send(&f, form("/ui/change", &ok, Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location.as_deref(), Some(back));
+    assert!(saved(&f).pans.iter().any(|p| p.name == "gamma"));
+    // A form that fails shows the reason, with the problem's status.
+    let r =
+        send(&f, form("/ui/change", &[("csrf", &csrf), ("op", "create-pan"), ("pan", "gamma")], Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("exists"), "{}", r.body);
+    // Forms never redirect off the site.
+    let r = send(
+        &f,
+        form(
+            "/ui/change",
+            &[("csrf", &csrf), ("op", "create-pan"), ("pan", "delta"), ("back", "//evil.example/")],
+            Some(&cookie),
+        ),
+    )
+    .await;
+    assert_eq!(r.location.as_deref(), Some("/"));
+
+    let r = send(&f, form("/logout", &[("csrf", &csrf)], Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = send(&f, form("/ui/change", &[("csrf", &csrf), ("op", "create-pan"), ("pan", "eps")], Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the session ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_takes_effect_on_the_running_gateway_and_is_persisted() {
+    let f = start();
+    assert_eq!(call(&f, "POST", "/api/v1/pans", Some(json!({"name": "beta"}))).await.status, StatusCode::CREATED);
+    let r = call(&f, "POST", "/api/v1/pans/beta/nodes", Some(json!({"name": "web1"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let cred = r.json()["credential"].as_str().unwrap().to_string();
+    assert!(cred.len() >= 16);
+
+    // A new sparse image, and an existing file.
+    let r = call(&f, "POST", "/api/v1/pans/beta/luns", Some(json!({"name": "disk", "size": "8MiB"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json()["size_bytes"], 8 << 20);
+    let made = PathBuf::from(r.json()["path"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&made).unwrap().len(), 8 << 20);
+    let existing = f.dir.path().join("images").join("existing.raw");
+    std::fs::create_dir_all(existing.parent().unwrap()).unwrap();
+    std::fs::write(&existing, vec![0x5a; 1 << 20]).unwrap();
+    let r =
+        call(&f, "POST", "/api/v1/pans/beta/luns", Some(json!({"name": "old", "path": existing, "block_size": 4096})))
+            .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!((r.json()["size_bytes"].as_u64(), r.json()["block_size"].as_u64()), (Some(1 << 20), Some(4096)));
+
+    let map =
+        |t: u16, l: u16, image: &str, access: &str| json!({"target": t, "lun": l, "image": image, "access": access});
+    assert_eq!(
+        call(&f, "POST", "/api/v1/pans/beta/nodes/web1/maps", Some(map(0, 0, "disk", "rw"))).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(&f, "POST", "/api/v1/pans/beta/nodes/web1/maps", Some(map(0, 1, "old", "ro"))).await.status,
+        StatusCode::CREATED
+    );
+
+    // The new node connects with the returned credential and sees its map; I/O works and
+    // is counted; the read-only map refuses writes.
+    let mut i = connect(&f, "beta", "web1", &cred);
+    let luns: Vec<_> = i.luns().iter().map(|l| (l.target, l.lun, l.block_size, l.read_only)).collect();
+    assert_eq!(luns, vec![(0, 0, 512, false), (0, 1, 4096, true)]);
+    for lun in [0, 1] {
+        // Each LUN reports the new nexus's power-on unit attention once.
+        i.execute(0, lun, &[0; 6], Data::None).unwrap();
+    }
+    let data = vec![0xa5u8; 8192];
+    assert!(i.write(0, 0, 8, &data, false, false).unwrap().good());
+    let (resp, back) = i.read(0, 0, 8, 8192).unwrap();
+    assert!(resp.good() && back == data);
+    let (resp, old) = i.read(0, 1, 0, 4096).unwrap();
+    assert!(resp.good() && old.iter().all(|&b| b == 0x5a), "the existing file's contents are served");
+    assert!(!i.write(0, 1, 0, &[0u8; 4096], false, false).unwrap().good());
+    let lun = call(&f, "GET", "/api/v1/pans/beta/luns/disk", None).await.json();
+    assert_eq!((lun["counters"]["writes"].as_u64(), lun["counters"]["bytes_written"].as_u64()), (Some(1), Some(8192)));
+    assert_eq!((lun["counters"]["reads"].as_u64(), lun["counters"]["bytes_read"].as_u64()), (Some(1), Some(8192)));
+    let text = call(&f, "GET", "/metrics", None).await.body;
+    assert!(
+        text.contains(r#"pangate_lun_written_bytes_total{pan="beta",node="web1",target="0",lun="0"} 8192"#),
+        "{text}"
+    );
+
+    // Resize: the capacity grows for the connected node.
+    let r = call(&f, "POST", "/api/v1/pans/beta/luns/disk/resize", Some(json!({"size": "12MiB"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["size_bytes"], 12 << 20);
+    let mut cap = None;
+    for _ in 0..3 {
+        // The first command after the resize reports CAPACITY DATA HAS CHANGED.
+        if let (resp, Some(c)) = i.read_capacity(0, 0).unwrap() {
+            if resp.good() {
+                cap = Some(c);
+                break;
+            }
+        }
+    }
+    assert_eq!(cap, Some(((12 << 20) / 512, 512)));
+    call(&f, "POST", "/api/v1/pans/beta/luns/disk/resize", Some(json!({"size": "4MiB"})))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+
+    // Unmap: the LUN is gone for the live queue pair.
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta/nodes/web1/maps/0/1", None).await.status, StatusCode::NO_CONTENT);
+    let (resp, _) = i.read(0, 1, 0, 4096).unwrap();
+    assert!(!resp.good(), "an unmapped LUN answers LOGICAL UNIT NOT SUPPORTED");
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta/luns/old", None).await.status, StatusCode::NO_CONTENT);
+    assert!(existing.exists(), "deleting a LUN keeps its file");
+
+    // A LAN is validated and persisted.
+    let lan = json!({"name": "lan1", "mtu": 9000, "ports": [{"node": "web1", "ips": ["198.18.5.1/24"]}]});
+    let r = call(&f, "POST", "/api/v1/pans/beta/lans", Some(lan)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json()["mtu"], 9000);
+    let cfg = saved(&f);
+    let beta = cfg.pans.iter().find(|p| p.name == "beta").unwrap();
+    assert_eq!(beta.lans[0].ports[0].ips, vec!["198.18.5.1/24".to_string()]);
+    assert_eq!(beta.images.iter().map(|i| (i.name.as_str(), i.size.0)).collect::<Vec<_>>(), vec![("disk", 12 << 20)]);
+    assert_eq!(beta.nodes[0].luns.len(), 1);
+    call(&f, "DELETE", "/api/v1/pans/beta/nodes/web1", None).await.problem(StatusCode::CONFLICT);
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta/lans/lan1", None).await.status, StatusCode::NO_CONTENT);
+
+    // Deleting the node closes its queue pair and refuses new ones.
+    call(&f, "DELETE", "/api/v1/pans/beta/luns/disk", None).await.problem(StatusCode::CONFLICT);
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta/nodes/web1", None).await.status, StatusCode::NO_CONTENT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while i.check_connected().is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the deleted node's queue pair stays open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let opts =
+        ConnectOptions { pan: "beta".into(), node: "web1".into(), credential: cred, slots: 256, data_bytes: 1 << 20 };
+    assert!(Initiator::connect(&f.socket, &opts).is_err());
+    call(&f, "DELETE", "/api/v1/pans/beta", None).await.problem(StatusCode::CONFLICT);
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta/luns/disk", None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta", None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(saved(&f).pans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["alpha"]);
+    // The original node was never disturbed.
+    let mut old = connect(&f, "alpha", "n1", CRED);
+    old.execute(0, 0, &[0; 6], Data::None).unwrap();
+    assert!(old.read(0, 0, 0, 512).unwrap().0.good());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_problem_document_never_a_500() {
+    let f = start();
+    let own: &Path = &f.file;
+    let cases: Vec<(&str, String, Option<Value>, StatusCode)> = vec![
+        ("POST", "/api/v1/pans".into(), Some(json!({"name": "Bad Name"})), StatusCode::BAD_REQUEST),
+        ("POST", "/api/v1/pans".into(), Some(json!({"name": ""})), StatusCode::BAD_REQUEST),
+        ("POST", "/api/v1/pans".into(), Some(json!({"name": "alpha"})), StatusCode::CONFLICT),
+        ("POST", "/api/v1/pans".into(), Some(json!({"nome": "x"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/api/v1/pans".into(), Some(json!([1, 2])), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/api/v1/pans/nope/nodes".into(), Some(json!({"name": "x"})), StatusCode::NOT_FOUND),
+        ("POST", "/api/v1/pans/alpha/nodes".into(), Some(json!({"name": "n1"})), StatusCode::CONFLICT),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes".into(),
+            Some(json!({"name": "n2", "credential": "short"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "size": "0"})), StatusCode::BAD_REQUEST),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "size": "lots"})), StatusCode::BAD_REQUEST),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "size": "1000"})), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "size": "64TiB"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "size": "1MiB", "block_size": 1024})),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x"})), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "size": "1M", "path": "/tmp/x"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": "rel/img"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": "/nonexistent/img"})),
+            StatusCode::NOT_FOUND,
+        ),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "path": own})), StatusCode::CONFLICT),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "path": "/dev"})), StatusCode::BAD_REQUEST),
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "a0", "size": "1M"})), StatusCode::CONFLICT),
+        ("POST", "/api/v1/pans/alpha/luns/zz/resize".into(), Some(json!({"size": "1G"})), StatusCode::NOT_FOUND),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes/n1/maps".into(),
+            Some(json!({"target": 0, "lun": 0, "image": "a0"})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes/n1/maps".into(),
+            Some(json!({"target": 0, "lun": 16384, "image": "a0"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes/n1/maps".into(),
+            Some(json!({"target": 0, "lun": 70000, "image": "a0"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes/n1/maps".into(),
+            Some(json!({"target": 0, "lun": 2, "image": "a0", "access": "rx"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes/n1/maps".into(),
+            Some(json!({"target": 0, "lun": 2, "image": "zz"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/nodes/zz/maps".into(),
+            Some(json!({"target": 0, "lun": 2, "image": "a0"})),
+            StatusCode::NOT_FOUND,
+        ),
+        ("DELETE", "/api/v1/pans/alpha/nodes/n1/maps/0/x".into(), None, StatusCode::BAD_REQUEST),
+        ("DELETE", "/api/v1/pans/alpha/nodes/n1/maps/0/9".into(), None, StatusCode::NOT_FOUND),
+        ("DELETE", "/api/v1/pans/alpha".into(), None, StatusCode::CONFLICT),
+        ("DELETE", "/api/v1/pans/alpha/luns/a0".into(), None, StatusCode::CONFLICT),
+        ("DELETE", "/api/v1/pans/alpha/lans/none".into(), None, StatusCode::NOT_FOUND),
+        ("POST", "/api/v1/pans/alpha/lans".into(), Some(json!({"name": "l", "mtu": 100})), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/api/v1/pans/alpha/lans".into(),
+            Some(json!({"name": "l", "ports": [{"node": "ghost"}]})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/lans".into(),
+            Some(json!({"name": "l", "ports": [{"node": "n1", "ips": ["300.1.1.1/24"]}]})),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", "/api/v1/pans/none".into(), None, StatusCode::NOT_FOUND),
+        ("GET", "/api/v1/no/such/route".into(), None, StatusCode::NOT_FOUND),
+    ];
+    let before = std::fs::read_to_string(&f.file).unwrap();
+    for (method, uri, body, want) in cases {
+        let r = call(&f, method, &uri, body.clone()).await;
+        assert_eq!(r.status, want, "{method} {uri} {body:?}: {}", r.body);
+        r.problem(want);
+    }
+    // Not JSON at all.
+    let r = send(
+        &f,
+        Request::post("/api/v1/pans")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{\"name\":"))
+            .unwrap(),
+    )
+    .await;
+    r.problem(StatusCode::BAD_REQUEST);
+    let r = send(
+        &f,
+        Request::post("/api/v1/pans")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::from("name=x"))
+            .unwrap(),
+    )
+    .await;
+    r.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(std::fs::read_to_string(&f.file).unwrap(), before, "no refused change touched the config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let f = start();
+    let doc = call(&f, "GET", "/api/v1/openapi.json", None).await.json();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/overview",
+        "/api/v1/pans",
+        "/api/v1/pans/{pan}",
+        "/api/v1/pans/{pan}/nodes",
+        "/api/v1/pans/{pan}/nodes/{node}",
+        "/api/v1/pans/{pan}/nodes/{node}/maps",
+        "/api/v1/pans/{pan}/nodes/{node}/maps/{target}/{lun}",
+        "/api/v1/pans/{pan}/luns",
+        "/api/v1/pans/{pan}/luns/{lun}",
+        "/api/v1/pans/{pan}/luns/{lun}/resize",
+        "/api/v1/pans/{pan}/lans",
+        "/api/v1/pans/{pan}/lans/{lan}",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["token"]["scheme"], "bearer");
+}
