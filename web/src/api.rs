@@ -74,23 +74,23 @@ async fn list_pans(State(s): State<WebState>) -> Json<Vec<PanView>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/pans", tag = "pans", request_body = NewPan, security(("token" = [])),
-    responses((status = 201, body = PanView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 409, body = Problem)))]
+    responses((status = 201, body = PanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn create_pan(State(s): State<WebState>, _: Authorized, Body(b): Body<NewPan>) -> Result<Response, Problem> {
     s.apply(Change::CreatePan { pan: b.name.clone() }).await?;
     Ok(created(find_pan(&s.overview().await, &b.name)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/pans/{pan}", tag = "pans", params(("pan" = String, Path)),
-    responses((status = 200, body = PanView), (status = 404, body = Problem)))]
+    responses((status = 200, body = PanView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_pan(State(s): State<WebState>, Params(pan): Params<String>) -> Result<Json<PanView>, Problem> {
     Ok(Json(find_pan(&s.overview().await, &pan)?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/pans/{pan}", tag = "pans", params(("pan" = String, Path)),
     security(("token" = [])),
-    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn delete_pan(
     State(s): State<WebState>,
     _: Authorized,
@@ -102,8 +102,8 @@ async fn delete_pan(
 
 #[utoipa::path(post, path = "/api/v1/pans/{pan}/nodes", tag = "nodes", params(("pan" = String, Path)),
     request_body = NewNode, security(("token" = [])),
-    responses((status = 201, body = CreatedNode), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = CreatedNode), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn create_node(
     State(s): State<WebState>,
     _: Authorized,
@@ -117,7 +117,7 @@ async fn create_node(
 
 #[utoipa::path(delete, path = "/api/v1/pans/{pan}/nodes/{node}", tag = "nodes",
     params(("pan" = String, Path), ("node" = String, Path)), security(("token" = [])),
-    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_node(
     State(s): State<WebState>,
     _: Authorized,
@@ -129,8 +129,8 @@ async fn delete_node(
 
 #[utoipa::path(post, path = "/api/v1/pans/{pan}/nodes/{node}/maps", tag = "nodes",
     params(("pan" = String, Path), ("node" = String, Path)), request_body = NewMap, security(("token" = [])),
-    responses((status = 201, body = MapView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = MapView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn map_lun(
     State(s): State<WebState>,
     _: Authorized,
@@ -145,8 +145,8 @@ async fn map_lun(
 #[utoipa::path(delete, path = "/api/v1/pans/{pan}/nodes/{node}/maps/{target}/{lun}", tag = "nodes",
     params(("pan" = String, Path), ("node" = String, Path), ("target" = u16, Path), ("lun" = u16, Path)),
     security(("token" = [])),
-    responses((status = 204), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn unmap_lun(
     State(s): State<WebState>,
     _: Authorized,
@@ -158,8 +158,8 @@ async fn unmap_lun(
 
 #[utoipa::path(post, path = "/api/v1/pans/{pan}/luns", tag = "luns", params(("pan" = String, Path)),
     request_body = NewLun, security(("token" = [])),
-    responses((status = 201, body = LunView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = LunView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn create_lun(
     State(s): State<WebState>,
     _: Authorized,
@@ -173,7 +173,7 @@ async fn create_lun(
 
 #[utoipa::path(get, path = "/api/v1/pans/{pan}/luns/{lun}", tag = "luns",
     params(("pan" = String, Path), ("lun" = String, Path)),
-    responses((status = 200, body = LunView), (status = 404, body = Problem)))]
+    responses((status = 200, body = LunView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_lun(
     State(s): State<WebState>,
     Params((pan, lun)): Params<(String, String)>,
@@ -183,8 +183,8 @@ async fn get_lun(
 
 #[utoipa::path(delete, path = "/api/v1/pans/{pan}/luns/{lun}", tag = "luns",
     params(("pan" = String, Path), ("lun" = String, Path)), security(("token" = [])),
-    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn delete_lun(
     State(s): State<WebState>,
     _: Authorized,
@@ -196,8 +196,8 @@ async fn delete_lun(
 
 #[utoipa::path(post, path = "/api/v1/pans/{pan}/luns/{lun}/resize", tag = "luns",
     params(("pan" = String, Path), ("lun" = String, Path)), request_body = Resize, security(("token" = [])),
-    responses((status = 200, body = LunView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = LunView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn resize_lun(
     State(s): State<WebState>,
     _: Authorized,
@@ -210,8 +210,8 @@ async fn resize_lun(
 
 #[utoipa::path(post, path = "/api/v1/pans/{pan}/lans", tag = "lans", params(("pan" = String, Path)),
     request_body = NewLan, security(("token" = [])),
-    responses((status = 201, body = LanView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = LanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn create_lan(
     State(s): State<WebState>,
     _: Authorized,
@@ -226,7 +226,7 @@ async fn create_lan(
 
 #[utoipa::path(delete, path = "/api/v1/pans/{pan}/lans/{lan}", tag = "lans",
     params(("pan" = String, Path), ("lan" = String, Path)), security(("token" = [])),
-    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_lan(
     State(s): State<WebState>,
     _: Authorized,

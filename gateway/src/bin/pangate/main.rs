@@ -431,7 +431,15 @@ fn start_web(cfg: &Config, dir: &Path, admin: Arc<dyn web::Admin>) -> anyhow::Re
     let bind = |addr: &str| {
         rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding the web admin to {addr}"))
     };
-    let listener = bind(&cfg.web.listen)?;
+    // The data path matters more than the admin: a taken port is reported, not fatal.
+    let listener = match bind(&cfg.web.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("  web admin: OFF: {e:#}; set [web] listen to a free address");
+            tracing::error!(error = %format!("{e:#}"), "the web admin is not running");
+            return Ok(None);
+        }
+    };
     let addr = listener.local_addr()?;
     let metrics_listener = cfg.web.metrics_listen.as_deref().map(bind).transpose()?;
     println!("  web admin: http://{addr}/  (API /api/v1, metrics /metrics)");
