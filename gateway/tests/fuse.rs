@@ -537,6 +537,20 @@ fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
     f.write_all_at(&pattern(4096, 5), 0).unwrap();
     let gw = rig.gateway.as_ref().unwrap();
     gw.signal(libc::SIGSTOP);
+    // SIGSTOP takes effect per thread, asynchronously: a polling worker could still answer
+    // one more request. Wait until every thread is stopped.
+    let tasks = format!("/proc/{}/task", gw.child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stopped = || {
+        std::fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    };
+    while !stopped() {
+        assert!(Instant::now() < deadline, "the gateway's threads did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let started = Instant::now();
     let mut buf = vec![0u8; 4096];
     let e = f.read_exact_at(&mut buf, 0).expect_err("a stopped gateway cannot answer");

@@ -46,11 +46,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<
     }
 }
 
-fn find_pan(o: &Overview, pan: &str) -> Result<PanView, Problem> {
+pub(crate) fn find_pan(o: &Overview, pan: &str) -> Result<PanView, Problem> {
     o.pans.iter().find(|p| p.name == pan).cloned().ok_or_else(|| Problem::not_found(format!("no PAN {pan:?}")))
 }
 
-fn find_lun(o: &Overview, pan: &str, lun: &str) -> Result<LunView, Problem> {
+pub(crate) fn find_lun(o: &Overview, pan: &str, lun: &str) -> Result<LunView, Problem> {
     find_pan(o, pan)?
         .luns
         .into_iter()

@@ -73,6 +73,7 @@ impl Auth {
     pub fn login(&self, ip: IpAddr, token: &str) -> Option<String> {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if !same_secret(token, &self.token) {
+            failures.retain(|_, (_, last)| last.elapsed() < FAILURE_MEMORY);
             let e = failures.entry(ip).or_insert((0, Instant::now()));
             if e.1.elapsed() >= FAILURE_MEMORY {
                 e.0 = 0;

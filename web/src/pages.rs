@@ -14,10 +14,10 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use crate::admin::Change;
-use crate::api::Params;
+use crate::api::{find_lun, find_pan, Params};
 use crate::auth::{Auth, Viewer, SESSION_COOKIE};
 use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
-use crate::model::{Access, LunView, NewLan, NewLun, NewPort, Overview, PanView};
+use crate::model::{Access, NewLan, NewLun, NewPort, PanView};
 use crate::problem::Problem;
 use crate::WebState;
 
@@ -186,10 +186,6 @@ fn access_name(a: Access) -> &'static str {
     }
 }
 
-fn find_pan(o: &Overview, pan: &str) -> Result<PanView, Problem> {
-    o.pans.iter().find(|p| p.name == pan).cloned().ok_or_else(|| Problem::not_found(format!("no PAN {pan:?}")))
-}
-
 async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Params<String>) -> Result<Markup, Problem> {
     let o = s.overview().await;
     let pan = find_pan(&o, &name)?;
@@ -265,12 +261,7 @@ async fn lun_page(
 ) -> Result<Markup, Problem> {
     let o = s.overview().await;
     let p = find_pan(&o, &pan)?;
-    let l: LunView = p
-        .luns
-        .iter()
-        .find(|l| l.name == lun)
-        .cloned()
-        .ok_or_else(|| Problem::not_found(format!("no LUN {lun:?} in PAN {pan:?}")))?;
+    let l = find_lun(&o, &pan, &lun)?;
     let rates = s.history.lock().unwrap_or_else(|p| p.into_inner()).rates(&pan, &lun);
     let iops: Vec<f64> = rates.iter().map(|r| r.iops).collect();
     let tput: Vec<f64> = rates.iter().map(|r| r.bytes_per_sec).collect();
