@@ -104,6 +104,23 @@ pub fn image_path(img: &ImageConfig, data_dir: &Path) -> std::path::PathBuf {
     }
 }
 
+/// SYNCHRONIZE CACHE on an image from the gateway's own nexus (0), as at shutdown, in
+/// `--oneshot` and when a LUN is deleted.
+pub fn flush(img: &mut OpenImage) -> std::io::Result<()> {
+    // A TEST UNIT READY first takes any unit attention queued for the gateway's nexus (a
+    // resize raises one for every nexus), which would otherwise answer the flush.
+    img.driver.run(0, &[0], &[0; 6], &[])?;
+    let f = img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])?;
+    if f.completion.status != scsi::Status::Good {
+        return Err(std::io::Error::other(format!(
+            "flushing {} failed: sense {:02x?}",
+            img.path.display(),
+            f.completion.sense
+        )));
+    }
+    Ok(())
+}
+
 /// The ring server's view of the configured nodes: credentials, uids and resolved maps.
 pub fn node_entries(cfg: &Config, maps: &[Mapping]) -> Vec<crate::ring::server::NodeEntry> {
     let mut out = Vec::new();

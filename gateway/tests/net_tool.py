@@ -15,23 +15,30 @@ def mac_bytes(s):
     return bytes(int(x, 16) for x in s.split(":"))
 
 
-def listen_udp(port, secs):
-    """Counts UDP datagrams (broadcast included) arriving on `port` for `secs`."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-    s.bind(("0.0.0.0", port))
+def count_for(s, secs, wanted):
+    """Says "ready", then counts for `secs` what `s` receives that `wanted(frame, addr)`
+    accepts, and prints the count."""
     s.settimeout(0.2)
     n = 0
     end = time.time() + secs
     print("ready", flush=True)
     while time.time() < end:
         try:
-            s.recv(2048)
-            n += 1
+            f, addr = s.recvfrom(65535)
         except socket.timeout:
-            pass
+            continue
+        if wanted(f, addr):
+            n += 1
     print(n, flush=True)
+
+
+def listen_udp(port, secs):
+    """Counts UDP datagrams (broadcast included) arriving on `port` for `secs`."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind(("0.0.0.0", port))
+    count_for(s, secs, lambda f, addr: True)
 
 
 def send_bcast(addr, port, count):
@@ -47,23 +54,16 @@ def capture(iface, secs, proto):
     or, with proto 0, UDP to port 7777 (the spoofing probe)."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.bind((iface, 0))
-    s.settimeout(0.2)
-    n = 0
-    end = time.time() + secs
-    print("ready", flush=True)
-    while time.time() < end:
-        try:
-            f, addr = s.recvfrom(65535)
-        except socket.timeout:
-            continue
+
+    def wanted(f, addr):
         if addr[2] == socket.PACKET_OUTGOING or len(f) < 34 or f[12:14] != b"\x08\x00":
-            continue
+            return False
         ihl = (f[14] & 0x0F) * 4
-        if proto and f[23] == proto:
-            n += 1
-        elif not proto and f[23] == 17 and struct.unpack("!H", f[14 + ihl + 2:14 + ihl + 4])[0] == 7777:
-            n += 1
-    print(n, flush=True)
+        if proto:
+            return f[23] == proto
+        return f[23] == 17 and struct.unpack("!H", f[14 + ihl + 2:14 + ihl + 4])[0] == 7777
+
+    count_for(s, secs, wanted)
 
 
 def checksum(b):

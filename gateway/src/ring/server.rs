@@ -696,7 +696,7 @@ impl Worker {
                     Some(img) => {
                         self.retired[image] = true;
                         tracing::info!(pan = %img.pan, image = %img.name, "LUN deleted");
-                        flush_image(img)
+                        crate::storage::flush(img)
                     }
                     None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no image {image}"))),
                 };
@@ -889,7 +889,7 @@ impl Worker {
         }
         let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
             if let Some(view) = self.borrowable(i, image, &cmd) {
-                return self.submit(i, &lun, cmd, Data::Out(view), Vec::new());
+                return self.submit(i, lun, cmd, Data::Out(view), Vec::new());
             }
             let c = &mut self.conns[i];
             // The engine's arena: already mapped (and registered with io_uring), where a
@@ -908,11 +908,11 @@ impl Worker {
             Some(buf)
         } else if let Some(view) = self.borrowable(i, image, &cmd) {
             // A READ lands in the node's region directly.
-            return self.submit(i, &lun, cmd, Data::In(view), Vec::new());
+            return self.submit(i, lun, cmd, Data::In(view), Vec::new());
         } else {
             None
         };
-        self.submit(i, &lun, cmd, data_out.map_or(Data::None, Data::Out), Vec::new());
+        self.submit(i, lun, cmd, data_out.map_or(Data::None, Data::Out), Vec::new());
     }
 
     /// The node's region of a plain READ or WRITE as a buffer of its own, with no copy,
@@ -942,7 +942,7 @@ impl Worker {
         Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
     }
 
-    fn submit(&mut self, i: usize, lun: &MappedLun, cmd: Cmd, data: Data, staged: Vec<Region>) {
+    fn submit(&mut self, i: usize, lun: MappedLun, cmd: Cmd, data: Data, staged: Vec<Region>) {
         let image = lun.image;
         let c = &mut self.conns[i];
         let tag = (c.id << 32) | u64::from(cmd.seq);
@@ -960,7 +960,7 @@ impl Worker {
                 data_out: is_out,
                 opcode: cmd.cdb()[0],
                 started_ns,
-                stats: lun.stats.clone(),
+                stats: lun.stats,
             },
         );
         self.in_backend[image] += 1;
@@ -1005,7 +1005,7 @@ impl Worker {
             }
             at += n;
         }
-        self.submit(i, &lun, cmd, Data::Out(buf), staged);
+        self.submit(i, lun, cmd, Data::Out(buf), staged);
     }
 
     fn on_control(&mut self, i: usize, cmd: Cmd, op: ControlOp) {
@@ -1117,7 +1117,7 @@ impl Worker {
     /// Finishes shutdown: flush every image, close every queue pair.
     fn finish(mut self) -> Vec<OpenImage> {
         for (img, _) in self.images.iter_mut().zip(&self.retired).filter(|(_, retired)| !**retired) {
-            if let Err(e) = flush_image(img) {
+            if let Err(e) = crate::storage::flush(img) {
                 tracing::error!(image = %img.name, error = %e, "flush at shutdown failed");
             }
         }
@@ -1132,18 +1132,6 @@ impl Worker {
 /// Whether a command's data-out is data for the medium (not UNMAP's parameter list).
 fn writes_data(opcode: u8) -> bool {
     scsi::opcodes::writes_medium(opcode) && opcode != scsi::opcodes::op::UNMAP
-}
-
-/// SYNCHRONIZE CACHE on an image, from the gateway's own nexus.
-fn flush_image(img: &mut OpenImage) -> io::Result<()> {
-    // A TEST UNIT READY first takes any unit attention queued for the gateway's nexus (a
-    // resize raises one for every nexus), which would otherwise answer the flush.
-    img.driver.run(0, &[0], &[0; 6], &[])?;
-    let f = img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])?;
-    if f.completion.status != Status::Good {
-        return Err(io::Error::other(format!("SYNCHRONIZE CACHE failed: sense {:02x?}", f.completion.sense)));
-    }
-    Ok(())
 }
 
 /// Moves queued messages into a ring while it has room; returns whether any moved.

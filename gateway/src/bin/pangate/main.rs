@@ -251,7 +251,7 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
     }
     if oneshot {
         for img in &mut images {
-            flush(img)?;
+            storage::flush(img)?;
         }
         println!("pangate: all images flushed; stopped");
         return Ok(());
@@ -603,14 +603,6 @@ fn self_check(img: &mut OpenImage) -> anyhow::Result<()> {
     let rc = d.run(0, &[0], &gateway::ring::initiator::READ_CAPACITY_16, &[])?;
     if inq.completion.status != scsi::Status::Good || rc.completion.status != scsi::Status::Good {
         anyhow::bail!("image {} failed its start-up check: sense {:02x?}", img.path.display(), rc.completion.sense);
-    }
-    Ok(())
-}
-
-fn flush(img: &mut OpenImage) -> anyhow::Result<()> {
-    let f = img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])?;
-    if f.completion.status != scsi::Status::Good {
-        anyhow::bail!("flushing {} failed: sense {:02x?}", img.path.display(), f.completion.sense);
     }
     Ok(())
 }
