@@ -17,7 +17,7 @@ use gateway::tcmu::abi::{cap, cmd, hdr, mailbox, op, tmr, uflag};
 use gateway::tcmu::device::KernelBell;
 use gateway::tcmu::netlink::{self, DeviceEvent, Incoming, TcmuAttr, TcmuMessage};
 use gateway::tcmu::sys::{UioDevice, UioSource};
-use gateway::tcmu::{Controller, NodeCredential};
+use gateway::tcmu::{fixed_nodes, live_grow, live_nodes, Controller, NodeCredential};
 
 mod support;
 use support::{on_path, skip_because, Gateway};
@@ -317,7 +317,7 @@ impl Rig {
         let uio = ModelUio::default();
         let nodes =
             vec![NodeCredential { pan: "p".into(), node: "n".into(), credential: CRED.into(), luns: vec![(0, 0)] }];
-        let ctl = Controller::new(uio.clone(), gateway.socket.clone(), nodes);
+        let ctl = Controller::new(uio.clone(), gateway.socket.clone(), fixed_nodes(nodes));
         Rig { _dir: dir, gateway, uio, ctl }
     }
 
@@ -895,7 +895,6 @@ fn reconfiguring_the_size_grows_the_lun() {
     use gateway::config::Config;
     use gateway::ring::server::{Server, ServerOptions};
     use gateway::storage;
-    use gateway::tcmu::{GrowLun, Selector};
 
     let dir = tempfile::tempdir().unwrap();
     let cfg_file = config(dir.path());
@@ -903,16 +902,9 @@ fn reconfiguring_the_size_grows_the_lun() {
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
     let socket = dir.path().join("in-process.sock");
     let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
-    let control = server.control();
-    let grow: GrowLun = Arc::new(move |sel: &Selector, bytes: u64| {
-        let m = maps
-            .iter()
-            .find(|m| (m.pan.as_str(), m.node.as_str(), m.target, m.lun) == (&sel.pan, &sel.node, sel.target, sel.lun));
-        control.grow(m.ok_or("no such LUN")?.image, bytes).map_err(|e| e.to_string())
-    });
     let uio = ModelUio::default();
-    let nodes = vec![NodeCredential { pan: "p".into(), node: "n".into(), credential: CRED.into(), luns: vec![(0, 0)] }];
-    let mut ctl = Controller::new(uio.clone(), socket.clone(), nodes).with_grow(grow);
+    let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(server.control()))
+        .with_grow(live_grow(server.control()));
     let mut k = KernelModel::new(4096, 1 << 20, ALL_CAPS);
     uio.0.lock().unwrap().insert(0, (NAME.into(), k.map.clone(), k.bell.clone()));
     assert_eq!(ctl.on_event(&DeviceEvent::Added { name: NAME.into(), minor: 0, id: None }), 0);
@@ -945,5 +937,45 @@ fn reconfiguring_the_size_grows_the_lun() {
     assert_eq!(ctl.on_event(&reconfig((64 << 20) + 100)), -libc::EINVAL);
     drop(node);
     assert_eq!(ctl.on_event(&DeviceEvent::Removed { name: NAME.into(), minor: 0, id: None }), 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn nodes_added_at_run_time_are_served_and_removed_ones_are_not() {
+    use gateway::config::{Access, Config};
+    use gateway::ring::server::{NodeEntry, Server, ServerOptions};
+    use gateway::storage;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::load(&config(dir.path())).unwrap();
+    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
+    let socket = dir.path().join("in-process.sock");
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let control = server.control();
+    let uio = ModelUio::default();
+    let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(server.control()));
+    let name = "tcm-user/1/late/pangate/p/late/2/5";
+    let mut k = KernelModel::new(4096, 1 << 20, ALL_CAPS);
+    uio.0.lock().unwrap().insert(3, (name.into(), k.map.clone(), k.bell.clone()));
+    let added =
+        |ctl: &mut Controller<ModelUio>| ctl.on_event(&DeviceEvent::Added { name: name.into(), minor: 3, id: None });
+    assert_eq!(added(&mut ctl), -libc::ENOENT, "an unknown node is refused");
+
+    let late = NodeEntry {
+        pan: "p".into(),
+        node: "late".into(),
+        credential: "a-node-added-while-running".into(),
+        uid: None,
+        luns: vec![(2, 5, 0, Access::Rw)],
+    };
+    control.set_node(late).unwrap();
+    assert_eq!(added(&mut ctl), 0, "the node the admin just added is served");
+    clear_attention(&mut k);
+    k.run(&rw16(0x8A, 8, 8, false), Some(&pattern(4096, 9)), 0).good();
+    assert_eq!(k.run(&rw16(0x88, 8, 8, false), None, 4096).good().data, pattern(4096, 9));
+    assert_eq!(ctl.on_event(&DeviceEvent::Removed { name: name.into(), minor: 3, id: None }), 0);
+
+    control.remove_node("p", "late").unwrap();
+    assert_eq!(added(&mut ctl), -libc::ENOENT, "a removed node is no longer served");
     server.shutdown().unwrap();
 }

@@ -32,6 +32,7 @@ use self::netlink::{DeviceEvent, Incoming};
 use self::sys::{KernelUio, TcmuSocket, UioSource};
 use crate::ring::initiator::{parse_capacity, ConnectOptions, READ_CAPACITY_16};
 use crate::ring::link::{Command, Link, LinkOptions};
+use crate::ring::server::LunControl;
 
 /// The LUN a backstore's config string selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,48 @@ pub struct NodeCredential {
     pub luns: Vec<(u16, u16)>,
 }
 
+/// The nodes the handler may act as, read at each use so that nodes and maps the admin
+/// changes at run time are served at once.
+pub type NodeDirectory = Arc<dyn Fn() -> Vec<NodeCredential> + Send + Sync>;
+
+/// A directory that never changes.
+pub fn fixed_nodes(nodes: Vec<NodeCredential>) -> NodeDirectory {
+    Arc::new(move || nodes.clone())
+}
+
+/// The ring server's live node table as a directory.
+pub fn live_nodes(control: LunControl) -> NodeDirectory {
+    Arc::new(move || {
+        control
+            .nodes()
+            .into_iter()
+            .map(|n| NodeCredential {
+                luns: n.luns.iter().map(|&(t, l, _, _)| (t, l)).collect(),
+                pan: n.pan,
+                node: n.node,
+                credential: n.credential,
+            })
+            .collect()
+    })
+}
+
+/// Grows LUNs through the ring server, finding the image in the live node table.
+pub fn live_grow(control: LunControl) -> GrowLun {
+    Arc::new(move |sel: &Selector, bytes: u64| {
+        let image = control
+            .nodes()
+            .iter()
+            .filter(|n| n.pan == sel.pan && n.node == sel.node)
+            .flat_map(|n| &n.luns)
+            .find(|&&(t, l, _, _)| (t, l) == (sel.target, sel.lun))
+            .map(|&(_, _, image, _)| image)
+            .ok_or_else(|| {
+                format!("node {:?} of PAN {:?} maps no target {} LUN {}", sel.node, sel.pan, sel.target, sel.lun)
+            })?;
+        control.grow(image, bytes).map_err(|e| e.to_string())
+    })
+}
+
 /// Whether a config string selects a LUN in one of these nodes' maps; the error says why
 /// not (targetcli shows it before creating anything).
 pub fn check_config(nodes: &[NodeCredential], config: &str) -> Result<Selector, String> {
@@ -110,7 +153,7 @@ struct Served {
 pub struct Controller<S: UioSource> {
     source: S,
     socket: PathBuf,
-    nodes: Vec<NodeCredential>,
+    nodes: NodeDirectory,
     io_timeout: Duration,
     devices: HashMap<u32, Served>,
     grow: Option<GrowLun>,
@@ -127,7 +170,7 @@ impl<S: UioSource> std::fmt::Debug for Controller<S> {
 
 impl<S: UioSource> Controller<S> {
     /// A controller that connects to the ring server at `socket` as the given nodes.
-    pub fn new(source: S, socket: PathBuf, nodes: Vec<NodeCredential>) -> Controller<S> {
+    pub fn new(source: S, socket: PathBuf, nodes: NodeDirectory) -> Controller<S> {
         Controller { source, socket, nodes, io_timeout: Duration::from_secs(30), devices: HashMap::new(), grow: None }
     }
 
@@ -194,7 +237,7 @@ impl<S: UioSource> Controller<S> {
             tracing::warn!(device = %name, error = %e, "not a pangate TCMU device");
             -libc::EINVAL
         })?;
-        let Some(cred) = self.nodes.iter().find(|n| n.pan == sel.pan && n.node == sel.node) else {
+        let Some(cred) = (self.nodes)().into_iter().find(|n| n.pan == sel.pan && n.node == sel.node) else {
             tracing::warn!(device = %name, pan = %sel.pan, node = %sel.node, "no such node in the configuration");
             return Err(-libc::ENOENT);
         };
@@ -203,7 +246,7 @@ impl<S: UioSource> Controller<S> {
             connect: ConnectOptions {
                 pan: sel.pan.clone(),
                 node: sel.node.clone(),
-                credential: cred.credential.clone(),
+                credential: cred.credential,
                 slots: 256,
                 data_bytes: 64 << 20,
             },
@@ -310,7 +353,7 @@ pub struct TcmuService {
 impl TcmuService {
     /// Starts serving TCMU devices, or logs one line and returns `None` when the kernel
     /// has no target_core_user.
-    pub fn start(socket: PathBuf, nodes: Vec<NodeCredential>, grow: GrowLun) -> Option<TcmuService> {
+    pub fn start(socket: PathBuf, nodes: NodeDirectory, grow: GrowLun) -> Option<TcmuService> {
         let nl = match TcmuSocket::open() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -325,7 +368,7 @@ impl TcmuService {
             }
         };
         let known = nodes.clone();
-        let check: dbus::ConfigCheck = Arc::new(move |c: &str| check_config(&known, c).map(drop));
+        let check: dbus::ConfigCheck = Arc::new(move |c: &str| check_config(&known(), c).map(drop));
         let registration = match dbus::register(None, check) {
             Ok(r) => Some(r),
             Err(e) => {

@@ -264,27 +264,9 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
     println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
     println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
-    let nodes = cfg
-        .pans
-        .iter()
-        .flat_map(|p| {
-            p.nodes.iter().map(|n| gateway::tcmu::NodeCredential {
-                pan: p.name.clone(),
-                node: n.name.clone(),
-                credential: n.credential.clone(),
-                luns: n.luns.iter().map(|l| (l.target, l.lun)).collect(),
-            })
-        })
-        .collect();
-    let control = server.control();
-    let grow: gateway::tcmu::GrowLun = Arc::new(move |sel: &gateway::tcmu::Selector, bytes: u64| {
-        let image = maps
-            .iter()
-            .find(|m| m.pan == sel.pan && m.node == sel.node && (m.target, m.lun) == (sel.target, sel.lun))
-            .map(|m| m.image)
-            .ok_or_else(|| "no such LUN".to_string())?;
-        control.grow(image, bytes).map_err(|e| e.to_string())
-    });
+    // TCMU reads the ring server's node table, which the admin keeps current.
+    let nodes = gateway::tcmu::live_nodes(server.control());
+    let grow = gateway::tcmu::live_grow(server.control());
     // Logs one line and carries on where the kernel has no target_core_user.
     let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow);
     println!(
