@@ -14,14 +14,12 @@ use web::{AdminError, Change};
 
 use crate::config::{parse_size, Access, Config, ImageConfig, LunMapEntry, NodeConfig, PanConfig, Size};
 use crate::engine::EngineKind;
+use crate::net::NetControl;
 use crate::ring::server::{LunControl, NodeEntry};
 use crate::storage;
 
 /// Largest LUN the admin creates or grows to (ext4's file size limit).
 pub const MAX_LUN_BYTES: u64 = 16 << 40;
-
-/// Reads netvirt's LANs and counters, when it runs.
-pub type NetShowFn = Arc<dyn Fn() -> Option<NetShow> + Send + Sync>;
 
 struct State {
     cfg: Config,
@@ -34,7 +32,7 @@ pub struct GatewayAdmin {
     state: Mutex<State>,
     control: LunControl,
     metrics: Arc<Metrics>,
-    net: NetShowFn,
+    net: Arc<dyn NetControl>,
     file: PathBuf,
     data_dir: PathBuf,
     kind: EngineKind,
@@ -79,7 +77,8 @@ fn add(c: &mut LunCounters, s: &LunSnapshot) {
 
 impl GatewayAdmin {
     /// Admin over a started gateway: `cfg` as loaded from `file`, with `images` the ring
-    /// server's image list in order (as [`storage::open_all`] opened them).
+    /// server's image list in order (as [`storage::open_all`] opened them). The LAN and
+    /// port metrics are read from `net` from now on.
     pub fn new(
         cfg: Config,
         file: PathBuf,
@@ -87,9 +86,11 @@ impl GatewayAdmin {
         images: Vec<(String, String)>,
         control: LunControl,
         metrics: Arc<Metrics>,
-        net: NetShowFn,
+        net: Arc<dyn NetControl>,
     ) -> anyhow::Result<GatewayAdmin> {
         let kind = EngineKind::resolve(cfg.engine).map_err(anyhow::Error::msg)?;
+        let lans = net.clone();
+        metrics.set_lan_sampler(Box::new(move || lans.show().map(|s| lan_samples(&s)).unwrap_or_default()));
         Ok(GatewayAdmin {
             state: Mutex::new(State { cfg, images: images.into_iter().map(Some).collect() }),
             control,
@@ -390,8 +391,20 @@ impl GatewayAdmin {
                 if p.lans.iter().any(|l| l.name == lan.name) {
                     return Err(AdminError::Conflict(format!("PAN {pan:?} already has a LAN {:?}", lan.name)));
                 }
+                let name = lan.name.clone();
                 p.lans.push(lan_config(lan));
-                self.persist(&next)?;
+                next.validate().map_err(invalid)?;
+                let plan = self.lan_plan(&next, &pan, &name)?;
+                let live = self.net.add_lan(plan).map_err(net_error)?;
+                if let Err(e) = self.persist(&next) {
+                    if live {
+                        let _ = self.net.remove_lan(&pan, &name);
+                    }
+                    return Err(e);
+                }
+                if !live {
+                    tracing::info!(pan, lan = name, "netvirt is off on this host; the LAN starts with it");
+                }
                 st.cfg = next;
             }
             Change::DeleteLan { pan, lan } => {
@@ -401,11 +414,47 @@ impl GatewayAdmin {
                     return Err(AdminError::NotFound(format!("no LAN {lan:?} in PAN {pan:?}")));
                 }
                 p.lans.retain(|l| l.name != lan);
-                self.persist(&next)?;
+                next.validate().map_err(invalid)?;
+                let was_live = match self.net.remove_lan(&pan, &lan) {
+                    Ok(live) => live,
+                    // Configured but not running (it failed to start): only the config changes.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(net_error(e)),
+                };
+                if let Err(e) = self.persist(&next) {
+                    if was_live {
+                        if let Ok(plan) = self.lan_plan(&st.cfg, &pan, &lan) {
+                            let _ = self.net.add_lan(plan);
+                        }
+                    }
+                    return Err(e);
+                }
                 st.cfg = next;
             }
         }
         Ok(())
+    }
+}
+
+/// A netvirt failure as the admin reports it: name clashes are conflicts, bad names
+/// invalid, the rest the host's failure.
+fn net_error(e: std::io::Error) -> AdminError {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::ResourceBusy => AdminError::Conflict(e.to_string()),
+        std::io::ErrorKind::InvalidInput => invalid(e),
+        std::io::ErrorKind::NotFound => AdminError::NotFound(e.to_string()),
+        _ => AdminError::Failed(format!("netvirt: {e}")),
+    }
+}
+
+impl GatewayAdmin {
+    /// netvirt's plan for one LAN of `cfg` (assigning its ports' MACs).
+    fn lan_plan(&self, cfg: &Config, pan: &str, lan: &str) -> Result<netvirt::network::LanPlan, AdminError> {
+        crate::net::plan(cfg, &self.data_dir)
+            .map_err(|e| AdminError::Failed(format!("planning the LAN: {e}")))?
+            .into_iter()
+            .find(|p| p.pan == pan && p.name == lan)
+            .ok_or_else(|| AdminError::Failed(format!("LAN {lan:?} is missing from the plan")))
     }
 }
 
@@ -436,7 +485,7 @@ impl web::Admin for GatewayAdmin {
         let st = self.lock();
         let luns: HashMap<LunKey, LunSnapshot> = self.metrics.luns().into_iter().collect();
         let rings: HashMap<(String, String), metrics::RingSnapshot> = self.metrics.rings().into_iter().collect();
-        let net = (self.net)();
+        let net = self.net.show();
         let mut out = Overview { serial: st.cfg.serial.clone(), pans: Vec::new(), netvirt: net.is_some() };
         for pan in &st.cfg.pans {
             let mut view = PanView { name: pan.name.clone(), ..Default::default() };

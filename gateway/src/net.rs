@@ -4,10 +4,11 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Mutex;
 
 use netvirt::config::{default_ifname, parse_cidr};
 use netvirt::mac::MacBook;
-use netvirt::network::{LanPlan, PortPlan, UplinkPlan};
+use netvirt::network::{LanPlan, NetShow, Network, PortPlan, UplinkPlan};
 
 use crate::config::Config;
 use crate::persist;
@@ -72,6 +73,53 @@ pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
         persist::write_atomic(&book_path, &text, 0o644)?;
     }
     Ok(plans)
+}
+
+/// netvirt as the web admin drives it.
+pub trait NetControl: Send + Sync {
+    /// Every LAN, port and counter, or `None` when netvirt is off on this host.
+    fn show(&self) -> Option<NetShow>;
+    /// Starts switching a LAN. `Ok(false)`: netvirt is off, so it starts with netvirt.
+    fn add_lan(&self, plan: LanPlan) -> io::Result<bool>;
+    /// Stops switching a LAN. `Ok(false)`: netvirt is off.
+    fn remove_lan(&self, pan: &str, lan: &str) -> io::Result<bool>;
+}
+
+/// The gateway's netvirt service, if this host could start it.
+#[derive(Debug)]
+pub struct LiveNetwork(Mutex<Option<Network>>);
+
+impl LiveNetwork {
+    /// Wraps a started service (or its absence).
+    pub fn new(network: Option<Network>) -> LiveNetwork {
+        LiveNetwork(Mutex::new(network))
+    }
+
+    /// Stops the service, removing the TAPs and the namespaces it created.
+    pub fn stop(&self) -> io::Result<()> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(n) => n.stop(),
+            None => Ok(()),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Network) -> io::Result<T>) -> io::Result<Option<T>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(f).transpose()
+    }
+}
+
+impl NetControl for LiveNetwork {
+    fn show(&self) -> Option<NetShow> {
+        self.with(|n| Ok(n.show())).ok().flatten()
+    }
+
+    fn add_lan(&self, plan: LanPlan) -> io::Result<bool> {
+        Ok(self.with(|n| n.add_lan(plan))?.is_some())
+    }
+
+    fn remove_lan(&self, pan: &str, lan: &str) -> io::Result<bool> {
+        Ok(self.with(|n| n.remove_lan(pan, lan))?.is_some())
+    }
 }
 
 #[cfg(test)]

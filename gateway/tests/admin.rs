@@ -2,6 +2,8 @@
 //! with file images: authentication, validation, and every operation's effect on the
 //! running gateway and on the persisted config.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +12,13 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use gateway::admin::GatewayAdmin;
 use gateway::config::Config;
+use gateway::net::{LiveNetwork, NetControl};
 use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
 use gateway::ring::server::{Server, ServerOptions};
 use gateway::storage;
 use http_body_util::BodyExt;
+use netvirt::client::RingClient;
+use netvirt::network::Network;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -24,8 +29,16 @@ struct Fixture {
     dir: tempfile::TempDir,
     file: PathBuf,
     socket: PathBuf,
+    net_socket: PathBuf,
     state: web::WebState,
+    net: Arc<LiveNetwork>,
     _server: Server,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.net.stop();
+    }
 }
 
 fn start() -> Fixture {
@@ -56,18 +69,18 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
     let opts = ServerOptions::new(&socket);
     let metrics = opts.metrics.clone();
     let server = Server::start(images, storage::node_entries(&cfg, &maps), opts).unwrap();
-    let admin = GatewayAdmin::new(
-        cfg,
-        file.clone(),
-        dir.path().to_path_buf(),
-        names,
-        server.control(),
-        metrics,
-        Arc::new(|| None),
-    )
-    .unwrap();
+    // netvirt with no LANs yet, authorising nodes from the ring server's live table.
+    let control = server.control();
+    let authorize: netvirt::network::Authorize = Arc::new(move |pan: &str, node: &str, credential: &str| {
+        control.nodes().iter().any(|n| n.pan == pan && n.node == node && n.credential == credential)
+    });
+    let net_socket = dir.path().join("net.sock");
+    let net = Arc::new(LiveNetwork::new(Some(Network::start(vec![], &net_socket, authorize).unwrap())));
+    let admin =
+        GatewayAdmin::new(cfg, file.clone(), dir.path().to_path_buf(), names, server.control(), metrics, net.clone())
+            .unwrap();
     let state = web::WebState::new(Arc::new(admin), TOKEN.into());
-    Fixture { dir, file, socket, state, _server: server }
+    Fixture { dir, file, socket, net_socket, state, net, _server: server }
 }
 
 struct Reply {
@@ -520,4 +533,105 @@ async fn the_openapi_document_describes_every_route() {
         assert!(paths.contains_key(p), "{p} missing");
     }
     assert_eq!(doc["components"]["securitySchemes"]["token"]["scheme"], "bearer");
+}
+
+/// Waits (boundedly) for a frame on a ring client.
+fn recv_frame(c: &mut RingClient) -> Option<Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        if let Some(n) = c.recv(&mut buf).unwrap() {
+            return Some(buf[..n].to_vec());
+        }
+        c.wait(Duration::from_millis(20)).unwrap();
+    }
+    None
+}
+
+fn udp_frame(src: [u8; 6], dst: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(src, dst).ipv4(sip, dip, 64).udp(7, 9);
+    let mut f = Vec::new();
+    b.write(&mut f, b"created at run time").unwrap();
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lan_created_at_run_time_switches_at_once_and_deleting_it_detaches_its_ports() {
+    let f = start();
+    let r = call(&f, "POST", "/api/v1/pans/alpha/nodes", Some(json!({"name": "n2"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let cred2 = r.json()["credential"].as_str().unwrap().to_string();
+    let attach = |node: &str, cred: &str| RingClient::connect(&f.net_socket, "alpha", node, "wire", cred);
+    assert!(attach("n1", CRED).is_err(), "no LAN yet");
+
+    let lan = json!({"name": "wire", "ports": [
+        {"node": "n1", "ips": ["198.18.7.1/24"]},
+        {"node": "n2", "ips": ["198.18.7.2/24"]},
+    ]});
+    let r = call(&f, "POST", "/api/v1/pans/alpha/lans", Some(lan)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = call(&f, "GET", "/api/v1/pans/alpha", None).await;
+    let wire = &r.json()["lans"][0];
+    assert_eq!((wire["name"].as_str(), wire["active"].as_bool()), (Some("wire"), Some(true)), "{}", r.body);
+
+    // Both nodes attach and a frame crosses, with no restart.
+    let mut a = attach("n1", CRED).unwrap();
+    let mut b = attach("n2", &cred2).unwrap();
+    assert_eq!(a.ips(), ["198.18.7.1/24"]);
+    let frame = udp_frame(a.mac().0, b.mac().0, [198, 18, 7, 1], [198, 18, 7, 2]);
+    assert!(a.send(&frame).unwrap());
+    a.flush();
+    assert_eq!(recv_frame(&mut b).as_deref(), Some(&frame[..]));
+    let shown = f.net.show().unwrap();
+    let counted = &shown.lans.iter().find(|l| l.lan == "wire").unwrap().counters;
+    assert_eq!(counted.frames_in, 1, "{counted:?}");
+    // Its ports are in the metrics too.
+    let r = call(&f, "GET", "/metrics", None).await;
+    assert!(r.body.contains(r#"pangate_lan_frames_total{pan="alpha",lan="wire",direction="in"} 1"#), "{}", r.body);
+
+    // Deleting it detaches the clients at once and refuses new ones.
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/alpha/lans/wire", None).await.status, StatusCode::NO_CONTENT);
+    assert!(a.detached() && b.detached(), "the deleted LAN's ring clients were told");
+    assert!(attach("n1", CRED).is_err());
+    assert!(f.net.show().unwrap().lans.is_empty());
+    assert!(saved(&f).pans[0].lans.is_empty());
+
+    // The same name can be created again, and works.
+    let lan = json!({"name": "wire", "ports": [
+        {"node": "n1", "ips": ["198.18.7.1/24"]},
+        {"node": "n2", "ips": ["198.18.7.2/24"]},
+    ]});
+    assert_eq!(call(&f, "POST", "/api/v1/pans/alpha/lans", Some(lan)).await.status, StatusCode::CREATED);
+    let mut a = attach("n1", CRED).unwrap();
+    let mut b = attach("n2", &cred2).unwrap();
+    let frame = udp_frame(b.mac().0, a.mac().0, [198, 18, 7, 2], [198, 18, 7, 1]);
+    assert!(b.send(&frame).unwrap());
+    b.flush();
+    assert_eq!(recv_frame(&mut a).as_deref(), Some(&frame[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_lan_created_at_run_time_gets_its_namespace_and_deleting_it_removes_them() {
+    let root = rustix::process::geteuid().is_root() && Path::new("/dev/net/tun").exists();
+    if support::skip_because((!root).then(|| "needs root and /dev/net/tun (TAP devices)".into())) {
+        return;
+    }
+    let f = start();
+    let ns = format!("pgt{}adm", std::process::id() % 100_000);
+    // Removes the namespace even if the test fails.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _guard = Netns(ns.clone());
+    let lan = json!({"name": "tapped", "ports": [{"node": "n1", "netns": ns, "ips": ["198.18.8.1/24"]}]});
+    let r = call(&f, "POST", "/api/v1/pans/alpha/lans", Some(lan)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let link = std::process::Command::new("ip").args(["-n", &ns, "-br", "addr"]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("pgtapped-n1") && link.contains("198.18.8.1/24"), "{link}");
+    assert_eq!(call(&f, "DELETE", "/api/v1/pans/alpha/lans/tapped", None).await.status, StatusCode::NO_CONTENT);
+    assert!(!Path::new("/run/netns").join(&ns).exists(), "the namespace pangate made for the LAN is gone");
 }

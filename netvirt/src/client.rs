@@ -20,7 +20,7 @@ pub struct RingClient {
     bcast: SharedMemory,
     to_gateway: Doorbell,
     to_node: Doorbell,
-    _sock: UnixStream,
+    sock: UnixStream,
     slots: u32,
     slot_size: usize,
     tx_head: u32,
@@ -58,13 +58,15 @@ impl RingClient {
         let bcast =
             SharedMemory::open(bcast, ringport::bcast_region_len(slots, slot_size)).map_err(io::Error::other)?;
         let bc_tail = bcast.load_acquire(field::BC_HEAD).map_err(io::Error::other)?;
+        // The socket carries nothing more; it stays open to hold the port, and the
+        // gateway's closing it means the port is gone.
         sock.set_read_timeout(None)?;
         Ok(RingClient {
             region,
             bcast,
             to_gateway: Doorbell::from_fd(to_gateway),
             to_node: Doorbell::from_fd(to_node),
-            _sock: sock,
+            sock,
             slots,
             slot_size,
             tx_head: 0,
@@ -180,6 +182,17 @@ impl RingClient {
                 continue;
             }
             return Ok(Some(len));
+        }
+    }
+
+    /// Whether the gateway let go of the port (its LAN was removed, or the gateway
+    /// stopped): nothing sent will be switched any more.
+    pub fn detached(&self) -> bool {
+        use rustix::net::RecvFlags;
+        match rustix::net::recv(&self.sock, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((0, _)) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e, rustix::io::Errno::AGAIN | rustix::io::Errno::INTR),
         }
     }
 

@@ -5,6 +5,7 @@
 //! `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it
 //! was read into (counted references), so a 64 KiB TCP super-frame is never copied.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,6 +85,21 @@ pub enum Command {
         /// Its new port.
         port: PortId,
     },
+    /// Start switching a LAN built after the thread started, in slot `lan`.
+    AddLan {
+        /// The slot (slots are never reused, so old in-flight requests cannot hit it).
+        lan: usize,
+        /// The LAN.
+        io: Box<LanIo>,
+    },
+    /// Stop switching a LAN. Its TAP and uplink fds close once the kernel has let go of
+    /// them; `done` is told then.
+    RemoveLan {
+        /// The slot.
+        lan: usize,
+        /// Told when the LAN's fds are closed.
+        done: std::sync::mpsc::Sender<()>,
+    },
     /// Stop the thread.
     Stop,
 }
@@ -124,6 +140,7 @@ enum Op {
     Recv { lan: usize, buf: usize, state: Box<RecvState> },
     Write { buf: usize },
     Poll { lan: usize, src: Src },
+    Cancel { lan: usize },
     Wake,
 }
 
@@ -160,7 +177,11 @@ type Write = (RawFd, usize, usize);
 
 /// The data path.
 pub struct Dataplane {
-    lans: Vec<LanIo>,
+    /// LANs by slot; a removed LAN leaves its slot empty.
+    lans: Vec<Option<LanIo>>,
+    /// Removed LANs whose fds wait for their cancellations: slot → (LAN, cancellations
+    /// outstanding, who to tell).
+    retiring: HashMap<usize, (LanIo, usize, std::sync::mpsc::Sender<()>)>,
     ring: IoUring,
     ops: Vec<Option<Op>>,
     free_ops: Vec<usize>,
@@ -201,7 +222,7 @@ impl Egress {
 
 impl std::fmt::Debug for Dataplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dataplane").field("lans", &self.lans.len()).finish_non_exhaustive()
+        f.debug_struct("Dataplane").field("lans", &self.lans.iter().flatten().count()).finish_non_exhaustive()
     }
 }
 
@@ -213,7 +234,8 @@ impl Dataplane {
         let queue = Arc::new(Mutex::new(Vec::new()));
         let control = Control { queue: queue.clone(), wake: wake.clone() };
         let dp = Dataplane {
-            lans,
+            lans: lans.into_iter().map(Some).collect(),
+            retiring: HashMap::new(),
             ring,
             ops: Vec::new(),
             free_ops: Vec::new(),
@@ -238,18 +260,7 @@ impl Dataplane {
     pub fn run(mut self) -> std::io::Result<()> {
         self.push_wake();
         for l in 0..self.lans.len() {
-            for p in 0..self.lans[l].ports.len() {
-                if matches!(self.lans[l].ports[p], PortIo::Tap(_)) {
-                    for _ in 0..READS_PER_PORT {
-                        self.push_read(l, Src::Port(p));
-                    }
-                }
-            }
-            if self.lans[l].uplink.is_some() {
-                for _ in 0..READS_PER_PORT {
-                    self.push_read(l, Src::Uplink);
-                }
-            }
+            self.start_reads(l);
         }
         let mut cqes = Vec::with_capacity(256);
         while !self.stop {
@@ -279,6 +290,75 @@ impl Dataplane {
         }
         self.cancel_all();
         Ok(())
+    }
+
+    fn lan(&self, l: usize) -> Option<&LanIo> {
+        self.lans.get(l).and_then(Option::as_ref)
+    }
+
+    fn lan_mut(&mut self, l: usize) -> Option<&mut LanIo> {
+        self.lans.get_mut(l).and_then(Option::as_mut)
+    }
+
+    /// Puts reads in flight on every TAP and the uplink of LAN `l`.
+    fn start_reads(&mut self, l: usize) {
+        let Some(lan) = self.lan(l) else { return };
+        let mut srcs: Vec<Src> =
+            (0..lan.ports.len()).filter(|&p| matches!(lan.ports[p], PortIo::Tap(_))).map(Src::Port).collect();
+        if lan.uplink.is_some() {
+            srcs.push(Src::Uplink);
+        }
+        for src in srcs {
+            for _ in 0..READS_PER_PORT {
+                self.push_read(l, src);
+            }
+        }
+    }
+
+    fn add_lan(&mut self, l: usize, io: LanIo) {
+        if self.lan(l).is_some() || self.retiring.contains_key(&l) {
+            tracing::warn!(slot = l, "a LAN slot was given twice; the new LAN is ignored");
+            return;
+        }
+        if self.lans.len() <= l {
+            self.lans.resize_with(l + 1, || None);
+        }
+        self.ring_ports += io.ports.iter().filter(|p| matches!(p, PortIo::Ring(_))).count();
+        self.lans[l] = Some(io);
+        self.start_reads(l);
+    }
+
+    /// Takes LAN `l` out of the switching loop and cancels the requests on its fds; the
+    /// fds close when the last cancellation completes (closing them earlier could let a
+    /// new fd take the number while the kernel still works on the old one).
+    fn remove_lan(&mut self, l: usize, done: std::sync::mpsc::Sender<()>) {
+        let Some(io) = self.lans.get_mut(l).and_then(Option::take) else {
+            let _ = done.send(());
+            return;
+        };
+        self.ring_ports -= io.ports.iter().filter(|p| matches!(p, PortIo::Ring(_))).count();
+        let mut fds: Vec<RawFd> = io
+            .ports
+            .iter()
+            .filter_map(|p| match p {
+                PortIo::Tap(fd) => Some(fd.as_raw_fd()),
+                PortIo::Ring(r) => Some(r.doorbell_fd()),
+                PortIo::Absent => None,
+            })
+            .collect();
+        fds.extend(io.uplink.as_ref().map(|u| u.fd.as_raw_fd()));
+        for &fd in &fds {
+            let token = self.push_op(Op::Cancel { lan: l });
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                .build()
+                .user_data(token as u64);
+            self.submit(e);
+        }
+        if fds.is_empty() {
+            let _ = done.send(());
+        } else {
+            self.retiring.insert(l, (io, fds.len(), done));
+        }
     }
 
     fn push_op(&mut self, op: Op) -> usize {
@@ -313,12 +393,13 @@ impl Dataplane {
     }
 
     fn fd_of(&self, l: usize, src: Src) -> Option<RawFd> {
+        let lan = self.lan(l)?;
         match src {
-            Src::Port(p) => match &self.lans[l].ports[p] {
+            Src::Port(p) => match lan.ports.get(p)? {
                 PortIo::Tap(fd) => Some(fd.as_raw_fd()),
                 _ => None,
             },
-            Src::Uplink => self.lans[l].uplink.as_ref().map(|u| u.fd.as_raw_fd()),
+            Src::Uplink => lan.uplink.as_ref().map(|u| u.fd.as_raw_fd()),
         }
     }
 
@@ -390,8 +471,19 @@ impl Dataplane {
                 }
                 self.out.pool.release(buf);
             }
+            Op::Cancel { lan } => {
+                if let Some(entry) = self.retiring.get_mut(&lan) {
+                    entry.1 -= 1;
+                    if entry.1 == 0 {
+                        if let Some((io, _, done)) = self.retiring.remove(&lan) {
+                            drop(io);
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            }
             Op::Poll { lan, src } => {
-                if let (Src::Port(p), Some(l)) = (src, self.lans.get_mut(lan)) {
+                if let (Src::Port(p), Some(l)) = (src, self.lan_mut(lan)) {
                     if let Some(PortIo::Ring(r)) = l.ports.get_mut(p) {
                         r.poll_armed = false;
                         return;
@@ -408,8 +500,8 @@ impl Dataplane {
                 }
                 if res < 0 {
                     self.out.pool.release(buf);
-                    if res != -libc::ECANCELED {
-                        tracing::warn!(lan = self.lans[lan].lan.name(), error = %std::io::Error::from_raw_os_error(-res), "TAP read failed; port stops");
+                    if let (true, Some(l)) = (res != -libc::ECANCELED, self.lan(lan)) {
+                        tracing::warn!(lan = l.lan.name(), error = %std::io::Error::from_raw_os_error(-res), "TAP read failed; port stops");
                     }
                     return;
                 }
@@ -424,8 +516,8 @@ impl Dataplane {
                 }
                 if res < 0 {
                     self.out.pool.release(buf);
-                    if res != -libc::ECANCELED {
-                        tracing::warn!(lan = self.lans[lan].lan.name(), error = %std::io::Error::from_raw_os_error(-res), "uplink read failed; uplink stops");
+                    if let (true, Some(l)) = (res != -libc::ECANCELED, self.lan(lan)) {
+                        tracing::warn!(lan = l.lan.name(), error = %std::io::Error::from_raw_os_error(-res), "uplink read failed; uplink stops");
                     }
                     return;
                 }
@@ -442,7 +534,7 @@ impl Dataplane {
 
     /// Runs one received frame (`len` bytes, virtio-net header first) through its LAN.
     fn frame_in(&mut self, l: usize, src: Src, buf: usize, len: usize, aux_vlan: Option<Option<u16>>) {
-        if len < VNET_HDR_LEN {
+        if len < VNET_HDR_LEN || self.lan(l).is_none() {
             return;
         }
         let mut hdr_bytes = [0u8; VNET_HDR_LEN];
@@ -451,7 +543,7 @@ impl Dataplane {
         let mut len = len;
         if let Some(tag) = aux_vlan {
             // Uplink: keep only this LAN's VLAN, untagging in place if the kernel did not.
-            let want = self.lans[l].uplink.as_ref().and_then(|u| u.vlan);
+            let want = self.lan(l).and_then(|x| x.uplink.as_ref()).and_then(|u| u.vlan);
             let b = &mut self.out.pool.bufs[buf];
             let f = VNET_HDR_LEN;
             let inline = if len >= f + 18 && b[f + 12..f + 14] == [0x81, 0x00] {
@@ -472,7 +564,7 @@ impl Dataplane {
                 b[..VNET_HDR_LEN].copy_from_slice(&hdr.emit());
             }
         }
-        let LanIo { lan, ports, uplink, .. } = &mut self.lans[l];
+        let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(l).and_then(Option::as_mut) else { return };
         // The frame is read from the pool buffer while the sink may allocate others; take
         // the buffer out for the duration so both can be borrowed.
         let data = std::mem::take(&mut self.out.pool.bufs[buf]);
@@ -491,8 +583,10 @@ impl Dataplane {
         for c in cmds {
             match c {
                 Command::Stop => self.stop = true,
+                Command::AddLan { lan, io } => self.add_lan(lan, *io),
+                Command::RemoveLan { lan, done } => self.remove_lan(lan, done),
                 Command::AttachRing { lan, port, ring } => {
-                    if let Some(l) = self.lans.get_mut(lan) {
+                    if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
                         if port < l.ports.len() {
                             if !matches!(l.ports[port], PortIo::Ring(_)) {
                                 self.ring_ports += 1;
@@ -503,7 +597,7 @@ impl Dataplane {
                     }
                 }
                 Command::DetachRing { lan, port } => {
-                    if let Some(l) = self.lans.get_mut(lan) {
+                    if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
                         if port < l.ports.len() {
                             if matches!(l.ports[port], PortIo::Ring(_)) {
                                 self.ring_ports -= 1;
@@ -514,7 +608,7 @@ impl Dataplane {
                     }
                 }
                 Command::MoveIp { lan, ip, port } => {
-                    if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan) {
+                    if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan).and_then(Option::as_mut) {
                         let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
                         if let Err(e) = lan.move_ip(ip, port, &mut sink) {
                             tracing::warn!(error = %e, "moving an IP failed");
@@ -528,39 +622,34 @@ impl Dataplane {
     /// Takes frames from every attached ring port. Returns whether any moved.
     fn poll_rings(&mut self) -> bool {
         let mut moved = false;
-        for l in 0..self.lans.len() {
-            for p in 0..self.lans[l].ports.len() {
+        let Self { lans, out, rx_frame, ring_ports, .. } = self;
+        for l in lans.iter_mut().flatten() {
+            for p in 0..l.ports.len() {
                 loop {
-                    let LanIo { lan, ports, uplink, .. } = &mut self.lans[l];
+                    let LanIo { lan, ports, uplink, .. } = &mut *l;
                     let PortIo::Ring(r) = &mut ports[p] else { break };
-                    let mut frame = std::mem::take(&mut self.rx_frame);
+                    let mut frame = std::mem::take(rx_frame);
                     if r.next_tx(&mut frame).is_none() {
-                        self.rx_frame = frame;
+                        *rx_frame = frame;
                         break;
                     }
                     moved = true;
-                    let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
+                    let mut sink = out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
                     lan.from_port(p, &frame, frame.len(), &mut sink);
-                    self.rx_frame = frame;
+                    *rx_frame = frame;
                 }
-                if let PortIo::Ring(r) = &mut self.lans[l].ports[p] {
-                    if r.failed() {
-                        tracing::warn!(
-                            lan = self.lans[l].lan.name(),
-                            port = p,
-                            "ring client broke the protocol; detached"
-                        );
-                        self.lans[l].ports[p] = PortIo::Absent;
-                        self.ring_ports -= 1;
-                        let _ = self.lans[l].lan.set_attached(p, false);
-                        if let Some(a) = self.lans[l].attached.get(p) {
-                            a.store(false, std::sync::atomic::Ordering::Relaxed);
-                        }
+                if matches!(&l.ports[p], PortIo::Ring(r) if r.failed()) {
+                    tracing::warn!(lan = l.lan.name(), port = p, "ring client broke the protocol; detached");
+                    l.ports[p] = PortIo::Absent;
+                    *ring_ports -= 1;
+                    let _ = l.lan.set_attached(p, false);
+                    if let Some(a) = l.attached.get(p) {
+                        a.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
         }
-        for l in &mut self.lans {
+        for l in lans.iter_mut().flatten() {
             for p in &mut l.ports {
                 if let PortIo::Ring(r) = p {
                     r.flush();
@@ -574,7 +663,12 @@ impl Dataplane {
     fn idle_rings(&mut self) -> std::io::Result<()> {
         let spin_until = Instant::now() + Duration::from_micros(50);
         while Instant::now() < spin_until {
-            if self.lans.iter().any(|l| l.ports.iter().any(|p| matches!(p, PortIo::Ring(r) if r.tx_pending()))) {
+            if self
+                .lans
+                .iter()
+                .flatten()
+                .any(|l| l.ports.iter().any(|p| matches!(p, PortIo::Ring(r) if r.tx_pending())))
+            {
                 return Ok(());
             }
             if !self.ring.completion().is_empty() {
@@ -584,6 +678,7 @@ impl Dataplane {
         }
         let mut bells = Vec::new();
         for (l, lan) in self.lans.iter_mut().enumerate() {
+            let Some(lan) = lan else { continue };
             for (p, port) in lan.ports.iter_mut().enumerate() {
                 if let PortIo::Ring(r) = port {
                     if !r.arm_doorbell() {

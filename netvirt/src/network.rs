@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -189,6 +189,8 @@ struct PortState {
     plan: PortPlan,
     attached: Arc<AtomicBool>,
     traffic: Arc<Traffic>,
+    /// The attached ring client's socket, shut down when the LAN is removed.
+    client: Mutex<Option<UnixStream>>,
 }
 
 #[derive(Debug)]
@@ -205,7 +207,13 @@ struct LanState {
 /// What every thread of the service shares.
 #[derive(Debug)]
 struct Shared {
-    lans: Vec<LanState>,
+    /// LANs by data path slot; a removed LAN leaves its slot empty for good.
+    lans: RwLock<Vec<Option<Arc<LanState>>>>,
+    /// Namespaces the ports live in (those pangate created are removed with their last
+    /// port).
+    namespaces: Mutex<Vec<NetNs>>,
+    /// Serialises adding and removing LANs.
+    changes: Mutex<()>,
     control: Control,
     authorize: AuthorizeBox,
     gateway_uid: u32,
@@ -226,7 +234,6 @@ pub struct Network {
     dataplane: Option<JoinHandle<io::Result<()>>>,
     listener: Option<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
-    namespaces: Vec<NetNs>,
     socket: PathBuf,
 }
 
@@ -254,7 +261,9 @@ impl Network {
             r
         })?;
         let shared = Arc::new(Shared {
-            lans: states,
+            lans: RwLock::new(states.into_iter().map(|s| Some(Arc::new(s))).collect()),
+            namespaces: Mutex::new(namespaces),
+            changes: Mutex::new(()),
             control,
             authorize: AuthorizeBox(authorize),
             gateway_uid: rustix::process::geteuid().as_raw(),
@@ -271,7 +280,6 @@ impl Network {
             dataplane: Some(dataplane),
             listener: Some(listener),
             stopping,
-            namespaces,
             socket: socket.to_path_buf(),
         })
     }
@@ -281,15 +289,87 @@ impl Network {
         show(&self.shared)
     }
 
-    /// Moves an IPv4 address of a LAN to another node's port and announces it.
-    pub fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> Result<(), String> {
-        let (l, state) = self
+    /// Builds a LAN (its namespaces, TAPs and uplink) and starts switching it, while the
+    /// others run on. Fails, leaving nothing behind, if the PAN already has a LAN of that
+    /// name or a device cannot be made.
+    pub fn add_lan(&self, plan: LanPlan) -> io::Result<()> {
+        let _serial = lock(&self.shared.changes);
+        if self.shared.find(&plan.pan, &plan.name).is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("PAN {:?} already has a LAN {:?}", plan.pan, plan.name),
+            ));
+        }
+        let mut namespaces = lock(&self.shared.namespaces);
+        let before = namespaces.len();
+        let (mut io, mut states) = match build(std::slice::from_ref(&plan), &mut namespaces) {
+            Ok(v) => v,
+            Err(e) => {
+                for ns in namespaces.drain(before..) {
+                    let _ = ns.remove();
+                }
+                return Err(e);
+            }
+        };
+        drop(namespaces);
+        let (Some(io), Some(state)) = (io.pop(), states.pop()) else {
+            return Err(io::Error::other("building the LAN gave nothing"));
+        };
+        let mut lans = self.shared.lans.write().unwrap_or_else(|p| p.into_inner());
+        lans.push(Some(Arc::new(state)));
+        self.shared.control.send(Command::AddLan { lan: lans.len() - 1, io: Box::new(io) });
+        tracing::info!(pan = %plan.pan, lan = %plan.name, ports = plan.ports.len(), "LAN added");
+        Ok(())
+    }
+
+    /// Stops switching a LAN: its ring clients are disconnected, its TAPs deleted, and
+    /// namespaces pangate created for it alone removed.
+    pub fn remove_lan(&self, pan: &str, lan: &str) -> io::Result<()> {
+        let _serial = lock(&self.shared.changes);
+        let (slot, state) = {
+            let mut lans = self.shared.lans.write().unwrap_or_else(|p| p.into_inner());
+            let slot = lans
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.plan.pan == pan && s.plan.name == lan))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no LAN {lan:?} in PAN {pan:?}")))?;
+            (slot, lans[slot].take().ok_or_else(|| io::Error::other("LAN slot emptied"))?)
+        };
+        for port in &state.ports {
+            if let Some(client) = lock(&port.client).take() {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let (done, closed) = std::sync::mpsc::channel();
+        self.shared.control.send(Command::RemoveLan { lan: slot, done });
+        if closed.recv_timeout(Duration::from_secs(5)).is_err() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("LAN {lan:?}: the data path did not let go")));
+        }
+        // The TAPs are gone; namespaces no other LAN uses can go too.
+        let used: HashSet<String> = self
             .shared
             .lans
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .enumerate()
-            .find(|(_, s)| s.plan.pan == pan && s.plan.name == lan)
-            .ok_or_else(|| format!("no LAN {lan:?} in PAN {pan:?}"))?;
+            .flatten()
+            .flat_map(|l| l.ports.iter().filter_map(|p| p.plan.netns.clone()))
+            .collect();
+        let mut namespaces = lock(&self.shared.namespaces);
+        let (keep, unused): (Vec<NetNs>, Vec<NetNs>) = namespaces.drain(..).partition(|n| used.contains(n.name()));
+        *namespaces = keep;
+        drop(namespaces);
+        for ns in unused {
+            if let Err(e) = ns.remove() {
+                tracing::warn!(error = %e, "removing a network namespace");
+            }
+        }
+        tracing::info!(pan, lan, "LAN removed");
+        Ok(())
+    }
+
+    /// Moves an IPv4 address of a LAN to another node's port and announces it.
+    pub fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> Result<(), String> {
+        let (l, state) = self.shared.find(pan, lan).ok_or_else(|| format!("no LAN {lan:?} in PAN {pan:?}"))?;
         let port = state
             .ports
             .iter()
@@ -313,7 +393,8 @@ impl Network {
         };
         let _ = std::fs::remove_file(&self.socket);
         // The TAP fds closed with the data path; a namespace can go now.
-        for ns in self.namespaces.drain(..) {
+        let namespaces = std::mem::take(&mut *lock(&self.shared.namespaces));
+        for ns in namespaces {
             if let Err(e) = ns.remove() {
                 tracing::warn!(error = %e, "removing a network namespace");
             }
@@ -410,6 +491,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                     plan: p.clone(),
                     attached: attached[i].clone(),
                     traffic: lan.port_traffic(i).unwrap_or_default(),
+                    client: Mutex::new(None),
                 })
                 .collect(),
             traffic: lan.traffic(),
@@ -422,11 +504,35 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
     Ok((lans_io, states))
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// A LAN's slot and state.
+    fn find(&self, pan: &str, lan: &str) -> Option<(usize, Arc<LanState>)> {
+        let lans = self.lans.read().unwrap_or_else(|p| p.into_inner());
+        lans.iter().enumerate().find_map(|(i, s)| match s {
+            Some(s) if s.plan.pan == pan && s.plan.name == lan => Some((i, s.clone())),
+            _ => None,
+        })
+    }
+
+    /// Whether slot `l` still holds `state` (it was not removed meanwhile).
+    fn holds(&self, l: usize, state: &Arc<LanState>) -> bool {
+        let lans = self.lans.read().unwrap_or_else(|p| p.into_inner());
+        matches!(lans.get(l), Some(Some(s)) if Arc::ptr_eq(s, state))
+    }
+}
+
 fn show(shared: &Shared) -> NetShow {
     NetShow {
         lans: shared
             .lans
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .flatten()
             .map(|l| LanShow {
                 pan: l.plan.pan.clone(),
                 lan: l.plan.name.clone(),
@@ -515,7 +621,7 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
     if !(shared.authorize.0)(&pan, &node, &credential) {
         return refuse(sock, format!("node {node:?} of PAN {pan:?} is unknown or its credential is wrong"));
     }
-    let Some((l, state)) = shared.lans.iter().enumerate().find(|(_, s)| s.plan.pan == pan && s.plan.name == lan) else {
+    let Some((l, state)) = shared.find(&pan, &lan) else {
         return refuse(sock, format!("PAN {pan:?} has no LAN {lan:?}"));
     };
     let Some(p) = state.ports.iter().position(|p| p.plan.node == node) else {
@@ -541,8 +647,13 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
             ips: port.plan.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect(),
         };
         shmem::msg::send(sock, &reply, &[fds.region, fds.bcast, fds.to_gateway, fds.to_node])?;
+        *lock(&port.client) = Some(sock.try_clone()?);
         port.attached.store(true, Ordering::Relaxed);
         shared.control.send(Command::AttachRing { lan: l, port: p, ring });
+        if !shared.holds(l, &state) {
+            // Removed while we attached: the removal may have missed this client.
+            return Ok(());
+        }
         // The client holds the socket open while it runs; its closing detaches the port.
         sock.set_read_timeout(None)?;
         let mut b = [0u8; 64];
@@ -557,6 +668,7 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
         Ok(())
     })();
     shared.control.send(Command::DetachRing { lan: l, port: p });
+    lock(&port.client).take();
     port.attached.store(false, Ordering::Relaxed);
     busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&(l, p));
     result

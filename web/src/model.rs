@@ -109,8 +109,8 @@ pub struct LanView {
     pub mtu: u32,
     /// IP-to-port bindings of its ARP server (when netvirt runs).
     pub arp_entries: u64,
-    /// Whether netvirt serves it now. A LAN created or deleted while the gateway runs
-    /// takes effect at the next start.
+    /// Whether netvirt switches it now (false where netvirt is off on this host, or the
+    /// LAN failed to start).
     pub active: bool,
     /// Ports.
     pub ports: Vec<PortView>,

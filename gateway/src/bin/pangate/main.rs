@@ -6,12 +6,13 @@ mod scsi_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::config::Config;
+use gateway::net::LiveNetwork;
 use gateway::ring::initiator::{ConnectOptions, Initiator};
 use gateway::ring::server::{Server, ServerOptions};
 use gateway::storage::{self, OpenImage};
@@ -277,16 +278,7 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
             "off (no target_core_user in this kernel)"
         }
     );
-    let network = Arc::new(Mutex::new(start_network(&cfg, &dir, server.control())?));
-    let net_show: gateway::admin::NetShowFn = {
-        let network = network.clone();
-        Arc::new(move || network.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|n| n.show()))
-    };
-    {
-        let net_show = net_show.clone();
-        metrics
-            .set_lan_sampler(Box::new(move || net_show().map(|s| gateway::admin::lan_samples(&s)).unwrap_or_default()));
-    }
+    let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, server.control())?));
     let admin = gateway::admin::GatewayAdmin::new(
         cfg.clone(),
         file.clone(),
@@ -294,16 +286,14 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
         image_names,
         server.control(),
         metrics,
-        net_show,
+        network.clone(),
     )?;
     let web = start_web(&cfg, &dir, Arc::new(admin))?;
     wait_for_signal()?;
     if let Some(w) = web {
         w.stop();
     }
-    if let Some(n) = network.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        n.stop().context("stopping netvirt")?;
-    }
+    network.stop().context("stopping netvirt")?;
     if let Some(t) = tcmu {
         t.stop();
     }
@@ -312,18 +302,15 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
     Ok(())
 }
 
-/// Starts netvirt for the config's LANs. Where this host cannot create TAPs (not root, no
-/// /dev/net/tun), says so and runs without it.
+/// Starts netvirt for the config's LANs (with none, it waits for the admin to add some).
+/// Where this host cannot create TAPs (not root, no /dev/net/tun), says so and runs
+/// without it.
 fn start_network(
     cfg: &Config,
     dir: &Path,
     control: gateway::ring::server::LunControl,
 ) -> anyhow::Result<Option<netvirt::network::Network>> {
     let plans = gateway::net::plan(cfg, dir)?;
-    if plans.is_empty() {
-        println!("  netvirt:   no LANs configured");
-        return Ok(None);
-    }
     // The ring server's node table, which the admin keeps current.
     let authorize: netvirt::network::Authorize = Arc::new(move |pan: &str, node: &str, credential: &str| {
         control.nodes().iter().any(|n| {
