@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use metrics::{LunKey, LunSnapshot, Metrics};
 use netvirt::network::NetShow;
 use web::model::{
-    Access as WebAccess, LanView, LunCounters, LunView, MapView, NewLan, NewLun, NodeView, Overview, PanView, PortView,
+    Access as WebAccess, LanView, LunCounters, LunView, MapView, MoveIp, NewLan, NewLun, NodeView, Overview, PanView,
+    PortView,
 };
 use web::{AdminError, Change};
 
@@ -431,6 +432,7 @@ impl GatewayAdmin {
                 }
                 st.cfg = next;
             }
+            Change::MoveIp { pan, lan, to } => self.move_ip(st, &pan, &lan, to)?,
         }
         Ok(())
     }
@@ -448,6 +450,49 @@ fn net_error(e: std::io::Error) -> AdminError {
 }
 
 impl GatewayAdmin {
+    fn move_ip(&self, st: &mut State, pan: &str, lan: &str, to: MoveIp) -> Result<(), AdminError> {
+        let ip: std::net::Ipv4Addr = to.ip.trim().parse().map_err(|_| {
+            invalid(format!("{:?} is not an IPv4 address (addresses move with ARP, so IPv4 only)", to.ip))
+        })?;
+        let mut next = st.cfg.clone();
+        let p = pan_mut(&mut next, pan)?;
+        let l = p
+            .lans
+            .iter_mut()
+            .find(|l| l.name == lan)
+            .ok_or_else(|| AdminError::NotFound(format!("no LAN {lan:?} in PAN {pan:?}")))?;
+        if !l.ports.iter().any(|port| port.node == to.node) {
+            return Err(AdminError::NotFound(format!("node {:?} has no port on LAN {lan:?}", to.node)));
+        }
+        let owns =
+            |cidr: &String| cidr.split('/').next().and_then(|a| a.parse::<std::net::Ipv4Addr>().ok()) == Some(ip);
+        let (from, cidr) = l
+            .ports
+            .iter()
+            .find_map(|port| port.ips.iter().find(|c| owns(c)).map(|c| (port.node.clone(), c.clone())))
+            .ok_or_else(|| AdminError::NotFound(format!("no port on LAN {lan:?} has {ip}")))?;
+        if from == to.node {
+            return Ok(());
+        }
+        for port in &mut l.ports {
+            if port.node == from {
+                port.ips.retain(|c| !owns(c));
+            } else if port.node == to.node {
+                port.ips.push(cidr.clone());
+            }
+        }
+        next.validate().map_err(invalid)?;
+        let live = self.net.move_ip(pan, lan, ip, &to.node).map_err(net_error)?;
+        if let Err(e) = self.persist(&next) {
+            if live {
+                let _ = self.net.move_ip(pan, lan, ip, &from);
+            }
+            return Err(e);
+        }
+        st.cfg = next;
+        Ok(())
+    }
+
     /// netvirt's plan for one LAN of `cfg` (assigning its ports' MACs).
     fn lan_plan(&self, cfg: &Config, pan: &str, lan: &str) -> Result<netvirt::network::LanPlan, AdminError> {
         crate::net::plan(cfg, &self.data_dir)

@@ -83,6 +83,8 @@ pub trait NetControl: Send + Sync {
     fn add_lan(&self, plan: LanPlan) -> io::Result<bool>;
     /// Stops switching a LAN. `Ok(false)`: netvirt is off.
     fn remove_lan(&self, pan: &str, lan: &str) -> io::Result<bool>;
+    /// Hands a LAN address to another member port. `Ok(false)`: netvirt is off.
+    fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> io::Result<bool>;
 }
 
 /// The gateway's netvirt service, if this host could start it.
@@ -119,6 +121,10 @@ impl NetControl for LiveNetwork {
 
     fn remove_lan(&self, pan: &str, lan: &str) -> io::Result<bool> {
         Ok(self.with(|n| n.remove_lan(pan, lan))?.is_some())
+    }
+
+    fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> io::Result<bool> {
+        Ok(self.with(|n| n.move_ip(pan, lan, ip, node))?.is_some())
     }
 }
 

@@ -589,6 +589,46 @@ async fn a_lan_created_at_run_time_switches_at_once_and_deleting_it_detaches_its
     let r = call(&f, "GET", "/metrics", None).await;
     assert!(r.body.contains(r#"pangate_lan_frames_total{pan="alpha",lan="wire",direction="in"} 1"#), "{}", r.body);
 
+    // Moving n1's address to n2 (a failover): n2 announces it with a gratuitous ARP and
+    // may send from it; n1 no longer may.
+    let move_ip = |ip: &str, node: &str| json!({"ip": ip, "node": node});
+    let r = call(&f, "POST", "/api/v1/pans/alpha/lans/wire/move-ip", Some(move_ip("198.18.7.1", "n2"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["ports"][1]["ips"], json!(["198.18.7.2/24", "198.18.7.1/24"]), "{}", r.body);
+    let garp = recv_frame(&mut a).expect("the old owner hears the gratuitous ARP");
+    let arp = etherparse::ArpPacketSlice::from_slice(&garp[14..]).unwrap();
+    assert_eq!((garp[0..6].to_vec(), &garp[12..14]), (vec![0xff; 6], &[0x08, 0x06][..]));
+    assert_eq!((arp.sender_hw_addr(), arp.sender_protocol_addr()), (&b.mac().0[..], &[198, 18, 7, 1][..]));
+    assert_eq!(arp.sender_protocol_addr(), arp.target_protocol_addr(), "gratuitous: it asks for itself");
+    let from_moved = udp_frame(b.mac().0, a.mac().0, [198, 18, 7, 1], [198, 18, 7, 9]);
+    assert!(b.send(&from_moved).unwrap());
+    b.flush();
+    assert_eq!(recv_frame(&mut a).as_deref(), Some(&from_moved[..]), "n2 now sends from the moved address");
+    let stale = udp_frame(a.mac().0, b.mac().0, [198, 18, 7, 1], [198, 18, 7, 2]);
+    assert!(a.send(&stale).unwrap());
+    a.flush();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = f.net.show().unwrap();
+        let port = &shown.lans[0].ports[0];
+        if port.counters.drops.get("ip_spoof").copied().unwrap_or(0) == 1 {
+            assert!(port.ips.is_empty(), "net show follows the move: {:?}", port.ips);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n1's stale use of the address was not dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let saved_ports = &saved(&f).pans[0].lans[0].ports;
+    assert!(saved_ports[0].ips.is_empty() && saved_ports[1].ips.len() == 2, "{saved_ports:?}");
+    for (ip, node, status) in [
+        ("fe80::1", "n1", StatusCode::BAD_REQUEST),
+        ("198.18.7.77", "n1", StatusCode::NOT_FOUND),
+        ("198.18.7.1", "n9", StatusCode::NOT_FOUND),
+    ] {
+        let r = call(&f, "POST", "/api/v1/pans/alpha/lans/wire/move-ip", Some(move_ip(ip, node))).await;
+        r.problem(status);
+    }
+
     // Deleting it detaches the clients at once and refuses new ones.
     assert_eq!(call(&f, "DELETE", "/api/v1/pans/alpha/lans/wire", None).await.status, StatusCode::NO_CONTENT);
     assert!(a.detached() && b.detached(), "the deleted LAN's ring clients were told");

@@ -259,6 +259,54 @@ fn topology_ping_arp_isolation_and_broadcast() {
     assert!(!Path::new("/run/netns").join(lab.ns("n1")).exists(), "namespace left behind");
 }
 
+/// Failover of an address through the admin API: the TAP that had it loses it, the one
+/// that takes it gains it, and the gratuitous ARP repoints the other members' caches.
+#[test]
+fn a_moved_ip_is_announced_and_answered_by_its_new_node() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("m");
+    lab.start(&lab.config(""));
+    assert!(lab.ping("n2", "198.18.0.1"), "{}", lab.log());
+    let (old, new) = (lab.port_mac("a", "n1"), lab.port_mac("a", "n5"));
+    assert!(lab.neigh("n2", "198.18.0.1").contains(&old));
+    // The admin API listens on the gateway namespace's loopback.
+    let token = std::fs::read_to_string(lab.dir.path().join("admin-token")).unwrap();
+    let gw = format!("--net=/run/netns/{}", lab.ns("gw"));
+    let out = ok(&[
+        "nsenter",
+        &gw,
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"ip": "198.18.0.1", "node": "n5"}"#,
+        "-w",
+        "\n%{http_code}",
+        "http://127.0.0.1:9180/api/v1/pans/p/lans/a/move-ip",
+    ]);
+    assert!(out.ends_with("\n200"), "{out}");
+    let addrs = |node: &str| ok(&["ip", "-n", &lab.ns(node), "-br", "addr", "show", "eth0"]);
+    assert!(!addrs("n1").contains("198.18.0.1/"), "{}", addrs("n1"));
+    assert!(addrs("n5").contains("198.18.0.1/24"), "{}", addrs("n5"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.neigh("n2", "198.18.0.1").contains(&new) {
+        assert!(Instant::now() < deadline, "the gratuitous ARP did not repoint n2: {}", lab.neigh("n2", "198.18.0.1"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lab.ping("n2", "198.18.0.1"), "the new owner answers");
+    let show = lab.show();
+    let a = show.lans.iter().find(|l| l.lan == "a").unwrap();
+    let ips = |node: &str| a.ports.iter().find(|p| p.node == node).unwrap().ips.clone();
+    assert!(ips("n1").is_empty() && ips("n5").contains(&"198.18.0.1/24".to_string()), "{a:?}");
+}
+
 #[test]
 fn tcp_udp_and_http_across_the_lan() {
     if skip_because(missing()) {

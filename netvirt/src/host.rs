@@ -207,4 +207,32 @@ impl Rtnl {
         m.attributes.push(AddressAttribute::Address(ip));
         self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL)
     }
+
+    /// Removes an address from a link.
+    pub fn addr_del(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(ip));
+        m.attributes.push(AddressAttribute::Address(ip));
+        self.request(RouteNetlinkMessage::DelAddress(m), 0)
+    }
+}
+
+/// Adds (`add`) or removes an address on the TAP `ifname` in namespace `ns`.
+pub fn tap_addr(ns: Option<&NetNs>, ifname: &str, ip: IpAddr, prefix: u8, add: bool) -> io::Result<()> {
+    let change = || -> io::Result<()> {
+        let index = sys::if_index(ifname)?;
+        let mut nl = Rtnl::open()?;
+        if add {
+            nl.addr_add(index, ip, prefix)
+        } else {
+            nl.addr_del(index, ip, prefix)
+        }
+    };
+    match ns {
+        Some(ns) => ns.run(change),
+        None => change(),
+    }
 }

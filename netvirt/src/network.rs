@@ -191,6 +191,8 @@ struct PortState {
     traffic: Arc<Traffic>,
     /// The attached ring client's socket, shut down when the LAN is removed.
     client: Mutex<Option<UnixStream>>,
+    /// Its addresses now (they start as the plan's and move with [`Network::move_ip`]).
+    addrs: Mutex<Vec<(IpAddr, u8)>>,
 }
 
 #[derive(Debug)]
@@ -367,16 +369,55 @@ impl Network {
         Ok(())
     }
 
-    /// Moves an IPv4 address of a LAN to another node's port and announces it.
-    pub fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> Result<(), String> {
-        let (l, state) = self.shared.find(pan, lan).ok_or_else(|| format!("no LAN {lan:?} in PAN {pan:?}"))?;
-        let port = state
+    /// Moves an IPv4 address of a LAN to another node's port (failover, or an address
+    /// change): a TAP losing it has it removed in its namespace, the switch re-registers it
+    /// and sends a gratuitous ARP from the new port's MAC, and a TAP gaining it has it added.
+    pub fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> io::Result<()> {
+        let _serial = lock(&self.shared.changes);
+        let not_found = |what: String| io::Error::new(io::ErrorKind::NotFound, what);
+        let (l, state) =
+            self.shared.find(pan, lan).ok_or_else(|| not_found(format!("no LAN {lan:?} in PAN {pan:?}")))?;
+        let addr = IpAddr::V4(ip);
+        let to = state
             .ports
             .iter()
             .position(|p| p.plan.node == node)
-            .ok_or_else(|| format!("node {node:?} has no port on {lan:?}"))?;
-        self.shared.control.send(Command::MoveIp { lan: l, ip, port });
-        Ok(())
+            .ok_or_else(|| not_found(format!("node {node:?} has no port on LAN {lan:?}")))?;
+        let (from, prefix) = state
+            .ports
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| lock(&p.addrs).iter().find(|a| a.0 == addr).map(|a| (i, a.1)))
+            .ok_or_else(|| not_found(format!("no port on LAN {lan:?} has {ip}")))?;
+        if from == to {
+            return Ok(());
+        }
+        self.tap_addr(&state.ports[from].plan, addr, prefix, false)?;
+        self.shared.control.send(Command::MoveIp { lan: l, ip, port: to });
+        lock(&state.ports[from].addrs).retain(|a| a.0 != addr);
+        lock(&state.ports[to].addrs).push((addr, prefix));
+        self.tap_addr(&state.ports[to].plan, addr, prefix, true)
+    }
+
+    /// Adds or removes an address on a TAP port's interface (ring ports have none).
+    fn tap_addr(&self, port: &PortPlan, ip: IpAddr, prefix: u8, add: bool) -> io::Result<()> {
+        if port.kind != PortKind::Tap {
+            return Ok(());
+        }
+        let namespaces = lock(&self.shared.namespaces);
+        let ns = match &port.netns {
+            Some(name) => Some(
+                namespaces
+                    .iter()
+                    .find(|n| n.name() == name)
+                    .ok_or_else(|| io::Error::other(format!("namespace {name:?} is not open")))?,
+            ),
+            None => None,
+        };
+        host::tap_addr(ns, &port.ifname, ip, prefix, add).map_err(|e| {
+            let what = if add { "adding" } else { "removing" };
+            io::Error::new(e.kind(), format!("{what} {ip}/{prefix} on {} of node {}: {e}", port.ifname, port.node))
+        })
     }
 
     /// Stops the data path, deletes the TAPs and removes the namespaces pangate created.
@@ -492,6 +533,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                     attached: attached[i].clone(),
                     traffic: lan.port_traffic(i).unwrap_or_default(),
                     client: Mutex::new(None),
+                    addrs: Mutex::new(p.addrs.clone()),
                 })
                 .collect(),
             traffic: lan.traffic(),
@@ -502,6 +544,10 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
         lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached });
     }
     Ok((lans_io, states))
+}
+
+fn cidrs(addrs: &[(IpAddr, u8)]) -> Vec<String> {
+    addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -560,7 +606,7 @@ fn show(shared: &Shared) -> NetShow {
                         netns: p.plan.netns.clone(),
                         ifname: (p.plan.kind == PortKind::Tap).then(|| p.plan.ifname.clone()),
                         mac: p.plan.mac,
-                        ips: p.plan.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect(),
+                        ips: cidrs(&lock(&p.addrs)),
                         promiscuous: p.plan.promiscuous,
                         attached: p.attached.load(Ordering::Relaxed),
                         counters: p.traffic.snapshot(),
@@ -644,7 +690,7 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
             mtu: state.plan.mtu,
             slots: RING_SLOTS,
             slot_size: crate::ringport::slot_size(state.plan.mtu as usize) as u32,
-            ips: port.plan.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect(),
+            ips: cidrs(&lock(&port.addrs)),
         };
         shmem::msg::send(sock, &reply, &[fds.region, fds.bcast, fds.to_gateway, fds.to_node])?;
         *lock(&port.client) = Some(sock.try_clone()?);

@@ -1,6 +1,6 @@
 //! The interface the gateway implements for the web admin, and the changes it accepts.
 
-use crate::model::{Access, NewLan, NewLun, Overview};
+use crate::model::{Access, MoveIp, NewLan, NewLun, Overview};
 
 /// A change to the running configuration. The API and the forms both build these and
 /// hand them to [`Admin::apply`]; nothing else changes state.
@@ -28,6 +28,8 @@ pub enum Change {
     CreateLan { pan: String, lan: NewLan },
     /// Deletes a LAN.
     DeleteLan { pan: String, lan: String },
+    /// Hands a LAN address to another member port.
+    MoveIp { pan: String, lan: String, to: MoveIp },
 }
 
 impl Change {
@@ -47,6 +49,7 @@ impl Change {
             Change::Unmap { pan, node, target, lun } => format!("unmap target {target} LUN {lun} from {pan}/{node}"),
             Change::CreateLan { pan, lan } => format!("create LAN {pan}/{}", lan.name),
             Change::DeleteLan { pan, lan } => format!("delete LAN {pan}/{lan}"),
+            Change::MoveIp { pan, lan, to } => format!("move {} on LAN {pan}/{lan} to {}", to.ip, to.node),
         }
     }
 }

@@ -236,6 +236,21 @@ async fn delete_lan(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/lans/{lan}/move-ip", tag = "lans",
+    params(("pan" = String, Path), ("lan" = String, Path)), request_body = MoveIp, security(("token" = [])),
+    responses((status = 200, body = LanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn move_ip(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lan)): Params<(String, String)>,
+    Body(b): Body<MoveIp>,
+) -> Result<Json<LanView>, Problem> {
+    s.apply(Change::MoveIp { pan: pan.clone(), lan: lan.clone(), to: b }).await?;
+    let view = find_pan(&s.overview().await, &pan)?.lans.into_iter().find(|l| l.name == lan);
+    Ok(Json(view.ok_or_else(|| Problem::not_found(format!("LAN {lan:?} vanished")))?))
+}
+
 struct TokenScheme;
 
 impl Modify for TokenScheme {
@@ -253,7 +268,7 @@ impl Modify for TokenScheme {
 #[openapi(
     info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
     paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
-        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan),
+        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip),
     modifiers(&TokenScheme)
 )]
 #[derive(Debug)]
@@ -280,4 +295,5 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/pans/{pan}/luns/{lun}/resize", post(resize_lun))
         .route("/api/v1/pans/{pan}/lans", post(create_lan))
         .route("/api/v1/pans/{pan}/lans/{lan}", delete(delete_lan))
+        .route("/api/v1/pans/{pan}/lans/{lan}/move-ip", post(move_ip))
 }

@@ -193,6 +193,17 @@ pub struct Resize {
     pub size: String,
 }
 
+/// An IPv4 address of a LAN to hand to another member (as in a failover): the switch
+/// re-registers it and announces it with a gratuitous ARP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveIp {
+    /// The address, as configured on its current port (without the prefix length).
+    pub ip: String,
+    /// The member that takes it.
+    pub node: String,
+}
+
 /// A map entry to add to a node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -17,7 +17,7 @@ use crate::admin::Change;
 use crate::api::{find_lun, find_pan, Params};
 use crate::auth::{Auth, Viewer, SESSION_COOKIE};
 use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
-use crate::model::{Access, NewLan, NewLun, NewPort, PanView};
+use crate::model::{Access, MoveIp, NewLan, NewLun, NewPort, PanView};
 use crate::problem::Problem;
 use crate::WebState;
 
@@ -146,6 +146,16 @@ fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
                         td { (p.frames_in) } td { (p.frames_out) } td { (p.drops) }
                     }
                 }
+            }
+            @if lan.ports.len() > 1 {
+                (change_form(viewer, "move-ip", back, "Move IP", html! {
+                    input type="hidden" name="pan" value=(pan.name);
+                    input type="hidden" name="name" value=(lan.name);
+                    label { "address " select name="ip" {
+                        @for p in &lan.ports { @for ip in &p.ips { option { (ip.split('/').next().unwrap_or(ip)) } } }
+                    } } " "
+                    label { "to node " select name="node" { @for p in &lan.ports { option { (p.node) } } } }
+                }))
             }
         }
     }
@@ -310,6 +320,7 @@ struct ChangeForm {
     access: Option<String>,
     mtu: Option<String>,
     ports: Option<String>,
+    ip: Option<String>,
 }
 
 fn field(v: &Option<String>, name: &str) -> Result<String, Problem> {
@@ -391,6 +402,11 @@ impl ChangeForm {
                 },
             },
             "delete-lan" => Change::DeleteLan { pan: pan()?, lan: field(&self.name, "name")? },
+            "move-ip" => Change::MoveIp {
+                pan: pan()?,
+                lan: field(&self.name, "LAN")?,
+                to: MoveIp { ip: field(&self.ip, "address")?, node: field(&self.node, "node")? },
+            },
             other => return Err(Problem::bad_request(format!("unknown operation {other:?}"))),
         };
         Ok((c, None))
