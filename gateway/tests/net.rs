@@ -1,6 +1,8 @@
 //! netvirt with real kernel stacks: TAP ports in network namespaces the test creates
 //! (addresses from 198.18.0.0/15), ping, a broadcast, iperf3, HTTP, spoofing, the MTU,
-//! promiscuous capture, an 802.1Q uplink to a Linux `vlan` interface, and ring ports.
+//! promiscuous capture, an 802.1Q uplink (to a Linux `vlan` interface where the kernel has
+//! one, and to a packet socket reading the kernel's decoded tags everywhere), address
+//! failover, and ring ports.
 //! The gateway itself runs in a namespace of the test's too, so nothing touches the host's
 //! own network. Every namespace is deleted when the test ends, pass or fail.
 
@@ -519,9 +521,10 @@ fn an_uplink_works_unfiltered_and_filtered() {
     uplink_modes("u", false);
 }
 
-/// The kernel's own 802.1Q as the peer. Kernels built without VLAN support (CI's among
-/// them) skip this, under CI=true as well: it is the kernel that lacks it, not an install
-/// step; the untagged test above and the switch's unit tests cover the rest.
+/// A Linux `vlan` interface as the peer. Kernels built without the 802.1Q netdevice (CI's
+/// among them) skip this, under CI=true as well: it is the kernel that lacks it, not an
+/// install step. `an_802_1q_uplink_is_tagged_as_the_kernel_decodes_it` checks the tagging
+/// against the kernel's 802.1Q receive path on every kernel.
 #[test]
 fn an_802_1q_uplink_reaches_a_linux_vlan_interface() {
     if skip_because(missing()) {
@@ -532,6 +535,47 @@ fn an_802_1q_uplink_reaches_a_linux_vlan_interface() {
         return;
     }
     uplink_modes("v", true);
+}
+
+/// 802.1Q on kernels without the `vlan` netdevice (CI's): the far end is a packet socket
+/// whose frames the kernel's own receive path untags, reporting the VLAN ID it decoded
+/// (PACKET_AUXDATA). Only VLAN 100 is answered, and the answers come back tagged 100.
+#[test]
+fn an_802_1q_uplink_is_tagged_as_the_kernel_decodes_it() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("q");
+    let (gw, ext) = (lab.ns("gw"), lab.ns("ext"));
+    ok(&["ip", "netns", "add", &ext]);
+    ok(&["ip", "-n", &gw, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", &ext]);
+    ok(&["ip", "-n", &gw, "link", "set", "up0", "up"]);
+    ok(&["ip", "-n", &ext, "link", "set", "up1", "up"]);
+    lab.start(&lab.config("[pan.lan.uplink]\ninterface = \"up0\"\nvlan = 100\nmode = \"unfiltered\"\n"));
+    let out = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &ext,
+        "python3",
+        TOOL,
+        "vlan-peer",
+        "up1",
+        "02:00:5e:10:00:c8",
+        "198.18.0.200",
+        "198.18.0.1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["vlan100"]["arp_reply"], true, "{v} {}", lab.log());
+    assert_eq!(v["vlan100"]["vlan"], 100, "the answer leaves tagged with VLAN 100: {v}");
+    assert_eq!(v["vlan100"]["mac"].as_str(), Some(lab.port_mac("a", "n1").as_str()), "{v}");
+    assert_eq!((v["echo"]["reply"].as_bool(), v["echo"]["vlan"].as_u64()), (Some(true), Some(100)), "{v}");
+    assert_eq!(v["vlan200"]["arp_reply"], false, "another VLAN is not this LAN: {v}");
+    assert_eq!(v["untagged"]["arp_reply"], false, "untagged frames are not this LAN: {v}");
+    let show = lab.show();
+    let up = show.lans.iter().find(|l| l.lan == "a").unwrap().uplink.clone().unwrap();
+    assert_eq!(up.vlan, Some(100));
+    assert!(up.counters.frames_in >= 2 && up.counters.frames_out >= 2, "{up:?}");
 }
 
 #[test]

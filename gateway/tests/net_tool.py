@@ -114,6 +114,80 @@ def big_frame(iface, own_mac, dst_mac, own_ip, dst_ip, size):
     s.send(f)
 
 
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 0x10
+
+
+def vlan_tag(vid):
+    return b"" if vid is None else struct.pack("!HH", 0x8100, vid)
+
+
+def recv_aux(s):
+    """One frame and the VLAN ID the kernel decoded from its 802.1Q tag (or None)."""
+    data, anc, _, addr = s.recvmsg(65535, socket.CMSG_SPACE(32))
+    vid = None
+    for level, kind, body in anc:
+        # struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(body) >= 18:
+            status, _, _, _, _, tci = struct.unpack_from("IIIHHH", body)
+            if status & TP_STATUS_VLAN_VALID:
+                vid = tci & 0x0FFF
+    return data, vid, addr
+
+
+def vlan_peer(iface, own_mac, own_ip, target_ip):
+    """From outside an 802.1Q uplink: ARP for `target_ip` tagged with VLAN 100, with VLAN
+    200 and untagged, then ping it on VLAN 100. Replies are judged by the VLAN ID the
+    kernel's own 802.1Q receive path decoded (PACKET_AUXDATA), not by parsing here.
+    Prints one line of JSON."""
+    import json
+    own = mac_bytes(own_mac)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    s.bind((iface, 0))
+    s.settimeout(0.1)
+
+    def await_frame(secs, wanted):
+        end = time.time() + secs
+        while time.time() < end:
+            try:
+                f, vid, addr = recv_aux(s)
+            except socket.timeout:
+                continue
+            if addr[2] != socket.PACKET_OUTGOING and wanted(f):
+                return f, vid
+        return None, None
+
+    def is_arp_reply(f):
+        return len(f) >= 42 and f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" \
+            and f[28:32] == socket.inet_aton(target_ip)
+
+    out = {}
+    for name, vid in (("vlan100", 100), ("vlan200", 200), ("untagged", None)):
+        arp = arp_frame(own, b"\xff" * 6, 1, own, own_ip, b"\0" * 6, target_ip)
+        s.send(arp[:12] + vlan_tag(vid) + arp[12:])
+        f, got = await_frame(1.5, is_arp_reply)
+        out[name] = {"arp_reply": f is not None, "vlan": got,
+                     "mac": ":".join("%02x" % b for b in f[22:28]) if f else None}
+    if out["vlan100"]["arp_reply"]:
+        dst = mac_bytes(out["vlan100"]["mac"])
+        icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"pangate 802.1Q"
+        icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 2, 0, 64, 1, 0,
+                         socket.inet_aton(own_ip), socket.inet_aton(target_ip))
+        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+        s.send(dst + own + vlan_tag(100) + b"\x08\x00" + ip + icmp)
+
+        def is_echo_reply(f):
+            return len(f) >= 42 and f[12:14] == b"\x08\x00" and f[23] == 1 and f[34] == 0 \
+                and f[26:30] == socket.inet_aton(target_ip)
+
+        f, got = await_frame(2.0, is_echo_reply)
+        out["echo"] = {"reply": f is not None, "vlan": got}
+    print(json.dumps(out), flush=True)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "listen-udp":
@@ -124,6 +198,8 @@ def main():
         capture(args[0], float(args[1]), int(args[2]))
     elif cmd == "spoof":
         spoof(*args)
+    elif cmd == "vlan-peer":
+        vlan_peer(*args)
     elif cmd == "big-frame":
         big_frame(args[0], args[1], args[2], args[3], args[4], int(args[5]))
     else:
