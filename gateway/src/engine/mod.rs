@@ -184,8 +184,9 @@ pub trait Backend: fmt::Debug + Send {
         AlignedBuf::zeroed(len)
     }
 
-    /// Whether the engine accepts borrowed buffers ([`AlignedBuf::borrowed`]): it must only
-    /// ever pass their pointers to the kernel, never read or write them itself.
+    /// Whether the engine accepts borrowed buffers ([`AlignedBuf::borrowed`]): it must never
+    /// form a reference to them, only hand their pointers to the kernel or copy through
+    /// the pointers.
     fn takes_borrowed(&self) -> bool {
         false
     }

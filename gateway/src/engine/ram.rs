@@ -43,19 +43,34 @@ impl RamEngine {
         })
     }
 
-    fn read(&self, offset: u64, dst: &mut [u8]) {
-        for (idx, within, at, n) in Self::pieces(offset, dst.len()) {
+    /// Copies `len` bytes at `offset` to `dst`. The destination may be a node's shared
+    /// memory (a borrowed buffer), so it is written through the pointer, never a reference.
+    fn read(&self, offset: u64, dst: *mut u8, len: usize) {
+        for (idx, within, at, n) in Self::pieces(offset, len) {
+            let to = dst.wrapping_add(at);
             match &self.chunks[idx] {
-                Some(c) => dst[at..at + n].copy_from_slice(&c[within..within + n]),
-                None => dst[at..at + n].fill(0),
+                Some(c) => {
+                    let from = c[within..within + n].as_ptr();
+                    // SAFETY: the caller checked that `dst` is valid for `len` bytes
+                    // (`validate` against the buffer's length) and `at + n <= len`; our
+                    // chunks never overlap a caller's buffer.
+                    unsafe { std::ptr::copy_nonoverlapping(from, to, n) }
+                }
+                // SAFETY: as above.
+                None => unsafe { std::ptr::write_bytes(to, 0, n) },
             }
         }
     }
 
-    fn write(&mut self, offset: u64, src: &[u8]) {
-        for (idx, within, at, n) in Self::pieces(offset, src.len()) {
+    /// Copies `len` bytes from `src` (possibly a node's shared memory) to `offset`.
+    fn write(&mut self, offset: u64, src: *const u8, len: usize) {
+        for (idx, within, at, n) in Self::pieces(offset, len) {
             let c = self.chunks[idx].get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
-            c[within..within + n].copy_from_slice(&src[at..at + n]);
+            let to = c[within..within + n].as_mut_ptr();
+            // SAFETY: as in `read`, with the direction reversed. Another process may change
+            // shared source bytes meanwhile; the image then holds some mix of them, which is
+            // what a device gives a host that rewrites a buffer under its own WRITE.
+            unsafe { std::ptr::copy_nonoverlapping(src.wrapping_add(at), to, n) };
         }
     }
 
@@ -74,8 +89,15 @@ impl RamEngine {
     fn perform(&mut self, op: &mut IoOp) -> Result<IoDone, EngineError> {
         validate(op, self.size)?;
         match op {
-            IoOp::Read { offset, buf, range } => self.read(*offset, &mut buf.as_mut_slice()[range.clone()]),
-            IoOp::Write { offset, buf, range, .. } => self.write(*offset, &buf.as_slice()[range.clone()]),
+            IoOp::Read { offset, buf, range } => {
+                // `validate` checked `range` against the buffer's length.
+                let dst = buf.as_mut_ptr().wrapping_add(range.start);
+                self.read(*offset, dst, range.len())
+            }
+            IoOp::Write { offset, buf, range, .. } => {
+                let src = buf.as_mut_ptr().wrapping_add(range.start);
+                self.write(*offset, src, range.len())
+            }
             IoOp::Flush => {}
             IoOp::Unmap { offset, len } => self.zero(*offset, *len, true),
             IoOp::WriteZeroes { offset, len } => self.zero(*offset, *len, false),
@@ -120,6 +142,10 @@ impl Backend for RamEngine {
         self.chunks.resize_with(n, || None);
         self.size = bytes;
         Ok(())
+    }
+
+    fn takes_borrowed(&self) -> bool {
+        true
     }
 
     fn name(&self) -> &'static str {
