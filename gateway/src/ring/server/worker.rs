@@ -226,6 +226,9 @@ impl Worker {
 
     pub(super) fn run(mut self) -> Vec<OpenImage> {
         let mut last_activity = Instant::now();
+        // Rounds without progress; the clock is read only every few of them, as reading it
+        // costs more than a look at the rings.
+        let mut idle_rounds = 0u32;
         let mut loops = 0u64;
         loop {
             loops += 1;
@@ -257,10 +260,14 @@ impl Worker {
                 return self.finish();
             }
             if progress {
-                last_activity = Instant::now();
+                idle_rounds = 0;
                 continue;
             }
-            if last_activity.elapsed() < self.spin {
+            if idle_rounds == 0 {
+                last_activity = Instant::now();
+            }
+            idle_rounds = idle_rounds.wrapping_add(1);
+            if !idle_rounds.is_multiple_of(32) || last_activity.elapsed() < self.spin {
                 std::hint::spin_loop();
                 continue;
             }
