@@ -149,14 +149,6 @@ impl GatewayAdmin {
         next.save(&self.file).map_err(|e| AdminError::Failed(format!("writing {}: {e}", self.file.display())))
     }
 
-    fn io(e: std::io::Error) -> AdminError {
-        match e.kind() {
-            std::io::ErrorKind::InvalidInput => invalid(e),
-            std::io::ErrorKind::NotFound => AdminError::NotFound(e.to_string()),
-            _ => AdminError::Failed(e.to_string()),
-        }
-    }
-
     fn create_lun(&self, st: &mut State, pan: &str, lun: NewLun) -> Result<(), AdminError> {
         let mut next = st.cfg.clone();
         let p = pan_mut(&mut next, pan)?;
@@ -203,7 +195,7 @@ impl GatewayAdmin {
                 if !(meta.is_file() || meta.file_type().is_block_device()) {
                     return Err(invalid(format!("{} is neither a regular file nor a block device", path.display())));
                 }
-                let canon = path.canonicalize().map_err(Self::io)?;
+                let canon = path.canonicalize().map_err(io_error)?;
                 let used = st
                     .cfg
                     .pans
@@ -236,7 +228,7 @@ impl GatewayAdmin {
         }
         // The gateway's own nexus consumes the power-on unit attention, as at start-up.
         let _ = open.driver.run(0, &[0], &[0, 0, 0, 0, 0, 0], &[]);
-        self.control.add_image(open).map_err(Self::io)?;
+        self.control.add_image(open).map_err(io_error)?;
         st.images.push(Some((pan.to_string(), lun.name)));
         st.cfg = next;
         Ok(())
@@ -278,7 +270,7 @@ impl GatewayAdmin {
                 self.persist(&next)?;
                 st.cfg = next;
                 let entry = st.entry(&pan, &node).ok_or_else(|| AdminError::Failed("node vanished".into()))?;
-                self.control.set_node(entry).map_err(Self::io)?;
+                self.control.set_node(entry).map_err(io_error)?;
             }
             Change::DeleteNode { pan, node } => {
                 let mut next = st.cfg.clone();
@@ -293,7 +285,7 @@ impl GatewayAdmin {
                 p.nodes.retain(|n| n.name != node);
                 self.persist(&next)?;
                 st.cfg = next;
-                self.control.remove_node(&pan, &node).map_err(Self::io)?;
+                self.control.remove_node(&pan, &node).map_err(io_error)?;
                 for m in maps {
                     self.metrics.remove_lun(&LunKey {
                         pan: pan.clone(),
@@ -323,7 +315,7 @@ impl GatewayAdmin {
                 st.cfg = next;
                 if let Some(i) = st.image_index(&pan, &lun) {
                     st.images[i] = None;
-                    self.control.retire_image(i).map_err(Self::io)?;
+                    self.control.retire_image(i).map_err(io_error)?;
                 }
             }
             Change::ResizeLun { pan, lun, size } => {
@@ -343,7 +335,7 @@ impl GatewayAdmin {
                     return Err(invalid(format!("LUN {lun:?} has {now} bytes; LUNs only grow")));
                 }
                 img.size = Size(bytes);
-                self.control.grow(i, bytes).map_err(Self::io)?;
+                self.control.grow(i, bytes).map_err(io_error)?;
                 self.persist(&next)?;
                 st.cfg = next;
             }
@@ -368,7 +360,7 @@ impl GatewayAdmin {
                 self.persist(&next)?;
                 st.cfg = next;
                 let entry = st.entry(&pan, &node).ok_or_else(|| AdminError::Failed("node vanished".into()))?;
-                self.control.set_node(entry).map_err(Self::io)?;
+                self.control.set_node(entry).map_err(io_error)?;
             }
             Change::Unmap { pan, node, target, lun } => {
                 let mut next = st.cfg.clone();
@@ -383,7 +375,7 @@ impl GatewayAdmin {
                 self.persist(&next)?;
                 st.cfg = next;
                 let entry = st.entry(&pan, &node).ok_or_else(|| AdminError::Failed("node vanished".into()))?;
-                self.control.set_node(entry).map_err(Self::io)?;
+                self.control.set_node(entry).map_err(io_error)?;
                 self.metrics.remove_lun(&LunKey { pan, node, target, lun });
             }
             Change::CreateLan { pan, lan } => {
@@ -396,7 +388,7 @@ impl GatewayAdmin {
                 p.lans.push(lan_config(lan));
                 next.validate().map_err(invalid)?;
                 let plan = self.lan_plan(&next, &pan, &name)?;
-                let live = self.net.add_lan(plan).map_err(net_error)?;
+                let live = self.net.add_lan(plan).map_err(io_error)?;
                 if let Err(e) = self.persist(&next) {
                     if live {
                         let _ = self.net.remove_lan(&pan, &name);
@@ -420,7 +412,7 @@ impl GatewayAdmin {
                     Ok(live) => live,
                     // Configured but not running (it failed to start): only the config changes.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                    Err(e) => return Err(net_error(e)),
+                    Err(e) => return Err(io_error(e)),
                 };
                 if let Err(e) = self.persist(&next) {
                     if was_live {
@@ -438,14 +430,15 @@ impl GatewayAdmin {
     }
 }
 
-/// A netvirt failure as the admin reports it: name clashes are conflicts, bad names
-/// invalid, the rest the host's failure.
-fn net_error(e: std::io::Error) -> AdminError {
+/// A failure of the running gateway (ring server or netvirt) as the admin reports it:
+/// name clashes are conflicts, bad names invalid, missing things not found, the rest the
+/// host's failure.
+fn io_error(e: std::io::Error) -> AdminError {
     match e.kind() {
         std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::ResourceBusy => AdminError::Conflict(e.to_string()),
         std::io::ErrorKind::InvalidInput => invalid(e),
         std::io::ErrorKind::NotFound => AdminError::NotFound(e.to_string()),
-        _ => AdminError::Failed(format!("netvirt: {e}")),
+        _ => AdminError::Failed(e.to_string()),
     }
 }
 
@@ -482,7 +475,7 @@ impl GatewayAdmin {
             }
         }
         next.validate().map_err(invalid)?;
-        let live = self.net.move_ip(pan, lan, ip, &to.node).map_err(net_error)?;
+        let live = self.net.move_ip(pan, lan, ip, &to.node).map_err(io_error)?;
         if let Err(e) = self.persist(&next) {
             if live {
                 let _ = self.net.move_ip(pan, lan, ip, &from);

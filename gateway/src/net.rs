@@ -4,11 +4,13 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use netvirt::config::{default_ifname, parse_cidr};
 use netvirt::mac::MacBook;
-use netvirt::network::{LanPlan, NetShow, Network, PortPlan, UplinkPlan};
+use netvirt::network::{Authorize, LanPlan, NetShow, Network, PortPlan, UplinkPlan};
+
+use crate::ring::server::{constant_time_eq, LunControl};
 
 use crate::config::Config;
 use crate::persist;
@@ -73,6 +75,17 @@ pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
         persist::write_atomic(&book_path, &text, 0o644)?;
     }
     Ok(plans)
+}
+
+/// Ring-port clients are checked against the ring server's live node table, which the
+/// admin keeps current, with the same credentials as storage.
+pub fn node_authorizer(control: LunControl) -> Authorize {
+    Arc::new(move |pan: &str, node: &str, credential: &str| {
+        control
+            .nodes()
+            .iter()
+            .any(|n| n.pan == pan && n.node == node && constant_time_eq(n.credential.as_bytes(), credential.as_bytes()))
+    })
 }
 
 /// netvirt as the web admin drives it.

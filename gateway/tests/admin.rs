@@ -69,11 +69,8 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
     let opts = ServerOptions::new(&socket);
     let metrics = opts.metrics.clone();
     let server = Server::start(images, storage::node_entries(&cfg, &maps), opts).unwrap();
-    // netvirt with no LANs yet, authorising nodes from the ring server's live table.
-    let control = server.control();
-    let authorize: netvirt::network::Authorize = Arc::new(move |pan: &str, node: &str, credential: &str| {
-        control.nodes().iter().any(|n| n.pan == pan && n.node == node && n.credential == credential)
-    });
+    // netvirt with no LANs yet, authorising nodes as the gateway does.
+    let authorize = gateway::net::node_authorizer(server.control());
     let net_socket = dir.path().join("net.sock");
     let net = Arc::new(LiveNetwork::new(Some(Network::start(vec![], &net_socket, authorize).unwrap())));
     let admin =

@@ -199,25 +199,24 @@ impl Rtnl {
 
     /// Adds an address to a link.
     pub fn addr_add(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
-        let mut m = AddressMessage::default();
-        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-        m.header.prefix_len = prefix;
-        m.header.index = index;
-        m.attributes.push(AddressAttribute::Local(ip));
-        m.attributes.push(AddressAttribute::Address(ip));
-        self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL)
+        self.request(RouteNetlinkMessage::NewAddress(address(index, ip, prefix)), NLM_F_CREATE | NLM_F_EXCL)
     }
 
     /// Removes an address from a link.
     pub fn addr_del(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
-        let mut m = AddressMessage::default();
-        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-        m.header.prefix_len = prefix;
-        m.header.index = index;
-        m.attributes.push(AddressAttribute::Local(ip));
-        m.attributes.push(AddressAttribute::Address(ip));
-        self.request(RouteNetlinkMessage::DelAddress(m), 0)
+        self.request(RouteNetlinkMessage::DelAddress(address(index, ip, prefix)), 0)
     }
+}
+
+/// The address message naming `ip/prefix` on link `index`.
+fn address(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.prefix_len = prefix;
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Local(ip));
+    m.attributes.push(AddressAttribute::Address(ip));
+    m
 }
 
 /// Adds (`add`) or removes an address on the TAP `ifname` in namespace `ns`.

@@ -311,14 +311,7 @@ fn start_network(
     control: gateway::ring::server::LunControl,
 ) -> anyhow::Result<Option<netvirt::network::Network>> {
     let plans = gateway::net::plan(cfg, dir)?;
-    // The ring server's node table, which the admin keeps current.
-    let authorize: netvirt::network::Authorize = Arc::new(move |pan: &str, node: &str, credential: &str| {
-        control.nodes().iter().any(|n| {
-            n.pan == pan
-                && n.node == node
-                && gateway::ring::server::constant_time_eq(n.credential.as_bytes(), credential.as_bytes())
-        })
-    });
+    let authorize = gateway::net::node_authorizer(control);
     let socket = dir.join(&cfg.net.socket);
     match netvirt::network::Network::start(plans.clone(), &socket, authorize) {
         Ok(n) => {

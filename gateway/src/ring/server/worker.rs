@@ -59,6 +59,17 @@ fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> HashMap<(u16, u16), MappedLu
         .collect()
 }
 
+fn target_luns(map: &HashMap<(u16, u16), MappedLun>) -> HashMap<u16, Vec<u16>> {
+    let mut out: HashMap<u16, Vec<u16>> = HashMap::new();
+    for &(t, l) in map.keys() {
+        out.entry(t).or_default().push(l);
+    }
+    for luns in out.values_mut() {
+        luns.sort_unstable();
+    }
+    out
+}
+
 struct Conn {
     id: u64,
     entry: NodeEntry,
@@ -73,6 +84,8 @@ struct Conn {
     to_node: Doorbell,
     slots: u32,
     map: HashMap<(u16, u16), MappedLun>,
+    /// Each target's LUNs in order (REPORT LUNS answers from it), kept with `map`.
+    target_luns: HashMap<u16, Vec<u16>>,
     pending: HashMap<u32, Pending>,
     ring_stats: Arc<RingStats>,
     /// Commands accepted whose STAT has not gone into the ring.
@@ -109,6 +122,7 @@ impl Conn {
             to_gateway: a.to_gateway,
             to_node: a.to_node,
             slots: a.slots,
+            target_luns: target_luns(&map),
             map,
             pending: HashMap::new(),
             ring_stats,
@@ -122,10 +136,13 @@ impl Conn {
         }
     }
 
-    fn luns_of_target(&self, target: u16) -> Vec<u16> {
-        let mut v: Vec<u16> = self.map.keys().filter(|(t, _)| *t == target).map(|(_, l)| *l).collect();
-        v.sort_unstable();
-        v
+    fn luns_of_target(&self, target: u16) -> &[u16] {
+        self.target_luns.get(&target).map_or(&[], Vec::as_slice)
+    }
+
+    fn set_map(&mut self, map: HashMap<(u16, u16), MappedLun>) {
+        self.target_luns = target_luns(&map);
+        self.map = map;
     }
 
     /// Copies `bytes` into the node's regions; returns how many fit.
@@ -319,7 +336,7 @@ impl Worker {
                 for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
                     match &entry {
                         Some(e) => {
-                            c.map = lun_map(e, &self.metrics);
+                            c.set_map(lun_map(e, &self.metrics));
                             c.entry = e.clone();
                         }
                         None => {
@@ -377,42 +394,30 @@ impl Worker {
         }
     }
 
-    /// Consumes CMD and TRAN messages of one connection (a bounded batch).
+    /// Takes up to 64 CMDs, then up to 64 TRANs, from a queue pair.
     fn service(&mut self, i: usize) -> bool {
         let mut progress = false;
-        for _ in 0..64 {
-            let data_area = self.conns[i].data.len() as u64;
-            match self.conns[i].cmd.pop(data_area) {
-                Ok(Some(Message::Cmd(cmd))) => {
-                    progress = true;
-                    self.on_cmd(i, cmd);
+        for ring in [RingId::Cmd, RingId::Tran] {
+            for _ in 0..64 {
+                let c = &mut self.conns[i];
+                let popped = match ring {
+                    RingId::Cmd => c.cmd.pop(c.data.len() as u64),
+                    _ => c.tran.pop(0),
+                };
+                match popped {
+                    Ok(Some(Message::Cmd(cmd))) => self.on_cmd(i, cmd),
+                    Ok(Some(Message::Tran(t))) => self.on_tran(i, t.seq, t.index),
+                    Ok(Some(_)) => unreachable!("the consumer checks kinds"),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.conns[i].kill(e.label(), e.to_string());
+                        return true;
+                    }
                 }
-                Ok(Some(_)) => unreachable!("the consumer checks kinds"),
-                Ok(None) => break,
-                Err(e) => {
-                    self.conns[i].kill(e.label(), e.to_string());
+                progress = true;
+                if self.conns[i].dead.is_some() {
                     return true;
                 }
-            }
-            if self.conns[i].dead.is_some() {
-                return true;
-            }
-        }
-        for _ in 0..64 {
-            match self.conns[i].tran.pop(0) {
-                Ok(Some(Message::Tran(t))) => {
-                    progress = true;
-                    self.on_tran(i, t.seq, t.index);
-                }
-                Ok(Some(_)) => unreachable!("the consumer checks kinds"),
-                Ok(None) => break,
-                Err(e) => {
-                    self.conns[i].kill(e.label(), e.to_string());
-                    return true;
-                }
-            }
-            if self.conns[i].dead.is_some() {
-                return true;
             }
         }
         progress
@@ -443,7 +448,7 @@ impl Worker {
         let expected = cmd.segments.total();
         let Some(lun) = c.map.get(&(cmd.target, cmd.lun)).cloned() else {
             let luns = c.luns_of_target(cmd.target);
-            let completion = absent_lun(cmd.cdb(), &luns);
+            let completion = absent_lun(cmd.cdb(), luns);
             let data = match &completion.data_in {
                 DataIn::Bytes(b) => b.clone(),
                 _ => Vec::new(),
@@ -559,7 +564,6 @@ impl Worker {
         let image = lun.image;
         let c = &mut self.conns[i];
         let tag = (c.id << 32) | u64::from(cmd.seq);
-        let luns = c.luns_of_target(cmd.target);
         let expected = cmd.segments.total();
         let is_out = matches!(data, Data::Out(_));
         let started_ns = metrics::now_ns();
@@ -577,7 +581,8 @@ impl Worker {
             },
         );
         self.in_backend[image] += 1;
-        let nexus = Nexus { id: c.id, luns: &luns };
+        let c = &self.conns[i];
+        let nexus = Nexus { id: c.id, luns: c.luns_of_target(cmd.target) };
         let driver = &mut self.images[image].driver;
         match data {
             Data::None => driver.submit_buf(tag, &nexus, cmd.cdb(), None),
