@@ -161,11 +161,14 @@ pub struct StorageConfig {
     /// Microseconds the worker keeps polling after activity before it sleeps.
     #[serde(default = "default_spin_us")]
     pub spin_us: u64,
+    /// Worker threads; 0 (the default) means one per core.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { socket: default_socket(), spin_us: default_spin_us() }
+        StorageConfig { socket: default_socket(), spin_us: default_spin_us(), workers: 0 }
     }
 }
 
@@ -344,6 +347,13 @@ impl Config {
                 "web.token",
                 "shorter than 16 characters or not printable ASCII",
                 "use a long random secret, e.g. `openssl rand -hex 32`, or leave it out to have one generated",
+            ));
+        }
+        if self.storage.workers > 256 {
+            return Err(err(
+                "storage.workers",
+                format!("{} worker threads is more than 256", self.storage.workers),
+                "set it to the number of cores to use, or 0 for one per core",
             ));
         }
         let mut pans = HashSet::new();

@@ -414,3 +414,111 @@ fn data_beyond_the_data_area_in_flight_gets_busy_not_memory() {
     // Refused with BUSY, not closed: the node did nothing illegal.
     assert!(i.check_connected().is_ok());
 }
+
+// ---- Workers -----------------------------------------------------------------------------
+
+/// Three workers, two nodes with three queue pairs each: the listener spreads queue pairs
+/// over the workers, and each image has one owner, so most commands cross to another
+/// worker and back. Data, unit attentions, LUN RESET and shutdown behave as with one.
+#[test]
+fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("gateway=debug").try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
+    let socket = dir.path().join("pangate.sock");
+    let mut o = ServerOptions::new(&socket);
+    o.workers = 3;
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), o).unwrap();
+    assert_eq!(server.workers(), 3);
+    let f = Fixture { _dir: dir, server: Some(server), socket };
+    // n1 maps a0 (image 0) rw and shared (image 1) ro; n2 maps shared rw at (0, 1).
+    let mut queues: Vec<(Initiator, u16)> = Vec::new();
+    for _ in 0..3 {
+        queues.push((connect(&f, "alpha", "n1", CRED_A), 0));
+        queues.push((connect(&f, "alpha", "n2", CRED_C), 1));
+    }
+    for (q, _) in &mut queues {
+        // Each queue pair is its own nexus, with its own power-on attention per LUN.
+        for lun in [0, 1] {
+            let r = q.execute(0, lun, &[0; 6], Data::None).unwrap();
+            if q.luns().iter().any(|l| l.lun == lun) {
+                assert_eq!(sense_of(&r), (0x6, Asc::POWER_ON_RESET));
+            }
+        }
+    }
+
+    // Verified I/O from every queue pair at once, each in its own range of its image.
+    let queues: Vec<(Initiator, u16)> = std::thread::scope(|s| {
+        let handles: Vec<_> = queues
+            .into_iter()
+            .enumerate()
+            .map(|(k, (mut q, lun))| {
+                s.spawn(move || {
+                    let bs = if lun == 0 { 512 } else { 4096 };
+                    let base = (k as u64) * (1 << 20) / bs;
+                    for round in 0..100u64 {
+                        let data = pattern(16 << 10, (k as u8).wrapping_mul(31).wrapping_add(round as u8));
+                        let lba = base + (round % 8) * (16 << 10) / bs;
+                        let r = q.write(0, lun, lba, &data, false, round % 3 == 0).unwrap();
+                        assert!(r.good(), "queue {k} round {round}: {r:?}");
+                        let (r, back) = q.read(0, lun, lba, data.len() as u32).unwrap();
+                        assert!(r.good() && back == data, "queue {k} round {round}: read back differs");
+                    }
+                    (q, lun)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    // Growing `shared` on its owner reaches every nexus on every worker.
+    let control = f.server.as_ref().unwrap().control();
+    control.grow(1, 32 << 20).unwrap();
+    let mut queues = queues;
+    for (q, _) in &mut queues {
+        assert_eq!(sense_of(&q.execute(0, 1, &[0; 6], Data::None).unwrap()), (0x6, Asc::CAPACITY_CHANGED));
+        assert_eq!(q.read_capacity(0, 1).unwrap().1, Some((8192, 4096)));
+    }
+    // A LUN RESET from one queue pair reaches the others, wherever they are served.
+    let seq = queues[1].0.control(proto::ControlOp::LunReset, 0, 1, 0, None).unwrap();
+    assert_eq!(queues[1].0.wait_for(seq, Duration::from_secs(5)).unwrap().control_result, control_result::DONE);
+    for (q, _) in &mut queues {
+        assert_eq!(sense_of(&q.execute(0, 1, &[0; 6], Data::None).unwrap()), (0x6, Asc::LUN_RESET));
+    }
+
+    // Shutdown with writes in flight on every queue pair: each is answered, then flushed.
+    let mut sent = Vec::new();
+    for (k, (q, lun)) in queues.iter_mut().enumerate() {
+        let lun = *lun;
+        let bs = if lun == 0 { 512u64 } else { 4096 };
+        let mut seqs = Vec::new();
+        for j in 0..16u64 {
+            let data = pattern(4096, 200 + k as u8 + j as u8);
+            let region = q.alloc(4096).unwrap();
+            q.write_data(region, &data).unwrap();
+            let lba = ((k as u64) * (1 << 20) + j * 4096) / bs;
+            let cdb = gateway::ring::initiator::rw16(0x8A, lba, (4096 / bs) as u32, false);
+            seqs.push(q.submit(0, lun, &cdb, Data::Out { region, staged: false }).unwrap());
+        }
+        sent.push(seqs);
+    }
+    let mut f = f;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let server = f.server.take().unwrap();
+    std::thread::spawn(move || done_tx.send(server.shutdown()));
+    let images = done_rx.recv_timeout(Duration::from_secs(20)).expect("shutdown finished").unwrap();
+    assert_eq!(images.len(), 3, "every worker hands its images back");
+    assert!(images[0].path.ends_with("a0.img") && images[1].path.ends_with("shared.img"));
+    for ((q, _), seqs) in queues.iter_mut().zip(sent) {
+        for seq in seqs {
+            assert!(q.wait_for(seq, Duration::from_secs(5)).unwrap().good(), "write {seq} answered before exit");
+        }
+    }
+    for (k, (_, lun)) in queues.iter().enumerate() {
+        let path = &images[usize::from(*lun)].path;
+        let on_disk = std::fs::read(path).unwrap();
+        let at = k * (1 << 20);
+        assert_eq!(&on_disk[at..at + 4096], &pattern(4096, 200 + k as u8)[..], "queue {k}'s write reached {path:?}");
+    }
+}

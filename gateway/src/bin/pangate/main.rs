@@ -259,10 +259,14 @@ fn up(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyh
     }
     let mut opts = ServerOptions::new(&socket);
     opts.spin = Duration::from_micros(cfg.storage.spin_us);
+    if cfg.storage.workers > 0 {
+        opts.workers = cfg.storage.workers;
+    }
     let metrics = opts.metrics.clone();
     let image_names: Vec<(String, String)> = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
     let server = Server::start(images, storage::node_entries(&cfg, &maps), opts)
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
+    println!("  workers:   {}", server.workers());
     println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
     println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
     // TCMU reads the ring server's node table, which the admin keeps current.

@@ -1,11 +1,16 @@
 //! The gateway side of the ring protocol: a listener that authenticates nodes and sets up
-//! queue pairs, and a worker that serves them.
+//! queue pairs, and workers (one per core by default) that serve them.
 //!
-//! The worker polls while anything is happening (ring traffic within the spin window, or
-//! backend I/O in flight) and sleeps in `poll(2)` on the doorbells and sockets otherwise,
-//! telling nodes through the rings' polling flags when it needs a doorbell. A node that
-//! breaks the protocol loses its own connection, with a logged reason; its in-flight
-//! backend I/O completes and is discarded.
+//! Each worker serves the queue pairs the listener placed on it and owns a share of the
+//! images: image `i` belongs to worker `i % n`, which alone runs its SCSI state and its
+//! engine. A command for an image another worker owns crosses by message, with its data
+//! left in the node's memory ([`mesh`]); nothing on the I/O path takes a lock.
+//!
+//! A worker polls while anything is happening (ring traffic within the spin window, or
+//! I/O in flight) and sleeps in `poll(2)` on the doorbells and sockets otherwise, telling
+//! nodes through the rings' polling flags when it needs a doorbell. A node that breaks the
+//! protocol loses its own connection, with a logged reason; its in-flight backend I/O
+//! completes and is discarded.
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,12 +27,14 @@ use super::handshake::{self, Answer, Hello, LunInfo, Refusal, Welcome};
 use super::shm::{Doorbell, SharedMemory};
 use super::{proto, spsc};
 use crate::config::Access;
-use crate::engine::AlignedBuf;
 use crate::storage::OpenImage;
 
+mod mesh;
+mod owned;
 mod worker;
 
-use self::worker::Worker;
+use self::mesh::Mesh;
+use self::worker::{Setup, Worker};
 
 /// Control results in STAT replies to protocol-control messages.
 pub mod control_result {
@@ -48,8 +55,10 @@ pub const REPORT_ENTRY: usize = 20;
 pub struct ServerOptions {
     /// Path of the Unix socket.
     pub socket: PathBuf,
-    /// How long the worker keeps polling after the last activity before it sleeps.
+    /// How long a worker keeps polling after the last activity before it sleeps.
     pub spin: Duration,
+    /// Worker threads.
+    pub workers: usize,
     /// Largest data area a node may ask for.
     pub max_data_bytes: u64,
     /// Time a node has to complete the handshake.
@@ -64,11 +73,17 @@ impl ServerOptions {
         ServerOptions {
             socket: socket.into(),
             spin: Duration::from_micros(50),
+            workers: default_workers(),
             max_data_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(5),
             metrics: Arc::new(Metrics::new(scsi::opcodes::name, env!("CARGO_PKG_VERSION"))),
         }
     }
+}
+
+/// One worker per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// A node allowed to connect, and its map.
@@ -94,28 +109,19 @@ pub type NodeTable = Arc<RwLock<Vec<NodeEntry>>>;
 #[derive(Debug)]
 pub struct Server {
     stop: Arc<AtomicBool>,
-    wake: Arc<Doorbell>,
+    mesh: Arc<Mesh>,
     listener: Option<JoinHandle<()>>,
-    worker: Option<JoinHandle<Vec<OpenImage>>>,
+    workers: Vec<JoinHandle<Vec<(usize, OpenImage)>>>,
     socket: PathBuf,
     control: LunControl,
 }
 
-/// Image sizes as (block size, blocks), shared by the worker (which changes them) and the
-/// listener (which reports them in handshakes).
+/// Image sizes as (block size, blocks), shared by the workers (which change them), the
+/// listener (which reports them in handshakes) and REPORT CONFIG; its length is the number
+/// of images.
 type Capacities = Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
 
-/// The buffer a command brings to the backend.
-enum Data {
-    /// None, or the engine provides its own (data-in of most commands).
-    None,
-    /// Data-out, copied in or borrowed from the node.
-    Out(AlignedBuf),
-    /// A READ's destination in the node's data area.
-    In(AlignedBuf),
-}
-
-/// A request to the worker from the control plane, answered on `reply`.
+/// A request to a worker from the control plane, answered on `reply`.
 enum Control {
     Grow {
         image: usize,
@@ -123,6 +129,7 @@ enum Control {
         reply: mpsc::SyncSender<io::Result<()>>,
     },
     AddImage {
+        index: usize,
         image: Box<OpenImage>,
         reply: mpsc::SyncSender<io::Result<()>>,
     },
@@ -140,24 +147,28 @@ enum Control {
 }
 
 /// Changes the LUNs and nodes of a running server from outside the I/O path (TCMU
-/// reconfiguration, the admin API): the request goes to the worker, which owns the images
-/// and the queue pairs.
+/// reconfiguration, the admin API): a request about an image goes to the worker that owns
+/// it, one about a node to every worker (each serves some of its queue pairs).
 #[derive(Debug, Clone)]
 pub struct LunControl {
-    tx: Sender<Control>,
-    wake: Arc<Doorbell>,
+    tx: Vec<Sender<Control>>,
+    mesh: Arc<Mesh>,
     nodes: NodeTable,
     caps: Capacities,
 }
 
 impl LunControl {
-    fn ask(&self, make: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> Control) -> io::Result<()> {
+    fn ask(&self, worker: usize, make: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> Control) -> io::Result<()> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.tx.send(make(reply)).map_err(|_| io::Error::other("the gateway is stopping"))?;
-        self.wake.ring()?;
+        self.tx[worker].send(make(reply)).map_err(|_| io::Error::other("the gateway is stopping"))?;
+        self.mesh.wake(worker).ring()?;
         answer
             .recv_timeout(Duration::from_secs(30))
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the worker did not answer"))?
+    }
+
+    fn ask_all(&self, make: impl Fn(mpsc::SyncSender<io::Result<()>>) -> Control) -> io::Result<()> {
+        (0..self.tx.len()).try_for_each(|w| self.ask(w, &make))
     }
 
     /// (block size, blocks) of image `image`, as nodes see it now.
@@ -173,18 +184,24 @@ impl LunControl {
     /// Grows image `image` (an index into the server's image list) to `bytes`; every
     /// initiator of its LUNs gets CAPACITY DATA HAS CHANGED.
     pub fn grow(&self, image: usize, bytes: u64) -> io::Result<()> {
-        self.ask(|reply| Control::Grow { image, bytes, reply })
+        self.ask(self.mesh.owner(image), |reply| Control::Grow { image, bytes, reply })
     }
 
     /// Adds an image; it gets the next index (the server's image count before the call).
     pub fn add_image(&self, image: OpenImage) -> io::Result<()> {
-        self.ask(|reply| Control::AddImage { image: Box::new(image), reply })
+        let cfg = image.driver.unit().config();
+        let index = {
+            let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+            caps.push((cfg.block_size, cfg.blocks));
+            caps.len() - 1
+        };
+        self.ask(self.mesh.owner(index), |reply| Control::AddImage { index, image: Box::new(image), reply })
     }
 
     /// Flushes an image that no map names any more. Its index stays taken, so others keep
     /// theirs; the file is left as it is.
     pub fn retire_image(&self, image: usize) -> io::Result<()> {
-        self.ask(|reply| Control::Retire { image, reply })
+        self.ask(self.mesh.owner(image), |reply| Control::Retire { image, reply })
     }
 
     /// Adds a node or replaces its credential and map. Its open queue pairs see the new
@@ -197,16 +214,19 @@ impl LunControl {
                 None => nodes.push(entry.clone()),
             }
         }
-        let (pan, node) = (entry.pan.clone(), entry.node.clone());
-        self.ask(|reply| Control::Node { pan, node, entry: Some(entry), reply })
+        self.ask_all(|reply| Control::Node {
+            pan: entry.pan.clone(),
+            node: entry.node.clone(),
+            entry: Some(entry.clone()),
+            reply,
+        })
     }
 
     /// Removes a node: it can no longer connect, and its queue pairs are closed (their
     /// in-flight I/O completes and is discarded).
     pub fn remove_node(&self, pan: &str, node: &str) -> io::Result<()> {
         self.nodes.write().unwrap_or_else(|p| p.into_inner()).retain(|n| !(n.pan == pan && n.node == node));
-        let (pan, node) = (pan.to_string(), node.to_string());
-        self.ask(|reply| Control::Node { pan, node, entry: None, reply })
+        self.ask_all(|reply| Control::Node { pan: pan.to_string(), node: node.to_string(), entry: None, reply })
     }
 }
 
@@ -222,7 +242,7 @@ struct Accepted {
 }
 
 impl Server {
-    /// Binds the socket and starts the listener and the worker over `images`.
+    /// Binds the socket and starts the listener and the workers over `images`.
     pub fn start(images: Vec<OpenImage>, nodes: Vec<NodeEntry>, opts: ServerOptions) -> io::Result<Server> {
         if let Ok(meta) = std::fs::symlink_metadata(&opts.socket) {
             use std::os::unix::fs::FileTypeExt;
@@ -241,36 +261,84 @@ impl Server {
             std::fs::remove_file(&opts.socket)?;
         }
         let listener = UnixListener::bind(&opts.socket)?;
+        let n = opts.workers.max(1);
         let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new(Doorbell::new()?);
-        let (tx, rx) = mpsc::channel();
-        let (control_tx, control_rx) = mpsc::channel();
+        let wakes = (0..n).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<Vec<_>>>()?;
+        let (mesh, inboxes) = Mesh::new(wakes);
         let caps: Capacities = Arc::new(std::sync::Mutex::new(
             images.iter().map(|i| (i.driver.unit().config().block_size, i.driver.unit().config().blocks)).collect(),
         ));
+        let mut shares: Vec<Vec<(usize, OpenImage)>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, img) in images.into_iter().enumerate() {
+            shares[mesh.owner(i)].push((i, img));
+        }
+        let (mut incoming_tx, mut control_tx, mut workers) = (Vec::new(), Vec::new(), Vec::new());
+        for ((index, images), inbox) in shares.into_iter().enumerate().zip(inboxes) {
+            let (tx, incoming) = mpsc::channel();
+            let (ctx, control) = mpsc::channel();
+            incoming_tx.push(tx);
+            control_tx.push(ctx);
+            let setup = Setup {
+                index,
+                images,
+                incoming,
+                control,
+                inbox,
+                mesh: mesh.clone(),
+                caps: caps.clone(),
+                stop: stop.clone(),
+            };
+            let opts = opts.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pangate-worker-{index}"))
+                .spawn(move || Worker::new(setup, &opts).run());
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    // The images of workers that did start are dropped with them.
+                    stop.store(true, Ordering::SeqCst);
+                    (0..workers.len()).for_each(|w| drop(mesh.wake(w).ring()));
+                    workers.into_iter().for_each(|w| drop(w.join()));
+                    return Err(e);
+                }
+            }
+        }
         let nodes: NodeTable = Arc::new(RwLock::new(nodes));
         let listener_thread = {
-            let (stop, wake, opts, caps, nodes) =
-                (stop.clone(), wake.clone(), opts.clone(), caps.clone(), nodes.clone());
+            let (stop, mesh, opts, caps, nodes) =
+                (stop.clone(), mesh.clone(), opts.clone(), caps.clone(), nodes.clone());
             std::thread::Builder::new()
                 .name("pangate-listen".into())
-                .spawn(move || listen(listener, nodes, caps, opts, stop, wake, tx))?
+                .spawn(move || listen(listener, nodes, caps, opts, stop, mesh, incoming_tx))?
         };
-        let worker_thread = {
-            let (stop, wake, opts, caps) = (stop.clone(), wake.clone(), opts.clone(), caps.clone());
-            std::thread::Builder::new()
-                .name("pangate-worker".into())
-                .spawn(move || Worker::new(images, rx, control_rx, caps, wake, stop, &opts).run())?
-        };
-        let control = LunControl { tx: control_tx, wake: wake.clone(), nodes, caps };
-        Ok(Server {
-            stop,
-            wake,
-            listener: Some(listener_thread),
-            worker: Some(worker_thread),
-            socket: opts.socket,
-            control,
-        })
+        let control = LunControl { tx: control_tx, mesh: mesh.clone(), nodes, caps };
+        Ok(Server { stop, mesh, listener: Some(listener_thread), workers, socket: opts.socket, control })
+    }
+
+    /// Worker threads serving the rings.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Wakes every worker (to see the stop flag) and waits for them; the images come back
+    /// in index order.
+    fn join_workers(&mut self) -> io::Result<Vec<OpenImage>> {
+        for w in 0..self.workers.len() {
+            let _ = self.mesh.wake(w).ring();
+        }
+        let mut images = Vec::new();
+        let mut panicked = false;
+        for w in self.workers.drain(..) {
+            match w.join() {
+                Ok(share) => images.extend(share),
+                Err(_) => panicked = true,
+            }
+        }
+        if panicked {
+            return Err(io::Error::other("a worker panicked"));
+        }
+        images.sort_by_key(|(i, _)| *i);
+        Ok(images.into_iter().map(|(_, img)| img).collect())
     }
 
     /// A handle for changing LUNs while the server runs.
@@ -287,27 +355,22 @@ impl Server {
     /// pair and hands the images back.
     pub fn shutdown(mut self) -> io::Result<Vec<OpenImage>> {
         self.stop.store(true, Ordering::SeqCst);
-        self.wake.ring()?;
         if let Some(l) = self.listener.take() {
             let _ = l.join();
         }
-        let images =
-            self.worker.take().map(|w| w.join().map_err(|_| io::Error::other("worker panicked"))).transpose()?;
+        let images = self.join_workers()?;
         let _ = std::fs::remove_file(&self.socket);
-        Ok(images.unwrap_or_default())
+        Ok(images)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.ring();
         if let Some(l) = self.listener.take() {
             let _ = l.join();
         }
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+        let _ = self.join_workers();
     }
 }
 
@@ -317,8 +380,8 @@ fn listen(
     caps: Capacities,
     opts: ServerOptions,
     stop: Arc<AtomicBool>,
-    wake: Arc<Doorbell>,
-    tx: Sender<Accepted>,
+    mesh: Arc<Mesh>,
+    workers: Vec<Sender<Accepted>>,
 ) {
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::SeqCst) {
@@ -332,11 +395,12 @@ fn listen(
         let known = nodes.read().unwrap_or_else(|p| p.into_inner()).clone();
         match handshake_with(&sock, &known, &now, &opts) {
             Ok(acc) => {
-                tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, "queue pair connected");
-                if tx.send(acc).is_err() {
+                let w = mesh.place(acc.entry.luns.first().map(|l| l.2));
+                tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, worker = w, "queue pair connected");
+                if workers[w].send(acc).is_err() {
                     return;
                 }
-                let _ = wake.ring();
+                let _ = mesh.wake(w).ring();
             }
             Err(why) => {
                 tracing::warn!(reason = %why, "refused a node");

@@ -1,6 +1,7 @@
-//! The worker: owns the images and every queue pair, takes CMDs from the rings, runs them
-//! on the images' engines, and answers with STATs and BUFs, polling while there is work
-//! and sleeping on the doorbells when there is none.
+//! A worker: serves a share of the queue pairs (takes CMDs from the rings, checks them
+//! against the node's map, answers with STATs and BUFs) and owns a share of the images
+//! (runs their commands on their engines, whoever sent them). It polls while there is
+//! work and sleeps on the doorbells when there is none.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -11,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
-use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
+use scsi::{absent_lun, Completion, DataIn, Sense, Status};
 
-use super::{control_result, Accepted, Capacities, Control, Data, NodeEntry, ServerOptions, REPORT_ENTRY};
+use super::mesh::{Done, Job, Mesh, Message, Source};
+use super::owned::{scatter, Owned};
+use super::{control_result, Accepted, Capacities, Control, NodeEntry, ServerOptions, REPORT_ENTRY};
 use crate::config::Access;
-use crate::engine::AlignedBuf;
-use crate::lun::Finished;
 use crate::ring::alloc::RegionAllocator;
-use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message, Region, Segments, Stat};
+use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments, Stat};
 use crate::ring::shm::{self, Doorbell, SharedMemory};
 use crate::ring::spsc::{Consumer, Producer, RingError, RingId};
 use crate::storage::OpenImage;
@@ -27,17 +28,9 @@ use crate::storage::OpenImage;
 #[derive(Debug)]
 enum Pending {
     /// Waiting for the node to fill staging buffers (staged write).
-    Staged { lun: MappedLun, cmd: Cmd, staged: Vec<Region>, received: Vec<bool> },
-    /// With the backend; data-in goes to `segments`.
-    Backend {
-        segments: Segments,
-        expected: u64,
-        staged: Vec<Region>,
-        data_out: bool,
-        opcode: u8,
-        started_ns: u64,
-        stats: Arc<LunStats>,
-    },
+    Staged { lun: MappedLun, cmd: Box<Cmd>, staged: Vec<Region>, received: Vec<bool> },
+    /// With the image's owner.
+    Backend { expected: u64, staged: Vec<Region>, data_out: bool, opcode: u8, started_ns: u64, stats: Arc<LunStats> },
 }
 
 /// One entry of a queue pair's map.
@@ -59,15 +52,17 @@ fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> HashMap<(u16, u16), MappedLu
         .collect()
 }
 
-fn target_luns(map: &HashMap<(u16, u16), MappedLun>) -> HashMap<u16, Vec<u16>> {
+fn target_luns(map: &HashMap<(u16, u16), MappedLun>) -> HashMap<u16, Arc<[u16]>> {
     let mut out: HashMap<u16, Vec<u16>> = HashMap::new();
     for &(t, l) in map.keys() {
         out.entry(t).or_default().push(l);
     }
-    for luns in out.values_mut() {
-        luns.sort_unstable();
-    }
-    out
+    out.into_iter()
+        .map(|(t, mut luns)| {
+            luns.sort_unstable();
+            (t, luns.into())
+        })
+        .collect()
 }
 
 struct Conn {
@@ -85,7 +80,9 @@ struct Conn {
     slots: u32,
     map: HashMap<(u16, u16), MappedLun>,
     /// Each target's LUNs in order (REPORT LUNS answers from it), kept with `map`.
-    target_luns: HashMap<u16, Vec<u16>>,
+    target_luns: HashMap<u16, Arc<[u16]>>,
+    /// What a target without LUNs reports.
+    no_luns: Arc<[u16]>,
     pending: HashMap<u32, Pending>,
     ring_stats: Arc<RingStats>,
     /// Commands accepted whose STAT has not gone into the ring.
@@ -123,6 +120,7 @@ impl Conn {
             to_node: a.to_node,
             slots: a.slots,
             target_luns: target_luns(&map),
+            no_luns: Arc::new([]),
             map,
             pending: HashMap::new(),
             ring_stats,
@@ -136,27 +134,13 @@ impl Conn {
         }
     }
 
-    fn luns_of_target(&self, target: u16) -> &[u16] {
-        self.target_luns.get(&target).map_or(&[], Vec::as_slice)
+    fn luns_of_target(&self, target: u16) -> &Arc<[u16]> {
+        self.target_luns.get(&target).unwrap_or(&self.no_luns)
     }
 
     fn set_map(&mut self, map: HashMap<(u16, u16), MappedLun>) {
         self.target_luns = target_luns(&map);
         self.map = map;
-    }
-
-    /// Copies `bytes` into the node's regions; returns how many fit.
-    fn scatter(&self, segments: &Segments, bytes: &[u8]) -> Result<usize, String> {
-        let mut at = 0usize;
-        for r in segments.as_slice() {
-            if at >= bytes.len() {
-                break;
-            }
-            let n = (r.len as usize).min(bytes.len() - at);
-            self.data.write(r.offset, &bytes[at..at + n]).map_err(|e| e.to_string())?;
-            at += n;
-        }
-        Ok(at)
     }
 
     /// The node went away normally.
@@ -196,52 +180,74 @@ fn control_stat(seq: u32, result: u16, transferred: u32) -> Stat {
     s
 }
 
+/// What a worker starts with.
+pub(super) struct Setup {
+    /// Its place among the workers.
+    pub index: usize,
+    /// The images it owns, as (global index, image).
+    pub images: Vec<(usize, OpenImage)>,
+    /// Queue pairs the listener placed on it.
+    pub incoming: Receiver<Accepted>,
+    /// Requests from the control plane.
+    pub control: Receiver<Control>,
+    /// Messages from the other workers.
+    pub inbox: Receiver<Message>,
+    pub mesh: Arc<Mesh>,
+    pub caps: Capacities,
+    pub stop: Arc<AtomicBool>,
+}
+
 pub(super) struct Worker {
-    images: Vec<OpenImage>,
+    index: usize,
+    owned: Owned,
     conns: Vec<Conn>,
     incoming: Receiver<Accepted>,
     control: Receiver<Control>,
+    inbox: Receiver<Message>,
+    /// Messages taken from the inbox while deciding whether to sleep.
+    early: VecDeque<Message>,
+    mesh: Arc<Mesh>,
     caps: Capacities,
     wake: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
     spin: Duration,
-    next_id: u64,
-    in_backend: Vec<usize>,
-    finished: Vec<Finished>,
+    /// Queue pairs this worker has opened; ids are `index + n * k` for k ≥ 1, so the id
+    /// says which worker serves it and none is 0 (the gateway's own nexus).
+    opened: u64,
+    /// Jobs sent to other workers and not yet done.
+    sent: usize,
+    /// Whether the rings have had their last look after the stop.
+    last_pass: bool,
+    done: Vec<Done>,
     metrics: Arc<Metrics>,
-    /// Images no map names any more (flushed, kept so indices stay stable).
-    retired: Vec<bool>,
 }
 
 impl Worker {
-    pub(super) fn new(
-        images: Vec<OpenImage>,
-        incoming: Receiver<Accepted>,
-        control: Receiver<Control>,
-        caps: Capacities,
-        wake: Arc<Doorbell>,
-        stop: Arc<AtomicBool>,
-        opts: &ServerOptions,
-    ) -> Worker {
-        let n = images.len();
+    pub(super) fn new(s: Setup, opts: &ServerOptions) -> Worker {
         Worker {
-            images,
+            index: s.index,
+            owned: Owned::new(s.images),
             conns: Vec::new(),
-            incoming,
-            control,
-            caps,
-            wake,
-            stop,
+            incoming: s.incoming,
+            control: s.control,
+            inbox: s.inbox,
+            early: VecDeque::new(),
+            wake: s.mesh.wake(s.index).clone(),
+            mesh: s.mesh,
+            caps: s.caps,
+            stop: s.stop,
             spin: opts.spin,
-            next_id: 1,
-            in_backend: vec![0; n],
-            finished: Vec::new(),
+            opened: 0,
+            sent: 0,
+            last_pass: false,
+            done: Vec::new(),
             metrics: opts.metrics.clone(),
-            retired: vec![false; n],
         }
     }
 
-    pub(super) fn run(mut self) -> Vec<OpenImage> {
+    /// Serves until the server stops and every worker is idle; returns the images it owns
+    /// as (global index, image), flushed.
+    pub(super) fn run(mut self) -> Vec<(usize, OpenImage)> {
         let mut last_activity = Instant::now();
         // Rounds without progress; the clock is read only every few of them, as reading it
         // costs more than a look at the rings.
@@ -251,29 +257,44 @@ impl Worker {
             loops += 1;
             let stopping = self.stop.load(Ordering::SeqCst);
             while let Ok(a) = self.incoming.try_recv() {
-                let id = self.next_id;
-                self.next_id += 1;
+                self.opened += 1;
+                let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
                 self.conns.push(Conn::new(id, a, &self.metrics));
             }
             while let Ok(c) = self.control.try_recv() {
                 self.apply(c);
             }
-            let mut progress = false;
+            let mut progress = self.take_messages();
             if !stopping {
                 for i in 0..self.conns.len() {
                     progress |= self.service(i);
                 }
+            } else if !self.last_pass {
+                // Commands already in the rings when the stop came are taken and answered;
+                // none after.
+                self.last_pass = true;
+                for i in 0..self.conns.len() {
+                    for _ in 0..self.conns[i].slots / 64 + 1 {
+                        if !self.service(i) {
+                            break;
+                        }
+                    }
+                }
+                progress = true;
             }
-            progress |= self.reap();
+            progress |= self.owned.reap(&mut self.done);
+            self.deliver();
             for c in &mut self.conns {
                 progress |= flush(c);
             }
             if loops.is_multiple_of(1024) {
                 self.check_sockets(Duration::ZERO);
             }
-            self.conns.retain(|c| c.dead.is_none());
-            let busy: usize = self.in_backend.iter().sum();
-            if stopping && busy == 0 {
+            if self.conns.iter().any(|c| c.dead.is_some()) {
+                self.close_dead();
+            }
+            let busy = self.owned.busy() + self.sent;
+            if stopping && self.mesh.all_idle(self.index, busy == 0) {
                 return self.finish();
             }
             if progress {
@@ -289,18 +310,89 @@ impl Worker {
                 continue;
             }
             if busy > 0 {
-                // Backend I/O is in flight: nap briefly, still watching the doorbells.
+                // I/O is in flight: nap briefly, still watching the doorbells.
                 self.sleep(Duration::from_micros(20));
+            } else if stopping {
+                // Other workers are finishing: look again soon.
+                self.sleep(Duration::from_millis(1));
             } else {
                 self.sleep(Duration::from_millis(500));
             }
         }
     }
 
+    /// Drops the queue pairs that died, and tells the owners of their images to forget
+    /// their nexuses.
+    fn close_dead(&mut self) {
+        let before = self.conns.len();
+        let mut gone = Vec::new();
+        self.conns.retain(|c| {
+            if c.dead.is_some() {
+                let mut images: Vec<usize> = c.map.values().map(|l| l.image).collect();
+                images.sort_unstable();
+                images.dedup();
+                gone.extend(images.into_iter().map(|image| (image, c.id)));
+            }
+            c.dead.is_none()
+        });
+        self.mesh.closed(self.index, before - self.conns.len());
+        for (image, nexus) in gone {
+            self.send_to_owner(image, Message::Forget { image, nexus });
+        }
+    }
+
+    /// Handles what other workers sent; returns whether there was anything.
+    fn take_messages(&mut self) -> bool {
+        let mut any = false;
+        while let Some(m) = self.early.pop_front().or_else(|| self.inbox.try_recv().ok()) {
+            any = true;
+            self.handle(m);
+        }
+        any
+    }
+
+    /// Acts on a message from another worker, or on one this worker sent itself.
+    fn handle(&mut self, m: Message) {
+        match m {
+            Message::Job(job) => self.owned.start(job, &mut self.done),
+            Message::Done(done) => {
+                self.sent -= 1;
+                self.complete(done);
+            }
+            Message::Reset { image } => self.owned.reset(image),
+            Message::Forget { image, nexus } => self.owned.forget(image, nexus),
+        }
+    }
+
+    /// Hands a message about `image` to the worker that owns it: this one, or another.
+    fn send_to_owner(&mut self, image: usize, m: Message) {
+        let owner = self.mesh.owner(image);
+        if owner == self.index {
+            self.handle(m);
+        } else {
+            self.sent += usize::from(matches!(m, Message::Job(_)));
+            self.mesh.send(owner, m);
+        }
+    }
+
+    /// Sends each finished job to the worker that serves its queue pair.
+    fn deliver(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        for d in done.drain(..) {
+            let to = self.mesh.origin(d.tag);
+            if to == self.index {
+                self.complete(d);
+            } else {
+                self.mesh.send(to, Message::Done(d));
+            }
+        }
+        self.done = done;
+    }
+
     fn apply(&mut self, c: Control) {
         match c {
             Control::Grow { image, bytes, reply } => {
-                let result = match self.images.get_mut(image) {
+                let result = match self.owned.get_mut(image) {
                     Some(img) => img.driver.grow(bytes).inspect(|()| {
                         let cfg = img.driver.unit().config();
                         tracing::info!(pan = %img.pan, image = %img.name, bytes, "LUN grown");
@@ -312,25 +404,13 @@ impl Worker {
                 };
                 let _ = reply.send(result);
             }
-            Control::AddImage { image, reply } => {
-                let cfg = image.driver.unit().config();
-                self.caps.lock().unwrap_or_else(|p| p.into_inner()).push((cfg.block_size, cfg.blocks));
+            Control::AddImage { index, image, reply } => {
                 tracing::info!(pan = %image.pan, image = %image.name, path = %image.path.display(), "LUN added");
-                self.images.push(*image);
-                self.in_backend.push(0);
-                self.retired.push(false);
+                self.owned.insert(index, *image);
                 let _ = reply.send(Ok(()));
             }
             Control::Retire { image, reply } => {
-                let result = match self.images.get_mut(image) {
-                    Some(img) => {
-                        self.retired[image] = true;
-                        tracing::info!(pan = %img.pan, image = %img.name, "LUN deleted");
-                        crate::storage::flush(img)
-                    }
-                    None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no image {image}"))),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.owned.retire(image));
             }
             Control::Node { pan, node, entry, reply } => {
                 for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
@@ -350,18 +430,24 @@ impl Worker {
         }
     }
 
-    /// Sleeps until a doorbell, a socket event or the timeout, with the rings' polling
-    /// flags cleared so nodes ring.
+    /// Sleeps until a doorbell, a socket event, a message from another worker or the
+    /// timeout, with the rings' polling flags cleared so nodes ring.
     fn sleep(&mut self, timeout: Duration) {
         for c in &self.conns {
             c.cmd.set_polling(false);
             c.tran.set_polling(false);
         }
-        let pending =
-            self.conns.iter_mut().any(|c| c.cmd.pending().unwrap_or(1) > 0 || c.tran.pending().unwrap_or(1) > 0);
+        self.mesh.set_sleeping(self.index, true);
+        // Anything queued before the flag went up would not have rung: look once more.
+        if let Ok(m) = self.inbox.try_recv() {
+            self.early.push_back(m);
+        }
+        let pending = !self.early.is_empty()
+            || self.conns.iter_mut().any(|c| c.cmd.pending().unwrap_or(1) > 0 || c.tran.pending().unwrap_or(1) > 0);
         if !pending {
             self.check_sockets(timeout);
         }
+        self.mesh.set_sleeping(self.index, false);
         for c in &self.conns {
             c.cmd.set_polling(true);
             c.tran.set_polling(true);
@@ -405,8 +491,8 @@ impl Worker {
                     _ => c.tran.pop(0),
                 };
                 match popped {
-                    Ok(Some(Message::Cmd(cmd))) => self.on_cmd(i, cmd),
-                    Ok(Some(Message::Tran(t))) => self.on_tran(i, t.seq, t.index),
+                    Ok(Some(RingMessage::Cmd(cmd))) => self.on_cmd(i, cmd),
+                    Ok(Some(RingMessage::Tran(t))) => self.on_tran(i, t.seq, t.index),
                     Ok(Some(_)) => unreachable!("the consumer checks kinds"),
                     Ok(None) => break,
                     Err(e) => {
@@ -447,13 +533,12 @@ impl Worker {
         let c = &mut self.conns[i];
         let expected = cmd.segments.total();
         let Some(lun) = c.map.get(&(cmd.target, cmd.lun)).cloned() else {
-            let luns = c.luns_of_target(cmd.target);
-            let completion = absent_lun(cmd.cdb(), luns);
+            let completion = absent_lun(cmd.cdb(), c.luns_of_target(cmd.target));
             let data = match &completion.data_in {
                 DataIn::Bytes(b) => b.clone(),
                 _ => Vec::new(),
             };
-            let n = if cmd.flags & proto::FLAG_DATA_IN != 0 { c.scatter(&cmd.segments, &data) } else { Ok(0) };
+            let n = if cmd.flags & proto::FLAG_DATA_IN != 0 { scatter(&c.data, &cmd.segments, &data) } else { Ok(0) };
             match n {
                 Ok(n) => c.out_stat.push_back(stat_from(cmd.seq, &completion, n as u32, expected)),
                 Err(e) => c.kill("bad_region", e),
@@ -474,7 +559,6 @@ impl Worker {
             c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
             return;
         }
-        let image = lun.image;
         c.bytes_in_flight += expected;
         if cmd.flags & proto::FLAG_STAGED != 0 {
             // One BUF per segment of the CMD, each naming staging space of the same size.
@@ -499,96 +583,46 @@ impl Worker {
                 c.out_buf.push_back(Buf { seq: cmd.seq, index: index as u16, segments });
             }
             let received = vec![false; staged.len()];
-            c.pending.insert(cmd.seq, Pending::Staged { lun, cmd, staged, received });
+            c.pending.insert(cmd.seq, Pending::Staged { lun, cmd: Box::new(cmd), staged, received });
             if cmd.segments.as_slice().is_empty() {
                 self.submit_staged(i, cmd.seq);
             }
             return;
         }
-        let data_out = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
-            if let Some(view) = self.borrowable(i, image, &cmd) {
-                return self.submit(i, lun, cmd, Data::Out(view), Vec::new());
-            }
-            let c = &mut self.conns[i];
-            // The engine's arena: already mapped (and registered with io_uring), where a
-            // fresh heap buffer of a large write would be page-faulted in on every command.
-            // Not cleared: the segments below fill every byte, or the node is cut off and
-            // the buffer never used.
-            let mut buf = self.images[image].driver.buffer_for_overwrite(expected as usize);
-            let mut at = 0usize;
-            for r in cmd.segments.as_slice() {
-                let n = r.len as usize;
-                if let Err(e) = c.data.read(r.offset, &mut buf.as_mut_slice()[at..at + n]) {
-                    return c.kill("bad_region", e.to_string());
-                }
-                at += n;
-            }
-            Some(buf)
-        } else if let Some(view) = self.borrowable(i, image, &cmd) {
-            // A READ lands in the node's region directly.
-            return self.submit(i, lun, cmd, Data::In(view), Vec::new());
+        let source = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
+            Source::Out(c.data.clone())
+        } else if cmd.flags & proto::FLAG_DATA_IN != 0 {
+            Source::In(c.data.clone())
         } else {
-            None
+            Source::None
         };
-        self.submit(i, lun, cmd, data_out.map_or(Data::None, Data::Out), Vec::new());
+        self.submit(i, lun, cmd, source, Vec::new());
     }
 
-    /// The node's region of a plain READ or WRITE as a buffer of its own, with no copy,
-    /// when the engine only hands buffers to the kernel: the data goes straight between the
-    /// image and the node's data area. The node may touch the bytes while the command is in
-    /// flight, which is its own affair (the data is its own, and the gateway never reads
-    /// it). Parameter lists, compared data and everything else are still copied.
-    fn borrowable(&self, i: usize, image: usize, cmd: &Cmd) -> Option<AlignedBuf> {
-        use scsi::opcodes::op;
-        let c = &self.conns[i];
-        let opcode = *cmd.cdb().first()?;
-        let plain = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
-            matches!(opcode, op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)
-        } else {
-            cmd.flags & proto::FLAG_DATA_IN != 0
-                && matches!(opcode, op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16)
-        };
-        let [r] = cmd.segments.as_slice() else { return None };
-        if !plain || !self.images[image].driver.takes_borrowed() || r.offset % crate::engine::buf::ALIGN as u64 != 0 {
-            return None;
-        }
-        let ptr = std::ptr::NonNull::new(c.data.raw(r.offset, u64::from(r.len)).ok()?)?;
-        let owner: Arc<dyn std::any::Any + Send + Sync> = c.data.clone();
-        // SAFETY: `raw` checked that [offset, offset+len) lies inside the mapping, which
-        // `owner` keeps mapped for the buffer's life; the buffer goes only to an engine that
-        // passes its pointer to the kernel and never forms a reference to it.
-        Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
-    }
-
-    fn submit(&mut self, i: usize, lun: MappedLun, cmd: Cmd, data: Data, staged: Vec<Region>) {
-        let image = lun.image;
+    fn submit(&mut self, i: usize, lun: MappedLun, cmd: Cmd, source: Source, staged: Vec<Region>) {
         let c = &mut self.conns[i];
-        let tag = (c.id << 32) | u64::from(cmd.seq);
-        let expected = cmd.segments.total();
-        let is_out = matches!(data, Data::Out(_));
         let started_ns = metrics::now_ns();
         lun.stats.started(started_ns);
+        let data_out = matches!(source, Source::Out(_) | Source::Staged { .. });
         c.pending.insert(
             cmd.seq,
             Pending::Backend {
-                segments: cmd.segments,
-                expected,
+                expected: cmd.segments.total(),
                 staged,
-                data_out: is_out,
+                data_out,
                 opcode: cmd.cdb()[0],
                 started_ns,
                 stats: lun.stats,
             },
         );
-        self.in_backend[image] += 1;
-        let c = &self.conns[i];
-        let nexus = Nexus { id: c.id, luns: c.luns_of_target(cmd.target) };
-        let driver = &mut self.images[image].driver;
-        match data {
-            Data::None => driver.submit_buf(tag, &nexus, cmd.cdb(), None),
-            Data::Out(buf) => driver.submit_buf(tag, &nexus, cmd.cdb(), Some(buf)),
-            Data::In(view) => driver.submit_into(tag, &nexus, cmd.cdb(), view),
-        }
+        let job = Box::new(Job {
+            tag: (c.id << 32) | u64::from(cmd.seq),
+            image: lun.image,
+            luns: c.luns_of_target(cmd.target).clone(),
+            cmd,
+            source,
+        });
+        self.send_to_owner(job.image, Message::Job(job));
     }
 
     fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
@@ -613,17 +647,8 @@ impl Worker {
     fn submit_staged(&mut self, i: usize, seq: u32) {
         let c = &mut self.conns[i];
         let Some(Pending::Staged { lun, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
-        let total: usize = staged.iter().map(|r| r.len as usize).sum();
-        let mut buf = self.images[lun.image].driver.buffer_for_overwrite(total);
-        let mut at = 0usize;
-        for r in &staged {
-            let n = r.len as usize;
-            if let Err(e) = c.staging.read(r.offset, &mut buf.as_mut_slice()[at..at + n]) {
-                return c.kill("bad_region", e.to_string());
-            }
-            at += n;
-        }
-        self.submit(i, lun, cmd, Data::Out(buf), staged);
+        let source = Source::Staged { mem: c.staging.clone(), regions: staged.clone() };
+        self.submit(i, lun, *cmd, source, staged);
     }
 
     fn on_control(&mut self, i: usize, cmd: Cmd, op: ControlOp) {
@@ -647,7 +672,9 @@ impl Worker {
             },
             ControlOp::LunReset => match c.map.get(&(cmd.target, cmd.lun)) {
                 Some(lun) => {
-                    self.images[lun.image].driver.unit_mut().reset();
+                    // The owner takes it before any later command of this queue pair.
+                    let image = lun.image;
+                    self.send_to_owner(image, Message::Reset { image });
                     control_stat(cmd.seq, control_result::DONE, 0)
                 }
                 None => control_stat(cmd.seq, control_result::NOT_FOUND, 0),
@@ -655,16 +682,18 @@ impl Worker {
             ControlOp::ReportConfig => {
                 let mut entries: Vec<_> = c.map.iter().collect();
                 entries.sort_by_key(|(k, _)| **k);
+                let caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
                 let mut bytes = Vec::with_capacity(entries.len() * REPORT_ENTRY);
                 for (&(t, l), lun) in entries {
-                    let cfg = self.images[lun.image].driver.unit().config();
+                    let (block_size, blocks) = caps.get(lun.image).copied().unwrap_or_default();
                     bytes.extend_from_slice(&t.to_le_bytes());
                     bytes.extend_from_slice(&l.to_le_bytes());
                     bytes.extend_from_slice(&[u8::from(lun.access == Access::Ro), 0, 0, 0]);
-                    bytes.extend_from_slice(&cfg.block_size.to_le_bytes());
-                    bytes.extend_from_slice(&cfg.blocks.to_le_bytes());
+                    bytes.extend_from_slice(&block_size.to_le_bytes());
+                    bytes.extend_from_slice(&blocks.to_le_bytes());
                 }
-                match c.scatter(&cmd.segments, &bytes) {
+                drop(caps);
+                match scatter(&c.data, &cmd.segments, &bytes) {
                     Ok(n) => {
                         let mut s = control_stat(cmd.seq, control_result::DONE, n as u32);
                         s.residual = (bytes.len() - n) as u32;
@@ -674,76 +703,47 @@ impl Worker {
                 }
             }
         };
+        let c = &mut self.conns[i];
         c.out_stat.push_back(reply);
     }
 
-    /// Collects backend completions and turns them into STATs.
-    fn reap(&mut self) -> bool {
-        let mut any = false;
-        for image in 0..self.images.len() {
-            if self.in_backend[image] == 0 {
-                continue;
-            }
-            if let Err(e) = self.images[image].driver.poll(&mut self.finished, false) {
-                tracing::error!(image = %self.images[image].name, error = %e, "backend poll failed");
-            }
-            self.in_backend[image] -= self.finished.len().min(self.in_backend[image]);
-            for f in self.finished.drain(..) {
-                any = true;
-                let (conn_id, seq) = (f.tag >> 32, f.tag as u32);
-                // Completions for connections that are gone are discarded.
-                let Some(c) = self.conns.iter_mut().find(|c| c.id == conn_id) else { continue };
-                let Some(Pending::Backend { segments, expected, staged, data_out, opcode, started_ns, stats }) =
-                    c.pending.remove(&seq)
-                else {
-                    continue;
-                };
-                c.bytes_in_flight -= expected;
-                for s in staged {
-                    c.staging_alloc.free(s);
-                }
-                let transferred = if data_out {
-                    if f.completion.status == Status::Good {
-                        expected as usize
-                    } else {
-                        0
-                    }
-                } else if let Some(n) = f.in_place() {
-                    n
-                } else {
-                    match c.scatter(&segments, f.data()) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            c.kill("bad_region", e);
-                            continue;
-                        }
-                    }
-                };
-                let status = f.completion.status;
-                let transfer = match status {
-                    Status::Good if data_out && writes_data(opcode) => Transfer::Written(expected),
-                    Status::Good if scsi::opcodes::reads_medium(opcode) => Transfer::Read(transferred as u64),
-                    _ => Transfer::None,
-                };
-                stats.finished(opcode, status as u8, transfer, started_ns, metrics::now_ns());
-                c.out_stat.push_back(stat_from(seq, &f.completion, transferred as u32, expected));
-            }
+    /// Turns a finished job into its STAT. Jobs of queue pairs that are gone are dropped.
+    fn complete(&mut self, d: Done) {
+        let (conn_id, seq) = (d.tag >> 32, d.tag as u32);
+        let Some(c) = self.conns.iter_mut().find(|c| c.id == conn_id) else { return };
+        let Some(Pending::Backend { expected, staged, data_out, opcode, started_ns, stats }) = c.pending.remove(&seq)
+        else {
+            return;
+        };
+        c.bytes_in_flight -= expected;
+        for s in staged {
+            c.staging_alloc.free(s);
         }
-        any
+        if let Some(fault) = d.fault {
+            return c.kill("bad_region", fault);
+        }
+        let status = d.completion.status;
+        let transferred = match (data_out, status) {
+            (true, Status::Good) => expected as usize,
+            (true, _) => 0,
+            (false, _) => d.transferred,
+        };
+        let transfer = match status {
+            Status::Good if data_out && writes_data(opcode) => Transfer::Written(expected),
+            Status::Good if scsi::opcodes::reads_medium(opcode) => Transfer::Read(transferred as u64),
+            _ => Transfer::None,
+        };
+        stats.finished(opcode, status as u8, transfer, started_ns, metrics::now_ns());
+        c.out_stat.push_back(stat_from(seq, &d.completion, transferred as u32, expected));
     }
 
-    /// Finishes shutdown: flush every image, close every queue pair.
-    fn finish(mut self) -> Vec<OpenImage> {
-        for (img, _) in self.images.iter_mut().zip(&self.retired).filter(|(_, retired)| !**retired) {
-            if let Err(e) = crate::storage::flush(img) {
-                tracing::error!(image = %img.name, error = %e, "flush at shutdown failed");
-            }
-        }
+    /// Finishes shutdown: flush the images this worker owns, close its queue pairs.
+    fn finish(mut self) -> Vec<(usize, OpenImage)> {
         for c in &mut self.conns {
             flush(c);
         }
         self.conns.clear();
-        self.images
+        self.owned.finish()
     }
 }
 
@@ -753,7 +753,11 @@ fn writes_data(opcode: u8) -> bool {
 }
 
 /// Moves queued messages into a ring while it has room; returns whether any moved.
-fn drain_into<T>(queue: &mut VecDeque<T>, ring: &mut Producer, msg: impl Fn(&T) -> Message) -> Result<u64, RingError> {
+fn drain_into<T>(
+    queue: &mut VecDeque<T>,
+    ring: &mut Producer,
+    msg: impl Fn(&T) -> RingMessage,
+) -> Result<u64, RingError> {
     let mut moved = 0;
     while let Some(m) = queue.front() {
         if !ring.push(&msg(m))? {
@@ -768,8 +772,8 @@ fn drain_into<T>(queue: &mut VecDeque<T>, ring: &mut Producer, msg: impl Fn(&T) 
 /// Moves queued STATs and BUFs into the rings and rings the node's doorbell if it is not
 /// polling. Returns whether anything moved.
 fn flush(c: &mut Conn) -> bool {
-    let stats = drain_into(&mut c.out_stat, &mut c.stat, |s| Message::Stat(*s));
-    let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| Message::Buf(*b));
+    let stats = drain_into(&mut c.out_stat, &mut c.stat, |s| RingMessage::Stat(*s));
+    let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| RingMessage::Buf(*b));
     let moved = match (stats, bufs) {
         (Ok(a), Ok(b)) => {
             c.unanswered -= a;

@@ -1,0 +1,167 @@
+//! How workers talk to each other. Each worker owns a share of the images (image `i`
+//! belongs to worker `i % n`, so its SCSI state and its engine live on one thread) and a
+//! share of the queue pairs. A command for an image another worker owns goes there as a
+//! [`Job`] and comes back as a [`Done`]. Nothing here takes a lock: the queues are
+//! lock-free channels, and a worker is woken through its doorbell only when it has said
+//! that it is going to sleep.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+
+use scsi::Completion;
+
+use crate::ring::proto::{Cmd, Region};
+use crate::ring::shm::{Doorbell, SharedMemory};
+
+/// Where a command's data is, in the memory the node shares with the gateway. The owner of
+/// the image moves it, so a command crosses workers without a copy of its data.
+#[derive(Debug)]
+pub(super) enum Source {
+    /// No data, or data-in the LUN produces itself and that nobody reads.
+    None,
+    /// Data-out in the node's data area, in the command's segments.
+    Out(Arc<SharedMemory>),
+    /// Data-in lands in the command's segments of the node's data area.
+    In(Arc<SharedMemory>),
+    /// Data-out the node put into the staging buffers the gateway gave it.
+    Staged { mem: Arc<SharedMemory>, regions: Vec<Region> },
+}
+
+/// A command for the worker that owns `image`.
+#[derive(Debug)]
+pub(super) struct Job {
+    /// The queue pair's id in the high 32 bits, the node's sequence number in the low.
+    pub tag: u64,
+    pub image: usize,
+    pub cmd: Cmd,
+    /// The LUNs of the command's target that the node sees (REPORT LUNS answers from it).
+    pub luns: Arc<[u16]>,
+    pub source: Source,
+}
+
+/// A finished [`Job`], for the worker that serves its queue pair.
+#[derive(Debug)]
+pub(super) struct Done {
+    pub tag: u64,
+    /// Status and sense (data-in is already in the node's memory).
+    pub completion: Completion,
+    /// Data-in bytes placed in the node's regions.
+    pub transferred: usize,
+    /// The node named memory the data could not be moved to or from: its queue pair is cut.
+    pub fault: Option<String>,
+}
+
+/// A message between workers.
+#[derive(Debug)]
+pub(super) enum Message {
+    Job(Box<Job>),
+    Done(Done),
+    /// LUN RESET for an image the receiver owns.
+    Reset {
+        image: usize,
+    },
+    /// A queue pair that mapped an image the receiver owns has closed: its nexus's unit
+    /// attentions go. It follows the queue pair's last job, as each sender's messages
+    /// arrive in order.
+    Forget {
+        image: usize,
+        nexus: u64,
+    },
+}
+
+/// The workers' shared wiring: one inbox and doorbell each, and flags they publish.
+#[derive(Debug)]
+pub(super) struct Mesh {
+    inboxes: Vec<Sender<Message>>,
+    wakes: Vec<Arc<Doorbell>>,
+    /// Set by a worker just before it sleeps: senders ring its doorbell.
+    sleeping: Vec<AtomicBool>,
+    /// Set by a stopping worker with nothing in flight and nothing of its own outstanding
+    /// elsewhere; all set means no command can appear anywhere again.
+    idle: Vec<AtomicBool>,
+    /// Queue pairs per worker, for placing new ones.
+    loads: Vec<AtomicUsize>,
+}
+
+impl Mesh {
+    /// Wiring for `wakes.len()` workers, and each worker's inbox.
+    pub(super) fn new(wakes: Vec<Arc<Doorbell>>) -> (Arc<Mesh>, Vec<Receiver<Message>>) {
+        let (inboxes, receivers): (Vec<_>, Vec<_>) = wakes.iter().map(|_| mpsc::channel()).unzip();
+        let n = wakes.len();
+        let flags = || (0..n).map(|_| AtomicBool::new(false)).collect();
+        let mesh = Mesh {
+            inboxes,
+            wakes,
+            sleeping: flags(),
+            idle: flags(),
+            loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        };
+        (Arc::new(mesh), receivers)
+    }
+
+    /// How many workers there are.
+    pub(super) fn workers(&self) -> usize {
+        self.wakes.len()
+    }
+
+    /// The worker that owns image `image`.
+    pub(super) fn owner(&self, image: usize) -> usize {
+        image % self.workers()
+    }
+
+    /// The worker that serves the queue pair a tag belongs to.
+    pub(super) fn origin(&self, tag: u64) -> usize {
+        ((tag >> 32) % self.workers() as u64) as usize
+    }
+
+    /// Worker `w`'s doorbell.
+    pub(super) fn wake(&self, w: usize) -> &Arc<Doorbell> {
+        &self.wakes[w]
+    }
+
+    /// Queues `msg` for worker `to` and wakes it if it sleeps. A worker that has exited
+    /// drops the message, which only happens once nothing can be outstanding.
+    pub(super) fn send(&self, to: usize, msg: Message) {
+        if self.inboxes[to].send(msg).is_err() {
+            return;
+        }
+        // Orders the queueing before the look at the flag; `set_sleeping` orders the flag
+        // before the receiver's last look at its inbox, so one of the two sees the other.
+        fence(Ordering::SeqCst);
+        if self.sleeping[to].load(Ordering::SeqCst) {
+            let _ = self.wakes[to].ring();
+        }
+    }
+
+    /// Worker `w` is about to sleep (`true`) or has woken (`false`). A worker that sets it
+    /// must look at its inbox once more before it sleeps: a sender that queued earlier may
+    /// not have seen the flag.
+    pub(super) fn set_sleeping(&self, w: usize, sleeping: bool) {
+        self.sleeping[w].store(sleeping, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Publishes whether stopping worker `w` is idle; true when every worker is.
+    pub(super) fn all_idle(&self, w: usize, idle: bool) -> bool {
+        self.idle[w].store(idle, Ordering::SeqCst);
+        idle && self.idle.iter().all(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Picks the worker for a new queue pair of a node whose first image is `home`: the
+    /// least loaded, counting a worker other than the image's owner as half a queue pair
+    /// busier (so one queue pair stays beside its image and further ones spread out).
+    pub(super) fn place(&self, home: Option<usize>) -> usize {
+        let home = home.map(|i| self.owner(i));
+        let w = (0..self.workers())
+            .min_by_key(|&w| 2 * self.loads[w].load(Ordering::Relaxed) + usize::from(Some(w) != home))
+            .unwrap_or(0);
+        self.loads[w].fetch_add(1, Ordering::Relaxed);
+        w
+    }
+
+    /// Worker `w` closed `n` queue pairs.
+    pub(super) fn closed(&self, w: usize, n: usize) {
+        self.loads[w].fetch_sub(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,259 @@
+//! The images a worker owns: it alone runs their LUN drivers and engines. Commands arrive
+//! as [`Job`]s (from its own queue pairs or from other workers'), and leave as [`Done`]s
+//! once the data-in, if any, is in the node's memory.
+
+use std::io;
+use std::sync::Arc;
+
+use scsi::opcodes::op;
+use scsi::{absent_lun, Completion, DataIn, Nexus};
+
+use super::mesh::{Done, Job, Source};
+use crate::engine::AlignedBuf;
+use crate::lun::Finished;
+use crate::ring::proto::Segments;
+use crate::ring::shm::SharedMemory;
+use crate::storage::OpenImage;
+
+/// Where a running command's data-in goes.
+#[derive(Debug)]
+struct Landing {
+    tag: u64,
+    /// The node's regions, when the engine's buffer must be copied there.
+    copy_to: Option<(Arc<SharedMemory>, Segments)>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Owned {
+    images: Vec<Option<OpenImage>>,
+    in_backend: Vec<usize>,
+    /// Images no map names any more (flushed, kept so indices stay stable).
+    retired: Vec<bool>,
+    /// Running commands by driver tag, with a free list: slots are reused, so the table
+    /// stays as large as the most commands ever in flight.
+    landings: Vec<Option<Landing>>,
+    free: Vec<usize>,
+    finished: Vec<Finished>,
+}
+
+impl Owned {
+    /// Takes `images` as (global index, image).
+    pub(super) fn new(images: Vec<(usize, OpenImage)>) -> Owned {
+        let mut owned = Owned::default();
+        for (i, img) in images {
+            owned.insert(i, img);
+        }
+        owned
+    }
+
+    /// Adds image `index`.
+    pub(super) fn insert(&mut self, index: usize, image: OpenImage) {
+        if self.images.len() <= index {
+            self.images.resize_with(index + 1, || None);
+            self.in_backend.resize(index + 1, 0);
+            self.retired.resize(index + 1, false);
+        }
+        self.images[index] = Some(image);
+    }
+
+    /// Image `index`, when this worker owns it.
+    pub(super) fn get_mut(&mut self, index: usize) -> Option<&mut OpenImage> {
+        self.images.get_mut(index).and_then(Option::as_mut)
+    }
+
+    /// Flushes image `index`; from now on it is only kept.
+    pub(super) fn retire(&mut self, index: usize) -> io::Result<()> {
+        let img = self
+            .images
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no image {index}")))?;
+        self.retired[index] = true;
+        tracing::info!(pan = %img.pan, image = %img.name, "LUN deleted");
+        crate::storage::flush(img)
+    }
+
+    /// Commands with the backends.
+    pub(super) fn busy(&self) -> usize {
+        self.in_backend.iter().sum()
+    }
+
+    /// Starts a job on its image. Jobs that fail before reaching the engine are answered
+    /// at once through `out`.
+    pub(super) fn start(&mut self, job: Box<Job>, out: &mut Vec<Done>) {
+        let Some(img) = self.images.get_mut(job.image).and_then(Option::as_mut) else {
+            // Only a control-plane bug can map a LUN to an image nobody has.
+            tracing::error!(image = job.image, "a command for an image this worker does not own");
+            let completion = absent_lun(job.cmd.cdb(), &[]);
+            out.push(Done { tag: job.tag, completion, transferred: 0, fault: None });
+            return;
+        };
+        let driver = &mut img.driver;
+        let cdb = job.cmd.cdb();
+        let (data_out, data_in, copy_to) = match job.source {
+            Source::None => (None, None, None),
+            Source::Out(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &job.cmd.segments, true) {
+                Some(view) => (Some(view), None, None),
+                None => {
+                    let segments = job.cmd.segments.as_slice();
+                    let mut buf = driver.buffer_for_overwrite(job.cmd.segments.total() as usize);
+                    match gather(&mem, segments.iter().map(|r| (r.offset, r.len)), buf.as_mut_slice()) {
+                        Ok(()) => (Some(buf), None, None),
+                        Err(fault) => return out.push(Done::fault(job.tag, fault)),
+                    }
+                }
+            },
+            Source::In(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &job.cmd.segments, false) {
+                Some(view) => (None, Some(view), None),
+                None => (None, None, Some((mem, job.cmd.segments))),
+            },
+            Source::Staged { mem, regions } => {
+                let total: usize = regions.iter().map(|r| r.len as usize).sum();
+                let mut buf = driver.buffer_for_overwrite(total);
+                match gather(&mem, regions.iter().map(|r| (r.offset, r.len)), buf.as_mut_slice()) {
+                    Ok(()) => (Some(buf), None, None),
+                    Err(fault) => return out.push(Done::fault(job.tag, fault)),
+                }
+            }
+        };
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.landings.push(None);
+                self.landings.len() - 1
+            }
+        };
+        self.landings[slot] = Some(Landing { tag: job.tag, copy_to });
+        self.in_backend[job.image] += 1;
+        let nexus = Nexus { id: job.tag >> 32, luns: &job.luns };
+        match data_in {
+            Some(view) => driver.submit_into(slot as u64, &nexus, cdb, view),
+            None => driver.submit_buf(slot as u64, &nexus, cdb, data_out),
+        }
+    }
+
+    /// LUN RESET.
+    pub(super) fn reset(&mut self, image: usize) {
+        if let Some(img) = self.get_mut(image) {
+            img.driver.unit_mut().reset();
+        }
+    }
+
+    /// Drops the unit attentions of a nexus that is gone.
+    pub(super) fn forget(&mut self, image: usize, nexus: u64) {
+        if let Some(img) = self.get_mut(image) {
+            img.driver.unit_mut().forget(nexus);
+        }
+    }
+
+    /// Collects backend completions into `out`; returns whether there were any.
+    pub(super) fn reap(&mut self, out: &mut Vec<Done>) -> bool {
+        let mut any = false;
+        for (image, slot) in self.images.iter_mut().enumerate() {
+            let Some(img) = slot else { continue };
+            if self.in_backend[image] == 0 {
+                continue;
+            }
+            if let Err(e) = img.driver.poll(&mut self.finished, false) {
+                tracing::error!(image = %img.name, error = %e, "backend poll failed");
+            }
+            self.in_backend[image] -= self.finished.len().min(self.in_backend[image]);
+            for f in self.finished.drain(..) {
+                any = true;
+                let Some(landing) = self.landings.get_mut(f.tag as usize).and_then(Option::take) else {
+                    tracing::error!(tag = f.tag, "a completion for no running command");
+                    continue;
+                };
+                self.free.push(f.tag as usize);
+                let (transferred, fault) = match (f.in_place(), &landing.copy_to) {
+                    (Some(n), _) => (n, None),
+                    (None, Some((mem, segments))) => match scatter(mem, segments, f.data()) {
+                        Ok(n) => (n, None),
+                        Err(fault) => (0, Some(fault)),
+                    },
+                    (None, None) => (0, None),
+                };
+                let mut completion = f.completion;
+                completion.data_in = DataIn::None;
+                out.push(Done { tag: landing.tag, completion, transferred, fault });
+            }
+        }
+        any
+    }
+
+    /// Flushes every image still in use and hands them all back as (index, image).
+    pub(super) fn finish(self) -> Vec<(usize, OpenImage)> {
+        let mut out = Vec::new();
+        for (i, (img, retired)) in self.images.into_iter().zip(self.retired).enumerate() {
+            let Some(mut img) = img else { continue };
+            if !retired {
+                if let Err(e) = crate::storage::flush(&mut img) {
+                    tracing::error!(image = %img.name, error = %e, "flush at shutdown failed");
+                }
+            }
+            out.push((i, img));
+        }
+        out
+    }
+}
+
+impl Done {
+    fn fault(tag: u64, fault: String) -> Done {
+        Done { tag, completion: Completion::good(), transferred: 0, fault: Some(fault) }
+    }
+}
+
+/// The node's region of a plain READ or WRITE as a buffer of its own, with no copy, when
+/// the engine only hands buffers to the kernel: the data goes straight between the image
+/// and the node's data area. The node may touch the bytes while the command is in flight,
+/// which is its own affair (the data is its own, and the gateway never reads it).
+/// Parameter lists, compared data and everything else are still copied.
+fn borrow(
+    takes_borrowed: bool,
+    cdb: &[u8],
+    mem: &Arc<SharedMemory>,
+    segments: &Segments,
+    out: bool,
+) -> Option<AlignedBuf> {
+    let opcode = *cdb.first()?;
+    let plain = if out {
+        matches!(opcode, op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)
+    } else {
+        matches!(opcode, op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16)
+    };
+    let [r] = segments.as_slice() else { return None };
+    if !plain || !takes_borrowed || r.offset % crate::engine::buf::ALIGN as u64 != 0 {
+        return None;
+    }
+    let ptr = std::ptr::NonNull::new(mem.raw(r.offset, u64::from(r.len)).ok()?)?;
+    let owner: Arc<dyn std::any::Any + Send + Sync> = mem.clone();
+    // SAFETY: `raw` checked that [offset, offset+len) lies inside the mapping, which
+    // `owner` keeps mapped for the buffer's life; the buffer goes only to an engine that
+    // passes its pointer to the kernel and never forms a reference to it.
+    Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
+}
+
+/// Copies the regions `(offset, len)` of `mem`, in order, into `buf`.
+fn gather(mem: &SharedMemory, regions: impl Iterator<Item = (u64, u32)>, buf: &mut [u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    for (offset, len) in regions {
+        let n = len as usize;
+        mem.read(offset, &mut buf[at..at + n]).map_err(|e| e.to_string())?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Copies `bytes` into the node's regions; returns how many fit.
+pub(super) fn scatter(mem: &SharedMemory, segments: &Segments, bytes: &[u8]) -> Result<usize, String> {
+    let mut at = 0usize;
+    for r in segments.as_slice() {
+        if at >= bytes.len() {
+            break;
+        }
+        let n = (r.len as usize).min(bytes.len() - at);
+        mem.write(r.offset, &bytes[at..at + n]).map_err(|e| e.to_string())?;
+        at += n;
+    }
+    Ok(at)
+}
