@@ -391,7 +391,10 @@ impl Initiator {
                 return Ok(());
             }
             if now - start < self.spin {
-                std::hint::spin_loop();
+                if spins.is_multiple_of(1024) {
+                    // Let the gateway's worker run first if it shares this core.
+                    std::thread::yield_now();
+                }
                 continue;
             }
             // Say we will sleep, check once more, then wait on the doorbell.

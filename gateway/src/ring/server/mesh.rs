@@ -149,12 +149,16 @@ impl Mesh {
     }
 
     /// Picks the worker for a new queue pair of a node whose first image is `home`: the
-    /// least loaded, counting a worker other than the image's owner as half a queue pair
-    /// busier (so one queue pair stays beside its image and further ones spread out).
+    /// image's owner, unless another worker has at least two queue pairs fewer. A queue
+    /// pair beside its image never crosses workers, which matters most when nodes and
+    /// workers share cores; spreading matters once a worker is clearly busier.
     pub(super) fn place(&self, home: Option<usize>) -> usize {
         let home = home.map(|i| self.owner(i));
         let w = (0..self.workers())
-            .min_by_key(|&w| 2 * self.loads[w].load(Ordering::Relaxed) + usize::from(Some(w) != home))
+            .min_by_key(|&w| {
+                let away = Some(w) != home;
+                (self.loads[w].load(Ordering::Relaxed) + usize::from(away), away)
+            })
             .unwrap_or(0);
         self.loads[w].fetch_add(1, Ordering::Relaxed);
         w

@@ -248,10 +248,12 @@ impl Worker {
     /// Serves until the server stops and every worker is idle; returns the images it owns
     /// as (global index, image), flushed.
     pub(super) fn run(mut self) -> Vec<(usize, OpenImage)> {
-        let mut last_activity = Instant::now();
+        // A worker that has seen nothing yet sleeps at once rather than spinning: with a
+        // long spin window, idle workers would take cores from busy ones.
+        let mut last_activity = Instant::now().checked_sub(self.spin).unwrap_or_else(Instant::now);
         // Rounds without progress; the clock is read only every few of them, as reading it
         // costs more than a look at the rings.
-        let mut idle_rounds = 0u32;
+        let mut idle_rounds = 1u32;
         let mut loops = 0u64;
         loop {
             loops += 1;
@@ -305,8 +307,17 @@ impl Worker {
                 last_activity = Instant::now();
             }
             idle_rounds = idle_rounds.wrapping_add(1);
-            if !idle_rounds.is_multiple_of(32) || last_activity.elapsed() < self.spin {
+            if !idle_rounds.is_multiple_of(32) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if last_activity.elapsed() < self.spin {
+                if idle_rounds.is_multiple_of(1024) {
+                    // Still polling, but a node or another worker on this core may run
+                    // first: without it, a worker waiting on another that shares its core
+                    // would spin out its whole time slice.
+                    std::thread::yield_now();
+                }
                 continue;
             }
             if busy > 0 {
