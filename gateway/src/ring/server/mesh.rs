@@ -169,3 +169,54 @@ impl Mesh {
         self.loads[w].fetch_sub(n, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(n: usize) -> (Arc<Mesh>, Vec<Receiver<Message>>) {
+        Mesh::new((0..n).map(|_| Arc::new(Doorbell::new().unwrap())).collect())
+    }
+
+    #[test]
+    fn images_and_queue_pairs_are_owned_round_robin() {
+        let (m, _inboxes) = mesh(3);
+        assert_eq!((0..7).map(|i| m.owner(i)).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
+        // Queue pair ids are index + n * k.
+        assert_eq!(m.origin((7 << 32) | 99), 1);
+        assert_eq!(m.origin(3 << 32), 0);
+    }
+
+    #[test]
+    fn a_queue_pair_stays_beside_its_image_until_another_worker_has_two_fewer() {
+        let (m, _inboxes) = mesh(3);
+        // Image 1 belongs to worker 1.
+        let placed: Vec<usize> = (0..5).map(|_| m.place(Some(1))).collect();
+        assert_eq!(placed, [1, 1, 0, 2, 1]);
+        m.closed(1, 3);
+        assert_eq!(m.place(Some(1)), 1, "back home once its worker is no busier");
+        // A node without LUNs goes to the least loaded worker (loads are now 1, 1, 1).
+        assert_eq!(m.place(None), 0);
+    }
+
+    #[test]
+    fn a_sleeping_worker_is_rung_and_an_awake_one_is_not() {
+        let (m, inboxes) = mesh(2);
+        m.send(1, Message::Reset { image: 1 });
+        assert!(!m.wake(1).wait(std::time::Duration::ZERO).unwrap(), "an awake worker is not rung");
+        m.set_sleeping(1, true);
+        m.send(1, Message::Reset { image: 3 });
+        assert!(m.wake(1).wait(std::time::Duration::ZERO).unwrap(), "a sleeping worker is rung");
+        let got: Vec<_> = inboxes[1].try_iter().collect();
+        assert!(matches!(got[..], [Message::Reset { image: 1 }, Message::Reset { image: 3 }]), "{got:?}");
+    }
+
+    #[test]
+    fn workers_stop_only_when_all_are_idle() {
+        let (m, _inboxes) = mesh(2);
+        assert!(!m.all_idle(0, true));
+        assert!(!m.all_idle(1, false));
+        assert!(m.all_idle(1, true));
+        assert!(m.all_idle(0, true));
+    }
+}

@@ -80,7 +80,7 @@ impl Owned {
 
     /// Starts a job on its image. Jobs that fail before reaching the engine are answered
     /// at once through `out`.
-    pub(super) fn start(&mut self, job: Box<Job>, out: &mut Vec<Done>) {
+    pub(super) fn start(&mut self, job: Job, out: &mut Vec<Done>) {
         let Some(img) = self.images.get_mut(job.image).and_then(Option::as_mut) else {
             // Only a control-plane bug can map a LUN to an image nobody has.
             tracing::error!(image = job.image, "a command for an image this worker does not own");

@@ -365,7 +365,7 @@ impl Worker {
     /// Acts on a message from another worker, or on one this worker sent itself.
     fn handle(&mut self, m: Message) {
         match m {
-            Message::Job(job) => self.owned.start(job, &mut self.done),
+            Message::Job(job) => self.owned.start(*job, &mut self.done),
             Message::Done(done) => {
                 self.sent -= 1;
                 self.complete(done);
@@ -626,14 +626,19 @@ impl Worker {
                 stats: lun.stats,
             },
         );
-        let job = Box::new(Job {
+        let job = Job {
             tag: (c.id << 32) | u64::from(cmd.seq),
             image: lun.image,
             luns: c.luns_of_target(cmd.target).clone(),
             cmd,
             source,
-        });
-        self.send_to_owner(job.image, Message::Job(job));
+        };
+        // A job for this worker's own image is started here and now, without a box.
+        if self.mesh.owner(job.image) == self.index {
+            self.owned.start(job, &mut self.done);
+        } else {
+            self.send_to_owner(job.image, Message::Job(Box::new(job)));
+        }
     }
 
     fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
