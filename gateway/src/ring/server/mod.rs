@@ -289,9 +289,10 @@ impl Server {
                 stop: stop.clone(),
             };
             let opts = opts.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("pangate-worker-{index}"))
-                .spawn(move || Worker::new(setup, &opts).run());
+            let spawned = std::thread::Builder::new().name(format!("pangate-worker-{index}")).spawn(move || {
+                let _guard = AbortOnPanic;
+                Worker::new(setup, &opts).run()
+            });
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
@@ -473,6 +474,20 @@ fn handshake_with(
         to_node,
         slots,
     })
+}
+
+/// Ends the process when a worker panics. The other workers would otherwise wait for
+/// answers to the jobs it held and never stop, and its queue pairs would hang; exiting
+/// loses only what was not acknowledged, and nodes reconnect to a restarted gateway.
+struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("a ring worker panicked: stopping the gateway");
+            std::process::abort();
+        }
+    }
 }
 
 /// Compares two secrets in time that depends only on their lengths.
