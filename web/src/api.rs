@@ -58,6 +58,14 @@ pub(crate) fn find_lun(o: &Overview, pan: &str, lun: &str) -> Result<LunView, Pr
         .ok_or_else(|| Problem::not_found(format!("no LUN {lun:?} in PAN {pan:?}")))
 }
 
+pub(crate) fn find_lan(o: &Overview, pan: &str, lan: &str) -> Result<LanView, Problem> {
+    find_pan(o, pan)?
+        .lans
+        .into_iter()
+        .find(|l| l.name == lan)
+        .ok_or_else(|| Problem::not_found(format!("no LAN {lan:?} in PAN {pan:?}")))
+}
+
 fn created<T: serde::Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
@@ -220,8 +228,7 @@ async fn create_lan(
 ) -> Result<Response, Problem> {
     let name = b.name.clone();
     s.apply(Change::CreateLan { pan: pan.clone(), lan: b }).await?;
-    let lan = find_pan(&s.overview().await, &pan)?.lans.into_iter().find(|l| l.name == name);
-    Ok(created(lan.ok_or_else(|| Problem::not_found(format!("LAN {name:?} vanished")))?))
+    Ok(created(find_lan(&s.overview().await, &pan, &name)?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/pans/{pan}/lans/{lan}", tag = "lans",
@@ -247,8 +254,7 @@ async fn move_ip(
     Body(b): Body<MoveIp>,
 ) -> Result<Json<LanView>, Problem> {
     s.apply(Change::MoveIp { pan: pan.clone(), lan: lan.clone(), to: b }).await?;
-    let view = find_pan(&s.overview().await, &pan)?.lans.into_iter().find(|l| l.name == lan);
-    Ok(Json(view.ok_or_else(|| Problem::not_found(format!("LAN {lan:?} vanished")))?))
+    Ok(Json(find_lan(&s.overview().await, &pan, &lan)?))
 }
 
 struct TokenScheme;

@@ -63,14 +63,12 @@ impl Owned {
 
     /// Flushes image `index`; from now on it is only kept.
     pub(super) fn retire(&mut self, index: usize) -> io::Result<()> {
-        let img = self
-            .images
-            .get_mut(index)
-            .and_then(Option::as_mut)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no image {index}")))?;
-        self.retired[index] = true;
+        let img =
+            self.get_mut(index).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no image {index}")))?;
         tracing::info!(pan = %img.pan, image = %img.name, "LUN deleted");
-        crate::storage::flush(img)
+        let flushed = crate::storage::flush(img);
+        self.retired[index] = true;
+        flushed
     }
 
     /// Commands with the backends.

@@ -381,8 +381,19 @@ impl Worker {
         if owner == self.index {
             self.handle(m);
         } else {
-            self.sent += usize::from(matches!(m, Message::Job(_)));
             self.mesh.send(owner, m);
+        }
+    }
+
+    /// Starts a job on its image: here and now when this worker owns it, otherwise on the
+    /// owner, counted until its answer comes back.
+    fn start_job(&mut self, job: Job) {
+        let owner = self.mesh.owner(job.image);
+        if owner == self.index {
+            self.owned.start(job, &mut self.done);
+        } else {
+            self.sent += 1;
+            self.mesh.send(owner, Message::Job(Box::new(job)));
         }
     }
 
@@ -633,12 +644,7 @@ impl Worker {
             cmd,
             source,
         };
-        // A job for this worker's own image is started here and now, without a box.
-        if self.mesh.owner(job.image) == self.index {
-            self.owned.start(job, &mut self.done);
-        } else {
-            self.send_to_owner(job.image, Message::Job(Box::new(job)));
-        }
+        self.start_job(job);
     }
 
     fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
