@@ -147,6 +147,10 @@ pub struct Initiator {
     pub doorbells: u64,
     /// How long `poll` spins on the rings before sleeping on the doorbell.
     spin: Duration,
+    /// Whether the STAT and BUF rings say we poll them, so the gateway need not ring. True
+    /// whenever we are sure to look at the rings before sleeping; cleared by every path
+    /// that sleeps.
+    announced: bool,
 }
 
 impl Initiator {
@@ -204,6 +208,7 @@ impl Initiator {
             outstanding: 0,
             doorbells: 0,
             spin: Duration::ZERO,
+            announced: false,
         })
     }
 
@@ -370,6 +375,10 @@ impl Initiator {
         let start = Instant::now();
         let deadline = start + wait;
         let mut spins = 0u32;
+        if !self.spin.is_zero() && !self.announced {
+            // Polling mode: until we sleep, STATs and BUFs need no doorbell (a syscall each).
+            self.announce(true);
+        }
         loop {
             let before = out.len();
             let moved = self.drain(out)?;
@@ -398,8 +407,7 @@ impl Initiator {
                 continue;
             }
             // Say we will sleep, check once more, then wait on the doorbell.
-            self.stat.set_polling(false);
-            self.buf.set_polling(false);
+            self.announce(false);
             let pending = self.stat.pending()? + self.buf.pending()?;
             if pending == 0 {
                 self.check_connected()?;
@@ -407,9 +415,14 @@ impl Initiator {
                 self.to_node.wait(left)?;
                 self.to_node.drain()?;
             }
-            self.stat.set_polling(true);
-            self.buf.set_polling(true);
+            self.announce(true);
         }
+    }
+
+    fn announce(&mut self, polling: bool) {
+        self.stat.set_polling(polling);
+        self.buf.set_polling(polling);
+        self.announced = polling;
     }
 
     fn drain(&mut self, out: &mut Vec<Response>) -> Result<bool, InitiatorError> {
@@ -472,8 +485,7 @@ impl Initiator {
     /// Callers that wait on [`Initiator::wait_fds`] themselves use this to close the race
     /// between their last drain and the gateway's decision not to ring.
     pub fn arm_doorbell(&mut self) -> Result<bool, InitiatorError> {
-        self.stat.set_polling(false);
-        self.buf.set_polling(false);
+        self.announce(false);
         Ok(self.stat.pending()? + self.buf.pending()? > 0)
     }
 

@@ -1,8 +1,9 @@
 //! The CMD / STAT / BUF / TRAN message codec (sans-IO): fixed-size slots in, validated
 //! values out, and back.
 //!
-//! Every message is one [`SLOT_SIZE`]-byte slot, little-endian, starting with a 16-byte
-//! header:
+//! Every message lies in one [`SLOT_SIZE`]-byte slot, little-endian, starting with a 16-byte
+//! header (below). Only its first `len` bytes are written and read: a completion without sense is
+//! half a cache line, not a whole slot, to carry from one core to the other.
 //!
 //! ```text
 //! 0      kind          1 CMD, 2 STAT, 3 BUF, 4 TRAN
@@ -17,7 +18,8 @@
 //! segment count u16 @22, control argument u32 @24, reserved u32 @28, CDB [u8; 32] @32, then
 //! segments of 16 bytes (offset u64, len u32, reserved u32) @64: regions of the node's data
 //! area. STAT (gateway → node): status u8 @16, sense_len u8 @17, control result u16 @18,
-//! residual u32 @20, transferred u32 @24, reserved u32 @28, sense [u8; 96] @32. BUF (gateway
+//! residual u32 @20, transferred u32 @24, reserved u32 @28, sense [u8; sense_len] @32
+//! (at most 96), so `len` is 32 + sense_len. BUF (gateway
 //! → node): index u16 @16, segment count u16 @18, reserved u32 @20, segments @24: regions
 //! of the gateway's staging area. TRAN (node → gateway): index u16 @16, reserved @18..24.
 //!
@@ -27,7 +29,7 @@
 use thiserror::Error;
 
 /// Protocol version spoken by this build.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes per ring slot; every message fits in one.
 pub const SLOT_SIZE: usize = 512;
 /// Longest CDB a CMD carries.
@@ -422,16 +424,17 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
             }))
         }
         2 => {
-            check_len(len, 32 + MAX_SENSE)?;
             if flags & !FLAG_CONTROL != 0 {
                 return Err(ProtoError::BadFlags(flags));
             }
-            if usize::from(b[17]) > MAX_SENSE {
+            let n = usize::from(b[17]);
+            if n > MAX_SENSE {
                 return Err(ProtoError::SenseLength(b[17]));
             }
+            check_len(len, 32 + n)?;
             zero(b, 28..32)?;
             let mut sense = [0u8; MAX_SENSE];
-            sense.copy_from_slice(&b[32..32 + MAX_SENSE]);
+            sense[..n].copy_from_slice(&b[32..32 + n]);
             Ok(Message::Stat(Stat {
                 seq,
                 flags,
@@ -469,7 +472,7 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
 }
 
 fn header(b: &mut [u8; SLOT_SIZE], kind: Kind, flags: u8, seq: u32, len: usize) {
-    b.fill(0);
+    b[..len].fill(0);
     b[0] = kind as u8;
     b[1] = flags;
     b[4..8].copy_from_slice(&seq.to_le_bytes());
@@ -485,12 +488,13 @@ fn emit_segments(b: &mut [u8; SLOT_SIZE], at: usize, regions: &[Region]) {
 }
 
 impl Message {
-    /// Writes the message into a slot (the whole slot, so no stale bytes remain).
+    /// Writes the message into the first [`Message::wire_len`] bytes of a slot (reserved bytes
+    /// zeroed); the bytes after it are left as they were and mean nothing.
     pub fn emit(&self, b: &mut [u8; SLOT_SIZE]) {
         match self {
             Message::Cmd(c) => {
                 let segs = c.segments.as_slice();
-                header(b, Kind::Cmd, c.flags, c.seq, 64 + 16 * segs.len());
+                header(b, Kind::Cmd, c.flags, c.seq, self.wire_len());
                 b[16..18].copy_from_slice(&c.target.to_le_bytes());
                 b[18..20].copy_from_slice(&c.lun.to_le_bytes());
                 b[20] = c.cdb_len;
@@ -501,25 +505,36 @@ impl Message {
                 emit_segments(b, 64, segs);
             }
             Message::Stat(s) => {
-                header(b, Kind::Stat, s.flags, s.seq, 32 + MAX_SENSE);
+                let n = usize::from(s.sense_len).min(MAX_SENSE);
+                header(b, Kind::Stat, s.flags, s.seq, self.wire_len());
                 b[16] = s.status;
                 b[17] = s.sense_len;
                 b[18..20].copy_from_slice(&s.control_result.to_le_bytes());
                 b[20..24].copy_from_slice(&s.residual.to_le_bytes());
                 b[24..28].copy_from_slice(&s.transferred.to_le_bytes());
-                b[32..32 + MAX_SENSE].copy_from_slice(&s.sense);
+                b[32..32 + n].copy_from_slice(&s.sense[..n]);
             }
             Message::Buf(m) => {
                 let segs = m.segments.as_slice();
-                header(b, Kind::Buf, 0, m.seq, 24 + 16 * segs.len());
+                header(b, Kind::Buf, 0, m.seq, self.wire_len());
                 b[16..18].copy_from_slice(&m.index.to_le_bytes());
                 b[18..20].copy_from_slice(&(segs.len() as u16).to_le_bytes());
                 emit_segments(b, 24, segs);
             }
             Message::Tran(t) => {
-                header(b, Kind::Tran, 0, t.seq, 24);
+                header(b, Kind::Tran, 0, t.seq, self.wire_len());
                 b[16..18].copy_from_slice(&t.index.to_le_bytes());
             }
+        }
+    }
+
+    /// Bytes of the slot the message occupies, header included: its `len` field.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Message::Cmd(c) => 64 + 16 * c.segments.as_slice().len(),
+            Message::Stat(s) => 32 + usize::from(s.sense_len).min(MAX_SENSE),
+            Message::Buf(m) => 24 + 16 * m.segments.as_slice().len(),
+            Message::Tran(_) => 24,
         }
     }
 

@@ -36,6 +36,8 @@ const CONS_FLAGS: usize = 128;
 /// Consumer flag: polling, so the producer need not ring the doorbell.
 const POLLING: u32 = 1;
 const SLOTS_BASE: usize = 4096;
+/// Bytes of a slot read before its length is known: one cache line.
+const HEAD: usize = 64;
 
 /// Least and most slots per ring a queue pair may negotiate.
 pub const MIN_SLOTS: u32 = 256;
@@ -124,13 +126,15 @@ pub struct Producer {
     slots: u32,
     prod: u32,
     cons_seen: u32,
+    /// Where messages are built before they are copied into their slot.
+    scratch: Box<[u8; SLOT_SIZE]>,
 }
 
 impl Producer {
     /// The producer of `ring` in a region laid out for `slots` (a power of two).
     pub fn new(shm: Arc<SharedMemory>, ring: RingId, slots: u32) -> Producer {
         debug_assert!(slots.is_power_of_two() && shm.len() >= region_size(slots));
-        Producer { shm, ring, slots, prod: 0, cons_seen: 0 }
+        Producer { shm, ring, slots, prod: 0, cons_seen: 0, scratch: Box::new([0; SLOT_SIZE]) }
     }
 
     fn free(&mut self) -> Result<u32, RingError> {
@@ -148,12 +152,13 @@ impl Producer {
 
     /// Puts a message in the next slot; `Ok(false)` when the ring is full.
     pub fn push(&mut self, msg: &Message) -> Result<bool, RingError> {
-        if self.free()? == 0 {
+        // The consumer's cursor lives on a line it writes: read it only when the last value
+        // seen leaves no room.
+        if self.prod.wrapping_sub(self.cons_seen) >= self.slots && self.free()? == 0 {
             return Ok(false);
         }
-        let mut slot = [0u8; SLOT_SIZE];
-        msg.emit(&mut slot);
-        self.shm.write(slot_offset(self.ring, self.slots, self.prod), &slot)?;
+        msg.emit(&mut self.scratch);
+        self.shm.write(slot_offset(self.ring, self.slots, self.prod), &self.scratch[..msg.wire_len()])?;
         self.prod = self.prod.wrapping_add(1);
         self.shm.store_release(base(self.ring) + PROD, self.prod)?;
         Ok(true)
@@ -164,6 +169,12 @@ impl Producer {
     pub fn consumer_polling(&self) -> bool {
         fence(Ordering::SeqCst);
         self.shm.load_acquire(base(self.ring) + CONS_FLAGS).is_ok_and(|f| f & POLLING != 0)
+    }
+
+    /// Messages pushed and perhaps not yet consumed, from the consumer cursor last seen:
+    /// an upper bound that costs no read of the consumer's line.
+    pub fn unconsumed_upper(&self) -> u32 {
+        self.prod.wrapping_sub(self.cons_seen)
     }
 
     /// Slots that can be filled now.
@@ -180,13 +191,15 @@ pub struct Consumer {
     slots: u32,
     cons: u32,
     prod_seen: u32,
+    /// The copy of the slot being parsed.
+    scratch: Box<[u8; SLOT_SIZE]>,
 }
 
 impl Consumer {
     /// The consumer of `ring` in a region laid out for `slots` (a power of two).
     pub fn new(shm: Arc<SharedMemory>, ring: RingId, slots: u32) -> Consumer {
         debug_assert!(slots.is_power_of_two() && shm.len() >= region_size(slots));
-        Consumer { shm, ring, slots, cons: 0, prod_seen: 0 }
+        Consumer { shm, ring, slots, cons: 0, prod_seen: 0, scratch: Box::new([0; SLOT_SIZE]) }
     }
 
     /// Messages waiting.
@@ -206,14 +219,25 @@ impl Consumer {
     /// Takes the next message, copying the slot out once and parsing the copy; regions are
     /// checked against `area` bytes.
     pub fn pop(&mut self, area: u64) -> Result<Option<Message>, RingError> {
-        if self.pending()? == 0 {
+        // The producer's cursor lives on a line it writes: read it only when the messages
+        // already seen are used up.
+        if self.cons == self.prod_seen && self.pending()? == 0 {
             return Ok(None);
         }
-        let mut slot = [0u8; SLOT_SIZE];
-        self.shm.read(slot_offset(self.ring, self.slots, self.cons), &mut slot)?;
+        // Copy the first cache line (the header and, for most messages, all of it), then
+        // the rest of what that copy's length claims; parsing sees only the copy. Bytes
+        // past the length are stale, and parsing never looks at them.
+        let slot = &mut *self.scratch;
+        let at = slot_offset(self.ring, self.slots, self.cons);
+        self.shm.read(at, &mut slot[..HEAD])?;
+        let len = u32::from_le_bytes([slot[8], slot[9], slot[10], slot[11]]) as usize;
+        if len > HEAD {
+            let end = len.min(SLOT_SIZE);
+            self.shm.read(at + HEAD as u64, &mut slot[HEAD..end])?;
+        }
         self.cons = self.cons.wrapping_add(1);
         self.shm.store_release(base(self.ring) + CONS, self.cons)?;
-        let msg = proto::parse(&slot, area).map_err(|err| RingError::Malformed { ring: self.ring, err })?;
+        let msg = proto::parse(slot, area).map_err(|err| RingError::Malformed { ring: self.ring, err })?;
         let expected = match self.ring {
             RingId::Cmd => proto::Kind::Cmd,
             RingId::Stat => proto::Kind::Stat,
@@ -278,10 +302,20 @@ mod tests {
         let (_, mut c2, shm2) = pair(RingId::Tran, 256);
         shm2.store_release(base(RingId::Tran) + PROD, 1000).unwrap();
         assert!(matches!(c2.pending(), Err(RingError::Backwards { .. }) | Err(RingError::Beyond { .. })));
-        // The consumer (peer) claims to have consumed more than was produced.
+        // The consumer (peer) claims to have consumed more than was produced: seen as soon
+        // as its cursor is read, by `room`, or by `push` once the ring looks full.
         let (mut p3, _, shm3) = pair(RingId::Stat, 256);
         shm3.store_release(base(RingId::Stat) + CONS, 5).unwrap();
-        assert!(matches!(p3.push(&Message::Stat(Stat::new(1, 0, &[], 0, 0))), Err(RingError::Beyond { .. })));
+        assert!(matches!(p3.room(), Err(RingError::Beyond { .. })));
+        let (mut p4, _, shm4) = pair(RingId::Stat, 256);
+        for seq in 0..256 {
+            assert!(p4.push(&Message::Stat(Stat::new(seq, 0, &[], 0, 0))).unwrap());
+        }
+        shm4.store_release(base(RingId::Stat) + CONS, 300).unwrap();
+        assert!(matches!(
+            p4.push(&Message::Stat(Stat::new(256, 0, &[], 0, 0))),
+            Err(RingError::Backwards { .. }) | Err(RingError::Beyond { .. })
+        ));
     }
 
     #[test]
@@ -291,6 +325,26 @@ mod tests {
         assert!(matches!(c.pop(0), Err(RingError::WrongKind(RingId::Tran))));
         shm.write(slot_offset(RingId::Tran, 256, 1), &[0xFF; SLOT_SIZE]).unwrap();
         shm.store_release(base(RingId::Tran) + PROD, 2).unwrap();
+        assert!(matches!(c.pop(0), Err(RingError::Malformed { .. })));
+    }
+
+    #[test]
+    fn only_the_message_travels_and_stale_bytes_after_it_are_ignored() {
+        let (mut p, mut c, shm) = pair(RingId::Stat, 256);
+        let at = slot_offset(RingId::Stat, 256, 0);
+        shm.write(at, &[0xEE; SLOT_SIZE]).unwrap();
+        let sense = [0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0];
+        let stat = Stat::new(7, 2, &sense, 0, 512);
+        p.push(&Message::Stat(stat)).unwrap();
+        let mut slot = [0u8; SLOT_SIZE];
+        shm.read(at, &mut slot).unwrap();
+        assert_eq!(u32::from_le_bytes(slot[8..12].try_into().unwrap()) as usize, 32 + sense.len());
+        assert!(slot[32 + sense.len()..].iter().all(|&b| b == 0xEE), "bytes after the message are not written");
+        assert_eq!(c.pop(0).unwrap(), Some(Message::Stat(stat)));
+        // A length past the slot is refused, whatever follows it.
+        shm.write(at, &[0xEE; SLOT_SIZE]).unwrap();
+        p.push(&Message::Stat(Stat::new(8, 0, &[], 0, 0))).unwrap();
+        shm.write(slot_offset(RingId::Stat, 256, 1) + 8, &4096u32.to_le_bytes()).unwrap();
         assert!(matches!(c.pop(0), Err(RingError::Malformed { .. })));
     }
 

@@ -219,6 +219,8 @@ pub(super) struct Worker {
     /// Whether the rings have had their last look after the stop.
     last_pass: bool,
     done: Vec<Done>,
+    /// When the CMDs of the batch being taken were seen (read once per batch).
+    batch_ns: Option<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -241,6 +243,7 @@ impl Worker {
             sent: 0,
             last_pass: false,
             done: Vec::new(),
+            batch_ns: None,
             metrics: opts.metrics.clone(),
         }
     }
@@ -368,7 +371,7 @@ impl Worker {
             Message::Job(job) => self.owned.start(*job, &mut self.done),
             Message::Done(done) => {
                 self.sent -= 1;
-                self.complete(done);
+                self.complete(done, metrics::now_ns());
             }
             Message::Reset { image } => self.owned.reset(image),
             Message::Forget { image, nexus } => self.owned.forget(image, nexus),
@@ -400,10 +403,12 @@ impl Worker {
     /// Sends each finished job to the worker that serves its queue pair.
     fn deliver(&mut self) {
         let mut done = std::mem::take(&mut self.done);
+        // One clock reading for the batch: these jobs finished together.
+        let now_ns = if done.is_empty() { 0 } else { metrics::now_ns() };
         for d in done.drain(..) {
             let to = self.mesh.origin(d.tag);
             if to == self.index {
-                self.complete(d);
+                self.complete(d, now_ns);
             } else {
                 self.mesh.send(to, Message::Done(d));
             }
@@ -505,6 +510,7 @@ impl Worker {
     /// Takes up to 64 CMDs, then up to 64 TRANs, from a queue pair.
     fn service(&mut self, i: usize) -> bool {
         let mut progress = false;
+        self.batch_ns = None;
         for ring in [RingId::Cmd, RingId::Tran] {
             for _ in 0..64 {
                 let c = &mut self.conns[i];
@@ -536,11 +542,18 @@ impl Worker {
             let c = &mut self.conns[i];
             // Outstanding: accepted and unanswered, answered but queued, and answered in the
             // STAT ring but not yet consumed by the node.
-            let in_ring = match c.stat.room() {
-                Ok(room) => c.slots - room,
-                Err(e) => return c.kill(e.label(), e.to_string()),
+            let queued = c.pending.len() + c.out_stat.len();
+            // The node's STAT cursor is read only when the last value seen says the limit
+            // is reached: it sits on a line the node writes for every STAT it takes.
+            let in_ring = if queued + c.stat.unconsumed_upper() as usize >= c.slots as usize {
+                match c.stat.room() {
+                    Ok(room) => c.slots - room,
+                    Err(e) => return c.kill(e.label(), e.to_string()),
+                }
+            } else {
+                0
             };
-            if c.pending.len() + c.out_stat.len() + in_ring as usize >= c.slots as usize {
+            if queued + in_ring as usize >= c.slots as usize {
                 return c.kill("queue_overflow", format!("more than {} commands outstanding", c.slots));
             }
             if c.pending.contains_key(&cmd.seq) {
@@ -622,8 +635,9 @@ impl Worker {
     }
 
     fn submit(&mut self, i: usize, lun: MappedLun, cmd: Cmd, source: Source, staged: Vec<Region>) {
+        // One clock reading per batch of CMDs: they sat in the ring together.
+        let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
         let c = &mut self.conns[i];
-        let started_ns = metrics::now_ns();
         lun.stats.started(started_ns);
         let data_out = matches!(source, Source::Out(_) | Source::Staged { .. });
         c.pending.insert(
@@ -730,7 +744,7 @@ impl Worker {
     }
 
     /// Turns a finished job into its STAT. Jobs of queue pairs that are gone are dropped.
-    fn complete(&mut self, d: Done) {
+    fn complete(&mut self, d: Done, now_ns: u64) {
         let (conn_id, seq) = (d.tag >> 32, d.tag as u32);
         let Some(c) = self.conns.iter_mut().find(|c| c.id == conn_id) else { return };
         let Some(Pending::Backend { expected, staged, data_out, opcode, started_ns, stats }) = c.pending.remove(&seq)
@@ -755,7 +769,7 @@ impl Worker {
             Status::Good if scsi::opcodes::reads_medium(opcode) => Transfer::Read(transferred as u64),
             _ => Transfer::None,
         };
-        stats.finished(opcode, status as u8, transfer, started_ns, metrics::now_ns());
+        stats.finished(opcode, status as u8, transfer, started_ns, now_ns);
         c.out_stat.push_back(stat_from(seq, &d.completion, transferred as u32, expected));
     }
 
