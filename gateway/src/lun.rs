@@ -153,6 +153,11 @@ impl LunDriver {
         self.backend.name()
     }
 
+    /// The engine's completion eventfd ([`Backend::completion_fd`]).
+    pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.backend.completion_fd()
+    }
+
     /// Commands submitted and not yet returned by [`LunDriver::poll`].
     pub fn outstanding(&self) -> usize {
         self.running.len() - self.free.len() + self.finished.len()

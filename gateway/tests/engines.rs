@@ -163,6 +163,41 @@ fn non_blocking_reaps_see_completions() {
 }
 
 #[test]
+fn the_completion_eventfd_wakes_a_sleeper_for_every_batch() {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let dir = tempfile::tempdir().unwrap();
+    // Direct reads of allocated blocks go to the device, so they finish after submission.
+    let img = image(&dir, "w.img", true);
+    img.write_at(AlignedBuf::from_slice(&pattern(1 << 20, 3)).as_slice(), 0, true).unwrap();
+    let mut e = UringEngine::new(img, 8).unwrap();
+    let mut done = Vec::new();
+    let mut waits = 0;
+    for round in 0..20u64 {
+        for i in 0..4u64 {
+            let buf = e.buffer(4096);
+            let op = IoOp::Read { offset: ((round * 4 + i) % 256) * 4096, buf, range: 0..4096 };
+            e.submit(IoRequest { tag: i, op }).unwrap();
+        }
+        let before = done.len();
+        e.reap(&mut done, 0).unwrap(); // hands the SQEs to the kernel without waiting
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while done.len() < before + 4 {
+            assert!(std::time::Instant::now() < deadline, "round {round}: completions never arrived");
+            let fd = e.completion_fd().expect("the io_uring engine has a completion eventfd");
+            let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+            let n = poll(&mut fds, Some(&Timespec { tv_sec: 10, tv_nsec: 0 })).unwrap();
+            assert_eq!(n, 1, "round {round}: the eventfd did not signal finished I/O");
+            let _ = rustix::io::read(fd, &mut [0u8; 8]);
+            waits += 1;
+            e.reap(&mut done, 0).unwrap();
+        }
+    }
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    assert!(waits > 0, "every read finished at submission: the eventfd was never needed");
+    assert!(SyncEngine::new(image(&dir, "s.img", false)).completion_fd().is_none(), "nothing to wait for");
+}
+
+#[test]
 fn out_of_range_requests_complete_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut e = UringEngine::new(image(&dir, "r.img", false), 4).unwrap();

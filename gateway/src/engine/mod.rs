@@ -170,6 +170,13 @@ pub trait Backend: fmt::Debug + Send {
     /// Requests submitted and not yet reaped.
     fn in_flight(&self) -> usize;
 
+    /// An eventfd that becomes readable when requests in flight have finished, so a worker
+    /// can sleep on it together with its doorbells. `None` for engines that finish every
+    /// request at submission (nothing to wait for) or cannot signal.
+    fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
     /// Image size in bytes.
     fn size(&self) -> u64;
 

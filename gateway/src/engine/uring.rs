@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, register::Probe, squeue, types, IoUring};
@@ -69,6 +69,8 @@ pub struct UringEngine {
     enabled: bool,
     can_punch: bool,
     can_zero_range: bool,
+    /// Registered with the ring: the kernel signals it as requests finish.
+    done_fd: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -113,7 +115,16 @@ impl UringEngine {
                 None
             }
         };
+        let done_fd =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+                .map_err(io::Error::from)
+                .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
+                )
+                .ok();
         Ok(UringEngine {
+            done_fd,
             ring,
             image,
             slots: (0..depth).map(|_| None).collect(),
@@ -328,6 +339,10 @@ impl Backend for UringEngine {
 
     fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len() + self.ready.len()
+    }
+
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.done_fd.as_ref().map(OwnedFd::as_fd)
     }
 
     fn size(&self) -> u64 {

@@ -76,6 +76,15 @@ impl Owned {
         self.in_backend.iter().sum()
     }
 
+    /// The completion eventfds of the images with commands in their backends, and whether
+    /// every such image has one (if not, its completions can only be polled for).
+    pub(super) fn completion_fds(&self) -> (Vec<std::os::fd::BorrowedFd<'_>>, bool) {
+        let busy = self.images.iter().zip(&self.in_backend).filter(|(_, &n)| n > 0);
+        let fds: Vec<_> = busy.map(|(img, _)| img.as_ref().and_then(|i| i.driver.completion_fd())).collect();
+        let all = fds.iter().all(Option::is_some);
+        (fds.into_iter().flatten().collect(), all)
+    }
+
     /// Starts a job on its image. Jobs that fail before reaching the engine are answered
     /// at once through `out`.
     pub(super) fn start(&mut self, job: Job, out: &mut Vec<Done>) {

@@ -324,8 +324,11 @@ impl Worker {
                 continue;
             }
             if busy > 0 {
-                // I/O is in flight: nap briefly, still watching the doorbells.
-                self.sleep(Duration::from_micros(20));
+                // I/O is in flight: sleep until a backend finishes some (its completion
+                // eventfd), a doorbell rings or another worker answers; engines that
+                // cannot signal are napped on instead.
+                let signalled = self.owned.completion_fds().1;
+                self.sleep(if signalled { Duration::from_millis(100) } else { Duration::from_micros(20) });
             } else if stopping {
                 // Other workers are finishing: look again soon.
                 self.sleep(Duration::from_millis(1));
@@ -489,12 +492,23 @@ impl Worker {
             fds.push(PollFd::new(&c.to_gateway, PollFlags::IN));
             fds.push(PollFd::new(&c.sock, PollFlags::IN | PollFlags::RDHUP));
         }
+        let conn_fds = fds.len();
+        let (engines, _) = self.owned.completion_fds();
+        fds.extend(engines.iter().map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN)));
         let ts = shm::poll_timeout(timeout);
         if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
             return;
         }
         let events: Vec<PollFlags> = fds.iter().map(|f| f.revents()).collect();
         drop(fds);
+        // Drain the engines' eventfds before their completions are reaped: one signalled
+        // after the drain stays readable, so the next sleep cannot miss it.
+        for (fd, ev) in engines.iter().zip(&events[conn_fds..]) {
+            if ev.contains(PollFlags::IN) {
+                let _ = rustix::io::read(fd, &mut [0u8; 8]);
+            }
+        }
+        drop(engines);
         let _ = self.wake.drain();
         for (i, c) in self.conns.iter_mut().enumerate() {
             let _ = c.to_gateway.drain();
