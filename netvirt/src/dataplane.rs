@@ -23,8 +23,6 @@ const BUF_LEN: usize = VNET_HDR_LEN + 4 + 14 + 65_535 + 64;
 const READS_PER_PORT: usize = 4;
 /// Buffers the pool may hold at most (read and write buffers together).
 const MAX_BUFS: usize = 512;
-/// How long the thread watches for completions after activity before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
 
 /// How a member port is reached.
 #[derive(Debug)]
@@ -275,16 +273,10 @@ impl Dataplane {
                     self.idle_rings()?;
                 }
             } else {
-                // Traffic comes in exchanges: an answer usually follows what was just sent
-                // within tens of microseconds. Watching the completion queue that long
-                // spares a sleep and a wakeup per answer (a ping's round trip, a TCP ACK).
-                self.ring.submit()?;
-                if !self.completions_within(SPIN) {
-                    match self.ring.submit_and_wait(1) {
-                        Ok(_) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                        Err(e) => return Err(e),
-                    }
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => return Err(e),
                 }
             }
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -667,25 +659,9 @@ impl Dataplane {
         moved
     }
 
-    /// Whether a completion arrives within `spin`, watching the queue without a syscall.
-    fn completions_within(&mut self, spin: Duration) -> bool {
-        let until = Instant::now() + spin;
-        loop {
-            for _ in 0..64 {
-                if !self.ring.completion().is_empty() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-        }
-    }
-
     /// Spins briefly, then sleeps until a ring doorbell or any completion.
     fn idle_rings(&mut self) -> std::io::Result<()> {
-        let spin_until = Instant::now() + SPIN;
+        let spin_until = Instant::now() + Duration::from_micros(50);
         while Instant::now() < spin_until {
             if self
                 .lans

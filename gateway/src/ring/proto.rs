@@ -1,9 +1,9 @@
 //! The CMD / STAT / BUF / TRAN message codec (sans-IO): fixed-size slots in, validated
 //! values out, and back.
 //!
-//! Every message lies in one [`SLOT_SIZE`]-byte slot, little-endian, starting with a 16-byte
-//! header (below). Only its first `len` bytes are written and read: a completion without sense is
-//! half a cache line, not a whole slot, to carry from one core to the other.
+//! Every message lies in one [`SLOT_SIZE`]-byte slot, little-endian, starting with a
+//! 16-byte header (below). Only its first `len` bytes are written and read: a completion
+//! without sense is half a cache line, not a whole slot, to carry from core to core.
 //!
 //! ```text
 //! 0      kind          1 CMD, 2 STAT, 3 BUF, 4 TRAN
