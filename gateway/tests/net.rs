@@ -324,7 +324,10 @@ fn tcp_udp_and_http_across_the_lan() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let tcp = lab.exec("n1", &["timeout", "30", "iperf3", "-c", "198.18.0.2", "-t", "2", "-J"]);
-    let udp = lab.exec("n1", &["timeout", "30", "iperf3", "-c", "198.18.0.2", "-t", "2", "-u", "-b", "200M", "-J"]);
+    // 50 Mbit/s: enough to show the LAN carries UDP, and low enough that a receiver starved
+    // of CPU by the other tests running beside it on a 2-core machine does not overflow its
+    // socket buffer (at 200 Mbit/s a CI run once lost 6% under that load).
+    let udp = lab.exec("n1", &["timeout", "30", "iperf3", "-c", "198.18.0.2", "-t", "2", "-u", "-b", "50M", "-J"]);
     let _ = server.kill();
     let _ = server.wait();
     let bits = |o: &Output, key: &str| -> f64 {
@@ -336,7 +339,7 @@ fn tcp_udp_and_http_across_the_lan() {
     assert!(tcp_bps > 100e6, "TCP only {tcp_bps} bit/s");
     let v: serde_json::Value = serde_json::from_slice(&udp.stdout).unwrap();
     let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap();
-    assert!(bits(&udp, "sum") > 50e6 && lost < 5.0, "UDP: {}", String::from_utf8_lossy(&udp.stdout));
+    assert!(bits(&udp, "sum") > 25e6 && lost < 5.0, "UDP: {}", String::from_utf8_lossy(&udp.stdout));
 
     let dir = lab.dir.path().join("www");
     std::fs::create_dir_all(&dir).unwrap();
