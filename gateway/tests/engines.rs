@@ -141,13 +141,19 @@ fn uring_batches_a_full_queue_and_hands_back_overflow() {
     assert!(done.iter().all(|c| c.result.is_ok()));
 }
 
+/// An io_uring engine over an O_DIRECT image whose first MiB is allocated: reads of holes
+/// complete inline at submission, reads of allocated blocks go to the device and finish
+/// after it.
+fn uring_over_allocated_blocks(dir: &tempfile::TempDir, name: &str) -> UringEngine {
+    let img = image(dir, name, true);
+    img.write_at(AlignedBuf::from_slice(&pattern(1 << 20, 1)).as_slice(), 0, true).unwrap();
+    UringEngine::new(img, 8).unwrap()
+}
+
 #[test]
 fn non_blocking_reaps_see_completions() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(&dir, "n.img", true);
-    // Reads of holes complete inline at submission; allocate the blocks so they go to disk.
-    img.write_at(AlignedBuf::from_slice(&pattern(1 << 20, 1)).as_slice(), 0, true).unwrap();
-    let mut e = UringEngine::new(img, 8).unwrap();
+    let mut e = uring_over_allocated_blocks(&dir, "n.img");
     for i in 0..4u64 {
         let buf = e.buffer(4096);
         e.submit(IoRequest { tag: i, op: IoOp::Read { offset: i * 65536, buf, range: 0..4096 } }).unwrap();
@@ -166,10 +172,7 @@ fn non_blocking_reaps_see_completions() {
 fn the_completion_eventfd_wakes_a_sleeper_for_every_batch() {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let dir = tempfile::tempdir().unwrap();
-    // Direct reads of allocated blocks go to the device, so they finish after submission.
-    let img = image(&dir, "w.img", true);
-    img.write_at(AlignedBuf::from_slice(&pattern(1 << 20, 3)).as_slice(), 0, true).unwrap();
-    let mut e = UringEngine::new(img, 8).unwrap();
+    let mut e = uring_over_allocated_blocks(&dir, "w.img");
     let mut done = Vec::new();
     let mut waits = 0;
     for round in 0..20u64 {

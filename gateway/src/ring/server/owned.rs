@@ -76,13 +76,11 @@ impl Owned {
         self.in_backend.iter().sum()
     }
 
-    /// The completion eventfds of the images with commands in their backends, and whether
-    /// every such image has one (if not, its completions can only be polled for).
-    pub(super) fn completion_fds(&self) -> (Vec<std::os::fd::BorrowedFd<'_>>, bool) {
+    /// The completion eventfd of each image with commands in its backend (`None` where the
+    /// engine has none: its completions can only be polled for).
+    pub(super) fn completion_fds(&self) -> impl Iterator<Item = Option<std::os::fd::BorrowedFd<'_>>> {
         let busy = self.images.iter().zip(&self.in_backend).filter(|(_, &n)| n > 0);
-        let fds: Vec<_> = busy.map(|(img, _)| img.as_ref().and_then(|i| i.driver.completion_fd())).collect();
-        let all = fds.iter().all(Option::is_some);
-        (fds.into_iter().flatten().collect(), all)
+        busy.map(|(img, _)| img.as_ref().and_then(|i| i.driver.completion_fd()))
     }
 
     /// Starts a job on its image. Jobs that fail before reaching the engine are answered

@@ -327,7 +327,7 @@ impl Worker {
                 // I/O is in flight: sleep until a backend finishes some (its completion
                 // eventfd), a doorbell rings or another worker answers; engines that
                 // cannot signal are napped on instead.
-                let signalled = self.owned.completion_fds().1;
+                let signalled = self.owned.completion_fds().all(|fd| fd.is_some());
                 self.sleep(if signalled { Duration::from_millis(100) } else { Duration::from_micros(20) });
             } else if stopping {
                 // Other workers are finishing: look again soon.
@@ -493,7 +493,7 @@ impl Worker {
             fds.push(PollFd::new(&c.sock, PollFlags::IN | PollFlags::RDHUP));
         }
         let conn_fds = fds.len();
-        let (engines, _) = self.owned.completion_fds();
+        let engines: Vec<_> = self.owned.completion_fds().flatten().collect();
         fds.extend(engines.iter().map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN)));
         let ts = shm::poll_timeout(timeout);
         if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
