@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(regions.iter().all(|r| r.offset + u64::from(r.len) <= area));
         let mut again = [0u8; SLOT_SIZE];
         msg.emit(&mut again);
-        assert_eq!(proto::parse(&again, area), Ok(msg));
+        assert_eq!(proto::parse(&again, area), Ok(msg.clone()));
         let mut stale = slot;
         stale[msg.wire_len()..].iter_mut().for_each(|b| *b ^= 0x5A);
         assert_eq!(proto::parse(&stale, area), Ok(msg));

@@ -308,11 +308,12 @@ impl Initiator {
         if self.outstanding >= self.welcome.slots as usize {
             return Err(InitiatorError::Invalid("queue full: reap completions first".into()));
         }
+        let seq = cmd.seq;
         if !self.cmd.push(&Message::Cmd(cmd))? {
             return Err(InitiatorError::Invalid("CMD ring full".into()));
         }
         self.outstanding += 1;
-        Ok(cmd.seq)
+        Ok(seq)
     }
 
     /// Queues a SCSI command without ringing the doorbell; call [`Initiator::kick`] after
@@ -320,16 +321,16 @@ impl Initiator {
     pub fn queue(&mut self, target: u16, lun: u16, cdb: &[u8], data: Data) -> Result<u32, InitiatorError> {
         let seq = self.seq();
         let (flags, regions) = match data {
-            Data::None => (0, vec![]),
-            Data::In(r) => (proto::FLAG_DATA_IN, vec![r]),
+            Data::None => (0, None),
+            Data::In(r) => (proto::FLAG_DATA_IN, Some(r)),
             Data::Out { region, staged } => {
                 if staged {
                     self.staged.insert(seq, region);
                 }
-                (proto::FLAG_DATA_OUT | if staged { proto::FLAG_STAGED } else { 0 }, vec![region])
+                (proto::FLAG_DATA_OUT | if staged { proto::FLAG_STAGED } else { 0 }, Some(region))
             }
         };
-        let cmd = Cmd::scsi(seq, target, lun, cdb, flags, &regions)
+        let cmd = Cmd::scsi(seq, target, lun, cdb, flags, regions.as_slice())
             .ok_or_else(|| InitiatorError::Invalid("CDB must be 1-32 bytes".into()))?;
         self.push(cmd).inspect_err(|_| {
             self.staged.remove(&seq);

@@ -26,6 +26,7 @@
 //! Parsing takes the bounds of the areas regions may name and rejects anything that does
 //! not fit, with checked arithmetic; reserved bytes must be zero.
 
+use smallvec::SmallVec;
 use thiserror::Error;
 
 /// Protocol version spoken by this build.
@@ -140,44 +141,31 @@ pub struct Region {
     pub len: u32,
 }
 
-/// A bounded scatter-gather list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segments {
-    n: usize,
-    regions: [Region; MAX_CMD_SEGMENTS],
-}
-
-impl Default for Segments {
-    fn default() -> Self {
-        Segments { n: 0, regions: [Region::default(); MAX_CMD_SEGMENTS] }
-    }
-}
+/// A bounded scatter-gather list. The usual one or two regions live inline, so a message
+/// stays small enough to move cheaply; longer lists spill to the heap.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Segments(SmallVec<[Region; 2]>);
 
 impl Segments {
-    /// A list from regions; `None` when there are more than [`MAX_CMD_SEGMENTS`].
+    /// A list from regions; `None` when there are more than any message carries
+    /// ([`MAX_BUF_SEGMENTS`]; a CMD carries at most [`MAX_CMD_SEGMENTS`]).
     pub fn new(regions: &[Region]) -> Option<Segments> {
-        let mut s = Segments::default();
-        if regions.len() > MAX_CMD_SEGMENTS {
-            return None;
-        }
-        s.regions[..regions.len()].copy_from_slice(regions);
-        s.n = regions.len();
-        Some(s)
+        (regions.len() <= MAX_BUF_SEGMENTS).then(|| Segments(SmallVec::from_slice(regions)))
     }
 
     /// The regions.
     pub fn as_slice(&self) -> &[Region] {
-        &self.regions[..self.n]
+        &self.0
     }
 
     /// Sum of the lengths (validated not to overflow at parse time).
     pub fn total(&self) -> u64 {
-        self.as_slice().iter().map(|r| u64::from(r.len)).sum()
+        self.0.iter().map(|r| u64::from(r.len)).sum()
     }
 }
 
 /// A SCSI command or protocol-control request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
     /// Sequence number, echoed in STAT and BUF.
     pub seq: u32,
@@ -202,7 +190,7 @@ pub struct Cmd {
 impl Cmd {
     /// A SCSI command.
     pub fn scsi(seq: u32, target: u16, lun: u16, cdb: &[u8], flags: u8, segments: &[Region]) -> Option<Cmd> {
-        if cdb.is_empty() || cdb.len() > MAX_CDB {
+        if cdb.is_empty() || cdb.len() > MAX_CDB || segments.len() > MAX_CMD_SEGMENTS {
             return None;
         }
         let mut c = [0u8; MAX_CDB];
@@ -222,6 +210,9 @@ impl Cmd {
 
     /// A protocol-control request.
     pub fn control(seq: u32, op: ControlOp, target: u16, lun: u16, arg: u32, segments: &[Region]) -> Option<Cmd> {
+        if segments.len() > MAX_CMD_SEGMENTS {
+            return None;
+        }
         let flags = FLAG_CONTROL | if segments.is_empty() { 0 } else { FLAG_DATA_IN };
         Some(Cmd {
             seq,
@@ -279,7 +270,7 @@ impl Stat {
 }
 
 /// Gateway buffers for one segment of a staged write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Buf {
     /// Sequence number of the command.
     pub seq: u32,
@@ -299,7 +290,7 @@ pub struct Tran {
 }
 
 /// Any message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// CMD.
     Cmd(Cmd),
@@ -333,7 +324,7 @@ fn zero(b: &[u8], range: std::ops::Range<usize>) -> Result<(), ProtoError> {
 }
 
 fn parse_segments(b: &[u8], at: usize, n: usize, area: u64) -> Result<Segments, ProtoError> {
-    let mut s = Segments::default();
+    let mut s = SmallVec::with_capacity(n);
     let mut total = 0u64;
     for i in 0..n {
         let base = at + 16 * i;
@@ -347,10 +338,9 @@ fn parse_segments(b: &[u8], at: usize, n: usize, area: u64) -> Result<Segments, 
             .checked_add(u64::from(r.len))
             .filter(|&t| t <= u64::from(u32::MAX))
             .ok_or(ProtoError::LengthOverflow)?;
-        s.regions[i] = r;
+        s.push(r);
     }
-    s.n = n;
-    Ok(s)
+    Ok(Segments(s))
 }
 
 fn check_len(len: u32, expected: usize) -> Result<(), ProtoError> {
@@ -563,13 +553,13 @@ mod tests {
     fn every_kind_round_trips() {
         let regions = [Region { offset: 0, len: 4096 }, Region { offset: 8192, len: 512 }];
         let cmd = Cmd::scsi(7, 1, 2, &[0x28, 0, 0, 0, 0, 1, 0, 0, 9, 0], FLAG_DATA_IN, &regions).unwrap();
-        assert_eq!(round_trip(Message::Cmd(cmd), 1 << 20), Ok(Message::Cmd(cmd)));
+        assert_eq!(round_trip(Message::Cmd(cmd.clone()), 1 << 20), Ok(Message::Cmd(cmd)));
         let ctl = Cmd::control(8, ControlOp::AbortTask, 0, 0, 7, &[]).unwrap();
-        assert_eq!(round_trip(Message::Cmd(ctl), 1 << 20), Ok(Message::Cmd(ctl)));
+        assert_eq!(round_trip(Message::Cmd(ctl.clone()), 1 << 20), Ok(Message::Cmd(ctl)));
         let stat = Stat::new(7, 2, &[0x70, 0, 5], 0, 4608);
         assert_eq!(round_trip(Message::Stat(stat), 0), Ok(Message::Stat(stat)));
         let buf = Buf { seq: 9, index: 1, segments: Segments::new(&regions).unwrap() };
-        assert_eq!(round_trip(Message::Buf(buf), 1 << 20), Ok(Message::Buf(buf)));
+        assert_eq!(round_trip(Message::Buf(buf.clone()), 1 << 20), Ok(Message::Buf(buf)));
         let tran = Tran { seq: 9, index: 1 };
         assert_eq!(round_trip(Message::Tran(tran), 0), Ok(Message::Tran(tran)));
     }
@@ -614,6 +604,24 @@ mod tests {
         let r = [Region { offset: 0, len: u32::MAX }, Region { offset: 0, len: 2 }];
         let cmd = Cmd::scsi(1, 0, 0, &[0; 6], FLAG_DATA_IN, &r).unwrap();
         assert_eq!(round_trip(Message::Cmd(cmd), u64::MAX), Err(ProtoError::LengthOverflow));
+    }
+
+    #[test]
+    fn a_buf_may_fill_its_slot_with_segments() {
+        // A BUF has room for more segments than a CMD (its header is shorter).
+        let regions: Vec<Region> =
+            (0..MAX_BUF_SEGMENTS as u64).map(|i| Region { offset: i * 4096, len: 4096 }).collect();
+        let mut slot = [0u8; SLOT_SIZE];
+        slot[0] = Kind::Buf as u8;
+        slot[4..8].copy_from_slice(&9u32.to_le_bytes());
+        slot[8..12].copy_from_slice(&((24 + 16 * regions.len()) as u32).to_le_bytes());
+        slot[18..20].copy_from_slice(&(regions.len() as u16).to_le_bytes());
+        emit_segments(&mut slot, 24, &regions);
+        let Ok(Message::Buf(b)) = parse(&slot, 1 << 20) else { panic!("a full BUF must parse") };
+        assert_eq!(b.segments.as_slice(), &regions[..]);
+        let mut again = [0u8; SLOT_SIZE];
+        Message::Buf(b.clone()).emit(&mut again);
+        assert_eq!(again[..24 + 16 * regions.len()], slot[..24 + 16 * regions.len()]);
     }
 
     proptest::proptest! {

@@ -85,7 +85,7 @@ impl Owned {
 
     /// Starts a job on its image. Jobs that fail before reaching the engine are answered
     /// at once through `out`.
-    pub(super) fn start(&mut self, job: Job, out: &mut Vec<Done>) {
+    pub(super) fn start(&mut self, mut job: Job, out: &mut Vec<Done>) {
         let Some(img) = self.images.get_mut(job.image).and_then(Option::as_mut) else {
             // Only a control-plane bug can map a LUN to an image nobody has.
             tracing::error!(image = job.image, "a command for an image this worker does not own");
@@ -94,23 +94,23 @@ impl Owned {
             return;
         };
         let driver = &mut img.driver;
+        let segments = std::mem::take(&mut job.cmd.segments);
         let cdb = job.cmd.cdb();
         let (data_out, data_in, copy_to) = match job.source {
             Source::None => (None, None, None),
-            Source::Out(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &job.cmd.segments, true) {
+            Source::Out(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, true) {
                 Some(view) => (Some(view), None, None),
                 None => {
-                    let segments = job.cmd.segments.as_slice();
-                    let mut buf = driver.buffer_for_overwrite(job.cmd.segments.total() as usize);
-                    match gather(&mem, segments.iter().map(|r| (r.offset, r.len)), buf.as_mut_slice()) {
+                    let mut buf = driver.buffer_for_overwrite(segments.total() as usize);
+                    match gather(&mem, segments.as_slice().iter().map(|r| (r.offset, r.len)), buf.as_mut_slice()) {
                         Ok(()) => (Some(buf), None, None),
                         Err(fault) => return out.push(Done::fault(job.tag, fault)),
                     }
                 }
             },
-            Source::In(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &job.cmd.segments, false) {
+            Source::In(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, false) {
                 Some(view) => (None, Some(view), None),
-                None => (None, None, Some((mem, job.cmd.segments))),
+                None => (None, None, Some((mem, segments))),
             },
             Source::Staged { mem, regions } => {
                 let total: usize = regions.iter().map(|r| r.len as usize).sum();

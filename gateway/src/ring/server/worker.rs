@@ -632,9 +632,10 @@ impl Worker {
                 c.out_buf.push_back(Buf { seq: cmd.seq, index: index as u16, segments });
             }
             let received = vec![false; staged.len()];
-            c.pending.insert(cmd.seq, Pending::Staged { lun, cmd: Box::new(cmd), staged, received });
-            if cmd.segments.as_slice().is_empty() {
-                self.submit_staged(i, cmd.seq);
+            let (seq, no_data) = (cmd.seq, cmd.segments.as_slice().is_empty());
+            c.pending.insert(seq, Pending::Staged { lun, cmd: Box::new(cmd), staged, received });
+            if no_data {
+                self.submit_staged(i, seq);
             }
             return;
         }
@@ -823,7 +824,7 @@ fn drain_into<T>(
 /// polling. Returns whether anything moved.
 fn flush(c: &mut Conn) -> bool {
     let stats = drain_into(&mut c.out_stat, &mut c.stat, |s| RingMessage::Stat(*s));
-    let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| RingMessage::Buf(*b));
+    let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| RingMessage::Buf(b.clone()));
     let moved = match (stats, bufs) {
         (Ok(a), Ok(b)) => {
             c.unanswered -= a;
