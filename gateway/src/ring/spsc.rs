@@ -152,6 +152,17 @@ impl Producer {
 
     /// Puts a message in the next slot; `Ok(false)` when the ring is full.
     pub fn push(&mut self, msg: &Message) -> Result<bool, RingError> {
+        let pushed = self.stage(msg)?;
+        if pushed {
+            self.publish()?;
+        }
+        Ok(pushed)
+    }
+
+    /// Writes a message into the next slot without showing it to the consumer yet;
+    /// `Ok(false)` when the ring is full. [`Producer::publish`] shows every staged message
+    /// at once, so a batch moves the cursor's line between cores once, not per message.
+    pub fn stage(&mut self, msg: &Message) -> Result<bool, RingError> {
         // The consumer's cursor lives on a line it writes: read it only when the last value
         // seen leaves no room.
         if self.prod.wrapping_sub(self.cons_seen) >= self.slots && self.free()? == 0 {
@@ -160,8 +171,13 @@ impl Producer {
         msg.emit(&mut self.scratch);
         self.shm.write(slot_offset(self.ring, self.slots, self.prod), &self.scratch[..msg.wire_len()])?;
         self.prod = self.prod.wrapping_add(1);
-        self.shm.store_release(base(self.ring) + PROD, self.prod)?;
         Ok(true)
+    }
+
+    /// Shows the consumer every message staged so far (a release store of the cursor).
+    pub fn publish(&mut self) -> Result<(), RingError> {
+        self.shm.store_release(base(self.ring) + PROD, self.prod)?;
+        Ok(())
     }
 
     /// Whether the consumer says it is polling, so no doorbell is needed. Call after

@@ -4,6 +4,11 @@
 //! work and sleeps on the doorbells when there is none.
 
 use std::collections::{HashMap, VecDeque};
+
+/// The maps a worker consults for every command: keyed by values a node chooses
+/// (sequence numbers, LUN addresses), hashed with a per-process random seed, and far
+/// cheaper than SipHash. A node can hold at most its queue depth of entries.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +46,7 @@ struct MappedLun {
     stats: Arc<LunStats>,
 }
 
-fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> HashMap<(u16, u16), MappedLun> {
+fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> Map<(u16, u16), MappedLun> {
     entry
         .luns
         .iter()
@@ -52,7 +57,7 @@ fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> HashMap<(u16, u16), MappedLu
         .collect()
 }
 
-fn target_luns(map: &HashMap<(u16, u16), MappedLun>) -> HashMap<u16, Arc<[u16]>> {
+fn target_luns(map: &Map<(u16, u16), MappedLun>) -> Map<u16, Arc<[u16]>> {
     let mut out: HashMap<u16, Vec<u16>> = HashMap::new();
     for &(t, l) in map.keys() {
         out.entry(t).or_default().push(l);
@@ -78,12 +83,12 @@ struct Conn {
     to_gateway: Doorbell,
     to_node: Doorbell,
     slots: u32,
-    map: HashMap<(u16, u16), MappedLun>,
+    map: Map<(u16, u16), MappedLun>,
     /// Each target's LUNs in order (REPORT LUNS answers from it), kept with `map`.
-    target_luns: HashMap<u16, Arc<[u16]>>,
+    target_luns: Map<u16, Arc<[u16]>>,
     /// What a target without LUNs reports.
     no_luns: Arc<[u16]>,
-    pending: HashMap<u32, Pending>,
+    pending: Map<u32, Pending>,
     ring_stats: Arc<RingStats>,
     /// Commands accepted whose STAT has not gone into the ring.
     unanswered: u64,
@@ -122,7 +127,7 @@ impl Conn {
             target_luns: target_luns(&map),
             no_luns: Arc::new([]),
             map,
-            pending: HashMap::new(),
+            pending: Map::default(),
             ring_stats,
             unanswered: 0,
             out_stat: VecDeque::new(),
@@ -138,7 +143,7 @@ impl Conn {
         self.target_luns.get(&target).unwrap_or(&self.no_luns)
     }
 
-    fn set_map(&mut self, map: HashMap<(u16, u16), MappedLun>) {
+    fn set_map(&mut self, map: Map<(u16, u16), MappedLun>) {
         self.target_luns = target_luns(&map);
         self.map = map;
     }
@@ -811,11 +816,14 @@ fn drain_into<T>(
 ) -> Result<u64, RingError> {
     let mut moved = 0;
     while let Some(m) = queue.front() {
-        if !ring.push(&msg(m))? {
+        if !ring.stage(&msg(m))? {
             break;
         }
         queue.pop_front();
         moved += 1;
+    }
+    if moved > 0 {
+        ring.publish()?;
     }
     Ok(moved)
 }
