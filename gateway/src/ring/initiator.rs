@@ -469,7 +469,9 @@ impl Initiator {
         }
         while let Some(m) = self.stat.pop(0)? {
             let Message::Stat(s) = m else { unreachable!("the consumer checks kinds") };
-            self.staged.remove(&s.seq);
+            if !self.staged.is_empty() {
+                self.staged.remove(&s.seq);
+            }
             self.outstanding = self.outstanding.saturating_sub(1);
             out.push(Response::from_stat(&s));
             moved = true;

@@ -127,7 +127,7 @@ fn run_queue(a: &BenchArgs, q: u32, blocks: u64, block_size: u32, deadline: Inst
         }
     };
     let staged = a.path == WritePath::Staged;
-    let mut slots: std::collections::HashMap<u32, Slot> = std::collections::HashMap::new();
+    let mut slots: foldhash::HashMap<u32, Slot> = foldhash::HashMap::default();
     let mut res = QueueResult::default();
     let mut scratch = vec![0u8; a.bs as usize];
     let issue = |i: &mut Initiator, s: &mut Slot, scratch: &mut Vec<u8>| -> anyhow::Result<u32> {
