@@ -168,8 +168,14 @@ impl Producer {
         if self.prod.wrapping_sub(self.cons_seen) >= self.slots && self.free()? == 0 {
             return Ok(false);
         }
+        let len = msg.wire_len();
+        if len > SLOT_SIZE {
+            // Only a CMD assembled by hand can get here (more segments than a slot holds).
+            let err = ProtoError::BadLength { len: len as u32, expected: SLOT_SIZE as u32 };
+            return Err(RingError::Malformed { ring: self.ring, err });
+        }
         msg.emit(&mut self.scratch);
-        self.shm.write(slot_offset(self.ring, self.slots, self.prod), &self.scratch[..msg.wire_len()])?;
+        self.shm.write(slot_offset(self.ring, self.slots, self.prod), &self.scratch[..len])?;
         self.prod = self.prod.wrapping_add(1);
         Ok(true)
     }
@@ -332,6 +338,17 @@ mod tests {
             p4.push(&Message::Stat(Stat::new(256, 0, &[], 0, 0))),
             Err(RingError::Backwards { .. }) | Err(RingError::Beyond { .. })
         ));
+    }
+
+    #[test]
+    fn a_message_longer_than_a_slot_is_refused_not_written() {
+        use crate::ring::proto::{Cmd, Region, Segments};
+        let (mut p, mut c, _shm) = pair(RingId::Cmd, 256);
+        // A CMD assembled by hand with a BUF's worth of segments: 64 + 16 * 30 > 512.
+        let mut cmd = Cmd::scsi(1, 0, 0, &[0x28; 10], 0, &[]).unwrap();
+        cmd.segments = Segments::new(&[Region { offset: 0, len: 512 }; 30]).unwrap();
+        assert!(matches!(p.push(&Message::Cmd(cmd)), Err(RingError::Malformed { .. })));
+        assert_eq!(c.pop(1 << 20).unwrap(), None, "nothing was published");
     }
 
     #[test]
