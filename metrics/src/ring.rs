@@ -27,16 +27,11 @@ impl RingStats {
         self.outstanding.fetch_sub(outstanding, Relaxed);
     }
 
-    /// A command was accepted.
+    /// The queue pair's commands accepted and not yet answered went from `was` to `now`
+    /// (reported once per batch rather than per command).
     #[inline]
-    pub fn command_accepted(&self) {
-        self.outstanding.fetch_add(1, Relaxed);
-    }
-
-    /// `n` commands' STATs went out.
-    #[inline]
-    pub fn commands_answered(&self, n: u64) {
-        self.outstanding.fetch_sub(n, Relaxed);
+    pub fn outstanding_moved(&self, was: u64, now: u64) {
+        self.outstanding.fetch_add(now.wrapping_sub(was), Relaxed);
     }
 
     /// The gateway rang (true) or did not need to ring (false) the node's doorbell.

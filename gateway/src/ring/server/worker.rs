@@ -92,6 +92,8 @@ struct Conn {
     ring_stats: Arc<RingStats>,
     /// Commands accepted whose STAT has not gone into the ring.
     unanswered: u64,
+    /// `unanswered` as last added to the node's outstanding gauge.
+    reported: u64,
     out_stat: VecDeque<Stat>,
     out_buf: VecDeque<Buf>,
     staging_alloc: RegionAllocator,
@@ -130,6 +132,7 @@ impl Conn {
             pending: Map::default(),
             ring_stats,
             unanswered: 0,
+            reported: 0,
             out_stat: VecDeque::new(),
             out_buf: VecDeque::new(),
             staging_alloc,
@@ -169,7 +172,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.ring_stats.disconnected(self.unanswered);
+        self.ring_stats.disconnected(self.reported);
     }
 }
 
@@ -266,13 +269,17 @@ impl Worker {
         loop {
             loops += 1;
             let stopping = self.stop.load(Ordering::SeqCst);
-            while let Ok(a) = self.incoming.try_recv() {
-                self.opened += 1;
-                let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
-                self.conns.push(Conn::new(id, a, &self.metrics));
-            }
-            while let Ok(c) = self.control.try_recv() {
-                self.apply(c);
+            // New queue pairs and control-plane requests can wait a few rounds while the
+            // rings are busy; an idle worker looks every round.
+            if idle_rounds > 0 || loops.is_multiple_of(64) {
+                while let Ok(a) = self.incoming.try_recv() {
+                    self.opened += 1;
+                    let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
+                    self.conns.push(Conn::new(id, a, &self.metrics));
+                }
+                while let Ok(c) = self.control.try_recv() {
+                    self.apply(c);
+                }
             }
             let mut progress = self.take_messages();
             if !stopping {
@@ -579,7 +586,6 @@ impl Worker {
                 return c.kill("sequence_reused", format!("sequence number {} reused while outstanding", cmd.seq));
             }
             c.unanswered += 1;
-            c.ring_stats.command_accepted();
         }
         if let Some(op) = cmd.control {
             return self.on_control(i, cmd, op);
@@ -836,7 +842,6 @@ fn flush(c: &mut Conn) -> bool {
     let moved = match (stats, bufs) {
         (Ok(a), Ok(b)) => {
             c.unanswered -= a;
-            c.ring_stats.commands_answered(a);
             a + b > 0
         }
         (Err(e), _) | (_, Err(e)) => {
@@ -844,6 +849,10 @@ fn flush(c: &mut Conn) -> bool {
             return true;
         }
     };
+    if c.unanswered != c.reported {
+        c.ring_stats.outstanding_moved(c.reported, c.unanswered);
+        c.reported = c.unanswered;
+    }
     if moved {
         let ring = !(c.stat.consumer_polling() && c.buf.consumer_polling());
         c.ring_stats.doorbell(ring);
