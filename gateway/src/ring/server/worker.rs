@@ -4,11 +4,6 @@
 //! work and sleeps on the doorbells when there is none.
 
 use std::collections::{HashMap, VecDeque};
-
-/// The maps a worker consults for every command: keyed by values a node chooses
-/// (sequence numbers, LUN addresses), hashed with a per-process random seed, and far
-/// cheaper than SipHash. A node can hold at most its queue depth of entries.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +23,11 @@ use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Regi
 use crate::ring::shm::{self, Doorbell, SharedMemory};
 use crate::ring::spsc::{Consumer, Producer, RingError, RingId};
 use crate::storage::OpenImage;
+
+/// The maps a worker consults for every command: keyed by values a node chooses
+/// (sequence numbers, LUN addresses), hashed with a random seed per map, and far
+/// cheaper than SipHash. A node can hold at most its queue depth of entries.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A command the gateway has accepted and not yet answered.
 #[derive(Debug)]
