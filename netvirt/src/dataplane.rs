@@ -68,6 +68,9 @@ pub enum Command {
         port: PortId,
         /// The mapped rings.
         ring: RingPort,
+        /// Told once the port switches through the rings (or the LAN is gone), so the
+        /// client is answered only when frames sent to it are delivered.
+        done: std::sync::mpsc::Sender<()>,
     },
     /// Drop a ring port's client (it hung up or misbehaved).
     DetachRing {
@@ -585,7 +588,7 @@ impl Dataplane {
                 Command::Stop => self.stop = true,
                 Command::AddLan { lan, io } => self.add_lan(lan, *io),
                 Command::RemoveLan { lan, done } => self.remove_lan(lan, done),
-                Command::AttachRing { lan, port, ring } => {
+                Command::AttachRing { lan, port, ring, done } => {
                     if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
                         if port < l.ports.len() {
                             if !matches!(l.ports[port], PortIo::Ring(_)) {
@@ -595,6 +598,7 @@ impl Dataplane {
                             let _ = l.lan.set_attached(port, true);
                         }
                     }
+                    let _ = done.send(());
                 }
                 Command::DetachRing { lan, port } => {
                     if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {

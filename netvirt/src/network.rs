@@ -685,6 +685,17 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
         let ring =
             RingPort::create(port.plan.mac, RING_SLOTS, state.plan.mtu as usize, bcast).map_err(io::Error::other)?;
         let fds = ring.fds();
+        let fds = [fds.region, fds.bcast, fds.to_gateway, fds.to_node].map(|fd| fd.try_clone_to_owned());
+        let [Ok(region), Ok(bcast_fd), Ok(to_gateway), Ok(to_node)] = fds else {
+            return Err(io::Error::other("duplicating the ring port's fds failed"));
+        };
+        // The data path takes the port before the client hears back: once its connect
+        // returns, frames sent to it are delivered, and frames it sends are switched.
+        let (done, attached) = std::sync::mpsc::channel();
+        shared.control.send(Command::AttachRing { lan: l, port: p, ring, done });
+        attached
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| io::Error::other("the data path did not take the port"))?;
         let reply = Reply::Attached {
             mac: port.plan.mac,
             mtu: state.plan.mtu,
@@ -692,10 +703,11 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
             slot_size: crate::ringport::slot_size(state.plan.mtu as usize) as u32,
             ips: cidrs(&lock(&port.addrs)),
         };
-        shmem::msg::send(sock, &reply, &[fds.region, fds.bcast, fds.to_gateway, fds.to_node])?;
+        use std::os::fd::AsFd;
+        let fds = [region.as_fd(), bcast_fd.as_fd(), to_gateway.as_fd(), to_node.as_fd()];
+        shmem::msg::send(sock, &reply, &fds)?;
         *lock(&port.client) = Some(sock.try_clone()?);
         port.attached.store(true, Ordering::Relaxed);
-        shared.control.send(Command::AttachRing { lan: l, port: p, ring });
         if !shared.holds(l, &state) {
             // Removed while we attached: the removal may have missed this client.
             return Ok(());
