@@ -94,8 +94,9 @@ struct Conn {
     unanswered: u64,
     /// `unanswered` as last added to the node's outstanding gauge.
     reported: u64,
-    out_stat: VecDeque<Stat>,
-    out_buf: VecDeque<Buf>,
+    /// STATs and BUFs waiting for room in their rings, as they will be written.
+    out_stat: VecDeque<RingMessage>,
+    out_buf: VecDeque<RingMessage>,
     staging_alloc: RegionAllocator,
     /// Bytes named by the segments of commands not yet answered, capped at the size of the
     /// node's data area so a node cannot make the gateway hold more data than it could send.
@@ -144,6 +145,11 @@ impl Conn {
 
     fn luns_of_target(&self, target: u16) -> &Arc<[u16]> {
         self.target_luns.get(&target).unwrap_or(&self.no_luns)
+    }
+
+    /// Queues a STAT for the node.
+    fn answer(&mut self, s: Stat) {
+        self.out_stat.push_back(RingMessage::Stat(s));
     }
 
     fn set_map(&mut self, map: Map<(u16, u16), MappedLun>) {
@@ -600,7 +606,7 @@ impl Worker {
             };
             let n = if cmd.flags & proto::FLAG_DATA_IN != 0 { scatter(&c.data, &cmd.segments, &data) } else { Ok(0) };
             match n {
-                Ok(n) => c.out_stat.push_back(stat_from(cmd.seq, &completion, n as u32, expected)),
+                Ok(n) => c.answer(stat_from(cmd.seq, &completion, n as u32, expected)),
                 Err(e) => c.kill("bad_region", e),
             }
             return;
@@ -609,14 +615,14 @@ impl Worker {
         if lun.access == Access::Ro && scsi::opcodes::writes_medium(opcode) {
             let completion = Completion::check(&Sense::write_protected(), false);
             lun.stats.answered(opcode, completion.status as u8, Transfer::None);
-            c.out_stat.push_back(stat_from(cmd.seq, &completion, 0, expected));
+            c.answer(stat_from(cmd.seq, &completion, 0, expected));
             return;
         }
         if c.bytes_in_flight + expected > c.data.len() as u64 {
             // More data in flight than the node's whole data area: ask it to retry later.
             let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
             lun.stats.answered(opcode, busy.status as u8, Transfer::None);
-            c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
+            c.answer(stat_from(cmd.seq, &busy, 0, expected));
             return;
         }
         c.bytes_in_flight += expected;
@@ -633,14 +639,14 @@ impl Worker {
                         c.bytes_in_flight -= expected;
                         let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
                         lun.stats.answered(opcode, busy.status as u8, Transfer::None);
-                        c.out_stat.push_back(stat_from(cmd.seq, &busy, 0, expected));
+                        c.answer(stat_from(cmd.seq, &busy, 0, expected));
                         return;
                     }
                 }
             }
             for (index, s) in staged.iter().enumerate() {
                 let segments = Segments::new(&[*s]).expect("one segment fits");
-                c.out_buf.push_back(Buf { seq: cmd.seq, index: index as u16, segments });
+                c.out_buf.push_back(RingMessage::Buf(Buf { seq: cmd.seq, index: index as u16, segments }));
             }
             let received = vec![false; staged.len()];
             let (seq, no_data) = (cmd.seq, cmd.segments.as_slice().is_empty());
@@ -726,7 +732,7 @@ impl Worker {
                         c.bytes_in_flight -= aborted.segments.total();
                     }
                     let aborted = Completion { status: Status::TaskAborted, sense: Vec::new(), data_in: DataIn::None };
-                    c.out_stat.push_back(stat_from(cmd.arg, &aborted, 0, 0));
+                    c.answer(stat_from(cmd.arg, &aborted, 0, 0));
                     control_stat(cmd.seq, control_result::DONE, 0)
                 }
                 Some(Pending::Backend { .. }) => control_stat(cmd.seq, control_result::IN_PROGRESS, 0),
@@ -766,7 +772,7 @@ impl Worker {
             }
         };
         let c = &mut self.conns[i];
-        c.out_stat.push_back(reply);
+        c.answer(reply);
     }
 
     /// Turns a finished job into its STAT. Jobs of queue pairs that are gone are dropped.
@@ -796,7 +802,7 @@ impl Worker {
             _ => Transfer::None,
         };
         stats.finished(opcode, status as u8, transfer, started_ns, now_ns);
-        c.out_stat.push_back(stat_from(seq, &d.completion, transferred as u32, expected));
+        c.answer(stat_from(seq, &d.completion, transferred as u32, expected));
     }
 
     /// Finishes shutdown: flush the images this worker owns, close its queue pairs.
@@ -814,15 +820,12 @@ fn writes_data(opcode: u8) -> bool {
     scsi::opcodes::writes_medium(opcode) && opcode != scsi::opcodes::op::UNMAP
 }
 
-/// Moves queued messages into a ring while it has room; returns whether any moved.
-fn drain_into<T>(
-    queue: &mut VecDeque<T>,
-    ring: &mut Producer,
-    msg: impl Fn(&T) -> RingMessage,
-) -> Result<u64, RingError> {
+/// Moves queued messages into a ring while it has room, then shows them to the node with
+/// one cursor store; returns how many moved.
+fn drain_into(queue: &mut VecDeque<RingMessage>, ring: &mut Producer) -> Result<u64, RingError> {
     let mut moved = 0;
     while let Some(m) = queue.front() {
-        if !ring.stage(&msg(m))? {
+        if !ring.stage(m)? {
             break;
         }
         queue.pop_front();
@@ -837,8 +840,8 @@ fn drain_into<T>(
 /// Moves queued STATs and BUFs into the rings and rings the node's doorbell if it is not
 /// polling. Returns whether anything moved.
 fn flush(c: &mut Conn) -> bool {
-    let stats = drain_into(&mut c.out_stat, &mut c.stat, |s| RingMessage::Stat(*s));
-    let bufs = drain_into(&mut c.out_buf, &mut c.buf, |b| RingMessage::Buf(b.clone()));
+    let stats = drain_into(&mut c.out_stat, &mut c.stat);
+    let bufs = drain_into(&mut c.out_buf, &mut c.buf);
     let moved = match (stats, bufs) {
         (Ok(a), Ok(b)) => {
             c.unanswered -= a;
