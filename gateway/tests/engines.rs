@@ -3,6 +3,7 @@
 
 mod support;
 
+use gateway::engine::host::UringHost;
 use gateway::engine::{
     open_engine, uring, AlignedBuf, Backend, EngineError, EngineKind, Image, ImageOptions, IoCompletion, IoOp,
     IoRequest, SyncEngine, UringEngine,
@@ -97,6 +98,91 @@ proptest! {
         let b = std::fs::read(dir.path().join("s.img")).unwrap();
         prop_assert!(a == b, "final images differ");
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Two engines in one worker's ring, each op applied to both between the other's, give
+    /// what the synchronous engine gives; detached, an engine works on another thread.
+    #[test]
+    fn engines_sharing_a_worker_ring_agree_with_sync(ops in prop::collection::vec(raw_op(), 1..30)) {
+        let dir = tempfile::tempdir().unwrap();
+        let host = std::sync::Arc::new(UringHost::new(64).unwrap());
+        let mut a = UringEngine::new(image(&dir, "a.img", false), 32).unwrap();
+        let mut b = UringEngine::new(image(&dir, "b.img", true), 32).unwrap();
+        prop_assert!(a.attach(&host).unwrap() && b.attach(&host).unwrap(), "both join the ring");
+        prop_assert!(a.hosted() && b.hosted());
+        let mut s = SyncEngine::new(image(&dir, "s.img", false));
+        for op in &ops {
+            // Both submitted before either is reaped: their CQEs share the queue.
+            a.submit(IoRequest { tag: 1, op: to_io(op) }).unwrap();
+            let (rb, db) = one(&mut b, to_io(op));
+            let (ra, da) = {
+                let mut out = Vec::new();
+                while out.is_empty() {
+                    a.reap(&mut out, 1).unwrap();
+                }
+                let c = out.pop().unwrap();
+                let data = match c.req.op {
+                    IoOp::Read { buf, .. } => buf.as_slice().to_vec(),
+                    _ => vec![],
+                };
+                (c.result, data)
+            };
+            let (rs, ds) = one(&mut s, to_io(op));
+            prop_assert_eq!(&ra, &rs, "{:?}", op);
+            prop_assert_eq!(&rb, &rs, "{:?}", op);
+            prop_assert!(da == ds && db == ds, "read data differs for {:?}", op);
+        }
+        a.detach().unwrap();
+        prop_assert!(!a.hosted());
+        let moved = std::thread::spawn(move || {
+            let (r, data) = one(&mut a, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(SIZE as usize), range: 0..SIZE as usize });
+            r.map(|_| data)
+        });
+        let data = moved.join().unwrap().unwrap();
+        prop_assert!(data == std::fs::read(dir.path().join("s.img")).unwrap(), "the detached engine reads the image");
+        let a_img = std::fs::read(dir.path().join("a.img")).unwrap();
+        let b_img = std::fs::read(dir.path().join("b.img")).unwrap();
+        prop_assert!(a_img == b_img, "final images differ");
+    }
+}
+
+#[test]
+fn a_hosted_engine_batches_a_full_queue_from_its_registered_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = std::sync::Arc::new(UringHost::new(64).unwrap());
+    let mut e = UringEngine::new(image(&dir, "h.img", true), 32).unwrap();
+    assert!(e.attach(&host).unwrap());
+    for i in 0..32u64 {
+        let buf = e.buffer(4096);
+        assert!(buf.fixed_index().is_some(), "buffers come from the arena registered in the worker's ring");
+        let op = IoOp::Write { offset: i * 4096, buf: buf_with(buf, i as u8), range: 0..4096, fua: false };
+        e.submit(IoRequest { tag: i, op }).unwrap();
+    }
+    let (back, err) = e.submit(IoRequest { tag: 99, op: IoOp::Flush }).unwrap_err();
+    assert_eq!((back.tag, err), (99, EngineError::Full));
+    let mut done: Vec<IoCompletion> = Vec::new();
+    for _ in 0..1000 {
+        if done.len() == 32 {
+            break;
+        }
+        let want = 32 - done.len();
+        e.reap(&mut done, want).unwrap();
+    }
+    assert_eq!(done.len(), 32);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    drop(e);
+    let on_disk = std::fs::read(dir.path().join("h.img")).unwrap();
+    for i in 0..32usize {
+        assert!(on_disk[i * 4096..(i + 1) * 4096].iter().all(|&x| x == i as u8), "block {i}");
+    }
+}
+
+fn buf_with(mut buf: AlignedBuf, byte: u8) -> AlignedBuf {
+    buf.as_mut_slice().fill(byte);
+    buf
 }
 
 #[test]

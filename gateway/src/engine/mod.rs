@@ -6,6 +6,7 @@
 //! not even be submitted, so the caller can always answer the command it came from.
 
 pub mod buf;
+pub mod host;
 pub mod image;
 pub mod ram;
 pub mod sync;
@@ -175,6 +176,26 @@ pub trait Backend: fmt::Debug + Send {
     /// request at submission (nothing to wait for) or cannot signal.
     fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
+    }
+
+    /// Moves the engine's I/O into a worker's ring, so the worker waits for it there
+    /// together with its doorbells. Returns whether the engine now uses `host`: engines
+    /// without a ring, or that cannot register there, go on as before. Called on the
+    /// host's thread, which alone may drive the engine from then on.
+    fn attach(&mut self, host: &std::sync::Arc<host::UringHost>) -> io::Result<bool> {
+        let _ = host;
+        Ok(false)
+    }
+
+    /// Leaves the worker's ring for one of the engine's own, after finishing what is in
+    /// flight, so the engine can move to another thread. Called on the host's thread.
+    fn detach(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether the engine's completions arrive in a worker's ring ([`Backend::attach`]).
+    fn hosted(&self) -> bool {
+        false
     }
 
     /// Image size in bytes.

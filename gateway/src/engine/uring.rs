@@ -1,6 +1,11 @@
-//! The io_uring engine: one ring per engine, the image registered as fixed file 0, an arena
-//! registered as fixed buffer 0, batched submission, and in-flight state in a slab indexed
-//! by the CQE's user data.
+//! The io_uring engine: the image registered as a fixed file, an arena registered as a
+//! fixed buffer, batched submission, and in-flight state in a slab indexed by the CQE's
+//! user data.
+//!
+//! An engine starts with a ring of its own. A gateway worker then moves it into the
+//! worker's ring ([`UringHost`]) with [`Backend::attach`], so one ring per worker carries
+//! the I/O of all its images and its doorbells; [`Backend::detach`] gives the engine a ring
+//! of its own again before the image leaves the worker.
 
 use std::collections::VecDeque;
 use std::io;
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use io_uring::{opcode, register::Probe, squeue, types, IoUring};
 use scsi::IoDone;
 
+use super::host::{self, UringHost};
 use super::image::refused;
 use super::{validate, AlignedBuf, Arena, Backend, EngineError, Image, IoCompletion, IoOp, IoRequest};
 
@@ -54,23 +60,39 @@ struct InFlight {
     retries: u8,
 }
 
+/// Where an engine's SQEs go.
+// One per engine, never in a collection: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Ring {
+    /// A ring of its own: the image is fixed file 0, the arena fixed buffer 0.
+    Own {
+        ring: IoUring,
+        /// Whether the ring has been enabled; the first thread to use it enables it.
+        enabled: bool,
+        /// Registered with the ring: the kernel signals it as requests finish.
+        done_fd: Option<OwnedFd>,
+    },
+    /// A worker's ring, under `key`, with the image at fixed file `file` and the arena (if
+    /// registered) at fixed buffer `buf`.
+    Hosted { host: Arc<UringHost>, key: u32, file: u32, buf: Option<u16> },
+}
+
 /// io_uring engine over one image.
 pub struct UringEngine {
-    ring: IoUring,
+    ring: Ring,
     image: Image,
     slots: Vec<Option<InFlight>>,
     free: Vec<u32>,
     ready: VecDeque<IoCompletion>,
+    /// Declared after `ring`: a ring of its own is dropped (unregistering the arena) first.
     arena: Option<Arc<Arena>>,
     queued: usize,
     /// Most SQEs queued before they are handed to the kernel.
     submit_batch: usize,
-    /// Whether the ring has been enabled; the first thread to use it enables it.
-    enabled: bool,
     can_punch: bool,
     can_zero_range: bool,
-    /// Registered with the ring: the kernel signals it as requests finish.
-    done_fd: Option<OwnedFd>,
+    /// CQEs taken from a worker's ring, as (slot, result); kept to reuse its allocation.
+    cqes: Vec<(u32, i32)>,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -80,51 +102,17 @@ impl std::fmt::Debug for UringEngine {
             .field("depth", &self.slots.len())
             .field("in_flight", &(self.slots.len() - self.free.len()))
             .field("fixed_buffers", &self.arena.is_some())
+            .field("hosted", &matches!(self.ring, Ring::Hosted { .. }))
             .finish()
     }
 }
 
 impl UringEngine {
-    /// An engine with room for `depth` requests in flight.
+    /// An engine with room for `depth` requests in flight, on a ring of its own.
     pub fn new(image: Image, depth: u32) -> io::Result<UringEngine> {
         let depth = depth.clamp(1, 4096);
-        // Completions are posted only when this engine's thread enters the kernel
-        // (DEFER_TASKRUN), so they trickle in as the worker asks rather than waking it for
-        // each one. The ring starts disabled so that the thread that first drives it, not
-        // the one that built it, becomes its single issuer. Kernels before 6.1 lack these
-        // flags; they get a plain ring.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .setup_r_disabled()
-            .setup_cqsize(depth * 2)
-            .build(depth)
-            .map(|r| (r, false))
-            .or_else(|_| IoUring::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
-        let (ring, enabled) = ring;
-        ring.submitter().register_files(&[image.file.as_raw_fd()])?;
-        let arena = Arena::new(ARENA_BYTES, 0);
-        // SAFETY: the arena's memory stays allocated while the ring lives: the engine holds an
-        // Arc to it, and fields drop in declaration order, the ring before the arena.
-        let arena = match unsafe { ring.submitter().register_buffers(&[arena.iovec()]) } {
-            Ok(()) => Some(arena),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not register fixed buffers; using plain reads and writes");
-                None
-            }
-        };
-        let done_fd =
-            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-                .map_err(io::Error::from)
-                .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
-                .inspect_err(
-                    |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
-                )
-                .ok();
+        let (ring, arena) = own_ring(&image, depth)?;
         Ok(UringEngine {
-            done_fd,
             ring,
             image,
             slots: (0..depth).map(|_| None).collect(),
@@ -133,9 +121,9 @@ impl UringEngine {
             arena,
             queued: 0,
             submit_batch: SUBMIT_BATCH,
-            enabled,
             can_punch: true,
             can_zero_range: true,
+            cqes: Vec::new(),
         })
     }
 
@@ -144,11 +132,31 @@ impl UringEngine {
         self.submit_batch = n.max(1);
     }
 
-    /// Enables a ring created disabled, making the calling thread its single issuer.
+    /// Enables a ring of its own created disabled, making the calling thread its single
+    /// issuer.
     fn enable(&mut self) -> io::Result<()> {
-        if !self.enabled {
-            self.ring.submitter().register_enable_rings()?;
-            self.enabled = true;
+        if let Ring::Own { ring, enabled: enabled @ false, .. } = &mut self.ring {
+            ring.submitter().register_enable_rings()?;
+            *enabled = true;
+        }
+        Ok(())
+    }
+
+    /// Requests in the kernel.
+    fn outstanding(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Waits for every request in the kernel, completing them into `ready`. Bounded: each
+    /// round takes at least one completion or gives up.
+    fn settle(&mut self) -> io::Result<()> {
+        let mut out = Vec::new();
+        for _ in 0..self.slots.len() * usize::from(MAX_RETRIES + 1) + 1 {
+            if self.outstanding() == 0 {
+                break;
+            }
+            self.reap(&mut out, self.ready.len() + 1)?;
+            self.ready.extend(out.drain(..));
         }
         Ok(())
     }
@@ -161,7 +169,14 @@ impl UringEngine {
     /// Builds the SQE for a slot's request (continuing after `done` bytes), or `None` when
     /// the operation is performed synchronously instead.
     fn entry(&mut self, slot: u32) -> Option<squeue::Entry> {
-        let fixed = types::Fixed(0);
+        let fixed = types::Fixed(match self.ring {
+            Ring::Own { .. } => 0,
+            Ring::Hosted { file, .. } => file,
+        });
+        let key = match self.ring {
+            Ring::Own { .. } => 0,
+            Ring::Hosted { key, .. } => key,
+        };
         let inflight = self.slots[slot as usize].as_mut().expect("entry for an empty slot");
         let done = inflight.done;
         let entry = match &mut inflight.req.op {
@@ -199,28 +214,40 @@ impl UringEngine {
                 .build(),
             _ => return None,
         };
-        Some(entry.user_data(u64::from(slot)))
+        Some(entry.user_data(host::user_data(key, slot)))
     }
 
-    /// Queues a slot's SQE, flushing the submission queue to the kernel when it is full.
+    /// Queues a slot's SQE, handing the queue to the kernel every `submit_batch` SQEs.
     fn push(&mut self, slot: u32) -> io::Result<()> {
         let Some(entry) = self.entry(slot) else {
             self.complete_sync(slot);
             return Ok(());
         };
-        loop {
-            // SAFETY: the SQE points into the slot's buffer, which stays in the slab (its heap
-            // memory never moves) until the CQE for this user data is reaped.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.queued += 1;
-                if self.queued >= self.submit_batch {
-                    self.ring.submit()?;
-                    self.queued = 0;
-                }
-                return Ok(());
-            }
-            self.ring.submit()?;
+        self.queued += 1;
+        let flush = self.queued >= self.submit_batch;
+        if flush {
             self.queued = 0;
+        }
+        match &mut self.ring {
+            Ring::Own { ring, .. } => loop {
+                // SAFETY: the SQE points into the slot's buffer, which stays in the slab (its
+                // heap memory never moves) until the CQE for this user data is reaped.
+                if unsafe { ring.submission().push(&entry) }.is_ok() {
+                    if flush {
+                        ring.submit()?;
+                    }
+                    return Ok(());
+                }
+                ring.submit()?;
+            },
+            Ring::Hosted { host, .. } => {
+                // SAFETY: as above; the slot's buffer outlives the CQE, which `reap` takes.
+                unsafe { host.push(&entry)? };
+                if flush {
+                    host.submit()?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -311,38 +338,89 @@ impl Backend for UringEngine {
 
     fn reap(&mut self, out: &mut Vec<IoCompletion>, min: usize) -> io::Result<()> {
         self.enable()?;
-        let want = if self.ready.len() >= min { 0 } else { min - self.ready.len() };
-        let outstanding = self.slots.len() - self.free.len();
-        let want = want.min(outstanding);
-        // With DEFER_TASKRUN, finished requests are posted to the CQ only by an enter with
-        // GETEVENTS; the kernel raises SQ_TASKRUN when some are waiting.
-        let deferred = self.ring.submission().taskrun();
-        if self.queued > 0 || want > 0 || deferred {
-            loop {
-                match self.ring.submit_and_wait(want) {
-                    Ok(_) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
-                    Err(e) => return Err(e),
+        let want = min.saturating_sub(self.ready.len()).min(self.outstanding());
+        let mut cqes = std::mem::take(&mut self.cqes);
+        match &mut self.ring {
+            Ring::Own { ring, .. } => {
+                // With DEFER_TASKRUN, finished requests are posted to the CQ only by an enter
+                // with GETEVENTS; the kernel raises SQ_TASKRUN when some are waiting.
+                let deferred = ring.submission().taskrun();
+                if self.queued > 0 || want > 0 || deferred {
+                    loop {
+                        match ring.submit_and_wait(want) {
+                            Ok(_) => break,
+                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
+                // Bounded: each pass drains what the CQ holds now; resubmissions show up
+                // next time.
+                cqes.extend(ring.completion().map(|c| (c.user_data() as u32, c.result())));
             }
-            self.queued = 0;
+            Ring::Hosted { host, key, .. } => host.reap(*key, &mut cqes, want > 0, None)?,
         }
-        // Bounded: each pass drains what the CQ holds now; resubmissions show up next time.
-        let cqes: Vec<(u32, i32)> = self.ring.completion().map(|c| (c.user_data() as u32, c.result())).collect();
-        for (slot, res) in cqes {
+        self.queued = 0;
+        for (slot, res) in cqes.drain(..) {
             self.on_cqe(slot, res)?;
         }
+        self.cqes = cqes;
         out.extend(self.ready.drain(..));
         Ok(())
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len() + self.ready.len()
+        self.outstanding() + self.ready.len()
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.done_fd.as_ref().map(OwnedFd::as_fd)
+        match &self.ring {
+            Ring::Own { done_fd, .. } => done_fd.as_ref().map(OwnedFd::as_fd),
+            Ring::Hosted { .. } => None,
+        }
+    }
+
+    fn attach(&mut self, to: &Arc<UringHost>) -> io::Result<bool> {
+        if matches!(self.ring, Ring::Hosted { .. }) {
+            return Ok(true);
+        }
+        // Requests on the old ring finish there first.
+        self.settle()?;
+        let Some((key, file)) = to.join(self.image.file.as_raw_fd()) else { return Ok(false) };
+        // A fresh arena goes into the worker's buffer table; buffers of the old one still
+        // out (none once settled) would keep it alive.
+        let mut arena = None;
+        // SAFETY: the arena stays allocated while registered: the engine holds it until
+        // `detach` or drop, both of which leave the host (unregistering it) first.
+        let buf = unsafe {
+            to.register_buffer(|index| {
+                let a = Arena::new(ARENA_BYTES, index);
+                let iov = a.iovec();
+                arena = Some(a);
+                iov
+            })
+        };
+        self.arena = arena.filter(|_| buf.is_some());
+        self.ring = Ring::Hosted { host: to.clone(), key, file, buf };
+        Ok(true)
+    }
+
+    fn detach(&mut self) -> io::Result<()> {
+        if !matches!(self.ring, Ring::Hosted { .. }) {
+            return Ok(());
+        }
+        self.settle()?;
+        let (ring, arena) = own_ring(&self.image, self.slots.len() as u32)?;
+        if let Ring::Hosted { host, key, file, buf } = std::mem::replace(&mut self.ring, ring) {
+            host.leave(key, file, buf);
+        }
+        self.arena = arena;
+        Ok(())
+    }
+
+    fn hosted(&self) -> bool {
+        matches!(self.ring, Ring::Hosted { .. })
     }
 
     fn size(&self) -> u64 {
@@ -376,25 +454,62 @@ impl Drop for UringEngine {
     fn drop(&mut self) {
         // Buffers in flight belong to the kernel until their CQEs arrive: wait for them
         // before the slab (and the buffers) are freed. Bounded by the number in flight.
-        for _ in 0..self.slots.len() {
-            let outstanding = self.slots.len() - self.free.len();
-            if outstanding == 0 {
-                return;
+        let home = match &self.ring {
+            Ring::Own { .. } => true,
+            Ring::Hosted { host, .. } => host.is_home(),
+        };
+        if home && self.settle().is_ok() {
+            if let Ring::Hosted { host, key, file, buf } = &self.ring {
+                host.leave(*key, *file, *buf);
             }
-            if self.ring.submit_and_wait(outstanding).is_err() {
-                break;
-            }
-            let cqes: Vec<u32> = self.ring.completion().map(|c| c.user_data() as u32).collect();
-            for slot in cqes {
-                if self.slots[slot as usize].take().is_some() {
-                    self.free.push(slot);
-                }
-            }
+            return;
         }
         // The kernel could not be waited for (dropped on a thread that is not the ring's
         // issuer, say): leak what is still in flight rather than free memory it may write.
         for slot in self.slots.drain(..).flatten() {
             std::mem::forget(slot);
         }
+        if let Some(arena) = self.arena.take() {
+            std::mem::forget(arena);
+        }
     }
+}
+
+/// A ring of the engine's own, created disabled so that the thread that first drives it
+/// becomes its single issuer, with the image as fixed file 0 and a fresh arena registered
+/// as fixed buffer 0 (or none, when registration fails).
+fn own_ring(image: &Image, depth: u32) -> io::Result<(Ring, Option<Arc<Arena>>)> {
+    // Completions are posted only when the engine's thread enters the kernel
+    // (DEFER_TASKRUN), so they trickle in as it asks rather than waking it for each one.
+    // Kernels before 6.1 lack these flags; they get a plain ring.
+    let (ring, enabled) = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_r_disabled()
+        .setup_cqsize(depth * 2)
+        .build(depth)
+        .map(|r| (r, false))
+        .or_else(|_| IoUring::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
+    ring.submitter().register_files(&[image.file.as_raw_fd()])?;
+    let arena = Arena::new(ARENA_BYTES, 0);
+    // SAFETY: the arena's memory stays allocated while the ring lives: the engine holds an
+    // Arc to it, and fields drop in declaration order, the ring before the arena.
+    let arena = match unsafe { ring.submitter().register_buffers(&[arena.iovec()]) } {
+        Ok(()) => Some(arena),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not register fixed buffers; using plain reads and writes");
+            None
+        }
+    };
+    let done_fd =
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+            .map_err(io::Error::from)
+            .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
+            .inspect_err(
+                |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
+            )
+            .ok();
+    Ok((Ring::Own { ring, enabled, done_fd }, arena))
 }
