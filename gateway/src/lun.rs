@@ -153,6 +153,22 @@ impl LunDriver {
         self.backend.name()
     }
 
+    /// Moves the engine's I/O into a worker's ring ([`Backend::attach`]); returns whether
+    /// it moved.
+    pub fn attach(&mut self, host: &std::sync::Arc<crate::engine::host::UringHost>) -> io::Result<bool> {
+        self.backend.attach(host)
+    }
+
+    /// Gives the engine a ring of its own again ([`Backend::detach`]).
+    pub fn detach(&mut self) -> io::Result<()> {
+        self.backend.detach()
+    }
+
+    /// Whether the engine's completions arrive in a worker's ring.
+    pub fn hosted(&self) -> bool {
+        self.backend.hosted()
+    }
+
     /// The engine's completion eventfd ([`Backend::completion_fd`]).
     pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.backend.completion_fd()

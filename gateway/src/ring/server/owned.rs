@@ -9,6 +9,7 @@ use scsi::opcodes::op;
 use scsi::{absent_lun, Completion, DataIn, Nexus};
 
 use super::mesh::{Done, Job, Source};
+use crate::engine::host::UringHost;
 use crate::engine::AlignedBuf;
 use crate::lun::Finished;
 use crate::ring::proto::Segments;
@@ -26,6 +27,8 @@ struct Landing {
 #[derive(Debug, Default)]
 pub(super) struct Owned {
     images: Vec<Option<OpenImage>>,
+    /// The worker's io_uring, which engines join as their images arrive.
+    host: Option<Arc<UringHost>>,
     in_backend: Vec<usize>,
     /// Images no map names any more (flushed, kept so indices stay stable).
     retired: Vec<bool>,
@@ -37,9 +40,10 @@ pub(super) struct Owned {
 }
 
 impl Owned {
-    /// Takes `images` as (global index, image).
-    pub(super) fn new(images: Vec<(usize, OpenImage)>) -> Owned {
-        let mut owned = Owned::default();
+    /// Takes `images` as (global index, image), moving their engines into `host` where
+    /// they can go.
+    pub(super) fn new(images: Vec<(usize, OpenImage)>, host: Option<Arc<UringHost>>) -> Owned {
+        let mut owned = Owned { host, ..Owned::default() };
         for (i, img) in images {
             owned.insert(i, img);
         }
@@ -47,7 +51,12 @@ impl Owned {
     }
 
     /// Adds image `index`.
-    pub(super) fn insert(&mut self, index: usize, image: OpenImage) {
+    pub(super) fn insert(&mut self, index: usize, mut image: OpenImage) {
+        if let Some(host) = &self.host {
+            if let Err(e) = image.driver.attach(host) {
+                tracing::warn!(image = %image.name, error = %e, "the engine keeps its own ring: joining the worker's failed");
+            }
+        }
         if self.images.len() <= index {
             self.images.resize_with(index + 1, || None);
             self.in_backend.resize(index + 1, 0);
@@ -74,6 +83,22 @@ impl Owned {
     /// Commands with the backends.
     pub(super) fn busy(&self) -> usize {
         self.in_backend.iter().sum()
+    }
+
+    /// Whether every image with commands in its backend will say when they finish: in the
+    /// worker's ring (`hosted`) or, without one, through its completion eventfd. Engines
+    /// that cannot signal are napped on instead.
+    pub(super) fn signalled(&self) -> bool {
+        let mut busy = self.images.iter().zip(&self.in_backend).filter(|(_, &n)| n > 0);
+        busy.all(|(img, _)| {
+            img.as_ref().is_none_or(|i| {
+                if self.host.is_some() {
+                    i.driver.hosted()
+                } else {
+                    i.driver.completion_fd().is_some()
+                }
+            })
+        })
     }
 
     /// The completion eventfd of each image with commands in its backend (`None` where the
@@ -195,6 +220,10 @@ impl Owned {
                 if let Err(e) = crate::storage::flush(&mut img) {
                     tracing::error!(image = %img.name, error = %e, "flush at shutdown failed");
                 }
+            }
+            // The image leaves this thread: its engine takes a ring of its own again.
+            if let Err(e) = img.driver.detach() {
+                tracing::error!(image = %img.name, error = %e, "leaving the worker's ring failed");
             }
             out.push((i, img));
         }

@@ -5,12 +5,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use io_uring::{opcode, types};
 use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
 use scsi::{absent_lun, Completion, DataIn, Sense, Status};
 
@@ -18,6 +20,7 @@ use super::mesh::{Done, Job, Mesh, Message, Source};
 use super::owned::{scatter, Owned};
 use super::{control_result, Accepted, Capacities, Control, NodeEntry, ServerOptions, REPORT_ENTRY};
 use crate::config::Access;
+use crate::engine::host::{self, UringHost};
 use crate::ring::alloc::RegionAllocator;
 use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments, Stat};
 use crate::ring::shm::{self, Doorbell, SharedMemory};
@@ -102,10 +105,16 @@ struct Conn {
     /// node's data area so a node cannot make the gateway hold more data than it could send.
     bytes_in_flight: u64,
     dead: Option<String>,
+    /// Names this queue pair's polls in the worker's ring: `2 * token` its doorbell,
+    /// `2 * token + 1` its socket.
+    token: u32,
+    /// Which of those polls are armed (one-shot: each fires once).
+    bell_armed: bool,
+    sock_armed: bool,
 }
 
 impl Conn {
-    fn new(id: u64, a: Accepted, metrics: &Metrics) -> Conn {
+    fn new(id: u64, token: u32, a: Accepted, metrics: &Metrics) -> Conn {
         let map = lun_map(&a.entry, metrics);
         let ring_stats = metrics.ring(&a.entry.pan, &a.entry.node);
         ring_stats.connected();
@@ -139,6 +148,9 @@ impl Conn {
             staging_alloc,
             bytes_in_flight: 0,
             dead: None,
+            token,
+            bell_armed: false,
+            sock_armed: false,
             entry: a.entry,
         }
     }
@@ -236,13 +248,41 @@ pub(super) struct Worker {
     /// When the CMDs of the batch being taken were seen (read once per batch).
     batch_ns: Option<u64>,
     metrics: Arc<Metrics>,
+    /// The worker's io_uring: its engines' I/O, and its sleep on doorbells and sockets.
+    /// `None` where io_uring is unavailable; the worker then sleeps in `poll(2)`.
+    host: Option<Arc<UringHost>>,
+    /// Whether the poll on `wake` is armed in `host`.
+    wake_armed: bool,
+    /// The last queue-pair token handed out.
+    tokens: u32,
+    /// The worker's own completions, kept to reuse the allocation.
+    events: Vec<(u32, i32)>,
 }
 
+/// Token of the poll on the worker's wake doorbell; queue pairs' tokens start at 1.
+const WAKE_TOKEN: u32 = 0;
+/// Token of SQEs whose completions mean nothing (poll cancellations).
+const IGNORED_TOKEN: u32 = u32::MAX;
+/// SQ entries of a worker's ring.
+const HOST_ENTRIES: u32 = 256;
+
 impl Worker {
+    /// Runs on the worker's own thread: its io_uring belongs to the thread that makes it.
     pub(super) fn new(s: Setup, opts: &ServerOptions) -> Worker {
+        let host = match UringHost::new(HOST_ENTRIES) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                tracing::info!(worker = s.index, error = %e, "no io_uring for the worker; it sleeps in poll(2)");
+                None
+            }
+        };
         Worker {
             index: s.index,
-            owned: Owned::new(s.images),
+            owned: Owned::new(s.images, host.clone()),
+            host,
+            wake_armed: false,
+            tokens: 0,
+            events: Vec::new(),
             conns: Vec::new(),
             incoming: s.incoming,
             control: s.control,
@@ -281,7 +321,9 @@ impl Worker {
                 while let Ok(a) = self.incoming.try_recv() {
                     self.opened += 1;
                     let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
-                    self.conns.push(Conn::new(id, a, &self.metrics));
+                    // Tokens wrap only after 2^31 queue pairs, long after their polls ended.
+                    self.tokens = self.tokens % (u32::MAX / 2 - 1) + 1;
+                    self.conns.push(Conn::new(id, self.tokens, a, &self.metrics));
                 }
                 while let Ok(c) = self.control.try_recv() {
                     self.apply(c);
@@ -345,7 +387,7 @@ impl Worker {
                 // I/O is in flight: sleep until a backend finishes some (its completion
                 // eventfd), a doorbell rings or another worker answers; engines that
                 // cannot signal are napped on instead.
-                let signalled = self.owned.completion_fds().all(|fd| fd.is_some());
+                let signalled = self.owned.signalled();
                 self.sleep(if signalled { Duration::from_millis(100) } else { Duration::from_micros(20) });
             } else if stopping {
                 // Other workers are finishing: look again soon.
@@ -361,8 +403,25 @@ impl Worker {
     fn close_dead(&mut self) {
         let before = self.conns.len();
         let mut gone = Vec::new();
+        let host = self.host.clone();
         self.conns.retain(|c| {
             if c.dead.is_some() {
+                // Armed polls hold the fds open in the kernel: cancel them. Their CQEs
+                // (ECANCELED) then name a token no queue pair has, and are dropped.
+                if let Some(h) = &host {
+                    for (armed, token) in [(c.bell_armed, 2 * c.token), (c.sock_armed, 2 * c.token + 1)] {
+                        if armed {
+                            let target = host::user_data(host::WORKER_KEY, token);
+                            let cancel = opcode::PollRemove::new(target)
+                                .build()
+                                .user_data(host::user_data(host::WORKER_KEY, IGNORED_TOKEN));
+                            // SAFETY: a poll removal points at no memory.
+                            if let Err(e) = unsafe { h.push(&cancel) } {
+                                tracing::warn!(error = %e, "could not cancel a closed queue pair's poll");
+                            }
+                        }
+                    }
+                }
                 let mut images: Vec<usize> = c.map.values().map(|l| l.image).collect();
                 images.sort_unstable();
                 images.dedup();
@@ -493,13 +552,79 @@ impl Worker {
         let pending = !self.early.is_empty()
             || self.conns.iter_mut().any(|c| c.cmd.pending().unwrap_or(1) > 0 || c.tran.pending().unwrap_or(1) > 0);
         if !pending {
-            self.check_sockets(timeout);
+            match self.host.clone() {
+                Some(host) => self.wait_in_ring(&host, timeout),
+                None => self.check_sockets(timeout),
+            }
         }
         self.mesh.set_sleeping(self.index, false);
         for c in &self.conns {
             c.cmd.set_polling(true);
             c.tran.set_polling(true);
         }
+    }
+
+    /// Sleeps in the worker's io_uring: arms a one-shot poll on the wake doorbell and on
+    /// each queue pair's doorbell and socket (those not still armed from an earlier sleep),
+    /// and waits for any CQE there (these, or an engine's) or the timeout.
+    fn wait_in_ring(&mut self, host: &UringHost, timeout: Duration) {
+        use std::os::fd::AsRawFd;
+        let poll = |fd: i32, mask: i16, token: u32| {
+            opcode::PollAdd::new(types::Fd(fd), mask as u32).build().user_data(host::user_data(host::WORKER_KEY, token))
+        };
+        let mut sqes = Vec::new();
+        if !self.wake_armed {
+            sqes.push(poll(self.wake.as_fd().as_raw_fd(), libc::POLLIN, WAKE_TOKEN));
+            self.wake_armed = true;
+        }
+        for c in &mut self.conns {
+            if !c.bell_armed {
+                sqes.push(poll(c.to_gateway.as_fd().as_raw_fd(), libc::POLLIN, 2 * c.token));
+                c.bell_armed = true;
+            }
+            if !c.sock_armed {
+                sqes.push(poll(c.sock.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP, 2 * c.token + 1));
+                c.sock_armed = true;
+            }
+        }
+        for sqe in &sqes {
+            // SAFETY: a poll SQE points at no memory; the fds stay open while armed (a queue
+            // pair's polls are cancelled before its fds close, and `wake` lives as long as
+            // the worker).
+            if let Err(e) = unsafe { host.push(sqe) } {
+                tracing::error!(error = %e, "arming a poll in the worker's ring failed");
+            }
+        }
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = host.wait(&mut events, timeout) {
+            tracing::error!(error = %e, "waiting in the worker's ring failed");
+            // Do not spin on a broken ring: nap as poll(2) would.
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+        }
+        for (token, res) in events.drain(..) {
+            if token == WAKE_TOKEN {
+                self.wake_armed = false;
+                let _ = self.wake.drain();
+                continue;
+            }
+            let Some(c) = self.conns.iter_mut().find(|c| c.token == token / 2) else { continue };
+            if token % 2 == 0 {
+                c.bell_armed = false;
+                let _ = c.to_gateway.drain();
+                continue;
+            }
+            c.sock_armed = false;
+            if res < 0 {
+                continue;
+            }
+            let revents = res as i16;
+            if revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
+                c.hang_up();
+            } else if revents & libc::POLLIN != 0 {
+                c.kill("socket_chatter", "the node sent data on its socket after the handshake".into());
+            }
+        }
+        self.events = events;
     }
 
     /// Polls doorbells and sockets; marks hung-up or chattering nodes dead.
