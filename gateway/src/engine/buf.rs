@@ -26,6 +26,8 @@ enum Origin {
     /// Memory someone else owns (a node's shared data area), kept mapped by `_owner`.
     Borrowed {
         _owner: Arc<dyn std::any::Any + Send + Sync>,
+        /// The fixed buffer of the io_uring it goes to that covers it, if registered.
+        fixed: Option<u16>,
     },
 }
 
@@ -62,7 +64,19 @@ impl AlignedBuf {
     /// formed: [`AlignedBuf::as_slice`] and [`AlignedBuf::as_mut_slice`] refuse (panic on) a
     /// borrowed buffer, and only [`AlignedBuf::as_mut_ptr`] may be used.
     pub unsafe fn borrowed(ptr: NonNull<u8>, len: usize, owner: Arc<dyn std::any::Any + Send + Sync>) -> AlignedBuf {
-        AlignedBuf { ptr, len, cap: len, origin: Origin::Borrowed { _owner: owner } }
+        AlignedBuf { ptr, len, cap: len, origin: Origin::Borrowed { _owner: owner, fixed: None } }
+    }
+
+    /// Marks a borrowed buffer as lying inside fixed buffer `index` of the io_uring it will
+    /// be submitted to, so reads and writes into it skip pinning its pages.
+    ///
+    /// # Safety
+    /// Fixed buffer `index` of that ring must be registered over memory that contains the
+    /// whole buffer, and stay registered until the buffer's request completes.
+    pub unsafe fn set_fixed(&mut self, index: u16) {
+        if let Origin::Borrowed { fixed, .. } = &mut self.origin {
+            *fixed = Some(index);
+        }
     }
 
     /// Whether the buffer is a view of memory owned elsewhere.
@@ -103,7 +117,8 @@ impl AlignedBuf {
     pub fn fixed_index(&self) -> Option<u16> {
         match self.origin {
             Origin::Arena { ref arena, .. } => Some(arena.index),
-            Origin::Heap | Origin::Borrowed { .. } => None,
+            Origin::Borrowed { fixed, .. } => fixed,
+            Origin::Heap => None,
         }
     }
 }

@@ -163,6 +163,18 @@ impl UringHost {
         })
     }
 
+    /// Gives back a fixed buffer from [`UringHost::register_buffer`] that no engine owns
+    /// (a node's data area). Requests still using it keep it until they complete: the
+    /// kernel holds its pages for them.
+    pub fn unregister_buffer(&self, index: u16) {
+        self.with(|h| {
+            let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+            // SAFETY: a null, empty iovec clears the slot; it names no memory.
+            let _ = unsafe { h.ring.submitter().register_buffers_update(u32::from(index), &[empty], None) };
+            h.bufs.push(index);
+        })
+    }
+
     /// Gives back what [`UringHost::join`] and [`UringHost::register_buffer`] took. The
     /// owner must have nothing in flight.
     pub fn leave(&self, key: u32, file: u32, buf: Option<u16>) {

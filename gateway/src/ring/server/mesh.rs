@@ -38,6 +38,9 @@ pub(super) struct Job {
     /// The LUNs of the command's target that the node sees (REPORT LUNS answers from it).
     pub luns: Arc<[u16]>,
     pub source: Source,
+    /// The fixed buffer of the owner's io_uring registered over the node's data area, set
+    /// only when the worker serving the queue pair owns the image (one ring for both).
+    pub fixed: Option<u16>,
 }
 
 /// A finished [`Job`], for the worker that serves its queue pair.

@@ -124,7 +124,13 @@ impl Owned {
         let (data_out, data_in, copy_to) = match job.source {
             Source::None => (None, None, None),
             Source::Out(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, true) {
-                Some(view) => (Some(view), None, None),
+                Some(mut view) => {
+                    if let (Some(index), true) = (job.fixed, driver.hosted()) {
+                        // SAFETY: as for data-in below.
+                        unsafe { view.set_fixed(index) };
+                    }
+                    (Some(view), None, None)
+                }
                 None => {
                     let mut buf = driver.buffer_for_overwrite(segments.total() as usize);
                     match gather(&mem, segments.as_slice().iter().map(|r| (r.offset, r.len)), buf.as_mut_slice()) {
@@ -134,7 +140,16 @@ impl Owned {
                 }
             },
             Source::In(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, false) {
-                Some(view) => (None, Some(view), None),
+                Some(mut view) => {
+                    if let (Some(index), true) = (job.fixed, driver.hosted()) {
+                        // SAFETY: the queue pair's worker registered `index` in this worker's
+                        // ring (the job says so only when they are the same worker) over the
+                        // whole data area, which contains the view, and unregisters it only
+                        // when the queue pair closes; requests in flight keep the pages.
+                        unsafe { view.set_fixed(index) };
+                    }
+                    (None, Some(view), None)
+                }
                 None => (None, None, Some((mem, segments))),
             },
             Source::Staged { mem, regions } => {

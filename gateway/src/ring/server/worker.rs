@@ -111,10 +111,13 @@ struct Conn {
     /// Which of those polls are armed (one-shot: each fires once).
     bell_armed: bool,
     sock_armed: bool,
+    /// The data area registered as a fixed buffer of the worker's ring, so the direct path
+    /// skips pinning pages for every I/O; given back when the queue pair closes.
+    data_fixed: Option<(Arc<UringHost>, u16)>,
 }
 
 impl Conn {
-    fn new(id: u64, token: u32, a: Accepted, metrics: &Metrics) -> Conn {
+    fn new(id: u64, token: u32, a: Accepted, metrics: &Metrics, host: Option<&Arc<UringHost>>) -> Conn {
         let map = lun_map(&a.entry, metrics);
         let ring_stats = metrics.ring(&a.entry.pan, &a.entry.node);
         ring_stats.connected();
@@ -124,7 +127,16 @@ impl Conn {
         // The worker is awake right now: nodes need not ring until it says otherwise.
         cmd.set_polling(true);
         tran.set_polling(true);
+        let data_fixed = host.and_then(|h| {
+            let base = a.data.raw(0, a.data.len() as u64).ok()?;
+            let iov = libc::iovec { iov_base: base.cast(), iov_len: a.data.len() };
+            // SAFETY: the iovec is the whole mapping, which `data` keeps alive as long as the
+            // queue pair; `Drop` unregisters it first, and the kernel keeps the pages for
+            // any request still using them.
+            unsafe { h.register_buffer(|_| iov) }.map(|index| (h.clone(), index))
+        });
         Conn {
+            data_fixed,
             id,
             sock: a.sock,
             data: a.data,
@@ -190,6 +202,9 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Some((host, index)) = self.data_fixed.take() {
+            host.unregister_buffer(index);
+        }
         self.ring_stats.disconnected(self.reported);
     }
 }
@@ -323,7 +338,7 @@ impl Worker {
                     let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
                     // Tokens wrap only after 2^31 queue pairs, long after their polls ended.
                     self.tokens = self.tokens % (u32::MAX / 2 - 1) + 1;
-                    self.conns.push(Conn::new(id, self.tokens, a, &self.metrics));
+                    self.conns.push(Conn::new(id, self.tokens, a, &self.metrics, self.host.as_ref()));
                 }
                 while let Ok(c) = self.control.try_recv() {
                     self.apply(c);
@@ -808,7 +823,12 @@ impl Worker {
                 stats: lun.stats,
             },
         );
+        let fixed = match &c.data_fixed {
+            Some((_, index)) if self.mesh.owner(lun.image) == self.index => Some(*index),
+            _ => None,
+        };
         let job = Job {
+            fixed,
             tag: (c.id << 32) | u64::from(cmd.seq),
             image: lun.image,
             luns: c.luns_of_target(cmd.target).clone(),
