@@ -197,12 +197,18 @@ impl UringHost {
     /// # Safety
     /// Whatever the SQE points to must stay valid until its CQE is taken.
     pub unsafe fn push(&self, entry: &squeue::Entry) -> io::Result<()> {
-        self.with(|h| loop {
-            // SAFETY: the caller keeps the SQE's memory valid until its completion.
-            if unsafe { h.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
+        self.with(|h| {
+            // A full SQ empties into the kernel; a kernel that refuses more while the CQ is
+            // full (EBUSY) gets room once the CQ is drained into the mailboxes.
+            for _ in 0..1000 {
+                // SAFETY: the caller keeps the SQE's memory valid until its completion.
+                if unsafe { h.ring.submission().push(entry) }.is_ok() {
+                    return Ok(());
+                }
+                enter(&h.ring, 0, None)?;
+                drain(h);
             }
-            enter(&h.ring, 0, None)?;
+            Err(io::Error::from_raw_os_error(libc::EBUSY))
         })
     }
 
@@ -212,8 +218,8 @@ impl UringHost {
     }
 
     /// Moves `key`'s completions into `out`, after handing queued SQEs to the kernel and
-    /// taking what has finished. With `wait`, and none for `key` yet, blocks until one
-    /// arrives or `timeout` passes (no timeout: until one arrives).
+    /// taking what has finished. With `wait`, and none for `key` yet, blocks until one of
+    /// its own arrives, or `timeout` passes. Wait only with requests of `key` in flight.
     pub fn reap(&self, key: u32, out: &mut Vec<(u32, i32)>, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
         self.with(|h| {
             let deferred = h.ring.submission().taskrun();
@@ -221,9 +227,14 @@ impl UringHost {
                 enter(&h.ring, 0, None)?;
             }
             drain(h);
-            if wait && h.mail[key as usize].is_empty() {
+            // Other owners' CQEs may come first: wait on until one of `key`'s arrives (the
+            // caller waits only with requests in flight), or once with a timeout.
+            while wait && h.mail[key as usize].is_empty() {
                 enter(&h.ring, 1, timeout)?;
                 drain(h);
+                if timeout.is_some() {
+                    break;
+                }
             }
             out.append(&mut h.mail[key as usize]);
             Ok(())

@@ -401,8 +401,9 @@ impl Backend for UringEngine {
                 iov
             })
         };
+        // The old ring goes first: it unregisters the old arena before that can be freed.
+        drop(std::mem::replace(&mut self.ring, Ring::Hosted { host: to.clone(), key, file, buf }));
         self.arena = arena.filter(|_| buf.is_some());
-        self.ring = Ring::Hosted { host: to.clone(), key, file, buf };
         Ok(true)
     }
 

@@ -127,7 +127,10 @@ impl Conn {
         // The worker is awake right now: nodes need not ring until it says otherwise.
         cmd.set_polling(true);
         tran.set_polling(true);
-        let data_fixed = host.and_then(|h| {
+        // Registering pins (and so allocates) the whole area: only areas up to
+        // FIXED_DATA_MAX are, so a node asking for a large one does not make the gateway
+        // hold all of it at once; larger ones take plain reads and writes.
+        let data_fixed = host.filter(|_| a.data.len() <= FIXED_DATA_MAX).and_then(|h| {
             let base = a.data.raw(0, a.data.len() as u64).ok()?;
             let iov = libc::iovec { iov_base: base.cast(), iov_len: a.data.len() };
             // SAFETY: the iovec is the whole mapping, which `data` keeps alive as long as the
@@ -278,6 +281,8 @@ pub(super) struct Worker {
 const WAKE_TOKEN: u32 = 0;
 /// Token of SQEs whose completions mean nothing (poll cancellations).
 const IGNORED_TOKEN: u32 = u32::MAX;
+/// Largest data area registered as a fixed buffer of the worker's ring.
+const FIXED_DATA_MAX: usize = 64 << 20;
 /// SQ entries of a worker's ring.
 const HOST_ENTRIES: u32 = 256;
 
@@ -587,27 +592,29 @@ impl Worker {
         let poll = |fd: i32, mask: i16, token: u32| {
             opcode::PollAdd::new(types::Fd(fd), mask as u32).build().user_data(host::user_data(host::WORKER_KEY, token))
         };
-        let mut sqes = Vec::new();
-        if !self.wake_armed {
-            sqes.push(poll(self.wake.as_fd().as_raw_fd(), libc::POLLIN, WAKE_TOKEN));
-            self.wake_armed = true;
-        }
-        for c in &mut self.conns {
-            if !c.bell_armed {
-                sqes.push(poll(c.to_gateway.as_fd().as_raw_fd(), libc::POLLIN, 2 * c.token));
-                c.bell_armed = true;
-            }
-            if !c.sock_armed {
-                sqes.push(poll(c.sock.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP, 2 * c.token + 1));
-                c.sock_armed = true;
-            }
-        }
-        for sqe in &sqes {
+        // A poll counts as armed once its SQE is queued; one that could not be queued is
+        // tried again at the next sleep.
+        let arm = |fd: i32, mask: i16, token: u32| {
             // SAFETY: a poll SQE points at no memory; the fds stay open while armed (a queue
             // pair's polls are cancelled before its fds close, and `wake` lives as long as
             // the worker).
-            if let Err(e) = unsafe { host.push(sqe) } {
-                tracing::error!(error = %e, "arming a poll in the worker's ring failed");
+            match unsafe { host.push(&poll(fd, mask, token)) } {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "arming a poll in the worker's ring failed");
+                    false
+                }
+            }
+        };
+        if !self.wake_armed {
+            self.wake_armed = arm(self.wake.as_fd().as_raw_fd(), libc::POLLIN, WAKE_TOKEN);
+        }
+        for c in &mut self.conns {
+            if !c.bell_armed {
+                c.bell_armed = arm(c.to_gateway.as_fd().as_raw_fd(), libc::POLLIN, 2 * c.token);
+            }
+            if !c.sock_armed {
+                c.sock_armed = arm(c.sock.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP, 2 * c.token + 1);
             }
         }
         let mut events = std::mem::take(&mut self.events);
