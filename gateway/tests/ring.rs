@@ -65,12 +65,18 @@ struct Fixture {
 }
 
 fn start() -> Fixture {
+    start_with(|_| {})
+}
+
+fn start_with(tune: impl FnOnce(&mut ServerOptions)) -> Fixture {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("gateway=debug").try_init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
     let socket = dir.path().join("pangate.sock");
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let mut o = ServerOptions::new(&socket);
+    tune(&mut o);
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), o).unwrap();
     Fixture { _dir: dir, server: Some(server), socket }
 }
 
@@ -385,6 +391,45 @@ fn a_node_dying_with_io_in_flight_leaves_others_unharmed() {
         drop(bad);
     }
     healthy_io(&mut good, 20);
+}
+
+/// Workers that never spin sleep between every command: in their io_uring, and (as where
+/// io_uring is missing) in poll(2). Either way doorbells and backend completions wake them,
+/// and a node that dies with I/O in flight is seen to hang up while others carry on.
+#[test]
+fn sleeping_workers_wake_for_doorbells_completions_and_hang_ups_in_both_wait_modes() {
+    for worker_ring in [true, false] {
+        let metrics = std::sync::Arc::new(metrics::Metrics::new(scsi::opcodes::name, "test"));
+        let m = metrics.clone();
+        let f = start_with(move |o| {
+            o.spin = Duration::ZERO;
+            o.worker_ring = worker_ring;
+            o.metrics = m;
+        });
+        let mut good = connect(&f, "beta", "n1", CRED_B);
+        good.execute(0, 0, &[0; 6], Data::None).unwrap();
+        // 40 commands, each finding the worker asleep: a worker that slept through its
+        // doorbell would wake only at its 500 ms timeout.
+        let t = std::time::Instant::now();
+        healthy_io(&mut good, 20);
+        assert!(t.elapsed() < Duration::from_secs(4), "worker_ring={worker_ring}: took {:?}", t.elapsed());
+        let mut bad = connect(&f, "alpha", "n1", CRED_A);
+        bad.execute(0, 0, &[0; 6], Data::None).unwrap();
+        let r = bad.alloc(1 << 20).unwrap();
+        for k in 0..16u64 {
+            let cdb = gateway::ring::initiator::rw16(0x8A, k * 2048, 2048, false);
+            bad.queue(0, 0, &cdb, Data::Out { region: r, staged: false }).unwrap();
+        }
+        bad.kick().unwrap();
+        drop(bad);
+        let gone = r#"pangate_ring_connections{pan="alpha",node="n1"} 0"#;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !metrics.render().contains(gone) {
+            assert!(std::time::Instant::now() < deadline, "worker_ring={worker_ring}: the hang-up went unseen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        healthy_io(&mut good, 20);
+    }
 }
 
 #[test]

@@ -65,6 +65,10 @@ pub struct ServerOptions {
     pub handshake_timeout: Duration,
     /// Where the worker counts commands, bytes, latencies and ring events.
     pub metrics: Arc<Metrics>,
+    /// Whether each worker drives its images' I/O and its sleep through one io_uring of
+    /// its own (the default). Off, engines keep rings of their own and workers sleep in
+    /// `poll(2)`, as they do where io_uring is unavailable.
+    pub worker_ring: bool,
 }
 
 impl ServerOptions {
@@ -77,6 +81,7 @@ impl ServerOptions {
             max_data_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(5),
             metrics: Arc::new(Metrics::new(scsi::opcodes::name, env!("CARGO_PKG_VERSION"))),
+            worker_ring: true,
         }
     }
 }

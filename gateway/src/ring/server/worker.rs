@@ -290,6 +290,7 @@ impl Worker {
     /// Runs on the worker's own thread: its io_uring belongs to the thread that makes it.
     pub(super) fn new(s: Setup, opts: &ServerOptions) -> Worker {
         let host = match UringHost::new(HOST_ENTRIES) {
+            Ok(_) if !opts.worker_ring => None,
             Ok(h) => Some(Arc::new(h)),
             Err(e) => {
                 tracing::info!(worker = s.index, error = %e, "no io_uring for the worker; it sleeps in poll(2)");
