@@ -68,11 +68,19 @@ fn to_io(op: &RawOp) -> IoOp {
 /// Result and any data read, comparable across engines.
 fn one(e: &mut dyn Backend, op: IoOp) -> (Result<IoDone, EngineError>, Vec<u8>) {
     e.submit(IoRequest { tag: 0, op }).unwrap();
+    outcome(next_completion(e))
+}
+
+/// Waits for the engine's next completion.
+fn next_completion(e: &mut dyn Backend) -> IoCompletion {
     let mut out = Vec::new();
     while out.is_empty() {
         e.reap(&mut out, 1).unwrap();
     }
-    let c = out.pop().unwrap();
+    out.pop().unwrap()
+}
+
+fn outcome(c: IoCompletion) -> (Result<IoDone, EngineError>, Vec<u8>) {
     let data = match c.req.op {
         IoOp::Read { buf, .. } => buf.as_slice().to_vec(),
         _ => vec![],
@@ -121,18 +129,7 @@ proptest! {
             // Both submitted before either is reaped: their CQEs share the queue.
             a.submit(IoRequest { tag: 1, op: to_io(op) }).unwrap();
             let (rb, db) = one(&mut b, to_io(op));
-            let (ra, da) = {
-                let mut out = Vec::new();
-                while out.is_empty() {
-                    a.reap(&mut out, 1).unwrap();
-                }
-                let c = out.pop().unwrap();
-                let data = match c.req.op {
-                    IoOp::Read { buf, .. } => buf.as_slice().to_vec(),
-                    _ => vec![],
-                };
-                (c.result, data)
-            };
+            let (ra, da) = outcome(next_completion(&mut a));
             let (rs, ds) = one(&mut s, to_io(op));
             let (rsd, dsd) = one(&mut sd, to_io(op));
             prop_assert_eq!(&ra, &rs, "{:?}", op);
@@ -159,24 +156,7 @@ fn a_hosted_engine_batches_a_full_queue_from_its_registered_arena() {
     let host = std::sync::Arc::new(UringHost::new(64).unwrap());
     let mut e = UringEngine::new(image(&dir, "h.img", true), 32).unwrap();
     assert!(e.attach(&host).unwrap());
-    for i in 0..32u64 {
-        let buf = e.buffer(4096);
-        assert!(buf.fixed_index().is_some(), "buffers come from the arena registered in the worker's ring");
-        let op = IoOp::Write { offset: i * 4096, buf: buf_with(buf, i as u8), range: 0..4096, fua: false };
-        e.submit(IoRequest { tag: i, op }).unwrap();
-    }
-    let (back, err) = e.submit(IoRequest { tag: 99, op: IoOp::Flush }).unwrap_err();
-    assert_eq!((back.tag, err), (99, EngineError::Full));
-    let mut done: Vec<IoCompletion> = Vec::new();
-    for _ in 0..1000 {
-        if done.len() == 32 {
-            break;
-        }
-        let want = 32 - done.len();
-        e.reap(&mut done, want).unwrap();
-    }
-    assert_eq!(done.len(), 32);
-    assert!(done.iter().all(|c| c.result.is_ok()));
+    fill_the_queue_then_reap_it(&mut e);
     drop(e);
     let on_disk = std::fs::read(dir.path().join("h.img")).unwrap();
     for i in 0..32usize {
@@ -213,11 +193,7 @@ fn borrowed_views_of_a_registered_area_use_its_fixed_buffer() {
     };
     let read = |e: &mut UringEngine, buf: AlignedBuf| {
         e.submit(IoRequest { tag: 0, op: IoOp::Read { offset: 64 << 10, buf, range: 0..64 << 10 } }).unwrap();
-        let mut out = Vec::new();
-        while out.is_empty() {
-            e.reap(&mut out, 1).unwrap();
-        }
-        out.pop().unwrap().result
+        next_completion(e).result
     };
     read(&mut e, view(128 << 10, index)).unwrap();
     // SAFETY: the read has completed; nothing else writes `area` now.
@@ -226,11 +202,6 @@ fn borrowed_views_of_a_registered_area_use_its_fixed_buffer() {
     let wrong = index.wrapping_add(1);
     assert!(read(&mut e, view(0, wrong)).is_err(), "a view under an unregistered index must fail");
     host.unregister_buffer(index);
-}
-
-fn buf_with(mut buf: AlignedBuf, byte: u8) -> AlignedBuf {
-    buf.as_mut_slice().fill(byte);
-    buf
 }
 
 #[test]
@@ -255,9 +226,16 @@ fn auto_engine_opens_uring_where_supported() {
 fn uring_batches_a_full_queue_and_hands_back_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let mut e = UringEngine::new(image(&dir, "q.img", true), 32).unwrap();
+    fill_the_queue_then_reap_it(&mut e);
+}
+
+/// Writes byte `i` over block `i` for each of the engine's 32 slots, from buffers of its
+/// registered arena, checks that a 33rd request is handed back, and reaps all 32.
+fn fill_the_queue_then_reap_it(e: &mut UringEngine) {
     for i in 0..32u64 {
-        let buf = e.buffer(4096);
+        let mut buf = e.buffer(4096);
         assert!(buf.fixed_index().is_some(), "buffers come from the registered arena");
+        buf.as_mut_slice().fill(i as u8);
         e.submit(IoRequest { tag: i, op: IoOp::Write { offset: i * 4096, buf, range: 0..4096, fua: false } }).unwrap();
     }
     let extra = IoRequest { tag: 99, op: IoOp::Flush };

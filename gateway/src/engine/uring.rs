@@ -169,14 +169,11 @@ impl UringEngine {
     /// Builds the SQE for a slot's request (continuing after `done` bytes), or `None` when
     /// the operation is performed synchronously instead.
     fn entry(&mut self, slot: u32) -> Option<squeue::Entry> {
-        let fixed = types::Fixed(match self.ring {
-            Ring::Own { .. } => 0,
-            Ring::Hosted { file, .. } => file,
-        });
-        let key = match self.ring {
-            Ring::Own { .. } => 0,
-            Ring::Hosted { key, .. } => key,
+        let (key, file) = match self.ring {
+            Ring::Own { .. } => (0, 0),
+            Ring::Hosted { key, file, .. } => (key, file),
         };
+        let fixed = types::Fixed(file);
         let inflight = self.slots[slot as usize].as_mut().expect("entry for an empty slot");
         let done = inflight.done;
         let entry = match &mut inflight.req.op {

@@ -38,8 +38,8 @@ pub(super) struct Job {
     /// The LUNs of the command's target that the node sees (REPORT LUNS answers from it).
     pub luns: Arc<[u16]>,
     pub source: Source,
-    /// The fixed buffer of the owner's io_uring registered over the node's data area, set
-    /// only when the worker serving the queue pair owns the image (one ring for both).
+    /// The fixed buffer of the owner's io_uring registered over the node's data area; kept
+    /// only while the job stays on the worker serving the queue pair (one ring for both).
     pub fixed: Option<u16>,
 }
 

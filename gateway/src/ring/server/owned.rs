@@ -121,16 +121,12 @@ impl Owned {
         let driver = &mut img.driver;
         let segments = std::mem::take(&mut job.cmd.segments);
         let cdb = job.cmd.cdb();
+        // The data area's fixed buffer is in this worker's ring, which a hosted engine uses.
+        let fixed = job.fixed.filter(|_| driver.hosted());
         let (data_out, data_in, copy_to) = match job.source {
             Source::None => (None, None, None),
-            Source::Out(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, true) {
-                Some(mut view) => {
-                    if let (Some(index), true) = (job.fixed, driver.hosted()) {
-                        // SAFETY: as for data-in below.
-                        unsafe { view.set_fixed(index) };
-                    }
-                    (Some(view), None, None)
-                }
+            Source::Out(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, true, fixed) {
+                Some(view) => (Some(view), None, None),
                 None => {
                     let mut buf = driver.buffer_for_overwrite(segments.total() as usize);
                     match gather(&mem, segments.as_slice().iter().map(|r| (r.offset, r.len)), buf.as_mut_slice()) {
@@ -139,17 +135,8 @@ impl Owned {
                     }
                 }
             },
-            Source::In(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, false) {
-                Some(mut view) => {
-                    if let (Some(index), true) = (job.fixed, driver.hosted()) {
-                        // SAFETY: the queue pair's worker registered `index` in this worker's
-                        // ring (the job says so only when they are the same worker) over the
-                        // whole data area, which contains the view, and unregisters it only
-                        // when the queue pair closes; requests in flight keep the pages.
-                        unsafe { view.set_fixed(index) };
-                    }
-                    (None, Some(view), None)
-                }
+            Source::In(mem) => match borrow(driver.takes_borrowed(), cdb, &mem, &segments, false, fixed) {
+                Some(view) => (None, Some(view), None),
                 None => (None, None, Some((mem, segments))),
             },
             Source::Staged { mem, regions } => {
@@ -256,13 +243,15 @@ impl Done {
 /// the engine only hands buffers to the kernel: the data goes straight between the image
 /// and the node's data area. The node may touch the bytes while the command is in flight,
 /// which is its own affair (the data is its own, and the gateway never reads it).
-/// Parameter lists, compared data and everything else are still copied.
+/// Parameter lists, compared data and everything else are still copied. `fixed` names the
+/// fixed buffer of the engine's ring registered over the whole of `mem`, if there is one.
 fn borrow(
     takes_borrowed: bool,
     cdb: &[u8],
     mem: &Arc<SharedMemory>,
     segments: &Segments,
     out: bool,
+    fixed: Option<u16>,
 ) -> Option<AlignedBuf> {
     let opcode = *cdb.first()?;
     let plain = if out {
@@ -279,7 +268,15 @@ fn borrow(
     // SAFETY: `raw` checked that [offset, offset+len) lies inside the mapping, which
     // `owner` keeps mapped for the buffer's life; the buffer goes only to an engine that
     // passes its pointer to the kernel and never forms a reference to it.
-    Some(unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) })
+    let mut view = unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) };
+    if let Some(index) = fixed {
+        // SAFETY: the queue pair's worker registered `index` in this worker's ring (jobs
+        // that cross to another worker drop it) over the whole data area, which contains
+        // the view, and unregisters it only when the queue pair closes; requests in flight
+        // keep the pages.
+        unsafe { view.set_fixed(index) };
+    }
+    Some(view)
 }
 
 /// Copies the regions `(offset, len)` of `mem`, in order, into `buf`.

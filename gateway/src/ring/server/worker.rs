@@ -491,11 +491,13 @@ impl Worker {
 
     /// Starts a job on its image: here and now when this worker owns it, otherwise on the
     /// owner, counted until its answer comes back.
-    fn start_job(&mut self, job: Job) {
+    fn start_job(&mut self, mut job: Job) {
         let owner = self.mesh.owner(job.image);
         if owner == self.index {
             self.owned.start(job, &mut self.done);
         } else {
+            // The data area's fixed buffer is registered in this worker's ring only.
+            job.fixed = None;
             self.sent += 1;
             self.mesh.send(owner, Message::Job(Box::new(job)));
         }
@@ -831,12 +833,8 @@ impl Worker {
                 stats: lun.stats,
             },
         );
-        let fixed = match &c.data_fixed {
-            Some((_, index)) if self.mesh.owner(lun.image) == self.index => Some(*index),
-            _ => None,
-        };
         let job = Job {
-            fixed,
+            fixed: c.data_fixed.as_ref().map(|&(_, index)| index),
             tag: (c.id << 32) | u64::from(cmd.seq),
             image: lun.image,
             luns: c.luns_of_target(cmd.target).clone(),
