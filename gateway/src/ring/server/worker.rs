@@ -422,7 +422,10 @@ impl Worker {
     /// Drops the queue pairs that died, and tells the owners of their images to forget
     /// their nexuses.
     fn close_dead(&mut self) {
-        let before = self.conns.len();
+        // Count them off first: dropping a queue pair (unmapping its areas, unpinning its
+        // fixed buffer) can take milliseconds, and a node that reconnects meanwhile must
+        // not find this worker looking busier than it is and be placed away from its image.
+        self.mesh.closed(self.index, self.conns.iter().filter(|c| c.dead.is_some()).count());
         let mut gone = Vec::new();
         let host = self.host.clone();
         self.conns.retain(|c| {
@@ -450,7 +453,6 @@ impl Worker {
             }
             c.dead.is_none()
         });
-        self.mesh.closed(self.index, before - self.conns.len());
         for (image, nexus) in gone {
             self.send_to_owner(image, Message::Forget { image, nexus });
         }
