@@ -91,9 +91,14 @@ fn outcome(c: IoCompletion) -> (Result<IoDone, EngineError>, Vec<u8>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
+    /// Buffered, O_DIRECT, or buffered on tmpfs (where lone reads and writes are done in
+    /// place), when the machine has a tmpfs at /dev/shm.
     #[test]
-    fn uring_and_sync_engines_agree(ops in prop::collection::vec(raw_op(), 1..30), direct in any::<bool>()) {
-        let dir = tempfile::tempdir().unwrap();
+    fn uring_and_sync_engines_agree(ops in prop::collection::vec(raw_op(), 1..30), direct in any::<bool>(), in_memory in any::<bool>()) {
+        let (dir, direct) = match (in_memory, tmpfs_dir()) {
+            (true, Ok(d)) => (d, false),
+            _ => (tempfile::tempdir().unwrap(), direct),
+        };
         let mut u = UringEngine::new(image(&dir, "u.img", direct), 32).unwrap();
         let mut s = SyncEngine::new(image(&dir, "s.img", direct));
         for op in &ops {
@@ -202,6 +207,67 @@ fn borrowed_views_of_a_registered_area_use_its_fixed_buffer() {
     let wrong = index.wrapping_add(1);
     assert!(read(&mut e, view(0, wrong)).is_err(), "a view under an unregistered index must fail");
     host.unregister_buffer(index);
+}
+
+/// A temporary directory on tmpfs, or why there is none.
+fn tmpfs_dir() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::tempdir_in("/dev/shm").map_err(|e| format!("no /dev/shm to make a directory in: {e}"))?;
+    match rustix::fs::statfs(dir.path()) {
+        Ok(s) if s.f_type == libc::TMPFS_MAGIC => Ok(dir),
+        _ => Err("/dev/shm is not a tmpfs".into()),
+    }
+}
+
+#[test]
+fn lone_requests_on_a_tmpfs_image_are_done_in_place_and_the_rest_go_through_the_ring() {
+    let dir = match tmpfs_dir() {
+        Ok(d) => d,
+        Err(why) => {
+            assert!(skip_because(Some(why)));
+            return;
+        }
+    };
+    let mut e = UringEngine::new(image(&dir, "m.img", false), 32).unwrap();
+    let write = |e: &mut UringEngine, offset: u64, len: usize, seed: u8, fua: bool| {
+        let mut buf = e.buffer(len);
+        buf.as_mut_slice().copy_from_slice(&pattern(len, seed));
+        IoRequest { tag: u64::from(seed), op: IoOp::Write { offset, buf, range: 0..len, fua } }
+    };
+    // A lone write and a lone read: done in place, already complete when submit returns.
+    let req = write(&mut e, 8192, 4096, 1, false);
+    e.submit(req).unwrap();
+    assert_eq!(e.in_place(), 1);
+    let mut out = Vec::new();
+    e.reap(&mut out, 0).unwrap();
+    assert!(matches!(out.as_slice(), [c] if c.result == Ok(IoDone::Done)), "{out:?}");
+    let (r, data) = one(&mut e, IoOp::Read { offset: 8192, buf: AlignedBuf::zeroed(4096), range: 0..4096 });
+    assert_eq!((r, e.in_place()), (Ok(IoDone::Done), 2));
+    assert!(data == pattern(4096, 1), "the in-place read returns the in-place write");
+    // A FUA write and one larger than the in-place limit go through the ring, and so does
+    // anything submitted while they are in flight.
+    let (fua, large) = (write(&mut e, 0, 4096, 2, true), write(&mut e, 1 << 20, 1 << 20, 3, false));
+    e.submit(fua).unwrap();
+    e.submit(large).unwrap();
+    e.submit(IoRequest { tag: 4, op: IoOp::Read { offset: 8192, buf: AlignedBuf::zeroed(4096), range: 0..4096 } })
+        .unwrap();
+    let mut done = Vec::new();
+    for _ in 0..1000 {
+        if done.len() == 3 {
+            break;
+        }
+        let want = 3 - done.len();
+        e.reap(&mut done, want).unwrap();
+    }
+    assert_eq!(e.in_place(), 2, "nothing went in place while the ring had requests");
+    assert_eq!(done.len(), 3);
+    for c in done {
+        assert_eq!(c.result, Ok(IoDone::Done), "request {}", c.req.tag);
+        if let IoOp::Read { buf, .. } = &c.req.op {
+            assert!(buf.as_slice() == pattern(4096, 1).as_slice());
+        }
+    }
+    let file = std::fs::read(dir.path().join("m.img")).unwrap();
+    assert!(file[..4096] == pattern(4096, 2) && file[1 << 20..2 << 20] == pattern(1 << 20, 3));
 }
 
 #[test]
