@@ -462,9 +462,10 @@ fn data_beyond_the_data_area_in_flight_gets_busy_not_memory() {
 
 // ---- Workers -----------------------------------------------------------------------------
 
-/// Three workers, two nodes with three queue pairs each: the listener spreads queue pairs
-/// over the workers, and each image has one owner, so most commands cross to another
-/// worker and back. Data, unit attentions, LUN RESET and shutdown behave as with one.
+/// Three workers, two nodes with five queue pairs each: the listener keeps a node's first
+/// four beside its first image and spreads the rest over the other workers, and each image
+/// has one owner, so many commands cross to another worker and back. Data, unit
+/// attentions, LUN RESET and shutdown behave as with one.
 #[test]
 fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("gateway=debug").try_init();
@@ -479,7 +480,7 @@ fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
     let f = Fixture { _dir: dir, server: Some(server), socket };
     // n1 maps a0 (image 0) rw and shared (image 1) ro; n2 maps shared rw at (0, 1).
     let mut queues: Vec<(Initiator, u16)> = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         queues.push((connect(&f, "alpha", "n1", CRED_A), 0));
         queues.push((connect(&f, "alpha", "n2", CRED_C), 1));
     }

@@ -14,6 +14,9 @@ use scsi::Completion;
 use crate::ring::proto::{Cmd, Region};
 use crate::ring::shm::{Doorbell, SharedMemory};
 
+/// What placing a queue pair away from its image's worker counts as, in queue pairs.
+const AWAY_COST: usize = 3;
+
 /// Where a command's data is, in the memory the node shares with the gateway. The owner of
 /// the image moves it, so a command crosses workers without a copy of its data.
 #[derive(Debug)]
@@ -152,15 +155,18 @@ impl Mesh {
     }
 
     /// Picks the worker for a new queue pair of a node whose first image is `home`: the
-    /// image's owner, unless another worker has at least two queue pairs fewer. A queue
-    /// pair beside its image never crosses workers, which matters most when nodes and
-    /// workers share cores; spreading matters once a worker is clearly busier.
+    /// image's owner, unless another worker has at least [`AWAY_COST`] + 1 queue pairs
+    /// fewer. A queue pair beside its image never crosses workers; one away from it costs
+    /// a message each way per command and keeps two workers polling for one node, which
+    /// on a machine without a spare core leaves three threads on two cores. Spreading pays
+    /// only once a worker is clearly busier, and a count can be briefly stale: a queue
+    /// pair that just closed is counted until its worker sees the hang-up.
     pub(super) fn place(&self, home: Option<usize>) -> usize {
         let home = home.map(|i| self.owner(i));
         let w = (0..self.workers())
             .min_by_key(|&w| {
                 let away = Some(w) != home;
-                (self.loads[w].load(Ordering::Relaxed) + usize::from(away), away)
+                (self.loads[w].load(Ordering::Relaxed) + if away { AWAY_COST } else { 0 }, away)
             })
             .unwrap_or(0);
         self.loads[w].fetch_add(1, Ordering::Relaxed);
@@ -191,14 +197,14 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_pair_stays_beside_its_image_until_another_worker_has_two_fewer() {
+    fn a_queue_pair_stays_beside_its_image_until_another_worker_has_four_fewer() {
         let (m, _inboxes) = mesh(3);
         // Image 1 belongs to worker 1.
-        let placed: Vec<usize> = (0..5).map(|_| m.place(Some(1))).collect();
-        assert_eq!(placed, [1, 1, 0, 2, 1]);
+        let placed: Vec<usize> = (0..7).map(|_| m.place(Some(1))).collect();
+        assert_eq!(placed, [1, 1, 1, 1, 0, 2, 1]);
         m.closed(1, 3);
         assert_eq!(m.place(Some(1)), 1, "back home once its worker is no busier");
-        // A node without LUNs goes to the least loaded worker (loads are now 1, 1, 1).
+        // A node without LUNs goes to the least loaded worker (loads are now 1, 3, 1).
         assert_eq!(m.place(None), 0);
     }
 
