@@ -73,6 +73,10 @@ impl From<Size> for SizeRepr {
     }
 }
 
+/// The largest image: a Linux file's offsets are signed 64-bit (and TOML integers too, so
+/// a larger size could not be saved back).
+pub const MAX_IMAGE_BYTES: u64 = i64::MAX as u64;
+
 /// Parses `"<n>[KiB|MiB|GiB|TiB|K|M|G|T]"` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -396,6 +400,13 @@ impl Config {
                         "use a size such as \"1GiB\"",
                     ));
                 }
+                if img.size.0 > MAX_IMAGE_BYTES {
+                    return Err(err(
+                        format!("{ik}.size"),
+                        format!("{} bytes is more than a file can hold ({MAX_IMAGE_BYTES} bytes)", img.size.0),
+                        "use a size such as \"1TiB\"",
+                    ));
+                }
             }
             let mut nodes = HashSet::new();
             for (n, node) in pan.nodes.iter().enumerate() {
@@ -629,6 +640,19 @@ luns = [{ target = 0, lun = 0, image = "d0", access = "rw" }]
 
         let e = Config::parse(&format!("{GOOD}\nbogus = 1\n"), None).unwrap_err();
         assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn an_image_larger_than_a_file_can_be_is_refused_and_the_largest_saves() {
+        // 2^64 - 512 bytes: a whole number of blocks, but no file can be that large and TOML
+        // cannot hold it (saving it once panicked; found by the `config` fuzz target).
+        let e = Config::parse(&GOOD.replace("\"64MiB\"", "\"18446744073709551104\""), None).unwrap_err();
+        assert_eq!(e.key, "pan[0].image[0].size", "{e}");
+        assert!(e.reason.contains("more than a file can hold"), "{e}");
+        let largest = MAX_IMAGE_BYTES / 512 * 512;
+        let c = Config::parse(&GOOD.replace("\"64MiB\"", &format!("\"{largest}\"")), None).unwrap();
+        assert_eq!(c.pans[0].images[0].size, Size(largest));
+        assert_eq!(Config::parse(&c.to_toml(), None).unwrap(), c);
     }
 
     #[test]
