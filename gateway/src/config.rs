@@ -645,7 +645,8 @@ luns = [{ target = 0, lun = 0, image = "d0", access = "rw" }]
     #[test]
     fn an_image_larger_than_a_file_can_be_is_refused_and_the_largest_saves() {
         // 2^64 - 512 bytes: a whole number of blocks, but no file can be that large and TOML
-        // cannot hold it (saving it once panicked; found by the `config` fuzz target).
+        // cannot hold it (saving it once panicked, as this input to the `config` fuzz target
+        // showed).
         let e = Config::parse(&GOOD.replace("\"64MiB\"", "\"18446744073709551104\""), None).unwrap_err();
         assert_eq!(e.key, "pan[0].image[0].size", "{e}");
         assert!(e.reason.contains("more than a file can hold"), "{e}");

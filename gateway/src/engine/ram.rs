@@ -87,8 +87,8 @@ impl Drop for Slab {
 /// copy streams through them. Prefetching a whole 4 KiB block for each of 32 reads issues
 /// 2,048 line fills at once, more than the core can track: the prefetches themselves stall
 /// and crowd out the copies' own misses. The first 512 bytes start each block's memory
-/// access early without that. 4 KiB random read at QD32 through the
-/// ring, alternating runs: medians 805k IOPS at 512 bytes, 782k at 1 KiB, 707k at 4 KiB.
+/// access early without that. 4 KiB random read at QD32 through the ring, alternating
+/// runs: medians 805k IOPS at 512 bytes, 782k at 1 KiB, 707k at 4 KiB.
 const PREFETCH_MAX: usize = 512;
 
 /// Starts loading the cache line at `p` (a hint: never faults, changes nothing).
