@@ -14,12 +14,14 @@
 mod files;
 pub mod span;
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::ring::link::{Link, LinkOptions};
 use anyhow::Context;
-pub use files::{file_name, LunFiles, MAX_IO};
+pub use files::{file_name, LunFiles, Polling, MAX_IO};
 use fuser::{Config, MountOption, SessionACL};
 
 /// What `pangate mount` was asked for.
@@ -31,6 +33,8 @@ pub struct MountRequest {
     pub link: LinkOptions,
     /// Let other users reach the files (`allow_other`).
     pub allow_other: bool,
+    /// How long a FUSE thread polls for a lone read or write's completion (see [`Polling`]).
+    pub poll: Duration,
 }
 
 /// A mounted filesystem, serving until unmounted.
@@ -57,7 +61,8 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
     })?);
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
-    let fs = LunFiles::new(link.clone(), uid, gid);
+    let polling = Arc::new(Polling { spin: req.poll, ..Polling::default() });
+    let fs = LunFiles::new(link.clone(), uid, gid, polling.clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("pangate:{}/{}", req.link.connect.pan, req.link.connect.node)),
@@ -75,6 +80,10 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
     config.clone_fd = true;
     let session = fuser::Session::new(fs, &req.mountpoint, &config)
         .with_context(|| format!("mounting on {}", req.mountpoint.display()))?;
+    if !req.poll.is_zero() {
+        let device = session.as_fd().try_clone_to_owned().context("duplicating the /dev/fuse fd")?;
+        let _ = polling.device.set(device);
+    }
     Ok(Mounted { session, link, threads })
 }
 

@@ -420,6 +420,12 @@ impl Initiator {
         }
     }
 
+    /// Says the node polls the STAT and BUF rings, so the gateway need not ring. The caller
+    /// must look at the rings until it calls [`Initiator::arm_doorbell`].
+    pub fn announce_polling(&mut self) {
+        self.announce(true);
+    }
+
     fn announce(&mut self, polling: bool) {
         self.stat.set_polling(polling);
         self.buf.set_polling(polling);

@@ -37,6 +37,11 @@ pub struct MountArgs {
     /// Let other users reach the files (needs user_allow_other in /etc/fuse.conf when not root).
     #[arg(long)]
     allow_other: bool,
+    /// Microseconds a FUSE thread polls for a read or write that is alone in flight, with
+    /// no other request waiting, instead of leaving the reply to the completion thread
+    /// (0: never).
+    #[arg(long, default_value_t = 30)]
+    poll_us: u64,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +74,7 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
             retry: true,
         },
         allow_other: a.allow_other,
+        poll: Duration::from_micros(a.poll_us),
     };
     let mut mounted = fuse::mount(&req)?;
     let mut unmounter = mounted.unmounter();
