@@ -122,7 +122,7 @@ pub struct LunFiles {
     polling: Arc<Polling>,
 }
 
-/// When a FUSE thread waits for its own read or write to complete, polling the rings,
+/// When a FUSE thread waits for its own command to complete, polling the rings,
 /// instead of going back for the next request and leaving the reply to the completion
 /// thread: when the command is alone in flight and no other request is waiting in the
 /// kernel. At queue depth 1 that saves a thread wakeup per I/O; under load the thread is
@@ -181,12 +181,21 @@ impl LunFiles {
         fs
     }
 
-    /// Sends a read or write; see [`Polling`] for whether this thread waits for it.
+    /// Sends a command; see [`Polling`] for whether this thread polls for it.
     fn send(&self, cmd: Command<'_>, done: Box<dyn FnOnce(Outcome) + Send>) {
         let queue = self.link.queue();
         match self.polling.worth_it() {
             true => queue.submit_polling(cmd, done, self.polling.spin),
             false => queue.submit(cmd, done),
+        }
+    }
+
+    /// Sends a command and waits for it, polling first as [`LunFiles::send`] does.
+    fn execute(&self, cmd: Command<'_>) -> Outcome {
+        let queue = self.link.queue();
+        match self.polling.worth_it() {
+            true => queue.execute_polling(cmd, self.polling.spin),
+            false => queue.execute(cmd),
         }
     }
 
@@ -215,7 +224,7 @@ impl LunFiles {
             return;
         }
         let cmd = Command { target: f.target, lun: f.lun, cdb: &READ_CAPACITY_16, out: &[], in_len: 32 };
-        let o = self.link.queue().execute(cmd);
+        let o = self.execute(cmd);
         if let Some((blocks, _)) = checked(o, "READ CAPACITY").ok().as_deref().and_then(parse_capacity) {
             *f.capacity.lock().unwrap_or_else(|p| p.into_inner()) = (blocks, Instant::now());
         }
@@ -271,13 +280,7 @@ impl LunFiles {
         let mut buf = vec![0u8; (span.blocks() * bs) as usize];
         for block in span.partial_blocks() {
             let cdb = rw16(0x88, block, 1, false);
-            let o = self.link.queue().execute(Command {
-                target: f.target,
-                lun: f.lun,
-                cdb: &cdb,
-                out: &[],
-                in_len: bs as u32,
-            });
+            let o = self.execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: bs as u32 });
             let old = checked(o, "READ for read-modify-write")?;
             if old.len() != bs as usize {
                 return Err(Errno::EIO);
@@ -288,7 +291,7 @@ impl LunFiles {
         let skip = span.head_skip() as usize;
         buf[skip..skip + data.len()].copy_from_slice(data);
         let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
-        let o = self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &buf, in_len: 0 });
+        let o = self.execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &buf, in_len: 0 });
         checked(o, "WRITE").map(drop)
     }
 
@@ -307,13 +310,7 @@ impl LunFiles {
             let _guard = f.lock_blocks(lba, lba + n);
             let o = if unmap {
                 let list = unmap_list(lba, n as u32);
-                self.link.queue().execute(Command {
-                    target: f.target,
-                    lun: f.lun,
-                    cdb: &UNMAP_ONE,
-                    out: &list,
-                    in_len: 0,
-                })
+                self.execute(Command { target: f.target, lun: f.lun, cdb: &UNMAP_ONE, out: &list, in_len: 0 })
             } else {
                 // WRITE SAME (16) with NDOB: zeros without a data-out buffer.
                 let mut cdb = [0u8; 16];
@@ -321,7 +318,7 @@ impl LunFiles {
                 cdb[1] = 0x01;
                 cdb[2..10].copy_from_slice(&lba.to_be_bytes());
                 cdb[10..14].copy_from_slice(&(n as u32).to_be_bytes());
-                self.link.queue().execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 })
+                self.execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 })
             };
             checked(o, if unmap { "UNMAP" } else { "WRITE SAME" }).map_err(|e| {
                 // A LUN that is not thin refuses UNMAP: hole punching is not supported there.
@@ -519,7 +516,7 @@ impl Filesystem for LunFiles {
         };
         let mut cdb = [0u8; 16];
         cdb[0] = 0x91;
-        self.link.queue().submit(
+        self.send(
             Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 },
             Box::new(move |o| match checked(o, "SYNCHRONIZE CACHE") {
                 Ok(_) => reply.ok(),

@@ -33,7 +33,7 @@ pub struct MountRequest {
     pub link: LinkOptions,
     /// Let other users reach the files (`allow_other`).
     pub allow_other: bool,
-    /// How long a FUSE thread polls for a lone read or write's completion (see [`Polling`]).
+    /// How long a FUSE thread polls for a lone command's completion (see [`Polling`]).
     pub poll: Duration,
 }
 

@@ -354,12 +354,19 @@ impl QueuePair {
 
     /// Sends a command and waits for its outcome.
     pub fn execute(&self, cmd: Command<'_>) -> Outcome {
+        self.execute_polling(cmd, Duration::ZERO)
+    }
+
+    /// Sends a command and waits for its outcome, first polling for it for up to `spin`
+    /// when it is alone in flight, as [`QueuePair::submit_polling`] does.
+    pub fn execute_polling(&self, cmd: Command<'_>, spin: Duration) -> Outcome {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(
+        self.submit_polling(
             cmd,
             Box::new(move |o| {
                 let _ = tx.send(o);
             }),
+            spin,
         );
         // The completion thread answers within the I/O timeout; the margin covers its tick.
         rx.recv_timeout(self.opts.io_timeout + Duration::from_secs(5)).unwrap_or(Outcome {

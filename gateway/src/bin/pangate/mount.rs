@@ -37,7 +37,7 @@ pub struct MountArgs {
     /// Let other users reach the files (needs user_allow_other in /etc/fuse.conf when not root).
     #[arg(long)]
     allow_other: bool,
-    /// Microseconds a FUSE thread polls for a read or write that is alone in flight, with
+    /// Microseconds a FUSE thread polls for a command that is alone in flight, with
     /// no other request waiting, instead of leaving the reply to the completion thread
     /// (0: never).
     #[arg(long, default_value_t = 30)]
