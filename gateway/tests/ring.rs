@@ -576,7 +576,7 @@ fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
 /// idle tick.
 #[test]
 fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_doorbell() {
-    use gateway::ring::link::{Command, Link, LinkOptions, Outcome};
+    use gateway::ring::link::{Command, Link, LinkOptions, Outcome, Polled};
     use std::sync::mpsc;
     use std::thread::ThreadId;
 
@@ -598,7 +598,9 @@ fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_d
     // `submit_polling` returned.
     let send = |cmd: Command<'_>, spin: Duration| -> (ThreadId, Outcome, bool) {
         let (tx, rx) = mpsc::channel::<(ThreadId, Outcome)>();
-        q.submit_polling(cmd, Box::new(move |o| tx.send((std::thread::current().id(), o)).unwrap()), spin);
+        let polled = q.submit_polling(cmd, Box::new(move |o| tx.send((std::thread::current().id(), o)).unwrap()), spin);
+        let expected = if spin.is_zero() { Polled::NotTried } else { Polled::Completed };
+        assert_eq!(polled, expected);
         match rx.try_recv() {
             Ok((thread, o)) => (thread, o, true),
             Err(_) => {

@@ -61,7 +61,7 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
     })?);
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
-    let polling = Arc::new(Polling { spin: req.poll, ..Polling::default() });
+    let polling = Arc::new(Polling::new(req.poll));
     let fs = LunFiles::new(link.clone(), uid, gid, polling.clone());
     let mut config = Config::default();
     config.mount_options = vec![

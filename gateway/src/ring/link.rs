@@ -244,7 +244,7 @@ impl QueuePair {
     /// Sends a command; `done` runs exactly once with its outcome. Waits (up to the I/O
     /// timeout) only when the queue pair is full.
     pub fn submit(&self, cmd: Command<'_>, done: Done) {
-        self.submit_polling(cmd, done, Duration::ZERO);
+        let _ = self.submit_polling(cmd, done, Duration::ZERO);
     }
 
     /// Sends a command like [`QueuePair::submit`]; then, when it is the only command in
@@ -252,25 +252,26 @@ impl QueuePair {
     /// and runs `done` here. A lone command otherwise completes by waking the completion
     /// thread, a thread wakeup that costs tens of microseconds on a virtual machine, more
     /// than the gateway takes for a 4 KiB I/O. For front-ends with nothing else waiting:
-    /// the caller is busy for up to `spin`.
-    pub fn submit_polling(&self, cmd: Command<'_>, done: Done, spin: Duration) {
+    /// the caller is busy for up to `spin`. Says whether it polled and how that went, so a
+    /// front-end can stop polling where it does not pay.
+    pub fn submit_polling(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
         let need = cmd.out.len().max(cmd.in_len as usize);
         let Ok(need) = u32::try_from(need) else {
-            return fail(done, LinkError::TooLarge);
+            return failed(done, LinkError::TooLarge);
         };
         if u64::from(need) > self.opts.connect.data_bytes {
-            return fail(done, LinkError::TooLarge);
+            return failed(done, LinkError::TooLarge);
         }
         let deadline = Instant::now() + self.opts.io_timeout;
         let mut st = self.lock();
         let region = loop {
             if self.closing.load(Ordering::Acquire) {
                 drop(st);
-                return fail(done, LinkError::Closing);
+                return failed(done, LinkError::Closing);
             }
             let Some(conn) = st.conn.as_mut() else {
                 drop(st);
-                return fail(done, LinkError::Down);
+                return failed(done, LinkError::Down);
             };
             if conn.outstanding() < conn.queue_depth() as usize {
                 if need == 0 {
@@ -283,7 +284,7 @@ impl QueuePair {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 drop(st);
-                return fail(done, LinkError::Timeout);
+                return failed(done, LinkError::Timeout);
             }
             st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         };
@@ -308,13 +309,13 @@ impl QueuePair {
             };
             if st.generation != generation || st.conn.is_none() {
                 drop(st);
-                return fail(done, LinkError::Down);
+                return failed(done, LinkError::Down);
             }
             if let Err(e) = copied {
                 st.conn.as_mut().expect("checked above").free(r);
                 drop(st);
                 tracing::warn!(queue = self.index, error = %e, "cannot fill the data area");
-                return fail(done, LinkError::Down);
+                return failed(done, LinkError::Down);
             }
         }
         let conn = st.conn.as_mut().expect("checked above");
@@ -334,8 +335,12 @@ impl QueuePair {
                 st.pending.insert(seq, pending);
                 if st.pending.len() == 1 && !spin.is_zero() {
                     drop(st);
-                    self.poll_for(seq, spin);
+                    return match self.poll_for(seq, spin) {
+                        true => Polled::Completed,
+                        false => Polled::GaveUp,
+                    };
                 }
+                Polled::NotTried
             }
             Err(e) => {
                 if let Some(r) = region {
@@ -347,21 +352,22 @@ impl QueuePair {
                     _ => LinkError::Down,
                 };
                 tracing::warn!(queue = self.index, error = %e, "cannot submit");
-                fail(pending.done, err);
+                failed(pending.done, err)
             }
         }
     }
 
     /// Sends a command and waits for its outcome.
     pub fn execute(&self, cmd: Command<'_>) -> Outcome {
-        self.execute_polling(cmd, Duration::ZERO)
+        self.execute_polling(cmd, Duration::ZERO).0
     }
 
     /// Sends a command and waits for its outcome, first polling for it for up to `spin`
-    /// when it is alone in flight, as [`QueuePair::submit_polling`] does.
-    pub fn execute_polling(&self, cmd: Command<'_>, spin: Duration) -> Outcome {
+    /// when it is alone in flight, as [`QueuePair::submit_polling`] does; also says what
+    /// polling did.
+    pub fn execute_polling(&self, cmd: Command<'_>, spin: Duration) -> (Outcome, Polled) {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit_polling(
+        let polled = self.submit_polling(
             cmd,
             Box::new(move |o| {
                 let _ = tx.send(o);
@@ -369,11 +375,12 @@ impl QueuePair {
             spin,
         );
         // The completion thread answers within the I/O timeout; the margin covers its tick.
-        rx.recv_timeout(self.opts.io_timeout + Duration::from_secs(5)).unwrap_or(Outcome {
+        let outcome = rx.recv_timeout(self.opts.io_timeout + Duration::from_secs(5)).unwrap_or(Outcome {
             result: Err(LinkError::Timeout),
             data: Vec::new(),
             capacity_changed: false,
-        })
+        });
+        (outcome, polled)
     }
 
     /// The completion thread: drains STATs, retries, replies, notices a broken or silent
@@ -454,21 +461,23 @@ impl QueuePair {
     }
 
     /// Polls the rings for up to `spin` until command `seq` has completed, running the
-    /// callbacks of whatever completes meanwhile. The node says it polls while this runs,
+    /// callbacks of whatever completes meanwhile; says whether it did. The node says it polls while this runs,
     /// so the gateway does not ring the completion thread; on the way out the doorbell is
     /// armed again, and any STAT that arrived before that is taken here, so the completion
     /// thread, which may be asleep, never misses one.
-    fn poll_for(&self, seq: u32, spin: Duration) {
+    fn poll_for(&self, seq: u32, spin: Duration) -> bool {
         let deadline = Instant::now() + spin;
         let mut responses = Vec::new();
         let mut finished = Vec::new();
         // Reading the clock costs more than a look at the rings: check it every few rounds.
-        for round in 0u64.. {
+        let mut round = 0u32;
+        loop {
             let mut st = self.lock();
-            let leaving = !st.pending.contains_key(&seq) || (round % 16 == 15 && Instant::now() >= deadline);
+            let done = !st.pending.contains_key(&seq);
+            let leaving = done || (round % 16 == 15 && Instant::now() >= deadline);
             let Some(conn) = st.conn.as_mut() else {
                 // Torn down meanwhile: the command was failed with the rest.
-                return;
+                return true;
             };
             let polled = if leaving {
                 conn.arm_doorbell().and_then(|arrived| match arrived {
@@ -484,7 +493,7 @@ impl QueuePair {
                 let failed = self.tear_down(&mut st, LinkError::Down);
                 drop(st);
                 run(failed);
-                return;
+                return true;
             }
             let moved = !responses.is_empty();
             let mut kick = false;
@@ -502,8 +511,9 @@ impl QueuePair {
                 run(std::mem::take(&mut finished));
             }
             if leaving && !moved {
-                return;
+                return done;
             }
+            round = round.wrapping_add(1);
             std::hint::spin_loop();
         }
     }
@@ -610,6 +620,22 @@ fn take_all(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
         .drain()
         .map(|(_, p)| (p.done, Outcome { result: Err(why), data: Vec::new(), capacity_changed: false }))
         .collect()
+}
+
+/// What [`QueuePair::submit_polling`] did after sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// It did not poll: polling was off, the command was not alone, or it failed at once.
+    NotTried,
+    /// The command completed while it polled; its callback has run.
+    Completed,
+    /// The time ran out first; the completion thread finishes the command.
+    GaveUp,
+}
+
+fn failed(done: Done, why: LinkError) -> Polled {
+    fail(done, why);
+    Polled::NotTried
 }
 
 fn fail(done: Done, why: LinkError) {
