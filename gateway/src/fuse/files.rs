@@ -131,7 +131,7 @@ pub struct LunFiles {
 ///
 /// Polling adapts, as hybrid polling does: where the gateway is slower than `spin` (a disk
 /// image, a busy host), polls keep running out and only burn the thread's time. After
-/// [`Polling::GIVE_UP_AFTER`] in a row have, a thread polls for one command in
+/// [`Polling::GIVE_UP_AFTER`] in a row have, the mount polls for one command in
 /// [`Polling::PROBE_EVERY`] until one pays again.
 #[derive(Debug, Default)]
 pub struct Polling {

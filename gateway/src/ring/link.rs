@@ -461,10 +461,10 @@ impl QueuePair {
     }
 
     /// Polls the rings for up to `spin` until command `seq` has completed, running the
-    /// callbacks of whatever completes meanwhile; says whether it did. The node says it polls while this runs,
-    /// so the gateway does not ring the completion thread; on the way out the doorbell is
-    /// armed again, and any STAT that arrived before that is taken here, so the completion
-    /// thread, which may be asleep, never misses one.
+    /// callbacks of whatever completes meanwhile; says whether it did. The node says it
+    /// polls while this runs, so the gateway does not ring the completion thread; on the
+    /// way out the doorbell is armed again, and any STAT that arrived before that is taken
+    /// here, so the completion thread, which may be asleep, never misses one.
     fn poll_for(&self, seq: u32, spin: Duration) -> bool {
         let deadline = Instant::now() + spin;
         let mut responses = Vec::new();
@@ -627,7 +627,8 @@ fn take_all(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
 pub enum Polled {
     /// It did not poll: polling was off, the command was not alone, or it failed at once.
     NotTried,
-    /// The command completed while it polled; its callback has run.
+    /// The command was answered while it polled (its callback has run on the calling
+    /// thread), or failed with its connection.
     Completed,
     /// The time ran out first; the completion thread finishes the command.
     GaveUp,
