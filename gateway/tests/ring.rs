@@ -594,42 +594,40 @@ fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_d
     // Takes the first command's unit attention.
     q.execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
 
-    // Submits; returns the callback's thread and outcome, and whether it ran before
-    // `submit_polling` returned.
-    let send = |cmd: Command<'_>, spin: Duration| -> (ThreadId, Outcome, bool) {
+    // Submits; returns the callback's thread and the outcome.
+    let send = |cmd: Command<'_>, spin: Duration| -> (ThreadId, Outcome) {
         let (tx, rx) = mpsc::channel::<(ThreadId, Outcome)>();
         let polled = q.submit_polling(cmd, Box::new(move |o| tx.send((std::thread::current().id(), o)).unwrap()), spin);
         let expected = if spin.is_zero() { Polled::NotTried } else { Polled::Completed };
         assert_eq!(polled, expected);
-        match rx.try_recv() {
-            Ok((thread, o)) => (thread, o, true),
-            Err(_) => {
-                let (thread, o) = rx.recv_timeout(Duration::from_secs(10)).expect("the command completes");
-                (thread, o, false)
-            }
-        }
+        rx.recv_timeout(Duration::from_secs(10)).expect("the command completes")
     };
     let data = pattern(4096, 7);
     // A generous spin: the gateway answers a 4 KiB I/O in microseconds.
     let spin = Duration::from_secs(5);
-    let mut plain = Duration::ZERO;
+    let (mut polled_here, mut plain) = (0, Duration::ZERO);
     for round in 0..10u64 {
+        // The completion thread, woken by the last plain command, goes back to sleep. Awake,
+        // it may take a STAT first: the poller then returns with the command done elsewhere.
+        std::thread::sleep(Duration::from_millis(20));
         let write = gateway::ring::initiator::rw16(0x8A, round, 8, false);
-        let (thread, o, inline) = send(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 }, spin);
-        assert!(inline && thread == me, "round {round}: the write's callback ran on another thread");
+        let (thread, o) = send(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 }, spin);
+        polled_here += usize::from(thread == me);
         assert_eq!(o.result.unwrap().status, 0);
         let read = gateway::ring::initiator::rw16(0x88, round, 8, false);
-        let (thread, o, inline) = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 4096 }, spin);
-        assert!(inline && thread == me, "round {round}: the read's callback ran on another thread");
+        let (thread, o) = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 4096 }, spin);
+        polled_here += usize::from(thread == me);
         assert_eq!(o.data, data);
 
         // Without polling, the completion thread answers.
         let t = std::time::Instant::now();
-        let (thread, o, _) = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 4096 }, Duration::ZERO);
+        let (thread, o) = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 4096 }, Duration::ZERO);
         plain += t.elapsed();
         assert_ne!(thread, me);
         assert_eq!(o.data, data);
     }
+    // Without polling none would be; a busy machine may let the completion thread win a few.
+    assert!(polled_here >= 16, "only {polled_here} of 20 polled commands completed on the submitting thread");
     // An unarmed doorbell would cost an idle tick each: a second in all.
     assert!(plain < Duration::from_millis(500), "plain submissions after polling took {plain:?}");
     link.close();

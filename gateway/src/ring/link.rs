@@ -318,6 +318,9 @@ impl QueuePair {
                 return failed(done, LinkError::Down);
             }
         }
+        // A command that will be polled for: say so before the gateway can answer, or it
+        // rings the completion thread, which may take the STAT first.
+        let poll = !spin.is_zero() && st.pending.is_empty();
         let conn = st.conn.as_mut().expect("checked above");
         let pending = Pending {
             target: cmd.target,
@@ -330,10 +333,13 @@ impl QueuePair {
             retries: 0,
             capacity_changed: false,
         };
+        if poll {
+            conn.announce_polling();
+        }
         match conn.submit(cmd.target, cmd.lun, cmd.cdb, data) {
             Ok(seq) => {
                 st.pending.insert(seq, pending);
-                if st.pending.len() == 1 && !spin.is_zero() {
+                if poll {
                     drop(st);
                     return match self.poll_for(seq, spin) {
                         true => Polled::Completed,
@@ -345,6 +351,10 @@ impl QueuePair {
             Err(e) => {
                 if let Some(r) = region {
                     conn.free(r);
+                }
+                if poll {
+                    // Nothing is in flight, so no STAT can have slipped in.
+                    let _ = conn.arm_doorbell();
                 }
                 drop(st);
                 let err = match e {
