@@ -632,3 +632,56 @@ fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_d
     assert!(plain < Duration::from_millis(500), "plain submissions after polling took {plain:?}");
     link.close();
 }
+
+#[test]
+fn a_write_placed_in_reserved_pages_is_sent_as_it_lies_and_every_page_comes_back() {
+    use gateway::ring::link::{Command, Link, LinkError, LinkOptions, Placed};
+    use gateway::ring::proto::Region;
+
+    let f = start();
+    let mut connect = opts("beta", "n1", CRED_B);
+    connect.data_bytes = 4 << 20;
+    let link = Link::connect(LinkOptions {
+        socket: f.socket.clone(),
+        connect,
+        queues: 1,
+        io_timeout: Duration::from_secs(10),
+        retry: true,
+    })
+    .unwrap();
+    let q = link.queue();
+    // Takes the first command's unit attention.
+    q.execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
+
+    for round in 0..8u8 {
+        // A page of something else, then the payload, as a FUSE thread lays a WRITE out.
+        let r = q.reserve((1 << 20) + 4096).expect("room in the data area");
+        let data = pattern(64 << 10, round);
+        let at = Region { offset: r.region.offset + 4096, len: data.len() as u32 };
+        r.area.write(at.offset, &data).unwrap();
+        q.release(r.generation, &[Region { offset: r.region.offset, len: 4096 }]);
+        q.release(r.generation, &[Region { offset: at.offset + (64 << 10), len: (1 << 20) - (64 << 10) }]);
+        let lba = u64::from(round) * 128;
+        let write = gateway::ring::initiator::rw16(0x8A, lba, 128, false);
+        let placed = Placed { data: at, hold: at, generation: r.generation };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cmd = Command { target: 0, lun: 0, cdb: &write, out: &[], in_len: 0 };
+        q.submit_placed(cmd, placed, Box::new(move |o| tx.send(o).unwrap()), Duration::ZERO);
+        let o = rx.recv_timeout(Duration::from_secs(10)).expect("the write completes");
+        assert_eq!(o.result.unwrap().status, 0);
+        let read = gateway::ring::initiator::rw16(0x88, lba, 128, false);
+        let o = q.execute(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 64 << 10 });
+        assert_eq!(o.data, data, "round {round}");
+    }
+    // Every page went back: the whole area can be taken in one piece.
+    let all = q.reserve(4 << 20).expect("no page of the data area was lost");
+    // Pages of another connection are refused, not sent.
+    let stale = Placed { data: all.region, hold: all.region, generation: all.generation + 1 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let write = gateway::ring::initiator::rw16(0x8A, 0, 8, false);
+    let cmd = Command { target: 0, lun: 0, cdb: &write, out: &[], in_len: 0 };
+    q.submit_placed(cmd, stale, Box::new(move |o| tx.send(o).unwrap()), Duration::ZERO);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().result.unwrap_err(), LinkError::Down);
+    q.release(all.generation, &[all.region]);
+    link.close();
+}

@@ -8,16 +8,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
-};
+use fuser::{Filesystem, InitFlags, KernelConfig, Request};
 
+use super::session::Reply;
 use super::span::{chunks, verdict, Span, Verdict};
+use super::wire::{self, Attr, Header, Op, Statfs, DT_DIR, DT_REG, FOPEN_DIRECT_IO, FOPEN_PARALLEL_DIRECT_WRITES};
 use crate::ring::handshake::LunInfo;
 use crate::ring::initiator::{parse_capacity, rw16, unmap_list, READ_CAPACITY_16, UNMAP_ONE};
-use crate::ring::link::{Command, Link, LinkError, Outcome, Polled};
+use crate::ring::link::{Command, Link, LinkError, Outcome, Placed, Polled, QueuePair};
+use crate::ring::shm::SharedMemory;
 
 /// The largest read or write the kernel sends in one request, and so in one command.
 pub const MAX_IO: u32 = 1 << 20;
@@ -25,6 +24,9 @@ pub const MAX_IO: u32 = 1 << 20;
 const TTL: Duration = Duration::from_secs(1);
 /// Blocks per UNMAP descriptor or WRITE SAME, well inside the gateway's advertised limits.
 const MAX_RANGE_BLOCKS: u64 = 1 << 20;
+
+/// The root directory's inode.
+const ROOT: u64 = 1;
 
 /// Inode of the LUN at (target, lun); the root is 1.
 fn ino_of(target: u16, lun: u16) -> u64 {
@@ -187,24 +189,24 @@ impl Polling {
 }
 
 /// A SCSI outcome as a result: the response's data, or the errno to reply with.
-fn checked(o: Outcome, what: &str) -> Result<Vec<u8>, Errno> {
+fn checked(o: Outcome, what: &str) -> Result<Vec<u8>, i32> {
     match o.result {
         Err(e) => {
             tracing::warn!(error = %e, "{what} failed");
             Err(match e {
-                LinkError::TooLarge => Errno::EINVAL,
-                _ => Errno::EIO,
+                LinkError::TooLarge => libc::EINVAL,
+                _ => libc::EIO,
             })
         }
         Ok(r) => match verdict(r.status, &r.sense) {
             Verdict::Done => Ok(o.data),
             Verdict::Fail(errno) => {
                 tracing::warn!(status = r.status, sense = ?r.sense, errno, "{what} failed");
-                Err(Errno::from_i32(errno))
+                Err(errno)
             }
             Verdict::Retry => {
                 tracing::warn!(status = r.status, sense = ?r.sense, "{what} failed after retries");
-                Err(Errno::EIO)
+                Err(libc::EIO)
             }
         },
     }
@@ -219,12 +221,14 @@ impl LunFiles {
     }
 
     /// Sends a command; see [`Polling`] for whether this thread polls for it.
-    fn send(&self, cmd: Command<'_>, done: Box<dyn FnOnce(Outcome) + Send>) {
+    fn send(&self, cmd: Command<'_>, placed: Option<Placed>, done: Box<dyn FnOnce(Outcome) + Send>) {
         let queue = self.link.queue();
-        match self.polling.worth_it() {
-            true => self.polling.note(queue.submit_polling(cmd, done, self.polling.spin)),
-            false => queue.submit(cmd, done),
-        }
+        let spin = if self.polling.worth_it() { self.polling.spin } else { Duration::ZERO };
+        let polled = match placed {
+            Some(p) => queue.submit_placed(cmd, p, done, spin),
+            None => queue.submit_polling(cmd, done, spin),
+        };
+        self.polling.note(polled);
     }
 
     /// Sends a command and waits for it, polling first as [`LunFiles::send`] does.
@@ -253,8 +257,8 @@ impl LunFiles {
         }
     }
 
-    fn file(&self, ino: INodeNo) -> Result<Arc<LunFile>, Errno> {
-        self.files.read().unwrap_or_else(|p| p.into_inner()).get(&ino.0).cloned().ok_or(Errno::ENOENT)
+    fn file(&self, ino: u64) -> Result<Arc<LunFile>, i32> {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned().ok_or(libc::ENOENT)
     }
 
     /// Asks the gateway for the LUN's capacity when the cached one is older than the
@@ -271,51 +275,39 @@ impl LunFiles {
         }
     }
 
-    fn root_attr(&self) -> FileAttr {
-        FileAttr {
-            ino: INodeNo::ROOT,
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT,
             size: 0,
             blocks: 0,
-            atime: self.mounted,
-            mtime: self.mounted,
-            ctime: self.mounted,
-            crtime: self.mounted,
-            kind: FileType::Directory,
-            perm: 0o755,
+            time: self.mounted,
+            mode: libc::S_IFDIR | 0o755,
             nlink: 2,
             uid: self.uid,
             gid: self.gid,
-            rdev: 0,
             blksize: 4096,
-            flags: 0,
         }
     }
 
-    fn attr(&self, f: &LunFile) -> FileAttr {
+    fn attr(&self, f: &LunFile) -> Attr {
         let size = f.bytes();
-        FileAttr {
-            ino: INodeNo(ino_of(f.target, f.lun)),
+        Attr {
+            ino: ino_of(f.target, f.lun),
             size,
             blocks: size.div_ceil(512),
-            atime: self.mounted,
-            mtime: self.mounted,
-            ctime: self.mounted,
-            crtime: self.mounted,
-            kind: FileType::RegularFile,
-            perm: if f.read_only { 0o444 } else { 0o644 },
+            time: self.mounted,
+            mode: libc::S_IFREG | if f.read_only { 0o444 } else { 0o644 },
             nlink: 1,
             uid: self.uid,
             gid: self.gid,
-            rdev: 0,
             blksize: f.block_size.max(4096),
-            flags: 0,
         }
     }
 
     /// Writes `data` over `span` when its ends are not block-aligned: reads the partial
     /// blocks at either end, merges, and writes whole blocks, holding the blocks against
     /// other writes throughout. Used for unaligned writes and for zeroing partial blocks.
-    fn write_unaligned(&self, f: &Arc<LunFile>, span: Span, data: &[u8], fua: bool) -> Result<(), Errno> {
+    fn write_unaligned(&self, f: &Arc<LunFile>, span: Span, data: &[u8], fua: bool) -> Result<(), i32> {
         let bs = span.block_size;
         let _guard = f.lock_blocks(span.first_block(), span.end_block());
         let mut buf = vec![0u8; (span.blocks() * bs) as usize];
@@ -324,7 +316,7 @@ impl LunFiles {
             let o = self.execute(Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: bs as u32 });
             let old = checked(o, "READ for read-modify-write")?;
             if old.len() != bs as usize {
-                return Err(Errno::EIO);
+                return Err(libc::EIO);
             }
             let at = ((block - span.first_block()) * bs) as usize;
             buf[at..at + bs as usize].copy_from_slice(&old);
@@ -338,7 +330,7 @@ impl LunFiles {
 
     /// Zeroes a byte range: whole blocks with WRITE SAME (UNMAP when `unmap`), partial
     /// blocks by read-modify-write.
-    fn zero_range(&self, f: &Arc<LunFile>, span: Span, unmap: bool) -> Result<(), Errno> {
+    fn zero_range(&self, f: &Arc<LunFile>, span: Span, unmap: bool) -> Result<(), i32> {
         let bs = span.block_size;
         for block in span.partial_blocks() {
             let start = (block * bs).max(span.offset);
@@ -363,8 +355,8 @@ impl LunFiles {
             };
             checked(o, if unmap { "UNMAP" } else { "WRITE SAME" }).map_err(|e| {
                 // A LUN that is not thin refuses UNMAP: hole punching is not supported there.
-                if unmap && e == Errno::EINVAL {
-                    Errno::EOPNOTSUPP
+                if unmap && e == libc::EINVAL {
+                    libc::EOPNOTSUPP
                 } else {
                     e
                 }
@@ -374,7 +366,12 @@ impl LunFiles {
     }
 }
 
-impl Filesystem for LunFiles {
+/// Answers fuser's INIT handshake with the mount's settings; the session loop serves
+/// everything after it.
+#[derive(Debug)]
+pub struct Handshake;
+
+impl Filesystem for Handshake {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         // Let the kernel send several direct reads and writes of one file at once.
@@ -384,90 +381,127 @@ impl Filesystem for LunFiles {
         let _ = config.set_max_background(256);
         Ok(())
     }
+}
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent != INodeNo::ROOT {
-            return reply.error(Errno::ENOENT);
+/// A WRITE's payload as the session loop read it.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// Not a WRITE.
+    None,
+    /// The bytes, in private memory.
+    Bytes(&'a [u8]),
+    /// In the data area of the calling thread's queue pair, ready to be sent as it lies.
+    InPlace(InPlace<'a>),
+}
+
+/// Data-area pages holding a WRITE's payload. Sent with the command, or given back to the
+/// queue pair when dropped, so no page is lost on an error path.
+#[derive(Debug)]
+pub struct InPlace<'a> {
+    queue: &'a QueuePair,
+    area: &'a SharedMemory,
+    placed: Option<Placed>,
+}
+
+impl<'a> InPlace<'a> {
+    /// Pages of `queue`'s data area (mapped as `area`) holding the payload `placed.data`.
+    pub fn new(queue: &'a QueuePair, area: &'a SharedMemory, placed: Placed) -> InPlace<'a> {
+        InPlace { queue, area, placed: Some(placed) }
+    }
+
+    /// The pages, for a command that takes them over.
+    fn take(mut self) -> Placed {
+        self.placed.take().expect("taken once")
+    }
+
+    /// The payload copied out; the pages go back.
+    fn copy_out(self) -> Result<Vec<u8>, i32> {
+        let data = self.placed.as_ref().expect("taken once").data;
+        let mut bytes = vec![0u8; data.len as usize];
+        self.area.read(data.offset, &mut bytes).map_err(|_| libc::EIO)?;
+        Ok(bytes)
+    }
+}
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.placed.take() {
+            self.queue.release(p.generation, &[p.hold]);
+        }
+    }
+}
+
+impl LunFiles {
+    /// Serves one request; `reply` answers it, here or when its command completes.
+    pub fn dispatch(&self, h: &Header, op: Op<'_>, payload: Payload<'_>, reply: Reply) {
+        let ino = h.nodeid;
+        match op {
+            Op::Lookup { name } => self.lookup(ino, name, reply),
+            Op::Getattr | Op::Setattr => self.getattr(ino, reply),
+            Op::Open { flags } => self.open(ino, flags, reply),
+            Op::Read { offset, size } => self.read(ino, offset, size, reply),
+            Op::Write { offset, size, flags } => self.write(ino, offset, size, payload, flags, reply),
+            // close(2) promises nothing about durability; fsync does.
+            Op::Flush | Op::Release | Op::Releasedir | Op::Destroy => reply.ok(),
+            Op::Opendir if ino == ROOT => reply.data(&wire::open_out(0, 0)),
+            Op::Opendir => reply.error(libc::ENOTDIR),
+            // fdatasync and fsync alike: a LUN has no metadata of its own to leave out.
+            Op::Fsync { .. } => self.fsync(ino, reply),
+            Op::Fallocate { offset, length, mode } => self.fallocate(ino, offset, length, mode, reply),
+            Op::Readdir { offset, size } => self.readdir(ino, offset, size, reply),
+            Op::Statfs => self.statfs(reply),
+            // Answered by the caller (or never answered at all).
+            Op::Forget | Op::Interrupt | Op::Init | Op::Other(_) => reply.error(libc::ENOSYS),
+        }
+    }
+
+    fn lookup(&self, parent: u64, name: &OsStr, reply: Reply) {
+        if parent != ROOT {
+            return reply.error(libc::ENOENT);
         }
         let Some((target, lun)) = parse_name(name) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(libc::ENOENT);
         };
         self.refresh();
-        match self.file(INodeNo(ino_of(target, lun))) {
+        match self.file(ino_of(target, lun)) {
             Ok(f) => {
                 self.check_capacity(&f, false);
-                reply.entry(&TTL, &self.attr(&f), fuser::Generation(0))
+                reply.data(&wire::entry_out(&self.attr(&f), TTL))
             }
             Err(e) => reply.error(e),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        if ino == INodeNo::ROOT {
-            return reply.attr(&TTL, &self.root_attr());
+    /// GETATTR, and SETATTR answered with the attributes unchanged: like a block device,
+    /// truncation and mode changes leave the LUN as it is, so tools that open with O_TRUNC
+    /// (cp, dd without conv=notrunc) still work.
+    fn getattr(&self, ino: u64, reply: Reply) {
+        if ino == ROOT {
+            return reply.data(&wire::attr_out(&self.root_attr(), TTL));
         }
         match self.file(ino) {
             Ok(f) => {
                 self.check_capacity(&f, false);
-                reply.attr(&TTL, &self.attr(&f))
+                reply.data(&wire::attr_out(&self.attr(&f), TTL))
             }
             Err(e) => reply.error(e),
         }
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        // Like a block device: truncation and mode changes leave the LUN as it is, so tools
-        // that open with O_TRUNC (cp, dd without conv=notrunc) still work.
-        if ino == INodeNo::ROOT {
-            return reply.attr(&TTL, &self.root_attr());
-        }
-        match self.file(ino) {
-            Ok(f) => reply.attr(&TTL, &self.attr(&f)),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, ino: u64, flags: u32, reply: Reply) {
         let f = match self.file(ino) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        if f.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
+        if f.read_only && flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
         }
         // Direct I/O, so the page cache never hides the gateway; parallel direct writes, so
         // the kernel does not serialise them on the inode lock.
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+        reply.data(&wire::open_out(0, FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES))
     }
 
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    fn read(&self, ino: u64, offset: u64, size: u32, reply: Reply) {
         let f = match self.file(ino) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
@@ -477,13 +511,14 @@ impl Filesystem for LunFiles {
         };
         let bytes = span.blocks() * span.block_size;
         let Ok(in_len) = u32::try_from(bytes) else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(libc::EINVAL);
         };
         let cdb = rw16(0x88, span.first_block(), (span.blocks()) as u32, false);
         let (skip, len) = (span.head_skip() as usize, span.len as usize);
         let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len };
         self.send(
             cmd,
+            None,
             Box::new(move |o| {
                 f.note(&o);
                 match checked(o, "READ") {
@@ -494,35 +529,37 @@ impl Filesystem for LunFiles {
         );
     }
 
-    fn write(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
+    fn write(&self, ino: u64, offset: u64, size: u32, payload: Payload<'_>, flags: u32, reply: Reply) {
         let f = match self.file(ino) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
         if f.read_only {
-            return reply.error(Errno::EROFS);
+            return reply.error(libc::EROFS);
         }
-        if data.is_empty() {
+        if size == 0 {
             return reply.written(0);
         }
-        let Some(span) = Span::clip(offset, data.len() as u64, f.bytes(), f.block_size) else {
+        let Some(span) = Span::clip(offset, u64::from(size), f.bytes(), f.block_size) else {
             // Past the end of the disk, as a block device answers.
-            return reply.error(Errno::ENOSPC);
+            return reply.error(libc::ENOSPC);
+        };
+        // O_SYNC and O_DSYNC writes are forced to stable storage, as for a block device.
+        let fua = flags as i32 & libc::O_DSYNC != 0;
+        let owned;
+        let data = match payload {
+            Payload::InPlace(p) if span.aligned() => return self.write_in_place(f, span, p, fua, reply),
+            Payload::InPlace(p) => match p.copy_out() {
+                Ok(bytes) => {
+                    owned = bytes;
+                    &owned[..]
+                }
+                Err(e) => return reply.error(e),
+            },
+            Payload::Bytes(b) => b,
+            Payload::None => return reply.error(libc::EIO),
         };
         let data = &data[..span.len as usize];
-        // O_SYNC and O_DSYNC writes are forced to stable storage, as for a block device.
-        let fua = flags.0 & libc::O_DSYNC != 0;
         if !span.aligned() {
             return match self.write_unaligned(&f, span, data, fua) {
                 Ok(()) => reply.written(span.len as u32),
@@ -531,26 +568,22 @@ impl Filesystem for LunFiles {
         }
         let guard = f.lock_blocks(span.first_block(), span.end_block());
         let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
-        let written = span.len as u32;
-        self.send(
-            Command { target: f.target, lun: f.lun, cdb: &cdb, out: data, in_len: 0 },
-            Box::new(move |o| {
-                guard.file.note(&o);
-                drop(guard);
-                match checked(o, "WRITE") {
-                    Ok(_) => reply.written(written),
-                    Err(e) => reply.error(e),
-                }
-            }),
-        );
+        let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: data, in_len: 0 };
+        self.send(cmd, None, write_done(guard, span.len as u32, reply));
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // close(2) promises nothing about durability; fsync does.
-        reply.ok()
+    /// An aligned write whose payload is already in the data area: sent as it lies.
+    fn write_in_place(&self, f: Arc<LunFile>, span: Span, p: InPlace<'_>, fua: bool, reply: Reply) {
+        let guard = f.lock_blocks(span.first_block(), span.end_block());
+        let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
+        let mut placed = p.take();
+        // Clipped at the end of the LUN: send only what fits.
+        placed.data.len = span.len as u32;
+        let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 };
+        self.send(cmd, Some(placed), write_done(guard, span.len as u32, reply));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, ino: u64, reply: Reply) {
         let f = match self.file(ino) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
@@ -559,6 +592,7 @@ impl Filesystem for LunFiles {
         cdb[0] = 0x91;
         self.send(
             Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 },
+            None,
             Box::new(move |o| match checked(o, "SYNCHRONIZE CACHE") {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -566,32 +600,23 @@ impl Filesystem for LunFiles {
         );
     }
 
-    fn fallocate(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
+    fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: u32, reply: Reply) {
         let f = match self.file(ino) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
         let capacity = f.bytes();
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        let result = match mode {
+        let result = match mode as i32 {
             // Every block of a LUN exists already; growing it is not possible.
-            0 | libc::FALLOC_FL_KEEP_SIZE => {
-                if offset.saturating_add(length) <= capacity || mode == libc::FALLOC_FL_KEEP_SIZE {
+            m @ (0 | libc::FALLOC_FL_KEEP_SIZE) => {
+                if offset.saturating_add(length) <= capacity || m == libc::FALLOC_FL_KEEP_SIZE {
                     Ok(())
                 } else {
-                    Err(Errno::EOPNOTSUPP)
+                    Err(libc::EOPNOTSUPP)
                 }
             }
-            _ if f.read_only => Err(Errno::EROFS),
+            _ if f.read_only => Err(libc::EROFS),
             PUNCH => match Span::clip(offset, length, capacity, f.block_size) {
                 Some(span) => self.zero_range(&f, span, true),
                 None => Ok(()),
@@ -602,7 +627,7 @@ impl Filesystem for LunFiles {
                     None => Ok(()),
                 }
             }
-            _ => Err(Errno::EOPNOTSUPP),
+            _ => Err(libc::EOPNOTSUPP),
         };
         match result {
             Ok(()) => reply.ok(),
@@ -610,32 +635,55 @@ impl Filesystem for LunFiles {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        if ino != INodeNo::ROOT {
-            return reply.error(Errno::ENOTDIR);
+    fn readdir(&self, ino: u64, offset: u64, size: u32, reply: Reply) {
+        if ino != ROOT {
+            return reply.error(libc::ENOTDIR);
         }
         if offset == 0 {
             self.refresh();
         }
         let files = self.files.read().unwrap_or_else(|p| p.into_inner());
-        let mut entries = vec![(1u64, FileType::Directory, ".".to_string()), (1, FileType::Directory, "..".into())];
-        entries.extend(
-            files.values().map(|f| (ino_of(f.target, f.lun), FileType::RegularFile, file_name(f.target, f.lun))),
-        );
+        let mut entries = vec![(ROOT, DT_DIR, ".".to_string()), (ROOT, DT_DIR, "..".into())];
+        entries.extend(files.values().map(|f| (ino_of(f.target, f.lun), DT_REG, file_name(f.target, f.lun))));
+        drop(files);
+        let mut out = Vec::with_capacity(size as usize);
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+            if !wire::push_dirent(&mut out, size as usize, ino, (i + 1) as u64, kind, &name) {
                 break;
             }
         }
-        reply.ok()
+        reply.data(&out)
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, reply: Reply) {
         let files = self.files.read().unwrap_or_else(|p| p.into_inner());
         let bytes: u64 = files.values().map(|f| f.bytes()).sum();
         // The LUNs fill the filesystem: every byte belongs to one of them.
-        reply.statfs(bytes / 4096, 0, 0, files.len() as u64, 0, 4096, 255, 4096)
+        let s = Statfs {
+            blocks: bytes / 4096,
+            bfree: 0,
+            bavail: 0,
+            files: files.len() as u64,
+            ffree: 0,
+            bsize: 4096,
+            namelen: 255,
+            frsize: 4096,
+        };
+        drop(files);
+        reply.data(&wire::statfs_out(&s))
     }
+}
+
+/// Completes a WRITE: releases its blocks for other writers and answers.
+fn write_done(guard: BlockGuard, written: u32, reply: Reply) -> Box<dyn FnOnce(Outcome) + Send> {
+    Box::new(move |o| {
+        guard.file.note(&o);
+        drop(guard);
+        match checked(o, "WRITE") {
+            Ok(_) => reply.written(written),
+            Err(e) => reply.error(e),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -7,12 +7,17 @@
 //!   `fallocate` PUNCH_HOLE becomes UNMAP and ZERO_RANGE becomes WRITE SAME.
 //! - Files are opened for direct I/O, so the kernel's page cache never hides the gateway,
 //!   and requests of up to 1 MiB travel as one command.
-//! - Several FUSE threads, each with its own cloned `/dev/fuse` fd and its own queue pair;
-//!   replies go out from the queue pairs' completion threads.
+//! - Several FUSE threads, each with its own cloned `/dev/fuse` fd and its own queue pair,
+//!   read requests into that queue pair's data area, so a write's payload is sent to the
+//!   gateway where the kernel put it; replies go out from the queue pairs' completion
+//!   threads (or from a FUSE thread that polled for its command).
 //! - When the gateway goes away, I/O fails with EIO; the mount reconnects by itself.
 
 mod files;
+mod session;
 pub mod span;
+mod sys;
+pub mod wire;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use crate::ring::link::{Link, LinkOptions};
 use anyhow::Context;
-pub use files::{file_name, LunFiles, Polling, MAX_IO};
+pub use files::{file_name, Handshake, LunFiles, Polling, MAX_IO};
 use fuser::{Config, MountOption, SessionACL};
 
 /// What `pangate mount` was asked for.
@@ -40,7 +45,9 @@ pub struct MountRequest {
 /// A mounted filesystem, serving until unmounted.
 #[derive(Debug)]
 pub struct Mounted {
-    session: fuser::Session<LunFiles>,
+    /// fuser's session: the mount (unmounted on drop) and the fd the FUSE threads clone.
+    session: fuser::Session<Handshake>,
+    fs: Arc<LunFiles>,
     link: Arc<Link>,
     threads: usize,
 }
@@ -62,7 +69,7 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let polling = Arc::new(Polling::new(req.poll));
-    let fs = LunFiles::new(link.clone(), uid, gid, polling.clone());
+    let fs = Arc::new(LunFiles::new(link.clone(), uid, gid, polling.clone()));
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("pangate:{}/{}", req.link.connect.pan, req.link.connect.node)),
@@ -76,15 +83,14 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
         config.acl = SessionACL::All;
     }
     let threads = req.link.queues.max(1);
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
-    let session = fuser::Session::new(fs, &req.mountpoint, &config)
+    // Mounts and answers INIT; the requests after it are served by `session::serve`.
+    let session = fuser::Session::new(Handshake, &req.mountpoint, &config)
         .with_context(|| format!("mounting on {}", req.mountpoint.display()))?;
     if !req.poll.is_zero() {
         let device = session.as_fd().try_clone_to_owned().context("duplicating the /dev/fuse fd")?;
         let _ = polling.device.set(device);
     }
-    Ok(Mounted { session, link, threads })
+    Ok(Mounted { session, fs, link, threads })
 }
 
 impl Mounted {
@@ -97,8 +103,26 @@ impl Mounted {
     /// the queue pairs.
     pub fn run(self) -> anyhow::Result<()> {
         tracing::info!(threads = self.threads, "serving");
-        let result = self.session.run();
+        let result = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..self.threads)
+                .map(|i| {
+                    let (fs, link, session) = (&*self.fs, &*self.link, self.session.as_fd());
+                    std::thread::Builder::new()
+                        .name(format!("pangate-fuse{i}"))
+                        .spawn_scoped(scope, move || session::serve(fs, link, session))
+                })
+                .collect::<Result<_, _>>()?;
+            let mut result = Ok(());
+            for w in workers {
+                let r = w.join().unwrap_or_else(|_| Err(std::io::Error::other("a FUSE thread panicked")));
+                if let (Err(e), Ok(())) = (r, &result) {
+                    result = Err(e);
+                }
+            }
+            result
+        });
         self.link.close();
+        drop(self.session);
         result.context("serving FUSE requests")
     }
 }

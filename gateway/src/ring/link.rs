@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ use scsi::Asc;
 use super::handshake::LunInfo;
 use super::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response};
 use super::proto::Region;
+use super::shm::SharedMemory;
 
 /// Longest wait in `poll(2)` before the completion thread looks at timeouts and shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -66,6 +67,28 @@ pub struct Outcome {
 
 /// Runs once with the outcome, on a completion thread or the submitting one.
 pub type Done = Box<dyn FnOnce(Outcome) + Send>;
+
+/// Pages of a queue pair's data area taken with [`QueuePair::reserve`].
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// The pages.
+    pub region: Region,
+    /// The connection they belong to; stale once it is dropped.
+    pub generation: u64,
+    /// The data area, mapped for as long as this is held.
+    pub area: Arc<SharedMemory>,
+}
+
+/// A command's data-out already in the data area (see [`QueuePair::submit_placed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    /// The data-out bytes.
+    pub data: Region,
+    /// The reserved pages the command takes over and frees when it completes.
+    pub hold: Region,
+    /// [`Reservation::generation`].
+    pub generation: u64,
+}
 
 /// One SCSI command.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +157,7 @@ impl Link {
                 }),
                 space: Condvar::new(),
                 closing: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
             });
             let (wake, gone) = dup_wait_fds(&conn)?;
             qp.lock().conn = Some(conn);
@@ -219,6 +243,8 @@ pub struct QueuePair {
     /// Signalled when ring slots or data-area space are freed, or the connection changes.
     space: Condvar,
     closing: AtomicBool,
+    /// [`State::generation`], readable without the lock.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -255,6 +281,51 @@ impl QueuePair {
     /// the caller is busy for up to `spin`. Says whether it polled and how that went, so a
     /// front-end can stop polling where it does not pay.
     pub fn submit_polling(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
+        self.submit_from(cmd, None, done, spin)
+    }
+
+    /// Takes a run of data-area pages for the caller to fill in place, then send with
+    /// [`QueuePair::submit_placed`] or give back with [`QueuePair::release`]. Never waits:
+    /// `None` when the gateway is not connected or the area has no such run free.
+    pub fn reserve(&self, len: u32) -> Option<Reservation> {
+        let mut st = self.lock();
+        let generation = st.generation;
+        let conn = st.conn.as_mut()?;
+        let region = conn.alloc(len)?;
+        Some(Reservation { region, generation, area: conn.shared_data_area() })
+    }
+
+    /// Whether pages reserved under `generation` still belong to the live connection.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+    }
+
+    /// Gives back pages of a [`Reservation`] (all of it, or the part not sent). Pages of a
+    /// connection that has since gone went with it.
+    pub fn release(&self, generation: u64, regions: &[Region]) {
+        let mut st = self.lock();
+        if st.generation == generation {
+            if let Some(conn) = st.conn.as_mut() {
+                regions.iter().for_each(|&r| conn.free(r));
+            }
+        }
+        drop(st);
+        self.space.notify_all();
+    }
+
+    /// Sends a command whose data-out the caller already put in the data area, in pages of
+    /// a [`Reservation`] that the command now owns (freed when it completes). Otherwise
+    /// as [`QueuePair::submit_polling`]; `cmd.out` must be empty. If the reservation's
+    /// connection has gone, the command fails with [`LinkError::Down`].
+    pub fn submit_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
+        debug_assert!(cmd.out.is_empty(), "a placed command carries its data in the area");
+        self.submit_from(cmd, Some(placed), done, spin)
+    }
+
+    fn submit_from(&self, cmd: Command<'_>, placed: Option<Placed>, done: Done, spin: Duration) -> Polled {
+        if let Some(p) = placed {
+            return self.send_placed(cmd, p, done, spin);
+        }
         let need = cmd.out.len().max(cmd.in_len as usize);
         let Ok(need) = u32::try_from(need) else {
             return failed(done, LinkError::TooLarge);
@@ -318,6 +389,49 @@ impl QueuePair {
                 return failed(done, LinkError::Down);
             }
         }
+        self.send(st, cmd, data, region, done, spin)
+    }
+
+    /// Waits for a ring slot for a command whose data is already in place.
+    fn send_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
+        let deadline = Instant::now() + self.opts.io_timeout;
+        let mut st = self.lock();
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                drop(st);
+                self.release(placed.generation, &[placed.hold]);
+                return failed(done, LinkError::Closing);
+            }
+            let Some(conn) = st.conn.as_ref().filter(|_| st.generation == placed.generation) else {
+                drop(st);
+                return failed(done, LinkError::Down);
+            };
+            if conn.outstanding() < conn.queue_depth() as usize {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(st);
+                self.release(placed.generation, &[placed.hold]);
+                return failed(done, LinkError::Timeout);
+            }
+            st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        let data = Data::Out { region: placed.data, staged: false };
+        self.send(st, cmd, data, Some(placed.hold), done, spin)
+    }
+
+    /// Queues a command holding a ring slot (and its data-area pages in `region`), then
+    /// polls for it when asked to.
+    fn send(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        cmd: Command<'_>,
+        data: Data,
+        region: Option<Region>,
+        done: Done,
+        spin: Duration,
+    ) -> Polled {
         // A command that will be polled for: say so before the gateway can answer, or it
         // rings the completion thread, which may take the STAT first.
         let poll = !spin.is_zero() && st.pending.is_empty();
@@ -566,6 +680,7 @@ impl QueuePair {
     fn tear_down(&self, st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
         st.conn = None;
         st.generation += 1;
+        self.generation.store(st.generation, Ordering::Release);
         st.backoff = BACKOFF_MIN;
         st.next_attempt = Instant::now() + BACKOFF_MIN;
         self.space.notify_all();

@@ -1,0 +1,185 @@
+//! The session loop. fuser mounts and answers INIT; then each FUSE thread, with its own
+//! cloned `/dev/fuse` fd and its own queue pair, reads requests straight into pages of
+//! that queue pair's data area. A large WRITE's payload is then already where the gateway
+//! reads it, and is sent as it lies: one copy fewer than reading into private memory and
+//! copying into the area (the kernel copies into the area, the gateway out of it).
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use super::files::{InPlace, LunFiles, Payload};
+use super::wire::{self, Op, WRITE_PAYLOAD};
+use crate::ring::alloc::PAGE;
+use crate::ring::link::{Link, Placed, Reservation};
+use crate::ring::proto::Region;
+
+/// A receive buffer: a page for the headers, then room for the largest WRITE payload.
+const RECV_BYTES: usize = PAGE as usize + super::MAX_IO as usize;
+/// Where in its buffer a request is read, so a WRITE's payload starts on a page boundary
+/// (as the gateway's `O_DIRECT` images want it).
+const READ_AT: usize = PAGE as usize - WRITE_PAYLOAD;
+/// Request bytes copied out for parsing: every request but a WRITE fits.
+const HEAD_BYTES: usize = 8192;
+/// Writes of at least a page are sent from where they were read; smaller ones (always
+/// read-modify-write) are copied out and the buffer is kept for the next request.
+const IN_PLACE_MIN: u32 = PAGE as u32;
+
+/// A reply to one request, written to the fd the request came from. It is sent exactly
+/// once: a reply dropped unsent answers EIO, so no request is left hanging.
+#[derive(Debug)]
+pub struct Reply {
+    dev: Arc<OwnedFd>,
+    unique: u64,
+    sent: bool,
+}
+
+impl Reply {
+    /// Answers with an errno.
+    pub fn error(mut self, errno: i32) {
+        self.send(-errno, &[]);
+    }
+
+    /// Answers success with no payload.
+    pub fn ok(mut self) {
+        self.send(0, &[]);
+    }
+
+    /// Answers success with `bytes`.
+    pub fn data(mut self, bytes: &[u8]) {
+        self.send(0, &[bytes]);
+    }
+
+    /// Answers a WRITE: `size` bytes written.
+    pub fn written(self, size: u32) {
+        self.data(&wire::write_out(size));
+    }
+
+    fn send(&mut self, error: i32, payload: &[&[u8]]) {
+        self.sent = true;
+        let len = payload.iter().map(|p| p.len()).sum();
+        let header = wire::out_header(self.unique, error, len);
+        let mut iov = [IoSlice::new(&header), IoSlice::new(&[]), IoSlice::new(&[])];
+        for (slot, p) in iov[1..].iter_mut().zip(payload) {
+            *slot = IoSlice::new(p);
+        }
+        match rustix::io::writev(&*self.dev, &iov[..1 + payload.len().min(2)]) {
+            Ok(_) => {}
+            // The request was interrupted and is gone, or the filesystem was unmounted.
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV) => {}
+            Err(e) => tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel"),
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.send(-libc::EIO, &[]);
+        }
+    }
+}
+
+/// One FUSE thread: reads and dispatches requests until the filesystem is unmounted.
+pub(super) fn serve(fs: &LunFiles, link: &Link, session: BorrowedFd<'_>) -> std::io::Result<()> {
+    let dev = Arc::new(super::sys::clone_device(session)?);
+    let queue = link.queue();
+    let mut private = vec![0u8; RECV_BYTES];
+    let mut head = vec![0u8; HEAD_BYTES];
+    let mut held: Option<Reservation> = None;
+    let result = loop {
+        // Pages of a connection that has since gone are no use: the gateway cannot see them.
+        if held.as_ref().is_some_and(|r| !queue.is_current(r.generation)) {
+            held = None;
+        }
+        if held.is_none() {
+            held = queue.reserve(RECV_BYTES as u32);
+        }
+        let room = RECV_BYTES - READ_AT;
+        let got = match &held {
+            Some(r) => match r.area.raw(r.region.offset + READ_AT as u64, room as u64) {
+                // SAFETY: the pages are reserved for this thread, and `raw` checked that
+                // the range lies in the area's mapping, which `r.area` keeps mapped.
+                Ok(at) => unsafe { super::sys::read_into(&dev, at, room) },
+                Err(e) => break Err(std::io::Error::other(e)),
+            },
+            None => rustix::io::read(&*dev, &mut private[READ_AT..]).map_err(std::io::Error::from),
+        };
+        let got = match got {
+            Ok(n) => n,
+            Err(e) => match rustix::io::Errno::from_io_error(&e) {
+                // A signal, or a request interrupted before it was read: read again.
+                Some(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN | rustix::io::Errno::NOENT) => continue,
+                // Unmounted, or the connection was aborted.
+                Some(rustix::io::Errno::NODEV | rustix::io::Errno::CONNABORTED) => break Ok(()),
+                _ => break Err(e),
+            },
+        };
+        // Parse a copy: the data area is shared with the gateway.
+        let take = got.min(HEAD_BYTES);
+        match &held {
+            Some(r) => {
+                if let Err(e) = r.area.read(r.region.offset + READ_AT as u64, &mut head[..take]) {
+                    break Err(std::io::Error::other(e));
+                }
+            }
+            None => head[..take].copy_from_slice(&private[READ_AT..READ_AT + take]),
+        }
+        let (h, op) = match wire::parse(&head[..take], got) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::error!(error = %e, "malformed FUSE request");
+                if let Some(unique) = wire::unique(&head[..take]) {
+                    Reply { dev: dev.clone(), unique, sent: false }.error(libc::EIO);
+                }
+                continue;
+            }
+        };
+        if op.unanswered() {
+            continue;
+        }
+        let reply = Reply { dev: dev.clone(), unique: h.unique, sent: false };
+        if matches!(op, Op::Destroy) {
+            reply.ok();
+            break Ok(());
+        }
+        let Op::Write { size, .. } = op else {
+            fs.dispatch(&h, op, Payload::None, reply);
+            continue;
+        };
+        let payload_at = READ_AT + WRITE_PAYLOAD;
+        match held.take() {
+            Some(r) if size >= IN_PLACE_MIN && queue.is_current(r.generation) => {
+                // The payload's pages go with the command; the header page and the pages
+                // past the payload go back.
+                let base = r.region.offset;
+                let pages = u64::from(size).div_ceil(PAGE);
+                let data = Region { offset: base + PAGE, len: size };
+                let tail =
+                    Region { offset: base + PAGE * (1 + pages), len: (RECV_BYTES as u64 - PAGE * (1 + pages)) as u32 };
+                let mut spare = vec![Region { offset: base, len: PAGE as u32 }];
+                if tail.len > 0 {
+                    spare.push(tail);
+                }
+                queue.release(r.generation, &spare);
+                let placed = Placed { data, hold: data, generation: r.generation };
+                fs.dispatch(&h, op, Payload::InPlace(InPlace::new(queue, &r.area, placed)), reply);
+            }
+            Some(r) => {
+                let mut bytes = vec![0u8; size as usize];
+                let copied = r.area.read(r.region.offset + payload_at as u64, &mut bytes);
+                held = Some(r);
+                match copied {
+                    Ok(()) => fs.dispatch(&h, op, Payload::Bytes(&bytes), reply),
+                    Err(e) => break Err(std::io::Error::other(e)),
+                }
+            }
+            None => fs.dispatch(&h, op, Payload::Bytes(&private[payload_at..payload_at + size as usize]), reply),
+        }
+    };
+    if let Some(r) = held {
+        queue.release(r.generation, &[r.region]);
+    }
+    tracing::debug!(fd = dev.as_raw_fd(), "FUSE thread done");
+    result
+}

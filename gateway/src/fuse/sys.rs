@@ -1,0 +1,49 @@
+//! The FUSE front-end's system calls that need `unsafe`: cloning a `/dev/fuse` session fd
+//! and reading a request into shared memory.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = (2 << 30) | (4 << 16) | (229 << 8);
+
+/// A new `/dev/fuse` fd attached to `session`'s connection, with its own queue of requests
+/// being processed: replies must go back on the fd their request was read from.
+pub fn clone_device(session: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut source = session.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the session fd) through the pointer, which
+    // points at a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FUSE_DEV_IOC_CLONE as _, &mut source as *mut u32) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Reads one request from `dev` into `len` bytes at `at`.
+///
+/// # Safety
+/// `[at, at + len)` must be writable memory that stays mapped during the call and that no
+/// Rust reference covers (shared memory is only ever reached through raw pointers).
+pub unsafe fn read_into(dev: &OwnedFd, at: *mut u8, len: usize) -> std::io::Result<usize> {
+    // SAFETY: the caller guarantees the range is mapped and writable; the kernel writes at
+    // most `len` bytes into it.
+    let n = unsafe { libc::read(dev.as_raw_fd(), at.cast(), len) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clone_ioctl_number_matches_the_kernel_header() {
+        // _IOR('\xe5', 0, uint32_t) as <linux/fuse.h> spells it: dir=read(2), size=4.
+        assert_eq!(super::FUSE_DEV_IOC_CLONE, 0x8004_e500);
+    }
+}
