@@ -162,7 +162,9 @@ pub struct StorageConfig {
     /// Unix socket nodes connect to; relative to the data directory.
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
-    /// Microseconds the worker keeps polling after activity before it sleeps.
+    /// Microseconds the worker keeps polling after activity before it sleeps. Where such
+    /// polls keep running out (large transfers), it sleeps at once but for a probe now and
+    /// then, so polling does not take the core the transfers need.
     #[serde(default = "default_spin_us")]
     pub spin_us: u64,
     /// Worker threads; 0 (the default) means one per core.

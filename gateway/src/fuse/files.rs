@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,6 +12,7 @@ use fuser::{Filesystem, InitFlags, KernelConfig, Request};
 use super::session::Reply;
 use super::span::{chunks, verdict, Span, Verdict};
 use super::wire::{self, Attr, Header, Op, Statfs, DT_DIR, DT_REG, FOPEN_DIRECT_IO, FOPEN_PARALLEL_DIRECT_WRITES};
+use crate::ring::backoff::PollBackoff;
 use crate::ring::handshake::LunInfo;
 use crate::ring::initiator::{parse_capacity, rw16, unmap_list, READ_CAPACITY_16, UNMAP_ONE};
 use crate::ring::link::{Command, Link, LinkError, Outcome, Placed, Polled, QueuePair};
@@ -129,12 +129,8 @@ pub struct LunFiles {
 /// instead of going back for the next request and leaving the reply to the completion
 /// thread: when the command is alone in flight and no other request is waiting in the
 /// kernel. At queue depth 1 that saves a thread wakeup per I/O; under load the thread is
-/// better spent reading the next request.
-///
-/// Polling adapts, as hybrid polling does: where the gateway is slower than `spin` (a disk
-/// image, a busy host), polls keep running out and only burn the thread's time. After
-/// [`Polling::GIVE_UP_AFTER`] in a row have, the mount polls for one command in
-/// [`Polling::PROBE_EVERY`] until one pays again.
+/// better spent reading the next request. Where the gateway is slower than `spin` (a disk
+/// image, a busy host), polls keep running out and polling backs off ([`PollBackoff`]).
 #[derive(Debug, Default)]
 pub struct Polling {
     /// How long to poll; zero never does.
@@ -142,18 +138,10 @@ pub struct Polling {
     /// A duplicate of the session's `/dev/fuse` fd, set once mounted. It is readable while
     /// requests wait in the connection's queue, which its clones share.
     pub device: OnceLock<OwnedFd>,
-    /// Polls in a row that ran out of time.
-    misses: AtomicU32,
-    /// Commands sent without polling since polling stopped paying.
-    skipped: AtomicU32,
+    backoff: PollBackoff,
 }
 
 impl Polling {
-    /// Polls in a row that run out before polling is mostly skipped.
-    pub const GIVE_UP_AFTER: u32 = 8;
-    /// While it is, one command in this many is polled for, to notice when it pays again.
-    pub const PROBE_EVERY: u32 = 64;
-
     /// Polling for up to `spin` (zero: never), once the device is set.
     pub fn new(spin: Duration) -> Polling {
         Polling { spin, ..Polling::default() }
@@ -163,27 +151,19 @@ impl Polling {
     /// device is known, and no request is waiting.
     fn worth_it(&self) -> bool {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let Some(device) = self.device.get().filter(|_| !self.spin.is_zero() && self.paying()) else {
+        let Some(device) = self.device.get().filter(|_| !self.spin.is_zero() && self.backoff.worth_trying()) else {
             return false;
         };
         let mut fds = [PollFd::new(device, PollFlags::IN)];
         matches!(poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
     }
 
-    /// Whether recent polls completed their commands (or it is time to probe again).
-    pub fn paying(&self) -> bool {
-        self.misses.load(Ordering::Relaxed) < Self::GIVE_UP_AFTER
-            || self.skipped.fetch_add(1, Ordering::Relaxed) % Self::PROBE_EVERY == Self::PROBE_EVERY - 1
-    }
-
     /// Records how a poll went.
     pub fn note(&self, polled: Polled) {
         match polled {
             Polled::NotTried => {}
-            Polled::Completed => self.misses.store(0, Ordering::Relaxed),
-            Polled::GaveUp => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-            }
+            Polled::Completed => self.backoff.paid(),
+            Polled::GaveUp => self.backoff.missed(),
         }
     }
 }
@@ -704,22 +684,5 @@ mod tests {
     fn inodes_are_unique_and_never_the_root() {
         assert_ne!(ino_of(0, 0), 1);
         assert_ne!(ino_of(0, 1), ino_of(1, 0));
-    }
-
-    #[test]
-    fn polling_backs_off_after_polls_run_out_and_resumes_once_one_pays() {
-        let p = Polling::new(Duration::from_micros(30));
-        for _ in 0..Polling::GIVE_UP_AFTER {
-            assert!(p.paying());
-            p.note(Polled::GaveUp);
-        }
-        // Now one command in PROBE_EVERY is polled for.
-        let probes = (0..Polling::PROBE_EVERY * 4).filter(|_| p.paying()).count();
-        assert_eq!(probes, 4);
-        p.note(Polled::NotTried);
-        assert_eq!((0..Polling::PROBE_EVERY).filter(|_| p.paying()).count(), 1);
-        // A probe that completes in time turns polling back on.
-        p.note(Polled::Completed);
-        assert!((0..Polling::PROBE_EVERY).all(|_| p.paying()));
     }
 }

@@ -2,6 +2,7 @@
 //! shared-memory rings with eventfd doorbells (see DESIGN.md, "The ring protocol").
 
 pub mod alloc;
+pub mod backoff;
 pub mod handshake;
 pub mod initiator;
 pub mod link;

@@ -22,6 +22,7 @@ use super::{control_result, Accepted, Capacities, Control, NodeEntry, ServerOpti
 use crate::config::Access;
 use crate::engine::host::{self, UringHost};
 use crate::ring::alloc::RegionAllocator;
+use crate::ring::backoff::PollBackoff;
 use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments, Stat};
 use crate::ring::shm::{self, Doorbell, SharedMemory};
 use crate::ring::spsc::{Consumer, Producer, RingError, RingId};
@@ -255,6 +256,8 @@ pub(super) struct Worker {
     wake: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
     spin: Duration,
+    /// Whether spinning after activity has been finding more work before `spin` ran out.
+    backoff: PollBackoff,
     /// Queue pairs this worker has opened; ids are `index + n * k` for k ≥ 1, so the id
     /// says which worker serves it and none is 0 (the gateway's own nexus).
     opened: u64,
@@ -277,6 +280,8 @@ pub(super) struct Worker {
     events: Vec<(u32, i32)>,
 }
 
+/// Idle rounds between readings of the clock while spinning.
+const SPIN_UNTIMED: u32 = 32;
 /// Token of the poll on the worker's wake doorbell; queue pairs' tokens start at 1.
 const WAKE_TOKEN: u32 = 0;
 /// Token of SQEs whose completions mean nothing (poll cancellations).
@@ -314,6 +319,7 @@ impl Worker {
             caps: s.caps,
             stop: s.stop,
             spin: opts.spin,
+            backoff: PollBackoff::default(),
             opened: 0,
             sent: 0,
             last_pass: false,
@@ -333,6 +339,9 @@ impl Worker {
         // costs more than a look at the rings.
         let mut idle_rounds = 1u32;
         let mut loops = 0u64;
+        // This idle spell's spin, and whether the worker has slept in it yet.
+        let mut spell_spin = self.spin;
+        let mut slept = true;
         loop {
             loops += 1;
             let stopping = self.stop.load(Ordering::SeqCst);
@@ -384,18 +393,28 @@ impl Worker {
                 return self.finish();
             }
             if progress {
+                // Work found by the timed spin (past the first few untimed rounds, which
+                // cost next to nothing) is what the spin is for.
+                if idle_rounds >= SPIN_UNTIMED && !slept {
+                    self.backoff.paid();
+                }
                 idle_rounds = 0;
+                slept = false;
                 continue;
             }
             if idle_rounds == 0 {
                 last_activity = Instant::now();
+                // Spinning pays where the next command or completion comes within the
+                // spin (small I/O, a polling node); where it does not (large transfers),
+                // the spin only takes a core the transfers need, so it is skipped.
+                spell_spin = if self.backoff.worth_trying() { self.spin } else { Duration::ZERO };
             }
             idle_rounds = idle_rounds.wrapping_add(1);
-            if !idle_rounds.is_multiple_of(32) {
+            if !idle_rounds.is_multiple_of(SPIN_UNTIMED) {
                 std::hint::spin_loop();
                 continue;
             }
-            if last_activity.elapsed() < self.spin {
+            if last_activity.elapsed() < spell_spin {
                 if idle_rounds.is_multiple_of(1024) {
                     // Still polling, but a node or another worker on this core may run
                     // first: without it, a worker waiting on another that shares its core
@@ -404,6 +423,10 @@ impl Worker {
                 }
                 continue;
             }
+            if !slept && !spell_spin.is_zero() {
+                self.backoff.missed();
+            }
+            slept = true;
             if busy > 0 {
                 // I/O is in flight: sleep until a backend finishes some (its completion
                 // eventfd), a doorbell rings or another worker answers; engines that
