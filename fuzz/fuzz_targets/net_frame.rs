@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 + VNET_HDR_LEN {
         return;
     }
-    let mode = if data[0] & 1 == 0 { UplinkMode::Unfiltered } else { UplinkMode::Filtered { external_mac: Mac([2, 9, 9, 9, 9, 9]) } };
+    let mode = if data[0] & 1 == 0 {
+        UplinkMode::Unfiltered
+    } else {
+        UplinkMode::Filtered { external_mac: Mac([2, 9, 9, 9, 9, 9]) }
+    };
     let ports = (0..3u8)
         .map(|n| PortSpec {
             node: format!("n{n}"),
