@@ -115,6 +115,9 @@ impl Mounted {
             let mut result = Ok(());
             for w in workers {
                 let r = w.join().unwrap_or_else(|_| Err(std::io::Error::other("a FUSE thread panicked")));
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "a FUSE thread stopped serving");
+                }
                 if let (Err(e), Ok(())) = (r, &result) {
                     result = Err(e);
                 }

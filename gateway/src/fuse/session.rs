@@ -157,11 +157,8 @@ pub(super) fn serve(fs: &LunFiles, link: &Link, session: BorrowedFd<'_>) -> std:
                 let data = Region { offset: base + PAGE, len: size };
                 let tail =
                     Region { offset: base + PAGE * (1 + pages), len: (RECV_BYTES as u64 - PAGE * (1 + pages)) as u32 };
-                let mut spare = vec![Region { offset: base, len: PAGE as u32 }];
-                if tail.len > 0 {
-                    spare.push(tail);
-                }
-                queue.release(r.generation, &spare);
+                let spare = [Region { offset: base, len: PAGE as u32 }, tail];
+                queue.release(r.generation, &spare[..if tail.len > 0 { 2 } else { 1 }]);
                 let placed = Placed { data, hold: data, generation: r.generation };
                 fs.dispatch(&h, op, Payload::InPlace(InPlace::new(queue, &r.area, placed)), reply);
             }
