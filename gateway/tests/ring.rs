@@ -634,7 +634,7 @@ fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_d
 }
 
 #[test]
-fn a_write_placed_in_reserved_pages_is_sent_as_it_lies_and_every_page_comes_back() {
+fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back() {
     use gateway::ring::link::{Command, Link, LinkError, LinkOptions, Placed};
     use gateway::ring::proto::Region;
 
@@ -672,6 +672,16 @@ fn a_write_placed_in_reserved_pages_is_sent_as_it_lies_and_every_page_comes_back
         let read = gateway::ring::initiator::rw16(0x88, lba, 128, false);
         let o = q.execute(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 64 << 10 });
         assert_eq!(o.data, data, "round {round}");
+        // Read back in place: the data is left in the area until the outcome is dropped.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cmd = Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 64 << 10 };
+        q.submit_read_in_place(cmd, Box::new(move |o| tx.send(o).unwrap()), Duration::ZERO);
+        let mut o = rx.recv_timeout(Duration::from_secs(10)).expect("the read completes");
+        assert!(o.data.is_empty());
+        let d = o.in_area.take().expect("data-in left in the area");
+        let mut back = vec![0u8; d.len() as usize];
+        d.area().read(d.offset(), &mut back).unwrap();
+        assert_eq!(back, data, "round {round}, in place");
     }
     // Every page went back: the whole area can be taken in one piece.
     let all = q.reserve(4 << 20).expect("no page of the data area was lost");

@@ -168,6 +168,17 @@ impl Polling {
     }
 }
 
+/// Whether a command's data stays in the data area rather than being copied.
+#[derive(Debug)]
+enum InArea {
+    /// Copied in (`cmd.out`) and out (`Outcome::data`).
+    No,
+    /// Data-out already there.
+    Out(Placed),
+    /// Data-in left there for the reply.
+    In,
+}
+
 /// A SCSI outcome as a result: the response's data, or the errno to reply with.
 fn checked(o: Outcome, what: &str) -> Result<Vec<u8>, i32> {
     match o.result {
@@ -201,12 +212,13 @@ impl LunFiles {
     }
 
     /// Sends a command; see [`Polling`] for whether this thread polls for it.
-    fn send(&self, cmd: Command<'_>, placed: Option<Placed>, done: Box<dyn FnOnce(Outcome) + Send>) {
+    fn send(&self, cmd: Command<'_>, data: InArea, done: Box<dyn FnOnce(Outcome) + Send>) {
         let queue = self.link.queue();
         let spin = if self.polling.worth_it() { self.polling.spin } else { Duration::ZERO };
-        let polled = match placed {
-            Some(p) => queue.submit_placed(cmd, p, done, spin),
-            None => queue.submit_polling(cmd, done, spin),
+        let polled = match data {
+            InArea::No => queue.submit_polling(cmd, done, spin),
+            InArea::Out(p) => queue.submit_placed(cmd, p, done, spin),
+            InArea::In => queue.submit_read_in_place(cmd, done, spin),
         };
         self.polling.note(polled);
     }
@@ -494,16 +506,22 @@ impl LunFiles {
             return reply.error(libc::EINVAL);
         };
         let cdb = rw16(0x88, span.first_block(), (span.blocks()) as u32, false);
-        let (skip, len) = (span.head_skip() as usize, span.len as usize);
+        let (skip, len) = (span.head_skip() as u32, span.len as u32);
         let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len };
+        // The data goes to the kernel from where the gateway put it: no copy on the way.
         self.send(
             cmd,
-            None,
-            Box::new(move |o| {
+            InArea::In,
+            Box::new(move |mut o| {
                 f.note(&o);
-                match checked(o, "READ") {
-                    Ok(d) => reply.data(&d[skip.min(d.len())..(skip + len).min(d.len())]),
-                    Err(e) => reply.error(e),
+                let in_area = o.in_area.take();
+                match (checked(o, "READ"), in_area) {
+                    (Ok(_), Some(d)) => reply.data_in_area(d, skip, len),
+                    (Ok(d), None) => {
+                        let (skip, len) = (skip as usize, len as usize);
+                        reply.data(&d[skip.min(d.len())..(skip + len).min(d.len())])
+                    }
+                    (Err(e), _) => reply.error(e),
                 }
             }),
         );
@@ -549,7 +567,7 @@ impl LunFiles {
         let guard = f.lock_blocks(span.first_block(), span.end_block());
         let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
         let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: data, in_len: 0 };
-        self.send(cmd, None, write_done(guard, span.len as u32, reply));
+        self.send(cmd, InArea::No, write_done(guard, span.len as u32, reply));
     }
 
     /// An aligned write whose payload is already in the data area: sent as it lies.
@@ -560,7 +578,7 @@ impl LunFiles {
         // Clipped at the end of the LUN: send only what fits.
         placed.data.len = span.len as u32;
         let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 };
-        self.send(cmd, Some(placed), write_done(guard, span.len as u32, reply));
+        self.send(cmd, InArea::Out(placed), write_done(guard, span.len as u32, reply));
     }
 
     fn fsync(&self, ino: u64, reply: Reply) {
@@ -572,7 +590,7 @@ impl LunFiles {
         cdb[0] = 0x91;
         self.send(
             Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 },
-            None,
+            InArea::No,
             Box::new(move |o| match checked(o, "SYNCHRONIZE CACHE") {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(e),

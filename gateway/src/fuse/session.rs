@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::files::{InPlace, LunFiles, Payload};
 use super::wire::{self, Op, WRITE_PAYLOAD};
 use crate::ring::alloc::PAGE;
-use crate::ring::link::{Link, Placed, Reservation};
+use crate::ring::link::{AreaData, Link, Placed, Reservation};
 use crate::ring::proto::Region;
 
 /// A receive buffer: a page for the headers, then room for the largest WRITE payload.
@@ -48,6 +48,28 @@ impl Reply {
     /// Answers success with `bytes`.
     pub fn data(mut self, bytes: &[u8]) {
         self.send(0, &[bytes]);
+    }
+
+    /// Answers success with up to `len` bytes from `skip` into data-in left in the data
+    /// area, sent from where they lie; the area's pages go back once sent.
+    pub fn data_in_area(mut self, data: AreaData, skip: u32, len: u32) {
+        self.sent = true;
+        let n = data.len().saturating_sub(skip).min(len);
+        let header = wire::out_header(self.unique, 0, n as usize);
+        let sent = match data.area().raw(data.offset() + u64::from(skip), u64::from(n)) {
+            // SAFETY: `raw` checked the range lies in the mapping, which `data` keeps mapped
+            // (and its pages reserved) until after the call.
+            Ok(at) => unsafe { super::sys::write_with(&self.dev, &header, at, n as usize) }.map(drop),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match sent.map_err(|e| (rustix::io::Errno::from_io_error(&e), e)) {
+            Ok(()) | Err((Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV), _)) => {}
+            Err((_, e)) => {
+                tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel");
+                self.sent = false;
+            }
+        }
+        drop(data);
     }
 
     /// Answers a WRITE: `size` bytes written.

@@ -39,6 +39,25 @@ pub unsafe fn read_into(dev: &OwnedFd, at: *mut u8, len: usize) -> std::io::Resu
     Ok(n as usize)
 }
 
+/// Writes `head` then `len` bytes at `at` to `dev` in one `writev`.
+///
+/// # Safety
+/// `[at, at + len)` must be readable memory that stays mapped during the call and that no
+/// Rust reference covers (shared memory is only ever reached through raw pointers).
+pub unsafe fn write_with(dev: &OwnedFd, head: &[u8], at: *const u8, len: usize) -> std::io::Result<usize> {
+    let iov = [
+        libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
+        libc::iovec { iov_base: at as *mut libc::c_void, iov_len: len },
+    ];
+    // SAFETY: both iovecs describe memory that stays valid for the call (the caller vouches
+    // for the second); the kernel only reads through them.
+    let n = unsafe { libc::writev(dev.as_raw_fd(), iov.as_ptr(), 2) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

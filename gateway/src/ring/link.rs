@@ -63,6 +63,53 @@ pub struct Outcome {
     pub data: Vec<u8>,
     /// A unit attention said the capacity changed while this command was retried.
     pub capacity_changed: bool,
+    /// For a command sent with [`QueuePair::submit_read_in_place`], the data-in where the
+    /// gateway put it (and `data` is empty).
+    pub in_area: Option<AreaData>,
+}
+
+/// Data-in left in the data area for the caller to read from where it lies; its pages go
+/// back to the queue pair when this is dropped.
+pub struct AreaData {
+    queue: Arc<QueuePair>,
+    area: Arc<SharedMemory>,
+    pages: Region,
+    len: u32,
+    generation: u64,
+}
+
+impl AreaData {
+    /// The data area the bytes are in.
+    pub fn area(&self) -> &SharedMemory {
+        &self.area
+    }
+
+    /// Where the bytes start in the area.
+    pub fn offset(&self) -> u64 {
+        self.pages.offset
+    }
+
+    /// How many bytes the gateway transferred.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether no bytes were transferred.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for AreaData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AreaData").field("pages", &self.pages).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl Drop for AreaData {
+    fn drop(&mut self) {
+        self.queue.release(self.generation, &[self.pages]);
+    }
 }
 
 /// Runs once with the outcome, on a completion thread or the submitting one.
@@ -144,7 +191,7 @@ impl Link {
         for index in 0..opts.queues.max(1) {
             let conn = Initiator::connect(&opts.socket, &opts.connect)?;
             let luns = conn.luns().to_vec();
-            let qp = Arc::new(QueuePair {
+            let qp = Arc::new_cyclic(|me| QueuePair {
                 index,
                 opts: opts.clone(),
                 state: Mutex::new(State {
@@ -158,6 +205,7 @@ impl Link {
                 space: Condvar::new(),
                 closing: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                me: me.clone(),
             });
             let (wake, gone) = dup_wait_fds(&conn)?;
             qp.lock().conn = Some(conn);
@@ -222,6 +270,16 @@ struct Pending {
     since: Instant,
     retries: u8,
     capacity_changed: bool,
+    /// Leave the data-in in the area ([`QueuePair::submit_read_in_place`]).
+    in_place: bool,
+}
+
+/// What a command carries besides its CDB: its data descriptor, the data-area pages it
+/// holds (freed when it completes) and whether its data-in stays in the area.
+struct Carried {
+    data: Data,
+    region: Option<Region>,
+    in_place: bool,
 }
 
 struct State {
@@ -245,6 +303,8 @@ pub struct QueuePair {
     closing: AtomicBool,
     /// [`State::generation`], readable without the lock.
     generation: AtomicU64,
+    /// This queue pair, for data-in handed out in place to give its pages back to.
+    me: std::sync::Weak<QueuePair>,
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -281,7 +341,14 @@ impl QueuePair {
     /// the caller is busy for up to `spin`. Says whether it polled and how that went, so a
     /// front-end can stop polling where it does not pay.
     pub fn submit_polling(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
-        self.submit_from(cmd, None, done, spin)
+        self.submit_from(cmd, None, false, done, spin)
+    }
+
+    /// Sends a data-in command like [`QueuePair::submit_polling`], but its outcome carries
+    /// the data where the gateway put it ([`Outcome::in_area`]) instead of a copy, for a
+    /// caller that passes it on (a FUSE reply) without looking at it.
+    pub fn submit_read_in_place(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
+        self.submit_from(cmd, None, true, done, spin)
     }
 
     /// Takes a run of data-area pages for the caller to fill in place, then send with
@@ -319,10 +386,17 @@ impl QueuePair {
     /// connection has gone, the command fails with [`LinkError::Down`].
     pub fn submit_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
         debug_assert!(cmd.out.is_empty(), "a placed command carries its data in the area");
-        self.submit_from(cmd, Some(placed), done, spin)
+        self.submit_from(cmd, Some(placed), false, done, spin)
     }
 
-    fn submit_from(&self, cmd: Command<'_>, placed: Option<Placed>, done: Done, spin: Duration) -> Polled {
+    fn submit_from(
+        &self,
+        cmd: Command<'_>,
+        placed: Option<Placed>,
+        in_place: bool,
+        done: Done,
+        spin: Duration,
+    ) -> Polled {
         if let Some(p) = placed {
             return self.send_placed(cmd, p, done, spin);
         }
@@ -389,7 +463,7 @@ impl QueuePair {
                 return failed(done, LinkError::Down);
             }
         }
-        self.send(st, cmd, data, region, done, spin)
+        self.send(st, cmd, Carried { data, region, in_place }, done, spin)
     }
 
     /// Waits for a ring slot for a command whose data is already in place.
@@ -418,7 +492,7 @@ impl QueuePair {
             st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
         let data = Data::Out { region: placed.data, staged: false };
-        self.send(st, cmd, data, Some(placed.hold), done, spin)
+        self.send(st, cmd, Carried { data, region: Some(placed.hold), in_place: false }, done, spin)
     }
 
     /// Queues a command holding a ring slot (and its data-area pages in `region`), then
@@ -427,11 +501,11 @@ impl QueuePair {
         &self,
         mut st: MutexGuard<'_, State>,
         cmd: Command<'_>,
-        data: Data,
-        region: Option<Region>,
+        carried: Carried,
         done: Done,
         spin: Duration,
     ) -> Polled {
+        let Carried { data, region, in_place } = carried;
         // A command that will be polled for: say so before the gateway can answer, or it
         // rings the completion thread, which may take the STAT first.
         let poll = !spin.is_zero() && st.pending.is_empty();
@@ -446,6 +520,7 @@ impl QueuePair {
             since: Instant::now(),
             retries: 0,
             capacity_changed: false,
+            in_place,
         };
         if poll {
             conn.announce_polling();
@@ -503,6 +578,7 @@ impl QueuePair {
             result: Err(LinkError::Timeout),
             data: Vec::new(),
             capacity_changed: false,
+            in_area: None,
         });
         (outcome, polled)
     }
@@ -661,7 +737,14 @@ impl QueuePair {
             }
         }
         let mut data = Vec::new();
-        if let Data::In(region) = p.data {
+        let mut in_area = None;
+        if let (Data::In(region), true, Some(queue), Some(pages)) = (p.data, p.in_place, self.me.upgrade(), p.region) {
+            let len = r.transferred.min(region.len);
+            let area = conn.shared_data_area();
+            in_area = Some(AreaData { queue, area, pages, len, generation: st.generation });
+            // Its pages go back when the caller drops it.
+            p.region = None;
+        } else if let Data::In(region) = p.data {
             let n = (r.transferred as usize).min(region.len as usize);
             data = vec![0u8; n];
             if let Err(e) = conn.read_data(Region { offset: region.offset, len: n as u32 }, &mut data) {
@@ -672,7 +755,7 @@ impl QueuePair {
         if let Some(region) = p.region {
             conn.free(region);
         }
-        finished.push((p.done, Outcome { result: Ok(r), data, capacity_changed: p.capacity_changed }));
+        finished.push((p.done, Outcome { result: Ok(r), data, capacity_changed: p.capacity_changed, in_area }));
         false
     }
 
@@ -743,7 +826,7 @@ pub fn retryable(status: u8, sense: &[u8]) -> Option<bool> {
 fn take_all(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
     st.pending
         .drain()
-        .map(|(_, p)| (p.done, Outcome { result: Err(why), data: Vec::new(), capacity_changed: false }))
+        .map(|(_, p)| (p.done, Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None }))
         .collect()
 }
 
@@ -765,7 +848,7 @@ fn failed(done: Done, why: LinkError) -> Polled {
 }
 
 fn fail(done: Done, why: LinkError) {
-    done(Outcome { result: Err(why), data: Vec::new(), capacity_changed: false });
+    done(Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None });
 }
 
 fn run(finished: Vec<(Done, Outcome)>) {
