@@ -199,6 +199,7 @@ impl Link {
                     pending: HashMap::new(),
                     luns,
                     generation: 0,
+                    waiting: 0,
                     backoff: BACKOFF_MIN,
                     next_attempt: Instant::now(),
                 }),
@@ -289,6 +290,8 @@ struct State {
     /// Bumped whenever the connection is dropped, so a region allocated before is known
     /// to belong to a connection that is gone.
     generation: u64,
+    /// Threads waiting on `space` for a slot or data-area pages.
+    waiting: usize,
     backoff: Duration,
     next_attempt: Instant,
 }
@@ -376,8 +379,12 @@ impl QueuePair {
                 regions.iter().for_each(|&r| conn.free(r));
             }
         }
+        // Most releases find nobody waiting for space: skip the futex wake then.
+        let wake = st.waiting > 0;
         drop(st);
-        self.space.notify_all();
+        if wake {
+            self.space.notify_all();
+        }
     }
 
     /// Sends a command whose data-out the caller already put in the data area, in pages of
@@ -431,7 +438,9 @@ impl QueuePair {
                 drop(st);
                 return failed(done, LinkError::Timeout);
             }
+            st.waiting += 1;
             st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            st.waiting -= 1;
         };
         let data = match (region, cmd.out.is_empty()) {
             (None, _) => Data::None,
@@ -489,7 +498,9 @@ impl QueuePair {
                 self.release(placed.generation, &[placed.hold]);
                 return failed(done, LinkError::Timeout);
             }
+            st.waiting += 1;
             st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            st.waiting -= 1;
         }
         let data = Data::Out { region: placed.data, staged: false };
         self.send(st, cmd, Carried { data, region: Some(placed.hold), in_place: false }, done, spin)
@@ -738,7 +749,8 @@ impl QueuePair {
         }
         let mut data = Vec::new();
         let mut in_area = None;
-        if let (Data::In(region), true, Some(queue), Some(pages)) = (p.data, p.in_place, self.me.upgrade(), p.region) {
+        let keep = if p.in_place { self.me.upgrade() } else { None };
+        if let (Data::In(region), Some(queue), Some(pages)) = (p.data, keep, p.region) {
             let len = r.transferred.min(region.len);
             let area = conn.shared_data_area();
             in_area = Some(AreaData { queue, area, pages, len, generation: st.generation });
