@@ -25,7 +25,9 @@ use scsi::Asc;
 use super::handshake::LunInfo;
 use super::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response};
 use super::proto::Region;
-use super::shm::SharedMemory;
+
+mod area;
+pub use area::{AreaData, Placed, Reservation};
 
 /// Longest wait in `poll(2)` before the completion thread looks at timeouts and shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -68,74 +70,8 @@ pub struct Outcome {
     pub in_area: Option<AreaData>,
 }
 
-/// Data-in left in the data area for the caller to read from where it lies; its pages go
-/// back to the queue pair when this is dropped.
-pub struct AreaData {
-    queue: Arc<QueuePair>,
-    area: Arc<SharedMemory>,
-    pages: Region,
-    len: u32,
-    generation: u64,
-}
-
-impl AreaData {
-    /// The data area the bytes are in.
-    pub fn area(&self) -> &SharedMemory {
-        &self.area
-    }
-
-    /// Where the bytes start in the area.
-    pub fn offset(&self) -> u64 {
-        self.pages.offset
-    }
-
-    /// How many bytes the gateway transferred.
-    pub fn len(&self) -> u32 {
-        self.len
-    }
-
-    /// Whether no bytes were transferred.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl std::fmt::Debug for AreaData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AreaData").field("pages", &self.pages).field("len", &self.len).finish_non_exhaustive()
-    }
-}
-
-impl Drop for AreaData {
-    fn drop(&mut self) {
-        self.queue.release(self.generation, &[self.pages]);
-    }
-}
-
 /// Runs once with the outcome, on a completion thread or the submitting one.
 pub type Done = Box<dyn FnOnce(Outcome) + Send>;
-
-/// Pages of a queue pair's data area taken with [`QueuePair::reserve`].
-#[derive(Debug, Clone)]
-pub struct Reservation {
-    /// The pages.
-    pub region: Region,
-    /// The connection they belong to; stale once it is dropped.
-    pub generation: u64,
-    /// The data area, mapped for as long as this is held.
-    pub area: Arc<SharedMemory>,
-}
-
-/// A command's data-out already in the data area (see [`QueuePair::submit_placed`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Placed {
-    /// The data-out bytes.
-    pub data: Region,
-    /// The reserved pages the command takes over and frees when it completes.
-    pub hold: Region,
-    /// [`Reservation::generation`].
-    pub generation: u64,
-}
 
 /// One SCSI command.
 #[derive(Debug, Clone, Copy)]
@@ -347,55 +283,6 @@ impl QueuePair {
         self.submit_from(cmd, None, false, done, spin)
     }
 
-    /// Sends a data-in command like [`QueuePair::submit_polling`], but its outcome carries
-    /// the data where the gateway put it ([`Outcome::in_area`]) instead of a copy, for a
-    /// caller that passes it on (a FUSE reply) without looking at it.
-    pub fn submit_read_in_place(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
-        self.submit_from(cmd, None, true, done, spin)
-    }
-
-    /// Takes a run of data-area pages for the caller to fill in place, then send with
-    /// [`QueuePair::submit_placed`] or give back with [`QueuePair::release`]. Never waits:
-    /// `None` when the gateway is not connected or the area has no such run free.
-    pub fn reserve(&self, len: u32) -> Option<Reservation> {
-        let mut st = self.lock();
-        let generation = st.generation;
-        let conn = st.conn.as_mut()?;
-        let region = conn.alloc(len)?;
-        Some(Reservation { region, generation, area: conn.shared_data_area() })
-    }
-
-    /// Whether pages reserved under `generation` still belong to the live connection.
-    pub fn is_current(&self, generation: u64) -> bool {
-        self.generation.load(Ordering::Acquire) == generation
-    }
-
-    /// Gives back pages of a [`Reservation`] (all of it, or the part not sent). Pages of a
-    /// connection that has since gone went with it.
-    pub fn release(&self, generation: u64, regions: &[Region]) {
-        let mut st = self.lock();
-        if st.generation == generation {
-            if let Some(conn) = st.conn.as_mut() {
-                regions.iter().for_each(|&r| conn.free(r));
-            }
-        }
-        // Most releases find nobody waiting for space: skip the futex wake then.
-        let wake = st.waiting > 0;
-        drop(st);
-        if wake {
-            self.space.notify_all();
-        }
-    }
-
-    /// Sends a command whose data-out the caller already put in the data area, in pages of
-    /// a [`Reservation`] that the command now owns (freed when it completes). Otherwise
-    /// as [`QueuePair::submit_polling`]; `cmd.out` must be empty. If the reservation's
-    /// connection has gone, the command fails with [`LinkError::Down`].
-    pub fn submit_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
-        debug_assert!(cmd.out.is_empty(), "a placed command carries its data in the area");
-        self.submit_from(cmd, Some(placed), false, done, spin)
-    }
-
     fn submit_from(
         &self,
         cmd: Command<'_>,
@@ -473,37 +360,6 @@ impl QueuePair {
             }
         }
         self.send(st, cmd, Carried { data, region, in_place }, done, spin)
-    }
-
-    /// Waits for a ring slot for a command whose data is already in place.
-    fn send_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
-        let deadline = Instant::now() + self.opts.io_timeout;
-        let mut st = self.lock();
-        loop {
-            if self.closing.load(Ordering::Acquire) {
-                drop(st);
-                self.release(placed.generation, &[placed.hold]);
-                return failed(done, LinkError::Closing);
-            }
-            let Some(conn) = st.conn.as_ref().filter(|_| st.generation == placed.generation) else {
-                drop(st);
-                return failed(done, LinkError::Down);
-            };
-            if conn.outstanding() < conn.queue_depth() as usize {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                drop(st);
-                self.release(placed.generation, &[placed.hold]);
-                return failed(done, LinkError::Timeout);
-            }
-            st.waiting += 1;
-            st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-            st.waiting -= 1;
-        }
-        let data = Data::Out { region: placed.data, staged: false };
-        self.send(st, cmd, Carried { data, region: Some(placed.hold), in_place: false }, done, spin)
     }
 
     /// Queues a command holding a ring slot (and its data-area pages in `region`), then
