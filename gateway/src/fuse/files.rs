@@ -442,7 +442,8 @@ impl LunFiles {
             Op::Fallocate { offset, length, mode } => self.fallocate(ino, offset, length, mode, reply),
             Op::Readdir { offset, size } => self.readdir(ino, offset, size, reply),
             Op::Statfs => self.statfs(reply),
-            // Answered by the caller (or never answered at all).
+            // FORGET and INTERRUPT are never answered and stop in the session loop; INIT was
+            // answered before it started; anything else is not implemented here.
             Op::Forget | Op::Interrupt | Op::Init | Op::Other(_) => reply.error(libc::ENOSYS),
         }
     }
