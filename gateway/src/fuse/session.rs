@@ -21,8 +21,8 @@ const RECV_BYTES: usize = PAGE as usize + super::MAX_IO as usize;
 const READ_AT: usize = PAGE as usize - WRITE_PAYLOAD;
 /// Request bytes copied out for parsing: every request but a WRITE fits.
 const HEAD_BYTES: usize = 8192;
-/// Writes of at least a page are sent from where they were read; smaller ones (always
-/// read-modify-write) are copied out and the buffer is kept for the next request.
+/// Writes of at least a page are sent from where they were read; smaller ones are copied
+/// out (cheaply) and the buffer is kept for the next request.
 const IN_PLACE_MIN: u32 = PAGE as u32;
 
 /// A reply to one request, written to the fd the request came from. It is sent exactly
@@ -53,7 +53,6 @@ impl Reply {
     /// Answers success with up to `len` bytes from `skip` into data-in left in the data
     /// area, sent from where they lie; the area's pages go back once sent.
     pub fn data_in_area(mut self, data: AreaData, skip: u32, len: u32) {
-        self.sent = true;
         let n = data.len().saturating_sub(skip).min(len);
         let header = wire::out_header(self.unique, 0, n as usize);
         let sent = match data.area().raw(data.offset() + u64::from(skip), u64::from(n)) {
@@ -62,14 +61,9 @@ impl Reply {
             Ok(at) => unsafe { super::sys::write_with(&self.dev, &header, at, n as usize) }.map(drop),
             Err(e) => Err(std::io::Error::other(e)),
         };
-        match sent.map_err(|e| (rustix::io::Errno::from_io_error(&e), e)) {
-            Ok(()) | Err((Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV), _)) => {}
-            Err((_, e)) => {
-                tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel");
-                self.sent = false;
-            }
-        }
         drop(data);
+        // Not delivered: dropping the reply answers EIO instead.
+        self.sent = self.delivered(sent);
     }
 
     /// Answers a WRITE: `size` bytes written.
@@ -78,19 +72,29 @@ impl Reply {
     }
 
     fn send(&mut self, error: i32, payload: &[&[u8]]) {
-        self.sent = true;
         let len = payload.iter().map(|p| p.len()).sum();
         let header = wire::out_header(self.unique, error, len);
         let mut iov = [IoSlice::new(&header), IoSlice::new(&[]), IoSlice::new(&[])];
         for (slot, p) in iov[1..].iter_mut().zip(payload) {
             *slot = IoSlice::new(p);
         }
-        match rustix::io::writev(&*self.dev, &iov[..1 + payload.len().min(2)]) {
-            Ok(_) => {}
-            // The request was interrupted and is gone, or the filesystem was unmounted.
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV) => {}
-            Err(e) => tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel"),
+        let sent = rustix::io::writev(&*self.dev, &iov[..1 + payload.len().min(2)]);
+        // Not delivered: a reply that was not yet the EIO of `drop` answers EIO instead.
+        self.sent = self.delivered(sent.map(drop).map_err(std::io::Error::from));
+    }
+
+    /// Whether a reply reached the kernel, or no longer needs to: the request was
+    /// interrupted and is gone, or the filesystem was unmounted.
+    fn delivered(&self, sent: std::io::Result<()>) -> bool {
+        let e = match sent {
+            Ok(()) => return true,
+            Err(e) => e,
+        };
+        if let Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV) = rustix::io::Errno::from_io_error(&e) {
+            return true;
         }
+        tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel");
+        false
     }
 }
 
@@ -184,16 +188,18 @@ pub(super) fn serve(fs: &LunFiles, link: &Link, session: BorrowedFd<'_>) -> std:
                 let placed = Placed { data, hold: data, generation: r.generation };
                 fs.dispatch(&h, op, Payload::InPlace(InPlace::new(queue, &r.area, placed)), reply);
             }
-            Some(r) => {
-                let mut bytes = vec![0u8; size as usize];
-                let copied = r.area.read(r.region.offset + payload_at as u64, &mut bytes);
-                held = Some(r);
-                match copied {
-                    Ok(()) => fs.dispatch(&h, op, Payload::Bytes(&bytes), reply),
-                    Err(e) => break Err(std::io::Error::other(e)),
+            held_back => {
+                // Small, or in pages the gateway can no longer see: copied into private
+                // memory and sent from there, the reservation kept for the next request.
+                let payload = &mut private[payload_at..payload_at + size as usize];
+                if let Some(r) = &held_back {
+                    if let Err(e) = r.area.read(r.region.offset + payload_at as u64, payload) {
+                        break Err(std::io::Error::other(e));
+                    }
                 }
+                held = held_back;
+                fs.dispatch(&h, op, Payload::Bytes(payload), reply);
             }
-            None => fs.dispatch(&h, op, Payload::Bytes(&private[payload_at..payload_at + size as usize]), reply),
         }
     };
     if let Some(r) = held {

@@ -280,20 +280,11 @@ impl QueuePair {
     /// the caller is busy for up to `spin`. Says whether it polled and how that went, so a
     /// front-end can stop polling where it does not pay.
     pub fn submit_polling(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
-        self.submit_from(cmd, None, false, done, spin)
+        self.submit_from(cmd, false, done, spin)
     }
 
-    fn submit_from(
-        &self,
-        cmd: Command<'_>,
-        placed: Option<Placed>,
-        in_place: bool,
-        done: Done,
-        spin: Duration,
-    ) -> Polled {
-        if let Some(p) = placed {
-            return self.send_placed(cmd, p, done, spin);
-        }
+    /// Copies a command's data-out into the area (or makes room for its data-in) and sends it.
+    fn submit_from(&self, cmd: Command<'_>, in_place: bool, done: Done, spin: Duration) -> Polled {
         let need = cmd.out.len().max(cmd.in_len as usize);
         let Ok(need) = u32::try_from(need) else {
             return failed(done, LinkError::TooLarge);

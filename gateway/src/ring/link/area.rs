@@ -82,7 +82,7 @@ impl QueuePair {
     /// the data where the gateway put it ([`Outcome::in_area`]) instead of a copy, for a
     /// caller that passes it on (a FUSE reply) without looking at it.
     pub fn submit_read_in_place(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
-        self.submit_from(cmd, None, true, done, spin)
+        self.submit_from(cmd, true, done, spin)
     }
 
     /// Takes a run of data-area pages for the caller to fill in place, then send with
@@ -124,11 +124,6 @@ impl QueuePair {
     /// connection has gone, the command fails with [`LinkError::Down`].
     pub fn submit_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
         debug_assert!(cmd.out.is_empty(), "a placed command carries its data in the area");
-        self.submit_from(cmd, Some(placed), false, done, spin)
-    }
-
-    /// Waits for a ring slot for a command whose data is already in place.
-    pub(super) fn send_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
         let deadline = Instant::now() + self.opts.io_timeout;
         let mut st = self.lock();
         loop {
