@@ -5,6 +5,7 @@
 //! is the difference between keeping up and not.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// Whether polls have been paying. Shared by the threads that poll for one resource.
 #[derive(Debug, Default)]
@@ -25,6 +26,19 @@ impl PollBackoff {
     pub fn worth_trying(&self) -> bool {
         self.misses.load(Ordering::Relaxed) < Self::GIVE_UP_AFTER
             || self.skipped.fetch_add(1, Ordering::Relaxed) % Self::PROBE_EVERY == Self::PROBE_EVERY - 1
+    }
+
+    /// How long to poll in an idle spell that starts now: `spin`, unless polls have
+    /// stopped paying (and this is not a probe), or the poller waits on I/O that will
+    /// wake it when it finishes (`io_wakes`). There the next work mostly follows that
+    /// completion, and a polling core is one the kernel no longer has for finishing the
+    /// I/O. Such a spell does not count as a skipped poll.
+    pub fn spin_for(&self, spin: Duration, io_wakes: bool) -> Duration {
+        if !io_wakes && self.worth_trying() {
+            spin
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// A poll found its work in time.
@@ -57,5 +71,23 @@ mod tests {
         // A probe that pays turns polling back on.
         p.paid();
         assert!((0..PollBackoff::PROBE_EVERY).all(|_| p.worth_trying()));
+    }
+
+    #[test]
+    fn no_spin_while_waiting_on_io_that_wakes_the_poller_and_no_probe_is_used_up() {
+        let spin = Duration::from_micros(50);
+        let p = PollBackoff::default();
+        assert_eq!(p.spin_for(spin, false), spin);
+        assert_eq!(p.spin_for(spin, true), Duration::ZERO);
+        for _ in 0..PollBackoff::GIVE_UP_AFTER {
+            p.missed();
+        }
+        // Backed off: spells waiting on I/O neither spin nor count towards the next probe,
+        // so the probe is the PROBE_EVERY-th idle spell that could have spun.
+        for _ in 0..PollBackoff::PROBE_EVERY * 3 / 2 {
+            assert_eq!(p.spin_for(spin, true), Duration::ZERO);
+        }
+        let spun: Vec<bool> = (0..PollBackoff::PROBE_EVERY).map(|_| p.spin_for(spin, false) == spin).collect();
+        assert_eq!(spun.iter().position(|&s| s), Some(PollBackoff::PROBE_EVERY as usize - 1), "{spun:?}");
     }
 }

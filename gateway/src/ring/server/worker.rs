@@ -408,13 +408,10 @@ impl Worker {
                 // spin (small I/O, a polling node); where it does not (large transfers),
                 // the spin only takes a core the transfers need, so it is skipped.
                 // Nor is there a spin while this worker's own backend I/O is in flight and
-                // its completion will wake the worker: the node's next commands mostly
-                // follow completions, and a core spun away is one the kernel no longer
-                // has for finishing that I/O (on a virtio disk at QD32, spinning cost
-                // 10–25% of the IOPS).
+                // its completion will wake the worker (on a virtio disk at QD32, spinning
+                // cost 10–25% of the IOPS).
                 let waiting_on_backend = self.owned.busy() > 0 && self.owned.signalled();
-                spell_spin =
-                    if !waiting_on_backend && self.backoff.worth_trying() { self.spin } else { Duration::ZERO };
+                spell_spin = self.backoff.spin_for(self.spin, waiting_on_backend);
             }
             idle_rounds = idle_rounds.wrapping_add(1);
             if !idle_rounds.is_multiple_of(SPIN_UNTIMED) {
