@@ -695,3 +695,64 @@ fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back()
     q.release(all.generation, &[all.region]);
     link.close();
 }
+
+/// Submitters that find no room in the data area wait for it and are woken when pages come
+/// back, whether a reservation is released or commands complete: none waits out its I/O
+/// timeout (a missed wake would end in `LinkError::Timeout` after 20 s).
+#[test]
+fn submitters_waiting_for_data_area_pages_are_woken_when_pages_come_back() {
+    use gateway::ring::link::{Command, Link, LinkOptions};
+    use std::time::Instant;
+
+    let f = start();
+    let mut connect = opts("beta", "n1", CRED_B);
+    connect.data_bytes = 1 << 20;
+    let link = Link::connect(LinkOptions {
+        socket: f.socket.clone(),
+        connect,
+        queues: 1,
+        io_timeout: Duration::from_secs(20),
+        retry: true,
+    })
+    .unwrap();
+    let q = link.queue();
+    // Takes the first command's unit attention.
+    q.execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
+
+    // The whole area reserved: a write has to wait until the reservation goes back.
+    let all = q.reserve(1 << 20).expect("the whole data area");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let data = pattern(512 << 10, 1);
+            let write = gateway::ring::initiator::rw16(0x8A, 0, 1024, false);
+            q.execute(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "the write did not wait for room in the data area");
+        q.release(all.generation, &[all.region]);
+        assert_eq!(waiter.join().unwrap().result.unwrap().status, 0);
+    });
+    assert!(t.elapsed() < Duration::from_secs(5), "woken only after {:?}", t.elapsed());
+
+    // Eight writers of 512 KiB share a 1 MiB area: most of the time they wait for pages
+    // that completions give back.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8u64)
+            .map(|w| {
+                s.spawn(move || {
+                    for i in 0..4u64 {
+                        let data = pattern(512 << 10, (w * 4 + i) as u8);
+                        let write = gateway::ring::initiator::rw16(0x8A, (w * 4 + i) * 1024, 1024, false);
+                        let o = q.execute(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 });
+                        assert_eq!(o.result.unwrap().status, 0, "writer {w}, write {i}");
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+    });
+    assert!(t.elapsed() < Duration::from_secs(10), "32 writes took {:?}", t.elapsed());
+    link.close();
+}

@@ -266,6 +266,26 @@ impl QueuePair {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits on `space` until woken or `left` has passed, counted in `waiting` so that
+    /// [`QueuePair::unlock_and_wake`] knows there is someone to wake.
+    fn wait_for_space<'a>(&self, mut st: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
+        st.waiting += 1;
+        let mut st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        st.waiting -= 1;
+        st
+    }
+
+    /// Unlocks, then wakes the threads waiting for a slot or data-area pages, which may be
+    /// free now. Most calls (a completion, a release) find nobody waiting and skip the
+    /// futex wake.
+    fn unlock_and_wake(&self, st: MutexGuard<'_, State>) {
+        let wake = st.waiting > 0;
+        drop(st);
+        if wake {
+            self.space.notify_all();
+        }
+    }
+
     /// Sends a command; `done` runs exactly once with its outcome. Waits (up to the I/O
     /// timeout) only when the queue pair is full.
     pub fn submit(&self, cmd: Command<'_>, done: Done) {
@@ -316,9 +336,7 @@ impl QueuePair {
                 drop(st);
                 return failed(done, LinkError::Timeout);
             }
-            st.waiting += 1;
-            st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-            st.waiting -= 1;
+            st = self.wait_for_space(st, left);
         };
         let data = match (region, cmd.out.is_empty()) {
             (None, _) => Data::None,
@@ -505,10 +523,10 @@ impl QueuePair {
                     Some(Ok(arrived)) => !arrived,
                     _ => false,
                 };
-            let freed = moved;
-            drop(st);
-            if freed {
-                self.space.notify_all();
+            if moved {
+                self.unlock_and_wake(st);
+            } else {
+                drop(st);
             }
             run(std::mem::take(&mut finished));
             if armed_clean {
@@ -563,10 +581,11 @@ impl QueuePair {
                     tracing::warn!(queue = self.index, error = %e, "cannot ring the gateway");
                 }
             }
-            drop(st);
             if moved {
-                self.space.notify_all();
+                self.unlock_and_wake(st);
                 run(std::mem::take(&mut finished));
+            } else {
+                drop(st);
             }
             if leaving && !moved {
                 return done;
@@ -625,7 +644,10 @@ impl QueuePair {
         self.generation.store(st.generation, Ordering::Release);
         st.backoff = BACKOFF_MIN;
         st.next_attempt = Instant::now() + BACKOFF_MIN;
-        self.space.notify_all();
+        if st.waiting > 0 {
+            // Waiters find the connection gone once this thread unlocks.
+            self.space.notify_all();
+        }
         take_all(st, why)
     }
 
@@ -650,8 +672,7 @@ impl QueuePair {
                 st.luns = conn.luns().to_vec();
                 st.conn = Some(conn);
                 st.backoff = BACKOFF_MIN;
-                drop(st);
-                self.space.notify_all();
+                self.unlock_and_wake(st);
                 Some(fds)
             }
             Err(e) => {

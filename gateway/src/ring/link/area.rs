@@ -110,12 +110,7 @@ impl QueuePair {
                 regions.iter().for_each(|&r| conn.free(r));
             }
         }
-        // Most releases find nobody waiting for space: skip the futex wake then.
-        let wake = st.waiting > 0;
-        drop(st);
-        if wake {
-            self.space.notify_all();
-        }
+        self.unlock_and_wake(st);
     }
 
     /// Sends a command whose data-out the caller already put in the data area, in pages of
@@ -145,9 +140,7 @@ impl QueuePair {
                 self.release(placed.generation, &[placed.hold]);
                 return failed(done, LinkError::Timeout);
             }
-            st.waiting += 1;
-            st = self.space.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-            st.waiting -= 1;
+            st = self.wait_for_space(st, left);
         }
         let data = Data::Out { region: placed.data, staged: false };
         self.send(st, cmd, Carried { data, region: Some(placed.hold), in_place: false }, done, spin)
