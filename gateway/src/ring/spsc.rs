@@ -39,6 +39,9 @@ const SLOTS_BASE: usize = 4096;
 /// Bytes of a slot read before its length is known: one cache line.
 const HEAD: usize = 64;
 
+/// Most slots whose first line a consumer prefetches when it finds them published.
+const PREFETCH_SLOTS: u32 = 64;
+
 /// Least and most slots per ring a queue pair may negotiate.
 pub const MIN_SLOTS: u32 = 256;
 /// See [`MIN_SLOTS`].
@@ -233,6 +236,11 @@ impl Consumer {
         let n = prod.wrapping_sub(self.cons);
         if n > self.slots {
             return Err(RingError::Beyond { ring: self.ring, peer: prod, ours: self.cons, slots: self.slots });
+        }
+        // Start every new slot's first line on its way at once: read one by one as they
+        // are parsed, a batch of slots the other core just wrote would miss in turn.
+        for k in self.prod_seen.wrapping_sub(self.cons).min(n)..n.min(PREFETCH_SLOTS) {
+            self.shm.prefetch(slot_offset(self.ring, self.slots, self.cons.wrapping_add(k)));
         }
         self.prod_seen = prod;
         Ok(n)
