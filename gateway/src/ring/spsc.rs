@@ -251,8 +251,13 @@ impl Consumer {
     pub fn pop(&mut self, area: u64) -> Result<Option<Message>, RingError> {
         // The producer's cursor lives on a line it writes: read it only when the messages
         // already seen are used up.
-        if self.cons == self.prod_seen && self.pending()? == 0 {
-            return Ok(None);
+        if self.cons == self.prod_seen {
+            // The next slot's line is fetched alongside the cursor's: when the cursor shows
+            // a new message, its slot is already on the way instead of missing after it.
+            self.shm.prefetch(slot_offset(self.ring, self.slots, self.cons));
+            if self.pending()? == 0 {
+                return Ok(None);
+            }
         }
         // Copy the first cache line (the header and, for most messages, all of it), then
         // the rest of what that copy's length claims; parsing sees only the copy. Bytes
