@@ -8,6 +8,7 @@
 pub mod buf;
 pub mod host;
 pub mod image;
+pub mod mapping;
 pub mod ram;
 pub mod sync;
 mod sys;

@@ -17,6 +17,7 @@ use scsi::IoDone;
 
 use super::host::{self, UringHost};
 use super::image::refused;
+use super::mapping::Mapping;
 use super::{validate, AlignedBuf, Arena, Backend, EngineError, Image, IoCompletion, IoOp, IoRequest};
 
 /// Bytes of registered buffer memory per engine.
@@ -103,6 +104,9 @@ pub struct UringEngine {
     memory_backed: bool,
     /// Requests done in place so far.
     in_place: u64,
+    /// A writable memory-backed image, mapped: writes of any size are copied straight into
+    /// its pages, in place (see [`Mapping`]).
+    mapping: Option<Mapping>,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -135,6 +139,7 @@ impl UringEngine {
             cqes: Vec::new(),
             memory_backed: memory_backed(&image),
             in_place: 0,
+            mapping: map_writable(&image),
             image,
         })
     }
@@ -234,6 +239,11 @@ impl UringEngine {
     /// Queues a slot's SQE, handing the queue to the kernel every `submit_batch` SQEs; or,
     /// for a lone read or write on a memory-backed image, does it now.
     fn push(&mut self, slot: u32) -> io::Result<()> {
+        if let Some(result) = self.write_mapped(slot) {
+            self.in_place += 1;
+            self.finish(slot, result);
+            return Ok(());
+        }
         if self.memory_backed && self.outstanding() == 1 {
             if let Some(result) = self.do_in_place(slot) {
                 self.in_place += 1;
@@ -271,6 +281,23 @@ impl UringEngine {
                 Ok(())
             }
         }
+    }
+
+    /// Copies a slot's write (what is left of it) into the image's mapping; `None` when
+    /// there is no mapping or the request is not a plain write inside it. FUA writes go
+    /// through the ring, as on any image, though on tmpfs there is nothing to make durable.
+    fn write_mapped(&mut self, slot: u32) -> Option<Result<IoDone, EngineError>> {
+        let mapping = self.mapping.as_ref()?;
+        let inflight = self.slots[slot as usize].as_mut()?;
+        let IoOp::Write { offset, buf, range, fua: false } = &mut inflight.req.op else { return None };
+        let done = inflight.done;
+        // SAFETY: `range` was validated against the buffer's length, so the pointer and
+        // the `range.len() - done` bytes after it stay inside the buffer, which the engine
+        // only ever reads through pointers (it may be a node's shared memory).
+        let src = unsafe { buf.as_mut_ptr().add(range.start + done) };
+        // SAFETY: `src` is valid for that many bytes (above).
+        let copied = unsafe { mapping.write(*offset + done as u64, src, range.len() - done) };
+        copied.then_some(Ok(IoDone::Done))
     }
 
     /// Reads or writes a slot's request (what is left of it) with pread/pwrite on the
@@ -499,7 +526,13 @@ impl Backend for UringEngine {
     }
 
     fn grow(&mut self, bytes: u64) -> io::Result<()> {
-        self.image.grow(bytes)
+        self.image.grow(bytes)?;
+        if self.mapping.is_some() {
+            // The old mapping ends where the image used to: map it all again (or go on
+            // without a mapping, through the ring, should that fail).
+            self.mapping = map_writable(&self.image);
+        }
+        Ok(())
     }
 
     fn buffer(&mut self, len: usize) -> AlignedBuf {
@@ -555,6 +588,21 @@ fn memory_backed(image: &Image) -> bool {
     !image.direct
         && !image.block_device
         && rustix::fs::fstatfs(&image.file).is_ok_and(|s| matches!(s.f_type, libc::TMPFS_MAGIC | 0x8584_58f6))
+}
+
+/// A mapping of a writable memory-backed image for [`UringEngine::write_mapped`], or
+/// `None` (another kind of image, or the mapping failed: the ring does the writes then).
+fn map_writable(image: &Image) -> Option<Mapping> {
+    if image.read_only || !memory_backed(image) {
+        return None;
+    }
+    match Mapping::new(&image.file, image.size) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(image = %image.path.display(), error = %e, "mapping a memory-backed image failed; writes go through io_uring");
+            None
+        }
+    }
 }
 
 fn own_ring(image: &Image, depth: u32) -> io::Result<(Ring, Option<Arc<Arena>>)> {
