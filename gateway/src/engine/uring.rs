@@ -104,8 +104,8 @@ pub struct UringEngine {
     memory_backed: bool,
     /// Requests done in place so far.
     in_place: u64,
-    /// A writable memory-backed image, mapped: writes of any size are copied straight into
-    /// its pages, in place (see [`Mapping`]).
+    /// A writable memory-backed image, mapped: writes of any size into allocated pages are
+    /// copied straight into them, in place (see [`Mapping`]).
     mapping: Option<Mapping>,
 }
 
@@ -284,10 +284,10 @@ impl UringEngine {
     }
 
     /// Copies a slot's write (what is left of it) into the image's mapping; `None` when
-    /// there is no mapping or the request is not a plain write inside it. FUA writes go
+    /// there is no mapping, or the request is not a plain write into allocated pages. FUA writes go
     /// through the ring, as on any image, though on tmpfs there is nothing to make durable.
     fn write_mapped(&mut self, slot: u32) -> Option<Result<IoDone, EngineError>> {
-        let mapping = self.mapping.as_ref()?;
+        let mapping = self.mapping.as_mut()?;
         let inflight = self.slots[slot as usize].as_mut()?;
         let IoOp::Write { offset, buf, range, fua: false } = &mut inflight.req.op else { return None };
         let done = inflight.done;
@@ -424,6 +424,11 @@ impl Backend for UringEngine {
         let Some(slot) = self.free.pop() else {
             return Err((req, EngineError::Full));
         };
+        if let (Some(m), IoOp::Unmap { offset, len } | IoOp::WriteZeroes { offset, len }) = (&mut self.mapping, &req.op)
+        {
+            // Deallocated (or perhaps so): writes there must allocate the usual way again.
+            m.forget(*offset, *len);
+        }
         self.slots[slot as usize] = Some(InFlight { req, done: 0, retries: 0 });
         if let Err(e) = self.push(slot) {
             let inflight = self.slots[slot as usize].take().expect("slot just filled");
