@@ -343,6 +343,72 @@ fn writes_to_a_tmpfs_image_go_through_its_mapping_also_after_it_grows_and_reads_
     assert!(file[(3 << 20) + 8192..(3 << 20) + 16384] == pattern(8192, 6), "the write into a hole landed");
 }
 
+/// A 4 MiB tmpfs mounted for one test, unmounted (lazily, should it be busy) on drop.
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn mount() -> Result<SmallTmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "pangate-test"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("cannot mount a tmpfs (needs root and mount(8))".into());
+        }
+        Ok(SmallTmpfs(dir))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_tmpfs_fails_writes_with_enospc_and_the_gateway_survives() {
+    let fs = match SmallTmpfs::mount() {
+        Ok(fs) => fs,
+        Err(why) => {
+            assert!(skip_because(Some(why)));
+            return;
+        }
+    };
+    // A sparse 16 MiB image on a 4 MiB tmpfs, mapped for writes: where a write fault on a
+    // hole would raise SIGBUS, the engine must write the usual way and report ENOSPC.
+    let opts = ImageOptions { create_size: Some(16 << 20), ..Default::default() };
+    let img = Image::open(&fs.0.path().join("full.img"), &opts).unwrap();
+    let mut e = UringEngine::new(img, 8).unwrap();
+    let mut failed = None;
+    for i in 0..16u64 {
+        let mut buf = e.buffer(1 << 20);
+        buf.as_mut_slice().fill(i as u8 + 1);
+        let (r, _) = one(&mut e, IoOp::Write { offset: i << 20, buf, range: 0..1 << 20, fua: false });
+        if r.is_err() {
+            failed = Some((i, r));
+            break;
+        }
+    }
+    let (at, r) = failed.expect("16 MiB cannot fit in a 4 MiB tmpfs");
+    assert!(at <= 4, "failed only at MiB {at}");
+    let err = r.unwrap_err();
+    assert!(
+        matches!(err, EngineError::Os(libc::ENOSPC)) || matches!(err, EngineError::Short { .. }),
+        "a full tmpfs is ENOSPC (or a short write), not {err:?}"
+    );
+    // What was acknowledged is there, and rewriting allocated pages still works, in place.
+    let (r, data) = one(&mut e, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(4096), range: 0..4096 });
+    assert!(r == Ok(IoDone::Done) && data.iter().all(|&b| b == 1));
+    let before = e.in_place();
+    let mut buf = e.buffer(1 << 20);
+    buf.as_mut_slice().fill(0xee);
+    let (r, _) = one(&mut e, IoOp::Write { offset: 0, buf, range: 0..1 << 20, fua: false });
+    assert_eq!((r, e.in_place()), (Ok(IoDone::Done), before + 1), "an allocated MiB is rewritten through the mapping");
+    drop(e);
+}
+
 #[test]
 fn probe_succeeds_here_or_says_why() {
     match uring::probe() {
