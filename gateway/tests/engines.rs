@@ -218,21 +218,44 @@ fn tmpfs_dir() -> Result<tempfile::TempDir, String> {
     }
 }
 
-#[test]
-fn lone_requests_on_a_tmpfs_image_are_done_in_place_and_the_rest_go_through_the_ring() {
-    let dir = match tmpfs_dir() {
-        Ok(d) => d,
+/// The prerequisite, or `None` after saying why the test skips (a failure under CI=true).
+#[track_caller]
+fn or_skip<T>(found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(t) => Some(t),
         Err(why) => {
             assert!(skip_because(Some(why)));
-            return;
+            None
         }
-    };
+    }
+}
+
+/// A write of `len` bytes of `pattern(len, seed)` at `offset`, in one of the engine's own
+/// buffers, tagged with its seed.
+fn pattern_write(e: &mut UringEngine, offset: u64, len: usize, seed: u8, fua: bool) -> IoRequest {
+    let mut buf = e.buffer(len);
+    buf.as_mut_slice().copy_from_slice(&pattern(len, seed));
+    IoRequest { tag: u64::from(seed), op: IoOp::Write { offset, buf, range: 0..len, fua } }
+}
+
+/// Reaps until `n` completions are in (or a bounded number of waits went by).
+fn reap_n(e: &mut UringEngine, n: usize) -> Vec<IoCompletion> {
+    let mut done = Vec::new();
+    for _ in 0..1000 {
+        if done.len() >= n {
+            break;
+        }
+        let want = n - done.len();
+        e.reap(&mut done, want).unwrap();
+    }
+    done
+}
+
+#[test]
+fn lone_requests_on_a_tmpfs_image_are_done_in_place_and_the_rest_go_through_the_ring() {
+    let Some(dir) = or_skip(tmpfs_dir()) else { return };
     let mut e = UringEngine::new(image(&dir, "m.img", false), 32).unwrap();
-    let write = |e: &mut UringEngine, offset: u64, len: usize, seed: u8, fua: bool| {
-        let mut buf = e.buffer(len);
-        buf.as_mut_slice().copy_from_slice(&pattern(len, seed));
-        IoRequest { tag: u64::from(seed), op: IoOp::Write { offset, buf, range: 0..len, fua } }
-    };
+    let write = pattern_write;
     // A lone write and a lone read: done in place, already complete when submit returns.
     let req = write(&mut e, 8192, 4096, 1, false);
     e.submit(req).unwrap();
@@ -251,14 +274,7 @@ fn lone_requests_on_a_tmpfs_image_are_done_in_place_and_the_rest_go_through_the_
     e.submit(large).unwrap();
     e.submit(IoRequest { tag: 4, op: IoOp::Read { offset: 8192, buf: AlignedBuf::zeroed(4096), range: 0..4096 } })
         .unwrap();
-    let mut done = Vec::new();
-    for _ in 0..1000 {
-        if done.len() == 3 {
-            break;
-        }
-        let want = 3 - done.len();
-        e.reap(&mut done, want).unwrap();
-    }
+    let done = reap_n(&mut e, 3);
     assert_eq!(e.in_place(), 2, "nothing went in place while the ring had requests");
     assert_eq!(done.len(), 3);
     for c in done {
@@ -273,22 +289,12 @@ fn lone_requests_on_a_tmpfs_image_are_done_in_place_and_the_rest_go_through_the_
 
 #[test]
 fn writes_to_a_tmpfs_image_go_through_its_mapping_also_after_it_grows_and_reads_keep_it_sparse() {
-    let dir = match tmpfs_dir() {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(skip_because(Some(why)));
-            return;
-        }
-    };
+    let Some(dir) = or_skip(tmpfs_dir()) else { return };
     let img = image(&dir, "g.img", false);
     // The first three MiB allocated (the mapping takes writes only where pages exist).
     img.write_at(&vec![9u8; 3 << 20], 0, false).unwrap();
     let mut e = UringEngine::new(img, 32).unwrap();
-    let write = |e: &mut UringEngine, offset: u64, len: usize, seed: u8| {
-        let mut buf = e.buffer(len);
-        buf.as_mut_slice().copy_from_slice(&pattern(len, seed));
-        IoRequest { tag: u64::from(seed), op: IoOp::Write { offset, buf, range: 0..len, fua: false } }
-    };
+    let write = |e: &mut UringEngine, offset: u64, len: usize, seed: u8| pattern_write(e, offset, len, seed, false);
     // Writes far above the lone-request limit, several submitted before any reap: all are
     // copied in place, so each is complete when its submit returns.
     for (i, seed) in [1u8, 2, 3].into_iter().enumerate() {
@@ -307,20 +313,12 @@ fn writes_to_a_tmpfs_image_go_through_its_mapping_also_after_it_grows_and_reads_
     // A write into a hole is not done in place (on a full tmpfs, its page fault would
     // kill the gateway) but through the ring, which allocates.
     let before = e.in_place();
-    let mut fua = e.buffer(4096);
-    fua.as_mut_slice().copy_from_slice(&pattern(4096, 5));
-    e.submit(IoRequest { tag: 5, op: IoOp::Write { offset: 3 << 20, buf: fua, range: 0..4096, fua: true } }).unwrap();
+    let fua = pattern_write(&mut e, 3 << 20, 4096, 5, true);
+    e.submit(fua).unwrap();
     let req = write(&mut e, (3 << 20) + 8192, 8192, 6);
     e.submit(req).unwrap();
     assert_eq!(e.in_place(), before, "neither a FUA write nor a write into a hole is done in place");
-    let mut done = Vec::new();
-    for _ in 0..1000 {
-        if done.len() == 2 {
-            break;
-        }
-        let want = 2 - done.len();
-        e.reap(&mut done, want).unwrap();
-    }
+    let done = reap_n(&mut e, 2);
     assert!(done.len() == 2 && done.iter().all(|c| c.result == Ok(IoDone::Done)), "{done:?}");
     // Grown, the image takes a write past its old end, where pages exist, through the new
     // mapping.
@@ -369,13 +367,7 @@ impl Drop for SmallTmpfs {
 
 #[test]
 fn a_full_tmpfs_fails_writes_with_enospc_and_the_gateway_survives() {
-    let fs = match SmallTmpfs::mount() {
-        Ok(fs) => fs,
-        Err(why) => {
-            assert!(skip_because(Some(why)));
-            return;
-        }
-    };
+    let Some(fs) = or_skip(SmallTmpfs::mount()) else { return };
     // A sparse 16 MiB image on a 4 MiB tmpfs, mapped for writes: where a write fault on a
     // hole would raise SIGBUS, the engine must write the usual way and report ENOSPC.
     let opts = ImageOptions { create_size: Some(16 << 20), ..Default::default() };
@@ -446,14 +438,7 @@ fn fill_the_queue_then_reap_it(e: &mut UringEngine) {
     let extra = IoRequest { tag: 99, op: IoOp::Flush };
     let (back, err) = e.submit(extra).unwrap_err();
     assert_eq!((back.tag, err), (99, EngineError::Full));
-    let mut done: Vec<IoCompletion> = Vec::new();
-    for _ in 0..1000 {
-        if done.len() == 32 {
-            break;
-        }
-        let want = 32 - done.len();
-        e.reap(&mut done, want).unwrap();
-    }
+    let done = reap_n(e, 32);
     assert_eq!(done.len(), 32);
     assert!(done.iter().all(|c| c.result.is_ok()));
 }
