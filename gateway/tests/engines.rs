@@ -398,6 +398,15 @@ fn a_full_tmpfs_fails_writes_with_enospc_and_the_gateway_survives() {
     buf.as_mut_slice().fill(0xee);
     let (r, _) = one(&mut e, IoOp::Write { offset: 0, buf, range: 0..1 << 20, fua: false });
     assert_eq!((r, e.in_place()), (Ok(IoDone::Done), before + 1), "an allocated MiB is rewritten through the mapping");
+    // Unmapped, that MiB is a hole again: a write there goes the usual way, and lands.
+    assert_eq!(one(&mut e, IoOp::Unmap { offset: 0, len: 1 << 20 }).0, Ok(IoDone::Done));
+    // (Larger than a lone request done with pwrite in place, so `in_place` counts only the
+    // mapping.)
+    let rewrite = pattern_write(&mut e, 4096, 1 << 19, 7, false);
+    let (r, _) = one(&mut e, rewrite.op);
+    assert_eq!((r, e.in_place()), (Ok(IoDone::Done), before + 1), "no mapped write into an unmapped range");
+    let (_, data) = one(&mut e, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(8192), range: 0..8192 });
+    assert!(data[..4096].iter().all(|&b| b == 0) && data[4096..] == pattern(1 << 19, 7)[..4096]);
     drop(e);
 }
 

@@ -93,9 +93,8 @@ impl Mapping {
             // fault for each page's first write (on a VM, a fault costs more than the
             // `pwrite` this replaces). Every page exists, so nothing is allocated. Advice
             // only: kernels before 5.14 lack it, and writes then fault their pages in.
-            let at = self.base.as_ptr().wrapping_add(start as usize);
-            // SAFETY: `[start, end)` lies inside our mapping; populating changes no contents.
-            let _ = unsafe { mm::madvise(at.cast(), (end - start) as usize, mm::Advice::LinuxPopulateWrite) };
+            // SAFETY: `[at, at+len)` lies inside our mapping; populating changes no contents.
+            let _ = unsafe { mm::madvise(at.cast(), len, mm::Advice::LinuxPopulateWrite) };
         }
         full
     }

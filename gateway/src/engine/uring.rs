@@ -239,6 +239,17 @@ impl UringEngine {
     /// Queues a slot's SQE, handing the queue to the kernel every `submit_batch` SQEs; or,
     /// for a lone read or write on a memory-backed image, does it now.
     fn push(&mut self, slot: u32) -> io::Result<()> {
+        if let Some(m) = &mut self.mapping {
+            let op = &self.slots[slot as usize].as_ref().expect("push of an empty slot").req.op;
+            if let IoOp::Unmap { offset, len } | IoOp::WriteZeroes { offset, len } = *op {
+                // Deallocated (or perhaps so): writes there must allocate the usual way
+                // again. Done now, on this thread, so no mapped write ever overlaps a
+                // deallocation in flight (a fault that must allocate can be SIGBUS).
+                m.forget(offset, len);
+                self.complete_sync(slot);
+                return Ok(());
+            }
+        }
         if let Some(result) = self.write_mapped(slot) {
             self.in_place += 1;
             self.finish(slot, result);
@@ -284,8 +295,8 @@ impl UringEngine {
     }
 
     /// Copies a slot's write (what is left of it) into the image's mapping; `None` when
-    /// there is no mapping, or the request is not a plain write into allocated pages. FUA writes go
-    /// through the ring, as on any image, though on tmpfs there is nothing to make durable.
+    /// there is no mapping, or the request is not a plain write into allocated pages. FUA
+    /// writes go through the ring, as on any image, though on tmpfs nothing needs flushing.
     fn write_mapped(&mut self, slot: u32) -> Option<Result<IoDone, EngineError>> {
         let mapping = self.mapping.as_mut()?;
         let inflight = self.slots[slot as usize].as_mut()?;
@@ -424,11 +435,6 @@ impl Backend for UringEngine {
         let Some(slot) = self.free.pop() else {
             return Err((req, EngineError::Full));
         };
-        if let (Some(m), IoOp::Unmap { offset, len } | IoOp::WriteZeroes { offset, len }) = (&mut self.mapping, &req.op)
-        {
-            // Deallocated (or perhaps so): writes there must allocate the usual way again.
-            m.forget(*offset, *len);
-        }
         self.slots[slot as usize] = Some(InFlight { req, done: 0, retries: 0 });
         if let Err(e) = self.push(slot) {
             let inflight = self.slots[slot as usize].take().expect("slot just filled");
