@@ -80,6 +80,18 @@ fn start_with(tune: impl FnOnce(&mut ServerOptions)) -> Fixture {
     Fixture { _dir: dir, server: Some(server), socket }
 }
 
+/// One queue pair of node n1 (PAN beta) over `gateway::ring::link`, with `data_bytes` of
+/// data area, its first command's unit attention already taken.
+fn link_n1(f: &Fixture, data_bytes: u64, io_timeout: Duration) -> gateway::ring::link::Link {
+    use gateway::ring::link::{Command, Link, LinkOptions};
+    let mut connect = opts("beta", "n1", CRED_B);
+    connect.data_bytes = data_bytes;
+    let link =
+        Link::connect(LinkOptions { socket: f.socket.clone(), connect, queues: 1, io_timeout, retry: true }).unwrap();
+    link.queue().execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
+    link
+}
+
 fn opts(pan: &str, node: &str, cred: &str) -> ConnectOptions {
     ConnectOptions { pan: pan.into(), node: node.into(), credential: cred.into(), slots: 256, data_bytes: 16 << 20 }
 }
@@ -576,23 +588,14 @@ fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
 /// idle tick.
 #[test]
 fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_doorbell() {
-    use gateway::ring::link::{Command, Link, LinkOptions, Outcome, Polled};
+    use gateway::ring::link::{Command, Outcome, Polled};
     use std::sync::mpsc;
     use std::thread::ThreadId;
 
     let f = start();
-    let link = Link::connect(LinkOptions {
-        socket: f.socket.clone(),
-        connect: opts("beta", "n1", CRED_B),
-        queues: 1,
-        io_timeout: Duration::from_secs(10),
-        retry: true,
-    })
-    .unwrap();
+    let link = link_n1(&f, 16 << 20, Duration::from_secs(10));
     let q = link.queue();
     let me = std::thread::current().id();
-    // Takes the first command's unit attention.
-    q.execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
 
     // Submits; returns the callback's thread and the outcome.
     let send = |cmd: Command<'_>, spin: Duration| -> (ThreadId, Outcome) {
@@ -635,23 +638,12 @@ fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_d
 
 #[test]
 fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back() {
-    use gateway::ring::link::{Command, Link, LinkError, LinkOptions, Placed};
+    use gateway::ring::link::{Command, LinkError, Placed};
     use gateway::ring::proto::Region;
 
     let f = start();
-    let mut connect = opts("beta", "n1", CRED_B);
-    connect.data_bytes = 4 << 20;
-    let link = Link::connect(LinkOptions {
-        socket: f.socket.clone(),
-        connect,
-        queues: 1,
-        io_timeout: Duration::from_secs(10),
-        retry: true,
-    })
-    .unwrap();
+    let link = link_n1(&f, 4 << 20, Duration::from_secs(10));
     let q = link.queue();
-    // Takes the first command's unit attention.
-    q.execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
 
     for round in 0..8u8 {
         // A page of something else, then the payload, as a FUSE thread lays a WRITE out.
@@ -701,23 +693,12 @@ fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back()
 /// timeout (a missed wake would end in `LinkError::Timeout` after 20 s).
 #[test]
 fn submitters_waiting_for_data_area_pages_are_woken_when_pages_come_back() {
-    use gateway::ring::link::{Command, Link, LinkOptions};
+    use gateway::ring::link::Command;
     use std::time::Instant;
 
     let f = start();
-    let mut connect = opts("beta", "n1", CRED_B);
-    connect.data_bytes = 1 << 20;
-    let link = Link::connect(LinkOptions {
-        socket: f.socket.clone(),
-        connect,
-        queues: 1,
-        io_timeout: Duration::from_secs(20),
-        retry: true,
-    })
-    .unwrap();
+    let link = link_n1(&f, 1 << 20, Duration::from_secs(20));
     let q = link.queue();
-    // Takes the first command's unit attention.
-    q.execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
 
     // The whole area reserved: a write has to wait until the reservation goes back.
     let all = q.reserve(1 << 20).expect("the whole data area");
