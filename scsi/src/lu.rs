@@ -141,6 +141,11 @@ impl LogicalUnit {
         Task::new(steps, finish, self.mode.descriptor_sense, writing)
     }
 
+    /// A one-step task (the common case: no allocation).
+    fn task_of(&self, step: Step, finish: Finish, writing: bool) -> Task {
+        Task::single(Some(step), finish, self.mode.descriptor_sense, writing)
+    }
+
     fn bytes(&self, e: Extent) -> (u64, usize) {
         (e.lba << self.cfg.block_shift(), (e.blocks as usize) << self.cfg.block_shift())
     }
@@ -197,7 +202,7 @@ impl LogicalUnit {
                 if start || no_flush {
                     Action::Complete(Completion::good())
                 } else {
-                    Action::Backend(self.task(vec![Step::Io(BackendOp::Flush)], Finish::Good, false))
+                    Action::Backend(self.task_of(Step::Io(BackendOp::Flush), Finish::Good, false))
                 }
             }
             Command::ReadCapacity10 => done(report::read_capacity10(cfg), 8),
@@ -217,18 +222,16 @@ impl LogicalUnit {
                 let span = (cfg.blocks - lba).min(u64::from(max_desc) * u64::from(cfg.max_transfer_blocks()));
                 let op = BackendOp::BlockStatus { offset, len: span << cfg.block_shift() };
                 let finish = Finish::LbaStatus { lba, alloc, block_size: bs };
-                Action::Backend(self.task(vec![Step::Io(op)], finish, false))
+                Action::Backend(self.task_of(Step::Io(op), finish, false))
             }
-            Command::SynchronizeCache => {
-                Action::Backend(self.task(vec![Step::Io(BackendOp::Flush)], Finish::Good, false))
-            }
+            Command::SynchronizeCache => Action::Backend(self.task_of(Step::Io(BackendOp::Flush), Finish::Good, false)),
             Command::Read { extent, .. } => {
                 let (offset, len) = self.bytes(extent);
                 if len == 0 {
                     return Action::Complete(Completion::good());
                 }
                 let op = BackendOp::Read { offset, len, into: Buf::DataIn(0) };
-                Action::Backend(self.task(vec![Step::Io(op)], Finish::ReadData(len), false))
+                Action::Backend(self.task_of(Step::Io(op), Finish::ReadData(len), false))
             }
             Command::Write { extent, fua } => {
                 let (offset, len) = self.bytes(extent);
@@ -238,7 +241,7 @@ impl LogicalUnit {
                 let fua = fua || !self.mode.write_cache;
                 let op = BackendOp::Write { offset, len, from: Buf::DataOut(0), fua };
                 let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Shared);
-                Action::Backend(self.task(vec![Step::Io(op)], Finish::Good, true).with_lock(lock))
+                Action::Backend(self.task_of(Step::Io(op), Finish::Good, true).with_lock(lock))
             }
             Command::WriteAndVerify { extent, bytchk } => {
                 let (offset, len) = self.bytes(extent);

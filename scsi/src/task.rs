@@ -219,7 +219,11 @@ pub(crate) enum Finish {
 /// A command in progress against the backing image.
 #[derive(Debug)]
 pub struct Task {
-    steps: VecDeque<Step>,
+    /// The next step, kept inline: most commands (READ, WRITE, SYNCHRONIZE CACHE) have
+    /// only this one, so they allocate nothing.
+    next: Option<Step>,
+    /// The steps after it.
+    rest: VecDeque<Step>,
     finish: Finish,
     descriptor_sense: bool,
     writing: bool,
@@ -232,8 +236,15 @@ pub struct Task {
 
 impl Task {
     pub(crate) fn new(steps: Vec<Step>, finish: Finish, descriptor_sense: bool, writing: bool) -> Task {
+        let mut rest = VecDeque::from(steps);
+        Task { next: rest.pop_front(), rest, ..Task::single(None, finish, descriptor_sense, writing) }
+    }
+
+    /// A task of at most one step, which needs no allocation.
+    pub(crate) fn single(step: Option<Step>, finish: Finish, descriptor_sense: bool, writing: bool) -> Task {
         Task {
-            steps: steps.into(),
+            next: step,
+            rest: VecDeque::new(),
             finish,
             descriptor_sense,
             writing,
@@ -281,7 +292,7 @@ impl Task {
     /// The next thing to do. Call again after each [`Task::io_done`] or [`Task::compared`].
     pub fn next_step(&mut self) -> Step {
         assert!(!self.awaiting, "Task::next_step called while a step is outstanding");
-        match self.steps.pop_front() {
+        match self.next.take().or_else(|| self.rest.pop_front()) {
             Some(step @ (Step::Io(_) | Step::Compare { .. })) => {
                 self.awaiting = true;
                 step
@@ -310,8 +321,8 @@ impl Task {
     }
 
     fn fail(&mut self, sense: &Sense) {
-        self.steps.clear();
-        self.steps.push_back(Step::Done(Completion::check(sense, self.descriptor_sense)));
+        self.rest.clear();
+        self.next = Some(Step::Done(Completion::check(sense, self.descriptor_sense)));
     }
 
     fn finish(&mut self) -> Completion {

@@ -102,7 +102,7 @@ const PREFETCH_NEXT: usize = 4096;
 pub struct RamEngine {
     size: u64,
     slabs: Vec<Option<Slab>>,
-    ready: VecDeque<IoCompletion>,
+    ready: Vec<IoCompletion>,
     /// Reads whose copy waits for the next reap, their source lines prefetched meanwhile.
     deferred: VecDeque<IoRequest>,
 }
@@ -113,7 +113,7 @@ impl RamEngine {
         RamEngine {
             size,
             slabs: (0..Self::slabs_for(size)).map(|_| None).collect(),
-            ready: VecDeque::new(),
+            ready: Vec::new(),
             deferred: VecDeque::new(),
         }
     }
@@ -174,14 +174,15 @@ impl RamEngine {
         }
     }
 
-    /// Performs the deferred reads, in the order they came.
-    fn settle(&mut self) {
+    /// Performs the deferred reads, in the order they came, and adds their completions to
+    /// `out`.
+    fn settle(&mut self, out: &mut Vec<IoCompletion>) {
         while let Some(mut req) = self.deferred.pop_front() {
             if let Some(IoRequest { op: IoOp::Read { offset, range, .. }, .. }) = self.deferred.front() {
                 self.prefetch(*offset, range.len(), PREFETCH_MAX, PREFETCH_NEXT);
             }
             let result = self.perform(&mut req.op);
-            self.ready.push_back(IoCompletion { req, result });
+            out.push(IoCompletion { req, result });
         }
     }
 
@@ -276,15 +277,18 @@ impl Backend for RamEngine {
                 return Ok(());
             }
         }
-        self.settle();
+        let mut ready = std::mem::take(&mut self.ready);
+        self.settle(&mut ready);
         let result = self.perform(&mut req.op);
-        self.ready.push_back(IoCompletion { req, result });
+        ready.push(IoCompletion { req, result });
+        self.ready = ready;
         Ok(())
     }
 
+    /// Completions already in `ready` came before every read still deferred.
     fn reap(&mut self, out: &mut Vec<IoCompletion>, _min: usize) -> io::Result<()> {
-        self.settle();
-        out.extend(self.ready.drain(..));
+        out.append(&mut self.ready);
+        self.settle(out);
         Ok(())
     }
 
