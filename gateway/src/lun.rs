@@ -260,18 +260,21 @@ impl LunDriver {
             }
         };
         let lock_request = task.lock();
-        let running =
-            Running { tag, task, data_in, data_out, scratch, lock: None, lock_request, lent: None, compare_at: 0 };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.running[id] = Some(running);
-                id
-            }
-            None => {
-                self.running.push(Some(running));
-                self.running.len() - 1
-            }
-        };
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.running.push(None);
+            self.running.len() - 1
+        });
+        self.running[id] = Some(Running {
+            tag,
+            task,
+            data_in,
+            data_out,
+            scratch,
+            lock: None,
+            lock_request,
+            lent: None,
+            compare_at: 0,
+        });
         if let Some(req) = lock_request {
             let waiting = self.parked.iter().filter_map(|&p| self.running[p].as_ref().and_then(|r| r.lock_request));
             let waiting: Vec<LockRequest> = waiting.collect();
@@ -319,17 +322,20 @@ impl LunDriver {
                     r.task.compared(r.compare_at, mismatch);
                 }
                 Step::Done(completion) => {
-                    let r = self.running[id].take().expect("slot is live");
-                    self.free.push(id);
-                    let had_lock = r.lock.is_some();
-                    if let Some(lock) = r.lock {
-                        self.locks.unlock(lock);
-                    }
+                    // Only what outlives the command is taken out; the slot (some 400
+                    // bytes) is dropped where it is rather than moved out first.
+                    let (tag, lock) = (r.tag, r.lock.take());
                     let buffer = match completion.data_in {
-                        DataIn::InBuffer(_) => r.data_in,
+                        DataIn::InBuffer(_) => r.data_in.take(),
                         _ => None,
                     };
-                    self.finished.push(Finished { tag: r.tag, completion, buffer });
+                    self.running[id] = None;
+                    self.free.push(id);
+                    let had_lock = lock.is_some();
+                    if let Some(lock) = lock {
+                        self.locks.unlock(lock);
+                    }
+                    self.finished.push(Finished { tag, completion, buffer });
                     if had_lock {
                         self.wake_parked();
                     }
