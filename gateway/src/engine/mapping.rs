@@ -21,15 +21,8 @@
 use std::fs::File;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::OnceLock;
 
 use rustix::mm::{self, MapFlags, ProtFlags};
-
-/// The system's page size.
-fn page_size() -> usize {
-    static SIZE: OnceLock<usize> = OnceLock::new();
-    *SIZE.get_or_init(rustix::param::page_size)
-}
 
 /// Allocation is tracked per granule of this many bytes.
 pub const GRANULE: u64 = 1 << 20;
@@ -86,7 +79,7 @@ impl Mapping {
         // GRANULE are), and `pages` has a byte for each of its at most GRANULE/4096 pages
         // (the page size is at least 4 KiB).
         let r = unsafe { libc::mincore(at.cast(), len, pages.as_mut_ptr()) };
-        let full = r == 0 && pages[..len.div_ceil(page_size())].iter().all(|&p| p & 1 != 0);
+        let full = r == 0 && pages[..len.div_ceil(rustix::param::page_size())].iter().all(|&p| p & 1 != 0);
         if full {
             self.allocated[(g / 64) as usize] |= 1 << (g % 64);
             // Fill in the granule's page-table entries in one call, rather than a page

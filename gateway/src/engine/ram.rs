@@ -174,15 +174,14 @@ impl RamEngine {
         }
     }
 
-    /// Performs the deferred reads, in the order they came, and adds their completions to
-    /// `out`.
-    fn settle(&mut self, out: &mut Vec<IoCompletion>) {
+    /// Performs the deferred reads, in the order they came.
+    fn settle(&mut self) {
         while let Some(mut req) = self.deferred.pop_front() {
             if let Some(IoRequest { op: IoOp::Read { offset, range, .. }, .. }) = self.deferred.front() {
                 self.prefetch(*offset, range.len(), PREFETCH_MAX, PREFETCH_NEXT);
             }
             let result = self.perform(&mut req.op);
-            out.push(IoCompletion { req, result });
+            self.ready.push(IoCompletion { req, result });
         }
     }
 
@@ -277,18 +276,15 @@ impl Backend for RamEngine {
                 return Ok(());
             }
         }
-        let mut ready = std::mem::take(&mut self.ready);
-        self.settle(&mut ready);
+        self.settle();
         let result = self.perform(&mut req.op);
-        ready.push(IoCompletion { req, result });
-        self.ready = ready;
+        self.ready.push(IoCompletion { req, result });
         Ok(())
     }
 
-    /// Completions already in `ready` came before every read still deferred.
     fn reap(&mut self, out: &mut Vec<IoCompletion>, _min: usize) -> io::Result<()> {
+        self.settle();
         out.append(&mut self.ready);
-        self.settle(out);
         Ok(())
     }
 

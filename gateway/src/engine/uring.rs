@@ -126,6 +126,7 @@ impl UringEngine {
     pub fn new(image: Image, depth: u32) -> io::Result<UringEngine> {
         let depth = depth.clamp(1, 4096);
         let (ring, arena) = own_ring(&image, depth)?;
+        let memory_backed = memory_backed(&image);
         Ok(UringEngine {
             ring,
             slots: (0..depth).map(|_| None).collect(),
@@ -137,9 +138,9 @@ impl UringEngine {
             can_punch: true,
             can_zero_range: true,
             cqes: Vec::new(),
-            memory_backed: memory_backed(&image),
+            memory_backed,
             in_place: 0,
-            mapping: map_writable(&image),
+            mapping: map_writable(&image, memory_backed),
             image,
         })
     }
@@ -541,7 +542,7 @@ impl Backend for UringEngine {
         if self.mapping.is_some() {
             // The old mapping ends where the image used to: map it all again (or go on
             // without a mapping, through the ring, should that fail).
-            self.mapping = map_writable(&self.image);
+            self.mapping = map_writable(&self.image, self.memory_backed);
         }
         Ok(())
     }
@@ -601,10 +602,11 @@ fn memory_backed(image: &Image) -> bool {
         && rustix::fs::fstatfs(&image.file).is_ok_and(|s| matches!(s.f_type, libc::TMPFS_MAGIC | 0x8584_58f6))
 }
 
-/// A mapping of a writable memory-backed image for [`UringEngine::write_mapped`], or
-/// `None` (another kind of image, or the mapping failed: the ring does the writes then).
-fn map_writable(image: &Image) -> Option<Mapping> {
-    if image.read_only || !memory_backed(image) {
+/// A mapping of a writable memory-backed image (`memory_backed` says whether it is one)
+/// for [`UringEngine::write_mapped`], or `None` (another kind of image, or the mapping
+/// failed: the ring does the writes then).
+fn map_writable(image: &Image, memory_backed: bool) -> Option<Mapping> {
+    if image.read_only || !memory_backed {
         return None;
     }
     match Mapping::new(&image.file, image.size) {

@@ -229,6 +229,12 @@ impl Consumer {
 
     /// Messages waiting.
     pub fn pending(&mut self) -> Result<u32, RingError> {
+        self.refresh(0)
+    }
+
+    /// Reads the producer's cursor and returns the messages waiting, prefetching the first
+    /// line of each newly published slot but the first `prefetched` after ours.
+    fn refresh(&mut self, prefetched: u32) -> Result<u32, RingError> {
         let prod = self.shm.load_acquire(base(self.ring) + PROD)?;
         if prod.wrapping_sub(self.prod_seen) > self.slots {
             return Err(RingError::Backwards { ring: self.ring, was: self.prod_seen, now: prod });
@@ -239,7 +245,8 @@ impl Consumer {
         }
         // Start every new slot's first line on its way at once: read one by one as they
         // are parsed, a batch of slots the other core just wrote would miss in turn.
-        for k in self.prod_seen.wrapping_sub(self.cons).min(n)..n.min(PREFETCH_SLOTS) {
+        let first = self.prod_seen.wrapping_sub(self.cons).max(prefetched).min(n);
+        for k in first..n.min(PREFETCH_SLOTS) {
             self.shm.prefetch(slot_offset(self.ring, self.slots, self.cons.wrapping_add(k)));
         }
         self.prod_seen = prod;
@@ -255,7 +262,7 @@ impl Consumer {
             // The next slot's line is fetched alongside the cursor's: when the cursor shows
             // a new message, its slot is already on the way instead of missing after it.
             self.shm.prefetch(slot_offset(self.ring, self.slots, self.cons));
-            if self.pending()? == 0 {
+            if self.refresh(1)? == 0 {
                 return Ok(None);
             }
         }
