@@ -1,12 +1,14 @@
 //! Decodes and executes arbitrary CDBs with arbitrary data-out against a RAM LUN, as the
 //! transport would: the first byte picks the CDB length, the rest is CDB then data-out.
-//! Nothing may panic or overflow, and every command completes exactly once.
+//! Nothing may panic or overflow, and every command completes exactly once. The same CDB
+//! then goes to the direct path, with the data-out as the caller's memory: a READ never
+//! copies more than that memory holds.
 #![no_main]
 
 use gateway::engine::RamEngine;
-use gateway::lun::LunDriver;
+use gateway::lun::{Direct, LunDriver};
 use libfuzzer_sys::fuzz_target;
-use scsi::{LunConfig, LunIdentity};
+use scsi::{LunConfig, LunIdentity, Nexus};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
@@ -20,6 +22,20 @@ fuzz_target!(|data: &[u8]| {
     for initiator in [1u64, 1, 2] {
         let f = d.run(initiator, &[0, 1], cdb, data_out).expect("RAM engine never fails to poll");
         assert!(f.data().len() <= 8 << 20);
+    }
+    assert_eq!(d.outstanding(), 0);
+    let mut mem = data_out.to_vec();
+    let len = mem.len();
+    let ptr = std::ptr::NonNull::new(mem.as_mut_ptr()).expect("a slice's pointer is never null");
+    let nexus = Nexus { id: 3, luns: &[0, 1] };
+    // SAFETY: `mem` lives to the end of this closure and is not touched until the READ, if
+    // any, is finished.
+    match unsafe { d.start_direct(&nexus, cdb, ptr, len, sel & 32 != 0) } {
+        Direct::Declined | Direct::Done(_) => {}
+        Direct::Read(read) => {
+            let (_, moved) = d.finish_read(read);
+            assert!(moved <= len);
+        }
     }
     assert_eq!(d.outstanding(), 0);
 });

@@ -7,13 +7,15 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::ptr::NonNull;
 
+use scsi::opcodes::op;
 use scsi::{
-    Action, BackendOp, Buf, Completion, DataIn, InitiatorId, LockId, LockRequest, LogicalUnit, LunConfig, Nexus,
-    RangeLocks, Sense, Step, Task,
+    Action, Asc, BackendOp, Buf, Completion, DataIn, InitiatorId, IoDone, LockId, LockRequest, LogicalUnit, LunConfig,
+    Nexus, RangeLocks, Sense, SenseKey, Step, Task,
 };
 
-use crate::engine::{AlignedBuf, Backend, IoCompletion, IoOp, IoRequest};
+use crate::engine::{AlignedBuf, Backend, EngineError, IoCompletion, IoOp, IoRequest};
 
 /// A command that has completed.
 #[derive(Debug)]
@@ -45,6 +47,36 @@ impl Finished {
             DataIn::Bytes(b) => b,
             DataIn::InBuffer(n) => self.buffer.as_ref().map_or(&[][..], |b| &b.as_slice()[..*n]),
         }
+    }
+}
+
+/// What [`LunDriver::start_direct`] made of a command.
+#[derive(Debug)]
+pub enum Direct {
+    /// Not one for the direct path; nothing has happened, so submit it as usual.
+    Declined,
+    /// Finished already: a WRITE whose data is in the image, or a command answered without
+    /// touching it (unit attention, LBA out of range, ...).
+    Done(Completion),
+    /// A READ whose copy waits for [`LunDriver::finish_read`], its first bytes on their
+    /// way into the cache meanwhile.
+    Read(DirectRead),
+}
+
+/// A READ started on the direct path, to finish with [`LunDriver::finish_read`].
+#[derive(Debug)]
+pub struct DirectRead {
+    task: Task,
+    offset: u64,
+    /// Bytes to copy: the READ's, or fewer when the caller's memory is shorter.
+    len: usize,
+    dst: NonNull<u8>,
+}
+
+impl DirectRead {
+    /// Where it reads in the image, and how many bytes.
+    pub fn extent(&self) -> (u64, usize) {
+        (self.offset, self.len)
     }
 }
 
@@ -286,6 +318,86 @@ impl LunDriver {
         self.advance(id);
     }
 
+    /// Starts a plain READ or WRITE whose data moves straight between an in-memory image
+    /// ([`Backend::memory`]) and the caller's `len` bytes at `mem`: no request, buffer or
+    /// running slot, and a WRITE is done when this returns. Anything else, or a WRITE while
+    /// block-range locks are held or awaited (COMPARE AND WRITE), is declined untouched.
+    ///
+    /// # Safety
+    /// `mem` must be valid for reads and writes of `len` bytes until this returns and, for a
+    /// [`Direct::Read`], until it is finished; nothing may hold a reference to those bytes.
+    pub unsafe fn start_direct(
+        &mut self,
+        nexus: &Nexus<'_>,
+        cdb: &[u8],
+        mem: NonNull<u8>,
+        len: usize,
+        write: bool,
+    ) -> Direct {
+        let plain = match cdb.first() {
+            Some(&(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16)) => !write,
+            Some(&(op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)) => write,
+            _ => false,
+        };
+        // A WRITE holds its shared lock only while it copies, which nothing can interleave
+        // with; with no lock held or awaited it can never conflict, so it takes none.
+        if !plain || self.backend.memory().is_none() || (write && (self.locks.held() > 0 || !self.parked.is_empty())) {
+            return Direct::Declined;
+        }
+        let descriptor = self.lu.mode().descriptor_sense;
+        let cmd = match self.lu.decode(nexus.id, cdb) {
+            Ok(cmd) => cmd,
+            Err(completion) => return Direct::Done(completion),
+        };
+        if len < cmd.data_out_len(self.lu.config().block_size) {
+            return Direct::Done(Completion::check(&Sense::parameter_list_length(), descriptor));
+        }
+        let mut task = match self.lu.execute(nexus, &cmd, &[]) {
+            Action::Complete(completion) => return Direct::Done(completion),
+            Action::Backend(task) => task,
+        };
+        let Some(image) = self.backend.memory() else { return Direct::Done(internal_failure(descriptor)) };
+        match task.next_step() {
+            Step::Io(BackendOp::Write { offset, len: n, from: Buf::DataOut(0), .. }) if write && n <= len => {
+                // SAFETY: the caller vouched for `len` bytes at `mem`, and `n <= len`.
+                let result = unsafe { image.copy_in(offset, mem.as_ptr(), n) };
+                task.io_done(result.map(|()| IoDone::Done).map_err(|e| e.failure()));
+                Direct::Done(finish_direct(&mut task, descriptor))
+            }
+            Step::Io(BackendOp::Read { offset, len: n, into: Buf::DataIn(0) }) if !write => {
+                let n = n.min(len);
+                image.prefetch_head(offset, n);
+                Direct::Read(DirectRead { task, offset, len: n, dst: mem })
+            }
+            other => {
+                // LogicalUnit makes a plain READ or WRITE one such step; anything else is a bug.
+                tracing::error!(step = ?other, "a plain READ or WRITE asked for an unexpected step");
+                Direct::Done(internal_failure(descriptor))
+            }
+        }
+    }
+
+    /// Starts loading more of a direct READ's data, to overlap with another's copy.
+    pub fn prefetch_read(&mut self, read: &DirectRead) {
+        if let Some(image) = self.backend.memory() {
+            image.prefetch_rest(read.offset, read.len);
+        }
+    }
+
+    /// Copies a direct READ's data; returns its completion and the bytes that arrived.
+    pub fn finish_read(&mut self, read: DirectRead) -> (Completion, usize) {
+        let DirectRead { mut task, offset, len, dst } = read;
+        let result = match self.backend.memory() {
+            // SAFETY: `start_direct`'s caller vouched for `dst` until now, and `len` is at
+            // most what it vouched for.
+            Some(image) => unsafe { image.copy_out(offset, dst.as_ptr(), len) },
+            None => Err(EngineError::Full),
+        };
+        let moved = if result.is_ok() { len } else { 0 };
+        task.io_done(result.map(|()| IoDone::Done).map_err(|e| e.failure()));
+        (finish_direct(&mut task, self.lu.mode().descriptor_sense), moved)
+    }
+
     /// Drives a task until it waits on the backend or completes.
     fn advance(&mut self, id: usize) {
         // Each pass either lends a buffer to the backend (and returns) or consumes a step;
@@ -407,6 +519,21 @@ impl LunDriver {
             }
         }
     }
+}
+
+/// The completion of a direct task whose one step is done.
+fn finish_direct(task: &mut Task, descriptor: bool) -> Completion {
+    match task.next_step() {
+        Step::Done(completion) => completion,
+        other => {
+            tracing::error!(step = ?other, "a plain READ or WRITE asked for a second step");
+            internal_failure(descriptor)
+        }
+    }
+}
+
+fn internal_failure(descriptor: bool) -> Completion {
+    Completion::check(&Sense::new(SenseKey::HardwareError, Asc::INTERNAL_TARGET_FAILURE), descriptor)
 }
 
 /// Builds the engine op for a task step, lending it the buffer the step names.

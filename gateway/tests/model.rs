@@ -1,5 +1,6 @@
 //! Property test: random sequences of WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE and READ
-//! give the same bytes and statuses as a plain in-memory model, on every engine.
+//! give the same bytes and statuses as a plain in-memory model, on every engine, and on the
+//! RAM engine's direct path too.
 
 mod support;
 
@@ -152,16 +153,35 @@ fn encode(op: &Op, disk: &[u8]) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
-fn check_sequence(mut d: LunDriver, ops: &[Op]) -> Result<(), TestCaseError> {
+/// Runs `ops` and compares each outcome with the model's. With `direct`, READs and WRITEs
+/// go through [`LunDriver::start_direct`], which must take every one of them.
+fn check_sequence(mut d: LunDriver, ops: &[Op], direct: bool) -> Result<(), TestCaseError> {
     let mut disk = vec![0u8; BLOCKS as usize * BS];
     for (i, op) in ops.iter().enumerate() {
         let (cdb, out) = encode(op, &disk);
         let expected = model(&mut disk, op, &out);
-        let f = d.run(I, &[0], &cdb, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let got = match f.completion.status {
-            scsi::Status::Good => Outcome::Good(f.data().to_vec()),
+        let (completion, data) = match *op {
+            Op::Read { blocks, .. } if direct => {
+                let mut mem = vec![0u8; blocks as usize * BS];
+                let (c, moved) = support::direct(&mut d, &cdb, &mut mem, false).expect("a READ takes the direct path");
+                mem.truncate(moved);
+                (c, mem)
+            }
+            Op::Write { .. } if direct => {
+                let mut mem = out.clone();
+                let (c, _) = support::direct(&mut d, &cdb, &mut mem, true).expect("a WRITE takes the direct path");
+                (c, Vec::new())
+            }
             _ => {
-                let (k, a, info) = parse_sense(&f.completion.sense).expect("sense parses");
+                let f = d.run(I, &[0], &cdb, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let data = f.data().to_vec();
+                (f.completion, data)
+            }
+        };
+        let got = match completion.status {
+            scsi::Status::Good => Outcome::Good(data),
+            _ => {
+                let (k, a, info) = parse_sense(&completion.sense).expect("sense parses");
                 Outcome::Check(k, a.0, a.1, info)
             }
         };
@@ -194,18 +214,23 @@ proptest! {
 
     #[test]
     fn ram_engine_matches_model(ops in prop::collection::vec(op(), 1..40)) {
-        check_sequence(driver(config(512, BLOCKS * 512), Box::new(RamEngine::new(BLOCKS * 512))), &ops)?;
+        check_sequence(driver(config(512, BLOCKS * 512), Box::new(RamEngine::new(BLOCKS * 512))), &ops, false)?;
+    }
+
+    #[test]
+    fn ram_engine_on_the_direct_path_matches_model(ops in prop::collection::vec(op(), 1..40)) {
+        check_sequence(driver(config(512, BLOCKS * 512), Box::new(RamEngine::new(BLOCKS * 512))), &ops, true)?;
     }
 
     #[test]
     fn uring_engine_on_a_file_matches_model(ops in prop::collection::vec(op(), 1..40), direct in any::<bool>()) {
         let dir = tempfile::tempdir().unwrap();
-        check_sequence(driver(config(512, BLOCKS * 512), file_backend(&dir, direct, true)), &ops)?;
+        check_sequence(driver(config(512, BLOCKS * 512), file_backend(&dir, direct, true)), &ops, false)?;
     }
 
     #[test]
     fn sync_engine_on_a_file_matches_model(ops in prop::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
-        check_sequence(driver(config(512, BLOCKS * 512), file_backend(&dir, false, false)), &ops)?;
+        check_sequence(driver(config(512, BLOCKS * 512), file_backend(&dir, false, false)), &ops, false)?;
     }
 }

@@ -228,6 +228,40 @@ pub trait Backend: fmt::Debug + Send {
 
     /// The engine's name, for logs and benchmarks.
     fn name(&self) -> &'static str;
+
+    /// The image as memory the caller copies to and from itself, for engines whose I/O is
+    /// a memory copy: a plain READ or WRITE then needs no request, no completion and no
+    /// buffer of the engine's ([`crate::lun::LunDriver::start_direct`]). `None` for
+    /// engines that go through the kernel.
+    fn memory(&mut self) -> Option<&mut dyn MemoryImage> {
+        None
+    }
+}
+
+/// An image held in memory, copied to and from directly ([`Backend::memory`]). Reads and
+/// writes through it take effect at once and keep their order against the engine's queued
+/// requests: a copy goes after every request submitted before it.
+pub trait MemoryImage {
+    /// Starts loading the first bytes of `[offset, offset+len)` into the cache, so that a
+    /// copy of it a little later finds them on their way (a hint; bounds are not checked).
+    fn prefetch_head(&self, offset: u64, len: usize);
+
+    /// Starts loading more of `[offset, offset+len)`, while another copy runs.
+    fn prefetch_rest(&self, offset: u64, len: usize);
+
+    /// Copies `len` bytes of the image at `offset` to `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes, and nothing may hold a reference to
+    /// them during the call. It may be memory another process shares.
+    unsafe fn copy_out(&mut self, offset: u64, dst: *mut u8, len: usize) -> Result<(), EngineError>;
+
+    /// Copies `len` bytes from `src` into the image at `offset`.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes. It may be memory another process
+    /// shares and changes meanwhile; the image then holds some mix of the bytes.
+    unsafe fn copy_in(&mut self, offset: u64, src: *const u8, len: usize) -> Result<(), EngineError>;
 }
 
 /// Which engine to run an image on.

@@ -8,7 +8,7 @@ use rustix::mm::{self, Advice, MapFlags, ProtFlags};
 use scsi::IoDone;
 use shmem::prefetch_line;
 
-use super::{push_extent, validate, Backend, EngineError, IoCompletion, IoOp, IoRequest};
+use super::{in_bounds, push_extent, validate, Backend, EngineError, IoCompletion, IoOp, IoRequest, MemoryImage};
 
 /// Allocation granule of the RAM engine; unmapping a whole chunk frees its memory.
 const CHUNK: usize = 64 << 10;
@@ -313,6 +313,42 @@ impl Backend for RamEngine {
 
     fn name(&self) -> &'static str {
         "ram"
+    }
+
+    fn memory(&mut self) -> Option<&mut dyn MemoryImage> {
+        Some(self)
+    }
+}
+
+impl MemoryImage for RamEngine {
+    fn prefetch_head(&self, offset: u64, len: usize) {
+        if in_bounds(offset, len as u64, self.size) {
+            self.prefetch(offset, len, 0, PREFETCH_MAX);
+        }
+    }
+
+    fn prefetch_rest(&self, offset: u64, len: usize) {
+        if in_bounds(offset, len as u64, self.size) {
+            self.prefetch(offset, len, PREFETCH_MAX, PREFETCH_NEXT);
+        }
+    }
+
+    unsafe fn copy_out(&mut self, offset: u64, dst: *mut u8, len: usize) -> Result<(), EngineError> {
+        if !in_bounds(offset, len as u64, self.size) {
+            return Err(EngineError::OutOfRange);
+        }
+        // Queued reads were submitted first; performing them now keeps their place.
+        self.settle();
+        self.read(offset, dst, len);
+        Ok(())
+    }
+
+    unsafe fn copy_in(&mut self, offset: u64, src: *const u8, len: usize) -> Result<(), EngineError> {
+        if !in_bounds(offset, len as u64, self.size) {
+            return Err(EngineError::OutOfRange);
+        }
+        self.settle();
+        self.write(offset, src, len)
     }
 }
 

@@ -6,9 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway::engine::{Backend, RamEngine};
-use gateway::lun::{Finished, LunDriver};
+use gateway::lun::{Direct, Finished, LunDriver};
 use scsi::sense::parse_sense;
-use scsi::{Asc, LunConfig, LunIdentity, Status};
+use scsi::{Asc, Completion, LunConfig, LunIdentity, Nexus, Status};
 
 pub use gateway::ring::initiator::rw16;
 
@@ -36,6 +36,20 @@ pub fn ram_lun() -> LunDriver {
 /// Runs a command as initiator [`I`] seeing LUN 0.
 pub fn run(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
     d.run(I, &[0], cdb, out).unwrap()
+}
+
+/// Runs a READ (into `mem`) or WRITE (from `mem`) as initiator [`I`] on the direct path:
+/// its completion and the bytes read, or `None` when the driver declined it.
+pub fn direct(d: &mut LunDriver, cdb: &[u8], mem: &mut [u8], write: bool) -> Option<(Completion, usize)> {
+    let nexus = Nexus { id: I, luns: &[0] };
+    let ptr = std::ptr::NonNull::new(mem.as_mut_ptr()).expect("a slice's pointer is never null");
+    // SAFETY: `mem` is borrowed mutably for the whole call, and a READ is finished before the
+    // call returns.
+    match unsafe { d.start_direct(&nexus, cdb, ptr, mem.len(), write) } {
+        Direct::Declined => None,
+        Direct::Done(completion) => Some((completion, 0)),
+        Direct::Read(read) => Some(d.finish_read(read)),
+    }
 }
 
 /// Asserts GOOD status.

@@ -11,7 +11,7 @@ use scsi::{absent_lun, Completion, DataIn, Nexus};
 use super::mesh::{Done, Job, Source};
 use crate::engine::host::UringHost;
 use crate::engine::AlignedBuf;
-use crate::lun::Finished;
+use crate::lun::{Direct, DirectRead, Finished};
 use crate::ring::proto::Segments;
 use crate::ring::shm::SharedMemory;
 use crate::storage::OpenImage;
@@ -161,6 +161,46 @@ impl Owned {
         match data_in {
             Some(view) => driver.submit_into(slot as u64, &nexus, cdb, view),
             None => driver.submit_buf(slot as u64, &nexus, cdb, data_out),
+        }
+    }
+
+    /// Starts a plain READ or WRITE of a node's single region straight between an in-memory
+    /// image and the node's memory ([`crate::lun::LunDriver::start_direct`]). Anything
+    /// else, and images this worker does not own, are declined untouched.
+    pub(super) fn start_direct(
+        &mut self,
+        image: usize,
+        nexus: &Nexus<'_>,
+        cdb: &[u8],
+        mem: &SharedMemory,
+        segments: &Segments,
+        write: bool,
+    ) -> Direct {
+        let (Some(img), [r]) = (self.images.get_mut(image).and_then(Option::as_mut), segments.as_slice()) else {
+            return Direct::Declined;
+        };
+        let Some(ptr) = mem.raw(r.offset, u64::from(r.len)).ok().and_then(std::ptr::NonNull::new) else {
+            return Direct::Declined;
+        };
+        // SAFETY: `raw` checked the region lies inside the node's data area. The queue pair
+        // keeps that mapping until it closes, and the worker finishes a direct READ before it
+        // returns from serving the queue pair, so before the queue pair can close. Nothing in
+        // the gateway forms a reference to the node's memory.
+        unsafe { img.driver.start_direct(nexus, cdb, ptr, r.len as usize, write) }
+    }
+
+    /// Starts loading more of direct READ `read` on `image`, to overlap with another copy.
+    pub(super) fn prefetch_read(&mut self, image: usize, read: &DirectRead) {
+        if let Some(img) = self.get_mut(image) {
+            img.driver.prefetch_read(read);
+        }
+    }
+
+    /// Copies direct READ `read` on `image`: its completion, and the bytes that arrived.
+    pub(super) fn finish_read(&mut self, image: usize, read: DirectRead) -> (Completion, usize) {
+        match self.get_mut(image) {
+            Some(img) => img.driver.finish_read(read),
+            None => (Completion::check(&scsi::Sense::lun_not_supported(), false), 0),
         }
     }
 

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
-use scsi::{absent_lun, Completion, DataIn, Sense, Status};
+use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
 
 use super::mesh::{Done, Job, Mesh, Message, Source};
 use super::owned::{scatter, Owned};
 use super::{control_result, Accepted, Capacities, Control, NodeEntry, ServerOptions, REPORT_ENTRY};
 use crate::config::Access;
 use crate::engine::host::{self, UringHost};
+use crate::lun::{Direct, DirectRead};
 use crate::ring::alloc::RegionAllocator;
 use crate::ring::backoff::PollBackoff;
 use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments, Stat};
@@ -39,7 +40,76 @@ enum Pending {
     /// Waiting for the node to fill staging buffers (staged write).
     Staged { lun: MappedLun, cmd: Box<Cmd>, staged: Vec<Region>, received: Vec<bool> },
     /// With the image's owner.
-    Backend { expected: u64, staged: Vec<Region>, data_out: bool, opcode: u8, started_ns: u64, stats: Arc<LunStats> },
+    Backend { ticket: Ticket, staged: Vec<Region> },
+}
+
+/// What a command's STAT and its LUN's metrics need besides its completion.
+#[derive(Debug)]
+struct Ticket {
+    seq: u32,
+    /// Bytes the CMD's segments name.
+    expected: u64,
+    data_out: bool,
+    opcode: u8,
+    started_ns: u64,
+    stats: Arc<LunStats>,
+}
+
+impl Ticket {
+    fn new(cmd: &Cmd, data_out: bool, started_ns: u64, stats: Arc<LunStats>) -> Ticket {
+        stats.started(started_ns);
+        Ticket { seq: cmd.seq, expected: cmd.segments.total(), data_out, opcode: cmd.cdb()[0], started_ns, stats }
+    }
+
+    /// Counts the finished command in its LUN's metrics and makes its STAT; `data_in` is
+    /// how many bytes of data-in reached the node.
+    fn answer(&self, completion: &Completion, data_in: usize, now_ns: u64) -> Stat {
+        let (status, expected) = (completion.status, self.expected);
+        let transferred = match (self.data_out, status) {
+            (true, Status::Good) => expected as usize,
+            (true, _) => 0,
+            (false, _) => data_in,
+        };
+        let transfer = match status {
+            Status::Good if self.data_out && writes_data(self.opcode) => Transfer::Written(expected),
+            Status::Good if scsi::opcodes::reads_medium(self.opcode) => Transfer::Read(transferred as u64),
+            _ => Transfer::None,
+        };
+        self.stats.finished(self.opcode, status as u8, transfer, self.started_ns, now_ns);
+        stat_from(self.seq, completion, transferred as u32, expected)
+    }
+}
+
+/// A command of the queue pair being served that took the direct path
+/// ([`Owned::start_direct`]): answered once the batch of CMDs it came in is taken.
+#[derive(Debug)]
+struct Local {
+    image: usize,
+    ticket: Ticket,
+    state: LocalState,
+}
+
+#[derive(Debug)]
+enum LocalState {
+    /// A READ whose copy waits for the end of the batch, so the reads of a batch find
+    /// their data on its way into the cache.
+    Read(DirectRead),
+    /// Finished, with the data-in bytes that arrived.
+    Done(Completion, usize),
+}
+
+impl LocalState {
+    /// The READ still to copy, if this is one, leaving it done with nothing moved until the
+    /// copy says otherwise.
+    fn take_read(&mut self) -> Option<DirectRead> {
+        match std::mem::replace(self, LocalState::Done(Completion::good(), 0)) {
+            LocalState::Read(read) => Some(read),
+            done => {
+                *self = done;
+                None
+            }
+        }
+    }
 }
 
 /// One entry of a queue pair's map.
@@ -278,6 +348,8 @@ pub(super) struct Worker {
     tokens: u32,
     /// The worker's own completions, kept to reuse the allocation.
     events: Vec<(u32, i32)>,
+    /// Direct-path commands of the queue pair being served, in the order they came.
+    local: Vec<Local>,
 }
 
 /// Idle rounds between readings of the clock while spinning.
@@ -309,6 +381,7 @@ impl Worker {
             wake_armed: false,
             tokens: 0,
             events: Vec::new(),
+            local: Vec::new(),
             conns: Vec::new(),
             incoming: s.incoming,
             control: s.control,
@@ -718,8 +791,15 @@ impl Worker {
         }
     }
 
-    /// Takes up to 64 CMDs, then up to 64 TRANs, from a queue pair.
+    /// Takes up to 64 CMDs, then up to 64 TRANs, from a queue pair, and answers those that
+    /// took the direct path.
     fn service(&mut self, i: usize) -> bool {
+        let progress = self.take(i);
+        self.settle_local(i);
+        progress
+    }
+
+    fn take(&mut self, i: usize) -> bool {
         let mut progress = false;
         self.batch_ns = None;
         for ring in [RingId::Cmd, RingId::Tran] {
@@ -753,7 +833,7 @@ impl Worker {
             let c = &mut self.conns[i];
             // Outstanding: accepted and unanswered, answered but queued, and answered in the
             // STAT ring but not yet consumed by the node.
-            let queued = c.pending.len() + c.out_stat.len();
+            let queued = c.pending.len() + self.local.len() + c.out_stat.len();
             // The node's STAT cursor is read only when the last value seen says the limit
             // is reached: it sits on a line the node writes for every STAT it takes.
             let in_ring = if queued + c.stat.unconsumed_upper() as usize >= c.slots as usize {
@@ -767,7 +847,7 @@ impl Worker {
             if queued + in_ring as usize >= c.slots as usize {
                 return c.kill("queue_overflow", format!("more than {} commands outstanding", c.slots));
             }
-            if c.pending.contains_key(&cmd.seq) {
+            if c.pending.contains_key(&cmd.seq) || self.local.iter().any(|l| l.ticket.seq == cmd.seq) {
                 return c.kill("sequence_reused", format!("sequence number {} reused while outstanding", cmd.seq));
             }
             c.unanswered += 1;
@@ -835,7 +915,22 @@ impl Worker {
             }
             return;
         }
-        let source = if cmd.flags & proto::FLAG_DATA_OUT != 0 {
+        let data_out = cmd.flags & proto::FLAG_DATA_OUT != 0;
+        if (data_out || cmd.flags & proto::FLAG_DATA_IN != 0) && self.mesh.owner(lun.image) == self.index {
+            let nexus = Nexus { id: c.id, luns: c.luns_of_target(cmd.target) };
+            let state = match self.owned.start_direct(lun.image, &nexus, cmd.cdb(), &c.data, &cmd.segments, data_out) {
+                Direct::Declined => None,
+                Direct::Done(completion) => Some(LocalState::Done(completion, 0)),
+                Direct::Read(read) => Some(LocalState::Read(read)),
+            };
+            if let Some(state) = state {
+                let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
+                let ticket = Ticket::new(&cmd, data_out, started_ns, lun.stats);
+                self.local.push(Local { image: lun.image, ticket, state });
+                return;
+            }
+        }
+        let source = if data_out {
             Source::Out(c.data.clone())
         } else if cmd.flags & proto::FLAG_DATA_IN != 0 {
             Source::In(c.data.clone())
@@ -849,19 +944,9 @@ impl Worker {
         // One clock reading per batch of CMDs: they sat in the ring together.
         let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
         let c = &mut self.conns[i];
-        lun.stats.started(started_ns);
         let data_out = matches!(source, Source::Out(_) | Source::Staged { .. });
-        c.pending.insert(
-            cmd.seq,
-            Pending::Backend {
-                expected: cmd.segments.total(),
-                staged,
-                data_out,
-                opcode: cmd.cdb()[0],
-                started_ns,
-                stats: lun.stats,
-            },
-        );
+        c.pending
+            .insert(cmd.seq, Pending::Backend { ticket: Ticket::new(&cmd, data_out, started_ns, lun.stats), staged });
         let job = Job {
             fixed: c.data_fixed.as_ref().map(|&(_, index)| index),
             tag: (c.id << 32) | u64::from(cmd.seq),
@@ -899,7 +984,38 @@ impl Worker {
         self.submit(i, lun, *cmd, source, staged);
     }
 
+    /// Copies the data of the direct-path READs taken from queue pair `i`, and answers every
+    /// direct-path command it sent, in order.
+    fn settle_local(&mut self, i: usize) {
+        if self.local.is_empty() {
+            return;
+        }
+        let mut local = std::mem::take(&mut self.local);
+        for k in 0..local.len() {
+            // While one read copies, the next one's data is fetched.
+            if let Some(Local { image, state: LocalState::Read(next), .. }) = local.get(k + 1) {
+                self.owned.prefetch_read(*image, next);
+            }
+            let l = &mut local[k];
+            if let Some(read) = l.state.take_read() {
+                let (completion, moved) = self.owned.finish_read(l.image, read);
+                l.state = LocalState::Done(completion, moved);
+            }
+        }
+        // One clock reading for the batch: these commands finished together.
+        let now_ns = metrics::now_ns();
+        let c = &mut self.conns[i];
+        for l in local.drain(..) {
+            let LocalState::Done(completion, moved) = l.state else { unreachable!("every read was copied above") };
+            c.bytes_in_flight -= l.ticket.expected;
+            c.answer(l.ticket.answer(&completion, moved, now_ns));
+        }
+        self.local = local;
+    }
+
     fn on_control(&mut self, i: usize, cmd: Cmd, op: ControlOp) {
+        // Commands ahead of it are answered first: an ABORT TASK then finds them done.
+        self.settle_local(i);
         let c = &mut self.conns[i];
         let reply = match op {
             ControlOp::Heartbeat => control_stat(cmd.seq, control_result::DONE, 0),
@@ -959,30 +1075,15 @@ impl Worker {
     fn complete(&mut self, d: Done, now_ns: u64) {
         let (conn_id, seq) = (d.tag >> 32, d.tag as u32);
         let Some(c) = self.conns.iter_mut().find(|c| c.id == conn_id) else { return };
-        let Some(Pending::Backend { expected, staged, data_out, opcode, started_ns, stats }) = c.pending.remove(&seq)
-        else {
-            return;
-        };
-        c.bytes_in_flight -= expected;
+        let Some(Pending::Backend { ticket, staged }) = c.pending.remove(&seq) else { return };
+        c.bytes_in_flight -= ticket.expected;
         for s in staged {
             c.staging_alloc.free(s);
         }
         if let Some(fault) = d.fault {
             return c.kill("bad_region", fault);
         }
-        let status = d.completion.status;
-        let transferred = match (data_out, status) {
-            (true, Status::Good) => expected as usize,
-            (true, _) => 0,
-            (false, _) => d.transferred,
-        };
-        let transfer = match status {
-            Status::Good if data_out && writes_data(opcode) => Transfer::Written(expected),
-            Status::Good if scsi::opcodes::reads_medium(opcode) => Transfer::Read(transferred as u64),
-            _ => Transfer::None,
-        };
-        stats.finished(opcode, status as u8, transfer, started_ns, now_ns);
-        c.answer(stat_from(seq, &d.completion, transferred as u32, expected));
+        c.answer(ticket.answer(&d.completion, d.transferred, now_ns));
     }
 
     /// Finishes shutdown: flush the images this worker owns, close its queue pairs.
