@@ -45,14 +45,16 @@ pub struct LogicalUnit {
     cfg: LunConfig,
     mode: ModeState,
     saved: ModeState,
-    attentions: HashMap<InitiatorId, VecDeque<Asc>>,
+    /// Looked up for every command, so hashed with foldhash rather than SipHash (the ids are
+    /// the transport's, not an initiator's choice).
+    attentions: HashMap<InitiatorId, VecDeque<Asc>, foldhash::fast::RandomState>,
 }
 
 impl LogicalUnit {
     /// A logical unit at power on.
     pub fn new(cfg: LunConfig) -> LogicalUnit {
         let mode = ModeState::defaults(&cfg);
-        LogicalUnit { cfg, mode, saved: mode, attentions: HashMap::new() }
+        LogicalUnit { cfg, mode, saved: mode, attentions: HashMap::default() }
     }
 
     /// The unit's settings.
