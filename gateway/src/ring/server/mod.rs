@@ -29,6 +29,7 @@ use super::{proto, spsc};
 use crate::config::Access;
 use crate::storage::OpenImage;
 
+mod conn;
 mod mesh;
 mod owned;
 mod worker;

@@ -3,82 +3,30 @@
 //! (runs their commands on their engines, whoever sent them). It polls while there is
 //! work and sleeps on the doorbells when there is none.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
-use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
+use metrics::{Metrics, Transfer};
 use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
 
+use super::conn::{control_stat, flush, lun_map, stat_from, Conn, MappedLun, Pending, Ticket};
 use super::mesh::{Done, Job, Mesh, Message, Source};
 use super::owned::{scatter, Owned};
-use super::{control_result, Accepted, Capacities, Control, NodeEntry, ServerOptions, REPORT_ENTRY};
+use super::{control_result, Accepted, Capacities, Control, ServerOptions, REPORT_ENTRY};
 use crate::config::Access;
 use crate::engine::host::{self, UringHost};
 use crate::lun::{Direct, DirectRead};
-use crate::ring::alloc::RegionAllocator;
 use crate::ring::backoff::PollBackoff;
-use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments, Stat};
-use crate::ring::shm::{self, Doorbell, SharedMemory};
-use crate::ring::spsc::{Consumer, Producer, RingError, RingId};
+use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments};
+use crate::ring::shm::{self, Doorbell};
+use crate::ring::spsc::RingId;
 use crate::storage::OpenImage;
-
-/// The maps a worker consults for every command: keyed by values a node chooses
-/// (sequence numbers, LUN addresses), hashed with a random seed per map, and far
-/// cheaper than SipHash. A node can hold at most its queue depth of entries.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// A command the gateway has accepted and not yet answered.
-#[derive(Debug)]
-enum Pending {
-    /// Waiting for the node to fill staging buffers (staged write).
-    Staged { lun: MappedLun, cmd: Box<Cmd>, staged: Vec<Region>, received: Vec<bool> },
-    /// With the image's owner.
-    Backend { ticket: Ticket, staged: Vec<Region> },
-}
-
-/// What a command's STAT and its LUN's metrics need besides its completion.
-#[derive(Debug)]
-struct Ticket {
-    seq: u32,
-    /// Bytes the CMD's segments name.
-    expected: u64,
-    data_out: bool,
-    opcode: u8,
-    started_ns: u64,
-    stats: Arc<LunStats>,
-}
-
-impl Ticket {
-    fn new(cmd: &Cmd, data_out: bool, started_ns: u64, stats: Arc<LunStats>) -> Ticket {
-        stats.started(started_ns);
-        Ticket { seq: cmd.seq, expected: cmd.segments.total(), data_out, opcode: cmd.cdb()[0], started_ns, stats }
-    }
-
-    /// Counts the finished command in its LUN's metrics and makes its STAT; `data_in` is
-    /// how many bytes of data-in reached the node.
-    fn answer(&self, completion: &Completion, data_in: usize, now_ns: u64) -> Stat {
-        let (status, expected) = (completion.status, self.expected);
-        let transferred = match (self.data_out, status) {
-            (true, Status::Good) => expected as usize,
-            (true, _) => 0,
-            (false, _) => data_in,
-        };
-        let transfer = match status {
-            Status::Good if self.data_out && writes_data(self.opcode) => Transfer::Written(expected),
-            Status::Good if scsi::opcodes::reads_medium(self.opcode) => Transfer::Read(transferred as u64),
-            _ => Transfer::None,
-        };
-        self.stats.finished(self.opcode, status as u8, transfer, self.started_ns, now_ns);
-        stat_from(self.seq, completion, transferred as u32, expected)
-    }
-}
 
 /// A command of the queue pair being served that took the direct path
 /// ([`Owned::start_direct`]): answered once the batch of CMDs it came in is taken.
@@ -110,189 +58,6 @@ impl LocalState {
             }
         }
     }
-}
-
-/// One entry of a queue pair's map.
-#[derive(Debug, Clone)]
-struct MappedLun {
-    image: usize,
-    access: Access,
-    stats: Arc<LunStats>,
-}
-
-fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> Map<(u16, u16), MappedLun> {
-    entry
-        .luns
-        .iter()
-        .map(|&(target, lun, image, access)| {
-            let key = LunKey { pan: entry.pan.clone(), node: entry.node.clone(), target, lun };
-            ((target, lun), MappedLun { image, access, stats: metrics.lun(key) })
-        })
-        .collect()
-}
-
-fn target_luns(map: &Map<(u16, u16), MappedLun>) -> Map<u16, Arc<[u16]>> {
-    let mut out: HashMap<u16, Vec<u16>> = HashMap::new();
-    for &(t, l) in map.keys() {
-        out.entry(t).or_default().push(l);
-    }
-    out.into_iter()
-        .map(|(t, mut luns)| {
-            luns.sort_unstable();
-            (t, luns.into())
-        })
-        .collect()
-}
-
-struct Conn {
-    id: u64,
-    entry: NodeEntry,
-    sock: UnixStream,
-    data: Arc<SharedMemory>,
-    staging: Arc<SharedMemory>,
-    cmd: Consumer,
-    stat: Producer,
-    buf: Producer,
-    tran: Consumer,
-    to_gateway: Doorbell,
-    to_node: Doorbell,
-    slots: u32,
-    map: Map<(u16, u16), MappedLun>,
-    /// Each target's LUNs in order (REPORT LUNS answers from it), kept with `map`.
-    target_luns: Map<u16, Arc<[u16]>>,
-    /// What a target without LUNs reports.
-    no_luns: Arc<[u16]>,
-    pending: Map<u32, Pending>,
-    ring_stats: Arc<RingStats>,
-    /// Commands accepted whose STAT has not gone into the ring.
-    unanswered: u64,
-    /// `unanswered` as last added to the node's outstanding gauge.
-    reported: u64,
-    /// STATs and BUFs waiting for room in their rings, as they will be written.
-    out_stat: VecDeque<RingMessage>,
-    out_buf: VecDeque<RingMessage>,
-    staging_alloc: RegionAllocator,
-    /// Bytes named by the segments of commands not yet answered, capped at the size of the
-    /// node's data area so a node cannot make the gateway hold more data than it could send.
-    bytes_in_flight: u64,
-    dead: Option<String>,
-    /// Names this queue pair's polls in the worker's ring: `2 * token` its doorbell,
-    /// `2 * token + 1` its socket.
-    token: u32,
-    /// Which of those polls are armed (one-shot: each fires once).
-    bell_armed: bool,
-    sock_armed: bool,
-    /// The data area registered as a fixed buffer of the worker's ring, so the direct path
-    /// skips pinning pages for every I/O; given back when the queue pair closes.
-    data_fixed: Option<(Arc<UringHost>, u16)>,
-}
-
-impl Conn {
-    fn new(id: u64, token: u32, a: Accepted, metrics: &Metrics, host: Option<&Arc<UringHost>>) -> Conn {
-        let map = lun_map(&a.entry, metrics);
-        let ring_stats = metrics.ring(&a.entry.pan, &a.entry.node);
-        ring_stats.connected();
-        let staging_alloc = RegionAllocator::new(a.staging.len() as u64);
-        let cmd = Consumer::new(a.ring.clone(), RingId::Cmd, a.slots);
-        let tran = Consumer::new(a.ring.clone(), RingId::Tran, a.slots);
-        // The worker is awake right now: nodes need not ring until it says otherwise.
-        cmd.set_polling(true);
-        tran.set_polling(true);
-        // Registering pins (and so allocates) the whole area: only areas up to
-        // FIXED_DATA_MAX are, so a node asking for a large one does not make the gateway
-        // hold all of it at once; larger ones take plain reads and writes.
-        let data_fixed = host.filter(|_| a.data.len() <= FIXED_DATA_MAX).and_then(|h| {
-            let base = a.data.raw(0, a.data.len() as u64).ok()?;
-            let iov = libc::iovec { iov_base: base.cast(), iov_len: a.data.len() };
-            // SAFETY: the iovec is the whole mapping, which `data` keeps alive as long as the
-            // queue pair; `Drop` unregisters it first, and the kernel keeps the pages for
-            // any request still using them.
-            unsafe { h.register_buffer(|_| iov) }.map(|index| (h.clone(), index))
-        });
-        Conn {
-            data_fixed,
-            id,
-            sock: a.sock,
-            data: a.data,
-            staging: a.staging,
-            stat: Producer::new(a.ring.clone(), RingId::Stat, a.slots),
-            buf: Producer::new(a.ring.clone(), RingId::Buf, a.slots),
-            cmd,
-            tran,
-            to_gateway: a.to_gateway,
-            to_node: a.to_node,
-            slots: a.slots,
-            target_luns: target_luns(&map),
-            no_luns: Arc::new([]),
-            map,
-            pending: Map::default(),
-            ring_stats,
-            unanswered: 0,
-            reported: 0,
-            out_stat: VecDeque::new(),
-            out_buf: VecDeque::new(),
-            staging_alloc,
-            bytes_in_flight: 0,
-            dead: None,
-            token,
-            bell_armed: false,
-            sock_armed: false,
-            entry: a.entry,
-        }
-    }
-
-    fn luns_of_target(&self, target: u16) -> &Arc<[u16]> {
-        self.target_luns.get(&target).unwrap_or(&self.no_luns)
-    }
-
-    /// Queues a STAT for the node.
-    fn answer(&mut self, s: Stat) {
-        self.out_stat.push_back(RingMessage::Stat(s));
-    }
-
-    fn set_map(&mut self, map: Map<(u16, u16), MappedLun>) {
-        self.target_luns = target_luns(&map);
-        self.map = map;
-    }
-
-    /// The node went away normally.
-    fn hang_up(&mut self) {
-        if self.dead.is_none() {
-            tracing::info!(pan = %self.entry.pan, node = %self.entry.node, outstanding = self.pending.len(), "queue pair disconnected");
-            self.dead = Some("disconnected".into());
-        }
-    }
-
-    /// The node broke the protocol: close its queue pair and say why. `label` names the
-    /// kind of fault for metrics.
-    fn kill(&mut self, label: &'static str, why: String) {
-        if self.dead.is_none() {
-            tracing::warn!(pan = %self.entry.pan, node = %self.entry.node, reason = %why, "closing queue pair");
-            self.ring_stats.protocol_error(label);
-            self.dead = Some(why);
-        }
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Some((host, index)) = self.data_fixed.take() {
-            host.unregister_buffer(index);
-        }
-        self.ring_stats.disconnected(self.reported);
-    }
-}
-
-fn stat_from(seq: u32, c: &Completion, transferred: u32, expected: u64) -> Stat {
-    let residual = expected.saturating_sub(u64::from(transferred)).min(u64::from(u32::MAX)) as u32;
-    Stat::new(seq, c.status as u8, &c.sense, transferred, residual)
-}
-
-fn control_stat(seq: u32, result: u16, transferred: u32) -> Stat {
-    let mut s = Stat::new(seq, Status::Good as u8, &[], transferred, 0);
-    s.flags = proto::FLAG_CONTROL;
-    s.control_result = result;
-    s
 }
 
 /// What a worker starts with.
@@ -358,8 +123,6 @@ const SPIN_UNTIMED: u32 = 32;
 const WAKE_TOKEN: u32 = 0;
 /// Token of SQEs whose completions mean nothing (poll cancellations).
 const IGNORED_TOKEN: u32 = u32::MAX;
-/// Largest data area registered as a fixed buffer of the worker's ring.
-const FIXED_DATA_MAX: usize = 64 << 20;
 /// SQ entries of a worker's ring.
 const HOST_ENTRIES: u32 = 256;
 
@@ -1094,57 +857,4 @@ impl Worker {
         self.conns.clear();
         self.owned.finish()
     }
-}
-
-/// Whether a command's data-out is data for the medium (not UNMAP's parameter list).
-fn writes_data(opcode: u8) -> bool {
-    scsi::opcodes::writes_medium(opcode) && opcode != scsi::opcodes::op::UNMAP
-}
-
-/// Moves queued messages into a ring while it has room, then shows them to the node with
-/// one cursor store; returns how many moved.
-fn drain_into(queue: &mut VecDeque<RingMessage>, ring: &mut Producer) -> Result<u64, RingError> {
-    let mut moved = 0;
-    while let Some(m) = queue.front() {
-        if !ring.stage(m)? {
-            break;
-        }
-        queue.pop_front();
-        moved += 1;
-    }
-    if moved > 0 {
-        ring.publish()?;
-    }
-    Ok(moved)
-}
-
-/// Moves queued STATs and BUFs into the rings and rings the node's doorbell if it is not
-/// polling. Returns whether anything moved.
-fn flush(c: &mut Conn) -> bool {
-    let stats = drain_into(&mut c.out_stat, &mut c.stat);
-    let bufs = drain_into(&mut c.out_buf, &mut c.buf);
-    let moved = match (stats, bufs) {
-        (Ok(a), Ok(b)) => {
-            c.unanswered -= a;
-            a + b > 0
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            c.kill(e.label(), e.to_string());
-            return true;
-        }
-    };
-    if c.unanswered != c.reported {
-        c.ring_stats.outstanding_moved(c.reported, c.unanswered);
-        c.reported = c.unanswered;
-    }
-    if moved {
-        let ring = !(c.stat.consumer_polling() && c.buf.consumer_polling());
-        c.ring_stats.doorbell(ring);
-        if ring {
-            if let Err(e) = c.to_node.ring() {
-                c.kill("doorbell_failed", format!("ringing the node's doorbell failed: {e}"));
-            }
-        }
-    }
-    moved
 }
