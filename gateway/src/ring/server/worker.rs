@@ -35,6 +35,8 @@ struct Local {
     image: usize,
     ticket: Ticket,
     state: LocalState,
+    /// The staging buffers of a staged WRITE, given back once it is answered.
+    staged: Vec<Region>,
 }
 
 #[derive(Debug)]
@@ -679,20 +681,15 @@ impl Worker {
             return;
         }
         let data_out = cmd.flags & proto::FLAG_DATA_OUT != 0;
-        if (data_out || cmd.flags & proto::FLAG_DATA_IN != 0) && self.mesh.owner(lun.image) == self.index {
-            let nexus = Nexus { id: c.id, luns: c.luns_of_target(cmd.target) };
-            let state = match self.owned.start_direct(lun.image, &nexus, cmd.cdb(), &c.data, &cmd.segments, data_out) {
-                Direct::Declined => None,
-                Direct::Done(completion) => Some(LocalState::Done(completion, 0)),
-                Direct::Read(read) => Some(LocalState::Read(read)),
-            };
-            if let Some(state) = state {
-                let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
-                let ticket = Ticket::new(&cmd, data_out, started_ns, lun.stats);
-                self.local.push(Local { image: lun.image, ticket, state });
-                return;
+        let lun = if data_out || cmd.flags & proto::FLAG_DATA_IN != 0 {
+            match self.start_local(i, lun, &cmd, data_out, Vec::new()) {
+                Ok(()) => return,
+                Err((lun, _)) => lun,
             }
-        }
+        } else {
+            lun
+        };
+        let c = &mut self.conns[i];
         let source = if data_out {
             Source::Out(c.data.clone())
         } else if cmd.flags & proto::FLAG_DATA_IN != 0 {
@@ -743,8 +740,49 @@ impl Worker {
     fn submit_staged(&mut self, i: usize, seq: u32) {
         let c = &mut self.conns[i];
         let Some(Pending::Staged { lun, cmd, staged, .. }) = c.pending.remove(&seq) else { return };
+        let (lun, staged) = match self.start_local(i, lun, &cmd, true, staged) {
+            Ok(()) => return,
+            Err(back) => back,
+        };
+        let c = &mut self.conns[i];
         let source = Source::Staged { mem: c.staging.clone(), regions: staged.clone() };
         self.submit(i, lun, *cmd, source, staged);
+    }
+
+    /// Runs a command on the direct path when it can take it ([`Owned::start_direct`]):
+    /// a plain READ or WRITE on an in-memory image this worker owns, its data in one region
+    /// of the node's data area or, for a staged WRITE, in one staging buffer (`staged`).
+    /// Otherwise hands back the LUN and the staging buffers untouched.
+    fn start_local(
+        &mut self,
+        i: usize,
+        lun: MappedLun,
+        cmd: &Cmd,
+        data_out: bool,
+        staged: Vec<Region>,
+    ) -> Result<(), (MappedLun, Vec<Region>)> {
+        if self.mesh.owner(lun.image) != self.index {
+            return Err((lun, staged));
+        }
+        let c = &self.conns[i];
+        let nexus = Nexus { id: c.id, luns: c.luns_of_target(cmd.target) };
+        let direct = if staged.is_empty() {
+            self.owned.start_direct(lun.image, &nexus, cmd.cdb(), &c.data, &cmd.segments, data_out)
+        } else {
+            match Segments::new(&staged) {
+                Some(regions) => self.owned.start_direct(lun.image, &nexus, cmd.cdb(), &c.staging, &regions, data_out),
+                None => Direct::Declined,
+            }
+        };
+        let state = match direct {
+            Direct::Declined => return Err((lun, staged)),
+            Direct::Done(completion) => LocalState::Done(completion, 0),
+            Direct::Read(read) => LocalState::Read(read),
+        };
+        let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
+        let ticket = Ticket::new(cmd, data_out, started_ns, lun.stats);
+        self.local.push(Local { image: lun.image, ticket, state, staged });
+        Ok(())
     }
 
     /// Copies the data of the direct-path READs taken from queue pair `i`, and answers every
@@ -771,6 +809,9 @@ impl Worker {
         for l in local.drain(..) {
             let LocalState::Done(completion, moved) = l.state else { unreachable!("every read was copied above") };
             c.bytes_in_flight -= l.ticket.expected;
+            for s in l.staged {
+                c.staging_alloc.free(s);
+            }
             c.answer(l.ticket.answer(&completion, moved, now_ns));
         }
         self.local = local;
