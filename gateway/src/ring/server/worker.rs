@@ -1,7 +1,9 @@
 //! A worker: serves a share of the queue pairs (takes CMDs from the rings, checks them
 //! against the node's map, answers with STATs and BUFs) and owns a share of the images
-//! (runs their commands on their engines, whoever sent them). It polls while there is
-//! work and sleeps on the doorbells when there is none.
+//! (runs their commands on their engines, whoever sent them). Plain READs and WRITEs of a
+//! RAM image it owns for a queue pair it serves take the direct path: decoded and executed
+//! as usual, then copied by the worker itself and answered with the rest of their batch.
+//! It polls while there is work and sleeps on the doorbells when there is none.
 
 use std::collections::VecDeque;
 use std::io;
