@@ -243,10 +243,12 @@ pub trait Backend: fmt::Debug + Send {
 /// requests: a copy goes after every request submitted before it.
 pub trait MemoryImage {
     /// Starts loading the first bytes of `[offset, offset+len)` into the cache, so that a
-    /// copy of it a little later finds them on their way (a hint; bounds are not checked).
+    /// copy of it a little later finds them on their way. A hint: a range outside the image
+    /// is ignored.
     fn prefetch_head(&self, offset: u64, len: usize);
 
-    /// Starts loading more of `[offset, offset+len)`, while another copy runs.
+    /// Starts loading more of `[offset, offset+len)`, while another copy runs (a hint, as
+    /// [`MemoryImage::prefetch_head`]).
     fn prefetch_rest(&self, offset: u64, len: usize);
 
     /// Copies `len` bytes of the image at `offset` to `dst`.

@@ -164,9 +164,10 @@ impl Owned {
         }
     }
 
-    /// Starts a plain READ or WRITE of a node's single region straight between an in-memory
-    /// image and the node's memory ([`crate::lun::LunDriver::start_direct`]). Anything
-    /// else, and images this worker does not own, are declined untouched.
+    /// Starts a plain READ or WRITE of a single region of `mem` (a node's data area or its
+    /// staging buffers) straight between an in-memory image and that memory
+    /// ([`crate::lun::LunDriver::start_direct`]). Anything else, and images this worker
+    /// does not own, are declined untouched.
     pub(super) fn start_direct(
         &mut self,
         image: usize,
@@ -182,8 +183,9 @@ impl Owned {
         let Some(ptr) = mem.raw(r.offset, u64::from(r.len)).ok().and_then(std::ptr::NonNull::new) else {
             return Direct::Declined;
         };
-        // SAFETY: `raw` checked the region lies inside the node's data area. The queue pair
-        // keeps that mapping until it closes, and the worker finishes a direct READ before it
+        // SAFETY: `raw` checked the region lies inside `mem`, the node's data area or its
+        // staging buffers. The queue pair keeps both mapped until it closes. A WRITE is
+        // copied before this returns, and the worker finishes a direct READ before it
         // returns from serving the queue pair, so before the queue pair can close. Nothing in
         // the gateway forms a reference to the node's memory.
         unsafe { img.driver.start_direct(nexus, cdb, ptr, r.len as usize, write) }
