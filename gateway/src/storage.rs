@@ -110,7 +110,7 @@ pub fn flush(img: &mut OpenImage) -> std::io::Result<()> {
     // A TEST UNIT READY first takes any unit attention queued for the gateway's nexus (a
     // resize raises one for every nexus), which would otherwise answer the flush.
     img.driver.run(0, &[0], &[0; 6], &[])?;
-    let f = img.driver.run(0, &[0], &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])?;
+    let f = img.driver.run(0, &[0], &scsi::build::synchronize_cache_10(), &[])?;
     if f.completion.status != scsi::Status::Good {
         return Err(std::io::Error::other(format!(
             "flushing {} failed: sense {:02x?}",

@@ -4,6 +4,7 @@
 mod support;
 
 use gateway::engine::{AlignedBuf, Backend, EngineError, IoCompletion, IoOp, IoRequest, RamEngine};
+use scsi::build::unmap_list;
 use scsi::{absent_lun, Asc, Status};
 use support::*;
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway::ring::initiator::{rw16, ConnectOptions, Data, Initiator};
+use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
+use scsi::build::rw16;
 
 mod support;
 use support::Gateway;

@@ -7,6 +7,7 @@ mod support;
 use gateway::engine::{Backend, Image, ImageOptions, RamEngine, SyncEngine, UringEngine};
 use gateway::lun::LunDriver;
 use proptest::prelude::*;
+use scsi::build::unmap_list;
 use scsi::sense::parse_sense;
 use support::*;
 

@@ -181,7 +181,7 @@ fn every_scsi_family_round_trips_on_both_write_paths() {
 }
 
 fn proto_read(lba: u64) -> [u8; 16] {
-    gateway::ring::initiator::rw16(0x88, lba, 1, false)
+    scsi::build::rw16(0x88, lba, 1, false)
 }
 
 #[test]
@@ -269,9 +269,7 @@ fn shutdown_drains_and_flushes() {
     let data = pattern(1 << 20, 3);
     let r = i.alloc(data.len() as u32).unwrap();
     i.write_data(r, &data).unwrap();
-    let seq = i
-        .submit(0, 0, &gateway::ring::initiator::rw16(0x8A, 0, 2048, false), Data::Out { region: r, staged: false })
-        .unwrap();
+    let seq = i.submit(0, 0, &scsi::build::rw16(0x8A, 0, 2048, false), Data::Out { region: r, staged: false }).unwrap();
     let resp = i.wait_for(seq, Duration::from_secs(10)).unwrap();
     assert!(resp.good());
     let images = f.server.take().unwrap().shutdown().unwrap();
@@ -403,13 +401,8 @@ fn a_node_dying_with_io_in_flight_leaves_others_unharmed() {
         bad.execute(0, 0, &[0; 6], Data::None).unwrap();
         let r = bad.alloc(1 << 20).unwrap();
         for k in 0..32u64 {
-            bad.queue(
-                0,
-                0,
-                &gateway::ring::initiator::rw16(0x8A, k * 2048, 2048, false),
-                Data::Out { region: r, staged: false },
-            )
-            .unwrap();
+            bad.queue(0, 0, &scsi::build::rw16(0x8A, k * 2048, 2048, false), Data::Out { region: r, staged: false })
+                .unwrap();
         }
         bad.kick().unwrap();
         drop(bad);
@@ -441,7 +434,7 @@ fn sleeping_workers_wake_for_doorbells_completions_and_hang_ups_in_both_wait_mod
         bad.execute(0, 0, &[0; 6], Data::None).unwrap();
         let r = bad.alloc(1 << 20).unwrap();
         for k in 0..16u64 {
-            let cdb = gateway::ring::initiator::rw16(0x8A, k * 2048, 2048, false);
+            let cdb = scsi::build::rw16(0x8A, k * 2048, 2048, false);
             bad.queue(0, 0, &cdb, Data::Out { region: r, staged: false }).unwrap();
         }
         bad.kick().unwrap();
@@ -465,8 +458,7 @@ fn data_beyond_the_data_area_in_flight_gets_busy_not_memory() {
     // Each CMD names 28 × 1 MiB segments over the same MiB: 28 MiB against a 16 MiB area.
     let whole = Region { offset: 0, len: 1 << 20 };
     let cmd =
-        Cmd::scsi(77, 0, 0, &gateway::ring::initiator::rw16(0x8A, 0, 2048, false), proto::FLAG_DATA_OUT, &[whole; 28])
-            .unwrap();
+        Cmd::scsi(77, 0, 0, &scsi::build::rw16(0x8A, 0, 2048, false), proto::FLAG_DATA_OUT, &[whole; 28]).unwrap();
     let mut slot = [0u8; SLOT_SIZE];
     Message::Cmd(cmd).emit(&mut slot);
     raw_cmd(&i, 1, &slot);
@@ -568,7 +560,7 @@ fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
             let region = q.alloc(4096).unwrap();
             q.write_data(region, &data).unwrap();
             let lba = ((k as u64) * (1 << 20) + j * 4096) / bs;
-            let cdb = gateway::ring::initiator::rw16(0x8A, lba, (4096 / bs) as u32, false);
+            let cdb = scsi::build::rw16(0x8A, lba, (4096 / bs) as u32, false);
             seqs.push(q.submit(0, lun, &cdb, Data::Out { region, staged: false }).unwrap());
         }
         sent.push(seqs);
@@ -625,11 +617,11 @@ fn a_lone_command_polled_for_completes_on_the_submitting_thread_and_rearms_the_d
         // The completion thread, woken by the last plain command, goes back to sleep. Awake,
         // it may take a STAT first: the poller then returns with the command done elsewhere.
         std::thread::sleep(Duration::from_millis(20));
-        let write = gateway::ring::initiator::rw16(0x8A, round, 8, false);
+        let write = scsi::build::rw16(0x8A, round, 8, false);
         let (thread, o) = send(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 }, spin);
         polled_here += usize::from(thread == me);
         assert_eq!(o.result.unwrap().status, 0);
-        let read = gateway::ring::initiator::rw16(0x88, round, 8, false);
+        let read = scsi::build::rw16(0x88, round, 8, false);
         let (thread, o) = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 4096 }, spin);
         polled_here += usize::from(thread == me);
         assert_eq!(o.data, data);
@@ -666,14 +658,14 @@ fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back()
         q.release(r.generation, &[Region { offset: r.region.offset, len: 4096 }]);
         q.release(r.generation, &[Region { offset: at.offset + (64 << 10), len: (1 << 20) - (64 << 10) }]);
         let lba = u64::from(round) * 128;
-        let write = gateway::ring::initiator::rw16(0x8A, lba, 128, false);
+        let write = scsi::build::rw16(0x8A, lba, 128, false);
         let placed = Placed { data: at, hold: at, generation: r.generation };
         let (tx, rx) = std::sync::mpsc::channel();
         let cmd = Command { target: 0, lun: 0, cdb: &write, out: &[], in_len: 0 };
         q.submit_placed(cmd, placed, Box::new(move |o| tx.send(o).unwrap()), Duration::ZERO);
         let o = rx.recv_timeout(Duration::from_secs(10)).expect("the write completes");
         assert_eq!(o.result.unwrap().status, 0);
-        let read = gateway::ring::initiator::rw16(0x88, lba, 128, false);
+        let read = scsi::build::rw16(0x88, lba, 128, false);
         let o = q.execute(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 64 << 10 });
         assert_eq!(o.data, data, "round {round}");
         // Read back in place: the data is left in the area until the outcome is dropped.
@@ -692,7 +684,7 @@ fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back()
     // Pages of another connection are refused, not sent.
     let stale = Placed { data: all.region, hold: all.region, generation: all.generation + 1 };
     let (tx, rx) = std::sync::mpsc::channel();
-    let write = gateway::ring::initiator::rw16(0x8A, 0, 8, false);
+    let write = scsi::build::rw16(0x8A, 0, 8, false);
     let cmd = Command { target: 0, lun: 0, cdb: &write, out: &[], in_len: 0 };
     q.submit_placed(cmd, stale, Box::new(move |o| tx.send(o).unwrap()), Duration::ZERO);
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().result.unwrap_err(), LinkError::Down);
@@ -718,7 +710,7 @@ fn submitters_waiting_for_data_area_pages_are_woken_when_pages_come_back() {
     std::thread::scope(|s| {
         let waiter = s.spawn(|| {
             let data = pattern(512 << 10, 1);
-            let write = gateway::ring::initiator::rw16(0x8A, 0, 1024, false);
+            let write = scsi::build::rw16(0x8A, 0, 1024, false);
             q.execute(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 })
         });
         std::thread::sleep(Duration::from_millis(200));
@@ -737,7 +729,7 @@ fn submitters_waiting_for_data_area_pages_are_woken_when_pages_come_back() {
                 s.spawn(move || {
                     for i in 0..4u64 {
                         let data = pattern(512 << 10, (w * 4 + i) as u8);
-                        let write = gateway::ring::initiator::rw16(0x8A, (w * 4 + i) * 1024, 1024, false);
+                        let write = scsi::build::rw16(0x8A, (w * 4 + i) * 1024, 1024, false);
                         let o = q.execute(Command { target: 0, lun: 0, cdb: &write, out: &data, in_len: 0 });
                         assert_eq!(o.result.unwrap().status, 0, "writer {w}, write {i}");
                     }

@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::ring::initiator::{rw16, ConnectOptions, Data, Initiator};
+use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
 use gateway::ring::shm::{Doorbell, SharedMemory};
 use gateway::tcmu::abi::{cap, cmd, hdr, mailbox, op, tmr, uflag};
 use gateway::tcmu::device::KernelBell;
 use gateway::tcmu::netlink::{self, DeviceEvent, Incoming, TcmuAttr, TcmuMessage};
 use gateway::tcmu::sys::{UioDevice, UioSource};
 use gateway::tcmu::{fixed_nodes, live_grow, live_nodes, Controller, NodeCredential};
+use scsi::build::rw16;
 
 mod support;
 use support::{on_path, skip_because, Gateway};

@@ -14,9 +14,9 @@ use super::span::{chunks, verdict, Span, Verdict};
 use super::wire::{self, Attr, Header, Op, Statfs, DT_DIR, DT_REG, FOPEN_DIRECT_IO, FOPEN_PARALLEL_DIRECT_WRITES};
 use crate::ring::backoff::PollBackoff;
 use crate::ring::handshake::LunInfo;
-use crate::ring::initiator::{parse_capacity, rw16, unmap_list, READ_CAPACITY_16, UNMAP_ONE};
 use crate::ring::link::{Command, Link, LinkError, Outcome, Placed, Polled, QueuePair};
 use crate::ring::shm::SharedMemory;
+use scsi::build::{self, parse_capacity_16, rw16, unmap_one_list, UNMAP_ONE};
 
 /// The largest read or write the kernel sends in one request, and so in one command.
 pub const MAX_IO: u32 = 1 << 20;
@@ -260,9 +260,15 @@ impl LunFiles {
         if !(stale || force) {
             return;
         }
-        let cmd = Command { target: f.target, lun: f.lun, cdb: &READ_CAPACITY_16, out: &[], in_len: 32 };
+        let cmd = Command {
+            target: f.target,
+            lun: f.lun,
+            cdb: &build::read_capacity_16(),
+            out: &[],
+            in_len: build::READ_CAPACITY_16_LEN,
+        };
         let o = self.execute(cmd);
-        if let Some((blocks, _)) = checked(o, "READ CAPACITY").ok().as_deref().and_then(parse_capacity) {
+        if let Some((blocks, _)) = checked(o, "READ CAPACITY").ok().as_deref().and_then(parse_capacity_16) {
             *f.capacity.lock().unwrap_or_else(|p| p.into_inner()) = (blocks, Instant::now());
         }
     }
@@ -334,7 +340,7 @@ impl LunFiles {
         for (lba, n) in chunks(first, count, MAX_RANGE_BLOCKS) {
             let _guard = f.lock_blocks(lba, lba + n);
             let o = if unmap {
-                let list = unmap_list(lba, n as u32);
+                let list = unmap_one_list(lba, n as u32);
                 self.execute(Command { target: f.target, lun: f.lun, cdb: &UNMAP_ONE, out: &list, in_len: 0 })
             } else {
                 // WRITE SAME (16) with NDOB: zeros without a data-out buffer.

@@ -1,12 +1,7 @@
-//! The node ↔ gateway storage protocol: CMD / STAT / BUF / TRAN messages over
-//! shared-memory rings with eventfd doorbells (see DESIGN.md, "The ring protocol").
+//! The gateway side of the ring protocol. The node side (codec, rings, handshake,
+//! initiator, link) is the `pangate-ring` crate, re-exported here so the server and the
+//! gateway's own nodes (the FUSE mount, TCMU, `pangate bench`) name it one way.
 
-pub mod alloc;
-pub mod backoff;
-pub mod handshake;
-pub mod initiator;
-pub mod link;
-pub mod proto;
+pub use ring::{alloc, backoff, handshake, initiator, link, proto, shm, spsc};
+
 pub mod server;
-pub mod shm;
-pub mod spsc;

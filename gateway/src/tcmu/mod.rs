@@ -30,9 +30,10 @@ use std::time::Duration;
 use self::device::DeviceHandle;
 use self::netlink::{DeviceEvent, Incoming};
 use self::sys::{KernelUio, TcmuSocket, UioSource};
-use crate::ring::initiator::{parse_capacity, ConnectOptions, READ_CAPACITY_16};
+use crate::ring::initiator::ConnectOptions;
 use crate::ring::link::{Command, Link, LinkOptions};
 use crate::ring::server::LunControl;
+use scsi::build;
 
 /// The LUN a backstore's config string selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,8 +296,14 @@ impl<S: UioSource> Controller<S> {
         }
         let q = served.link.queue();
         if let Some(bytes) = size {
-            let o = q.execute(Command { target: t, lun: l, cdb: &READ_CAPACITY_16, out: &[], in_len: 32 });
-            let capacity = match (&o.result, parse_capacity(&o.data)) {
+            let o = q.execute(Command {
+                target: t,
+                lun: l,
+                cdb: &build::read_capacity_16(),
+                out: &[],
+                in_len: build::READ_CAPACITY_16_LEN,
+            });
+            let capacity = match (&o.result, build::parse_capacity_16(&o.data)) {
                 (Ok(r), Some((blocks, bs))) if r.good() => blocks * u64::from(bs),
                 _ => return Err(-libc::EIO),
             };

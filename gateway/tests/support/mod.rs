@@ -10,7 +10,7 @@ use gateway::lun::{Direct, Finished, LunDriver};
 use scsi::sense::parse_sense;
 use scsi::{Asc, Completion, LunConfig, LunIdentity, Nexus, Status};
 
-pub use gateway::ring::initiator::rw16;
+pub use scsi::build::rw16;
 
 /// The initiator most tests use.
 pub const I: u64 = 1;
@@ -96,20 +96,6 @@ pub fn read(d: &mut LunDriver, lba: u64, blocks: u32) -> Vec<u8> {
     let f = run(d, &rw16(0x88, lba, blocks, false), &[]);
     expect_good(&f);
     f.data().to_vec()
-}
-
-/// An UNMAP parameter list for (lba, blocks) descriptors.
-pub fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
-    let mut p = vec![0u8; 8];
-    for &(lba, n) in ranges {
-        p.extend_from_slice(&lba.to_be_bytes());
-        p.extend_from_slice(&n.to_be_bytes());
-        p.extend_from_slice(&[0; 4]);
-    }
-    let desc = (p.len() - 8) as u16;
-    p[0..2].copy_from_slice(&(desc + 6).to_be_bytes());
-    p[2..4].copy_from_slice(&desc.to_be_bytes());
-    p
 }
 
 /// A gateway child process, killed on drop so a failing test leaves nothing running.

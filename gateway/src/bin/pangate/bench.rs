@@ -3,9 +3,10 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use gateway::ring::initiator::{rw16, Data, Initiator, Response};
+use gateway::ring::initiator::{Data, Initiator, Response};
 use gateway::ring::proto::Region;
 use gateway::workload::XorShift;
+use scsi::build::rw16;
 use serde_json::json;
 
 use crate::NodeArgs;

@@ -565,8 +565,8 @@ fn self_check(img: &mut OpenImage) -> anyhow::Result<()> {
     let d = &mut img.driver;
     // The gateway's own nexus (id 0) consumes its power-on unit attention.
     d.run(0, &[0], &[0, 0, 0, 0, 0, 0], &[])?;
-    let inq = d.run(0, &[0], &[0x12, 0, 0, 0, 96, 0], &[])?;
-    let rc = d.run(0, &[0], &gateway::ring::initiator::READ_CAPACITY_16, &[])?;
+    let inq = d.run(0, &[0], &scsi::build::inquiry(None, 96), &[])?;
+    let rc = d.run(0, &[0], &scsi::build::read_capacity_16(), &[])?;
     if inq.completion.status != scsi::Status::Good || rc.completion.status != scsi::Status::Good {
         anyhow::bail!("image {} failed its start-up check: sense {:02x?}", img.path.display(), rc.completion.sense);
     }

@@ -37,19 +37,7 @@ mod worker;
 use self::mesh::Mesh;
 use self::worker::{Setup, Worker};
 
-/// Control results in STAT replies to protocol-control messages.
-pub mod control_result {
-    /// Done.
-    pub const DONE: u16 = 0;
-    /// The task is with the backend and will complete normally.
-    pub const IN_PROGRESS: u16 = 1;
-    /// No such task or LUN.
-    pub const NOT_FOUND: u16 = 2;
-}
-
-/// Bytes in one REPORT CONFIG entry: target u16, lun u16, read-only u8, 3 reserved,
-/// block size u32, blocks u64.
-pub const REPORT_ENTRY: usize = 20;
+pub use super::proto::control_result;
 
 /// Tunables of the ring server.
 #[derive(Debug, Clone)]

@@ -19,12 +19,12 @@ use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
 use super::conn::{control_stat, flush, lun_map, stat_from, Conn, MappedLun, Pending, Ticket};
 use super::mesh::{Done, Job, Mesh, Message, Source};
 use super::owned::{scatter, Owned};
-use super::{control_result, Accepted, Capacities, Control, ServerOptions, REPORT_ENTRY};
+use super::{control_result, Accepted, Capacities, Control, ServerOptions};
 use crate::config::Access;
 use crate::engine::host::{self, UringHost};
 use crate::lun::{Direct, DirectRead};
 use crate::ring::backoff::PollBackoff;
-use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, Segments};
+use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, ReportEntry, Segments};
 use crate::ring::shm::Doorbell;
 use crate::ring::spsc::RingId;
 use crate::storage::OpenImage;
@@ -725,16 +725,15 @@ impl Worker {
                 let mut entries: Vec<_> = c.map.iter().collect();
                 entries.sort_by_key(|(k, _)| **k);
                 let caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
-                let mut bytes = Vec::with_capacity(entries.len() * REPORT_ENTRY);
-                for (&(t, l), lun) in entries {
-                    let (block_size, blocks) = caps.get(lun.image).copied().unwrap_or_default();
-                    bytes.extend_from_slice(&t.to_le_bytes());
-                    bytes.extend_from_slice(&l.to_le_bytes());
-                    bytes.extend_from_slice(&[u8::from(lun.access == Access::Ro), 0, 0, 0]);
-                    bytes.extend_from_slice(&block_size.to_le_bytes());
-                    bytes.extend_from_slice(&blocks.to_le_bytes());
-                }
+                let report: Vec<ReportEntry> = entries
+                    .into_iter()
+                    .map(|(&(target, lun_id), lun)| {
+                        let (block_size, blocks) = caps.get(lun.image).copied().unwrap_or_default();
+                        ReportEntry { target, lun: lun_id, read_only: lun.access == Access::Ro, block_size, blocks }
+                    })
+                    .collect();
                 drop(caps);
+                let bytes = ReportEntry::emit_list(&report);
                 match scatter(&c.data, &cmd.segments, &bytes) {
                     Ok(n) => {
                         let mut s = control_stat(cmd.seq, control_result::DONE, n as u32);

@@ -14,11 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use scsi::build;
 use thiserror::Error;
 
 use super::alloc::RegionAllocator;
 use super::handshake::{self, Answer, Hello, LunInfo, Welcome};
-use super::proto::{self, Cmd, ControlOp, Message, Region, Stat};
+use super::proto::{self, Cmd, ControlOp, Message, Region, ReportEntry, Stat};
 use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::spsc::{Consumer, Producer, RingError, RingId};
 
@@ -546,7 +547,7 @@ impl Initiator {
     pub fn read(&mut self, target: u16, lun: u16, lba: u64, bytes: u32) -> Result<(Response, Vec<u8>), InitiatorError> {
         let bs = self.block_size(target, lun);
         let r = self.alloc(bytes).ok_or_else(|| InitiatorError::Invalid("data area exhausted".into()))?;
-        let cdb = rw16(0x88, lba, bytes / bs, false);
+        let cdb = build::read16(lba, bytes / bs);
         let result = self.execute(target, lun, &cdb, Data::In(r));
         let mut out = vec![0u8; bytes as usize];
         let copied = self.read_data(r, &mut out);
@@ -570,7 +571,7 @@ impl Initiator {
         let bs = self.block_size(target, lun);
         let r = self.alloc(data.len() as u32).ok_or_else(|| InitiatorError::Invalid("data area exhausted".into()))?;
         self.write_data(r, data)?;
-        let cdb = rw16(0x8A, lba, data.len() as u32 / bs, fua);
+        let cdb = build::write16(lba, data.len() as u32 / bs, fua);
         let result = self.execute(target, lun, &cdb, Data::Out { region: r, staged });
         self.free(r);
         result
@@ -578,21 +579,19 @@ impl Initiator {
 
     /// SYNCHRONIZE CACHE (16) of the whole LUN.
     pub fn flush(&mut self, target: u16, lun: u16) -> Result<Response, InitiatorError> {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x91;
-        self.execute(target, lun, &cdb, Data::None)
+        self.execute(target, lun, &build::synchronize_cache_16(), Data::None)
     }
 
     /// UNMAP of `blocks` blocks at `lba`.
     pub fn unmap(&mut self, target: u16, lun: u16, lba: u64, blocks: u32) -> Result<Response, InitiatorError> {
-        let p = unmap_list(lba, blocks);
-        let r = self.alloc(24).ok_or_else(|| InitiatorError::Invalid("data area exhausted".into()))?;
+        let p = build::unmap_one_list(lba, blocks);
+        let r = self.alloc(p.len() as u32).ok_or_else(|| InitiatorError::Invalid("data area exhausted".into()))?;
         self.write_data(r, &p)?;
         let result = self.execute(
             target,
             lun,
-            &UNMAP_ONE,
-            Data::Out { region: Region { offset: r.offset, len: 24 }, staged: false },
+            &build::UNMAP_ONE,
+            Data::Out { region: Region { offset: r.offset, len: p.len() as u32 }, staged: false },
         );
         self.free(r);
         result
@@ -619,14 +618,13 @@ impl Initiator {
 
     /// INQUIRY (standard data, or a VPD page).
     pub fn inquiry(&mut self, target: u16, lun: u16, vpd: Option<u8>) -> Result<(Response, Vec<u8>), InitiatorError> {
-        let cdb = [0x12, u8::from(vpd.is_some()), vpd.unwrap_or(0), 0x10, 0, 0];
-        self.data_in(target, lun, &cdb, 4096)
+        self.data_in(target, lun, &build::inquiry(vpd, 4096), 4096)
     }
 
     /// READ CAPACITY (16): (blocks, block size).
     pub fn read_capacity(&mut self, target: u16, lun: u16) -> Result<(Response, Option<(u64, u32)>), InitiatorError> {
-        let (resp, d) = self.data_in(target, lun, &READ_CAPACITY_16, 32)?;
-        Ok((resp, parse_capacity(&d)))
+        let (resp, d) = self.data_in(target, lun, &build::read_capacity_16(), build::READ_CAPACITY_16_LEN)?;
+        Ok((resp, build::parse_capacity_16(&d)))
     }
 
     /// REPORT CONFIG: the node's (target, LUN, read-only, block size, blocks) list.
@@ -640,17 +638,14 @@ impl Initiator {
         self.free(r);
         let resp = resp?;
         copied?;
-        let n = resp.transferred as usize / super::server::REPORT_ENTRY;
-        Ok((0..n)
-            .map(|i| {
-                let e = &b[i * super::server::REPORT_ENTRY..(i + 1) * super::server::REPORT_ENTRY];
-                LunInfo {
-                    target: u16::from_le_bytes([e[0], e[1]]),
-                    lun: u16::from_le_bytes([e[2], e[3]]),
-                    read_only: e[4] != 0,
-                    block_size: u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")),
-                    blocks: u64::from_le_bytes(e[12..20].try_into().expect("8 bytes")),
-                }
+        let n = (resp.transferred as usize).min(b.len());
+        Ok(ReportEntry::parse_list(&b[..n])
+            .map(|e| LunInfo {
+                target: e.target,
+                lun: e.lun,
+                read_only: e.read_only,
+                block_size: e.block_size,
+                blocks: e.blocks,
             })
             .collect())
     }
@@ -664,37 +659,4 @@ impl Initiator {
     fn block_size(&self, target: u16, lun: u16) -> u32 {
         self.welcome.luns.iter().find(|l| l.target == target && l.lun == lun).map_or(512, |l| l.block_size)
     }
-}
-
-/// READ CAPACITY (16) with a 32-byte allocation length.
-pub const READ_CAPACITY_16: [u8; 16] = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
-
-/// (blocks, block size) from READ CAPACITY (16) data, if long enough.
-pub fn parse_capacity(d: &[u8]) -> Option<(u64, u32)> {
-    let last = u64::from_be_bytes(d.get(0..8)?.try_into().ok()?);
-    let bs = u32::from_be_bytes(d.get(8..12)?.try_into().ok()?);
-    Some((last.checked_add(1)?, bs))
-}
-
-/// UNMAP with a 24-byte parameter list: one descriptor, as built by [`unmap_list`].
-pub const UNMAP_ONE: [u8; 10] = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
-
-/// An UNMAP parameter list with one (lba, blocks) descriptor.
-pub fn unmap_list(lba: u64, blocks: u32) -> [u8; 24] {
-    let mut p = [0u8; 24];
-    p[0..2].copy_from_slice(&22u16.to_be_bytes());
-    p[2..4].copy_from_slice(&16u16.to_be_bytes());
-    p[8..16].copy_from_slice(&lba.to_be_bytes());
-    p[16..20].copy_from_slice(&blocks.to_be_bytes());
-    p
-}
-
-/// A READ(16) or WRITE(16) CDB.
-pub fn rw16(op: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = if fua { 0x08 } else { 0 };
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
 }

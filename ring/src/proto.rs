@@ -36,9 +36,9 @@ pub const SLOT_SIZE: usize = 512;
 /// Longest CDB a CMD carries.
 pub const MAX_CDB: usize = 32;
 /// Most segments in a CMD.
-pub const MAX_CMD_SEGMENTS: usize = (SLOT_SIZE - 64) / 16;
+pub const MAX_CMD_SEGMENTS: usize = (SLOT_SIZE - field::cmd::SEGMENTS) / field::segment::SIZE;
 /// Most segments in a BUF.
-pub const MAX_BUF_SEGMENTS: usize = (SLOT_SIZE - 24) / 16;
+pub const MAX_BUF_SEGMENTS: usize = (SLOT_SIZE - field::buf::SEGMENTS) / field::segment::SIZE;
 /// Most sense bytes in a STAT.
 pub const MAX_SENSE: usize = 96;
 
@@ -302,34 +302,127 @@ pub enum Message {
     Tran(Tran),
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// Where each field lies in a slot: one table that parsing and emitting both use.
+mod field {
+    /// A multi-byte field: its byte range in the slot.
+    pub type Field = std::ops::Range<usize>;
+
+    /// Message kind (one byte).
+    pub const KIND: usize = 0;
+    /// Header flags (one byte).
+    pub const FLAGS: usize = 1;
+    /// Reserved, zero.
+    pub const RESERVED_A: Field = 2..4;
+    /// Sequence number.
+    pub const SEQ: Field = 4..8;
+    /// Bytes of the message, header included.
+    pub const LEN: Field = 8..12;
+    /// Reserved, zero.
+    pub const RESERVED_B: Field = 12..16;
+
+    /// CMD fields after the header.
+    pub mod cmd {
+        use super::Field;
+        pub const TARGET: Field = 16..18;
+        pub const LUN: Field = 18..20;
+        pub const CDB_LEN: usize = 20;
+        pub const CONTROL_OP: usize = 21;
+        pub const SEGMENT_COUNT: Field = 22..24;
+        pub const ARG: Field = 24..28;
+        pub const RESERVED: Field = 28..32;
+        pub const CDB: Field = 32..64;
+        pub const SEGMENTS: usize = 64;
+    }
+
+    /// STAT fields after the header.
+    pub mod stat {
+        use super::Field;
+        pub const STATUS: usize = 16;
+        pub const SENSE_LEN: usize = 17;
+        pub const CONTROL_RESULT: Field = 18..20;
+        pub const RESIDUAL: Field = 20..24;
+        pub const TRANSFERRED: Field = 24..28;
+        pub const RESERVED: Field = 28..32;
+        pub const SENSE: usize = 32;
+    }
+
+    /// BUF fields after the header.
+    pub mod buf {
+        use super::Field;
+        pub const INDEX: Field = 16..18;
+        pub const SEGMENT_COUNT: Field = 18..20;
+        pub const RESERVED: Field = 20..24;
+        pub const SEGMENTS: usize = 24;
+    }
+
+    /// TRAN fields after the header.
+    pub mod tran {
+        use super::Field;
+        pub const INDEX: Field = 16..18;
+        pub const RESERVED: Field = 18..24;
+        pub const END: usize = 24;
+    }
+
+    /// One segment of a CMD or BUF, relative to the segment's start.
+    pub mod segment {
+        use super::Field;
+        pub const OFFSET: Field = 0..8;
+        pub const LEN: Field = 8..12;
+        pub const RESERVED: Field = 12..16;
+        pub const SIZE: usize = 16;
+    }
+
+    /// One REPORT CONFIG entry, relative to the entry's start.
+    pub mod report {
+        use super::Field;
+        pub const TARGET: Field = 0..2;
+        pub const LUN: Field = 2..4;
+        pub const READ_ONLY: usize = 4;
+        pub const RESERVED: Field = 5..8;
+        pub const BLOCK_SIZE: Field = 8..12;
+        pub const BLOCKS: Field = 12..20;
+        pub const SIZE: usize = 20;
+    }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+use field::Field;
+
+fn get_u16(b: &[u8], f: Field) -> u16 {
+    u16::from_le_bytes(b[f].try_into().expect("a 2-byte field"))
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
+fn get_u32(b: &[u8], f: Field) -> u32 {
+    u32::from_le_bytes(b[f].try_into().expect("a 4-byte field"))
 }
 
-fn zero(b: &[u8], range: std::ops::Range<usize>) -> Result<(), ProtoError> {
+fn get_u64(b: &[u8], f: Field) -> u64 {
+    u64::from_le_bytes(b[f].try_into().expect("an 8-byte field"))
+}
+
+fn put(b: &mut [u8], f: Field, bytes: &[u8]) {
+    b[f].copy_from_slice(bytes);
+}
+
+/// `f` moved `by` bytes further into the slot (a segment's or entry's field).
+const fn at(f: Field, by: usize) -> Field {
+    f.start + by..f.end + by
+}
+
+fn zero(b: &[u8], range: Field) -> Result<(), ProtoError> {
     match b[range.clone()].iter().position(|&x| x != 0) {
         Some(i) => Err(ProtoError::Reserved(range.start + i)),
         None => Ok(()),
     }
 }
 
-fn parse_segments(b: &[u8], at: usize, n: usize, area: u64) -> Result<Segments, ProtoError> {
+fn parse_segments(b: &[u8], start: usize, n: usize, area: u64) -> Result<Segments, ProtoError> {
+    use field::segment;
     let mut s = SmallVec::with_capacity(n);
     let mut total = 0u64;
     for i in 0..n {
-        let base = at + 16 * i;
-        let r = Region { offset: u64_at(b, base), len: u32_at(b, base + 8) };
-        zero(b, base + 12..base + 16)?;
+        let base = start + segment::SIZE * i;
+        let r = Region { offset: get_u64(b, at(segment::OFFSET, base)), len: get_u32(b, at(segment::LEN, base)) };
+        zero(b, at(segment::RESERVED, base))?;
         let fits = r.offset.checked_add(u64::from(r.len)).is_some_and(|end| end <= area);
         if !fits {
             return Err(ProtoError::OutOfBounds { index: i, offset: r.offset, len: r.len, area });
@@ -353,16 +446,17 @@ fn check_len(len: u32, expected: usize) -> Result<(), ProtoError> {
 /// Parses one slot. `area` is the size of the area the message's regions refer to: the
 /// node's data area for CMD, the staging area for BUF.
 pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
+    use field::{buf, cmd, segment, stat, tran};
     let b = &slot[..];
-    let flags = b[1];
-    let seq = u32_at(b, 4);
-    let len = u32_at(b, 8);
-    zero(b, 2..4)?;
-    zero(b, 12..16)?;
+    let flags = b[field::FLAGS];
+    let seq = get_u32(b, field::SEQ);
+    let len = get_u32(b, field::LEN);
+    zero(b, field::RESERVED_A)?;
+    zero(b, field::RESERVED_B)?;
     if flags & !KNOWN_FLAGS != 0 {
         return Err(ProtoError::BadFlags(flags));
     }
-    match b[0] {
+    match b[field::KIND] {
         1 => {
             if flags & FLAG_DATA_IN != 0 && flags & FLAG_DATA_OUT != 0 {
                 return Err(ProtoError::BadFlags(flags));
@@ -370,18 +464,19 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
             if flags & FLAG_STAGED != 0 && flags & FLAG_DATA_OUT == 0 {
                 return Err(ProtoError::BadFlags(flags));
             }
-            let n = u16_at(b, 22);
+            let n = get_u16(b, cmd::SEGMENT_COUNT);
             if usize::from(n) > MAX_CMD_SEGMENTS {
                 return Err(ProtoError::TooManySegments(n));
             }
-            check_len(len, 64 + 16 * usize::from(n))?;
-            zero(b, 28..32)?;
+            check_len(len, cmd::SEGMENTS + segment::SIZE * usize::from(n))?;
+            zero(b, cmd::RESERVED)?;
+            let cdb_len = b[cmd::CDB_LEN];
             let control = if flags & FLAG_CONTROL != 0 {
-                if b[20] != 0 {
-                    return Err(ProtoError::CdbLength(b[20]));
+                if cdb_len != 0 {
+                    return Err(ProtoError::CdbLength(cdb_len));
                 }
-                zero(b, 32..64)?;
-                Some(match b[21] {
+                zero(b, cmd::CDB)?;
+                Some(match b[cmd::CONTROL_OP] {
                     1 => ControlOp::Heartbeat,
                     2 => ControlOp::AbortTask,
                     3 => ControlOp::LunReset,
@@ -389,50 +484,51 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
                     other => return Err(ProtoError::UnknownControl(other)),
                 })
             } else {
-                if b[20] == 0 || usize::from(b[20]) > MAX_CDB {
-                    return Err(ProtoError::CdbLength(b[20]));
+                if cdb_len == 0 || usize::from(cdb_len) > MAX_CDB {
+                    return Err(ProtoError::CdbLength(cdb_len));
                 }
-                if b[21] != 0 {
-                    return Err(ProtoError::Reserved(21));
+                if b[cmd::CONTROL_OP] != 0 {
+                    return Err(ProtoError::Reserved(cmd::CONTROL_OP));
                 }
-                zero(b, 24..28)?;
-                zero(b, 32 + usize::from(b[20])..64)?;
+                zero(b, cmd::ARG)?;
+                zero(b, cmd::CDB.start + usize::from(cdb_len)..cmd::CDB.end)?;
                 None
             };
             let mut cdb = [0u8; MAX_CDB];
-            cdb.copy_from_slice(&b[32..64]);
+            cdb.copy_from_slice(&b[cmd::CDB]);
             Ok(Message::Cmd(Cmd {
                 seq,
                 flags,
-                target: u16_at(b, 16),
-                lun: u16_at(b, 18),
+                target: get_u16(b, cmd::TARGET),
+                lun: get_u16(b, cmd::LUN),
                 cdb,
-                cdb_len: b[20],
+                cdb_len,
                 control,
-                arg: u32_at(b, 24),
-                segments: parse_segments(b, 64, usize::from(n), area)?,
+                arg: get_u32(b, cmd::ARG),
+                segments: parse_segments(b, cmd::SEGMENTS, usize::from(n), area)?,
             }))
         }
         2 => {
             if flags & !FLAG_CONTROL != 0 {
                 return Err(ProtoError::BadFlags(flags));
             }
-            let n = usize::from(b[17]);
+            let sense_len = b[stat::SENSE_LEN];
+            let n = usize::from(sense_len);
             if n > MAX_SENSE {
-                return Err(ProtoError::SenseLength(b[17]));
+                return Err(ProtoError::SenseLength(sense_len));
             }
-            check_len(len, 32 + n)?;
-            zero(b, 28..32)?;
+            check_len(len, stat::SENSE + n)?;
+            zero(b, stat::RESERVED)?;
             let mut sense = [0u8; MAX_SENSE];
-            sense[..n].copy_from_slice(&b[32..32 + n]);
+            sense[..n].copy_from_slice(&b[stat::SENSE..stat::SENSE + n]);
             Ok(Message::Stat(Stat {
                 seq,
                 flags,
-                status: b[16],
-                sense_len: b[17],
-                control_result: u16_at(b, 18),
-                residual: u32_at(b, 20),
-                transferred: u32_at(b, 24),
+                status: b[stat::STATUS],
+                sense_len,
+                control_result: get_u16(b, stat::CONTROL_RESULT),
+                residual: get_u32(b, stat::RESIDUAL),
+                transferred: get_u32(b, stat::TRANSFERRED),
                 sense,
             }))
         }
@@ -440,22 +536,22 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
             if flags != 0 {
                 return Err(ProtoError::BadFlags(flags));
             }
-            let n = u16_at(b, 18);
+            let n = get_u16(b, buf::SEGMENT_COUNT);
             if usize::from(n) > MAX_BUF_SEGMENTS || n == 0 {
                 return Err(ProtoError::TooManySegments(n));
             }
-            check_len(len, 24 + 16 * usize::from(n))?;
-            zero(b, 20..24)?;
-            let regions = parse_segments(b, 24, usize::from(n), area)?;
-            Ok(Message::Buf(Buf { seq, index: u16_at(b, 16), segments: regions }))
+            check_len(len, buf::SEGMENTS + segment::SIZE * usize::from(n))?;
+            zero(b, buf::RESERVED)?;
+            let regions = parse_segments(b, buf::SEGMENTS, usize::from(n), area)?;
+            Ok(Message::Buf(Buf { seq, index: get_u16(b, buf::INDEX), segments: regions }))
         }
         4 => {
             if flags != 0 {
                 return Err(ProtoError::BadFlags(flags));
             }
-            check_len(len, 24)?;
-            zero(b, 18..24)?;
-            Ok(Message::Tran(Tran { seq, index: u16_at(b, 16) }))
+            check_len(len, tran::END)?;
+            zero(b, tran::RESERVED)?;
+            Ok(Message::Tran(Tran { seq, index: get_u16(b, tran::INDEX) }))
         }
         other => Err(ProtoError::UnknownKind(other)),
     }
@@ -463,17 +559,18 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
 
 fn header(b: &mut [u8; SLOT_SIZE], kind: Kind, flags: u8, seq: u32, len: usize) {
     b[..len].fill(0);
-    b[0] = kind as u8;
-    b[1] = flags;
-    b[4..8].copy_from_slice(&seq.to_le_bytes());
-    b[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    b[field::KIND] = kind as u8;
+    b[field::FLAGS] = flags;
+    put(b, field::SEQ, &seq.to_le_bytes());
+    put(b, field::LEN, &(len as u32).to_le_bytes());
 }
 
-fn emit_segments(b: &mut [u8; SLOT_SIZE], at: usize, regions: &[Region]) {
+fn emit_segments(b: &mut [u8; SLOT_SIZE], start: usize, regions: &[Region]) {
+    use field::segment;
     for (i, r) in regions.iter().enumerate() {
-        let base = at + 16 * i;
-        b[base..base + 8].copy_from_slice(&r.offset.to_le_bytes());
-        b[base + 8..base + 12].copy_from_slice(&r.len.to_le_bytes());
+        let base = start + segment::SIZE * i;
+        put(b, at(segment::OFFSET, base), &r.offset.to_le_bytes());
+        put(b, at(segment::LEN, base), &r.len.to_le_bytes());
     }
 }
 
@@ -481,39 +578,40 @@ impl Message {
     /// Writes the message into the first [`Message::wire_len`] bytes of a slot (reserved bytes
     /// zeroed); the bytes after it are left as they were and mean nothing.
     pub fn emit(&self, b: &mut [u8; SLOT_SIZE]) {
+        use field::{buf, cmd, stat, tran};
         match self {
             Message::Cmd(c) => {
                 let segs = c.segments.as_slice();
                 header(b, Kind::Cmd, c.flags, c.seq, self.wire_len());
-                b[16..18].copy_from_slice(&c.target.to_le_bytes());
-                b[18..20].copy_from_slice(&c.lun.to_le_bytes());
-                b[20] = c.cdb_len;
-                b[21] = c.control.map_or(0, |op| op as u8);
-                b[22..24].copy_from_slice(&(segs.len() as u16).to_le_bytes());
-                b[24..28].copy_from_slice(&c.arg.to_le_bytes());
-                b[32..64].copy_from_slice(&c.cdb);
-                emit_segments(b, 64, segs);
+                put(b, cmd::TARGET, &c.target.to_le_bytes());
+                put(b, cmd::LUN, &c.lun.to_le_bytes());
+                b[cmd::CDB_LEN] = c.cdb_len;
+                b[cmd::CONTROL_OP] = c.control.map_or(0, |op| op as u8);
+                put(b, cmd::SEGMENT_COUNT, &(segs.len() as u16).to_le_bytes());
+                put(b, cmd::ARG, &c.arg.to_le_bytes());
+                put(b, cmd::CDB, &c.cdb);
+                emit_segments(b, cmd::SEGMENTS, segs);
             }
             Message::Stat(s) => {
                 let n = usize::from(s.sense_len).min(MAX_SENSE);
                 header(b, Kind::Stat, s.flags, s.seq, self.wire_len());
-                b[16] = s.status;
-                b[17] = s.sense_len;
-                b[18..20].copy_from_slice(&s.control_result.to_le_bytes());
-                b[20..24].copy_from_slice(&s.residual.to_le_bytes());
-                b[24..28].copy_from_slice(&s.transferred.to_le_bytes());
-                b[32..32 + n].copy_from_slice(&s.sense[..n]);
+                b[stat::STATUS] = s.status;
+                b[stat::SENSE_LEN] = s.sense_len;
+                put(b, stat::CONTROL_RESULT, &s.control_result.to_le_bytes());
+                put(b, stat::RESIDUAL, &s.residual.to_le_bytes());
+                put(b, stat::TRANSFERRED, &s.transferred.to_le_bytes());
+                b[stat::SENSE..stat::SENSE + n].copy_from_slice(&s.sense[..n]);
             }
             Message::Buf(m) => {
                 let segs = m.segments.as_slice();
                 header(b, Kind::Buf, 0, m.seq, self.wire_len());
-                b[16..18].copy_from_slice(&m.index.to_le_bytes());
-                b[18..20].copy_from_slice(&(segs.len() as u16).to_le_bytes());
-                emit_segments(b, 24, segs);
+                put(b, buf::INDEX, &m.index.to_le_bytes());
+                put(b, buf::SEGMENT_COUNT, &(segs.len() as u16).to_le_bytes());
+                emit_segments(b, buf::SEGMENTS, segs);
             }
             Message::Tran(t) => {
                 header(b, Kind::Tran, 0, t.seq, self.wire_len());
-                b[16..18].copy_from_slice(&t.index.to_le_bytes());
+                put(b, tran::INDEX, &t.index.to_le_bytes());
             }
         }
     }
@@ -521,10 +619,10 @@ impl Message {
     /// Bytes of the slot the message occupies, header included: its `len` field.
     pub fn wire_len(&self) -> usize {
         match self {
-            Message::Cmd(c) => 64 + 16 * c.segments.as_slice().len(),
-            Message::Stat(s) => 32 + usize::from(s.sense_len).min(MAX_SENSE),
-            Message::Buf(m) => 24 + 16 * m.segments.as_slice().len(),
-            Message::Tran(_) => 24,
+            Message::Cmd(c) => field::cmd::SEGMENTS + field::segment::SIZE * c.segments.as_slice().len(),
+            Message::Stat(s) => field::stat::SENSE + usize::from(s.sense_len).min(MAX_SENSE),
+            Message::Buf(m) => field::buf::SEGMENTS + field::segment::SIZE * m.segments.as_slice().len(),
+            Message::Tran(_) => field::tran::END,
         }
     }
 
@@ -536,6 +634,74 @@ impl Message {
             Message::Buf(_) => Kind::Buf,
             Message::Tran(_) => Kind::Tran,
         }
+    }
+}
+
+/// Control results in STAT replies to protocol-control messages.
+pub mod control_result {
+    /// Done.
+    pub const DONE: u16 = 0;
+    /// The task is with the backend and will complete normally.
+    pub const IN_PROGRESS: u16 = 1;
+    /// No such task or LUN.
+    pub const NOT_FOUND: u16 = 2;
+}
+
+/// One LUN of a REPORT CONFIG reply: the data the gateway writes into the request's
+/// segments is a list of these, sorted by (target, LUN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportEntry {
+    /// Virtual target.
+    pub target: u16,
+    /// Virtual LUN.
+    pub lun: u16,
+    /// Whether the node's map grants read-only access.
+    pub read_only: bool,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Capacity in blocks.
+    pub blocks: u64,
+}
+
+impl ReportEntry {
+    /// Bytes of one entry on the wire.
+    pub const SIZE: usize = field::report::SIZE;
+
+    /// Reads one entry (reserved bytes are ignored, as a reader of a newer gateway should).
+    pub fn parse(b: &[u8; Self::SIZE]) -> ReportEntry {
+        use field::report;
+        ReportEntry {
+            target: get_u16(b, report::TARGET),
+            lun: get_u16(b, report::LUN),
+            read_only: b[report::READ_ONLY] != 0,
+            block_size: get_u32(b, report::BLOCK_SIZE),
+            blocks: get_u64(b, report::BLOCKS),
+        }
+    }
+
+    /// Writes the entry, reserved bytes zeroed.
+    pub fn emit(&self, b: &mut [u8; Self::SIZE]) {
+        use field::report;
+        put(b, report::TARGET, &self.target.to_le_bytes());
+        put(b, report::LUN, &self.lun.to_le_bytes());
+        b[report::READ_ONLY] = u8::from(self.read_only);
+        b[report::RESERVED].fill(0);
+        put(b, report::BLOCK_SIZE, &self.block_size.to_le_bytes());
+        put(b, report::BLOCKS, &self.blocks.to_le_bytes());
+    }
+
+    /// The entries of a reply's `data`; a trailing partial entry is not one.
+    pub fn parse_list(data: &[u8]) -> impl Iterator<Item = ReportEntry> + '_ {
+        data.chunks_exact(Self::SIZE).map(|e| ReportEntry::parse(e.try_into().expect("a whole entry")))
+    }
+
+    /// The reply data for `entries`, in the order given.
+    pub fn emit_list(entries: &[ReportEntry]) -> Vec<u8> {
+        let mut out = vec![0u8; entries.len() * Self::SIZE];
+        for (e, b) in entries.iter().zip(out.chunks_exact_mut(Self::SIZE)) {
+            e.emit(b.try_into().expect("a whole entry"));
+        }
+        out
     }
 }
 
@@ -562,6 +728,21 @@ mod tests {
         assert_eq!(round_trip(Message::Buf(buf.clone()), 1 << 20), Ok(Message::Buf(buf)));
         let tran = Tran { seq: 9, index: 1 };
         assert_eq!(round_trip(Message::Tran(tran), 0), Ok(Message::Tran(tran)));
+    }
+
+    #[test]
+    fn report_entries_round_trip_at_their_documented_offsets() {
+        let entries = [
+            ReportEntry { target: 1, lun: 0x0203, read_only: true, block_size: 4096, blocks: 1 << 40 },
+            ReportEntry { target: 0xFFFF, lun: 0, read_only: false, block_size: 512, blocks: 7 },
+        ];
+        let bytes = ReportEntry::emit_list(&entries);
+        assert_eq!(bytes.len(), 40);
+        assert_eq!(&bytes[..12], &[1, 0, 3, 2, 1, 0, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(&bytes[12..20], &(1u64 << 40).to_le_bytes());
+        let mut with_tail = bytes.clone();
+        with_tail.extend_from_slice(&[9; 7]);
+        assert_eq!(ReportEntry::parse_list(&with_tail).collect::<Vec<_>>(), entries);
     }
 
     #[test]

@@ -742,7 +742,7 @@ fn run(finished: Vec<(Done, Outcome)>) {
 fn wait_readable(wake: &OwnedFd, sock: &OwnedFd, timeout: Duration) -> bool {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [PollFd::new(wake, PollFlags::IN), PollFd::new(sock, PollFlags::IN)];
-    let ts = crate::ring::shm::poll_timeout(timeout);
+    let ts = crate::shm::poll_timeout(timeout);
     matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) && !fds[1].revents().is_empty()
 }
 

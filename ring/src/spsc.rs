@@ -304,7 +304,7 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::proto::{Stat, Tran};
+    use crate::proto::{Stat, Tran};
 
     fn pair(ring: RingId, slots: u32) -> (Producer, Consumer, Arc<SharedMemory>) {
         let shm = Arc::new(SharedMemory::create("r", region_size(slots)).unwrap());
@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_message_longer_than_a_slot_is_refused_not_written() {
-        use crate::ring::proto::{Cmd, Region, Segments};
+        use crate::proto::{Cmd, Region, Segments};
         let (mut p, mut c, _shm) = pair(RingId::Cmd, 256);
         // A CMD assembled by hand with a BUF's worth of segments: 64 + 16 * 30 > 512.
         let mut cmd = Cmd::scsi(1, 0, 0, &[0x28; 10], 0, &[]).unwrap();

@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn messages_and_fds_cross_the_socket() {
         let (a, b) = UnixStream::pair().unwrap();
-        let bell = crate::ring::shm::Doorbell::new().unwrap();
+        let bell = crate::shm::Doorbell::new().unwrap();
         let hello = Hello {
             version: 1,
             pan: "p".into(),
@@ -96,7 +96,7 @@ mod tests {
         let (got, fds): (Hello, _) = recv(&b).unwrap();
         assert_eq!(got, hello);
         assert_eq!(fds.len(), 1);
-        let theirs = crate::ring::shm::Doorbell::from_fd(fds.into_iter().next().unwrap());
+        let theirs = crate::shm::Doorbell::from_fd(fds.into_iter().next().unwrap());
         theirs.ring().unwrap();
         assert_eq!(bell.drain().unwrap(), 1, "the received fd is the same eventfd");
         assert_eq!(peer_uid(&a).unwrap(), rustix::process::getuid().as_raw());

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{failed, Carried, Command, Done, LinkError, Polled, QueuePair};
-use crate::ring::initiator::Data;
-use crate::ring::proto::Region;
-use crate::ring::shm::SharedMemory;
+use crate::initiator::Data;
+use crate::proto::Region;
+use crate::shm::SharedMemory;
 
 /// Data-in left in the data area for the caller to read from where it lies; its pages go
 /// back to the queue pair when this is dropped.
