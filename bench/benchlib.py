@@ -32,7 +32,7 @@ def build():
     """The release binary, built now; PANGATE_BIN names another one instead (A/B runs)."""
     if os.environ.get("PANGATE_BIN"):
         return os.environ["PANGATE_BIN"]
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "gateway", "--bin", "pangate"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "pangate", "--bin", "pangate"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release", "pangate")
 
 

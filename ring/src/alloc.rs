@@ -15,12 +15,14 @@ pub struct RegionAllocator {
 
 impl RegionAllocator {
     /// An allocator for an area of `bytes` (whole pages only).
+    #[inline]
     pub fn new(bytes: u64) -> RegionAllocator {
         let pages = (bytes / PAGE) as usize;
         RegionAllocator { used: vec![false; pages], free_pages: pages }
     }
 
     /// A run of pages holding `len` bytes (at least one page), or `None` if none is free.
+    #[inline]
     pub fn alloc(&mut self, len: u32) -> Option<Region> {
         let need = (u64::from(len).max(1).div_ceil(PAGE)) as usize;
         if need > self.free_pages {
@@ -44,6 +46,7 @@ impl RegionAllocator {
     }
 
     /// Returns a region from [`RegionAllocator::alloc`].
+    #[inline]
     pub fn free(&mut self, r: Region) {
         let first = (r.offset / PAGE) as usize;
         let n = (u64::from(r.len).max(1).div_ceil(PAGE)) as usize;
@@ -57,6 +60,7 @@ impl RegionAllocator {
     }
 
     /// Free bytes.
+    #[inline]
     pub fn free_bytes(&self) -> u64 {
         self.free_pages as u64 * PAGE
     }

@@ -23,6 +23,7 @@ impl PollBackoff {
     pub const PROBE_EVERY: u32 = 64;
 
     /// Whether to poll now: recent polls paid, or it is time to probe.
+    #[inline]
     pub fn worth_trying(&self) -> bool {
         self.misses.load(Ordering::Relaxed) < Self::GIVE_UP_AFTER
             || self.skipped.fetch_add(1, Ordering::Relaxed) % Self::PROBE_EVERY == Self::PROBE_EVERY - 1
@@ -33,6 +34,7 @@ impl PollBackoff {
     /// wake it when it finishes (`io_wakes`). There the next work mostly follows that
     /// completion, and a polling core is one the kernel no longer has for finishing the
     /// I/O. Such a spell does not count as a skipped poll.
+    #[inline]
     pub fn spin_for(&self, spin: Duration, io_wakes: bool) -> Duration {
         if !io_wakes && self.worth_trying() {
             spin
@@ -42,6 +44,7 @@ impl PollBackoff {
     }
 
     /// A poll found its work in time.
+    #[inline]
     pub fn paid(&self) {
         if self.misses.load(Ordering::Relaxed) != 0 {
             self.misses.store(0, Ordering::Relaxed);
@@ -49,6 +52,7 @@ impl PollBackoff {
     }
 
     /// A poll ran out.
+    #[inline]
     pub fn missed(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }

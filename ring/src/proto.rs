@@ -149,16 +149,19 @@ pub struct Segments(SmallVec<[Region; 2]>);
 impl Segments {
     /// A list from regions; `None` when there are more than any message carries
     /// ([`MAX_BUF_SEGMENTS`]; a CMD carries at most [`MAX_CMD_SEGMENTS`]).
+    #[inline]
     pub fn new(regions: &[Region]) -> Option<Segments> {
         (regions.len() <= MAX_BUF_SEGMENTS).then(|| Segments(SmallVec::from_slice(regions)))
     }
 
     /// The regions.
+    #[inline]
     pub fn as_slice(&self) -> &[Region] {
         &self.0
     }
 
     /// Sum of the lengths (validated not to overflow at parse time).
+    #[inline]
     pub fn total(&self) -> u64 {
         self.0.iter().map(|r| u64::from(r.len)).sum()
     }
@@ -189,6 +192,7 @@ pub struct Cmd {
 
 impl Cmd {
     /// A SCSI command.
+    #[inline]
     pub fn scsi(seq: u32, target: u16, lun: u16, cdb: &[u8], flags: u8, segments: &[Region]) -> Option<Cmd> {
         if cdb.is_empty() || cdb.len() > MAX_CDB || segments.len() > MAX_CMD_SEGMENTS {
             return None;
@@ -209,6 +213,7 @@ impl Cmd {
     }
 
     /// A protocol-control request.
+    #[inline]
     pub fn control(seq: u32, op: ControlOp, target: u16, lun: u16, arg: u32, segments: &[Region]) -> Option<Cmd> {
         if segments.len() > MAX_CMD_SEGMENTS {
             return None;
@@ -228,6 +233,7 @@ impl Cmd {
     }
 
     /// The CDB.
+    #[inline]
     pub fn cdb(&self) -> &[u8] {
         &self.cdb[..usize::from(self.cdb_len)]
     }
@@ -256,6 +262,7 @@ pub struct Stat {
 
 impl Stat {
     /// A STAT with `sense` truncated to [`MAX_SENSE`].
+    #[inline]
     pub fn new(seq: u32, status: u8, sense: &[u8], transferred: u32, residual: u32) -> Stat {
         let n = sense.len().min(MAX_SENSE);
         let mut s = [0u8; MAX_SENSE];
@@ -264,6 +271,7 @@ impl Stat {
     }
 
     /// The sense bytes.
+    #[inline]
     pub fn sense(&self) -> &[u8] {
         &self.sense[..usize::from(self.sense_len)]
     }
@@ -387,27 +395,33 @@ mod field {
 
 use field::Field;
 
+#[inline]
 fn get_u16(b: &[u8], f: Field) -> u16 {
     u16::from_le_bytes(b[f].try_into().expect("a 2-byte field"))
 }
 
+#[inline]
 fn get_u32(b: &[u8], f: Field) -> u32 {
     u32::from_le_bytes(b[f].try_into().expect("a 4-byte field"))
 }
 
+#[inline]
 fn get_u64(b: &[u8], f: Field) -> u64 {
     u64::from_le_bytes(b[f].try_into().expect("an 8-byte field"))
 }
 
+#[inline]
 fn put(b: &mut [u8], f: Field, bytes: &[u8]) {
     b[f].copy_from_slice(bytes);
 }
 
 /// `f` moved `by` bytes further into the slot (a segment's or entry's field).
+#[inline]
 const fn at(f: Field, by: usize) -> Field {
     f.start + by..f.end + by
 }
 
+#[inline]
 fn zero(b: &[u8], range: Field) -> Result<(), ProtoError> {
     match b[range.clone()].iter().position(|&x| x != 0) {
         Some(i) => Err(ProtoError::Reserved(range.start + i)),
@@ -415,6 +429,7 @@ fn zero(b: &[u8], range: Field) -> Result<(), ProtoError> {
     }
 }
 
+#[inline]
 fn parse_segments(b: &[u8], start: usize, n: usize, area: u64) -> Result<Segments, ProtoError> {
     use field::segment;
     let mut s = SmallVec::with_capacity(n);
@@ -436,6 +451,7 @@ fn parse_segments(b: &[u8], start: usize, n: usize, area: u64) -> Result<Segment
     Ok(Segments(s))
 }
 
+#[inline]
 fn check_len(len: u32, expected: usize) -> Result<(), ProtoError> {
     if len as usize != expected {
         return Err(ProtoError::BadLength { len, expected: expected as u32 });
@@ -445,6 +461,7 @@ fn check_len(len: u32, expected: usize) -> Result<(), ProtoError> {
 
 /// Parses one slot. `area` is the size of the area the message's regions refer to: the
 /// node's data area for CMD, the staging area for BUF.
+#[inline]
 pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
     use field::{buf, cmd, segment, stat, tran};
     let b = &slot[..];
@@ -557,6 +574,7 @@ pub fn parse(slot: &[u8; SLOT_SIZE], area: u64) -> Result<Message, ProtoError> {
     }
 }
 
+#[inline]
 fn header(b: &mut [u8; SLOT_SIZE], kind: Kind, flags: u8, seq: u32, len: usize) {
     b[..len].fill(0);
     b[field::KIND] = kind as u8;
@@ -565,6 +583,7 @@ fn header(b: &mut [u8; SLOT_SIZE], kind: Kind, flags: u8, seq: u32, len: usize) 
     put(b, field::LEN, &(len as u32).to_le_bytes());
 }
 
+#[inline]
 fn emit_segments(b: &mut [u8; SLOT_SIZE], start: usize, regions: &[Region]) {
     use field::segment;
     for (i, r) in regions.iter().enumerate() {
@@ -577,6 +596,7 @@ fn emit_segments(b: &mut [u8; SLOT_SIZE], start: usize, regions: &[Region]) {
 impl Message {
     /// Writes the message into the first [`Message::wire_len`] bytes of a slot (reserved bytes
     /// zeroed); the bytes after it are left as they were and mean nothing.
+    #[inline]
     pub fn emit(&self, b: &mut [u8; SLOT_SIZE]) {
         use field::{buf, cmd, stat, tran};
         match self {
@@ -617,6 +637,7 @@ impl Message {
     }
 
     /// Bytes of the slot the message occupies, header included: its `len` field.
+    #[inline]
     pub fn wire_len(&self) -> usize {
         match self {
             Message::Cmd(c) => field::cmd::SEGMENTS + field::segment::SIZE * c.segments.as_slice().len(),
@@ -627,6 +648,7 @@ impl Message {
     }
 
     /// The message's kind.
+    #[inline]
     pub fn kind(&self) -> Kind {
         match self {
             Message::Cmd(_) => Kind::Cmd,
@@ -668,6 +690,7 @@ impl ReportEntry {
     pub const SIZE: usize = field::report::SIZE;
 
     /// Reads one entry (reserved bytes are ignored, as a reader of a newer gateway should).
+    #[inline]
     pub fn parse(b: &[u8; Self::SIZE]) -> ReportEntry {
         use field::report;
         ReportEntry {
@@ -680,6 +703,7 @@ impl ReportEntry {
     }
 
     /// Writes the entry, reserved bytes zeroed.
+    #[inline]
     pub fn emit(&self, b: &mut [u8; Self::SIZE]) {
         use field::report;
         put(b, report::TARGET, &self.target.to_le_bytes());
@@ -691,11 +715,13 @@ impl ReportEntry {
     }
 
     /// The entries of a reply's `data`; a trailing partial entry is not one.
+    #[inline]
     pub fn parse_list(data: &[u8]) -> impl Iterator<Item = ReportEntry> + '_ {
         data.chunks_exact(Self::SIZE).map(|e| ReportEntry::parse(e.try_into().expect("a whole entry")))
     }
 
     /// The reply data for `entries`, in the order given.
+    #[inline]
     pub fn emit_list(entries: &[ReportEntry]) -> Vec<u8> {
         let mut out = vec![0u8; entries.len() * Self::SIZE];
         for (e, b) in entries.iter().zip(out.chunks_exact_mut(Self::SIZE)) {

@@ -48,6 +48,7 @@ pub const MIN_SLOTS: u32 = 256;
 pub const MAX_SLOTS: u32 = 4096;
 
 /// Bytes of ring region for `slots` slots per ring.
+#[inline]
 pub fn region_size(slots: u32) -> usize {
     SLOTS_BASE + 4 * slots as usize * SLOT_SIZE
 }
@@ -95,6 +96,7 @@ pub enum RingError {
 
 impl RingError {
     /// A short, fixed label for metrics.
+    #[inline]
     pub fn label(&self) -> &'static str {
         match self {
             RingError::Backwards { .. } => "cursor_backwards",
@@ -106,17 +108,20 @@ impl RingError {
     }
 }
 
+#[inline]
 fn base(ring: RingId) -> usize {
     ring as usize * CONTROL_BLOCK
 }
 
 /// Offsets of a ring's producer and consumer cursors in the ring region (for conformance
 /// tests that play a misbehaving peer).
+#[inline]
 pub fn cursor_offsets(ring: RingId) -> (usize, usize) {
     (base(ring) + PROD, base(ring) + CONS)
 }
 
 /// Offset of the slot a cursor value selects.
+#[inline]
 pub fn slot_offset(ring: RingId, slots: u32, cursor: u32) -> u64 {
     (SLOTS_BASE + (ring as usize * slots as usize + (cursor % slots) as usize) * SLOT_SIZE) as u64
 }
@@ -135,11 +140,13 @@ pub struct Producer {
 
 impl Producer {
     /// The producer of `ring` in a region laid out for `slots` (a power of two).
+    #[inline]
     pub fn new(shm: Arc<SharedMemory>, ring: RingId, slots: u32) -> Producer {
         debug_assert!(slots.is_power_of_two() && shm.len() >= region_size(slots));
         Producer { shm, ring, slots, prod: 0, cons_seen: 0, scratch: Box::new([0; SLOT_SIZE]) }
     }
 
+    #[inline]
     fn free(&mut self) -> Result<u32, RingError> {
         let cons = self.shm.load_acquire(base(self.ring) + CONS)?;
         if cons.wrapping_sub(self.cons_seen) > self.slots {
@@ -154,6 +161,7 @@ impl Producer {
     }
 
     /// Puts a message in the next slot; `Ok(false)` when the ring is full.
+    #[inline]
     pub fn push(&mut self, msg: &Message) -> Result<bool, RingError> {
         let pushed = self.stage(msg)?;
         if pushed {
@@ -165,6 +173,7 @@ impl Producer {
     /// Writes a message into the next slot without showing it to the consumer yet;
     /// `Ok(false)` when the ring is full. [`Producer::publish`] shows every staged message
     /// at once, so a batch moves the cursor's line between cores once, not per message.
+    #[inline]
     pub fn stage(&mut self, msg: &Message) -> Result<bool, RingError> {
         // The consumer's cursor lives on a line it writes: read it only when the last value
         // seen leaves no room.
@@ -184,6 +193,7 @@ impl Producer {
     }
 
     /// Shows the consumer every message staged so far (a release store of the cursor).
+    #[inline]
     pub fn publish(&mut self) -> Result<(), RingError> {
         self.shm.store_release(base(self.ring) + PROD, self.prod)?;
         Ok(())
@@ -191,6 +201,7 @@ impl Producer {
 
     /// Whether the consumer says it is polling, so no doorbell is needed. Call after
     /// pushing; the fence pairs with the consumer's in [`Consumer::set_polling`].
+    #[inline]
     pub fn consumer_polling(&self) -> bool {
         fence(Ordering::SeqCst);
         self.shm.load_acquire(base(self.ring) + CONS_FLAGS).is_ok_and(|f| f & POLLING != 0)
@@ -198,11 +209,13 @@ impl Producer {
 
     /// Messages pushed and perhaps not yet consumed, from the consumer cursor last seen:
     /// an upper bound that costs no read of the consumer's line.
+    #[inline]
     pub fn unconsumed_upper(&self) -> u32 {
         self.prod.wrapping_sub(self.cons_seen)
     }
 
     /// Slots that can be filled now.
+    #[inline]
     pub fn room(&mut self) -> Result<u32, RingError> {
         self.free()
     }
@@ -222,18 +235,21 @@ pub struct Consumer {
 
 impl Consumer {
     /// The consumer of `ring` in a region laid out for `slots` (a power of two).
+    #[inline]
     pub fn new(shm: Arc<SharedMemory>, ring: RingId, slots: u32) -> Consumer {
         debug_assert!(slots.is_power_of_two() && shm.len() >= region_size(slots));
         Consumer { shm, ring, slots, cons: 0, prod_seen: 0, scratch: Box::new([0; SLOT_SIZE]) }
     }
 
     /// Messages waiting.
+    #[inline]
     pub fn pending(&mut self) -> Result<u32, RingError> {
         self.refresh(0)
     }
 
     /// Reads the producer's cursor and returns the messages waiting, prefetching the first
     /// line of each newly published slot but the first `prefetched` after ours.
+    #[inline]
     fn refresh(&mut self, prefetched: u32) -> Result<u32, RingError> {
         let prod = self.shm.load_acquire(base(self.ring) + PROD)?;
         if prod.wrapping_sub(self.prod_seen) > self.slots {
@@ -255,6 +271,7 @@ impl Consumer {
 
     /// Takes the next message, copying the slot out once and parsing the copy; regions are
     /// checked against `area` bytes.
+    #[inline]
     pub fn pop(&mut self, area: u64) -> Result<Option<Message>, RingError> {
         // The producer's cursor lives on a line it writes: read it only when the messages
         // already seen are used up.
@@ -295,6 +312,7 @@ impl Consumer {
     /// Tells the producer whether we are polling (no doorbell needed). After clearing it,
     /// check [`Consumer::pending`] once more before sleeping, or a message pushed in between
     /// is missed.
+    #[inline]
     pub fn set_polling(&self, on: bool) {
         let _ = self.shm.store_release(base(self.ring) + CONS_FLAGS, u32::from(on) * POLLING);
         fence(Ordering::SeqCst);

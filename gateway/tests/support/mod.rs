@@ -1,10 +1,6 @@
 //! Helpers shared by the gateway's integration tests.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use gateway::engine::{Backend, RamEngine};
 use gateway::lun::{Direct, Finished, LunDriver};
 use scsi::sense::parse_sense;
@@ -98,67 +94,6 @@ pub fn read(d: &mut LunDriver, lba: u64, blocks: u32) -> Vec<u8> {
     f.data().to_vec()
 }
 
-/// A gateway child process, killed on drop so a failing test leaves nothing running.
-pub struct Gateway {
-    pub child: Child,
-    pub socket: PathBuf,
-}
-
-impl Gateway {
-    pub fn start(dir: &Path, config: &Path) -> Gateway {
-        let child = Command::new(env!("CARGO_BIN_EXE_pangate"))
-            .args(["up", "--config"])
-            .arg(config)
-            .arg("--log-level")
-            .arg("warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let socket = dir.join("pangate.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start listening within 20 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Gateway { child, socket }
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether `tool` is on the PATH.
-pub fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-}
-
-/// For tests that need parts of the machine: `None` means go ahead. Otherwise, outside CI
-/// the test prints why it skips and should return; with CI=true a missing part fails it.
-#[track_caller]
-pub fn skip_because(missing: Option<String>) -> bool {
-    let Some(why) = missing else { return false };
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why} (a failure under CI=true)");
-    eprintln!("skipping: {why}");
-    true
-}
+mod prereq;
+#[allow(unused_imports)] // not every test binary checks for prerequisites
+pub use prereq::*;

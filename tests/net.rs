@@ -7,6 +7,7 @@
 //! own network. Every namespace is deleted when the test ends, pass or fail.
 
 mod support;
+use rustix::process::{kill_process, Pid, Signal};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -149,8 +150,7 @@ impl Lab {
     fn stop(&mut self) {
         if let Some(mut child) = self.gateway.take() {
             // nsenter execs pangate, so the child is pangate itself.
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = kill_process(Pid::from_child(&child), Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(15);
             while child.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {

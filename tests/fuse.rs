@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod support;
+use rustix::fs::{fallocate, FallocateFlags};
+use rustix::process::{kill_process, Pid, Signal};
 use support::{on_path, skip_because, Gateway};
 
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
@@ -114,10 +116,9 @@ impl Mount {
         self.point.join(name)
     }
 
-    fn signal(&self, sig: i32) {
-        let pid = self.child.as_ref().expect("running").id();
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    fn signal(&self, sig: Signal) {
+        let pid = Pid::from_child(self.child.as_ref().expect("running"));
+        kill_process(pid, sig).expect("a child we spawned and have not reaped");
     }
 
     /// Waits for the mount process to exit; returns its status.
@@ -331,7 +332,7 @@ fn gateway_restart_fails_io_then_the_same_mount_recovers() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
-    rig.gateway.as_ref().unwrap().signal(libc::SIGKILL);
+    rig.gateway.as_ref().unwrap().signal(Signal::KILL);
     let (done, err) = writer.join().unwrap();
     let err = err.expect("I/O kept succeeding with the gateway dead");
     assert!(done > 10, "the writer did I/O before the kill");
@@ -433,12 +434,8 @@ fn read_only_maps_edges_and_unaligned_io() {
 
     // Hole punching and zeroing read back as zeros; fsync reaches the gateway.
     f.write_all_at(&[0x55; 3 << 20], 1 << 20).unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: fallocate(2) on an fd we own.
-    assert_eq!(unsafe { libc::fallocate(fd, punch, (1 << 20) + 100, 1 << 20) }, 0);
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, (3 << 20) + 7, 5000) }, 0);
+    fallocate(&f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, (1 << 20) + 100, 1 << 20).unwrap();
+    fallocate(&f, FallocateFlags::ZERO_RANGE, (3 << 20) + 7, 5000).unwrap();
     f.sync_all().unwrap();
     let mut region = vec![0u8; 3 << 20];
     f.read_exact_at(&mut region, 1 << 20).unwrap();
@@ -495,7 +492,7 @@ fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
     }
     let mut rig = Rig::new();
     // SIGTERM unmounts and exits 0.
-    rig.mount.signal(libc::SIGTERM);
+    rig.mount.signal(Signal::TERM);
     let status = rig.mount.wait(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(!mounted(&rig.mount.point));
@@ -536,7 +533,7 @@ fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
     let f = OpenOptions::new().read(true).write(true).open(rig.mount.file("t0-l0")).unwrap();
     f.write_all_at(&pattern(4096, 5), 0).unwrap();
     let gw = rig.gateway.as_ref().unwrap();
-    gw.signal(libc::SIGSTOP);
+    gw.signal(Signal::STOP);
     // SIGSTOP takes effect per thread, asynchronously: a polling worker could still answer
     // one more request. Wait until every thread is stopped.
     let tasks = format!("/proc/{}/task", gw.child.id());
@@ -554,7 +551,7 @@ fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
     let started = Instant::now();
     let mut buf = vec![0u8; 4096];
     let e = f.read_exact_at(&mut buf, 0).expect_err("a stopped gateway cannot answer");
-    gw.signal(libc::SIGCONT);
+    gw.signal(Signal::CONT);
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     // The mount was started with --io-timeout 5.
     let took = started.elapsed();

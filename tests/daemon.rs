@@ -10,6 +10,7 @@ use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
 use scsi::build::rw16;
 
 mod support;
+use rustix::process::Signal;
 use support::Gateway;
 
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
@@ -96,7 +97,7 @@ fn sigterm_under_load_drains_and_exits_cleanly() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    gw.signal(libc::SIGTERM);
+    gw.signal(Signal::TERM);
     let status = gw.wait(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
     assert!(!gw.socket.exists(), "the socket is removed on a clean stop");
@@ -197,7 +198,7 @@ fn acknowledged_flushed_writes_survive_sigkill() {
         let killer = std::thread::spawn(move || {
             // Kill at a different point each round.
             std::thread::sleep(Duration::from_millis(150 + 170 * u64::from(round)));
-            gw.signal(libc::SIGKILL);
+            gw.signal(Signal::KILL);
             gw
         });
         write_until_killed(&socket, &mut rng, round % 2 == 0, &mut ledger);

@@ -1,0 +1,153 @@
+//! `pangate`: the control-node gateway. This file dispatches the command line; `up` is the
+//! composition root, and each other subcommand has its own file.
+
+mod bench;
+mod mount;
+mod net;
+mod scsi_cmd;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use gateway::config::Config;
+use gateway::ring::initiator::{ConnectOptions, Initiator};
+use tracing_subscriber::EnvFilter;
+
+/// Name of the config file pangate keeps in its data directory.
+pub const CONFIG_NAME: &str = "pangate.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "pangate", version, about = "Control-node gateway for processing area networks")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the gateway. Without --config, uses DATA_DIR/pangate.toml, creating the
+    /// embedded default there on first start.
+    Up {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (images, socket, state). Defaults to $PANGATE_DATA_DIR or ./pangate-data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Start, check every LUN, flush and exit instead of serving until signalled.
+        #[arg(long)]
+        oneshot: bool,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Send one SCSI command to a LUN over the rings, in the spirit of sg3_utils.
+    Scsi(scsi_cmd::ScsiArgs),
+    /// Drive a LUN over the rings and report IOPS, bandwidth and latency as JSON.
+    Bench(bench::BenchArgs),
+    /// Mount a node's LUNs as files (t<target>-l<lun>) through FUSE.
+    Mount(mount::MountArgs),
+    /// Unmount a `pangate mount`.
+    Umount(mount::UmountArgs),
+    /// Inspect the virtual LANs of a running gateway.
+    #[command(subcommand)]
+    Net(net::NetCommand),
+}
+
+/// How to reach the gateway as a node.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// PAN name.
+    #[arg(long)]
+    pan: String,
+    /// Node name.
+    #[arg(long)]
+    node: String,
+    /// The node's credential; defaults to $PANGATE_CREDENTIAL, else the gateway's config.
+    #[arg(long)]
+    credential: Option<String>,
+    /// Gateway socket; defaults to the one in the data directory's config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Data directory whose pangate.toml names the socket and credentials.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// Connects one queue pair.
+    pub fn connect(&self, slots: u32, data_bytes: u64) -> anyhow::Result<Initiator> {
+        let (socket, credential) = self.resolve()?;
+        let opts = ConnectOptions { pan: self.pan.clone(), node: self.node.clone(), credential, slots, data_bytes };
+        Ok(Initiator::connect_with_retry(&socket, &opts, Duration::from_secs(5))?)
+    }
+
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, String)> {
+        let credential = self.credential.clone().or_else(|| std::env::var("PANGATE_CREDENTIAL").ok());
+        if let (Some(socket), Some(credential)) = (&self.socket, &credential) {
+            return Ok((socket.clone(), credential.clone()));
+        }
+        let dir = default_data_dir(self.data_dir.clone());
+        let cfg = Config::load(&dir.join(CONFIG_NAME))
+            .with_context(|| "give --socket and --credential, or --data-dir of a gateway whose config names them")?;
+        let data_dir = cfg.data_dir_from(&dir);
+        let socket = self.socket.clone().unwrap_or_else(|| data_dir.join(&cfg.storage.socket));
+        let credential = match credential {
+            Some(c) => c,
+            None => cfg
+                .pans
+                .iter()
+                .filter(|p| p.name == self.pan)
+                .flat_map(|p| &p.nodes)
+                .find(|n| n.name == self.node)
+                .map(|n| n.credential.clone())
+                .with_context(|| format!("no node {:?} in PAN {:?} in {}", self.node, self.pan, dir.display()))?,
+        };
+        Ok((socket, credential))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Up { config, data_dir, oneshot } => up::run(config, data_dir, oneshot),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Scsi(args) => scsi_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Mount(args) => mount::run(args),
+        Command::Umount(args) => mount::umount(args),
+        Command::Net(command) => net::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pangate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(file)?;
+    let nodes: usize = cfg.pans.iter().map(|p| p.nodes.len()).sum();
+    let images: usize = cfg.pans.iter().map(|p| p.images.len()).sum();
+    println!("{}: ok ({} PANs, {nodes} nodes, {images} images)", file.display(), cfg.pans.len());
+    Ok(())
+}
+
+pub fn default_data_dir(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("PANGATE_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("pangate-data"))
+}

@@ -1,0 +1,277 @@
+//! `pangate up`: the composition root. It loads (or creates) the config, opens every image,
+//! and starts the ring server, TCMU, netvirt and the web admin around one node registry,
+//! then waits for SIGINT or SIGTERM and stops them in the reverse order, flushing every
+//! image.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gateway::config::Config;
+use gateway::net::LiveNetwork;
+use gateway::ring::server::{Server, ServerOptions};
+use gateway::storage::{self, OpenImage};
+
+use crate::{default_data_dir, CONFIG_NAME};
+
+/// Loads the config, or creates the embedded default in the data directory. Returns the
+/// config, its file, and the data directory.
+fn load_or_create(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<(Config, PathBuf, PathBuf)> {
+    if let Some(file) = config {
+        let cfg = Config::load(&file)?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = data_dir.unwrap_or_else(|| cfg.data_dir_from(&base));
+        return Ok((cfg, file, dir));
+    }
+    let dir = default_data_dir(data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    let file = dir.join(CONFIG_NAME);
+    if file.exists() {
+        let cfg = Config::load(&file)?;
+        let data_dir = cfg.data_dir_from(&dir);
+        return Ok((cfg, file, data_dir));
+    }
+    let cfg = Config::embedded_default()?;
+    cfg.save(&file).with_context(|| format!("writing {}", file.display()))?;
+    println!("created the embedded default configuration at {}", file.display());
+    Ok((cfg, file, dir))
+}
+
+pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyhow::Result<()> {
+    let (cfg, file, dir) = load_or_create(config, data_dir)?;
+    let (mut images, maps) = storage::open_all(&cfg, &dir)?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let socket = dir.join(&cfg.storage.socket);
+    println!("pangate {} control node {}", env!("CARGO_PKG_VERSION"), cfg.serial);
+    println!("  config:    {}", file.display());
+    println!("  data dir:  {}", dir.display());
+    println!("  socket:    {}", socket.display());
+    for img in &mut images {
+        self_check(img)?;
+    }
+    for pan in &cfg.pans {
+        println!("  PAN {}", pan.name);
+        for node in &pan.nodes {
+            println!("    node {} (credential {})", node.name, node.credential);
+            for m in maps.iter().filter(|m| m.pan == pan.name && m.node == node.name) {
+                let img = &images[m.image];
+                let cap = img.driver.unit().config().capacity_bytes();
+                println!(
+                    "      target {} LUN {} -> {} ({} MiB, {:?}, {} engine)",
+                    m.target,
+                    m.lun,
+                    img.path.display(),
+                    cap >> 20,
+                    m.access,
+                    img.driver.engine_name()
+                );
+            }
+        }
+    }
+    if oneshot {
+        for img in &mut images {
+            storage::flush(img)?;
+        }
+        println!("pangate: all images flushed; stopped");
+        return Ok(());
+    }
+    let mut opts = ServerOptions::new(&socket);
+    opts.spin = Duration::from_micros(cfg.storage.spin_us);
+    if cfg.storage.workers > 0 {
+        opts.workers = cfg.storage.workers;
+    }
+    let metrics = opts.metrics.clone();
+    let image_names: Vec<(String, String)> = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
+    let server = Server::start(images, storage::node_entries(&cfg, &maps), opts)
+        .with_context(|| format!("starting the ring server on {}", socket.display()))?;
+    println!("  workers:   {}", server.workers());
+    println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
+    println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
+    // TCMU reads the ring server's node table, which the admin keeps current.
+    let nodes = gateway::tcmu::live_nodes(server.control());
+    let grow = gateway::tcmu::live_grow(server.control());
+    // Logs one line and carries on where the kernel has no target_core_user.
+    let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow);
+    println!(
+        "  TCMU:      {}",
+        if tcmu.is_some() {
+            "serving LIO user: backstores (config pangate/<pan>/<node>/<target>/<lun>)"
+        } else {
+            "off (no target_core_user in this kernel)"
+        }
+    );
+    let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, server.control())?));
+    let admin = gateway::admin::GatewayAdmin::new(
+        cfg.clone(),
+        file.clone(),
+        dir.clone(),
+        image_names,
+        server.control(),
+        metrics,
+        network.clone(),
+    )?;
+    let web = start_web(&cfg, &dir, Arc::new(admin))?;
+    wait_for_signal()?;
+    if let Some(w) = web {
+        w.stop();
+    }
+    network.stop().context("stopping netvirt")?;
+    if let Some(t) = tcmu {
+        t.stop();
+    }
+    server.shutdown().context("stopping the ring server")?;
+    println!("pangate: in-flight I/O completed, all images flushed; stopped");
+    Ok(())
+}
+
+/// Starts netvirt for the config's LANs (with none, it waits for the admin to add some).
+/// Where this host cannot create TAPs (not root, no /dev/net/tun), says so and runs
+/// without it.
+fn start_network(
+    cfg: &Config,
+    dir: &Path,
+    control: gateway::ring::server::LunControl,
+) -> anyhow::Result<Option<netvirt::network::Network>> {
+    let plans = gateway::net::plan(cfg, dir)?;
+    let authorize = gateway::net::node_authorizer(control);
+    let socket = dir.join(&cfg.net.socket);
+    match netvirt::network::Network::start(plans.clone(), &socket, authorize) {
+        Ok(n) => {
+            for lan in &plans {
+                println!("  LAN {}/{} (MTU {})", lan.pan, lan.name, lan.mtu);
+                for p in &lan.ports {
+                    let ips: Vec<String> = p.addrs.iter().map(|(ip, n)| format!("{ip}/{n}")).collect();
+                    let at = match (&p.kind, &p.netns) {
+                        (netvirt::config::PortKind::Ring, _) => "ring port".to_string(),
+                        (_, Some(ns)) => format!("{} in netns {ns}", p.ifname),
+                        (_, None) => p.ifname.clone(),
+                    };
+                    println!("    {} {} {} {}", p.node, p.mac, ips.join(","), at);
+                }
+            }
+            println!("  netvirt:   {} (pangate net show --data-dir {})", socket.display(), dir.display());
+            Ok(Some(n))
+        }
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound) => {
+            println!("  netvirt:   off ({e}); TAP ports need root and /dev/net/tun");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("starting netvirt")),
+    }
+}
+
+/// The web admin's runtime and listeners.
+struct WebService {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WebService {
+    fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
+    }
+}
+
+/// The admin token: from the config, or DATA_DIR/admin-token (created 0600 on first
+/// start and printed that once).
+fn admin_token(cfg: &Config, dir: &Path) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.web.token {
+        println!("  admin token: from the config");
+        return Ok(t.clone());
+    }
+    let path = dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => {
+            println!("  admin token: in {}", path.display());
+            Ok(t.trim().to_string())
+        }
+        Ok(_) => anyhow::bail!("{} is shorter than 16 characters; delete it to have a new one made", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = gateway::persist::random_hex(24)?;
+            gateway::persist::write_atomic(&path, format!("{t}\n").as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("  admin token: {t} (saved in {}; printed only this once)", path.display());
+            Ok(t)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+/// Starts the web admin (and the separate metrics listener, if configured) on a small
+/// tokio runtime of its own.
+fn start_web(cfg: &Config, dir: &Path, admin: Arc<dyn web::Admin>) -> anyhow::Result<Option<WebService>> {
+    if !cfg.web.enabled {
+        println!("  web admin: off ([web] enabled = false)");
+        return Ok(None);
+    }
+    let token = admin_token(cfg, dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pangate-web")
+        .enable_all()
+        .build()
+        .context("starting the web runtime")?;
+    let bind = |addr: &str| {
+        rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding the web admin to {addr}"))
+    };
+    // The data path matters more than the admin: a taken port is reported, not fatal.
+    let listener = match bind(&cfg.web.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("  web admin: OFF: {e:#}; set [web] listen to a free address");
+            tracing::error!(error = %format!("{e:#}"), "the web admin is not running");
+            return Ok(None);
+        }
+    };
+    let addr = listener.local_addr()?;
+    let metrics_listener = cfg.web.metrics_listen.as_deref().map(bind).transpose()?;
+    println!("  web admin: http://{addr}/  (API /api/v1, metrics /metrics)");
+    if let Some(m) = &metrics_listener {
+        println!("  metrics:   http://{}/metrics", m.local_addr()?);
+    }
+    let state = web::WebState::new(admin, token);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new().name("pangate-web".into()).spawn(move || {
+        rt.block_on(async move {
+            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Some(m) = metrics_listener {
+                let (state, rx) = (state.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = web::serve_metrics(m, state, until(rx)).await {
+                        tracing::error!(error = %e, "the metrics listener failed");
+                    }
+                });
+            }
+            if let Err(e) = web::serve(listener, state, until(stopped)).await {
+                tracing::error!(error = %e, "the web admin failed");
+            }
+        });
+    })?;
+    Ok(Some(WebService { stop, thread }))
+}
+
+/// INQUIRY and READ CAPACITY (16) on an image, so a broken image fails at start-up.
+fn self_check(img: &mut OpenImage) -> anyhow::Result<()> {
+    let d = &mut img.driver;
+    // The gateway's own nexus (id 0) consumes its power-on unit attention.
+    d.run(0, &[0], &[0, 0, 0, 0, 0, 0], &[])?;
+    let inq = d.run(0, &[0], &scsi::build::inquiry(None, 96), &[])?;
+    let rc = d.run(0, &[0], &scsi::build::read_capacity_16(), &[])?;
+    if inq.completion.status != scsi::Status::Good || rc.completion.status != scsi::Status::Good {
+        anyhow::bail!("image {} failed its start-up check: sense {:02x?}", img.path.display(), rc.completion.sense);
+    }
+    Ok(())
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping");
+    }
+    Ok(())
+}
