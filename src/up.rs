@@ -1,7 +1,7 @@
 //! `pangate up`: the composition root. It loads (or creates) the config, opens every image,
-//! and starts the ring server, TCMU, netvirt and the web admin around one node registry,
-//! then waits for SIGINT or SIGTERM and stops them in the reverse order, flushing every
-//! image.
+//! and starts the ring server, TCMU, netvirt and the web admin, each reading the nodes and
+//! LUN maps the ring server keeps, then waits for SIGINT or SIGTERM and stops them in the
+//! reverse order, flushing every image.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
