@@ -9,6 +9,7 @@ use gateway::engine::RamEngine;
 use gateway::lun::{Direct, LunDriver};
 use libfuzzer_sys::fuzz_target;
 use scsi::{LunConfig, LunIdentity, Nexus};
+use shmem::PeerSlice;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
@@ -26,14 +27,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(d.outstanding(), 0);
     let mut mem = data_out.to_vec();
     let len = mem.len();
-    let ptr = std::ptr::NonNull::new(mem.as_mut_ptr()).expect("a slice's pointer is never null");
     let nexus = Nexus { id: 3, luns: &[0, 1] };
-    // SAFETY: `mem` lives to the end of this closure and is not touched until the READ, if
-    // any, is finished.
-    match unsafe { d.start_direct(&nexus, cdb, ptr, len, sel & 32 != 0) } {
+    match d.start_direct(&nexus, cdb, PeerSlice::from_mut(&mut mem), sel & 32 != 0) {
         Direct::Declined | Direct::Done(_) => {}
         Direct::Read(read) => {
-            let (_, moved) = d.finish_read(read);
+            let (_, moved) = d.finish_read(read, PeerSlice::from_mut(&mut mem));
             assert!(moved <= len);
         }
     }

@@ -1,5 +1,10 @@
 //! The pangate control node: backing-image engines, LUN execution, configuration, and the
 //! pieces the `pangate` binary composes.
+//!
+//! `unsafe` is allowed only in the `sys` modules (`engine::sys`, `fuse::sys`, `tcmu::sys`),
+//! each block with its reason; memory a node shares is reached through `shmem::PeerSlice`.
+
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;

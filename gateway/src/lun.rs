@@ -7,13 +7,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::ptr::NonNull;
 
 use scsi::opcodes::op;
 use scsi::{
     Action, Asc, BackendOp, Buf, Completion, DataIn, InitiatorId, IoDone, LockId, LockRequest, LogicalUnit, LunConfig,
     Nexus, RangeLocks, Sense, SenseKey, Step, Task,
 };
+
+use shmem::PeerSlice;
 
 use crate::engine::{AlignedBuf, Backend, EngineError, IoCompletion, IoOp, IoRequest};
 
@@ -70,7 +71,6 @@ pub struct DirectRead {
     offset: u64,
     /// Bytes to copy: the READ's, or fewer when the caller's memory is shorter.
     len: usize,
-    dst: NonNull<u8>,
 }
 
 impl DirectRead {
@@ -319,21 +319,13 @@ impl LunDriver {
     }
 
     /// Starts a plain READ or WRITE whose data moves straight between an in-memory image
-    /// ([`Backend::memory`]) and the caller's `len` bytes at `mem`: no request, buffer or
-    /// running slot, and a WRITE is done when this returns. Anything else, or a WRITE while
-    /// block-range locks are held or awaited (COMPARE AND WRITE), is declined untouched.
-    ///
-    /// # Safety
-    /// `mem` must be valid for reads and writes of `len` bytes until this returns and, for a
-    /// [`Direct::Read`], until it is finished; nothing may hold a reference to those bytes.
-    pub unsafe fn start_direct(
-        &mut self,
-        nexus: &Nexus<'_>,
-        cdb: &[u8],
-        mem: NonNull<u8>,
-        len: usize,
-        write: bool,
-    ) -> Direct {
+    /// ([`Backend::memory`]) and the caller's memory `mem` (a node's data area): no
+    /// request, buffer or running slot, and a WRITE is done when this returns. A READ is
+    /// copied by [`LunDriver::finish_read`] into the same memory, given again then. Anything
+    /// else, or a WRITE while block-range locks are held or awaited (COMPARE AND WRITE), is
+    /// declined untouched.
+    pub fn start_direct(&mut self, nexus: &Nexus<'_>, cdb: &[u8], mem: PeerSlice<'_>, write: bool) -> Direct {
+        let len = mem.len();
         let plain = match cdb.first() {
             Some(&(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16)) => !write,
             Some(&(op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16)) => write,
@@ -359,15 +351,17 @@ impl LunDriver {
         let Some(image) = self.backend.memory() else { return Direct::Done(internal_failure(descriptor)) };
         match task.next_step() {
             Step::Io(BackendOp::Write { offset, len: n, from: Buf::DataOut(0), .. }) if write && n <= len => {
-                // SAFETY: the caller vouched for `len` bytes at `mem`, and `n <= len`.
-                let result = unsafe { image.copy_in(offset, mem.as_ptr(), n) };
+                let result = match mem.subslice(0, n as u64) {
+                    Ok(src) => image.copy_in(offset, src),
+                    Err(_) => Err(EngineError::OutOfRange),
+                };
                 task.io_done(result.map(|()| IoDone::Done).map_err(|e| e.failure()));
                 Direct::Done(finish_direct(&mut task, descriptor))
             }
             Step::Io(BackendOp::Read { offset, len: n, into: Buf::DataIn(0) }) if !write => {
                 let n = n.min(len);
                 image.prefetch_head(offset, n);
-                Direct::Read(DirectRead { task, offset, len: n, dst: mem })
+                Direct::Read(DirectRead { task, offset, len: n })
             }
             other => {
                 // LogicalUnit makes a plain READ or WRITE one such step; anything else is a bug.
@@ -384,14 +378,14 @@ impl LunDriver {
         }
     }
 
-    /// Copies a direct READ's data; returns its completion and the bytes that arrived.
-    pub fn finish_read(&mut self, read: DirectRead) -> (Completion, usize) {
-        let DirectRead { mut task, offset, len, dst } = read;
-        let result = match self.backend.memory() {
-            // SAFETY: `start_direct`'s caller vouched for `dst` until now, and `len` is at
-            // most what it vouched for.
-            Some(image) => unsafe { image.copy_out(offset, dst.as_ptr(), len) },
-            None => Err(EngineError::Full),
+    /// Copies a direct READ's data into `dst`, the memory its [`LunDriver::start_direct`]
+    /// was given; returns its completion and the bytes that arrived.
+    pub fn finish_read(&mut self, read: DirectRead, dst: PeerSlice<'_>) -> (Completion, usize) {
+        let DirectRead { mut task, offset, len } = read;
+        let result = match (self.backend.memory(), dst.subslice(0, len as u64)) {
+            (Some(image), Ok(dst)) => image.copy_out(offset, dst),
+            (None, _) => Err(EngineError::Full),
+            (_, Err(_)) => Err(EngineError::OutOfRange),
         };
         let moved = if result.is_ok() { len } else { 0 };
         task.io_done(result.map(|()| IoDone::Done).map_err(|e| e.failure()));

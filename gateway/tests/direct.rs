@@ -9,6 +9,7 @@ use gateway::engine::{Image, ImageOptions, RamEngine, UringEngine};
 use gateway::lun::{Direct, Finished, LunDriver};
 use scsi::sense::parse_sense;
 use scsi::{Asc, Completion, Nexus, Status};
+use shmem::PeerSlice;
 use support::*;
 
 const BS: usize = 512;
@@ -133,15 +134,13 @@ fn a_direct_read_finished_later_returns_one_version_of_the_block() {
     expect_good(&run(&mut d, &rw16(0x8A, 0, 8, false), &a));
     let nexus = Nexus { id: I, luns: &[0] };
     let mut mem = vec![0u8; 4096];
-    let ptr = std::ptr::NonNull::new(mem.as_mut_ptr()).unwrap();
-    // SAFETY: `mem` outlives the READ, which is finished below, and nothing else touches it.
-    let read = match unsafe { d.start_direct(&nexus, &rw16(0x88, 0, 8, false), ptr, 4096, false) } {
+    let read = match d.start_direct(&nexus, &rw16(0x88, 0, 8, false), PeerSlice::from_mut(&mut mem), false) {
         Direct::Read(read) => read,
         other => panic!("expected a READ to copy, got {other:?}"),
     };
     assert_eq!(read.extent(), (0, 4096));
     expect_good(&run(&mut d, &rw16(0x8A, 0, 8, false), &b));
-    let (c, moved) = d.finish_read(read);
+    let (c, moved) = d.finish_read(read, PeerSlice::from_mut(&mut mem));
     assert_eq!((c.status, moved), (Status::Good, 4096));
     assert!(mem == a || mem == b, "one version of the block");
 }

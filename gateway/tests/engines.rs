@@ -180,20 +180,14 @@ fn borrowed_views_of_a_registered_area_use_its_fixed_buffer() {
     img.write_at(AlignedBuf::from_slice(&pattern(1 << 20, 4)).as_slice(), 0, true).unwrap();
     let mut e = UringEngine::new(img, 8).unwrap();
     assert!(e.attach(&host).unwrap());
-    // Someone else's memory, as a node's data area is.
-    let mut area = AlignedBuf::zeroed(256 << 10);
-    let base = area.as_mut_ptr();
-    let owner: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(());
-    let iov = libc::iovec { iov_base: base.cast(), iov_len: 256 << 10 };
-    // SAFETY: `area` outlives the registration, which is given back before it drops.
-    let index = unsafe { host.register_buffer(|_| iov) }.expect("a fixed-buffer slot");
-    let view = |offset: usize, fixed: u16| {
-        let ptr = std::ptr::NonNull::new(base.wrapping_add(offset)).unwrap();
-        // SAFETY: [offset, offset + 64 KiB) lies inside `area`, alive for the whole test.
-        let mut v = unsafe { AlignedBuf::borrowed(ptr, 64 << 10, owner.clone()) };
-        // SAFETY: for the right index, the registration covers the view; a wrong index is
-        // the point of the second read, and the kernel refuses it without touching memory.
-        unsafe { v.set_fixed(fixed) };
+    // A node's data area, registered as a fixed buffer of the worker's ring.
+    let area = std::sync::Arc::new(shmem::SharedMemory::create("area", 256 << 10).unwrap());
+    let index = host.register_buffer(|_| area.clone()).expect("a fixed-buffer slot");
+    let view = |offset: u64, fixed: u16| {
+        let mut v = AlignedBuf::over_shared(&area, offset, 64 << 10).expect("inside the area");
+        // For the right index, the registration covers the view; a wrong index is the
+        // point of the second read, and the kernel refuses it without touching memory.
+        v.set_fixed(fixed);
         v
     };
     let read = |e: &mut UringEngine, buf: AlignedBuf| {
@@ -201,8 +195,8 @@ fn borrowed_views_of_a_registered_area_use_its_fixed_buffer() {
         next_completion(e).result
     };
     read(&mut e, view(128 << 10, index)).unwrap();
-    // SAFETY: the read has completed; nothing else writes `area` now.
-    let landed = unsafe { std::slice::from_raw_parts(base.wrapping_add(128 << 10), 64 << 10) };
+    let mut landed = vec![0u8; 64 << 10];
+    area.read(128 << 10, &mut landed).unwrap();
     assert_eq!(landed, &pattern(1 << 20, 4)[64 << 10..128 << 10]);
     let wrong = index.wrapping_add(1);
     assert!(read(&mut e, view(0, wrong)).is_err(), "a view under an unregistered index must fail");

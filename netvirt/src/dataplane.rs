@@ -14,6 +14,7 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::ringport::RingPort;
 use crate::switch::{Dest, Emit, PortId, Sink, VirtualLan};
+use crate::sys::RecvState;
 use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
 
 /// Room for a virtio-net header, an 802.1Q tag and the largest super-frame a TAP hands
@@ -127,16 +128,6 @@ enum Src {
     Port(PortId),
     Uplink,
 }
-
-struct RecvState {
-    msg: libc::msghdr,
-    iov: libc::iovec,
-    control: [u64; 16],
-}
-
-// SAFETY: the raw pointers in a RecvState point into its own box and into a pool buffer,
-// both owned by the Dataplane; they move between threads only together with it.
-unsafe impl Send for RecvState {}
 
 enum Op {
     Read { lan: usize, src: Src, buf: usize },
@@ -377,6 +368,11 @@ impl Dataplane {
         }
     }
 
+    // The one `unsafe` outside a `sys` module: the pool's buffers are reached by index all
+    // over the data path, so their lifetime in the kernel is this file's invariant rather
+    // than a type's. Issue 29 rebuilds this data path per worker; its op table belongs in
+    // `sys`, as the storage engine's `Slots` are.
+    #[allow(unsafe_code)]
     fn submit(&mut self, entry: io_uring::squeue::Entry) {
         // SAFETY: every entry's buffers live in `self.pool` or in the boxed op state and
         // are not reused or freed until the entry's completion is handled.
@@ -422,14 +418,8 @@ impl Dataplane {
             Src::Uplink => {
                 // Leave room to insert nothing: uplink frames arrive untagged or are
                 // untagged in place, so read at the buffer's start.
-                // SAFETY: all-zero is a valid msghdr and iovec.
-                let mut state: Box<RecvState> = Box::new(unsafe { std::mem::zeroed() });
-                state.iov = libc::iovec { iov_base: ptr.cast(), iov_len: BUF_LEN };
-                state.msg.msg_iov = &mut state.iov;
-                state.msg.msg_iovlen = 1;
-                state.msg.msg_control = state.control.as_mut_ptr().cast();
-                state.msg.msg_controllen = std::mem::size_of_val(&state.control);
-                let msg: *mut libc::msghdr = &mut state.msg;
+                let mut state = RecvState::new(ptr, BUF_LEN);
+                let msg = state.msghdr();
                 let token = self.push_op(Op::Recv { lan: l, buf, state });
                 let e = opcode::RecvMsg::new(types::Fd(fd), msg).build().user_data(token as u64);
                 self.submit(e);
@@ -524,10 +514,7 @@ impl Dataplane {
                     }
                     return;
                 }
-                let ctl_len = state.msg.msg_controllen.min(std::mem::size_of_val(&state.control));
-                // SAFETY: `control` is plain bytes the kernel filled up to `msg_controllen`.
-                let control = unsafe { std::slice::from_raw_parts(state.control.as_ptr().cast::<u8>(), ctl_len) };
-                let vlan = crate::sys::aux_vlan(control);
+                let vlan = crate::sys::aux_vlan(state.control());
                 self.frame_in(lan, Src::Uplink, buf, res as usize, Some(vlan));
                 self.out.pool.release(buf);
                 self.push_read(lan, Src::Uplink);

@@ -43,9 +43,8 @@ impl NetNs {
         std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
         let bind = path.clone();
         let made = std::thread::spawn(move || -> io::Result<()> {
-            // SAFETY: unsharing only the network namespace of this short-lived thread, which
-            // shares no namespace-dependent state with the rest of the process.
-            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+            // This short-lived thread shares no namespace-dependent state with the process.
+            crate::sys::unshare_net()?;
             rustix::mount::mount_bind("/proc/thread-self/ns/net", &bind)?;
             Ok(())
         })

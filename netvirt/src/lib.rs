@@ -4,6 +4,8 @@
 //! - [`mac`]: MAC addresses and their assignment from the control node's serial.
 //! - [`counters`]: per-port and per-LAN traffic counters.
 
+#![deny(unsafe_code)]
+
 pub mod client;
 pub mod config;
 pub mod counters;
@@ -13,5 +15,6 @@ pub mod mac;
 pub mod network;
 pub mod ringport;
 pub mod switch;
+#[allow(unsafe_code)]
 mod sys;
 pub mod vnet;

@@ -6,15 +6,19 @@
 //! sealed against shrinking and growing, so a peer cannot truncate the file under us and
 //! turn an access into SIGBUS.
 
+#![deny(unsafe_code)]
+
 pub mod msg;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 use thiserror::Error;
+
+pub use sys::{prefetch_line, PeerSlice};
 
 /// Why a shared-memory access or mapping failed.
 #[derive(Debug, Error)]
@@ -43,16 +47,10 @@ pub enum ShmError {
 /// A `MAP_SHARED` mapping of a sealed memfd.
 #[derive(Debug)]
 pub struct SharedMemory {
-    ptr: NonNull<u8>,
+    map: sys::Mapping,
     len: usize,
     fd: OwnedFd,
 }
-
-// SAFETY: the mapping is plain memory reached only through the methods below, which are
-// safe to call from any thread (copies and atomics).
-unsafe impl Send for SharedMemory {}
-// SAFETY: as above; concurrent callers race only as the peer process already does.
-unsafe impl Sync for SharedMemory {}
 
 impl SharedMemory {
     /// Creates a zeroed memfd of `len` bytes, seals its size, and maps it.
@@ -90,14 +88,7 @@ impl SharedMemory {
         if len == 0 {
             return Err(ShmError::BadFd("zero-length area".into()));
         }
-        // SAFETY: a fresh shared mapping of a memfd we hold open, at an address the kernel
-        // chooses; it overlaps nothing of ours and is unmapped only in Drop.
-        let raw = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
-        }
-        .map_err(std::io::Error::from)?;
-        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| ShmError::BadFd("mmap returned null".into()))?;
-        Ok(SharedMemory { ptr, len, fd })
+        Ok(SharedMemory { map: sys::Mapping::new(&fd, len)?, len, fd })
     }
 
     /// Size in bytes.
@@ -115,87 +106,50 @@ impl SharedMemory {
         self.fd.as_fd()
     }
 
-    fn check(&self, offset: u64, len: u64) -> Result<usize, ShmError> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len as u64 => Ok(offset as usize),
-            _ => Err(ShmError::OutOfBounds { offset, len, size: self.len }),
-        }
+    /// The view of `[offset, offset+len)`, checked to lie inside the area. The area stays
+    /// mapped while the view lives.
+    #[inline]
+    pub fn slice(&self, offset: u64, len: u64) -> Result<PeerSlice<'_>, ShmError> {
+        self.map.view().subslice(offset, len)
+    }
+
+    /// The whole area as a view.
+    #[inline]
+    pub fn view(&self) -> PeerSlice<'_> {
+        self.map.view()
     }
 
     /// Copies `dst.len()` bytes out of the area at `offset`.
+    #[inline]
     pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), ShmError> {
-        let src = self.raw(offset, dst.len() as u64)?;
-        // SAFETY: [src, src+len) is inside the mapping (checked by `raw`); dst is our own
-        // memory and cannot overlap a mapping we never hand out as a slice. The peer may
-        // write the source concurrently: we copy once and validate only the copy.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
-        Ok(())
+        self.map.view().read_at(offset, dst)
     }
 
     /// Copies `src` into the area at `offset`.
+    #[inline]
     pub fn write(&self, offset: u64, src: &[u8]) -> Result<(), ShmError> {
-        let dst = self.raw(offset, src.len() as u64)?;
-        // SAFETY: as in `read`, with the direction reversed.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
-        Ok(())
-    }
-
-    /// Raw pointer to `[offset, offset+len)`, for the kernel to read or write (io_uring on
-    /// the direct path). The caller must not turn it into a reference.
-    pub fn raw(&self, offset: u64, len: u64) -> Result<*mut u8, ShmError> {
-        let at = self.check(offset, len)?;
-        // SAFETY: `at` is within the mapping.
-        Ok(unsafe { self.ptr.as_ptr().add(at) })
+        self.map.view().write_at(offset, src)
     }
 
     /// Starts loading the cache line at `offset` into this core's cache, so a read of it a
     /// little later does not stall on it. A hint: out-of-bounds offsets are ignored.
+    #[inline]
     pub fn prefetch(&self, offset: u64) {
-        if let Ok(p) = self.raw(offset, 1) {
-            prefetch_line(p);
-        }
-    }
-
-    fn atomic(&self, offset: usize) -> Result<&AtomicU32, ShmError> {
-        if !offset.is_multiple_of(4) {
-            return Err(ShmError::Unaligned(offset));
-        }
-        let ptr = self.raw(offset as u64, 4)?.cast::<AtomicU32>();
-        // SAFETY: in bounds and 4-aligned (the mapping is page-aligned); AtomicU32 has the
-        // layout of u32 and all bit patterns are valid, and atomics are the sanctioned way
-        // to share a word with another process. The mapping outlives the reference (&self).
-        Ok(unsafe { &*ptr })
+        self.map.view().prefetch(offset);
     }
 
     /// Loads a 32-bit word with acquire ordering.
+    #[inline]
     pub fn load_acquire(&self, offset: usize) -> Result<u32, ShmError> {
-        Ok(self.atomic(offset)?.load(Ordering::Acquire))
+        Ok(self.map.atomic(offset)?.load(Ordering::Acquire))
     }
 
     /// Stores a 32-bit word with release ordering.
+    #[inline]
     pub fn store_release(&self, offset: usize, v: u32) -> Result<(), ShmError> {
-        self.atomic(offset)?.store(v, Ordering::Release);
+        self.map.atomic(offset)?.store(v, Ordering::Release);
         Ok(())
     }
-}
-
-impl Drop for SharedMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`; no references into it exist.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-/// Starts loading the cache line at `p` into this core's cache (a hint: it never faults,
-/// whatever `p` is, and changes no memory).
-pub fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is only a hint to the cache; it cannot fault or change memory.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// A `poll(2)` timeout; durations past what a timespec holds saturate.
@@ -285,6 +239,30 @@ mod tests {
         assert!(matches!(m.load_acquire(2), Err(ShmError::Unaligned(2))));
         m.store_release(64, 7).unwrap();
         assert_eq!(m.load_acquire(64).unwrap(), 7);
+    }
+
+    #[test]
+    fn views_are_bounds_checked_and_stay_inside_their_parent() {
+        let m = SharedMemory::create("v", 8192).unwrap();
+        let v = m.slice(4096, 100).unwrap();
+        assert_eq!(v.len(), 100);
+        v.write_at(96, &[9, 8, 7, 6]).unwrap();
+        assert!(matches!(v.write_at(97, &[0; 4]), Err(ShmError::OutOfBounds { size: 100, .. })));
+        assert!(matches!(v.subslice(50, 51), Err(ShmError::OutOfBounds { .. })));
+        assert!(matches!(v.subslice(u64::MAX, 2), Err(ShmError::OutOfBounds { .. })));
+        assert!(m.slice(8000, 193).is_err());
+        let mut b = [0u8; 4];
+        m.read(4096 + 96, &mut b).unwrap();
+        assert_eq!(b, [9, 8, 7, 6]);
+        v.fill(0, 10, 0xEE).unwrap();
+        m.view().copy_from_view(0, v.subslice(0, 10).unwrap()).unwrap();
+        let mut head = [0u8; 11];
+        m.read(0, &mut head).unwrap();
+        assert_eq!(head, [0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0]);
+        let mut own = [1u8; 8];
+        let o = PeerSlice::from_mut(&mut own);
+        o.write_at(4, &[5; 4]).unwrap();
+        assert_eq!(own, [1, 1, 1, 1, 5, 5, 5, 5]);
     }
 
     #[test]

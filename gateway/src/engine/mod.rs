@@ -5,14 +5,14 @@
 //! hands every request back in an [`IoCompletion`], whether it succeeded, failed, or could
 //! not even be submitted, so the caller can always answer the command it came from.
 
-pub mod buf;
-pub mod host;
 pub mod image;
-pub mod mapping;
 pub mod ram;
 pub mod sync;
-mod sys;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod uring;
+
+pub use sys::{buf, host};
 
 use std::fmt;
 use std::io;
@@ -26,6 +26,7 @@ pub use sync::SyncEngine;
 pub use uring::UringEngine;
 
 use scsi::{AllocExtent, IoDone, IoFailure};
+use shmem::PeerSlice;
 
 /// One operation on an image. Offsets and lengths are bytes.
 #[derive(Debug)]
@@ -251,19 +252,13 @@ pub trait MemoryImage {
     /// [`MemoryImage::prefetch_head`]).
     fn prefetch_rest(&self, offset: u64, len: usize);
 
-    /// Copies `len` bytes of the image at `offset` to `dst`.
-    ///
-    /// # Safety
-    /// `dst` must be valid for writes of `len` bytes, and nothing may hold a reference to
-    /// them during the call. It may be memory another process shares.
-    unsafe fn copy_out(&mut self, offset: u64, dst: *mut u8, len: usize) -> Result<(), EngineError>;
+    /// Copies `dst.len()` bytes of the image at `offset` into `dst`, which may be memory
+    /// another process shares.
+    fn copy_out(&mut self, offset: u64, dst: PeerSlice<'_>) -> Result<(), EngineError>;
 
-    /// Copies `len` bytes from `src` into the image at `offset`.
-    ///
-    /// # Safety
-    /// `src` must be valid for reads of `len` bytes. It may be memory another process
-    /// shares and changes meanwhile; the image then holds some mix of the bytes.
-    unsafe fn copy_in(&mut self, offset: u64, src: *const u8, len: usize) -> Result<(), EngineError>;
+    /// Copies `src` into the image at `offset`. `src` may be memory another process shares
+    /// and changes meanwhile; the image then holds some mix of the bytes.
+    fn copy_in(&mut self, offset: u64, src: PeerSlice<'_>) -> Result<(), EngineError>;
 }
 
 /// Which engine to run an image on.

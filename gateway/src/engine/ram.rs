@@ -2,87 +2,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::ptr::NonNull;
 
-use rustix::mm::{self, Advice, MapFlags, ProtFlags};
 use scsi::IoDone;
-use shmem::prefetch_line;
+use shmem::{prefetch_line, PeerSlice};
 
+use super::sys::slab::{Slab, CHUNK, CHUNKS_PER_SLAB, SLAB};
 use super::{in_bounds, push_extent, validate, Backend, EngineError, IoCompletion, IoOp, IoRequest, MemoryImage};
-
-/// Allocation granule of the RAM engine; unmapping a whole chunk frees its memory.
-const CHUNK: usize = 64 << 10;
-
-/// Memory is reserved in 2 MiB slabs, aligned and advised for transparent huge pages, as
-/// SPDK's malloc bdev lives in huge pages: a random 4 KiB read then costs no TLB miss on
-/// the image side, which on a VM's nested page tables is most of the read.
-const SLAB: usize = 2 << 20;
-
-/// Chunks in one slab; `Slab::present` has a bit per chunk.
-const CHUNKS_PER_SLAB: usize = SLAB / CHUNK;
-
-/// One 2 MiB anonymous mapping with a bit per 64 KiB chunk that holds data. Memory of an
-/// absent chunk is zero (fresh, or discarded with `MADV_DONTNEED`).
-#[derive(Debug)]
-struct Slab {
-    base: NonNull<u8>,
-    present: u32,
-}
-
-// SAFETY: a slab owns its mapping outright; nothing else holds the pointer.
-unsafe impl Send for Slab {}
-
-impl Slab {
-    fn new() -> Result<Slab, rustix::io::Errno> {
-        // Over-reserve, then trim to a 2 MiB-aligned 2 MiB so the kernel can back it with
-        // one huge page. NORESERVE: a sparse image commits only what is written.
-        let span = 2 * SLAB;
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks aliases nothing.
-        let raw = unsafe {
-            mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                span,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )?
-        } as usize;
-        let start = raw.next_multiple_of(SLAB);
-        let (head, tail) = (start - raw, raw + span - (start + SLAB));
-        // Should a trim fail, the untrimmed span stays reserved and unused: harmless.
-        if head > 0 {
-            // SAFETY: `[raw, start)` lies inside the mapping made above, before the slab kept.
-            let _ = unsafe { mm::munmap(raw as *mut _, head) };
-        }
-        if tail > 0 {
-            // SAFETY: `[start + SLAB, raw + span)` lies inside the mapping, after the slab.
-            let _ = unsafe { mm::munmap((start + SLAB) as *mut _, tail) };
-        }
-        // Advice only: without THP the slab still works, on small pages.
-        // SAFETY: the range is exactly the slab, which is ours; advice changes no contents.
-        let _ = unsafe { mm::madvise(start as *mut _, SLAB, Advice::LinuxHugepage) };
-        let base = NonNull::new(start as *mut u8).expect("mmap returned a null mapping");
-        Ok(Slab { base, present: 0 })
-    }
-
-    fn chunk_ptr(&self, chunk: usize, within: usize) -> *mut u8 {
-        self.base.as_ptr().wrapping_add(chunk * CHUNK + within)
-    }
-
-    /// Gives a chunk's memory back; it reads as zero afterwards.
-    fn discard(&mut self, chunk: usize) {
-        self.present &= !(1 << chunk);
-        // SAFETY: the range is one chunk inside our own private anonymous mapping, and no
-        // reference into it outlives this call; DONTNEED refills it with zeros.
-        let _ = unsafe { mm::madvise(self.chunk_ptr(chunk, 0).cast(), CHUNK, Advice::LinuxDontNeed) };
-    }
-}
-
-impl Drop for Slab {
-    fn drop(&mut self) {
-        // SAFETY: the slab's mapping is ours and nothing points into it any more.
-        let _ = unsafe { mm::munmap(self.base.as_ptr().cast(), SLAB) };
-    }
-}
 
 /// Bytes of a read prefetched at submit; the hardware prefetcher follows the rest once the
 /// copy streams through them. Prefetching a whole 4 KiB block for each of 32 reads issues
@@ -143,7 +68,7 @@ impl RamEngine {
     /// The slab holding chunk `idx` when that chunk holds data, with the chunk's index in it.
     fn present(&self, idx: usize) -> Option<(&Slab, usize)> {
         let (s, c) = (idx / CHUNKS_PER_SLAB, idx % CHUNKS_PER_SLAB);
-        self.slabs[s].as_ref().filter(|slab| slab.present & (1 << c) != 0).map(|slab| (slab, c))
+        self.slabs[s].as_ref().filter(|slab| slab.has(c)).map(|slab| (slab, c))
     }
 
     /// Marks chunk `idx` as holding data, reserving its slab first if needed.
@@ -153,7 +78,7 @@ impl RamEngine {
             Some(slab) => slab,
             empty => empty.insert(Slab::new().map_err(|e| EngineError::Os(e.raw_os_error()))?),
         };
-        slab.present |= 1 << c;
+        slab.mark(c);
         Ok((slab, c))
     }
 
@@ -166,7 +91,7 @@ impl RamEngine {
         }
         for (idx, within, _, n) in Self::pieces(offset + from as u64, to - from) {
             if let Some((slab, c)) = self.present(idx) {
-                let src = slab.chunk_ptr(c, within);
+                let src = slab.chunk(c)[within..within + n].as_ptr();
                 for line in (0..n).step_by(64) {
                     prefetch_line(src.wrapping_add(line));
                 }
@@ -185,31 +110,25 @@ impl RamEngine {
         }
     }
 
-    /// Copies `len` bytes at `offset` to `dst`. The destination may be a node's shared
-    /// memory (a borrowed buffer), so it is written through the pointer, never a reference.
-    fn read(&self, offset: u64, dst: *mut u8, len: usize) {
-        for (idx, within, at, n) in Self::pieces(offset, len) {
-            let to = dst.wrapping_add(at);
-            match self.present(idx) {
-                // SAFETY: the caller checked that `dst` is valid for `len` bytes
-                // (`validate` against the buffer's length) and `at + n <= len`; the source
-                // lies inside one chunk of our own mapping, which never overlaps a
-                // caller's buffer.
-                Some((slab, c)) => unsafe { std::ptr::copy_nonoverlapping(slab.chunk_ptr(c, within), to, n) },
-                // SAFETY: as above.
-                None => unsafe { std::ptr::write_bytes(to, 0, n) },
-            }
+    /// Copies `dst.len()` bytes at `offset` into `dst`, which may be a node's shared memory.
+    fn read(&self, offset: u64, dst: PeerSlice<'_>) -> Result<(), EngineError> {
+        for (idx, within, at, n) in Self::pieces(offset, dst.len()) {
+            let copied = match self.present(idx) {
+                Some((slab, c)) => dst.write_at(at as u64, &slab.chunk(c)[within..within + n]),
+                None => dst.fill(at as u64, n, 0),
+            };
+            copied.map_err(|_| EngineError::OutOfRange)?;
         }
+        Ok(())
     }
 
-    /// Copies `len` bytes from `src` (possibly a node's shared memory) to `offset`.
-    fn write(&mut self, offset: u64, src: *const u8, len: usize) -> Result<(), EngineError> {
-        for (idx, within, at, n) in Self::pieces(offset, len) {
+    /// Copies `src` (possibly a node's shared memory) to `offset`. Another process may
+    /// change shared source bytes meanwhile; the image then holds some mix of them, which
+    /// is what a device gives a host that rewrites a buffer under its own WRITE.
+    fn write(&mut self, offset: u64, src: PeerSlice<'_>) -> Result<(), EngineError> {
+        for (idx, within, at, n) in Self::pieces(offset, src.len()) {
             let (slab, c) = self.allocate(idx)?;
-            // SAFETY: as in `read`, with the direction reversed. Another process may change
-            // shared source bytes meanwhile; the image then holds some mix of them, which is
-            // what a device gives a host that rewrites a buffer under its own WRITE.
-            unsafe { std::ptr::copy_nonoverlapping(src.wrapping_add(at), slab.chunk_ptr(c, within), n) };
+            src.read_at(at as u64, &mut slab.chunk_mut(c)[within..within + n]).map_err(|_| EngineError::OutOfRange)?;
         }
         Ok(())
     }
@@ -220,14 +139,13 @@ impl RamEngine {
             if deallocate && n == CHUNK {
                 if let Some(slab) = &mut self.slabs[s] {
                     slab.discard(c);
-                    if slab.present == 0 {
+                    if slab.is_empty() {
                         self.slabs[s] = None;
                     }
                 }
             } else if self.present(idx).is_some() {
                 let (slab, c) = self.allocate(idx)?;
-                // SAFETY: `within + n <= CHUNK`, inside our own mapping.
-                unsafe { std::ptr::write_bytes(slab.chunk_ptr(c, within), 0, n) };
+                slab.chunk_mut(c)[within..within + n].fill(0);
             } else if !deallocate {
                 // An absent chunk's memory is already zero.
                 self.allocate(idx)?;
@@ -241,12 +159,12 @@ impl RamEngine {
         match op {
             IoOp::Read { offset, buf, range } => {
                 // `validate` checked `range` against the buffer's length.
-                let dst = buf.as_mut_ptr().wrapping_add(range.start);
-                self.read(*offset, dst, range.len())
+                let dst = buf.view().subslice(range.start as u64, range.len() as u64);
+                self.read(*offset, dst.map_err(|_| EngineError::OutOfRange)?)?
             }
             IoOp::Write { offset, buf, range, .. } => {
-                let src = buf.as_mut_ptr().wrapping_add(range.start);
-                self.write(*offset, src, range.len())?
+                let src = buf.view().subslice(range.start as u64, range.len() as u64);
+                self.write(*offset, src.map_err(|_| EngineError::OutOfRange)?)?
             }
             IoOp::Flush => {}
             IoOp::Unmap { offset, len } => self.zero(*offset, *len, true)?,
@@ -333,22 +251,21 @@ impl MemoryImage for RamEngine {
         }
     }
 
-    unsafe fn copy_out(&mut self, offset: u64, dst: *mut u8, len: usize) -> Result<(), EngineError> {
-        if !in_bounds(offset, len as u64, self.size) {
+    fn copy_out(&mut self, offset: u64, dst: PeerSlice<'_>) -> Result<(), EngineError> {
+        if !in_bounds(offset, dst.len() as u64, self.size) {
             return Err(EngineError::OutOfRange);
         }
         // Queued reads were submitted first; performing them now keeps their place.
         self.settle();
-        self.read(offset, dst, len);
-        Ok(())
+        self.read(offset, dst)
     }
 
-    unsafe fn copy_in(&mut self, offset: u64, src: *const u8, len: usize) -> Result<(), EngineError> {
-        if !in_bounds(offset, len as u64, self.size) {
+    fn copy_in(&mut self, offset: u64, src: PeerSlice<'_>) -> Result<(), EngineError> {
+        if !in_bounds(offset, src.len() as u64, self.size) {
             return Err(EngineError::OutOfRange);
         }
         self.settle();
-        self.write(offset, src, len)
+        self.write(offset, src)
     }
 }
 

@@ -12,13 +12,14 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use io_uring::{opcode, register::Probe, squeue, types, IoUring};
+use io_uring::{opcode, register::Probe, IoUring};
 use scsi::IoDone;
 
-use super::host::{self, UringHost};
 use super::image::refused;
-use super::mapping::Mapping;
-use super::{validate, AlignedBuf, Arena, Backend, EngineError, Image, IoCompletion, IoOp, IoRequest};
+use super::sys::host::{Key, UringHost};
+use super::sys::inflight::{OwnRing, Pushed, Ring as Via, Slots, Target};
+use super::sys::mapping::Mapping;
+use super::{sys, validate, AlignedBuf, Arena, Backend, EngineError, Image, IoCompletion, IoOp, IoRequest};
 
 /// Bytes of registered buffer memory per engine.
 pub const ARENA_BYTES: usize = 16 << 20;
@@ -56,40 +57,25 @@ pub fn probe() -> Result<(), String> {
     }
 }
 
-#[derive(Debug)]
-struct InFlight {
-    req: IoRequest,
-    /// Bytes already transferred, for resubmitting partial reads and writes.
-    done: usize,
-    retries: u8,
-}
-
 /// Where an engine's SQEs go.
 // One per engine, never in a collection: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 enum Ring {
-    /// A ring of its own: the image is fixed file 0, the arena fixed buffer 0.
-    Own {
-        ring: IoUring,
-        /// Whether the ring has been enabled; the first thread to use it enables it.
-        enabled: bool,
-        /// Registered with the ring: the kernel signals it as requests finish.
-        done_fd: Option<OwnedFd>,
-    },
-    /// A worker's ring, under `key`, with the image at fixed file `file` and the arena (if
-    /// registered) at fixed buffer `buf`.
-    Hosted { host: Arc<UringHost>, key: u32, file: u32, buf: Option<u16> },
+    /// A ring of its own: the image is fixed file 0, its arena fixed buffer 0.
+    Own(OwnRing),
+    /// A worker's ring, under `key`, with the image at fixed file `file` and `arena` (if
+    /// registered) at fixed buffer `buf`; the host holds the arena while it is registered.
+    Hosted { host: Arc<UringHost>, key: Key, file: u32, buf: Option<u16>, arena: Option<Arc<Arena>> },
 }
 
 /// io_uring engine over one image.
 pub struct UringEngine {
     ring: Ring,
     image: Image,
-    slots: Vec<Option<InFlight>>,
-    free: Vec<u32>,
+    /// Requests submitted and not yet completed; declared after `ring`, so a ring of its
+    /// own closes before requests the kernel still has are leaked.
+    slots: Slots,
     ready: VecDeque<IoCompletion>,
-    /// Declared after `ring`: a ring of its own is dropped (unregistering the arena) first.
-    arena: Option<Arc<Arena>>,
     queued: usize,
     /// Most SQEs queued before they are handed to the kernel.
     submit_batch: usize,
@@ -113,9 +99,9 @@ impl std::fmt::Debug for UringEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringEngine")
             .field("image", &self.image.path)
-            .field("depth", &self.slots.len())
-            .field("in_flight", &(self.slots.len() - self.free.len()))
-            .field("fixed_buffers", &self.arena.is_some())
+            .field("depth", &self.slots.capacity())
+            .field("in_flight", &self.slots.outstanding())
+            .field("fixed_buffers", &self.arena().is_some())
             .field("hosted", &matches!(self.ring, Ring::Hosted { .. }))
             .finish()
     }
@@ -125,14 +111,12 @@ impl UringEngine {
     /// An engine with room for `depth` requests in flight, on a ring of its own.
     pub fn new(image: Image, depth: u32) -> io::Result<UringEngine> {
         let depth = depth.clamp(1, 4096);
-        let (ring, arena) = own_ring(&image, depth)?;
+        let ring = Ring::Own(OwnRing::new(&image.file, depth, ARENA_BYTES)?);
         let memory_backed = memory_backed(&image);
         Ok(UringEngine {
             ring,
-            slots: (0..depth).map(|_| None).collect(),
-            free: (0..depth).rev().collect(),
+            slots: Slots::new(depth),
             ready: VecDeque::new(),
-            arena,
             queued: 0,
             submit_batch: SUBMIT_BATCH,
             can_punch: true,
@@ -158,23 +142,31 @@ impl UringEngine {
     /// Enables a ring of its own created disabled, making the calling thread its single
     /// issuer.
     fn enable(&mut self) -> io::Result<()> {
-        if let Ring::Own { ring, enabled: enabled @ false, .. } = &mut self.ring {
-            ring.submitter().register_enable_rings()?;
-            *enabled = true;
+        if let Ring::Own(own @ OwnRing { enabled: false, .. }) = &mut self.ring {
+            own.ring.submitter().register_enable_rings()?;
+            own.enabled = true;
         }
         Ok(())
     }
 
-    /// Requests in the kernel.
+    /// Requests submitted and not yet completed.
     fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.slots.outstanding()
+    }
+
+    /// The arena buffers come from: the own ring's, or the one registered in the host.
+    fn arena(&self) -> Option<&Arc<Arena>> {
+        match &self.ring {
+            Ring::Own(own) => own.arena(),
+            Ring::Hosted { arena, .. } => arena.as_ref(),
+        }
     }
 
     /// Waits for every request in the kernel, completing them into `ready`. Bounded: each
     /// round takes at least one completion or gives up.
     fn settle(&mut self) -> io::Result<()> {
         let mut out = Vec::new();
-        for _ in 0..self.slots.len() * usize::from(MAX_RETRIES + 1) + 1 {
+        for _ in 0..self.slots.capacity() * usize::from(MAX_RETRIES + 1) + 1 {
             if self.outstanding() == 0 {
                 break;
             }
@@ -189,59 +181,11 @@ impl UringEngine {
         &self.image
     }
 
-    /// Builds the SQE for a slot's request (continuing after `done` bytes), or `None` when
-    /// the operation is performed synchronously instead.
-    fn entry(&mut self, slot: u32) -> Option<squeue::Entry> {
-        let (key, file) = match self.ring {
-            Ring::Own { .. } => (0, 0),
-            Ring::Hosted { key, file, .. } => (key, file),
-        };
-        let fixed = types::Fixed(file);
-        let inflight = self.slots[slot as usize].as_mut().expect("entry for an empty slot");
-        let done = inflight.done;
-        let entry = match &mut inflight.req.op {
-            IoOp::Read { offset, buf, range } => {
-                let len = (range.len() - done) as u32;
-                let index = buf.fixed_index();
-                // SAFETY: range was validated against buf's length; the pointer stays inside it.
-                let ptr = unsafe { buf.as_mut_ptr().add(range.start + done) };
-                let off = *offset + done as u64;
-                match index {
-                    Some(i) => opcode::ReadFixed::new(fixed, ptr, len, i).offset(off).build(),
-                    None => opcode::Read::new(fixed, ptr, len).offset(off).build(),
-                }
-            }
-            IoOp::Write { offset, buf, range, fua } => {
-                let len = (range.len() - done) as u32;
-                let index = buf.fixed_index();
-                // SAFETY: range was validated against buf's length; the pointer stays inside it.
-                let ptr = unsafe { buf.as_mut_ptr().add(range.start + done) };
-                let off = *offset + done as u64;
-                let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-                match index {
-                    Some(i) => opcode::WriteFixed::new(fixed, ptr, len, i).offset(off).rw_flags(flags).build(),
-                    None => opcode::Write::new(fixed, ptr, len).offset(off).rw_flags(flags).build(),
-                }
-            }
-            IoOp::Flush => opcode::Fsync::new(fixed).flags(types::FsyncFlags::DATASYNC).build(),
-            IoOp::Unmap { offset, len } if self.can_punch => opcode::Fallocate::new(fixed, *len)
-                .offset(*offset)
-                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
-                .build(),
-            IoOp::WriteZeroes { offset, len } if self.can_zero_range => opcode::Fallocate::new(fixed, *len)
-                .offset(*offset)
-                .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
-                .build(),
-            _ => return None,
-        };
-        Some(entry.user_data(host::user_data(key, slot)))
-    }
-
     /// Queues a slot's SQE, handing the queue to the kernel every `submit_batch` SQEs; or,
     /// for a lone read or write on a memory-backed image, does it now.
     fn push(&mut self, slot: u32) -> io::Result<()> {
         if let Some(m) = &mut self.mapping {
-            let op = &self.slots[slot as usize].as_ref().expect("push of an empty slot").req.op;
+            let op = &self.slots.get(slot).expect("push of an empty slot").req.op;
             if let IoOp::Unmap { offset, len } | IoOp::WriteZeroes { offset, len } = *op {
                 // Deallocated (or perhaps so): writes there must allocate the usual way
                 // again. Done now, on this thread, so no mapped write ever overlaps a
@@ -263,36 +207,22 @@ impl UringEngine {
                 return Ok(());
             }
         }
-        let Some(entry) = self.entry(slot) else {
-            self.complete_sync(slot);
-            return Ok(());
+        let target = match self.ring {
+            Ring::Own(_) => Target { file: 0, punch: self.can_punch, zero_range: self.can_zero_range },
+            Ring::Hosted { file, .. } => Target { file, punch: self.can_punch, zero_range: self.can_zero_range },
         };
-        self.queued += 1;
-        let flush = self.queued >= self.submit_batch;
-        if flush {
-            self.queued = 0;
-        }
-        match &mut self.ring {
-            Ring::Own { ring, .. } => loop {
-                // SAFETY: the SQE points into the slot's buffer, which stays in the slab (its
-                // heap memory never moves) until the CQE for this user data is reaped.
-                if unsafe { ring.submission().push(&entry) }.is_ok() {
-                    if flush {
-                        ring.submit()?;
-                    }
-                    return Ok(());
-                }
-                ring.submit()?;
-            },
-            Ring::Hosted { host, .. } => {
-                // SAFETY: as above; the slot's buffer outlives the CQE, which `reap` takes.
-                unsafe { host.push(&entry)? };
-                if flush {
-                    host.submit()?;
-                }
-                Ok(())
+        let flush = self.queued + 1 >= self.submit_batch;
+        let via = match &mut self.ring {
+            Ring::Own(own) => Via::Own(&mut own.ring),
+            Ring::Hosted { host, key, .. } => Via::Hosted { host, key: *key },
+        };
+        match self.slots.push(slot, target, via, flush)? {
+            Pushed::Queued => {
+                self.queued = if flush { 0 } else { self.queued + 1 };
             }
+            Pushed::Synchronous => self.complete_sync(slot),
         }
+        Ok(())
     }
 
     /// Copies a slot's write (what is left of it) into the image's mapping; `None` when
@@ -300,16 +230,13 @@ impl UringEngine {
     /// writes go through the ring, as on any image, though on tmpfs nothing needs flushing.
     fn write_mapped(&mut self, slot: u32) -> Option<Result<IoDone, EngineError>> {
         let mapping = self.mapping.as_mut()?;
-        let inflight = self.slots[slot as usize].as_mut()?;
+        let inflight = self.slots.get_mut(slot)?;
         let IoOp::Write { offset, buf, range, fua: false } = &mut inflight.req.op else { return None };
         let done = inflight.done;
-        // SAFETY: `range` was validated against the buffer's length, so the pointer and
-        // the `range.len() - done` bytes after it stay inside the buffer, which the engine
-        // only ever reads through pointers (it may be a node's shared memory).
-        let src = unsafe { buf.as_mut_ptr().add(range.start + done) };
-        // SAFETY: `src` is valid for that many bytes (above).
-        let copied = unsafe { mapping.write(*offset + done as u64, src, range.len() - done) };
-        copied.then_some(Ok(IoDone::Done))
+        // `range` was validated against the buffer's length; the buffer may be a node's
+        // shared memory, so it is read through its view.
+        let src = buf.view().subslice((range.start + done) as u64, (range.len() - done) as u64).ok()?;
+        mapping.write(*offset + done as u64, src).then_some(Ok(IoDone::Done))
     }
 
     /// Reads or writes a slot's request (what is left of it) with pread/pwrite on the
@@ -317,8 +244,8 @@ impl UringEngine {
     /// through the ring. A memory-backed image never waits for a device, so this costs
     /// the copy and a system call.
     fn do_in_place(&mut self, slot: u32) -> Option<Result<IoDone, EngineError>> {
-        let fd = self.image.file.as_raw_fd();
-        let inflight = self.slots[slot as usize].as_mut()?;
+        let file = &self.image.file;
+        let inflight = self.slots.get_mut(slot)?;
         let (offset, buf, range, write) = match &mut inflight.req.op {
             IoOp::Read { offset, buf, range } => (*offset, buf, range.clone(), false),
             IoOp::Write { offset, buf, range, fua: false } => (*offset, buf, range.clone(), true),
@@ -333,28 +260,17 @@ impl UringEngine {
             if done == wanted {
                 return Some(Ok(IoDone::Done));
             }
-            // SAFETY: `range` was validated against the buffer's length, so the pointer
-            // and the `wanted - done` bytes after it stay inside the buffer. Only the
-            // kernel touches them, as it would for the SQE; no reference to memory a peer
-            // may share is formed.
-            let ptr = unsafe { buf.as_mut_ptr().add(range.start + done) };
-            let (len, at) = (wanted - done, (offset + done as u64) as libc::off_t);
-            let n = if write {
-                // SAFETY: `ptr` is valid for `len` bytes (above) and `fd` is the image's.
-                unsafe { libc::pwrite(fd, ptr.cast(), len, at) }
-            } else {
-                // SAFETY: as above; the kernel writes at most `len` bytes at `ptr`.
-                unsafe { libc::pread(fd, ptr.cast(), len, at) }
+            // `range` was validated against the buffer's length.
+            let Ok(view) = buf.view().subslice((range.start + done) as u64, (wanted - done) as u64) else {
+                return Some(Err(EngineError::OutOfRange));
             };
+            let at = offset + done as u64;
+            let n = if write { sys::pwrite_from(file, view, at) } else { sys::pread_into(file, view, at) };
             match n {
-                n if n > 0 => done += n as usize,
-                0 => return Some(Err(EngineError::Short { done, wanted })),
-                _ => {
-                    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-                    if errno != libc::EINTR {
-                        return Some(Err(EngineError::Os(errno)));
-                    }
-                }
+                Ok(0) => return Some(Err(EngineError::Short { done, wanted })),
+                Ok(n) => done += n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Some(Err(EngineError::Os(e.raw_os_error().unwrap_or(libc::EIO)))),
             }
         }
         Some(if done == wanted { Ok(IoDone::Done) } else { Err(EngineError::Short { done, wanted }) })
@@ -362,8 +278,7 @@ impl UringEngine {
 
     /// Performs an operation the ring does not carry (block status, fallocate fallbacks).
     fn complete_sync(&mut self, slot: u32) {
-        let inflight = self.slots[slot as usize].take().expect("sync completion of an empty slot");
-        self.free.push(slot);
+        let inflight = self.slots.take(slot);
         let result = match &inflight.req.op {
             IoOp::BlockStatus { offset, len } => self.image.block_status(*offset, *len).map(IoDone::Extents),
             IoOp::Unmap { offset, len } => self.image.punch_hole(*offset, *len).map(|_| IoDone::Done),
@@ -375,14 +290,17 @@ impl UringEngine {
     }
 
     fn finish(&mut self, slot: u32, result: Result<IoDone, EngineError>) {
-        let inflight = self.slots[slot as usize].take().expect("completion for an empty slot");
-        self.free.push(slot);
+        let inflight = self.slots.take(slot);
         self.ready.push_back(IoCompletion { req: inflight.req, result });
     }
 
     /// Handles one CQE: completes the request, or resubmits what is left of it.
     fn on_cqe(&mut self, slot: u32, res: i32) -> io::Result<()> {
-        let inflight = self.slots.get_mut(slot as usize).and_then(Option::as_mut).expect("CQE for an unknown slot");
+        if !self.slots.answered(slot) {
+            tracing::warn!(slot, "a CQE for no request the kernel has; ignored");
+            return Ok(());
+        }
+        let inflight = self.slots.get_mut(slot).expect("a request the kernel had");
         if res < 0 {
             let errno = -res;
             if errno == libc::EAGAIN && inflight.retries < MAX_RETRIES {
@@ -433,14 +351,12 @@ impl Backend for UringEngine {
         if let Err(e) = self.enable() {
             return Err((req, e.into()));
         }
-        let Some(slot) = self.free.pop() else {
-            return Err((req, EngineError::Full));
+        let slot = match self.slots.insert(req) {
+            Ok(slot) => slot,
+            Err(req) => return Err((req, EngineError::Full)),
         };
-        self.slots[slot as usize] = Some(InFlight { req, done: 0, retries: 0 });
         if let Err(e) = self.push(slot) {
-            let inflight = self.slots[slot as usize].take().expect("slot just filled");
-            self.free.push(slot);
-            return Err((inflight.req, e.into()));
+            return Err((self.slots.take(slot).req, e.into()));
         }
         Ok(())
     }
@@ -450,7 +366,7 @@ impl Backend for UringEngine {
         let want = min.saturating_sub(self.ready.len()).min(self.outstanding());
         let mut cqes = std::mem::take(&mut self.cqes);
         match &mut self.ring {
-            Ring::Own { ring, .. } => {
+            Ring::Own(OwnRing { ring, .. }) => {
                 // With DEFER_TASKRUN, finished requests are posted to the CQ only by an enter
                 // with GETEVENTS; the kernel raises SQ_TASKRUN when some are waiting.
                 let deferred = ring.submission().taskrun();
@@ -485,7 +401,7 @@ impl Backend for UringEngine {
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.ring {
-            Ring::Own { done_fd, .. } => done_fd.as_ref().map(OwnedFd::as_fd),
+            Ring::Own(own) => own.done_fd.as_ref().map(OwnedFd::as_fd),
             Ring::Hosted { .. } => None,
         }
     }
@@ -500,19 +416,13 @@ impl Backend for UringEngine {
         // A fresh arena goes into the worker's buffer table; buffers of the old one still
         // out (none once settled) would keep it alive.
         let mut arena = None;
-        // SAFETY: the arena stays allocated while registered: the engine holds it until
-        // `detach` or drop, both of which leave the host (unregistering it) first.
-        let buf = unsafe {
-            to.register_buffer(|index| {
-                let a = Arena::new(ARENA_BYTES, index);
-                let iov = a.iovec();
-                arena = Some(a);
-                iov
-            })
-        };
-        // The old ring goes first: it unregisters the old arena before that can be freed.
-        drop(std::mem::replace(&mut self.ring, Ring::Hosted { host: to.clone(), key, file, buf }));
-        self.arena = arena.filter(|_| buf.is_some());
+        let buf = to.register_buffer(|index| {
+            let a = Arena::new(ARENA_BYTES, index);
+            arena = Some(a.clone());
+            a
+        });
+        let arena = arena.filter(|_| buf.is_some());
+        self.ring = Ring::Hosted { host: to.clone(), key, file, buf, arena };
         Ok(true)
     }
 
@@ -521,11 +431,10 @@ impl Backend for UringEngine {
             return Ok(());
         }
         self.settle()?;
-        let (ring, arena) = own_ring(&self.image, self.slots.len() as u32)?;
-        if let Ring::Hosted { host, key, file, buf } = std::mem::replace(&mut self.ring, ring) {
+        let own = Ring::Own(OwnRing::new(&self.image.file, self.slots.capacity() as u32, ARENA_BYTES)?);
+        if let Ring::Hosted { host, key, file, buf, .. } = std::mem::replace(&mut self.ring, own) {
             host.leave(key, file, buf);
         }
-        self.arena = arena;
         Ok(())
     }
 
@@ -548,7 +457,7 @@ impl Backend for UringEngine {
     }
 
     fn buffer(&mut self, len: usize) -> AlignedBuf {
-        self.arena.as_ref().and_then(|a| a.alloc(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
+        self.arena().and_then(|a| a.alloc(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
     }
 
     fn takes_borrowed(&self) -> bool {
@@ -558,7 +467,7 @@ impl Backend for UringEngine {
     }
 
     fn buffer_for_overwrite(&mut self, len: usize) -> AlignedBuf {
-        self.arena.as_ref().and_then(|a| a.alloc_for_overwrite(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
+        self.arena().and_then(|a| a.alloc_for_overwrite(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
     }
 
     fn name(&self) -> &'static str {
@@ -569,31 +478,21 @@ impl Backend for UringEngine {
 impl Drop for UringEngine {
     fn drop(&mut self) {
         // Buffers in flight belong to the kernel until their CQEs arrive: wait for them
-        // before the slab (and the buffers) are freed. Bounded by the number in flight.
+        // (bounded by the number in flight). Where the kernel cannot be waited for (dropped
+        // on a thread that is not the ring's issuer, say), `Slots` leaks what it still has
+        // rather than free memory the kernel may write, and the host keeps the arena.
         let home = match &self.ring {
-            Ring::Own { .. } => true,
+            Ring::Own(_) => true,
             Ring::Hosted { host, .. } => host.is_home(),
         };
         if home && self.settle().is_ok() {
-            if let Ring::Hosted { host, key, file, buf } = &self.ring {
+            if let Ring::Hosted { host, key, file, buf, .. } = &self.ring {
                 host.leave(*key, *file, *buf);
             }
-            return;
-        }
-        // The kernel could not be waited for (dropped on a thread that is not the ring's
-        // issuer, say): leak what is still in flight rather than free memory it may write.
-        for slot in self.slots.drain(..).flatten() {
-            std::mem::forget(slot);
-        }
-        if let Some(arena) = self.arena.take() {
-            std::mem::forget(arena);
         }
     }
 }
 
-/// A ring of the engine's own, created disabled so that the thread that first drives it
-/// becomes its single issuer, with the image as fixed file 0 and a fresh arena registered
-/// as fixed buffer 0 (or none, when registration fails).
 /// Whether `image` is a buffered file on a filesystem that lives in memory (tmpfs, or
 /// ramfs, whose magic number statfs(2) gives as 0x858458f6).
 fn memory_backed(image: &Image) -> bool {
@@ -616,40 +515,4 @@ fn map_writable(image: &Image, memory_backed: bool) -> Option<Mapping> {
             None
         }
     }
-}
-
-fn own_ring(image: &Image, depth: u32) -> io::Result<(Ring, Option<Arc<Arena>>)> {
-    // Completions are posted only when the engine's thread enters the kernel
-    // (DEFER_TASKRUN), so they trickle in as it asks rather than waking it for each one.
-    // Kernels before 6.1 lack these flags; they get a plain ring.
-    let (ring, enabled) = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .setup_r_disabled()
-        .setup_cqsize(depth * 2)
-        .build(depth)
-        .map(|r| (r, false))
-        .or_else(|_| IoUring::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
-    ring.submitter().register_files(&[image.file.as_raw_fd()])?;
-    let arena = Arena::new(ARENA_BYTES, 0);
-    // SAFETY: the arena's memory stays allocated while the ring lives: the engine holds an
-    // Arc to it, and fields drop in declaration order, the ring before the arena.
-    let arena = match unsafe { ring.submitter().register_buffers(&[arena.iovec()]) } {
-        Ok(()) => Some(arena),
-        Err(e) => {
-            tracing::debug!(error = %e, "could not register fixed buffers; using plain reads and writes");
-            None
-        }
-    };
-    let done_fd =
-        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-            .map_err(io::Error::from)
-            .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
-            .inspect_err(
-                |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
-            )
-            .ok();
-    Ok((Ring::Own { ring, enabled, done_fd }, arena))
 }

@@ -16,6 +16,7 @@
 mod files;
 mod session;
 pub mod span;
+#[allow(unsafe_code)]
 mod sys;
 pub mod wire;
 

@@ -55,10 +55,9 @@ impl Reply {
     pub fn data_in_area(mut self, data: AreaData, skip: u32, len: u32) {
         let n = data.len().saturating_sub(skip).min(len);
         let header = wire::out_header(self.unique, 0, n as usize);
-        let sent = match data.area().raw(data.offset() + u64::from(skip), u64::from(n)) {
-            // SAFETY: `raw` checked the range lies in the mapping, which `data` keeps mapped
-            // (and its pages reserved) until after the call.
-            Ok(at) => unsafe { super::sys::write_with(&self.dev, &header, at, n as usize) }.map(drop),
+        // `data` keeps the pages mapped and reserved until after the call.
+        let sent = match data.area().slice(data.offset() + u64::from(skip), u64::from(n)) {
+            Ok(view) => super::sys::write_with(&self.dev, &header, view).map(drop),
             Err(e) => Err(std::io::Error::other(e)),
         };
         drop(data);
@@ -123,10 +122,9 @@ pub(super) fn serve(fs: &LunFiles, link: &Link, session: BorrowedFd<'_>) -> std:
         }
         let room = RECV_BYTES - READ_AT;
         let got = match &held {
-            Some(r) => match r.area.raw(r.region.offset + READ_AT as u64, room as u64) {
-                // SAFETY: the pages are reserved for this thread, and `raw` checked that
-                // the range lies in the area's mapping, which `r.area` keeps mapped.
-                Ok(at) => unsafe { super::sys::read_into(&dev, at, room) },
+            // The pages are reserved for this thread.
+            Some(r) => match r.area.slice(r.region.offset + READ_AT as u64, room as u64) {
+                Ok(view) => super::sys::read_into(&dev, view),
                 Err(e) => break Err(std::io::Error::other(e)),
             },
             None => rustix::io::read(&*dev, &mut private[READ_AT..]).map_err(std::io::Error::from),

@@ -1,7 +1,9 @@
 //! The FUSE front-end's system calls that need `unsafe`: cloning a `/dev/fuse` session fd
-//! and reading a request into shared memory.
+//! reading a request into shared memory, and replying from it.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use shmem::PeerSlice;
 
 /// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
 const FUSE_DEV_IOC_CLONE: libc::c_ulong = (2 << 30) | (4 << 16) | (229 << 8);
@@ -24,33 +26,25 @@ pub fn clone_device(session: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads one request from `dev` into `len` bytes at `at`.
-///
-/// # Safety
-/// `[at, at + len)` must be writable memory that stays mapped during the call and that no
-/// Rust reference covers (shared memory is only ever reached through raw pointers).
-pub unsafe fn read_into(dev: &OwnedFd, at: *mut u8, len: usize) -> std::io::Result<usize> {
-    // SAFETY: the caller guarantees the range is mapped and writable; the kernel writes at
-    // most `len` bytes into it.
-    let n = unsafe { libc::read(dev.as_raw_fd(), at.cast(), len) };
+/// Reads one request from `dev` into `into` (pages of a queue pair's data area).
+pub fn read_into(dev: &OwnedFd, into: PeerSlice<'_>) -> std::io::Result<usize> {
+    // SAFETY: a view is valid for writes of its length while it lives, and the kernel
+    // writes at most that many bytes.
+    let n = unsafe { libc::read(dev.as_raw_fd(), into.as_ptr().cast(), into.len()) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(n as usize)
 }
 
-/// Writes `head` then `len` bytes at `at` to `dev` in one `writev`.
-///
-/// # Safety
-/// `[at, at + len)` must be readable memory that stays mapped during the call and that no
-/// Rust reference covers (shared memory is only ever reached through raw pointers).
-pub unsafe fn write_with(dev: &OwnedFd, head: &[u8], at: *const u8, len: usize) -> std::io::Result<usize> {
+/// Writes `head` then the bytes of `data` to `dev` in one `writev`.
+pub fn write_with(dev: &OwnedFd, head: &[u8], data: PeerSlice<'_>) -> std::io::Result<usize> {
     let iov = [
         libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
-        libc::iovec { iov_base: at as *mut libc::c_void, iov_len: len },
+        libc::iovec { iov_base: data.as_ptr().cast(), iov_len: data.len() },
     ];
-    // SAFETY: both iovecs describe memory that stays valid for the call (the caller vouches
-    // for the second); the kernel only reads through them.
+    // SAFETY: both iovecs describe memory valid for the call (a slice, and a view, which
+    // is valid while it lives); the kernel only reads through them.
     let n = unsafe { libc::writev(dev.as_raw_fd(), iov.as_ptr(), 2) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());

@@ -18,6 +18,7 @@ pub mod dbus;
 pub mod device;
 pub mod netlink;
 pub mod ring;
+#[allow(unsafe_code)]
 pub mod sys;
 
 use std::collections::HashMap;

@@ -5,6 +5,7 @@ use gateway::engine::{Backend, RamEngine};
 use gateway::lun::{Direct, Finished, LunDriver};
 use scsi::sense::parse_sense;
 use scsi::{Asc, Completion, LunConfig, LunIdentity, Nexus, Status};
+use shmem::PeerSlice;
 
 pub use scsi::build::rw16;
 
@@ -38,13 +39,10 @@ pub fn run(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
 /// its completion and the bytes read, or `None` when the driver declined it.
 pub fn direct(d: &mut LunDriver, cdb: &[u8], mem: &mut [u8], write: bool) -> Option<(Completion, usize)> {
     let nexus = Nexus { id: I, luns: &[0] };
-    let ptr = std::ptr::NonNull::new(mem.as_mut_ptr()).expect("a slice's pointer is never null");
-    // SAFETY: `mem` is borrowed mutably for the whole call, and a READ is finished before the
-    // call returns.
-    match unsafe { d.start_direct(&nexus, cdb, ptr, mem.len(), write) } {
+    match d.start_direct(&nexus, cdb, PeerSlice::from_mut(mem), write) {
         Direct::Declined => None,
         Direct::Done(completion) => Some((completion, 0)),
-        Direct::Read(read) => Some(d.finish_read(read)),
+        Direct::Read(read) => Some(d.finish_read(read, PeerSlice::from_mut(mem))),
     }
 }
 

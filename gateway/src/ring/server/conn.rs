@@ -8,9 +8,10 @@ use std::sync::Arc;
 use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
 use scsi::{Completion, Status};
 
+use super::admission::{Closed, MapEntry, Violation};
 use super::{Accepted, NodeEntry};
 use crate::config::Access;
-use crate::engine::host::UringHost;
+use crate::engine::host::{FixedMemory, UringHost};
 use crate::ring::alloc::RegionAllocator;
 use crate::ring::proto::{self, Cmd, Message as RingMessage, Region, Stat};
 use crate::ring::shm::{Doorbell, SharedMemory};
@@ -75,6 +76,12 @@ pub(super) struct MappedLun {
     pub(super) stats: Arc<LunStats>,
 }
 
+impl MapEntry for MappedLun {
+    fn access(&self) -> Access {
+        self.access
+    }
+}
+
 pub(super) fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> Map<(u16, u16), MappedLun> {
     entry
         .luns
@@ -130,7 +137,7 @@ pub(super) struct Conn {
     /// Bytes named by the segments of commands not yet answered, capped at the size of the
     /// node's data area so a node cannot make the gateway hold more data than it could send.
     pub(super) bytes_in_flight: u64,
-    pub(super) dead: Option<String>,
+    pub(super) dead: Option<Closed>,
     /// Names this queue pair's polls in the worker's ring: `2 * token` its doorbell,
     /// `2 * token + 1` its socket.
     pub(super) token: u32,
@@ -156,13 +163,11 @@ impl Conn {
         // Registering pins (and so allocates) the whole area: only areas up to
         // FIXED_DATA_MAX are, so a node asking for a large one does not make the gateway
         // hold all of it at once; larger ones take plain reads and writes.
+        // The host holds the area while it is registered; `Drop` unregisters it, and the
+        // kernel keeps the pages for any request still using them.
         let data_fixed = host.filter(|_| a.data.len() <= FIXED_DATA_MAX).and_then(|h| {
-            let base = a.data.raw(0, a.data.len() as u64).ok()?;
-            let iov = libc::iovec { iov_base: base.cast(), iov_len: a.data.len() };
-            // SAFETY: the iovec is the whole mapping, which `data` keeps alive as long as the
-            // queue pair; `Drop` unregisters it first, and the kernel keeps the pages for
-            // any request still using them.
-            unsafe { h.register_buffer(|_| iov) }.map(|index| (h.clone(), index))
+            let area: Arc<dyn FixedMemory> = a.data.clone();
+            h.register_buffer(|_| area).map(|index| (h.clone(), index))
         });
         Conn {
             data_fixed,
@@ -214,17 +219,16 @@ impl Conn {
     pub(super) fn hang_up(&mut self) {
         if self.dead.is_none() {
             tracing::info!(pan = %self.entry.pan, node = %self.entry.node, outstanding = self.pending.len(), "queue pair disconnected");
-            self.dead = Some("disconnected".into());
+            self.dead = Some(Closed::HungUp);
         }
     }
 
-    /// The node broke the protocol: close its queue pair and say why. `label` names the
-    /// kind of fault for metrics.
-    pub(super) fn kill(&mut self, label: &'static str, why: String) {
+    /// The node broke the protocol: close its queue pair, count the violation and say why.
+    pub(super) fn kill(&mut self, why: Violation) {
         if self.dead.is_none() {
             tracing::warn!(pan = %self.entry.pan, node = %self.entry.node, reason = %why, "closing queue pair");
-            self.ring_stats.protocol_error(label);
-            self.dead = Some(why);
+            self.ring_stats.protocol_error(why.label());
+            self.dead = Some(Closed::Violation(why));
         }
     }
 }
@@ -286,7 +290,7 @@ pub(super) fn flush(c: &mut Conn) -> bool {
             a + b > 0
         }
         (Err(e), _) | (_, Err(e)) => {
-            c.kill(e.label(), e.to_string());
+            c.kill(e.into());
             return true;
         }
     };
@@ -299,7 +303,7 @@ pub(super) fn flush(c: &mut Conn) -> bool {
         c.ring_stats.doorbell(ring);
         if ring {
             if let Err(e) = c.to_node.ring() {
-                c.kill("doorbell_failed", format!("ringing the node's doorbell failed: {e}"));
+                c.kill(Violation::DoorbellFailed(e));
             }
         }
     }

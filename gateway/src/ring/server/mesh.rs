@@ -12,7 +12,7 @@ use std::sync::Arc;
 use scsi::Completion;
 
 use crate::ring::proto::{Cmd, Region};
-use crate::ring::shm::{Doorbell, SharedMemory};
+use crate::ring::shm::{Doorbell, SharedMemory, ShmError};
 
 /// What placing a queue pair away from its image's worker counts as, in queue pairs.
 const AWAY_COST: usize = 3;
@@ -55,7 +55,7 @@ pub(super) struct Done {
     /// Data-in bytes placed in the node's regions.
     pub transferred: usize,
     /// The node named memory the data could not be moved to or from: its queue pair is cut.
-    pub fault: Option<String>,
+    pub fault: Option<ShmError>,
 }
 
 /// A message between workers.

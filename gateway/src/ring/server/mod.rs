@@ -29,6 +29,7 @@ use super::{proto, spsc};
 use crate::config::Access;
 use crate::storage::OpenImage;
 
+pub mod admission;
 mod conn;
 mod mesh;
 mod owned;

@@ -13,7 +13,7 @@ use crate::engine::host::UringHost;
 use crate::engine::AlignedBuf;
 use crate::lun::{Direct, DirectRead, Finished};
 use crate::ring::proto::Segments;
-use crate::ring::shm::SharedMemory;
+use crate::ring::shm::{PeerSlice, SharedMemory, ShmError};
 use crate::storage::OpenImage;
 
 /// Where a running command's data-in goes.
@@ -180,15 +180,10 @@ impl Owned {
         let (Some(img), [r]) = (self.images.get_mut(image).and_then(Option::as_mut), segments.as_slice()) else {
             return Direct::Declined;
         };
-        let Some(ptr) = mem.raw(r.offset, u64::from(r.len)).ok().and_then(std::ptr::NonNull::new) else {
-            return Direct::Declined;
-        };
-        // SAFETY: `raw` checked the region lies inside `mem`, the node's data area or its
-        // staging buffers. The queue pair keeps both mapped until it closes. A WRITE is
-        // copied before this returns, and the worker finishes a direct READ before it
-        // returns from serving the queue pair, so before the queue pair can close. Nothing in
-        // the gateway forms a reference to the node's memory.
-        unsafe { img.driver.start_direct(nexus, cdb, ptr, r.len as usize, write) }
+        // The queue pair keeps its memory mapped while it is served, and a direct READ is
+        // finished before the worker returns from serving it.
+        let Ok(view) = mem.slice(r.offset, u64::from(r.len)) else { return Direct::Declined };
+        img.driver.start_direct(nexus, cdb, view, write)
     }
 
     /// Starts loading more of direct READ `read` on `image`, to overlap with another copy.
@@ -199,9 +194,9 @@ impl Owned {
     }
 
     /// Copies direct READ `read` on `image`: its completion, and the bytes that arrived.
-    pub(super) fn finish_read(&mut self, image: usize, read: DirectRead) -> (Completion, usize) {
+    pub(super) fn finish_read(&mut self, image: usize, read: DirectRead, dst: PeerSlice<'_>) -> (Completion, usize) {
         match self.get_mut(image) {
-            Some(img) => img.driver.finish_read(read),
+            Some(img) => img.driver.finish_read(read, dst),
             None => (Completion::check(&scsi::Sense::lun_not_supported(), false), 0),
         }
     }
@@ -276,7 +271,7 @@ impl Owned {
 }
 
 impl Done {
-    fn fault(tag: u64, fault: String) -> Done {
+    fn fault(tag: u64, fault: ShmError) -> Done {
         Done { tag, completion: Completion::good(), transferred: 0, fault: Some(fault) }
     }
 }
@@ -305,42 +300,35 @@ fn borrow(
     if !plain || !takes_borrowed || r.offset % crate::engine::buf::ALIGN as u64 != 0 {
         return None;
     }
-    let ptr = std::ptr::NonNull::new(mem.raw(r.offset, u64::from(r.len)).ok()?)?;
-    let owner: Arc<dyn std::any::Any + Send + Sync> = mem.clone();
-    // SAFETY: `raw` checked that [offset, offset+len) lies inside the mapping, which
-    // `owner` keeps mapped for the buffer's life; the buffer goes only to an engine that
-    // passes its pointer to the kernel and never forms a reference to it.
-    let mut view = unsafe { AlignedBuf::borrowed(ptr, r.len as usize, owner) };
+    let mut view = AlignedBuf::over_shared(mem, r.offset, r.len)?;
     if let Some(index) = fixed {
-        // SAFETY: the queue pair's worker registered `index` in this worker's ring (jobs
-        // that cross to another worker drop it) over the whole data area, which contains
-        // the view, and unregisters it only when the queue pair closes; requests in flight
-        // keep the pages.
-        unsafe { view.set_fixed(index) };
+        // The queue pair's worker registered `index` in this worker's ring over the whole
+        // data area, which contains the view (jobs that cross to another worker drop it).
+        view.set_fixed(index);
     }
     Some(view)
 }
 
 /// Copies the regions `(offset, len)` of `mem`, in order, into `buf`.
-fn gather(mem: &SharedMemory, regions: impl Iterator<Item = (u64, u32)>, buf: &mut [u8]) -> Result<(), String> {
+fn gather(mem: &SharedMemory, regions: impl Iterator<Item = (u64, u32)>, buf: &mut [u8]) -> Result<(), ShmError> {
     let mut at = 0usize;
     for (offset, len) in regions {
         let n = len as usize;
-        mem.read(offset, &mut buf[at..at + n]).map_err(|e| e.to_string())?;
+        mem.read(offset, &mut buf[at..at + n])?;
         at += n;
     }
     Ok(())
 }
 
 /// Copies `bytes` into the node's regions; returns how many fit.
-pub(super) fn scatter(mem: &SharedMemory, segments: &Segments, bytes: &[u8]) -> Result<usize, String> {
+pub(super) fn scatter(mem: &SharedMemory, segments: &Segments, bytes: &[u8]) -> Result<usize, ShmError> {
     let mut at = 0usize;
     for r in segments.as_slice() {
         if at >= bytes.len() {
             break;
         }
         let n = (r.len as usize).min(bytes.len() - at);
-        mem.write(r.offset, &bytes[at..at + n]).map_err(|e| e.to_string())?;
+        mem.write(r.offset, &bytes[at..at + n])?;
         at += n;
     }
     Ok(at)

@@ -12,20 +12,20 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::opcode;
 use metrics::{Metrics, Transfer};
-use scsi::{absent_lun, Completion, DataIn, Nexus, Sense, Status};
+use scsi::{Completion, DataIn, Nexus, Status};
 
+use super::admission::{self, Closed, Decision, QueueState, TranDecision};
 use super::conn::{control_stat, flush, lun_map, stat_from, Conn, MappedLun, Pending, Ticket};
 use super::mesh::{Done, Job, Mesh, Message, Source};
 use super::owned::{scatter, Owned};
 use super::{control_result, Accepted, Capacities, Control, ServerOptions};
 use crate::config::Access;
-use crate::engine::host::{self, UringHost};
+use crate::engine::host::UringHost;
 use crate::lun::{Direct, DirectRead};
 use crate::ring::backoff::PollBackoff;
 use crate::ring::proto::{self, Buf, Cmd, ControlOp, Message as RingMessage, Region, ReportEntry, Segments};
-use crate::ring::shm::Doorbell;
+use crate::ring::shm::{Doorbell, PeerSlice};
 use crate::ring::spsc::RingId;
 use crate::storage::OpenImage;
 
@@ -44,9 +44,9 @@ struct Local {
 
 #[derive(Debug)]
 enum LocalState {
-    /// A READ whose copy waits for the end of the batch, so the reads of a batch find
-    /// their data on its way into the cache.
-    Read(DirectRead),
+    /// A READ whose copy, into its region of the node's data area, waits for the end of
+    /// the batch, so the reads of a batch find their data on its way into the cache.
+    Read(DirectRead, Region),
     /// Finished, with the data-in bytes that arrived.
     Done(Completion, usize),
 }
@@ -54,9 +54,9 @@ enum LocalState {
 impl LocalState {
     /// The READ still to copy, if this is one, leaving it done with nothing moved until the
     /// copy says otherwise.
-    fn take_read(&mut self) -> Option<DirectRead> {
+    fn take_read(&mut self) -> Option<(DirectRead, Region)> {
         match std::mem::replace(self, LocalState::Done(Completion::good(), 0)) {
-            LocalState::Read(read) => Some(read),
+            LocalState::Read(read, region) => Some((read, region)),
             done => {
                 *self = done;
                 None
@@ -303,12 +303,7 @@ impl Worker {
                 if let Some(h) = &host {
                     for (armed, token) in [(c.bell_armed, 2 * c.token), (c.sock_armed, 2 * c.token + 1)] {
                         if armed {
-                            let target = host::user_data(host::WORKER_KEY, token);
-                            let cancel = opcode::PollRemove::new(target)
-                                .build()
-                                .user_data(host::user_data(host::WORKER_KEY, IGNORED_TOKEN));
-                            // SAFETY: a poll removal points at no memory.
-                            if let Err(e) = unsafe { h.push(&cancel) } {
+                            if let Err(e) = h.poll_remove(token, IGNORED_TOKEN) {
                                 tracing::warn!(error = %e, "could not cancel a closed queue pair's poll");
                             }
                         }
@@ -421,7 +416,7 @@ impl Worker {
                         }
                         None => {
                             tracing::info!(pan = %pan, node = %node, "node deleted: closing its queue pair");
-                            c.dead = Some("the node was deleted".into());
+                            c.dead = Some(Closed::NodeDeleted);
                         }
                     }
                 }
@@ -454,7 +449,7 @@ impl Worker {
                     Ok(Some(_)) => unreachable!("the consumer checks kinds"),
                     Ok(None) => break,
                     Err(e) => {
-                        self.conns[i].kill(e.label(), e.to_string());
+                        self.conns[i].kill(e.into());
                         return true;
                     }
                 }
@@ -467,95 +462,76 @@ impl Worker {
         progress
     }
 
+    /// Admits a CMD ([`admission::admit`]) and carries out the decision.
     fn on_cmd(&mut self, i: usize, cmd: Cmd) {
-        {
-            let c = &mut self.conns[i];
-            // Outstanding: accepted and unanswered, answered but queued, and answered in the
-            // STAT ring but not yet consumed by the node.
-            let queued = c.pending.len() + self.local.len() + c.out_stat.len();
-            // The node's STAT cursor is read only when the last value seen says the limit
-            // is reached: it sits on a line the node writes for every STAT it takes.
-            let in_ring = if queued + c.stat.unconsumed_upper() as usize >= c.slots as usize {
-                match c.stat.room() {
-                    Ok(room) => c.slots - room,
-                    Err(e) => return c.kill(e.label(), e.to_string()),
-                }
-            } else {
-                0
-            };
-            if queued + in_ring as usize >= c.slots as usize {
-                return c.kill("queue_overflow", format!("more than {} commands outstanding", c.slots));
-            }
-            if c.pending.contains_key(&cmd.seq) || self.local.iter().any(|l| l.ticket.seq == cmd.seq) {
-                return c.kill("sequence_reused", format!("sequence number {} reused while outstanding", cmd.seq));
-            }
-            c.unanswered += 1;
-        }
-        if let Some(op) = cmd.control {
-            return self.on_control(i, cmd, op);
-        }
         let c = &mut self.conns[i];
-        let expected = cmd.segments.total();
-        let Some(lun) = c.map.get(&(cmd.target, cmd.lun)).cloned() else {
-            let completion = absent_lun(cmd.cdb(), c.luns_of_target(cmd.target));
-            let data = match &completion.data_in {
-                DataIn::Bytes(b) => b.clone(),
-                _ => Vec::new(),
-            };
-            let n = if cmd.flags & proto::FLAG_DATA_IN != 0 { scatter(&c.data, &cmd.segments, &data) } else { Ok(0) };
-            match n {
-                Ok(n) => c.answer(stat_from(cmd.seq, &completion, n as u32, expected)),
-                Err(e) => c.kill("bad_region", e),
+        // Outstanding: accepted and unanswered, answered but queued, and answered in the
+        // STAT ring but not yet consumed by the node. The node's STAT cursor is read only
+        // when the last value seen says the limit may be reached: it sits on a line the
+        // node writes for every STAT it takes.
+        let queued = c.pending.len() + self.local.len() + c.out_stat.len();
+        let in_ring = if queued + c.stat.unconsumed_upper() as usize >= c.slots as usize {
+            match c.stat.room() {
+                Ok(room) => c.slots - room,
+                Err(e) => return c.kill(e.into()),
             }
-            return;
+        } else {
+            0
         };
-        let opcode = cmd.cdb()[0];
-        if lun.access == Access::Ro && scsi::opcodes::writes_medium(opcode) {
-            let completion = Completion::check(&Sense::write_protected(), false);
-            lun.stats.answered(opcode, completion.status as u8, Transfer::None);
-            c.answer(stat_from(cmd.seq, &completion, 0, expected));
-            return;
-        }
-        if c.bytes_in_flight + expected > c.data.len() as u64 {
-            // More data in flight than the node's whole data area: ask it to retry later.
-            let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
-            lun.stats.answered(opcode, busy.status as u8, Transfer::None);
-            c.answer(stat_from(cmd.seq, &busy, 0, expected));
-            return;
-        }
-        c.bytes_in_flight += expected;
-        if cmd.flags & proto::FLAG_STAGED != 0 {
-            // One BUF per segment of the CMD, each naming staging space of the same size.
-            let mut staged = Vec::new();
-            for r in cmd.segments.as_slice() {
-                match c.staging_alloc.alloc(r.len) {
-                    Some(s) => staged.push(s),
-                    None => {
-                        for s in staged {
-                            c.staging_alloc.free(s);
-                        }
-                        c.bytes_in_flight -= expected;
-                        let busy = Completion { status: Status::Busy, sense: Vec::new(), data_in: DataIn::None };
-                        lun.stats.answered(opcode, busy.status as u8, Transfer::None);
-                        c.answer(stat_from(cmd.seq, &busy, 0, expected));
-                        return;
-                    }
+        let q = QueueState {
+            slots: c.slots,
+            outstanding: queued + in_ring as usize,
+            seq_in_use: c.pending.contains_key(&cmd.seq) || self.local.iter().any(|l| l.ticket.seq == cmd.seq),
+            bytes_in_flight: c.bytes_in_flight,
+            data_area: c.data.len() as u64,
+        };
+        let expected = cmd.segments.total();
+        let (lun, data_out, data_in) = match admission::admit(&cmd, q, &c.map, c.luns_of_target(cmd.target)) {
+            Decision::Kill(why) => return c.kill(why),
+            Decision::Control(op) => {
+                c.unanswered += 1;
+                return self.on_control(i, cmd, op);
+            }
+            Decision::Answer { completion, counted } => {
+                c.unanswered += 1;
+                if let Some(lun) = counted {
+                    lun.stats.answered(cmd.cdb()[0], completion.status as u8, Transfer::None);
                 }
+                let n = match (&completion.data_in, cmd.flags & proto::FLAG_DATA_IN != 0) {
+                    (DataIn::Bytes(data), true) => scatter(&c.data, &cmd.segments, data),
+                    _ => Ok(0),
+                };
+                return match n {
+                    Ok(n) => c.answer(stat_from(cmd.seq, &completion, n as u32, expected)),
+                    Err(e) => c.kill(e.into()),
+                };
             }
-            for (index, s) in staged.iter().enumerate() {
-                let segments = Segments::new(&[*s]).expect("one segment fits");
-                c.out_buf.push_back(RingMessage::Buf(Buf { seq: cmd.seq, index: index as u16, segments }));
+            Decision::Stage(lun) => {
+                c.unanswered += 1;
+                let lun = lun.clone();
+                let Some(staged) = admission::stage(cmd.segments.as_slice(), &mut c.staging_alloc) else {
+                    let busy = admission::busy();
+                    lun.stats.answered(cmd.cdb()[0], busy.status as u8, Transfer::None);
+                    return c.answer(stat_from(cmd.seq, &busy, 0, expected));
+                };
+                c.bytes_in_flight += expected;
+                for (index, s) in staged.iter().enumerate() {
+                    let segments = Segments::new(&[*s]).expect("one segment fits");
+                    c.out_buf.push_back(RingMessage::Buf(Buf { seq: cmd.seq, index: index as u16, segments }));
+                }
+                let received = vec![false; staged.len()];
+                let (seq, no_data) = (cmd.seq, cmd.segments.as_slice().is_empty());
+                c.pending.insert(seq, Pending::Staged { lun, cmd: Box::new(cmd), staged, received });
+                if no_data {
+                    self.submit_staged(i, seq);
+                }
+                return;
             }
-            let received = vec![false; staged.len()];
-            let (seq, no_data) = (cmd.seq, cmd.segments.as_slice().is_empty());
-            c.pending.insert(seq, Pending::Staged { lun, cmd: Box::new(cmd), staged, received });
-            if no_data {
-                self.submit_staged(i, seq);
-            }
-            return;
-        }
-        let data_out = cmd.flags & proto::FLAG_DATA_OUT != 0;
-        let lun = if data_out || cmd.flags & proto::FLAG_DATA_IN != 0 {
+            Decision::Execute { lun, data_out, data_in } => (lun.clone(), data_out, data_in),
+        };
+        c.unanswered += 1;
+        c.bytes_in_flight += expected;
+        let lun = if data_out || data_in {
             match self.start_local(i, lun, &cmd, data_out, Vec::new()) {
                 Ok(()) => return,
                 Err((lun, _)) => lun,
@@ -566,7 +542,7 @@ impl Worker {
         let c = &mut self.conns[i];
         let source = if data_out {
             Source::Out(c.data.clone())
-        } else if cmd.flags & proto::FLAG_DATA_IN != 0 {
+        } else if data_in {
             Source::In(c.data.clone())
         } else {
             Source::None
@@ -594,20 +570,14 @@ impl Worker {
 
     fn on_tran(&mut self, i: usize, seq: u32, index: u16) {
         let c = &mut self.conns[i];
-        let Some(Pending::Staged { received, .. }) = c.pending.get_mut(&seq) else {
-            return c.kill("unexpected_tran", format!("TRAN for sequence number {seq}, which awaits no data"));
+        let received = match c.pending.get_mut(&seq) {
+            Some(Pending::Staged { received, .. }) => Some(&mut received[..]),
+            _ => None,
         };
-        match received.get_mut(usize::from(index)) {
-            Some(r) if !*r => *r = true,
-            _ => {
-                return c.kill(
-                    "unexpected_tran",
-                    format!("TRAN index {index} for sequence number {seq} is unknown or repeated"),
-                )
-            }
-        }
-        if received.iter().all(|&r| r) {
-            self.submit_staged(i, seq);
+        match admission::admit_tran(seq, index, received) {
+            Ok(TranDecision::Wait) => {}
+            Ok(TranDecision::Run) => self.submit_staged(i, seq),
+            Err(why) => c.kill(why),
         }
     }
 
@@ -651,7 +621,11 @@ impl Worker {
         let state = match direct {
             Direct::Declined => return Err((lun, staged)),
             Direct::Done(completion) => LocalState::Done(completion, 0),
-            Direct::Read(read) => LocalState::Read(read),
+            // Only unstaged commands read, from their one region.
+            Direct::Read(read) => match cmd.segments.as_slice() {
+                [region] => LocalState::Read(read, *region),
+                _ => unreachable!("the direct path takes commands of one region"),
+            },
         };
         let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
         let ticket = Ticket::new(cmd, data_out, started_ns, lun.stats);
@@ -668,12 +642,15 @@ impl Worker {
         let mut local = std::mem::take(&mut self.local);
         for k in 0..local.len() {
             // While one read copies, the next one's data is fetched.
-            if let Some(Local { image, state: LocalState::Read(next), .. }) = local.get(k + 1) {
+            if let Some(Local { image, state: LocalState::Read(next, _), .. }) = local.get(k + 1) {
                 self.owned.prefetch_read(*image, next);
             }
             let l = &mut local[k];
-            if let Some(read) = l.state.take_read() {
-                let (completion, moved) = self.owned.finish_read(l.image, read);
+            if let Some((read, region)) = l.state.take_read() {
+                let mut none = [];
+                let dst = self.conns[i].data.slice(region.offset, u64::from(region.len));
+                let dst = dst.unwrap_or_else(|_| PeerSlice::from_mut(&mut none));
+                let (completion, moved) = self.owned.finish_read(l.image, read, dst);
                 l.state = LocalState::Done(completion, moved);
             }
         }
@@ -740,7 +717,7 @@ impl Worker {
                         s.residual = (bytes.len() - n) as u32;
                         s
                     }
-                    Err(e) => return c.kill("bad_region", e),
+                    Err(e) => return c.kill(e.into()),
                 }
             }
         };
@@ -758,7 +735,7 @@ impl Worker {
             c.staging_alloc.free(s);
         }
         if let Some(fault) = d.fault {
-            return c.kill("bad_region", fault);
+            return c.kill(fault.into());
         }
         c.answer(ticket.answer(&d.completion, d.transferred, now_ns));
     }

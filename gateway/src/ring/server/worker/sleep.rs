@@ -6,10 +6,9 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use io_uring::{opcode, types};
-
 use super::{Worker, WAKE_TOKEN};
-use crate::engine::host::{self, UringHost};
+use crate::engine::host::UringHost;
+use crate::ring::server::admission::Violation;
 use crate::ring::shm;
 
 impl Worker {
@@ -45,21 +44,14 @@ impl Worker {
     /// and waits for any CQE there (these, or an engine's) or the timeout.
     fn wait_in_ring(&mut self, host: &UringHost, timeout: Duration) {
         use std::os::fd::AsRawFd;
-        let poll = |fd: i32, mask: i16, token: u32| {
-            opcode::PollAdd::new(types::Fd(fd), mask as u32).build().user_data(host::user_data(host::WORKER_KEY, token))
-        };
         // A poll counts as armed once its SQE is queued; one that could not be queued is
-        // tried again at the next sleep.
-        let arm = |fd: i32, mask: i16, token: u32| {
-            // SAFETY: a poll SQE points at no memory; the fds stay open while armed (a queue
-            // pair's polls are cancelled before its fds close, and `wake` lives as long as
-            // the worker).
-            match unsafe { host.push(&poll(fd, mask, token)) } {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "arming a poll in the worker's ring failed");
-                    false
-                }
+        // tried again at the next sleep. The fds stay open while armed: a queue pair's polls
+        // are removed before its fds close, and `wake` lives as long as the worker.
+        let arm = |fd: i32, mask: i16, token: u32| match host.poll_add(fd, mask as u32, token) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "arming a poll in the worker's ring failed");
+                false
             }
         };
         if !self.wake_armed {
@@ -99,7 +91,7 @@ impl Worker {
             if revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
                 c.hang_up();
             } else if revents & libc::POLLIN != 0 {
-                c.kill("socket_chatter", "the node sent data on its socket after the handshake".into());
+                c.kill(Violation::SocketChatter);
             }
         }
         self.events = events;
@@ -137,7 +129,7 @@ impl Worker {
             if ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
                 c.hang_up();
             } else if ev.contains(PollFlags::IN) {
-                c.kill("socket_chatter", "the node sent data on its socket after the handshake".into());
+                c.kill(Violation::SocketChatter);
             }
         }
     }

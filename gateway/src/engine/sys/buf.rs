@@ -6,6 +6,10 @@ use std::fmt;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
+use shmem::{PeerSlice, SharedMemory};
+
+use super::host::FixedMemory;
+
 /// Alignment of every buffer: a page, which satisfies `O_DIRECT` on any logical block size.
 pub const ALIGN: usize = 4096;
 
@@ -23,9 +27,9 @@ enum Origin {
         arena: Arc<Arena>,
         first_page: usize,
     },
-    /// Memory someone else owns (a node's shared data area), kept mapped by `_owner`.
+    /// Part of a node's shared data area, kept mapped by `_area`.
     Borrowed {
-        _owner: Arc<dyn std::any::Any + Send + Sync>,
+        _area: Arc<SharedMemory>,
         /// The fixed buffer of the io_uring it goes to that covers it, if registered.
         fixed: Option<u16>,
     },
@@ -54,26 +58,28 @@ impl AlignedBuf {
         b
     }
 
-    /// A buffer over memory owned elsewhere: a node's shared data area, handed to an engine
-    /// that only gives the kernel a pointer to it ([`super::Backend::takes_borrowed`]), so a
-    /// write needs no copy.
-    ///
-    /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes for as long as `owner` lives.
-    /// Another process may change the memory at any time, so no reference to it may ever be
-    /// formed: [`AlignedBuf::as_slice`] and [`AlignedBuf::as_mut_slice`] refuse (panic on) a
-    /// borrowed buffer, and only [`AlignedBuf::as_mut_ptr`] may be used.
-    pub unsafe fn borrowed(ptr: NonNull<u8>, len: usize, owner: Arc<dyn std::any::Any + Send + Sync>) -> AlignedBuf {
-        AlignedBuf { ptr, len, cap: len, origin: Origin::Borrowed { _owner: owner, fixed: None } }
+    /// A buffer over `len` bytes at `offset` of a node's shared data area, handed to an
+    /// engine that only gives the kernel a pointer to it ([`crate::engine::Backend::takes_borrowed`]),
+    /// so a write needs no copy. `None` when the range is not inside the area. Another
+    /// process may change the memory at any time, so no reference to it is ever formed:
+    /// [`AlignedBuf::as_slice`] and [`AlignedBuf::as_mut_slice`] refuse (panic on) such a
+    /// buffer; [`AlignedBuf::view`] reaches it.
+    pub fn over_shared(area: &Arc<SharedMemory>, offset: u64, len: u32) -> Option<AlignedBuf> {
+        let ptr = NonNull::new(area.slice(offset, u64::from(len)).ok()?.as_ptr())?;
+        // The `Arc` keeps the mapping, and so `[ptr, ptr+len)`, valid as long as the buffer.
+        Some(AlignedBuf {
+            ptr,
+            len: len as usize,
+            cap: len as usize,
+            origin: Origin::Borrowed { _area: area.clone(), fixed: None },
+        })
     }
 
-    /// Marks a borrowed buffer as lying inside fixed buffer `index` of the io_uring it will
-    /// be submitted to, so reads and writes into it skip pinning its pages.
-    ///
-    /// # Safety
-    /// Fixed buffer `index` of that ring must be registered over memory that contains the
-    /// whole buffer, and stay registered until the buffer's request completes.
-    pub unsafe fn set_fixed(&mut self, index: u16) {
+    /// Marks a buffer over shared memory as lying inside fixed buffer `index` of the
+    /// io_uring it will be submitted to, so reads and writes into it skip pinning its pages.
+    /// The index must name a registration over memory that contains the buffer for the
+    /// I/O to find it; a wrong one fails the I/O (EFAULT), it cannot reach other memory.
+    pub fn set_fixed(&mut self, index: u16) {
         if let Origin::Borrowed { fixed, .. } = &mut self.origin {
             *fixed = Some(index);
         }
@@ -111,6 +117,16 @@ impl AlignedBuf {
     /// Raw pointer to the first byte, for the kernel.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+
+    /// The bytes as a view, whatever memory they are in: the way engines copy into and out
+    /// of a buffer that may be a node's shared memory.
+    #[inline]
+    pub fn view(&mut self) -> PeerSlice<'_> {
+        // SAFETY: the buffer's `len` bytes stay valid while it lives (its own allocation,
+        // its arena's pages, or a shared area its `Arc` keeps mapped), and `&mut self`
+        // keeps `as_slice` references from existing while the view does.
+        unsafe { PeerSlice::from_raw(self.ptr, self.len) }
     }
 
     /// Index of the registered fixed buffer this memory belongs to, if any.
@@ -179,11 +195,6 @@ impl Arena {
         Arc::new(Arena { base, pages, index, free: Mutex::new(vec![0; pages.div_ceil(64)]) })
     }
 
-    /// The iovec describing the whole arena, for `io_uring_register_buffers`.
-    pub fn iovec(&self) -> libc::iovec {
-        libc::iovec { iov_base: self.base.as_ptr().cast(), iov_len: self.pages * ALIGN }
-    }
-
     /// A zeroed buffer of `len` bytes from the arena, or `None` when it has no run of free
     /// pages long enough.
     pub fn alloc(self: &Arc<Arena>, len: usize) -> Option<AlignedBuf> {
@@ -241,6 +252,20 @@ impl Arena {
     }
 }
 
+impl Arena {
+    /// The iovec describing the whole arena, to register it.
+    pub(super) fn iovec(&self) -> libc::iovec {
+        libc::iovec { iov_base: self.base.as_ptr().cast(), iov_len: self.pages * ALIGN }
+    }
+}
+
+// SAFETY: the arena's pages are allocated at one address from `new` until it is dropped.
+unsafe impl FixedMemory for Arena {
+    fn iovec(&self) -> libc::iovec {
+        Arena::iovec(self)
+    }
+}
+
 impl Drop for Arena {
     fn drop(&mut self) {
         let layout = Layout::from_size_align(self.pages * ALIGN, ALIGN).expect("layout was valid at allocation");
@@ -278,13 +303,15 @@ mod tests {
 
     #[test]
     #[should_panic(expected = "shared memory")]
-    fn borrowed_buffers_never_hand_out_references() {
-        let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(vec![0u8; 4096]);
-        let ptr = NonNull::new(owner.downcast_ref::<Vec<u8>>().unwrap().as_ptr().cast_mut()).unwrap();
-        // SAFETY: the vector lives as long as `owner`, which the buffer holds; no reference to
-        // its bytes is formed while the buffer exists (the call below must refuse to).
-        let b = unsafe { AlignedBuf::borrowed(ptr, 4096, owner.clone()) };
+    fn buffers_over_shared_memory_never_hand_out_references() {
+        let area = Arc::new(SharedMemory::create("t", 8192).unwrap());
+        assert!(AlignedBuf::over_shared(&area, 4096, 4097).is_none(), "past the end of the area");
+        let mut b = AlignedBuf::over_shared(&area, 4096, 4096).unwrap();
         assert!(b.is_borrowed() && b.fixed_index().is_none());
+        b.view().write_at(0, b"node").unwrap();
+        let mut back = [0u8; 4];
+        area.read(4096, &mut back).unwrap();
+        assert_eq!(&back, b"node");
         let _ = b.as_slice();
     }
 }

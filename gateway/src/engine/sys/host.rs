@@ -3,10 +3,16 @@
 //! DESIGN.md's worker owns one ring and waits on doorbells and backend completions in the
 //! same `submit_and_wait`. The host is that ring. Engines that join it push their SQEs into
 //! it and register their image and arena in its fixed file and buffer tables; the worker
-//! adds its own polls (doorbells, sockets) and sleeps in it. Every CQE carries its owner's
-//! key in the top half of its user data, and whoever drains the completion queue sorts the
-//! CQEs into per-key mailboxes, so an engine waiting for its own completions never loses
-//! the worker's, nor the worker an engine's.
+//! adds its own polls (doorbells, sockets) and sleeps in it. Every SQE is pushed with its
+//! owner's [`Key`] and a token of the owner's; the host alone packs the two into the user
+//! data, and whoever drains the completion queue sorts the CQEs into per-key mailboxes of
+//! (token, result), so an engine waiting for its own completions never loses the
+//! worker's, nor the worker an engine's.
+//!
+//! Memory registered as a fixed buffer is kept alive by the host until it is unregistered
+//! ([`FixedMemory`]), so registering is safe. Pushing an SQE that names memory is not: only
+//! the io_uring engine's in-flight table ([`super::inflight`]) does it, for buffers it owns
+//! until their completions. Polls and cancellations name no memory and are safe to push.
 //!
 //! The ring is created single-issuer with deferred task work, so it belongs to the thread
 //! that built it. The host is shared through an `Arc` (engines must stay `Send` to reach the
@@ -15,19 +21,58 @@
 use std::cell::{Cell, UnsafeCell};
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{squeue, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
-/// The worker's own key: polls and other SQEs that are not an engine's.
-pub const WORKER_KEY: u32 = 0;
+/// Who an SQE belongs to: the worker, or an engine that joined the host. Its completions
+/// go to that owner's mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(u32);
+
+impl Key {
+    /// The worker's own key: its polls and cancellations.
+    pub const WORKER: Key = Key(0);
+}
 
 /// Entries in the fixed file and fixed buffer tables: one per engine that joins.
 const TABLE: u32 = 1024;
 
-/// Builds a CQE user data from an owner's key and its own 32-bit token.
-pub fn user_data(key: u32, token: u32) -> u64 {
-    (u64::from(key) << 32) | u64::from(token)
+/// An SQE's user data: its owner and the owner's token, packed here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UserData {
+    key: Key,
+    token: u32,
+}
+
+impl UserData {
+    fn pack(self) -> u64 {
+        (u64::from(self.key.0) << 32) | u64::from(self.token)
+    }
+
+    fn unpack(v: u64) -> UserData {
+        UserData { key: Key((v >> 32) as u32), token: v as u32 }
+    }
+}
+
+/// Memory that may be registered as a fixed buffer: the host holds it (an `Arc`) for as
+/// long as it is registered, so the kernel never keeps a registration of freed memory.
+///
+/// # Safety
+/// [`FixedMemory::iovec`] must describe memory that stays valid, at the same address, for
+/// as long as the value lives.
+pub unsafe trait FixedMemory: Send + Sync + 'static {
+    /// The memory to register.
+    fn iovec(&self) -> libc::iovec;
+}
+
+// SAFETY: a node's data area is mapped at one address for as long as the `SharedMemory`
+// lives.
+unsafe impl FixedMemory for shmem::SharedMemory {
+    fn iovec(&self) -> libc::iovec {
+        libc::iovec { iov_base: self.view().as_ptr().cast(), iov_len: self.len() }
+    }
 }
 
 thread_local! {
@@ -48,6 +93,8 @@ struct Inner {
     /// Free fixed-file and fixed-buffer indices; empty when the table could not be made.
     files: Vec<u32>,
     bufs: Vec<u16>,
+    /// What each registered fixed buffer holds, kept alive while registered.
+    pinned: Vec<Option<Arc<dyn FixedMemory>>>,
 }
 
 /// A worker's io_uring, shared with the engines of the images it owns.
@@ -100,7 +147,8 @@ impl UringHost {
                 Vec::new()
             }
         };
-        let inner = Inner { ring, mail: vec![Vec::new()], keys: vec![true], files, bufs };
+        let pinned = (0..bufs.len()).map(|_| None).collect();
+        let inner = Inner { ring, mail: vec![Vec::new()], keys: vec![true], files, bufs, pinned };
         Ok(UringHost { inner: UnsafeCell::new(inner), owner: thread_mark(), entered: Cell::new(false) })
     }
 
@@ -121,7 +169,7 @@ impl UringHost {
 
     /// Takes a key for a new owner of SQEs, with a fixed-file slot for `fd`. `None` when
     /// the host has no fixed-file table or no free slot: the caller keeps its own ring.
-    pub fn join(&self, fd: RawFd) -> Option<(u32, u32)> {
+    pub fn join(&self, fd: RawFd) -> Option<(Key, u32)> {
         self.with(|h| {
             let file = h.files.pop()?;
             if let Err(e) = h.ring.submitter().register_files_update(file, &[fd]) {
@@ -138,24 +186,27 @@ impl UringHost {
                 }
             };
             h.keys[key] = true;
-            Some((key as u32, file))
+            Some((Key(key as u32), file))
         })
     }
 
-    /// Registers the memory `iov_for(index)` describes as fixed buffer `index`; returns the
-    /// index, or `None` (plain I/O then).
-    ///
-    /// # Safety
-    /// The memory must stay valid until [`UringHost::leave`] gives the index back.
-    pub unsafe fn register_buffer(&self, iov_for: impl FnOnce(u16) -> libc::iovec) -> Option<u16> {
+    /// Registers the memory `make(index)` returns as fixed buffer `index`, holding it until
+    /// [`UringHost::unregister_buffer`] or [`UringHost::leave`] gives the index back;
+    /// returns the index, or `None` (plain I/O then).
+    pub fn register_buffer(&self, make: impl FnOnce(u16) -> Arc<dyn FixedMemory>) -> Option<u16> {
         self.with(|h| {
             let index = h.bufs.pop()?;
-            let iov = iov_for(index);
-            // SAFETY: the caller keeps the memory valid until it unregisters the index.
+            let memory = make(index);
+            let iov = memory.iovec();
+            // SAFETY: `FixedMemory` promises the memory stays valid while the value lives,
+            // and the host holds it until the slot is cleared.
             match unsafe { h.ring.submitter().register_buffers_update(u32::from(index), &[iov], None) } {
-                Ok(_) => Some(index),
+                Ok(_) => {
+                    h.pinned[usize::from(index)] = Some(memory);
+                    Some(index)
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "could not register an arena in the worker's ring");
+                    tracing::debug!(error = %e, "could not register a fixed buffer in the worker's ring");
                     h.bufs.push(index);
                     None
                 }
@@ -167,42 +218,53 @@ impl UringHost {
     /// (a node's data area). Requests still using it keep it until they complete: the
     /// kernel holds its pages for them.
     pub fn unregister_buffer(&self, index: u16) {
-        self.with(|h| {
-            let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-            // SAFETY: a null, empty iovec clears the slot; it names no memory.
-            let _ = unsafe { h.ring.submitter().register_buffers_update(u32::from(index), &[empty], None) };
-            h.bufs.push(index);
-        })
+        self.with(|h| clear_buffer(h, index))
     }
 
     /// Gives back what [`UringHost::join`] and [`UringHost::register_buffer`] took. The
     /// owner must have nothing in flight.
-    pub fn leave(&self, key: u32, file: u32, buf: Option<u16>) {
+    pub fn leave(&self, key: Key, file: u32, buf: Option<u16>) {
         self.with(|h| {
             let _ = h.ring.submitter().register_files_update(file, &[-1]);
             h.files.push(file);
             if let Some(b) = buf {
-                let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-                // SAFETY: a null, empty iovec clears the slot; it names no memory.
-                let _ = unsafe { h.ring.submitter().register_buffers_update(u32::from(b), &[empty], None) };
-                h.bufs.push(b);
+                clear_buffer(h, b);
             }
-            h.keys[key as usize] = false;
-            h.mail[key as usize].clear();
+            h.keys[key.0 as usize] = false;
+            h.mail[key.0 as usize].clear();
         })
     }
 
-    /// Queues an SQE, handing the queue to the kernel first when it is full.
+    /// Queues a one-shot poll of `fd` for `mask` for the worker, answered with `token`.
+    /// A poll names no memory, so it is safe to queue; a closed `fd` only fails it.
+    pub fn poll_add(&self, fd: RawFd, mask: u32, token: u32) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(types::Fd(fd), mask).build();
+        // SAFETY: a poll SQE points at no memory.
+        unsafe { self.push(Key::WORKER, token, sqe) }
+    }
+
+    /// Queues the removal of the worker's poll with `token`, itself answered with `reply`.
+    /// Names no memory.
+    pub fn poll_remove(&self, token: u32, reply: u32) -> io::Result<()> {
+        let target = UserData { key: Key::WORKER, token }.pack();
+        let sqe = opcode::PollRemove::new(target).build();
+        // SAFETY: a poll removal names no memory, only another SQE's user data.
+        unsafe { self.push(Key::WORKER, reply, sqe) }
+    }
+
+    /// Queues `entry` for `key`, answered with `token`, handing the queue to the kernel
+    /// first when it is full.
     ///
     /// # Safety
     /// Whatever the SQE points to must stay valid until its CQE is taken.
-    pub unsafe fn push(&self, entry: &squeue::Entry) -> io::Result<()> {
+    pub unsafe fn push(&self, key: Key, token: u32, entry: squeue::Entry) -> io::Result<()> {
+        let entry = entry.user_data(UserData { key, token }.pack());
         self.with(|h| {
             // A full SQ empties into the kernel; a kernel that refuses more while the CQ is
             // full (EBUSY) gets room once the CQ is drained into the mailboxes.
             for _ in 0..1000 {
                 // SAFETY: the caller keeps the SQE's memory valid until its completion.
-                if unsafe { h.ring.submission().push(entry) }.is_ok() {
+                if unsafe { h.ring.submission().push(&entry) }.is_ok() {
                     return Ok(());
                 }
                 enter(&h.ring, 0, None)?;
@@ -220,7 +282,7 @@ impl UringHost {
     /// Moves `key`'s completions into `out`, after handing queued SQEs to the kernel and
     /// taking what has finished. With `wait`, and none for `key` yet, blocks until one of
     /// its own arrives, or `timeout` passes. Wait only with requests of `key` in flight.
-    pub fn reap(&self, key: u32, out: &mut Vec<(u32, i32)>, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
+    pub fn reap(&self, key: Key, out: &mut Vec<(u32, i32)>, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
         self.with(|h| {
             let deferred = h.ring.submission().taskrun();
             if !h.ring.submission().is_empty() || deferred {
@@ -229,14 +291,14 @@ impl UringHost {
             drain(h);
             // Other owners' CQEs may come first: wait on until one of `key`'s arrives (the
             // caller waits only with requests in flight), or once with a timeout.
-            while wait && h.mail[key as usize].is_empty() {
+            while wait && h.mail[key.0 as usize].is_empty() {
                 enter(&h.ring, 1, timeout)?;
                 drain(h);
                 if timeout.is_some() {
                     break;
                 }
             }
-            out.append(&mut h.mail[key as usize]);
+            out.append(&mut h.mail[key.0 as usize]);
             Ok(())
         })
     }
@@ -258,7 +320,7 @@ impl UringHost {
             } else if !h.ring.submission().is_empty() {
                 enter(&h.ring, 0, None)?;
             }
-            out.append(&mut h.mail[WORKER_KEY as usize]);
+            out.append(&mut h.mail[Key::WORKER.0 as usize]);
             Ok(())
         })
     }
@@ -293,17 +355,27 @@ fn enter(ring: &IoUring, want: usize, timeout: Option<Duration>) -> io::Result<(
 /// have left (a cancelled poll, say) are dropped.
 fn drain(h: &mut Inner) {
     for cqe in h.ring.completion() {
-        let (key, token) = ((cqe.user_data() >> 32) as usize, cqe.user_data() as u32);
+        let UserData { key, token } = UserData::unpack(cqe.user_data());
+        let key = key.0 as usize;
         if h.keys.get(key).copied().unwrap_or(false) {
             h.mail[key].push((token, cqe.result()));
         }
     }
 }
 
+/// Clears fixed buffer `index` and lets go of its memory.
+fn clear_buffer(h: &mut Inner, index: u16) {
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    // SAFETY: a null, empty iovec clears the slot; it names no memory.
+    let _ = unsafe { h.ring.submitter().register_buffers_update(u32::from(index), &[empty], None) };
+    // Requests still using the old memory keep its pages: the kernel holds them.
+    h.pinned[usize::from(index)] = None;
+    h.bufs.push(index);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use io_uring::opcode;
     use std::os::fd::AsRawFd;
 
     #[test]
@@ -314,13 +386,12 @@ mod tests {
         let (ka, _) = host.join(a.as_raw_fd()).expect("a fixed-file slot");
         let (kb, _) = host.join(b.as_raw_fd()).expect("a fixed-file slot");
         assert_ne!(ka, kb);
-        let poll = |fd: RawFd, key: u32, token: u32| {
-            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(user_data(key, token))
-        };
-        for sqe in [poll(a.as_raw_fd(), ka, 7), poll(b.as_raw_fd(), kb, 9), poll(a.as_raw_fd(), WORKER_KEY, 1)] {
+        let poll = |fd: RawFd| opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build();
+        for (key, token, fd) in [(ka, 7, a.as_raw_fd()), (kb, 9, b.as_raw_fd())] {
             // SAFETY: poll SQEs point at no memory.
-            unsafe { host.push(&sqe).unwrap() };
+            unsafe { host.push(key, token, poll(fd)).unwrap() };
         }
+        host.poll_add(a.as_raw_fd(), libc::POLLIN as u32, 1).unwrap();
         host.submit().unwrap();
         rustix::io::write(&a, &1u64.to_ne_bytes()).unwrap();
         rustix::io::write(&b, &1u64.to_ne_bytes()).unwrap();

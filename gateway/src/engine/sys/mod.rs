@@ -1,9 +1,20 @@
-//! The system calls the engines need that std does not wrap. Every `unsafe` block of the
-//! engine module lives here, with its reason.
+//! Everything the engines do that needs `unsafe`, each block with its reason: the system
+//! calls std does not wrap (here), page-aligned buffers and arenas ([`buf`]), the worker's
+//! shared io_uring ([`host`]), the io_uring engine's in-flight requests and its own ring
+//! ([`inflight`]), mapped tmpfs images ([`mapping`]) and the RAM engine's slabs ([`slab`]).
+//! What they offer the rest of the engine module is safe.
+
+pub mod buf;
+pub mod host;
+pub mod inflight;
+pub mod mapping;
+pub mod slab;
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+
+use shmem::PeerSlice;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -27,6 +38,31 @@ pub fn pwrite2(file: &File, buf: &[u8], offset: u64, flags: libc::c_int) -> io::
     let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: the iovec points into `buf`, which outlives the call; the kernel only reads it.
     let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, offset, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `pread(2)` into a view (a buffer that may be a node's shared memory); the bytes read.
+pub fn pread_into(file: &File, dst: PeerSlice<'_>, offset: u64) -> io::Result<usize> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a view is valid for writes of its length while it lives; the kernel writes at
+    // most that many bytes, and no reference to them exists.
+    let n = unsafe { libc::pread(file.as_raw_fd(), dst.as_ptr().cast(), dst.len(), offset) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `pwrite(2)` from a view; the bytes written.
+pub fn pwrite_from(file: &File, src: PeerSlice<'_>, offset: u64) -> io::Result<usize> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a view is valid for reads of its length while it lives; the kernel only reads.
+    let n = unsafe { libc::pwrite(file.as_raw_fd(), src.as_ptr().cast(), src.len(), offset) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -23,6 +23,7 @@ use std::io;
 use std::ptr::NonNull;
 
 use rustix::mm::{self, MapFlags, ProtFlags};
+use shmem::PeerSlice;
 
 /// Allocation is tracked per granule of this many bytes.
 pub const GRANULE: u64 = 1 << 20;
@@ -104,14 +105,12 @@ impl Mapping {
         }
     }
 
-    /// Copies `len` bytes from `src` to `offset` in the file when the range is inside the
-    /// mapping and every page of it is allocated; `false` (nothing copied) otherwise.
-    ///
-    /// # Safety
-    /// `src` must be valid for reads of `len` bytes. It may be memory another process
-    /// writes concurrently (a node's data area): the file then gets some mix of its bytes,
-    /// as a disk would.
-    pub unsafe fn write(&mut self, offset: u64, src: *const u8, len: usize) -> bool {
+    /// Copies `src` to `offset` in the file when the range is inside the mapping and every
+    /// page of it is allocated; `false` (nothing copied) otherwise. `src` may be memory
+    /// another process writes concurrently (a node's data area): the file then gets some
+    /// mix of its bytes, as a disk would.
+    pub fn write(&mut self, offset: u64, src: PeerSlice<'_>) -> bool {
+        let len = src.len();
         let Some(end) = offset.checked_add(len as u64).filter(|&end| end <= self.len) else { return false };
         if len == 0 {
             return true;
@@ -119,13 +118,12 @@ impl Mapping {
         if !(offset / GRANULE..=(end - 1) / GRANULE).all(|g| self.allocated(g)) {
             return false;
         }
-        // `[offset, end)` is inside the mapping and allocated (checked above), `src` is
-        // valid for `len` bytes (the caller's promise), and a caller's buffer never lies
-        // inside this mapping, which only its engine knows.
-        let dst = self.base.as_ptr().wrapping_add(offset as usize);
-        // SAFETY: both ranges are valid and disjoint, as said above.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
-        true
+        let dst = NonNull::new(self.base.as_ptr().wrapping_add(offset as usize)).expect("inside a mapping");
+        // SAFETY: `[offset, end)` is inside the mapping (checked above), which lives as long
+        // as `self`, and it is a file's shared pages, which other processes may write: it is
+        // reached only through this view, never a reference.
+        let file = unsafe { PeerSlice::from_raw(dst, len) };
+        file.copy_from_view(0, src).is_ok()
     }
 }
 
@@ -160,12 +158,8 @@ mod tests {
             return;
         };
         let mut m = Mapping::new(&f, 3 * GRANULE + 4096).unwrap().unwrap();
-        let data = vec![7u8; 8192];
-        let mut write = |offset: u64, len: usize| {
-            assert!(len <= data.len());
-            // SAFETY: `data` is valid for `len` bytes (asserted above).
-            unsafe { m.write(offset, data.as_ptr(), len) }
-        };
+        let mut data = vec![7u8; 8192];
+        let mut write = |offset: u64, len: usize| m.write(offset, PeerSlice::from_mut(&mut data[..len]));
         assert!(!write(4096, 4096), "a hole is never written through the mapping");
         f.write_all_at(&vec![1u8; GRANULE as usize], GRANULE).unwrap();
         assert!(write(GRANULE + 4096, 4096), "an allocated granule is");
@@ -180,10 +174,7 @@ mod tests {
         // Punched, a granule is asked about again, and is a hole.
         sys::fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, GRANULE, 4096).unwrap();
         m.forget(GRANULE, 4096);
-        let mut write = |offset: u64, len: usize| {
-            // SAFETY: `data` is valid for `len` bytes.
-            unsafe { m.write(offset, data.as_ptr(), len) }
-        };
+        let mut write = |offset: u64, len: usize| m.write(offset, PeerSlice::from_mut(&mut data[..len]));
         assert!(!write(GRANULE + 4096, 4096), "the punched granule is not trusted");
     }
 }
