@@ -22,9 +22,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use metrics::Metrics;
+use thiserror::Error;
 
 use super::handshake::{self, Answer, Hello, LunInfo, Refusal, Welcome};
-use super::shm::{Doorbell, SharedMemory};
+use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::{proto, spsc};
 use crate::config::Access;
 use crate::storage::OpenImage;
@@ -400,10 +401,53 @@ fn listen(
             }
             Err(why) => {
                 tracing::warn!(reason = %why, "refused a node");
-                let _ = handshake::send(&sock, &Answer::Refused(Refusal { error: why }), &[]);
+                let _ = handshake::send(&sock, &Answer::Refused(Refusal { error: why.to_string() }), &[]);
             }
         }
     }
+}
+
+/// Why a node's handshake was refused; the node is told this, in words.
+#[derive(Debug, Error)]
+pub enum Refused {
+    /// The socket failed, or the hello could not be read within the timeout.
+    #[error("handshake failed: {0}")]
+    Socket(#[from] io::Error),
+    /// The node speaks another protocol version.
+    #[error("protocol version {got} is not supported (this gateway speaks {})", proto::VERSION)]
+    Version {
+        /// The node's version.
+        got: u32,
+    },
+    /// No such node in that PAN.
+    #[error("no node {node:?} in PAN {pan:?}")]
+    UnknownNode {
+        /// The PAN named.
+        pan: String,
+        /// The node named.
+        node: String,
+    },
+    /// The credential does not match.
+    #[error("wrong credential for node {node:?} of PAN {pan:?}")]
+    WrongCredential {
+        /// The PAN named.
+        pan: String,
+        /// The node named.
+        node: String,
+    },
+    /// The config pins the node to a uid, and the peer is another.
+    #[error("node {node:?} must connect as uid {want}, not {got}")]
+    WrongUid {
+        /// The node named.
+        node: String,
+        /// The uid the config requires.
+        want: u32,
+        /// The peer's uid.
+        got: u32,
+    },
+    /// The queue pair's shared memory could not be made.
+    #[error("creating the queue pair's memory failed: {0}")]
+    Memory(#[from] ShmError),
 }
 
 fn handshake_with(
@@ -411,38 +455,32 @@ fn handshake_with(
     nodes: &[NodeEntry],
     caps: &[(u32, u64)],
     opts: &ServerOptions,
-) -> Result<Accepted, String> {
-    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(opts.handshake_timeout)).map_err(|e| e.to_string())?;
-    let (hello, _): (Hello, _) = handshake::recv(sock).map_err(|e| format!("handshake failed: {e}"))?;
+) -> Result<Accepted, Refused> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(opts.handshake_timeout))?;
+    let (hello, _): (Hello, _) = handshake::recv(sock)?;
     if hello.version != proto::VERSION {
-        return Err(format!(
-            "protocol version {} is not supported (this gateway speaks {})",
-            hello.version,
-            proto::VERSION
-        ));
+        return Err(Refused::Version { got: hello.version });
     }
-    let entry = nodes
-        .iter()
-        .find(|n| n.pan == hello.pan && n.node == hello.node)
-        .ok_or_else(|| format!("no node {:?} in PAN {:?}", hello.node, hello.pan))?;
+    let unknown = || Refused::UnknownNode { pan: hello.pan.clone(), node: hello.node.clone() };
+    let entry = nodes.iter().find(|n| n.pan == hello.pan && n.node == hello.node).ok_or_else(unknown)?;
     if !constant_time_eq(entry.credential.as_bytes(), hello.credential.as_bytes()) {
-        return Err(format!("wrong credential for node {:?} of PAN {:?}", hello.node, hello.pan));
+        return Err(Refused::WrongCredential { pan: hello.pan, node: hello.node });
     }
-    if let Some(uid) = entry.uid {
-        let peer = handshake::peer_uid(sock).map_err(|e| e.to_string())?;
-        if peer != uid {
-            return Err(format!("node {:?} must connect as uid {uid}, not {peer}", hello.node));
+    if let Some(want) = entry.uid {
+        let got = handshake::peer_uid(sock)?;
+        if got != want {
+            return Err(Refused::WrongUid { node: hello.node, want, got });
         }
     }
     let slots = hello.slots.clamp(spsc::MIN_SLOTS, spsc::MAX_SLOTS).next_power_of_two();
     let data_bytes = hello.data_bytes.clamp(1 << 20, opts.max_data_bytes).next_multiple_of(super::alloc::PAGE);
-    let mk = |name: &str, len: usize| SharedMemory::create(name, len).map(Arc::new).map_err(|e| e.to_string());
+    let mk = |name: &str, len: usize| SharedMemory::create(name, len).map(Arc::new);
     let ring = mk("pangate-ring", spsc::region_size(slots))?;
     let data = mk("pangate-data", data_bytes as usize)?;
     let staging = mk("pangate-staging", data_bytes as usize)?;
-    let to_gateway = Doorbell::new().map_err(|e| e.to_string())?;
-    let to_node = Doorbell::new().map_err(|e| e.to_string())?;
+    let to_gateway = Doorbell::new()?;
+    let to_node = Doorbell::new()?;
     let luns = entry
         .luns
         .iter()
@@ -456,19 +494,9 @@ fn handshake_with(
         sock,
         &Answer::Welcome(welcome),
         &[ring.fd(), data.fd(), staging.fd(), to_gateway.fd(), to_node.fd()],
-    )
-    .map_err(|e| format!("sending the welcome failed: {e}"))?;
-    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok(Accepted {
-        entry: entry.clone(),
-        sock: sock.try_clone().map_err(|e| e.to_string())?,
-        ring,
-        data,
-        staging,
-        to_gateway,
-        to_node,
-        slots,
-    })
+    )?;
+    sock.set_nonblocking(true)?;
+    Ok(Accepted { entry: entry.clone(), sock: sock.try_clone()?, ring, data, staging, to_gateway, to_node, slots })
 }
 
 /// Ends the process when a worker panics. The other workers would otherwise wait for
