@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use gateway::admin::Running;
 use gateway::config::Config;
 use gateway::net::LiveNetwork;
+use gateway::registry::Registry;
 use gateway::ring::server::{Server, ServerOptions};
 use gateway::storage::{self, OpenImage};
 
@@ -83,14 +85,17 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     }
     let metrics = opts.metrics.clone();
     let image_names: Vec<(String, String)> = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), opts)
+    // Who may connect and what each node maps: read by the ring server, TCMU, netvirt and
+    // the admin, changed by the admin.
+    let registry = Registry::from_config(&cfg, &maps);
+    let server = Server::start(images, registry.clone(), opts)
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
     println!("  workers:   {}", server.workers());
     println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
     println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
-    // TCMU reads the ring server's node table, which the admin keeps current.
-    let nodes = gateway::tcmu::live_nodes(server.control());
-    let grow = gateway::tcmu::live_grow(server.control());
+    // TCMU reads the node registry, which the admin keeps current.
+    let nodes = gateway::tcmu::live_nodes(registry.clone());
+    let grow = gateway::tcmu::live_grow(registry.clone(), server.control());
     // Logs one line and carries on where the kernel has no target_core_user.
     let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow);
     println!(
@@ -101,15 +106,13 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
             "off (no target_core_user in this kernel)"
         }
     );
-    let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, server.control())?));
+    let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, registry.clone())?));
     let admin = gateway::admin::GatewayAdmin::new(
         cfg.clone(),
         file.clone(),
         dir.clone(),
         image_names,
-        server.control(),
-        metrics,
-        network.clone(),
+        Running { control: server.control(), registry, metrics, net: network.clone() },
     )?;
     let web = start_web(&cfg, &dir, Arc::new(admin))?;
     wait_for_signal()?;
@@ -128,13 +131,9 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
 /// Starts netvirt for the config's LANs (with none, it waits for the admin to add some).
 /// Where this host cannot create TAPs (not root, no /dev/net/tun), says so and runs
 /// without it.
-fn start_network(
-    cfg: &Config,
-    dir: &Path,
-    control: gateway::ring::server::LunControl,
-) -> anyhow::Result<Option<netvirt::network::Network>> {
+fn start_network(cfg: &Config, dir: &Path, registry: Registry) -> anyhow::Result<Option<netvirt::network::Network>> {
     let plans = gateway::net::plan(cfg, dir)?;
-    let authorize = gateway::net::node_authorizer(control);
+    let authorize = gateway::net::node_authorizer(registry);
     let socket = dir.join(&cfg.net.socket);
     match netvirt::network::Network::start(plans.clone(), &socket, authorize) {
         Ok(n) => {

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use gateway::admin::GatewayAdmin;
+use gateway::admin::{GatewayAdmin, Running};
 use gateway::config::Config;
 use gateway::net::{LiveNetwork, NetControl};
+use gateway::registry::Registry;
 use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
 use gateway::ring::server::{Server, ServerOptions};
 use gateway::storage;
@@ -68,14 +69,20 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
     let socket = dir.path().join("pangate.sock");
     let opts = ServerOptions::new(&socket);
     let metrics = opts.metrics.clone();
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), opts).unwrap();
+    let registry = Registry::from_config(&cfg, &maps);
+    let server = Server::start(images, registry.clone(), opts).unwrap();
     // netvirt with no LANs yet, authorising nodes as the gateway does.
-    let authorize = gateway::net::node_authorizer(server.control());
+    let authorize = gateway::net::node_authorizer(registry.clone());
     let net_socket = dir.path().join("net.sock");
     let net = Arc::new(LiveNetwork::new(Some(Network::start(vec![], &net_socket, authorize).unwrap())));
-    let admin =
-        GatewayAdmin::new(cfg, file.clone(), dir.path().to_path_buf(), names, server.control(), metrics, net.clone())
-            .unwrap();
+    let admin = GatewayAdmin::new(
+        cfg,
+        file.clone(),
+        dir.path().to_path_buf(),
+        names,
+        Running { control: server.control(), registry, metrics, net: net.clone() },
+    )
+    .unwrap();
     let state = web::WebState::new(Arc::new(admin), TOKEN.into());
     Fixture { dir, file, socket, net_socket, state, net, _server: server }
 }

@@ -653,7 +653,9 @@ fn a_lun_file_follows_a_resize_in_the_gateway() {
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
     let image = maps.iter().find(|m| (m.target, m.lun) == (0, 0)).unwrap().image;
     let socket = dir.path().join("pangate.sock");
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let server =
+        Server::start(images, gateway::registry::Registry::from_config(&cfg, &maps), ServerOptions::new(&socket))
+            .unwrap();
     let mount = Mount::start(&socket, &dir.path().join("mnt"));
     let lun = mount.file("t0-l0");
     assert_eq!(std::fs::metadata(&lun).unwrap().len(), 64 << 20);

@@ -76,7 +76,7 @@ fn start_with(tune: impl FnOnce(&mut ServerOptions)) -> Fixture {
     let socket = dir.path().join("pangate.sock");
     let mut o = ServerOptions::new(&socket);
     tune(&mut o);
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), o).unwrap();
+    let server = Server::start(images, gateway::registry::Registry::from_config(&cfg, &maps), o).unwrap();
     Fixture { _dir: dir, server: Some(server), socket }
 }
 
@@ -491,7 +491,7 @@ fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
     let socket = dir.path().join("pangate.sock");
     let mut o = ServerOptions::new(&socket);
     o.workers = 3;
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), o).unwrap();
+    let server = Server::start(images, gateway::registry::Registry::from_config(&cfg, &maps), o).unwrap();
     assert_eq!(server.workers(), 3);
     let f = Fixture { _dir: dir, server: Some(server), socket };
     // n1 maps a0 (image 0) rw and shared (image 1) ro; n2 maps shared rw at (0, 1).

@@ -902,10 +902,11 @@ fn reconfiguring_the_size_grows_the_lun() {
     let cfg = Config::load(&cfg_file).unwrap();
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
     let socket = dir.path().join("in-process.sock");
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
+    let registry = gateway::registry::Registry::from_config(&cfg, &maps);
+    let server = Server::start(images, registry.clone(), ServerOptions::new(&socket)).unwrap();
     let uio = ModelUio::default();
-    let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(server.control()))
-        .with_grow(live_grow(server.control()));
+    let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(registry.clone()))
+        .with_grow(live_grow(registry, server.control()));
     let mut k = KernelModel::new(4096, 1 << 20, ALL_CAPS);
     uio.0.lock().unwrap().insert(0, (NAME.into(), k.map.clone(), k.bell.clone()));
     assert_eq!(ctl.on_event(&DeviceEvent::Added { name: NAME.into(), minor: 0, id: None }), 0);
@@ -944,17 +945,18 @@ fn reconfiguring_the_size_grows_the_lun() {
 #[test]
 fn nodes_added_at_run_time_are_served_and_removed_ones_are_not() {
     use gateway::config::{Access, Config};
-    use gateway::ring::server::{NodeEntry, Server, ServerOptions};
+    use gateway::registry::{NodeEntry, Registry};
+    use gateway::ring::server::{Server, ServerOptions};
     use gateway::storage;
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config::load(&config(dir.path())).unwrap();
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
     let socket = dir.path().join("in-process.sock");
-    let server = Server::start(images, storage::node_entries(&cfg, &maps), ServerOptions::new(&socket)).unwrap();
-    let control = server.control();
+    let registry = Registry::from_config(&cfg, &maps);
+    let server = Server::start(images, registry.clone(), ServerOptions::new(&socket)).unwrap();
     let uio = ModelUio::default();
-    let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(server.control()));
+    let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(registry.clone()));
     let name = "tcm-user/1/late/pangate/p/late/2/5";
     let mut k = KernelModel::new(4096, 1 << 20, ALL_CAPS);
     uio.0.lock().unwrap().insert(3, (name.into(), k.map.clone(), k.bell.clone()));
@@ -969,14 +971,14 @@ fn nodes_added_at_run_time_are_served_and_removed_ones_are_not() {
         uid: None,
         luns: vec![(2, 5, 0, Access::Rw)],
     };
-    control.set_node(late).unwrap();
+    registry.set(late).unwrap();
     assert_eq!(added(&mut ctl), 0, "the node the admin just added is served");
     clear_attention(&mut k);
     k.run(&rw16(0x8A, 8, 8, false), Some(&pattern(4096, 9)), 0).good();
     assert_eq!(k.run(&rw16(0x88, 8, 8, false), None, 4096).good().data, pattern(4096, 9));
     assert_eq!(ctl.on_event(&DeviceEvent::Removed { name: name.into(), minor: 3, id: None }), 0);
 
-    control.remove_node("p", "late").unwrap();
+    registry.remove("p", "late").unwrap();
     assert_eq!(added(&mut ctl), -libc::ENOENT, "a removed node is no longer served");
     server.shutdown().unwrap();
 }

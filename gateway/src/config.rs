@@ -94,15 +94,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Access a node has to a mapped LUN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// Read-only.
-    Ro,
-    /// Read-write.
-    Rw,
-}
+/// Access a node has to a mapped LUN: one type for the config, the API and the ring server.
+pub use web::model::Access;
 
 /// A backing image owned by a PAN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,7 +378,7 @@ impl Config {
                         "give each image of a PAN a unique name",
                     ));
                 }
-                if img.block_size != 512 && img.block_size != 4096 {
+                if scsi::BlockSize::new(img.block_size).is_err() {
                     return Err(err(
                         format!("{ik}.block_size"),
                         format!("{} is not supported", img.block_size),

@@ -10,7 +10,7 @@ use netvirt::config::{default_ifname, parse_cidr};
 use netvirt::mac::MacBook;
 use netvirt::network::{Authorize, LanPlan, NetShow, Network, PortPlan, UplinkPlan};
 
-use crate::ring::server::{constant_time_eq, LunControl};
+use crate::registry::Registry;
 
 use crate::config::Config;
 use crate::persist;
@@ -77,15 +77,10 @@ pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
     Ok(plans)
 }
 
-/// Ring-port clients are checked against the ring server's live node table, which the
-/// admin keeps current, with the same credentials as storage.
-pub fn node_authorizer(control: LunControl) -> Authorize {
-    Arc::new(move |pan: &str, node: &str, credential: &str| {
-        control
-            .nodes()
-            .iter()
-            .any(|n| n.pan == pan && n.node == node && constant_time_eq(n.credential.as_bytes(), credential.as_bytes()))
-    })
+/// Ring-port clients are checked against the node registry, which the admin keeps
+/// current, with the same credentials as storage.
+pub fn node_authorizer(registry: Registry) -> Authorize {
+    Arc::new(move |pan: &str, node: &str, credential: &str| registry.authenticate(pan, node, credential).is_some())
 }
 
 /// netvirt as the web admin drives it.

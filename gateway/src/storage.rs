@@ -120,25 +120,3 @@ pub fn flush(img: &mut OpenImage) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-/// The ring server's view of the configured nodes: credentials, uids and resolved maps.
-pub fn node_entries(cfg: &Config, maps: &[Mapping]) -> Vec<crate::ring::server::NodeEntry> {
-    let mut out = Vec::new();
-    for pan in &cfg.pans {
-        for node in &pan.nodes {
-            let luns = maps
-                .iter()
-                .filter(|m| m.pan == pan.name && m.node == node.name)
-                .map(|m| (m.target, m.lun, m.image, m.access))
-                .collect();
-            out.push(crate::ring::server::NodeEntry {
-                pan: pan.name.clone(),
-                node: node.name.clone(),
-                credential: node.credential.clone(),
-                uid: node.uid,
-                luns,
-            });
-        }
-    }
-    out
-}

@@ -21,6 +21,37 @@ pub enum LunConfigError {
     },
 }
 
+/// A logical block size this target offers: 512 or 4096 bytes. Every place that takes a
+/// block size from outside (the config, the admin API, TCMU) checks it here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockSize(u32);
+
+impl BlockSize {
+    /// 512-byte blocks, the default.
+    pub const B512: BlockSize = BlockSize(512);
+    /// 4096-byte blocks.
+    pub const B4096: BlockSize = BlockSize(4096);
+
+    /// `bytes` as a block size, if it is one this target offers.
+    pub fn new(bytes: u32) -> Result<BlockSize, LunConfigError> {
+        match bytes {
+            512 | 4096 => Ok(BlockSize(bytes)),
+            other => Err(LunConfigError::BlockSize(other)),
+        }
+    }
+
+    /// Bytes per block.
+    pub fn bytes(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for BlockSize {
+    fn default() -> BlockSize {
+        BlockSize::B512
+    }
+}
+
 /// The limits advertised in the Block Limits VPD page (0xB0) and enforced by decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockLimits {
@@ -105,9 +136,7 @@ pub struct LunConfig {
 impl LunConfig {
     /// A read-write, thin, write-back LUN of `bytes` capacity.
     pub fn new(identity: LunIdentity, block_size: u32, bytes: u64) -> Result<LunConfig, LunConfigError> {
-        if block_size != 512 && block_size != 4096 {
-            return Err(LunConfigError::BlockSize(block_size));
-        }
+        BlockSize::new(block_size)?;
         if bytes < u64::from(block_size) {
             return Err(LunConfigError::TooSmall(bytes));
         }

@@ -20,7 +20,7 @@ pub mod sense;
 pub mod task;
 
 pub use cdb::{Command, Extent};
-pub use config::{BlockLimits, LunConfig, LunConfigError, LunIdentity};
+pub use config::{BlockLimits, BlockSize, LunConfig, LunConfigError, LunIdentity};
 pub use locks::{LockId, RangeLocks};
 pub use lu::{absent_lun, Action, InitiatorId, LogicalUnit, Nexus};
 pub use sense::{Asc, Sense, SenseKey, Status};

@@ -57,7 +57,7 @@ pub struct MapView {
     pub access: Access,
 }
 
-/// Access a map grants.
+/// Access a map grants; the config, the API and the ring server all use this one type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
@@ -66,6 +66,13 @@ pub enum Access {
     /// Read-write.
     #[default]
     Rw,
+}
+
+impl Access {
+    /// Whether writes are refused.
+    pub fn is_read_only(self) -> bool {
+        self == Access::Ro
+    }
 }
 
 /// A LUN: a backing image of a PAN, with counters summed over the nodes that map it.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use self::device::DeviceHandle;
 use self::netlink::{DeviceEvent, Incoming};
 use self::sys::{KernelUio, TcmuSocket, UioSource};
+use crate::registry::Registry;
 use crate::ring::initiator::ConnectOptions;
 use crate::ring::link::{Command, Link, LinkOptions};
 use crate::ring::server::LunControl;
@@ -90,10 +91,10 @@ pub fn fixed_nodes(nodes: Vec<NodeCredential>) -> NodeDirectory {
     Arc::new(move || nodes.clone())
 }
 
-/// The ring server's live node table as a directory.
-pub fn live_nodes(control: LunControl) -> NodeDirectory {
+/// The node registry as a directory.
+pub fn live_nodes(registry: Registry) -> NodeDirectory {
     Arc::new(move || {
-        control
+        registry
             .nodes()
             .into_iter()
             .map(|n| NodeCredential {
@@ -106,16 +107,12 @@ pub fn live_nodes(control: LunControl) -> NodeDirectory {
     })
 }
 
-/// Grows LUNs through the ring server, finding the image in the live node table.
-pub fn live_grow(control: LunControl) -> GrowLun {
+/// Grows LUNs through the ring server, finding the image in the node registry.
+pub fn live_grow(registry: Registry, control: LunControl) -> GrowLun {
     Arc::new(move |sel: &Selector, bytes: u64| {
-        let image = control
-            .nodes()
-            .iter()
-            .filter(|n| n.pan == sel.pan && n.node == sel.node)
-            .flat_map(|n| &n.luns)
-            .find(|&&(t, l, _, _)| (t, l) == (sel.target, sel.lun))
-            .map(|&(_, _, image, _)| image)
+        let image = registry
+            .find(&sel.pan, &sel.node)
+            .and_then(|n| n.luns.iter().find(|&&(t, l, _, _)| (t, l) == (sel.target, sel.lun)).map(|l| l.2))
             .ok_or_else(|| {
                 format!("node {:?} of PAN {:?} maps no target {} LUN {}", sel.node, sel.pan, sel.target, sel.lun)
             })?;

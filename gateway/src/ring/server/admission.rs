@@ -165,7 +165,7 @@ pub fn admit<'m, L: MapEntry>(
     let Some(lun) = map.get(&(cmd.target, cmd.lun)) else {
         return Decision::Answer { completion: absent_lun(cmd.cdb(), luns), counted: None };
     };
-    if lun.access() == Access::Ro && scsi::opcodes::writes_medium(cmd.cdb()[0]) {
+    if lun.access().is_read_only() && scsi::opcodes::writes_medium(cmd.cdb()[0]) {
         return Decision::Answer {
             completion: Completion::check(&Sense::write_protected(), false),
             counted: Some(lun),

@@ -17,7 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use thiserror::Error;
 use super::handshake::{self, Answer, Hello, LunInfo, Refusal, Welcome};
 use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::{proto, spsc};
-use crate::config::Access;
+use crate::registry::{NodeEntry, NotApplied, Registry};
 use crate::storage::OpenImage;
 
 pub mod admission;
@@ -82,25 +82,6 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// A node allowed to connect, and its map.
-#[derive(Debug, Clone)]
-pub struct NodeEntry {
-    /// PAN name.
-    pub pan: String,
-    /// Node name.
-    pub node: String,
-    /// Credential it must present.
-    pub credential: String,
-    /// The only peer uid it may connect from, when set.
-    pub uid: Option<u32>,
-    /// (target, LUN) → (image index, access).
-    pub luns: Vec<(u16, u16, usize, Access)>,
-}
-
-/// The nodes allowed to connect, shared by the listener (which reads it at each handshake)
-/// and the control plane (which changes it).
-pub type NodeTable = Arc<RwLock<Vec<NodeEntry>>>;
-
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -117,53 +98,84 @@ pub struct Server {
 /// of images.
 type Capacities = Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
 
+/// Why the control plane's request was not carried out.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The gateway is shutting down.
+    #[error("the gateway is stopping")]
+    Stopping,
+    /// The worker did not answer in time.
+    #[error("the worker did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// No image with that index is open.
+    #[error("no image {0}")]
+    NoImage(usize),
+    /// The request cannot be done to this image (shrinking it, growing a block device).
+    #[error("{0}")]
+    Refused(String),
+    /// The image's engine or file failed.
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl From<io::Error> for ControlError {
+    fn from(e: io::Error) -> ControlError {
+        match e.kind() {
+            io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported => ControlError::Refused(e.to_string()),
+            _ => ControlError::Io(e),
+        }
+    }
+}
+
+/// How long the control plane waits for a worker.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Reply = mpsc::SyncSender<Result<(), ControlError>>;
+
 /// A request to a worker from the control plane, answered on `reply`.
 enum Control {
     Grow {
         image: usize,
         bytes: u64,
-        reply: mpsc::SyncSender<io::Result<()>>,
+        reply: Reply,
     },
     AddImage {
         index: usize,
         image: Box<OpenImage>,
-        reply: mpsc::SyncSender<io::Result<()>>,
+        reply: Reply,
     },
     Retire {
         image: usize,
-        reply: mpsc::SyncSender<io::Result<()>>,
+        reply: Reply,
     },
     /// The node's entry changed or went away: update or close its queue pairs.
     Node {
         pan: String,
         node: String,
         entry: Option<NodeEntry>,
-        reply: mpsc::SyncSender<io::Result<()>>,
+        reply: Reply,
     },
 }
 
-/// Changes the LUNs and nodes of a running server from outside the I/O path (TCMU
-/// reconfiguration, the admin API): a request about an image goes to the worker that owns
-/// it, one about a node to every worker (each serves some of its queue pairs).
+/// Changes the LUNs of a running server from outside the I/O path (TCMU reconfiguration,
+/// the admin API): a request about an image goes to the worker that owns it. Changes of
+/// nodes come from the [`Registry`], which the server watches.
 #[derive(Debug, Clone)]
 pub struct LunControl {
     tx: Vec<Sender<Control>>,
     mesh: Arc<Mesh>,
-    nodes: NodeTable,
     caps: Capacities,
 }
 
 impl LunControl {
-    fn ask(&self, worker: usize, make: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> Control) -> io::Result<()> {
+    fn ask(&self, worker: usize, make: impl FnOnce(Reply) -> Control) -> Result<(), ControlError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.tx[worker].send(make(reply)).map_err(|_| io::Error::other("the gateway is stopping"))?;
+        self.tx[worker].send(make(reply)).map_err(|_| ControlError::Stopping)?;
         self.mesh.wake(worker).ring()?;
-        answer
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the worker did not answer"))?
+        answer.recv_timeout(CONTROL_TIMEOUT).map_err(|_| ControlError::TimedOut(CONTROL_TIMEOUT))?
     }
 
-    fn ask_all(&self, make: impl Fn(mpsc::SyncSender<io::Result<()>>) -> Control) -> io::Result<()> {
+    fn ask_all(&self, make: impl Fn(Reply) -> Control) -> Result<(), ControlError> {
         (0..self.tx.len()).try_for_each(|w| self.ask(w, &make))
     }
 
@@ -172,19 +184,14 @@ impl LunControl {
         self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).copied()
     }
 
-    /// The nodes allowed to connect (credentials included), as the handshake sees them.
-    pub fn nodes(&self) -> Vec<NodeEntry> {
-        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// Grows image `image` (an index into the server's image list) to `bytes`; every
     /// initiator of its LUNs gets CAPACITY DATA HAS CHANGED.
-    pub fn grow(&self, image: usize, bytes: u64) -> io::Result<()> {
+    pub fn grow(&self, image: usize, bytes: u64) -> Result<(), ControlError> {
         self.ask(self.mesh.owner(image), |reply| Control::Grow { image, bytes, reply })
     }
 
     /// Adds an image; it gets the next index (the server's image count before the call).
-    pub fn add_image(&self, image: OpenImage) -> io::Result<()> {
+    pub fn add_image(&self, image: OpenImage) -> Result<(), ControlError> {
         let cfg = image.driver.unit().config();
         let index = {
             let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,33 +203,21 @@ impl LunControl {
 
     /// Flushes an image that no map names any more. Its index stays taken, so others keep
     /// theirs; the file is left as it is.
-    pub fn retire_image(&self, image: usize) -> io::Result<()> {
+    pub fn retire_image(&self, image: usize) -> Result<(), ControlError> {
         self.ask(self.mesh.owner(image), |reply| Control::Retire { image, reply })
     }
 
-    /// Adds a node or replaces its credential and map. Its open queue pairs see the new
-    /// map from their next command; a LUN taken away answers LOGICAL UNIT NOT SUPPORTED.
-    pub fn set_node(&self, entry: NodeEntry) -> io::Result<()> {
-        {
-            let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-            match nodes.iter_mut().find(|n| n.pan == entry.pan && n.node == entry.node) {
-                Some(n) => *n = entry.clone(),
-                None => nodes.push(entry.clone()),
-            }
-        }
+    /// A node's entry changed (`Some`) or went away (`None`): its open queue pairs see the
+    /// new map from their next command, a LUN taken away answering LOGICAL UNIT NOT
+    /// SUPPORTED; a removed node's queue pairs close (their in-flight I/O completes and is
+    /// discarded). Every worker serves some of its queue pairs.
+    fn node_changed(&self, pan: &str, node: &str, entry: Option<&NodeEntry>) -> Result<(), ControlError> {
         self.ask_all(|reply| Control::Node {
-            pan: entry.pan.clone(),
-            node: entry.node.clone(),
-            entry: Some(entry.clone()),
+            pan: pan.to_string(),
+            node: node.to_string(),
+            entry: entry.cloned(),
             reply,
         })
-    }
-
-    /// Removes a node: it can no longer connect, and its queue pairs are closed (their
-    /// in-flight I/O completes and is discarded).
-    pub fn remove_node(&self, pan: &str, node: &str) -> io::Result<()> {
-        self.nodes.write().unwrap_or_else(|p| p.into_inner()).retain(|n| !(n.pan == pan && n.node == node));
-        self.ask_all(|reply| Control::Node { pan: pan.to_string(), node: node.to_string(), entry: None, reply })
     }
 }
 
@@ -238,8 +233,9 @@ struct Accepted {
 }
 
 impl Server {
-    /// Binds the socket and starts the listener and the workers over `images`.
-    pub fn start(images: Vec<OpenImage>, nodes: Vec<NodeEntry>, opts: ServerOptions) -> io::Result<Server> {
+    /// Binds the socket and starts the listener and the workers over `images`, serving the
+    /// nodes of `registry` (and following its changes).
+    pub fn start(images: Vec<OpenImage>, registry: Registry, opts: ServerOptions) -> io::Result<Server> {
         if let Ok(meta) = std::fs::symlink_metadata(&opts.socket) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -300,15 +296,18 @@ impl Server {
                 }
             }
         }
-        let nodes: NodeTable = Arc::new(RwLock::new(nodes));
         let listener_thread = {
-            let (stop, mesh, opts, caps, nodes) =
-                (stop.clone(), mesh.clone(), opts.clone(), caps.clone(), nodes.clone());
+            let (stop, mesh, opts, caps, registry) =
+                (stop.clone(), mesh.clone(), opts.clone(), caps.clone(), registry.clone());
             std::thread::Builder::new()
                 .name("pangate-listen".into())
-                .spawn(move || listen(listener, nodes, caps, opts, stop, mesh, incoming_tx))?
+                .spawn(move || listen(listener, registry, caps, opts, stop, mesh, incoming_tx))?
         };
-        let control = LunControl { tx: control_tx, mesh: mesh.clone(), nodes, caps };
+        let control = LunControl { tx: control_tx, mesh: mesh.clone(), caps };
+        let watcher = control.clone();
+        registry.watch(move |pan, node, entry| {
+            watcher.node_changed(pan, node, entry).map_err(|e| NotApplied(e.to_string()))
+        });
         Ok(Server { stop, mesh, listener: Some(listener_thread), workers, socket: opts.socket, control })
     }
 
@@ -373,7 +372,7 @@ impl Drop for Server {
 
 fn listen(
     listener: UnixListener,
-    nodes: NodeTable,
+    registry: Registry,
     caps: Capacities,
     opts: ServerOptions,
     stop: Arc<AtomicBool>,
@@ -389,8 +388,7 @@ fn listen(
         }
         let Ok((sock, _)) = listener.accept() else { continue };
         let now = caps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let known = nodes.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match handshake_with(&sock, &known, &now, &opts) {
+        match handshake_with(&sock, &registry, &now, &opts) {
             Ok(acc) => {
                 let w = mesh.place(acc.entry.luns.first().map(|l| l.2));
                 tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, worker = w, "queue pair connected");
@@ -452,7 +450,7 @@ pub enum Refused {
 
 fn handshake_with(
     sock: &UnixStream,
-    nodes: &[NodeEntry],
+    registry: &Registry,
     caps: &[(u32, u64)],
     opts: &ServerOptions,
 ) -> Result<Accepted, Refused> {
@@ -462,11 +460,12 @@ fn handshake_with(
     if hello.version != proto::VERSION {
         return Err(Refused::Version { got: hello.version });
     }
-    let unknown = || Refused::UnknownNode { pan: hello.pan.clone(), node: hello.node.clone() };
-    let entry = nodes.iter().find(|n| n.pan == hello.pan && n.node == hello.node).ok_or_else(unknown)?;
-    if !constant_time_eq(entry.credential.as_bytes(), hello.credential.as_bytes()) {
-        return Err(Refused::WrongCredential { pan: hello.pan, node: hello.node });
+    if registry.find(&hello.pan, &hello.node).is_none() {
+        return Err(Refused::UnknownNode { pan: hello.pan, node: hello.node });
     }
+    let Some(entry) = registry.authenticate(&hello.pan, &hello.node, &hello.credential) else {
+        return Err(Refused::WrongCredential { pan: hello.pan, node: hello.node });
+    };
     if let Some(want) = entry.uid {
         let got = handshake::peer_uid(sock)?;
         if got != want {
@@ -486,7 +485,7 @@ fn handshake_with(
         .iter()
         .filter_map(|&(target, lun, image, access)| {
             let &(block_size, blocks) = caps.get(image)?;
-            Some(LunInfo { target, lun, block_size, blocks, read_only: access == Access::Ro })
+            Some(LunInfo { target, lun, block_size, blocks, read_only: access.is_read_only() })
         })
         .collect();
     let welcome = Welcome { version: proto::VERSION, slots, data_bytes, staging_bytes: data_bytes, luns };
@@ -496,7 +495,7 @@ fn handshake_with(
         &[ring.fd(), data.fd(), staging.fd(), to_gateway.fd(), to_node.fd()],
     )?;
     sock.set_nonblocking(true)?;
-    Ok(Accepted { entry: entry.clone(), sock: sock.try_clone()?, ring, data, staging, to_gateway, to_node, slots })
+    Ok(Accepted { entry, sock: sock.try_clone()?, ring, data, staging, to_gateway, to_node, slots })
 }
 
 /// Ends the process when a worker panics. The other workers would otherwise wait for
@@ -511,11 +510,6 @@ impl Drop for AbortOnPanic {
             std::process::abort();
         }
     }
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl std::fmt::Debug for Accepted {

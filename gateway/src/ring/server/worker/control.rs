@@ -2,32 +2,33 @@
 //! one, change or delete a node), and the nodes' protocol-control messages (heartbeat,
 //! ABORT TASK, LUN RESET, REPORT CONFIG).
 
-use std::io;
-
 use scsi::{Completion, DataIn, Status};
 
 use super::Worker;
-use crate::config::Access;
 use crate::ring::proto::{Cmd, ControlOp, ReportEntry};
 use crate::ring::server::admission::Closed;
 use crate::ring::server::conn::{control_stat, lun_map, stat_from, Pending};
 use crate::ring::server::mesh::Message;
 use crate::ring::server::owned::scatter;
-use crate::ring::server::{control_result, Control};
+use crate::ring::server::{control_result, Control, ControlError};
 
 impl Worker {
     pub(super) fn apply(&mut self, c: Control) {
         match c {
             Control::Grow { image, bytes, reply } => {
                 let result = match self.owned.get_mut(image) {
-                    Some(img) => img.driver.grow(bytes).inspect(|()| {
-                        let cfg = img.driver.unit().config();
-                        tracing::info!(pan = %img.pan, image = %img.name, bytes, "LUN grown");
-                        if let Some(c) = self.caps.lock().unwrap_or_else(|p| p.into_inner()).get_mut(image) {
-                            *c = (cfg.block_size, cfg.blocks);
-                        }
-                    }),
-                    None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no image {image}"))),
+                    Some(img) => img
+                        .driver
+                        .grow(bytes)
+                        .inspect(|()| {
+                            let cfg = img.driver.unit().config();
+                            tracing::info!(pan = %img.pan, image = %img.name, bytes, "LUN grown");
+                            if let Some(c) = self.caps.lock().unwrap_or_else(|p| p.into_inner()).get_mut(image) {
+                                *c = (cfg.block_size, cfg.blocks);
+                            }
+                        })
+                        .map_err(ControlError::from),
+                    None => Err(ControlError::NoImage(image)),
                 };
                 let _ = reply.send(result);
             }
@@ -37,7 +38,7 @@ impl Worker {
                 let _ = reply.send(Ok(()));
             }
             Control::Retire { image, reply } => {
-                let _ = reply.send(self.owned.retire(image));
+                let _ = reply.send(self.owned.retire(image).map_err(ControlError::from));
             }
             Control::Node { pan, node, entry, reply } => {
                 for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
@@ -95,7 +96,7 @@ impl Worker {
                     .into_iter()
                     .map(|(&(target, lun_id), lun)| {
                         let (block_size, blocks) = caps.get(lun.image).copied().unwrap_or_default();
-                        ReportEntry { target, lun: lun_id, read_only: lun.access == Access::Ro, block_size, blocks }
+                        ReportEntry { target, lun: lun_id, read_only: lun.access.is_read_only(), block_size, blocks }
                     })
                     .collect();
                 drop(caps);

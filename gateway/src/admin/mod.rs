@@ -1,0 +1,520 @@
+//! The gateway side of the web admin. A change is decided by [`plan::plan`] (pure: the next
+//! config and the effects on the running gateway) and carried out by [`GatewayAdmin`]'s
+//! `apply` in one order for every change: prepare (undoable steps: open an image, grow it,
+//! start or stop a LAN, move an address), write the config atomically, commit (the ring
+//! server's images, the node registry, metrics). A failed prepare step or config write
+//! undoes what was prepared, in reverse.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use metrics::{LunKey, LunSnapshot, Metrics};
+use netvirt::network::NetShow;
+use web::model::{LanView, LunCounters, LunView, MapView, NodeView, Overview, PanView, PortView};
+use web::{AdminError, Change};
+
+use self::plan::{Effect, Phase, Plan};
+use crate::config::{Config, ImageConfig, Size};
+use crate::engine::EngineKind;
+use crate::net::NetControl;
+use crate::registry::{NodeEntry, NotApplied, Registry};
+use crate::ring::server::{ControlError, LunControl};
+use crate::storage::{self, OpenImage};
+
+pub use self::plan::MAX_LUN_BYTES;
+
+struct State {
+    cfg: Config,
+    /// The ring server's image list: (PAN, image name), or None once deleted.
+    images: Vec<Option<(String, String)>>,
+}
+
+/// The running gateway as the web admin sees it.
+pub struct GatewayAdmin {
+    state: Mutex<State>,
+    control: LunControl,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    net: Arc<dyn NetControl>,
+    file: PathBuf,
+    data_dir: PathBuf,
+    kind: EngineKind,
+}
+
+impl std::fmt::Debug for GatewayAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayAdmin").field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Invalid(e.to_string())
+}
+
+/// A node's registry entry as `cfg` has it, its map resolved with `image_index`.
+fn node_entry(cfg: &Config, pan: &str, node: &str, image_index: impl Fn(&str) -> Option<usize>) -> Option<NodeEntry> {
+    let n = cfg.pans.iter().find(|p| p.name == pan)?.nodes.iter().find(|n| n.name == node)?;
+    Some(NodeEntry {
+        pan: pan.to_string(),
+        node: n.name.clone(),
+        credential: n.credential.clone(),
+        uid: n.uid,
+        luns: n.luns.iter().filter_map(|m| Some((m.target, m.lun, image_index(&m.image)?, m.access))).collect(),
+    })
+}
+
+fn add(c: &mut LunCounters, s: &LunSnapshot) {
+    c.commands += s.commands();
+    c.reads += s.reads;
+    c.writes += s.writes;
+    c.bytes_read += s.bytes_read;
+    c.bytes_written += s.bytes_written;
+    c.busy_seconds += s.busy_seconds;
+}
+
+/// The running gateway's parts the admin changes and reads.
+pub struct Running {
+    /// The ring server's images.
+    pub control: LunControl,
+    /// The nodes.
+    pub registry: Registry,
+    /// Every counter.
+    pub metrics: Arc<Metrics>,
+    /// netvirt.
+    pub net: Arc<dyn NetControl>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("control", &self.control)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayAdmin {
+    /// Admin over a started gateway: `cfg` as loaded from `file`, with `images` the ring
+    /// server's image list in order (as [`storage::open_all`] opened them). The LAN and
+    /// port metrics are read from netvirt from now on.
+    pub fn new(
+        cfg: Config,
+        file: PathBuf,
+        data_dir: PathBuf,
+        images: Vec<(String, String)>,
+        running: Running,
+    ) -> anyhow::Result<GatewayAdmin> {
+        let Running { control, registry, metrics, net } = running;
+        let kind = EngineKind::resolve(cfg.engine).map_err(anyhow::Error::msg)?;
+        let lans = net.clone();
+        metrics.set_lan_sampler(Box::new(move || lans.show().map(|s| lan_samples(&s)).unwrap_or_default()));
+        Ok(GatewayAdmin {
+            state: Mutex::new(State { cfg, images: images.into_iter().map(Some).collect() }),
+            control,
+            registry,
+            metrics,
+            net,
+            file,
+            data_dir,
+            kind,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn image_index(&self, pan: &str, image: &str) -> Option<usize> {
+        self.images.iter().position(|i| matches!(i, Some((p, n)) if p == pan && n == image))
+    }
+}
+
+/// What a prepare step did, so it can be undone.
+enum Undo {
+    /// A new image was opened: close it, and remove its file if it was created.
+    Opened { open: Box<OpenImage>, created: bool },
+    /// A LAN was started: stop it.
+    Started { pan: String, lan: String },
+    /// A LAN was stopped: start it again as the current config has it.
+    Stopped { pan: String, lan: String },
+    /// An address was moved: move it back.
+    Moved { pan: String, lan: String, ip: std::net::Ipv4Addr, from: String },
+    /// Done for good (growing): nothing to undo.
+    Kept,
+}
+
+impl GatewayAdmin {
+    /// Validates `next` and writes it atomically.
+    fn persist(&self, next: &Config) -> Result<(), AdminError> {
+        next.validate().map_err(invalid)?;
+        next.save(&self.file).map_err(|e| AdminError::Failed(format!("writing {}: {e}", self.file.display())))
+    }
+
+    /// Carries out a plan: prepare, write the config, commit ([`plan::Phase`]).
+    fn apply_plan(&self, st: &mut State, plan: Plan) -> Result<(), AdminError> {
+        let Plan { mut next, effects } = plan;
+        let mut undo = Vec::new();
+        for e in effects.iter().filter(|e| e.phase() == Phase::Prepare) {
+            match self.prepare(st, &mut next, e) {
+                Ok(u) => undo.push(u),
+                Err(err) => {
+                    self.undo(st, undo);
+                    return Err(err);
+                }
+            }
+        }
+        if next != st.cfg {
+            if let Err(err) = self.persist(&next) {
+                self.undo(st, undo);
+                return Err(err);
+            }
+        }
+        st.cfg = next;
+        let mut opened = undo.into_iter().filter_map(|u| match u {
+            Undo::Opened { open, .. } => Some(open),
+            _ => None,
+        });
+        for e in effects.iter().filter(|e| e.phase() == Phase::Commit) {
+            self.commit(st, e, &mut opened)?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, st: &State, next: &mut Config, effect: &Effect) -> Result<Undo, AdminError> {
+        match effect {
+            Effect::OpenImage { pan, image, create } => {
+                let mut open = self.open_image(st, next, pan, image, *create)?;
+                let capacity = open.driver.unit().config().capacity_bytes();
+                if capacity < u64::from(image.block_size) {
+                    return Err(invalid(format!(
+                        "{} is smaller than one {}-byte block",
+                        image.path.display(),
+                        image.block_size
+                    )));
+                }
+                // The config records the size the image has (an existing file keeps its own).
+                if let Some(img) = next
+                    .pans
+                    .iter_mut()
+                    .find(|p| &p.name == pan)
+                    .and_then(|p| p.images.iter_mut().find(|i| i.name == image.name))
+                {
+                    img.size = Size(capacity);
+                }
+                // The gateway's own nexus consumes the power-on unit attention, as at start-up.
+                let _ = open.driver.run(0, &[0], &[0, 0, 0, 0, 0, 0], &[]);
+                Ok(Undo::Opened { open: Box::new(open), created: *create })
+            }
+            Effect::GrowImage { pan, image, bytes } => {
+                let i = st
+                    .image_index(pan, image)
+                    .ok_or_else(|| AdminError::NotFound(format!("LUN {image:?} is not open")))?;
+                self.control.grow(i, *bytes).map_err(control_error)?;
+                Ok(Undo::Kept)
+            }
+            Effect::StartLan { pan, lan } => {
+                let plan = self.lan_plan(next, pan, lan)?;
+                let live = self.net.add_lan(plan).map_err(io_error)?;
+                if !live {
+                    tracing::info!(pan, lan, "netvirt is off on this host; the LAN starts with it");
+                }
+                Ok(if live { Undo::Started { pan: pan.clone(), lan: lan.clone() } } else { Undo::Kept })
+            }
+            Effect::StopLan { pan, lan } => match self.net.remove_lan(pan, lan) {
+                Ok(true) => Ok(Undo::Stopped { pan: pan.clone(), lan: lan.clone() }),
+                Ok(false) => Ok(Undo::Kept),
+                // Configured but not running (it failed to start): only the config changes.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Undo::Kept),
+                Err(e) => Err(io_error(e)),
+            },
+            Effect::MoveIp { pan, lan, ip, from, to } => {
+                let live = self.net.move_ip(pan, lan, *ip, to).map_err(io_error)?;
+                Ok(if live {
+                    Undo::Moved { pan: pan.clone(), lan: lan.clone(), ip: *ip, from: from.clone() }
+                } else {
+                    Undo::Kept
+                })
+            }
+            other => unreachable!("{other:?} is not a prepare effect"),
+        }
+    }
+
+    /// Undoes prepared steps, last first; what cannot be undone is logged.
+    fn undo(&self, st: &State, done: Vec<Undo>) {
+        for u in done.into_iter().rev() {
+            match u {
+                Undo::Opened { open, created } => {
+                    let path = open.path.clone();
+                    drop(open);
+                    if created {
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            tracing::warn!(path = %path.display(), error = %e, "could not remove a new image again");
+                        }
+                    }
+                }
+                Undo::Started { pan, lan } => {
+                    if let Err(e) = self.net.remove_lan(&pan, &lan) {
+                        tracing::warn!(pan, lan, error = %e, "could not stop a LAN again");
+                    }
+                }
+                Undo::Stopped { pan, lan } => {
+                    let again = self.lan_plan(&st.cfg, &pan, &lan).and_then(|p| self.net.add_lan(p).map_err(io_error));
+                    if let Err(e) = again {
+                        tracing::warn!(pan, lan, error = %e, "could not start a LAN again");
+                    }
+                }
+                Undo::Moved { pan, lan, ip, from } => {
+                    if let Err(e) = self.net.move_ip(&pan, &lan, ip, &from) {
+                        tracing::warn!(pan, lan, %ip, error = %e, "could not move an address back");
+                    }
+                }
+                Undo::Kept => {}
+            }
+        }
+    }
+
+    /// Brings the running gateway's tables in line with the config just written.
+    fn commit(
+        &self,
+        st: &mut State,
+        effect: &Effect,
+        opened: &mut impl Iterator<Item = Box<OpenImage>>,
+    ) -> Result<(), AdminError> {
+        match effect {
+            Effect::AddImage { pan, image } => {
+                let open = opened.next().ok_or_else(|| AdminError::Failed("the new image was not opened".into()))?;
+                self.control.add_image(*open).map_err(control_error)?;
+                st.images.push(Some((pan.clone(), image.clone())));
+            }
+            Effect::RetireImage { pan, image } => {
+                if let Some(i) = st.image_index(pan, image) {
+                    st.images[i] = None;
+                    self.control.retire_image(i).map_err(control_error)?;
+                }
+            }
+            Effect::SetNode { pan, node } => {
+                let entry = node_entry(&st.cfg, pan, node, |img| st.image_index(pan, img))
+                    .ok_or_else(|| AdminError::Failed("node vanished".into()))?;
+                self.registry.set(entry).map_err(not_applied)?;
+            }
+            Effect::RemoveNode { pan, node } => self.registry.remove(pan, node).map_err(not_applied)?,
+            Effect::ForgetLun { pan, node, target, lun } => {
+                self.metrics.remove_lun(&LunKey { pan: pan.clone(), node: node.clone(), target: *target, lun: *lun })
+            }
+            other => unreachable!("{other:?} is not a commit effect"),
+        }
+        Ok(())
+    }
+
+    /// Opens a new LUN's image: a file to create under the data directory, or an existing
+    /// file or block device that is not already the gateway's.
+    fn open_image(
+        &self,
+        st: &State,
+        next: &Config,
+        pan: &str,
+        image: &ImageConfig,
+        create: bool,
+    ) -> Result<OpenImage, AdminError> {
+        let at = storage::image_path(image, &self.data_dir);
+        if create {
+            if at.exists() {
+                return Err(AdminError::Conflict(format!(
+                    "a file already exists at {}; give it as path to use it",
+                    at.display()
+                )));
+            }
+        } else {
+            let meta = std::fs::metadata(&at)
+                .map_err(|e| AdminError::NotFound(format!("no usable file at {}: {e}", at.display())))?;
+            use std::os::unix::fs::FileTypeExt;
+            if !(meta.is_file() || meta.file_type().is_block_device()) {
+                return Err(invalid(format!("{} is neither a regular file nor a block device", at.display())));
+            }
+            let canon = at.canonicalize().map_err(io_error)?;
+            let used = st
+                .cfg
+                .pans
+                .iter()
+                .flat_map(|p| &p.images)
+                .any(|i| storage::image_path(i, &self.data_dir).canonicalize().is_ok_and(|c| c == canon));
+            // The gateway's own files (config, token, sockets) are never LUNs.
+            let data_dir = self.data_dir.canonicalize().unwrap_or_else(|_| self.data_dir.clone());
+            let own = canon.starts_with(&data_dir) && !canon.starts_with(data_dir.join("images"));
+            if used || own {
+                return Err(AdminError::Conflict(format!("{} is already in use by the gateway", at.display())));
+            }
+        }
+        storage::open_image(next, self.kind, pan, image, &self.data_dir).map_err(|e| {
+            if create {
+                let _ = std::fs::remove_file(&at);
+            }
+            invalid(format!("{e:#}"))
+        })
+    }
+    /// netvirt's plan for one LAN of `cfg` (assigning its ports' MACs).
+    fn lan_plan(&self, cfg: &Config, pan: &str, lan: &str) -> Result<netvirt::network::LanPlan, AdminError> {
+        crate::net::plan(cfg, &self.data_dir)
+            .map_err(|e| AdminError::Failed(format!("planning the LAN: {e}")))?
+            .into_iter()
+            .find(|p| p.pan == pan && p.name == lan)
+            .ok_or_else(|| AdminError::Failed(format!("LAN {lan:?} is missing from the plan")))
+    }
+}
+
+/// A failure of netvirt or the host as the admin reports it: name clashes are conflicts,
+/// bad names invalid, missing things not found, the rest the host's failure.
+fn io_error(e: std::io::Error) -> AdminError {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::ResourceBusy => AdminError::Conflict(e.to_string()),
+        std::io::ErrorKind::InvalidInput => invalid(e),
+        std::io::ErrorKind::NotFound => AdminError::NotFound(e.to_string()),
+        _ => AdminError::Failed(e.to_string()),
+    }
+}
+
+/// A request the ring server did not carry out, as the admin reports it.
+fn control_error(e: ControlError) -> AdminError {
+    match e {
+        ControlError::Refused(why) => AdminError::Invalid(why),
+        ControlError::NoImage(_) => AdminError::NotFound(e.to_string()),
+        ControlError::Stopping | ControlError::TimedOut(_) | ControlError::Io(_) => AdminError::Failed(e.to_string()),
+    }
+}
+
+fn not_applied(e: NotApplied) -> AdminError {
+    AdminError::Failed(e.to_string())
+}
+
+impl web::Admin for GatewayAdmin {
+    fn overview(&self) -> Overview {
+        let st = self.lock();
+        let luns: HashMap<LunKey, LunSnapshot> = self.metrics.luns().into_iter().collect();
+        let rings: HashMap<(String, String), metrics::RingSnapshot> = self.metrics.rings().into_iter().collect();
+        let net = self.net.show();
+        let mut out = Overview { serial: st.cfg.serial.clone(), pans: Vec::new(), netvirt: net.is_some() };
+        for pan in &st.cfg.pans {
+            let mut view = PanView { name: pan.name.clone(), ..Default::default() };
+            let mut counters: HashMap<&str, LunCounters> = HashMap::new();
+            for n in &pan.nodes {
+                let ring = rings.get(&(pan.name.clone(), n.name.clone())).cloned().unwrap_or_default();
+                view.nodes.push(NodeView {
+                    name: n.name.clone(),
+                    uid: n.uid,
+                    maps: n
+                        .luns
+                        .iter()
+                        .map(|m| MapView { target: m.target, lun: m.lun, image: m.image.clone(), access: m.access })
+                        .collect(),
+                    ring_connections: ring.connections,
+                    outstanding_commands: ring.outstanding,
+                    protocol_errors: ring.protocol_errors.iter().map(|e| e.1).sum(),
+                });
+                for m in &n.luns {
+                    let key = LunKey { pan: pan.name.clone(), node: n.name.clone(), target: m.target, lun: m.lun };
+                    if let Some(s) = luns.get(&key) {
+                        add(counters.entry(m.image.as_str()).or_default(), s);
+                    }
+                }
+            }
+            for img in &pan.images {
+                let (block_size, blocks) = st
+                    .image_index(&pan.name, &img.name)
+                    .and_then(|i| self.control.capacity(i))
+                    .unwrap_or((img.block_size, img.size.0 / u64::from(img.block_size)));
+                view.luns.push(LunView {
+                    name: img.name.clone(),
+                    path: storage::image_path(img, &self.data_dir).display().to_string(),
+                    size_bytes: u64::from(block_size) * blocks,
+                    block_size,
+                    counters: counters.get(img.name.as_str()).copied().unwrap_or_default(),
+                });
+            }
+            for lan in &pan.lans {
+                let live = net.as_ref().and_then(|n| n.lans.iter().find(|l| l.pan == pan.name && l.lan == lan.name));
+                view.lans.push(LanView {
+                    name: lan.name.clone(),
+                    mtu: lan.mtu,
+                    arp_entries: live.map_or(0, |l| l.arp_entries as u64),
+                    active: live.is_some(),
+                    ports: lan
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            let lp = live.and_then(|l| l.ports.iter().find(|x| x.node == p.node));
+                            PortView {
+                                node: p.node.clone(),
+                                kind: match p.kind {
+                                    netvirt::config::PortKind::Tap => "tap".into(),
+                                    netvirt::config::PortKind::Ring => "ring".into(),
+                                },
+                                netns: p.netns.clone(),
+                                mac: lp.map(|x| x.mac.to_string()).or_else(|| p.mac.map(|m| m.to_string())),
+                                ips: p.ips.clone(),
+                                frames_in: lp.map_or(0, |x| x.counters.frames_in),
+                                frames_out: lp.map_or(0, |x| x.counters.frames_out),
+                                drops: lp.map_or(0, |x| x.counters.drops.values().sum()),
+                            }
+                        })
+                        .collect(),
+                });
+            }
+            out.pans.push(view);
+        }
+        out
+    }
+
+    fn apply(&self, change: Change) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        let what = change.summary();
+        let result = {
+            let st = &mut *st;
+            let capacity = |pan: &str, image: &str| {
+                let (bs, blocks) = self.control.capacity(st.image_index(pan, image)?)?;
+                Some(u64::from(bs) * blocks)
+            };
+            plan::plan(&st.cfg, change, capacity).and_then(|p| self.apply_plan(st, p))
+        };
+        match &result {
+            Ok(()) => tracing::info!(change = %what, "admin change applied"),
+            Err(e) => tracing::info!(change = %what, error = %e, "admin change refused"),
+        }
+        result
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+/// LAN samples for the metrics renderer, from netvirt's show.
+pub fn lan_samples(show: &NetShow) -> Vec<metrics::LanSample> {
+    use metrics::{LanSample, PortSample, TrafficSample};
+    let t = |c: &netvirt::counters::TrafficSnapshot| TrafficSample {
+        frames_in: c.frames_in,
+        bytes_in: c.bytes_in,
+        frames_out: c.frames_out,
+        bytes_out: c.bytes_out,
+        drops: c.drops.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    };
+    show.lans
+        .iter()
+        .map(|l| LanSample {
+            pan: l.pan.clone(),
+            lan: l.lan.clone(),
+            arp_entries: l.arp_entries as u64,
+            traffic: t(&l.counters),
+            ports: l
+                .ports
+                .iter()
+                .map(|p| PortSample { port: p.node.clone(), traffic: t(&p.counters) })
+                .chain(l.uplink.iter().map(|u| PortSample { port: "uplink".into(), traffic: t(&u.counters) }))
+                .collect(),
+        })
+        .collect()
+}

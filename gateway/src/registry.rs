@@ -1,0 +1,184 @@
+//! The node registry: every node allowed to connect, its credential and its LUN map. The
+//! ring server's handshake, TCMU, netvirt's ring-port authorizer and the admin all read it
+//! here; the admin's changes go through it, and whoever serves nodes (the ring server)
+//! watches it to bring open connections up to date.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use thiserror::Error;
+
+use crate::config::{Access, Config};
+use crate::storage::Mapping;
+
+/// A node allowed to connect, and its map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// PAN name.
+    pub pan: String,
+    /// Node name.
+    pub node: String,
+    /// Credential it must present.
+    pub credential: String,
+    /// The only peer uid it may connect from, when set.
+    pub uid: Option<u32>,
+    /// (target, LUN) → (image index, access).
+    pub luns: Vec<(u16, u16, usize, Access)>,
+}
+
+/// A change a watcher could not carry out on the running gateway.
+#[derive(Debug, Error)]
+#[error("the running gateway did not take the change: {0}")]
+pub struct NotApplied(pub String);
+
+/// Told of every change: the node's new entry, or `None` when it was removed.
+type Watcher = Box<dyn Fn(&str, &str, Option<&NodeEntry>) -> Result<(), NotApplied> + Send + Sync>;
+
+#[derive(Default)]
+struct Inner {
+    nodes: RwLock<Vec<NodeEntry>>,
+    watchers: Mutex<Vec<Watcher>>,
+}
+
+/// The registry, shared by cloning.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("nodes", &self.read().len()).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry of `nodes`.
+    pub fn new(nodes: Vec<NodeEntry>) -> Registry {
+        Registry { inner: Arc::new(Inner { nodes: RwLock::new(nodes), watchers: Mutex::default() }) }
+    }
+
+    /// The configured nodes, with their maps resolved to the image indices `maps` gives
+    /// ([`crate::storage::open_all`]).
+    pub fn from_config(cfg: &Config, maps: &[Mapping]) -> Registry {
+        let mut nodes = Vec::new();
+        for pan in &cfg.pans {
+            for node in &pan.nodes {
+                let luns = maps
+                    .iter()
+                    .filter(|m| m.pan == pan.name && m.node == node.name)
+                    .map(|m| (m.target, m.lun, m.image, m.access))
+                    .collect();
+                nodes.push(NodeEntry {
+                    pan: pan.name.clone(),
+                    node: node.name.clone(),
+                    credential: node.credential.clone(),
+                    uid: node.uid,
+                    luns,
+                });
+            }
+        }
+        Registry::new(nodes)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<NodeEntry>> {
+        self.inner.nodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every node, credentials included.
+    pub fn nodes(&self) -> Vec<NodeEntry> {
+        self.read().clone()
+    }
+
+    /// One node's entry.
+    pub fn find(&self, pan: &str, node: &str) -> Option<NodeEntry> {
+        self.read().iter().find(|n| n.pan == pan && n.node == node).cloned()
+    }
+
+    /// The node's entry when `credential` is its credential (compared in constant time).
+    pub fn authenticate(&self, pan: &str, node: &str, credential: &str) -> Option<NodeEntry> {
+        let entry = self.find(pan, node)?;
+        constant_time_eq(entry.credential.as_bytes(), credential.as_bytes()).then_some(entry)
+    }
+
+    /// Calls `watcher` after every change from now on.
+    pub fn watch(
+        &self,
+        watcher: impl Fn(&str, &str, Option<&NodeEntry>) -> Result<(), NotApplied> + Send + Sync + 'static,
+    ) {
+        self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(watcher));
+    }
+
+    /// Adds a node, or replaces its credential and map; then tells the watchers.
+    pub fn set(&self, entry: NodeEntry) -> Result<(), NotApplied> {
+        {
+            let mut nodes = self.inner.nodes.write().unwrap_or_else(|p| p.into_inner());
+            match nodes.iter_mut().find(|n| n.pan == entry.pan && n.node == entry.node) {
+                Some(n) => *n = entry.clone(),
+                None => nodes.push(entry.clone()),
+            }
+        }
+        self.tell(&entry.pan, &entry.node, Some(&entry))
+    }
+
+    /// Removes a node; then tells the watchers.
+    pub fn remove(&self, pan: &str, node: &str) -> Result<(), NotApplied> {
+        self.inner.nodes.write().unwrap_or_else(|p| p.into_inner()).retain(|n| !(n.pan == pan && n.node == node));
+        self.tell(pan, node, None)
+    }
+
+    fn tell(&self, pan: &str, node: &str, entry: Option<&NodeEntry>) -> Result<(), NotApplied> {
+        let watchers = self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.iter().try_for_each(|w| w(pan, node, entry))
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(node: &str, credential: &str) -> NodeEntry {
+        NodeEntry { pan: "p".into(), node: node.into(), credential: credential.into(), uid: None, luns: vec![] }
+    }
+
+    #[test]
+    fn watchers_see_every_change_after_the_table_has_it() {
+        let r = Registry::new(vec![entry("a", "secret-a-0123456789")]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (log, view) = (seen.clone(), r.clone());
+        r.watch(move |pan, node, e| {
+            assert_eq!(view.find(pan, node).as_ref(), e, "the table is current when watchers hear of it");
+            log.lock().unwrap().push((node.to_string(), e.is_some()));
+            Ok(())
+        });
+        r.set(entry("b", "secret-b-0123456789")).unwrap();
+        r.set(entry("a", "secret-a-changed-000")).unwrap();
+        r.remove("p", "a").unwrap();
+        assert_eq!(*seen.lock().unwrap(), [("b".into(), true), ("a".into(), true), ("a".into(), false)]);
+        assert_eq!(r.nodes().len(), 1);
+    }
+
+    #[test]
+    fn authentication_needs_the_node_and_its_exact_credential() {
+        let r = Registry::new(vec![entry("a", "secret-a-0123456789")]);
+        assert!(r.authenticate("p", "a", "secret-a-0123456789").is_some());
+        assert!(r.authenticate("p", "a", "secret-a-012345678").is_none());
+        assert!(r.authenticate("p", "b", "secret-a-0123456789").is_none());
+        assert!(r.authenticate("q", "a", "secret-a-0123456789").is_none());
+    }
+
+    #[test]
+    fn a_watcher_that_fails_is_reported() {
+        let r = Registry::default();
+        r.watch(|_, _, _| Err(NotApplied("stopping".into())));
+        assert_eq!(
+            r.set(entry("a", "x")).unwrap_err().to_string(),
+            "the running gateway did not take the change: stopping"
+        );
+        assert!(r.find("p", "a").is_some(), "the registry keeps the change");
+    }
+}
