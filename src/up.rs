@@ -95,7 +95,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
     // TCMU reads the node registry, which the admin keeps current.
     let nodes = gateway::tcmu::live_nodes(registry.clone());
-    let grow = gateway::tcmu::live_grow(registry.clone(), server.control());
+    let grow = gateway::tcmu::live_grow(registry.clone(), server.images());
     // Logs one line and carries on where the kernel has no target_core_user.
     let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow);
     println!(
@@ -112,7 +112,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
         file.clone(),
         dir.clone(),
         image_names,
-        Running { control: server.control(), registry, metrics, net: network.clone() },
+        Running { control: server.images(), registry, metrics, net: network.clone() },
     )?;
     let web = start_web(&cfg, &dir, Arc::new(admin))?;
     wait_for_signal()?;

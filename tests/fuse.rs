@@ -659,7 +659,7 @@ fn a_lun_file_follows_a_resize_in_the_gateway() {
     let mount = Mount::start(&socket, &dir.path().join("mnt"));
     let lun = mount.file("t0-l0");
     assert_eq!(std::fs::metadata(&lun).unwrap().len(), 64 << 20);
-    server.control().grow(image, 128 << 20).unwrap();
+    server.images().grow(image, 128 << 20).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::metadata(&lun).unwrap().len() != 128 << 20 {
         assert!(Instant::now() < deadline, "the file kept its old size");

@@ -535,8 +535,8 @@ fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
     });
 
     // Growing `shared` on its owner reaches every nexus on every worker.
-    let control = f.server.as_ref().unwrap().control();
-    control.grow(1, 32 << 20).unwrap();
+    let images = f.server.as_ref().unwrap().images();
+    images.grow(1, 32 << 20).unwrap();
     let mut queues = queues;
     for (q, _) in &mut queues {
         assert_eq!(sense_of(&q.execute(0, 1, &[0; 6], Data::None).unwrap()), (0x6, Asc::CAPACITY_CHANGED));

@@ -906,7 +906,7 @@ fn reconfiguring_the_size_grows_the_lun() {
     let server = Server::start(images, registry.clone(), ServerOptions::new(&socket)).unwrap();
     let uio = ModelUio::default();
     let mut ctl = Controller::new(uio.clone(), socket.clone(), live_nodes(registry.clone()))
-        .with_grow(live_grow(registry, server.control()));
+        .with_grow(live_grow(registry, server.images()));
     let mut k = KernelModel::new(4096, 1 << 20, ALL_CAPS);
     uio.0.lock().unwrap().insert(0, (NAME.into(), k.map.clone(), k.bell.clone()));
     assert_eq!(ctl.on_event(&DeviceEvent::Added { name: NAME.into(), minor: 0, id: None }), 0);

@@ -563,3 +563,33 @@ fn give_back(r: &mut Running, op: IoOp) {
         *r.slot(which) = Some(buf);
     }
 }
+
+/// An open image of a PAN: where it lives and the LUN driver over its engine.
+#[derive(Debug)]
+pub struct OpenImage {
+    /// PAN name.
+    pub pan: String,
+    /// Image name.
+    pub name: String,
+    /// Where it lives.
+    pub path: std::path::PathBuf,
+    /// The LUN driver over its engine.
+    pub driver: LunDriver,
+}
+
+/// SYNCHRONIZE CACHE on an image from the gateway's own nexus (0), as at shutdown, in
+/// `--oneshot` and when a LUN is deleted.
+pub fn flush(img: &mut OpenImage) -> std::io::Result<()> {
+    // A TEST UNIT READY first takes any unit attention queued for the gateway's nexus (a
+    // resize raises one for every nexus), which would otherwise answer the flush.
+    img.driver.run(0, &[0], &[0; 6], &[])?;
+    let f = img.driver.run(0, &[0], &scsi::build::synchronize_cache_10(), &[])?;
+    if f.completion.status != scsi::Status::Good {
+        return Err(std::io::Error::other(format!(
+            "flushing {} failed: sense {:02x?}",
+            img.path.display(),
+            f.completion.sense
+        )));
+    }
+    Ok(())
+}

@@ -1,13 +1,20 @@
-//! The node registry: every node allowed to connect, its credential and its LUN map. The
-//! ring server's handshake, TCMU, netvirt's ring-port authorizer and the admin all read it
-//! here; the admin's changes go through it, and whoever serves nodes (the ring server)
-//! watches it to bring open connections up to date.
+//! What the control plane and the serving side share, and all they share: the node
+//! registry (every node allowed to connect, its credential and its LUN map) and the
+//! [`Images`] interface to whoever serves the images. The ring server's handshake, TCMU,
+//! netvirt's ring-port authorizer and the admin read the registry; the admin's changes go
+//! through it, and the ring server watches it to bring open connections up to date. The
+//! ring server implements [`Images`]; the admin and TCMU grow and add images through it.
+//! Neither side imports the other.
 
+use std::io;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::config::{Access, Config};
+pub use crate::config::Access;
+use crate::config::Config;
+use crate::lun::OpenImage;
 use crate::storage::Mapping;
 
 /// A node allowed to connect, and its map.
@@ -23,6 +30,49 @@ pub struct NodeEntry {
     pub uid: Option<u32>,
     /// (target, LUN) → (image index, access).
     pub luns: Vec<(u16, u16, usize, Access)>,
+}
+
+/// Why the control plane's request was not carried out.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The gateway is shutting down.
+    #[error("the gateway is stopping")]
+    Stopping,
+    /// The worker did not answer in time.
+    #[error("the worker did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// No image with that index is open.
+    #[error("no image {0}")]
+    NoImage(usize),
+    /// The request cannot be done to this image (shrinking it, growing a block device).
+    #[error("{0}")]
+    Refused(String),
+    /// The image's engine or file failed.
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl From<io::Error> for ControlError {
+    fn from(e: io::Error) -> ControlError {
+        match e.kind() {
+            io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported => ControlError::Refused(e.to_string()),
+            _ => ControlError::Io(e),
+        }
+    }
+}
+
+/// What the control plane asks of whoever serves the images, by the index
+/// [`crate::storage::open_all`] gave them (new images take the next one).
+pub trait Images: Send + Sync {
+    /// (block size, blocks) of an image, as nodes see it now.
+    fn capacity(&self, image: usize) -> Option<(u32, u64)>;
+    /// Grows an image to `bytes`; every initiator of its LUNs gets CAPACITY DATA HAS
+    /// CHANGED.
+    fn grow(&self, image: usize, bytes: u64) -> Result<(), ControlError>;
+    /// Adds an image under the next index.
+    fn add(&self, image: OpenImage) -> Result<(), ControlError>;
+    /// Flushes an image no map names any more; its index stays taken and its file stays.
+    fn retire(&self, image: usize) -> Result<(), ControlError>;
 }
 
 /// A change a watcher could not carry out on the running gateway.

@@ -1,6 +1,8 @@
 //! Opens a configuration's images and builds one LUN driver per image, shared by every node
 //! of the PAN that maps it.
 
+pub use crate::lun::{flush, OpenImage};
+
 use std::path::Path;
 
 use scsi::{LunConfig, LunIdentity};
@@ -11,19 +13,6 @@ use crate::lun::LunDriver;
 
 /// Queue depth of each image's engine.
 pub const ENGINE_DEPTH: u32 = 256;
-
-/// An open image of a PAN.
-#[derive(Debug)]
-pub struct OpenImage {
-    /// PAN name.
-    pub pan: String,
-    /// Image name.
-    pub name: String,
-    /// Where it lives.
-    pub path: std::path::PathBuf,
-    /// The LUN driver over its engine.
-    pub driver: LunDriver,
-}
 
 /// One entry of a node's map, resolved to an open image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,21 +91,4 @@ pub fn image_path(img: &ImageConfig, data_dir: &Path) -> std::path::PathBuf {
     } else {
         data_dir.join(&img.path)
     }
-}
-
-/// SYNCHRONIZE CACHE on an image from the gateway's own nexus (0), as at shutdown, in
-/// `--oneshot` and when a LUN is deleted.
-pub fn flush(img: &mut OpenImage) -> std::io::Result<()> {
-    // A TEST UNIT READY first takes any unit attention queued for the gateway's nexus (a
-    // resize raises one for every nexus), which would otherwise answer the flush.
-    img.driver.run(0, &[0], &[0; 6], &[])?;
-    let f = img.driver.run(0, &[0], &scsi::build::synchronize_cache_10(), &[])?;
-    if f.completion.status != scsi::Status::Good {
-        return Err(std::io::Error::other(format!(
-            "flushing {} failed: sense {:02x?}",
-            img.path.display(),
-            f.completion.sense
-        )));
-    }
-    Ok(())
 }

@@ -20,8 +20,7 @@ use self::plan::{Effect, Phase, Plan};
 use crate::config::{Config, ImageConfig, Size};
 use crate::engine::EngineKind;
 use crate::net::NetControl;
-use crate::registry::{NodeEntry, NotApplied, Registry};
-use crate::ring::server::{ControlError, LunControl};
+use crate::registry::{ControlError, Images, NodeEntry, NotApplied, Registry};
 use crate::storage::{self, OpenImage};
 
 pub use self::plan::MAX_LUN_BYTES;
@@ -35,7 +34,7 @@ struct State {
 /// The running gateway as the web admin sees it.
 pub struct GatewayAdmin {
     state: Mutex<State>,
-    control: LunControl,
+    control: Arc<dyn Images>,
     registry: Registry,
     metrics: Arc<Metrics>,
     net: Arc<dyn NetControl>,
@@ -77,8 +76,8 @@ fn add(c: &mut LunCounters, s: &LunSnapshot) {
 
 /// The running gateway's parts the admin changes and reads.
 pub struct Running {
-    /// The ring server's images.
-    pub control: LunControl,
+    /// The images, as the ring server serves them.
+    pub control: Arc<dyn Images>,
     /// The nodes.
     pub registry: Registry,
     /// Every counter.
@@ -89,10 +88,7 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running")
-            .field("control", &self.control)
-            .field("registry", &self.registry)
-            .finish_non_exhaustive()
+        f.debug_struct("Running").field("registry", &self.registry).finish_non_exhaustive()
     }
 }
 
@@ -288,13 +284,13 @@ impl GatewayAdmin {
         match effect {
             Effect::AddImage { pan, image } => {
                 let open = opened.next().ok_or_else(|| AdminError::Failed("the new image was not opened".into()))?;
-                self.control.add_image(*open).map_err(control_error)?;
+                self.control.add(*open).map_err(control_error)?;
                 st.images.push(Some((pan.clone(), image.clone())));
             }
             Effect::RetireImage { pan, image } => {
                 if let Some(i) = st.image_index(pan, image) {
                     st.images[i] = None;
-                    self.control.retire_image(i).map_err(control_error)?;
+                    self.control.retire(i).map_err(control_error)?;
                 }
             }
             Effect::SetNode { pan, node } => {

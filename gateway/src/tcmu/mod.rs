@@ -31,10 +31,9 @@ use std::time::Duration;
 use self::device::DeviceHandle;
 use self::netlink::{DeviceEvent, Incoming};
 use self::sys::{KernelUio, TcmuSocket, UioSource};
-use crate::registry::Registry;
+use crate::registry::{Images, Registry};
 use crate::ring::initiator::ConnectOptions;
 use crate::ring::link::{Command, Link, LinkOptions};
-use crate::ring::server::LunControl;
 use scsi::build;
 
 /// The LUN a backstore's config string selects.
@@ -108,7 +107,7 @@ pub fn live_nodes(registry: Registry) -> NodeDirectory {
 }
 
 /// Grows LUNs through the ring server, finding the image in the node registry.
-pub fn live_grow(registry: Registry, control: LunControl) -> GrowLun {
+pub fn live_grow(registry: Registry, images: Arc<dyn Images>) -> GrowLun {
     Arc::new(move |sel: &Selector, bytes: u64| {
         let image = registry
             .find(&sel.pan, &sel.node)
@@ -116,7 +115,7 @@ pub fn live_grow(registry: Registry, control: LunControl) -> GrowLun {
             .ok_or_else(|| {
                 format!("node {:?} of PAN {:?} maps no target {} LUN {}", sel.node, sel.pan, sel.target, sel.lun)
             })?;
-        control.grow(image, bytes).map_err(|e| e.to_string())
+        images.grow(image, bytes).map_err(|e| e.to_string())
     })
 }
 
@@ -134,10 +133,8 @@ pub fn check_config(nodes: &[NodeCredential], config: &str) -> Result<Selector, 
     Ok(sel)
 }
 
-/// Grows the LUN a selector names to a number of bytes (the gateway's [`LunControl`]
-/// behind a lookup of the node's map); the error says why not.
-///
-/// [`LunControl`]: crate::ring::server::LunControl
+/// Grows the LUN a selector names to a number of bytes (the gateway's [`Images`] behind a
+/// lookup of the node's map); the error says why not.
 pub type GrowLun = Arc<dyn Fn(&Selector, u64) -> Result<(), String> + Send + Sync>;
 
 /// A device being served.

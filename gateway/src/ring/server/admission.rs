@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use scsi::{absent_lun, Completion, DataIn, Sense, Status};
 use thiserror::Error;
 
-use crate::config::Access;
+use crate::registry::Access;
 use crate::ring::alloc::RegionAllocator;
 use crate::ring::proto::{self, ControlOp, Region};
 use crate::ring::shm::ShmError;

@@ -10,8 +10,8 @@ use scsi::{Completion, Status};
 
 use super::admission::{Closed, MapEntry, Violation};
 use super::{Accepted, NodeEntry};
-use crate::config::Access;
 use crate::engine::host::{FixedMemory, UringHost};
+use crate::registry::Access;
 use crate::ring::alloc::RegionAllocator;
 use crate::ring::proto::{self, Cmd, Message as RingMessage, Region, Stat};
 use crate::ring::shm::{Doorbell, SharedMemory};

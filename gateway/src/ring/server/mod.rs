@@ -27,8 +27,9 @@ use thiserror::Error;
 use super::handshake::{self, Answer, Hello, LunInfo, Refusal, Welcome};
 use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::{proto, spsc};
-use crate::registry::{NodeEntry, NotApplied, Registry};
-use crate::storage::OpenImage;
+use crate::lun::OpenImage;
+pub use crate::registry::ControlError;
+use crate::registry::{Images, NodeEntry, NotApplied, Registry};
 
 pub mod admission;
 mod conn;
@@ -98,35 +99,6 @@ pub struct Server {
 /// of images.
 type Capacities = Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
 
-/// Why the control plane's request was not carried out.
-#[derive(Debug, Error)]
-pub enum ControlError {
-    /// The gateway is shutting down.
-    #[error("the gateway is stopping")]
-    Stopping,
-    /// The worker did not answer in time.
-    #[error("the worker did not answer within {0:?}")]
-    TimedOut(Duration),
-    /// No image with that index is open.
-    #[error("no image {0}")]
-    NoImage(usize),
-    /// The request cannot be done to this image (shrinking it, growing a block device).
-    #[error("{0}")]
-    Refused(String),
-    /// The image's engine or file failed.
-    #[error(transparent)]
-    Io(io::Error),
-}
-
-impl From<io::Error> for ControlError {
-    fn from(e: io::Error) -> ControlError {
-        match e.kind() {
-            io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported => ControlError::Refused(e.to_string()),
-            _ => ControlError::Io(e),
-        }
-    }
-}
-
 /// How long the control plane waits for a worker.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -158,8 +130,8 @@ enum Control {
 }
 
 /// Changes the LUNs of a running server from outside the I/O path (TCMU reconfiguration,
-/// the admin API): a request about an image goes to the worker that owns it. Changes of
-/// nodes come from the [`Registry`], which the server watches.
+/// the admin API), as [`Images`]: a request about an image goes to the worker that owns
+/// it. Changes of nodes come from the [`Registry`], which the server watches.
 #[derive(Debug, Clone)]
 pub struct LunControl {
     tx: Vec<Sender<Control>>,
@@ -179,34 +151,6 @@ impl LunControl {
         (0..self.tx.len()).try_for_each(|w| self.ask(w, &make))
     }
 
-    /// (block size, blocks) of image `image`, as nodes see it now.
-    pub fn capacity(&self, image: usize) -> Option<(u32, u64)> {
-        self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).copied()
-    }
-
-    /// Grows image `image` (an index into the server's image list) to `bytes`; every
-    /// initiator of its LUNs gets CAPACITY DATA HAS CHANGED.
-    pub fn grow(&self, image: usize, bytes: u64) -> Result<(), ControlError> {
-        self.ask(self.mesh.owner(image), |reply| Control::Grow { image, bytes, reply })
-    }
-
-    /// Adds an image; it gets the next index (the server's image count before the call).
-    pub fn add_image(&self, image: OpenImage) -> Result<(), ControlError> {
-        let cfg = image.driver.unit().config();
-        let index = {
-            let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
-            caps.push((cfg.block_size, cfg.blocks));
-            caps.len() - 1
-        };
-        self.ask(self.mesh.owner(index), |reply| Control::AddImage { index, image: Box::new(image), reply })
-    }
-
-    /// Flushes an image that no map names any more. Its index stays taken, so others keep
-    /// theirs; the file is left as it is.
-    pub fn retire_image(&self, image: usize) -> Result<(), ControlError> {
-        self.ask(self.mesh.owner(image), |reply| Control::Retire { image, reply })
-    }
-
     /// A node's entry changed (`Some`) or went away (`None`): its open queue pairs see the
     /// new map from their next command, a LUN taken away answering LOGICAL UNIT NOT
     /// SUPPORTED; a removed node's queue pairs close (their in-flight I/O completes and is
@@ -218,6 +162,31 @@ impl LunControl {
             entry: entry.cloned(),
             reply,
         })
+    }
+}
+
+impl Images for LunControl {
+    fn capacity(&self, image: usize) -> Option<(u32, u64)> {
+        self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).copied()
+    }
+
+    fn grow(&self, image: usize, bytes: u64) -> Result<(), ControlError> {
+        self.ask(self.mesh.owner(image), |reply| Control::Grow { image, bytes, reply })
+    }
+
+    /// The new image gets the next index (the server's image count before the call).
+    fn add(&self, image: OpenImage) -> Result<(), ControlError> {
+        let cfg = image.driver.unit().config();
+        let index = {
+            let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+            caps.push((cfg.block_size, cfg.blocks));
+            caps.len() - 1
+        };
+        self.ask(self.mesh.owner(index), |reply| Control::AddImage { index, image: Box::new(image), reply })
+    }
+
+    fn retire(&self, image: usize) -> Result<(), ControlError> {
+        self.ask(self.mesh.owner(image), |reply| Control::Retire { image, reply })
     }
 }
 
@@ -340,6 +309,11 @@ impl Server {
     /// A handle for changing LUNs while the server runs.
     pub fn control(&self) -> LunControl {
         self.control.clone()
+    }
+
+    /// The same handle, as the control plane holds it.
+    pub fn images(&self) -> Arc<dyn Images> {
+        Arc::new(self.control.clone())
     }
 
     /// The socket path.

@@ -11,10 +11,10 @@ use scsi::{absent_lun, Completion, DataIn, Nexus};
 use super::mesh::{Done, Job, Source};
 use crate::engine::host::UringHost;
 use crate::engine::AlignedBuf;
+use crate::lun::OpenImage;
 use crate::lun::{Direct, DirectRead, Finished};
 use crate::ring::proto::Segments;
 use crate::ring::shm::{PeerSlice, SharedMemory, ShmError};
-use crate::storage::OpenImage;
 
 /// Where a running command's data-in goes.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ impl Owned {
         let img =
             self.get_mut(index).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no image {index}")))?;
         tracing::info!(pan = %img.pan, image = %img.name, "LUN deleted");
-        let flushed = crate::storage::flush(img);
+        let flushed = crate::lun::flush(img);
         self.retired[index] = true;
         flushed
     }
@@ -256,7 +256,7 @@ impl Owned {
         for (i, (img, retired)) in self.images.into_iter().zip(self.retired).enumerate() {
             let Some(mut img) = img else { continue };
             if !retired {
-                if let Err(e) = crate::storage::flush(&mut img) {
+                if let Err(e) = crate::lun::flush(&mut img) {
                     tracing::error!(image = %img.name, error = %e, "flush at shutdown failed");
                 }
             }

@@ -20,9 +20,9 @@ use super::mesh::{Done, Job, Mesh, Message};
 use super::owned::Owned;
 use super::{Accepted, Capacities, Control, ServerOptions};
 use crate::engine::host::UringHost;
+use crate::lun::OpenImage;
 use crate::ring::backoff::PollBackoff;
 use crate::ring::shm::Doorbell;
-use crate::storage::OpenImage;
 
 mod commands;
 mod control;
