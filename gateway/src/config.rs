@@ -176,7 +176,7 @@ fn default_socket() -> PathBuf {
 }
 
 fn default_spin_us() -> u64 {
-    50
+    shmem::DEFAULT_SPIN.as_micros() as u64
 }
 
 /// A processing area network.

@@ -652,7 +652,7 @@ impl Dataplane {
 
     /// Spins briefly, then sleeps until a ring doorbell or any completion.
     fn idle_rings(&mut self) -> std::io::Result<()> {
-        let spin_until = Instant::now() + Duration::from_micros(50);
+        let spin_until = Instant::now() + shmem::DEFAULT_SPIN;
         while Instant::now() < spin_until {
             if self
                 .lans

@@ -152,6 +152,10 @@ impl SharedMemory {
     }
 }
 
+/// How long a poller of shared rings (a storage worker, netvirt's ring ports) keeps polling
+/// after the last activity before it sleeps, unless configured otherwise.
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// A `poll(2)` timeout; durations past what a timespec holds saturate.
 pub fn poll_timeout(d: std::time::Duration) -> rustix::time::Timespec {
     rustix::time::Timespec::try_from(d).unwrap_or(rustix::time::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })

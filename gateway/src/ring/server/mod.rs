@@ -68,7 +68,7 @@ impl ServerOptions {
     pub fn new(socket: impl Into<PathBuf>) -> ServerOptions {
         ServerOptions {
             socket: socket.into(),
-            spin: Duration::from_micros(50),
+            spin: super::shm::DEFAULT_SPIN,
             workers: default_workers(),
             max_data_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(5),
