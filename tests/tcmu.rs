@@ -18,7 +18,7 @@ use gateway::tcmu::device::KernelBell;
 use gateway::tcmu::netlink::{self, DeviceEvent, Incoming, TcmuAttr, TcmuMessage};
 use gateway::tcmu::sys::{UioDevice, UioSource};
 use gateway::tcmu::{fixed_nodes, live_grow, live_nodes, Controller, NodeCredential};
-use scsi::build::rw16;
+use scsi::build::{self, rw16};
 
 mod support;
 use support::{on_path, skip_because, Gateway};
@@ -384,7 +384,7 @@ fn every_command_family_through_the_ring() {
     clear_attention(&mut k);
 
     // INQUIRY with a larger buffer than the data: read_len says how much there was.
-    let inq = k.run(&[0x12, 0, 0, 0, 255, 0], None, 255);
+    let inq = k.run(&build::inquiry(None, 255), None, 255);
     inq.good();
     assert_eq!(inq.read_len, Some(inq.data.len() as u32));
     assert!(inq.data.len() >= 36 && inq.data.len() < 255, "standard INQUIRY data: {}", inq.data.len());
@@ -392,7 +392,7 @@ fn every_command_family_through_the_ring() {
     let vpd = k.run(&[0x12, 1, 0x83, 0, 255, 0], None, 255);
     assert_eq!(vpd.good().data[1], 0x83);
 
-    let cap16 = k.run(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], None, 32);
+    let cap16 = k.run(&build::read_capacity_16(), None, 32);
     let last = u64::from_be_bytes(cap16.good().data[0..8].try_into().unwrap());
     assert_eq!(((last + 1) * 512), 16 << 20);
     assert_eq!(k.run(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, 8).good().data.len(), 8);
@@ -408,7 +408,7 @@ fn every_command_family_through_the_ring() {
     assert_eq!((back.good().cmd_id, back.read_len), (id, Some(4096)));
     assert!(back.data == data);
     k.run(&rw16(0x8A, 200, 1, true), Some(&pattern(512, 9)), 0).good();
-    k.run(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, 0).good();
+    k.run(&build::synchronize_cache_10(), None, 0).good();
 
     // VERIFY(16) with BYTCHK=1 compares data-out against the medium.
     let mut verify = rw16(0x8F, 100, 8, false);
@@ -428,12 +428,8 @@ fn every_command_family_through_the_ring() {
     assert!(k.run(&rw16(0x88, 200, 1, false), None, 512).good().data == pattern(512, 10));
 
     // UNMAP and WRITE SAME (16) with UNMAP read back as zeros.
-    let mut list = vec![0u8; 24];
-    list[0..2].copy_from_slice(&22u16.to_be_bytes());
-    list[2..4].copy_from_slice(&16u16.to_be_bytes());
-    list[8..16].copy_from_slice(&100u64.to_be_bytes());
-    list[16..20].copy_from_slice(&8u32.to_be_bytes());
-    k.run(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Some(&list), 0).good();
+    let list = build::unmap_one_list(100, 8);
+    k.run(&build::UNMAP_ONE, Some(&list), 0).good();
     assert!(k.run(&rw16(0x88, 100, 8, false), None, 4096).good().data.iter().all(|&b| b == 0));
     let mut ws = [0u8; 16];
     ws[0] = 0x93;
@@ -490,7 +486,7 @@ fn out_of_order_completion_and_wrap_around() {
             let lba = 4096 + (round * 64 + i * 8) % 20000;
             queued.push(match i % 2 {
                 0 => k.queue(&rw16(0x8A, u64::from(lba), 8, false), Some(&pattern(4096, round as u8)), 0),
-                _ => k.queue(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, 0),
+                _ => k.queue(&build::synchronize_cache_10(), None, 0),
             });
         }
         if k.head < before {
@@ -523,14 +519,14 @@ fn in_order_completion_without_the_ooo_capability() {
         let ids = [
             k.queue(&rw16(0x88, 0, 2048, false), None, 1 << 20),
             k.queue(&[0; 6], None, 0),
-            k.queue(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, 0),
+            k.queue(&build::synchronize_cache_10(), None, 0),
         ];
         k.publish();
         let got: Vec<u16> = k.wait(3).iter().map(|c| c.good().cmd_id).collect();
         assert_eq!(got, ids);
     }
     // Without READ_LEN the flag is never set.
-    let c = k.run(&[0x12, 0, 0, 0, 255, 0], None, 255);
+    let c = k.run(&build::inquiry(None, 255), None, 255);
     assert_eq!(c.good().read_len, None);
 }
 
@@ -922,7 +918,7 @@ fn reconfiguring_the_size_grows_the_lun() {
     };
     assert_eq!(ctl.on_event(&reconfig(64 << 20)), 0);
     // The initiator hears of it, then sees the new capacity; the image file grew.
-    let rc16 = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    let rc16 = build::read_capacity_16();
     let ua = k.run(&rc16, None, 32);
     assert_eq!((ua.status, ua.sense_key(), ua.sense[12], ua.sense[13]), (2, 0x6, 0x2A, 0x09));
     let cap = k.run(&rc16, None, 32);

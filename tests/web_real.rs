@@ -182,7 +182,7 @@ fn prometheus_scrapes_counters_that_match_the_io_exactly() {
 }
 
 fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/browser")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("web/browser")
 }
 
 #[test]

@@ -4,17 +4,18 @@
 //! writes queued on the same ring and submitted together with the next reads, in one
 //! `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it
 //! was read into (counted references), so a 64 KiB TCP super-frame is never copied.
+//!
+//! The ring and the buffer pool are [`crate::sys::ring`]'s: every SQE that names memory is
+//! built there from a pool buffer the kernel then holds until its completion is reaped.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types, IoUring};
-
 use crate::ringport::RingPort;
 use crate::switch::{Dest, Emit, PortId, Sink, VirtualLan};
-use crate::sys::RecvState;
+use crate::sys::ring::{Completion, DataRing, Pool};
 use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
 
 /// Room for a virtio-net header, an 802.1Q tag and the largest super-frame a TAP hands
@@ -131,39 +132,11 @@ enum Src {
 
 enum Op {
     Read { lan: usize, src: Src, buf: usize },
-    Recv { lan: usize, buf: usize, state: Box<RecvState> },
+    Recv { lan: usize, buf: usize },
     Write { buf: usize },
     Poll { lan: usize, src: Src },
     Cancel { lan: usize },
     Wake,
-}
-
-struct Pool {
-    bufs: Vec<Box<[u8]>>,
-    refs: Vec<u32>,
-    free: Vec<usize>,
-}
-
-impl Pool {
-    fn alloc(&mut self) -> Option<usize> {
-        if let Some(b) = self.free.pop() {
-            self.refs[b] = 1;
-            return Some(b);
-        }
-        if self.bufs.len() >= MAX_BUFS {
-            return None;
-        }
-        self.bufs.push(vec![0u8; BUF_LEN].into_boxed_slice());
-        self.refs.push(1);
-        Some(self.bufs.len() - 1)
-    }
-
-    fn release(&mut self, b: usize) {
-        self.refs[b] -= 1;
-        if self.refs[b] == 0 {
-            self.free.push(b);
-        }
-    }
 }
 
 /// A queued write: fd, buffer, length from the buffer's start.
@@ -176,14 +149,13 @@ pub struct Dataplane {
     /// Removed LANs whose fds wait for their cancellations: slot → (LAN, cancellations
     /// outstanding, who to tell).
     retiring: HashMap<usize, (LanIo, usize, std::sync::mpsc::Sender<()>)>,
-    ring: IoUring,
+    ring: DataRing,
     ops: Vec<Option<Op>>,
     free_ops: Vec<usize>,
     out: Egress,
     starved: Vec<(usize, Src)>,
     queue: Arc<Mutex<Vec<Command>>>,
     wake: Arc<OwnedFd>,
-    wake_buf: Box<[u8; 8]>,
     rx_frame: Vec<u8>,
     /// Ring ports with a client attached; the loop polls rings only while there are any.
     ring_ports: usize,
@@ -223,7 +195,7 @@ impl std::fmt::Debug for Dataplane {
 impl Dataplane {
     /// Sets up the ring for these LANs.
     pub fn new(lans: Vec<LanIo>) -> std::io::Result<(Dataplane, Control)> {
-        let ring = IoUring::new(1024)?;
+        let ring = DataRing::new(1024)?;
         let wake = Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?);
         let queue = Arc::new(Mutex::new(Vec::new()));
         let control = Control { queue: queue.clone(), wake: wake.clone() };
@@ -234,7 +206,7 @@ impl Dataplane {
             ops: Vec::new(),
             free_ops: Vec::new(),
             out: Egress {
-                pool: Pool { bufs: Vec::new(), refs: Vec::new(), free: Vec::new() },
+                pool: Pool::new(BUF_LEN, MAX_BUFS),
                 writes: Vec::new(),
                 scratch: Vec::with_capacity(2048),
                 generation: 0,
@@ -242,7 +214,6 @@ impl Dataplane {
             starved: Vec::new(),
             queue,
             wake,
-            wake_buf: Box::new([0; 8]),
             rx_frame: Vec::with_capacity(2048),
             ring_ports: 0,
             stop: false,
@@ -273,9 +244,9 @@ impl Dataplane {
                     Err(e) => return Err(e),
                 }
             }
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            for (token, res) in cqes.drain(..) {
-                self.complete(token as usize, res);
+            self.ring.reap(&mut self.out.pool, &mut cqes);
+            for c in cqes.drain(..) {
+                self.complete(c);
             }
             let starved = std::mem::take(&mut self.starved);
             for (l, src) in starved {
@@ -343,10 +314,7 @@ impl Dataplane {
         fds.extend(io.uplink.as_ref().map(|u| u.fd.as_raw_fd()));
         for &fd in &fds {
             let token = self.push_op(Op::Cancel { lan: l });
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
-                .build()
-                .user_data(token as u64);
-            self.submit(e);
+            self.ring.cancel_fd(fd, token);
         }
         if fds.is_empty() {
             let _ = done.send(());
@@ -368,27 +336,9 @@ impl Dataplane {
         }
     }
 
-    // The one `unsafe` outside a `sys` module: the pool's buffers are reached by index all
-    // over the data path, so their lifetime in the kernel is this file's invariant rather
-    // than a type's. Issue 29 rebuilds this data path per worker; its op table belongs in
-    // `sys`, as the storage engine's `Slots` are.
-    #[allow(unsafe_code)]
-    fn submit(&mut self, entry: io_uring::squeue::Entry) {
-        // SAFETY: every entry's buffers live in `self.pool` or in the boxed op state and
-        // are not reused or freed until the entry's completion is handled.
-        while unsafe { self.ring.submission().push(&entry) }.is_err() {
-            if self.ring.submit().is_err() {
-                break;
-            }
-        }
-    }
-
     fn push_wake(&mut self) {
         let token = self.push_op(Op::Wake);
-        let e = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
-            .build()
-            .user_data(token as u64);
-        self.submit(e);
+        self.ring.read_wake(self.wake.as_raw_fd(), token);
     }
 
     fn fd_of(&self, l: usize, src: Src) -> Option<RawFd> {
@@ -408,21 +358,16 @@ impl Dataplane {
             self.starved.push((l, src));
             return;
         };
-        let ptr = self.out.pool.bufs[buf].as_mut_ptr();
         match src {
             Src::Port(_) => {
                 let token = self.push_op(Op::Read { lan: l, src, buf });
-                let e = opcode::Read::new(types::Fd(fd), ptr, BUF_LEN as u32).build().user_data(token as u64);
-                self.submit(e);
+                self.ring.read(&mut self.out.pool, fd, buf, token);
             }
             Src::Uplink => {
                 // Leave room to insert nothing: uplink frames arrive untagged or are
                 // untagged in place, so read at the buffer's start.
-                let mut state = RecvState::new(ptr, BUF_LEN);
-                let msg = state.msghdr();
-                let token = self.push_op(Op::Recv { lan: l, buf, state });
-                let e = opcode::RecvMsg::new(types::Fd(fd), msg).build().user_data(token as u64);
-                self.submit(e);
+                let token = self.push_op(Op::Recv { lan: l, buf });
+                self.ring.recv(&mut self.out.pool, fd, buf, token);
             }
         }
     }
@@ -430,23 +375,21 @@ impl Dataplane {
     fn push_poll(&mut self, l: usize, src: Src) {
         let Some(fd) = self.fd_of(l, src) else { return };
         let token = self.push_op(Op::Poll { lan: l, src });
-        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(token as u64);
-        self.submit(e);
+        self.ring.poll(fd, token);
     }
 
     fn flush_writes(&mut self) {
         let writes = std::mem::take(&mut self.out.writes);
         for &(fd, buf, len) in &writes {
             let token = self.push_op(Op::Write { buf });
-            let ptr = self.out.pool.bufs[buf].as_ptr();
-            let e = opcode::Write::new(types::Fd(fd), ptr, len as u32).build().user_data(token as u64);
-            self.submit(e);
+            self.ring.write(&mut self.out.pool, fd, buf, len, token);
         }
         self.out.writes = writes;
         self.out.writes.clear();
     }
 
-    fn complete(&mut self, token: usize, res: i32) {
+    fn complete(&mut self, c: Completion) {
+        let Completion { token, res, control } = c;
         let Some(op) = self.ops.get_mut(token).and_then(Option::take) else { return };
         self.free_ops.push(token);
         match op {
@@ -502,7 +445,7 @@ impl Dataplane {
                 self.out.pool.release(buf);
                 self.push_read(lan, src);
             }
-            Op::Recv { lan, buf, state } => {
+            Op::Recv { lan, buf } => {
                 if res == -libc::EAGAIN {
                     self.out.pool.release(buf);
                     return self.push_poll(lan, Src::Uplink);
@@ -514,7 +457,7 @@ impl Dataplane {
                     }
                     return;
                 }
-                let vlan = crate::sys::aux_vlan(state.control());
+                let vlan = crate::sys::aux_vlan(control.as_ref().map_or(&[][..], |c| c.bytes()));
                 self.frame_in(lan, Src::Uplink, buf, res as usize, Some(vlan));
                 self.out.pool.release(buf);
                 self.push_read(lan, Src::Uplink);
@@ -528,13 +471,13 @@ impl Dataplane {
             return;
         }
         let mut hdr_bytes = [0u8; VNET_HDR_LEN];
-        hdr_bytes.copy_from_slice(&self.out.pool.bufs[buf][..VNET_HDR_LEN]);
+        hdr_bytes.copy_from_slice(&self.out.pool.get(buf)[..VNET_HDR_LEN]);
         let mut hdr = VnetHdr::parse(&hdr_bytes);
         let mut len = len;
         if let Some(tag) = aux_vlan {
             // Uplink: keep only this LAN's VLAN, untagging in place if the kernel did not.
             let want = self.lan(l).and_then(|x| x.uplink.as_ref()).and_then(|u| u.vlan);
-            let b = &mut self.out.pool.bufs[buf];
+            let b = self.out.pool.get_mut(buf);
             let f = VNET_HDR_LEN;
             let inline = if len >= f + 18 && b[f + 12..f + 14] == [0x81, 0x00] {
                 Some(u16::from_be_bytes([b[f + 14], b[f + 15]]) & 0x0fff)
@@ -557,7 +500,7 @@ impl Dataplane {
         let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(l).and_then(Option::as_mut) else { return };
         // The frame is read from the pool buffer while the sink may allocate others; take
         // the buffer out for the duration so both can be borrowed.
-        let data = std::mem::take(&mut self.out.pool.bufs[buf]);
+        let data = self.out.pool.take(buf);
         let frame = &data[VNET_HDR_LEN..len];
         let wire_len = hdr.wire_len(frame);
         let mut sink = self.out.sink(ports, uplink.as_ref(), (buf, hdr));
@@ -565,7 +508,7 @@ impl Dataplane {
             Src::Port(p) => lan.from_port(p, frame, wire_len, &mut sink),
             Src::Uplink => lan.from_uplink(frame, wire_len, &mut sink),
         }
-        self.out.pool.bufs[buf] = data;
+        self.out.pool.put(buf, data);
     }
 
     fn commands(&mut self) {
@@ -662,7 +605,7 @@ impl Dataplane {
             {
                 return Ok(());
             }
-            if !self.ring.completion().is_empty() {
+            if self.ring.has_completions() {
                 return Ok(());
             }
             std::hint::spin_loop();
@@ -684,8 +627,7 @@ impl Dataplane {
         }
         for (l, p, fd) in bells {
             let token = self.push_op(Op::Poll { lan: l, src: Src::Port(p) });
-            let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(token as u64);
-            self.submit(e);
+            self.ring.poll(fd, token);
         }
         match self.ring.submit_and_wait(1) {
             Ok(_) => Ok(()),
@@ -694,24 +636,20 @@ impl Dataplane {
         }
     }
 
-    /// Cancels every request in flight and waits (boundedly) for them to finish, so no
-    /// buffer is freed while the kernel may still write into it.
+    /// Cancels every request in flight and waits (boundedly) for them to finish. Buffers
+    /// the kernel still holds after that are leaked by the pool and the ring, not freed.
     fn cancel_all(&mut self) {
-        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(u64::MAX);
-        self.submit(e);
+        self.ring.cancel_all();
         let deadline = Instant::now() + Duration::from_secs(2);
+        let mut done = Vec::new();
         while self.ops.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = self.ring.submit_and_wait(1);
-            let done: Vec<_> = self.ring.completion().map(|c| c.user_data()).collect();
-            for t in done {
-                if let Some(slot) = self.ops.get_mut(t as usize) {
+            self.ring.reap(&mut self.out.pool, &mut done);
+            for c in done.drain(..) {
+                if let Some(slot) = self.ops.get_mut(c.token) {
                     *slot = None;
                 }
             }
-        }
-        if self.ops.iter().any(Option::is_some) {
-            // Leak the buffers rather than free memory the kernel may still write.
-            std::mem::forget(std::mem::take(&mut self.out.pool.bufs));
         }
     }
 }
@@ -729,7 +667,7 @@ impl PlaneSink<'_> {
     /// Copies `frame` with header `hdr` (and a VLAN tag) into a new buffer and queues it.
     fn write_copy(&mut self, fd: RawFd, hdr: VnetHdr, frame: &[u8], vlan: Option<u16>) -> bool {
         let Some(b) = self.out.pool.alloc() else { return false };
-        let buf = &mut self.out.pool.bufs[b];
+        let buf = self.out.pool.get_mut(b);
         let mut hdr = hdr;
         let len = match vlan {
             None => {
@@ -770,7 +708,7 @@ impl Sink for PlaneSink<'_> {
                 Some(PortIo::Tap(fd)) => {
                     let fd = fd.as_raw_fd();
                     if emit == Emit::Input && in_buf != usize::MAX {
-                        self.out.pool.refs[in_buf] += 1;
+                        self.out.pool.share(in_buf);
                         self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
                         true
                     } else {
@@ -784,7 +722,7 @@ impl Sink for PlaneSink<'_> {
                 Some(u) => {
                     let fd = u.fd.as_raw_fd();
                     if u.vlan.is_none() && emit == Emit::Input && in_buf != usize::MAX {
-                        self.out.pool.refs[in_buf] += 1;
+                        self.out.pool.share(in_buf);
                         self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
                         true
                     } else {

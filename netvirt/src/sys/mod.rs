@@ -1,6 +1,8 @@
 //! The few raw kernel interfaces netvirt needs that no maintained crate wraps: the TUN/TAP
 //! ioctls and packet-socket options. Every `unsafe` block here says why it is sound.
 
+pub mod ring;
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -191,45 +193,6 @@ pub fn if_mac(name: &str) -> io::Result<[u8; 6]> {
         *m = *d as u8;
     }
     Ok(mac)
-}
-
-/// What a `recvmsg` SQE on a packet socket points at: its header, the one iovec (a pool
-/// buffer) and room for control messages. Boxed, so the pointers into it stay put while the
-/// kernel has the SQE.
-pub struct RecvState {
-    msg: libc::msghdr,
-    iov: libc::iovec,
-    control: [u64; 16],
-}
-
-// SAFETY: the raw pointers in a RecvState point into its own box and into a pool buffer,
-// both owned by the data path; they move between threads only together with it.
-unsafe impl Send for RecvState {}
-
-impl RecvState {
-    /// The state for receiving into `len` bytes at `buf`.
-    pub fn new(buf: *mut u8, len: usize) -> Box<RecvState> {
-        // SAFETY: all-zero is a valid msghdr and iovec (null pointers, zero lengths).
-        let mut state: Box<RecvState> = Box::new(unsafe { std::mem::zeroed() });
-        state.iov = libc::iovec { iov_base: buf.cast(), iov_len: len };
-        state.msg.msg_iov = &mut state.iov;
-        state.msg.msg_iovlen = 1;
-        state.msg.msg_control = state.control.as_mut_ptr().cast();
-        state.msg.msg_controllen = std::mem::size_of_val(&state.control);
-        state
-    }
-
-    /// The header, for the SQE.
-    pub fn msghdr(&mut self) -> *mut libc::msghdr {
-        &mut self.msg
-    }
-
-    /// The control messages the kernel wrote.
-    pub fn control(&self) -> &[u8] {
-        let len = self.msg.msg_controllen.min(std::mem::size_of_val(&self.control));
-        // SAFETY: `control` is plain bytes of our own, `len` at most its size.
-        unsafe { std::slice::from_raw_parts(self.control.as_ptr().cast::<u8>(), len) }
-    }
 }
 
 /// Moves the calling thread into a new network namespace of its own.
