@@ -18,6 +18,9 @@ use super::buf::Arena;
 use super::host::{Key, UringHost};
 use crate::engine::{IoOp, IoRequest};
 
+/// `validate` checked every read and write range against its buffer when it was submitted.
+const VALIDATED: &str = "a range validated against its buffer";
+
 /// A request in a slot, with how far it got.
 #[derive(Debug)]
 pub struct InFlight {
@@ -128,27 +131,35 @@ impl Slots {
         assert!(!self.kernels(slot), "a request pushed twice");
         let Some(entry) = self.entry(slot, target) else { return Ok(Pushed::Synchronous) };
         match ring {
-            Ring::Own(ring) => loop {
-                // SAFETY: the SQE points into the slot's buffer (or at no memory), which the
-                // slot keeps, unmoved (its heap memory never moves), until `answered` sees
-                // the CQE; `take` and `get_mut` refuse until then, and `Drop` leaks it.
-                if unsafe { ring.submission().push(&entry.clone().user_data(u64::from(slot))) }.is_ok() {
-                    if flush {
-                        ring.submit()?;
+            Ring::Own(ring) => {
+                loop {
+                    // SAFETY: the SQE points into the slot's buffer (or at no memory), which
+                    // the slot keeps, unmoved (its heap memory never moves), until `answered`
+                    // sees the CQE; `take` and `get_mut` refuse until then, and `Drop` leaks it.
+                    if unsafe { ring.submission().push(&entry.clone().user_data(u64::from(slot))) }.is_ok() {
+                        break;
                     }
-                    break;
+                    ring.submit()?;
                 }
-                ring.submit()?;
-            },
+                // From here the kernel may have it, whatever becomes of the submit below.
+                self.in_kernel[slot as usize] = true;
+                if flush {
+                    if let Err(e) = ring.submit() {
+                        tracing::debug!(error = %e, "submitting failed; the SQE goes with the next enter");
+                    }
+                }
+            }
             Ring::Hosted { host, key } => {
                 // SAFETY: as above; the host answers with `slot` as the token.
                 unsafe { host.push(key, slot, entry)? };
+                self.in_kernel[slot as usize] = true;
                 if flush {
-                    host.submit()?;
+                    if let Err(e) = host.submit() {
+                        tracing::debug!(error = %e, "submitting failed; the SQE goes with the next enter");
+                    }
                 }
             }
         }
-        self.in_kernel[slot as usize] = true;
         Ok(Pushed::Queued)
     }
 
@@ -159,7 +170,8 @@ impl Slots {
         let entry = match &mut inflight.req.op {
             IoOp::Read { offset, buf, range } => {
                 let index = buf.fixed_index();
-                let view = buf.view().subslice((range.start + done) as u64, (range.len() - done) as u64).ok()?;
+                let view =
+                    buf.view().subslice((range.start + done) as u64, (range.len() - done) as u64).expect(VALIDATED);
                 let (ptr, len) = (view.as_ptr(), view.len() as u32);
                 let off = *offset + done as u64;
                 match index {
@@ -169,7 +181,8 @@ impl Slots {
             }
             IoOp::Write { offset, buf, range, fua } => {
                 let index = buf.fixed_index();
-                let view = buf.view().subslice((range.start + done) as u64, (range.len() - done) as u64).ok()?;
+                let view =
+                    buf.view().subslice((range.start + done) as u64, (range.len() - done) as u64).expect(VALIDATED);
                 let (ptr, len) = (view.as_ptr(), view.len() as u32);
                 let off = *offset + done as u64;
                 let flags = if *fua { libc::RWF_DSYNC } else { 0 };
