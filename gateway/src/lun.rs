@@ -212,7 +212,7 @@ impl LunDriver {
     }
 
     /// Whether data-out may be a borrowed view of a node's memory for plain writes (see
-    /// [`AlignedBuf::borrowed`]).
+    /// [`AlignedBuf::over_shared`]).
     pub fn takes_borrowed(&self) -> bool {
         self.backend.takes_borrowed()
     }
@@ -241,7 +241,7 @@ impl LunDriver {
     }
 
     /// Starts a READ whose data the engine places straight into `data_in` (a borrowed view
-    /// of the caller's memory, see [`AlignedBuf::borrowed`]) rather than into a buffer of its
+    /// of the caller's memory, see [`AlignedBuf::over_shared`]) rather than into a buffer of its
     /// own; [`Finished::in_place`] then says how much arrived. Other commands, or a buffer
     /// too small for the READ, fall back to the engine's buffer.
     pub fn submit_into(&mut self, tag: u64, nexus: &Nexus<'_>, cdb: &[u8], data_in: AlignedBuf) {

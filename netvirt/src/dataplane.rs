@@ -5,7 +5,7 @@
 //! `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it
 //! was read into (counted references), so a 64 KiB TCP super-frame is never copied.
 //!
-//! The ring and the buffer pool are [`crate::sys::ring`]'s: every SQE that names memory is
+//! The ring and the buffer pool are `sys::ring`'s: every SQE that names memory is
 //! built there from a pool buffer the kernel then holds until its completion is reaped.
 
 use std::collections::HashMap;

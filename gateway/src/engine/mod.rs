@@ -214,7 +214,7 @@ pub trait Backend: fmt::Debug + Send {
         AlignedBuf::zeroed(len)
     }
 
-    /// Whether the engine accepts borrowed buffers ([`AlignedBuf::borrowed`]): it must never
+    /// Whether the engine accepts borrowed buffers ([`AlignedBuf::over_shared`]): it must never
     /// form a reference to them, only hand their pointers to the kernel or copy through
     /// the pointers.
     fn takes_borrowed(&self) -> bool {

@@ -79,7 +79,7 @@ pub struct Placed {
 
 impl QueuePair {
     /// Sends a data-in command like [`QueuePair::submit_polling`], but its outcome carries
-    /// the data where the gateway put it ([`Outcome::in_area`]) instead of a copy, for a
+    /// the data where the gateway put it ([`super::Outcome::in_area`]) instead of a copy, for a
     /// caller that passes it on (a FUSE reply) without looking at it.
     pub fn submit_read_in_place(&self, cmd: Command<'_>, done: Done, spin: Duration) -> Polled {
         self.submit_from(cmd, true, done, spin)
