@@ -29,6 +29,12 @@
 use smallvec::SmallVec;
 use thiserror::Error;
 
+mod control;
+mod field;
+
+pub use self::control::{control_result, ReportEntry};
+use self::field::{at, get_u16, get_u32, get_u64, put, Field};
+
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 2;
 /// Bytes per ring slot; every message fits in one.
@@ -310,117 +316,6 @@ pub enum Message {
     Tran(Tran),
 }
 
-/// Where each field lies in a slot: one table that parsing and emitting both use.
-mod field {
-    /// A multi-byte field: its byte range in the slot.
-    pub type Field = std::ops::Range<usize>;
-
-    /// Message kind (one byte).
-    pub const KIND: usize = 0;
-    /// Header flags (one byte).
-    pub const FLAGS: usize = 1;
-    /// Reserved, zero.
-    pub const RESERVED_A: Field = 2..4;
-    /// Sequence number.
-    pub const SEQ: Field = 4..8;
-    /// Bytes of the message, header included.
-    pub const LEN: Field = 8..12;
-    /// Reserved, zero.
-    pub const RESERVED_B: Field = 12..16;
-
-    /// CMD fields after the header.
-    pub mod cmd {
-        use super::Field;
-        pub const TARGET: Field = 16..18;
-        pub const LUN: Field = 18..20;
-        pub const CDB_LEN: usize = 20;
-        pub const CONTROL_OP: usize = 21;
-        pub const SEGMENT_COUNT: Field = 22..24;
-        pub const ARG: Field = 24..28;
-        pub const RESERVED: Field = 28..32;
-        pub const CDB: Field = 32..64;
-        pub const SEGMENTS: usize = 64;
-    }
-
-    /// STAT fields after the header.
-    pub mod stat {
-        use super::Field;
-        pub const STATUS: usize = 16;
-        pub const SENSE_LEN: usize = 17;
-        pub const CONTROL_RESULT: Field = 18..20;
-        pub const RESIDUAL: Field = 20..24;
-        pub const TRANSFERRED: Field = 24..28;
-        pub const RESERVED: Field = 28..32;
-        pub const SENSE: usize = 32;
-    }
-
-    /// BUF fields after the header.
-    pub mod buf {
-        use super::Field;
-        pub const INDEX: Field = 16..18;
-        pub const SEGMENT_COUNT: Field = 18..20;
-        pub const RESERVED: Field = 20..24;
-        pub const SEGMENTS: usize = 24;
-    }
-
-    /// TRAN fields after the header.
-    pub mod tran {
-        use super::Field;
-        pub const INDEX: Field = 16..18;
-        pub const RESERVED: Field = 18..24;
-        pub const END: usize = 24;
-    }
-
-    /// One segment of a CMD or BUF, relative to the segment's start.
-    pub mod segment {
-        use super::Field;
-        pub const OFFSET: Field = 0..8;
-        pub const LEN: Field = 8..12;
-        pub const RESERVED: Field = 12..16;
-        pub const SIZE: usize = 16;
-    }
-
-    /// One REPORT CONFIG entry, relative to the entry's start.
-    pub mod report {
-        use super::Field;
-        pub const TARGET: Field = 0..2;
-        pub const LUN: Field = 2..4;
-        pub const READ_ONLY: usize = 4;
-        pub const RESERVED: Field = 5..8;
-        pub const BLOCK_SIZE: Field = 8..12;
-        pub const BLOCKS: Field = 12..20;
-        pub const SIZE: usize = 20;
-    }
-}
-
-use field::Field;
-
-#[inline]
-fn get_u16(b: &[u8], f: Field) -> u16 {
-    u16::from_le_bytes(b[f].try_into().expect("a 2-byte field"))
-}
-
-#[inline]
-fn get_u32(b: &[u8], f: Field) -> u32 {
-    u32::from_le_bytes(b[f].try_into().expect("a 4-byte field"))
-}
-
-#[inline]
-fn get_u64(b: &[u8], f: Field) -> u64 {
-    u64::from_le_bytes(b[f].try_into().expect("an 8-byte field"))
-}
-
-#[inline]
-fn put(b: &mut [u8], f: Field, bytes: &[u8]) {
-    b[f].copy_from_slice(bytes);
-}
-
-/// `f` moved `by` bytes further into the slot (a segment's or entry's field).
-#[inline]
-const fn at(f: Field, by: usize) -> Field {
-    f.start + by..f.end + by
-}
-
 #[inline]
 fn zero(b: &[u8], range: Field) -> Result<(), ProtoError> {
     match b[range.clone()].iter().position(|&x| x != 0) {
@@ -659,78 +554,6 @@ impl Message {
     }
 }
 
-/// Control results in STAT replies to protocol-control messages.
-pub mod control_result {
-    /// Done.
-    pub const DONE: u16 = 0;
-    /// The task is with the backend and will complete normally.
-    pub const IN_PROGRESS: u16 = 1;
-    /// No such task or LUN.
-    pub const NOT_FOUND: u16 = 2;
-}
-
-/// One LUN of a REPORT CONFIG reply: the data the gateway writes into the request's
-/// segments is a list of these, sorted by (target, LUN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReportEntry {
-    /// Virtual target.
-    pub target: u16,
-    /// Virtual LUN.
-    pub lun: u16,
-    /// Whether the node's map grants read-only access.
-    pub read_only: bool,
-    /// Logical block size in bytes.
-    pub block_size: u32,
-    /// Capacity in blocks.
-    pub blocks: u64,
-}
-
-impl ReportEntry {
-    /// Bytes of one entry on the wire.
-    pub const SIZE: usize = field::report::SIZE;
-
-    /// Reads one entry (reserved bytes are ignored, as a reader of a newer gateway should).
-    #[inline]
-    pub fn parse(b: &[u8; Self::SIZE]) -> ReportEntry {
-        use field::report;
-        ReportEntry {
-            target: get_u16(b, report::TARGET),
-            lun: get_u16(b, report::LUN),
-            read_only: b[report::READ_ONLY] != 0,
-            block_size: get_u32(b, report::BLOCK_SIZE),
-            blocks: get_u64(b, report::BLOCKS),
-        }
-    }
-
-    /// Writes the entry, reserved bytes zeroed.
-    #[inline]
-    pub fn emit(&self, b: &mut [u8; Self::SIZE]) {
-        use field::report;
-        put(b, report::TARGET, &self.target.to_le_bytes());
-        put(b, report::LUN, &self.lun.to_le_bytes());
-        b[report::READ_ONLY] = u8::from(self.read_only);
-        b[report::RESERVED].fill(0);
-        put(b, report::BLOCK_SIZE, &self.block_size.to_le_bytes());
-        put(b, report::BLOCKS, &self.blocks.to_le_bytes());
-    }
-
-    /// The entries of a reply's `data`; a trailing partial entry is not one.
-    #[inline]
-    pub fn parse_list(data: &[u8]) -> impl Iterator<Item = ReportEntry> + '_ {
-        data.chunks_exact(Self::SIZE).map(|e| ReportEntry::parse(e.try_into().expect("a whole entry")))
-    }
-
-    /// The reply data for `entries`, in the order given.
-    #[inline]
-    pub fn emit_list(entries: &[ReportEntry]) -> Vec<u8> {
-        let mut out = vec![0u8; entries.len() * Self::SIZE];
-        for (e, b) in entries.iter().zip(out.chunks_exact_mut(Self::SIZE)) {
-            e.emit(b.try_into().expect("a whole entry"));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,21 +577,6 @@ mod tests {
         assert_eq!(round_trip(Message::Buf(buf.clone()), 1 << 20), Ok(Message::Buf(buf)));
         let tran = Tran { seq: 9, index: 1 };
         assert_eq!(round_trip(Message::Tran(tran), 0), Ok(Message::Tran(tran)));
-    }
-
-    #[test]
-    fn report_entries_round_trip_at_their_documented_offsets() {
-        let entries = [
-            ReportEntry { target: 1, lun: 0x0203, read_only: true, block_size: 4096, blocks: 1 << 40 },
-            ReportEntry { target: 0xFFFF, lun: 0, read_only: false, block_size: 512, blocks: 7 },
-        ];
-        let bytes = ReportEntry::emit_list(&entries);
-        assert_eq!(bytes.len(), 40);
-        assert_eq!(&bytes[..12], &[1, 0, 3, 2, 1, 0, 0, 0, 0, 0x10, 0, 0]);
-        assert_eq!(&bytes[12..20], &(1u64 << 40).to_le_bytes());
-        let mut with_tail = bytes.clone();
-        with_tail.extend_from_slice(&[9; 7]);
-        assert_eq!(ReportEntry::parse_list(&with_tail).collect::<Vec<_>>(), entries);
     }
 
     #[test]
