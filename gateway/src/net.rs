@@ -80,7 +80,7 @@ pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
 /// Ring-port clients are checked against the node registry, which the admin keeps
 /// current, with the same credentials as storage.
 pub fn node_authorizer(registry: Registry) -> Authorize {
-    Arc::new(move |pan: &str, node: &str, credential: &str| registry.authenticate(pan, node, credential).is_some())
+    Arc::new(move |pan: &str, node: &str, credential: &str| registry.authenticate(pan, node, credential).is_ok())
 }
 
 /// netvirt as the web admin drives it.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use crate::config::Access;
-use crate::config::Config;
+use crate::config::{Config, LunMapEntry, NodeConfig};
 use crate::lun::OpenImage;
 use crate::storage::Mapping;
 
@@ -75,6 +75,29 @@ pub trait Images: Send + Sync {
     fn retire(&self, image: usize) -> Result<(), ControlError>;
 }
 
+impl NodeEntry {
+    /// The entry of `node` of PAN `pan` as the config has it, each map entry's image
+    /// resolved by `image_index` (map entries whose image has no index are left out).
+    pub fn from_config(pan: &str, node: &NodeConfig, image_index: impl Fn(&LunMapEntry) -> Option<usize>) -> NodeEntry {
+        NodeEntry {
+            pan: pan.to_string(),
+            node: node.name.clone(),
+            credential: node.credential.clone(),
+            uid: node.uid,
+            luns: node.luns.iter().filter_map(|m| Some((m.target, m.lun, image_index(m)?, m.access))).collect(),
+        }
+    }
+}
+
+/// Why a node was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No such node in that PAN.
+    UnknownNode,
+    /// The credential is not the node's.
+    WrongCredential,
+}
+
 /// A change a watcher could not carry out on the running gateway.
 #[derive(Debug, Error)]
 #[error("the running gateway did not take the change: {0}")]
@@ -110,24 +133,17 @@ impl Registry {
     /// The configured nodes, with their maps resolved to the image indices `maps` gives
     /// ([`crate::storage::open_all`]).
     pub fn from_config(cfg: &Config, maps: &[Mapping]) -> Registry {
-        let mut nodes = Vec::new();
-        for pan in &cfg.pans {
-            for node in &pan.nodes {
-                let luns = maps
-                    .iter()
-                    .filter(|m| m.pan == pan.name && m.node == node.name)
-                    .map(|m| (m.target, m.lun, m.image, m.access))
-                    .collect();
-                nodes.push(NodeEntry {
-                    pan: pan.name.clone(),
-                    node: node.name.clone(),
-                    credential: node.credential.clone(),
-                    uid: node.uid,
-                    luns,
-                });
-            }
-        }
-        Registry::new(nodes)
+        let nodes = cfg.pans.iter().flat_map(|pan| {
+            pan.nodes.iter().map(move |node| {
+                NodeEntry::from_config(&pan.name, node, |e| {
+                    let at = |m: &&Mapping| {
+                        m.pan == pan.name && m.node == node.name && (m.target, m.lun) == (e.target, e.lun)
+                    };
+                    maps.iter().find(at).map(|m| m.image)
+                })
+            })
+        });
+        Registry::new(nodes.collect())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<NodeEntry>> {
@@ -145,9 +161,12 @@ impl Registry {
     }
 
     /// The node's entry when `credential` is its credential (compared in constant time).
-    pub fn authenticate(&self, pan: &str, node: &str, credential: &str) -> Option<NodeEntry> {
-        let entry = self.find(pan, node)?;
-        constant_time_eq(entry.credential.as_bytes(), credential.as_bytes()).then_some(entry)
+    pub fn authenticate(&self, pan: &str, node: &str, credential: &str) -> Result<NodeEntry, AuthError> {
+        let entry = self.find(pan, node).ok_or(AuthError::UnknownNode)?;
+        if !constant_time_eq(entry.credential.as_bytes(), credential.as_bytes()) {
+            return Err(AuthError::WrongCredential);
+        }
+        Ok(entry)
     }
 
     /// Calls `watcher` after every change from now on.
@@ -215,10 +234,10 @@ mod tests {
     #[test]
     fn authentication_needs_the_node_and_its_exact_credential() {
         let r = Registry::new(vec![entry("a", "secret-a-0123456789")]);
-        assert!(r.authenticate("p", "a", "secret-a-0123456789").is_some());
-        assert!(r.authenticate("p", "a", "secret-a-012345678").is_none());
-        assert!(r.authenticate("p", "b", "secret-a-0123456789").is_none());
-        assert!(r.authenticate("q", "a", "secret-a-0123456789").is_none());
+        assert!(r.authenticate("p", "a", "secret-a-0123456789").is_ok());
+        assert_eq!(r.authenticate("p", "a", "secret-a-012345678").unwrap_err(), AuthError::WrongCredential);
+        assert_eq!(r.authenticate("p", "b", "secret-a-0123456789").unwrap_err(), AuthError::UnknownNode);
+        assert_eq!(r.authenticate("q", "a", "secret-a-0123456789").unwrap_err(), AuthError::UnknownNode);
     }
 
     #[test]

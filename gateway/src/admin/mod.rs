@@ -16,7 +16,7 @@ use netvirt::network::NetShow;
 use web::model::{LanView, LunCounters, LunView, MapView, NodeView, Overview, PanView, PortView};
 use web::{AdminError, Change};
 
-use self::plan::{Effect, Phase, Plan};
+use self::plan::{invalid, Effect, Phase, Plan};
 use crate::config::{Config, ImageConfig, Size};
 use crate::engine::EngineKind;
 use crate::net::NetControl;
@@ -47,22 +47,6 @@ impl std::fmt::Debug for GatewayAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayAdmin").field("file", &self.file).finish_non_exhaustive()
     }
-}
-
-fn invalid(e: impl std::fmt::Display) -> AdminError {
-    AdminError::Invalid(e.to_string())
-}
-
-/// A node's registry entry as `cfg` has it, its map resolved with `image_index`.
-fn node_entry(cfg: &Config, pan: &str, node: &str, image_index: impl Fn(&str) -> Option<usize>) -> Option<NodeEntry> {
-    let n = cfg.pans.iter().find(|p| p.name == pan)?.nodes.iter().find(|n| n.name == node)?;
-    Some(NodeEntry {
-        pan: pan.to_string(),
-        node: n.name.clone(),
-        credential: n.credential.clone(),
-        uid: n.uid,
-        luns: n.luns.iter().filter_map(|m| Some((m.target, m.lun, image_index(&m.image)?, m.access))).collect(),
-    })
 }
 
 fn add(c: &mut LunCounters, s: &LunSnapshot) {
@@ -294,8 +278,9 @@ impl GatewayAdmin {
                 }
             }
             Effect::SetNode { pan, node } => {
-                let entry = node_entry(&st.cfg, pan, node, |img| st.image_index(pan, img))
-                    .ok_or_else(|| AdminError::Failed("node vanished".into()))?;
+                let n = st.cfg.pans.iter().filter(|p| &p.name == pan).flat_map(|p| &p.nodes).find(|n| &n.name == node);
+                let n = n.ok_or_else(|| AdminError::Failed("node vanished".into()))?;
+                let entry = NodeEntry::from_config(pan, n, |m| st.image_index(pan, &m.image));
                 self.registry.set(entry).map_err(not_applied)?;
             }
             Effect::RemoveNode { pan, node } => self.registry.remove(pan, node).map_err(not_applied)?,

@@ -148,7 +148,8 @@ impl Effect {
     }
 }
 
-fn invalid(e: impl std::fmt::Display) -> AdminError {
+/// An invalid request, with why.
+pub(super) fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::Invalid(e.to_string())
 }
 

@@ -144,6 +144,8 @@ pub struct DataRing {
     /// What each token's SQE holds, indexed by token.
     held: Vec<Option<Held>>,
     wake_buf: Box<[u8; 8]>,
+    /// Whether a read into `wake_buf` is in the kernel.
+    wake_held: bool,
 }
 
 impl std::fmt::Debug for DataRing {
@@ -158,7 +160,7 @@ pub const NO_TOKEN: usize = usize::MAX;
 impl DataRing {
     /// A ring with room for `entries` SQEs.
     pub fn new(entries: u32) -> io::Result<DataRing> {
-        Ok(DataRing { ring: IoUring::new(entries)?, held: Vec::new(), wake_buf: Box::new([0; 8]) })
+        Ok(DataRing { ring: IoUring::new(entries)?, held: Vec::new(), wake_buf: Box::new([0; 8]), wake_held: false })
     }
 
     fn hold(&mut self, token: usize, held: Held) {
@@ -223,9 +225,10 @@ impl DataRing {
 
     /// Reads the 8-byte counter of eventfd `fd` into the ring's own buffer.
     pub fn read_wake(&mut self, fd: RawFd, token: usize) {
-        assert!(!self.held.iter().flatten().any(|h| matches!(h, Held::Wake)), "two wake reads at once");
+        assert!(!self.wake_held, "two wake reads at once");
         let e = opcode::Read::new(types::Fd(fd), self.wake_buf.as_mut_ptr(), 8).build();
         self.hold(token, Held::Wake);
+        self.wake_held = true;
         // SAFETY: the buffer is the ring's own and boxed; it is leaked if the ring is
         // dropped before the CQE.
         unsafe { self.push(e, token) };
@@ -279,7 +282,8 @@ impl DataRing {
                     pool.filling[b] = pool.filling[b].checked_sub(1).expect("this pool's receive");
                     control = Some(Control(state));
                 }
-                Some(Held::Wake) | None => {}
+                Some(Held::Wake) => self.wake_held = false,
+                None => {}
             }
             out.push(Completion { token, res: cqe.result(), control });
         }

@@ -132,11 +132,12 @@ impl Slots {
         let Some(entry) = self.entry(slot, target) else { return Ok(Pushed::Synchronous) };
         match ring {
             Ring::Own(ring) => {
+                let entry = entry.user_data(u64::from(slot));
                 loop {
                     // SAFETY: the SQE points into the slot's buffer (or at no memory), which
                     // the slot keeps, unmoved (its heap memory never moves), until `answered`
                     // sees the CQE; `take` and `get_mut` refuse until then, and `Drop` leaks it.
-                    if unsafe { ring.submission().push(&entry.clone().user_data(u64::from(slot))) }.is_ok() {
+                    if unsafe { ring.submission().push(&entry) }.is_ok() {
                         break;
                     }
                     ring.submit()?;

@@ -29,7 +29,7 @@ use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::{proto, spsc};
 use crate::lun::OpenImage;
 pub use crate::registry::ControlError;
-use crate::registry::{Images, NodeEntry, NotApplied, Registry};
+use crate::registry::{AuthError, Images, NodeEntry, NotApplied, Registry};
 
 pub mod admission;
 mod conn;
@@ -434,11 +434,10 @@ fn handshake_with(
     if hello.version != proto::VERSION {
         return Err(Refused::Version { got: hello.version });
     }
-    if registry.find(&hello.pan, &hello.node).is_none() {
-        return Err(Refused::UnknownNode { pan: hello.pan, node: hello.node });
-    }
-    let Some(entry) = registry.authenticate(&hello.pan, &hello.node, &hello.credential) else {
-        return Err(Refused::WrongCredential { pan: hello.pan, node: hello.node });
+    let entry = match registry.authenticate(&hello.pan, &hello.node, &hello.credential) {
+        Ok(entry) => entry,
+        Err(AuthError::UnknownNode) => return Err(Refused::UnknownNode { pan: hello.pan, node: hello.node }),
+        Err(AuthError::WrongCredential) => return Err(Refused::WrongCredential { pan: hello.pan, node: hello.node }),
     };
     if let Some(want) = entry.uid {
         let got = handshake::peer_uid(sock)?;
