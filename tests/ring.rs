@@ -172,8 +172,15 @@ fn every_scsi_family_round_trips_on_both_write_paths() {
     assert!(i.unmap(0, 0, 0, 128).unwrap().good());
     assert!(i.read(0, 0, 0, 65536).unwrap().1.iter().all(|&b| b == 0));
     // A command that fails on the LUN comes back with its sense.
-    let r = i.execute(0, 0, &proto_read(40000), Data::None).unwrap();
+    let (r, _) = i.read(0, 0, 40000, 512).unwrap();
     assert_eq!(sense_of(&r), (0x5, Asc::LBA_OUT_OF_RANGE));
+    // A READ whose data area is short of its blocks, or sent as DATA_OUT, is refused.
+    let r = i.execute(0, 0, &proto_read(0), Data::None).unwrap();
+    assert_eq!(sense_of(&r), (0x5, Asc::INVALID_FIELD_IN_CDB));
+    let area = i.alloc(512).unwrap();
+    let r = i.execute(0, 0, &proto_read(0), Data::Out { region: area, staged: false }).unwrap();
+    i.free(area);
+    assert_eq!(sense_of(&r), (0x5, Asc::INVALID_FIELD_IN_CDB));
     // REPORT LUNS lists the node's own LUNs of the target.
     let (r, luns) = i.data_in(0, 0, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256).unwrap();
     assert!(r.good());
@@ -214,8 +221,10 @@ fn access_control_across_pans_and_read_only_maps() {
     // answers; everything else is LOGICAL UNIT NOT SUPPORTED.
     for target in 0..4u16 {
         for lun in 0..10u16 {
-            let r = a.execute(target, lun, &proto_read(0), Data::None).unwrap();
             let mine = target == 0 && lun <= 1;
+            // TEST UNIT READY takes the power-on unit attention of the node's own LUNs.
+            let cdb: &[u8] = if mine { &[0; 6] } else { &proto_read(0) };
+            let r = a.execute(target, lun, cdb, Data::None).unwrap();
             if !mine {
                 assert_eq!(sense_of(&r), (0x5, Asc::LUN_NOT_SUPPORTED), "target {target} lun {lun}");
             }
@@ -227,7 +236,8 @@ fn access_control_across_pans_and_read_only_maps() {
     // Read-only map: writes are refused, reads work.
     let r = a.write(0, 1, 0, &pattern(4096, 1), false, false).unwrap();
     assert_eq!(sense_of(&r), (0x7, Asc::WRITE_PROTECTED));
-    assert!(a.read(0, 1, 0, 4096).unwrap().0.good());
+    let r = a.read(0, 1, 0, 4096).unwrap().0;
+    assert!(r.good(), "{:02x?}", r);
     // INQUIRY of an unmapped LUN reports an unconnected unit.
     let (r, inq) = a.inquiry(3, 3, None).unwrap();
     assert!(r.good());

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(d.outstanding(), 0);
     let mut mem = data_out.to_vec();
     let len = mem.len();
-    let nexus = Nexus { id: 3, luns: &[0, 1] };
+    let nexus = Nexus { id: 3, luns: &[0, 1], read_only: false };
     match d.start_direct(&nexus, cdb, PeerSlice::from_mut(&mut mem), sel & 32 != 0) {
         Direct::Declined | Direct::Done(_) => {}
         Direct::Read(read) => {

@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             Entry::Malformed { cmd_id, .. } => cmd_id,
             Entry::Tmr { .. } => continue,
         };
-        let r = Response { cmd_id: id, status: 2, sense: vec![0x70; 200], read_len: Some(7), unknown_op: false };
+        let r = Response { cmd_id: id, status: 2, sense: vec![0x70; 200], read_len: Some(7) };
         let _ = ring.complete(r);
     }
     let _ = ring.publish();

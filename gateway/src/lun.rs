@@ -69,7 +69,7 @@ pub enum Direct {
 pub struct DirectRead {
     task: Task,
     offset: u64,
-    /// Bytes to copy: the READ's, or fewer when the caller's memory is shorter.
+    /// Bytes to copy: the READ's (the caller's memory holds them all).
     len: usize,
 }
 
@@ -263,8 +263,8 @@ impl LunDriver {
         };
         let bs = self.lu.config().block_size;
         let have = data_out.as_ref().map_or(0, AlignedBuf::len);
-        if have < cmd.data_out_len(bs) {
-            let completion = Completion::check(&Sense::parameter_list_length(), descriptor);
+        if let Err(sense) = cmd.check_data_out(bs, have) {
+            let completion = Completion::check(&sense, descriptor);
             return self.finished.push(Finished { tag, completion, buffer: None });
         }
         let params = match (cmd.parameter_len(bs), data_out.as_ref()) {
@@ -341,8 +341,13 @@ impl LunDriver {
             Ok(cmd) => cmd,
             Err(completion) => return Direct::Done(completion),
         };
-        if len < cmd.data_out_len(self.lu.config().block_size) {
-            return Direct::Done(Completion::check(&Sense::parameter_list_length(), descriptor));
+        let bs = self.lu.config().block_size;
+        let short_read = cmd.data_in_len(bs) > len && !write;
+        if let Err(sense) = cmd.check_data_out(bs, if write { len } else { 0 }) {
+            return Direct::Done(Completion::check(&sense, descriptor));
+        }
+        if short_read {
+            return Direct::Done(Completion::check(&Sense::data_length_mismatch(), descriptor));
         }
         let mut task = match self.lu.execute(nexus, &cmd, &[]) {
             Action::Complete(completion) => return Direct::Done(completion),
@@ -359,7 +364,6 @@ impl LunDriver {
                 Direct::Done(finish_direct(&mut task, descriptor))
             }
             Step::Io(BackendOp::Read { offset, len: n, into: Buf::DataIn(0) }) if !write => {
-                let n = n.min(len);
                 image.prefetch_head(offset, n);
                 Direct::Read(DirectRead { task, offset, len: n })
             }
@@ -426,6 +430,18 @@ impl LunDriver {
                     };
                     r.compare_at = data_out;
                     r.task.compared(r.compare_at, mismatch);
+                }
+                Step::Or { scratch, data_out, len } => {
+                    match (r.scratch.as_mut(), r.data_out.as_ref()) {
+                        (Some(dst), Some(src)) => {
+                            let dst = &mut dst.as_mut_slice()[scratch..scratch + len];
+                            let src = &src.as_slice()[data_out..data_out + len];
+                            dst.iter_mut().zip(src).for_each(|(d, s)| *d |= s);
+                            r.task.ored();
+                        }
+                        // The driver gives every ORWRITE both buffers; without them it fails.
+                        _ => r.task.io_done(Err(scsi::IoFailure::Internal)),
+                    }
                 }
                 Step::Done(completion) => {
                     // Only what outlives the command is taken out; the slot (some 400
@@ -497,7 +513,7 @@ impl LunDriver {
     /// Runs one command to completion. Other commands' completions stay queued for `poll`.
     pub fn run(&mut self, initiator: InitiatorId, luns: &[u16], cdb: &[u8], data_out: &[u8]) -> io::Result<Finished> {
         const TAG: u64 = u64::MAX;
-        self.submit(TAG, &Nexus { id: initiator, luns }, cdb, data_out);
+        self.submit(TAG, &Nexus { id: initiator, luns, read_only: false }, cdb, data_out);
         let mut out = Vec::new();
         loop {
             self.poll(&mut out, true)?;

@@ -4,8 +4,9 @@
 mod support;
 
 use gateway::engine::{AlignedBuf, Backend, EngineError, IoCompletion, IoOp, IoRequest, RamEngine};
+use gateway::lun::{Finished, LunDriver};
 use scsi::build::unmap_list;
-use scsi::{absent_lun, Asc, Status};
+use scsi::{absent_lun, Asc, Nexus, Status};
 use support::*;
 
 // ---- TEST UNIT READY, REQUEST SENSE, unit attentions -------------------------------------
@@ -177,10 +178,36 @@ fn read_write_range_and_limit_errors() {
     expect_invalid_field(&run(&mut d, &cdb10(0x28, 0x20, 0, 1), &[]), 1);
 }
 
+/// ILLEGAL REQUEST / INVALID FIELD IN CDB with no field pointer: the data-out is not the
+/// length the CDB gives.
+#[track_caller]
+fn expect_length_mismatch(f: &Finished) {
+    expect_sense(f, 0x5, Asc::INVALID_FIELD_IN_CDB);
+    assert_eq!(f.completion.sense[15] & 0x80, 0, "no field pointer: {:02x?}", f.completion.sense);
+}
+
 #[test]
-fn write_without_enough_data_out_is_refused() {
+fn write_without_exactly_its_data_out_is_refused() {
     let mut d = ram_lun();
-    expect_sense(&run(&mut d, &cdb10(0x2A, 0, 0, 2), &[0; 512]), 0x5, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    expect_length_mismatch(&run(&mut d, &cdb10(0x2A, 0, 0, 2), &[0; 512]));
+    expect_length_mismatch(&run(&mut d, &cdb10(0x2A, 0, 0, 1), &[0; 1024]));
+    // Nothing was written by either.
+    assert!(read(&mut d, 0, 2).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn data_out_length_is_checked_before_anything_else() {
+    let mut d = ram_lun();
+    // COMPARE AND WRITE with NUMBER OF LOGICAL BLOCKS 0 and 256 KiB of data-out (libiscsi's
+    // test_compareandwrite_invalid_dataout_size): not a no-op.
+    expect_length_mismatch(&run(&mut d, &caw(0, 0), &vec![0; 256 << 10]));
+    // COMPARE AND WRITE of one block with 2,048 bytes: ILLEGAL REQUEST, not MISCOMPARE.
+    expect_length_mismatch(&run(&mut d, &caw(0, 1), &pattern(2048, 4)));
+    // WRITE SAME(10) of one 512-byte block with 1,024 bytes of data-out.
+    expect_length_mismatch(&run(&mut d, &cdb10(0x41, 0, 0, 1), &pattern(1024, 5)));
+    assert!(read(&mut d, 0, 2).iter().all(|&b| b == 0), "nothing was written");
+    // A parameter list may come with more than its length field says.
+    expect_good(&run(&mut d, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], &[0; 64]));
 }
 
 #[test]
@@ -200,6 +227,30 @@ fn writes_to_read_only_lun_are_write_protected() {
     expect_good(&run(&mut d, &cdb10(0x28, 0, 0, 1), &[]));
     // MODE SENSE shows WP.
     assert_eq!(run(&mut d, &[0x1A, 0x08, 0x3F, 0, 255, 0], &[]).data()[2] & 0x80, 0x80);
+}
+
+/// Runs a command as initiator [`I`] whose map gives it LUN 0 read-only.
+fn run_read_only(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
+    const TAG: u64 = 77;
+    d.submit(TAG, &Nexus { id: I, luns: &[0], read_only: true }, cdb, out);
+    let mut done = Vec::new();
+    while done.is_empty() {
+        d.poll(&mut done, true).unwrap();
+    }
+    done.pop().unwrap()
+}
+
+#[test]
+fn a_read_only_map_reports_wp_and_refuses_writes_for_that_initiator_only() {
+    let mut d = ram_lun();
+    // MODE SENSE(6) and (10), as Linux's sd sends them: WP in the device-specific parameter.
+    assert_eq!(run_read_only(&mut d, &[0x1A, 0x00, 0x3F, 0, 192, 0], &[]).data()[2] & 0x80, 0x80);
+    let ten = run_read_only(&mut d, &[0x5A, 0x00, 0x3F, 0, 0, 0, 0, 0x02, 0, 0], &[]);
+    assert_eq!(ten.data()[3] & 0x80, 0x80);
+    expect_sense(&run_read_only(&mut d, &cdb10(0x2A, 0, 0, 1), &[0; 512]), 0x7, Asc::WRITE_PROTECTED);
+    // A read-write initiator of the same LUN still sees WP=0 and may write.
+    assert_eq!(run(&mut d, &[0x1A, 0x00, 0x3F, 0, 192, 0], &[]).data()[2] & 0x80, 0);
+    expect_good(&run(&mut d, &cdb10(0x2A, 0, 0, 1), &[0; 512]));
 }
 
 // ---- WRITE AND VERIFY, VERIFY ------------------------------------------------------------
@@ -303,6 +354,91 @@ fn unmap_parameter_errors() {
 }
 
 #[test]
+fn unmap_of_zero_blocks_at_the_capacity_is_good() {
+    // SBC-4 5.31.2 refuses a descriptor whose LBA plus NUMBER OF LOGICAL BLOCKS exceeds the
+    // capacity; LBA 2048 plus 0 on a 2048-block LUN does not (libiscsi's test_unmap_0blocks).
+    let mut d = ram_lun();
+    let list = unmap_list(&[(2048, 0)]);
+    expect_good(&run(&mut d, &unmap_cdb(list.len()), &list));
+    let list = unmap_list(&[(2049, 0)]);
+    expect_sense(&run(&mut d, &unmap_cdb(list.len()), &list), 0x5, Asc::LBA_OUT_OF_RANGE);
+    let list = unmap_list(&[(2048, 1)]);
+    expect_sense(&run(&mut d, &unmap_cdb(list.len()), &list), 0x5, Asc::LBA_OUT_OF_RANGE);
+}
+
+/// A 4 GiB LUN on the null engine, large enough that the Block Limits maximums, not the
+/// capacity, are what a command runs into.
+fn big_null_lun() -> gateway::lun::LunDriver {
+    driver(config(512, 4 << 30), Box::new(gateway::engine::NullEngine::new(4 << 30)))
+}
+
+/// A field of the Block Limits VPD page, as a big-endian number.
+fn block_limit(d: &mut LunDriver, at: usize, len: usize) -> u64 {
+    let f = run(d, &[0x12, 1, 0xB0, 0, 64, 0], &[]);
+    f.data()[at..at + len].iter().fold(0u64, |v, &b| (v << 8) | u64::from(b))
+}
+
+#[test]
+fn block_limits_are_enforced_as_advertised() {
+    let mut d = big_null_lun();
+    let max_lbas = block_limit(&mut d, 20, 4);
+    let max_descriptors = block_limit(&mut d, 24, 4);
+    let max_write_same = block_limit(&mut d, 36, 8);
+    // libiscsi's test_inquiry_block_limits takes more than 1 Mi blocks as a bogus page.
+    assert!(max_lbas > 0 && max_lbas <= 1 << 20, "{max_lbas}");
+
+    // One descriptor past MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT: the BLOCK DESCRIPTOR DATA
+    // LENGTH field (parameter byte 2) is pointed at.
+    let many: Vec<(u64, u32)> = (0..=max_descriptors).map(|i| (i * 8, 1)).collect();
+    let list = unmap_list(&many);
+    let f = run(&mut d, &unmap_cdb(list.len()), &list);
+    expect_sense(&f, 0x5, Asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    assert_eq!((f.completion.sense[15] & 0xC0, &f.completion.sense[16..18]), (0x80, &[0u8, 2][..]));
+    let list = unmap_list(&many[..max_descriptors as usize]);
+    expect_good(&run(&mut d, &unmap_cdb(list.len()), &list));
+
+    // One block past MAXIMUM UNMAP LBA COUNT, in one descriptor and split over two: the
+    // NUMBER OF LOGICAL BLOCKS of the descriptor that crosses it is pointed at.
+    let list = unmap_list(&[(0, max_lbas as u32 + 1)]);
+    let f = run(&mut d, &unmap_cdb(list.len()), &list);
+    expect_sense(&f, 0x5, Asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    assert_eq!(&f.completion.sense[16..18], &[0, 16]);
+    let list = unmap_list(&[(0, max_lbas as u32), (max_lbas + 8, 1)]);
+    let f = run(&mut d, &unmap_cdb(list.len()), &list);
+    assert_eq!(&f.completion.sense[16..18], &[0, 32]);
+    let list = unmap_list(&[(0, max_lbas as u32)]);
+    expect_good(&run(&mut d, &unmap_cdb(list.len()), &list));
+
+    // WRITE SAME(16) one block past MAXIMUM WRITE SAME LENGTH: the NUMBER OF LOGICAL BLOCKS
+    // field (CDB byte 10) is pointed at.
+    let over = u32::try_from(max_write_same + 1).unwrap();
+    expect_invalid_field(&run(&mut d, &rw16(0x93, 0, over, false), &[0; 512]), 10);
+    expect_good(&run(&mut d, &rw16(0x93, 0, over - 1, false), &[0; 512]));
+}
+
+#[test]
+fn get_lba_status_starts_at_the_requested_lba() {
+    // libiscsi's test_get_lba_status_unmap_single: map 264 blocks, unmap LBAs 0-7, then ask
+    // at LBA 9 with an allocation length of 24 (one descriptor).
+    let mut d = ram_lun();
+    expect_good(&run(&mut d, &cdb10(0x2A, 0, 0, 264), &pattern(264 * 512, 6)));
+    let list = unmap_list(&[(0, 8)]);
+    expect_good(&run(&mut d, &unmap_cdb(list.len()), &list));
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&9u64.to_be_bytes());
+    c[13] = 24;
+    let f = run(&mut d, &c, &[]);
+    expect_good(&f);
+    assert_eq!(f.data().len(), 24);
+    assert_eq!(&f.data()[8..16], &9u64.to_be_bytes(), "the first descriptor starts at LBA 9");
+    assert_eq!(f.data()[20] & 0x0F, 0, "mapped");
+    // Inside the unmapped range too (whether the RAM image deallocates 4 KiB is its business).
+    assert_eq!(lba_status(&mut d, 3)[0].0, 3);
+}
+
+#[test]
 fn unmap_needs_thin_provisioning() {
     let mut cfg = config(512, 1 << 20);
     cfg.thin_provisioning = false;
@@ -383,6 +519,89 @@ fn compare_and_write_success_and_miscompare() {
     let info = expect_sense(&run(&mut d, &caw(50, 2), &stale), 0xE, Asc::MISCOMPARE_DURING_VERIFY);
     assert_eq!(info, Some(new.iter().zip(&old).skip(700).position(|(a, b)| a != b).unwrap() as u64 + 700));
     assert_eq!(read(&mut d, 50, 2), new);
+}
+
+// ---- ORWRITE, PRE-FETCH, VERIFY(12), WRITE AND VERIFY(12) --------------------------------
+
+#[test]
+fn orwrite_16_ors_the_data_into_the_blocks() {
+    let mut d = ram_lun();
+    let old = pattern(1024, 7);
+    let mask = pattern(1024, 0x5A);
+    expect_good(&run(&mut d, &rw16(0x8A, 40, 2, false), &old));
+    expect_good(&run(&mut d, &rw16(0x8B, 40, 2, false), &mask));
+    let want: Vec<u8> = old.iter().zip(&mask).map(|(a, b)| a | b).collect();
+    assert_eq!(read(&mut d, 40, 2), want);
+    assert_eq!(read(&mut d, 42, 1), vec![0; 512], "the block after is untouched");
+    // Errors: past the end, ORPROTECT set, short data, and no blocks is a no-op.
+    expect_sense(&run(&mut d, &rw16(0x8B, 2047, 2, false), &[0; 1024]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    let mut protect = rw16(0x8B, 0, 1, false);
+    protect[1] = 0x20;
+    expect_invalid_field(&run(&mut d, &protect, &[0; 512]), 1);
+    expect_length_mismatch(&run(&mut d, &rw16(0x8B, 0, 2, false), &[0xFF; 512]));
+    expect_good(&run(&mut d, &rw16(0x8B, 0, 0, false), &[]));
+    assert_eq!(read(&mut d, 0, 2), vec![0; 1024]);
+}
+
+#[test]
+fn orwrite_is_refused_on_a_read_only_map() {
+    let mut d = ram_lun();
+    expect_sense(&run_read_only(&mut d, &rw16(0x8B, 0, 1, false), &[1; 512]), 0x7, Asc::WRITE_PROTECTED);
+}
+
+#[test]
+fn pre_fetch_10_and_16() {
+    let mut d = ram_lun();
+    expect_good(&run(&mut d, &cdb10(0x34, 0, 0, 16), &[]));
+    expect_good(&run(&mut d, &cdb10(0x34, 0x02, 2040, 8), &[]));
+    expect_good(&run(&mut d, &cdb10(0x34, 0, 100, 0), &[]));
+    let mut c = rw16(0x90, 0, 2048, false);
+    c[1] = 0x02; // IMMED
+    expect_good(&run(&mut d, &c, &[]));
+    expect_sense(&run(&mut d, &cdb10(0x34, 0, 2047, 2), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_sense(&run(&mut d, &rw16(0x90, 2048, 1, false), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_invalid_field(&run(&mut d, &cdb10(0x34, 0x04, 0, 1), &[]), 1);
+}
+
+/// A 12-byte block command CDB (READ/WRITE/VERIFY/WRITE AND VERIFY (12)).
+fn cdb12(op: u8, byte1: u8, lba: u32, blocks: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = op;
+    c[1] = byte1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[6..10].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[test]
+fn verify_12_and_write_and_verify_12() {
+    let mut d = ram_lun();
+    let data = pattern(2048, 8);
+    expect_good(&run(&mut d, &cdb12(0xAE, 0x02, 16, 4), &data));
+    assert_eq!(read(&mut d, 16, 4), data);
+    expect_good(&run(&mut d, &cdb12(0xAF, 0, 16, 4), &[]));
+    expect_good(&run(&mut d, &cdb12(0xAF, 0x02, 16, 4), &data));
+    let mut wrong = data.clone();
+    wrong[600] ^= 1;
+    let info = expect_sense(&run(&mut d, &cdb12(0xAF, 0x02, 16, 4), &wrong), 0xE, Asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(info, Some(600));
+    expect_sense(&run(&mut d, &cdb12(0xAF, 0, 2047, 2), &[]), 0x5, Asc::LBA_OUT_OF_RANGE);
+    expect_invalid_field(&run(&mut d, &cdb12(0xAF, 0x06, 0, 1), &[0; 512]), 1);
+}
+
+#[test]
+fn commands_pangate_does_not_implement_are_invalid_opcodes() {
+    let mut d = ram_lun();
+    // READ DEFECT DATA(10), EXTENDED COPY, RECEIVE COPY RESULTS, SANITIZE, WRITE ATOMIC(16).
+    for cdb in [
+        vec![0x37, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+        vec![0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0x48, 0x01, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0x9C, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+    ] {
+        expect_sense(&run(&mut d, &cdb, &[]), 0x5, Asc::INVALID_OPCODE);
+    }
 }
 
 #[test]

@@ -59,16 +59,16 @@ fn writes_read_back_and_out_of_range_is_refused() {
 }
 
 #[test]
-fn short_memory_gets_what_fits_on_a_read_and_an_error_on_a_write() {
+fn short_memory_is_refused_alike_for_a_read_and_a_write() {
     let mut d = ram();
     let data = pattern(8 * BS, 3);
     expect_good(&run(&mut d, &rw16(0x8A, 0, 8, false), &data));
     let mut half = vec![0u8; 4 * BS];
     let (c, moved) = direct(&mut d, &rw16(0x88, 0, 8, false), &mut half, false).expect("taken");
-    assert_eq!((c.status, moved), (Status::Good, 4 * BS), "the caller reports the residual");
-    assert_eq!(half, data[..4 * BS]);
+    assert_eq!((sense(&c), moved), ((0x5, Asc::INVALID_FIELD_IN_CDB), 0));
+    assert!(half.iter().all(|&b| b == 0), "the refused READ moved nothing");
     let (c, _) = direct(&mut d, &rw16(0x8A, 0, 8, false), &mut half, true).expect("taken");
-    assert_eq!(sense(&c), (0x5, Asc::PARAMETER_LIST_LENGTH_ERROR));
+    assert_eq!(sense(&c), (0x5, Asc::INVALID_FIELD_IN_CDB));
     assert_eq!(read(&mut d, 0, 8), data, "the refused WRITE changed nothing");
 }
 
@@ -98,7 +98,7 @@ fn a_direct_write_never_lands_inside_a_compare_and_write() {
     let mut d = ram();
     let [a, b, c] = [1u8, 2, 3].map(|s| pattern(BS, s));
     expect_good(&run(&mut d, &rw16(0x8A, 5, 1, false), &a));
-    let nexus = Nexus { id: I, luns: &[0] };
+    let nexus = Nexus { id: I, luns: &[0], read_only: false };
     let mut caw = [0u8; 16];
     caw[0] = 0x89;
     caw[2..10].copy_from_slice(&5u64.to_be_bytes());
@@ -132,7 +132,7 @@ fn a_direct_read_finished_later_returns_one_version_of_the_block() {
     let mut d = ram();
     let [a, b] = [1u8, 2].map(|s| pattern(4096, s));
     expect_good(&run(&mut d, &rw16(0x8A, 0, 8, false), &a));
-    let nexus = Nexus { id: I, luns: &[0] };
+    let nexus = Nexus { id: I, luns: &[0], read_only: false };
     let mut mem = vec![0u8; 4096];
     let read = match d.start_direct(&nexus, &rw16(0x88, 0, 8, false), PeerSlice::from_mut(&mut mem), false) {
         Direct::Read(read) => read,

@@ -1,4 +1,4 @@
-//! Property test: random sequences of WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE and READ
+//! Property test: random sequences of WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE, ORWRITE and READ
 //! give the same bytes and statuses as a plain in-memory model, on every engine, and on the
 //! RAM engine's direct path too.
 
@@ -20,6 +20,7 @@ enum Op {
     WriteSame { lba: u64, blocks: u32, seed: u8, zero: bool, unmap: bool },
     Unmap { ranges: Vec<(u64, u32)> },
     CompareAndWrite { lba: u64, blocks: u8, corrupt: Option<usize>, seed: u8 },
+    OrWrite { lba: u64, blocks: u32, seed: u8 },
     Read { lba: u64, blocks: u32 },
 }
 
@@ -40,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         prop::collection::vec((lba(), 0..200u32), 0..4).prop_map(|ranges| Op::Unmap { ranges }),
         (lba(), 0..18u8, prop::option::of(0..18 * BS), any::<u8>())
             .prop_map(|(lba, blocks, corrupt, seed)| Op::CompareAndWrite { lba, blocks, corrupt, seed }),
+        (lba(), 0..40u32, any::<u8>()).prop_map(|(lba, blocks, seed)| Op::OrWrite { lba, blocks, seed }),
         (lba(), 0..64u32).prop_map(|(lba, blocks)| Op::Read { lba, blocks }),
     ]
 }
@@ -82,7 +84,8 @@ fn model(disk: &mut [u8], op: &Op, data_out: &[u8]) -> Outcome {
             Outcome::Good(vec![])
         }
         Op::Unmap { ref ranges } => {
-            if ranges.iter().any(|&(l, n)| !in_range(l, u64::from(n))) {
+            // Zero blocks at LBA = capacity do not exceed it (SBC-4 5.31.2).
+            if ranges.iter().any(|&(l, n)| !(in_range(l, u64::from(n)) || (n == 0 && l <= BLOCKS))) {
                 return OUT_OF_RANGE;
             }
             for &(l, n) in ranges {
@@ -103,6 +106,13 @@ fn model(disk: &mut [u8], op: &Op, data_out: &[u8]) -> Outcome {
                 return Outcome::Check(0xE, 0x1D, 0, Some(at as u64));
             }
             disk[r].copy_from_slice(&data_out[n..]);
+            Outcome::Good(vec![])
+        }
+        Op::OrWrite { lba, blocks, .. } => {
+            if !in_range(lba, u64::from(blocks)) {
+                return OUT_OF_RANGE;
+            }
+            disk[span(lba, u64::from(blocks))].iter_mut().zip(data_out).for_each(|(d, s)| *d |= s);
             Outcome::Good(vec![])
         }
         Op::Read { lba, blocks } => {
@@ -149,6 +159,9 @@ fn encode(op: &Op, disk: &[u8]) -> (Vec<u8>, Vec<u8>) {
             c[2..10].copy_from_slice(&lba.to_be_bytes());
             c[13] = blocks;
             (c, verify)
+        }
+        Op::OrWrite { lba, blocks, seed } => {
+            (rw16(0x8B, lba, blocks, false).to_vec(), pattern(blocks as usize * BS, seed))
         }
         Op::Read { lba, blocks } => (rw16(0x88, lba, blocks, false).to_vec(), vec![]),
     }

@@ -118,6 +118,18 @@ pub enum Command {
         /// Compare the medium with the data-out buffer (BYTCHK=1) rather than only reading it.
         bytchk: bool,
     },
+    /// PRE-FETCH (10/16): read blocks ahead of use.
+    PreFetch {
+        /// Blocks to fetch.
+        extent: Extent,
+    },
+    /// ORWRITE (16): OR the data-out into the blocks (SBC-3 5.8), atomically for the range.
+    OrWrite {
+        /// Blocks to update.
+        extent: Extent,
+        /// Force unit access: durable before status.
+        fua: bool,
+    },
     /// SYNCHRONIZE CACHE (10/16).
     SynchronizeCache,
     /// UNMAP with a parameter list of this length.
@@ -171,12 +183,43 @@ impl Command {
         let bs = block_size as usize;
         match *self {
             Command::ModeSelect { len, .. } | Command::Unmap { len } => usize::from(len),
-            Command::Write { extent, .. } | Command::WriteAndVerify { extent, .. } => extent.blocks as usize * bs,
+            Command::Write { extent, .. }
+            | Command::WriteAndVerify { extent, .. }
+            | Command::OrWrite { extent, .. } => extent.blocks as usize * bs,
             Command::Verify { extent, bytchk: true } => extent.blocks as usize * bs,
             Command::WriteSame { ndob: false, .. } => bs,
             Command::CompareAndWrite { extent, .. } => 2 * extent.blocks as usize * bs,
             _ => 0,
         }
+    }
+
+    /// Whether the data-out is blocks for the medium, whose length the CDB fixes exactly
+    /// (rather than a parameter list, which may come with more than its length field says).
+    pub fn data_out_is_blocks(&self) -> bool {
+        matches!(
+            self,
+            Command::Write { .. }
+                | Command::WriteAndVerify { .. }
+                | Command::Verify { bytchk: true, .. }
+                | Command::WriteSame { ndob: false, .. }
+                | Command::CompareAndWrite { .. }
+                | Command::OrWrite { .. }
+        )
+    }
+
+    /// Checks the data-out the transport delivered, `have` bytes, against what the CDB
+    /// says, before anything else looks at it: block data must match exactly (COMPARE AND
+    /// WRITE of zero blocks with data is refused, as is a WRITE SAME with two blocks of
+    /// data), and a parameter list must be complete.
+    pub fn check_data_out(&self, block_size: u32, have: usize) -> Result<(), Sense> {
+        let want = self.data_out_len(block_size);
+        if self.data_out_is_blocks() && have != want {
+            return Err(Sense::data_length_mismatch());
+        }
+        if have < want {
+            return Err(Sense::parameter_list_length());
+        }
+        Ok(())
     }
 
     /// Bytes of data-out the target must inspect itself (parameter lists and the WRITE SAME
@@ -214,6 +257,7 @@ impl Command {
                 | Command::Unmap { .. }
                 | Command::WriteSame { .. }
                 | Command::CompareAndWrite { .. }
+                | Command::OrWrite { .. }
         )
     }
 
@@ -273,6 +317,23 @@ fn bytchk(cdb: &[u8]) -> Result<bool, Sense> {
         1 => Ok(true),
         _ => Err(Sense::invalid_cdb_field(1, Some(2))),
     }
+}
+
+/// Bytes a READ (6/10/12/16) CDB asks for, from its TRANSFER LENGTH alone (no capacity or
+/// limit checks), so a transport can check the buffer it was given before decoding; `None`
+/// for other opcodes or a CDB too short for its opcode.
+pub fn read_transfer_bytes(cdb: &[u8], block_size: u32) -> Option<u64> {
+    let blocks = match *cdb.first()? {
+        op::READ_6 if cdb.len() >= 6 => match cdb[4] {
+            0 => 256,
+            n => u32::from(n),
+        },
+        op::READ_10 if cdb.len() >= 10 => u32::from(be16(cdb, 7)),
+        op::READ_12 if cdb.len() >= 12 => be32(cdb, 6),
+        op::READ_16 if cdb.len() >= 16 => be32(cdb, 10),
+        _ => return None,
+    };
+    Some(u64::from(blocks) * u64::from(block_size))
 }
 
 /// SELECT REPORT and ALLOCATION LENGTH of a REPORT LUNS CDB whose reserved bits were
@@ -376,15 +437,25 @@ pub fn decode(cdb: &[u8], cfg: &LunConfig) -> Result<Command, Sense> {
             let (lba, blocks, at) = lba_len(cdb);
             Command::Write { extent: transfer(cfg, lba, blocks, at)?, fua }
         }
-        op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_16 => {
+        op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16 => {
             let (lba, blocks, at) = lba_len(cdb);
             let bytchk = bytchk(cdb)?;
             Command::WriteAndVerify { extent: transfer(cfg, lba, blocks, at)?, bytchk }
         }
-        op::VERIFY_10 | op::VERIFY_16 => {
+        op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
             let (lba, blocks, at) = lba_len(cdb);
             let bytchk = bytchk(cdb)?;
             Command::Verify { extent: transfer(cfg, lba, blocks, at)?, bytchk }
+        }
+        op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
+            // Not a transfer, so no Block Limits maximum; only the range is checked.
+            let (lba, blocks, _) = lba_len(cdb);
+            check_range(cfg, lba, u64::from(blocks))?;
+            Command::PreFetch { extent: Extent { lba, blocks } }
+        }
+        op::ORWRITE_16 => {
+            let (lba, blocks, at) = lba_len(cdb);
+            Command::OrWrite { extent: transfer(cfg, lba, blocks, at)?, fua }
         }
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
             let (lba, blocks, _) = lba_len(cdb);

@@ -52,6 +52,12 @@ impl Default for BlockSize {
     }
 }
 
+/// The most blocks one UNMAP may deallocate, whatever the byte limit: 1 Mi blocks (512 MiB
+/// of 512-byte blocks). Initiators size UNMAPs by this field, and one command should not
+/// hold a LUN's range lock for longer than a large WRITE would; libiscsi's Block Limits check
+/// also takes more as a sign of a bogus page.
+pub const MAX_UNMAP_LBA_COUNT: u32 = 1 << 20;
+
 /// The limits advertised in the Block Limits VPD page (0xB0) and enforced by decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockLimits {
@@ -164,9 +170,10 @@ impl LunConfig {
         (self.limits.max_transfer_bytes / self.block_size).max(1)
     }
 
-    /// The largest UNMAP sum, in blocks.
+    /// The largest UNMAP sum, in blocks: at most [`MAX_UNMAP_LBA_COUNT`].
     pub fn max_unmap_blocks(&self) -> u32 {
-        u32::try_from(self.limits.max_unmap_bytes / u64::from(self.block_size)).unwrap_or(u32::MAX)
+        let blocks = self.limits.max_unmap_bytes / u64::from(self.block_size);
+        u32::try_from(blocks.min(u64::from(MAX_UNMAP_LBA_COUNT))).unwrap_or(MAX_UNMAP_LBA_COUNT)
     }
 
     /// The largest WRITE SAME, in blocks.

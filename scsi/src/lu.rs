@@ -22,6 +22,9 @@ pub struct Nexus<'a> {
     pub id: InitiatorId,
     /// LUN numbers visible to this initiator on this target.
     pub luns: &'a [u16],
+    /// This initiator's map gives it the LUN read-only: writes fail with DATA PROTECT and
+    /// MODE SENSE reports WP, whatever the LUN allows others.
+    pub read_only: bool,
 }
 
 /// Most scratch a single step uses, so long VERIFY and WRITE SAME work in bounded memory.
@@ -159,7 +162,8 @@ impl LogicalUnit {
     /// Executes a decoded command.
     pub fn execute(&mut self, nexus: &Nexus<'_>, cmd: &Command, params: &[u8]) -> Action {
         let initiator = nexus.id;
-        if cmd.writes_medium() && self.cfg.read_only {
+        let read_only = self.cfg.read_only || nexus.read_only;
+        if cmd.writes_medium() && read_only {
             return self.fail(&Sense::write_protected());
         }
         let want = cmd.parameter_len(self.cfg.block_size);
@@ -183,7 +187,7 @@ impl LogicalUnit {
                 Ok(b) => done(b, usize::from(alloc)),
                 Err(s) => self.fail(&s),
             },
-            Command::ModeSense(req) => match mode::sense(&req, cfg, &self.mode, &self.saved) {
+            Command::ModeSense(req) => match mode::sense(&req, cfg, read_only, &self.mode, &self.saved) {
                 Ok(b) => done(b, usize::from(req.alloc)),
                 Err(s) => self.fail(&s),
             },
@@ -263,6 +267,32 @@ impl LogicalUnit {
                 }
                 let steps = self.verify_steps(offset, len, bytchk);
                 Action::Backend(self.task(steps, Finish::Good, false).with_scratch(len.min(SCRATCH_CHUNK), None))
+            }
+            Command::PreFetch { extent } => {
+                // What fits in one transfer is read ahead (into the page cache, for a
+                // buffered image). GOOD rather than CONDITION MET: SBC-3 5.9 allows it when
+                // the blocks may not all stay cached, and pangate keeps no cache of its own.
+                let blocks = extent.blocks.min(cfg.max_transfer_blocks());
+                let (offset, len) = self.bytes(Extent { lba: extent.lba, blocks });
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let steps = self.verify_steps(offset, len, false);
+                Action::Backend(self.task(steps, Finish::Good, false).with_scratch(len.min(SCRATCH_CHUNK), None))
+            }
+            Command::OrWrite { extent, fua } => {
+                let (offset, len) = self.bytes(extent);
+                if len == 0 {
+                    return Action::Complete(Completion::good());
+                }
+                let fua = fua || !self.mode.write_cache;
+                let steps = vec![
+                    Step::Io(BackendOp::Read { offset, len, into: Buf::Scratch(0) }),
+                    Step::Or { scratch: 0, data_out: 0, len },
+                    Step::Io(BackendOp::Write { offset, len, from: Buf::Scratch(0), fua }),
+                ];
+                let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Exclusive);
+                Action::Backend(self.task(steps, Finish::Good, true).with_scratch(len, None).with_lock(lock))
             }
             Command::CompareAndWrite { extent, fua } => {
                 let (offset, len) = self.bytes(extent);
@@ -363,14 +393,18 @@ impl LogicalUnit {
             let d = &p[8 + 16 * i..24 + 16 * i];
             let lba = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
             let blocks = u64::from(u32::from_be_bytes([d[8], d[9], d[10], d[11]]));
+            // SBC-4 5.31.2: out of range when LBA plus NUMBER OF LOGICAL BLOCKS exceeds the
+            // capacity; a descriptor of zero blocks at LBA = capacity does not, and is a
+            // no-op (as LIO and libiscsi's test_unmap_0blocks have it).
+            if blocks == 0 && lba <= self.cfg.blocks {
+                continue;
+            }
             cdb::check_range(&self.cfg, lba, blocks)?;
             total += blocks;
             if total > u64::from(self.cfg.max_unmap_blocks()) {
                 return Err(Sense::invalid_parameter((8 + 16 * i + 8) as u16, None));
             }
-            if blocks > 0 {
-                ranges.push((lba, blocks));
-            }
+            ranges.push((lba, blocks));
         }
         Ok(ranges)
     }

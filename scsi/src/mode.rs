@@ -61,8 +61,15 @@ fn page_bytes(code: u8, state: &ModeState, changeable: bool) -> Vec<u8> {
     }
 }
 
-/// Renders a MODE SENSE response (header, block descriptor, pages) before truncation.
-pub fn sense(req: &ModeSense, cfg: &LunConfig, current: &ModeState, saved: &ModeState) -> Result<Vec<u8>, Sense> {
+/// Renders a MODE SENSE response (header, block descriptor, pages) before truncation;
+/// `read_only` sets WP in the device-specific parameter.
+pub fn sense(
+    req: &ModeSense,
+    cfg: &LunConfig,
+    read_only: bool,
+    current: &ModeState,
+    saved: &ModeState,
+) -> Result<Vec<u8>, Sense> {
     let pages: Vec<u8> = match (req.page, req.subpage) {
         (0x3F, 0x00 | 0xFF) => PAGES.to_vec(),
         (p, 0x00) if PAGES.contains(&p) => vec![p],
@@ -91,8 +98,9 @@ pub fn sense(req: &ModeSense, cfg: &LunConfig, current: &ModeState, saved: &Mode
         d[5..8].copy_from_slice(&cfg.block_size.to_be_bytes()[1..4]);
         d
     };
-    // Device-specific parameter: WP for read-only LUNs, DPOFUA (DPO and FUA supported).
-    let device_specific = if cfg.read_only { 0x80 } else { 0x00 } | 0x10;
+    // Device-specific parameter (SBC-3 6.5.1): WP when the LUN, or this initiator's map of
+    // it, is read-only; DPOFUA (DPO and FUA supported).
+    let device_specific = if read_only { 0x80 } else { 0x00 } | 0x10;
     let mut body = descriptor.clone();
     for p in pages {
         body.extend(page_bytes(p, &state, changeable));
@@ -205,7 +213,7 @@ mod tests {
     fn mode_sense6_all_pages_layout() {
         let c = cfg();
         let s = ModeState::defaults(&c);
-        let b = sense(&req(0x3F, 0), &c, &s, &s).unwrap();
+        let b = sense(&req(0x3F, 0), &c, false, &s, &s).unwrap();
         assert_eq!(b[0] as usize, b.len() - 1);
         assert_eq!(b[2], 0x10);
         assert_eq!(b[3], 8);
@@ -219,7 +227,7 @@ mod tests {
     fn changeable_page_control_shows_wce_and_dsense_only() {
         let c = cfg();
         let s = ModeState { write_cache: false, descriptor_sense: false };
-        let b = sense(&ModeSense { dbd: true, ..req(0x08, 1) }, &c, &s, &s).unwrap();
+        let b = sense(&ModeSense { dbd: true, ..req(0x08, 1) }, &c, false, &s, &s).unwrap();
         assert_eq!(&b[4..8], &[0x08, 18, 0x04, 0]);
     }
 

@@ -21,6 +21,7 @@ pub mod op {
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
@@ -29,8 +30,10 @@ pub mod op {
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
+    pub const ORWRITE_16: u8 = 0x8B;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
@@ -38,6 +41,8 @@ pub mod op {
     pub const MAINTENANCE_IN: u8 = 0xA3;
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
+    pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+    pub const VERIFY_12: u8 = 0xAF;
 
     /// SERVICE ACTION IN(16) / READ CAPACITY(16).
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
@@ -65,6 +70,7 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         op::WRITE_10 => "WRITE_10",
         op::WRITE_AND_VERIFY_10 => "WRITE_AND_VERIFY_10",
         op::VERIFY_10 => "VERIFY_10",
+        op::PRE_FETCH_10 => "PRE_FETCH_10",
         op::SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE_CACHE_10",
         op::WRITE_SAME_10 => "WRITE_SAME_10",
         op::UNMAP => "UNMAP",
@@ -73,12 +79,19 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         op::READ_16 => "READ_16",
         op::COMPARE_AND_WRITE => "COMPARE_AND_WRITE",
         op::WRITE_16 => "WRITE_16",
+        op::ORWRITE_16 => "ORWRITE_16",
         op::WRITE_AND_VERIFY_16 => "WRITE_AND_VERIFY_16",
         op::VERIFY_16 => "VERIFY_16",
+        op::PRE_FETCH_16 => "PRE_FETCH_16",
         op::SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE_CACHE_16",
         op::WRITE_SAME_16 => "WRITE_SAME_16",
         op::SERVICE_ACTION_IN_16 => "SERVICE_ACTION_IN_16",
         op::REPORT_LUNS => "REPORT_LUNS",
+        op::MAINTENANCE_IN => "MAINTENANCE_IN",
+        op::READ_12 => "READ_12",
+        op::WRITE_12 => "WRITE_12",
+        op::WRITE_AND_VERIFY_12 => "WRITE_AND_VERIFY_12",
+        op::VERIFY_12 => "VERIFY_12",
         _ => return None,
     })
 }
@@ -120,6 +133,7 @@ pub static COMMANDS: &[CommandInfo] = &[
     row(op::WRITE_10, &[0x2A, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 30),
     row(op::WRITE_AND_VERIFY_10, &[0x2E, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
     row(op::VERIFY_10, &[0x2F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
+    row(op::PRE_FETCH_10, &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
     row(op::SYNCHRONIZE_CACHE_10, &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
     row(op::WRITE_SAME_10, &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 120),
     row(op::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0], 120),
@@ -141,6 +155,11 @@ pub static COMMANDS: &[CommandInfo] = &[
         30,
     ),
     row(
+        op::ORWRITE_16,
+        &[0x8B, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0],
+        30,
+    ),
+    row(
         op::WRITE_AND_VERIFY_16,
         &[0x8E, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0],
         60,
@@ -148,6 +167,11 @@ pub static COMMANDS: &[CommandInfo] = &[
     row(
         op::VERIFY_16,
         &[0x8F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0],
+        60,
+    ),
+    row(
+        op::PRE_FETCH_16,
+        &[0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0],
         60,
     ),
     row(
@@ -181,6 +205,8 @@ pub static COMMANDS: &[CommandInfo] = &[
     ),
     row(op::READ_12, &[0xA8, 0x1C, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 30),
     row(op::WRITE_12, &[0xAA, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 30),
+    row(op::WRITE_AND_VERIFY_12, &[0xAE, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 60),
+    row(op::VERIFY_12, &[0xAF, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 60),
 ];
 
 /// Opcodes whose second byte carries a five-bit service action.
@@ -192,7 +218,8 @@ pub fn has_service_action(opcode: u8) -> bool {
 /// transports that give buffers without a direction, like TCMU): everything that writes the
 /// medium, plus MODE SELECT and VERIFY (whose BYTCHK data is compared).
 pub fn carries_data_out(opcode: u8) -> bool {
-    writes_medium(opcode) || matches!(opcode, op::MODE_SELECT_6 | op::MODE_SELECT_10 | op::VERIFY_10 | op::VERIFY_16)
+    writes_medium(opcode)
+        || matches!(opcode, op::MODE_SELECT_6 | op::MODE_SELECT_10 | op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16)
 }
 
 /// Whether an opcode returns data read from the medium (the READ family).
@@ -209,7 +236,9 @@ pub fn writes_medium(opcode: u8) -> bool {
             | op::WRITE_12
             | op::WRITE_16
             | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_12
             | op::WRITE_AND_VERIFY_16
+            | op::ORWRITE_16
             | op::WRITE_SAME_10
             | op::WRITE_SAME_16
             | op::UNMAP

@@ -162,6 +162,13 @@ impl Sense {
         Sense::new(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR)
     }
 
+    /// ILLEGAL REQUEST / INVALID FIELD IN CDB without a field pointer: the data the
+    /// transport delivered is not the length the CDB gives (as LIO answers an overflow or
+    /// underflow of a data CDB).
+    pub const fn data_length_mismatch() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB)
+    }
+
     /// DATA PROTECT / WRITE PROTECTED.
     pub const fn write_protected() -> Sense {
         Sense::new(SenseKey::DataProtect, Asc::WRITE_PROTECTED)

@@ -116,6 +116,16 @@ pub enum Step {
         /// Byte count.
         len: usize,
     },
+    /// OR `len` bytes of data-out at `data_out` into scratch at `scratch` (ORWRITE), then
+    /// call [`Task::ored`].
+    Or {
+        /// Offset in scratch.
+        scratch: usize,
+        /// Offset in data-out.
+        data_out: usize,
+        /// Byte count.
+        len: usize,
+    },
     /// The command is complete.
     Done(Completion),
 }
@@ -293,7 +303,7 @@ impl Task {
     pub fn next_step(&mut self) -> Step {
         assert!(!self.awaiting, "Task::next_step called while a step is outstanding");
         match self.next.take().or_else(|| self.rest.pop_front()) {
-            Some(step @ (Step::Io(_) | Step::Compare { .. })) => {
+            Some(step @ (Step::Io(_) | Step::Compare { .. } | Step::Or { .. })) => {
                 self.awaiting = true;
                 step
             }
@@ -318,6 +328,11 @@ impl Task {
         if let Some(at) = mismatch {
             self.fail(&Sense::miscompare((data_out + at) as u64));
         }
+    }
+
+    /// Feeds back that the last [`Step::Or`] was performed.
+    pub fn ored(&mut self) {
+        self.awaiting = false;
     }
 
     fn fail(&mut self, sense: &Sense) {

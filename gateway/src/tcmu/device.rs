@@ -196,7 +196,7 @@ impl Device {
                 tracing::warn!(device = %self.name, cmd_id, %why, "malformed command entry");
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 let sense = Sense::new(SenseKey::HardwareError, Asc::INTERNAL_TARGET_FAILURE).fixed().to_vec();
-                self.answer(Response { cmd_id, status: CHECK_CONDITION, sense, read_len: None, unknown_op: false })
+                self.answer(Response { cmd_id, status: CHECK_CONDITION, sense, read_len: None })
             }
             Entry::Tmr { kind, cmd_ids } => {
                 self.stats.tmr.fetch_add(1, Ordering::Relaxed);
@@ -217,13 +217,7 @@ impl Device {
         if !known {
             self.stats.unknown_op.fetch_add(1, Ordering::Relaxed);
             let sense = Sense::new(SenseKey::IllegalRequest, Asc::INVALID_OPCODE).fixed().to_vec();
-            return self.answer(Response {
-                cmd_id: c.cmd_id,
-                status: CHECK_CONDITION,
-                sense,
-                read_len: None,
-                unknown_op: true,
-            });
+            return self.answer(Response { cmd_id: c.cmd_id, status: CHECK_CONDITION, sense, read_len: None });
         }
         let data_out = c.total > 0 && scsi::opcodes::carries_data_out(opcode);
         let out = if data_out { self.ring.gather(&c.iovs, c.total)? } else { Vec::new() };
@@ -251,14 +245,14 @@ impl Device {
                     self.ring.scatter(&f.iovs, &f.outcome.data)?;
                     read_len = Some(f.outcome.data.len() as u32);
                 }
-                Response { cmd_id: f.cmd_id, status: resp.status, sense: resp.sense, read_len, unknown_op: false }
+                Response { cmd_id: f.cmd_id, status: resp.status, sense: resp.sense, read_len }
             }
             Err(e) => {
                 tracing::warn!(device = %self.name, cmd_id = f.cmd_id, error = %e, "command failed in transport");
                 let key = if e == LinkError::TooLarge { SenseKey::IllegalRequest } else { SenseKey::AbortedCommand };
                 let asc = if e == LinkError::TooLarge { Asc::INVALID_FIELD_IN_CDB } else { COMMUNICATION_FAILURE };
                 let sense = Sense::new(key, asc).fixed().to_vec();
-                Response { cmd_id: f.cmd_id, status: CHECK_CONDITION, sense, read_len: None, unknown_op: false }
+                Response { cmd_id: f.cmd_id, status: CHECK_CONDITION, sense, read_len: None }
             }
         };
         self.answer(r)

@@ -90,8 +90,6 @@ pub struct Response {
     pub sense: Vec<u8>,
     /// Bytes of data-in actually produced, reported when the kernel allows it.
     pub read_len: Option<u32>,
-    /// The handler did not know the opcode.
-    pub unknown_op: bool,
 }
 
 /// An entry between the tail and our read position.
@@ -324,10 +322,10 @@ impl CommandRing {
 
     fn write_response(&self, slot: Slot, r: &Response) -> Result<(), RingFault> {
         let base = self.cmdr_off + u64::from(slot.at);
+        // TCMU_UFLAG_UNKNOWN_OP is never set: LIO completes such a command with no sense,
+        // which initiators see as LOGICAL UNIT COMMUNICATION FAILURE. An unknown opcode is
+        // answered with CHECK CONDITION and INVALID COMMAND OPERATION CODE instead.
         let mut uflags = 0u8;
-        if r.unknown_op {
-            uflags |= uflag::UNKNOWN_OP;
-        }
         let mut body = [0u8; cmd::SIZE - cmd::STATUS];
         body[0] = r.status;
         if let (Some(n), true) = (r.read_len, self.flags & cap::READ_LEN != 0) {

@@ -92,6 +92,8 @@ pub enum Closed {
 pub trait MapEntry {
     /// The access the map grants.
     fn access(&self) -> Access;
+    /// The LUN's logical block size.
+    fn block_size(&self) -> u32;
 }
 
 /// The queue pair as admission sees it when a CMD arrives.
@@ -171,6 +173,9 @@ pub fn admit<'m, L: MapEntry>(
             counted: Some(lun),
         };
     }
+    if let Err(sense) = check_data(cmd, lun.block_size()) {
+        return Decision::Answer { completion: Completion::check(&sense, false), counted: Some(lun) };
+    }
     if q.bytes_in_flight + cmd.segments.total() > q.data_area {
         // More data in flight than the node's whole data area: ask it to retry later.
         return Decision::Answer { completion: busy(), counted: Some(lun) };
@@ -181,6 +186,24 @@ pub fn admit<'m, L: MapEntry>(
     let data_out = cmd.flags & proto::FLAG_DATA_OUT != 0;
     let data_in = cmd.flags & proto::FLAG_DATA_IN != 0;
     Decision::Execute { lun, data_out, data_in }
+}
+
+/// Checks a CMD's data against its CDB before anything runs: the direction flag must be
+/// the CDB's (DATA_OUT only for commands that carry data to the target, DATA_IN never for
+/// them), and a READ's regions must hold all the blocks it asks for. Both are refused
+/// alike; a short WRITE is refused by the LUN itself, which sees its data-out.
+fn check_data(cmd: &proto::Cmd, block_size: u32) -> Result<(), Sense> {
+    let cdb = cmd.cdb();
+    let opcode = cdb[0];
+    let out = scsi::opcodes::carries_data_out(opcode);
+    let mismatch = if out { cmd.flags & proto::FLAG_DATA_IN != 0 } else { cmd.flags & proto::FLAG_DATA_OUT != 0 };
+    if mismatch {
+        return Err(Sense::data_length_mismatch());
+    }
+    match scsi::cdb::read_transfer_bytes(cdb, block_size) {
+        Some(want) if cmd.segments.total() < want => Err(Sense::data_length_mismatch()),
+        _ => Ok(()),
+    }
 }
 
 /// What to do with a TRAN.
@@ -232,6 +255,10 @@ mod tests {
         fn access(&self) -> Access {
             self.0
         }
+
+        fn block_size(&self) -> u32 {
+            512
+        }
     }
 
     fn map() -> HashMap<(u16, u16), Lun> {
@@ -243,6 +270,7 @@ mod tests {
     }
 
     const WRITE16: [u8; 16] = [0x8A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0];
+    const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 255, 0];
     const READ16: [u8; 16] = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0];
 
     fn cmd(lun: u16, cdb: &[u8], flags: u8, len: u32) -> Cmd {
@@ -291,6 +319,27 @@ mod tests {
         assert!(matches!(d, Decision::Stage(Lun(Access::Rw))));
         let heartbeat = Cmd::control(9, ControlOp::Heartbeat, 0, 0, 0, &[]).unwrap();
         assert!(matches!(admit(&heartbeat, idle(), &m, &[0]), Decision::Control(ControlOp::Heartbeat)));
+    }
+
+    #[test]
+    fn a_short_read_and_a_direction_against_the_cdb_are_refused() {
+        let m = map();
+        let refused = |d: Decision<'_, Lun>| match d {
+            Decision::Answer { completion, counted: Some(_) } => {
+                completion.sense == Completion::check(&Sense::data_length_mismatch(), false).sense
+            }
+            _ => false,
+        };
+        // READ(16) of 8 blocks into 2 KiB: refused, as the WRITE would be.
+        assert!(refused(admit(&cmd(0, &READ16, FLAG_DATA_IN, 2048), idle(), &m, &[0])));
+        assert!(refused(admit(&cmd(0, &READ16, 0, 0), idle(), &m, &[0])));
+        // A READ sent as DATA_OUT, and a WRITE sent as DATA_IN.
+        assert!(refused(admit(&cmd(0, &READ16, FLAG_DATA_OUT, 4096), idle(), &m, &[0])));
+        assert!(refused(admit(&cmd(0, &WRITE16, FLAG_DATA_IN, 4096), idle(), &m, &[0])));
+        assert!(refused(admit(&cmd(0, &INQUIRY, FLAG_DATA_OUT, 255), idle(), &m, &[0])));
+        // Exact or larger regions run; INQUIRY may have less room than its allocation length.
+        assert!(matches!(admit(&cmd(0, &READ16, FLAG_DATA_IN, 8192), idle(), &m, &[0]), Decision::Execute { .. }));
+        assert!(matches!(admit(&cmd(0, &INQUIRY, FLAG_DATA_IN, 36), idle(), &m, &[0]), Decision::Execute { .. }));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
 use scsi::{Completion, Status};
 
 use super::admission::{Closed, MapEntry, Violation};
-use super::{Accepted, NodeEntry};
+use super::{Accepted, Capacities, NodeEntry};
 use crate::engine::host::{FixedMemory, UringHost};
 use crate::registry::Access;
 use crate::ring::alloc::RegionAllocator;
@@ -73,6 +73,7 @@ impl Ticket {
 pub(super) struct MappedLun {
     pub(super) image: usize,
     pub(super) access: Access,
+    pub(super) block_size: u32,
     pub(super) stats: Arc<LunStats>,
 }
 
@@ -80,15 +81,23 @@ impl MapEntry for MappedLun {
     fn access(&self) -> Access {
         self.access
     }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
 }
 
-pub(super) fn lun_map(entry: &NodeEntry, metrics: &Metrics) -> Map<(u16, u16), MappedLun> {
+/// The node's LUN map as its queue pair uses it; `caps` gives each image's block size and
+/// capacity (an image without one, which only a control-plane bug makes, is left out).
+pub(super) fn lun_map(entry: &NodeEntry, metrics: &Metrics, caps: &Capacities) -> Map<(u16, u16), MappedLun> {
+    let caps = caps.lock().unwrap_or_else(|p| p.into_inner());
     entry
         .luns
         .iter()
-        .map(|&(target, lun, image, access)| {
+        .filter_map(|&(target, lun, image, access)| {
+            let &(block_size, _) = caps.get(image)?;
             let key = LunKey { pan: entry.pan.clone(), node: entry.node.clone(), target, lun };
-            ((target, lun), MappedLun { image, access, stats: metrics.lun(key) })
+            Some(((target, lun), MappedLun { image, access, block_size, stats: metrics.lun(key) }))
         })
         .collect()
 }
@@ -150,8 +159,15 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(id: u64, token: u32, a: Accepted, metrics: &Metrics, host: Option<&Arc<UringHost>>) -> Conn {
-        let map = lun_map(&a.entry, metrics);
+    pub(super) fn new(
+        id: u64,
+        token: u32,
+        a: Accepted,
+        metrics: &Metrics,
+        caps: &Capacities,
+        host: Option<&Arc<UringHost>>,
+    ) -> Conn {
+        let map = lun_map(&a.entry, metrics, caps);
         let ring_stats = metrics.ring(&a.entry.pan, &a.entry.node);
         ring_stats.connected();
         let staging_alloc = RegionAllocator::new(a.staging.len() as u64);

@@ -40,6 +40,8 @@ pub(super) struct Job {
     pub cmd: Cmd,
     /// The LUNs of the command's target that the node sees (REPORT LUNS answers from it).
     pub luns: Arc<[u16]>,
+    /// The node's map gives it the LUN read-only (MODE SENSE reports WP).
+    pub read_only: bool,
     pub source: Source,
     /// The fixed buffer of the owner's io_uring registered over the node's data area; kept
     /// only while the job stays on the worker serving the queue pair (one ring for both).

@@ -143,6 +143,7 @@ impl Worker {
             tag: (c.id << 32) | u64::from(cmd.seq),
             image: lun.image,
             luns: c.luns_of_target(cmd.target).clone(),
+            read_only: lun.access.is_read_only(),
             cmd,
             source,
         };

@@ -44,7 +44,7 @@ impl Worker {
                 for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
                     match &entry {
                         Some(e) => {
-                            c.set_map(lun_map(e, &self.metrics));
+                            c.set_map(lun_map(e, &self.metrics, &self.caps));
                             c.entry = e.clone();
                         }
                         None => {

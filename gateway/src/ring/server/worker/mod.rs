@@ -160,7 +160,7 @@ impl Worker {
                     let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
                     // Tokens wrap only after 2^31 queue pairs, long after their polls ended.
                     self.tokens = self.tokens % (u32::MAX / 2 - 1) + 1;
-                    self.conns.push(Conn::new(id, self.tokens, a, &self.metrics, self.host.as_ref()));
+                    self.conns.push(Conn::new(id, self.tokens, a, &self.metrics, &self.caps, self.host.as_ref()));
                 }
                 while let Ok(c) = self.control.try_recv() {
                     self.apply(c);
