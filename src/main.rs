@@ -140,6 +140,11 @@ fn main() -> ExitCode {
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(file)?;
+    let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    gateway::placement::check_config(&cfg, &cfg.data_dir_from(base)).map_err(|mut e| {
+        e.file = Some(file.to_path_buf());
+        e
+    })?;
     let nodes: usize = cfg.pans.iter().map(|p| p.nodes.len()).sum();
     let images: usize = cfg.pans.iter().map(|p| p.images.len()).sum();
     println!("{}: ok ({} PANs, {nodes} nodes, {images} images)", file.display(), cfg.pans.len());

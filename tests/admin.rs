@@ -52,7 +52,7 @@ data_dir = "{d}"
 name = "alpha"
 [[pan.image]]
 name = "a0"
-path = "a0.img"
+path = "images/a0.img"
 size = "16MiB"
 [[pan.node]]
 name = "n1"
@@ -377,6 +377,8 @@ async fn every_operation_takes_effect_on_the_running_gateway_and_is_persisted() 
 async fn bad_input_gets_a_problem_document_never_a_500() {
     let f = start();
     let own: &Path = &f.file;
+    let images = f.dir.path().join("images");
+    std::os::unix::fs::symlink(images.join("a0.img"), images.join("alias.img")).unwrap();
     let cases: Vec<(&str, String, Option<Value>, StatusCode)> = vec![
         ("POST", "/api/v1/pans".into(), Some(json!({"name": "Bad Name"})), StatusCode::BAD_REQUEST),
         ("POST", "/api/v1/pans".into(), Some(json!({"name": ""})), StatusCode::BAD_REQUEST),
@@ -423,9 +425,47 @@ async fn bad_input_gets_a_problem_document_never_a_500() {
             "POST",
             "/api/v1/pans/alpha/luns".into(),
             Some(json!({"name": "x", "path": "/nonexistent/img"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": images.join("missing.img")})),
             StatusCode::NOT_FOUND,
         ),
-        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "path": own})), StatusCode::CONFLICT),
+        // The gateway's own files, host files and devices are never LUNs (images lie under
+        // the image roots; block devices must be listed).
+        ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "path": own})), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": "/etc/passwd"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": "/etc/shadow"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": images.join("../pangate.toml")})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": images.join("a0.img")})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "POST",
+            "/api/v1/pans/alpha/luns".into(),
+            Some(json!({"name": "x", "path": images.join("alias.img")})),
+            StatusCode::CONFLICT,
+        ),
         ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "x", "path": "/dev"})), StatusCode::BAD_REQUEST),
         ("POST", "/api/v1/pans/alpha/luns".into(), Some(json!({"name": "a0", "size": "1M"})), StatusCode::CONFLICT),
         ("POST", "/api/v1/pans/alpha/luns/zz/resize".into(), Some(json!({"size": "1G"})), StatusCode::NOT_FOUND),

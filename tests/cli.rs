@@ -91,3 +91,53 @@ fn check_config_accepts_the_embedded_default() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 PANs, 2 nodes, 3 images)"));
 }
+
+/// A two-PAN config whose second PAN's image is at `other_path`, the first's at
+/// `images/a.img`.
+fn two_pans(dir: &std::path::Path, other_path: &str) -> std::path::PathBuf {
+    let file = dir.join("pangate.toml");
+    let pan = |name: &str, path: &str| {
+        format!(
+            "[[pan]]\nname = \"{name}\"\n[[pan.image]]\nname = \"disk\"\npath = \"{path}\"\nsize = \"1MiB\"\n\
+             [[pan.node]]\nname = \"n\"\ncredential = \"0123456789abcdef\"\n\
+             luns = [{{ target = 0, lun = 0, image = \"disk\", access = \"rw\" }}]\n"
+        )
+    };
+    let text = format!("serial = \"pg-iso\"\ndata_dir = \".\"\n{}{}", pan("p1", "images/a.img"), pan("p2", other_path));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn no_config_shares_a_file_across_pans_or_makes_a_host_file_a_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("images/sub")).unwrap();
+    std::fs::write(dir.path().join("images/a.img"), vec![0; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("images/a.img"), dir.path().join("images/sym.img")).unwrap();
+    // A second name, inside the root, of a file outside it.
+    std::fs::write(dir.path().join("outside.raw"), vec![0; 1 << 20]).unwrap();
+    std::fs::hard_link(dir.path().join("outside.raw"), dir.path().join("images/hard.img")).unwrap();
+    for (path, says) in [
+        ("images/a.img", "same file as image \"p1/disk\""),
+        ("./images/sub/../a.img", "same file as image \"p1/disk\""),
+        ("images/sym.img", "same file as image \"p1/disk\""),
+        ("images/hard.img", "hard links"),
+        ("../../../../../../etc/passwd", "outside the image roots"),
+        ("/etc/shadow", "outside the image roots"),
+        ("pangate.toml", "outside the image roots"),
+    ] {
+        let file = two_pans(dir.path(), path);
+        for args in [vec!["check-config"], vec!["up", "--oneshot", "--config"]] {
+            let out = Command::new(PANGATE).args(&args).arg(&file).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} accepted {path}");
+            assert!(err.contains("pan[1].image[0].path") && err.contains(says), "{args:?} {path}: {err}");
+        }
+    }
+    // A file of its own, the second PAN starts, created 0600.
+    let file = two_pans(dir.path(), "images/b.img");
+    let out = Command::new(PANGATE).args(["up", "--oneshot", "--config"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(dir.path().join("images/b.img")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "node data is its owner's only");
+}

@@ -31,7 +31,7 @@ fn write_config_on(dir: &Path, nodes: usize, engine: &str) -> PathBuf {
         dir.display()
     );
     for n in 0..nodes {
-        text += &format!("[[pan.image]]\nname = \"img{n}\"\npath = \"img{n}.raw\"\nsize = \"64MiB\"\n");
+        text += &format!("[[pan.image]]\nname = \"img{n}\"\npath = \"images/img{n}.raw\"\nsize = \"64MiB\"\n");
     }
     for n in 0..nodes {
         text += &format!(

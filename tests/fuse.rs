@@ -59,11 +59,11 @@ data_dir = "{dir}"
 name = "p"
 [[pan.image]]
 name = "rw"
-path = "rw.img"
+path = "images/rw.img"
 size = "64MiB"
 [[pan.image]]
 name = "ro"
-path = "ro.img"
+path = "images/ro.img"
 size = "4MiB"
 [[pan.node]]
 name = "n"

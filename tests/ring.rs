@@ -26,11 +26,11 @@ data_dir = "{dir}"
 name = "alpha"
 [[pan.image]]
 name = "a0"
-path = "a0.img"
+path = "images/a0.img"
 size = "16MiB"
 [[pan.image]]
 name = "shared"
-path = "shared.img"
+path = "images/shared.img"
 size = "16MiB"
 block_size = 4096
 [[pan.node]]
@@ -46,7 +46,7 @@ luns = [{{ target = 0, lun = 1, image = "shared", access = "rw" }}]
 name = "beta"
 [[pan.image]]
 name = "b0"
-path = "b0.img"
+path = "images/b0.img"
 size = "16MiB"
 [[pan.node]]
 name = "n1"

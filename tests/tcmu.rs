@@ -35,7 +35,7 @@ data_dir = "{}"
 name = "p"
 [[pan.image]]
 name = "d"
-path = "d.img"
+path = "images/d.img"
 size = "16MiB"
 thin = true
 [[pan.node]]
@@ -925,7 +925,7 @@ fn reconfiguring_the_size_grows_the_lun() {
     assert_eq!((ua.status, ua.sense_key(), ua.sense[12], ua.sense[13]), (2, 0x6, 0x2A, 0x09));
     let cap = k.run(&rc16, None, 32);
     assert_eq!(u64::from_be_bytes(cap.good().data[0..8].try_into().unwrap()) + 1, (64 << 20) / 512);
-    assert_eq!(std::fs::metadata(dir.path().join("d.img")).unwrap().len(), 64 << 20);
+    assert_eq!(std::fs::metadata(dir.path().join("images/d.img")).unwrap().len(), 64 << 20);
     k.run(&rw16(0x8A, (60 << 20) / 512, 8, false), Some(&pattern(4096, 5)), 0).good();
     // Nodes connecting now are told the new size.
     let opts =

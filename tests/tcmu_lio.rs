@@ -94,7 +94,7 @@ fn lio_loopback_lun_backed_by_pangate() {
     fs::write(
         &cfg,
         format!(
-            "serial = \"pg-lio\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\npath = \"d.img\"\nsize = \"64MiB\"\n[[pan.node]]\nname = \"n\"\ncredential = \"{CRED}\"\nluns = [{{ target = 0, lun = 0, image = \"d\", access = \"rw\" }}]\n",
+            "serial = \"pg-lio\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\npath = \"images/d.img\"\nsize = \"64MiB\"\n[[pan.node]]\nname = \"n\"\ncredential = \"{CRED}\"\nluns = [{{ target = 0, lun = 0, image = \"d\", access = \"rw\" }}]\n",
             dir.path().display()
         ),
     )

@@ -42,7 +42,7 @@ token = "{TOKEN}"
 name = "obs"
 [[pan.image]]
 name = "vol"
-path = "vol.img"
+path = "images/vol.img"
 size = "16MiB"
 [[pan.node]]
 name = "n1"

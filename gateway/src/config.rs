@@ -73,9 +73,10 @@ impl From<Size> for SizeRepr {
     }
 }
 
-/// The largest image: a Linux file's offsets are signed 64-bit (and TOML integers too, so
-/// a larger size could not be saved back).
-pub const MAX_IMAGE_BYTES: u64 = i64::MAX as u64;
+/// The largest image, for the config and the admin API alike: 16 TiB, ext4's largest file
+/// with 4 KiB blocks (XFS and block devices allow more, but one limit everywhere is worth
+/// more than the headroom).
+pub const MAX_IMAGE_BYTES: u64 = 16 << 40;
 
 /// Parses `"<n>[KiB|MiB|GiB|TiB|K|M|G|T]"` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -163,11 +164,24 @@ pub struct StorageConfig {
     /// Worker threads; 0 (the default) means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Directories image files may lie under, besides the data directory's `images/`
+    /// (always one); relative to the data directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_roots: Vec<PathBuf>,
+    /// Block devices that may be images; no other device may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_devices: Vec<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { socket: default_socket(), spin_us: default_spin_us(), workers: 0 }
+        StorageConfig {
+            socket: default_socket(),
+            spin_us: default_spin_us(),
+            workers: 0,
+            image_roots: Vec::new(),
+            block_devices: Vec::new(),
+        }
     }
 }
 
@@ -398,8 +412,8 @@ impl Config {
                 if img.size.0 > MAX_IMAGE_BYTES {
                     return Err(err(
                         format!("{ik}.size"),
-                        format!("{} bytes is more than a file can hold ({MAX_IMAGE_BYTES} bytes)", img.size.0),
-                        "use a size such as \"1TiB\"",
+                        format!("{} bytes is more than the largest image, 16 TiB", img.size.0),
+                        "use a size up to \"16TiB\"",
                     ));
                 }
             }
@@ -644,7 +658,12 @@ luns = [{ target = 0, lun = 0, image = "d0", access = "rw" }]
         // showed).
         let e = Config::parse(&GOOD.replace("\"64MiB\"", "\"18446744073709551104\""), None).unwrap_err();
         assert_eq!(e.key, "pan[0].image[0].size", "{e}");
-        assert!(e.reason.contains("more than a file can hold"), "{e}");
+        assert!(e.reason.contains("more than the largest image"), "{e}");
+        // The API's limit too: 17 TiB is refused (it once passed check-config and failed
+        // with EFBIG at start-up), 16 TiB is the largest.
+        let e = Config::parse(&GOOD.replace("\"64MiB\"", "\"17TiB\""), None).unwrap_err();
+        assert_eq!(e.key, "pan[0].image[0].size", "{e}");
+        assert_eq!(MAX_IMAGE_BYTES, crate::admin::MAX_LUN_BYTES);
         let largest = MAX_IMAGE_BYTES / 512 * 512;
         let c = Config::parse(&GOOD.replace("\"64MiB\"", &format!("\"{largest}\"")), None).unwrap();
         assert_eq!(c.pans[0].images[0].size, Size(largest));

@@ -13,6 +13,7 @@ pub mod fuse;
 pub mod lun;
 pub mod net;
 pub mod persist;
+pub mod placement;
 pub mod registry;
 pub mod ring;
 pub mod storage;

@@ -31,8 +31,10 @@ pub struct Mapping {
     pub access: Access,
 }
 
-/// Opens every image of every PAN (creating missing files sparse) on the configured engine.
+/// Opens every image of every PAN (creating missing files sparse) on the configured engine,
+/// once each has been found a place an image may be ([`crate::placement`]).
 pub fn open_all(cfg: &Config, data_dir: &Path) -> anyhow::Result<(Vec<OpenImage>, Vec<Mapping>)> {
+    crate::placement::check_config(cfg, data_dir)?;
     let kind = EngineKind::resolve(cfg.engine).map_err(anyhow::Error::msg)?;
     let mut images = Vec::new();
     let mut maps = Vec::new();

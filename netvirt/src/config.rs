@@ -192,11 +192,11 @@ impl LanConfig {
                         ));
                     }
                     if let Some(ns) = &p.netns {
-                        if ns.is_empty() || ns.len() > 64 || ns.contains('/') || ns.starts_with('.') {
+                        if !valid_netns(ns) {
                             return Err(bad(
                                 format!("{k}.netns"),
                                 format!("{ns:?} is not a namespace name"),
-                                "use a name such as \"pg-node-a\"",
+                                "use 1-63 of a-z, A-Z, 0-9, '-', '_' and '.', starting with a letter or digit",
                             ));
                         }
                     }
@@ -251,6 +251,17 @@ pub fn default_ifname(lan: &str, node: &str) -> String {
     s
 }
 
+/// Whether `ns` may name a network namespace (a file under `/run/netns`, and an argument
+/// of `ip netns`): 1-63 of letters, digits, '-', '_' and '.', starting with a letter or
+/// digit. No quotes, spaces, '<', '>' or '/', which would otherwise reach paths, commands
+/// and the admin's pages.
+pub fn valid_netns(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns.as_bytes()[0].is_ascii_alphanumeric()
+        && ns.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +275,11 @@ mod tests {
     #[test]
     fn good_lans_pass_and_mistakes_name_their_key() {
         assert!(lan("[[port]]\nnode = \"n1\"\nnetns = \"x\"\nips = [\"198.18.0.1/24\"]\n").is_ok());
+        for bad_ns in ["a b", "x\\\"y", "<b>", "a>b", "a/b", ".hidden", "", &"n".repeat(64)] {
+            let text = format!("[[port]]\nnode = \"n1\"\nnetns = {bad_ns:?}\n");
+            assert_eq!(lan(&text).unwrap_err().key, "port[0].netns", "{bad_ns:?}");
+        }
+        assert!(lan("[[port]]\nnode = \"n1\"\nnetns = \"pg-Node_1.a\"\n").is_ok());
         assert_eq!(lan("mtu = 100\n").unwrap_err().key, "mtu");
         assert_eq!(lan("[[port]]\nnode = \"n9\"\n").unwrap_err().key, "port[0].node");
         assert_eq!(lan("[[port]]\nnode = \"n1\"\nips = [\"198.18.0.1/33\"]\n").unwrap_err().key, "port[0].ips[0]");

@@ -20,6 +20,7 @@ use self::plan::{invalid, Effect, Phase, Plan};
 use crate::config::{Config, ImageConfig, Size};
 use crate::engine::EngineKind;
 use crate::net::NetControl;
+use crate::placement::{self, Placement};
 use crate::registry::{ControlError, Images, NodeEntry, NotApplied, Registry};
 use crate::storage::{self, OpenImage};
 
@@ -293,7 +294,8 @@ impl GatewayAdmin {
     }
 
     /// Opens a new LUN's image: a file to create under the data directory, or an existing
-    /// file or block device that is not already the gateway's.
+    /// file under an image root, or a listed block device ([`crate::placement`]), that no
+    /// image already uses.
     fn open_image(
         &self,
         st: &State,
@@ -303,32 +305,27 @@ impl GatewayAdmin {
         create: bool,
     ) -> Result<OpenImage, AdminError> {
         let at = storage::image_path(image, &self.data_dir);
-        if create {
-            if at.exists() {
+        if create && at.exists() {
+            return Err(AdminError::Conflict(format!(
+                "a file already exists at {}; give it as path to use it",
+                at.display()
+            )));
+        }
+        let rules = Placement::new(&st.cfg, &self.data_dir);
+        // Placed before anything else is learnt of the path: the API says nothing about
+        // host files outside the image roots, not even whether they exist.
+        let placed = rules.check(image).map_err(|e| invalid(format!("{e}; {}", placement::fix_for(&e))))?;
+        if !create && matches!(placed.id, placement::FileId::Missing(_)) {
+            return Err(AdminError::NotFound(format!("no file at {}", at.display())));
+        }
+        for (p, other) in st.cfg.pans.iter().flat_map(|p| p.images.iter().map(move |i| (p, i))) {
+            if rules.check(other).is_ok_and(|o| o.id == placed.id) {
                 return Err(AdminError::Conflict(format!(
-                    "a file already exists at {}; give it as path to use it",
-                    at.display()
+                    "{} is already image {:?} of PAN {:?}",
+                    at.display(),
+                    other.name,
+                    p.name
                 )));
-            }
-        } else {
-            let meta = std::fs::metadata(&at)
-                .map_err(|e| AdminError::NotFound(format!("no usable file at {}: {e}", at.display())))?;
-            use std::os::unix::fs::FileTypeExt;
-            if !(meta.is_file() || meta.file_type().is_block_device()) {
-                return Err(invalid(format!("{} is neither a regular file nor a block device", at.display())));
-            }
-            let canon = at.canonicalize().map_err(io_error)?;
-            let used = st
-                .cfg
-                .pans
-                .iter()
-                .flat_map(|p| &p.images)
-                .any(|i| storage::image_path(i, &self.data_dir).canonicalize().is_ok_and(|c| c == canon));
-            // The gateway's own files (config, token, sockets) are never LUNs.
-            let data_dir = self.data_dir.canonicalize().unwrap_or_else(|_| self.data_dir.clone());
-            let own = canon.starts_with(&data_dir) && !canon.starts_with(data_dir.join("images"));
-            if used || own {
-                return Err(AdminError::Conflict(format!("{} is already in use by the gateway", at.display())));
             }
         }
         storage::open_image(next, self.kind, pan, image, &self.data_dir).map_err(|e| {

@@ -13,7 +13,7 @@ use web::{AdminError, Change};
 use crate::config::{check_name, parse_size, Config, ImageConfig, LunMapEntry, NodeConfig, PanConfig, Size};
 
 /// Largest LUN the admin creates or grows to (ext4's file size limit).
-pub const MAX_LUN_BYTES: u64 = 16 << 40;
+pub const MAX_LUN_BYTES: u64 = crate::config::MAX_IMAGE_BYTES;
 
 /// A change, decided: the config it leads to and what the running gateway must do.
 #[derive(Debug, Clone, PartialEq)]

@@ -73,12 +73,7 @@ impl Image {
                     format!("{} does not exist (read-only images are never created)", path.display()),
                 ));
             }
-            let f = OpenOptions::new().write(true).create_new(true).open(path)?;
-            f.set_len(size)?;
-            f.sync_all()?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            }
+            create(path, size)?;
         }
         let mut oo = OpenOptions::new();
         oo.read(true).write(!opts.read_only);
@@ -192,9 +187,54 @@ pub(crate) fn refused(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL))
 }
 
+/// Creates a sparse image of `size` bytes at `path`, readable by its owner only, all or
+/// nothing: it is made under a temporary name beside it, sized and synced, and only then
+/// renamed into place (never over an existing file). A size the filesystem refuses (EFBIG)
+/// leaves no empty file behind to fail every later start.
+fn create(path: &Path, size: u64) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())));
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".creating");
+    let tmp = dir.join(tmp_name);
+    // Left by a creation that was cut short; nothing else uses the name.
+    let _ = std::fs::remove_file(&tmp);
+    let made = (|| {
+        let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.set_len(size)?;
+        f.sync_all()?;
+        rustix::fs::renameat_with(rustix::fs::CWD, &tmp, rustix::fs::CWD, path, rustix::fs::RenameFlags::NOREPLACE)?;
+        File::open(dir)?.sync_all()
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made.map_err(|e| io::Error::new(e.kind(), format!("creating {} of {size} bytes: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creation_is_private_and_all_or_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new.img");
+        Image::open(&p, &ImageOptions { create_size: Some(1 << 20), ..Default::default() }).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        // A size no filesystem takes (beyond 2^63 - 1) fails and leaves nothing behind.
+        let big = dir.path().join("big.img");
+        let e = Image::open(&big, &ImageOptions { create_size: Some(u64::MAX - 511), ..Default::default() });
+        assert!(e.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only new.img");
+        // So the next start, with a size that fits, creates it.
+        Image::open(&big, &ImageOptions { create_size: Some(1 << 20), ..Default::default() }).unwrap();
+        assert_eq!(std::fs::metadata(&big).unwrap().len(), 1 << 20);
+    }
 
     #[test]
     fn creates_sparse_and_reopens_as_is() {
