@@ -119,7 +119,9 @@ impl NodeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only for a terminal: logs piped to a file or journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let result = match cli.command {
         Command::Up { config, data_dir, oneshot } => up::run(config, data_dir, oneshot),
         Command::CheckConfig { file } => check_config(&file),
@@ -147,8 +149,22 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     })?;
     let nodes: usize = cfg.pans.iter().map(|p| p.nodes.len()).sum();
     let images: usize = cfg.pans.iter().map(|p| p.images.len()).sum();
-    println!("{}: ok ({} PANs, {nodes} nodes, {images} images)", file.display(), cfg.pans.len());
+    let pans = cfg.pans.len();
+    println!(
+        "{}: ok ({})",
+        file.display(),
+        [(pans, "PAN"), (nodes, "node"), (images, "image")].map(|(n, what)| plural(n, what)).join(", ")
+    );
     Ok(())
+}
+
+/// "1 PAN", "2 PANs".
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 pub fn default_data_dir(given: Option<PathBuf>) -> PathBuf {

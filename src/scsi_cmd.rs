@@ -52,9 +52,12 @@ enum ScsiCmd {
     Write {
         /// First block.
         lba: u64,
-        /// File with the data.
+        /// File with the data: whole blocks, unless --pad.
         #[arg(long = "in")]
         input: PathBuf,
+        /// Pad a partial last block with zeros instead of refusing it.
+        #[arg(long)]
+        pad: bool,
         /// Force unit access.
         #[arg(long)]
         fua: bool,
@@ -159,10 +162,23 @@ pub fn run(a: ScsiArgs) -> anyhow::Result<()> {
             let h = if out.is_some() { format!("{} bytes", d.len()) } else { hexdump(&d) };
             (r, json!({"bytes": d.len()}), h)
         }
-        ScsiCmd::Write { lba, input, fua, staged } => {
-            let data = std::fs::read(input)?;
+        ScsiCmd::Write { lba, input, pad, fua, staged } => {
+            let bs = i.luns().iter().find(|x| x.target == t && x.lun == l).map_or(512, |x| x.block_size) as usize;
+            let mut data = std::fs::read(input)?;
+            let partial = data.len() % bs;
+            if partial != 0 {
+                if !pad {
+                    anyhow::bail!(
+                        "{} is {} bytes, not a whole number of {bs}-byte blocks ({partial} bytes over); \
+                         give --pad to pad the last block with zeros",
+                        input.display(),
+                        data.len()
+                    );
+                }
+                data.resize(data.len() + bs - partial, 0);
+            }
             let r = i.write(t, l, *lba, &data, *fua, *staged)?;
-            (r, json!({"bytes": data.len()}), format!("{} bytes", data.len()))
+            (r, json!({"bytes": data.len(), "blocks": data.len() / bs}), format!("{} bytes", data.len()))
         }
         ScsiCmd::Sync => (i.flush(t, l)?, json!({}), String::new()),
         ScsiCmd::Unmap { lba, count } => (i.unmap(t, l, *lba, *count)?, json!({}), String::new()),
@@ -172,7 +188,9 @@ pub fn run(a: ScsiArgs) -> anyhow::Result<()> {
             let h = parsed
                 .map(|(k, a, _)| format!("sense key {k:#x} ASC/ASCQ {:02x}/{:02x}", a.0, a.1))
                 .unwrap_or_default();
-            (r, json!({"sense": d.iter().map(|b| format!("{b:02x}")).collect::<String>()}), h)
+            // The REQUEST SENSE data is the command's data-in; "sense" stays the (empty) sense
+            // of its own status, as for every command.
+            (r, json!({"sense_data": d.iter().map(|b| format!("{b:02x}")).collect::<String>()}), h)
         }
     };
     let ok = resp.good();

@@ -42,8 +42,11 @@ fn load_or_create(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow:
 
 pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyhow::Result<()> {
     let (cfg, file, dir) = load_or_create(config, data_dir)?;
-    let (mut images, maps) = storage::open_all(&cfg, &dir)?;
+    // Resolved first, so that every path printed from here on is clean (no `./`).
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let dir = dir.canonicalize().unwrap_or(dir);
+    let file = file.canonicalize().unwrap_or(file);
+    let (mut images, maps) = storage::open_all(&cfg, &dir)?;
     let socket = dir.join(&cfg.storage.socket);
     println!("pangate {} control node {}", env!("CARGO_PKG_VERSION"), cfg.serial);
     println!("  config:    {}", file.display());
@@ -60,7 +63,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
                 let img = &images[m.image];
                 let cap = img.driver.unit().config().capacity_bytes();
                 println!(
-                    "      target {} LUN {} -> {} ({} MiB, {:?}, {} engine)",
+                    "      target {} LUN {} -> {} ({} MiB, {}, {} engine)",
                     m.target,
                     m.lun,
                     img.path.display(),
@@ -91,8 +94,10 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     let server = Server::start(images, registry.clone(), opts)
         .with_context(|| format!("starting the ring server on {}", socket.display()))?;
     println!("  workers:   {}", server.workers());
-    println!("  try:       pangate scsi --data-dir {} --pan demo --node node-a --lun 0 inquiry", dir.display());
-    println!("  mount:     pangate mount --data-dir {} --pan demo --node node-a /mnt/pangate", dir.display());
+    if let Some(node) = first_node(&cfg, &maps, &file, &dir, &socket) {
+        println!("  try:       pangate scsi {node} inquiry");
+        println!("  mount:     pangate mount {node} /mnt/pangate");
+    }
     // TCMU reads the node registry, which the admin keeps current.
     let nodes = gateway::tcmu::live_nodes(registry.clone());
     let grow = gateway::tcmu::live_grow(registry.clone(), server.images());
@@ -128,6 +133,20 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     Ok(())
 }
 
+/// The arguments that reach the first node with a LUN, for the banner's hints: through the
+/// data directory when the config is its `pangate.toml` (which the tools read), else
+/// through the socket and the node's credential, which work wherever the config is.
+fn first_node(cfg: &Config, maps: &[storage::Mapping], file: &Path, dir: &Path, socket: &Path) -> Option<String> {
+    let m = maps.first()?;
+    let target = if m.target == 0 { String::new() } else { format!(" --target {}", m.target) };
+    let who = format!("--pan {} --node {}{target} --lun {}", m.pan, m.node, m.lun);
+    if file == dir.join(CONFIG_NAME) {
+        return Some(format!("--data-dir {} {who}", dir.display()));
+    }
+    let node = cfg.pans.iter().filter(|p| p.name == m.pan).flat_map(|p| &p.nodes).find(|n| n.name == m.node)?;
+    Some(format!("--socket {} --credential {} {who}", socket.display(), node.credential))
+}
+
 /// Starts netvirt for the config's LANs (with none, it waits for the admin to add some).
 /// Where this host cannot create TAPs (not root, no /dev/net/tun), says so and runs
 /// without it.
@@ -149,7 +168,7 @@ fn start_network(cfg: &Config, dir: &Path, registry: Registry) -> anyhow::Result
                     println!("    {} {} {} {}", p.node, p.mac, ips.join(","), at);
                 }
             }
-            println!("  netvirt:   {} (pangate net show --data-dir {})", socket.display(), dir.display());
+            println!("  netvirt:   {} (pangate net show --socket {})", socket.display(), socket.display());
             Ok(Some(n))
         }
         Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound) => {

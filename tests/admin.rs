@@ -719,3 +719,35 @@ async fn a_tap_lan_created_at_run_time_gets_its_namespace_and_deleting_it_remove
     assert_eq!(call(&f, "DELETE", "/api/v1/pans/alpha/lans/tapped", None).await.status, StatusCode::NO_CONTENT);
     assert!(!Path::new("/run/netns").join(&ns).exists(), "the namespace pangate made for the LAN is gone");
 }
+
+#[tokio::test]
+async fn every_response_is_unframeable_unsniffable_scriptless_and_echoes_little() {
+    let f = start();
+    let long = "x".repeat(100_000);
+    let requests = [
+        api("GET", "/", None, None),
+        api("GET", "/style.css", None, None),
+        api("GET", "/api/v1/pans", None, None),
+        api("GET", "/metrics", None, None),
+        api("GET", "/no/such/page", None, None),
+        api("POST", "/api/v1/pans", Some(json!({ "name": long })), Some(TOKEN)),
+    ];
+    for req in requests {
+        let uri = req.uri().to_string();
+        let resp = web::router(f.state.clone()).oneshot(req).await.unwrap();
+        let h = |name| resp.headers().get(name).map(|v: &header::HeaderValue| v.to_str().unwrap().to_string());
+        assert_eq!(h(header::CONTENT_SECURITY_POLICY).as_deref(), Some(web::CONTENT_SECURITY_POLICY), "{uri}");
+        assert_eq!(h(header::X_FRAME_OPTIONS).as_deref(), Some("DENY"), "{uri}");
+        assert_eq!(h(header::X_CONTENT_TYPE_OPTIONS).as_deref(), Some("nosniff"), "{uri}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.len() < 2048 || uri != "/api/v1/pans", "{uri}: {} bytes echoed", body.len());
+    }
+    // The pages need nothing the policy forbids: no inline style or script, no javascript: URL.
+    let page = send(&f, api("GET", "/", None, None)).await.body;
+    assert!(!page.contains("<style") && !page.contains("<script") && !page.contains("javascript:"), "{page}");
+    // A form that does not parse gets the error page, not axum's plain text.
+    let r = send(&f, form("/ui/change", &[("nonsense", "1")], None)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.content_type.starts_with("text/html"), "{}", r.content_type);
+    assert!(r.body.contains("the form is not valid"), "{}", r.body);
+}

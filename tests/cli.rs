@@ -89,7 +89,7 @@ fn check_config_accepts_the_embedded_default() {
     assert!(up(dir.path(), &["--oneshot"]).output().unwrap().status.success());
     let out = Command::new(PANGATE).arg("check-config").arg(dir.path().join("pangate.toml")).output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 PANs, 2 nodes, 3 images)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 PAN, 2 nodes, 3 images)"));
 }
 
 /// A two-PAN config whose second PAN's image is at `other_path`, the first's at
@@ -140,4 +140,88 @@ fn no_config_shares_a_file_across_pans_or_makes_a_host_file_a_lun() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mode = std::fs::metadata(dir.path().join("images/b.img")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "node data is its owner's only");
+}
+
+/// Starts `pangate up` with `args` and waits (bounded) for its banner's `try:` line; returns
+/// the child and the banner so far.
+fn up_until_ready(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(PANGATE)
+        .arg("up")
+        .args(args)
+        .env_remove("PANGATE_ENGINE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    for _ in 0..200 {
+        let Some(Ok(line)) = lines.next() else { break };
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("try:") {
+            break;
+        }
+    }
+    (child, banner)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_banner_hints_work_with_a_config_outside_the_data_dir_and_the_cli_says_what_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (etc, data) = (dir.path().join("etc"), dir.path().join("data"));
+    std::fs::create_dir_all(&etc).unwrap();
+    let config = etc.join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "serial = \"pg-cli\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\n\
+             path = \"images/d.img\"\nsize = \"4MiB\"\n[[pan.node]]\nname = \"n\"\ncredential = \"0123456789abcdef\"\n\
+             luns = [{{ target = 0, lun = 0, image = \"d\", access = \"ro\" }}]\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let (child, banner) = up_until_ready(&[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    let result = std::panic::catch_unwind(|| {
+        assert!(banner.contains("MiB, ro, "), "access printed as in the config: {banner}");
+        assert!(!banner.contains("/./"), "clean paths: {banner}");
+        let hint = banner.lines().find_map(|l| l.trim().strip_prefix("try:")).expect("a try: line").trim();
+        let args: Vec<&str> = hint.split_whitespace().collect();
+        assert_eq!(args[0], "pangate", "{hint}");
+        let out = Command::new(PANGATE).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{hint}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("PANGATE"));
+        // REQUEST SENSE --json keeps its data apart from the sense of its own status.
+        let mut sense = args[1..args.len() - 1].to_vec();
+        sense.extend(["--json", "sense"]);
+        let out = Command::new(PANGATE).args(&sense).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["sense_data"].as_str().unwrap().starts_with("70"), "{v}");
+        assert_eq!(v["sense"], "", "{v}");
+        // A partial block is refused, not silently dropped.
+        let file = dir.path().join("600.bin");
+        std::fs::write(&file, vec![7u8; 600]).unwrap();
+        let mut write = args[1..args.len() - 1].to_vec();
+        let file_arg = file.to_str().unwrap();
+        write.extend(["write", "0", "--in", file_arg]);
+        let out = Command::new(PANGATE).args(&write).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("600 bytes") && err.contains("--pad"), "{err}");
+    });
+    stop(child);
+    result.unwrap();
 }

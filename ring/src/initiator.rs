@@ -23,6 +23,9 @@ use super::proto::{self, Cmd, ControlOp, Message, Region, ReportEntry, Stat};
 use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::spsc::{Consumer, Producer, RingError, RingId};
 
+/// How long a node waits for the gateway's answer to its hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why an initiator operation failed.
 #[derive(Debug, Error)]
 pub enum InitiatorError {
@@ -38,6 +41,9 @@ pub enum InitiatorError {
     /// No reply within the time allowed.
     #[error("timed out waiting for the gateway")]
     Timeout,
+    /// The gateway did not finish the handshake in time.
+    #[error("the gateway did not answer the handshake within {} s", .0.as_secs())]
+    HandshakeTimeout(Duration),
     /// The command cannot be sent (too many segments, no ring room, bad CDB).
     #[error("cannot send: {0}")]
     Invalid(String),
@@ -163,7 +169,8 @@ impl Initiator {
                 other => break other?,
             }
         };
-        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let hello = Hello {
             version: proto::VERSION,
             pan: opts.pan.clone(),
@@ -172,8 +179,13 @@ impl Initiator {
             slots: opts.slots,
             data_bytes: opts.data_bytes,
         };
-        handshake::send(&sock, &hello, &[])?;
-        let (answer, fds): (Answer, _) = handshake::recv(&sock)?;
+        // SO_RCVTIMEO running out shows as EAGAIN ("os error 11"): say what it means.
+        let timed_out = |e: io::Error| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => InitiatorError::HandshakeTimeout(HANDSHAKE_TIMEOUT),
+            _ => InitiatorError::Io(e),
+        };
+        handshake::send(&sock, &hello, &[]).map_err(timed_out)?;
+        let (answer, fds): (Answer, _) = handshake::recv(&sock).map_err(timed_out)?;
         let welcome = match answer {
             Answer::Welcome(w) => w,
             Answer::Refused(r) => return Err(InitiatorError::Refused(r.error)),

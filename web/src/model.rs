@@ -68,6 +68,16 @@ pub enum Access {
     Rw,
 }
 
+impl std::fmt::Display for Access {
+    /// `ro` or `rw`, as the config and the API write it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Ro => "ro",
+            Access::Rw => "rw",
+        })
+    }
+}
+
 impl Access {
     /// Whether writes are refused.
     pub fn is_read_only(self) -> bool {
@@ -181,8 +191,10 @@ pub struct CreatedNode {
 pub struct NewLun {
     /// Name.
     pub name: String,
-    /// Size of a new image: bytes, or with a K/M/G/T suffix (binary).
-    #[serde(default)]
+    /// Size of a new image: a byte count (a number or a string), or with a K/M/G/T suffix
+    /// (binary), as in the config.
+    #[serde(default, deserialize_with = "size_or_bytes_opt")]
+    #[schema(value_type = Option<String>)]
     pub size: Option<String>,
     /// An existing file or block device (absolute), instead of a new image.
     #[serde(default)]
@@ -196,8 +208,34 @@ pub struct NewLun {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resize {
-    /// Bytes, or with a K/M/G/T suffix.
+    /// Bytes (a number or a string), or with a K/M/G/T suffix.
+    #[serde(deserialize_with = "size_or_bytes")]
     pub size: String,
+}
+
+/// A size as the config takes it: a string such as `"1GiB"`, or a plain byte count.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Text(String),
+    Bytes(u64),
+}
+
+impl From<SizeText> for String {
+    fn from(s: SizeText) -> String {
+        match s {
+            SizeText::Text(t) => t,
+            SizeText::Bytes(n) => n.to_string(),
+        }
+    }
+}
+
+fn size_or_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    SizeText::deserialize(d).map(String::from)
+}
+
+fn size_or_bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<SizeText>::deserialize(d).map(|s| s.map(String::from))
 }
 
 /// An IPv4 address of a LAN to hand to another member (as in a failover): the switch
@@ -252,4 +290,23 @@ pub struct NewPort {
     /// Network namespace for a TAP port; a shared-memory ring port when absent.
     #[serde(default)]
     pub netns: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_byte_counts_or_strings_as_in_the_config() {
+        let n: NewLun = serde_json::from_str(r#"{"name": "x", "size": 1048576}"#).unwrap();
+        assert_eq!(n.size.as_deref(), Some("1048576"));
+        let n: NewLun = serde_json::from_str(r#"{"name": "x", "size": "1MiB"}"#).unwrap();
+        assert_eq!(n.size.as_deref(), Some("1MiB"));
+        let n: NewLun = serde_json::from_str(r#"{"name": "x", "path": "/p"}"#).unwrap();
+        assert_eq!(n.size, None);
+        let r: Resize = serde_json::from_str(r#"{"size": 2097152}"#).unwrap();
+        assert_eq!(r.size, "2097152");
+        assert!(serde_json::from_str::<Resize>(r#"{"size": -1}"#).is_err());
+        assert_eq!(Access::Ro.to_string(), "ro");
+    }
 }

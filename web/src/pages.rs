@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -48,7 +49,7 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 title { (title) " · pangate" }
-                style { (STYLE) }
+                link rel="stylesheet" href="/style.css";
             }
             body {
                 header {
@@ -431,7 +432,7 @@ fn parse_ports(text: &str) -> Result<Vec<NewPort>, Problem> {
 
 fn error_page(viewer: &Viewer, p: Problem) -> Response {
     let status = p.status_code();
-    let body = html! { p.error { (p.detail) } p { a href="javascript:history.back()" { "back" } } };
+    let body = html! { p.error { (p.detail) } p { a href="/" { "back to the overview" } } };
     (status, layout(&format!("{} {}", p.status, p.title), viewer, body)).into_response()
 }
 
@@ -443,7 +444,22 @@ fn safe_back(back: Option<&str>) -> String {
     }
 }
 
-async fn post_change(State(s): State<WebState>, viewer: Viewer, Form(form): Form<ChangeForm>) -> Response {
+/// A form body, or the problem for the error page when it does not parse (rather than
+/// axum's plain-text rejection).
+fn parsed<T>(form: Result<Form<T>, FormRejection>) -> Result<T, Problem> {
+    form.map(|Form(f)| f)
+        .map_err(|r| Problem::new(r.status(), "invalid-form", format!("the form is not valid: {}", r.body_text())))
+}
+
+async fn post_change(
+    State(s): State<WebState>,
+    viewer: Viewer,
+    form: Result<Form<ChangeForm>, FormRejection>,
+) -> Response {
+    let form = match parsed(form) {
+        Ok(f) => f,
+        Err(p) => return error_page(&viewer, p),
+    };
     let Viewer::Session { csrf, .. } = &viewer else {
         return error_page(&viewer, Problem::unauthorized("log in to change anything"));
     };
@@ -499,8 +515,12 @@ async fn login(
     State(s): State<WebState>,
     ClientIp(ip): ClientIp,
     jar: CookieJar,
-    Form(form): Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let form = match parsed(form) {
+        Ok(f) => f,
+        Err(p) => return error_page(&Viewer::Anonymous, p),
+    };
     let delay = s.auth.login_delay(ip);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -519,13 +539,28 @@ struct LogoutForm {
     csrf: String,
 }
 
-async fn logout(State(s): State<WebState>, viewer: Viewer, jar: CookieJar, Form(form): Form<LogoutForm>) -> Response {
+async fn logout(
+    State(s): State<WebState>,
+    viewer: Viewer,
+    jar: CookieJar,
+    form: Result<Form<LogoutForm>, FormRejection>,
+) -> Response {
+    let form = match parsed(form) {
+        Ok(f) => f,
+        Err(p) => return error_page(&viewer, p),
+    };
     if let Viewer::Session { id, csrf } = &viewer {
         if crate::auth::same_secret(&form.csrf, csrf) {
             s.auth.logout(id);
         }
     }
     (jar.remove(Cookie::build(SESSION_COOKIE).path("/")), Redirect::to("/")).into_response()
+}
+
+/// The pages' style sheet, served rather than inlined so the Content-Security-Policy
+/// needs no 'unsafe-inline'.
+async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")], STYLE)
 }
 
 async fn favicon() -> impl IntoResponse {
@@ -542,4 +577,5 @@ pub fn routes() -> Router<WebState> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/favicon.ico", get(favicon))
+        .route("/style.css", get(style))
 }

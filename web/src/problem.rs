@@ -7,6 +7,10 @@ use utoipa::ToSchema;
 
 use crate::admin::AdminError;
 
+/// The most bytes of detail a problem carries: enough for any message pangate writes, and
+/// a bound on how much of a caller's input is echoed back.
+pub const MAX_DETAIL: usize = 512;
+
 /// The media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -25,13 +29,23 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem of status `status`, named by `slug`.
+    /// A problem of status `status`, named by `slug`. A detail longer than
+    /// [`MAX_DETAIL`] (it may quote the caller's input) is cut there.
     pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Problem {
+        let mut detail = detail.into();
+        if detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push_str("… (cut)");
+        }
         Problem {
             kind: format!("https://pangate.invalid/problems/{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
-            detail: detail.into(),
+            detail,
         }
     }
 
