@@ -86,6 +86,10 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     if cfg.storage.workers > 0 {
         opts.workers = cfg.storage.workers;
     }
+    opts.limits = gateway::ring::server::quota::Limits {
+        queue_pairs: cfg.storage.max_queue_pairs_per_node,
+        bytes: cfg.storage.max_memory_per_node.0,
+    };
     let metrics = opts.metrics.clone();
     let image_names: Vec<(String, String)> = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
     // Who may connect and what each node maps: read by the ring server, TCMU, netvirt and

@@ -2,7 +2,7 @@
 //! io_uring engine, and initiators over shared memory.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gateway::config::Config;
 use gateway::ring::initiator::{ConnectOptions, Data, Initiator, InitiatorError};
@@ -750,4 +750,100 @@ fn submitters_waiting_for_data_area_pages_are_woken_when_pages_come_back() {
     });
     assert!(t.elapsed() < Duration::from_secs(10), "32 writes took {:?}", t.elapsed());
     link.close();
+}
+
+/// Reads what the gateway sends on a raw handshake socket until it closes (bounded).
+fn drain_refusal(sock: &mut std::os::unix::net::UnixStream) -> String {
+    use std::io::Read;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn silent_and_trickling_handshakes_delay_nobody_and_are_cut_off_at_their_deadline() {
+    let f = start_with(|o| o.handshake_timeout = Duration::from_millis(1500));
+    let silent: Vec<_> = (0..6).map(|_| std::os::unix::net::UnixStream::connect(&f.socket).unwrap()).collect();
+    // One byte of a hello every 400 ms: each read is quick, the whole never ends.
+    let trickler = std::os::unix::net::UnixStream::connect(&f.socket).unwrap();
+    let dribble = {
+        let mut t = trickler.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for _ in 0..20 {
+                if t.write_all(&[0]).is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            false
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let i = connect(&f, "alpha", "n1", CRED_A);
+    assert!(started.elapsed() < Duration::from_millis(500), "a new node waited {:?}", started.elapsed());
+    drop(i);
+    // Every one of them is cut off by its deadline, the trickler included.
+    for mut s in silent {
+        let t = Instant::now();
+        drain_refusal(&mut s);
+        assert!(t.elapsed() < Duration::from_secs(3), "a silent handshake lived {:?}", t.elapsed());
+    }
+    assert!(dribble.join().unwrap(), "the trickling handshake was cut off");
+    let text = f.server.as_ref().unwrap().metrics().render();
+    assert!(text.contains(r#"pangate_ring_handshakes_refused_total{reason="timeout"}"#), "{text}");
+}
+
+#[test]
+fn handshakes_in_progress_are_capped_per_peer_uid() {
+    let f = start_with(|o| {
+        o.handshake_timeout = Duration::from_secs(3);
+        o.max_handshakes_per_uid = 3;
+    });
+    let _silent: Vec<_> = (0..3).map(|_| std::os::unix::net::UnixStream::connect(&f.socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = std::os::unix::net::UnixStream::connect(&f.socket).unwrap();
+    let t = Instant::now();
+    let said = drain_refusal(&mut fourth);
+    assert!(said.contains("too many handshakes in progress"), "{said}");
+    assert!(t.elapsed() < Duration::from_secs(1), "refused at once, not at the deadline");
+}
+
+#[test]
+fn queue_pairs_and_memory_per_node_are_limited_with_a_reason_and_a_metric() {
+    let f = start_with(|o| {
+        o.limits = gateway::ring::server::quota::Limits { queue_pairs: 2, bytes: 80 << 20 };
+    });
+    let a = connect(&f, "alpha", "n1", CRED_A);
+    let b = connect(&f, "alpha", "n1", CRED_A);
+    match Initiator::connect(&f.socket, &opts("alpha", "n1", CRED_A)) {
+        Err(InitiatorError::Refused(why)) => assert!(why.contains("2 queue pairs open"), "{why}"),
+        other => panic!("a third queue pair: {other:?}"),
+    }
+    // Another node has limits of its own.
+    let other = connect(&f, "beta", "n1", CRED_B);
+    drop(b);
+    // Once the worker has closed it, the node may open another, within its memory.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut big = opts("alpha", "n1", CRED_A);
+    big.data_bytes = 64 << 20;
+    let why = loop {
+        match Initiator::connect(&f.socket, &big) {
+            Err(InitiatorError::Refused(why)) if why.contains("queue pairs open") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(InitiatorError::Refused(why)) => break why,
+            other => panic!("a 128 MiB queue pair over an 80 MiB limit: {other:?}"),
+        }
+    };
+    assert!(why.contains("over its limit of 83886080"), "{why}");
+    let c = connect(&f, "alpha", "n1", CRED_A);
+    let text = f.server.as_ref().unwrap().metrics().render();
+    for reason in ["queue_pair_limit", "memory_limit"] {
+        let line = format!(r#"pangate_ring_handshakes_refused_total{{reason="{reason}"}}"#);
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    drop((a, c, other));
 }

@@ -171,6 +171,20 @@ pub struct StorageConfig {
     /// Block devices that may be images; no other device may.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_devices: Vec<PathBuf>,
+    /// Queue pairs one node may have open at once; more are refused at the handshake.
+    #[serde(default = "default_queue_pairs")]
+    pub max_queue_pairs_per_node: u32,
+    /// Shared memory (rings, data and staging areas) one node's queue pairs may hold.
+    #[serde(default = "default_node_memory")]
+    pub max_memory_per_node: Size,
+}
+
+fn default_queue_pairs() -> u32 {
+    crate::ring::server::quota::Limits::default().queue_pairs
+}
+
+fn default_node_memory() -> Size {
+    Size(crate::ring::server::quota::Limits::default().bytes)
 }
 
 impl Default for StorageConfig {
@@ -181,6 +195,8 @@ impl Default for StorageConfig {
             workers: 0,
             image_roots: Vec::new(),
             block_devices: Vec::new(),
+            max_queue_pairs_per_node: default_queue_pairs(),
+            max_memory_per_node: default_node_memory(),
         }
     }
 }
@@ -367,6 +383,20 @@ impl Config {
                 "storage.workers",
                 format!("{} worker threads is more than 256", self.storage.workers),
                 "set it to the number of cores to use, or 0 for one per core",
+            ));
+        }
+        if self.storage.max_queue_pairs_per_node == 0 {
+            return Err(err(
+                "storage.max_queue_pairs_per_node",
+                "0 would refuse every node",
+                "allow at least 1 (the default is 16)",
+            ));
+        }
+        if self.storage.max_memory_per_node.0 < 4 << 20 {
+            return Err(err(
+                "storage.max_memory_per_node",
+                format!("{} bytes cannot hold one queue pair", self.storage.max_memory_per_node.0),
+                "allow at least \"4MiB\" (the default is \"2GiB\")",
             ));
         }
         let mut pans = HashSet::new();

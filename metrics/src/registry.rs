@@ -68,6 +68,7 @@ pub struct Metrics {
     luns: Mutex<BTreeMap<LunKey, Arc<LunStats>>>,
     rings: Mutex<BTreeMap<(String, String), Arc<RingStats>>>,
     lans: OnceLock<LanSampler>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
     opcode_name: fn(u8) -> Option<&'static str>,
     version: &'static str,
 }
@@ -81,7 +82,14 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// An empty set; `opcode_name` labels commands, `version` goes into the build info.
     pub fn new(opcode_name: fn(u8) -> Option<&'static str>, version: &'static str) -> Metrics {
-        Metrics { luns: Mutex::default(), rings: Mutex::default(), lans: OnceLock::new(), opcode_name, version }
+        Metrics {
+            luns: Mutex::default(),
+            rings: Mutex::default(),
+            lans: OnceLock::new(),
+            refused: Mutex::default(),
+            opcode_name,
+            version,
+        }
     }
 
     /// The counters of a LUN as a node sees it, created on first use.
@@ -98,6 +106,17 @@ impl Metrics {
     pub fn ring(&self, pan: &str, node: &str) -> Arc<RingStats> {
         let key = (pan.to_string(), node.to_string());
         self.rings.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+    }
+
+    /// Counts a refused handshake, by a fixed `reason` label (never by the node it named,
+    /// which could be anything).
+    pub fn handshake_refused(&self, reason: &'static str) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Refused handshakes by reason.
+    pub fn handshakes_refused(&self) -> Vec<(&'static str, u64)> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(&r, &n)| (r, n)).collect()
     }
 
     /// Sets where LAN counters come from (once; later calls are ignored).

@@ -177,6 +177,15 @@ impl Metrics {
             }
         }
 
+        let mut refused = Family::new(
+            "pangate_ring_handshakes_refused_total",
+            "Handshakes refused, by reason (limits, credentials, timeouts)",
+            COUNTER,
+        );
+        for (reason, n) in self.handshakes_refused() {
+            refused.value(&[("reason", reason)], n as f64);
+        }
+
         let mut lan = TrafficFamilies::new("lan", "LAN");
         let mut port = TrafficFamilies::new("port", "port (or uplink)");
         let mut arp = Family::new("pangate_lan_arp_entries", "IP-to-port bindings of the LAN's ARP server", GAUGE);
@@ -205,6 +214,7 @@ impl Metrics {
             rung,
             avoided,
             errors,
+            refused,
             arp,
         ]
         .into_iter()

@@ -156,6 +156,8 @@ pub(super) struct Conn {
     /// The data area registered as a fixed buffer of the worker's ring, so the direct path
     /// skips pinning pages for every I/O; given back when the queue pair closes.
     pub(super) data_fixed: Option<(Arc<UringHost>, u16)>,
+    /// The queue pair's share of its node's limits, given back when it is dropped.
+    _lease: super::quota::Lease,
 }
 
 impl Conn {
@@ -186,6 +188,7 @@ impl Conn {
             h.register_buffer(|_| area).map(|index| (h.clone(), index))
         });
         Conn {
+            _lease: a.lease,
             data_fixed,
             id,
             sock: a.sock,

@@ -12,14 +12,15 @@
 //! protocol loses its own connection, with a logged reason; its in-flight backend I/O
 //! completes and is discarded.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::Metrics;
 use thiserror::Error;
@@ -35,6 +36,7 @@ pub mod admission;
 mod conn;
 mod mesh;
 mod owned;
+pub mod quota;
 mod worker;
 
 use self::mesh::Mesh;
@@ -53,8 +55,14 @@ pub struct ServerOptions {
     pub workers: usize,
     /// Largest data area a node may ask for.
     pub max_data_bytes: u64,
-    /// Time a node has to complete the handshake.
+    /// Time a node has to complete the handshake, from connecting to its last hello byte.
     pub handshake_timeout: Duration,
+    /// Handshakes in progress at once from one peer uid; more are refused at once.
+    pub max_handshakes_per_uid: usize,
+    /// Handshakes in progress at once in all.
+    pub max_handshakes: usize,
+    /// What one node may hold: queue pairs and their shared memory.
+    pub limits: quota::Limits,
     /// Where the worker counts commands, bytes, latencies and ring events.
     pub metrics: Arc<Metrics>,
     /// Whether each worker drives its images' I/O and its sleep through one io_uring of
@@ -72,6 +80,9 @@ impl ServerOptions {
             workers: default_workers(),
             max_data_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes_per_uid: 16,
+            max_handshakes: 128,
+            limits: quota::Limits::default(),
             metrics: Arc::new(Metrics::new(scsi::opcodes::name, env!("CARGO_PKG_VERSION"))),
             worker_ring: true,
         }
@@ -92,6 +103,7 @@ pub struct Server {
     workers: Vec<JoinHandle<Vec<(usize, OpenImage)>>>,
     socket: PathBuf,
     control: LunControl,
+    metrics: Arc<Metrics>,
 }
 
 /// Image sizes as (block size, blocks), shared by the workers (which change them), the
@@ -199,6 +211,8 @@ struct Accepted {
     to_gateway: Doorbell,
     to_node: Doorbell,
     slots: u32,
+    /// The queue pair's share of its node's limits, held for as long as it is open.
+    lease: quota::Lease,
 }
 
 impl Server {
@@ -277,7 +291,13 @@ impl Server {
         registry.watch(move |pan, node, entry| {
             watcher.node_changed(pan, node, entry).map_err(|e| NotApplied(e.to_string()))
         });
-        Ok(Server { stop, mesh, listener: Some(listener_thread), workers, socket: opts.socket, control })
+        let metrics = opts.metrics.clone();
+        Ok(Server { stop, mesh, listener: Some(listener_thread), workers, socket: opts.socket, control, metrics })
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Worker threads serving the rings.
@@ -344,6 +364,9 @@ impl Drop for Server {
     }
 }
 
+/// Accepts nodes. Each handshake runs on a thread of its own, so a slow or silent peer
+/// delays nobody else; the listener bounds how many run (per peer uid and in all) and cuts
+/// off any still reading its hello after `opts.handshake_timeout`, however it dribbles.
 fn listen(
     listener: UnixListener,
     registry: Registry,
@@ -354,26 +377,112 @@ fn listen(
     workers: Vec<Sender<Accepted>>,
 ) {
     let _ = listener.set_nonblocking(true);
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let quotas = quota::Quotas::new(opts.limits);
+    let mut next_id = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        pending.lock().unwrap_or_else(|p| p.into_inner()).cut_off_late(Instant::now());
         let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
         let ts = super::shm::poll_timeout(Duration::from_millis(100));
         if !matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
             continue;
         }
         let Ok((sock, _)) = listener.accept() else { continue };
-        let now = caps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match handshake_with(&sock, &registry, &now, &opts) {
-            Ok(acc) => {
-                let w = mesh.place(acc.entry.luns.first().map(|l| l.2));
-                tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, worker = w, "queue pair connected");
-                if workers[w].send(acc).is_err() {
-                    return;
+        let started = Instant::now();
+        let uid = handshake::peer_uid(&sock).unwrap_or(u32::MAX);
+        let id = next_id;
+        next_id += 1;
+        let admitted = sock.try_clone().map_err(Refused::Socket).and_then(|watch| {
+            let deadline = started + opts.handshake_timeout;
+            pending.lock().unwrap_or_else(|p| p.into_inner()).admit(id, uid, deadline, watch, &opts)
+        });
+        if let Err(why) = admitted {
+            refuse(&sock, &why, &opts.metrics);
+            continue;
+        }
+        let (registry, caps, opts, mesh, workers, inflight, quotas) = (
+            registry.clone(),
+            caps.clone(),
+            opts.clone(),
+            mesh.clone(),
+            workers.clone(),
+            pending.clone(),
+            quotas.clone(),
+        );
+        let spawned = std::thread::Builder::new().name("pangate-handshake".into()).spawn(move || {
+            let hello = read_hello(&sock, opts.handshake_timeout, started);
+            // The hello is in (or failed): from here on nothing waits on the peer.
+            inflight.lock().unwrap_or_else(|p| p.into_inner()).done(id);
+            let caps = caps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match hello.and_then(|h| accept_hello(&sock, h, &registry, &caps, &opts, &quotas)) {
+                Ok(acc) => {
+                    let w = mesh.place(acc.entry.luns.first().map(|l| l.2));
+                    tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, worker = w, "queue pair connected");
+                    if workers[w].send(acc).is_ok() {
+                        let _ = mesh.wake(w).ring();
+                    }
                 }
-                let _ = mesh.wake(w).ring();
+                Err(why) => refuse(&sock, &why, &opts.metrics),
             }
-            Err(why) => {
-                tracing::warn!(reason = %why, "refused a node");
-                let _ = handshake::send(&sock, &Answer::Refused(Refusal { error: why.to_string() }), &[]);
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a handshake thread");
+            pending.lock().unwrap_or_else(|p| p.into_inner()).done(id);
+        }
+    }
+}
+
+/// Tells a node why it was refused (best effort: it may be gone), logs and counts it.
+fn refuse(sock: &UnixStream, why: &Refused, metrics: &Metrics) {
+    tracing::warn!(reason = %why, "refused a node");
+    metrics.handshake_refused(why.label());
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = handshake::send(sock, &Answer::Refused(Refusal { error: why.to_string() }), &[]);
+}
+
+/// Handshakes still reading their hello: how many per peer uid, and a handle on each
+/// socket to cut it off at its deadline.
+#[derive(Debug, Default)]
+struct Pending {
+    by_id: HashMap<u64, (u32, Instant, UnixStream)>,
+    per_uid: HashMap<u32, usize>,
+}
+
+impl Pending {
+    fn admit(
+        &mut self,
+        id: u64,
+        uid: u32,
+        deadline: Instant,
+        watch: UnixStream,
+        opts: &ServerOptions,
+    ) -> Result<(), Refused> {
+        let of_uid = self.per_uid.get(&uid).copied().unwrap_or(0);
+        if of_uid >= opts.max_handshakes_per_uid || self.by_id.len() >= opts.max_handshakes {
+            return Err(Refused::TooManyHandshakes { uid, pending: of_uid });
+        }
+        *self.per_uid.entry(uid).or_default() += 1;
+        self.by_id.insert(id, (uid, deadline, watch));
+        Ok(())
+    }
+
+    fn done(&mut self, id: u64) {
+        if let Some((uid, _, _)) = self.by_id.remove(&id) {
+            if let Some(n) = self.per_uid.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_uid.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// Shuts the reading side of handshakes past their deadline: their threads' reads end
+    /// at once, however the peer trickles bytes, and they can still say why.
+    fn cut_off_late(&mut self, now: Instant) {
+        for (_, deadline, sock) in self.by_id.values() {
+            if *deadline <= now {
+                let _ = sock.shutdown(std::net::Shutdown::Read);
             }
         }
     }
@@ -420,17 +529,69 @@ pub enum Refused {
     /// The queue pair's shared memory could not be made.
     #[error("creating the queue pair's memory failed: {0}")]
     Memory(#[from] ShmError),
+    /// The hello did not arrive in time.
+    #[error("no complete hello within {} ms", .limit.as_millis())]
+    Timeout {
+        /// The time allowed.
+        limit: Duration,
+    },
+    /// Too many handshakes in progress from this uid (or in all).
+    #[error("too many handshakes in progress ({pending} from uid {uid}); try again")]
+    TooManyHandshakes {
+        /// The peer's uid.
+        uid: u32,
+        /// Its handshakes in progress.
+        pending: usize,
+    },
+    /// The node is at one of its limits.
+    #[error(transparent)]
+    OverLimit(#[from] quota::OverLimit),
 }
 
-fn handshake_with(
+impl Refused {
+    /// The `reason` label of `pangate_ring_handshakes_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Timeout { .. } => "timeout",
+            Refused::Socket(e) if e.kind() == io::ErrorKind::InvalidData => "bad_hello",
+            Refused::Socket(_) => "socket",
+            Refused::Version { .. } => "version",
+            Refused::UnknownNode { .. } => "unknown_node",
+            Refused::WrongCredential { .. } => "wrong_credential",
+            Refused::WrongUid { .. } => "wrong_uid",
+            Refused::Memory(_) => "memory",
+            Refused::TooManyHandshakes { .. } => "too_many_handshakes",
+            Refused::OverLimit(e) => e.label(),
+        }
+    }
+}
+
+/// Reads a node's hello (at most [`handshake::MAX_MESSAGE`] bytes; any fds sent with it
+/// are closed). Each read waits at most `timeout`, and the listener cuts off the whole
+/// `timeout` after `started`.
+fn read_hello(sock: &UnixStream, timeout: Duration, started: Instant) -> Result<Hello, Refused> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    match handshake::recv::<Hello>(sock) {
+        Ok((hello, _)) => Ok(hello),
+        Err(_) if started.elapsed() >= timeout => Err(Refused::Timeout { limit: timeout }),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(Refused::Timeout { limit: timeout })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Authenticates a hello, takes the node's lease and makes the queue pair.
+fn accept_hello(
     sock: &UnixStream,
+    hello: Hello,
     registry: &Registry,
     caps: &[(u32, u64)],
     opts: &ServerOptions,
+    quotas: &quota::Quotas,
 ) -> Result<Accepted, Refused> {
-    sock.set_nonblocking(false)?;
-    sock.set_read_timeout(Some(opts.handshake_timeout))?;
-    let (hello, _): (Hello, _) = handshake::recv(sock)?;
     if hello.version != proto::VERSION {
         return Err(Refused::Version { got: hello.version });
     }
@@ -447,6 +608,8 @@ fn handshake_with(
     }
     let slots = hello.slots.clamp(spsc::MIN_SLOTS, spsc::MAX_SLOTS).next_power_of_two();
     let data_bytes = hello.data_bytes.clamp(1 << 20, opts.max_data_bytes).next_multiple_of(super::alloc::PAGE);
+    let bytes = spsc::region_size(slots) as u64 + 2 * data_bytes;
+    let lease = quotas.lease(&entry.pan, &entry.node, bytes)?;
     let mk = |name: &str, len: usize| SharedMemory::create(name, len).map(Arc::new);
     let ring = mk("pangate-ring", spsc::region_size(slots))?;
     let data = mk("pangate-data", data_bytes as usize)?;
@@ -468,7 +631,7 @@ fn handshake_with(
         &[ring.fd(), data.fd(), staging.fd(), to_gateway.fd(), to_node.fd()],
     )?;
     sock.set_nonblocking(true)?;
-    Ok(Accepted { entry, sock: sock.try_clone()?, ring, data, staging, to_gateway, to_node, slots })
+    Ok(Accepted { entry, sock: sock.try_clone()?, ring, data, staging, to_gateway, to_node, slots, lease })
 }
 
 /// Ends the process when a worker panics. The other workers would otherwise wait for
