@@ -82,6 +82,9 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
         return Ok(());
     }
     let mut opts = ServerOptions::new(&socket);
+    opts.metrics = Arc::new(
+        metrics::Metrics::new(scsi::opcodes::name, env!("CARGO_PKG_VERSION")).with_per_node(cfg.web.per_node_metrics),
+    );
     opts.spin = Duration::from_micros(cfg.storage.spin_us);
     if cfg.storage.workers > 0 {
         opts.workers = cfg.storage.workers;

@@ -847,3 +847,23 @@ fn queue_pairs_and_memory_per_node_are_limited_with_a_reason_and_a_metric() {
     }
     drop((a, c, other));
 }
+
+#[test]
+fn every_lun_has_one_set_of_series_from_the_start_whichever_nodes_use_it() {
+    let f = start();
+    let metrics = f.server.as_ref().unwrap().metrics();
+    let text = metrics.render();
+    for (pan, lun) in [("alpha", "a0"), ("alpha", "shared"), ("beta", "b0")] {
+        let idle = format!(r#"pangate_lun_reads_total{{pan="{pan}",lun="{lun}"}} 0"#);
+        assert!(text.contains(&idle), "{idle} before any node connects, in\n{text}");
+    }
+    // Two nodes of alpha read "shared": one set of series counts both.
+    for (node, cred) in [("n1", CRED_A), ("n2", CRED_C)] {
+        let mut i = connect(&f, "alpha", node, cred);
+        i.execute(0, 1, &[0; 6], Data::None).unwrap();
+        assert!(i.read(0, 1, 0, 4096).unwrap().0.good());
+    }
+    let text = metrics.render();
+    assert!(text.contains(r#"pangate_lun_reads_total{pan="alpha",lun="shared"} 2"#), "{text}");
+    assert!(!text.contains("node_lun="), "no per-node series by default");
+}

@@ -139,7 +139,8 @@ fn prometheus_scrapes_counters_that_match_the_io_exactly() {
     }
     assert!(i.flush(0, 0).unwrap().good());
 
-    let sel = r#"{job="pangate",pan="obs",node="n1",target="0",lun="0"}"#;
+    // One set of series per LUN, by name, whichever nodes map it.
+    let sel = r#"{job="pangate",pan="obs",lun="vol"}"#;
     let deadline = Instant::now() + Duration::from_secs(60);
     while query(&prom, &format!("pangate_lun_writes_total{sel}")) != Some(37.0) {
         assert!(Instant::now() < deadline, "Prometheus did not scrape the writes within 60 s");

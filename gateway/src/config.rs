@@ -261,11 +261,21 @@ pub struct WebConfig {
     /// The admin token; when absent, one is generated into DATA_DIR/admin-token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Break each LUN's metrics down by node and map entry (labels node, target,
+    /// node_lun). Off: one set of series per LUN, however many nodes map it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_node_metrics: bool,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { enabled: true, listen: default_web_listen(), metrics_listen: None, token: None }
+        WebConfig {
+            enabled: true,
+            listen: default_web_listen(),
+            metrics_listen: None,
+            token: None,
+            per_node_metrics: false,
+        }
     }
 }
 

@@ -5,17 +5,39 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::{LunSnapshot, LunStats, RingSnapshot, RingStats};
 
-/// Labels of a LUN as one node sees it.
+/// What a set of LUN counters belongs to: a LUN (an image of a PAN), and with per-node
+/// metrics on, one node's map entry of it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LunKey {
     /// PAN.
     pub pan: String,
+    /// The LUN's name (the image's).
+    pub lun: String,
+    /// The node and the address it maps the LUN at, for a per-node breakdown.
+    pub node: Option<NodeLun>,
+}
+
+/// A node's map entry of a LUN.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeLun {
     /// Node.
     pub node: String,
     /// Virtual target.
     pub target: u16,
-    /// Virtual LUN.
+    /// Virtual LUN number.
     pub lun: u16,
+}
+
+impl LunKey {
+    /// The counters of LUN `lun` of `pan`, summed over every node.
+    pub fn of_lun(pan: &str, lun: &str) -> LunKey {
+        LunKey { pan: pan.to_string(), lun: lun.to_string(), node: None }
+    }
+
+    /// The counters of one node's map entry (`target`, `number`) of LUN `lun`.
+    pub fn of_node(pan: &str, lun: &str, node: &str, target: u16, number: u16) -> LunKey {
+        LunKey { node: Some(NodeLun { node: node.to_string(), target, lun: number }), ..LunKey::of_lun(pan, lun) }
+    }
 }
 
 /// Frames and bytes each way and drops by reason, as netvirt counts them ("in" is toward
@@ -69,6 +91,7 @@ pub struct Metrics {
     rings: Mutex<BTreeMap<(String, String), Arc<RingStats>>>,
     lans: OnceLock<LanSampler>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    per_node: bool,
     opcode_name: fn(u8) -> Option<&'static str>,
     version: &'static str,
 }
@@ -87,12 +110,35 @@ impl Metrics {
             rings: Mutex::default(),
             lans: OnceLock::new(),
             refused: Mutex::default(),
+            per_node: false,
             opcode_name,
             version,
         }
     }
 
-    /// The counters of a LUN as a node sees it, created on first use.
+    /// Breaks LUN counters down by node (one set per node and map entry) instead of one
+    /// set per LUN. Off by default: series then grow with LUNs, not with node×LUN pairs.
+    pub fn with_per_node(mut self, per_node: bool) -> Metrics {
+        self.per_node = per_node;
+        self
+    }
+
+    /// Whether LUN counters are kept per node.
+    pub fn per_node(&self) -> bool {
+        self.per_node
+    }
+
+    /// The counters a node's map entry (`target`, `number`) of LUN `lun` counts into: the
+    /// LUN's own, or with per-node metrics the entry's. Created on first use.
+    pub fn lun_for(&self, pan: &str, lun: &str, node: &str, target: u16, number: u16) -> Arc<LunStats> {
+        if self.per_node {
+            self.lun(LunKey::of_node(pan, lun, node, target, number))
+        } else {
+            self.lun(LunKey::of_lun(pan, lun))
+        }
+    }
+
+    /// The counters of a LUN (or a node's entry of it), created on first use.
     pub fn lun(&self, key: LunKey) -> Arc<LunStats> {
         self.luns.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
     }

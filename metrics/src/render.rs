@@ -133,8 +133,13 @@ impl Metrics {
             HISTOGRAM,
         );
         for (k, s) in self.luns() {
-            let (target, lun) = (k.target.to_string(), k.lun.to_string());
-            let base = [("pan", k.pan.as_str()), ("node", k.node.as_str()), ("target", &*target), ("lun", &*lun)];
+            // {pan, lun}; with per-node metrics also {node, target, node_lun}.
+            let (target, number) =
+                k.node.as_ref().map_or((String::new(), String::new()), |n| (n.target.to_string(), n.lun.to_string()));
+            let mut base = vec![("pan", k.pan.as_str()), ("lun", k.lun.as_str())];
+            if let Some(n) = &k.node {
+                base.extend([("node", n.node.as_str()), ("target", &*target), ("node_lun", &*number)]);
+            }
             for &(op, n) in &s.opcodes {
                 let name = self.opcode_label(op);
                 let mut l = base.to_vec();
@@ -253,8 +258,11 @@ mod tests {
     #[test]
     fn renders_every_family_with_its_labels() {
         let m = Metrics::new(names, "1.2.3");
-        let key = LunKey { pan: "p".into(), node: "n".into(), target: 0, lun: 3 };
-        let lun = m.lun(key.clone());
+        // Two nodes' entries of one LUN count into the LUN's one set of series.
+        let lun = m.lun_for("p", "vol", "n", 0, 3);
+        assert!(std::sync::Arc::ptr_eq(&lun, &m.lun_for("p", "vol", "other", 1, 7)));
+        let idle = m.lun(LunKey::of_lun("p", "idle"));
+        drop(idle);
         lun.started(0);
         lun.finished(0x28, 0, Transfer::Read(8192), 0, 30_000);
         lun.answered(0x2a, 2, Transfer::None);
@@ -274,12 +282,13 @@ mod tests {
         let text = m.render();
         for want in [
             r#"pangate_build_info{version="1.2.3"} 1"#,
-            r#"pangate_lun_commands_total{pan="p",node="n",target="0",lun="3",opcode="READ_10"} 1"#,
-            r#"pangate_lun_commands_total{pan="p",node="n",target="0",lun="3",opcode="0x2a"} 1"#,
-            r#"pangate_lun_completions_total{pan="p",node="n",target="0",lun="3",status="check_condition"} 1"#,
-            r#"pangate_lun_read_bytes_total{pan="p",node="n",target="0",lun="3"} 8192"#,
-            r#"pangate_lun_command_duration_seconds_bucket{pan="p",node="n",target="0",lun="3",le="0.00005"} 1"#,
-            r#"pangate_lun_command_duration_seconds_count{pan="p",node="n",target="0",lun="3"} 1"#,
+            r#"pangate_lun_commands_total{pan="p",lun="vol",opcode="READ_10"} 1"#,
+            r#"pangate_lun_commands_total{pan="p",lun="vol",opcode="0x2a"} 1"#,
+            r#"pangate_lun_completions_total{pan="p",lun="vol",status="check_condition"} 1"#,
+            r#"pangate_lun_read_bytes_total{pan="p",lun="vol"} 8192"#,
+            r#"pangate_lun_command_duration_seconds_bucket{pan="p",lun="vol",le="0.00005"} 1"#,
+            r#"pangate_lun_command_duration_seconds_count{pan="p",lun="vol"} 1"#,
+            r#"pangate_lun_read_bytes_total{pan="p",lun="idle"} 0"#,
             r#"pangate_ring_connections{pan="p",node="n"} 1"#,
             r#"pangate_ring_protocol_errors_total{pan="p",node="n",reason="bad_region"} 1"#,
             r#"pangate_lan_frames_total{pan="p",lan="l",direction="in"} 5"#,
@@ -292,6 +301,21 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         // The 25 µs bucket must not yet hold the 30 µs command.
-        assert!(text.contains(r#"lun="3",le="0.000025"} 0"#), "{text}");
+        assert!(text.contains(r#"lun="vol",le="0.000025"} 0"#), "{text}");
+        assert!(!text.contains("node_lun"), "no per-node series unless asked for");
+    }
+
+    #[test]
+    fn per_node_metrics_break_a_lun_down_by_map_entry() {
+        let m = Metrics::new(names, "1").with_per_node(true);
+        m.lun_for("p", "vol", "n", 0, 3).answered(0x28, 0, Transfer::None);
+        m.lun_for("p", "vol", "o", 1, 7).answered(0x28, 0, Transfer::None);
+        let text = m.render();
+        for want in [
+            r#"pangate_lun_commands_total{pan="p",lun="vol",node="n",target="0",node_lun="3",opcode="READ_10"} 1"#,
+            r#"pangate_lun_commands_total{pan="p",lun="vol",node="o",target="1",node_lun="7",opcode="READ_10"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 }

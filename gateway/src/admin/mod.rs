@@ -277,6 +277,7 @@ impl GatewayAdmin {
                     st.images[i] = None;
                     self.control.retire(i).map_err(control_error)?;
                 }
+                self.metrics.remove_lun(&LunKey::of_lun(pan, image));
             }
             Effect::SetNode { pan, node } => {
                 let n = st.cfg.pans.iter().filter(|p| &p.name == pan).flat_map(|p| &p.nodes).find(|n| &n.name == node);
@@ -285,8 +286,8 @@ impl GatewayAdmin {
                 self.registry.set(entry).map_err(not_applied)?;
             }
             Effect::RemoveNode { pan, node } => self.registry.remove(pan, node).map_err(not_applied)?,
-            Effect::ForgetLun { pan, node, target, lun } => {
-                self.metrics.remove_lun(&LunKey { pan: pan.clone(), node: node.clone(), target: *target, lun: *lun })
+            Effect::ForgetLun { pan, image, node, target, lun } => {
+                self.metrics.remove_lun(&LunKey::of_node(pan, image, node, *target, *lun))
             }
             other => unreachable!("{other:?} is not a commit effect"),
         }
@@ -372,13 +373,16 @@ fn not_applied(e: NotApplied) -> AdminError {
 impl web::Admin for GatewayAdmin {
     fn overview(&self) -> Overview {
         let st = self.lock();
-        let luns: HashMap<LunKey, LunSnapshot> = self.metrics.luns().into_iter().collect();
+        // Per LUN, summed over its per-node sets when metrics are kept per node.
+        let mut luns: HashMap<(String, String), LunCounters> = HashMap::new();
+        for (k, s) in self.metrics.luns() {
+            add(luns.entry((k.pan, k.lun)).or_default(), &s);
+        }
         let rings: HashMap<(String, String), metrics::RingSnapshot> = self.metrics.rings().into_iter().collect();
         let net = self.net.show();
         let mut out = Overview { serial: st.cfg.serial.clone(), pans: Vec::new(), netvirt: net.is_some() };
         for pan in &st.cfg.pans {
             let mut view = PanView { name: pan.name.clone(), ..Default::default() };
-            let mut counters: HashMap<&str, LunCounters> = HashMap::new();
             for n in &pan.nodes {
                 let ring = rings.get(&(pan.name.clone(), n.name.clone())).cloned().unwrap_or_default();
                 view.nodes.push(NodeView {
@@ -393,12 +397,6 @@ impl web::Admin for GatewayAdmin {
                     outstanding_commands: ring.outstanding,
                     protocol_errors: ring.protocol_errors.iter().map(|e| e.1).sum(),
                 });
-                for m in &n.luns {
-                    let key = LunKey { pan: pan.name.clone(), node: n.name.clone(), target: m.target, lun: m.lun };
-                    if let Some(s) = luns.get(&key) {
-                        add(counters.entry(m.image.as_str()).or_default(), s);
-                    }
-                }
             }
             for img in &pan.images {
                 let (block_size, blocks) = st
@@ -410,7 +408,7 @@ impl web::Admin for GatewayAdmin {
                     path: storage::image_path(img, &self.data_dir).display().to_string(),
                     size_bytes: u64::from(block_size) * blocks,
                     block_size,
-                    counters: counters.get(img.name.as_str()).copied().unwrap_or_default(),
+                    counters: luns.get(&(pan.name.clone(), img.name.clone())).copied().unwrap_or_default(),
                 });
             }
             for lan in &pan.lans {

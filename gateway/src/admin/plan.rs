@@ -121,6 +121,8 @@ pub enum Effect {
     ForgetLun {
         /// The PAN.
         pan: String,
+        /// The LUN (image) it mapped.
+        image: String,
         /// The node.
         node: String,
         /// The target.
@@ -222,6 +224,7 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
             effects.push(Effect::RemoveNode { pan: pan.clone(), node: node.clone() });
             effects.extend(maps.into_iter().map(|m| Effect::ForgetLun {
                 pan: pan.clone(),
+                image: m.image,
                 node: node.clone(),
                 target: m.target,
                 lun: m.lun,
@@ -276,13 +279,12 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
         }
         Change::Unmap { pan, node, target, lun } => {
             let n = node_mut(pan_mut(&mut next, &pan)?, &node)?;
-            let before = n.luns.len();
-            n.luns.retain(|m| (m.target, m.lun) != (target, lun));
-            if n.luns.len() == before {
+            let Some(at) = n.luns.iter().position(|m| (m.target, m.lun) == (target, lun)) else {
                 return Err(AdminError::NotFound(format!("node {node:?} maps nothing at target {target} LUN {lun}")));
-            }
+            };
+            let image = n.luns.remove(at).image;
             effects.push(Effect::SetNode { pan: pan.clone(), node: node.clone() });
-            effects.push(Effect::ForgetLun { pan, node, target, lun });
+            effects.push(Effect::ForgetLun { pan, image, node, target, lun });
         }
         Change::CreateLan { pan, lan } => {
             let p = pan_mut(&mut next, &pan)?;

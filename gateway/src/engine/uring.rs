@@ -21,7 +21,9 @@ use super::sys::inflight::{OwnRing, Pushed, Ring as Via, Slots, Target};
 use super::sys::mapping::Mapping;
 use super::{sys, validate, AlignedBuf, Arena, Backend, EngineError, Image, IoCompletion, IoOp, IoRequest};
 
-/// Bytes of registered buffer memory per engine.
+/// Bytes of registered buffer memory of an engine on a ring of its own, made when it first
+/// needs a buffer. Engines on a worker's ring share the worker's arena instead
+/// ([`UringHost::arena`]).
 pub const ARENA_BYTES: usize = 16 << 20;
 
 /// Default most SQEs handed to the kernel per `io_uring_enter`.
@@ -63,9 +65,9 @@ pub fn probe() -> Result<(), String> {
 enum Ring {
     /// A ring of its own: the image is fixed file 0, its arena fixed buffer 0.
     Own(OwnRing),
-    /// A worker's ring, under `key`, with the image at fixed file `file` and `arena` (if
-    /// registered) at fixed buffer `buf`; the host holds the arena while it is registered.
-    Hosted { host: Arc<UringHost>, key: Key, file: u32, buf: Option<u16>, arena: Option<Arc<Arena>> },
+    /// A worker's ring, under `key`, with the image at fixed file `file` and buffers from
+    /// the worker's shared `arena` (if registered), which the host holds.
+    Hosted { host: Arc<UringHost>, key: Key, file: u32, arena: Option<Arc<Arena>> },
 }
 
 /// io_uring engine over one image.
@@ -158,6 +160,14 @@ impl UringEngine {
     fn arena(&self) -> Option<&Arc<Arena>> {
         match &self.ring {
             Ring::Own(own) => own.arena(),
+            Ring::Hosted { arena, .. } => arena.as_ref(),
+        }
+    }
+
+    /// The arena buffers come from, made now for a ring of its own that has none yet.
+    fn arena_or_make(&mut self) -> Option<&Arc<Arena>> {
+        match &mut self.ring {
+            Ring::Own(own) => own.arena_or_make(),
             Ring::Hosted { arena, .. } => arena.as_ref(),
         }
     }
@@ -413,16 +423,10 @@ impl Backend for UringEngine {
         // Requests on the old ring finish there first.
         self.settle()?;
         let Some((key, file)) = to.join(self.image.file.as_raw_fd()) else { return Ok(false) };
-        // A fresh arena goes into the worker's buffer table; buffers of the old one still
-        // out (none once settled) would keep it alive.
-        let mut arena = None;
-        let buf = to.register_buffer(|index| {
-            let a = Arena::new(ARENA_BYTES, index);
-            arena = Some(a.clone());
-            a
-        });
-        let arena = arena.filter(|_| buf.is_some());
-        self.ring = Ring::Hosted { host: to.clone(), key, file, buf, arena };
+        // Buffers come from the worker's arena from now on; buffers of the old ring's arena
+        // still out (none once settled) would keep it alive.
+        let arena = to.arena();
+        self.ring = Ring::Hosted { host: to.clone(), key, file, arena };
         Ok(true)
     }
 
@@ -432,8 +436,9 @@ impl Backend for UringEngine {
         }
         self.settle()?;
         let own = Ring::Own(OwnRing::new(&self.image.file, self.slots.capacity() as u32, ARENA_BYTES)?);
-        if let Ring::Hosted { host, key, file, buf, .. } = std::mem::replace(&mut self.ring, own) {
-            host.leave(key, file, buf);
+        if let Ring::Hosted { host, key, file, .. } = std::mem::replace(&mut self.ring, own) {
+            // The arena is the worker's, and stays registered for its other engines.
+            host.leave(key, file, None);
         }
         Ok(())
     }
@@ -457,7 +462,7 @@ impl Backend for UringEngine {
     }
 
     fn buffer(&mut self, len: usize) -> AlignedBuf {
-        self.arena().and_then(|a| a.alloc(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
+        self.arena_or_make().and_then(|a| a.alloc(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
     }
 
     fn takes_borrowed(&self) -> bool {
@@ -467,7 +472,7 @@ impl Backend for UringEngine {
     }
 
     fn buffer_for_overwrite(&mut self, len: usize) -> AlignedBuf {
-        self.arena().and_then(|a| a.alloc_for_overwrite(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
+        self.arena_or_make().and_then(|a| a.alloc_for_overwrite(len)).unwrap_or_else(|| AlignedBuf::zeroed(len))
     }
 
     fn name(&self) -> &'static str {
@@ -486,8 +491,8 @@ impl Drop for UringEngine {
             Ring::Hosted { host, .. } => host.is_home(),
         };
         if home && self.settle().is_ok() {
-            if let Ring::Hosted { host, key, file, buf, .. } = &self.ring {
-                host.leave(*key, *file, *buf);
+            if let Ring::Hosted { host, key, file, .. } = &self.ring {
+                host.leave(*key, *file, None);
             }
         }
     }

@@ -251,8 +251,11 @@ pub struct OwnRing {
     pub enabled: bool,
     /// Registered with the ring: the kernel signals it as requests finish.
     pub done_fd: Option<OwnedFd>,
-    /// The registered arena; dropped after `ring`, which unregisters it.
+    /// The registered arena, made on first use; dropped after `ring`, which unregisters it.
     arena: Option<Arc<Arena>>,
+    /// Bytes of arena to make on first use, and whether that was tried.
+    arena_bytes: usize,
+    arena_tried: bool,
 }
 
 impl std::fmt::Debug for OwnRing {
@@ -263,8 +266,9 @@ impl std::fmt::Debug for OwnRing {
 
 impl OwnRing {
     /// A ring with room for `depth` requests, created disabled so that the thread that
-    /// first drives it becomes its single issuer, with `file` as fixed file 0 and a fresh
-    /// arena of `arena_bytes` as fixed buffer 0 (or none, when registration fails).
+    /// first drives it becomes its single issuer, with `file` as fixed file 0. An arena of
+    /// `arena_bytes` becomes fixed buffer 0 when first asked for ([`OwnRing::arena_or_make`]),
+    /// not before: an engine that only ever joins a worker's ring pins nothing of its own.
     pub fn new(file: &impl AsRawFd, depth: u32, arena_bytes: usize) -> io::Result<OwnRing> {
         // Completions are posted only when the engine's thread enters the kernel
         // (DEFER_TASKRUN), so they trickle in as it asks rather than waking it for each
@@ -280,17 +284,6 @@ impl OwnRing {
             .map(|r| (r, false))
             .or_else(|_| IoUring::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
         ring.submitter().register_files(&[file.as_raw_fd()])?;
-        let arena = Arena::new(arena_bytes, 0);
-        // SAFETY: the arena's memory stays allocated while the ring lives: `OwnRing` holds
-        // an Arc to it, and its fields drop in declaration order, the ring (unregistering
-        // it) before the arena.
-        let arena = match unsafe { ring.submitter().register_buffers(&[arena.iovec()]) } {
-            Ok(()) => Some(arena),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not register fixed buffers; using plain reads and writes");
-                None
-            }
-        };
         let done_fd =
             rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
                 .map_err(io::Error::from)
@@ -299,11 +292,27 @@ impl OwnRing {
                     |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
                 )
                 .ok();
-        Ok(OwnRing { ring, enabled, done_fd, arena })
+        Ok(OwnRing { ring, enabled, done_fd, arena: None, arena_bytes, arena_tried: arena_bytes == 0 })
     }
 
-    /// The registered arena, if any.
+    /// The registered arena, if made.
     pub fn arena(&self) -> Option<&Arc<Arena>> {
+        self.arena.as_ref()
+    }
+
+    /// The registered arena, made and registered now if this is the first call (`None`
+    /// when registration fails: plain reads and writes then). Call from the ring's issuer.
+    pub fn arena_or_make(&mut self) -> Option<&Arc<Arena>> {
+        if !std::mem::replace(&mut self.arena_tried, true) {
+            let arena = Arena::new(self.arena_bytes, 0);
+            // SAFETY: the arena's memory stays allocated while the ring lives: `OwnRing`
+            // holds an Arc to it, and its fields drop in declaration order, the ring
+            // (unregistering it) before the arena.
+            match unsafe { self.ring.submitter().register_buffers(&[arena.iovec()]) } {
+                Ok(()) => self.arena = Some(arena),
+                Err(e) => tracing::debug!(error = %e, "could not register fixed buffers; using plain reads and writes"),
+            }
+        }
         self.arena.as_ref()
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use metrics::{LunKey, LunStats, Metrics, RingStats, Transfer};
+use metrics::{LunStats, Metrics, RingStats, Transfer};
 use scsi::{Completion, Status};
 
 use super::admission::{Closed, MapEntry, Violation};
@@ -95,9 +95,9 @@ pub(super) fn lun_map(entry: &NodeEntry, metrics: &Metrics, caps: &Capacities) -
         .luns
         .iter()
         .filter_map(|&(target, lun, image, access)| {
-            let &(block_size, _) = caps.get(image)?;
-            let key = LunKey { pan: entry.pan.clone(), node: entry.node.clone(), target, lun };
-            Some(((target, lun), MappedLun { image, access, block_size, stats: metrics.lun(key) }))
+            let shape = caps.get(image)?;
+            let stats = metrics.lun_for(&shape.pan, &shape.name, &entry.node, target, lun);
+            Some(((target, lun), MappedLun { image, access, block_size: shape.block_size, stats }))
         })
         .collect()
 }

@@ -106,10 +106,36 @@ pub struct Server {
     metrics: Arc<Metrics>,
 }
 
-/// Image sizes as (block size, blocks), shared by the workers (which change them), the
-/// listener (which reports them in handshakes) and REPORT CONFIG; its length is the number
-/// of images.
-type Capacities = Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
+/// Every image's [`Shape`], shared by the workers (which change sizes), the listener (which
+/// reports them in handshakes) and REPORT CONFIG; its length is the number of images.
+type Capacities = Arc<std::sync::Mutex<Vec<Shape>>>;
+
+/// What the ring server knows of an image besides its driver: its geometry, and the names
+/// its metrics go by.
+#[derive(Debug, Clone)]
+struct Shape {
+    block_size: u32,
+    blocks: u64,
+    pan: Arc<str>,
+    name: Arc<str>,
+}
+
+impl Shape {
+    /// The shape of `img`; with per-LUN metrics, its series are made now, at zero, so a LUN
+    /// no node has used yet is scraped too.
+    fn of(img: &OpenImage, metrics: &Metrics) -> Shape {
+        let cfg = img.driver.unit().config();
+        if !metrics.per_node() {
+            metrics.lun(metrics::LunKey::of_lun(&img.pan, &img.name));
+        }
+        Shape {
+            block_size: cfg.block_size,
+            blocks: cfg.blocks,
+            pan: img.pan.as_str().into(),
+            name: img.name.as_str().into(),
+        }
+    }
+}
 
 /// How long the control plane waits for a worker.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,6 +175,7 @@ pub struct LunControl {
     tx: Vec<Sender<Control>>,
     mesh: Arc<Mesh>,
     caps: Capacities,
+    metrics: Arc<Metrics>,
 }
 
 impl LunControl {
@@ -179,7 +206,7 @@ impl LunControl {
 
 impl Images for LunControl {
     fn capacity(&self, image: usize) -> Option<(u32, u64)> {
-        self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).copied()
+        self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).map(|s| (s.block_size, s.blocks))
     }
 
     fn grow(&self, image: usize, bytes: u64) -> Result<(), ControlError> {
@@ -188,10 +215,10 @@ impl Images for LunControl {
 
     /// The new image gets the next index (the server's image count before the call).
     fn add(&self, image: OpenImage) -> Result<(), ControlError> {
-        let cfg = image.driver.unit().config();
+        let shape = Shape::of(&image, &self.metrics);
         let index = {
             let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
-            caps.push((cfg.block_size, cfg.blocks));
+            caps.push(shape);
             caps.len() - 1
         };
         self.ask(self.mesh.owner(index), |reply| Control::AddImage { index, image: Box::new(image), reply })
@@ -240,9 +267,8 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let wakes = (0..n).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<Vec<_>>>()?;
         let (mesh, inboxes) = Mesh::new(wakes);
-        let caps: Capacities = Arc::new(std::sync::Mutex::new(
-            images.iter().map(|i| (i.driver.unit().config().block_size, i.driver.unit().config().blocks)).collect(),
-        ));
+        let caps: Capacities =
+            Arc::new(std::sync::Mutex::new(images.iter().map(|i| Shape::of(i, &opts.metrics)).collect()));
         let mut shares: Vec<Vec<(usize, OpenImage)>> = (0..n).map(|_| Vec::new()).collect();
         for (i, img) in images.into_iter().enumerate() {
             shares[mesh.owner(i)].push((i, img));
@@ -286,7 +312,7 @@ impl Server {
                 .name("pangate-listen".into())
                 .spawn(move || listen(listener, registry, caps, opts, stop, mesh, incoming_tx))?
         };
-        let control = LunControl { tx: control_tx, mesh: mesh.clone(), caps };
+        let control = LunControl { tx: control_tx, mesh: mesh.clone(), caps, metrics: opts.metrics.clone() };
         let watcher = control.clone();
         registry.watch(move |pan, node, entry| {
             watcher.node_changed(pan, node, entry).map_err(|e| NotApplied(e.to_string()))
@@ -588,7 +614,7 @@ fn accept_hello(
     sock: &UnixStream,
     hello: Hello,
     registry: &Registry,
-    caps: &[(u32, u64)],
+    caps: &[Shape],
     opts: &ServerOptions,
     quotas: &quota::Quotas,
 ) -> Result<Accepted, Refused> {
@@ -620,8 +646,8 @@ fn accept_hello(
         .luns
         .iter()
         .filter_map(|&(target, lun, image, access)| {
-            let &(block_size, blocks) = caps.get(image)?;
-            Some(LunInfo { target, lun, block_size, blocks, read_only: access.is_read_only() })
+            let s = caps.get(image)?;
+            Some(LunInfo { target, lun, block_size: s.block_size, blocks: s.blocks, read_only: access.is_read_only() })
         })
         .collect();
     let welcome = Welcome { version: proto::VERSION, slots, data_bytes, staging_bytes: data_bytes, luns };

@@ -24,7 +24,7 @@ impl Worker {
                             let cfg = img.driver.unit().config();
                             tracing::info!(pan = %img.pan, image = %img.name, bytes, "LUN grown");
                             if let Some(c) = self.caps.lock().unwrap_or_else(|p| p.into_inner()).get_mut(image) {
-                                *c = (cfg.block_size, cfg.blocks);
+                                (c.block_size, c.blocks) = (cfg.block_size, cfg.blocks);
                             }
                         })
                         .map_err(ControlError::from),
@@ -95,7 +95,7 @@ impl Worker {
                 let report: Vec<ReportEntry> = entries
                     .into_iter()
                     .map(|(&(target, lun_id), lun)| {
-                        let (block_size, blocks) = caps.get(lun.image).copied().unwrap_or_default();
+                        let (block_size, blocks) = caps.get(lun.image).map_or((0, 0), |s| (s.block_size, s.blocks));
                         ReportEntry { target, lun: lun_id, read_only: lun.access.is_read_only(), block_size, blocks }
                     })
                     .collect();
