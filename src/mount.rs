@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use gateway::fuse::{self, MountRequest};
 use gateway::ring::initiator::ConnectOptions;
-use gateway::ring::link::LinkOptions;
+use gateway::ring::link::{LinkOptions, DEFAULT_RECONNECT_TIMEOUT};
 
 use crate::NodeArgs;
 
@@ -30,10 +30,14 @@ pub struct MountArgs {
     /// (default: the number of CPUs, at most 4).
     #[arg(long)]
     queues: Option<usize>,
-    /// Seconds a command may go unanswered before the connection is dropped and the I/O
-    /// fails with EIO.
+    /// Seconds a command may go unanswered by a gateway that is up before the connection is
+    /// dropped and the I/O fails with EIO.
     #[arg(long, default_value_t = 30)]
     io_timeout: u64,
+    /// Seconds I/O is held while the gateway is gone (restarting, say) before it fails with
+    /// EIO; held commands are sent again once it is back (0: fail at once).
+    #[arg(long, default_value_t = DEFAULT_RECONNECT_TIMEOUT.as_secs())]
+    reconnect_timeout: u64,
     /// Let other users reach the files (needs user_allow_other in /etc/fuse.conf when not root).
     #[arg(long)]
     allow_other: bool,
@@ -72,6 +76,7 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
             queues,
             io_timeout: Duration::from_secs(a.io_timeout.max(1)),
             retry: true,
+            reconnect_timeout: Duration::from_secs(a.reconnect_timeout),
         },
         allow_other: a.allow_other,
         poll: Duration::from_micros(a.poll_us),

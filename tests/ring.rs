@@ -86,8 +86,15 @@ fn link_n1(f: &Fixture, data_bytes: u64, io_timeout: Duration) -> gateway::ring:
     use gateway::ring::link::{Command, Link, LinkOptions};
     let mut connect = opts("beta", "n1", CRED_B);
     connect.data_bytes = data_bytes;
-    let link =
-        Link::connect(LinkOptions { socket: f.socket.clone(), connect, queues: 1, io_timeout, retry: true }).unwrap();
+    let link = Link::connect(LinkOptions {
+        socket: f.socket.clone(),
+        connect,
+        queues: 1,
+        io_timeout,
+        retry: true,
+        reconnect_timeout: Duration::ZERO,
+    })
+    .unwrap();
     link.queue().execute(Command { target: 0, lun: 0, cdb: &[0; 6], out: &[], in_len: 0 });
     link
 }
@@ -866,4 +873,70 @@ fn every_lun_has_one_set_of_series_from_the_start_whichever_nodes_use_it() {
     let text = metrics.render();
     assert!(text.contains(r#"pangate_lun_reads_total{pan="alpha",lun="shared"} 2"#), "{text}");
     assert!(!text.contains("node_lun="), "no per-node series by default");
+}
+
+/// A link of node n1 (PAN beta) with `queues` queue pairs that holds I/O through outages
+/// for `hold`.
+fn holding_link(f: &Fixture, queues: usize, hold: Duration) -> std::sync::Arc<gateway::ring::link::Link> {
+    use gateway::ring::link::{Link, LinkOptions};
+    let link = Link::connect(LinkOptions {
+        socket: f.socket.clone(),
+        connect: opts("beta", "n1", CRED_B),
+        queues,
+        io_timeout: Duration::from_secs(5),
+        retry: true,
+        reconnect_timeout: hold,
+    })
+    .unwrap();
+    std::sync::Arc::new(link)
+}
+
+/// WRITE(16) of `data` at `lba` through the calling thread's queue pair.
+fn link_write(link: &gateway::ring::link::Link, lba: u64, data: &[u8]) -> gateway::ring::link::Outcome {
+    let cdb = scsi::build::write16(lba, (data.len() / 512) as u32, false);
+    link.queue().execute(gateway::ring::link::Command { target: 0, lun: 0, cdb: &cdb, out: data, in_len: 0 })
+}
+
+#[test]
+fn a_link_holds_io_while_the_gateway_restarts_and_sends_it_again() {
+    let mut f = start();
+    let link = holding_link(&f, 2, Duration::from_secs(20));
+    // Held while down: writes from two threads (so both queue pairs), sent before the stop
+    // or during the outage, all answered GOOD once the gateway is back.
+    let write = |k: u64| {
+        let link = link.clone();
+        std::thread::spawn(move || link_write(&link, 64 * k, &pattern(8192, k as u8 + 40)))
+    };
+    let server = f.server.take().unwrap();
+    let mut writers: Vec<_> = (0..2).map(write).collect();
+    let images = server.shutdown().unwrap();
+    // These two find the queue pairs down (or going): they wait for the reconnect.
+    writers.extend((2..4).map(write));
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(writers.iter().skip(2).all(|w| !w.is_finished()), "held, not failed, while the gateway is down");
+    let cfg = config(f._dir.path());
+    let maps = storage::open_all(&cfg, f._dir.path()).unwrap().1;
+    let registry = gateway::registry::Registry::from_config(&cfg, &maps);
+    f.server = Some(Server::start(images, registry, ServerOptions::new(&f.socket)).unwrap());
+    for w in writers {
+        let outcome = w.join().unwrap();
+        assert!(outcome.result.as_ref().is_ok_and(|r| r.good()), "{:?}", outcome.result);
+    }
+    let mut i = connect(&f, "beta", "n1", CRED_B);
+    i.execute(0, 0, &[0; 6], Data::None).unwrap();
+    for k in 0..4u64 {
+        assert_eq!(i.read(0, 0, 64 * k, 8192).unwrap().1, pattern(8192, k as u8 + 40), "write {k}");
+    }
+}
+
+#[test]
+fn a_link_fails_held_io_once_the_gateway_stays_away_past_the_reconnect_timeout() {
+    let mut f = start();
+    let link = holding_link(&f, 1, Duration::from_millis(800));
+    let _ = f.server.take().unwrap().shutdown().unwrap();
+    let started = Instant::now();
+    let outcome = link_write(&link, 0, &pattern(4096, 1));
+    let took = started.elapsed();
+    assert_eq!(outcome.result.err(), Some(gateway::ring::link::LinkError::Down));
+    assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(5), "failed after {took:?}");
 }

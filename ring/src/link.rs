@@ -3,10 +3,18 @@
 //! next request while the command's callback runs when the STAT arrives.
 //!
 //! Every submitted command completes exactly once: with the gateway's response, or with a
-//! [`LinkError`] when the gateway goes away, does not answer within the I/O timeout, or the
-//! mount is closing. A queue pair whose connection broke fails everything it had in flight,
-//! answers new commands at once with [`LinkError::Down`], and reconnects in the background
-//! with backoff.
+//! [`LinkError`] when the gateway stays away longer than the reconnect timeout, does not
+//! answer within the I/O timeout, or the mount is closing.
+//!
+//! A queue pair whose connection broke (the gateway restarted, or crashed) holds what it
+//! had in flight and queues new commands, as a SCSI initiator does through a transport
+//! outage (iSCSI's replacement timeout, multipath's queue_if_no_path), while it reconnects
+//! in the background with backoff. Once back it sends the held commands again, in the order
+//! they were first sent, their data-out copied from the old connection's data area, which
+//! stays mapped until then. Only when the gateway has been gone for the whole reconnect
+//! timeout, and no other queue pair of the link has got back meanwhile, does it fail them
+//! with [`LinkError::Down`]. A gateway that is up but does not answer is another matter:
+//! after the I/O timeout the queue pair fails what it had in flight.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -102,6 +110,21 @@ pub struct LinkOptions {
     /// Send a command again after BUSY or a unit attention, as an operating system's SCSI
     /// layer does, instead of handing those to the caller.
     pub retry: bool,
+    /// How long a queue pair holds I/O while the gateway is gone, reconnecting, before it
+    /// fails it; zero fails it at once.
+    pub reconnect_timeout: Duration,
+}
+
+/// The reconnect timeout `pangate mount` uses unless told otherwise.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the queue pairs of one link know of each other: how many are connected, and how
+/// many reconnects there have been (a queue pair that sees a new one tries at once rather
+/// than at the end of its backoff: the gateway is back).
+#[derive(Debug, Default)]
+struct Peers {
+    connected: AtomicUsize,
+    reconnects: AtomicU64,
 }
 
 /// The mount's queue pairs.
@@ -122,6 +145,7 @@ impl Link {
     /// starts their completion threads.
     pub fn connect(opts: LinkOptions) -> Result<Link, InitiatorError> {
         let opts = Arc::new(opts);
+        let peers = Arc::new(Peers::default());
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         for index in 0..opts.queues.max(1) {
@@ -138,12 +162,18 @@ impl Link {
                     waiting: 0,
                     backoff: BACKOFF_MIN,
                     next_attempt: Instant::now(),
+                    held: Vec::new(),
+                    down_since: None,
+                    refused: false,
+                    seen_reconnects: 0,
                 }),
                 space: Condvar::new(),
                 closing: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
                 me: me.clone(),
+                peers: peers.clone(),
             });
+            peers.connected.fetch_add(1, Ordering::AcqRel);
             let (wake, gone) = dup_wait_fds(&conn)?;
             qp.lock().conn = Some(conn);
             let runner = qp.clone();
@@ -211,6 +241,14 @@ struct Pending {
     in_place: bool,
 }
 
+/// A command whose connection broke before its answer, to send again once reconnected.
+struct Held {
+    pending: Pending,
+    /// The data area its region was in: mapped until the command is sent again, its
+    /// data-out copied from it then.
+    area: Arc<crate::shm::SharedMemory>,
+}
+
 /// What a command carries besides its CDB: its data descriptor, the data-area pages it
 /// holds (freed when it completes) and whether its data-in stays in the area.
 struct Carried {
@@ -230,6 +268,15 @@ struct State {
     waiting: usize,
     backoff: Duration,
     next_attempt: Instant,
+    /// Commands held since the connection broke, to send again once reconnected.
+    held: Vec<Held>,
+    /// When the connection broke, while it is down.
+    down_since: Option<Instant>,
+    /// The gateway answered the last reconnect attempt with a refusal: it is up, and does
+    /// not want this node, so waiting longer for it helps nothing.
+    refused: bool,
+    /// [`Peers::reconnects`] as this queue pair last saw it.
+    seen_reconnects: u64,
 }
 
 /// One queue pair and its completion thread's shared state.
@@ -244,6 +291,8 @@ pub struct QueuePair {
     generation: AtomicU64,
     /// This queue pair, for data-in handed out in place to give its pages back to.
     me: std::sync::Weak<QueuePair>,
+    /// The link's other queue pairs, as far as reconnecting goes.
+    peers: Arc<Peers>,
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -312,17 +361,24 @@ impl QueuePair {
         if u64::from(need) > self.opts.connect.data_bytes {
             return failed(done, LinkError::TooLarge);
         }
-        let deadline = Instant::now() + self.opts.io_timeout;
+        let mut deadline = Instant::now() + self.opts.io_timeout;
         let mut st = self.lock();
         let region = loop {
             if self.closing.load(Ordering::Acquire) {
                 drop(st);
                 return failed(done, LinkError::Closing);
             }
-            let Some(conn) = st.conn.as_mut() else {
-                drop(st);
-                return failed(done, LinkError::Down);
-            };
+            if st.conn.is_none() {
+                // The gateway is away: wait for the reconnect, within the hold.
+                if !self.holding(&st) {
+                    drop(st);
+                    return failed(done, LinkError::Down);
+                }
+                st = self.wait_for_space(st, IDLE_WAIT);
+                deadline = Instant::now() + self.opts.io_timeout;
+                continue;
+            }
+            let conn = st.conn.as_mut().expect("checked above");
             if conn.outstanding() < conn.queue_depth() as usize {
                 if need == 0 {
                     break None;
@@ -358,8 +414,9 @@ impl QueuePair {
                 area.write(r.offset, cmd.out)
             };
             if st.generation != generation || st.conn.is_none() {
+                // The connection broke during the copy: start over on the next one.
                 drop(st);
-                return failed(done, LinkError::Down);
+                return self.submit_from(cmd, in_place, done, spin);
             }
             if let Err(e) = copied {
                 st.conn.as_mut().expect("checked above").free(r);
@@ -475,6 +532,7 @@ impl QueuePair {
                 return;
             }
             let Some((wake, sock)) = fds.as_ref() else {
+                run(self.expire_held());
                 fds = self.reconnect();
                 continue;
             };
@@ -492,7 +550,7 @@ impl QueuePair {
                 None => Some("connection dropped".into()),
             };
             if let Some(reason) = broken {
-                tracing::warn!(queue = self.index, %reason, in_flight = st.pending.len(), "lost the gateway; failing in-flight I/O");
+                tracing::warn!(queue = self.index, %reason, in_flight = st.pending.len(), "lost the gateway");
                 let failed = self.tear_down(&mut st, LinkError::Down);
                 drop(st);
                 run(failed);
@@ -552,8 +610,9 @@ impl QueuePair {
             let done = !st.pending.contains_key(&seq);
             let leaving = done || (round % 16 == 15 && Instant::now() >= deadline);
             let Some(conn) = st.conn.as_mut() else {
-                // Torn down meanwhile: the command was failed with the rest.
-                return true;
+                // Torn down meanwhile: the command was held or failed with the rest, and
+                // completes on the completion thread.
+                return false;
             };
             let polled = if leaving {
                 conn.arm_doorbell().and_then(|arrived| match arrived {
@@ -565,7 +624,7 @@ impl QueuePair {
                 conn.poll(&mut responses, Duration::ZERO)
             };
             if let Err(e) = polled {
-                tracing::warn!(queue = self.index, reason = %e, in_flight = st.pending.len(), "lost the gateway; failing in-flight I/O");
+                tracing::warn!(queue = self.index, reason = %e, in_flight = st.pending.len(), "lost the gateway");
                 let failed = self.tear_down(&mut st, LinkError::Down);
                 drop(st);
                 run(failed);
@@ -637,24 +696,139 @@ impl QueuePair {
         false
     }
 
-    /// Drops the connection and takes every pending command to fail with `why`.
+    /// Drops the connection. When the gateway went away ([`LinkError::Down`]) and the link
+    /// holds I/O through outages, every pending command is held to be sent again;
+    /// otherwise (and for a gateway that stopped answering) they are taken to fail with
+    /// `why`.
     fn tear_down(&self, st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
-        st.conn = None;
+        let conn = st.conn.take();
+        if conn.is_some() {
+            self.peers.connected.fetch_sub(1, Ordering::AcqRel);
+        }
         st.generation += 1;
         self.generation.store(st.generation, Ordering::Release);
         st.backoff = BACKOFF_MIN;
         st.next_attempt = Instant::now() + BACKOFF_MIN;
+        st.refused = false;
+        st.down_since.get_or_insert_with(Instant::now);
         if st.waiting > 0 {
             // Waiters find the connection gone once this thread unlocks.
             self.space.notify_all();
         }
-        take_all(st, why)
+        if why != LinkError::Down || self.opts.reconnect_timeout.is_zero() {
+            let mut failed = take_all(st, why);
+            failed.extend(take_held(st, why));
+            return failed;
+        }
+        // Pending commands exist only while connected: a second tear-down finds none.
+        if let Some(conn) = conn {
+            let area = conn.shared_data_area();
+            let mut held: Vec<Held> =
+                st.pending.drain().map(|(_, pending)| Held { pending, area: area.clone() }).collect();
+            held.sort_by_key(|h| h.pending.since);
+            st.held.extend(held);
+            if !st.held.is_empty() {
+                tracing::info!(queue = self.index, held = st.held.len(), timeout = ?self.opts.reconnect_timeout, "holding in-flight I/O until the gateway is back");
+            }
+        }
+        Vec::new()
     }
 
-    /// One reconnect attempt when its time has come; otherwise a short sleep.
+    /// Whether I/O is still held while the connection is down: within the reconnect
+    /// timeout of the break, or past it while another queue pair of the link is connected
+    /// (the gateway is back; this one reconnects within its next attempt) and the gateway
+    /// has not refused this one.
+    fn holding(&self, st: &State) -> bool {
+        if self.opts.reconnect_timeout.is_zero() {
+            return false;
+        }
+        let Some(since) = st.down_since else { return true };
+        since.elapsed() < self.opts.reconnect_timeout
+            || (self.peers.connected.load(Ordering::Acquire) > 0 && !st.refused)
+    }
+
+    /// Fails the held commands once the hold is over.
+    fn expire_held(&self) -> Vec<(Done, Outcome)> {
+        let mut st = self.lock();
+        if st.held.is_empty() || self.holding(&st) {
+            return Vec::new();
+        }
+        tracing::warn!(queue = self.index, held = st.held.len(), timeout = ?self.opts.reconnect_timeout, "the gateway stayed away; failing held I/O");
+        let failed = take_held(&mut st, LinkError::Down);
+        self.unlock_and_wake(st);
+        failed
+    }
+
+    /// Sends the held commands again on the new connection, in the order they were first
+    /// sent, each with a region of the new data area holding its data-out. One that no
+    /// longer fits (a smaller data area) fails.
+    fn resend_held(&self, st: &mut State) -> Vec<(Done, Outcome)> {
+        let mut failed = Vec::new();
+        let held = std::mem::take(&mut st.held);
+        let n = held.len();
+        let conn = st.conn.as_mut().expect("called once connected");
+        for Held { mut pending, area } in held {
+            let old = pending.region.take();
+            let region = match old {
+                Some(r) => match conn.alloc(r.len) {
+                    Some(new) => Some(new),
+                    None => {
+                        failed.push((pending.done, lost(LinkError::TooLarge)));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            pending.data = match (pending.data, region) {
+                (Data::In(_), Some(r)) => Data::In(r),
+                (Data::Out { staged, .. }, Some(r)) => {
+                    let mut bytes = vec![0u8; r.len as usize];
+                    let copied = old.map(|o| area.read(o.offset, &mut bytes)).unwrap_or(Ok(())).is_ok()
+                        && conn.write_data(r, &bytes).is_ok();
+                    if !copied {
+                        conn.free(r);
+                        failed.push((pending.done, lost(LinkError::Down)));
+                        continue;
+                    }
+                    Data::Out { region: r, staged }
+                }
+                (data, _) => data,
+            };
+            pending.region = region;
+            pending.since = Instant::now();
+            match conn.queue(pending.target, pending.lun, &pending.cdb, pending.data) {
+                Ok(seq) => {
+                    st.pending.insert(seq, pending);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = self.index, error = %e, "cannot send a held command again");
+                    if let Some(r) = pending.region {
+                        conn.free(r);
+                    }
+                    failed.push((pending.done, lost(LinkError::Down)));
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(queue = self.index, resent = n - failed.len(), failed = failed.len(), "sent held I/O again");
+            if let Err(e) = conn.kick() {
+                tracing::warn!(queue = self.index, error = %e, "cannot ring the gateway");
+            }
+        }
+        failed
+    }
+
+    /// One reconnect attempt when its time has come (at once when another queue pair of
+    /// the link has just reconnected); otherwise a short sleep. Once connected, the held
+    /// commands go out again.
     fn reconnect(&self) -> Option<WaitFds> {
+        let peer_back = {
+            let mut st = self.lock();
+            let now = self.peers.reconnects.load(Ordering::Acquire);
+            std::mem::replace(&mut st.seen_reconnects, now) != now
+        };
         let wait = self.lock().next_attempt.saturating_duration_since(Instant::now());
-        if !wait.is_zero() {
+        if !wait.is_zero() && !peer_back {
             std::thread::sleep(wait.min(IDLE_WAIT));
             return None;
         }
@@ -667,16 +841,23 @@ impl QueuePair {
                         return None;
                     }
                 };
-                tracing::info!(queue = self.index, "reconnected to the gateway");
                 let mut st = self.lock();
+                let down = st.down_since.take().map(|t| t.elapsed());
+                tracing::info!(queue = self.index, after = ?down, "reconnected to the gateway");
                 st.luns = conn.luns().to_vec();
                 st.conn = Some(conn);
                 st.backoff = BACKOFF_MIN;
+                st.refused = false;
+                self.peers.connected.fetch_add(1, Ordering::AcqRel);
+                st.seen_reconnects = self.peers.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
+                let failed = self.resend_held(&mut st);
                 self.unlock_and_wake(st);
+                run(failed);
                 Some(fds)
             }
             Err(e) => {
                 let mut st = self.lock();
+                st.refused = matches!(e, InitiatorError::Refused(_));
                 tracing::debug!(queue = self.index, error = %e, retry_in = ?st.backoff, "reconnect failed");
                 st.next_attempt = Instant::now() + st.backoff;
                 st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
@@ -704,10 +885,16 @@ pub fn retryable(status: u8, sense: &[u8]) -> Option<bool> {
 }
 
 fn take_all(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
-    st.pending
-        .drain()
-        .map(|(_, p)| (p.done, Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None }))
-        .collect()
+    st.pending.drain().map(|(_, p)| (p.done, lost(why))).collect()
+}
+
+fn take_held(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
+    st.held.drain(..).map(|h| (h.pending.done, lost(why))).collect()
+}
+
+/// The outcome of a command that got no response.
+fn lost(why: LinkError) -> Outcome {
+    Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None }
 }
 
 /// What [`QueuePair::submit_polling`] did after sending.
@@ -728,7 +915,7 @@ fn failed(done: Done, why: LinkError) -> Polled {
 }
 
 fn fail(done: Done, why: LinkError) {
-    done(Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None });
+    done(lost(why));
 }
 
 fn run(finished: Vec<(Done, Outcome)>) {

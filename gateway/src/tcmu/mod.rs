@@ -250,6 +250,9 @@ impl<S: UioSource> Controller<S> {
             io_timeout: self.io_timeout,
             // LIO's initiators see unit attentions and BUSY themselves.
             retry: false,
+            // The ring server is this process: it does not restart under the device, and
+            // LIO's initiators run their own recovery.
+            reconnect_timeout: Duration::ZERO,
         })
         .map_err(|e| {
             tracing::warn!(device = %name, error = %e, "cannot reach the gateway for a TCMU device");
