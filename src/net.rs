@@ -160,8 +160,14 @@ fn show(json: bool, data_dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyho
             "node", "kind", "netns", "ifname", "mac", "ips", "in", "out"
         );
         for p in &lan.ports {
-            let drops: Vec<String> =
+            let mut drops: Vec<String> =
                 p.counters.drops.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+            if p.counters.largest_oversize > 0 {
+                drops.push(format!(
+                    "(packets up to {} bytes over the LAN's MTU {}: the node's MTU is above it)",
+                    p.counters.largest_oversize, lan.mtu
+                ));
+            }
             println!(
                 "  {:<12} {:<5} {:<14} {:<10} {:<17} {:<20} {:>9} {:>9}  {}{}",
                 p.node,

@@ -440,6 +440,40 @@ fn frames_over_the_mtu_are_dropped_and_counted() {
 }
 
 #[test]
+fn nodes_whose_mtu_is_above_the_lans_recover_through_icmp_fragmentation_needed() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("j");
+    lab.start(&lab.config(""));
+    assert!(lab.ping("n1", "198.18.0.2"));
+    // Both nodes at 9000 on the 1500-byte LAN: their TCP sends 9000-byte segments, which
+    // the switch drops; its ICMP "fragmentation needed" makes n1's kernel lower the path
+    // MTU, where without it the connection moved nothing.
+    for n in ["n1", "n2"] {
+        ok(&["ip", "-n", &lab.ns(n), "link", "set", "eth0", "mtu", "9000"]);
+    }
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n2"), "iperf3", "-s", "-1", "-B", "198.18.0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let tcp = lab.exec("n1", &["timeout", "30", "iperf3", "-c", "198.18.0.2", "-t", "2", "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(tcp.status.success(), "iperf3: {}", String::from_utf8_lossy(&tcp.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&tcp.stdout).unwrap();
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    assert!(bytes > 1e6, "only {bytes} bytes crossed");
+    assert!(lab.drops("a", "n1", "mtu") >= 1, "the oversize segments were dropped and answered");
+    // The route to n2 now carries the LAN's MTU.
+    let route = ok(&["ip", "-n", &lab.ns("n1"), "route", "get", "198.18.0.2"]);
+    assert!(route.contains("mtu 1500"), "{route}");
+}
+
+#[test]
 fn only_allowed_ports_see_other_members_traffic() {
     if skip_because(missing()) {
         return;

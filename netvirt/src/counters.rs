@@ -17,6 +17,14 @@ impl Counter {
         self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 
+    /// Raises the value to `v` if it is below. Only the owning switch thread calls this.
+    #[inline]
+    pub fn raise_to(&self, v: u64) {
+        if v > self.0.load(Ordering::Relaxed) {
+            self.0.store(v, Ordering::Relaxed);
+        }
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -89,6 +97,8 @@ pub struct Traffic {
     pub frames_out: Counter,
     /// Bytes of those frames.
     pub bytes_out: Counter,
+    /// The largest packet (Ethernet payload) dropped for exceeding the MTU.
+    pub largest_oversize: Counter,
     drops: [Counter; DropReason::ALL.len()],
 }
 
@@ -112,6 +122,7 @@ impl Traffic {
             frames_out: self.frames_out.get(),
             bytes_out: self.bytes_out.get(),
             drops: DropReason::ALL.iter().map(|&d| (d.label().to_string(), self.drops(d))).collect(),
+            largest_oversize: self.largest_oversize.get(),
         }
     }
 }
@@ -129,4 +140,7 @@ pub struct TrafficSnapshot {
     pub bytes_out: u64,
     /// Drops by reason label.
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// The largest packet dropped for exceeding the MTU (0: none).
+    #[serde(default)]
+    pub largest_oversize: u64,
 }

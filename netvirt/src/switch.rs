@@ -97,6 +97,39 @@ pub trait Sink {
     fn deliver(&mut self, to: Dest, frame: &[u8], emit: Emit) -> bool;
 }
 
+/// ICMP "fragmentation needed and DF set" (type 3, code 4, RFC 792 and 1191) for an
+/// oversize IPv4 `frame`, with next-hop MTU `mtu`: from the packet's destination to its
+/// source, carrying as much of the packet as keeps the message within 576 bytes. `None`
+/// when no such message is due (RFC 1122 3.2.2): not IPv4, DF clear, not a first fragment,
+/// an ICMP error itself, or from an address that is not one host's.
+pub fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, PacketBuilder};
+    if frame.len() < ETH_HLEN + 20 || EtherType(u16::from_be_bytes([frame[12], frame[13]])) != EtherType::IPV4 {
+        return None;
+    }
+    let ip = &frame[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0F) * 4;
+    let (flags_offset, protocol) = (u16::from_be_bytes([ip[6], ip[7]]), ip[9]);
+    let (src, dst) = (Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+    let dont_fragment = flags_offset & 0x4000 != 0;
+    let first_fragment = flags_offset & 0x1FFF == 0;
+    let icmp_error = protocol == 1 && ip.get(ihl).is_some_and(|&t| matches!(t, 3 | 4 | 5 | 11 | 12));
+    let src_is_host = !(src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback());
+    if ip[0] >> 4 != 4 || ihl < 20 || ip.len() < ihl || !dont_fragment || !first_fragment || icmp_error || !src_is_host
+    {
+        return None;
+    }
+    // 576 bytes in all: 20 of IPv4 header and 8 of ICMP header before the quoted packet.
+    let quoted = &ip[..ip.len().min(576 - 20 - 8)];
+    let (to_mac, from_mac) = (mac_at(frame, 6), mac_at(frame, 0));
+    let builder = PacketBuilder::ethernet2(from_mac.0, to_mac.0)
+        .ipv4(dst.octets(), src.octets(), 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }));
+    let mut out = Vec::with_capacity(builder.size(quoted.len()));
+    builder.write(&mut out, quoted).ok()?;
+    Some(out)
+}
+
 /// A configuration the server refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LanError {
@@ -298,6 +331,7 @@ impl VirtualLan {
         self.traffic.frames_in.bump(1);
         self.traffic.bytes_in.bump(frame.len() as u64);
         match self.check_from_port(from, frame, wire_len) {
+            Err(DropReason::Mtu) => self.oversize_from_port(from, frame, wire_len, out),
             Err(why) => {
                 self.ports[from].traffic.count_drop(why);
                 self.traffic.count_drop(why);
@@ -366,6 +400,35 @@ impl VirtualLan {
             self.send(Dest::Uplink, &garp, Emit::Generated, out);
         }
         Ok(())
+    }
+
+    /// A frame larger than the LAN's MTU from port `from`: dropped and counted (with the
+    /// largest such packet), logged the first time and then at every power of two of the
+    /// count, and for an IPv4 packet with DF set answered with ICMP "fragmentation needed"
+    /// carrying the LAN's MTU, as a router would, so the node's path MTU discovery recovers
+    /// instead of its connection black-holing (a node whose interface MTU is above the
+    /// LAN's, say).
+    fn oversize_from_port(&mut self, from: PortId, frame: &[u8], wire_len: usize, out: &mut impl Sink) {
+        let size = wire_len.saturating_sub(ETH_HLEN) as u64;
+        let port = &self.ports[from];
+        port.traffic.count_drop(DropReason::Mtu);
+        port.traffic.largest_oversize.raise_to(size);
+        self.traffic.count_drop(DropReason::Mtu);
+        self.traffic.largest_oversize.raise_to(size);
+        let drops = port.traffic.drops(DropReason::Mtu);
+        if drops.is_power_of_two() {
+            tracing::warn!(
+                lan = %self.name,
+                node = %port.spec.node,
+                size,
+                mtu = self.mtu,
+                drops,
+                "dropped a packet larger than the LAN's MTU: the node's interface MTU is probably above it"
+            );
+        }
+        if let Some(icmp) = frag_needed(frame, self.mtu.min(usize::from(u16::MAX)) as u16) {
+            self.send(Dest::Port(from), &icmp, Emit::Generated, out);
+        }
     }
 
     fn check_from_port(&self, from: PortId, frame: &[u8], wire_len: usize) -> Result<Route, DropReason> {

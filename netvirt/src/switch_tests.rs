@@ -157,12 +157,13 @@ fn frames_above_the_mtu_are_dropped_and_gso_frames_are_judged_by_segment() {
     assert_eq!(w.sent.len(), 2);
     let big = udp(mac(0), mac(1), ip(1), ip(2), 1500 - 27);
     send(&mut l, 0, &big, &mut w);
-    assert_eq!(w.sent.len(), 2);
+    assert_eq!(w.sent.len(), 3, "only an ICMP answer, back to the sender");
+    assert_eq!(w.sent[2].0, Dest::Port(0));
     assert_eq!(l.port_traffic(0).unwrap().drops(DropReason::Mtu), 1);
     // A 9000-byte super-frame whose segments are 1514 bytes passes.
     let gso = udp(mac(0), mac(1), ip(1), ip(2), 9000);
     l.from_port(0, &gso, 1514, &mut w);
-    assert_eq!(w.sent.len(), 4);
+    assert_eq!(w.sent.len(), 5);
     // Runts are malformed.
     send(&mut l, 0, &[0u8; 10], &mut w);
     assert_eq!(l.port_traffic(0).unwrap().drops(DropReason::Malformed), 1);
@@ -323,4 +324,37 @@ proptest::proptest! {
         }
         up(&mut l, &bytes, &mut w);
     }
+}
+
+#[test]
+fn an_oversize_packet_with_df_gets_fragmentation_needed_from_its_destination() {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
+    let mut l = lan(None);
+    let mut w = Wire::default();
+    let big = udp(mac(0), mac(1), ip(1), ip(2), 8972);
+    l.from_port(0, &big, big.len(), &mut w);
+    assert_eq!(l.port_traffic(0).unwrap().snapshot().largest_oversize, 9000);
+    let sent = std::mem::take(&mut w.sent);
+    let [(to, icmp, emit)] = &sent[..] else { panic!("one answer: {:?}", sent.len()) };
+    assert_eq!((*to, *emit), (Dest::Port(0), Emit::Generated));
+    assert!(icmp.len() <= 14 + 576, "{} bytes", icmp.len());
+    let p = SlicedPacket::from_ethernet(icmp).unwrap();
+    assert_eq!((mac_at(icmp, 0), mac_at(icmp, 6)), (mac(0), mac(1)));
+    let Some(NetSlice::Ipv4(ipv4)) = &p.net else { panic!("IPv4") };
+    assert_eq!((ipv4.header().source_addr(), ipv4.header().destination_addr()), (ip(2), ip(1)));
+    let Some(TransportSlice::Icmpv4(m)) = &p.transport else { panic!("ICMP") };
+    assert_eq!(
+        m.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1500 })
+    );
+    // It quotes the packet's own IP header, so the sender's kernel finds the connection.
+    assert_eq!(&m.payload()[..20], &big[14..34]);
+    // DF clear: dropped and counted, no answer.
+    let mut no_df = big.clone();
+    no_df[14 + 6] &= !0x40;
+    l.from_port(0, &no_df, no_df.len(), &mut w);
+    assert!(w.sent.is_empty());
+    assert_eq!(l.port_traffic(0).unwrap().drops(DropReason::Mtu), 2);
+    // Never an ICMP error about an ICMP error.
+    assert!(frag_needed(icmp, 576).is_none());
 }

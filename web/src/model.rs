@@ -152,6 +152,12 @@ pub struct PortView {
     pub frames_out: u64,
     /// Frames dropped (all reasons).
     pub drops: u64,
+    /// Of those, frames larger than the LAN's MTU (the node's interface MTU is above it).
+    #[serde(default)]
+    pub oversize_drops: u64,
+    /// The largest such packet, in bytes (0: none).
+    #[serde(default)]
+    pub largest_oversize: u64,
 }
 
 /// A new PAN.

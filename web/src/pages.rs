@@ -144,7 +144,14 @@ fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
                     tr {
                         td { (p.node) } td { (p.kind) } td { (p.netns.as_deref().unwrap_or("-")) }
                         td { code { (p.mac.as_deref().unwrap_or("-")) } } td { (p.ips.join(", ")) }
-                        td { (p.frames_in) } td { (p.frames_out) } td { (p.drops) }
+                        td { (p.frames_in) } td { (p.frames_out) }
+                        td {
+                            (p.drops)
+                            @if p.oversize_drops > 0 {
+                                span.error { " (" (p.oversize_drops) " over the MTU, up to " (p.largest_oversize)
+                                    " bytes: the node's MTU is above the LAN's " (lan.mtu) ")" }
+                            }
+                        }
                     }
                 }
             }

@@ -435,6 +435,8 @@ impl web::Admin for GatewayAdmin {
                                 frames_in: lp.map_or(0, |x| x.counters.frames_in),
                                 frames_out: lp.map_or(0, |x| x.counters.frames_out),
                                 drops: lp.map_or(0, |x| x.counters.drops.values().sum()),
+                                oversize_drops: lp.map_or(0, |x| x.counters.drops.get("mtu").copied().unwrap_or(0)),
+                                largest_oversize: lp.map_or(0, |x| x.counters.largest_oversize),
                             }
                         })
                         .collect(),
