@@ -940,3 +940,23 @@ fn a_link_fails_held_io_once_the_gateway_stays_away_past_the_reconnect_timeout()
     assert_eq!(outcome.result.err(), Some(gateway::ring::link::LinkError::Down));
     assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(5), "failed after {took:?}");
 }
+
+#[test]
+fn closing_a_link_completes_held_io() {
+    let mut f = start();
+    let link = holding_link(&f, 1, Duration::from_secs(30));
+    let _ = f.server.take().unwrap().shutdown().unwrap();
+    let writer = {
+        let link = link.clone();
+        std::thread::spawn(move || link_write(&link, 0, &pattern(4096, 3)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "held while the gateway is away");
+    link.close();
+    let outcome = writer.join().unwrap();
+    assert!(
+        matches!(outcome.result, Err(gateway::ring::link::LinkError::Closing | gateway::ring::link::LinkError::Down)),
+        "{:?}",
+        outcome.result
+    );
+}

@@ -104,9 +104,9 @@ pub struct Placed {
 #[derive(Debug, Clone)]
 pub struct Placement {
     data_dir: PathBuf,
-    /// The data directory resolved, and its `images/`: the gateway's own files (config,
-    /// token, sockets) are in the one and outside the other, and are never images.
-    own: (PathBuf, PathBuf),
+    /// The data directory resolved: the gateway's own files (config, token, sockets) lie in
+    /// it, outside any root below it, and are never images.
+    own: PathBuf,
     roots: Vec<PathBuf>,
     devices: Vec<PathBuf>,
 }
@@ -116,7 +116,7 @@ impl Placement {
     pub fn new(cfg: &Config, data_dir: &Path) -> Placement {
         let under = |p: &PathBuf| if p.is_absolute() { p.clone() } else { data_dir.join(p) };
         let images = resolve(&data_dir.join("images")).unwrap_or_else(|_| data_dir.join("images"));
-        let own = (resolve(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()), images.clone());
+        let own = resolve(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         let mut roots = vec![images];
         for r in &cfg.storage.image_roots {
             let r = under(r);
@@ -163,8 +163,13 @@ impl Placement {
     }
 
     fn under_a_root(&self, path: &Path) -> Result<(), PlacementError> {
-        let own = path.starts_with(&self.own.0) && !path.starts_with(&self.own.1);
-        if !own && self.roots.iter().any(|r| path.starts_with(r) && path != r) {
+        // Inside the data directory, only roots that lie inside it count (images/ and any
+        // configured below it): a root at or above it does not make its config, token or
+        // sockets images.
+        let data = &self.own;
+        let in_data = path.starts_with(data);
+        let allowed = |r: &PathBuf| !in_data || (r.starts_with(data) && r != data);
+        if self.roots.iter().any(|r| path.starts_with(r) && path != r && allowed(r)) {
             return Ok(());
         }
         let roots = self.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -299,6 +304,12 @@ mod tests {
         assert!(rules.check(&image(dir.path().join("mine.img").to_str().unwrap())).is_ok());
         // Even under a root, the gateway's own files outside images/ are not images.
         std::fs::write(data.join("pangate.toml"), b"x").unwrap();
+        assert!(matches!(rules.check(&image("pangate.toml")), Err(PlacementError::Outside { .. })));
+        // A root inside the data directory is one like images/.
+        cfg.storage.image_roots = vec!["vols".into()];
+        std::fs::create_dir_all(data.join("vols")).unwrap();
+        let rules = Placement::new(&cfg, &data);
+        assert!(rules.check(&image("vols/v.img")).is_ok());
         assert!(matches!(rules.check(&image("pangate.toml")), Err(PlacementError::Outside { .. })));
     }
 

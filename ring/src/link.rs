@@ -525,7 +525,8 @@ impl QueuePair {
         loop {
             if self.closing.load(Ordering::Acquire) {
                 let mut st = self.lock();
-                let failed = take_all(&mut st, LinkError::Closing);
+                let mut failed = take_all(&mut st, LinkError::Closing);
+                failed.extend(take_held(&mut st, LinkError::Closing));
                 st.conn = None;
                 drop(st);
                 run(failed);
