@@ -1,0 +1,21 @@
+//! A sans-IO iSCSI codec (RFC 7143): bytes in, validated PDUs out, and back.
+//!
+//! - [`bhs`]: the 48-byte Basic Header Segment, every field named once with its place.
+//! - [`pdu`]: typed PDUs parsed from and emitted to a BHS plus data segment.
+//! - [`frame`]: the framer that cuts a byte stream into PDUs, checking AHS and data segment
+//!   lengths against the negotiated limits and the CRC32C header and data digests.
+//! - [`text`]: `key=value` text of Login and Text PDUs, bounded.
+//!
+//! Nothing here sees a socket, clock or thread; the transport feeds bytes and writes what
+//! it is handed.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bhs;
+pub mod frame;
+pub mod pdu;
+pub mod text;
+
+pub use bhs::{Bhs, Opcode, BHS_LEN};
+pub use frame::{Digests, FrameError, Framer, RawPdu};
+pub use pdu::{Pdu, PduError};
