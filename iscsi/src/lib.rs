@@ -5,6 +5,7 @@
 //! - [`frame`]: the framer that cuts a byte stream into PDUs, checking AHS and data segment
 //!   lengths against the negotiated limits and the CRC32C header and data digests.
 //! - [`text`]: `key=value` text of Login and Text PDUs, bounded.
+//! - [`negotiate`]: the target's answers to operational keys, by each key's rule.
 //!
 //! Nothing here sees a socket, clock or thread; the transport feeds bytes and writes what
 //! it is handed.
@@ -13,6 +14,7 @@
 
 pub mod bhs;
 pub mod frame;
+pub mod negotiate;
 pub mod pdu;
 pub mod text;
 
