@@ -199,11 +199,14 @@ impl Drop for FsMount {
 }
 
 /// A gateway with the test config and a mount of node "n".
+/// Fields drop in this order: the mount and the gateway stop before the directory holding
+/// their socket, images and mount point is removed (removing it first could walk into a
+/// mount whose gateway it had just taken away).
 struct Rig {
+    mount: Mount,
+    gateway: Option<Gateway>,
     dir: tempfile::TempDir,
     config: PathBuf,
-    gateway: Option<Gateway>,
-    mount: Mount,
 }
 
 impl Rig {
@@ -216,7 +219,7 @@ impl Rig {
         let config = write_config(dir.path());
         let gateway = Gateway::start(dir.path(), &config);
         let mount = Mount::start_with(&gateway.socket, &dir.path().join("mnt"), extra);
-        Rig { dir, config, gateway: Some(gateway), mount }
+        Rig { mount, gateway: Some(gateway), dir, config }
     }
 
     /// Stops the gateway with `sig`, leaves it down for `outage`, and starts it again.

@@ -6,6 +6,7 @@
 //!   lengths against the negotiated limits and the CRC32C header and data digests.
 //! - [`text`]: `key=value` text of Login and Text PDUs, bounded.
 //! - [`negotiate`]: the target's answers to operational keys, by each key's rule.
+//! - [`login`]: the target's login state machine: stages, CHAP (MD5, mutual), status.
 //!
 //! Nothing here sees a socket, clock or thread; the transport feeds bytes and writes what
 //! it is handed.
@@ -14,6 +15,7 @@
 
 pub mod bhs;
 pub mod frame;
+pub mod login;
 pub mod negotiate;
 pub mod pdu;
 pub mod text;

@@ -39,6 +39,9 @@ pub use area::{AreaData, Placed, Reservation};
 
 /// Longest wait in `poll(2)` before the completion thread looks at timeouts and shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How much longer than the reconnect timeout a queue pair holds I/O while another queue
+/// pair of its link is back: two backoff periods and a handshake.
+const PEER_GRACE: Duration = Duration::from_secs(14);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -166,6 +169,7 @@ impl Link {
                     down_since: None,
                     refused: false,
                     seen_reconnects: 0,
+                    failed_attempts: 0,
                 }),
                 space: Condvar::new(),
                 closing: AtomicBool::new(false),
@@ -277,6 +281,8 @@ struct State {
     refused: bool,
     /// [`Peers::reconnects`] as this queue pair last saw it.
     seen_reconnects: u64,
+    /// Reconnect attempts that failed since the connection broke.
+    failed_attempts: u64,
 }
 
 /// One queue pair and its completion thread's shared state.
@@ -736,16 +742,20 @@ impl QueuePair {
     }
 
     /// Whether I/O is still held while the connection is down: within the reconnect
-    /// timeout of the break, or past it while another queue pair of the link is connected
-    /// (the gateway is back; this one reconnects within its next attempt) and the gateway
-    /// has not refused this one.
+    /// timeout of the break; or, while another queue pair of the link is connected (the
+    /// gateway is back) and the gateway has not refused this one, for [`PEER_GRACE`] more,
+    /// one more full round of attempts. Never longer: a queue pair that cannot get back
+    /// while its peers are connected (its socket gone, say) must not hold I/O for ever.
     fn holding(&self, st: &State) -> bool {
         if self.opts.reconnect_timeout.is_zero() {
             return false;
         }
         let Some(since) = st.down_since else { return true };
-        since.elapsed() < self.opts.reconnect_timeout
-            || (self.peers.connected.load(Ordering::Acquire) > 0 && !st.refused)
+        let down = since.elapsed();
+        down < self.opts.reconnect_timeout
+            || (self.peers.connected.load(Ordering::Acquire) > 0
+                && !st.refused
+                && down < self.opts.reconnect_timeout + PEER_GRACE)
     }
 
     /// Fails the held commands once the hold is over.
@@ -849,6 +859,7 @@ impl QueuePair {
                 st.conn = Some(conn);
                 st.backoff = BACKOFF_MIN;
                 st.refused = false;
+                st.failed_attempts = 0;
                 self.peers.connected.fetch_add(1, Ordering::AcqRel);
                 st.seen_reconnects = self.peers.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
                 let failed = self.resend_held(&mut st);
@@ -859,7 +870,11 @@ impl QueuePair {
             Err(e) => {
                 let mut st = self.lock();
                 st.refused = matches!(e, InitiatorError::Refused(_));
-                tracing::debug!(queue = self.index, error = %e, retry_in = ?st.backoff, "reconnect failed");
+                st.failed_attempts += 1;
+                // The first failure and then every power of two: why the mount is waiting.
+                if st.failed_attempts.is_power_of_two() {
+                    tracing::warn!(queue = self.index, error = %e, attempts = st.failed_attempts, retry_in = ?st.backoff, "reconnect failed");
+                }
                 st.next_attempt = Instant::now() + st.backoff;
                 st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
                 None
