@@ -280,33 +280,16 @@ impl LogicalUnit {
                 let steps = self.verify_steps(offset, len, false);
                 Action::Backend(self.task(steps, Finish::Good, false).with_scratch(len.min(SCRATCH_CHUNK), None))
             }
+            // Both read the blocks into scratch, combine them with the data-out, and write
+            // back, under an exclusive lock: ORWRITE ORs and writes the result; COMPARE AND
+            // WRITE compares and writes the data-out's second half.
             Command::OrWrite { extent, fua } => {
-                let (offset, len) = self.bytes(extent);
-                if len == 0 {
-                    return Action::Complete(Completion::good());
-                }
-                let fua = fua || !self.mode.write_cache;
-                let steps = vec![
-                    Step::Io(BackendOp::Read { offset, len, into: Buf::Scratch(0) }),
-                    Step::Or { scratch: 0, data_out: 0, len },
-                    Step::Io(BackendOp::Write { offset, len, from: Buf::Scratch(0), fua }),
-                ];
-                let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Exclusive);
-                Action::Backend(self.task(steps, Finish::Good, true).with_scratch(len, None).with_lock(lock))
+                let len = self.bytes(extent).1;
+                self.read_modify_write(extent, fua, Step::Or { scratch: 0, data_out: 0, len }, Buf::Scratch(0))
             }
             Command::CompareAndWrite { extent, fua } => {
-                let (offset, len) = self.bytes(extent);
-                if len == 0 {
-                    return Action::Complete(Completion::good());
-                }
-                let fua = fua || !self.mode.write_cache;
-                let steps = vec![
-                    Step::Io(BackendOp::Read { offset, len, into: Buf::Scratch(0) }),
-                    Step::Compare { scratch: 0, data_out: 0, len },
-                    Step::Io(BackendOp::Write { offset, len, from: Buf::DataOut(len), fua }),
-                ];
-                let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Exclusive);
-                Action::Backend(self.task(steps, Finish::Good, true).with_scratch(len, None).with_lock(lock))
+                let len = self.bytes(extent).1;
+                self.read_modify_write(extent, fua, Step::Compare { scratch: 0, data_out: 0, len }, Buf::DataOut(len))
             }
             Command::WriteSame { lba, blocks, unmap, ndob } => {
                 let offset = lba << cfg.block_shift();
@@ -351,6 +334,23 @@ impl LogicalUnit {
                 Err(s) => self.fail(&s),
             },
         }
+    }
+
+    /// Reads `extent` into scratch, runs `combine` (a compare or an OR with the data-out),
+    /// then writes `from` back over it, all under an exclusive range lock.
+    fn read_modify_write(&self, extent: Extent, fua: bool, combine: Step, from: Buf) -> Action {
+        let (offset, len) = self.bytes(extent);
+        if len == 0 {
+            return Action::Complete(Completion::good());
+        }
+        let fua = fua || !self.mode.write_cache;
+        let steps = vec![
+            Step::Io(BackendOp::Read { offset, len, into: Buf::Scratch(0) }),
+            combine,
+            Step::Io(BackendOp::Write { offset, len, from, fua }),
+        ];
+        let lock = self.lock(extent.lba, u64::from(extent.blocks), LockMode::Exclusive);
+        Action::Backend(self.task(steps, Finish::Good, true).with_scratch(len, None).with_lock(lock))
     }
 
     /// Reads `[offset, offset+len)` in scratch-sized chunks, comparing each with data-out
