@@ -7,6 +7,8 @@
 //! - [`text`]: `key=value` text of Login and Text PDUs, bounded.
 //! - [`negotiate`]: the target's answers to operational keys, by each key's rule.
 //! - [`login`]: the target's login state machine: stages, CHAP (MD5, mutual), status.
+//! - [`session`]: the full feature phase: CmdSN window, data-out sequencing, Data-In,
+//!   task management, NOP, text and logout.
 //!
 //! Nothing here sees a socket, clock or thread; the transport feeds bytes and writes what
 //! it is handed.
@@ -18,6 +20,7 @@ pub mod frame;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
+pub mod session;
 pub mod text;
 
 pub use bhs::{Bhs, Opcode, BHS_LEN};

@@ -336,6 +336,28 @@ pub fn read_transfer_bytes(cdb: &[u8], block_size: u32) -> Option<u64> {
     Some(u64::from(blocks) * u64::from(block_size))
 }
 
+/// Bytes of block data-out a writing CDB carries, from its TRANSFER LENGTH alone, so a
+/// transport can hold it against the length the initiator says it sends: the WRITEs,
+/// WRITE AND VERIFY, ORWRITE, COMPARE AND WRITE (compare and write blocks) and WRITE SAME
+/// (one block, none with NDOB). `None` for other opcodes (parameter lists, which may come
+/// with more than their length field says) or a CDB too short for its opcode.
+pub fn write_transfer_bytes(cdb: &[u8], block_size: u32) -> Option<u64> {
+    let blocks = match *cdb.first()? {
+        op::WRITE_6 if cdb.len() >= 6 => match cdb[4] {
+            0 => 256,
+            n => u64::from(n),
+        },
+        op::WRITE_10 | op::WRITE_AND_VERIFY_10 if cdb.len() >= 10 => u64::from(be16(cdb, 7)),
+        op::WRITE_12 | op::WRITE_AND_VERIFY_12 if cdb.len() >= 12 => u64::from(be32(cdb, 6)),
+        op::WRITE_16 | op::WRITE_AND_VERIFY_16 | op::ORWRITE_16 if cdb.len() >= 16 => u64::from(be32(cdb, 10)),
+        op::COMPARE_AND_WRITE if cdb.len() >= 16 => 2 * u64::from(cdb[13]),
+        op::WRITE_SAME_10 if cdb.len() >= 10 => 1,
+        op::WRITE_SAME_16 if cdb.len() >= 16 => u64::from(cdb[1] & 0x01 == 0),
+        _ => return None,
+    };
+    Some(blocks * u64::from(block_size))
+}
+
 /// SELECT REPORT and ALLOCATION LENGTH of a REPORT LUNS CDB whose reserved bits were
 /// checked. REPORT LUNS is addressed to the target, so it needs no LUN settings.
 pub fn report_luns_fields(cdb: &[u8]) -> Result<(u8, u32), Sense> {
@@ -531,6 +553,25 @@ mod tests {
     fn read10_decodes_lba_length_and_fua() {
         let c = decode(&[0x28, 0x08, 0, 0, 0, 10, 0, 0, 4, 0], &cfg()).unwrap();
         assert_eq!(c, Command::Read { extent: Extent { lba: 10, blocks: 4 }, fua: true });
+    }
+
+    #[test]
+    fn write_transfer_bytes_counts_block_data_out() {
+        assert_eq!(write_transfer_bytes(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 3, 0], 512), Some(1536));
+        assert_eq!(write_transfer_bytes(&[0x0A, 0, 0, 0, 0, 0], 512), Some(256 * 512));
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[13] = 2;
+        assert_eq!(write_transfer_bytes(&caw, 4096), Some(4 * 4096));
+        let mut ws = [0u8; 16];
+        ws[0] = 0x93;
+        ws[13] = 100;
+        assert_eq!(write_transfer_bytes(&ws, 512), Some(512));
+        ws[1] = 0x01;
+        assert_eq!(write_transfer_bytes(&ws, 512), Some(0));
+        assert_eq!(write_transfer_bytes(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512), None);
+        assert_eq!(write_transfer_bytes(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], 512), None);
+        assert_eq!(write_transfer_bytes(&[0x2A, 0, 0], 512), None);
     }
 
     #[test]
