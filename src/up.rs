@@ -118,6 +118,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
             "off (no target_core_user in this kernel)"
         }
     );
+    let iscsi = start_iscsi(&cfg, &socket, registry.clone())?;
     let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, registry.clone())?));
     let admin = gateway::admin::GatewayAdmin::new(
         cfg.clone(),
@@ -130,6 +131,9 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     wait_for_signal()?;
     if let Some(w) = web {
         w.stop();
+    }
+    if let Some(i) = iscsi {
+        i.stop();
     }
     network.stop().context("stopping netvirt")?;
     if let Some(t) = tcmu {
@@ -157,6 +161,32 @@ fn first_node(cfg: &Config, maps: &[storage::Mapping], file: &Path, dir: &Path, 
 /// Starts netvirt for the config's LANs (with none, it waits for the admin to add some).
 /// Where this host cannot create TAPs (not root, no /dev/net/tun), says so and runs
 /// without it.
+/// The iSCSI portals of `[iscsi] listen`, if any.
+fn start_iscsi(
+    cfg: &Config,
+    socket: &Path,
+    registry: Registry,
+) -> anyhow::Result<Option<gateway::iscsi::IscsiService>> {
+    if cfg.iscsi.listen.is_empty() {
+        println!("  iSCSI:     off (no [iscsi] listen)");
+        return Ok(None);
+    }
+    let portals =
+        cfg.iscsi.listen.iter().map(|a| a.parse()).collect::<Result<Vec<_>, _>>().context("[iscsi] listen")?;
+    let opts = gateway::iscsi::IscsiOptions {
+        portals,
+        target_prefix: cfg.iscsi.target_prefix.clone(),
+        max_connections: cfg.iscsi.max_connections,
+        socket: socket.to_path_buf(),
+        limits: iscsi::negotiate::Limits::default(),
+    };
+    let service = gateway::iscsi::IscsiService::start(opts, registry)
+        .with_context(|| format!("listening for iSCSI on {}", cfg.iscsi.listen.join(", ")))?;
+    let portals: Vec<String> = service.portals().iter().map(ToString::to_string).collect();
+    println!("  iSCSI:     {} (targets {}:<pan>.t<target>)", portals.join(", "), cfg.iscsi.target_prefix);
+    Ok(Some(service))
+}
+
 fn start_network(cfg: &Config, dir: &Path, registry: Registry) -> anyhow::Result<Option<netvirt::network::Network>> {
     let plans = gateway::net::plan(cfg, dir)?;
     let authorize = gateway::net::node_authorizer(registry);

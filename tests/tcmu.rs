@@ -968,6 +968,7 @@ fn nodes_added_at_run_time_are_served_and_removed_ones_are_not() {
         credential: "a-node-added-while-running".into(),
         uid: None,
         luns: vec![(2, 5, 0, Access::Rw)],
+        iscsi: None,
     };
     registry.set(late).unwrap();
     assert_eq!(added(&mut ctl), 0, "the node the admin just added is served");

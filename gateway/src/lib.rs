@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod fuse;
+pub mod iscsi;
 pub mod lun;
 pub mod net;
 pub mod persist;

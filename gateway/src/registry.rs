@@ -30,6 +30,19 @@ pub struct NodeEntry {
     pub uid: Option<u32>,
     /// (target, LUN) → (image index, access).
     pub luns: Vec<(u16, u16, usize, Access)>,
+    /// How it logs in over iSCSI, if it may.
+    pub iscsi: Option<IscsiIdentity>,
+}
+
+/// A node's iSCSI initiator name and CHAP secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiIdentity {
+    /// Initiator name.
+    pub iqn: String,
+    /// The secret its CHAP proves (`chap_secret`, else the credential).
+    pub secret: String,
+    /// The secret the target proves for mutual CHAP.
+    pub mutual_secret: Option<String>,
 }
 
 /// Why the control plane's request was not carried out.
@@ -85,6 +98,11 @@ impl NodeEntry {
             credential: node.credential.clone(),
             uid: node.uid,
             luns: node.luns.iter().filter_map(|m| Some((m.target, m.lun, image_index(m)?, m.access))).collect(),
+            iscsi: node.iqn.as_ref().map(|iqn| IscsiIdentity {
+                iqn: iqn.clone(),
+                secret: node.chap_secret.clone().unwrap_or_else(|| node.credential.clone()),
+                mutual_secret: node.mutual_chap_secret.clone(),
+            }),
         }
     }
 }
@@ -211,7 +229,14 @@ mod tests {
     use super::*;
 
     fn entry(node: &str, credential: &str) -> NodeEntry {
-        NodeEntry { pan: "p".into(), node: node.into(), credential: credential.into(), uid: None, luns: vec![] }
+        NodeEntry {
+            pan: "p".into(),
+            node: node.into(),
+            credential: credential.into(),
+            uid: None,
+            luns: vec![],
+            iscsi: None,
+        }
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl Login {
                 Ok(s) => self.secrets = Some(s),
                 Err(status) => return fail(status),
             }
+            self.params.initiator_name = Some(initiator.to_string());
+            self.params.target_name = if discovery { None } else { target.map(str::to_string) };
+            self.params.discovery = discovery;
         }
         let mut answer: Vec<(String, String)> = Vec::new();
         if req.current_stage == 0 {
@@ -409,6 +412,9 @@ mod tests {
         assert_eq!(value(&body, "MaxRecvDataSegmentLength").as_deref(), Some("262144"));
         assert!(params.header_digest);
         assert_eq!(params.initiator_max_recv_data, 65536);
+        assert_eq!(params.initiator_name.as_deref(), Some(INITIATOR), "the session knows who logged in");
+        assert_eq!(params.target_name.as_deref(), Some(TARGET));
+        assert!(!params.discovery);
     }
 
     #[test]

@@ -358,6 +358,24 @@ pub fn write_transfer_bytes(cdb: &[u8], block_size: u32) -> Option<u64> {
     Some(blocks * u64::from(block_size))
 }
 
+/// A copy of a WRITE or WRITE AND VERIFY CDB asking for `blocks` blocks instead, so a
+/// transport can write only what the initiator said it sends (SAM's choice when the
+/// expected transfer length falls short of the CDB's); `None` for other opcodes, or where
+/// the field cannot say `blocks` (WRITE(6) reads 0 as 256).
+pub fn with_transfer_blocks(cdb: &[u8], blocks: u32) -> Option<Vec<u8>> {
+    let mut c = cdb.to_vec();
+    match *cdb.first()? {
+        op::WRITE_6 if cdb.len() >= 6 && (1..=255).contains(&blocks) => c[4] = blocks as u8,
+        op::WRITE_10 | op::WRITE_AND_VERIFY_10 if cdb.len() >= 10 => {
+            c[7..9].copy_from_slice(&u16::try_from(blocks).ok()?.to_be_bytes());
+        }
+        op::WRITE_12 | op::WRITE_AND_VERIFY_12 if cdb.len() >= 12 => c[6..10].copy_from_slice(&blocks.to_be_bytes()),
+        op::WRITE_16 | op::WRITE_AND_VERIFY_16 if cdb.len() >= 16 => c[10..14].copy_from_slice(&blocks.to_be_bytes()),
+        _ => return None,
+    }
+    Some(c)
+}
+
 /// SELECT REPORT and ALLOCATION LENGTH of a REPORT LUNS CDB whose reserved bits were
 /// checked. REPORT LUNS is addressed to the target, so it needs no LUN settings.
 pub fn report_luns_fields(cdb: &[u8]) -> Result<(u8, u32), Sense> {
@@ -572,6 +590,10 @@ mod tests {
         assert_eq!(write_transfer_bytes(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512), None);
         assert_eq!(write_transfer_bytes(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], 512), None);
         assert_eq!(write_transfer_bytes(&[0x2A, 0, 0], 512), None);
+        let shorter = with_transfer_blocks(&[0x2A, 0, 0, 0, 0, 9, 0, 0, 3, 0], 1).unwrap();
+        assert_eq!(shorter, [0x2A, 0, 0, 0, 0, 9, 0, 0, 1, 0]);
+        assert_eq!(with_transfer_blocks(&[0x0A, 0, 0, 0, 4, 0], 0), None, "WRITE(6) cannot say zero");
+        assert_eq!(with_transfer_blocks(&caw, 1), None);
     }
 
     #[test]

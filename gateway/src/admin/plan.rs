@@ -208,7 +208,15 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
             if p.nodes.iter().any(|n| n.name == node) {
                 return Err(AdminError::Conflict(format!("PAN {pan:?} already has a node {node:?}")));
             }
-            p.nodes.push(NodeConfig { name: node.clone(), credential, uid, luns: vec![] });
+            p.nodes.push(NodeConfig {
+                name: node.clone(),
+                credential,
+                uid,
+                luns: vec![],
+                iqn: None,
+                chap_secret: None,
+                mutual_chap_secret: None,
+            });
             effects.push(Effect::SetNode { pan, node });
         }
         Change::DeleteNode { pan, node } => {

@@ -185,6 +185,8 @@ struct Task {
     edtl: u32,
     /// Bytes of data-out the command itself wants (the CDB's, else the EDTL).
     write_wanted: u32,
+    /// Of the data-out received, only this much is written (the CDB asked for less).
+    keep: Option<u32>,
     immediate: bool,
     /// Data-out being gathered; `None` once executing.
     collect: Option<Collect>,
@@ -454,10 +456,28 @@ impl Session {
             None if carries_out => c.expected_len,
             None => 0,
         };
+        // EDTL and the CDB disagree on a block write: move what both allow (SAM-5 5.4.3,
+        // FCP-4's choice (a)): more expected than the CDB says, write the CDB's blocks;
+        // fewer, write the whole blocks expected. A partial block cannot be written.
+        let mut cdb = c.cdb;
+        let mut keep = None;
+        let mut partial = false;
+        if let (true, Some(sp)) = (c.write && !c.read, spdtl) {
+            let edtl = u64::from(c.expected_len);
+            if edtl > sp {
+                keep = Some(sp as u32);
+            } else if edtl < sp {
+                match (edtl % u64::from(bs), scsi::cdb::with_transfer_blocks(&cdb, (edtl / u64::from(bs)) as u32)) {
+                    (0, Some(shorter)) => cdb = shorter,
+                    _ => partial = true,
+                }
+            }
+        }
         let mut task = Task {
             lun_raw: c.lun,
             lun,
-            cdb: c.cdb,
+            cdb,
+            keep,
             read: c.read,
             write: c.write,
             edtl: c.expected_len,
@@ -470,8 +490,8 @@ impl Session {
             let refuse = if c.read {
                 // No bidirectional command is implemented.
                 Some(scsi::Sense::data_length_mismatch())
-            } else if spdtl.is_some() && write_wanted != c.expected_len {
-                // EDTL and the CDB disagree: no data is written (SAM-5's choice (b)).
+            } else if partial {
+                // Neither length is one that can be written: no data is (FCP-4's choice (b)).
                 Some(scsi::Sense::new(scsi::SenseKey::IllegalRequest, scsi::Asc(0x0E, 0x03)))
             } else if c.expected_len > self.cfg.max_task_bytes {
                 Some(scsi::Sense::invalid_cdb_field(0, None))
@@ -499,6 +519,10 @@ impl Session {
         task.collect = None;
         let opcode = task.cdb.first().copied().unwrap_or(0);
         let (data_out, data_in) = if scsi::opcodes::carries_data_out(opcode) {
+            let mut data = data;
+            if let Some(keep) = task.keep {
+                data.truncate(keep as usize);
+            }
             (data, 0)
         } else {
             let edtl = if task.read { task.edtl } else { 0 };
@@ -695,7 +719,17 @@ impl Session {
             }
             return Err(Violation::UnknownTask { itt: d.itt });
         };
-        collect.take(d)?;
+        match collect.take(d) {
+            Ok(()) => {}
+            Err(Violation::DataSn { .. }) => {
+                // A data sequence error ends the task, not the connection: CHECK
+                // CONDITION, and the rest of its Data-Out is dropped.
+                self.forget(d.itt);
+                self.refuse(d.itt, &scsi::Sense::new(scsi::SenseKey::AbortedCommand, scsi::Asc(0x4B, 0x00)));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         self.progress(d.itt)
     }
 

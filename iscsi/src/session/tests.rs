@@ -192,8 +192,7 @@ fn a_write_takes_immediate_unsolicited_then_solicited_data() {
 
 #[test]
 fn data_out_that_breaks_its_sequence_ends_the_connection() {
-    let cases: [(&str, Pdu); 5] = [
-        ("wrong DataSN", data_out(9, RESERVED_TAG, 1, 0, 512, false)),
+    let cases: [(&str, Pdu); 4] = [
         ("wrong offset", data_out(9, RESERVED_TAG, 0, 512, 512, false)),
         ("past the first burst", data_out(9, RESERVED_TAG, 0, 0, 4096, true)),
         ("unknown task", data_out(10, RESERVED_TAG, 0, 0, 512, false)),
@@ -201,19 +200,37 @@ fn data_out_that_breaks_its_sequence_ends_the_connection() {
     ];
     for (what, bad) in cases {
         let mut s = session(|_| {});
-        let mut c = cmd(9, 1, &write10(8), false, true, 4096, vec![]);
-        if let Pdu::ScsiCommand(c) = &mut c {
-            c.final_bit = false;
-        }
-        s.receive(c).unwrap();
+        s.receive(unsolicited_write(9, 8)).unwrap();
         assert!(s.receive(bad).is_err(), "{what}");
     }
 }
 
+fn unsolicited_write(itt: u32, blocks: u16) -> Pdu {
+    let mut c = cmd(itt, 1, &write10(blocks), false, true, u32::from(blocks) * 512, vec![]);
+    if let Pdu::ScsiCommand(c) = &mut c {
+        c.final_bit = false;
+    }
+    c
+}
+
 #[test]
-fn a_write_whose_expected_length_disagrees_with_the_cdb_is_refused_with_its_residual() {
+fn a_data_sn_error_ends_the_task_with_check_condition_and_drops_the_rest_of_its_data() {
     let mut s = session(|_| {});
-    // One block, EDTL 200: the 200 bytes come as immediate data; nothing is written.
+    s.receive(unsolicited_write(9, 2)).unwrap();
+    s.receive(data_out(9, RESERVED_TAG, 1, 0, 512, false)).unwrap();
+    let r = sent(&mut s);
+    assert_eq!(r[0].bhs.opcode(), Some(Opcode::ScsiResponse));
+    assert_eq!(r[0].bhs.get(field::STATUS), 2);
+    let sense = &r[0].data[2..];
+    assert_eq!((sense[2] & 0x0f, sense[12]), (0x0B, 0x4B), "ABORTED COMMAND / DATA PHASE ERROR");
+    s.receive(data_out(9, RESERVED_TAG, 0, 512, 512, true)).unwrap();
+    assert!(work(&mut s).is_empty() && sent(&mut s).is_empty(), "the rest is dropped quietly");
+}
+
+#[test]
+fn a_write_whose_expected_length_disagrees_with_the_cdb_moves_what_both_allow() {
+    let mut s = session(|_| {});
+    // One block, EDTL 200: no whole block can be written; refused, with the residual.
     s.receive(cmd(1, 1, &write10(1), false, true, 200, vec![7; 200])).unwrap();
     assert!(work(&mut s).is_empty(), "never executed");
     let r = sent(&mut s);
@@ -223,10 +240,22 @@ fn a_write_whose_expected_length_disagrees_with_the_cdb_is_refused_with_its_resi
     assert_eq!(r[0].bhs.get32(field::RESIDUAL_COUNT), 312);
     let sense = &r[0].data[2..];
     assert_eq!((sense[2] & 0x0f, sense[12], sense[13]), (5, 0x0E, 0x03));
-    // Two blocks' worth for one: underflow.
+    // Two blocks' worth for one: the CDB's one block is written; underflow.
     s.receive(cmd(2, 2, &write10(1), false, true, 1024, vec![7; 1024])).unwrap();
+    let w = work(&mut s);
+    assert_eq!((exec(&w).data_out.len(), exec(&w).cdb[8]), (512, 1));
+    s.complete(2, 0, &[], &[]);
     let r = sent(&mut s);
+    assert_eq!(r[0].bhs.get(field::STATUS), 0);
     assert_eq!(r[0].bhs.flags() & 0x06, 0x02);
+    assert_eq!(r[0].bhs.get32(field::RESIDUAL_COUNT), 512);
+    // Two blocks with one expected: the CDB is cut to the one block sent; overflow.
+    s.receive(cmd(3, 3, &write10(2), false, true, 512, vec![7; 512])).unwrap();
+    let w = work(&mut s);
+    assert_eq!((exec(&w).data_out.len(), exec(&w).cdb[8]), (512, 1));
+    s.complete(3, 0, &[], &[]);
+    let r = sent(&mut s);
+    assert_eq!(r[0].bhs.flags() & 0x06, 0x04);
     assert_eq!(r[0].bhs.get32(field::RESIDUAL_COUNT), 512);
 }
 

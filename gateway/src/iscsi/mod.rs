@@ -1,0 +1,381 @@
+//! The iSCSI target (RFC 7143): portals that accept initiators, log them in as nodes
+//! (CHAP against the node's secret) and serve each (PAN, target number) as a target whose
+//! LUNs are the logged-in node's own map.
+//!
+//! - [`directory`]: initiator and target names against the node registry.
+//! - [`conn`]: one connection: the login, then the full feature phase, moving PDUs
+//!   between the socket and the sans-IO [`iscsi::session`] and commands between the
+//!   session and a ring queue pair of the node.
+//!
+//! Each portal has a thread that accepts; each connection a thread of its own, at most
+//! `max_connections` in all (more are closed at once). A login must finish within
+//! [`conn::LOGIN_TIMEOUT`], and a silent initiator is pinged and dropped when it does not
+//! answer.
+
+mod conn;
+pub mod directory;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use iscsi::login::Status;
+use iscsi::negotiate::{Limits, Params};
+use ring::initiator::Initiator;
+use serde::Serialize;
+
+use crate::registry::Registry;
+use directory::{Admitted, Directory};
+
+/// How the target is set up.
+#[derive(Debug, Clone)]
+pub struct IscsiOptions {
+    /// Portals to listen on.
+    pub portals: Vec<SocketAddr>,
+    /// Target names are `<prefix>:<pan>.t<target>`.
+    pub target_prefix: String,
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// The ring server's socket, which sessions connect to as their node.
+    pub socket: PathBuf,
+    /// What the target offers in negotiation.
+    pub limits: Limits,
+}
+
+/// A session in the full feature phase, as the admin lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionView {
+    /// Handle to drop it by.
+    pub id: u64,
+    /// Initiator name.
+    pub initiator: String,
+    /// Target name (empty for discovery).
+    pub target: String,
+    /// PAN and node the initiator is.
+    pub pan: String,
+    /// Node.
+    pub node: String,
+    /// ISID, hex.
+    pub isid: String,
+    /// TSIH.
+    pub tsih: u16,
+    /// The portal it came in on.
+    pub portal: String,
+    /// The initiator's address.
+    pub peer: String,
+    /// Discovery or normal.
+    pub kind: &'static str,
+    /// Negotiated digests and sizes.
+    pub parameters: String,
+}
+
+/// Counters per portal.
+#[derive(Debug)]
+pub struct IscsiStats {
+    logins: Mutex<BTreeMap<(String, &'static str), u64>>,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    pdus: [AtomicU64; 64],
+    refused_connections: AtomicU64,
+}
+
+impl Default for IscsiStats {
+    fn default() -> Self {
+        IscsiStats {
+            logins: Mutex::default(),
+            errors: Mutex::default(),
+            pdus: std::array::from_fn(|_| AtomicU64::new(0)),
+            refused_connections: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IscsiStats {
+    fn login(&self, portal: SocketAddr, status: Status) {
+        let result = match status.0 {
+            0 => "success",
+            _ if status == Status::AUTHENTICATION_FAILURE => "authentication_failure",
+            _ if status == Status::AUTHORIZATION_FAILURE => "not_authorized",
+            _ if status == Status::NOT_FOUND => "target_not_found",
+            2 => "initiator_error",
+            _ => "target_error",
+        };
+        *self.logins.lock().expect("stats").entry((portal.to_string(), result)).or_default() += 1;
+    }
+
+    fn error(&self, label: &'static str) {
+        *self.errors.lock().expect("stats").entry(label).or_default() += 1;
+    }
+
+    fn pdu(&self, opcode: u8) {
+        self.pdus[usize::from(opcode & 0x3f)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logins by (portal, result).
+    pub fn logins(&self) -> Vec<((String, &'static str), u64)> {
+        self.logins.lock().expect("stats").iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Connections ended for a protocol error, digest error or timeout, by reason.
+    pub fn errors(&self) -> Vec<(&'static str, u64)> {
+        self.errors.lock().expect("stats").iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// PDUs received, by opcode name.
+    pub fn pdus(&self) -> Vec<(&'static str, u64)> {
+        (0u8..64)
+            .filter_map(|op| {
+                let n = self.pdus[usize::from(op)].load(Ordering::Relaxed);
+                let name = iscsi::Opcode::from_byte(op).map_or("unknown", iscsi::Opcode::name);
+                (n > 0).then_some((name, n))
+            })
+            .collect()
+    }
+
+    /// Connections closed at once because `max_connections` were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A login that reached the full feature phase.
+struct Established {
+    params: Params,
+    isid: u64,
+    tsih: u16,
+    admitted: Admitted,
+    ring: Option<Initiator>,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+}
+
+struct Registered {
+    view: SessionView,
+    kill: Arc<AtomicBool>,
+    stream: TcpStream,
+}
+
+/// What every connection thread reads.
+struct Shared {
+    registry: Registry,
+    prefix: String,
+    addresses: Vec<String>,
+    socket: PathBuf,
+    limits: Limits,
+    max_connections: usize,
+    stopping: AtomicBool,
+    connections: AtomicUsize,
+    next_tsih: AtomicU16,
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<u64, Registered>>,
+    stats: IscsiStats,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn directory(&self) -> Directory {
+        Directory::new(self.registry.clone(), &self.prefix, self.addresses.clone())
+    }
+
+    fn next_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+
+    /// Records a session; a normal session with the same initiator, ISID and target
+    /// replaces (drops) the old one: session reinstatement.
+    fn register(
+        &self,
+        est: &Established,
+        portal: SocketAddr,
+        peer: SocketAddr,
+        stream: &TcpStream,
+    ) -> (u64, Arc<AtomicBool>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let target = est.params.target_name.clone().unwrap_or_default();
+        let initiator = est.params.initiator_name.clone().unwrap_or_default();
+        let view = SessionView {
+            id,
+            initiator,
+            target,
+            pan: est.admitted.node.pan.clone(),
+            node: est.admitted.node.node.clone(),
+            isid: format!("{:012x}", est.isid),
+            tsih: est.tsih,
+            portal: portal.to_string(),
+            peer: peer.to_string(),
+            kind: if est.params.discovery { "discovery" } else { "normal" },
+            parameters: conn::describe(&est.params),
+        };
+        let kill = Arc::new(AtomicBool::new(false));
+        let mut sessions = self.sessions.lock().expect("sessions");
+        if !est.params.discovery {
+            for old in sessions.values() {
+                let v = &old.view;
+                if v.kind == "normal" && v.initiator == view.initiator && v.isid == view.isid && v.target == view.target
+                {
+                    tracing::info!(initiator = %v.initiator, isid = %v.isid, "iSCSI session reinstated: the old one is dropped");
+                    old.kill.store(true, Ordering::Release);
+                    let _ = old.stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+        let stream = stream.try_clone().expect("a socket fd can be duplicated");
+        sessions.insert(id, Registered { view, kill: kill.clone(), stream });
+        (id, kill)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.sessions.lock().expect("sessions").remove(&id);
+    }
+}
+
+/// The running target.
+#[derive(Debug)]
+pub struct IscsiService {
+    shared: Arc<Shared>,
+    portals: Vec<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl IscsiService {
+    /// Binds every portal and starts accepting.
+    pub fn start(opts: IscsiOptions, registry: Registry) -> std::io::Result<IscsiService> {
+        let mut listeners = Vec::new();
+        for p in &opts.portals {
+            let l = TcpListener::bind(p)?;
+            l.set_nonblocking(true)?;
+            listeners.push(l);
+        }
+        let bound: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect::<Result<_, _>>()?;
+        let shared = Arc::new(Shared {
+            registry,
+            prefix: opts.target_prefix,
+            addresses: bound.iter().map(|a| format!("{a},1")).collect(),
+            socket: opts.socket,
+            limits: opts.limits,
+            max_connections: opts.max_connections,
+            stopping: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            next_tsih: AtomicU16::new(1),
+            next_id: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
+            stats: IscsiStats::default(),
+        });
+        let mut portals = Vec::new();
+        for (l, addr) in listeners.into_iter().zip(bound) {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("pangate-iscsi-{}", addr.port()))
+                .spawn(move || accept(l, addr, s))?;
+            portals.push((addr, t));
+        }
+        Ok(IscsiService { shared, portals })
+    }
+
+    /// The portals' bound addresses.
+    pub fn portals(&self) -> Vec<SocketAddr> {
+        self.portals.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// Sessions in the full feature phase.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> =
+            self.shared.sessions.lock().expect("sessions").values().map(|r| r.view.clone()).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Drops a session (its connection closes; its commands in flight complete first in
+    /// the SCSI target). Whether there was one.
+    pub fn drop_session(&self, id: u64) -> bool {
+        let sessions = self.shared.sessions.lock().expect("sessions");
+        let Some(r) = sessions.get(&id) else { return false };
+        r.kill.store(true, Ordering::Release);
+        let _ = r.stream.shutdown(std::net::Shutdown::Both);
+        true
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &IscsiStats {
+        &self.shared.stats
+    }
+
+    /// Asks every session to log out, waits for them a few seconds, and stops.
+    pub fn stop(self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        for (_, t) in self.portals {
+            let _ = t.join();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.shared.connections.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Releases a connection slot when the connection's thread ends.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn accept(listener: TcpListener, portal: SocketAddr, shared: Arc<Shared>) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    while !shared.stopping.load(Ordering::Acquire) {
+        let (stream, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(&listener, PollFlags::IN)];
+                let ts = rustix::time::Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+                let _ = poll(&mut fds, Some(&ts));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%portal, error = %e, "iSCSI accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= shared.max_connections {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%portal, %peer, max = shared.max_connections, "iSCSI connection refused: too many connections");
+            continue;
+        }
+        let slot = Slot(shared.clone());
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new().name("pangate-iscsi-conn".into()).spawn(move || {
+            let _slot = slot;
+            match conn::serve(stream, portal, s.clone()) {
+                Ok(()) => {}
+                Err(e @ (conn::Ended::Logout | conn::Ended::PeerClosed | conn::Ended::LoginFailed(..))) => {
+                    tracing::debug!(%portal, %peer, reason = %e, "iSCSI connection ended");
+                }
+                Err(e) => {
+                    if matches!(e, conn::Ended::LoginTimeout | conn::Ended::PingTimeout) {
+                        s.stats.error(e.label());
+                    }
+                    tracing::warn!(%portal, %peer, reason = %e, "iSCSI connection ended");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(%portal, error = %e, "cannot start an iSCSI connection thread");
+        }
+    }
+}
