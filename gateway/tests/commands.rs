@@ -115,7 +115,7 @@ fn read_capacity_10_and_16() {
     c[13] = 32;
     let f = run(&mut d, &c, &[]);
     assert_eq!(&f.data()[0..12], &[0, 0, 0, 0, 0, 0, 0x07, 0xFF, 0, 0, 0x02, 0]);
-    assert_eq!((f.data()[13], f.data()[14]), (3, 0xC0));
+    assert_eq!((f.data()[13], f.data()[14]), (0, 0xC0), "one logical block per physical block; LBPME, LBPRZ");
     c[13] = 12;
     assert_eq!(run(&mut d, &c, &[]).data().len(), 12);
 }
@@ -672,6 +672,27 @@ fn mode_select_10_enables_descriptor_sense() {
     let f = run(&mut d, &rw16(0x88, 5000, 1, false), &[]);
     assert_eq!(f.completion.sense[0], 0x72);
     expect_sense(&f, 0x5, Asc::LBA_OUT_OF_RANGE);
+}
+
+#[test]
+fn software_write_protect_refuses_writes_for_every_initiator_until_cleared() {
+    let mut d = ram_lun();
+    d.run(2, &[0], &[0; 6], &[]).unwrap(); // initiator 2 consumes its power-on attention
+    let mut control = run(&mut d, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]).data().to_vec();
+    assert_eq!(control[2] & 0x80, 0, "not write protected yet");
+    control[0] = 0;
+    control[2] = 0;
+    control[8] |= 0x08; // SWP
+    expect_good(&run(&mut d, &[0x15, 0x10, 0, 0, control.len() as u8, 0], &control));
+    assert_eq!(run(&mut d, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]).data()[2] & 0x80, 0x80, "WP");
+    expect_sense(&run(&mut d, &cdb10(0x2A, 0, 0, 1), &[1; 512]), 0x7, Asc::SOFTWARE_WRITE_PROTECTED);
+    expect_sense(&d.run(2, &[0], &[0; 6], &[]).unwrap(), 0x6, Asc::MODE_PARAMETERS_CHANGED);
+    let other = d.run(2, &[0], &cdb10(0x2A, 0, 0, 1), &[1; 512]).unwrap();
+    expect_sense(&other, 0x7, Asc::SOFTWARE_WRITE_PROTECTED);
+    expect_good(&run(&mut d, &cdb10(0x28, 0, 0, 1), &[]));
+    control[8] &= !0x08;
+    expect_good(&run(&mut d, &[0x15, 0x10, 0, 0, control.len() as u8, 0], &control));
+    expect_good(&run(&mut d, &cdb10(0x2A, 0, 0, 1), &[1; 512]));
 }
 
 #[test]

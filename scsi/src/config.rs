@@ -176,9 +176,12 @@ impl LunConfig {
         u32::try_from(blocks.min(u64::from(MAX_UNMAP_LBA_COUNT))).unwrap_or(MAX_UNMAP_LBA_COUNT)
     }
 
-    /// The largest WRITE SAME, in blocks.
+    /// The largest WRITE SAME, in blocks: the byte limit, and at most 65535 blocks, as LIO
+    /// reports. Initiators treat a larger limit as leave to move as many blocks by other
+    /// commands too (libiscsi's WriteSame16.Unmap writes 65536 blocks with one WRITE(16)
+    /// when the limit allows a WRITE SAME that long, past any MAXIMUM TRANSFER LENGTH).
     pub fn max_write_same_blocks(&self) -> u64 {
-        (self.limits.max_write_same_bytes / u64::from(self.block_size)).max(1)
+        (self.limits.max_write_same_bytes / u64::from(self.block_size)).clamp(1, 0xFFFF)
     }
 
     /// log2 of the block size.

@@ -166,6 +166,9 @@ impl LogicalUnit {
         if cmd.writes_medium() && read_only {
             return self.fail(&Sense::write_protected());
         }
+        if cmd.writes_medium() && self.mode.software_write_protect {
+            return self.fail(&Sense::new(SenseKey::DataProtect, Asc::SOFTWARE_WRITE_PROTECTED));
+        }
         let want = cmd.parameter_len(self.cfg.block_size);
         if params.len() < want {
             return self.fail(&Sense::parameter_list_length());

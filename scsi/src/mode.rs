@@ -15,12 +15,14 @@ pub struct ModeState {
     pub write_cache: bool,
     /// Control page D_SENSE: report sense in descriptor format.
     pub descriptor_sense: bool,
+    /// Control page SWP: software write protect; the medium refuses writes.
+    pub software_write_protect: bool,
 }
 
 impl ModeState {
     /// Power-on defaults from the LUN's settings.
     pub fn defaults(cfg: &LunConfig) -> ModeState {
-        ModeState { write_cache: cfg.write_cache, descriptor_sense: false }
+        ModeState { write_cache: cfg.write_cache, descriptor_sense: false, software_write_protect: false }
     }
 }
 
@@ -51,6 +53,9 @@ fn page_bytes(code: u8, state: &ModeState, changeable: bool) -> Vec<u8> {
             if changeable || state.descriptor_sense {
                 p[2] = 0x04; // D_SENSE
             }
+            if changeable || state.software_write_protect {
+                p[4] = 0x08; // SWP
+            }
             if !changeable {
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                 p[8..10].copy_from_slice(&0xFFFFu16.to_be_bytes()); // busy timeout: unlimited
@@ -62,7 +67,8 @@ fn page_bytes(code: u8, state: &ModeState, changeable: bool) -> Vec<u8> {
 }
 
 /// Renders a MODE SENSE response (header, block descriptor, pages) before truncation;
-/// `read_only` sets WP in the device-specific parameter.
+/// `read_only`, or software write protect in the current state, sets WP in the
+/// device-specific parameter.
 pub fn sense(
     req: &ModeSense,
     cfg: &LunConfig,
@@ -100,7 +106,7 @@ pub fn sense(
     };
     // Device-specific parameter (SBC-3 6.5.1): WP when the LUN, or this initiator's map of
     // it, is read-only; DPOFUA (DPO and FUA supported).
-    let device_specific = if read_only { 0x80 } else { 0x00 } | 0x10;
+    let device_specific = if read_only || current.software_write_protect { 0x80 } else { 0x00 } | 0x10;
     let mut body = descriptor.clone();
     for p in pages {
         body.extend(page_bytes(p, &state, changeable));
@@ -188,7 +194,10 @@ pub fn select(ten: bool, params: &[u8], cfg: &LunConfig, state: &ModeState) -> R
         }
         match code {
             0x08 => next.write_cache = given[2] & 0x04 != 0,
-            0x0A => next.descriptor_sense = given[2] & 0x04 != 0,
+            0x0A => {
+                next.descriptor_sense = given[2] & 0x04 != 0;
+                next.software_write_protect = given[4] & 0x08 != 0;
+            }
             _ => {}
         }
         at = end;
@@ -226,7 +235,7 @@ mod tests {
     #[test]
     fn changeable_page_control_shows_wce_and_dsense_only() {
         let c = cfg();
-        let s = ModeState { write_cache: false, descriptor_sense: false };
+        let s = ModeState { write_cache: false, descriptor_sense: false, software_write_protect: false };
         let b = sense(&ModeSense { dbd: true, ..req(0x08, 1) }, &c, false, &s, &s).unwrap();
         assert_eq!(&b[4..8], &[0x08, 18, 0x04, 0]);
     }

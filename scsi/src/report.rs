@@ -19,8 +19,12 @@ pub fn read_capacity16(cfg: &LunConfig) -> Vec<u8> {
     let mut b = vec![0u8; 32];
     b[0..8].copy_from_slice(&(cfg.blocks - 1).to_be_bytes());
     b[8..12].copy_from_slice(&cfg.block_size.to_be_bytes());
-    // Images live on 4 KiB pages: report 4 KiB physical blocks.
-    b[13] = (4096 / cfg.block_size).trailing_zeros() as u8;
+    // One logical block per physical block. Images do live on 4 KiB pages, and the Block
+    // Limits page says so (optimal transfer and unmap granularity), which is what the
+    // kernel aligns to; but a physical block larger than the logical one makes GET LBA
+    // STATUS's answers, which start at the LBA asked about, look misaligned to initiators
+    // that expect physical-block extents (libiscsi's GetLBAStatus.UnmapSingle).
+    b[13] = 0;
     if cfg.thin_provisioning {
         b[14] = 0x80 | 0x40;
     }
@@ -176,7 +180,7 @@ mod tests {
         let c = LunConfig::new(LunIdentity::new("r"), 512, 1 << 20).unwrap();
         let b = read_capacity16(&c);
         assert_eq!(&b[0..8], &2047u64.to_be_bytes());
-        assert_eq!(b[13], 3);
+        assert_eq!(b[13], 0);
         assert_eq!(b[14], 0xC0);
         assert_eq!(read_capacity10(&c), vec![0, 0, 7, 0xFF, 0, 0, 2, 0]);
     }

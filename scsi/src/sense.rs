@@ -72,6 +72,8 @@ impl Asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc(0x26, 0x00);
     /// WRITE PROTECTED.
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
+    /// LOGICAL UNIT SOFTWARE WRITE PROTECTED (the control mode page's SWP).
+    pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc(0x27, 0x02);
     /// SPACE ALLOCATION FAILED WRITE PROTECT (thin provisioning ran out of space).
     pub const SPACE_ALLOCATION_FAILED: Asc = Asc(0x27, 0x07);
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.

@@ -462,7 +462,10 @@ impl Session {
         let mut cdb = c.cdb;
         let mut keep = None;
         let mut partial = false;
-        if let (true, Some(sp)) = (c.write && !c.read, spdtl) {
+        // Other commands (COMPARE AND WRITE, WRITE SAME, ORWRITE) get the data as sent, and
+        // the SCSI target refuses a length that is not the CDB's.
+        let rewritable = scsi::cdb::with_transfer_blocks(&cdb, 1).is_some();
+        if let (true, true, Some(sp)) = (c.write && !c.read, rewritable, spdtl) {
             let edtl = u64::from(c.expected_len);
             if edtl > sp {
                 keep = Some(sp as u32);
