@@ -592,9 +592,8 @@ fn verify_12_and_write_and_verify_12() {
 #[test]
 fn commands_pangate_does_not_implement_are_invalid_opcodes() {
     let mut d = ram_lun();
-    // READ DEFECT DATA(10), EXTENDED COPY, RECEIVE COPY RESULTS, SANITIZE, WRITE ATOMIC(16).
+    // EXTENDED COPY, RECEIVE COPY RESULTS, SANITIZE, WRITE ATOMIC(16).
     for cdb in [
-        vec![0x37, 0, 0, 0, 0, 0, 0, 0, 8, 0],
         vec![0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         vec![0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         vec![0x48, 0x01, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -693,6 +692,44 @@ fn software_write_protect_refuses_writes_for_every_initiator_until_cleared() {
     control[8] &= !0x08;
     expect_good(&run(&mut d, &[0x15, 0x10, 0, 0, control.len() as u8, 0], &control));
     expect_good(&run(&mut d, &cdb10(0x2A, 0, 0, 1), &[1; 512]));
+}
+
+#[test]
+fn reserve_holds_the_unit_for_one_initiator_until_release_reset_or_nexus_loss() {
+    let mut d = ram_lun();
+    let tur = [0u8; 6];
+    d.run(2, &[0], &tur, &[]).unwrap(); // initiator 2 consumes its power-on attention
+    run(&mut d, &tur, &[]);
+    expect_good(&run(&mut d, &[0x16, 0, 0, 0, 0, 0], &[]));
+    expect_good(&run(&mut d, &[0x16, 0, 0, 0, 0, 0], &[]));
+    let conflict = |d: &mut gateway::lun::LunDriver, cdb: &[u8]| d.run(2, &[0], cdb, &[]).unwrap().completion.status;
+    assert_eq!(conflict(&mut d, &[0x16, 0, 0, 0, 0, 0]), Status::ReservationConflict);
+    assert_eq!(conflict(&mut d, &[0x1A, 0, 0x3F, 0, 255, 0]), Status::ReservationConflict);
+    assert_eq!(conflict(&mut d, &cdb10(0x28, 0, 0, 1)), Status::ReservationConflict);
+    assert_eq!(conflict(&mut d, &[0x12, 0, 0, 0, 36, 0]), Status::Good, "INQUIRY is allowed");
+    assert_eq!(conflict(&mut d, &[0x17, 0, 0, 0, 0, 0]), Status::Good, "a release by another is a no-op");
+    expect_good(&run(&mut d, &cdb10(0x28, 0, 0, 1), &[]));
+    expect_good(&run(&mut d, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(conflict(&mut d, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Status::Good, "released: 2 reserves");
+    // Nexus loss releases it.
+    d.unit_mut().forget(2);
+    expect_good(&run(&mut d, &[0x16, 0, 0, 0, 0, 0], &[]));
+    // So does a LUN reset.
+    d.unit_mut().reset();
+    d.run(2, &[0], &tur, &[]).unwrap(); // the reset's attention
+    run(&mut d, &tur, &[]);
+    assert_eq!(conflict(&mut d, &tur), Status::Good);
+    // Third-party reservations are not supported.
+    expect_invalid_field(&run(&mut d, &[0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], &[]), 1);
+}
+
+#[test]
+fn read_defect_data_reports_empty_lists() {
+    let mut d = ram_lun();
+    let f = run(&mut d, &[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 255, 0], &[]);
+    assert_eq!(f.data(), &[0, 0x1D, 0, 0]);
+    let f = run(&mut d, &[0xB7, 0x0D, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]);
+    assert_eq!(f.data(), &[0, 0x0D, 0, 0, 0, 0, 0, 0]);
 }
 
 #[test]

@@ -76,6 +76,19 @@ pub enum Command {
     },
     /// PREVENT ALLOW MEDIUM REMOVAL (a no-op on non-removable media).
     PreventAllowMediumRemoval,
+    /// RESERVE (6) or (10): an SPC-2 reservation of the whole unit.
+    Reserve,
+    /// RELEASE (6) or (10).
+    Release,
+    /// READ DEFECT DATA (10) or (12): the (empty) defect lists.
+    ReadDefectData {
+        /// The 12-byte CDB (its header is 8 bytes, with a 4-byte length).
+        twelve: bool,
+        /// REQ_PLIST, REQ_GLIST and DEFECT LIST FORMAT, as the CDB has them.
+        request: u8,
+        /// Allocation length.
+        alloc: u32,
+    },
     /// READ CAPACITY (10).
     ReadCapacity10,
     /// READ CAPACITY (16).
@@ -240,6 +253,7 @@ impl Command {
             Command::RequestSense { alloc, .. } | Command::Inquiry { alloc, .. } => usize::from(alloc),
             Command::ModeSense(m) => usize::from(m.alloc),
             Command::ReadCapacity10 => 8,
+            Command::ReadDefectData { alloc, .. } => alloc as usize,
             Command::ReadCapacity16 { alloc }
             | Command::GetLbaStatus { alloc, .. }
             | Command::ReportLuns { alloc, .. }
@@ -265,6 +279,16 @@ impl Command {
     /// for INQUIRY, REPORT LUNS and REQUEST SENSE).
     pub fn reports_unit_attention(&self) -> bool {
         !matches!(self, Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. })
+    }
+
+    /// Whether an initiator may send it while another holds an SPC-2 reservation of the
+    /// unit (SPC-2 5.5.1; the set LIO allows): INQUIRY, REPORT LUNS, REQUEST SENSE and
+    /// RELEASE. Anything else gets RESERVATION CONFLICT.
+    pub fn allowed_under_reservation(&self) -> bool {
+        matches!(
+            self,
+            Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. } | Command::Release
+        )
     }
 }
 
@@ -437,6 +461,12 @@ pub fn decode(cdb: &[u8], cfg: &LunConfig) -> Result<Command, Sense> {
             Command::StartStopUnit { start: cdb[4] & 1 != 0, no_flush: cdb[4] & 0x04 != 0 }
         }
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval,
+        op::RESERVE_6 | op::RESERVE_10 => Command::Reserve,
+        op::RELEASE_6 | op::RELEASE_10 => Command::Release,
+        op::READ_DEFECT_DATA_10 => {
+            Command::ReadDefectData { twelve: false, request: cdb[2], alloc: u32::from(be16(cdb, 7)) }
+        }
+        op::READ_DEFECT_DATA_12 => Command::ReadDefectData { twelve: true, request: cdb[1], alloc: be32(cdb, 6) },
         op::READ_CAPACITY_10 => {
             // SBC-3: with PMI clear the LOGICAL BLOCK ADDRESS field must be zero.
             if cdb[8] & 1 == 0 && be32(cdb, 2) != 0 {

@@ -9,8 +9,8 @@ use crate::inquiry;
 use crate::mode::{self, ModeState};
 use crate::opcodes::op;
 use crate::report;
-use crate::sense::{Asc, Sense, SenseKey};
-use crate::task::{BackendOp, Buf, Completion, Finish, LockMode, LockRequest, Step, Task};
+use crate::sense::{Asc, Sense, SenseKey, Status};
+use crate::task::{BackendOp, Buf, Completion, DataIn, Finish, LockMode, LockRequest, Step, Task};
 
 /// Identifies an I_T nexus (an initiator's connection), chosen by the transport.
 pub type InitiatorId = u64;
@@ -51,13 +51,15 @@ pub struct LogicalUnit {
     /// Looked up for every command, so hashed with foldhash rather than SipHash (the ids are
     /// the transport's, not an initiator's choice).
     attentions: HashMap<InitiatorId, VecDeque<Asc>, foldhash::fast::RandomState>,
+    /// The initiator holding an SPC-2 RESERVE of the whole unit.
+    reserved_by: Option<InitiatorId>,
 }
 
 impl LogicalUnit {
     /// A logical unit at power on.
     pub fn new(cfg: LunConfig) -> LogicalUnit {
         let mode = ModeState::defaults(&cfg);
-        LogicalUnit { cfg, mode, saved: mode, attentions: HashMap::default() }
+        LogicalUnit { cfg, mode, saved: mode, attentions: HashMap::default(), reserved_by: None }
     }
 
     /// The unit's settings.
@@ -100,16 +102,27 @@ impl LogicalUnit {
         self.queue_attention(Asc::CAPACITY_CHANGED, None);
     }
 
-    /// Marks a LOGICAL UNIT RESET: mode pages return to saved values and every initiator
-    /// gets BUS DEVICE RESET FUNCTION OCCURRED.
+    /// Marks a LOGICAL UNIT RESET: mode pages return to saved values, an SPC-2
+    /// reservation is released, and every initiator gets BUS DEVICE RESET FUNCTION
+    /// OCCURRED.
     pub fn reset(&mut self) {
         self.mode = self.saved;
+        self.reserved_by = None;
         self.queue_attention(Asc::LUN_RESET, None);
+    }
+
+    /// The initiator holding an SPC-2 reservation of the unit.
+    pub fn reserved_by(&self) -> Option<InitiatorId> {
+        self.reserved_by
     }
 
     /// Forgets an initiator (its nexus is gone); a new one starts with a power-on attention.
     pub fn forget(&mut self, initiator: InitiatorId) {
         self.attentions.remove(&initiator);
+        // I_T nexus loss releases its reservation (SPC-2 5.5.1).
+        if self.reserved_by == Some(initiator) {
+            self.reserved_by = None;
+        }
     }
 
     fn attentions_of(&mut self, initiator: InitiatorId) -> &mut VecDeque<Asc> {
@@ -162,6 +175,13 @@ impl LogicalUnit {
     /// Executes a decoded command.
     pub fn execute(&mut self, nexus: &Nexus<'_>, cmd: &Command, params: &[u8]) -> Action {
         let initiator = nexus.id;
+        if self.reserved_by.is_some_and(|holder| holder != initiator) && !cmd.allowed_under_reservation() {
+            return Action::Complete(Completion {
+                status: Status::ReservationConflict,
+                sense: Vec::new(),
+                data_in: DataIn::None,
+            });
+        }
         let read_only = self.cfg.read_only || nexus.read_only;
         if cmd.writes_medium() && read_only {
             return self.fail(&Sense::write_protected());
@@ -178,6 +198,24 @@ impl LogicalUnit {
         let done = |bytes: Vec<u8>, alloc: usize| Action::Complete(Completion::data(bytes, alloc));
         match *cmd {
             Command::TestUnitReady | Command::PreventAllowMediumRemoval => Action::Complete(Completion::good()),
+            Command::Reserve => {
+                // Another holder was refused above; the holder may reserve again.
+                self.reserved_by = Some(initiator);
+                Action::Complete(Completion::good())
+            }
+            Command::Release => {
+                // A release by an initiator that holds nothing is GOOD and changes nothing.
+                if self.reserved_by == Some(initiator) {
+                    self.reserved_by = None;
+                }
+                Action::Complete(Completion::good())
+            }
+            Command::ReadDefectData { twelve, request, alloc } => {
+                // No defects: valid, empty lists of whichever kinds were asked for.
+                let flags = request & 0x1F;
+                let header = if twelve { vec![0, flags, 0, 0, 0, 0, 0, 0] } else { vec![0, flags, 0, 0] };
+                done(header, alloc as usize)
+            }
             Command::RequestSense { desc, alloc } => {
                 let sense = match self.attentions_of(initiator).pop_front() {
                     Some(asc) => Sense::new(SenseKey::UnitAttention, asc),

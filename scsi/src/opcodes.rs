@@ -13,6 +13,8 @@ pub mod op {
     pub const WRITE_6: u8 = 0x0A;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
@@ -23,9 +25,12 @@ pub mod op {
     pub const VERIFY_10: u8 = 0x2F;
     pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
     pub const MODE_SELECT_10: u8 = 0x55;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5A;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
@@ -43,6 +48,7 @@ pub mod op {
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
     pub const VERIFY_12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
 
     /// SERVICE ACTION IN(16) / READ CAPACITY(16).
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
@@ -62,6 +68,8 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         op::WRITE_6 => "WRITE_6",
         op::INQUIRY => "INQUIRY",
         op::MODE_SELECT_6 => "MODE_SELECT_6",
+        op::RESERVE_6 => "RESERVE_6",
+        op::RELEASE_6 => "RELEASE_6",
         op::MODE_SENSE_6 => "MODE_SENSE_6",
         op::START_STOP_UNIT => "START_STOP_UNIT",
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => "PREVENT_ALLOW_MEDIUM_REMOVAL",
@@ -72,9 +80,12 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         op::VERIFY_10 => "VERIFY_10",
         op::PRE_FETCH_10 => "PRE_FETCH_10",
         op::SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE_CACHE_10",
+        op::READ_DEFECT_DATA_10 => "READ_DEFECT_DATA_10",
         op::WRITE_SAME_10 => "WRITE_SAME_10",
         op::UNMAP => "UNMAP",
         op::MODE_SELECT_10 => "MODE_SELECT_10",
+        op::RESERVE_10 => "RESERVE_10",
+        op::RELEASE_10 => "RELEASE_10",
         op::MODE_SENSE_10 => "MODE_SENSE_10",
         op::READ_16 => "READ_16",
         op::COMPARE_AND_WRITE => "COMPARE_AND_WRITE",
@@ -92,6 +103,7 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         op::WRITE_12 => "WRITE_12",
         op::WRITE_AND_VERIFY_12 => "WRITE_AND_VERIFY_12",
         op::VERIFY_12 => "VERIFY_12",
+        op::READ_DEFECT_DATA_12 => "READ_DEFECT_DATA_12",
         _ => return None,
     })
 }
@@ -125,6 +137,9 @@ pub static COMMANDS: &[CommandInfo] = &[
     row(op::WRITE_6, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0], 30),
     row(op::INQUIRY, &[0x12, 0x01, 0xFF, 0xFF, 0xFF, 0], 1),
     row(op::MODE_SELECT_6, &[0x15, 0x11, 0, 0, 0xFF, 0], 1),
+    // SPC-2 reservations of the whole unit: no third-party or extent reservations.
+    row(op::RESERVE_6, &[0x16, 0, 0, 0, 0, 0], 1),
+    row(op::RELEASE_6, &[0x17, 0, 0, 0, 0, 0], 1),
     row(op::MODE_SENSE_6, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0], 1),
     row(op::START_STOP_UNIT, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0], 60),
     row(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1E, 0, 0, 0, 0x03, 0], 1),
@@ -135,9 +150,12 @@ pub static COMMANDS: &[CommandInfo] = &[
     row(op::VERIFY_10, &[0x2F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
     row(op::PRE_FETCH_10, &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
     row(op::SYNCHRONIZE_CACHE_10, &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 60),
+    row(op::READ_DEFECT_DATA_10, &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0], 1),
     row(op::WRITE_SAME_10, &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0], 120),
     row(op::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0], 120),
     row(op::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0], 1),
+    row(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], 1),
+    row(op::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], 1),
     row(op::MODE_SENSE_10, &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0], 1),
     row(
         op::READ_16,
@@ -207,6 +225,7 @@ pub static COMMANDS: &[CommandInfo] = &[
     row(op::WRITE_12, &[0xAA, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 30),
     row(op::WRITE_AND_VERIFY_12, &[0xAE, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 60),
     row(op::VERIFY_12, &[0xAF, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0], 60),
+    row(op::READ_DEFECT_DATA_12, &[0xB7, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0], 1),
 ];
 
 /// Opcodes whose second byte carries a five-bit service action.

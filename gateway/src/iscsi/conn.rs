@@ -485,7 +485,11 @@ fn full_feature(
                 Work::Close(c) => {
                     closing = Some(match c {
                         iscsi::session::Closing::Logout => Ended::Logout,
-                        iscsi::session::Closing::ColdReset => Ended::ColdReset,
+                        iscsi::session::Closing::ColdReset => {
+                            // A cold reset ends every session of the target (RFC 7143 11.5.1).
+                            shared.drop_target(est.params.target_name.as_deref().unwrap_or_default(), kill);
+                            Ended::ColdReset
+                        }
                     })
                 }
             }

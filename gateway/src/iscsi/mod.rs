@@ -237,6 +237,16 @@ impl Shared {
         (id, kill)
     }
 
+    /// Drops every normal session of `target` but the one whose kill flag is `except`.
+    fn drop_target(&self, target: &str, except: &AtomicBool) {
+        for r in self.sessions.lock().expect("sessions").values() {
+            if r.view.kind == "normal" && r.view.target == target && !std::ptr::eq(&*r.kill, except) {
+                r.kill.store(true, Ordering::Release);
+                let _ = r.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
     fn unregister(&self, id: u64) {
         self.sessions.lock().expect("sessions").remove(&id);
     }

@@ -162,7 +162,7 @@ enum Control {
     Node {
         pan: String,
         node: String,
-        entry: Option<NodeEntry>,
+        entry: Option<Box<NodeEntry>>,
         reply: Reply,
     },
 }
@@ -198,7 +198,7 @@ impl LunControl {
         self.ask_all(|reply| Control::Node {
             pan: pan.to_string(),
             node: node.to_string(),
-            entry: entry.cloned(),
+            entry: entry.cloned().map(Box::new),
             reply,
         })
     }

@@ -45,7 +45,7 @@ impl Worker {
                     match &entry {
                         Some(e) => {
                             c.set_map(lun_map(e, &self.metrics, &self.caps));
-                            c.entry = e.clone();
+                            c.entry = (**e).clone();
                         }
                         None => {
                             tracing::info!(pan = %pan, node = %node, "node deleted: closing its queue pair");
