@@ -118,7 +118,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
             "off (no target_core_user in this kernel)"
         }
     );
-    let iscsi = start_iscsi(&cfg, &socket, registry.clone())?;
+    let iscsi = start_iscsi(&cfg, &socket, registry.clone(), server.images())?;
     let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, registry.clone())?));
     let admin = gateway::admin::GatewayAdmin::new(
         cfg.clone(),
@@ -166,6 +166,7 @@ fn start_iscsi(
     cfg: &Config,
     socket: &Path,
     registry: Registry,
+    images: Arc<dyn gateway::registry::Images>,
 ) -> anyhow::Result<Option<gateway::iscsi::IscsiService>> {
     if cfg.iscsi.listen.is_empty() {
         println!("  iSCSI:     off (no [iscsi] listen)");
@@ -179,8 +180,9 @@ fn start_iscsi(
         max_connections: cfg.iscsi.max_connections,
         socket: socket.to_path_buf(),
         limits: iscsi::negotiate::Limits::default(),
+        timeout: std::time::Duration::from_secs(cfg.iscsi.timeout_secs),
     };
-    let service = gateway::iscsi::IscsiService::start(opts, registry)
+    let service = gateway::iscsi::IscsiService::start(opts, registry, images)
         .with_context(|| format!("listening for iSCSI on {}", cfg.iscsi.listen.join(", ")))?;
     let portals: Vec<String> = service.portals().iter().map(ToString::to_string).collect();
     println!("  iSCSI:     {} (targets {}:<pan>.t<target>)", portals.join(", "), cfg.iscsi.target_prefix);

@@ -171,6 +171,14 @@ pub struct IscsiConfig {
     /// Connections (logged in or logging in) the gateway holds at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Seconds a connection has to finish its login; a silent initiator is pinged after
+    /// this long, and dropped when it does not answer within as long again.
+    #[serde(default = "default_login_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_login_timeout() -> u64 {
+    15
 }
 
 fn default_target_prefix() -> String {
@@ -187,6 +195,7 @@ impl Default for IscsiConfig {
             listen: Vec::new(),
             target_prefix: default_target_prefix(),
             max_connections: default_max_connections(),
+            timeout_secs: default_login_timeout(),
         }
     }
 }
@@ -615,6 +624,9 @@ impl Config {
                 ),
                 "use the form iqn.<yyyy-mm>.<reversed domain>, e.g. \"iqn.2026-12.com.example\"",
             ));
+        }
+        if !(1..=3600).contains(&self.iscsi.timeout_secs) {
+            return Err(err("iscsi.timeout_secs", "must be 1-3600 seconds", "leave it out for 15"));
         }
         if self.iscsi.max_connections == 0 {
             return Err(err(

@@ -32,6 +32,7 @@ pub struct Reply {
     pub sense: Vec<u8>,
     pub data: Vec<u8>,
     /// Residual flags (0x04 overflow, 0x02 underflow) and count.
+    #[allow(dead_code)] // read by some tests only
     pub residual: (u8, u32),
 }
 
@@ -89,7 +90,13 @@ impl Client {
     }
 
     /// [`Client::login`] with a chosen ISID.
-    pub fn login_isid(addr: SocketAddr, initiator: &str, target: Option<&str>, secret: &str, isid: u64) -> Result<Client, (u8, u8)> {
+    pub fn login_isid(
+        addr: SocketAddr,
+        initiator: &str,
+        target: Option<&str>,
+        secret: &str,
+        isid: u64,
+    ) -> Result<Client, (u8, u8)> {
         let stream = TcpStream::connect(addr).expect("connect to the portal");
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -138,8 +145,9 @@ impl Client {
         if class != 0 {
             return Err((class, detail));
         }
-        c.target_max_recv = value(&body, "MaxRecvDataSegmentLength").map_or(8192, |v| v.parse().unwrap());
-        c.first_burst = value(&body, "FirstBurstLength").map_or(65536, |v| v.parse().unwrap());
+        // A discovery session answers the data keys Irrelevant.
+        c.target_max_recv = value(&body, "MaxRecvDataSegmentLength").and_then(|v| v.parse().ok()).unwrap_or(8192);
+        c.first_burst = value(&body, "FirstBurstLength").and_then(|v| v.parse().ok()).unwrap_or(65536);
         c.tsih = bhs.get(field::TSIH) as u16;
         Ok(c)
     }
@@ -194,7 +202,12 @@ impl Client {
                         let residual = (p.bhs.flags() & 0x06, p.bhs.get32(field::RESIDUAL_COUNT));
                         let moved = edtl as usize - if residual.0 == 0x02 { residual.1 as usize } else { 0 };
                         data.truncate(moved.min(data.len()));
-                        return Some(Reply { status: p.bhs.get(field::STATUS) as u8, sense: Vec::new(), data, residual });
+                        return Some(Reply {
+                            status: p.bhs.get(field::STATUS) as u8,
+                            sense: Vec::new(),
+                            data,
+                            residual,
+                        });
                     }
                 }
                 Some(Opcode::ScsiResponse) => {
@@ -273,7 +286,16 @@ impl Client {
         self.send(b, &pairs(&[("SendTargets", "All")]));
         let r = self.recv().expect("a text response");
         assert_eq!(r.bhs.opcode(), Some(Opcode::TextResponse));
-        text::parse(&r.data).unwrap()
+        // SendTargets repeats TargetName and TargetAddress, which negotiation text may not.
+        r.data
+            .split(|&b| b == 0)
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let kv = String::from_utf8(kv.to_vec()).unwrap();
+                let (k, v) = kv.split_once('=').expect("key=value");
+                (k.to_string(), v.to_string())
+            })
+            .collect()
     }
 
     /// Logs out; whether the target answered.

@@ -25,16 +25,14 @@ use rustix::event::{poll, PollFd, PollFlags};
 
 use super::{Established, Shared};
 
-/// The whole login must finish within this.
-pub(super) const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Silence after which the target pings, and then gives up on a ping unanswered.
-const NOP_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a session asked to log out at shutdown has to do so.
 const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 /// Commands the CmdSN window admits.
 const DEPTH: u32 = 128;
-/// The queue pair's data area, where data-out and data-in stay while commands run.
-const DATA_AREA: u64 = 32 << 20;
+/// The queue pair's data area, where data-out and data-in stay while commands run: room
+/// for one transfer of the SCSI target's maximum (8 MiB) beside others. The ring server
+/// pins it whole, so it is kept small.
+const DATA_AREA: u64 = 16 << 20;
 /// Largest transfer one command may have: the SCSI target's maximum (8 MiB) and room.
 const MAX_TASK_BYTES: u32 = 9 << 20;
 /// Past this much unsent output the connection stops reading until the initiator reads.
@@ -51,11 +49,11 @@ pub(super) enum Ended {
     Logout,
     #[error("the login failed: status {0:02x}{1:02x}")]
     LoginFailed(u8, u8),
-    #[error("the login did not finish within {LOGIN_TIMEOUT:?}")]
+    #[error("the login did not finish in time")]
     LoginTimeout,
     #[error("{0}")]
     Protocol(String, &'static str),
-    #[error("no answer to a NOP-In ping within {NOP_INTERVAL:?}")]
+    #[error("no answer to a NOP-In ping")]
     PingTimeout,
     #[error("dropped by the admin or replaced by a new login with the same ISID")]
     Dropped,
@@ -241,7 +239,7 @@ pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>) 
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     let mut wire = Wire { stream, rbuf: Vec::new(), used: 0, wbuf: Vec::new(), sent: 0 };
-    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    let deadline = Instant::now() + shared.timeout;
     let result = match login(&mut wire, &shared, portal, deadline) {
         Ok(Some(est)) => {
             let (id, kill) = shared.register(&est, portal, peer, &wire.stream);
@@ -269,7 +267,6 @@ fn login(
     let mut stat_sn = u32::from_be_bytes(random::<4>()) & 0x00ff_ffff;
     loop {
         let raw = wire.read_login_pdu(&framer, deadline)?;
-        let bhs = raw.bhs;
         let req = match Pdu::parse(raw) {
             Ok(Pdu::Login(r)) => r,
             Ok(_) => {
@@ -322,26 +319,13 @@ fn login(
                     Ok(a) => a,
                     Err(status) => return refuse(wire, status),
                 };
-                let ring = if params.discovery {
-                    None
-                } else {
-                    match connect_ring(shared, &admitted.node) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            tracing::warn!(node = %admitted.node.node, error = %e, "iSCSI: cannot reach the ring server");
-                            return refuse(wire, Status(3, 1));
-                        }
-                    }
-                };
                 framer.emit(pdu.bhs(), &body, &mut wire.wbuf);
-                let _ = bhs;
                 shared.stats.login(portal, Status::SUCCESS);
                 return Ok(Some(Established {
                     params: *params,
                     isid: req.isid,
                     tsih,
                     admitted,
-                    ring,
                     stat_sn,
                     exp_cmd_sn: req.cmd_sn,
                 }));
@@ -381,22 +365,24 @@ enum Pending {
 fn full_feature(
     wire: &mut Wire,
     shared: &Shared,
-    mut est: Established,
+    est: Established,
     kill: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Ended> {
     let target = est.admitted.target;
-    let luns: Vec<(u16, u32)> = est
-        .ring
-        .as_ref()
-        .map(|r| r.luns().iter().filter(|l| l.target == target).map(|l| (l.lun, l.block_size)).collect())
-        .unwrap_or_default();
     let discovery = est.params.discovery;
     let targets = shared.directory().targets_for(&est.admitted.node);
-    let depth = est.ring.as_ref().map_or(DEPTH, |r| r.queue_depth().min(DEPTH));
+    let luns = est
+        .admitted
+        .node
+        .luns
+        .iter()
+        .filter(|&&(t, ..)| t == target)
+        .map(|&(_, lun, image, _)| (lun, shared.images.capacity(image).map_or(512, |(bs, _)| bs)))
+        .collect();
     let mut session = Session::new(SessionConfig {
         params: est.params.clone(),
         max_recv_data: shared.limits.max_recv_data,
-        depth,
+        depth: DEPTH,
         max_task_bytes: MAX_TASK_BYTES,
         luns,
         stat_sn: est.stat_sn,
@@ -404,7 +390,9 @@ fn full_feature(
         targets,
     });
     let framer = session.in_framer();
-    let mut ring = est.ring.take();
+    // The queue pair is made when the first command is ready to run, so a connection that
+    // only logs in, or misbehaves before that, costs the workers nothing.
+    let mut ring: Option<Initiator> = None;
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut resets: HashMap<u32, usize> = HashMap::new();
     let mut waiting: VecDeque<iscsi::session::Exec> = VecDeque::new();
@@ -467,6 +455,9 @@ fn full_feature(
 
         // Work for the SCSI target.
         let work = std::mem::take(&mut session.work);
+        if ring.is_none() && work.iter().any(|w| matches!(w, Work::Execute(_) | Work::Reset { .. })) {
+            ring = Some(connect_ring(shared, &est.admitted.node).map_err(ring_err)?);
+        }
         for w in work {
             match w {
                 Work::Execute(e) => waiting.push_back(e),
@@ -566,7 +557,7 @@ fn full_feature(
         }
 
         // Keepalive: ping a silent initiator, give up on one that does not answer.
-        if last_heard.elapsed() >= NOP_INTERVAL {
+        if last_heard.elapsed() >= shared.timeout {
             if !session.ping() {
                 return Err(Ended::PingTimeout);
             }

@@ -8,9 +8,8 @@
 //!   session and a ring queue pair of the node.
 //!
 //! Each portal has a thread that accepts; each connection a thread of its own, at most
-//! `max_connections` in all (more are closed at once). A login must finish within
-//! [`conn::LOGIN_TIMEOUT`], and a silent initiator is pinged and dropped when it does not
-//! answer.
+//! `max_connections` in all (more are closed at once). A login must finish within the
+//! timeout, and a silent initiator is pinged and dropped when it does not answer.
 
 mod conn;
 pub mod directory;
@@ -25,10 +24,9 @@ use std::time::Duration;
 
 use iscsi::login::Status;
 use iscsi::negotiate::{Limits, Params};
-use ring::initiator::Initiator;
 use serde::Serialize;
 
-use crate::registry::Registry;
+use crate::registry::{Images, Registry};
 use directory::{Admitted, Directory};
 
 /// How the target is set up.
@@ -44,6 +42,9 @@ pub struct IscsiOptions {
     pub socket: PathBuf,
     /// What the target offers in negotiation.
     pub limits: Limits,
+    /// How long a login may take, and how long an initiator may stay silent before it is
+    /// pinged (and then dropped if it does not answer within as long again).
+    pub timeout: Duration,
 }
 
 /// A session in the full feature phase, as the admin lists it.
@@ -147,7 +148,6 @@ struct Established {
     isid: u64,
     tsih: u16,
     admitted: Admitted,
-    ring: Option<Initiator>,
     stat_sn: u32,
     exp_cmd_sn: u32,
 }
@@ -161,11 +161,14 @@ struct Registered {
 /// What every connection thread reads.
 struct Shared {
     registry: Registry,
+    /// Block sizes of the images LUNs map, for a session's residual arithmetic.
+    images: Arc<dyn Images>,
     prefix: String,
     addresses: Vec<String>,
     socket: PathBuf,
     limits: Limits,
     max_connections: usize,
+    timeout: Duration,
     stopping: AtomicBool,
     connections: AtomicUsize,
     next_tsih: AtomicU16,
@@ -261,7 +264,7 @@ pub struct IscsiService {
 
 impl IscsiService {
     /// Binds every portal and starts accepting.
-    pub fn start(opts: IscsiOptions, registry: Registry) -> std::io::Result<IscsiService> {
+    pub fn start(opts: IscsiOptions, registry: Registry, images: Arc<dyn Images>) -> std::io::Result<IscsiService> {
         let mut listeners = Vec::new();
         for p in &opts.portals {
             let l = TcpListener::bind(p)?;
@@ -271,11 +274,13 @@ impl IscsiService {
         let bound: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect::<Result<_, _>>()?;
         let shared = Arc::new(Shared {
             registry,
+            images,
             prefix: opts.target_prefix,
             addresses: bound.iter().map(|a| format!("{a},1")).collect(),
             socket: opts.socket,
             limits: opts.limits,
             max_connections: opts.max_connections,
+            timeout: opts.timeout,
             stopping: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             next_tsih: AtomicU16::new(1),

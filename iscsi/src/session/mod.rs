@@ -282,6 +282,12 @@ impl Session {
         &self.out_framer.digests
     }
 
+    /// Sets the LUNs of the target (number, logical block size), once the transport knows
+    /// them.
+    pub fn set_luns(&mut self, luns: Vec<(u16, u32)>) {
+        self.cfg.luns = luns;
+    }
+
     /// The negotiated parameters.
     pub fn params(&self) -> &Params {
         &self.cfg.params
