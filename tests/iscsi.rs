@@ -222,7 +222,7 @@ fn random_writes_and_reads_through_a_real_socket_give_the_models_bytes() {
         let lba = rng.next() % (BLOCKS - blocks);
         let at = (lba * 512) as usize;
         let len = (blocks * 512) as usize;
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let data: Vec<u8> = (0..len).map(|j| (j as u32 ^ i.wrapping_mul(2_654_435_761)) as u8).collect();
             let w = c.write(0, lba, &data, 512);
             assert_eq!(w.status, 0, "write {i}: sense {:02x?}", w.sense);
