@@ -386,6 +386,11 @@ impl Initiator {
     /// Handles what the gateway sent: STATs become responses, BUFs are filled and answered
     /// with TRAN. Waits up to `wait` for something to arrive when nothing has.
     pub fn poll(&mut self, out: &mut Vec<Response>, wait: Duration) -> Result<(), InitiatorError> {
+        if wait.is_zero() {
+            // A look, no more: no clock, no polling announcement.
+            self.drain(out)?;
+            return Ok(());
+        }
         let start = Instant::now();
         let deadline = start + wait;
         let mut spins = 0u32;

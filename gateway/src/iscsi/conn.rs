@@ -37,6 +37,8 @@ const DATA_AREA: u64 = 16 << 20;
 const MAX_TASK_BYTES: u32 = 9 << 20;
 /// Past this much unsent output the connection stops reading until the initiator reads.
 const WRITE_BACKLOG: usize = 8 << 20;
+/// The read buffer; a PDU with a larger data segment grows it.
+const READ_BUFFER: usize = 256 << 10;
 /// How long the thread polls for completions before it sleeps, with commands in flight.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -90,51 +92,51 @@ impl Ended {
 struct Wire {
     stream: TcpStream,
     rbuf: Vec<u8>,
-    /// Bytes of `rbuf` already parsed.
-    used: usize,
+    /// `rbuf[start..end]` is read and not yet parsed.
+    start: usize,
+    end: usize,
     wbuf: Vec<u8>,
     /// Bytes of `wbuf` already written.
     sent: usize,
 }
 
 impl Wire {
-    /// Reads what the socket has; `false` when it had nothing.
+    /// Reads what the socket has; `false` when it had nothing. The buffer is zeroed once
+    /// and reused: parsed bytes are dropped by moving the rest to the front, and it grows
+    /// only when a PDU is larger than it.
     fn fill(&mut self) -> Result<bool, Ended> {
-        if self.used > 0 && self.used == self.rbuf.len() {
-            self.rbuf.clear();
-            self.used = 0;
-        } else if self.used > (1 << 20) {
-            self.rbuf.drain(..self.used);
-            self.used = 0;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
-        let at = self.rbuf.len();
-        self.rbuf.resize(at + (256 << 10), 0);
-        let r = self.stream.read(&mut self.rbuf[at..]);
-        match r {
-            Ok(0) => {
-                self.rbuf.truncate(at);
-                Err(Ended::PeerClosed)
+        if self.end == self.rbuf.len() {
+            if self.start > 0 {
+                self.rbuf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                // A PDU longer than the buffer: a bigger one (data segments are bounded
+                // by the framer, so this stops).
+                let grown = (self.rbuf.len() * 2).max(READ_BUFFER);
+                self.rbuf.resize(grown, 0);
             }
+        }
+        match self.stream.read(&mut self.rbuf[self.end..]) {
+            Ok(0) => Err(Ended::PeerClosed),
             Ok(n) => {
-                self.rbuf.truncate(at + n);
+                self.end += n;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
-                self.rbuf.truncate(at);
-                Ok(false)
-            }
-            Err(e) => {
-                self.rbuf.truncate(at);
-                Err(e.into())
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// The next whole PDU read so far.
     fn next_pdu(&mut self, framer: &Framer) -> Result<Option<RawPdu>, Ended> {
-        match framer.parse(&self.rbuf[self.used..]) {
+        match framer.parse(&self.rbuf[self.start..self.end]) {
             Ok(Some((pdu, n))) => {
-                self.used += n;
+                self.start += n;
                 Ok(Some(pdu))
             }
             Ok(None) => Ok(None),
@@ -238,7 +240,7 @@ pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>) 
     let peer = stream.peer_addr()?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
-    let mut wire = Wire { stream, rbuf: Vec::new(), used: 0, wbuf: Vec::new(), sent: 0 };
+    let mut wire = Wire { stream, rbuf: vec![0; READ_BUFFER], start: 0, end: 0, wbuf: Vec::new(), sent: 0 };
     let deadline = Instant::now() + shared.timeout;
     let result = match login(&mut wire, &shared, portal, deadline) {
         Ok(Some(est)) => {
@@ -517,13 +519,19 @@ fn full_feature(
                 busy = true;
             }
             // Answers from the SCSI target.
-            let spin_until = Instant::now() + if pending.is_empty() || busy { Duration::ZERO } else { SPIN };
-            loop {
-                r.poll(&mut responses, Duration::ZERO).map_err(ring_err)?;
-                if !responses.is_empty() || Instant::now() >= spin_until {
-                    break;
+            r.poll(&mut responses, Duration::ZERO).map_err(ring_err)?;
+            if responses.is_empty() && !pending.is_empty() && !busy {
+                let spin_until = Instant::now() + SPIN;
+                let mut spins = 0u32;
+                while responses.is_empty() {
+                    r.poll(&mut responses, Duration::ZERO).map_err(ring_err)?;
+                    spins = spins.wrapping_add(1);
+                    // Reading the clock costs more than a look at the ring.
+                    if spins.is_multiple_of(32) && Instant::now() >= spin_until {
+                        break;
+                    }
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
             }
             for resp in responses.drain(..) {
                 busy = true;
