@@ -151,17 +151,23 @@ impl Framer {
 
     /// The wire bytes of a PDU: `bhs` (its data segment length set from `data`, no AHS),
     /// the digests this framer uses, and `data` padded.
-    pub fn emit(&self, mut bhs: Bhs, data: &[u8], out: &mut Vec<u8>) {
-        bhs.set_data_len(data.len());
+    pub fn emit(&self, bhs: Bhs, data: &[u8], out: &mut Vec<u8>) {
+        self.emit_with(bhs, data.len(), out, |d| d.copy_from_slice(data));
+    }
+
+    /// [`Framer::emit`] of a `len`-byte data segment that `fill` writes in place, so data
+    /// from elsewhere (a data area) is copied once, straight into the output.
+    pub fn emit_with(&self, mut bhs: Bhs, len: usize, out: &mut Vec<u8>, fill: impl FnOnce(&mut [u8])) {
+        bhs.set_data_len(len);
         bhs.0[4] = 0;
         out.extend_from_slice(&bhs.0);
         if self.digests.header {
             out.extend_from_slice(&crc32c(&bhs.0).to_le_bytes());
         }
-        if !data.is_empty() {
+        if len > 0 {
             let start = out.len();
-            out.extend_from_slice(data);
-            out.resize(start + padded(data.len()), 0);
+            out.resize(start + padded(len), 0);
+            fill(&mut out[start..start + len]);
             if self.digests.data {
                 let digest = crc32c(&out[start..]);
                 out.extend_from_slice(&digest.to_le_bytes());

@@ -264,9 +264,13 @@ impl LogicalUnit {
             Command::GetLbaStatus { lba, alloc } => {
                 let bs = cfg.block_size;
                 let offset = lba << cfg.block_shift();
-                // Ask for no more than the allocation length can describe.
+                // Ask for no more than the allocation length can describe, at 1 MiB a
+                // descriptor: finding where a run ends walks the backend's allocation
+                // (SEEK_HOLE scans a full tmpfs file page by page), and initiators that ask
+                // before each read (QEMU) want one descriptor about the next few blocks.
                 let max_desc = (alloc.saturating_sub(8) / 16).clamp(1, 1024);
-                let span = (cfg.blocks - lba).min(u64::from(max_desc) * u64::from(cfg.max_transfer_blocks()));
+                let per_desc = ((1u64 << 20) >> cfg.block_shift()).max(1);
+                let span = (cfg.blocks - lba).min(u64::from(max_desc) * per_desc);
                 let op = BackendOp::BlockStatus { offset, len: span << cfg.block_shift() };
                 let finish = Finish::LbaStatus { lba, alloc, block_size: bs };
                 Action::Backend(self.task_of(Step::Io(op), finish, false))

@@ -134,6 +134,54 @@ impl Image {
         Ok(out)
     }
 
+    /// [`Image::block_status`] for a file in memory (tmpfs), where `SEEK_HOLE` walks the page
+    /// cache from the offset to the next hole, which in a full image is its end: every call
+    /// a walk of the whole file. Here a data run's end is found by `SEEK_DATA` on each page
+    /// after its start (answered at the first page), at most `max_probes` of them; past
+    /// that the rest of the range is reported mapped, which is always safe (an initiator
+    /// reads what is there).
+    pub fn block_status_bounded(&self, offset: u64, len: u64, max_probes: u32) -> io::Result<Vec<AllocExtent>> {
+        const PAGE: u64 = 4096;
+        let mut out = Vec::new();
+        let end = offset.saturating_add(len).min(self.size);
+        let mut at = offset;
+        let mut probes = 0u32;
+        while at < end {
+            let data = match sys::seek(&self.file, at, libc::SEEK_DATA) {
+                Ok(d) => d.unwrap_or(end).min(end),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => end.max(at),
+                Err(e) => return Err(e),
+            };
+            push_extent(&mut out, data - at, false);
+            if data >= end {
+                break;
+            }
+            // The run of data from `data`: the first page that SEEK_DATA skips is a hole.
+            let mut p = (data / PAGE + 1) * PAGE;
+            let mut hole = end;
+            while p < end {
+                if probes >= max_probes {
+                    break;
+                }
+                probes += 1;
+                match sys::seek(&self.file, p, libc::SEEK_DATA)? {
+                    Some(d) if d == p => p += PAGE,
+                    _ => {
+                        hole = p;
+                        break;
+                    }
+                }
+            }
+            if probes >= max_probes && hole == end {
+                push_extent(&mut out, end - data, true);
+                break;
+            }
+            push_extent(&mut out, hole - data, true);
+            at = hole;
+        }
+        Ok(out)
+    }
+
     /// Deallocates a range, falling back to writing zeros where the filesystem or device
     /// cannot punch holes. Returns whether the fallback was used.
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
@@ -250,6 +298,26 @@ mod tests {
         drop(img);
         let again = Image::open(&p, &ImageOptions { create_size: Some(1 << 20), ..Default::default() }).unwrap();
         assert_eq!(again.size, 8 << 20, "an existing image keeps its size");
+    }
+
+    #[test]
+    fn bounded_block_status_matches_seek_hole_within_its_probes_and_is_safe_past_them() {
+        // On tmpfs where there is one (the case it is for), else wherever tempdir is.
+        let dir = tempfile::Builder::new().tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+        let p = dir.path().join("b.img");
+        let img = Image::open(&p, &ImageOptions { create_size: Some(8 << 20), ..Default::default() }).unwrap();
+        img.write_at(&[1u8; 8192], 1 << 20, true).unwrap();
+        img.write_at(&[2u8; 4096], 3 << 20, true).unwrap();
+        let exact = img.block_status(0, 8 << 20).unwrap();
+        assert_eq!(img.block_status_bounded(0, 8 << 20, 1024).unwrap(), exact);
+        assert_eq!(img.block_status_bounded(1 << 20, 4096, 1024).unwrap(), img.block_status(1 << 20, 4096).unwrap());
+        // Out of probes, a data run is reported to the range's end: mapped, never a hole
+        // where there is data.
+        let rough = img.block_status_bounded(0, 8 << 20, 1).unwrap();
+        assert_eq!(
+            rough,
+            vec![AllocExtent { len: 1 << 20, mapped: false }, AllocExtent { len: 7 << 20, mapped: true }]
+        );
     }
 
     #[test]

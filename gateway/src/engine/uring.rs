@@ -290,7 +290,12 @@ impl UringEngine {
     fn complete_sync(&mut self, slot: u32) {
         let inflight = self.slots.take(slot);
         let result = match &inflight.req.op {
-            IoOp::BlockStatus { offset, len } => self.image.block_status(*offset, *len).map(IoDone::Extents),
+            IoOp::BlockStatus { offset, len } => if self.memory_backed {
+                self.image.block_status_bounded(*offset, *len, BLOCK_STATUS_PROBES)
+            } else {
+                self.image.block_status(*offset, *len)
+            }
+            .map(IoDone::Extents),
             IoOp::Unmap { offset, len } => self.image.punch_hole(*offset, *len).map(|_| IoDone::Done),
             IoOp::WriteZeroes { offset, len } => self.image.zero_range(*offset, *len).map(|_| IoDone::Done),
             other => unreachable!("{other:?} always goes through the ring"),
@@ -497,6 +502,10 @@ impl Drop for UringEngine {
         }
     }
 }
+
+/// Pages whose allocation one block-status request of a memory-backed image looks up, at
+/// most (a system call each): 4 MiB; past them a data run is reported to the range's end.
+const BLOCK_STATUS_PROBES: u32 = 1024;
 
 /// Whether `image` is a buffered file on a filesystem that lives in memory (tmpfs, or
 /// ramfs, whose magic number statfs(2) gives as 0x858458f6).

@@ -399,7 +399,6 @@ fn full_feature(
     let mut resets: HashMap<u32, usize> = HashMap::new();
     let mut waiting: VecDeque<iscsi::session::Exec> = VecDeque::new();
     let mut responses: Vec<Response> = Vec::new();
-    let mut data_in = Vec::new();
     let mut last_heard = Instant::now();
     let mut logout_deadline: Option<Instant> = None;
     let mut closing = None;
@@ -537,17 +536,25 @@ fn full_feature(
                 busy = true;
                 match pending.remove(&resp.seq) {
                     Some(Pending::Command(f)) => {
-                        data_in.clear();
-                        if let Some(reg) = f.region {
-                            let n = (resp.transferred as usize).min(reg.len as usize);
-                            if n > 0 && resp.sense.is_empty() {
-                                data_in.resize(n, 0);
-                                r.read_data(Region { offset: reg.offset, len: n as u32 }, &mut data_in)
-                                    .map_err(ring_err)?;
+                        // Data-in goes from the data area straight into the Data-In PDUs.
+                        let n = match f.region {
+                            Some(reg) if resp.sense.is_empty() => (resp.transferred as usize).min(reg.len as usize),
+                            _ => 0,
+                        };
+                        let mut failed = None;
+                        session.complete_with(f.itt, resp.status, &resp.sense, n, |at, dst| {
+                            let Some(reg) = f.region else { return };
+                            let from = Region { offset: reg.offset + at as u64, len: dst.len() as u32 };
+                            if let Err(e) = r.read_data(from, dst) {
+                                failed.get_or_insert(e);
                             }
+                        });
+                        if let Some(reg) = f.region {
                             r.free(reg);
                         }
-                        session.complete(f.itt, resp.status, &resp.sense, &data_in);
+                        if let Some(e) = failed {
+                            return Err(ring_err(e));
+                        }
                     }
                     Some(Pending::Reset(tmf)) => {
                         let left = resets.get_mut(&tmf).map(|n| {
@@ -573,7 +580,14 @@ fn full_feature(
         }
 
         if !session.out.is_empty() {
-            wire.wbuf.append(&mut session.out);
+            if wire.backlog() == 0 {
+                // Nothing queued: take the session's buffer whole rather than copy it.
+                wire.wbuf.clear();
+                wire.sent = 0;
+                std::mem::swap(&mut wire.wbuf, &mut session.out);
+            } else {
+                wire.wbuf.append(&mut session.out);
+            }
         }
         wire.flush()?;
         if let Some(c) = closing.take() {

@@ -544,6 +544,21 @@ impl Session {
 
     /// The SCSI target's answer to an [`Exec`]: its status, sense and data-in.
     pub fn complete(&mut self, itt: u32, status: u8, sense: &[u8], data_in: &[u8]) {
+        self.complete_with(itt, status, sense, data_in.len(), |at, dst| {
+            dst.copy_from_slice(&data_in[at..at + dst.len()]);
+        });
+    }
+
+    /// [`Session::complete`] with `len` bytes of data-in that `fill(offset, dst)` copies
+    /// into the Data-In PDUs as they are built, straight from where the data is.
+    pub fn complete_with(
+        &mut self,
+        itt: u32,
+        status: u8,
+        sense: &[u8],
+        len: usize,
+        fill: impl FnMut(usize, &mut [u8]),
+    ) {
         let Some(task) = self.tasks.remove(&itt) else { return };
         self.credit(task.immediate);
         if task.aborted {
@@ -551,20 +566,29 @@ impl Session {
             self.logout_progress();
             return;
         }
-        self.respond(&task, itt, status, sense, data_in);
+        self.respond(&task, itt, status, sense, len, fill);
         self.logout_progress();
     }
 
-    /// Sends a task's data-in and status.
-    fn respond(&mut self, task: &Task, itt: u32, status: u8, sense: &[u8], data: &[u8]) {
+    /// Sends a task's data-in (`len` bytes, copied in by `fill`) and status.
+    fn respond(
+        &mut self,
+        task: &Task,
+        itt: u32,
+        status: u8,
+        sense: &[u8],
+        len: usize,
+        mut fill: impl FnMut(usize, &mut [u8]),
+    ) {
+        let data_len = len;
         let residual = if task.read {
-            Residual::of(task.edtl, u32::try_from(data.len()).unwrap_or(u32::MAX))
+            Residual::of(task.edtl, u32::try_from(data_len).unwrap_or(u32::MAX))
         } else if task.write {
             Residual::of(task.edtl, task.write_wanted)
         } else {
             Residual::of(task.edtl, 0)
         };
-        let send = if task.read { data.len().min(task.edtl as usize) } else { 0 };
+        let send = if task.read { data_len.min(task.edtl as usize) } else { 0 };
         let with_status = status == 0 && sense.is_empty() && send > 0;
         let seg = (self.cfg.params.initiator_max_recv_data as usize).max(512);
         let burst = (self.cfg.params.max_burst as usize).max(seg);
@@ -579,7 +603,8 @@ impl Session {
             let sns = if status.is_some() { self.status_sns() } else { self.sns() };
             let lun = if final_bit { task.lun_raw } else { 0 };
             let pdu = TargetPdu::DataIn { lun, itt, data_sn, offset: offset as u32, final_bit, status, sns };
-            self.out_framer.emit(pdu.bhs(), &data[offset..offset + len], &mut self.out);
+            let at = offset;
+            self.out_framer.emit_with(pdu.bhs(), len, &mut self.out, |dst| fill(at, dst));
             offset += len;
             data_sn += 1;
         }
@@ -595,7 +620,7 @@ impl Session {
     fn refuse(&mut self, itt: u32, sense: &scsi::Sense) {
         let Some(task) = self.tasks.remove(&itt) else { return };
         self.credit(task.immediate);
-        self.respond(&task, itt, CHECK_CONDITION, &sense.fixed(), &[]);
+        self.respond(&task, itt, CHECK_CONDITION, &sense.fixed(), 0, |_, _| {});
         self.logout_progress();
     }
 
