@@ -125,7 +125,13 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
         file.clone(),
         dir.clone(),
         image_names,
-        Running { control: server.images(), registry, metrics, net: network.clone() },
+        Running {
+            control: server.images(),
+            registry,
+            metrics,
+            net: network.clone(),
+            iscsi: iscsi.as_ref().map(|i| i.handle()),
+        },
     )?;
     let web = start_web(&cfg, &dir, Arc::new(admin))?;
     wait_for_signal()?;

@@ -80,7 +80,7 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
         file.clone(),
         dir.path().to_path_buf(),
         names,
-        Running { control: server.images(), registry, metrics, net: net.clone() },
+        Running { control: server.images(), registry, metrics, net: net.clone(), iscsi: None },
     )
     .unwrap();
     let state = web::WebState::new(Arc::new(admin), TOKEN.into());

@@ -55,6 +55,10 @@ fn free_port() -> u16 {
 }
 
 fn rig(timeout_secs: u64) -> Rig {
+    rig_with(timeout_secs, "[web]\nenabled = false")
+}
+
+fn rig_with(timeout_secs: u64, web: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let maps = r#"luns = [
@@ -65,8 +69,7 @@ fn rig(timeout_secs: u64) -> Rig {
     let text = format!(
         r#"serial = "pg-iscsi-test"
 data_dir = "{d}"
-[web]
-enabled = false
+{web}
 [iscsi]
 listen = ["127.0.0.1:{port}"]
 target_prefix = "{PREFIX}"
@@ -177,6 +180,58 @@ fn a_new_login_with_the_same_isid_replaces_the_old_session() {
     assert!(old.recv().is_none(), "the old connection is closed");
     clear_attention(&mut new, 0);
     assert_eq!(new.read(0, 0, 1, 512).status, 0);
+}
+
+#[test]
+fn the_admin_lists_sessions_and_drops_one_and_metrics_count_logins_and_pdus() {
+    let _serial = serial();
+    if !tools(&["curl"]) {
+        return;
+    }
+    let web_port = free_port();
+    let token = "iscsi-test-admin-token-0001";
+    let r = rig_with(15, &format!("[web]\nlisten = \"127.0.0.1:{web_port}\"\ntoken = \"{token}\""));
+    let mut c = Client::login(r.addr, NODE_A, Some(&target("demo", 0)), SECRET).unwrap();
+    clear_attention(&mut c, 0);
+    assert!(Client::login(r.addr, NODE_A, Some(&target("demo", 0)), "wrong-secret-0001").is_err());
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!("http://127.0.0.1:{web_port}");
+    let list = curl(&[&format!("{base}/api/v1/iscsi/sessions")]);
+    let sessions: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let s = &sessions[0];
+    assert_eq!(s["initiator"], NODE_A, "{list}");
+    assert_eq!((s["pan"].as_str(), s["node"].as_str(), s["kind"].as_str()), (Some("demo"), Some("a"), Some("normal")));
+    assert_eq!(s["header_digest"], "None");
+    assert!(s["pdus"].as_u64().unwrap() >= 1);
+    let metrics = curl(&[&format!("{base}/metrics")]);
+    let portal = r.addr.to_string();
+    for line in [
+        format!("pangate_iscsi_logins_total{{portal=\"{portal}\",result=\"success\"}} 1"),
+        format!("pangate_iscsi_logins_total{{portal=\"{portal}\",result=\"authentication_failure\"}} 1"),
+        format!("pangate_iscsi_sessions{{portal=\"{portal}\",kind=\"normal\"}} 1"),
+    ] {
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!("pangate_iscsi_pdus_total{{portal=\"{portal}\",opcode=\"scsi_command\"}}")),
+        "{metrics}"
+    );
+    // The iSCSI commands count in the LUN's own families too.
+    assert!(metrics.contains("pangate_lun_commands_total{"), "{metrics}");
+    // Dropping needs the token, then closes the connection.
+    let id = s["id"].as_u64().unwrap().to_string();
+    let url = format!("{base}/api/v1/iscsi/sessions/{id}");
+    let denied = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", &url]);
+    assert_eq!(denied, "401");
+    let auth = format!("Authorization: Bearer {token}");
+    let done = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "-H", &auth, &url]);
+    assert_eq!(done, "204");
+    assert!(closed_within(&mut c.stream, Duration::from_secs(5)), "the dropped session's connection stays");
+    let gone = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "-H", &auth, &url]);
+    assert_eq!(gone, "404");
 }
 
 // ---- data ---------------------------------------------------------------------------

@@ -10,7 +10,9 @@ pub use render::CONTENT_TYPE;
 mod ring;
 
 pub use lun::{LatencyHistogram, LunSnapshot, LunStats, Transfer, LATENCY_BUCKETS};
-pub use registry::{LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample, TrafficSample};
+pub use registry::{
+    IscsiSampler, LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample, PortalSample, TrafficSample,
+};
 pub use ring::{RingSnapshot, RingStats};
 
 /// Nanoseconds on a monotonic clock shared by every recorder and renderer of this process.

@@ -83,6 +83,26 @@ pub struct LanSample {
 /// Reads the LANs' counters when a scrape asks for them.
 pub type LanSampler = Box<dyn Fn() -> Vec<LanSample> + Send + Sync>;
 
+/// One iSCSI portal, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortalSample {
+    /// `address:port`.
+    pub portal: String,
+    /// Sessions now, by kind (normal, discovery).
+    pub sessions: Vec<(String, u64)>,
+    /// Logins by result.
+    pub logins: Vec<(String, u64)>,
+    /// PDUs received, by opcode.
+    pub pdus: Vec<(String, u64)>,
+    /// Connections ended by an error (digest, protocol, timeout), by reason.
+    pub errors: Vec<(String, u64)>,
+    /// Connections closed at accept: the gateway held its maximum.
+    pub refused_connections: u64,
+}
+
+/// Reads the iSCSI portals' counters when a scrape asks for them.
+pub type IscsiSampler = Box<dyn Fn() -> Vec<PortalSample> + Send + Sync>;
+
 /// Every metric of one gateway. Recorders get `Arc`s to their own counters once (at
 /// connect time) and bump atomics from then on; the maps here are touched only then and
 /// at scrape time.
@@ -90,6 +110,7 @@ pub struct Metrics {
     luns: Mutex<BTreeMap<LunKey, Arc<LunStats>>>,
     rings: Mutex<BTreeMap<(String, String), Arc<RingStats>>>,
     lans: OnceLock<LanSampler>,
+    iscsi: OnceLock<IscsiSampler>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     per_node: bool,
     opcode_name: fn(u8) -> Option<&'static str>,
@@ -109,6 +130,7 @@ impl Metrics {
             luns: Mutex::default(),
             rings: Mutex::default(),
             lans: OnceLock::new(),
+            iscsi: OnceLock::new(),
             refused: Mutex::default(),
             per_node: false,
             opcode_name,
@@ -168,6 +190,16 @@ impl Metrics {
     /// Sets where LAN counters come from (once; later calls are ignored).
     pub fn set_lan_sampler(&self, sampler: LanSampler) {
         let _ = self.lans.set(sampler);
+    }
+
+    /// Sets where iSCSI counters come from (once; later calls are ignored).
+    pub fn set_iscsi_sampler(&self, sampler: IscsiSampler) {
+        let _ = self.iscsi.set(sampler);
+    }
+
+    /// Every iSCSI portal's counters, if the target runs.
+    pub fn iscsi(&self) -> Vec<PortalSample> {
+        self.iscsi.get().map(|f| f()).unwrap_or_default()
     }
 
     /// Every LUN's counters as of now.

@@ -203,6 +203,36 @@ impl Metrics {
             }
         }
 
+        let mut sessions = Family::new("pangate_iscsi_sessions", "iSCSI sessions now, by portal and kind", GAUGE);
+        let mut logins = Family::new("pangate_iscsi_logins_total", "iSCSI logins, by portal and result", COUNTER);
+        let mut pdus = Family::new("pangate_iscsi_pdus_total", "iSCSI PDUs received, by portal and opcode", COUNTER);
+        let mut ended = Family::new(
+            "pangate_iscsi_connection_errors_total",
+            "iSCSI connections ended by an error (digest, protocol, timeout), by portal and reason",
+            COUNTER,
+        );
+        let mut full = Family::new(
+            "pangate_iscsi_connections_refused_total",
+            "iSCSI connections closed at accept because the gateway held its maximum",
+            COUNTER,
+        );
+        for p in self.iscsi() {
+            let portal = ("portal", p.portal.as_str());
+            for (kind, n) in &p.sessions {
+                sessions.value(&[portal, ("kind", kind)], *n as f64);
+            }
+            for (result, n) in &p.logins {
+                logins.value(&[portal, ("result", result)], *n as f64);
+            }
+            for (opcode, n) in &p.pdus {
+                pdus.value(&[portal, ("opcode", opcode)], *n as f64);
+            }
+            for (reason, n) in &p.errors {
+                ended.value(&[portal, ("reason", reason)], *n as f64);
+            }
+            full.value(&[portal], p.refused_connections as f64);
+        }
+
         let mut out: Vec<MetricFamily> = [
             build,
             commands,
@@ -221,6 +251,11 @@ impl Metrics {
             errors,
             refused,
             arp,
+            sessions,
+            logins,
+            pdus,
+            ended,
+            full,
         ]
         .into_iter()
         .chain(lan.into_families())

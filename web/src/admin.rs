@@ -86,4 +86,8 @@ pub trait Admin: Send + Sync + 'static {
     fn apply(&self, change: Change) -> Result<(), AdminError>;
     /// The Prometheus exposition of every metric.
     fn metrics(&self) -> String;
+    /// Drops iSCSI session `id` (its connection closes). A gateway without iSCSI has none.
+    fn drop_iscsi_session(&self, id: u64) -> Result<(), AdminError> {
+        Err(AdminError::NotFound(format!("no iSCSI session {id}")))
+    }
 }

@@ -274,11 +274,30 @@ impl Modify for TokenScheme {
 #[openapi(
     info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
     paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
-        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip),
+        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip, list_iscsi_sessions,
+        drop_iscsi_session),
     modifiers(&TokenScheme)
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/api/v1/iscsi/sessions", tag = "iscsi", responses((status = 200, body = Vec<IscsiSessionView>)))]
+async fn list_iscsi_sessions(State(s): State<WebState>) -> Json<Vec<IscsiSessionView>> {
+    Json(s.overview().await.iscsi_sessions)
+}
+
+#[utoipa::path(delete, path = "/api/v1/iscsi/sessions/{id}", tag = "iscsi", params(("id" = u64, Path)),
+    security(("token" = [])),
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn drop_iscsi_session(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params(id): Params<u64>,
+) -> Result<StatusCode, Problem> {
+    s.drop_iscsi_session(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
@@ -302,4 +321,6 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/pans/{pan}/lans", post(create_lan))
         .route("/api/v1/pans/{pan}/lans/{lan}", delete(delete_lan))
         .route("/api/v1/pans/{pan}/lans/{lan}/move-ip", post(move_ip))
+        .route("/api/v1/iscsi/sessions", get(list_iscsi_sessions))
+        .route("/api/v1/iscsi/sessions/{id}", delete(drop_iscsi_session))
 }

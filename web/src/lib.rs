@@ -60,6 +60,15 @@ impl WebState {
         }
     }
 
+    /// Drops an iSCSI session off the async threads.
+    pub async fn drop_iscsi_session(&self, id: u64) -> Result<(), Problem> {
+        let admin = self.admin.clone();
+        match tokio::task::spawn_blocking(move || admin.drop_iscsi_session(id)).await {
+            Ok(r) => r.map_err(Problem::from),
+            Err(e) => Err(Problem::from(AdminError::Failed(format!("dropping the session did not complete: {e}")))),
+        }
+    }
+
     /// Samples every LUN's counters into the history (the pages' charts).
     pub async fn sample(&self) {
         let o = self.overview().await;

@@ -12,6 +12,46 @@ pub struct Overview {
     pub pans: Vec<PanView>,
     /// Whether netvirt runs (TAP ports need root and /dev/net/tun).
     pub netvirt: bool,
+    /// iSCSI sessions in the full feature phase.
+    #[serde(default)]
+    pub iscsi_sessions: Vec<IscsiSessionView>,
+}
+
+/// An iSCSI session (one connection: MaxConnections is 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IscsiSessionView {
+    /// Handle to drop it by.
+    pub id: u64,
+    /// Initiator name.
+    pub initiator: String,
+    /// Target name (empty for a discovery session).
+    pub target: String,
+    /// The PAN of the node the initiator is.
+    pub pan: String,
+    /// The node.
+    pub node: String,
+    /// ISID, hex.
+    pub isid: String,
+    /// TSIH.
+    pub tsih: u16,
+    /// The portal it came in on.
+    pub portal: String,
+    /// The initiator's address.
+    pub peer: String,
+    /// `normal` or `discovery`.
+    pub kind: String,
+    /// HeaderDigest: CRC32C or None.
+    pub header_digest: String,
+    /// DataDigest: CRC32C or None.
+    pub data_digest: String,
+    /// The initiator's MaxRecvDataSegmentLength (the largest Data-In segment).
+    pub max_recv_data_segment_length: u32,
+    /// MaxBurstLength.
+    pub max_burst_length: u32,
+    /// FirstBurstLength.
+    pub first_burst_length: u32,
+    /// PDUs received.
+    pub pdus: u64,
 }
 
 /// A PAN.

@@ -39,6 +39,7 @@ pub struct GatewayAdmin {
     registry: Registry,
     metrics: Arc<Metrics>,
     net: Arc<dyn NetControl>,
+    iscsi: Option<crate::iscsi::IscsiHandle>,
     file: PathBuf,
     data_dir: PathBuf,
     kind: EngineKind,
@@ -69,6 +70,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// netvirt.
     pub net: Arc<dyn NetControl>,
+    /// The iSCSI target, when it runs.
+    pub iscsi: Option<crate::iscsi::IscsiHandle>,
 }
 
 impl std::fmt::Debug for Running {
@@ -88,16 +91,20 @@ impl GatewayAdmin {
         images: Vec<(String, String)>,
         running: Running,
     ) -> anyhow::Result<GatewayAdmin> {
-        let Running { control, registry, metrics, net } = running;
+        let Running { control, registry, metrics, net, iscsi } = running;
         let kind = EngineKind::resolve(cfg.engine).map_err(anyhow::Error::msg)?;
         let lans = net.clone();
         metrics.set_lan_sampler(Box::new(move || lans.show().map(|s| lan_samples(&s)).unwrap_or_default()));
+        if let Some(i) = iscsi.clone() {
+            metrics.set_iscsi_sampler(Box::new(move || i.sample()));
+        }
         Ok(GatewayAdmin {
             state: Mutex::new(State { cfg, images: images.into_iter().map(Some).collect() }),
             control,
             registry,
             metrics,
             net,
+            iscsi,
             file,
             data_dir,
             kind,
@@ -380,7 +387,7 @@ impl web::Admin for GatewayAdmin {
         }
         let rings: HashMap<(String, String), metrics::RingSnapshot> = self.metrics.rings().into_iter().collect();
         let net = self.net.show();
-        let mut out = Overview { serial: st.cfg.serial.clone(), pans: Vec::new(), netvirt: net.is_some() };
+        let mut out = Overview { serial: st.cfg.serial.clone(), netvirt: net.is_some(), ..Overview::default() };
         for pan in &st.cfg.pans {
             let mut view = PanView { name: pan.name.clone(), ..Default::default() };
             for n in &pan.nodes {
@@ -444,6 +451,8 @@ impl web::Admin for GatewayAdmin {
             }
             out.pans.push(view);
         }
+        out.iscsi_sessions =
+            self.iscsi.as_ref().map(|i| i.sessions().into_iter().map(session_view).collect()).unwrap_or_default();
         out
     }
 
@@ -467,6 +476,36 @@ impl web::Admin for GatewayAdmin {
 
     fn metrics(&self) -> String {
         self.metrics.render()
+    }
+
+    fn drop_iscsi_session(&self, id: u64) -> Result<(), AdminError> {
+        match &self.iscsi {
+            Some(i) if i.drop_session(id) => Ok(()),
+            _ => Err(AdminError::NotFound(format!("no iSCSI session {id}"))),
+        }
+    }
+}
+
+/// The admin's view of an iSCSI session.
+fn session_view(s: crate::iscsi::SessionView) -> web::model::IscsiSessionView {
+    let digest = |on: bool| if on { "CRC32C" } else { "None" }.to_string();
+    web::model::IscsiSessionView {
+        id: s.id,
+        initiator: s.initiator,
+        target: s.target,
+        pan: s.pan,
+        node: s.node,
+        isid: s.isid,
+        tsih: s.tsih,
+        portal: s.portal,
+        peer: s.peer,
+        kind: s.kind.to_string(),
+        header_digest: digest(s.header_digest),
+        data_digest: digest(s.data_digest),
+        max_recv_data_segment_length: s.max_recv_data_segment_length,
+        max_burst_length: s.max_burst_length,
+        first_burst_length: s.first_burst_length,
+        pdus: s.pdus,
     }
 }
 

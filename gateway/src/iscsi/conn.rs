@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iscsi::login::{Login, Status, Step};
-use iscsi::negotiate::Params;
 use iscsi::pdu::{Sns, TargetPdu};
 use iscsi::session::{reject, Session, SessionConfig, Work};
 use iscsi::{Framer, Pdu, RawPdu};
@@ -244,9 +243,9 @@ pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>) 
     let deadline = Instant::now() + shared.timeout;
     let result = match login(&mut wire, &shared, portal, deadline) {
         Ok(Some(est)) => {
-            let (id, kill) = shared.register(&est, portal, peer, &wire.stream);
-            let result = full_feature(&mut wire, &shared, est, &kill);
-            shared.unregister(id);
+            let reg = shared.register(&est, portal, peer, &wire.stream);
+            let result = full_feature(&mut wire, &shared, portal, est, &reg);
+            shared.unregister(reg.id);
             result
         }
         Ok(None) => Ok(()),
@@ -293,7 +292,7 @@ fn login(
             };
             framer.emit(pdu.bhs(), &[], &mut wire.wbuf);
             wire.flush_by(deadline)?;
-            shared.stats.login(portal, status);
+            shared.stats(portal).login(status);
             Err(Ended::LoginFailed(status.0, status.1))
         };
         if req.tsih != 0 {
@@ -311,7 +310,7 @@ fn login(
             Step::Fail(pdu, status) => {
                 framer.emit(pdu.bhs(), &[], &mut wire.wbuf);
                 wire.flush_by(deadline)?;
-                shared.stats.login(portal, status);
+                shared.stats(portal).login(status);
                 tracing::info!(%portal, isid = req.isid, ?status, "iSCSI login refused");
                 return Err(Ended::LoginFailed(status.0, status.1));
             }
@@ -322,7 +321,7 @@ fn login(
                     Err(status) => return refuse(wire, status),
                 };
                 framer.emit(pdu.bhs(), &body, &mut wire.wbuf);
-                shared.stats.login(portal, Status::SUCCESS);
+                shared.stats(portal).login(Status::SUCCESS);
                 return Ok(Some(Established {
                     params: *params,
                     isid: req.isid,
@@ -367,9 +366,11 @@ enum Pending {
 fn full_feature(
     wire: &mut Wire,
     shared: &Shared,
+    portal: SocketAddr,
     est: Established,
-    kill: &std::sync::atomic::AtomicBool,
+    reg: &super::Registration,
 ) -> Result<(), Ended> {
+    let kill = &*reg.kill;
     let target = est.admitted.target;
     let discovery = est.params.discovery;
     let targets = shared.directory().targets_for(&est.admitted.node);
@@ -402,7 +403,7 @@ fn full_feature(
     let mut last_heard = Instant::now();
     let mut logout_deadline: Option<Instant> = None;
     let mut closing = None;
-    let stats = &shared.stats;
+    let stats = shared.stats(portal);
     loop {
         let mut busy = false;
         if kill.load(Ordering::Acquire) {
@@ -427,6 +428,7 @@ fn full_feature(
                 busy = true;
                 let bhs = raw.bhs;
                 stats.pdu(bhs.0[0]);
+                reg.pdus.fetch_add(1, Ordering::Relaxed);
                 let pdu = match Pdu::parse(raw) {
                     Ok(p) => p,
                     Err(e) => {
@@ -617,20 +619,6 @@ fn full_feature(
 
 fn ring_err(e: ring::initiator::InitiatorError) -> Ended {
     Ended::Ring(e.to_string())
-}
-
-/// The parameters a session was established with, for the admin.
-pub(super) fn describe(params: &Params) -> String {
-    format!(
-        "HeaderDigest={} DataDigest={} MaxRecvDataSegmentLength={} MaxBurstLength={} FirstBurstLength={} ImmediateData={} InitialR2T={}",
-        if params.header_digest { "CRC32C" } else { "None" },
-        if params.data_digest { "CRC32C" } else { "None" },
-        params.initiator_max_recv_data,
-        params.max_burst,
-        params.first_burst,
-        if params.immediate_data { "Yes" } else { "No" },
-        if params.initial_r2t { "Yes" } else { "No" },
-    )
 }
 
 impl AsFd for Wire {

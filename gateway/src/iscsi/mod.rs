@@ -70,22 +70,32 @@ pub struct SessionView {
     pub peer: String,
     /// Discovery or normal.
     pub kind: &'static str,
-    /// Negotiated digests and sizes.
-    pub parameters: String,
+    /// HeaderDigest=CRC32C.
+    pub header_digest: bool,
+    /// DataDigest=CRC32C.
+    pub data_digest: bool,
+    /// The initiator's MaxRecvDataSegmentLength (the largest Data-In segment).
+    pub max_recv_data_segment_length: u32,
+    /// MaxBurstLength.
+    pub max_burst_length: u32,
+    /// FirstBurstLength.
+    pub first_burst_length: u32,
+    /// PDUs received.
+    pub pdus: u64,
 }
 
-/// Counters per portal.
+/// One portal's counters.
 #[derive(Debug)]
-pub struct IscsiStats {
-    logins: Mutex<BTreeMap<(String, &'static str), u64>>,
+pub struct PortalStats {
+    logins: Mutex<BTreeMap<&'static str, u64>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     pdus: [AtomicU64; 64],
     refused_connections: AtomicU64,
 }
 
-impl Default for IscsiStats {
+impl Default for PortalStats {
     fn default() -> Self {
-        IscsiStats {
+        PortalStats {
             logins: Mutex::default(),
             errors: Mutex::default(),
             pdus: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -94,8 +104,8 @@ impl Default for IscsiStats {
     }
 }
 
-impl IscsiStats {
-    fn login(&self, portal: SocketAddr, status: Status) {
+impl PortalStats {
+    fn login(&self, status: Status) {
         let result = match status.0 {
             0 => "success",
             _ if status == Status::AUTHENTICATION_FAILURE => "authentication_failure",
@@ -104,7 +114,7 @@ impl IscsiStats {
             2 => "initiator_error",
             _ => "target_error",
         };
-        *self.logins.lock().expect("stats").entry((portal.to_string(), result)).or_default() += 1;
+        *self.logins.lock().expect("stats").entry(result).or_default() += 1;
     }
 
     fn error(&self, label: &'static str) {
@@ -115,9 +125,9 @@ impl IscsiStats {
         self.pdus[usize::from(opcode & 0x3f)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Logins by (portal, result).
-    pub fn logins(&self) -> Vec<((String, &'static str), u64)> {
-        self.logins.lock().expect("stats").iter().map(|(k, v)| (k.clone(), *v)).collect()
+    /// Logins by result.
+    pub fn logins(&self) -> Vec<(&'static str, u64)> {
+        self.logins.lock().expect("stats").iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// Connections ended for a protocol error, digest error or timeout, by reason.
@@ -155,7 +165,16 @@ struct Established {
 struct Registered {
     view: SessionView,
     kill: Arc<AtomicBool>,
+    /// PDUs the session has received, counted by its thread.
+    pdus: Arc<AtomicU64>,
     stream: TcpStream,
+}
+
+/// What a session's thread keeps of its registration.
+struct Registration {
+    id: u64,
+    kill: Arc<AtomicBool>,
+    pdus: Arc<AtomicU64>,
 }
 
 /// What every connection thread reads.
@@ -174,7 +193,8 @@ struct Shared {
     next_tsih: AtomicU16,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, Registered>>,
-    stats: IscsiStats,
+    /// Each portal's counters.
+    portals: Vec<(SocketAddr, PortalStats)>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -184,6 +204,10 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    fn stats(&self, portal: SocketAddr) -> &PortalStats {
+        &self.portals.iter().find(|(a, _)| *a == portal).expect("a portal of this service").1
+    }
+
     fn directory(&self) -> Directory {
         Directory::new(self.registry.clone(), &self.prefix, self.addresses.clone())
     }
@@ -199,13 +223,7 @@ impl Shared {
 
     /// Records a session; a normal session with the same initiator, ISID and target
     /// replaces (drops) the old one: session reinstatement.
-    fn register(
-        &self,
-        est: &Established,
-        portal: SocketAddr,
-        peer: SocketAddr,
-        stream: &TcpStream,
-    ) -> (u64, Arc<AtomicBool>) {
+    fn register(&self, est: &Established, portal: SocketAddr, peer: SocketAddr, stream: &TcpStream) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let target = est.params.target_name.clone().unwrap_or_default();
         let initiator = est.params.initiator_name.clone().unwrap_or_default();
@@ -220,7 +238,12 @@ impl Shared {
             portal: portal.to_string(),
             peer: peer.to_string(),
             kind: if est.params.discovery { "discovery" } else { "normal" },
-            parameters: conn::describe(&est.params),
+            header_digest: est.params.header_digest,
+            data_digest: est.params.data_digest,
+            max_recv_data_segment_length: est.params.initiator_max_recv_data,
+            max_burst_length: est.params.max_burst,
+            first_burst_length: est.params.first_burst,
+            pdus: 0,
         };
         let kill = Arc::new(AtomicBool::new(false));
         let mut sessions = self.sessions.lock().expect("sessions");
@@ -236,8 +259,9 @@ impl Shared {
             }
         }
         let stream = stream.try_clone().expect("a socket fd can be duplicated");
-        sessions.insert(id, Registered { view, kill: kill.clone(), stream });
-        (id, kill)
+        let pdus = Arc::new(AtomicU64::new(0));
+        sessions.insert(id, Registered { view, kill: kill.clone(), pdus: pdus.clone(), stream });
+        Registration { id, kill, pdus }
     }
 
     /// Drops every normal session of `target` but the one whose kill flag is `except`.
@@ -252,6 +276,54 @@ impl Shared {
 
     fn unregister(&self, id: u64) {
         self.sessions.lock().expect("sessions").remove(&id);
+    }
+}
+
+/// What the admin and the metrics see of the running target.
+#[derive(Debug, Clone)]
+pub struct IscsiHandle(Arc<Shared>);
+
+impl IscsiHandle {
+    /// Sessions in the full feature phase.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        let sessions = self.0.sessions.lock().expect("sessions");
+        let mut v: Vec<SessionView> =
+            sessions.values().map(|r| SessionView { pdus: r.pdus.load(Ordering::Relaxed), ..r.view.clone() }).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Drops a session: its connection closes (commands it has in flight complete in the
+    /// SCSI target first). Whether there was one.
+    pub fn drop_session(&self, id: u64) -> bool {
+        let sessions = self.0.sessions.lock().expect("sessions");
+        let Some(r) = sessions.get(&id) else { return false };
+        r.kill.store(true, Ordering::Release);
+        let _ = r.stream.shutdown(std::net::Shutdown::Both);
+        true
+    }
+
+    /// Every portal's counters, for the metrics.
+    pub fn sample(&self) -> Vec<metrics::PortalSample> {
+        let sessions = self.sessions();
+        self.0
+            .portals
+            .iter()
+            .map(|(addr, s)| {
+                let portal = addr.to_string();
+                let count =
+                    |kind: &str| sessions.iter().filter(|v| v.portal == portal && v.kind == kind).count() as u64;
+                let owned = |v: Vec<(&'static str, u64)>| v.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+                metrics::PortalSample {
+                    sessions: vec![("normal".into(), count("normal")), ("discovery".into(), count("discovery"))],
+                    logins: owned(s.logins()),
+                    pdus: owned(s.pdus()),
+                    errors: owned(s.errors()),
+                    refused_connections: s.refused_connections(),
+                    portal,
+                }
+            })
+            .collect()
     }
 }
 
@@ -286,7 +358,7 @@ impl IscsiService {
             next_tsih: AtomicU16::new(1),
             next_id: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
-            stats: IscsiStats::default(),
+            portals: bound.iter().map(|&a| (a, PortalStats::default())).collect(),
         });
         let mut portals = Vec::new();
         for (l, addr) in listeners.into_iter().zip(bound) {
@@ -306,25 +378,12 @@ impl IscsiService {
 
     /// Sessions in the full feature phase.
     pub fn sessions(&self) -> Vec<SessionView> {
-        let mut v: Vec<SessionView> =
-            self.shared.sessions.lock().expect("sessions").values().map(|r| r.view.clone()).collect();
-        v.sort_by_key(|s| s.id);
-        v
+        self.handle().sessions()
     }
 
-    /// Drops a session (its connection closes; its commands in flight complete first in
-    /// the SCSI target). Whether there was one.
-    pub fn drop_session(&self, id: u64) -> bool {
-        let sessions = self.shared.sessions.lock().expect("sessions");
-        let Some(r) = sessions.get(&id) else { return false };
-        r.kill.store(true, Ordering::Release);
-        let _ = r.stream.shutdown(std::net::Shutdown::Both);
-        true
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &IscsiStats {
-        &self.shared.stats
+    /// A handle for the admin and the metrics: sessions, dropping one, counters.
+    pub fn handle(&self) -> IscsiHandle {
+        IscsiHandle(self.shared.clone())
     }
 
     /// Asks every session to log out, waits for them a few seconds, and stops.
@@ -368,7 +427,7 @@ fn accept(listener: TcpListener, portal: SocketAddr, shared: Arc<Shared>) {
         };
         if shared.connections.fetch_add(1, Ordering::AcqRel) >= shared.max_connections {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
-            shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            shared.stats(portal).refused_connections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%portal, %peer, max = shared.max_connections, "iSCSI connection refused: too many connections");
             continue;
         }
@@ -383,7 +442,7 @@ fn accept(listener: TcpListener, portal: SocketAddr, shared: Arc<Shared>) {
                 }
                 Err(e) => {
                     if matches!(e, conn::Ended::LoginTimeout | conn::Ended::PingTimeout) {
-                        s.stats.error(e.label());
+                        s.stats(portal).error(e.label());
                     }
                     tracing::warn!(%portal, %peer, reason = %e, "iSCSI connection ended");
                 }
