@@ -188,8 +188,19 @@ fn start_iscsi(
         limits: iscsi::negotiate::Limits::default(),
         timeout: std::time::Duration::from_secs(cfg.iscsi.timeout_secs),
     };
-    let service = gateway::iscsi::IscsiService::start(opts, registry, images)
-        .with_context(|| format!("listening for iSCSI on {}", cfg.iscsi.listen.join(", ")))?;
+    // As with the web admin, a taken port is reported, not fatal: the rings and the other
+    // front-ends serve on.
+    let service = match gateway::iscsi::IscsiService::start(opts, registry, images) {
+        Ok(s) => s,
+        Err(e) => {
+            println!(
+                "  iSCSI:     OFF: listening on {}: {e}; set [iscsi] listen to a free address",
+                cfg.iscsi.listen.join(", ")
+            );
+            tracing::error!(error = %e, "the iSCSI target is not running");
+            return Ok(None);
+        }
+    };
     let portals: Vec<String> = service.portals().iter().map(ToString::to_string).collect();
     println!("  iSCSI:     {} (targets {}:<pan>.t<target>)", portals.join(", "), cfg.iscsi.target_prefix);
     Ok(Some(service))
