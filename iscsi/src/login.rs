@@ -119,24 +119,7 @@ impl Login {
     /// Answers one Login Request. `random` supplies a CHAP identifier and challenge (17
     /// bytes; only read when a challenge is issued); `sns` the sequence numbers to report.
     pub fn step(&mut self, req: &LoginRequest, authority: &impl Authority, random: [u8; 17], sns: Sns) -> Step {
-        let fail = |status: Status| {
-            Step::Fail(
-                TargetPdu::Login {
-                    transit: false,
-                    continue_bit: false,
-                    current_stage: req.current_stage,
-                    next_stage: 0,
-                    version: 0,
-                    isid: req.isid,
-                    tsih: 0,
-                    itt: req.itt,
-                    status_class: status.0,
-                    status_detail: status.1,
-                    sns,
-                },
-                status,
-            )
-        };
+        let fail = |status: Status| Step::Fail(refusal(req, status, sns), status);
         if req.version_min > 0 {
             return fail(Status::UNSUPPORTED_VERSION);
         }
@@ -284,6 +267,23 @@ impl Login {
             }
             Chap::Done => Ok(()),
         }
+    }
+}
+
+/// The Login Response refusing `req` with `status` (which ends the connection).
+pub fn refusal(req: &LoginRequest, status: Status, sns: Sns) -> TargetPdu {
+    TargetPdu::Login {
+        transit: false,
+        continue_bit: false,
+        current_stage: req.current_stage,
+        next_stage: 0,
+        version: 0,
+        isid: req.isid,
+        tsih: 0,
+        itt: req.itt,
+        status_class: status.0,
+        status_detail: status.1,
+        sns,
     }
 }
 

@@ -451,8 +451,7 @@ impl web::Admin for GatewayAdmin {
             }
             out.pans.push(view);
         }
-        out.iscsi_sessions =
-            self.iscsi.as_ref().map(|i| i.sessions().into_iter().map(session_view).collect()).unwrap_or_default();
+        out.iscsi_sessions = self.iscsi.as_ref().map(crate::iscsi::IscsiHandle::sessions).unwrap_or_default();
         out
     }
 
@@ -483,29 +482,6 @@ impl web::Admin for GatewayAdmin {
             Some(i) if i.drop_session(id) => Ok(()),
             _ => Err(AdminError::NotFound(format!("no iSCSI session {id}"))),
         }
-    }
-}
-
-/// The admin's view of an iSCSI session.
-fn session_view(s: crate::iscsi::SessionView) -> web::model::IscsiSessionView {
-    let digest = |on: bool| if on { "CRC32C" } else { "None" }.to_string();
-    web::model::IscsiSessionView {
-        id: s.id,
-        initiator: s.initiator,
-        target: s.target,
-        pan: s.pan,
-        node: s.node,
-        isid: s.isid,
-        tsih: s.tsih,
-        portal: s.portal,
-        peer: s.peer,
-        kind: s.kind.to_string(),
-        header_digest: digest(s.header_digest),
-        data_digest: digest(s.data_digest),
-        max_recv_data_segment_length: s.max_recv_data_segment_length,
-        max_burst_length: s.max_burst_length,
-        first_burst_length: s.first_burst_length,
-        pdus: s.pdus,
     }
 }
 

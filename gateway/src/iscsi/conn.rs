@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iscsi::login::{Login, Status, Step};
-use iscsi::pdu::{Sns, TargetPdu};
+use iscsi::pdu::Sns;
 use iscsi::session::{reject, Session, SessionConfig, Work};
 use iscsi::{Framer, Pdu, RawPdu};
 use ring::initiator::{ConnectOptions, Data, Initiator, Response};
@@ -277,20 +277,7 @@ fn login(
         };
         let sns = Sns { stat_sn, exp_cmd_sn: req.cmd_sn, max_cmd_sn: req.cmd_sn.wrapping_add(DEPTH - 1) };
         let refuse = |wire: &mut Wire, status: Status| -> Result<Option<Established>, Ended> {
-            let pdu = TargetPdu::Login {
-                transit: false,
-                continue_bit: false,
-                current_stage: req.current_stage,
-                next_stage: 0,
-                version: 0,
-                isid: req.isid,
-                tsih: 0,
-                itt: req.itt,
-                status_class: status.0,
-                status_detail: status.1,
-                sns,
-            };
-            framer.emit(pdu.bhs(), &[], &mut wire.wbuf);
+            framer.emit(iscsi::login::refusal(&req, status, sns).bhs(), &[], &mut wire.wbuf);
             wire.flush_by(deadline)?;
             shared.stats(portal).login(status);
             Err(Ended::LoginFailed(status.0, status.1))

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use iscsi::login::Status;
 use iscsi::negotiate::{Limits, Params};
-use serde::Serialize;
 
 use crate::registry::{Images, Registry};
 use directory::{Admitted, Directory};
@@ -48,41 +47,7 @@ pub struct IscsiOptions {
 }
 
 /// A session in the full feature phase, as the admin lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SessionView {
-    /// Handle to drop it by.
-    pub id: u64,
-    /// Initiator name.
-    pub initiator: String,
-    /// Target name (empty for discovery).
-    pub target: String,
-    /// PAN and node the initiator is.
-    pub pan: String,
-    /// Node.
-    pub node: String,
-    /// ISID, hex.
-    pub isid: String,
-    /// TSIH.
-    pub tsih: u16,
-    /// The portal it came in on.
-    pub portal: String,
-    /// The initiator's address.
-    pub peer: String,
-    /// Discovery or normal.
-    pub kind: &'static str,
-    /// HeaderDigest=CRC32C.
-    pub header_digest: bool,
-    /// DataDigest=CRC32C.
-    pub data_digest: bool,
-    /// The initiator's MaxRecvDataSegmentLength (the largest Data-In segment).
-    pub max_recv_data_segment_length: u32,
-    /// MaxBurstLength.
-    pub max_burst_length: u32,
-    /// FirstBurstLength.
-    pub first_burst_length: u32,
-    /// PDUs received.
-    pub pdus: u64,
-}
+pub use web::model::IscsiSessionView as SessionView;
 
 /// One portal's counters.
 #[derive(Debug)]
@@ -170,6 +135,10 @@ struct Registered {
     stream: TcpStream,
 }
 
+fn digest(on: bool) -> String {
+    if on { "CRC32C" } else { "None" }.to_string()
+}
+
 /// What a session's thread keeps of its registration.
 struct Registration {
     id: u64,
@@ -237,9 +206,9 @@ impl Shared {
             tsih: est.tsih,
             portal: portal.to_string(),
             peer: peer.to_string(),
-            kind: if est.params.discovery { "discovery" } else { "normal" },
-            header_digest: est.params.header_digest,
-            data_digest: est.params.data_digest,
+            kind: if est.params.discovery { "discovery" } else { "normal" }.to_string(),
+            header_digest: digest(est.params.header_digest),
+            data_digest: digest(est.params.data_digest),
             max_recv_data_segment_length: est.params.initiator_max_recv_data,
             max_burst_length: est.params.max_burst,
             first_burst_length: est.params.first_burst,
