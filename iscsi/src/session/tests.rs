@@ -1,6 +1,7 @@
 use super::*;
 use crate::bhs::field;
-use crate::pdu::TaskMgmt;
+use crate::pdu::{NopOut, TaskMgmt};
+use crate::text;
 use crate::{Opcode, RawPdu};
 
 const LUN0: u64 = 0;
