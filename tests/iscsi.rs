@@ -449,6 +449,30 @@ fn a_hostile_initiator_loses_only_its_own_connection() {
     assert!(ratios[2] >= 0.9, "the healthy session slowed to {:.2} of its pace (median)", ratios[2]);
 }
 
+#[test]
+fn with_digests_negotiated_io_works_and_a_bad_digest_ends_only_that_connection() {
+    let _serial = serial();
+    let r = rig(15);
+    let t0 = target("demo", 0);
+    let mut c = Client::login_with(r.addr, NODE_A, Some(&t0), SECRET, 0x8000_0000_3000, true).unwrap();
+    assert_eq!(c.digests(), iscsi::Digests { header: true, data: true }, "CRC32C both ways");
+    clear_attention(&mut c, 0);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let data = &data[..data.len() / 512 * 512];
+    assert_eq!(c.write(0, 64, data, 512).status, 0);
+    assert_eq!(c.read(0, 64, (data.len() / 512) as u32, 512).data, data, "digested R2T and Data-In sequences");
+    let mut other = Client::login_with(r.addr, NODE_B, Some(&t0), SECRET, 0x8000_0000_3001, true).unwrap();
+    clear_attention(&mut other, 0);
+    // A NOP-Out whose header digest is wrong.
+    let mut b = c.bhs(Opcode::NopOut);
+    b.set_immediate(true);
+    let mut wire = b.0.to_vec();
+    wire.extend_from_slice(&(iscsi::frame::crc32c(&b.0) ^ 1).to_le_bytes());
+    c.raw(&wire);
+    assert!(closed_within(&mut c.stream, Duration::from_secs(5)), "a header digest error keeps the connection");
+    assert_eq!(other.read(0, 64, 8, 512).data, &data[..4096], "the other session goes on");
+}
+
 // ---- initiators nobody here wrote -----------------------------------------------------
 
 #[test]

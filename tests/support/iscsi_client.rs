@@ -97,6 +97,18 @@ impl Client {
         secret: &str,
         isid: u64,
     ) -> Result<Client, (u8, u8)> {
+        Client::login_with(addr, initiator, target, secret, isid, false)
+    }
+
+    /// [`Client::login_isid`], offering CRC32C header and data digests when `digests`.
+    pub fn login_with(
+        addr: SocketAddr,
+        initiator: &str,
+        target: Option<&str>,
+        secret: &str,
+        isid: u64,
+        digests: bool,
+    ) -> Result<Client, (u8, u8)> {
         let stream = TcpStream::connect(addr).expect("connect to the portal");
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -132,9 +144,10 @@ impl Client {
         if class != 0 {
             return Err((class, detail));
         }
+        let digest = if digests { "CRC32C" } else { "None" };
         let ops = [
-            ("HeaderDigest", "None"),
-            ("DataDigest", "None"),
+            ("HeaderDigest", digest),
+            ("DataDigest", digest),
             ("MaxRecvDataSegmentLength", "262144"),
             ("ImmediateData", "Yes"),
             ("InitialR2T", "No"),
@@ -145,6 +158,8 @@ impl Client {
         if class != 0 {
             return Err((class, detail));
         }
+        c.framer.digests.header = value(&body, "HeaderDigest").as_deref() == Some("CRC32C");
+        c.framer.digests.data = value(&body, "DataDigest").as_deref() == Some("CRC32C");
         // A discovery session answers the data keys Irrelevant.
         c.target_max_recv = value(&body, "MaxRecvDataSegmentLength").and_then(|v| v.parse().ok()).unwrap_or(8192);
         c.first_burst = value(&body, "FirstBurstLength").and_then(|v| v.parse().ok()).unwrap_or(65536);
@@ -309,6 +324,12 @@ impl Client {
         b.set(field::EXP_STAT_SN, u64::from(self.exp_stat_sn));
         self.send(b, &[]);
         matches!(self.recv(), Some(p) if p.bhs.opcode() == Some(Opcode::LogoutResponse))
+    }
+
+    /// The digests in use (as negotiated).
+    #[allow(dead_code)] // used by some tests only
+    pub fn digests(&self) -> iscsi::Digests {
+        self.framer.digests
     }
 
     /// Sends raw bytes.
