@@ -59,6 +59,10 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
         println!("  PAN {}", pan.name);
         for node in &pan.nodes {
             println!("    node {} (credential {})", node.name, node.credential);
+            if let Some(iqn) = &node.iqn {
+                let secret = if node.chap_secret.is_some() { "its chap_secret" } else { "the credential" };
+                println!("      iSCSI initiator {iqn}, CHAP secret: {secret}");
+            }
             for m in maps.iter().filter(|m| m.pan == pan.name && m.node == node.name) {
                 let img = &images[m.image];
                 let cap = img.driver.unit().config().capacity_bytes();
