@@ -28,11 +28,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Fills `buf` with random bytes from the kernel.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    use std::io::Read;
+    File::open("/dev/urandom")?.read_exact(buf)
+}
+
 /// `n` random bytes from the kernel, hex-encoded.
 pub fn random_hex(n: usize) -> io::Result<String> {
-    use std::io::Read;
     let mut buf = vec![0u8; n];
-    File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    random_bytes(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 

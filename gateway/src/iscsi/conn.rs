@@ -226,12 +226,12 @@ impl Wire {
     }
 }
 
-fn random<const N: usize>() -> [u8; N] {
+/// Random bytes for the initial StatSN and CHAP challenges; a login fails without them
+/// rather than challenge with predictable bytes.
+fn random<const N: usize>() -> Result<[u8; N], Ended> {
     let mut b = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    b
+    crate::persist::random_bytes(&mut b)?;
+    Ok(b)
 }
 
 /// Serves one accepted connection to its end.
@@ -265,7 +265,7 @@ fn login(
     let framer = Framer::default();
     let tsih = shared.next_tsih();
     let mut login = Login::new(shared.limits, tsih);
-    let mut stat_sn = u32::from_be_bytes(random::<4>()) & 0x00ff_ffff;
+    let mut stat_sn = u32::from_be_bytes(random::<4>()?) & 0x00ff_ffff;
     loop {
         let raw = wire.read_login_pdu(&framer, deadline)?;
         let req = match Pdu::parse(raw) {
@@ -287,7 +287,7 @@ fn login(
             return refuse(wire, Status(2, 0x0a));
         }
         let directory = shared.directory();
-        let step = login.step(&req, &directory, random::<17>(), sns);
+        let step = login.step(&req, &directory, random::<17>()?, sns);
         stat_sn = stat_sn.wrapping_add(1);
         match step {
             Step::Continue(pdu, body) => {

@@ -139,6 +139,14 @@ fn digest(on: bool) -> String {
     if on { "CRC32C" } else { "None" }.to_string()
 }
 
+impl Registered {
+    /// Tells the session's thread to end, and wakes it by shutting its socket.
+    fn drop_connection(&self) {
+        self.kill.store(true, Ordering::Release);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// What a session's thread keeps of its registration.
 struct Registration {
     id: u64,
@@ -222,8 +230,7 @@ impl Shared {
                 if v.kind == "normal" && v.initiator == view.initiator && v.isid == view.isid && v.target == view.target
                 {
                     tracing::info!(initiator = %v.initiator, isid = %v.isid, "iSCSI session reinstated: the old one is dropped");
-                    old.kill.store(true, Ordering::Release);
-                    let _ = old.stream.shutdown(std::net::Shutdown::Both);
+                    old.drop_connection();
                 }
             }
         }
@@ -237,8 +244,7 @@ impl Shared {
     fn drop_target(&self, target: &str, except: &AtomicBool) {
         for r in self.sessions.lock().expect("sessions").values() {
             if r.view.kind == "normal" && r.view.target == target && !std::ptr::eq(&*r.kill, except) {
-                r.kill.store(true, Ordering::Release);
-                let _ = r.stream.shutdown(std::net::Shutdown::Both);
+                r.drop_connection();
             }
         }
     }
@@ -267,8 +273,7 @@ impl IscsiHandle {
     pub fn drop_session(&self, id: u64) -> bool {
         let sessions = self.0.sessions.lock().expect("sessions");
         let Some(r) = sessions.get(&id) else { return false };
-        r.kill.store(true, Ordering::Release);
-        let _ = r.stream.shutdown(std::net::Shutdown::Both);
+        r.drop_connection();
         true
     }
 

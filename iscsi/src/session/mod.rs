@@ -539,7 +539,9 @@ impl Session {
             let want = u64::from(edtl).max(cdb_wants).min(u64::from(max_task));
             (Vec::new(), want as u32)
         };
-        self.work.push(Work::Execute(Exec { itt, lun: task.lun, cdb: task.cdb.clone(), data_out, data_in }));
+        // The task needs its CDB no more.
+        let cdb = std::mem::take(&mut task.cdb);
+        self.work.push(Work::Execute(Exec { itt, lun: task.lun, cdb, data_out, data_in }));
     }
 
     /// The SCSI target's answer to an [`Exec`]: its status, sense and data-in.

@@ -3,6 +3,9 @@
 //! Loading validates everything up front; an error names the file, the key and the reason,
 //! and says what would fix it.
 
+mod iscsi;
+pub use iscsi::{valid_iscsi_name, IscsiConfig};
+
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -156,63 +159,6 @@ pub struct NodeConfig {
     /// The secret the target proves when the initiator asks for mutual CHAP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual_chap_secret: Option<String>,
-}
-
-/// The iSCSI target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IscsiConfig {
-    /// Portals (`address:port`); none turns iSCSI off.
-    #[serde(default)]
-    pub listen: Vec<String>,
-    /// Target names are `<prefix>:<pan>.t<target>`.
-    #[serde(default = "default_target_prefix")]
-    pub target_prefix: String,
-    /// Connections (logged in or logging in) the gateway holds at once.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Seconds a connection has to finish its login; a silent initiator is pinged after
-    /// this long, and dropped when it does not answer within as long again.
-    #[serde(default = "default_login_timeout")]
-    pub timeout_secs: u64,
-}
-
-fn default_login_timeout() -> u64 {
-    15
-}
-
-fn default_target_prefix() -> String {
-    "iqn.2026-12.io.pangate".into()
-}
-
-fn default_max_connections() -> usize {
-    64
-}
-
-impl Default for IscsiConfig {
-    fn default() -> Self {
-        IscsiConfig {
-            listen: Vec::new(),
-            target_prefix: default_target_prefix(),
-            max_connections: default_max_connections(),
-            timeout_secs: default_login_timeout(),
-        }
-    }
-}
-
-impl IscsiConfig {
-    /// The name of target `target` of PAN `pan`.
-    pub fn target_name(&self, pan: &str, target: u16) -> String {
-        format!("{}:{}.t{}", self.target_prefix, pan.to_ascii_lowercase(), target)
-    }
-}
-
-/// Whether `name` is a well-formed iSCSI name (RFC 7143 4.2.7): `iqn.`, `eui.` or `naa.`,
-/// at most 223 bytes, of lower-case letters, digits, `-`, `.` and `:`.
-pub fn valid_iscsi_name(name: &str) -> bool {
-    (name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa."))
-        && name.len() <= 223
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b))
 }
 
 /// Where and how the ring server listens.
@@ -601,89 +547,6 @@ impl Config {
                     }
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn validate_iscsi(&self) -> Result<(), ConfigError> {
-        for (i, a) in self.iscsi.listen.iter().enumerate() {
-            if a.parse::<std::net::SocketAddr>().is_err() {
-                return Err(err(
-                    format!("iscsi.listen[{i}]"),
-                    format!("{a:?} is not an address and port"),
-                    "write it as \"127.0.0.1:3260\"",
-                ));
-            }
-        }
-        if !self.iscsi.target_prefix.starts_with("iqn.") || !valid_iscsi_name(&self.iscsi.target_prefix) {
-            return Err(err(
-                "iscsi.target_prefix",
-                format!(
-                    "{:?} is not an iqn. name of lower-case letters, digits, '-', '.' and ':'",
-                    self.iscsi.target_prefix
-                ),
-                "use the form iqn.<yyyy-mm>.<reversed domain>, e.g. \"iqn.2026-12.com.example\"",
-            ));
-        }
-        if !(1..=3600).contains(&self.iscsi.timeout_secs) {
-            return Err(err("iscsi.timeout_secs", "must be 1-3600 seconds", "leave it out for 15"));
-        }
-        if self.iscsi.max_connections == 0 {
-            return Err(err(
-                "iscsi.max_connections",
-                "0 would refuse every initiator",
-                "allow at least 1 (the default is 64)",
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_iscsi_identity<'a>(
-        &self,
-        nk: &str,
-        node: &'a NodeConfig,
-        iqns: &mut HashSet<&'a str>,
-    ) -> Result<(), ConfigError> {
-        if let Some(iqn) = &node.iqn {
-            if !valid_iscsi_name(iqn) {
-                return Err(err(
-                    format!("{nk}.iqn"),
-                    format!("{iqn:?} is not an iSCSI name"),
-                    "use the form iqn.<yyyy-mm>.<reversed domain>:<name>, in lower case",
-                ));
-            }
-            if !iqns.insert(iqn.as_str()) {
-                return Err(err(
-                    format!("{nk}.iqn"),
-                    format!("{iqn:?} belongs to two nodes"),
-                    "give each node its own iqn",
-                ));
-            }
-        }
-        for (key, secret) in [("chap_secret", &node.chap_secret), ("mutual_chap_secret", &node.mutual_chap_secret)] {
-            let Some(secret) = secret else { continue };
-            if node.iqn.is_none() {
-                return Err(err(
-                    format!("{nk}.{key}"),
-                    "set on a node without an iqn",
-                    "give the node an iqn, or drop the secret",
-                ));
-            }
-            if secret.len() < 12 || secret.len() > 255 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(err(
-                    format!("{nk}.{key}"),
-                    "not 12-255 printable ASCII characters (RFC 7143 asks for at least 96 bits)",
-                    "use a random secret, e.g. `openssl rand -hex 8`",
-                ));
-            }
-        }
-        let initiator_secret = node.chap_secret.as_ref().unwrap_or(&node.credential);
-        if node.mutual_chap_secret.as_ref() == Some(initiator_secret) {
-            return Err(err(
-                format!("{nk}.mutual_chap_secret"),
-                "the same as the initiator's secret, which lets a reflection attack through",
-                "use a different secret for each direction",
-            ));
         }
         Ok(())
     }
