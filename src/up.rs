@@ -122,7 +122,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
             "off (no target_core_user in this kernel)"
         }
     );
-    let iscsi = start_iscsi(&cfg, &socket, registry.clone(), server.images())?;
+    let iscsi = start_iscsi(&cfg, registry.clone(), server.images(), server.attacher())?;
     let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, registry.clone())?));
     let admin = gateway::admin::GatewayAdmin::new(
         cfg.clone(),
@@ -174,9 +174,9 @@ fn first_node(cfg: &Config, maps: &[storage::Mapping], file: &Path, dir: &Path, 
 /// The iSCSI portals of `[iscsi] listen`, if any.
 fn start_iscsi(
     cfg: &Config,
-    socket: &Path,
     registry: Registry,
     images: Arc<dyn gateway::registry::Images>,
+    attacher: gateway::ring::server::attach::Attacher,
 ) -> anyhow::Result<Option<gateway::iscsi::IscsiService>> {
     if cfg.iscsi.listen.is_empty() {
         println!("  iSCSI:     off (no [iscsi] listen)");
@@ -188,13 +188,12 @@ fn start_iscsi(
         portals,
         target_prefix: cfg.iscsi.target_prefix.clone(),
         max_connections: cfg.iscsi.max_connections,
-        socket: socket.to_path_buf(),
         limits: iscsi::negotiate::Limits::default(),
         timeout: std::time::Duration::from_secs(cfg.iscsi.timeout_secs),
     };
     // As with the web admin, a taken port is reported, not fatal: the rings and the other
     // front-ends serve on.
-    let service = match gateway::iscsi::IscsiService::start(opts, registry, images) {
+    let service = match gateway::iscsi::IscsiService::start(opts, registry, images, attacher) {
         Ok(s) => s,
         Err(e) => {
             println!(

@@ -130,6 +130,19 @@ impl Response {
     }
 }
 
+/// What a handshake gives a node: the welcome, the memories and doorbells it names, and the
+/// connection whose closing tells each side the other is gone.
+#[derive(Debug)]
+pub struct Parts {
+    pub sock: UnixStream,
+    pub welcome: Welcome,
+    pub ring: Arc<SharedMemory>,
+    pub data: Arc<SharedMemory>,
+    pub staging: Arc<SharedMemory>,
+    pub to_gateway: Doorbell,
+    pub to_node: Doorbell,
+}
+
 /// One queue pair to the gateway.
 #[derive(Debug)]
 pub struct Initiator {
@@ -200,21 +213,43 @@ impl Initiator {
         let data = Arc::new(SharedMemory::open(data, welcome.data_bytes as usize)?);
         let staging = Arc::new(SharedMemory::open(staging, welcome.staging_bytes as usize)?);
         sock.set_nonblocking(true)?;
+        let (to_gateway, to_node) = (Doorbell::from_fd(to_gateway), Doorbell::from_fd(to_node));
+        Initiator::from_parts(Parts { sock, welcome, ring, data, staging, to_gateway, to_node })
+    }
+
+    /// A queue pair from what a handshake produced, for a front-end inside the gateway's
+    /// own process that sets its queue pairs up without the socket's messages. The
+    /// memories must have the sizes the welcome names, and the socket must be
+    /// non-blocking.
+    pub fn from_parts(p: Parts) -> Result<Initiator, InitiatorError> {
+        let slots = p.welcome.slots;
+        if !slots.is_power_of_two() || !(super::spsc::MIN_SLOTS..=super::spsc::MAX_SLOTS).contains(&slots) {
+            return Err(InitiatorError::Protocol(format!("bad slot count {slots}")));
+        }
+        let sizes = [
+            (p.ring.len() as u64, super::spsc::region_size(slots) as u64),
+            (p.data.len() as u64, p.welcome.data_bytes),
+            (p.staging.len() as u64, p.welcome.staging_bytes),
+        ];
+        if sizes.iter().any(|(got, want)| got != want) {
+            return Err(InitiatorError::Protocol("shared memory of the wrong size".into()));
+        }
+        let ring = p.ring;
         let stat = Consumer::new(ring.clone(), RingId::Stat, slots);
         let buf = Consumer::new(ring.clone(), RingId::Buf, slots);
         Ok(Initiator {
-            sock,
+            sock: p.sock,
             ring: ring.clone(),
-            alloc: RegionAllocator::new(welcome.data_bytes),
+            alloc: RegionAllocator::new(p.welcome.data_bytes),
             cmd: Producer::new(ring.clone(), RingId::Cmd, slots),
             tran: Producer::new(ring.clone(), RingId::Tran, slots),
             stat,
             buf,
-            data,
-            staging,
-            to_gateway: Doorbell::from_fd(to_gateway),
-            to_node: Doorbell::from_fd(to_node),
-            welcome,
+            data: p.data,
+            staging: p.staging,
+            to_gateway: p.to_gateway,
+            to_node: p.to_node,
+            welcome: p.welcome,
             next_seq: 1,
             staged: HashMap::new(),
             done: HashMap::new(),

@@ -1,45 +1,40 @@
-//! One iSCSI connection: the login, then the full feature phase, on a thread of its own.
-//!
-//! A normal session connects to the gateway's ring server as its node, so its commands
-//! meet the same SCSI target, access checks, unit attentions, engines and metrics as every
-//! other front-end. The thread moves PDUs between the socket and [`iscsi::session`], and
-//! commands between the session and the queue pair, with nothing shared but counters.
+//! One iSCSI connection's socket, and its login, on a thread of its own. Once the login
+//! succeeds, the connection gets a ring queue pair of its node and moves to the worker
+//! that serves it ([`super::link`]), so its commands meet the same SCSI target, access
+//! checks, unit attentions, engines and metrics as every other front-end.
 
-use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iscsi::login::{Login, Status, Step};
 use iscsi::pdu::Sns;
-use iscsi::session::{reject, Session, SessionConfig, Work};
+use iscsi::session::{Session, SessionConfig};
 use iscsi::{Framer, Pdu, RawPdu};
-use ring::initiator::{ConnectOptions, Data, Initiator, Response};
-use ring::proto::ControlOp;
-use ring::proto::Region;
 use rustix::event::{poll, PollFd, PollFlags};
 
-use super::{Established, Shared};
+use super::link::{Link, Start};
+use super::{Established, Shared, Slot};
 
-/// How long a session asked to log out at shutdown has to do so.
-const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 /// Commands the CmdSN window admits.
 const DEPTH: u32 = 128;
 /// The queue pair's data area, where data-out and data-in stay while commands run: room
 /// for one transfer of the SCSI target's maximum (8 MiB) beside others. The ring server
-/// pins it whole, so it is kept small.
+/// pins it whole, so it is kept small; a discovery session, which runs no commands, gets
+/// the smallest the ring server makes.
 const DATA_AREA: u64 = 16 << 20;
+const DISCOVERY_DATA_AREA: u64 = 1 << 20;
+/// Slots of the queue pair's rings: the CmdSN window and the resets of a task management
+/// function fit.
+const SLOTS: u32 = 256;
 /// Largest transfer one command may have: the SCSI target's maximum (8 MiB) and room.
 const MAX_TASK_BYTES: u32 = 9 << 20;
 /// Past this much unsent output the connection stops reading until the initiator reads.
-const WRITE_BACKLOG: usize = 8 << 20;
+pub(super) const WRITE_BACKLOG: usize = 8 << 20;
 /// The read buffer; a PDU with a larger data segment grows it.
 const READ_BUFFER: usize = 256 << 10;
-/// How long the thread polls for completions before it sleeps, with commands in flight.
-const SPIN: Duration = Duration::from_micros(50);
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -88,22 +83,22 @@ impl Ended {
 }
 
 /// The socket with its read and write buffers.
-struct Wire {
-    stream: TcpStream,
+pub(super) struct Wire {
+    pub(super) stream: TcpStream,
     rbuf: Vec<u8>,
     /// `rbuf[start..end]` is read and not yet parsed.
     start: usize,
     end: usize,
-    wbuf: Vec<u8>,
+    pub(super) wbuf: Vec<u8>,
     /// Bytes of `wbuf` already written.
-    sent: usize,
+    pub(super) sent: usize,
 }
 
 impl Wire {
     /// Reads what the socket has; `false` when it had nothing. The buffer is zeroed once
     /// and reused: parsed bytes are dropped by moving the rest to the front, and it grows
     /// only when a PDU is larger than it.
-    fn fill(&mut self) -> Result<bool, Ended> {
+    pub(super) fn fill(&mut self) -> Result<bool, Ended> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -132,7 +127,7 @@ impl Wire {
     }
 
     /// The next whole PDU read so far.
-    fn next_pdu(&mut self, framer: &Framer) -> Result<Option<RawPdu>, Ended> {
+    pub(super) fn next_pdu(&mut self, framer: &Framer) -> Result<Option<RawPdu>, Ended> {
         match framer.parse(&self.rbuf[self.start..self.end]) {
             Ok(Some((pdu, n))) => {
                 self.start += n;
@@ -144,7 +139,7 @@ impl Wire {
     }
 
     /// Writes what it can of the output; `true` when all of it went.
-    fn flush(&mut self) -> Result<bool, Ended> {
+    pub(super) fn flush(&mut self) -> Result<bool, Ended> {
         while self.sent < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.sent..]) {
                 Ok(0) => return Err(Ended::PeerClosed),
@@ -162,7 +157,7 @@ impl Wire {
     /// Closes gently: what was queued goes out, then the sending side shuts, and what the
     /// initiator still sends is read and dropped for a moment, so its last PDUs do not
     /// turn the close into a reset that could lose the target's final answer.
-    fn linger(&mut self) {
+    pub(super) fn linger(&mut self) {
         let _ = self.flush_by(Instant::now() + Duration::from_millis(500));
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         let until = Instant::now() + Duration::from_millis(200);
@@ -172,26 +167,25 @@ impl Wire {
             match self.stream.read(&mut sink) {
                 Ok(0) => return,
                 Ok(n) => left = left.saturating_sub(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(&[], Duration::from_millis(20)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(Duration::from_millis(20)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return,
             }
         }
     }
 
-    fn backlog(&self) -> usize {
+    pub(super) fn backlog(&self) -> usize {
         self.wbuf.len() - self.sent
     }
 
-    /// Waits until the socket can be read (or written, with output pending), `extra` is
-    /// readable, or `timeout` passes.
-    fn wait(&self, extra: &[std::os::fd::BorrowedFd<'_>], timeout: Duration) {
+    /// Waits until the socket can be read (or written, with output pending), or `timeout`
+    /// passes.
+    fn wait(&self, timeout: Duration) {
         let mut flags = PollFlags::IN;
         if self.backlog() > 0 {
             flags |= PollFlags::OUT;
         }
-        let mut fds = vec![PollFd::new(&self.stream, flags)];
-        fds.extend(extra.iter().map(|fd| PollFd::new(fd, PollFlags::IN)));
+        let mut fds = [PollFd::new(&self.stream, flags)];
         let ts =
             rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
         let _ = poll(&mut fds, Some(&ts));
@@ -208,7 +202,7 @@ impl Wire {
                 return Err(Ended::LoginTimeout);
             }
             if !self.fill()? {
-                self.wait(&[], left.min(Duration::from_millis(200)));
+                self.wait(left.min(Duration::from_millis(200)));
             }
         }
     }
@@ -220,7 +214,7 @@ impl Wire {
             if left.is_zero() {
                 return Err(Ended::Io(io::ErrorKind::TimedOut.into()));
             }
-            self.wait(&[], left.min(Duration::from_millis(200)));
+            self.wait(left.min(Duration::from_millis(200)));
         }
         Ok(())
     }
@@ -234,25 +228,90 @@ fn random<const N: usize>() -> Result<[u8; N], Ended> {
     Ok(b)
 }
 
-/// Serves one accepted connection to its end.
-pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>) -> Result<(), Ended> {
+/// Logs an accepted connection in and hands it to the worker that serves its queue pair;
+/// a connection that fails or is refused is closed here. `slot` is its place among the
+/// target's connections, held until the socket closes.
+pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>, slot: Slot) -> Result<(), Ended> {
     let peer = stream.peer_addr()?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     let mut wire = Wire { stream, rbuf: vec![0; READ_BUFFER], start: 0, end: 0, wbuf: Vec::new(), sent: 0 };
     let deadline = Instant::now() + shared.timeout;
-    let result = match login(&mut wire, &shared, portal, deadline) {
-        Ok(Some(est)) => {
-            let reg = shared.register(&est, portal, peer, &wire.stream);
-            let result = full_feature(&mut wire, &shared, portal, est, &reg);
-            shared.unregister(reg.id);
-            result
+    let (est, answer) = match login(&mut wire, &shared, portal, deadline) {
+        Ok(Some(done)) => done,
+        Ok(None) => {
+            wire.linger();
+            return Ok(());
         }
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => {
+            wire.linger();
+            return Err(e);
+        }
     };
-    wire.linger();
-    result
+    let node = &est.admitted.node;
+    let data_area = if est.params.discovery { DISCOVERY_DATA_AREA } else { DATA_AREA };
+    let (ring, opened) = match shared.attacher.open(&node.pan, &node.node, &node.credential, SLOTS, data_area) {
+        Ok(q) => q,
+        Err(why) => {
+            // The node is at its limits (or the gateway is stopping): the login fails with
+            // "out of resources" rather than succeed into a session that cannot run.
+            wire.wbuf = answer.refusal;
+            let _ = wire.flush_by(deadline);
+            shared.stats(portal).login(Status::OUT_OF_RESOURCES);
+            wire.linger();
+            return Err(Ended::Ring(why.to_string()));
+        }
+    };
+    wire.wbuf = answer.accept;
+    shared.stats(portal).login(Status::SUCCESS);
+    let reg = shared.register(&est, portal, peer, &wire.stream);
+    let session = Session::new(session_config(&shared, &est));
+    let link = Link::new(Start {
+        wire,
+        session,
+        ring,
+        target: est.admitted.target,
+        discovery: est.params.discovery,
+        target_name: est.params.target_name.clone().unwrap_or_default(),
+        portal,
+        peer,
+        shared: shared.clone(),
+        reg,
+        slot,
+    });
+    shared.attacher.place(opened, Box::new(link));
+    Ok(())
+}
+
+/// The session of an established login: the node's LUNs of its target with their block
+/// sizes, and the targets its SendTargets may list.
+fn session_config(shared: &Shared, est: &Established) -> SessionConfig {
+    let target = est.admitted.target;
+    let luns = est
+        .admitted
+        .node
+        .luns
+        .iter()
+        .filter(|&&(t, ..)| t == target)
+        .map(|&(_, lun, image, _)| (lun, shared.images.capacity(image).map_or(512, |(bs, _)| bs)))
+        .collect();
+    SessionConfig {
+        params: est.params.clone(),
+        max_recv_data: shared.limits.max_recv_data,
+        depth: DEPTH,
+        max_task_bytes: MAX_TASK_BYTES,
+        luns,
+        stat_sn: est.stat_sn,
+        exp_cmd_sn: est.exp_cmd_sn,
+        targets: shared.directory().targets_for(&est.admitted.node),
+    }
+}
+
+/// The last Login Response of a successful login, and the refusal sent instead when the
+/// session cannot be given a queue pair.
+struct Answer {
+    accept: Vec<u8>,
+    refusal: Vec<u8>,
 }
 
 /// The login phase: Login Requests until the session is established or refused.
@@ -261,7 +320,7 @@ fn login(
     shared: &Shared,
     portal: SocketAddr,
     deadline: Instant,
-) -> Result<Option<Established>, Ended> {
+) -> Result<Option<(Established, Answer)>, Ended> {
     let framer = Framer::default();
     let tsih = shared.next_tsih();
     let mut login = Login::new(shared.limits, tsih);
@@ -276,7 +335,7 @@ fn login(
             Err(e) => return Err(Ended::Protocol(e.to_string(), "login_protocol")),
         };
         let sns = Sns { stat_sn, exp_cmd_sn: req.cmd_sn, max_cmd_sn: req.cmd_sn.wrapping_add(DEPTH - 1) };
-        let refuse = |wire: &mut Wire, status: Status| -> Result<Option<Established>, Ended> {
+        let refuse = |wire: &mut Wire, status: Status| -> Result<Option<(Established, Answer)>, Ended> {
             framer.emit(iscsi::login::refusal(&req, status, sns).bhs(), &[], &mut wire.wbuf);
             wire.flush_by(deadline)?;
             shared.stats(portal).login(status);
@@ -307,305 +366,15 @@ fn login(
                     Ok(a) => a,
                     Err(status) => return refuse(wire, status),
                 };
-                framer.emit(pdu.bhs(), &body, &mut wire.wbuf);
-                shared.stats(portal).login(Status::SUCCESS);
-                return Ok(Some(Established {
-                    params: *params,
-                    isid: req.isid,
-                    tsih,
-                    admitted,
-                    stat_sn,
-                    exp_cmd_sn: req.cmd_sn,
-                }));
+                let mut answer = Answer { accept: Vec::new(), refusal: Vec::new() };
+                framer.emit(pdu.bhs(), &body, &mut answer.accept);
+                framer.emit(iscsi::login::refusal(&req, Status::OUT_OF_RESOURCES, sns).bhs(), &[], &mut answer.refusal);
+                let est =
+                    Established { params: *params, isid: req.isid, tsih, admitted, stat_sn, exp_cmd_sn: req.cmd_sn };
+                return Ok(Some((est, answer)));
             }
         }
     }
-}
-
-fn connect_ring(
-    shared: &Shared,
-    node: &crate::registry::NodeEntry,
-) -> Result<Initiator, ring::initiator::InitiatorError> {
-    let opts = ConnectOptions {
-        pan: node.pan.clone(),
-        node: node.node.clone(),
-        credential: node.credential.clone(),
-        slots: 256,
-        data_bytes: DATA_AREA,
-    };
-    Initiator::connect(&shared.socket, &opts)
-}
-
-/// A command with the SCSI target.
-struct InFlight {
-    itt: u32,
-    region: Option<Region>,
-}
-
-/// What a queue-pair sequence number stands for.
-enum Pending {
-    Command(InFlight),
-    /// One LUN RESET of a task management function.
-    Reset(u32),
-}
-
-/// The full feature phase of a normal or discovery session.
-fn full_feature(
-    wire: &mut Wire,
-    shared: &Shared,
-    portal: SocketAddr,
-    est: Established,
-    reg: &super::Registration,
-) -> Result<(), Ended> {
-    let kill = &*reg.kill;
-    let target = est.admitted.target;
-    let discovery = est.params.discovery;
-    let targets = shared.directory().targets_for(&est.admitted.node);
-    let luns = est
-        .admitted
-        .node
-        .luns
-        .iter()
-        .filter(|&&(t, ..)| t == target)
-        .map(|&(_, lun, image, _)| (lun, shared.images.capacity(image).map_or(512, |(bs, _)| bs)))
-        .collect();
-    let mut session = Session::new(SessionConfig {
-        params: est.params.clone(),
-        max_recv_data: shared.limits.max_recv_data,
-        depth: DEPTH,
-        max_task_bytes: MAX_TASK_BYTES,
-        luns,
-        stat_sn: est.stat_sn,
-        exp_cmd_sn: est.exp_cmd_sn,
-        targets,
-    });
-    let framer = session.in_framer();
-    // The queue pair is made when the first command is ready to run, so a connection that
-    // only logs in, or misbehaves before that, costs the workers nothing.
-    let mut ring: Option<Initiator> = None;
-    let mut pending: HashMap<u32, Pending> = HashMap::new();
-    let mut resets: HashMap<u32, usize> = HashMap::new();
-    let mut waiting: VecDeque<iscsi::session::Exec> = VecDeque::new();
-    let mut responses: Vec<Response> = Vec::new();
-    let mut last_heard = Instant::now();
-    let mut logout_deadline: Option<Instant> = None;
-    let mut closing = None;
-    let stats = shared.stats(portal);
-    loop {
-        let mut busy = false;
-        if kill.load(Ordering::Acquire) {
-            return Err(Ended::Dropped);
-        }
-        if shared.stopping.load(Ordering::Acquire) && logout_deadline.is_none() {
-            session.request_logout(LOGOUT_GRACE.as_secs() as u16);
-            logout_deadline = Some(Instant::now() + LOGOUT_GRACE);
-        }
-        if logout_deadline.is_some_and(|d| Instant::now() >= d) {
-            let _ = wire.flush();
-            return Err(Ended::Stopping);
-        }
-
-        // The initiator's PDUs.
-        if closing.is_none() && wire.backlog() < WRITE_BACKLOG {
-            if wire.fill()? {
-                busy = true;
-                last_heard = Instant::now();
-            }
-            while let Some(raw) = wire.next_pdu(&framer).inspect_err(|e| stats.error(e.label()))? {
-                busy = true;
-                let bhs = raw.bhs;
-                stats.pdu(bhs.0[0]);
-                reg.pdus.fetch_add(1, Ordering::Relaxed);
-                let pdu = match Pdu::parse(raw) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        session.reject(e.reject_reason(), &bhs);
-                        if e.reject_reason() == reject::NOT_SUPPORTED {
-                            continue;
-                        }
-                        stats.error("malformed_pdu");
-                        closing = Some(Ended::Protocol(e.to_string(), "malformed_pdu"));
-                        break;
-                    }
-                };
-                if discovery && !matches!(pdu, Pdu::Text(_) | Pdu::Logout(_) | Pdu::NopOut(_)) {
-                    session.reject(reject::PROTOCOL, &bhs);
-                    stats.error("discovery_session");
-                    closing = Some(Ended::Protocol("a SCSI PDU in a discovery session".into(), "discovery_session"));
-                    break;
-                }
-                if let Err(v) = session.receive(pdu) {
-                    session.reject(reject::PROTOCOL, &bhs);
-                    stats.error(v.label());
-                    closing = Some(Ended::Protocol(v.to_string(), v.label()));
-                    break;
-                }
-            }
-        }
-
-        // Work for the SCSI target.
-        let work = std::mem::take(&mut session.work);
-        if ring.is_none() && work.iter().any(|w| matches!(w, Work::Execute(_) | Work::Reset { .. })) {
-            ring = Some(connect_ring(shared, &est.admitted.node).map_err(ring_err)?);
-        }
-        for w in work {
-            match w {
-                Work::Execute(e) => waiting.push_back(e),
-                Work::Reset { tmf, luns } => {
-                    let Some(r) = ring.as_mut() else { continue };
-                    resets.insert(tmf, luns.len());
-                    for lun in luns {
-                        let seq = r.control(ControlOp::LunReset, target, lun, 0, None).map_err(ring_err)?;
-                        pending.insert(seq, Pending::Reset(tmf));
-                    }
-                    if resets.get(&tmf) == Some(&0) {
-                        resets.remove(&tmf);
-                        session.reset_done(tmf);
-                    }
-                }
-                Work::Close(c) => {
-                    closing = Some(match c {
-                        iscsi::session::Closing::Logout => Ended::Logout,
-                        iscsi::session::Closing::ColdReset => {
-                            // A cold reset ends every session of the target (RFC 7143 11.5.1).
-                            shared.drop_target(est.params.target_name.as_deref().unwrap_or_default(), kill);
-                            Ended::ColdReset
-                        }
-                    })
-                }
-            }
-        }
-        if let Some(r) = ring.as_mut() {
-            let mut queued = false;
-            while let Some(e) = waiting.front() {
-                let len = e.data_out.len().max(e.data_in as usize) as u32;
-                let region = if len == 0 {
-                    None
-                } else {
-                    match r.alloc(len) {
-                        Some(reg) => Some(reg),
-                        // The data area is full: wait for completions.
-                        None if !pending.is_empty() => break,
-                        None => return Err(Ended::Ring(format!("a {len}-byte command does not fit the data area"))),
-                    }
-                };
-                let e = waiting.pop_front().expect("front");
-                let data = match region {
-                    None => Data::None,
-                    Some(reg) if !e.data_out.is_empty() => {
-                        r.write_data(reg, &e.data_out).map_err(ring_err)?;
-                        Data::Out { region: reg, staged: false }
-                    }
-                    Some(reg) => Data::In(reg),
-                };
-                let seq = r.queue(target, e.lun, &e.cdb, data).map_err(ring_err)?;
-                pending.insert(seq, Pending::Command(InFlight { itt: e.itt, region }));
-                queued = true;
-            }
-            if queued {
-                r.kick().map_err(ring_err)?;
-                busy = true;
-            }
-            // Answers from the SCSI target.
-            r.poll(&mut responses, Duration::ZERO).map_err(ring_err)?;
-            if responses.is_empty() && !pending.is_empty() && !busy {
-                let spin_until = Instant::now() + SPIN;
-                let mut spins = 0u32;
-                while responses.is_empty() {
-                    r.poll(&mut responses, Duration::ZERO).map_err(ring_err)?;
-                    spins = spins.wrapping_add(1);
-                    // Reading the clock costs more than a look at the ring.
-                    if spins.is_multiple_of(32) && Instant::now() >= spin_until {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-            }
-            for resp in responses.drain(..) {
-                busy = true;
-                match pending.remove(&resp.seq) {
-                    Some(Pending::Command(f)) => {
-                        // Data-in goes from the data area straight into the Data-In PDUs.
-                        let n = match f.region {
-                            Some(reg) if resp.sense.is_empty() => (resp.transferred as usize).min(reg.len as usize),
-                            _ => 0,
-                        };
-                        let mut failed = None;
-                        session.complete_with(f.itt, resp.status, &resp.sense, n, |at, dst| {
-                            let Some(reg) = f.region else { return };
-                            let from = Region { offset: reg.offset + at as u64, len: dst.len() as u32 };
-                            if let Err(e) = r.read_data(from, dst) {
-                                failed.get_or_insert(e);
-                            }
-                        });
-                        if let Some(reg) = f.region {
-                            r.free(reg);
-                        }
-                        if let Some(e) = failed {
-                            return Err(ring_err(e));
-                        }
-                    }
-                    Some(Pending::Reset(tmf)) => {
-                        let left = resets.get_mut(&tmf).map(|n| {
-                            *n -= 1;
-                            *n
-                        });
-                        if left == Some(0) {
-                            resets.remove(&tmf);
-                            session.reset_done(tmf);
-                        }
-                    }
-                    None => {}
-                }
-            }
-        }
-
-        // Keepalive: ping a silent initiator, give up on one that does not answer.
-        if last_heard.elapsed() >= shared.timeout {
-            if !session.ping() {
-                return Err(Ended::PingTimeout);
-            }
-            last_heard = Instant::now();
-        }
-
-        if !session.out.is_empty() {
-            if wire.backlog() == 0 {
-                // Nothing queued: take the session's buffer whole rather than copy it.
-                wire.wbuf.clear();
-                wire.sent = 0;
-                std::mem::swap(&mut wire.wbuf, &mut session.out);
-            } else {
-                wire.wbuf.append(&mut session.out);
-            }
-        }
-        wire.flush()?;
-        if let Some(c) = closing.take() {
-            if session.work.is_empty() {
-                wire.flush_by(Instant::now() + Duration::from_secs(2))?;
-                return Err(c);
-            }
-            closing = Some(c);
-        }
-        if !busy {
-            let mut fds = Vec::new();
-            if let Some(r) = ring.as_mut() {
-                if r.arm_doorbell().map_err(ring_err)? {
-                    continue;
-                }
-                let (bell, sock) = r.wait_fds();
-                fds.push(bell);
-                fds.push(sock);
-            }
-            wire.wait(&fds, Duration::from_millis(500));
-            if let Some(r) = ring.as_mut() {
-                r.announce_polling();
-            }
-        }
-    }
-}
-
-fn ring_err(e: ring::initiator::InitiatorError) -> Ended {
-    Ended::Ring(e.to_string())
 }
 
 impl AsFd for Wire {

@@ -3,20 +3,24 @@
 //! LUNs are the logged-in node's own map.
 //!
 //! - [`directory`]: initiator and target names against the node registry.
-//! - [`conn`]: one connection: the login, then the full feature phase, moving PDUs
-//!   between the socket and the sans-IO [`iscsi::session`] and commands between the
-//!   session and a ring queue pair of the node.
+//! - [`conn`]: one connection's socket and its login.
+//! - [`link`]: a logged-in connection in the full feature phase, moving PDUs between the
+//!   socket and the sans-IO [`iscsi::session`] and commands between the session and a ring
+//!   queue pair of the node.
 //!
-//! Each portal has a thread that accepts; each connection a thread of its own, at most
-//! `max_connections` in all (more are closed at once). A login must finish within the
-//! timeout, and a silent initiator is pinged and dropped when it does not answer.
+//! Each portal has a thread that accepts, and each login runs on a thread of its own,
+//! bounded by the timeout. A logged-in connection moves to the ring server's worker that
+//! serves its queue pair, which runs it beside the SCSI target
+//! ([`crate::ring::server::attach`]). At most `max_connections` are open in all, logging
+//! in or logged in (more are closed at once), and a silent initiator is pinged and
+//! dropped when it does not answer.
 
 mod conn;
 pub mod directory;
+mod link;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,6 +30,7 @@ use iscsi::login::Status;
 use iscsi::negotiate::{Limits, Params};
 
 use crate::registry::{Images, Registry};
+use crate::ring::server::attach::Attacher;
 use directory::{Admitted, Directory};
 
 /// How the target is set up.
@@ -37,8 +42,6 @@ pub struct IscsiOptions {
     pub target_prefix: String,
     /// Connections held at once.
     pub max_connections: usize,
-    /// The ring server's socket, which sessions connect to as their node.
-    pub socket: PathBuf,
     /// What the target offers in negotiation.
     pub limits: Limits,
     /// How long a login may take, and how long an initiator may stay silent before it is
@@ -147,7 +150,7 @@ impl Registered {
     }
 }
 
-/// What a session's thread keeps of its registration.
+/// What a session keeps of its registration.
 struct Registration {
     id: u64,
     kill: Arc<AtomicBool>,
@@ -161,7 +164,8 @@ struct Shared {
     images: Arc<dyn Images>,
     prefix: String,
     addresses: Vec<String>,
-    socket: PathBuf,
+    /// Gives logged-in connections their queue pairs and workers.
+    attacher: Attacher,
     limits: Limits,
     max_connections: usize,
     timeout: Duration,
@@ -310,7 +314,12 @@ pub struct IscsiService {
 
 impl IscsiService {
     /// Binds every portal and starts accepting.
-    pub fn start(opts: IscsiOptions, registry: Registry, images: Arc<dyn Images>) -> std::io::Result<IscsiService> {
+    pub fn start(
+        opts: IscsiOptions,
+        registry: Registry,
+        images: Arc<dyn Images>,
+        attacher: Attacher,
+    ) -> std::io::Result<IscsiService> {
         let mut listeners = Vec::new();
         for p in &opts.portals {
             let l = TcpListener::bind(p)?;
@@ -323,7 +332,7 @@ impl IscsiService {
             images,
             prefix: opts.target_prefix,
             addresses: bound.iter().map(|a| format!("{a},1")).collect(),
-            socket: opts.socket,
+            attacher,
             limits: opts.limits,
             max_connections: opts.max_connections,
             timeout: opts.timeout,
@@ -373,7 +382,7 @@ impl IscsiService {
     }
 }
 
-/// Releases a connection slot when the connection's thread ends.
+/// A connection's place among `max_connections`, released when its socket closes.
 struct Slot(Arc<Shared>);
 
 impl Drop for Slot {
@@ -407,15 +416,14 @@ fn accept(listener: TcpListener, portal: SocketAddr, shared: Arc<Shared>) {
         }
         let slot = Slot(shared.clone());
         let s = shared.clone();
-        let spawned = std::thread::Builder::new().name("pangate-iscsi-conn".into()).spawn(move || {
-            let _slot = slot;
-            match conn::serve(stream, portal, s.clone()) {
+        let spawned = std::thread::Builder::new().name("pangate-iscsi-login".into()).spawn(move || {
+            match conn::serve(stream, portal, s.clone(), slot) {
                 Ok(()) => {}
                 Err(e @ (conn::Ended::Logout | conn::Ended::PeerClosed | conn::Ended::LoginFailed(..))) => {
                     tracing::debug!(%portal, %peer, reason = %e, "iSCSI connection ended");
                 }
                 Err(e) => {
-                    if matches!(e, conn::Ended::LoginTimeout | conn::Ended::PingTimeout) {
+                    if matches!(e, conn::Ended::LoginTimeout) {
                         s.stats(portal).error(e.label());
                     }
                     tracing::warn!(%portal, %peer, reason = %e, "iSCSI connection ended");
@@ -423,7 +431,7 @@ fn accept(listener: TcpListener, portal: SocketAddr, shared: Arc<Shared>) {
             }
         });
         if let Err(e) = spawned {
-            tracing::warn!(%portal, error = %e, "cannot start an iSCSI connection thread");
+            tracing::warn!(%portal, error = %e, "cannot start an iSCSI login thread");
         }
     }
 }

@@ -86,6 +86,12 @@ pub enum Closed {
     /// The administrator deleted the node.
     #[error("the node was deleted")]
     NodeDeleted,
+    /// The front-end connection that is the node side ended.
+    #[error("the front-end's connection ended")]
+    Ended,
+    /// The gateway stopped.
+    #[error("the gateway stopped")]
+    Stopped,
 }
 
 /// A LUN as the node's map has it.

@@ -153,9 +153,14 @@ pub(super) struct Conn {
     /// Which of those polls are armed (one-shot: each fires once).
     pub(super) bell_armed: bool,
     pub(super) sock_armed: bool,
-    /// The data area registered as a fixed buffer of the worker's ring, so the direct path
-    /// skips pinning pages for every I/O; given back when the queue pair closes.
-    pub(super) data_fixed: Option<(Arc<UringHost>, u16)>,
+    /// The data area registered as a fixed buffer of the worker's ring, so engine I/O on
+    /// it skips pinning pages every time; given back when the queue pair closes.
+    data_fixed: Fixed,
+    /// The front-end inside the gateway that is the node side, if it is one
+    /// ([`super::attach`]); its socket is polled instead of `sock`.
+    pub(super) attached: Option<Box<dyn super::attach::Attachment>>,
+    /// The poll armed on the attachment's socket in the worker's ring: its token and mask.
+    pub(super) attached_poll: Option<(u32, i16)>,
     /// The queue pair's share of its node's limits, given back when it is dropped.
     _lease: super::quota::Lease,
 }
@@ -181,14 +186,14 @@ impl Conn {
         // Registering pins (and so allocates) the whole area: only areas up to
         // FIXED_DATA_MAX are, so a node asking for a large one does not make the gateway
         // hold all of it at once; larger ones take plain reads and writes.
-        // The host holds the area while it is registered; `Drop` unregisters it, and the
-        // kernel keeps the pages for any request still using them.
-        let data_fixed = host.filter(|_| a.data.len() <= FIXED_DATA_MAX).and_then(|h| {
-            let area: Arc<dyn FixedMemory> = a.data.clone();
-            h.register_buffer(|_| area).map(|index| (h.clone(), index))
-        });
+        let data_fixed = match host {
+            Some(h) if a.data.len() <= FIXED_DATA_MAX => Fixed::Later(h.clone()),
+            _ => Fixed::Never,
+        };
         Conn {
             _lease: a.lease,
+            attached: a.attached,
+            attached_poll: None,
             data_fixed,
             id,
             sock: a.sock,
@@ -218,6 +223,24 @@ impl Conn {
             sock_armed: false,
             entry: a.entry,
         }
+    }
+
+    /// The fixed buffer over the data area, registered the first time a command with data
+    /// goes to an engine: pinning takes milliseconds, which a queue pair that only
+    /// connects (or an iSCSI login that runs nothing) should not cost the worker.
+    pub(super) fn data_fixed(&mut self) -> Option<u16> {
+        match &self.data_fixed {
+            Fixed::Registered(_, index) => return Some(*index),
+            Fixed::Never => return None,
+            Fixed::Later(_) => {}
+        }
+        let Fixed::Later(h) = std::mem::replace(&mut self.data_fixed, Fixed::Never) else { unreachable!() };
+        // The host holds the area while it is registered; `Drop` unregisters it, and the
+        // kernel keeps the pages for any request still using them.
+        let area: Arc<dyn FixedMemory> = self.data.clone();
+        let index = h.register_buffer(|_| area)?;
+        self.data_fixed = Fixed::Registered(h, index);
+        Some(index)
     }
 
     pub(super) fn luns_of_target(&self, target: u16) -> &Arc<[u16]> {
@@ -254,7 +277,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Some((host, index)) = self.data_fixed.take() {
+        if let Fixed::Registered(host, index) = std::mem::replace(&mut self.data_fixed, Fixed::Never) {
             host.unregister_buffer(index);
         }
         self.ring_stats.disconnected(self.reported);
@@ -271,6 +294,15 @@ pub(super) fn control_stat(seq: u32, result: u16, transferred: u32) -> Stat {
     s.flags = proto::FLAG_CONTROL;
     s.control_result = result;
     s
+}
+
+/// The data area as a fixed buffer of the worker's ring.
+enum Fixed {
+    /// Not yet registered; it will be at the first command with data.
+    Later(Arc<UringHost>),
+    Registered(Arc<UringHost>, u16),
+    /// No ring, an area too large, or registering failed.
+    Never,
 }
 
 /// Largest data area registered as a fixed buffer of the worker's ring.

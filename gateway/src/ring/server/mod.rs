@@ -33,12 +33,14 @@ pub use crate::registry::ControlError;
 use crate::registry::{AuthError, Images, NodeEntry, NotApplied, Registry};
 
 pub mod admission;
+pub mod attach;
 mod conn;
 mod mesh;
 mod owned;
 pub mod quota;
 mod worker;
 
+use self::attach::{Attacher, Attachment};
 use self::mesh::Mesh;
 use self::worker::{Setup, Worker};
 
@@ -104,6 +106,7 @@ pub struct Server {
     socket: PathBuf,
     control: LunControl,
     metrics: Arc<Metrics>,
+    attacher: Attacher,
 }
 
 /// Every image's [`Shape`], shared by the workers (which change sizes), the listener (which
@@ -240,6 +243,30 @@ struct Accepted {
     slots: u32,
     /// The queue pair's share of its node's limits, held for as long as it is open.
     lease: quota::Lease,
+    /// The front-end inside the gateway that is the node side, if it is one.
+    attached: Option<Box<dyn Attachment>>,
+}
+
+/// What admitting a node takes: the listener's and the [`Attacher`]'s.
+struct Admit {
+    registry: Registry,
+    caps: Capacities,
+    opts: ServerOptions,
+    quotas: quota::Quotas,
+    mesh: Arc<Mesh>,
+    workers: Vec<Sender<Accepted>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Admit {
+    /// The node's entry, if `credential` is its own.
+    fn authenticate(&self, pan: &str, node: &str, credential: &str) -> Result<NodeEntry, Refused> {
+        match self.registry.authenticate(pan, node, credential) {
+            Ok(entry) => Ok(entry),
+            Err(AuthError::UnknownNode) => Err(Refused::UnknownNode { pan: pan.into(), node: node.into() }),
+            Err(AuthError::WrongCredential) => Err(Refused::WrongCredential { pan: pan.into(), node: node.into() }),
+        }
+    }
 }
 
 impl Server {
@@ -305,20 +332,34 @@ impl Server {
                 }
             }
         }
-        let listener_thread = {
-            let (stop, mesh, opts, caps, registry) =
-                (stop.clone(), mesh.clone(), opts.clone(), caps.clone(), registry.clone());
-            std::thread::Builder::new()
-                .name("pangate-listen".into())
-                .spawn(move || listen(listener, registry, caps, opts, stop, mesh, incoming_tx))?
-        };
+        let admit = Arc::new(Admit {
+            registry: registry.clone(),
+            caps: caps.clone(),
+            quotas: quota::Quotas::new(opts.limits),
+            opts: opts.clone(),
+            mesh: mesh.clone(),
+            workers: incoming_tx,
+            stop: stop.clone(),
+        });
+        let attacher = Attacher(admit.clone());
+        let listener_thread =
+            std::thread::Builder::new().name("pangate-listen".into()).spawn(move || listen(listener, admit))?;
         let control = LunControl { tx: control_tx, mesh: mesh.clone(), caps, metrics: opts.metrics.clone() };
         let watcher = control.clone();
         registry.watch(move |pan, node, entry| {
             watcher.node_changed(pan, node, entry).map_err(|e| NotApplied(e.to_string()))
         });
         let metrics = opts.metrics.clone();
-        Ok(Server { stop, mesh, listener: Some(listener_thread), workers, socket: opts.socket, control, metrics })
+        Ok(Server {
+            stop,
+            mesh,
+            listener: Some(listener_thread),
+            workers,
+            socket: opts.socket,
+            control,
+            metrics,
+            attacher,
+        })
     }
 
     /// The server's counters.
@@ -362,6 +403,12 @@ impl Server {
         Arc::new(self.control.clone())
     }
 
+    /// A handle for front-ends inside the gateway whose connections the workers serve
+    /// inline (the iSCSI target).
+    pub fn attacher(&self) -> Attacher {
+        self.attacher.clone()
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -393,20 +440,12 @@ impl Drop for Server {
 /// Accepts nodes. Each handshake runs on a thread of its own, so a slow or silent peer
 /// delays nobody else; the listener bounds how many run (per peer uid and in all) and cuts
 /// off any still reading its hello after `opts.handshake_timeout`, however it dribbles.
-fn listen(
-    listener: UnixListener,
-    registry: Registry,
-    caps: Capacities,
-    opts: ServerOptions,
-    stop: Arc<AtomicBool>,
-    mesh: Arc<Mesh>,
-    workers: Vec<Sender<Accepted>>,
-) {
+fn listen(listener: UnixListener, admit: Arc<Admit>) {
     let _ = listener.set_nonblocking(true);
     let pending = Arc::new(Mutex::new(Pending::default()));
-    let quotas = quota::Quotas::new(opts.limits);
+    let opts = &admit.opts;
     let mut next_id = 0u64;
-    while !stop.load(Ordering::SeqCst) {
+    while !admit.stop.load(Ordering::SeqCst) {
         pending.lock().unwrap_or_else(|p| p.into_inner()).cut_off_late(Instant::now());
         let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
         let ts = super::shm::poll_timeout(Duration::from_millis(100));
@@ -420,35 +459,26 @@ fn listen(
         next_id += 1;
         let admitted = sock.try_clone().map_err(Refused::Socket).and_then(|watch| {
             let deadline = started + opts.handshake_timeout;
-            pending.lock().unwrap_or_else(|p| p.into_inner()).admit(id, uid, deadline, watch, &opts)
+            pending.lock().unwrap_or_else(|p| p.into_inner()).admit(id, uid, deadline, watch, opts)
         });
         if let Err(why) = admitted {
             refuse(&sock, &why, &opts.metrics);
             continue;
         }
-        let (registry, caps, opts, mesh, workers, inflight, quotas) = (
-            registry.clone(),
-            caps.clone(),
-            opts.clone(),
-            mesh.clone(),
-            workers.clone(),
-            pending.clone(),
-            quotas.clone(),
-        );
+        let (admit, inflight) = (admit.clone(), pending.clone());
         let spawned = std::thread::Builder::new().name("pangate-handshake".into()).spawn(move || {
-            let hello = read_hello(&sock, opts.handshake_timeout, started);
+            let hello = read_hello(&sock, admit.opts.handshake_timeout, started);
             // The hello is in (or failed): from here on nothing waits on the peer.
             inflight.lock().unwrap_or_else(|p| p.into_inner()).done(id);
-            let caps = caps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match hello.and_then(|h| accept_hello(&sock, h, &registry, &caps, &opts, &quotas)) {
+            match hello.and_then(|h| accept_hello(&sock, h, &admit)) {
                 Ok(acc) => {
-                    let w = mesh.place(acc.entry.luns.first().map(|l| l.2));
+                    let w = admit.mesh.place(acc.entry.luns.first().map(|l| l.2));
                     tracing::info!(pan = %acc.entry.pan, node = %acc.entry.node, slots = acc.slots, worker = w, "queue pair connected");
-                    if workers[w].send(acc).is_ok() {
-                        let _ = mesh.wake(w).ring();
+                    if admit.workers[w].send(acc).is_ok() {
+                        let _ = admit.mesh.wake(w).ring();
                     }
                 }
-                Err(why) => refuse(&sock, &why, &opts.metrics),
+                Err(why) => refuse(&sock, &why, &admit.opts.metrics),
             }
         });
         if let Err(e) = spawned {
@@ -609,55 +639,79 @@ fn read_hello(sock: &UnixStream, timeout: Duration, started: Instant) -> Result<
     }
 }
 
-/// Authenticates a hello, takes the node's lease and makes the queue pair.
-fn accept_hello(
-    sock: &UnixStream,
-    hello: Hello,
-    registry: &Registry,
-    caps: &[Shape],
-    opts: &ServerOptions,
-    quotas: &quota::Quotas,
-) -> Result<Accepted, Refused> {
+/// Authenticates a hello, takes the node's lease, makes the queue pair and welcomes the
+/// node with it.
+fn accept_hello(sock: &UnixStream, hello: Hello, admit: &Admit) -> Result<Accepted, Refused> {
     if hello.version != proto::VERSION {
         return Err(Refused::Version { got: hello.version });
     }
-    let entry = match registry.authenticate(&hello.pan, &hello.node, &hello.credential) {
-        Ok(entry) => entry,
-        Err(AuthError::UnknownNode) => return Err(Refused::UnknownNode { pan: hello.pan, node: hello.node }),
-        Err(AuthError::WrongCredential) => return Err(Refused::WrongCredential { pan: hello.pan, node: hello.node }),
-    };
+    let entry = admit.authenticate(&hello.pan, &hello.node, &hello.credential)?;
     if let Some(want) = entry.uid {
         let got = handshake::peer_uid(sock)?;
         if got != want {
             return Err(Refused::WrongUid { node: hello.node, want, got });
         }
     }
-    let slots = hello.slots.clamp(spsc::MIN_SLOTS, spsc::MAX_SLOTS).next_power_of_two();
-    let data_bytes = hello.data_bytes.clamp(1 << 20, opts.max_data_bytes).next_multiple_of(super::alloc::PAGE);
+    let (acc, welcome) = open_queue_pair(sock, entry, hello.slots, hello.data_bytes, admit)?;
+    handshake::send(
+        sock,
+        &Answer::Welcome(welcome),
+        &[acc.ring.fd(), acc.data.fd(), acc.staging.fd(), acc.to_gateway.fd(), acc.to_node.fd()],
+    )?;
+    sock.set_nonblocking(true)?;
+    Ok(acc)
+}
+
+/// Takes the node's lease and makes a queue pair of `slots` (rounded to what the rings
+/// take) and a data area of `data_bytes` (bounded by the options), watched through `sock`.
+fn open_queue_pair(
+    sock: &UnixStream,
+    entry: NodeEntry,
+    slots: u32,
+    data_bytes: u64,
+    admit: &Admit,
+) -> Result<(Accepted, Welcome), Refused> {
+    let slots = slots.clamp(spsc::MIN_SLOTS, spsc::MAX_SLOTS).next_power_of_two();
+    let data_bytes = data_bytes.clamp(1 << 20, admit.opts.max_data_bytes).next_multiple_of(super::alloc::PAGE);
     let bytes = spsc::region_size(slots) as u64 + 2 * data_bytes;
-    let lease = quotas.lease(&entry.pan, &entry.node, bytes)?;
+    let lease = admit.quotas.lease(&entry.pan, &entry.node, bytes)?;
     let mk = |name: &str, len: usize| SharedMemory::create(name, len).map(Arc::new);
     let ring = mk("pangate-ring", spsc::region_size(slots))?;
     let data = mk("pangate-data", data_bytes as usize)?;
     let staging = mk("pangate-staging", data_bytes as usize)?;
     let to_gateway = Doorbell::new()?;
     let to_node = Doorbell::new()?;
-    let luns = entry
-        .luns
-        .iter()
-        .filter_map(|&(target, lun, image, access)| {
-            let s = caps.get(image)?;
-            Some(LunInfo { target, lun, block_size: s.block_size, blocks: s.blocks, read_only: access.is_read_only() })
-        })
-        .collect();
+    let luns = {
+        let caps = admit.caps.lock().unwrap_or_else(|p| p.into_inner());
+        entry
+            .luns
+            .iter()
+            .filter_map(|&(target, lun, image, access)| {
+                let s = caps.get(image)?;
+                Some(LunInfo {
+                    target,
+                    lun,
+                    block_size: s.block_size,
+                    blocks: s.blocks,
+                    read_only: access.is_read_only(),
+                })
+            })
+            .collect()
+    };
     let welcome = Welcome { version: proto::VERSION, slots, data_bytes, staging_bytes: data_bytes, luns };
-    handshake::send(
-        sock,
-        &Answer::Welcome(welcome),
-        &[ring.fd(), data.fd(), staging.fd(), to_gateway.fd(), to_node.fd()],
-    )?;
-    sock.set_nonblocking(true)?;
-    Ok(Accepted { entry, sock: sock.try_clone()?, ring, data, staging, to_gateway, to_node, slots, lease })
+    let acc = Accepted {
+        entry,
+        sock: sock.try_clone()?,
+        ring,
+        data,
+        staging,
+        to_gateway,
+        to_node,
+        slots,
+        lease,
+        attached: None,
+    };
+    Ok((acc, welcome))
 }
 
 /// Ends the process when a worker panics. The other workers would otherwise wait for

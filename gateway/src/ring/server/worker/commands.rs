@@ -136,10 +136,11 @@ impl Worker {
         let started_ns = *self.batch_ns.get_or_insert_with(metrics::now_ns);
         let c = &mut self.conns[i];
         let data_out = matches!(source, Source::Out(_) | Source::Staged { .. });
+        let fixed = if matches!(source, Source::Out(_) | Source::In(_)) { c.data_fixed() } else { None };
         c.pending
             .insert(cmd.seq, Pending::Backend { ticket: Ticket::new(&cmd, data_out, started_ns, lun.stats), staged });
         let job = Job {
-            fixed: c.data_fixed.as_ref().map(|&(_, index)| index),
+            fixed,
             tag: (c.id << 32) | u64::from(cmd.seq),
             image: lun.image,
             luns: c.luns_of_target(cmd.target).clone(),

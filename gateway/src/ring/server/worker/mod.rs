@@ -82,6 +82,8 @@ pub(super) struct Worker {
     wake_armed: bool,
     /// The last queue-pair token handed out.
     tokens: u32,
+    /// The last attachment-poll token handed out, below [`ATTACHED_TOKENS`].
+    attached_tokens: u32,
     /// The worker's own completions, kept to reuse the allocation.
     events: Vec<(u32, i32)>,
     /// Direct-path commands of the queue pair being served, in the order they came.
@@ -94,6 +96,10 @@ const SPIN_UNTIMED: u32 = 32;
 const WAKE_TOKEN: u32 = 0;
 /// Token of SQEs whose completions mean nothing (poll cancellations).
 const IGNORED_TOKEN: u32 = u32::MAX;
+/// Tokens from here on name polls of attachments' sockets, each armed with a fresh one
+/// (a poll cancelled to change its mask may still answer with its old token); queue pairs'
+/// tokens stay below.
+const ATTACHED_TOKENS: u32 = 1 << 31;
 /// SQ entries of a worker's ring.
 const HOST_ENTRIES: u32 = 256;
 
@@ -114,6 +120,7 @@ impl Worker {
             host,
             wake_armed: false,
             tokens: 0,
+            attached_tokens: 0,
             events: Vec::new(),
             local: Vec::new(),
             conns: Vec::new(),
@@ -158,8 +165,9 @@ impl Worker {
                 while let Ok(a) = self.incoming.try_recv() {
                     self.opened += 1;
                     let id = self.opened * self.mesh.workers() as u64 + self.index as u64;
-                    // Tokens wrap only after 2^31 queue pairs, long after their polls ended.
-                    self.tokens = self.tokens % (u32::MAX / 2 - 1) + 1;
+                    // Tokens wrap only after 2^30 queue pairs, long after their polls ended;
+                    // twice a token stays below the attachments' tokens.
+                    self.tokens = self.tokens % (ATTACHED_TOKENS / 2 - 1) + 1;
                     self.conns.push(Conn::new(id, self.tokens, a, &self.metrics, &self.caps, self.host.as_ref()));
                 }
                 while let Ok(c) = self.control.try_recv() {
@@ -188,6 +196,13 @@ impl Worker {
             self.deliver();
             for c in &mut self.conns {
                 progress |= flush(c);
+            }
+            if !stopping {
+                // Front-ends inside the gateway answer their peers from the STATs just
+                // written, and queue their peers' next commands for the next pass.
+                for c in &mut self.conns {
+                    progress |= c.pump();
+                }
             }
             if loops.is_multiple_of(1024) {
                 self.check_sockets(Duration::ZERO);
@@ -262,12 +277,14 @@ impl Worker {
         self.mesh.closed(self.index, self.conns.iter().filter(|c| c.dead.is_some()).count());
         let mut gone = Vec::new();
         let host = self.host.clone();
-        self.conns.retain(|c| {
+        self.conns.retain_mut(|c| {
             if c.dead.is_some() {
                 // Armed polls hold the fds open in the kernel: cancel them. Their CQEs
                 // (ECANCELED) then name a token no queue pair has, and are dropped.
                 if let Some(h) = &host {
-                    for (armed, token) in [(c.bell_armed, 2 * c.token), (c.sock_armed, 2 * c.token + 1)] {
+                    let attached = c.attached_poll.map(|(token, _)| (true, token));
+                    let polls = [(c.bell_armed, 2 * c.token), (c.sock_armed, 2 * c.token + 1)];
+                    for (armed, token) in polls.into_iter().chain(attached) {
                         if armed {
                             if let Err(e) = h.poll_remove(token, IGNORED_TOKEN) {
                                 tracing::warn!(error = %e, "could not cancel a closed queue pair's poll");
@@ -279,6 +296,7 @@ impl Worker {
                 images.sort_unstable();
                 images.dedup();
                 gone.extend(images.into_iter().map(|image| (image, c.id)));
+                c.detach();
             }
             c.dead.is_none()
         });
@@ -362,6 +380,9 @@ impl Worker {
     fn finish(mut self) -> Vec<(usize, OpenImage)> {
         for c in &mut self.conns {
             flush(c);
+            // Attachments pass the last answers on to their peers before they close.
+            c.pump();
+            c.detach();
         }
         self.conns.clear();
         self.owned.finish()

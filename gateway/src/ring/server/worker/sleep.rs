@@ -6,7 +6,7 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use super::{Worker, WAKE_TOKEN};
+use super::{Worker, ATTACHED_TOKENS, IGNORED_TOKEN, WAKE_TOKEN};
 use crate::engine::host::UringHost;
 use crate::ring::server::admission::Violation;
 use crate::ring::shm;
@@ -58,6 +58,25 @@ impl Worker {
             self.wake_armed = arm(self.wake.as_fd().as_raw_fd(), libc::POLLIN, WAKE_TOKEN);
         }
         for c in &mut self.conns {
+            if let Some(a) = &c.attached {
+                // The node side is in this thread: only the peer's socket can wake it.
+                let want = a.interest();
+                if let Some((token, _)) = c.attached_poll.filter(|&(_, mask)| mask != want) {
+                    if let Err(e) = host.poll_remove(token, IGNORED_TOKEN) {
+                        tracing::warn!(error = %e, "could not cancel an attachment's poll");
+                        continue;
+                    }
+                    c.attached_poll = None;
+                }
+                if c.attached_poll.is_none() && want != 0 {
+                    self.attached_tokens = (self.attached_tokens + 1) % (IGNORED_TOKEN - ATTACHED_TOKENS);
+                    let token = ATTACHED_TOKENS + self.attached_tokens;
+                    if arm(a.fd().as_raw_fd(), want, token) {
+                        c.attached_poll = Some((token, want));
+                    }
+                }
+                continue;
+            }
             if !c.bell_armed {
                 c.bell_armed = arm(c.to_gateway.as_fd().as_raw_fd(), libc::POLLIN, 2 * c.token);
             }
@@ -75,6 +94,14 @@ impl Worker {
             if token == WAKE_TOKEN {
                 self.wake_armed = false;
                 let _ = self.wake.drain();
+                continue;
+            }
+            if token >= ATTACHED_TOKENS {
+                // The attachment's socket is ready: the wake is all it takes, as every
+                // attachment is pumped on the next pass.
+                if let Some(c) = self.conns.iter_mut().find(|c| c.attached_poll.is_some_and(|(t, _)| t == token)) {
+                    c.attached_poll = None;
+                }
                 continue;
             }
             let Some(c) = self.conns.iter_mut().find(|c| c.token == token / 2) else { continue };
@@ -103,7 +130,10 @@ impl Worker {
         let mut fds = vec![PollFd::new(&*self.wake, PollFlags::IN)];
         for c in &self.conns {
             fds.push(PollFd::new(&c.to_gateway, PollFlags::IN));
-            fds.push(PollFd::new(&c.sock, PollFlags::IN | PollFlags::RDHUP));
+            match &c.attached {
+                Some(a) => fds.push(PollFd::from_borrowed_fd(a.fd(), PollFlags::from_bits_retain(a.interest() as u16))),
+                None => fds.push(PollFd::new(&c.sock, PollFlags::IN | PollFlags::RDHUP)),
+            }
         }
         let conn_fds = fds.len();
         let engines: Vec<_> = self.owned.completion_fds().flatten().collect();
@@ -126,6 +156,10 @@ impl Worker {
         for (i, c) in self.conns.iter_mut().enumerate() {
             let _ = c.to_gateway.drain();
             let ev = events[2 + 2 * i];
+            if c.attached.is_some() {
+                // Pumped on the next pass, whatever the socket said.
+                continue;
+            }
             if ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
                 c.hang_up();
             } else if ev.contains(PollFlags::IN) {
