@@ -62,6 +62,8 @@ pub(super) struct Link {
     passes: u32,
     /// Whether the initiator has sent something since the clock was last read.
     heard: bool,
+    /// Whether the last pass read the socket and found nothing.
+    drained: bool,
     portal: SocketAddr,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -107,6 +109,7 @@ impl Link {
             ended: None,
             passes: 0,
             heard: false,
+            drained: false,
             portal: s.portal,
             peer: s.peer,
             shared: s.shared,
@@ -116,12 +119,13 @@ impl Link {
     }
 
     /// One pass; whether anything moved. An error ends the connection.
-    fn step(&mut self) -> Result<bool, Ended> {
+    fn step(&mut self, readable: bool) -> Result<bool, Ended> {
         if self.reg.kill.load(Ordering::Acquire) {
             return Err(Ended::Dropped);
         }
         let mut busy = self.answer()?;
-        if self.closing.is_none() && self.wire.backlog() < WRITE_BACKLOG {
+        self.drained = false;
+        if readable && self.closing.is_none() && self.wire.backlog() < WRITE_BACKLOG {
             busy |= self.read()?;
         }
         busy |= self.run_work()?;
@@ -179,6 +183,7 @@ impl Link {
         let stats = self.shared.stats(self.portal);
         let mut busy = self.wire.fill()?;
         self.heard |= busy;
+        self.drained = !busy;
         while let Some(raw) = self.wire.next_pdu(&self.framer).inspect_err(|e| stats.error(e.label()))? {
             busy = true;
             let bhs = raw.bhs;
@@ -325,8 +330,8 @@ impl Link {
 }
 
 impl Attachment for Link {
-    fn pump(&mut self) -> Pumped {
-        match self.step() {
+    fn pump(&mut self, readable: bool) -> Pumped {
+        match self.step(readable) {
             Ok(true) => Pumped::Busy,
             Ok(false) => Pumped::Idle,
             Err(e) => {
@@ -334,6 +339,10 @@ impl Attachment for Link {
                 Pumped::Ended
             }
         }
+    }
+
+    fn drained(&self) -> bool {
+        self.drained
     }
 
     fn fd(&self) -> BorrowedFd<'_> {

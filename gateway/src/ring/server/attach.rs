@@ -6,9 +6,12 @@
 //!
 //! The front-end is an [`Attachment`]. On each pass the worker calls
 //! [`Attachment::pump`], which answers the peer from the STAT ring and moves the peer's
-//! requests into the CMD ring. It must not block. While the worker sleeps, it polls the
-//! attachment's socket for [`Attachment::interest`], and any event there wakes it to pump
-//! again. The queue pair closes when the attachment ends, when the node is
+//! requests into the CMD ring. It must not block. Once a read finds the socket empty, the
+//! worker stops asking it to read and arms a poll on the socket in its io_uring, which
+//! says when there is more: a `recv` that finds nothing costs a few microseconds and
+//! the socket lock the peer's packets need, a look at the completion queue nothing. While
+//! the worker sleeps, the same poll (for [`Attachment::interest`]) wakes it. The queue pair
+//! closes when the attachment ends, when the node is
 //! deleted, or when the gateway stops. The attachment is then closed, once.
 
 use std::os::fd::BorrowedFd;
@@ -37,8 +40,10 @@ pub enum Pumped {
 /// A front-end connection served by the worker that serves its queue pair.
 pub trait Attachment: Send {
     /// One pass: the node side's answers go to the peer, and the peer's requests go into
-    /// the queue pair. It never blocks.
-    fn pump(&mut self) -> Pumped;
+    /// the queue pair; the socket is read only when `readable`. It never blocks.
+    fn pump(&mut self, readable: bool) -> Pumped;
+    /// Whether the last pass read the socket and found nothing.
+    fn drained(&self) -> bool;
     /// The peer's socket, which the worker polls while it sleeps.
     fn fd(&self) -> BorrowedFd<'_>;
     /// The `poll(2)` events to wait for on [`Attachment::fd`] (`POLLIN`, `POLLOUT`).
@@ -121,17 +126,22 @@ impl Attacher {
 }
 
 impl Conn {
-    /// One pass of the attachment, if the node side is one; whether anything moved.
-    pub(super) fn pump(&mut self) -> bool {
+    /// One pass of the attachment, if the node side is one; whether anything moved. With
+    /// `gate`, a socket found empty is not read again until its poll says it is readable.
+    pub(super) fn pump(&mut self, gate: bool) -> bool {
         let Some(a) = self.attached.as_mut().filter(|_| self.dead.is_none()) else { return false };
-        match a.pump() {
+        let moved = match a.pump(self.attached_readable) {
             Pumped::Idle => false,
             Pumped::Busy => true,
             Pumped::Ended => {
                 self.dead = Some(Closed::Ended);
-                true
+                return true;
             }
+        };
+        if gate && a.drained() {
+            self.attached_readable = false;
         }
+        moved
     }
 
     /// Closes the attachment, if there is one, with the reason the queue pair closes.

@@ -161,6 +161,9 @@ pub(super) struct Conn {
     pub(super) attached: Option<Box<dyn super::attach::Attachment>>,
     /// The poll armed on the attachment's socket in the worker's ring: its token and mask.
     pub(super) attached_poll: Option<(u32, i16)>,
+    /// Whether the attachment's socket may have something to read (false once a read found
+    /// it empty, true again when its poll fires).
+    pub(super) attached_readable: bool,
     /// The queue pair's share of its node's limits, given back when it is dropped.
     _lease: super::quota::Lease,
 }
@@ -194,6 +197,7 @@ impl Conn {
             _lease: a.lease,
             attached: a.attached,
             attached_poll: None,
+            attached_readable: true,
             data_fixed,
             id,
             sock: a.sock,

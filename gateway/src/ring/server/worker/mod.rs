@@ -200,9 +200,7 @@ impl Worker {
             if !stopping {
                 // Front-ends inside the gateway answer their peers from the STATs just
                 // written, and queue their peers' next commands for the next pass.
-                for c in &mut self.conns {
-                    progress |= c.pump();
-                }
+                progress |= self.pump_attached();
             }
             if loops.is_multiple_of(1024) {
                 self.check_sockets(Duration::ZERO);
@@ -381,7 +379,7 @@ impl Worker {
         for c in &mut self.conns {
             flush(c);
             // Attachments pass the last answers on to their peers before they close.
-            c.pump();
+            c.pump(false);
             c.detach();
         }
         self.conns.clear();

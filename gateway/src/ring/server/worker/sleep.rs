@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{Worker, ATTACHED_TOKENS, IGNORED_TOKEN, WAKE_TOKEN};
 use crate::engine::host::UringHost;
 use crate::ring::server::admission::Violation;
+use crate::ring::server::conn::Conn;
 use crate::ring::shm;
 
 impl Worker {
@@ -58,23 +59,9 @@ impl Worker {
             self.wake_armed = arm(self.wake.as_fd().as_raw_fd(), libc::POLLIN, WAKE_TOKEN);
         }
         for c in &mut self.conns {
-            if let Some(a) = &c.attached {
+            if c.attached.is_some() {
                 // The node side is in this thread: only the peer's socket can wake it.
-                let want = a.interest();
-                if let Some((token, _)) = c.attached_poll.filter(|&(_, mask)| mask != want) {
-                    if let Err(e) = host.poll_remove(token, IGNORED_TOKEN) {
-                        tracing::warn!(error = %e, "could not cancel an attachment's poll");
-                        continue;
-                    }
-                    c.attached_poll = None;
-                }
-                if c.attached_poll.is_none() && want != 0 {
-                    self.attached_tokens = (self.attached_tokens + 1) % (IGNORED_TOKEN - ATTACHED_TOKENS);
-                    let token = ATTACHED_TOKENS + self.attached_tokens;
-                    if arm(a.fd().as_raw_fd(), want, token) {
-                        c.attached_poll = Some((token, want));
-                    }
-                }
+                arm_attached(host, c, &mut self.attached_tokens);
                 continue;
             }
             if !c.bell_armed {
@@ -90,6 +77,43 @@ impl Worker {
             // Do not spin on a broken ring: nap as poll(2) would.
             std::thread::sleep(timeout.min(Duration::from_millis(10)));
         }
+        self.dispatch(&mut events);
+        self.events = events;
+    }
+
+    /// Pumps every attachment. Those whose socket was found empty get a poll that says
+    /// when it has more, and the polls that fired since the last pass are taken.
+    pub(super) fn pump_attached(&mut self) -> bool {
+        let host = self.host.clone();
+        let mut progress = false;
+        let mut waiting = false;
+        for c in &mut self.conns {
+            if c.attached.is_none() {
+                continue;
+            }
+            progress |= c.pump(host.is_some());
+            if let (Some(h), false) = (&host, c.attached_readable) {
+                if c.attached_poll.is_none() {
+                    arm_attached(h, c, &mut self.attached_tokens);
+                }
+                waiting = true;
+            }
+        }
+        if let (Some(h), true) = (&host, waiting) {
+            // A look at the completion queue; a syscall only when the kernel has
+            // completions to post.
+            let mut events = std::mem::take(&mut self.events);
+            match h.reap(crate::engine::host::Key::WORKER, &mut events, false, None) {
+                Ok(()) => self.dispatch(&mut events),
+                Err(e) => tracing::error!(error = %e, "reaping the worker's ring failed"),
+            }
+            self.events = events;
+        }
+        progress
+    }
+
+    /// Acts on the worker's own completions: doorbells rung, sockets ready or hung up.
+    fn dispatch(&mut self, events: &mut Vec<(u32, i32)>) {
         for (token, res) in events.drain(..) {
             if token == WAKE_TOKEN {
                 self.wake_armed = false;
@@ -97,10 +121,11 @@ impl Worker {
                 continue;
             }
             if token >= ATTACHED_TOKENS {
-                // The attachment's socket is ready: the wake is all it takes, as every
-                // attachment is pumped on the next pass.
+                // The attachment's socket is ready (or its poll was cancelled to change
+                // its mask): it is read on the next pass.
                 if let Some(c) = self.conns.iter_mut().find(|c| c.attached_poll.is_some_and(|(t, _)| t == token)) {
                     c.attached_poll = None;
+                    c.attached_readable = true;
                 }
                 continue;
             }
@@ -121,10 +146,10 @@ impl Worker {
                 c.kill(Violation::SocketChatter);
             }
         }
-        self.events = events;
     }
 
     /// Polls doorbells and sockets; marks hung-up or chattering nodes dead.
+    /// Attachments' sockets are read on the next pass whatever they said.
     pub(super) fn check_sockets(&mut self, timeout: Duration) {
         use rustix::event::{PollFd, PollFlags};
         let mut fds = vec![PollFd::new(&*self.wake, PollFlags::IN)];
@@ -157,7 +182,7 @@ impl Worker {
             let _ = c.to_gateway.drain();
             let ev = events[2 + 2 * i];
             if c.attached.is_some() {
-                // Pumped on the next pass, whatever the socket said.
+                c.attached_readable = true;
                 continue;
             }
             if ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
@@ -166,5 +191,30 @@ impl Worker {
                 c.kill(Violation::SocketChatter);
             }
         }
+    }
+}
+
+/// Arms a one-shot poll of `c`'s attachment for what it waits for, cancelling one armed
+/// for something else; each poll gets a fresh token, so a cancelled one's late completion
+/// names nobody.
+fn arm_attached(host: &UringHost, c: &mut Conn, tokens: &mut u32) {
+    use std::os::fd::AsRawFd;
+    let Some(a) = &c.attached else { return };
+    let want = a.interest();
+    if let Some((token, _)) = c.attached_poll.filter(|&(_, mask)| mask != want) {
+        if let Err(e) = host.poll_remove(token, IGNORED_TOKEN) {
+            tracing::warn!(error = %e, "could not cancel an attachment's poll");
+            return;
+        }
+        c.attached_poll = None;
+    }
+    if c.attached_poll.is_some() || want == 0 {
+        return;
+    }
+    *tokens = (*tokens + 1) % (IGNORED_TOKEN - ATTACHED_TOKENS);
+    let token = ATTACHED_TOKENS + *tokens;
+    match host.poll_add(a.fd().as_raw_fd(), want as u32, token) {
+        Ok(()) => c.attached_poll = Some((token, want)),
+        Err(e) => tracing::error!(error = %e, "arming a poll in the worker's ring failed"),
     }
 }
