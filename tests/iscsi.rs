@@ -46,7 +46,7 @@ fn target(pan: &str, t: u16) -> String {
 /// t0/1 and a thick disk at t1/0) and PAN "other" (node c), serving iSCSI on a free port.
 struct Rig {
     _dir: tempfile::TempDir,
-    _gw: Gateway,
+    gw: Gateway,
     addr: SocketAddr,
 }
 
@@ -125,7 +125,7 @@ luns = [{{ target = 0, lun = 0, image = "o", access = "rw" }}]
         assert!(Instant::now() < deadline, "the iSCSI portal did not open within 10 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Rig { _dir: dir, _gw: gw, addr }
+    Rig { _dir: dir, gw, addr }
 }
 
 fn tools(needed: &[&str]) -> bool {
@@ -166,6 +166,50 @@ fn send_targets_lists_only_the_targets_a_node_may_log_into() {
     let pairs = o.send_targets();
     assert_eq!(pairs[0], ("TargetName".to_string(), target("other", 0)));
     assert_eq!(pairs[1], ("TargetAddress".to_string(), format!("{},1", r.addr)));
+}
+
+/// The names of the gateway's threads.
+fn threads(gw: &Gateway) -> Vec<String> {
+    let dir = format!("/proc/{}/task", gw.child.id());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn logged_in_connections_are_served_by_the_workers_without_threads_of_their_own() {
+    let _serial = serial();
+    let r = rig(15);
+    let before = threads(&r.gw);
+    let mut sessions = Vec::new();
+    for i in 0..8u64 {
+        let mut c = Client::login_isid(r.addr, NODE_A, Some(&target("demo", 0)), SECRET, 0x8000_0000_3000 + i).unwrap();
+        clear_attention(&mut c, 0);
+        let data = vec![i as u8 + 1; 4096];
+        assert_eq!(c.write(0, i * 8, &data, 512).status, 0);
+        sessions.push(c);
+    }
+    // Each login ran on a thread that ends once its connection moves to a worker.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut now = threads(&r.gw);
+    while now.iter().any(|t| t.starts_with("pangate-iscsi-l")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        now = threads(&r.gw);
+    }
+    assert!(
+        now.len() < before.len() + sessions.len(),
+        "{} threads with {} sessions, {} without: {now:?}",
+        now.len(),
+        sessions.len(),
+        before.len()
+    );
+    // Every session still runs, interleaved, on the workers.
+    for (i, c) in sessions.iter_mut().enumerate() {
+        let back = c.read(0, i as u64 * 8, 8, 512);
+        assert_eq!(back.data, vec![i as u8 + 1; 4096], "session {i} read back other bytes");
+    }
 }
 
 #[test]

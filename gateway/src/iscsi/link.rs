@@ -27,7 +27,8 @@ use crate::ring::server::attach::{Attachment, Pumped};
 
 /// How long a session asked to log out at shutdown has to do so.
 const LOGOUT_GRACE: Duration = Duration::from_secs(3);
-/// Passes between readings of the clock (keepalive, logout deadline).
+/// Busy passes between readings of the clock (keepalive, logout deadline); an idle pass,
+/// which comes before the worker sleeps, always reads it.
 const CLOCK_EVERY: u32 = 64;
 
 /// What a queue-pair sequence number stands for.
@@ -131,7 +132,7 @@ impl Link {
         busy |= self.run_work()?;
         busy |= self.queue_waiting()?;
         self.passes = self.passes.wrapping_add(1);
-        if self.passes.is_multiple_of(CLOCK_EVERY) || self.logout_deadline.is_some() {
+        if !busy || self.passes.is_multiple_of(CLOCK_EVERY) || self.logout_deadline.is_some() {
             self.tick()?;
         }
         if !self.session.out.is_empty() {
