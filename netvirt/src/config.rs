@@ -23,6 +23,96 @@ pub struct LanConfig {
     /// Connection to an outside network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<UplinkConfig>,
+    /// Service clusters: addresses several member nodes serve.
+    #[serde(default, rename = "cluster", skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// A service cluster: one address of the LAN whose configured ports several members serve
+/// (see [`crate::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Name, unique within the LAN.
+    pub name: String,
+    /// The cluster's IPv4 address, which no port of the LAN has.
+    pub ip: String,
+    /// Its served ports.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// A transport protocol as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtoConfig {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// How a service checks its backends, besides their ports being attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect from the gateway to the backend's own address and the service port.
+    Tcp,
+}
+
+/// One served port of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The port, 1-65535.
+    pub port: u16,
+    /// "tcp" (the default) or "udp".
+    #[serde(default)]
+    pub proto: ProtoConfig,
+    /// The member nodes that serve it, each with a port on this LAN.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Nodes of `nodes` that take no new connections and keep the ones they have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
+    /// Keep each client on one backend.
+    #[serde(default)]
+    pub sticky: bool,
+    /// How long a client stays on its backend after its last new connection ("10m").
+    #[serde(default = "default_sticky_timeout")]
+    pub sticky_timeout: String,
+    /// Health check beyond the backend's port being attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckKind>,
+    /// Time between checks of a backend ("2s").
+    #[serde(default = "default_check_interval")]
+    pub check_interval: String,
+    /// Failed checks in a row that take a backend down.
+    #[serde(default = "default_check_failures")]
+    pub check_failures: u32,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "default_check_passes")]
+    pub check_passes: u32,
+}
+
+fn default_sticky_timeout() -> String {
+    "10m".into()
+}
+
+fn default_check_interval() -> String {
+    "2s".into()
+}
+
+fn default_check_failures() -> u32 {
+    3
+}
+
+fn default_check_passes() -> u32 {
+    2
+}
+
+/// Parses a duration as the config writes it: "500ms", "10m", "1h 30m".
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))
 }
 
 /// How a node's port reaches it.
@@ -219,6 +309,7 @@ impl LanConfig {
                 }
             }
         }
+        self.validate_clusters(&ips, &seen_nodes)?;
         if let Some(u) = &self.uplink {
             if !valid_ifname(&u.interface) {
                 return Err(bad(
@@ -242,6 +333,118 @@ impl LanConfig {
         }
         Ok(())
     }
+}
+
+impl LanConfig {
+    /// Checks the clusters against the LAN's port addresses and member nodes.
+    fn validate_clusters(&self, port_ips: &HashSet<IpAddr>, members: &HashSet<&str>) -> Result<(), LanConfigError> {
+        let mut names = HashSet::new();
+        let mut vips = HashSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            let k = format!("cluster[{i}]");
+            if !valid_name(&c.name) {
+                return Err(bad(
+                    format!("{k}.name"),
+                    format!("{:?} is not a cluster name", c.name),
+                    "use 1-32 of a-z, A-Z, 0-9, '-' and '_'",
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(bad(format!("{k}.name"), format!("two clusters are named {:?}", c.name), "rename one"));
+            }
+            let ip: std::net::Ipv4Addr = c.ip.parse().map_err(|_| {
+                bad(
+                    format!("{k}.ip"),
+                    format!("{:?} is not an IPv4 address", c.ip),
+                    "write one such as \"198.18.0.100\"",
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+                return Err(bad(
+                    format!("{k}.ip"),
+                    format!("{ip} cannot be a cluster's address"),
+                    "use a unicast address",
+                ));
+            }
+            if port_ips.contains(&IpAddr::V4(ip)) {
+                return Err(bad(
+                    format!("{k}.ip"),
+                    format!("{ip} is a port's address on this LAN"),
+                    "give the cluster an address of its own",
+                ));
+            }
+            if !vips.insert(ip) {
+                return Err(bad(
+                    format!("{k}.ip"),
+                    format!("two clusters have {ip}"),
+                    "give each cluster its own address",
+                ));
+            }
+            let mut served = HashSet::new();
+            for (j, s) in c.services.iter().enumerate() {
+                let k = format!("{k}.service[{j}]");
+                if s.port == 0 {
+                    return Err(bad(format!("{k}.port"), "port 0 cannot be served", "use 1-65535"));
+                }
+                if !served.insert((s.proto, s.port)) {
+                    return Err(bad(
+                        format!("{k}.port"),
+                        format!("port {} is served twice", s.port),
+                        "merge the services",
+                    ));
+                }
+                let mut backends = HashSet::new();
+                for (n, node) in s.nodes.iter().enumerate() {
+                    if !members.contains(node.as_str()) {
+                        return Err(bad(
+                            format!("{k}.nodes[{n}]"),
+                            format!("node {node:?} has no port on this LAN"),
+                            "name a node with a [[pan.lan.port]] here",
+                        ));
+                    }
+                    if !backends.insert(node.as_str()) {
+                        return Err(bad(
+                            format!("{k}.nodes[{n}]"),
+                            format!("{node:?} is listed twice"),
+                            "list it once",
+                        ));
+                    }
+                }
+                if let Some((n, node)) = s.draining.iter().enumerate().find(|(_, d)| !backends.contains(d.as_str())) {
+                    return Err(bad(
+                        format!("{k}.draining[{n}]"),
+                        format!("{node:?} is not a backend of this service"),
+                        "drain only nodes listed in nodes",
+                    ));
+                }
+                let sticky = parse_duration(&s.sticky_timeout)
+                    .map_err(|r| bad(format!("{k}.sticky_timeout"), r, "write a duration such as \"10m\""))?;
+                if sticky.is_zero() {
+                    return Err(bad(format!("{k}.sticky_timeout"), "a sticky timeout of zero", "use at least \"1s\""));
+                }
+                let interval = parse_duration(&s.check_interval)
+                    .map_err(|r| bad(format!("{k}.check_interval"), r, "write a duration such as \"2s\""))?;
+                if interval < std::time::Duration::from_millis(100) {
+                    return Err(bad(
+                        format!("{k}.check_interval"),
+                        "checks more often than every 100 ms",
+                        "use \"100ms\" or more",
+                    ));
+                }
+                for (key, n) in [("check_failures", s.check_failures), ("check_passes", s.check_passes)] {
+                    if !(1..=100).contains(&n) {
+                        return Err(bad(format!("{k}.{key}"), format!("{n} is outside 1-100"), "use 1-100"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a cluster: 1-32 of letters, digits, '-' and '_'.
+fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// The TAP name a port gets when the config names none: `pg` plus the LAN and node.
@@ -291,5 +494,43 @@ mod tests {
         assert_eq!(parse_cidr("fd00::1/64").unwrap().1, 64);
         assert!(parse_cidr("0.0.0.0/8").is_err());
         assert_eq!(default_ifname("lan0", "node-a"), "pglan0-node-a");
+    }
+
+    #[test]
+    fn clusters_are_checked_against_the_lans_ports_and_addresses() {
+        let ports = "[[port]]\nnode = \"n1\"\nips = [\"198.18.0.1/24\"]\n[[port]]\nnode = \"n2\"\n";
+        let with = |cluster: &str| lan(&format!("{ports}{cluster}"));
+        let good = "[[cluster]]\nname = \"web\"\nip = \"198.18.0.100\"\n[[cluster.service]]\nport = 80\nnodes = [\"n1\", \"n2\"]\nsticky = true\nsticky_timeout = \"10m\"\ncheck = \"tcp\"\n[[cluster.service]]\nport = 53\nproto = \"udp\"\nnodes = [\"n2\"]\ndraining = [\"n2\"]\n";
+        with(good).unwrap();
+        let l: LanConfig = toml::from_str(&format!("name = \"a\"\n{ports}{good}")).unwrap();
+        assert_eq!(l.clusters[0].services[1].proto, ProtoConfig::Udp);
+        assert_eq!(parse_duration(&l.clusters[0].services[0].sticky_timeout).unwrap().as_secs(), 600);
+        let key = |c: &str| with(c).unwrap_err().key;
+        let head = "[[cluster]]\nname = \"web\"\nip = \"198.18.0.100\"\n";
+        assert_eq!(key("[[cluster]]\nname = \"w b\"\nip = \"198.18.0.100\"\n"), "cluster[0].name");
+        assert_eq!(key("[[cluster]]\nname = \"w\"\nip = \"198.18.0.1\"\n"), "cluster[0].ip");
+        assert_eq!(key("[[cluster]]\nname = \"w\"\nip = \"fd00::1\"\n"), "cluster[0].ip");
+        assert_eq!(key(&format!("{head}[[cluster]]\nname = \"v\"\nip = \"198.18.0.100\"\n")), "cluster[1].ip");
+        assert_eq!(
+            key(&format!("{head}[[cluster.service]]\nport = 80\nnodes = [\"n9\"]\n")),
+            "cluster[0].service[0].nodes[0]"
+        );
+        assert_eq!(
+            key(&format!("{head}[[cluster.service]]\nport = 80\n[[cluster.service]]\nport = 80\n")),
+            "cluster[0].service[1].port"
+        );
+        assert_eq!(
+            key(&format!("{head}[[cluster.service]]\nport = 80\nnodes = [\"n1\"]\ndraining = [\"n2\"]\n")),
+            "cluster[0].service[0].draining[0]"
+        );
+        assert_eq!(
+            key(&format!("{head}[[cluster.service]]\nport = 80\nsticky_timeout = \"soon\"\n")),
+            "cluster[0].service[0].sticky_timeout"
+        );
+        assert_eq!(
+            key(&format!("{head}[[cluster.service]]\nport = 80\ncheck_interval = \"1ms\"\n")),
+            "cluster[0].service[0].check_interval"
+        );
+        assert_eq!(key(&format!("{head}[[cluster.service]]\nport = 0\n")), "cluster[0].service[0].port");
     }
 }

@@ -420,6 +420,7 @@ fn lan_config(lan: NewLan) -> netvirt::config::LanConfig {
             })
             .collect(),
         uplink: None,
+        clusters: Vec::new(),
     }
 }
 

@@ -616,6 +616,7 @@ impl Config {
                         port("node-b", "pg-demo-b", "198.18.0.2/24"),
                     ],
                     uplink: None,
+                    clusters: Vec::new(),
                 }],
             }],
         })
