@@ -6,8 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
+use netvirt::cluster::{ClusterSpec, Limits, Proto, ServiceSpec};
 use netvirt::mac::Mac;
-use netvirt::switch::{Dest, Emit, LanSpec, PortSpec, Sink, UplinkMode, VirtualLan};
+use netvirt::switch::{ClusterLanSpec, Dest, Emit, LanSpec, PortSpec, Sink, UplinkMode, VirtualLan};
 use netvirt::vnet::{self, VnetHdr, VNET_HDR_LEN};
 
 struct Check {
@@ -48,7 +49,24 @@ fuzz_target!(|data: &[u8]| {
             promiscuous: n == 2,
         })
         .collect();
-    let mut lan = VirtualLan::new(LanSpec { name: "f".into(), mtu: 1500, ports, uplink: Some(mode) }).unwrap();
+    // Half the inputs meet a service cluster that n0 and n1 serve.
+    let clusters = if data[0] & 2 == 0 {
+        Vec::new()
+    } else {
+        let service = |proto, port| ServiceSpec { proto, port, backends: vec!["n0".into(), "n1".into()], sticky: None };
+        let spec = ClusterSpec {
+            name: "c".into(),
+            ip: Ipv4Addr::new(198, 18, 0, 100),
+            services: vec![service(Proto::Tcp, 80), service(Proto::Udp, 53)],
+        };
+        vec![ClusterLanSpec {
+            spec,
+            mac: Mac([2, 0, 0, 0, 0, 100]),
+            limits: Limits { table_size: 251, ..Limits::default() },
+        }]
+    };
+    let spec = LanSpec { name: "f".into(), mtu: 1500, ports, uplink: Some(mode), clusters };
+    let mut lan = VirtualLan::new(spec).unwrap();
     for p in 0..3 {
         lan.set_attached(p, true).unwrap();
     }

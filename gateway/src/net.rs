@@ -6,9 +6,12 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use netvirt::config::{default_ifname, parse_cidr};
+use netvirt::cluster::{ClusterSpec, Proto, ServiceSpec};
+use netvirt::config::{default_ifname, parse_cidr, parse_duration, ClusterConfig, ProtoConfig};
 use netvirt::mac::MacBook;
-use netvirt::network::{Authorize, LanPlan, NetShow, Network, PortPlan, UplinkPlan};
+use netvirt::network::{
+    Authorize, CheckPlan, ClusterPlan, LanPlan, NetShow, Network, PortPlan, ServicePlan, UplinkPlan,
+};
 
 use crate::registry::Registry;
 
@@ -56,7 +59,14 @@ pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
                     promiscuous: p.promiscuous,
                 });
             }
+            let mut clusters = Vec::new();
+            for c in &lan.clusters {
+                let (mac, new) = book.mac_for(&cfg.serial, &format!("{}/{}/cluster:{}", pan.name, lan.name, c.name));
+                changed |= new;
+                clusters.push(cluster_plan(c, mac)?);
+            }
             plans.push(LanPlan {
+                clusters,
                 pan: pan.name.clone(),
                 name: lan.name.clone(),
                 mtu: lan.mtu,
@@ -75,6 +85,33 @@ pub fn plan(cfg: &Config, data_dir: &Path) -> io::Result<Vec<LanPlan>> {
         persist::write_atomic(&book_path, &text, 0o644)?;
     }
     Ok(plans)
+}
+
+/// A cluster of the config (already validated) as netvirt runs it, with the MAC it answers
+/// ARP with.
+fn cluster_plan(c: &ClusterConfig, mac: netvirt::mac::Mac) -> io::Result<ClusterPlan> {
+    let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, format!("cluster {}: {e}", c.name));
+    let mut services = Vec::new();
+    let mut plans = Vec::new();
+    for s in &c.services {
+        let sticky = if s.sticky { Some(parse_duration(&s.sticky_timeout).map_err(bad)?) } else { None };
+        let proto = match s.proto {
+            ProtoConfig::Tcp => Proto::Tcp,
+            ProtoConfig::Udp => Proto::Udp,
+        };
+        services.push(ServiceSpec { proto, port: s.port, backends: s.nodes.clone(), sticky });
+        let check = match s.check {
+            Some(_) => Some(CheckPlan {
+                interval: parse_duration(&s.check_interval).map_err(bad)?,
+                failures: s.check_failures,
+                passes: s.check_passes,
+            }),
+            None => None,
+        };
+        plans.push(ServicePlan { draining: s.draining.clone(), check });
+    }
+    let ip = c.ip.parse().map_err(|_| bad(format!("{:?} is not an IPv4 address", c.ip)))?;
+    Ok(ClusterPlan { spec: ClusterSpec { name: c.name.clone(), ip, services }, mac, services: plans })
 }
 
 /// Ring-port clients are checked against the node registry, which the admin keeps

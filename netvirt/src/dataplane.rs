@@ -230,6 +230,7 @@ impl Dataplane {
         let mut cqes = Vec::with_capacity(256);
         while !self.stop {
             self.flush_writes();
+            self.tell_time();
             if self.ring_ports > 0 {
                 // Ring clients do not make syscalls per frame: poll their rings, and sleep
                 // in the kernel only when they have been idle for a while.
@@ -244,6 +245,7 @@ impl Dataplane {
                     Err(e) => return Err(e),
                 }
             }
+            self.tell_time();
             self.ring.reap(&mut self.out.pool, &mut cqes);
             for c in cqes.drain(..) {
                 self.complete(c);
@@ -255,6 +257,17 @@ impl Dataplane {
         }
         self.cancel_all();
         Ok(())
+    }
+
+    /// Gives LANs with service clusters the time before their next frames; one clock
+    /// reading, and none when no LAN has a cluster.
+    fn tell_time(&mut self) {
+        let mut now = None;
+        for io in self.lans.iter_mut().flatten() {
+            if io.lan.has_clusters() {
+                io.lan.set_clock(*now.get_or_insert_with(Instant::now));
+            }
+        }
     }
 
     fn lan(&self, l: usize) -> Option<&LanIo> {

@@ -116,6 +116,10 @@ pub struct TapSpec {
     pub mtu: u32,
     /// Addresses with prefix lengths.
     pub addrs: Vec<(IpAddr, u8)>,
+    /// Addresses of service clusters the node serves: added as /32, and the interface set
+    /// (`arp_announce` = 2) never to send ARP from them, so the cluster's ARP stays the
+    /// LAN server's.
+    pub cluster_ips: Vec<std::net::Ipv4Addr>,
 }
 
 /// Creates the TAP in `ns` (or the gateway's own namespace), sets its MAC and MTU, adds
@@ -128,6 +132,14 @@ pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec) -> io::Result<OwnedFd> {
         nl.link_set(index, Some(spec.mac), Some(spec.mtu), true)?;
         for &(ip, prefix) in &spec.addrs {
             nl.addr_add(index, ip, prefix)?;
+        }
+        if !spec.cluster_ips.is_empty() {
+            // Read per network namespace: this thread is in the TAP's.
+            let sysctl = format!("/proc/sys/net/ipv4/conf/{}/arp_announce", spec.ifname);
+            std::fs::write(&sysctl, "2").map_err(|e| io::Error::new(e.kind(), format!("{sysctl}: {e}")))?;
+        }
+        for &ip in &spec.cluster_ips {
+            nl.addr_add(index, IpAddr::V4(ip), 32)?;
         }
         Ok(fd)
     };

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{ClusterSpec, Limits};
 use crate::config::{PortKind, UplinkModeConfig};
 use crate::counters::{Traffic, TrafficSnapshot};
 use crate::dataplane::{Command, Control, Dataplane, LanIo, PortIo, UplinkIo};
 use crate::host::{self, NetNs, TapSpec};
 use crate::mac::Mac;
 use crate::ringport::{BcastRing, RingPort};
-use crate::switch::{LanSpec, PortSpec, UplinkMode, VirtualLan};
+use crate::switch::{ClusterLanSpec, LanSpec, PortSpec, UplinkMode, VirtualLan};
 
 /// Slots per ring (each direction, and the broadcast ring).
 pub const RING_SLOTS: u32 = 1024;
@@ -57,6 +58,37 @@ pub struct UplinkPlan {
     pub mac: Option<Mac>,
 }
 
+/// A service cluster with everything resolved.
+#[derive(Debug, Clone)]
+pub struct ClusterPlan {
+    /// Address, services and backends.
+    pub spec: ClusterSpec,
+    /// The cluster's MAC, which answers ARP for its address.
+    pub mac: Mac,
+    /// Per service of `spec`, in order: the nodes draining, and the health check.
+    pub services: Vec<ServicePlan>,
+}
+
+/// How one service of a cluster runs beyond its spec.
+#[derive(Debug, Clone, Default)]
+pub struct ServicePlan {
+    /// Backends that take no new connections.
+    pub draining: Vec<String>,
+    /// A TCP connect check of each backend, if the service asks for one.
+    pub check: Option<CheckPlan>,
+}
+
+/// A TCP connect health check.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckPlan {
+    /// Time between checks of a backend.
+    pub interval: Duration,
+    /// Failed checks in a row that take it down.
+    pub failures: u32,
+    /// Passed checks in a row that bring it back.
+    pub passes: u32,
+}
+
 /// A LAN with everything resolved.
 #[derive(Debug, Clone)]
 pub struct LanPlan {
@@ -70,6 +102,8 @@ pub struct LanPlan {
     pub ports: Vec<PortPlan>,
     /// Uplink.
     pub uplink: Option<UplinkPlan>,
+    /// Service clusters.
+    pub clusters: Vec<ClusterPlan>,
 }
 
 /// Decides whether a node's credential is good: (pan, node, credential).
@@ -486,8 +520,20 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                 })
                 .collect(),
             uplink: uplink_mode,
+            clusters: plan
+                .clusters
+                .iter()
+                .map(|c| ClusterLanSpec { spec: c.spec.clone(), mac: c.mac, limits: Limits::default() })
+                .collect(),
         };
         let mut lan = VirtualLan::new(spec).map_err(io::Error::other)?;
+        for c in &plan.clusters {
+            for (s, sp) in c.spec.services.iter().zip(&c.services) {
+                for node in &sp.draining {
+                    lan.set_draining(&c.spec.name, s.proto, s.port, node, true);
+                }
+            }
+        }
         let mut ports_io = Vec::new();
         for (i, p) in plan.ports.iter().enumerate() {
             match p.kind {
@@ -501,7 +547,13 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                             namespaces.iter().find(|n| n.name() == name)
                         }
                     };
-                    let spec = TapSpec { ifname: p.ifname.clone(), mac: p.mac, mtu: plan.mtu, addrs: p.addrs.clone() };
+                    let spec = TapSpec {
+                        ifname: p.ifname.clone(),
+                        mac: p.mac,
+                        mtu: plan.mtu,
+                        addrs: p.addrs.clone(),
+                        cluster_ips: cluster_ips(plan, &p.node),
+                    };
                     let fd = host::create_tap(ns, &spec).map_err(|e| {
                         io::Error::new(
                             e.kind(),
@@ -544,6 +596,12 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
         lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached });
     }
     Ok((lans_io, states))
+}
+
+/// The addresses of the clusters `node` is a backend of, on LAN `plan`.
+fn cluster_ips(plan: &LanPlan, node: &str) -> Vec<std::net::Ipv4Addr> {
+    let serves = |c: &&ClusterPlan| c.spec.services.iter().any(|s| s.backends.iter().any(|b| b == node));
+    plan.clusters.iter().filter(serves).map(|c| c.spec.ip).collect()
 }
 
 fn cidrs(addrs: &[(IpAddr, u8)]) -> Vec<String> {

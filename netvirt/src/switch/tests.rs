@@ -42,7 +42,7 @@ fn lan(uplink: Option<UplinkMode>) -> VirtualLan {
     let ports = (0..4)
         .map(|n| PortSpec { node: format!("n{n}"), mac: mac(n), ips: vec![IpAddr::V4(ip(n + 1))], promiscuous: n == 3 })
         .collect();
-    let mut l = VirtualLan::new(LanSpec { name: "a".into(), mtu: 1500, ports, uplink }).unwrap();
+    let mut l = VirtualLan::new(LanSpec { name: "a".into(), mtu: 1500, ports, uplink, clusters: Vec::new() }).unwrap();
     for p in 0..4 {
         l.set_attached(p, true).unwrap();
     }
@@ -289,7 +289,7 @@ fn bad_configurations_are_refused() {
         ips: vec![IpAddr::V4(i)],
         promiscuous: false,
     };
-    let spec = |ports, mtu| LanSpec { name: "x".into(), mtu, ports, uplink: None };
+    let spec = |ports, mtu| LanSpec { name: "x".into(), mtu, ports, uplink: None, clusters: Vec::new() };
     assert!(matches!(VirtualLan::new(spec(vec![], 100)), Err(LanError::Mtu { .. })));
     assert!(matches!(
         VirtualLan::new(spec(vec![port(0, mac(1), ip(1)), port(1, mac(1), ip(2))], 1500)),

@@ -17,11 +17,16 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use etherparse::{ArpOperation, ArpPacketSlice, EtherType};
 
 use crate::counters::{DropReason, Traffic};
 use crate::mac::Mac;
+
+mod clusters;
+
+pub use self::clusters::{ClusterLanSpec, ClusterStatus};
 
 /// A port's index within its LAN.
 pub type PortId = usize;
@@ -68,6 +73,8 @@ pub struct LanSpec {
     pub ports: Vec<PortSpec>,
     /// The uplink, if the LAN has one.
     pub uplink: Option<UplinkMode>,
+    /// Service clusters on the LAN.
+    pub clusters: Vec<ClusterLanSpec>,
 }
 
 /// Where a frame goes.
@@ -175,6 +182,14 @@ pub enum LanError {
         /// The IP.
         ip: IpAddr,
     },
+    /// A cluster backend without a port on the LAN.
+    #[error("LAN {lan:?}: cluster backend {node:?} has no port here")]
+    NoMember {
+        /// LAN name.
+        lan: String,
+        /// Node name.
+        node: String,
+    },
     /// A port index that does not exist.
     #[error("LAN {lan:?} has no port {port}")]
     NoPort {
@@ -205,6 +220,9 @@ pub struct VirtualLan {
     uplink_traffic: Arc<Traffic>,
     traffic: Arc<Traffic>,
     scratch: Vec<u8>,
+    clusters: Vec<clusters::LanCluster>,
+    /// The time the caller gave last ([`VirtualLan::set_clock`]); clusters age flows by it.
+    now: Instant,
 }
 
 /// Offsets inside an Ethernet/IPv4 ARP packet.
@@ -243,7 +261,7 @@ impl VirtualLan {
                 promiscuous.push(id);
             }
         }
-        Ok(VirtualLan {
+        let mut lan = VirtualLan {
             name: spec.name,
             mtu: spec.mtu as usize,
             ports: spec.ports.into_iter().map(|spec| Port { spec, attached: false, traffic: Arc::default() }).collect(),
@@ -254,7 +272,13 @@ impl VirtualLan {
             uplink_traffic: Arc::default(),
             traffic: Arc::default(),
             scratch: Vec::with_capacity(2048),
-        })
+            clusters: Vec::new(),
+            // The one clock reading of the server: where time starts until the caller
+            // sets it before its first frames.
+            now: Instant::now(),
+        };
+        lan.build_clusters(spec.clusters)?;
+        Ok(lan)
     }
 
     /// The LAN's name.
@@ -293,6 +317,7 @@ impl VirtualLan {
         let lan = &self.name;
         let p = self.ports.get_mut(id).ok_or_else(|| LanError::NoPort { lan: lan.clone(), port: id })?;
         p.attached = attached;
+        self.clusters_port_changed(id);
         Ok(())
     }
 
@@ -341,6 +366,10 @@ impl VirtualLan {
                 self.mirror(Some(from), Some(to), frame, out);
             }
             Ok(Route::ByMac(dst)) => self.forward(Some(from), dst, frame, out),
+            Ok(Route::Cluster(c)) => self.relay_to_cluster(c, Some(from), frame, out),
+            Ok(Route::ClusterArp) => {
+                self.cluster_arp_from_port(from, frame, out);
+            }
         }
     }
 
@@ -363,6 +392,14 @@ impl VirtualLan {
         let dst = mac_at(frame, 0);
         match mode {
             UplinkMode::Unfiltered => {
+                if !self.clusters.is_empty() {
+                    if frame[12..14] == [0x08, 0x06] && self.cluster_arp_from_uplink(frame, None, out) {
+                        return;
+                    }
+                    if let Some(c) = self.cluster_for_frame(frame) {
+                        return self.relay_to_cluster(c, None, frame, out);
+                    }
+                }
                 if let Some(to) = self.arp_request_owner(frame) {
                     self.send(Dest::Port(to), frame, Emit::Input, out);
                     self.mirror(None, Some(to), frame, out);
@@ -450,6 +487,16 @@ impl VirtualLan {
                 if Mac(arp.sender_mac) != me.mac {
                     return Err(DropReason::ArpSpoof);
                 }
+                // Requests for a cluster's address, and anything from it; replies to a
+                // member asking from it go by MAC, as any reply.
+                if !self.clusters.is_empty()
+                    && (self.cluster_by_ip(arp.sender_ipv4_addr()).is_some()
+                        || (arp.operation == ArpOperation::REQUEST
+                            && arp.sender_ipv4 != arp.target_ipv4
+                            && self.cluster_by_ip(arp.target_ipv4_addr()).is_some()))
+                {
+                    return Ok(Route::ClusterArp);
+                }
                 let spa = IpAddr::V4(arp.sender_ipv4_addr());
                 if !spa.is_unspecified() && self.by_ip.get(&spa) != Some(&from) {
                     return Err(DropReason::ArpSpoof);
@@ -464,9 +511,14 @@ impl VirtualLan {
                 if payload.len() < 20 || payload[0] >> 4 != 4 {
                     return Err(DropReason::Malformed);
                 }
-                let src = IpAddr::V4(Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]));
-                if !src.is_unspecified() && self.by_ip.get(&src) != Some(&from) {
+                let src4 = Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]);
+                let src = IpAddr::V4(src4);
+                if !src.is_unspecified() && self.by_ip.get(&src) != Some(&from) && !self.may_send_as_cluster(from, src4)
+                {
                     return Err(DropReason::IpSpoof);
+                }
+                if let Some(c) = self.cluster_for_frame(frame) {
+                    return Ok(Route::Cluster(c));
                 }
             }
             EtherType::IPV6 => {
@@ -583,6 +635,9 @@ impl VirtualLan {
             lan.scratch = buf;
         };
         if ethertype == EtherType::ARP {
+            if !self.clusters.is_empty() && self.cluster_arp_from_uplink(frame, Some(external), out) {
+                return;
+            }
             let Some(arp) = parse_arp(payload) else { return self.uplink_drop(DropReason::Malformed) };
             let owner = self.by_ip.get(&IpAddr::V4(arp.target_ipv4_addr())).copied();
             match (arp.operation, owner) {
@@ -618,6 +673,9 @@ impl VirtualLan {
         }
         let owner = if ethertype == EtherType::IPV4 && payload.len() >= 20 {
             let dst = Ipv4Addr::new(payload[16], payload[17], payload[18], payload[19]);
+            if let Some(c) = self.cluster_by_ip(dst) {
+                return self.relay_to_cluster(c, None, frame, out);
+            }
             self.by_ip.get(&IpAddr::V4(dst)).copied()
         } else if ethertype == EtherType::IPV6 && payload.len() >= 40 {
             let mut a = [0u8; 16];
@@ -688,6 +746,10 @@ enum Route {
     Only(PortId),
     /// Ordinary layer-2 forwarding by destination MAC.
     ByMac(Mac),
+    /// To a service cluster's MAC.
+    Cluster(usize),
+    /// ARP about a cluster's IP.
+    ClusterArp,
 }
 
 fn mac_at(frame: &[u8], at: usize) -> Mac {
@@ -722,5 +784,6 @@ pub fn arp_frame(dst: Mac, src: Mac, op: ArpOperation, sha: Mac, spa: Ipv4Addr, 
 }
 
 #[cfg(test)]
-#[path = "switch_tests.rs"]
+mod cluster_tests;
+#[cfg(test)]
 mod tests;
