@@ -188,8 +188,58 @@ def vlan_peer(iface, own_mac, own_ip, target_ip):
     print(json.dumps(out), flush=True)
 
 
+def serve_name(port, name, secs):
+    """A TCP server on every address at `port` that answers each connection with `name`
+    and closes it; says "ready" once listening, and stops after `secs`."""
+    import threading
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(128)
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    end = time.time() + secs
+
+    def answer(c):
+        try:
+            c.sendall(name.encode() + b"\n")
+        finally:
+            c.close()
+
+    while time.time() < end:
+        try:
+            c, _ = s.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=answer, args=(c,), daemon=True).start()
+
+
+def connect_many(ip, port, count, secs):
+    """Makes `count` TCP connections to `ip`:`port` one after another (within `secs` in
+    all), reads each answer, and prints one line of JSON: answers by name, and failures."""
+    import json
+    out = {"answers": {}, "failed": 0}
+    end = time.time() + secs
+    for _ in range(count):
+        if time.time() >= end:
+            out["failed"] += 1
+            continue
+        try:
+            with socket.create_connection((ip, port), timeout=2) as c:
+                c.settimeout(2)
+                name = c.recv(256).decode().strip()
+            out["answers"][name] = out["answers"].get(name, 0) + 1
+        except OSError:
+            out["failed"] += 1
+    print(json.dumps(out), flush=True)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "serve-name":
+        return serve_name(int(args[0]), args[1], float(args[2]))
+    if cmd == "connect-many":
+        return connect_many(args[0], int(args[1]), int(args[2]), float(args[3]))
     if cmd == "listen-udp":
         listen_udp(int(args[0]), float(args[1]))
     elif cmd == "send-bcast":

@@ -105,6 +105,35 @@ pub enum Command {
         /// Told when the LAN's fds are closed.
         done: std::sync::mpsc::Sender<()>,
     },
+    /// Report every LAN's service clusters, by slot.
+    ShowClusters {
+        /// Gets (slot, clusters) for each LAN that has any.
+        reply: std::sync::mpsc::Sender<Vec<(usize, Vec<crate::switch::ClusterStatus>)>>,
+    },
+    /// Drain or undrain a backend of a cluster's service.
+    Drain {
+        /// LAN index.
+        lan: usize,
+        /// Cluster, service (protocol, port) and node.
+        cluster: String,
+        proto: crate::cluster::Proto,
+        port: u16,
+        node: String,
+        /// Draining or not.
+        on: bool,
+    },
+    /// A backend's health check passed (`ok`) or failed enough times to change its state.
+    Check {
+        /// LAN index.
+        lan: usize,
+        /// Cluster, service (protocol, port) and node.
+        cluster: String,
+        proto: crate::cluster::Proto,
+        port: u16,
+        node: String,
+        /// Whether it is healthy.
+        ok: bool,
+    },
     /// Stop the thread.
     Stop,
 }
@@ -552,6 +581,27 @@ impl Dataplane {
                             l.ports[port] = PortIo::Absent;
                             let _ = l.lan.set_attached(port, false);
                         }
+                    }
+                }
+                Command::ShowClusters { reply } => {
+                    let all = self
+                        .lans
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(l, io)| {
+                            io.as_ref().filter(|io| io.lan.has_clusters()).map(|io| (l, io.lan.clusters()))
+                        })
+                        .collect();
+                    let _ = reply.send(all);
+                }
+                Command::Drain { lan, cluster, proto, port, node, on } => {
+                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        io.lan.set_draining(&cluster, proto, port, &node, on);
+                    }
+                }
+                Command::Check { lan, cluster, proto, port, node, ok } => {
+                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        io.lan.set_check(&cluster, proto, port, &node, ok);
                     }
                 }
                 Command::MoveIp { lan, ip, port } => {

@@ -178,6 +178,81 @@ pub struct LanShow {
     pub ports: Vec<PortShow>,
     /// Everything on the LAN.
     pub counters: TrafficSnapshot,
+    /// Service clusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterShow>,
+}
+
+/// A service cluster in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterShow {
+    /// Name.
+    pub name: String,
+    /// Its address.
+    pub ip: String,
+    /// The MAC that answers ARP for it.
+    pub mac: Mac,
+    /// Flows in its connection table.
+    pub flows: usize,
+    /// Flows evicted from a full table.
+    pub evicted: u64,
+    /// Packets relayed to backends.
+    pub forwarded: u64,
+    /// Flows that picked a backend.
+    pub new_flows: u64,
+    /// Echo requests answered.
+    pub echo_replies: u64,
+    /// Packets dropped, by reason (port, no_backend, fragment, protocol, malformed).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Every backend of every service.
+    pub backends: Vec<BackendShow>,
+}
+
+/// One backend of one service in [`ClusterShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendShow {
+    /// "tcp" or "udp".
+    pub proto: String,
+    /// The service port.
+    pub port: u16,
+    /// The node.
+    pub node: String,
+    /// "up", "draining" or "down".
+    pub health: String,
+}
+
+impl ClusterShow {
+    fn of(s: &crate::switch::ClusterStatus) -> ClusterShow {
+        use crate::cluster::{ClusterDrop, Health, Proto};
+        ClusterShow {
+            name: s.name.clone(),
+            ip: s.ip.to_string(),
+            mac: s.mac,
+            flows: s.flows,
+            evicted: s.evicted,
+            forwarded: s.counters.forwarded,
+            new_flows: s.counters.new_flows,
+            echo_replies: s.counters.echo_replies,
+            drops: ClusterDrop::ALL.iter().zip(s.counters.dropped).map(|(d, n)| (d.label().to_string(), n)).collect(),
+            backends: s
+                .backends
+                .iter()
+                .map(|(proto, port, node, health)| BackendShow {
+                    proto: match proto {
+                        Proto::Tcp => "tcp".into(),
+                        Proto::Udp => "udp".into(),
+                    },
+                    port: *port,
+                    node: node.clone(),
+                    health: match health {
+                        Health::Up => "up".into(),
+                        Health::Draining => "draining".into(),
+                        Health::Down => "down".into(),
+                    },
+                })
+                .collect(),
+        }
+    }
 }
 
 /// An uplink in [`NetShow`].
@@ -630,14 +705,28 @@ impl Shared {
 }
 
 fn show(shared: &Shared) -> NetShow {
+    // Clusters' state lives in the data path thread: ask it, briefly, without holding
+    // the LAN table meanwhile.
+    let any =
+        shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().any(|l| !l.plan.clusters.is_empty());
+    let mut clusters: std::collections::HashMap<usize, Vec<ClusterShow>> = std::collections::HashMap::new();
+    if any {
+        let (tx, rx) = std::sync::mpsc::channel();
+        shared.control.send(Command::ShowClusters { reply: tx });
+        if let Ok(all) = rx.recv_timeout(Duration::from_secs(1)) {
+            for (slot, list) in all {
+                clusters.insert(slot, list.iter().map(ClusterShow::of).collect());
+            }
+        }
+    }
+    let lans = shared.lans.read().unwrap_or_else(|p| p.into_inner());
     NetShow {
-        lans: shared
-            .lans
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        lans: lans
             .iter()
-            .flatten()
-            .map(|l| LanShow {
+            .enumerate()
+            .filter_map(|(slot, l)| l.as_ref().map(|l| (slot, l)))
+            .map(|(slot, l)| LanShow {
+                clusters: clusters.remove(&slot).unwrap_or_default(),
                 pan: l.plan.pan.clone(),
                 lan: l.plan.name.clone(),
                 mtu: l.plan.mtu,

@@ -1,0 +1,127 @@
+//! Service clusters with real kernel stacks: backends in network namespaces the test
+//! creates, each answering TCP connections with its node name; a client in another
+//! namespace connecting to the cluster IP. Addresses are from 198.18.0.0/15, and every
+//! namespace goes when the test ends, pass or fail.
+
+#[path = "support/netlab.rs"]
+mod netlab;
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+
+use netlab::{missing, Lab, TOOL};
+use support::skip_because;
+
+const VIP: &str = "198.18.0.100";
+
+/// LAN a of nodes n1..n5 (198.18.0.1-5/24), and cluster "web" at 198.18.0.100: port 8080
+/// served by n1, n2 and n3, port 8081 the same but sticky.
+fn config(lab: &Lab) -> String {
+    let mut c = format!("serial = \"pg-test\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n", lab.dir.path().display());
+    for n in netlab::NODES {
+        c += &format!("[[pan.node]]\nname = \"{n}\"\ncredential = \"credential-of-{n}-0123\"\n");
+    }
+    c += "[[pan.lan]]\nname = \"a\"\n";
+    for (i, n) in netlab::NODES.iter().enumerate() {
+        c += &format!(
+            "[[pan.lan.port]]\nnode = \"{n}\"\nnetns = \"{}\"\nifname = \"eth0\"\nips = [\"198.18.0.{}/24\"]\n",
+            lab.ns(n),
+            i + 1
+        );
+    }
+    c += &format!("[[pan.lan.cluster]]\nname = \"web\"\nip = \"{VIP}\"\n");
+    c += "[[pan.lan.cluster.service]]\nport = 8080\nnodes = [\"n1\", \"n2\", \"n3\"]\n";
+    c += "[[pan.lan.cluster.service]]\nport = 8081\nnodes = [\"n1\", \"n2\", \"n3\"]\nsticky = true\n";
+    c
+}
+
+/// Starts a server on each backend that answers with its name, on both ports.
+fn serve(lab: &Lab) -> Vec<Child> {
+    let mut servers = Vec::new();
+    for n in ["n1", "n2", "n3"] {
+        for port in ["8080", "8081"] {
+            servers.push(spawn_ready(lab, n, &["serve-name", port, n, "120"]));
+        }
+    }
+    servers
+}
+
+fn spawn_ready(lab: &Lab, node: &str, args: &[&str]) -> Child {
+    use std::io::BufRead;
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(node), "python3", TOOL])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{node}: {args:?} did not start");
+    c
+}
+
+/// `count` connections from `client` to the cluster's `port`: answers by backend, and
+/// how many failed.
+fn connect(lab: &Lab, client: &str, port: u16, count: u32) -> (BTreeMap<String, u64>, u64) {
+    let out = lab.exec(client, &["python3", TOOL, "connect-many", VIP, &port.to_string(), &count.to_string(), "60"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let answers = v["answers"].as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap())).collect();
+    (answers, v["failed"].as_u64().unwrap())
+}
+
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn connections_to_a_cluster_ip_spread_stick_and_stay_on_configured_ports() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("cl");
+    lab.start(&config(&lab));
+    let _servers = Servers(serve(&lab));
+
+    // Distribution: 300 connections from n5; each backend gets 20-46% of them.
+    let (answers, failed) = connect(&lab, "n5", 8080, 300);
+    eprintln!("300 connections to the cluster: {answers:?}");
+    assert_eq!(failed, 0, "{answers:?}");
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for (node, n) in &answers {
+        assert!((60..=138).contains(n), "{node} got {n} of 300: {answers:?}");
+    }
+    // The client's ARP entry for the cluster IP is the cluster's MAC, from the server.
+    let show = lab.show();
+    let lan = show.lans.iter().find(|l| l.lan == "a").unwrap();
+    let web = lan.clusters.iter().find(|c| c.name == "web").unwrap();
+    assert!(lab.neigh("n5", VIP).contains(&web.mac.to_string()), "{}", lab.neigh("n5", VIP));
+    assert!(web.new_flows >= 300, "{web:?}");
+
+    // Sticky: each client's connections all reach one backend.
+    for client in ["n4", "n5"] {
+        let (answers, failed) = connect(&lab, client, 8081, 30);
+        assert_eq!((answers.len(), failed), (1, 0), "{client}: {answers:?}");
+    }
+
+    // A port that is not configured is not answered, and the drop is counted.
+    let before = web.drops["port"];
+    let (answers, failed) = connect(&lab, "n5", 9090, 1);
+    assert_eq!((answers.len(), failed), (0, 1));
+    let show = lab.show();
+    let web = &show.lans.iter().find(|l| l.lan == "a").unwrap().clusters[0];
+    assert!(web.drops["port"] > before, "{web:?}");
+
+    // The cluster answers pings itself.
+    assert!(lab.ping("n5", VIP));
+}
