@@ -76,18 +76,7 @@ impl NetNs {
     /// Runs `f` on a thread that has entered the namespace. Sockets and devices `f`
     /// creates belong to the namespace and stay usable from any thread.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        let file = std::fs::File::open(&self.path)?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )?;
-                f()
-            })
-            .join()
-            .map_err(|_| io::Error::other("namespace thread panicked"))?
-        })
+        run_at(&self.path, f)
     }
 
     /// Removes the namespace if pangate created it. Its devices go with it.
@@ -98,6 +87,27 @@ impl NetNs {
         rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH)?;
         std::fs::remove_file(&self.path)
     }
+}
+
+/// Runs `f` on a thread in the named namespace `name` (as [`NetNs::run`]), for callers
+/// that hold no [`NetNs`].
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is not a namespace name")));
+    }
+    run_at(&Path::new(NETNS_DIR).join(name), f)
+}
+
+fn run_at<T: Send>(path: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let file = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    })
 }
 
 fn is_netns(path: &Path) -> bool {

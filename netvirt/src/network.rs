@@ -79,7 +79,7 @@ pub struct ServicePlan {
 }
 
 /// A TCP connect health check.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckPlan {
     /// Time between checks of a backend.
     pub interval: Duration,
@@ -344,6 +344,8 @@ pub struct Network {
     shared: Arc<Shared>,
     dataplane: Option<JoinHandle<io::Result<()>>>,
     listener: Option<JoinHandle<()>>,
+    /// Checks cluster backends whose services ask for it.
+    health: Option<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     socket: PathBuf,
 }
@@ -386,10 +388,21 @@ impl Network {
         let (sh, st) = (shared.clone(), stopping.clone());
         let listener =
             std::thread::Builder::new().name("netvirt-sock".into()).spawn(move || serve(listener, sh, st))?;
+        let (for_targets, for_report) = (shared.clone(), shared.clone());
+        let health = crate::health::spawn(
+            move || check_targets(&for_targets),
+            move |t, ok| {
+                let (cluster, node) = (t.cluster.clone(), t.node.clone());
+                let proto = crate::cluster::Proto::Tcp;
+                for_report.control.send(Command::Check { lan: t.lan, cluster, proto, port: t.port, node, ok });
+            },
+            stopping.clone(),
+        )?;
         Ok(Network {
             shared,
             dataplane: Some(dataplane),
             listener: Some(listener),
+            health: Some(health),
             stopping,
             socket: socket.to_path_buf(),
         })
@@ -536,6 +549,9 @@ impl Network {
         if let Some(t) = self.listener.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.health.take() {
+            let _ = t.join();
+        }
         let r = match self.dataplane.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(io::Error::other("netvirt thread panicked")),
@@ -671,6 +687,42 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
         lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached });
     }
     Ok((lans_io, states))
+}
+
+/// Every backend of every service with a health check, on every LAN: its own first IPv4
+/// address and its namespace. Ring ports have no namespace the gateway can probe from and
+/// are not checked.
+fn check_targets(shared: &Shared) -> Vec<crate::health::Target> {
+    let lans = shared.lans.read().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::new();
+    for (slot, l) in lans.iter().enumerate() {
+        let Some(l) = l else { continue };
+        for c in &l.plan.clusters {
+            for (s, sp) in c.spec.services.iter().zip(&c.services) {
+                let Some(check) = sp.check.filter(|_| s.proto == crate::cluster::Proto::Tcp) else { continue };
+                for node in &s.backends {
+                    let Some(p) = l.ports.iter().find(|p| &p.plan.node == node && p.plan.kind == PortKind::Tap) else {
+                        continue;
+                    };
+                    let addr = lock(&p.addrs).iter().find_map(|(ip, _)| match ip {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    });
+                    let Some(addr) = addr else { continue };
+                    out.push(crate::health::Target {
+                        lan: slot,
+                        cluster: c.spec.name.clone(),
+                        port: s.port,
+                        node: node.clone(),
+                        netns: p.plan.netns.clone(),
+                        addr,
+                        check,
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The addresses of the clusters `node` is a backend of, on LAN `plan`.
