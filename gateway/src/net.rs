@@ -130,6 +130,10 @@ pub trait NetControl: Send + Sync {
     fn remove_lan(&self, pan: &str, lan: &str) -> io::Result<bool>;
     /// Hands a LAN address to another member port. `Ok(false)`: netvirt is off.
     fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> io::Result<bool>;
+    /// Adds or changes a LAN's service cluster. `Ok(false)`: netvirt is off.
+    fn set_cluster(&self, pan: &str, lan: &str, cluster: ClusterPlan) -> io::Result<bool>;
+    /// Removes a LAN's service cluster. `Ok(false)`: netvirt is off.
+    fn remove_cluster(&self, pan: &str, lan: &str, name: &str) -> io::Result<bool>;
 }
 
 /// The gateway's netvirt service, if this host could start it.
@@ -170,6 +174,14 @@ impl NetControl for LiveNetwork {
 
     fn move_ip(&self, pan: &str, lan: &str, ip: std::net::Ipv4Addr, node: &str) -> io::Result<bool> {
         Ok(self.with(|n| n.move_ip(pan, lan, ip, node))?.is_some())
+    }
+
+    fn set_cluster(&self, pan: &str, lan: &str, cluster: ClusterPlan) -> io::Result<bool> {
+        Ok(self.with(|n| n.set_cluster(pan, lan, cluster))?.is_some())
+    }
+
+    fn remove_cluster(&self, pan: &str, lan: &str, name: &str) -> io::Result<bool> {
+        Ok(self.with(|n| n.remove_cluster(pan, lan, name))?.is_some())
     }
 }
 

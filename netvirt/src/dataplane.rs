@@ -110,6 +110,22 @@ pub enum Command {
         /// Gets (slot, clusters) for each LAN that has any.
         reply: std::sync::mpsc::Sender<Vec<(usize, Vec<crate::switch::ClusterStatus>)>>,
     },
+    /// Add or change a LAN's cluster, with the backends of each service that drain.
+    SetCluster {
+        /// LAN index.
+        lan: usize,
+        spec: Box<crate::switch::ClusterLanSpec>,
+        /// (protocol, port, node) of every backend, and whether it drains.
+        draining: Vec<(crate::cluster::Proto, u16, String, bool)>,
+        /// Told whether the LAN took it.
+        done: std::sync::mpsc::Sender<Result<(), String>>,
+    },
+    /// Remove a LAN's cluster.
+    RemoveCluster {
+        /// LAN index.
+        lan: usize,
+        name: String,
+    },
     /// Drain or undrain a backend of a cluster's service.
     Drain {
         /// LAN index.
@@ -593,6 +609,27 @@ impl Dataplane {
                         })
                         .collect();
                     let _ = reply.send(all);
+                }
+                Command::SetCluster { lan, spec, draining, done } => {
+                    let r = match self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        Some(io) => {
+                            let name = spec.spec.name.clone();
+                            let r = io.lan.set_cluster(*spec).map_err(|e| e.to_string());
+                            if r.is_ok() {
+                                for (proto, port, node, on) in draining {
+                                    io.lan.set_draining(&name, proto, port, &node, on);
+                                }
+                            }
+                            r
+                        }
+                        None => Err(format!("no LAN in slot {lan}")),
+                    };
+                    let _ = done.send(r);
+                }
+                Command::RemoveCluster { lan, name } => {
+                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        io.lan.remove_cluster(&name);
+                    }
                 }
                 Command::Drain { lan, cluster, proto, port, node, on } => {
                     if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {

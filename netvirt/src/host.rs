@@ -144,9 +144,7 @@ pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec) -> io::Result<OwnedFd> {
             nl.addr_add(index, ip, prefix)?;
         }
         if !spec.cluster_ips.is_empty() {
-            // Read per network namespace: this thread is in the TAP's.
-            let sysctl = format!("/proc/sys/net/ipv4/conf/{}/arp_announce", spec.ifname);
-            std::fs::write(&sysctl, "2").map_err(|e| io::Error::new(e.kind(), format!("{sysctl}: {e}")))?;
+            arp_announce_best(&spec.ifname)?;
         }
         for &ip in &spec.cluster_ips {
             nl.addr_add(index, IpAddr::V4(ip), 32)?;
@@ -157,6 +155,14 @@ pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec) -> io::Result<OwnedFd> {
         Some(ns) => ns.run(make),
         None => make(),
     }
+}
+
+/// Sets `arp_announce` = 2 on `ifname` in the calling thread's namespace (sysctls under
+/// /proc/sys/net are per namespace): ARP requests then come from the interface's own
+/// subnet address, never from a cluster address it also holds.
+fn arp_announce_best(ifname: &str) -> io::Result<()> {
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_announce");
+    std::fs::write(&sysctl, "2").map_err(|e| io::Error::new(e.kind(), format!("{sysctl}: {e}")))
 }
 
 /// A synchronous rtnetlink socket in the namespace of the thread that opened it.
@@ -242,9 +248,22 @@ fn address(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
 
 /// Adds (`add`) or removes an address on the TAP `ifname` in namespace `ns`.
 pub fn tap_addr(ns: Option<&NetNs>, ifname: &str, ip: IpAddr, prefix: u8, add: bool) -> io::Result<()> {
+    tap_change(ns, ifname, ip, prefix, add, false)
+}
+
+/// Adds or removes a service cluster's address on a backend's TAP, as [`create_tap`] adds
+/// it: /32, with the interface told never to send ARP from it.
+pub fn tap_cluster_ip(ns: Option<&NetNs>, ifname: &str, ip: std::net::Ipv4Addr, add: bool) -> io::Result<()> {
+    tap_change(ns, ifname, IpAddr::V4(ip), 32, add, add)
+}
+
+fn tap_change(ns: Option<&NetNs>, ifname: &str, ip: IpAddr, prefix: u8, add: bool, quiet: bool) -> io::Result<()> {
     let change = || -> io::Result<()> {
         let index = sys::if_index(ifname)?;
         let mut nl = Rtnl::open()?;
+        if quiet {
+            arp_announce_best(ifname)?;
+        }
         if add {
             nl.addr_add(index, ip, prefix)
         } else {

@@ -313,6 +313,9 @@ struct LanState {
     uplink_traffic: Arc<Traffic>,
     arp_entries: usize,
     bcast: Option<Arc<BcastRing>>,
+    /// Its clusters now (they start as the plan's and change with
+    /// [`Network::set_cluster`] and [`Network::remove_cluster`]).
+    clusters: Mutex<Vec<ClusterPlan>>,
 }
 
 /// What every thread of the service shares.
@@ -521,6 +524,92 @@ impl Network {
         self.tap_addr(&state.ports[to].plan, addr, prefix, true)
     }
 
+    /// Adds a service cluster to a LAN, or changes the one of that name, without losing
+    /// the flows of backends that stay. Backends' TAPs gain the cluster's address, and
+    /// those no longer backends lose it.
+    pub fn set_cluster(&self, pan: &str, lan: &str, plan: ClusterPlan) -> io::Result<()> {
+        let _serial = lock(&self.shared.changes);
+        let (l, state) = self.lan_of(pan, lan)?;
+        let old = lock(&state.clusters).iter().find(|c| c.spec.name == plan.spec.name).cloned();
+        let held = |c: &ClusterPlan| -> Vec<(usize, std::net::Ipv4Addr)> {
+            let serves = |node: &str| c.spec.services.iter().any(|s| s.backends.iter().any(|b| b == node));
+            state.ports.iter().enumerate().filter(|(_, p)| serves(&p.plan.node)).map(|(i, _)| (i, c.spec.ip)).collect()
+        };
+        let now = held(&plan);
+        let before = old.as_ref().map(held).unwrap_or_default();
+        let gain: Vec<_> = now.iter().filter(|x| !before.contains(x)).copied().collect();
+        let lose: Vec<_> = before.iter().filter(|x| !now.contains(x)).copied().collect();
+        self.cluster_ips(&state, &gain, true)?;
+        let spec = ClusterLanSpec { spec: plan.spec.clone(), mac: plan.mac, limits: Limits::default() };
+        let mut draining = Vec::new();
+        for (s, sp) in plan.spec.services.iter().zip(&plan.services) {
+            for node in &s.backends {
+                draining.push((s.proto, s.port, node.clone(), sp.draining.contains(node)));
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.shared.control.send(Command::SetCluster { lan: l, spec: Box::new(spec), draining, done: tx });
+        let taken = match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(r) => r.map_err(io::Error::other),
+            Err(_) => Err(io::Error::other("the data path did not answer")),
+        };
+        if let Err(e) = taken {
+            let _ = self.cluster_ips(&state, &gain, false);
+            return Err(e);
+        }
+        self.cluster_ips(&state, &lose, false)?;
+        let mut clusters = lock(&state.clusters);
+        clusters.retain(|c| c.spec.name != plan.spec.name);
+        clusters.push(plan);
+        Ok(())
+    }
+
+    /// Removes a LAN's service cluster; its backends' TAPs lose its address.
+    pub fn remove_cluster(&self, pan: &str, lan: &str, name: &str) -> io::Result<()> {
+        let _serial = lock(&self.shared.changes);
+        let (l, state) = self.lan_of(pan, lan)?;
+        let Some(old) = lock(&state.clusters).iter().find(|c| c.spec.name == name).cloned() else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no cluster {name:?} on LAN {lan:?}")));
+        };
+        self.shared.control.send(Command::RemoveCluster { lan: l, name: name.to_string() });
+        let serves = |node: &str| old.spec.services.iter().any(|s| s.backends.iter().any(|b| b == node));
+        let held: Vec<_> = state
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| serves(&p.plan.node))
+            .map(|(i, _)| (i, old.spec.ip))
+            .collect();
+        lock(&state.clusters).retain(|c| c.spec.name != name);
+        self.cluster_ips(&state, &held, false)
+    }
+
+    fn lan_of(&self, pan: &str, lan: &str) -> io::Result<(usize, Arc<LanState>)> {
+        self.shared
+            .find(pan, lan)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no LAN {lan:?} in PAN {pan:?}")))
+    }
+
+    /// Adds or removes cluster addresses on TAP ports, as (port, address).
+    fn cluster_ips(&self, state: &LanState, which: &[(usize, std::net::Ipv4Addr)], add: bool) -> io::Result<()> {
+        for &(i, ip) in which {
+            let port = &state.ports[i].plan;
+            if port.kind != PortKind::Tap {
+                continue;
+            }
+            let namespaces = lock(&self.shared.namespaces);
+            let ns = port.netns.as_ref().and_then(|name| namespaces.iter().find(|n| n.name() == name));
+            host::tap_cluster_ip(ns, &port.ifname, ip, add).map_err(|e| {
+                let what = if add { "adding" } else { "removing" };
+                io::Error::new(
+                    e.kind(),
+                    format!("{what} cluster address {ip} on {} of node {}: {e}", port.ifname, port.node),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Adds or removes an address on a TAP port's interface (ring ports have none).
     fn tap_addr(&self, port: &PortPlan, ip: IpAddr, prefix: u8, add: bool) -> io::Result<()> {
         if port.kind != PortKind::Tap {
@@ -683,6 +772,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
             uplink_traffic: lan.uplink_traffic(),
             arp_entries: lan.arp_entries(),
             bcast,
+            clusters: Mutex::new(plan.clusters.clone()),
         });
         lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached });
     }
@@ -697,7 +787,7 @@ fn check_targets(shared: &Shared) -> Vec<crate::health::Target> {
     let mut out = Vec::new();
     for (slot, l) in lans.iter().enumerate() {
         let Some(l) = l else { continue };
-        for c in &l.plan.clusters {
+        for c in lock(&l.clusters).iter() {
             for (s, sp) in c.spec.services.iter().zip(&c.services) {
                 let Some(check) = sp.check.filter(|_| s.proto == crate::cluster::Proto::Tcp) else { continue };
                 for node in &s.backends {
@@ -760,7 +850,7 @@ fn show(shared: &Shared) -> NetShow {
     // Clusters' state lives in the data path thread: ask it, briefly, without holding
     // the LAN table meanwhile.
     let any =
-        shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().any(|l| !l.plan.clusters.is_empty());
+        shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().any(|l| !lock(&l.clusters).is_empty());
     let mut clusters: std::collections::HashMap<usize, Vec<ClusterShow>> = std::collections::HashMap::new();
     if any {
         let (tx, rx) = std::sync::mpsc::channel();

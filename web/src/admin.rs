@@ -1,6 +1,6 @@
 //! The interface the gateway implements for the web admin, and the changes it accepts.
 
-use crate::model::{Access, MoveIp, NewLan, NewLun, Overview};
+use crate::model::{Access, ClusterBody, Drain, MoveIp, NewLan, NewLun, Overview};
 
 /// A change to the running configuration. The API and the forms both build these and
 /// hand them to [`Admin::apply`]; nothing else changes state.
@@ -30,6 +30,14 @@ pub enum Change {
     DeleteLan { pan: String, lan: String },
     /// Hands a LAN address to another member port.
     MoveIp { pan: String, lan: String, to: MoveIp },
+    /// Creates a service cluster on a LAN.
+    CreateCluster { pan: String, lan: String, cluster: ClusterBody },
+    /// Replaces a LAN's service cluster; flows of backends that stay are kept.
+    ReplaceCluster { pan: String, lan: String, name: String, cluster: ClusterBody },
+    /// Deletes a LAN's service cluster.
+    DeleteCluster { pan: String, lan: String, name: String },
+    /// Drains a backend of a cluster, or takes it back.
+    Drain { pan: String, lan: String, name: String, drain: Drain },
 }
 
 impl Change {
@@ -50,6 +58,13 @@ impl Change {
             Change::CreateLan { pan, lan } => format!("create LAN {pan}/{}", lan.name),
             Change::DeleteLan { pan, lan } => format!("delete LAN {pan}/{lan}"),
             Change::MoveIp { pan, lan, to } => format!("move {} on LAN {pan}/{lan} to {}", to.ip, to.node),
+            Change::CreateCluster { pan, lan, cluster } => format!("create cluster {pan}/{lan}/{}", cluster.name),
+            Change::ReplaceCluster { pan, lan, name, .. } => format!("replace cluster {pan}/{lan}/{name}"),
+            Change::DeleteCluster { pan, lan, name } => format!("delete cluster {pan}/{lan}/{name}"),
+            Change::Drain { pan, lan, name, drain } => {
+                let what = if drain.drain { "drain" } else { "undrain" };
+                format!("{what} {} in cluster {pan}/{lan}/{name}", drain.node)
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -257,6 +257,62 @@ async fn move_ip(
     Ok(Json(find_lan(&s.overview().await, &pan, &lan)?))
 }
 
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/lans/{lan}/clusters", tag = "clusters",
+    params(("pan" = String, Path), ("lan" = String, Path)), request_body = ClusterBody, security(("token" = [])),
+    responses((status = 201, body = LanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn create_cluster(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lan)): Params<(String, String)>,
+    Body(b): Body<ClusterBody>,
+) -> Result<Response, Problem> {
+    s.apply(Change::CreateCluster { pan: pan.clone(), lan: lan.clone(), cluster: b }).await?;
+    Ok(created(find_lan(&s.overview().await, &pan, &lan)?))
+}
+
+#[utoipa::path(put, path = "/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}", tag = "clusters",
+    params(("pan" = String, Path), ("lan" = String, Path), ("cluster" = String, Path)), request_body = ClusterBody,
+    security(("token" = [])),
+    responses((status = 200, body = LanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn replace_cluster(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lan, name)): Params<(String, String, String)>,
+    Body(b): Body<ClusterBody>,
+) -> Result<Json<LanView>, Problem> {
+    s.apply(Change::ReplaceCluster { pan: pan.clone(), lan: lan.clone(), name, cluster: b }).await?;
+    Ok(Json(find_lan(&s.overview().await, &pan, &lan)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}", tag = "clusters",
+    params(("pan" = String, Path), ("lan" = String, Path), ("cluster" = String, Path)), security(("token" = [])),
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn delete_cluster(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lan, name)): Params<(String, String, String)>,
+) -> Result<StatusCode, Problem> {
+    s.apply(Change::DeleteCluster { pan, lan, name }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}/drain", tag = "clusters",
+    params(("pan" = String, Path), ("lan" = String, Path), ("cluster" = String, Path)), request_body = Drain,
+    security(("token" = [])),
+    responses((status = 200, body = LanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn drain(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, lan, name)): Params<(String, String, String)>,
+    Body(b): Body<Drain>,
+) -> Result<Json<LanView>, Problem> {
+    s.apply(Change::Drain { pan: pan.clone(), lan: lan.clone(), name, drain: b }).await?;
+    Ok(Json(find_lan(&s.overview().await, &pan, &lan)?))
+}
+
 struct TokenScheme;
 
 impl Modify for TokenScheme {
@@ -274,8 +330,8 @@ impl Modify for TokenScheme {
 #[openapi(
     info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
     paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
-        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip, list_iscsi_sessions,
-        drop_iscsi_session),
+        create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip, create_cluster,
+        replace_cluster, delete_cluster, drain, list_iscsi_sessions, drop_iscsi_session),
     modifiers(&TokenScheme)
 )]
 #[derive(Debug)]
@@ -321,6 +377,9 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/pans/{pan}/lans", post(create_lan))
         .route("/api/v1/pans/{pan}/lans/{lan}", delete(delete_lan))
         .route("/api/v1/pans/{pan}/lans/{lan}/move-ip", post(move_ip))
+        .route("/api/v1/pans/{pan}/lans/{lan}/clusters", post(create_cluster))
+        .route("/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}", put(replace_cluster).delete(delete_cluster))
+        .route("/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}/drain", post(drain))
         .route("/api/v1/iscsi/sessions", get(list_iscsi_sessions))
         .route("/api/v1/iscsi/sessions/{id}", delete(drop_iscsi_session))
 }

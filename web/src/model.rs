@@ -171,6 +171,110 @@ pub struct LanView {
     pub active: bool,
     /// Ports.
     pub ports: Vec<PortView>,
+    /// Service clusters.
+    #[serde(default)]
+    pub clusters: Vec<ClusterView>,
+}
+
+/// A service cluster on a LAN: its config, and what the running gateway reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    /// The cluster as configured.
+    #[serde(flatten)]
+    pub cluster: ClusterBody,
+    /// The MAC that answers ARP for its address (when netvirt runs).
+    pub mac: Option<String>,
+    /// Flows in its connection table.
+    pub flows: u64,
+    /// New flows that picked a backend.
+    pub new_flows: u64,
+    /// Packets dropped (unserved ports, no backend, fragments).
+    pub drops: u64,
+    /// `node:proto/port` of every backend that is up, draining or down now.
+    pub health: Vec<BackendHealth>,
+}
+
+/// One backend of one service, as the running gateway judges it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct BackendHealth {
+    /// Node.
+    pub node: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// Service port.
+    pub port: u16,
+    /// `up`, `draining` or `down`.
+    pub health: String,
+}
+
+/// A service cluster to create or replace: one address of a LAN whose ports several
+/// member nodes serve.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterBody {
+    /// Name, unique within the LAN.
+    pub name: String,
+    /// IPv4 address, which no port of the LAN has.
+    pub ip: String,
+    /// Served ports.
+    #[serde(default)]
+    pub services: Vec<ServiceBody>,
+}
+
+/// One served port of a cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBody {
+    /// Port, 1-65535.
+    pub port: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// Member nodes that serve it.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Nodes that take no new connections.
+    #[serde(default)]
+    pub draining: Vec<String>,
+    /// Keep each client on one backend.
+    #[serde(default)]
+    pub sticky: bool,
+    /// How long after its last new connection a client stays (default `10m`).
+    #[serde(default)]
+    pub sticky_timeout: Option<String>,
+    /// `tcp` for a TCP connect check of each backend.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Time between checks (default `2s`).
+    #[serde(default)]
+    pub check_interval: Option<String>,
+    /// Failed checks in a row that take a backend down (default 3).
+    #[serde(default)]
+    pub check_failures: Option<u32>,
+    /// Passed checks in a row that bring it back (default 2).
+    #[serde(default)]
+    pub check_passes: Option<u32>,
+}
+
+/// Drains a backend (or takes it back): it keeps its connections and gets no new ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    /// The backend node.
+    pub node: String,
+    /// Only this service port (default: every service the node serves).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `tcp` or `udp`, with `port` (default `tcp`).
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// Drain (default) or take new connections again (`false`).
+    #[serde(default = "yes")]
+    pub drain: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A node's port on a LAN.

@@ -5,6 +5,7 @@
 //! server's images, the node registry, metrics). A failed prepare step or config write
 //! undoes what was prepared, in reverse.
 
+mod clusters;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use metrics::{LunKey, LunSnapshot, Metrics};
 use netvirt::network::NetShow;
-use web::model::{LanView, LunCounters, LunView, MapView, NodeView, Overview, PanView, PortView};
+use web::model::{
+    BackendHealth, ClusterView, LanView, LunCounters, LunView, MapView, NodeView, Overview, PanView, PortView,
+};
 use web::{AdminError, Change};
 
 use self::plan::{invalid, Effect, Phase, Plan};
@@ -132,6 +135,8 @@ enum Undo {
     Stopped { pan: String, lan: String },
     /// An address was moved: move it back.
     Moved { pan: String, lan: String, ip: std::net::Ipv4Addr, from: String },
+    /// A cluster was set or removed: set it back as it was (`None`: it was not there).
+    Cluster { pan: String, lan: String, name: String, was: Option<Box<netvirt::network::ClusterPlan>> },
     /// Done for good (growing): nothing to undo.
     Kept,
 }
@@ -228,6 +233,26 @@ impl GatewayAdmin {
                     Undo::Kept
                 })
             }
+            Effect::SetCluster { pan, lan, cluster } => {
+                let was = self.cluster_plan(&st.cfg, pan, lan, cluster).ok().map(Box::new);
+                let plan = self.cluster_plan(next, pan, lan, cluster)?;
+                let live = self.net.set_cluster(pan, lan, plan).map_err(io_error)?;
+                Ok(if live {
+                    Undo::Cluster { pan: pan.clone(), lan: lan.clone(), name: cluster.clone(), was }
+                } else {
+                    Undo::Kept
+                })
+            }
+            Effect::RemoveCluster { pan, lan, cluster } => {
+                let was = self.cluster_plan(&st.cfg, pan, lan, cluster).ok().map(Box::new);
+                match self.net.remove_cluster(pan, lan, cluster) {
+                    Ok(true) => Ok(Undo::Cluster { pan: pan.clone(), lan: lan.clone(), name: cluster.clone(), was }),
+                    Ok(false) => Ok(Undo::Kept),
+                    // The LAN is configured but not running: only the config changes.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Undo::Kept),
+                    Err(e) => Err(io_error(e)),
+                }
+            }
             other => unreachable!("{other:?} is not a prepare effect"),
         }
     }
@@ -259,6 +284,15 @@ impl GatewayAdmin {
                 Undo::Moved { pan, lan, ip, from } => {
                     if let Err(e) = self.net.move_ip(&pan, &lan, ip, &from) {
                         tracing::warn!(pan, lan, %ip, error = %e, "could not move an address back");
+                    }
+                }
+                Undo::Cluster { pan, lan, name, was } => {
+                    let back = match was {
+                        Some(plan) => self.net.set_cluster(&pan, &lan, *plan),
+                        None => self.net.remove_cluster(&pan, &lan, &name),
+                    };
+                    if let Err(e) = back {
+                        tracing::warn!(pan, lan, cluster = name, error = %e, "could not set a cluster back");
                     }
                 }
                 Undo::Kept => {}
@@ -344,6 +378,20 @@ impl GatewayAdmin {
         })
     }
     /// netvirt's plan for one LAN of `cfg` (assigning its ports' MACs).
+    fn cluster_plan(
+        &self,
+        cfg: &Config,
+        pan: &str,
+        lan: &str,
+        name: &str,
+    ) -> Result<netvirt::network::ClusterPlan, AdminError> {
+        self.lan_plan(cfg, pan, lan)?
+            .clusters
+            .into_iter()
+            .find(|c| c.spec.name == name)
+            .ok_or_else(|| AdminError::NotFound(format!("no cluster {name:?} on LAN {lan:?}")))
+    }
+
     fn lan_plan(&self, cfg: &Config, pan: &str, lan: &str) -> Result<netvirt::network::LanPlan, AdminError> {
         crate::net::plan(cfg, &self.data_dir)
             .map_err(|e| AdminError::Failed(format!("planning the LAN: {e}")))?
@@ -444,6 +492,33 @@ impl web::Admin for GatewayAdmin {
                                 drops: lp.map_or(0, |x| x.counters.drops.values().sum()),
                                 oversize_drops: lp.map_or(0, |x| x.counters.drops.get("mtu").copied().unwrap_or(0)),
                                 largest_oversize: lp.map_or(0, |x| x.counters.largest_oversize),
+                            }
+                        })
+                        .collect(),
+                    clusters: lan
+                        .clusters
+                        .iter()
+                        .map(|c| {
+                            let lc = live.and_then(|l| l.clusters.iter().find(|x| x.name == c.name));
+                            ClusterView {
+                                cluster: clusters::body_of(c),
+                                mac: lc.map(|x| x.mac.to_string()),
+                                flows: lc.map_or(0, |x| x.flows as u64),
+                                new_flows: lc.map_or(0, |x| x.new_flows),
+                                drops: lc.map_or(0, |x| x.drops.values().sum()),
+                                health: lc
+                                    .map(|x| {
+                                        x.backends
+                                            .iter()
+                                            .map(|b| BackendHealth {
+                                                node: b.node.clone(),
+                                                proto: b.proto.clone(),
+                                                port: b.port,
+                                                health: b.health.clone(),
+                                            })
+                                            .collect()
+                                    })
+                                    .unwrap_or_default(),
                             }
                         })
                         .collect(),

@@ -89,6 +89,25 @@ pub enum Effect {
         /// The member that gets it.
         to: String,
     },
+    /// Adds a LAN's service cluster to the running LAN, or changes it, as the next config
+    /// has it. Undone by setting it back as the current config has it (or removing it).
+    SetCluster {
+        /// The PAN.
+        pan: String,
+        /// The LAN.
+        lan: String,
+        /// The cluster.
+        cluster: String,
+    },
+    /// Removes a service cluster from the running LAN. Undone by setting it again.
+    RemoveCluster {
+        /// The PAN.
+        pan: String,
+        /// The LAN.
+        lan: String,
+        /// The cluster.
+        cluster: String,
+    },
     /// Hands the image opened by [`Effect::OpenImage`] to the ring server.
     AddImage {
         /// The PAN.
@@ -140,7 +159,9 @@ impl Effect {
             | Effect::GrowImage { .. }
             | Effect::StartLan { .. }
             | Effect::StopLan { .. }
-            | Effect::MoveIp { .. } => Phase::Prepare,
+            | Effect::MoveIp { .. }
+            | Effect::SetCluster { .. }
+            | Effect::RemoveCluster { .. } => Phase::Prepare,
             Effect::AddImage { .. }
             | Effect::RetireImage { .. }
             | Effect::SetNode { .. }
@@ -155,7 +176,7 @@ pub(super) fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::Invalid(e.to_string())
 }
 
-fn pan_mut<'a>(cfg: &'a mut Config, pan: &str) -> Result<&'a mut PanConfig, AdminError> {
+pub(super) fn pan_mut<'a>(cfg: &'a mut Config, pan: &str) -> Result<&'a mut PanConfig, AdminError> {
     cfg.pans.iter_mut().find(|p| p.name == pan).ok_or_else(|| AdminError::NotFound(format!("no PAN {pan:?}")))
 }
 
@@ -316,6 +337,10 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
                 effects.push(e);
             }
         }
+        c @ (Change::CreateCluster { .. }
+        | Change::ReplaceCluster { .. }
+        | Change::DeleteCluster { .. }
+        | Change::Drain { .. }) => effects.push(super::clusters::plan_cluster(&mut next, c)?),
     }
     next.validate().map_err(invalid)?;
     Ok(Plan { next, effects })

@@ -98,37 +98,68 @@ enum Outcome {
 impl VirtualLan {
     /// Builds the LAN's clusters, checked against its ports.
     pub(super) fn build_clusters(&mut self, specs: Vec<ClusterLanSpec>) -> Result<(), LanError> {
-        let lan = self.name.clone();
         for c in specs {
-            let ip = c.spec.ip;
-            let taken = self.by_ip.contains_key(&std::net::IpAddr::V4(ip))
-                || self.clusters.iter().any(|o| o.cluster.ip() == ip);
-            if taken || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-                return Err(LanError::BadIp { lan, ip: ip.into() });
-            }
-            if c.mac.is_group() || self.by_mac.contains_key(&c.mac) || self.clusters.iter().any(|o| o.mac == c.mac) {
-                return Err(LanError::DuplicateMac { lan, mac: c.mac });
-            }
-            let mut members = Vec::new();
-            for s in &c.spec.services {
-                for node in &s.backends {
-                    let Some(p) = self.port_of(node) else {
-                        return Err(LanError::NoMember { lan, node: node.clone() });
-                    };
-                    if !members.contains(&p) {
-                        members.push(p);
-                    }
-                }
-            }
-            let mut lc =
-                LanCluster { cluster: Cluster::new(c.spec, c.limits), mac: c.mac, members, flags: HashMap::new() };
-            for &p in &lc.members.clone() {
-                let node = self.ports[p].spec.node.clone();
-                refresh(&mut lc, &node, self.ports[p].attached);
-            }
-            self.clusters.push(lc);
+            self.set_cluster(c)?;
         }
         Ok(())
+    }
+
+    /// Adds a cluster, or changes the one of that name. A change keeps the flows of
+    /// backends that stay, and the draining and check state of services and backends
+    /// that stay; a changed address or MAC starts the cluster afresh.
+    pub fn set_cluster(&mut self, c: ClusterLanSpec) -> Result<(), LanError> {
+        let lan = self.name.clone();
+        let ip = c.spec.ip;
+        let others = |o: &&LanCluster| o.cluster.name() != c.spec.name;
+        let taken = self.by_ip.contains_key(&std::net::IpAddr::V4(ip))
+            || self.clusters.iter().filter(others).any(|o| o.cluster.ip() == ip);
+        if taken || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return Err(LanError::BadIp { lan, ip: ip.into() });
+        }
+        let mac_taken = self.by_mac.contains_key(&c.mac) || self.clusters.iter().filter(others).any(|o| o.mac == c.mac);
+        if c.mac.is_group() || mac_taken {
+            return Err(LanError::DuplicateMac { lan, mac: c.mac });
+        }
+        let mut members = Vec::new();
+        for s in &c.spec.services {
+            for node in &s.backends {
+                let Some(p) = self.port_of(node) else {
+                    return Err(LanError::NoMember { lan, node: node.clone() });
+                };
+                if !members.contains(&p) {
+                    members.push(p);
+                }
+            }
+        }
+        let at = self.clusters.iter().position(|o| o.cluster.name() == c.spec.name);
+        let mut lc = match at.map(|i| self.clusters.remove(i)) {
+            Some(mut old) if old.cluster.ip() == ip && old.mac == c.mac => {
+                old.cluster.reconfigure(c.spec);
+                let spec = old.cluster.spec();
+                old.flags.retain(|(proto, port, node), _| {
+                    spec.services.iter().any(|s| (s.proto, s.port) == (*proto, *port) && s.backends.contains(node))
+                });
+                old.members = members;
+                old
+            }
+            _ => LanCluster { cluster: Cluster::new(c.spec, c.limits), mac: c.mac, members, flags: HashMap::new() },
+        };
+        for &p in &lc.members.clone() {
+            let node = self.ports[p].spec.node.clone();
+            refresh(&mut lc, &node, self.ports[p].attached);
+        }
+        match at {
+            Some(i) => self.clusters.insert(i, lc),
+            None => self.clusters.push(lc),
+        }
+        Ok(())
+    }
+
+    /// Removes a cluster; whether there was one. Its flows end here.
+    pub fn remove_cluster(&mut self, name: &str) -> bool {
+        let before = self.clusters.len();
+        self.clusters.retain(|c| c.cluster.name() != name);
+        self.clusters.len() != before
     }
 
     /// Whether the LAN has service clusters (and so wants [`VirtualLan::set_clock`]).
