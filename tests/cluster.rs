@@ -14,11 +14,15 @@ use netlab::{missing, Lab, TOOL};
 use support::skip_because;
 
 const VIP: &str = "198.18.0.100";
+const TOKEN: &str = "cluster-test-admin-token-0123456789";
 
 /// LAN a of nodes n1..n5 (198.18.0.1-5/24), and cluster "web" at 198.18.0.100: port 8080
 /// served by n1, n2 and n3, port 8081 the same but sticky.
 fn config(lab: &Lab) -> String {
-    let mut c = format!("serial = \"pg-test\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n", lab.dir.path().display());
+    let mut c = format!(
+        "serial = \"pg-test\"\ndata_dir = \"{}\"\n[web]\nlisten = \"127.0.0.1:8088\"\ntoken = \"{TOKEN}\"\n[[pan]]\nname = \"p\"\n",
+        lab.dir.path().display()
+    );
     for n in netlab::NODES {
         c += &format!("[[pan.node]]\nname = \"{n}\"\ncredential = \"credential-of-{n}-0123\"\n");
     }
@@ -33,7 +37,43 @@ fn config(lab: &Lab) -> String {
     c += &format!("[[pan.lan.cluster]]\nname = \"web\"\nip = \"{VIP}\"\n");
     c += "[[pan.lan.cluster.service]]\nport = 8080\nnodes = [\"n1\", \"n2\", \"n3\"]\n";
     c += "[[pan.lan.cluster.service]]\nport = 8081\nnodes = [\"n1\", \"n2\", \"n3\"]\nsticky = true\n";
+    let checked = "check = \"tcp\"\ncheck_interval = \"200ms\"\ncheck_failures = 2\ncheck_passes = 1\n";
+    c += &format!("[[pan.lan.cluster.service]]\nport = 8082\nnodes = [\"n1\", \"n2\", \"n3\"]\n{checked}");
+    c += &format!("[[pan.lan.cluster.service]]\nport = 8083\nnodes = [\"n1\", \"n2\", \"n3\"]\n{checked}");
     c
+}
+
+/// An admin API call from inside the gateway's namespace; the HTTP status.
+fn api(lab: &Lab, method: &str, path: &str, body: &str) -> u16 {
+    let url = format!("http://127.0.0.1:8088{path}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let out = lab.exec(
+        "gw",
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            &url,
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+fn health(lab: &Lab, port: u16, node: &str) -> String {
+    let show = lab.show();
+    let web = &show.lans.iter().find(|l| l.lan == "a").unwrap().clusters[0];
+    web.backends.iter().find(|b| b.port == port && b.node == node).unwrap().health.clone()
 }
 
 /// Starts a server on each backend that answers with its name, on both ports.
@@ -124,4 +164,67 @@ fn connections_to_a_cluster_ip_spread_stick_and_stay_on_configured_ports() {
 
     // The cluster answers pings itself.
     assert!(lab.ping("n5", VIP));
+}
+
+#[test]
+fn losing_a_backend_moves_new_connections_and_breaks_none_on_the_others() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("cm");
+    lab.start(&config(&lab));
+    let mut servers = Vec::new();
+    for n in ["n1", "n2", "n3"] {
+        servers.push(spawn_ready(&lab, n, &["serve-name", "8082", n, "120"]));
+        servers.push(spawn_ready(&lab, n, &["serve-stream", "8083", n, "120"]));
+    }
+    let mut servers = Servers(servers);
+    // Long-running streams through the cluster, over every backend.
+    let streams = spawn_ready(&lab, "n5", &["stream-many", VIP, "8083", "12", "8"]);
+
+    // Drain n1: new connections avoid it, none fail.
+    let drain = r#"{"node": "n1"}"#;
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters/web/drain", drain), 200);
+    assert_eq!(health(&lab, 8082, "n1"), "draining");
+    let (answers, failed) = connect(&lab, "n5", 8082, 30);
+    assert_eq!(failed, 0, "{answers:?}");
+    assert!(!answers.contains_key("n1"), "a drained backend got new connections: {answers:?}");
+
+    // Kill n1's servers and take the drain back: the health check keeps it out.
+    for c in servers.0.drain(0..2) {
+        let mut c = c;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let t = std::time::Instant::now();
+    while health(&lab, 8082, "n1") != "down" {
+        assert!(t.elapsed() < std::time::Duration::from_secs(3), "the check did not take n1 down");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("n1 down {} ms after its servers died", t.elapsed().as_millis());
+    let undrain = r#"{"node": "n1", "drain": false}"#;
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters/web/drain", undrain), 200);
+    let (answers, failed) = connect(&lab, "n5", 8082, 30);
+    assert_eq!(failed, 0, "{answers:?}");
+    assert!(!answers.contains_key("n1"), "a dead backend got new connections: {answers:?}");
+
+    // Not one stream on n2 or n3 broke, and each kept flowing.
+    let out = streams.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let mut survivors = 0;
+    for s in list.as_array().unwrap() {
+        if s["name"] != "n1" {
+            survivors += 1;
+            assert_eq!(s["broken"], false, "a stream on a live backend broke: {s}");
+            assert!(s["bytes"].as_u64().unwrap() > 200 * 1024, "a stream stalled: {s}");
+        }
+    }
+    assert!(survivors > 0, "no stream on n2 or n3: {list}");
+    // Bad requests get their 4xx.
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters/web/drain", r#"{"node": "n9"}"#), 404);
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters/nope/drain", drain), 404);
+    let on_node = r#"{"name": "x", "ip": "198.18.0.1", "services": []}"#;
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters", on_node), 400);
 }

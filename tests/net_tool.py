@@ -214,6 +214,77 @@ def serve_name(port, name, secs):
         threading.Thread(target=answer, args=(c,), daemon=True).start()
 
 
+def serve_stream(port, name, secs):
+    """A TCP server on every address at `port` that sends `name` and then 1 KiB every
+    10 ms on each connection until the client goes; stops after `secs`."""
+    import threading
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(128)
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    end = time.time() + secs
+
+    def stream(c):
+        try:
+            c.sendall(name.encode() + b"\n")
+            while time.time() < end:
+                c.sendall(b"x" * 1024)
+                time.sleep(0.01)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    while time.time() < end:
+        try:
+            c, _ = s.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=stream, args=(c,), daemon=True).start()
+
+
+def stream_many(ip, port, count, secs):
+    """Opens `count` connections to `ip`:`port`, says "ready" once all have named their
+    server, reads them all for `secs`, and prints one line of JSON per connection: the
+    server's name, bytes after the name, and whether it broke (closed or failed early)."""
+    import json
+    import select
+    conns = []
+    for _ in range(count):
+        c = socket.create_connection((ip, port), timeout=2)
+        buf = b""
+        while b"\n" not in buf:
+            chunk = c.recv(256)
+            if not chunk:
+                break
+            buf += chunk
+        name, _, rest = buf.partition(b"\n")
+        c.setblocking(False)
+        conns.append({"sock": c, "name": name.decode(), "bytes": len(rest), "broken": False})
+    print("ready", flush=True)
+    end = time.time() + secs
+    while time.time() < end:
+        live = [x for x in conns if not x["broken"]]
+        if not live:
+            break
+        readable, _, _ = select.select([x["sock"] for x in live], [], [], 0.1)
+        for x in live:
+            if x["sock"] in readable:
+                try:
+                    data = x["sock"].recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    x["bytes"] += len(data)
+                else:
+                    x["broken"] = True
+    print(json.dumps([{k: x[k] for k in ("name", "bytes", "broken")} for x in conns]), flush=True)
+
+
 def connect_many(ip, port, count, secs):
     """Makes `count` TCP connections to `ip`:`port` one after another (within `secs` in
     all), reads each answer, and prints one line of JSON: answers by name, and failures."""
@@ -238,6 +309,10 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve-name":
         return serve_name(int(args[0]), args[1], float(args[2]))
+    if cmd == "serve-stream":
+        return serve_stream(int(args[0]), args[1], float(args[2]))
+    if cmd == "stream-many":
+        return stream_many(args[0], int(args[1]), int(args[2]), float(args[3]))
     if cmd == "connect-many":
         return connect_many(args[0], int(args[1]), int(args[2]), float(args[3]))
     if cmd == "listen-udp":
