@@ -48,6 +48,17 @@ pub enum NetCommand {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// Measure service clusters' tables in this process, printing JSON: Maglev table build
+    /// time and lookups per second, packets per second for new and known flows, and the
+    /// connection table's memory per flow.
+    ClusterBench {
+        /// Backends of the Maglev table whose build is timed.
+        #[arg(long, default_value_t = 1000)]
+        backends: usize,
+        /// Distinct flows routed (and held) for the rates and the memory figure.
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: usize,
+    },
 }
 
 /// Runs one `pangate net` subcommand.
@@ -57,11 +68,92 @@ pub fn run(command: NetCommand) -> anyhow::Result<()> {
         NetCommand::RingBench { data_dir, pan, lan, from, to, size, seconds } => {
             ring_bench(data_dir, &pan, &lan, &from, &to, size, seconds)
         }
+        NetCommand::ClusterBench { backends, flows } => cluster_bench(backends, flows),
     }
 }
 
 /// One thread sends `size`-byte frames from `from` to `to` in batches and drains what
 /// arrives in between, so the client side needs one core and the gateway the other.
+fn cluster_bench(backends: usize, flows: usize) -> anyhow::Result<()> {
+    use std::net::Ipv4Addr;
+    use std::time::Instant;
+
+    use netvirt::cluster::maglev::Maglev;
+    use netvirt::cluster::{Cluster, ClusterSpec, Limits, Proto, ServiceSpec, Verdict};
+
+    let names: Vec<String> = (0..backends).map(|i| format!("node-{i}")).collect();
+    let mut builds = Vec::new();
+    let mut table = Maglev::build::<&str>(&[]);
+    for _ in 0..5 {
+        let t = Instant::now();
+        table = Maglev::build(&names);
+        builds.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    builds.sort_by(f64::total_cmp);
+    let n = 10_000_000u64;
+    let t = Instant::now();
+    let mut sum = 0usize;
+    for i in 0..n {
+        sum = sum.wrapping_add(table.lookup(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).unwrap_or(0));
+    }
+    let lookups = n as f64 / t.elapsed().as_secs_f64();
+    std::hint::black_box(sum);
+
+    // A cluster of ten backends on one port, and SYNs from as many distinct clients.
+    let vip = Ipv4Addr::new(198, 18, 0, 100);
+    let service =
+        ServiceSpec { proto: Proto::Tcp, port: 80, backends: names[..10.min(backends)].to_vec(), sticky: None };
+    let spec = ClusterSpec { name: "bench".into(), ip: vip, services: vec![service] };
+    let rss = || -> anyhow::Result<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm")?;
+        let pages: u64 = statm.split_whitespace().nth(1).context("statm")?.parse()?;
+        Ok(pages * rustix::param::page_size() as u64)
+    };
+    let before = rss()?;
+    let mut c = Cluster::new(spec, Limits { connections: flows, ..Limits::default() });
+    let packet = |i: usize| -> Vec<u8> {
+        let client = Ipv4Addr::from(0xc612_0000u32 | ((i as u32 >> 16) & 0xff) << 8 | (i as u32 & 0xff));
+        let mut p = Vec::with_capacity(40);
+        etherparse::PacketBuilder::ipv4(client.octets(), vip.octets(), 64)
+            .tcp(1024 + (i >> 8) as u16, 80, 1, 65535)
+            .syn()
+            .write(&mut p, &[])
+            .expect("a SYN builds");
+        p
+    };
+    let packets: Vec<Vec<u8>> = (0..flows).map(packet).collect();
+    let packets_bytes: u64 = packets.iter().map(|p| p.capacity() as u64 + 24).sum();
+    let now = Instant::now();
+    let t = Instant::now();
+    for p in &packets {
+        if !matches!(c.route(p, now), Verdict::Forward(_)) {
+            anyhow::bail!("a SYN was not forwarded");
+        }
+    }
+    let new_rate = flows as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &packets {
+        std::hint::black_box(c.route(p, now));
+    }
+    let known_rate = flows as f64 / t.elapsed().as_secs_f64();
+    let held = c.flows();
+    let after = rss()?;
+    let per_flow = after.saturating_sub(before).saturating_sub(packets_bytes) as f64 / held.max(1) as f64;
+    let out = serde_json::json!({
+        "bench": "cluster-tables",
+        "maglev_backends": backends,
+        "maglev_table_slots": table.size(),
+        "maglev_build_ms": (builds[2] * 100.0).round() / 100.0,
+        "maglev_lookups_per_sec": lookups.round(),
+        "new_flows_per_sec": new_rate.round(),
+        "known_flow_packets_per_sec": known_rate.round(),
+        "flows_held": held,
+        "bytes_per_flow": per_flow.round(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
 fn ring_bench(
     data_dir: Option<PathBuf>,
     pan: &str,

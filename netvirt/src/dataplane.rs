@@ -215,6 +215,11 @@ struct Egress {
     writes: Vec<Write>,
     scratch: Vec<u8>,
     generation: u64,
+    /// The input buffer shared by an [`Emit::Redirect`] delivery and the MAC to write
+    /// into it once the LAN server has done with the frame.
+    redirect: Option<(usize, crate::mac::Mac)>,
+    /// A frame with its destination MAC replaced, for deliveries that copy.
+    patched: Vec<u8>,
 }
 
 impl Egress {
@@ -253,6 +258,8 @@ impl Dataplane {
             out: Egress {
                 pool: Pool::new(BUF_LEN, MAX_BUFS),
                 writes: Vec::new(),
+                redirect: None,
+                patched: Vec::new(),
                 scratch: Vec::with_capacity(2048),
                 generation: 0,
             },
@@ -567,6 +574,10 @@ impl Dataplane {
             Src::Uplink => lan.from_uplink(frame, wire_len, &mut sink),
         }
         self.out.pool.put(buf, data);
+        if let Some((b, mac)) = self.out.redirect.take() {
+            // The writes sharing the buffer are queued, not yet submitted.
+            self.out.pool.get_mut(b)[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac.0);
+        }
     }
 
     fn commands(&mut self) {
@@ -803,6 +814,27 @@ impl Sink for PlaneSink<'_> {
     fn deliver(&mut self, to: Dest, frame: &[u8], emit: Emit) -> bool {
         let (in_buf, in_hdr) = self.input;
         let hdr = if emit == Emit::Generated { VnetHdr::default() } else { in_hdr };
+        if let Emit::Redirect(mac) = emit {
+            if let (Dest::Port(q), true) = (to, in_buf != usize::MAX) {
+                if let Some(PortIo::Tap(fd)) = self.ports.get(q) {
+                    // Shared like the input, and patched once the frame is done with.
+                    let fd = fd.as_raw_fd();
+                    self.out.pool.share(in_buf);
+                    self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
+                    self.out.redirect = Some((in_buf, mac));
+                    return true;
+                }
+            }
+            let mut f = std::mem::take(&mut self.out.patched);
+            f.clear();
+            f.extend_from_slice(frame);
+            if f.len() >= 6 {
+                f[..6].copy_from_slice(&mac.0);
+            }
+            let sent = self.deliver(to, &f, Emit::Rewritten);
+            self.out.patched = f;
+            return sent;
+        }
         match to {
             Dest::Port(q) => match self.ports.get_mut(q) {
                 Some(PortIo::Tap(fd)) => {

@@ -16,7 +16,11 @@ struct Wire {
 
 impl Sink for Wire {
     fn deliver(&mut self, to: Dest, frame: &[u8], emit: Emit) -> bool {
-        self.sent.push((to, frame.to_vec(), emit));
+        let mut f = frame.to_vec();
+        if let Emit::Redirect(mac) = emit {
+            f[0..6].copy_from_slice(&mac.0);
+        }
+        self.sent.push((to, f, emit));
         true
     }
 }
@@ -99,7 +103,7 @@ fn connections_to_the_cluster_mac_reach_backends_with_their_mac_and_the_packet_u
         assert!(w.sent.is_empty());
         let Dest::Port(p) = to else { panic!("to the uplink") };
         assert!((1..=3).contains(&p), "to a non-backend {p}");
-        assert_eq!(emit, Emit::Rewritten);
+        assert_eq!(emit, Emit::Redirect(mac(p as u8)));
         assert_eq!(&out[0..6], &mac(p as u8).0);
         assert_eq!(&out[6..], &f[6..]);
         *per.entry(p).or_default() += 1;

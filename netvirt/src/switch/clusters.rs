@@ -296,12 +296,9 @@ impl VirtualLan {
         };
         match outcome {
             Outcome::To(p) => {
-                let mut buf = std::mem::take(&mut self.scratch);
-                buf.clear();
-                buf.extend_from_slice(frame);
-                buf[0..6].copy_from_slice(&self.ports[p].spec.mac.0);
-                self.send(Dest::Port(p), &buf, Emit::Rewritten, out);
-                self.scratch = buf;
+                // No copy here: the sink puts the backend's MAC in (into the input's own
+                // buffer, where it can).
+                self.send(Dest::Port(p), frame, Emit::Redirect(self.ports[p].spec.mac), out);
                 self.mirror(from, Some(p), frame, out);
             }
             Outcome::Reply(packet) => {

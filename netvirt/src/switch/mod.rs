@@ -94,6 +94,12 @@ pub enum Emit {
     /// The input with addresses rewritten in place: same length and offsets, so offload
     /// metadata still applies.
     Rewritten,
+    /// The input with its destination MAC replaced by this one (a service cluster's
+    /// backend), and nothing else changed, so offload metadata still applies. A sink that
+    /// shares the input's buffer among destinations may apply it to every copy of this
+    /// input frame, so only the LAN server's last delivery of a frame may be a redirect
+    /// besides copies for promiscuous ports, which then see what the backend got.
+    Redirect(Mac),
     /// A frame the server made (an ARP reply or announcement): no offload metadata.
     Generated,
 }
