@@ -748,3 +748,97 @@ async fn every_response_is_unframeable_unsniffable_scriptless_and_echoes_little(
     assert!(r.content_type.starts_with("text/html"), "{}", r.content_type);
     assert!(r.body.contains("the form is not valid"), "{}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_made_from_the_page_relays_to_its_backend_and_drains_from_the_page() {
+    let f = start();
+    let r = call(&f, "POST", "/api/v1/pans/alpha/nodes", Some(json!({"name": "n2"}))).await;
+    let cred2 = r.json()["credential"].as_str().unwrap().to_string();
+    let lan = json!({"name": "wire", "ports": [
+        {"node": "n1", "ips": ["198.18.7.1/24"]},
+        {"node": "n2", "ips": ["198.18.7.2/24"]},
+    ]});
+    assert_eq!(call(&f, "POST", "/api/v1/pans/alpha/lans", Some(lan)).await.status, StatusCode::CREATED);
+
+    // Log in, and create the cluster with the page's form.
+    let r = send(&f, form("/login", &[("token", TOKEN)], None)).await;
+    let cookie = r.set_cookie.unwrap().split(';').next().unwrap().to_string();
+    let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
+    assert!(page.body.contains("Create cluster"), "{}", page.body);
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let make = [
+        ("csrf", csrf.as_str()),
+        ("op", "create-cluster"),
+        ("pan", "alpha"),
+        ("name", "wire"),
+        ("cluster", "web"),
+        ("ip", "198.18.7.100"),
+        ("services", "80 n1 sticky"),
+    ];
+    let r = send(&f, form("/ui/change", &make, Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let c = &saved(&f).pans[0].lans[0].clusters[0];
+    assert_eq!(
+        (c.name.as_str(), c.ip.as_str(), c.services[0].nodes.clone()),
+        ("web", "198.18.7.100", vec!["n1".into()])
+    );
+    assert!(c.services[0].sticky);
+
+    // Through the running LAN: a SYN from n2 to the cluster's MAC reaches n1, addressed to
+    // n1's MAC and otherwise unchanged.
+    let mut a = RingClient::connect(&f.net_socket, "alpha", "n1", "wire", CRED).unwrap();
+    let mut b = RingClient::connect(&f.net_socket, "alpha", "n2", "wire", &cred2).unwrap();
+    let view = call(&f, "GET", "/api/v1/pans/alpha", None).await.json();
+    let cluster = &view["lans"][0]["clusters"][0];
+    assert_eq!(cluster["name"], "web", "{view}");
+    let mac: netvirt::mac::Mac = cluster["mac"].as_str().unwrap().parse().unwrap();
+    let mut syn = Vec::new();
+    etherparse::PacketBuilder::ethernet2(b.mac().0, mac.0)
+        .ipv4([198, 18, 7, 2], [198, 18, 7, 100], 64)
+        .tcp(40000, 80, 1, 65535)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    assert!(b.send(&syn).unwrap());
+    b.flush();
+    let got = recv_frame(&mut a).expect("the backend gets the connection");
+    assert_eq!(&got[..6], &a.mac().0);
+    assert_eq!(&got[6..], &syn[6..]);
+
+    // Drain n1 from the page: saved, and the page now offers to take it back.
+    let drain = [
+        ("csrf", csrf.as_str()),
+        ("op", "drain"),
+        ("pan", "alpha"),
+        ("name", "wire"),
+        ("cluster", "web"),
+        ("node", "n1"),
+        ("port", "80"),
+        ("proto", "tcp"),
+    ];
+    let r = send(&f, form("/ui/change", &drain, Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(saved(&f).pans[0].lans[0].clusters[0].services[0].draining, vec!["n1".to_string()]);
+    let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
+    assert!(page.body.contains("undrain"), "{}", page.body);
+    let show = f.net.show().unwrap();
+    let live = &show.lans.iter().find(|l| l.lan == "wire").unwrap().clusters[0];
+    assert_eq!(live.backends[0].health, "draining", "{live:?}");
+
+    // A bad services line is a 400 with why; deleting through the API leaves nothing.
+    let bad = [
+        ("csrf", csrf.as_str()),
+        ("op", "create-cluster"),
+        ("pan", "alpha"),
+        ("name", "wire"),
+        ("cluster", "x"),
+        ("ip", "198.18.7.101"),
+        ("services", "eighty n1"),
+    ];
+    let r = send(&f, form("/ui/change", &bad, Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = call(&f, "DELETE", "/api/v1/pans/alpha/lans/wire/clusters/web", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(saved(&f).pans[0].lans[0].clusters.is_empty());
+    assert!(f.net.show().unwrap().lans.iter().find(|l| l.lan == "wire").unwrap().clusters.is_empty());
+}

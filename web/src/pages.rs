@@ -18,7 +18,9 @@ use crate::admin::Change;
 use crate::api::{find_lun, find_pan, Params};
 use crate::auth::{Auth, Viewer, SESSION_COOKIE};
 use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
-use crate::model::{Access, MoveIp, NewLan, NewLun, NewPort, PanView};
+use crate::model::{
+    Access, ClusterBody, ClusterView, Drain, LanView, MoveIp, NewLan, NewLun, NewPort, PanView, ServiceBody,
+};
 use crate::problem::Problem;
 use crate::WebState;
 
@@ -155,6 +157,7 @@ fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
                     }
                 }
             }
+            (cluster_tables(pan, lan, viewer, back))
             @if lan.ports.len() > 1 {
                 (change_form(viewer, "move-ip", back, "Move IP", html! {
                     input type="hidden" name="pan" value=(pan.name);
@@ -167,6 +170,85 @@ fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
             }
         }
     }
+}
+
+/// A LAN's service clusters: each backend's health with a drain button, and a form for a
+/// new cluster.
+fn cluster_tables(pan: &PanView, lan: &LanView, viewer: &Viewer, back: &str) -> Markup {
+    let ids = |c: &ClusterView| {
+        vec![("pan", pan.name.clone()), ("name", lan.name.clone()), ("cluster", c.cluster.name.clone())]
+    };
+    html! {
+        @for c in &lan.clusters {
+            h4 { "cluster " (c.cluster.name) " · " code { (c.cluster.ip) } " · MAC " code { (c.mac.as_deref().unwrap_or("-")) }
+                 " · " (c.flows) " flows · " (c.new_flows) " new · " (c.drops) " dropped "
+                 (button_form(viewer, "delete-cluster", back, "delete", &ids(c))) }
+            table.clusters {
+                tr { th { "service" } th { "node" } th { "health" } th { "sticky" } th { "check" } th {} }
+                @for s in &c.cluster.services {
+                    @let proto = s.proto.clone().unwrap_or_else(|| "tcp".into());
+                    @for node in &s.nodes {
+                        @let health = c.health.iter().find(|h| &h.node == node && h.port == s.port && h.proto == proto)
+                            .map_or("-", |h| h.health.as_str());
+                        @let draining = s.draining.contains(node);
+                        @let fields = backend_fields(ids(c), node, s.port, &proto);
+                        tr data-backend=(format!("{}/{}/{node}", c.cluster.name, s.port)) {
+                            td { (s.port) "/" (proto) } td { (node) } td.health { (health) }
+                            td { @if s.sticky { "yes" } @else { "no" } } td { (s.check.as_deref().unwrap_or("port")) }
+                            td { @if draining { (button_form(viewer, "undrain", back, "undrain", &fields)) }
+                                 @else { (button_form(viewer, "drain", back, "drain", &fields)) } }
+                        }
+                    }
+                }
+            }
+        }
+        (change_form(viewer, "create-cluster", back, "Create cluster", html! {
+            input type="hidden" name="pan" value=(pan.name);
+            input type="hidden" name="name" value=(lan.name);
+            label { "name " input name="cluster" required; } " "
+            label { "IP " input name="ip" placeholder="198.18.0.100" required; } " "
+            label { "services, one a line: " code { "port[/udp] node,node [sticky] [check]" } " "
+                textarea name="services" rows="2" cols="40" placeholder="80 node-a,node-b sticky check" {} }
+        }))
+    }
+}
+
+/// A cluster's identifying fields plus one backend of one service.
+fn backend_fields(
+    mut fields: Vec<(&'static str, String)>,
+    node: &str,
+    port: u16,
+    proto: &str,
+) -> Vec<(&'static str, String)> {
+    fields.extend([("node", node.to_string()), ("port", port.to_string()), ("proto", proto.to_string())]);
+    fields
+}
+
+/// "port[/udp] node,node [sticky] [check]" per line.
+fn parse_services(text: &str) -> Result<Vec<ServiceBody>, Problem> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let bad =
+            || Problem::bad_request(format!("service line {line:?} is not 'port[/udp] node,node [sticky] [check]'"));
+        let mut words = line.split_whitespace();
+        let first = words.next().ok_or_else(bad)?;
+        let (port, proto) = match first.split_once('/') {
+            Some((p, proto)) => (p, Some(proto.to_string())),
+            None => (first, None),
+        };
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let nodes = words.next().ok_or_else(bad)?.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect();
+        let mut s = ServiceBody { port, proto, nodes, ..ServiceBody::default() };
+        for w in words {
+            match w {
+                "sticky" => s.sticky = true,
+                "check" => s.check = Some("tcp".into()),
+                _ => return Err(bad()),
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 async fn dashboard(State(s): State<WebState>, viewer: Viewer) -> Markup {
@@ -329,6 +411,10 @@ struct ChangeForm {
     mtu: Option<String>,
     ports: Option<String>,
     ip: Option<String>,
+    cluster: Option<String>,
+    services: Option<String>,
+    port: Option<String>,
+    proto: Option<String>,
 }
 
 fn field(v: &Option<String>, name: &str) -> Result<String, Problem> {
@@ -414,6 +500,34 @@ impl ChangeForm {
                 pan: pan()?,
                 lan: field(&self.name, "LAN")?,
                 to: MoveIp { ip: field(&self.ip, "address")?, node: field(&self.node, "node")? },
+            },
+            "create-cluster" => Change::CreateCluster {
+                pan: pan()?,
+                lan: field(&self.name, "LAN")?,
+                cluster: ClusterBody {
+                    name: field(&self.cluster, "cluster")?,
+                    ip: field(&self.ip, "IP")?,
+                    services: parse_services(self.services.as_deref().unwrap_or(""))?,
+                },
+            },
+            "delete-cluster" => Change::DeleteCluster {
+                pan: pan()?,
+                lan: field(&self.name, "LAN")?,
+                name: field(&self.cluster, "cluster")?,
+            },
+            op @ ("drain" | "undrain") => Change::Drain {
+                pan: pan()?,
+                lan: field(&self.name, "LAN")?,
+                name: field(&self.cluster, "cluster")?,
+                drain: Drain {
+                    node: field(&self.node, "node")?,
+                    port: optional(&self.port)
+                        .map(|p| p.parse())
+                        .transpose()
+                        .map_err(|_| Problem::bad_request("port must be a number"))?,
+                    proto: optional(&self.proto),
+                    drain: op == "drain",
+                },
             },
             other => return Err(Problem::bad_request(format!("unknown operation {other:?}"))),
         };
