@@ -824,6 +824,10 @@ async fn a_cluster_made_from_the_page_relays_to_its_backend_and_drains_from_the_
     let show = f.net.show().unwrap();
     let live = &show.lans.iter().find(|l| l.lan == "wire").unwrap().clusters[0];
     assert_eq!(live.backends[0].health, "draining", "{live:?}");
+    let text = call(&f, "GET", "/metrics", None).await.body;
+    let want = r#"pangate_cluster_backend_state{pan="alpha",lan="wire",cluster="web",proto="tcp",port="80",node="n1",state="draining"} 1"#;
+    assert!(text.contains(want), "{text}");
+    assert!(text.contains(r#"pangate_cluster_new_flows_total{pan="alpha",lan="wire",cluster="web"} 1"#), "{text}");
 
     // A bad services line is a 400 with why; deleting through the API leaves nothing.
     let bad = [

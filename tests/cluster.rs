@@ -8,7 +8,7 @@ mod netlab;
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use netlab::{missing, Lab, TOOL};
 use support::skip_because;
@@ -81,26 +81,10 @@ fn serve(lab: &Lab) -> Vec<Child> {
     let mut servers = Vec::new();
     for n in ["n1", "n2", "n3"] {
         for port in ["8080", "8081"] {
-            servers.push(spawn_ready(lab, n, &["serve-name", port, n, "120"]));
+            servers.push(lab.spawn_tool(n, &["serve-name", port, n, "120"]));
         }
     }
     servers
-}
-
-fn spawn_ready(lab: &Lab, node: &str, args: &[&str]) -> Child {
-    use std::io::BufRead;
-    let mut c = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(node), "python3", TOOL])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "{node}: {args:?} did not start");
-    c
 }
 
 /// `count` connections from `client` to the cluster's `port`: answers by backend, and
@@ -175,12 +159,12 @@ fn losing_a_backend_moves_new_connections_and_breaks_none_on_the_others() {
     lab.start(&config(&lab));
     let mut servers = Vec::new();
     for n in ["n1", "n2", "n3"] {
-        servers.push(spawn_ready(&lab, n, &["serve-name", "8082", n, "120"]));
-        servers.push(spawn_ready(&lab, n, &["serve-stream", "8083", n, "120"]));
+        servers.push(lab.spawn_tool(n, &["serve-name", "8082", n, "120"]));
+        servers.push(lab.spawn_tool(n, &["serve-stream", "8083", n, "120"]));
     }
     let mut servers = Servers(servers);
     // Long-running streams through the cluster, over every backend.
-    let streams = spawn_ready(&lab, "n5", &["stream-many", VIP, "8083", "12", "8"]);
+    let streams = lab.spawn_tool("n5", &["stream-many", VIP, "8083", "12", "8"]);
 
     // Drain n1: new connections avoid it, none fail.
     let drain = r#"{"node": "n1"}"#;

@@ -188,9 +188,9 @@ def vlan_peer(iface, own_mac, own_ip, target_ip):
     print(json.dumps(out), flush=True)
 
 
-def serve_name(port, name, secs):
-    """A TCP server on every address at `port` that answers each connection with `name`
-    and closes it; says "ready" once listening, and stops after `secs`."""
+def serve_tcp(port, secs, handle):
+    """A TCP server on every address at `port` that runs `handle(conn, end)` on a thread
+    per connection; says "ready" once listening, and stops accepting after `secs`."""
     import threading
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -199,34 +199,27 @@ def serve_name(port, name, secs):
     s.settimeout(0.2)
     print("ready", flush=True)
     end = time.time() + secs
-
-    def answer(c):
-        try:
-            c.sendall(name.encode() + b"\n")
-        finally:
-            c.close()
-
     while time.time() < end:
         try:
             c, _ = s.accept()
         except socket.timeout:
             continue
-        threading.Thread(target=answer, args=(c,), daemon=True).start()
+        threading.Thread(target=handle, args=(c, end), daemon=True).start()
+
+
+def serve_name(port, name, secs):
+    """Answers each connection with `name` and closes it."""
+    def answer(c, end):
+        try:
+            c.sendall(name.encode() + b"\n")
+        finally:
+            c.close()
+    serve_tcp(port, secs, answer)
 
 
 def serve_stream(port, name, secs):
-    """A TCP server on every address at `port` that sends `name` and then 1 KiB every
-    10 ms on each connection until the client goes; stops after `secs`."""
-    import threading
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(128)
-    s.settimeout(0.2)
-    print("ready", flush=True)
-    end = time.time() + secs
-
-    def stream(c):
+    """Sends `name`, then 1 KiB every 10 ms on each connection until the client goes."""
+    def stream(c, end):
         try:
             c.sendall(name.encode() + b"\n")
             while time.time() < end:
@@ -236,13 +229,7 @@ def serve_stream(port, name, secs):
             pass
         finally:
             c.close()
-
-    while time.time() < end:
-        try:
-            c, _ = s.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=stream, args=(c,), daemon=True).start()
+    serve_tcp(port, secs, stream)
 
 
 def stream_many(ip, port, count, secs):

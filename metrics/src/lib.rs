@@ -11,7 +11,8 @@ mod ring;
 
 pub use lun::{LatencyHistogram, LunSnapshot, LunStats, Transfer, LATENCY_BUCKETS};
 pub use registry::{
-    IscsiSampler, LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample, PortalSample, TrafficSample,
+    ClusterSample, IscsiSampler, LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample, PortalSample,
+    TrafficSample,
 };
 pub use ring::{RingSnapshot, RingStats};
 

@@ -78,6 +78,29 @@ pub struct LanSample {
     pub traffic: TrafficSample,
     /// Ports and uplink.
     pub ports: Vec<PortSample>,
+    /// Service clusters.
+    pub clusters: Vec<ClusterSample>,
+}
+
+/// One service cluster of a LAN, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSample {
+    /// Cluster name.
+    pub cluster: String,
+    /// Flows in its connection table.
+    pub flows: u64,
+    /// Flows evicted from a full table.
+    pub evicted: u64,
+    /// Packets relayed to backends.
+    pub forwarded: u64,
+    /// Flows that picked a backend.
+    pub new_flows: u64,
+    /// Echo requests answered.
+    pub echo_replies: u64,
+    /// Packets dropped, by reason.
+    pub drops: Vec<(String, u64)>,
+    /// (protocol, port, node, state) of every backend: state is up, draining or down.
+    pub backends: Vec<(String, u16, String, String)>,
 }
 
 /// Reads the LANs' counters when a scrape asks for them.

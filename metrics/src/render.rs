@@ -194,12 +194,53 @@ impl Metrics {
         let mut lan = TrafficFamilies::new("lan", "LAN");
         let mut port = TrafficFamilies::new("port", "port (or uplink)");
         let mut arp = Family::new("pangate_lan_arp_entries", "IP-to-port bindings of the LAN's ARP server", GAUGE);
+        let mut flows = Family::new("pangate_cluster_flows", "Flows in a service cluster's connection table", GAUGE);
+        let mut evicted =
+            Family::new("pangate_cluster_evicted_flows_total", "Flows evicted from a full connection table", COUNTER);
+        let mut relayed =
+            Family::new("pangate_cluster_forwarded_packets_total", "Packets relayed to backends", COUNTER);
+        let mut picked = Family::new("pangate_cluster_new_flows_total", "Flows that picked a backend", COUNTER);
+        let mut echoes = Family::new("pangate_cluster_echo_replies_total", "Pings the cluster answered", COUNTER);
+        let mut dropped = Family::new(
+            "pangate_cluster_dropped_packets_total",
+            "Packets to the cluster IP dropped, by reason (port, no_backend, fragment, protocol, malformed)",
+            COUNTER,
+        );
+        let mut state = Family::new(
+            "pangate_cluster_backend_state",
+            "1 for each backend's state (up, draining, down), by service and node",
+            GAUGE,
+        );
         for l in self.lans() {
             let base = [("pan", l.pan.as_str()), ("lan", l.lan.as_str())];
             arp.value(&base, l.arp_entries as f64);
             lan.add(&base, &l.traffic);
             for p in &l.ports {
                 port.add(&[base[0], base[1], ("port", p.port.as_str())], &p.traffic);
+            }
+            for c in &l.clusters {
+                let cb = [base[0], base[1], ("cluster", c.cluster.as_str())];
+                flows.value(&cb, c.flows as f64);
+                evicted.value(&cb, c.evicted as f64);
+                relayed.value(&cb, c.forwarded as f64);
+                picked.value(&cb, c.new_flows as f64);
+                echoes.value(&cb, c.echo_replies as f64);
+                for (reason, n) in &c.drops {
+                    dropped.value(&[cb[0], cb[1], cb[2], ("reason", reason)], *n as f64);
+                }
+                for (proto, svc, node, st) in &c.backends {
+                    let svc = svc.to_string();
+                    let l = [
+                        cb[0],
+                        cb[1],
+                        cb[2],
+                        ("proto", proto.as_str()),
+                        ("port", svc.as_str()),
+                        ("node", node.as_str()),
+                        ("state", st.as_str()),
+                    ];
+                    state.value(&l, 1.0);
+                }
             }
         }
 
@@ -251,6 +292,13 @@ impl Metrics {
             errors,
             refused,
             arp,
+            flows,
+            evicted,
+            relayed,
+            picked,
+            echoes,
+            dropped,
+            state,
             sessions,
             logins,
             pdus,
@@ -284,7 +332,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
-    use crate::{LanSample, LunKey, Metrics, PortSample, TrafficSample, Transfer};
+    use crate::{ClusterSample, LanSample, LunKey, Metrics, PortSample, TrafficSample, Transfer};
 
     fn names(op: u8) -> Option<&'static str> {
         (op == 0x28).then_some("READ_10")
@@ -312,6 +360,14 @@ mod tests {
                 arp_entries: 2,
                 traffic: TrafficSample { frames_in: 5, drops: vec![("mac_spoof".into(), 1)], ..Default::default() },
                 ports: vec![PortSample { port: "n".into(), traffic: TrafficSample::default() }],
+                clusters: vec![ClusterSample {
+                    cluster: "web".into(),
+                    flows: 3,
+                    new_flows: 4,
+                    drops: vec![("port".into(), 2)],
+                    backends: vec![("tcp".into(), 80, "n".into(), "draining".into())],
+                    ..Default::default()
+                }],
             }]
         }));
         let text = m.render();
@@ -330,6 +386,10 @@ mod tests {
             r#"pangate_lan_dropped_frames_total{pan="p",lan="l",reason="mac_spoof"} 1"#,
             r#"pangate_port_frames_total{pan="p",lan="l",port="n",direction="out"} 0"#,
             r#"pangate_lan_arp_entries{pan="p",lan="l"} 2"#,
+            r#"pangate_cluster_flows{pan="p",lan="l",cluster="web"} 3"#,
+            r#"pangate_cluster_new_flows_total{pan="p",lan="l",cluster="web"} 4"#,
+            r#"pangate_cluster_dropped_packets_total{pan="p",lan="l",cluster="web",reason="port"} 2"#,
+            r#"pangate_cluster_backend_state{pan="p",lan="l",cluster="web",proto="tcp",port="80",node="n",state="draining"} 1"#,
             "# TYPE pangate_lun_command_duration_seconds histogram",
             "process_cpu_seconds_total",
         ] {

@@ -562,7 +562,7 @@ impl web::Admin for GatewayAdmin {
 
 /// LAN samples for the metrics renderer, from netvirt's show.
 pub fn lan_samples(show: &NetShow) -> Vec<metrics::LanSample> {
-    use metrics::{LanSample, PortSample, TrafficSample};
+    use metrics::{ClusterSample, LanSample, PortSample, TrafficSample};
     let t = |c: &netvirt::counters::TrafficSnapshot| TrafficSample {
         frames_in: c.frames_in,
         bytes_in: c.bytes_in,
@@ -582,6 +582,24 @@ pub fn lan_samples(show: &NetShow) -> Vec<metrics::LanSample> {
                 .iter()
                 .map(|p| PortSample { port: p.node.clone(), traffic: t(&p.counters) })
                 .chain(l.uplink.iter().map(|u| PortSample { port: "uplink".into(), traffic: t(&u.counters) }))
+                .collect(),
+            clusters: l
+                .clusters
+                .iter()
+                .map(|c| ClusterSample {
+                    cluster: c.name.clone(),
+                    flows: c.flows as u64,
+                    evicted: c.evicted,
+                    forwarded: c.forwarded,
+                    new_flows: c.new_flows,
+                    echo_replies: c.echo_replies,
+                    drops: c.drops.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    backends: c
+                        .backends
+                        .iter()
+                        .map(|b| (b.proto.clone(), b.port, b.node.clone(), b.health.clone()))
+                        .collect(),
+                })
                 .collect(),
         })
         .collect()

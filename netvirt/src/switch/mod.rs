@@ -1,8 +1,10 @@
 //! The virtual LAN server: one switched Ethernet broadcast domain, sans-IO. Frames come in
 //! from a member port or the uplink as bytes; the server checks them against what it
 //! knows of the sender (its MAC, its registered IPs), then hands each copy it decides to
-//! send to a [`Sink`]. It never sees an fd, a clock or a thread, so tests and fuzzers drive
-//! it with hand-built frames.
+//! send to a [`Sink`]. It never sees an fd or a thread, and the time its service clusters
+//! age flows by is the caller's ([`VirtualLan::set_clock`]; the clock is read once, at
+//! construction, as the starting point), so tests and fuzzers drive it with hand-built
+//! frames.
 //!
 //! What it enforces, after the source documents' virtual LAN server and ARP server:
 //! - a port sends only from its assigned MAC, and ARP and IP only from its registered IPs;
