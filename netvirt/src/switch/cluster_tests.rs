@@ -234,3 +234,38 @@ fn flows_expire_by_the_clock_the_caller_gives() {
     l.set_clock(t0 + Duration::from_secs(3600));
     assert_eq!(l.clusters()[0].flows, 0);
 }
+
+#[test]
+fn a_member_asking_from_the_cluster_ip_asks_as_the_cluster_and_every_member_hears_the_answer() {
+    let mut l = lan(None);
+    let mut w = Wire::default();
+    // n1 (a backend) asks for n0's address from the cluster IP.
+    let ask = arp_request(mac(1), VIP, ip(1));
+    l.from_port(1, &ask, ask.len(), &mut w);
+    let dests: Vec<Dest> = w.sent.iter().map(|s| s.0).collect();
+    assert_eq!(dests, vec![Dest::Port(0), Dest::Port(4)], "other members got it");
+    for (_, f, _) in &w.sent {
+        let arp = parse_arp(&f[ETH_HLEN..]).unwrap();
+        assert_eq!((Mac(arp.sender_mac), mac_at(f, 6)), (VMAC, VMAC), "a member's MAC went out for the cluster IP");
+    }
+    w.sent.clear();
+    // n0 answers the cluster; every member hears it.
+    let answer = arp_frame(VMAC, mac(0), ArpOperation::REPLY, mac(0), ip(1), VMAC, VIP);
+    l.from_port(0, &answer, answer.len(), &mut w);
+    let mut dests: Vec<Dest> = w.sent.iter().map(|s| s.0).collect();
+    dests.sort_by_key(|d| match d {
+        Dest::Port(p) => *p,
+        Dest::Uplink => usize::MAX,
+    });
+    assert_eq!(dests, vec![Dest::Port(1), Dest::Port(2), Dest::Port(3)]);
+    // An answer claiming another port's address is spoofing.
+    w.sent.clear();
+    let forged = arp_frame(VMAC, mac(0), ArpOperation::REPLY, mac(0), ip(3), VMAC, VIP);
+    l.from_port(0, &forged, forged.len(), &mut w);
+    assert!(w.sent.is_empty());
+    assert_eq!(l.port_traffic(0).unwrap().drops(DropReason::ArpSpoof), 1);
+    // A non-member may not ask from the cluster IP at all.
+    let stranger = arp_request(mac(4), VIP, ip(1));
+    l.from_port(4, &stranger, stranger.len(), &mut w);
+    assert!(w.sent.is_empty());
+}

@@ -3,8 +3,10 @@
 //!
 //! - The server answers every ARP request for a cluster IP itself, with the cluster's own
 //!   MAC (toward the uplink in filtered mode, with the external MAC). Members' ARP replies
-//!   for a cluster IP are dropped, and an ARP request a member sends from the cluster IP
-//!   goes to no other member.
+//!   for a cluster IP are dropped. An ARP request a member sends from the cluster IP goes
+//!   to no other member and goes out with the cluster's MAC as its sender, so no cache
+//!   learns a member's MAC for the cluster IP; the answer, addressed to the cluster, reaches
+//!   every member, as the seed's LAN server sends it.
 //! - A frame for a cluster's MAC (or, from a filtered uplink, for its IP) goes to the
 //!   cluster, which picks a backend. The frame then goes to that backend's MAC with its
 //!   IP packet unchanged: direct server return at layer 2. An echo request is answered
@@ -20,6 +22,9 @@ use std::time::Instant;
 use etherparse::{ArpOperation, EtherType};
 
 use super::{arp_frame, mac_at, parse_arp, Dest, Emit, LanError, PortId, Sink, VirtualLan, ETH_HLEN};
+
+/// Where the sender hardware address sits in an Ethernet/IPv4 ARP packet.
+const ARP_SHA: usize = 8;
 use crate::cluster::{Cluster, ClusterCounters, ClusterSpec, Health, Limits, Proto, Verdict};
 use crate::counters::DropReason;
 use crate::mac::Mac;
@@ -244,23 +249,48 @@ impl VirtualLan {
                 return Some(());
             }
         }
+        if let (ArpOperation::REPLY, Some(c)) = (arp.operation, self.cluster_by_ip(tpa)) {
+            // An answer to a member that asked from the cluster's address, from the
+            // owner of the address asked for.
+            if self.by_ip.get(&spa.into()) == Some(&from) {
+                self.send_to_members(c, frame, out);
+            } else {
+                self.count_port_drop(from, DropReason::ArpSpoof);
+            }
+            return Some(());
+        }
         let c = self.cluster_by_ip(spa)?;
         if arp.operation == ArpOperation::REPLY || !self.clusters[c].members.contains(&from) {
             self.count_port_drop(from, DropReason::ArpSpoof);
             return Some(());
         }
-        // A request from the cluster's address: the answer comes back to this member's MAC,
-        // and no other member should see a request from an address it holds too.
+        // A request from the cluster's address goes out as the cluster's, so no cache
+        // learns a member's MAC for the cluster IP, and reaches no other member (they hold
+        // the address too). The answer comes back to the cluster's MAC, for every member.
+        let mac = self.clusters[c].mac;
+        let mut f = std::mem::take(&mut self.scratch);
+        f.clear();
+        f.extend_from_slice(frame);
+        f[6..12].copy_from_slice(&mac.0);
+        f[ETH_HLEN + ARP_SHA..ETH_HLEN + ARP_SHA + 6].copy_from_slice(&mac.0);
         let members = self.clusters[c].members.clone();
         for q in 0..self.ports.len() {
             if q != from && !members.contains(&q) {
-                self.send(Dest::Port(q), frame, Emit::Input, out);
+                self.send(Dest::Port(q), &f, Emit::Rewritten, out);
             }
         }
         if self.uplink.is_some() {
-            self.send_uplink(frame, out);
+            self.send_uplink(&f, out);
         }
+        self.scratch = f;
         Some(())
+    }
+
+    /// Delivers `frame` to every member of cluster `c`.
+    fn send_to_members(&mut self, c: usize, frame: &[u8], out: &mut impl Sink) {
+        for q in self.clusters[c].members.clone() {
+            self.send(Dest::Port(q), frame, Emit::Input, out);
+        }
     }
 
     /// An ARP request from the uplink for a cluster IP: answered with the cluster's MAC,
@@ -268,6 +298,12 @@ impl VirtualLan {
     pub(super) fn cluster_arp_from_uplink(&mut self, frame: &[u8], external: Option<Mac>, out: &mut impl Sink) -> bool {
         let Some(arp) = parse_arp(&frame[ETH_HLEN..]) else { return false };
         let (spa, tpa) = (arp.sender_ipv4_addr(), arp.target_ipv4_addr());
+        if arp.operation == ArpOperation::REPLY {
+            // An answer to a member that asked from the cluster's address.
+            let Some(c) = self.cluster_by_ip(tpa) else { return false };
+            self.send_to_members(c, frame, out);
+            return true;
+        }
         if arp.operation != ArpOperation::REQUEST || spa == tpa {
             return false;
         }

@@ -495,13 +495,10 @@ impl VirtualLan {
                 if Mac(arp.sender_mac) != me.mac {
                     return Err(DropReason::ArpSpoof);
                 }
-                // Requests for a cluster's address, and anything from it; replies to a
-                // member asking from it go by MAC, as any reply.
+                // Requests for a cluster's address, replies to it, and anything from it.
                 if !self.clusters.is_empty()
                     && (self.cluster_by_ip(arp.sender_ipv4_addr()).is_some()
-                        || (arp.operation == ArpOperation::REQUEST
-                            && arp.sender_ipv4 != arp.target_ipv4
-                            && self.cluster_by_ip(arp.target_ipv4_addr()).is_some()))
+                        || (arp.sender_ipv4 != arp.target_ipv4 && self.cluster_by_ip(arp.target_ipv4_addr()).is_some()))
                 {
                     return Ok(Route::ClusterArp);
                 }
