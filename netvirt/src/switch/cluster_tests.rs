@@ -269,3 +269,19 @@ fn a_member_asking_from_the_cluster_ip_asks_as_the_cluster_and_every_member_hear
     l.from_port(4, &stranger, stranger.len(), &mut w);
     assert!(w.sent.is_empty());
 }
+
+#[test]
+fn a_gratuitous_arp_from_outside_reaches_every_member() {
+    let mut l = lan(Some(UplinkMode::Unfiltered));
+    let mut w = Wire::default();
+    let outside = Mac([0x02, 9, 9, 9, 9, 9]);
+    let router = Ipv4Addr::new(198, 18, 0, 254);
+    let garp = arp_request(outside, router, router);
+    l.from_uplink(&garp, garp.len(), &mut w);
+    let mut dests: Vec<Dest> = w.sent.iter().map(|s| s.0).collect();
+    dests.sort_by_key(|d| match d {
+        Dest::Port(p) => *p,
+        Dest::Uplink => usize::MAX,
+    });
+    assert_eq!(dests, (0..5).map(Dest::Port).collect::<Vec<_>>(), "cluster members and the rest alike");
+}
