@@ -14,9 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::ringport::RingPort;
-use crate::switch::{Dest, Emit, PortId, Sink, VirtualLan};
+use crate::switch::{PortId, VirtualLan};
 use crate::sys::ring::{Completion, DataRing, Pool};
 use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
+
+mod commands;
+mod egress;
+
+pub use self::commands::{Command, Control};
+use self::egress::Egress;
 
 /// Room for a virtio-net header, an 802.1Q tag and the largest super-frame a TAP hands
 /// over (64 KiB of IP plus the Ethernet header).
@@ -59,116 +65,6 @@ pub struct LanIo {
     pub attached: Vec<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// Requests to the data path thread.
-#[derive(Debug)]
-pub enum Command {
-    /// Attach a client's rings to a ring port.
-    AttachRing {
-        /// LAN index.
-        lan: usize,
-        /// Port index.
-        port: PortId,
-        /// The mapped rings.
-        ring: RingPort,
-        /// Told once the port switches through the rings (or the LAN is gone), so the
-        /// client is answered only when frames sent to it are delivered.
-        done: std::sync::mpsc::Sender<()>,
-    },
-    /// Drop a ring port's client (it hung up or misbehaved).
-    DetachRing {
-        /// LAN index.
-        lan: usize,
-        /// Port index.
-        port: PortId,
-    },
-    /// Move an IPv4 address to another port and announce it.
-    MoveIp {
-        /// LAN index.
-        lan: usize,
-        /// The address.
-        ip: std::net::Ipv4Addr,
-        /// Its new port.
-        port: PortId,
-    },
-    /// Start switching a LAN built after the thread started, in slot `lan`.
-    AddLan {
-        /// The slot (slots are never reused, so old in-flight requests cannot hit it).
-        lan: usize,
-        /// The LAN.
-        io: Box<LanIo>,
-    },
-    /// Stop switching a LAN. Its TAP and uplink fds close once the kernel has let go of
-    /// them; `done` is told then.
-    RemoveLan {
-        /// The slot.
-        lan: usize,
-        /// Told when the LAN's fds are closed.
-        done: std::sync::mpsc::Sender<()>,
-    },
-    /// Report every LAN's service clusters, by slot.
-    ShowClusters {
-        /// Gets (slot, clusters) for each LAN that has any.
-        reply: std::sync::mpsc::Sender<Vec<(usize, Vec<crate::switch::ClusterStatus>)>>,
-    },
-    /// Add or change a LAN's cluster, with the backends of each service that drain.
-    SetCluster {
-        /// LAN index.
-        lan: usize,
-        spec: Box<crate::switch::ClusterLanSpec>,
-        /// (protocol, port, node) of every backend, and whether it drains.
-        draining: Vec<(crate::cluster::Proto, u16, String, bool)>,
-        /// Told whether the LAN took it.
-        done: std::sync::mpsc::Sender<Result<(), String>>,
-    },
-    /// Remove a LAN's cluster.
-    RemoveCluster {
-        /// LAN index.
-        lan: usize,
-        name: String,
-    },
-    /// Drain or undrain a backend of a cluster's service.
-    Drain {
-        /// LAN index.
-        lan: usize,
-        /// Cluster, service (protocol, port) and node.
-        cluster: String,
-        proto: crate::cluster::Proto,
-        port: u16,
-        node: String,
-        /// Draining or not.
-        on: bool,
-    },
-    /// A backend's health check passed (`ok`) or failed enough times to change its state.
-    Check {
-        /// LAN index.
-        lan: usize,
-        /// Cluster, service (protocol, port) and node.
-        cluster: String,
-        proto: crate::cluster::Proto,
-        port: u16,
-        node: String,
-        /// Whether it is healthy.
-        ok: bool,
-    },
-    /// Stop the thread.
-    Stop,
-}
-
-/// A handle to post commands to the data path thread.
-#[derive(Debug, Clone)]
-pub struct Control {
-    queue: Arc<Mutex<Vec<Command>>>,
-    wake: Arc<OwnedFd>,
-}
-
-impl Control {
-    /// Queues a command and wakes the thread.
-    pub fn send(&self, c: Command) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(c);
-        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Src {
     Port(PortId),
@@ -183,9 +79,6 @@ enum Op {
     Cancel { lan: usize },
     Wake,
 }
-
-/// A queued write: fd, buffer, length from the buffer's start.
-type Write = (RawFd, usize, usize);
 
 /// The data path.
 pub struct Dataplane {
@@ -205,35 +98,6 @@ pub struct Dataplane {
     /// Ring ports with a client attached; the loop polls rings only while there are any.
     ring_ports: usize,
     stop: bool,
-}
-
-/// What every delivery draws on: the buffer pool, the writes queued for the next submit,
-/// scratch space for segmentation, and the input-frame counter that keeps a broadcast
-/// ring from getting one frame twice.
-struct Egress {
-    pool: Pool,
-    writes: Vec<Write>,
-    scratch: Vec<u8>,
-    generation: u64,
-    /// The input buffer shared by an [`Emit::Redirect`] delivery and the MAC to write
-    /// into it once the LAN server has done with the frame.
-    redirect: Option<(usize, crate::mac::Mac)>,
-    /// A frame with its destination MAC replaced, for deliveries that copy.
-    patched: Vec<u8>,
-}
-
-impl Egress {
-    /// A sink for one input frame of a LAN: `input` is its pool buffer (`usize::MAX` if it
-    /// is not in the pool) and virtio-net header.
-    fn sink<'a>(
-        &'a mut self,
-        ports: &'a mut [PortIo],
-        uplink: Option<&'a UplinkIo>,
-        input: (usize, VnetHdr),
-    ) -> PlaneSink<'a> {
-        self.generation += 1;
-        PlaneSink { ports, uplink, out: self, input }
-    }
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -580,90 +444,6 @@ impl Dataplane {
         }
     }
 
-    fn commands(&mut self) {
-        let cmds = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        for c in cmds {
-            match c {
-                Command::Stop => self.stop = true,
-                Command::AddLan { lan, io } => self.add_lan(lan, *io),
-                Command::RemoveLan { lan, done } => self.remove_lan(lan, done),
-                Command::AttachRing { lan, port, ring, done } => {
-                    if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        if port < l.ports.len() {
-                            if !matches!(l.ports[port], PortIo::Ring(_)) {
-                                self.ring_ports += 1;
-                            }
-                            l.ports[port] = PortIo::Ring(ring);
-                            let _ = l.lan.set_attached(port, true);
-                        }
-                    }
-                    let _ = done.send(());
-                }
-                Command::DetachRing { lan, port } => {
-                    if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        if port < l.ports.len() {
-                            if matches!(l.ports[port], PortIo::Ring(_)) {
-                                self.ring_ports -= 1;
-                            }
-                            l.ports[port] = PortIo::Absent;
-                            let _ = l.lan.set_attached(port, false);
-                        }
-                    }
-                }
-                Command::ShowClusters { reply } => {
-                    let all = self
-                        .lans
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(l, io)| {
-                            io.as_ref().filter(|io| io.lan.has_clusters()).map(|io| (l, io.lan.clusters()))
-                        })
-                        .collect();
-                    let _ = reply.send(all);
-                }
-                Command::SetCluster { lan, spec, draining, done } => {
-                    let r = match self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        Some(io) => {
-                            let name = spec.spec.name.clone();
-                            let r = io.lan.set_cluster(*spec).map_err(|e| e.to_string());
-                            if r.is_ok() {
-                                for (proto, port, node, on) in draining {
-                                    io.lan.set_draining(&name, proto, port, &node, on);
-                                }
-                            }
-                            r
-                        }
-                        None => Err(format!("no LAN in slot {lan}")),
-                    };
-                    let _ = done.send(r);
-                }
-                Command::RemoveCluster { lan, name } => {
-                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        io.lan.remove_cluster(&name);
-                    }
-                }
-                Command::Drain { lan, cluster, proto, port, node, on } => {
-                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        io.lan.set_draining(&cluster, proto, port, &node, on);
-                    }
-                }
-                Command::Check { lan, cluster, proto, port, node, ok } => {
-                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        io.lan.set_check(&cluster, proto, port, &node, ok);
-                    }
-                }
-                Command::MoveIp { lan, ip, port } => {
-                    if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan).and_then(Option::as_mut) {
-                        let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
-                        if let Err(e) = lan.move_ip(ip, port, &mut sink) {
-                            tracing::warn!(error = %e, "moving an IP failed");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Takes frames from every attached ring port. Returns whether any moved.
     fn poll_rings(&mut self) -> bool {
         let mut moved = false;
@@ -761,108 +541,6 @@ impl Dataplane {
                     *slot = None;
                 }
             }
-        }
-    }
-}
-
-/// Turns the switch's decisions into queued writes and ring pushes.
-struct PlaneSink<'a> {
-    ports: &'a mut [PortIo],
-    uplink: Option<&'a UplinkIo>,
-    out: &'a mut Egress,
-    /// The input frame's buffer (`usize::MAX` if it is not in the pool) and header.
-    input: (usize, VnetHdr),
-}
-
-impl PlaneSink<'_> {
-    /// Copies `frame` with header `hdr` (and a VLAN tag) into a new buffer and queues it.
-    fn write_copy(&mut self, fd: RawFd, hdr: VnetHdr, frame: &[u8], vlan: Option<u16>) -> bool {
-        let Some(b) = self.out.pool.alloc() else { return false };
-        let buf = self.out.pool.get_mut(b);
-        let mut hdr = hdr;
-        let len = match vlan {
-            None => {
-                buf[..VNET_HDR_LEN].copy_from_slice(&hdr.emit());
-                buf[VNET_HDR_LEN..VNET_HDR_LEN + frame.len()].copy_from_slice(frame);
-                VNET_HDR_LEN + frame.len()
-            }
-            Some(vid) => {
-                if frame.len() < 14 {
-                    self.out.pool.release(b);
-                    return false;
-                }
-                if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
-                    hdr.csum_start += 4;
-                }
-                if hdr.hdr_len != 0 {
-                    hdr.hdr_len += 4;
-                }
-                let f = VNET_HDR_LEN;
-                buf[..f].copy_from_slice(&hdr.emit());
-                buf[f..f + 12].copy_from_slice(&frame[..12]);
-                buf[f + 12..f + 16].copy_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8]);
-                buf[f + 16..f + 16 + frame.len() - 12].copy_from_slice(&frame[12..]);
-                f + 4 + frame.len()
-            }
-        };
-        self.out.writes.push((fd, b, len));
-        true
-    }
-}
-
-impl Sink for PlaneSink<'_> {
-    fn deliver(&mut self, to: Dest, frame: &[u8], emit: Emit) -> bool {
-        let (in_buf, in_hdr) = self.input;
-        let hdr = if emit == Emit::Generated { VnetHdr::default() } else { in_hdr };
-        if let Emit::Redirect(mac) = emit {
-            if let (Dest::Port(q), true) = (to, in_buf != usize::MAX) {
-                if let Some(PortIo::Tap(fd)) = self.ports.get(q) {
-                    // Shared like the input, and patched once the frame is done with.
-                    let fd = fd.as_raw_fd();
-                    self.out.pool.share(in_buf);
-                    self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
-                    self.out.redirect = Some((in_buf, mac));
-                    return true;
-                }
-            }
-            let mut f = std::mem::take(&mut self.out.patched);
-            f.clear();
-            f.extend_from_slice(frame);
-            if f.len() >= 6 {
-                f[..6].copy_from_slice(&mac.0);
-            }
-            let sent = self.deliver(to, &f, Emit::Rewritten);
-            self.out.patched = f;
-            return sent;
-        }
-        match to {
-            Dest::Port(q) => match self.ports.get_mut(q) {
-                Some(PortIo::Tap(fd)) => {
-                    let fd = fd.as_raw_fd();
-                    if emit == Emit::Input && in_buf != usize::MAX {
-                        self.out.pool.share(in_buf);
-                        self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
-                        true
-                    } else {
-                        self.write_copy(fd, hdr, frame, None)
-                    }
-                }
-                Some(PortIo::Ring(r)) => r.push_frame(self.out.generation, &hdr, frame, &mut self.out.scratch),
-                _ => false,
-            },
-            Dest::Uplink => match self.uplink {
-                Some(u) => {
-                    let fd = u.fd.as_raw_fd();
-                    if u.vlan.is_none() && emit == Emit::Input && in_buf != usize::MAX {
-                        self.out.pool.share(in_buf);
-                        self.out.writes.push((fd, in_buf, VNET_HDR_LEN + frame.len()));
-                        true
-                    } else {
-                        self.write_copy(fd, hdr, frame, u.vlan)
-                    }
-                }
-                None => false,
-            },
         }
     }
 }

@@ -1,0 +1,206 @@
+//! Requests to the data path thread from the rest of the service, and how the thread
+//! carries them out.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use super::{Dataplane, LanIo, PortIo};
+use crate::ringport::RingPort;
+use crate::switch::PortId;
+use crate::vnet::VnetHdr;
+
+/// Requests to the data path thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Attach a client's rings to a ring port.
+    AttachRing {
+        /// LAN index.
+        lan: usize,
+        /// Port index.
+        port: PortId,
+        /// The mapped rings.
+        ring: RingPort,
+        /// Told once the port switches through the rings (or the LAN is gone), so the
+        /// client is answered only when frames sent to it are delivered.
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// Drop a ring port's client (it hung up or misbehaved).
+    DetachRing {
+        /// LAN index.
+        lan: usize,
+        /// Port index.
+        port: PortId,
+    },
+    /// Move an IPv4 address to another port and announce it.
+    MoveIp {
+        /// LAN index.
+        lan: usize,
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// Its new port.
+        port: PortId,
+    },
+    /// Start switching a LAN built after the thread started, in slot `lan`.
+    AddLan {
+        /// The slot (slots are never reused, so old in-flight requests cannot hit it).
+        lan: usize,
+        /// The LAN.
+        io: Box<LanIo>,
+    },
+    /// Stop switching a LAN. Its TAP and uplink fds close once the kernel has let go of
+    /// them; `done` is told then.
+    RemoveLan {
+        /// The slot.
+        lan: usize,
+        /// Told when the LAN's fds are closed.
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// Report every LAN's service clusters, by slot.
+    ShowClusters {
+        /// Gets (slot, clusters) for each LAN that has any.
+        reply: std::sync::mpsc::Sender<Vec<(usize, Vec<crate::switch::ClusterStatus>)>>,
+    },
+    /// Add or change a LAN's cluster, with the backends of each service that drain.
+    SetCluster {
+        /// LAN index.
+        lan: usize,
+        spec: Box<crate::switch::ClusterLanSpec>,
+        /// (protocol, port, node) of every backend, and whether it drains.
+        draining: Vec<(crate::cluster::Proto, u16, String, bool)>,
+        /// Told whether the LAN took it.
+        done: std::sync::mpsc::Sender<Result<(), String>>,
+    },
+    /// Remove a LAN's cluster.
+    RemoveCluster {
+        /// LAN index.
+        lan: usize,
+        name: String,
+    },
+    /// Drain or undrain a backend of a cluster's service.
+    Drain {
+        /// LAN index.
+        lan: usize,
+        /// Cluster, service (protocol, port) and node.
+        cluster: String,
+        proto: crate::cluster::Proto,
+        port: u16,
+        node: String,
+        /// Draining or not.
+        on: bool,
+    },
+    /// A backend's health check passed (`ok`) or failed enough times to change its state.
+    Check {
+        /// LAN index.
+        lan: usize,
+        /// Cluster, service (protocol, port) and node.
+        cluster: String,
+        proto: crate::cluster::Proto,
+        port: u16,
+        node: String,
+        /// Whether it is healthy.
+        ok: bool,
+    },
+    /// Stop the thread.
+    Stop,
+}
+
+/// A handle to post commands to the data path thread.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub(super) queue: Arc<Mutex<Vec<Command>>>,
+    pub(super) wake: Arc<OwnedFd>,
+}
+
+impl Control {
+    /// Queues a command and wakes the thread.
+    pub fn send(&self, c: Command) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+impl Dataplane {
+    pub(super) fn commands(&mut self) {
+        let cmds = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in cmds {
+            match c {
+                Command::Stop => self.stop = true,
+                Command::AddLan { lan, io } => self.add_lan(lan, *io),
+                Command::RemoveLan { lan, done } => self.remove_lan(lan, done),
+                Command::AttachRing { lan, port, ring, done } => {
+                    if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        if port < l.ports.len() {
+                            if !matches!(l.ports[port], PortIo::Ring(_)) {
+                                self.ring_ports += 1;
+                            }
+                            l.ports[port] = PortIo::Ring(ring);
+                            let _ = l.lan.set_attached(port, true);
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Command::DetachRing { lan, port } => {
+                    if let Some(l) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        if port < l.ports.len() {
+                            if matches!(l.ports[port], PortIo::Ring(_)) {
+                                self.ring_ports -= 1;
+                            }
+                            l.ports[port] = PortIo::Absent;
+                            let _ = l.lan.set_attached(port, false);
+                        }
+                    }
+                }
+                Command::ShowClusters { reply } => {
+                    let all = self
+                        .lans
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(l, io)| {
+                            io.as_ref().filter(|io| io.lan.has_clusters()).map(|io| (l, io.lan.clusters()))
+                        })
+                        .collect();
+                    let _ = reply.send(all);
+                }
+                Command::SetCluster { lan, spec, draining, done } => {
+                    let r = match self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        Some(io) => {
+                            let name = spec.spec.name.clone();
+                            let r = io.lan.set_cluster(*spec).map_err(|e| e.to_string());
+                            if r.is_ok() {
+                                for (proto, port, node, on) in draining {
+                                    io.lan.set_draining(&name, proto, port, &node, on);
+                                }
+                            }
+                            r
+                        }
+                        None => Err(format!("no LAN in slot {lan}")),
+                    };
+                    let _ = done.send(r);
+                }
+                Command::RemoveCluster { lan, name } => {
+                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        io.lan.remove_cluster(&name);
+                    }
+                }
+                Command::Drain { lan, cluster, proto, port, node, on } => {
+                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        io.lan.set_draining(&cluster, proto, port, &node, on);
+                    }
+                }
+                Command::Check { lan, cluster, proto, port, node, ok } => {
+                    if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        io.lan.set_check(&cluster, proto, port, &node, ok);
+                    }
+                }
+                Command::MoveIp { lan, ip, port } => {
+                    if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
+                        if let Err(e) = lan.move_ip(ip, port, &mut sink) {
+                            tracing::warn!(error = %e, "moving an IP failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

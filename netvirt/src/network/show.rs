@@ -1,0 +1,213 @@
+//! `pangate net show`: what the running service reports of its LANs, ports, uplinks and
+//! clusters.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{cidrs, lock, Shared};
+use crate::config::{PortKind, UplinkModeConfig};
+use crate::counters::TrafficSnapshot;
+use crate::dataplane::Command;
+use crate::mac::Mac;
+
+/// `pangate net show`: every LAN, port and counter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetShow {
+    /// LANs.
+    pub lans: Vec<LanShow>,
+}
+
+/// One LAN in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanShow {
+    /// PAN.
+    pub pan: String,
+    /// LAN.
+    pub lan: String,
+    /// MTU.
+    pub mtu: u32,
+    /// IP-to-port bindings the ARP server holds.
+    pub arp_entries: usize,
+    /// Uplink, if any: interface, VLAN, mode, external MAC.
+    pub uplink: Option<UplinkShow>,
+    /// Ports.
+    pub ports: Vec<PortShow>,
+    /// Everything on the LAN.
+    pub counters: TrafficSnapshot,
+    /// Service clusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterShow>,
+}
+
+/// A service cluster in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterShow {
+    /// Name.
+    pub name: String,
+    /// Its address.
+    pub ip: String,
+    /// The MAC that answers ARP for it.
+    pub mac: Mac,
+    /// Flows in its connection table.
+    pub flows: usize,
+    /// Flows evicted from a full table.
+    pub evicted: u64,
+    /// Packets relayed to backends.
+    pub forwarded: u64,
+    /// Flows that picked a backend.
+    pub new_flows: u64,
+    /// Echo requests answered.
+    pub echo_replies: u64,
+    /// Packets dropped, by reason (port, no_backend, fragment, protocol, malformed).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Every backend of every service.
+    pub backends: Vec<BackendShow>,
+}
+
+/// One backend of one service in [`ClusterShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendShow {
+    /// "tcp" or "udp".
+    pub proto: String,
+    /// The service port.
+    pub port: u16,
+    /// The node.
+    pub node: String,
+    /// "up", "draining" or "down".
+    pub health: String,
+}
+
+impl ClusterShow {
+    fn of(s: &crate::switch::ClusterStatus) -> ClusterShow {
+        use crate::cluster::{ClusterDrop, Health, Proto};
+        ClusterShow {
+            name: s.name.clone(),
+            ip: s.ip.to_string(),
+            mac: s.mac,
+            flows: s.flows,
+            evicted: s.evicted,
+            forwarded: s.counters.forwarded,
+            new_flows: s.counters.new_flows,
+            echo_replies: s.counters.echo_replies,
+            drops: ClusterDrop::ALL.iter().zip(s.counters.dropped).map(|(d, n)| (d.label().to_string(), n)).collect(),
+            backends: s
+                .backends
+                .iter()
+                .map(|(proto, port, node, health)| BackendShow {
+                    proto: match proto {
+                        Proto::Tcp => "tcp".into(),
+                        Proto::Udp => "udp".into(),
+                    },
+                    port: *port,
+                    node: node.clone(),
+                    health: match health {
+                        Health::Up => "up".into(),
+                        Health::Draining => "draining".into(),
+                        Health::Down => "down".into(),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An uplink in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UplinkShow {
+    /// Host interface.
+    pub interface: String,
+    /// VLAN ID.
+    pub vlan: Option<u16>,
+    /// "filtered" or "unfiltered".
+    pub mode: String,
+    /// External MAC (filtered).
+    pub mac: Option<Mac>,
+    /// Counters ("in" is from outside).
+    pub counters: TrafficSnapshot,
+}
+
+/// A port in [`NetShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortShow {
+    /// Node.
+    pub node: String,
+    /// "tap" or "ring".
+    pub kind: String,
+    /// Namespace (TAP).
+    pub netns: Option<String>,
+    /// Interface (TAP).
+    pub ifname: Option<String>,
+    /// MAC.
+    pub mac: Mac,
+    /// Addresses.
+    pub ips: Vec<String>,
+    /// Promiscuous allowed.
+    pub promiscuous: bool,
+    /// Something is attached.
+    pub attached: bool,
+    /// Counters ("in" is from the node).
+    pub counters: TrafficSnapshot,
+}
+
+pub(super) fn show(shared: &Shared) -> NetShow {
+    // Clusters' state lives in the data path thread: ask it, briefly, without holding
+    // the LAN table meanwhile.
+    let any =
+        shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().any(|l| !lock(&l.clusters).is_empty());
+    let mut clusters: std::collections::HashMap<usize, Vec<ClusterShow>> = std::collections::HashMap::new();
+    if any {
+        let (tx, rx) = std::sync::mpsc::channel();
+        shared.control.send(Command::ShowClusters { reply: tx });
+        if let Ok(all) = rx.recv_timeout(Duration::from_secs(1)) {
+            for (slot, list) in all {
+                clusters.insert(slot, list.iter().map(ClusterShow::of).collect());
+            }
+        }
+    }
+    let lans = shared.lans.read().unwrap_or_else(|p| p.into_inner());
+    NetShow {
+        lans: lans
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, l)| l.as_ref().map(|l| (slot, l)))
+            .map(|(slot, l)| LanShow {
+                clusters: clusters.remove(&slot).unwrap_or_default(),
+                pan: l.plan.pan.clone(),
+                lan: l.plan.name.clone(),
+                mtu: l.plan.mtu,
+                arp_entries: l.arp_entries,
+                uplink: l.plan.uplink.as_ref().map(|u| UplinkShow {
+                    interface: u.interface.clone(),
+                    vlan: u.vlan,
+                    mode: match u.mode {
+                        UplinkModeConfig::Filtered => "filtered".into(),
+                        UplinkModeConfig::Unfiltered => "unfiltered".into(),
+                    },
+                    mac: l.external_mac,
+                    counters: l.uplink_traffic.snapshot(),
+                }),
+                ports: l
+                    .ports
+                    .iter()
+                    .map(|p| PortShow {
+                        node: p.plan.node.clone(),
+                        kind: match p.plan.kind {
+                            PortKind::Tap => "tap".into(),
+                            PortKind::Ring => "ring".into(),
+                        },
+                        netns: p.plan.netns.clone(),
+                        ifname: (p.plan.kind == PortKind::Tap).then(|| p.plan.ifname.clone()),
+                        mac: p.plan.mac,
+                        ips: cidrs(&lock(&p.addrs)),
+                        promiscuous: p.plan.promiscuous,
+                        attached: p.attached.load(Ordering::Relaxed),
+                        counters: p.traffic.snapshot(),
+                    })
+                    .collect(),
+                counters: l.traffic.snapshot(),
+            })
+            .collect(),
+    }
+}
