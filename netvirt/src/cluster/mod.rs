@@ -353,6 +353,19 @@ impl Cluster {
     /// Decides what happens to `packet`, an IPv4 packet (no Ethernet header) that arrived
     /// at `now`.
     pub fn route(&mut self, packet: &[u8], now: Instant) -> Verdict<'_> {
+        match self.route_indexed(packet, now) {
+            Decision::NotOurs => Verdict::NotOurs,
+            Decision::Forward(s, b) => {
+                Verdict::Forward(self.services[usize::from(s)].spec.backends[usize::from(b)].as_str())
+            }
+            Decision::Reply(p) => Verdict::Reply(p),
+            Decision::Drop(why) => Verdict::Drop(why),
+        }
+    }
+
+    /// As [`Cluster::route`], naming the backend by its (service, backend) indices in the
+    /// spec, for a caller that keeps its own table of where each backend is.
+    pub fn route_indexed(&mut self, packet: &[u8], now: Instant) -> Decision {
         let v = self.decide(packet, now);
         match &v {
             Decision::Forward(..) => self.counters.forwarded += 1,
@@ -363,14 +376,7 @@ impl Cluster {
             }
             Decision::NotOurs => {}
         }
-        match v {
-            Decision::NotOurs => Verdict::NotOurs,
-            Decision::Forward(s, b) => {
-                Verdict::Forward(self.services[usize::from(s)].spec.backends[usize::from(b)].as_str())
-            }
-            Decision::Reply(p) => Verdict::Reply(p),
-            Decision::Drop(why) => Verdict::Drop(why),
-        }
+        v
     }
 
     fn decide(&mut self, packet: &[u8], now: Instant) -> Decision {
@@ -528,10 +534,11 @@ impl Cluster {
     }
 }
 
-/// A decision before it is turned into a [`Verdict`] naming the backend.
-enum Decision {
+/// What to do with a packet, with the backend named by its indices in the spec: the
+/// service, and the backend within the service's `backends`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
     NotOurs,
-    /// (service, backend) indices.
     Forward(u16, u16),
     Reply(Vec<u8>),
     Drop(ClusterDrop),

@@ -25,7 +25,7 @@ use super::{arp_frame, mac_at, parse_arp, Dest, Emit, LanError, PortId, Sink, Vi
 
 /// Where the sender hardware address sits in an Ethernet/IPv4 ARP packet.
 const ARP_SHA: usize = 8;
-use crate::cluster::{Cluster, ClusterCounters, ClusterSpec, Health, Limits, Proto, Verdict};
+use crate::cluster::{Cluster, ClusterCounters, ClusterSpec, Decision, Health, Limits, Proto};
 use crate::counters::DropReason;
 use crate::mac::Mac;
 
@@ -51,6 +51,8 @@ pub(super) struct LanCluster {
     pub(super) mac: Mac,
     /// Ports of its backends (of any service).
     members: Vec<PortId>,
+    /// The port of each backend of each service, in the spec's order.
+    ports: Vec<Vec<PortId>>,
     /// Draining and check state by (protocol, port, node).
     flags: HashMap<(Proto, u16, String), Flags>,
 }
@@ -126,15 +128,19 @@ impl VirtualLan {
             return Err(LanError::DuplicateMac { lan, mac: c.mac });
         }
         let mut members = Vec::new();
+        let mut ports = Vec::new();
         for s in &c.spec.services {
+            let mut of_service = Vec::new();
             for node in &s.backends {
                 let Some(p) = self.port_of(node) else {
                     return Err(LanError::NoMember { lan, node: node.clone() });
                 };
+                of_service.push(p);
                 if !members.contains(&p) {
                     members.push(p);
                 }
             }
+            ports.push(of_service);
         }
         let at = self.clusters.iter().position(|o| o.cluster.name() == c.spec.name);
         let mut lc = match at.map(|i| self.clusters.remove(i)) {
@@ -145,9 +151,16 @@ impl VirtualLan {
                     spec.services.iter().any(|s| (s.proto, s.port) == (*proto, *port) && s.backends.contains(node))
                 });
                 old.members = members;
+                old.ports = ports;
                 old
             }
-            _ => LanCluster { cluster: Cluster::new(c.spec, c.limits), mac: c.mac, members, flags: HashMap::new() },
+            _ => LanCluster {
+                cluster: Cluster::new(c.spec, c.limits),
+                mac: c.mac,
+                members,
+                ports,
+                flags: HashMap::new(),
+            },
         };
         for &p in &lc.members.clone() {
             let node = self.ports[p].spec.node.clone();
@@ -321,14 +334,12 @@ impl VirtualLan {
             return self.count_drop(from, DropReason::UnknownDestination);
         }
         let now = self.now;
-        let outcome = match self.clusters[c].cluster.route(&frame[ETH_HLEN..], now) {
-            Verdict::Forward(node) => match self.ports.iter().position(|p| p.spec.node == node) {
-                Some(p) => Outcome::To(p),
-                None => Outcome::Dropped,
-            },
-            Verdict::Reply(packet) => Outcome::Reply(packet),
-            Verdict::NotOurs => return self.count_drop(from, DropReason::UnknownDestination),
-            Verdict::Drop(_) => Outcome::Dropped,
+        let lc = &mut self.clusters[c];
+        let outcome = match lc.cluster.route_indexed(&frame[ETH_HLEN..], now) {
+            Decision::Forward(s, b) => Outcome::To(lc.ports[usize::from(s)][usize::from(b)]),
+            Decision::Reply(packet) => Outcome::Reply(packet),
+            Decision::NotOurs => return self.count_drop(from, DropReason::UnknownDestination),
+            Decision::Drop(_) => Outcome::Dropped,
         };
         match outcome {
             Outcome::To(p) => {

@@ -84,7 +84,7 @@ impl Worker {
     /// Pumps every attachment. Those whose socket was found empty get a poll that says
     /// when it has more, and the polls that fired since the last pass are taken.
     pub(super) fn pump_attached(&mut self) -> bool {
-        let host = self.host.clone();
+        let host = self.host.as_deref();
         let mut progress = false;
         let mut waiting = false;
         for c in &mut self.conns {
@@ -92,23 +92,23 @@ impl Worker {
                 continue;
             }
             progress |= c.pump(host.is_some());
-            if let (Some(h), false) = (&host, c.attached_readable) {
+            if let (Some(h), false) = (host, c.attached_readable) {
                 if c.attached_poll.is_none() {
                     arm_attached(h, c, &mut self.attached_tokens);
                 }
                 waiting = true;
             }
         }
-        if let (Some(h), true) = (&host, waiting) {
-            // A look at the completion queue; a syscall only when the kernel has
-            // completions to post.
-            let mut events = std::mem::take(&mut self.events);
-            match h.reap(crate::engine::host::Key::WORKER, &mut events, false, None) {
-                Ok(()) => self.dispatch(&mut events),
-                Err(e) => tracing::error!(error = %e, "reaping the worker's ring failed"),
-            }
-            self.events = events;
+        let Some(h) = host.filter(|_| waiting) else { return progress };
+        // A look at the completion queue; a syscall only when the kernel has completions
+        // to post.
+        let mut events = std::mem::take(&mut self.events);
+        let reaped = h.reap(crate::engine::host::Key::WORKER, &mut events, false, None);
+        match reaped {
+            Ok(()) => self.dispatch(&mut events),
+            Err(e) => tracing::error!(error = %e, "reaping the worker's ring failed"),
         }
+        self.events = events;
         progress
     }
 
