@@ -134,6 +134,13 @@ pub trait NetControl: Send + Sync {
     fn set_cluster(&self, pan: &str, lan: &str, cluster: ClusterPlan) -> io::Result<bool>;
     /// Removes a LAN's service cluster. `Ok(false)`: netvirt is off.
     fn remove_cluster(&self, pan: &str, lan: &str, name: &str) -> io::Result<bool>;
+    /// Takes a node's port off the wire ([`Network::unplug`]). `Ok(false)`: netvirt is off.
+    fn unplug(&self, pan: &str, lan: &str, node: &str, retire: bool) -> io::Result<bool>;
+    /// Plugs a node's port in at a namespace and interface name ([`Network::plug`]).
+    /// `Ok(false)`: netvirt is off.
+    fn plug(&self, pan: &str, lan: &str, node: &str, netns: Option<String>, ifname: String) -> io::Result<bool>;
+    /// A node's (ports, attached ports) over its PAN's LANs; `None` when netvirt is off.
+    fn node_ports(&self, pan: &str, node: &str) -> Option<(usize, usize)>;
 }
 
 /// The gateway's netvirt service, if this host could start it.
@@ -182,6 +189,18 @@ impl NetControl for LiveNetwork {
 
     fn remove_cluster(&self, pan: &str, lan: &str, name: &str) -> io::Result<bool> {
         Ok(self.with(|n| n.remove_cluster(pan, lan, name))?.is_some())
+    }
+
+    fn unplug(&self, pan: &str, lan: &str, node: &str, retire: bool) -> io::Result<bool> {
+        Ok(self.with(|n| n.unplug(pan, lan, node, retire))?.is_some())
+    }
+
+    fn plug(&self, pan: &str, lan: &str, node: &str, netns: Option<String>, ifname: String) -> io::Result<bool> {
+        Ok(self.with(|n| n.plug(pan, lan, node, netns, ifname))?.is_some())
+    }
+
+    fn node_ports(&self, pan: &str, node: &str) -> Option<(usize, usize)> {
+        self.with(|n| Ok(n.node_ports(pan, node))).ok().flatten()
     }
 }
 

@@ -86,6 +86,20 @@ pub trait Images: Send + Sync {
     fn add(&self, image: OpenImage) -> Result<(), ControlError>;
     /// Flushes an image no map names any more; its index stays taken and its file stays.
     fn retire(&self, image: usize) -> Result<(), ControlError>;
+    /// Closes every queue pair of the node and returns once every command they started
+    /// has finished (written or failed), so another node may write after it.
+    fn fence(&self, pan: &str, node: &str) -> Result<(), ControlError>;
+    /// What the server knows of whether the node is alive.
+    fn liveness(&self, pan: &str, node: &str) -> Liveness;
+}
+
+/// Signs of life of a node on the storage side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// Queue pairs open now (iSCSI sessions' among them).
+    pub queue_pairs: u32,
+    /// When it last sent a heartbeat, if it ever did since the gateway started.
+    pub last_heartbeat: Option<std::time::Instant>,
 }
 
 impl NodeEntry {
@@ -114,6 +128,9 @@ pub enum AuthError {
     UnknownNode,
     /// The credential is not the node's.
     WrongCredential,
+    /// The node is fenced: it is being failed over, and nobody may connect as it until
+    /// the spare's credential is its own.
+    Fenced,
 }
 
 /// A change a watcher could not carry out on the running gateway.
@@ -128,6 +145,8 @@ type Watcher = Box<dyn Fn(&str, &str, Option<&NodeEntry>) -> Result<(), NotAppli
 struct Inner {
     nodes: RwLock<Vec<NodeEntry>>,
     watchers: Mutex<Vec<Watcher>>,
+    /// (PAN, node) of the nodes being failed over.
+    fenced: RwLock<Vec<(String, String)>>,
 }
 
 /// The registry, shared by cloning.
@@ -145,7 +164,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// A registry of `nodes`.
     pub fn new(nodes: Vec<NodeEntry>) -> Registry {
-        Registry { inner: Arc::new(Inner { nodes: RwLock::new(nodes), watchers: Mutex::default() }) }
+        Registry { inner: Arc::new(Inner { nodes: RwLock::new(nodes), ..Inner::default() }) }
     }
 
     /// The configured nodes, with their maps resolved to the image indices `maps` gives
@@ -178,13 +197,36 @@ impl Registry {
         self.read().iter().find(|n| n.pan == pan && n.node == node).cloned()
     }
 
-    /// The node's entry when `credential` is its credential (compared in constant time).
+    /// The node's entry when `credential` is its credential (compared in constant time)
+    /// and the node is not fenced.
     pub fn authenticate(&self, pan: &str, node: &str, credential: &str) -> Result<NodeEntry, AuthError> {
         let entry = self.find(pan, node).ok_or(AuthError::UnknownNode)?;
         if !constant_time_eq(entry.credential.as_bytes(), credential.as_bytes()) {
             return Err(AuthError::WrongCredential);
         }
+        if self.is_fenced(pan, node) {
+            return Err(AuthError::Fenced);
+        }
         Ok(entry)
+    }
+
+    /// Fences a node: from now until [`Registry::unfence`], nobody authenticates as it.
+    /// What it has open already is the caller's to close.
+    pub fn fence(&self, pan: &str, node: &str) {
+        let mut fenced = self.inner.fenced.write().unwrap_or_else(|p| p.into_inner());
+        if !fenced.iter().any(|(p, n)| p == pan && n == node) {
+            fenced.push((pan.to_string(), node.to_string()));
+        }
+    }
+
+    /// Lets the node authenticate again (with whatever credential its entry has now).
+    pub fn unfence(&self, pan: &str, node: &str) {
+        self.inner.fenced.write().unwrap_or_else(|p| p.into_inner()).retain(|(p, n)| !(p == pan && n == node));
+    }
+
+    /// Whether the node is fenced.
+    pub fn is_fenced(&self, pan: &str, node: &str) -> bool {
+        self.inner.fenced.read().unwrap_or_else(|p| p.into_inner()).iter().any(|(p, n)| p == pan && n == node)
     }
 
     /// Calls `watcher` after every change from now on.
@@ -263,6 +305,19 @@ mod tests {
         assert_eq!(r.authenticate("p", "a", "secret-a-012345678").unwrap_err(), AuthError::WrongCredential);
         assert_eq!(r.authenticate("p", "b", "secret-a-0123456789").unwrap_err(), AuthError::UnknownNode);
         assert_eq!(r.authenticate("q", "a", "secret-a-0123456789").unwrap_err(), AuthError::UnknownNode);
+    }
+
+    #[test]
+    fn a_fenced_node_authenticates_with_no_credential_until_unfenced() {
+        let r = Registry::new(vec![entry("a", "secret-a-0123456789")]);
+        r.fence("p", "a");
+        assert_eq!(r.authenticate("p", "a", "secret-a-0123456789").unwrap_err(), AuthError::Fenced);
+        assert_eq!(r.authenticate("p", "a", "wrong").unwrap_err(), AuthError::WrongCredential);
+        r.set(entry("a", "secret-spare-0123456")).unwrap();
+        assert_eq!(r.authenticate("p", "a", "secret-spare-0123456").unwrap_err(), AuthError::Fenced);
+        r.unfence("p", "a");
+        assert!(r.authenticate("p", "a", "secret-spare-0123456").is_ok());
+        assert_eq!(r.authenticate("p", "a", "secret-a-0123456789").unwrap_err(), AuthError::WrongCredential);
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum Change {
     DeleteCluster { pan: String, lan: String, name: String },
     /// Drains a backend of a cluster, or takes it back.
     Drain { pan: String, lan: String, name: String, drain: Drain },
+    /// Fences a node and moves its whole personality (MACs, addresses, cluster
+    /// memberships, LUN map, ring and TCMU identity) to spare `to`, or to the PAN's first
+    /// free spare.
+    Failover { pan: String, node: String, to: Option<String> },
 }
 
 impl Change {
@@ -65,6 +69,10 @@ impl Change {
                 let what = if drain.drain { "drain" } else { "undrain" };
                 format!("{what} {} in cluster {pan}/{lan}/{name}", drain.node)
             }
+            Change::Failover { pan, node, to } => match to {
+                Some(to) => format!("fail {pan}/{node} over to {to}"),
+                None => format!("fail {pan}/{node} over to the first free spare"),
+            },
         }
     }
 }

@@ -331,11 +331,35 @@ impl Modify for TokenScheme {
     info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
     paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
         create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip, create_cluster,
-        replace_cluster, delete_cluster, drain, list_iscsi_sessions, drop_iscsi_session),
+        replace_cluster, delete_cluster, drain, failover, list_iscsi_sessions, drop_iscsi_session),
     modifiers(&TokenScheme)
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
+
+#[utoipa::path(post, path = "/api/v1/pans/{pan}/nodes/{node}/failover", tag = "nodes",
+    params(("pan" = String, Path), ("node" = String, Path)), request_body(content = Option<Failover>, description = "optional; without it the first free spare is used"),
+    security(("token" = [])),
+    responses((status = 200, body = PanView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn failover(
+    State(s): State<WebState>,
+    _: Authorized,
+    Params((pan, node)): Params<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<PanView>, Problem> {
+    // The body is optional: none (or only whitespace) picks the first free spare.
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<Failover>(&body)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-body", format!("failover body: {e}")))?
+            .to
+    };
+    s.apply(Change::Failover { pan: pan.clone(), node, to }).await?;
+    Ok(Json(find_pan(&s.overview().await, &pan)?))
+}
 
 #[utoipa::path(get, path = "/api/v1/iscsi/sessions", tag = "iscsi", responses((status = 200, body = Vec<IscsiSessionView>)))]
 async fn list_iscsi_sessions(State(s): State<WebState>) -> Json<Vec<IscsiSessionView>> {
@@ -370,6 +394,7 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/pans/{pan}/nodes", post(create_node))
         .route("/api/v1/pans/{pan}/nodes/{node}", delete(delete_node))
         .route("/api/v1/pans/{pan}/nodes/{node}/maps", post(map_lun))
+        .route("/api/v1/pans/{pan}/nodes/{node}/failover", post(failover))
         .route("/api/v1/pans/{pan}/nodes/{node}/maps/{target}/{lun}", delete(unmap_lun))
         .route("/api/v1/pans/{pan}/luns", post(create_lun))
         .route("/api/v1/pans/{pan}/luns/{lun}", get(get_lun).delete(delete_lun))

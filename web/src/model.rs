@@ -82,6 +82,12 @@ pub struct NodeView {
     pub outstanding_commands: u64,
     /// Queue pairs closed for protocol errors.
     pub protocol_errors: u64,
+    /// In the PAN's free pool of spares.
+    #[serde(default)]
+    pub spare: bool,
+    /// `manual` or `auto`: whether the gateway fails it over by itself.
+    #[serde(default)]
+    pub failover: String,
 }
 
 /// One entry of a node's map.
@@ -254,6 +260,15 @@ pub struct ServiceBody {
     /// Passed checks in a row that bring it back (default 2).
     #[serde(default)]
     pub check_passes: Option<u32>,
+}
+
+/// Fails a node over.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// The spare that takes the node's personality (default: the PAN's first free spare).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// Drains a backend (or takes it back): it keeps its connections and gets no new ones.

@@ -299,10 +299,10 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
         (sparkline("throughput", &tput, bytes_per_sec))
         h2 { "Nodes" }
         table.nodes {
-            tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th {} }
+            tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th { "failover" } th {} }
             @for n in &pan.nodes {
                 tr data-node=(n.name) {
-                    td { (n.name) }
+                    td { (n.name) @if n.spare { " (spare)" } }
                     td { (n.uid.map_or("-".to_string(), |u| u.to_string())) }
                     td {
                         @for m in &n.maps {
@@ -312,6 +312,8 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
                         }
                     }
                     td { (n.ring_connections) }
+                    td { @if !n.spare { (n.failover) " " (button_form(&viewer, "failover", &back, "fail over",
+                        &[p(), ("node", n.name.clone())])) } }
                     td { (button_form(&viewer, "delete-node", &back, "delete", &[p(), ("node", n.name.clone())])) }
                 }
             }
@@ -326,6 +328,13 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
                 input type="hidden" name="pan" value=(pan.name);
                 label { "name " input name="node" required; }
             }))
+            @if pan.nodes.iter().any(|n| n.spare) {
+                (change_form(&viewer, "failover", &back, "Fail over", html! {
+                    input type="hidden" name="pan" value=(pan.name);
+                    label { "node " select name="node" { @for n in pan.nodes.iter().filter(|n| !n.spare) { option { (n.name) } } } } " "
+                    label { "to spare " select name="name" { @for n in pan.nodes.iter().filter(|n| n.spare) { option { (n.name) } } } }
+                }))
+            }
             (change_form(&viewer, "create-lun", &back, "Create LUN", html! {
                 input type="hidden" name="pan" value=(pan.name);
                 label { "name " input name="name" required; } " "
@@ -529,6 +538,7 @@ impl ChangeForm {
                     drain: op == "drain",
                 },
             },
+            "failover" => Change::Failover { pan: pan()?, node: field(&self.node, "node")?, to: optional(&self.name) },
             other => return Err(Problem::bad_request(format!("unknown operation {other:?}"))),
         };
         Ok((c, None))

@@ -6,6 +6,7 @@
 //! undoes what was prepared, in reverse.
 
 mod clusters;
+mod failover;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use web::model::{
 };
 use web::{AdminError, Change};
 
-use self::plan::{invalid, Effect, Phase, Plan};
+use self::plan::{invalid, Effect, Phase, Plan, PortRef};
 use crate::config::{Config, ImageConfig, Size};
 use crate::engine::EngineKind;
 use crate::net::NetControl;
@@ -137,6 +138,13 @@ enum Undo {
     Moved { pan: String, lan: String, ip: std::net::Ipv4Addr, from: String },
     /// A cluster was set or removed: set it back as it was (`None`: it was not there).
     Cluster { pan: String, lan: String, name: String, was: Option<Box<netvirt::network::ClusterPlan>> },
+    /// A node was fenced: plug its ports in again as the current config has them, and
+    /// let it connect.
+    Fenced { pan: String, node: String },
+    /// A port was unplugged: plug it in again as the current config has it.
+    Unplugged(PortRef),
+    /// A port was plugged in: unplug it.
+    Plugged(PortRef),
     /// Done for good (growing): nothing to undo.
     Kept,
 }
@@ -253,6 +261,29 @@ impl GatewayAdmin {
                     Err(e) => Err(io_error(e)),
                 }
             }
+            Effect::Fence { pan, node } => {
+                self.registry.fence(pan, node);
+                let undo = Undo::Fenced { pan: pan.clone(), node: node.clone() };
+                let fenced =
+                    self.control.fence(pan, node).map_err(control_error).and_then(|()| {
+                        lans_of(&st.cfg, pan, node).try_for_each(|lan| self.unplug(pan, lan, node, false))
+                    });
+                match fenced {
+                    Ok(()) => Ok(undo),
+                    Err(e) => {
+                        self.undo(st, vec![undo]);
+                        Err(e)
+                    }
+                }
+            }
+            Effect::Retire(port) => {
+                self.unplug(&port.pan, &port.lan, &port.node, true)?;
+                Ok(Undo::Unplugged(port.clone()))
+            }
+            Effect::Plug(port) => {
+                self.plug(next, port)?;
+                Ok(Undo::Plugged(port.clone()))
+            }
             other => unreachable!("{other:?} is not a prepare effect"),
         }
     }
@@ -295,8 +326,50 @@ impl GatewayAdmin {
                         tracing::warn!(pan, lan, cluster = name, error = %e, "could not set a cluster back");
                     }
                 }
+                Undo::Fenced { pan, node } => {
+                    for lan in lans_of(&st.cfg, &pan, &node) {
+                        let port = PortRef { pan: pan.clone(), lan: lan.to_string(), node: node.clone() };
+                        if let Err(e) = self.plug(&st.cfg, &port) {
+                            tracing::warn!(pan, lan, node, error = %e, "could not plug a fenced node's port in again");
+                        }
+                    }
+                    self.registry.unfence(&pan, &node);
+                }
+                Undo::Unplugged(port) => {
+                    if let Err(e) = self.plug(&st.cfg, &port) {
+                        tracing::warn!(?port, error = %e, "could not plug a port in again");
+                    }
+                }
+                Undo::Plugged(port) => {
+                    if let Err(e) = self.unplug(&port.pan, &port.lan, &port.node, false) {
+                        tracing::warn!(?port, error = %e, "could not unplug a port again");
+                    }
+                }
                 Undo::Kept => {}
             }
+        }
+    }
+
+    /// Unplugs a port ([`NetControl::unplug`]); a LAN that is not running has nothing to
+    /// unplug.
+    fn unplug(&self, pan: &str, lan: &str, node: &str, retire: bool) -> Result<(), AdminError> {
+        match self.net.unplug(pan, lan, node, retire) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Plugs a port in where `cfg` places it ([`NetControl::plug`]); a LAN that is not
+    /// running starts with the port where the config has it.
+    fn plug(&self, cfg: &Config, port: &PortRef) -> Result<(), AdminError> {
+        let lan = cfg.pans.iter().filter(|p| p.name == port.pan).flat_map(|p| &p.lans).find(|l| l.name == port.lan);
+        let Some((lan, p)) = lan.and_then(|l| Some((l, l.ports.iter().find(|p| p.node == port.node)?))) else {
+            return Ok(());
+        };
+        let ifname = p.ifname.clone().unwrap_or_else(|| netvirt::config::default_ifname(&lan.name, &p.node));
+        match self.net.plug(&port.pan, &port.lan, &port.node, p.netns.clone(), ifname) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
+            _ => Ok(()),
         }
     }
 
@@ -327,6 +400,7 @@ impl GatewayAdmin {
                 self.registry.set(entry).map_err(not_applied)?;
             }
             Effect::RemoveNode { pan, node } => self.registry.remove(pan, node).map_err(not_applied)?,
+            Effect::Unfence { pan, node } => self.registry.unfence(pan, node),
             Effect::ForgetLun { pan, image, node, target, lun } => {
                 self.metrics.remove_lun(&LunKey::of_node(pan, image, node, *target, *lun))
             }
@@ -403,6 +477,12 @@ impl GatewayAdmin {
 
 /// A failure of netvirt or the host as the admin reports it: name clashes are conflicts,
 /// bad names invalid, missing things not found, the rest the host's failure.
+/// The LANs where `node` of `pan` has a port.
+fn lans_of<'a>(cfg: &'a Config, pan: &'a str, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let lans = cfg.pans.iter().filter(move |p| p.name == pan).flat_map(|p| &p.lans);
+    lans.filter(move |l| l.ports.iter().any(|p| p.node == node)).map(|l| l.name.as_str())
+}
+
 fn io_error(e: std::io::Error) -> AdminError {
     match e.kind() {
         std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::ResourceBusy => AdminError::Conflict(e.to_string()),
@@ -451,6 +531,8 @@ impl web::Admin for GatewayAdmin {
                     ring_connections: ring.connections,
                     outstanding_commands: ring.outstanding,
                     protocol_errors: ring.protocol_errors.iter().map(|e| e.1).sum(),
+                    spare: n.spare,
+                    failover: if n.failover == crate::config::FailoverMode::Auto { "auto" } else { "manual" }.into(),
                 });
             }
             for img in &pan.images {

@@ -136,6 +136,29 @@ pub enum Effect {
         /// The node.
         node: String,
     },
+    /// Fences a node: nobody may connect as it, its queue pairs close and their commands
+    /// finish, and its ports are unplugged (ring clients disconnected, TAPs deleted).
+    /// Undone by plugging its ports in again where the current config has them and
+    /// letting it connect.
+    Fence {
+        /// The PAN.
+        pan: String,
+        /// The node.
+        node: String,
+    },
+    /// Takes a spare's port out of its LAN for good (its TAP deleted). Undone by plugging
+    /// it in again where the current config has it.
+    Retire(PortRef),
+    /// Plugs a node's port in where the next config has it, announcing its addresses.
+    /// Undone by unplugging it.
+    Plug(PortRef),
+    /// The fenced node may connect again, with the credential its entry now has.
+    Unfence {
+        /// The PAN.
+        pan: String,
+        /// The node.
+        node: String,
+    },
     /// The metrics of a (target, LUN) the node no longer maps go.
     ForgetLun {
         /// The PAN.
@@ -151,6 +174,17 @@ pub enum Effect {
     },
 }
 
+/// A node's port on a LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRef {
+    /// The PAN.
+    pub pan: String,
+    /// The LAN.
+    pub lan: String,
+    /// The node.
+    pub node: String,
+}
+
 impl Effect {
     /// When the effect runs.
     pub fn phase(&self) -> Phase {
@@ -161,11 +195,15 @@ impl Effect {
             | Effect::StopLan { .. }
             | Effect::MoveIp { .. }
             | Effect::SetCluster { .. }
-            | Effect::RemoveCluster { .. } => Phase::Prepare,
+            | Effect::RemoveCluster { .. }
+            | Effect::Fence { .. }
+            | Effect::Retire(_)
+            | Effect::Plug(_) => Phase::Prepare,
             Effect::AddImage { .. }
             | Effect::RetireImage { .. }
             | Effect::SetNode { .. }
             | Effect::RemoveNode { .. }
+            | Effect::Unfence { .. }
             | Effect::ForgetLun { .. } => Phase::Commit,
         }
     }
@@ -229,15 +267,7 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
             if p.nodes.iter().any(|n| n.name == node) {
                 return Err(AdminError::Conflict(format!("PAN {pan:?} already has a node {node:?}")));
             }
-            p.nodes.push(NodeConfig {
-                name: node.clone(),
-                credential,
-                uid,
-                luns: vec![],
-                iqn: None,
-                chap_secret: None,
-                mutual_chap_secret: None,
-            });
+            p.nodes.push(NodeConfig { uid, ..NodeConfig::new(&node, &credential) });
             effects.push(Effect::SetNode { pan, node });
         }
         Change::DeleteNode { pan, node } => {
@@ -341,6 +371,7 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
         | Change::ReplaceCluster { .. }
         | Change::DeleteCluster { .. }
         | Change::Drain { .. }) => effects.push(super::clusters::plan_cluster(&mut next, c)?),
+        Change::Failover { pan, node, to } => return super::failover::plan_failover(next, &pan, &node, to),
     }
     next.validate().map_err(invalid)?;
     Ok(Plan { next, effects })

@@ -36,9 +36,10 @@ impl Directory {
         format!("{}:{}.t{}", self.prefix, pan.to_ascii_lowercase(), target)
     }
 
-    /// The node whose initiator name is `iqn`.
+    /// The node whose initiator name is `iqn`, unless it is fenced (being failed over).
     pub fn node(&self, iqn: &str) -> Option<NodeEntry> {
-        self.registry.nodes().into_iter().find(|n| n.iscsi.as_ref().is_some_and(|i| i.iqn == iqn))
+        let node = self.registry.nodes().into_iter().find(|n| n.iscsi.as_ref().is_some_and(|i| i.iqn == iqn))?;
+        (!self.registry.is_fenced(&node.pan, &node.node)).then_some(node)
     }
 
     /// The (PAN, target number) a target name names, if it is one of ours.

@@ -100,6 +100,24 @@ pub enum Command {
         /// Whether it is healthy.
         ok: bool,
     },
+    /// Give a port new I/O: a TAP plugged in somewhere else, or nothing (fenced).
+    SetPort {
+        /// LAN index.
+        lan: usize,
+        /// Port index.
+        port: PortId,
+        /// The new I/O.
+        io: PortIo,
+        /// Told once the old TAP's fd is closed (its device gone).
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// Announce a port's IPv4 addresses with gratuitous ARP.
+    Announce {
+        /// LAN index.
+        lan: usize,
+        /// Port index.
+        port: PortId,
+    },
     /// Stop the thread.
     Stop,
 }
@@ -190,6 +208,15 @@ impl Dataplane {
                 Command::Check { lan, cluster, proto, port, node, ok } => {
                     if let Some(io) = self.lans.get_mut(lan).and_then(Option::as_mut) {
                         io.lan.set_check(&cluster, proto, port, &node, ok);
+                    }
+                }
+                Command::SetPort { lan, port, io, done } => self.set_port(lan, port, io, done),
+                Command::Announce { lan, port } => {
+                    if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan).and_then(Option::as_mut) {
+                        let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
+                        if let Err(e) = lan.announce(port, &mut sink) {
+                            tracing::warn!(error = %e, "announcing a port's addresses failed");
+                        }
                     }
                 }
                 Command::MoveIp { lan, ip, port } => {

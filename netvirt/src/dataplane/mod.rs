@@ -63,6 +63,10 @@ pub struct LanIo {
     pub uplink: Option<UplinkIo>,
     /// Per port: whether a client is attached, as `net show` reports it.
     pub attached: Vec<Arc<std::sync::atomic::AtomicBool>>,
+    /// Per port: how many times its I/O was replaced ([`Command::SetPort`]). Reads carry
+    /// the value they were started under; one that completes under another is from a
+    /// device the port no longer has, and its frame is dropped.
+    pub epochs: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +76,29 @@ enum Src {
 }
 
 enum Op {
-    Read { lan: usize, src: Src, buf: usize },
-    Recv { lan: usize, buf: usize },
-    Write { buf: usize },
-    Poll { lan: usize, src: Src },
-    Cancel { lan: usize },
+    Read {
+        lan: usize,
+        src: Src,
+        buf: usize,
+        epoch: u32,
+    },
+    Recv {
+        lan: usize,
+        buf: usize,
+    },
+    Write {
+        buf: usize,
+    },
+    Poll {
+        lan: usize,
+        src: Src,
+        epoch: u32,
+    },
+    Cancel {
+        lan: usize,
+    },
+    /// The cancellation of the requests on a TAP fd a port let go of.
+    CancelPort,
     Wake,
 }
 
@@ -87,6 +109,9 @@ pub struct Dataplane {
     /// Removed LANs whose fds wait for their cancellations: slot → (LAN, cancellations
     /// outstanding, who to tell).
     retiring: HashMap<usize, (LanIo, usize, std::sync::mpsc::Sender<()>)>,
+    /// TAP fds ports let go of, waiting for their cancellation: op token → (fd, who to
+    /// tell once it is closed).
+    retiring_taps: HashMap<usize, (OwnedFd, std::sync::mpsc::Sender<()>)>,
     ring: DataRing,
     ops: Vec<Option<Op>>,
     free_ops: Vec<usize>,
@@ -116,6 +141,7 @@ impl Dataplane {
         let dp = Dataplane {
             lans: lans.into_iter().map(Some).collect(),
             retiring: HashMap::new(),
+            retiring_taps: HashMap::new(),
             ring,
             ops: Vec::new(),
             free_ops: Vec::new(),
@@ -281,6 +307,14 @@ impl Dataplane {
         }
     }
 
+    /// The epoch reads from `src` are started under (the uplink's never changes).
+    fn epoch(&self, l: usize, src: Src) -> u32 {
+        match (self.lan(l), src) {
+            (Some(lan), Src::Port(p)) => lan.epochs.get(p).copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     fn push_read(&mut self, l: usize, src: Src) {
         let Some(fd) = self.fd_of(l, src) else { return };
         let Some(buf) = self.out.pool.alloc() else {
@@ -289,7 +323,8 @@ impl Dataplane {
         };
         match src {
             Src::Port(_) => {
-                let token = self.push_op(Op::Read { lan: l, src, buf });
+                let epoch = self.epoch(l, src);
+                let token = self.push_op(Op::Read { lan: l, src, buf, epoch });
                 self.ring.read(&mut self.out.pool, fd, buf, token);
             }
             Src::Uplink => {
@@ -303,7 +338,8 @@ impl Dataplane {
 
     fn push_poll(&mut self, l: usize, src: Src) {
         let Some(fd) = self.fd_of(l, src) else { return };
-        let token = self.push_op(Op::Poll { lan: l, src });
+        let epoch = self.epoch(l, src);
+        let token = self.push_op(Op::Poll { lan: l, src, epoch });
         self.ring.poll(fd, token);
     }
 
@@ -347,26 +383,37 @@ impl Dataplane {
                     }
                 }
             }
-            Op::Poll { lan, src } => {
+            Op::CancelPort => {
+                if let Some((fd, done)) = self.retiring_taps.remove(&token) {
+                    drop(fd);
+                    let _ = done.send(());
+                }
+            }
+            Op::Poll { lan, src, epoch } => {
                 if let (Src::Port(p), Some(l)) = (src, self.lan_mut(lan)) {
                     if let Some(PortIo::Ring(r)) = l.ports.get_mut(p) {
                         r.poll_armed = false;
                         return;
                     }
                 }
-                if res >= 0 {
+                if res >= 0 && epoch == self.epoch(lan, src) {
                     self.push_read(lan, src);
                 }
             }
-            Op::Read { lan, src, buf } => {
+            Op::Read { lan, src, buf, epoch } => {
+                if epoch != self.epoch(lan, src) {
+                    // Read from a TAP the port has let go of (fenced): dropped unswitched.
+                    self.out.pool.release(buf);
+                    return;
+                }
                 if res == -libc::EAGAIN {
                     self.out.pool.release(buf);
                     return self.push_poll(lan, src);
                 }
                 if res < 0 {
                     self.out.pool.release(buf);
-                    if let (true, Some(l)) = (res != -libc::ECANCELED, self.lan(lan)) {
-                        tracing::warn!(lan = l.lan.name(), error = %std::io::Error::from_raw_os_error(-res), "TAP read failed; port stops");
+                    if res != -libc::ECANCELED {
+                        self.tap_failed(lan, src, res);
                     }
                     return;
                 }
@@ -390,6 +437,54 @@ impl Dataplane {
                 self.frame_in(lan, Src::Uplink, buf, res as usize, Some(vlan));
                 self.out.pool.release(buf);
                 self.push_read(lan, Src::Uplink);
+            }
+        }
+    }
+
+    /// A TAP read failed (the device was deleted, or its namespace went): the port stops
+    /// and counts as detached, so its cluster backends go down and a failover monitor
+    /// sees it unreachable. Its fd stays until the port is replaced or the LAN removed.
+    fn tap_failed(&mut self, l: usize, src: Src, res: i32) {
+        let Some(io) = self.lan_mut(l) else { return };
+        let error = std::io::Error::from_raw_os_error(-res);
+        let Src::Port(p) = src else { return };
+        if io.attached.get(p).is_some_and(|a| a.swap(false, std::sync::atomic::Ordering::Relaxed)) {
+            tracing::warn!(lan = io.lan.name(), port = p, %error, "TAP read failed; the port stops");
+            let _ = io.lan.set_attached(p, false);
+        }
+    }
+
+    /// Gives port `p` of LAN `l` new I/O (a TAP, or nothing): reads on the old TAP are
+    /// cancelled and their frames dropped, its fd closes once the kernel has let go of it
+    /// (then `done` is told, and the TAP device is gone), and reads start on the new one.
+    pub(super) fn set_port(&mut self, l: usize, p: PortId, new: PortIo, done: std::sync::mpsc::Sender<()>) {
+        let Some(io) = self.lan_mut(l).filter(|io| p < io.ports.len()) else {
+            let _ = done.send(());
+            return;
+        };
+        io.epochs[p] = io.epochs[p].wrapping_add(1);
+        let tap = matches!(new, PortIo::Tap(_));
+        let old = std::mem::replace(&mut io.ports[p], new);
+        io.attached[p].store(tap, std::sync::atomic::Ordering::Relaxed);
+        let _ = io.lan.set_attached(p, tap);
+        match old {
+            PortIo::Tap(fd) => {
+                let token = self.push_op(Op::CancelPort);
+                self.ring.cancel_fd(fd.as_raw_fd(), token);
+                self.retiring_taps.insert(token, (fd, done));
+            }
+            PortIo::Ring(r) => {
+                self.ring_ports -= 1;
+                drop(r);
+                let _ = done.send(());
+            }
+            PortIo::Absent => {
+                let _ = done.send(());
+            }
+        }
+        if tap {
+            for _ in 0..READS_PER_PORT {
+                self.push_read(l, Src::Port(p));
             }
         }
     }
@@ -517,7 +612,7 @@ impl Dataplane {
             }
         }
         for (l, p, fd) in bells {
-            let token = self.push_op(Op::Poll { lan: l, src: Src::Port(p) });
+            let token = self.push_op(Op::Poll { lan: l, src: Src::Port(p), epoch: 0 });
             self.ring.poll(fd, token);
         }
         match self.ring.submit_and_wait(1) {

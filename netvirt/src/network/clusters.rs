@@ -104,17 +104,18 @@ impl Network {
     /// Adds or removes cluster addresses on TAP ports, as (port, address).
     fn cluster_ips(&self, state: &LanState, which: &[(usize, Ipv4Addr)], add: bool) -> io::Result<()> {
         for &(i, ip) in which {
-            let port = &state.ports[i].plan;
-            if port.kind != PortKind::Tap {
+            let port = &state.ports[i];
+            if port.plan.kind != PortKind::Tap || port.retired.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
+            let (netns, ifname) = port.place();
             let namespaces = lock(&self.shared.namespaces);
-            let ns = port.netns.as_ref().and_then(|name| namespaces.iter().find(|n| n.name() == name));
-            host::tap_cluster_ip(ns, &port.ifname, ip, add).map_err(|e| {
+            let ns = netns.as_ref().and_then(|name| namespaces.iter().find(|n| n.name() == name));
+            host::tap_cluster_ip(ns, &ifname, ip, add).map_err(|e| {
                 let what = if add { "adding" } else { "removing" };
                 io::Error::new(
                     e.kind(),
-                    format!("{what} cluster address {ip} on {} of node {}: {e}", port.ifname, port.node),
+                    format!("{what} cluster address {ip} on {ifname} of node {}: {e}", port.plan.node),
                 )
             })?;
         }
@@ -134,7 +135,7 @@ pub(super) fn check_targets(shared: &Shared) -> Vec<crate::health::Target> {
             for (s, sp) in c.spec.services.iter().zip(&c.services) {
                 let Some(check) = sp.check.filter(|_| s.proto == crate::cluster::Proto::Tcp) else { continue };
                 for node in &s.backends {
-                    let Some(p) = l.ports.iter().find(|p| &p.plan.node == node && p.plan.kind == PortKind::Tap) else {
+                    let Some(p) = l.ports.iter().find(|p| p.is(node) && p.plan.kind == PortKind::Tap) else {
                         continue;
                     };
                     let addr = lock(&p.addrs).iter().find_map(|(ip, _)| match ip {
@@ -147,7 +148,7 @@ pub(super) fn check_targets(shared: &Shared) -> Vec<crate::health::Target> {
                         cluster: c.spec.name.clone(),
                         port: s.port,
                         node: node.clone(),
-                        netns: p.plan.netns.clone(),
+                        netns: p.place().0,
                         addr,
                         check,
                     });

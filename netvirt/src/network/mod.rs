@@ -2,7 +2,6 @@
 //! gateway resolved, runs the data path thread, and serves the netvirt socket where ring
 //! clients attach and `pangate net show` asks what is there.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,6 +21,7 @@ use crate::ringport::BcastRing;
 use crate::switch::{ClusterLanSpec, LanSpec, PortSpec, UplinkMode, VirtualLan};
 
 mod clusters;
+mod ports;
 mod show;
 mod socket;
 
@@ -93,6 +93,24 @@ struct PortState {
     client: Mutex<Option<UnixStream>>,
     /// Its addresses now (they start as the plan's and move with [`Network::move_ip`]).
     addrs: Mutex<Vec<(IpAddr, u8)>>,
+    /// Where its TAP lives now, as (namespace, interface): the plan's, until a failover
+    /// plugs the port in somewhere else ([`Network::plug`]).
+    place: Mutex<(Option<String>, String)>,
+    /// Taken out of the LAN for good (a spare whose place a failed node took): no client
+    /// attaches to it and `net show` leaves it out.
+    retired: AtomicBool,
+}
+
+impl PortState {
+    /// (namespace, interface) of its TAP.
+    fn place(&self) -> (Option<String>, String) {
+        lock(&self.place).clone()
+    }
+
+    /// Whether it is the live port of `node`.
+    fn is(&self, node: &str) -> bool {
+        self.plan.node == node && !self.retired.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -263,24 +281,8 @@ impl Network {
             return Err(io::Error::new(io::ErrorKind::TimedOut, format!("LAN {lan:?}: the data path did not let go")));
         }
         // The TAPs are gone; namespaces no other LAN uses can go too.
-        let used: HashSet<String> = self
-            .shared
-            .lans
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flatten()
-            .flat_map(|l| l.ports.iter().filter_map(|p| p.plan.netns.clone()))
-            .collect();
-        let mut namespaces = lock(&self.shared.namespaces);
-        let (keep, unused): (Vec<NetNs>, Vec<NetNs>) = namespaces.drain(..).partition(|n| used.contains(n.name()));
-        *namespaces = keep;
-        drop(namespaces);
-        for ns in unused {
-            if let Err(e) = ns.remove() {
-                tracing::warn!(error = %e, "removing a network namespace");
-            }
-        }
+        drop(_serial);
+        self.forget_unused_namespaces();
         tracing::info!(pan, lan, "LAN removed");
         Ok(())
     }
@@ -297,7 +299,7 @@ impl Network {
         let to = state
             .ports
             .iter()
-            .position(|p| p.plan.node == node)
+            .position(|p| p.is(node))
             .ok_or_else(|| not_found(format!("node {node:?} has no port on LAN {lan:?}")))?;
         let (from, prefix) = state
             .ports
@@ -308,20 +310,21 @@ impl Network {
         if from == to {
             return Ok(());
         }
-        self.tap_addr(&state.ports[from].plan, addr, prefix, false)?;
+        self.tap_addr(&state.ports[from], addr, prefix, false)?;
         self.shared.control.send(Command::MoveIp { lan: l, ip, port: to });
         lock(&state.ports[from].addrs).retain(|a| a.0 != addr);
         lock(&state.ports[to].addrs).push((addr, prefix));
-        self.tap_addr(&state.ports[to].plan, addr, prefix, true)
+        self.tap_addr(&state.ports[to], addr, prefix, true)
     }
 
     /// Adds or removes an address on a TAP port's interface (ring ports have none).
-    fn tap_addr(&self, port: &PortPlan, ip: IpAddr, prefix: u8, add: bool) -> io::Result<()> {
-        if port.kind != PortKind::Tap {
+    fn tap_addr(&self, port: &PortState, ip: IpAddr, prefix: u8, add: bool) -> io::Result<()> {
+        if port.plan.kind != PortKind::Tap {
             return Ok(());
         }
+        let (netns, ifname) = port.place();
         let namespaces = lock(&self.shared.namespaces);
-        let ns = match &port.netns {
+        let ns = match &netns {
             Some(name) => Some(
                 namespaces
                     .iter()
@@ -330,9 +333,9 @@ impl Network {
             ),
             None => None,
         };
-        host::tap_addr(ns, &port.ifname, ip, prefix, add).map_err(|e| {
+        host::tap_addr(ns, &ifname, ip, prefix, add).map_err(|e| {
             let what = if add { "adding" } else { "removing" };
-            io::Error::new(e.kind(), format!("{what} {ip}/{prefix} on {} of node {}: {e}", port.ifname, port.node))
+            io::Error::new(e.kind(), format!("{what} {ip}/{prefix} on {ifname} of node {}: {e}", port.plan.node))
         })
     }
 
@@ -471,6 +474,8 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                     traffic: lan.port_traffic(i).unwrap_or_default(),
                     client: Mutex::new(None),
                     addrs: Mutex::new(p.addrs.clone()),
+                    place: Mutex::new((p.netns.clone(), p.ifname.clone())),
+                    retired: AtomicBool::new(false),
                 })
                 .collect(),
             traffic: lan.traffic(),
@@ -479,7 +484,8 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
             bcast,
             clusters: Mutex::new(plan.clusters.clone()),
         });
-        lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached });
+        let epochs = vec![0; ports_io.len()];
+        lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached, epochs });
     }
     Ok((lans_io, states))
 }

@@ -191,14 +191,16 @@ pub(super) fn show(shared: &Shared) -> NetShow {
                 ports: l
                     .ports
                     .iter()
-                    .map(|p| PortShow {
+                    .filter(|p| !p.retired.load(Ordering::Relaxed))
+                    .map(|p| (p, p.place()))
+                    .map(|(p, (netns, ifname))| PortShow {
                         node: p.plan.node.clone(),
                         kind: match p.plan.kind {
                             PortKind::Tap => "tap".into(),
                             PortKind::Ring => "ring".into(),
                         },
-                        netns: p.plan.netns.clone(),
-                        ifname: (p.plan.kind == PortKind::Tap).then(|| p.plan.ifname.clone()),
+                        netns,
+                        ifname: (p.plan.kind == PortKind::Tap).then_some(ifname),
                         mac: p.plan.mac,
                         ips: cidrs(&lock(&p.addrs)),
                         promiscuous: p.plan.promiscuous,

@@ -115,7 +115,7 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
     let Some((l, state)) = shared.find(&pan, &lan) else {
         return refuse(sock, format!("PAN {pan:?} has no LAN {lan:?}"));
     };
-    let Some(p) = state.ports.iter().position(|p| p.plan.node == node) else {
+    let Some(p) = state.ports.iter().position(|p| p.is(&node)) else {
         return refuse(sock, format!("node {node:?} is not a member of LAN {lan:?}"));
     };
     let port = &state.ports[p];

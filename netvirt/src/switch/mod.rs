@@ -434,17 +434,43 @@ impl VirtualLan {
             self.ports[old].spec.ips.retain(|&i| i != addr);
         }
         self.ports[to].spec.ips.push(addr);
-        let mac = self.ports[to].spec.mac;
+        self.garp(ip, to, out);
+        Ok(())
+    }
+
+    /// Announces every IPv4 address of port `id` with a gratuitous ARP from its MAC, as
+    /// [`VirtualLan::move_ip`] does for one: after a node's port has been plugged in
+    /// somewhere else (a failover), so caches that lost the entry learn it again at once.
+    pub fn announce(&mut self, id: PortId, out: &mut impl Sink) -> Result<(), LanError> {
+        let port = self.ports.get(id).ok_or_else(|| LanError::NoPort { lan: self.name.clone(), port: id })?;
+        let ips: Vec<Ipv4Addr> = port
+            .spec
+            .ips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        for ip in ips {
+            self.garp(ip, id, out);
+        }
+        Ok(())
+    }
+
+    /// A gratuitous ARP for `ip` from port `from`'s MAC to every other member and, when
+    /// the virtual MACs are visible outside, to the uplink.
+    fn garp(&mut self, ip: Ipv4Addr, from: PortId, out: &mut impl Sink) {
+        let mac = self.ports[from].spec.mac;
         let garp = arp_frame(Mac::BROADCAST, mac, ArpOperation::REQUEST, mac, ip, Mac::default(), ip);
         for q in 0..self.ports.len() {
-            if q != to {
+            if q != from {
                 self.send(Dest::Port(q), &garp, Emit::Generated, out);
             }
         }
         if self.uplink == Some(UplinkMode::Unfiltered) {
             self.send(Dest::Uplink, &garp, Emit::Generated, out);
         }
-        Ok(())
     }
 
     /// A frame larger than the LAN's MTU from port `from`: dropped and counted (with the

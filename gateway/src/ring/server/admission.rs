@@ -86,6 +86,9 @@ pub enum Closed {
     /// The administrator deleted the node.
     #[error("the node was deleted")]
     NodeDeleted,
+    /// The node was fenced: it is being failed over to a spare.
+    #[error("the node was fenced for a failover")]
+    Fenced,
     /// The front-end connection that is the node side ended.
     #[error("the front-end's connection ended")]
     Ended,

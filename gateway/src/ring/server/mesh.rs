@@ -90,6 +90,8 @@ pub(super) struct Mesh {
     idle: Vec<AtomicBool>,
     /// Queue pairs per worker, for placing new ones.
     loads: Vec<AtomicUsize>,
+    /// When each node last sent a heartbeat, by (PAN, node).
+    heartbeats: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
 
 impl Mesh {
@@ -104,8 +106,31 @@ impl Mesh {
             sleeping: flags(),
             idle: flags(),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            heartbeats: Default::default(),
         };
         (Arc::new(mesh), receivers)
+    }
+
+    /// Node `pan`/`node` sent a heartbeat now.
+    pub(super) fn heard(&self, pan: &str, node: &str) {
+        let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        match beats.get_mut(&(pan.to_string(), node.to_string())) {
+            Some(t) => *t = std::time::Instant::now(),
+            None => {
+                beats.insert((pan.to_string(), node.to_string()), std::time::Instant::now());
+            }
+        }
+    }
+
+    /// When the node last sent a heartbeat, if it ever did.
+    pub(super) fn last_heartbeat(&self, pan: &str, node: &str) -> Option<std::time::Instant> {
+        let beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        beats.get(&(pan.to_string(), node.to_string())).copied()
+    }
+
+    /// Forgets the node's heartbeats (it was failed over: the spare starts afresh).
+    pub(super) fn forget_heartbeats(&self, pan: &str, node: &str) {
+        self.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).remove(&(pan.to_string(), node.to_string()));
     }
 
     /// How many workers there are.

@@ -30,7 +30,7 @@ use super::shm::{Doorbell, SharedMemory, ShmError};
 use super::{proto, spsc};
 use crate::lun::OpenImage;
 pub use crate::registry::ControlError;
-use crate::registry::{AuthError, Images, NodeEntry, NotApplied, Registry};
+use crate::registry::{AuthError, Images, Liveness, NodeEntry, NotApplied, Registry};
 
 pub mod admission;
 pub mod attach;
@@ -143,7 +143,7 @@ impl Shape {
 /// How long the control plane waits for a worker.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Reply = mpsc::SyncSender<Result<(), ControlError>>;
+pub(super) type Reply = mpsc::SyncSender<Result<(), ControlError>>;
 
 /// A request to a worker from the control plane, answered on `reply`.
 enum Control {
@@ -159,6 +159,16 @@ enum Control {
     },
     Retire {
         image: usize,
+        reply: Reply,
+    },
+    /// Close the node's queue pairs now.
+    Fence {
+        pan: String,
+        node: String,
+        reply: Reply,
+    },
+    /// Answer once every command the worker's engines have in flight now has finished.
+    Barrier {
         reply: Reply,
     },
     /// The node's entry changed or went away: update or close its queue pairs.
@@ -179,6 +189,7 @@ pub struct LunControl {
     mesh: Arc<Mesh>,
     caps: Capacities,
     metrics: Arc<Metrics>,
+    quotas: quota::Quotas,
 }
 
 impl LunControl {
@@ -208,6 +219,20 @@ impl LunControl {
 }
 
 impl Images for LunControl {
+    /// Every worker closes the node's queue pairs (iSCSI sessions among them); then every
+    /// worker waits until the commands its engines had in flight then, which include
+    /// every command of those queue pairs, have finished.
+    fn fence(&self, pan: &str, node: &str) -> Result<(), ControlError> {
+        self.ask_all(|reply| Control::Fence { pan: pan.to_string(), node: node.to_string(), reply })?;
+        self.ask_all(|reply| Control::Barrier { reply })?;
+        self.mesh.forget_heartbeats(pan, node);
+        Ok(())
+    }
+
+    fn liveness(&self, pan: &str, node: &str) -> Liveness {
+        Liveness { queue_pairs: self.quotas.held(pan, node).0, last_heartbeat: self.mesh.last_heartbeat(pan, node) }
+    }
+
     fn capacity(&self, image: usize) -> Option<(u32, u64)> {
         self.caps.lock().unwrap_or_else(|p| p.into_inner()).get(image).map(|s| (s.block_size, s.blocks))
     }
@@ -265,6 +290,7 @@ impl Admit {
             Ok(entry) => Ok(entry),
             Err(AuthError::UnknownNode) => Err(Refused::UnknownNode { pan: pan.into(), node: node.into() }),
             Err(AuthError::WrongCredential) => Err(Refused::WrongCredential { pan: pan.into(), node: node.into() }),
+            Err(AuthError::Fenced) => Err(Refused::Fenced { pan: pan.into(), node: node.into() }),
         }
     }
 }
@@ -342,9 +368,10 @@ impl Server {
             stop: stop.clone(),
         });
         let attacher = Attacher(admit.clone());
+        let quotas = admit.quotas.clone();
         let listener_thread =
             std::thread::Builder::new().name("pangate-listen".into()).spawn(move || listen(listener, admit))?;
-        let control = LunControl { tx: control_tx, mesh: mesh.clone(), caps, metrics: opts.metrics.clone() };
+        let control = LunControl { tx: control_tx, mesh: mesh.clone(), caps, metrics: opts.metrics.clone(), quotas };
         let watcher = control.clone();
         registry.watch(move |pan, node, entry| {
             watcher.node_changed(pan, node, entry).map_err(|e| NotApplied(e.to_string()))
@@ -572,6 +599,14 @@ pub enum Refused {
         /// The node named.
         node: String,
     },
+    /// The node is being failed over.
+    #[error("node {node:?} of PAN {pan:?} is fenced: it is being failed over")]
+    Fenced {
+        /// The PAN named.
+        pan: String,
+        /// The node named.
+        node: String,
+    },
     /// The config pins the node to a uid, and the peer is another.
     #[error("node {node:?} must connect as uid {want}, not {got}")]
     WrongUid {
@@ -614,6 +649,7 @@ impl Refused {
             Refused::Version { .. } => "version",
             Refused::UnknownNode { .. } => "unknown_node",
             Refused::WrongCredential { .. } => "wrong_credential",
+            Refused::Fenced { .. } => "fenced",
             Refused::WrongUid { .. } => "wrong_uid",
             Refused::Memory(_) => "memory",
             Refused::TooManyHandshakes { .. } => "too_many_handshakes",

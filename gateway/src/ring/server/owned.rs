@@ -35,6 +35,9 @@ pub(super) struct Owned {
     /// Running commands by driver tag, with a free list: slots are reused, so the table
     /// stays as large as the most commands ever in flight.
     landings: Vec<Option<Landing>>,
+    /// Per landing slot: how many commands have finished in it, so a barrier can tell
+    /// that the command it saw there is done even if another took the slot since.
+    finished_in: Vec<u32>,
     free: Vec<usize>,
     finished: Vec<Finished>,
 }
@@ -78,6 +81,17 @@ impl Owned {
         let flushed = crate::lun::flush(img);
         self.retired[index] = true;
         flushed
+    }
+
+    /// The commands in flight now, as (slot, commands finished in it so far): what
+    /// [`Owned::passed`] waits for.
+    pub(super) fn in_flight(&self) -> Vec<(usize, u32)> {
+        self.landings.iter().enumerate().filter(|(_, l)| l.is_some()).map(|(i, _)| (i, self.finished_in[i])).collect()
+    }
+
+    /// Whether every command of an [`Owned::in_flight`] list has finished.
+    pub(super) fn passed(&self, seen: &[(usize, u32)]) -> bool {
+        seen.iter().all(|&(slot, n)| self.finished_in[slot] != n)
     }
 
     /// Commands with the backends.
@@ -152,6 +166,7 @@ impl Owned {
             Some(s) => s,
             None => {
                 self.landings.push(None);
+                self.finished_in.push(0);
                 self.landings.len() - 1
             }
         };
@@ -234,6 +249,7 @@ impl Owned {
                     continue;
                 };
                 self.free.push(f.tag as usize);
+                self.finished_in[f.tag as usize] = self.finished_in[f.tag as usize].wrapping_add(1);
                 let (transferred, fault) = match (f.in_place(), &landing.copy_to) {
                     (Some(n), _) => (n, None),
                     (None, Some((mem, segments))) => match scatter(mem, segments, f.data()) {

@@ -40,6 +40,21 @@ impl Worker {
             Control::Retire { image, reply } => {
                 let _ = reply.send(self.owned.retire(image).map_err(ControlError::from));
             }
+            Control::Fence { pan, node, reply } => {
+                for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
+                    tracing::info!(pan = %pan, node = %node, "node fenced: closing its queue pair");
+                    c.dead = Some(Closed::Fenced);
+                }
+                // Closed now, before the answer: nothing more is taken from their rings.
+                self.close_dead();
+                let _ = reply.send(Ok(()));
+            }
+            Control::Barrier { reply } => {
+                // Jobs other workers sent before they answered the fence start first.
+                self.take_messages();
+                self.barriers.push((self.owned.in_flight(), reply));
+                self.pass_barriers();
+            }
             Control::Node { pan, node, entry, reply } => {
                 for c in self.conns.iter_mut().filter(|c| c.entry.pan == pan && c.entry.node == node) {
                     match &entry {
@@ -63,7 +78,10 @@ impl Worker {
         self.settle_local(i);
         let c = &mut self.conns[i];
         let reply = match op {
-            ControlOp::Heartbeat => control_stat(cmd.seq, control_result::DONE, 0),
+            ControlOp::Heartbeat => {
+                self.mesh.heard(&c.entry.pan, &c.entry.node);
+                control_stat(cmd.seq, control_result::DONE, 0)
+            }
             ControlOp::AbortTask => match c.pending.get(&cmd.arg) {
                 Some(Pending::Staged { .. }) => {
                     if let Some(Pending::Staged { staged, cmd: aborted, .. }) = c.pending.remove(&cmd.arg) {

@@ -88,6 +88,9 @@ pub(super) struct Worker {
     events: Vec<(u32, i32)>,
     /// Direct-path commands of the queue pair being served, in the order they came.
     local: Vec<Local>,
+    /// Barriers of fences ([`Control::Barrier`]): the commands in flight when each came,
+    /// and who to answer once they have all finished.
+    barriers: Vec<(Vec<(usize, u32)>, super::Reply)>,
 }
 
 /// Idle rounds between readings of the clock while spinning.
@@ -123,6 +126,7 @@ impl Worker {
             attached_tokens: 0,
             events: Vec::new(),
             local: Vec::new(),
+            barriers: Vec::new(),
             conns: Vec::new(),
             incoming: s.incoming,
             control: s.control,
@@ -193,6 +197,9 @@ impl Worker {
                 progress = true;
             }
             progress |= self.owned.reap(&mut self.done);
+            if !self.barriers.is_empty() {
+                self.pass_barriers();
+            }
             self.deliver();
             for c in &mut self.conns {
                 progress |= flush(c);
@@ -266,9 +273,21 @@ impl Worker {
         }
     }
 
+    /// Answers the barriers whose commands have all finished.
+    pub(super) fn pass_barriers(&mut self) {
+        let owned = &self.owned;
+        self.barriers.retain(|(seen, reply)| {
+            let passed = owned.passed(seen);
+            if passed {
+                let _ = reply.send(Ok(()));
+            }
+            !passed
+        });
+    }
+
     /// Drops the queue pairs that died, and tells the owners of their images to forget
     /// their nexuses.
-    fn close_dead(&mut self) {
+    pub(super) fn close_dead(&mut self) {
         // Count them off first: dropping a queue pair (unmapping its areas, unpinning its
         // fixed buffer) can take milliseconds, and a node that reconnects meanwhile must
         // not find this worker looking busier than it is and be placed away from its image.
@@ -304,7 +323,7 @@ impl Worker {
     }
 
     /// Handles what other workers sent; returns whether there was anything.
-    fn take_messages(&mut self) -> bool {
+    pub(super) fn take_messages(&mut self) -> bool {
         let mut any = false;
         while let Some(m) = self.early.pop_front().or_else(|| self.inbox.try_recv().ok()) {
             any = true;
