@@ -124,7 +124,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     );
     let iscsi = start_iscsi(&cfg, registry.clone(), server.images(), server.attacher())?;
     let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, registry.clone())?));
-    let admin = gateway::admin::GatewayAdmin::new(
+    let admin = Arc::new(gateway::admin::GatewayAdmin::new(
         cfg.clone(),
         file.clone(),
         dir.clone(),
@@ -136,9 +136,12 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
             net: network.clone(),
             iscsi: iscsi.as_ref().map(|i| i.handle()),
         },
-    )?;
-    let web = start_web(&cfg, &dir, Arc::new(admin))?;
+    )?);
+    // Nodes with failover = "auto" are failed over by the watcher.
+    let watcher = admin.watch_nodes().context("starting the node watcher")?;
+    let web = start_web(&cfg, &dir, admin)?;
     wait_for_signal()?;
+    watcher.stop();
     if let Some(w) = web {
         w.stop();
     }

@@ -314,6 +314,23 @@ def connect_many(ip, port, count, secs):
     print(json.dumps(out), flush=True)
 
 
+def hold(ip, port, secs):
+    """Connects to `ip`:`port`, reads the server's name, says "ready", then sends a byte
+    every 100 ms until the connection breaks (prints "broken") or `secs` pass ("held")."""
+    c = socket.create_connection((ip, port), timeout=2)
+    c.recv(256)
+    print("ready", flush=True)
+    end = time.time() + secs
+    try:
+        while time.time() < end:
+            c.sendall(b".")
+            time.sleep(0.1)
+    except OSError:
+        print("broken", flush=True)
+        return
+    print("held", flush=True)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve-name":
@@ -324,6 +341,8 @@ def main():
         return stream_many(args[0], int(args[1]), int(args[2]), float(args[3]))
     if cmd == "connect-rate":
         return connect_rate(args[0], int(args[1]), float(args[2]))
+    if cmd == "hold":
+        return hold(args[0], int(args[1]), float(args[2]))
     if cmd == "connect-many":
         return connect_many(args[0], int(args[1]), int(args[2]), float(args[3]))
     if cmd == "listen-udp":

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod engine;
+pub mod failover;
 pub mod fuse;
 pub mod iscsi;
 pub mod lun;

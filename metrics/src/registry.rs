@@ -135,6 +135,8 @@ pub struct Metrics {
     lans: OnceLock<LanSampler>,
     iscsi: OnceLock<IscsiSampler>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failovers by (PAN, trigger, outcome).
+    failovers: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     per_node: bool,
     opcode_name: fn(u8) -> Option<&'static str>,
     version: &'static str,
@@ -155,6 +157,7 @@ impl Metrics {
             lans: OnceLock::new(),
             iscsi: OnceLock::new(),
             refused: Mutex::default(),
+            failovers: Mutex::default(),
             per_node: false,
             opcode_name,
             version,
@@ -208,6 +211,22 @@ impl Metrics {
     /// Refused handshakes by reason.
     pub fn handshakes_refused(&self) -> Vec<(&'static str, u64)> {
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(&r, &n)| (r, n)).collect()
+    }
+
+    /// Counts a failover in `pan`: `trigger` is `manual` or `auto`, `outcome` `done` or
+    /// `failed`.
+    pub fn failover(&self, pan: &str, trigger: &'static str, outcome: &'static str) {
+        *self
+            .failovers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((pan.to_string(), trigger, outcome))
+            .or_default() += 1;
+    }
+
+    /// Failovers as ((PAN, trigger, outcome), count).
+    pub fn failovers(&self) -> Vec<((String, &'static str, &'static str), u64)> {
+        self.failovers.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, &n)| (k.clone(), n)).collect()
     }
 
     /// Sets where LAN counters come from (once; later calls are ignored).

@@ -190,6 +190,14 @@ impl Metrics {
         for (reason, n) in self.handshakes_refused() {
             refused.value(&[("reason", reason)], n as f64);
         }
+        let mut failovers = Family::new(
+            "pangate_failovers_total",
+            "Failovers of a node's personality to a spare, by trigger (manual, auto) and outcome (done, failed)",
+            COUNTER,
+        );
+        for ((pan, trigger, outcome), n) in self.failovers() {
+            failovers.value(&[("pan", pan.as_str()), ("trigger", trigger), ("outcome", outcome)], n as f64);
+        }
 
         let mut lan = TrafficFamilies::new("lan", "LAN");
         let mut port = TrafficFamilies::new("port", "port (or uplink)");
@@ -291,6 +299,7 @@ impl Metrics {
             avoided,
             errors,
             refused,
+            failovers,
             arp,
             flows,
             evicted,

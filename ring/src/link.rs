@@ -32,7 +32,7 @@ use scsi::Asc;
 
 use super::handshake::LunInfo;
 use super::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response};
-use super::proto::Region;
+use super::proto::{ControlOp, Region};
 
 mod area;
 mod recover;
@@ -46,6 +46,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Data-out at least this large is copied into the data area without holding the lock.
 const UNLOCKED_COPY: usize = 64 << 10;
+/// How often each queue pair tells the gateway it is alive (a HEARTBEAT control message),
+/// so a gateway watching for hung nodes (`failover = "auto"`) can tell an idle node from a
+/// hung one.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Heartbeats left unanswered before no more are sent (the gateway is not answering).
+const HEARTBEATS_UNANSWERED: usize = 4;
 /// How often a command is sent again after BUSY or a unit attention before it fails.
 const MAX_RETRIES: u8 = 8;
 
@@ -169,6 +175,8 @@ impl Link {
                     refused: false,
                     seen_reconnects: 0,
                     failed_attempts: 0,
+                    heartbeats: Vec::new(),
+                    next_heartbeat: Instant::now() + HEARTBEAT_EVERY,
                 }),
                 space: Condvar::new(),
                 closing: AtomicBool::new(false),
@@ -274,6 +282,10 @@ struct State {
     seen_reconnects: u64,
     /// Reconnect attempts that failed since the connection broke.
     failed_attempts: u64,
+    /// Sequence numbers of heartbeats the gateway has not answered yet.
+    heartbeats: Vec<u32>,
+    /// When the next heartbeat is due.
+    next_heartbeat: Instant,
 }
 
 /// One queue pair and its completion thread's shared state.
@@ -574,6 +586,15 @@ impl QueuePair {
                 fds = None;
                 continue;
             }
+            if now >= st.next_heartbeat {
+                st.next_heartbeat = now + HEARTBEAT_EVERY;
+                if st.heartbeats.len() < HEARTBEATS_UNANSWERED {
+                    // A full ring just means commands are flowing, which says as much.
+                    if let Some(Ok(seq)) = st.conn.as_mut().map(|c| c.control(ControlOp::Heartbeat, 0, 0, 0, None)) {
+                        st.heartbeats.push(seq);
+                    }
+                }
+            }
             let armed_clean = !moved
                 && match st.conn.as_mut().map(Initiator::arm_doorbell) {
                     Some(Ok(arrived)) => !arrived,
@@ -655,6 +676,10 @@ impl QueuePair {
     /// Handles one response: retries it, or frees its region and queues its callback.
     /// Returns whether a command was sent again (so the gateway needs a kick).
     fn finish(&self, st: &mut State, r: Response, finished: &mut Vec<(Done, Outcome)>) -> bool {
+        if let Some(at) = st.heartbeats.iter().position(|&s| s == r.seq) {
+            st.heartbeats.swap_remove(at);
+            return false;
+        }
         let Some(mut p) = st.pending.remove(&r.seq) else {
             tracing::warn!(queue = self.index, seq = r.seq, "response for no command of ours");
             return false;

@@ -7,6 +7,9 @@
 
 mod clusters;
 mod failover;
+mod watcher;
+
+pub use self::watcher::NodeWatcher;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -117,6 +120,38 @@ impl GatewayAdmin {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl GatewayAdmin {
+    /// Decides a change and carries it out; `trigger` says who asked for a failover
+    /// (`manual`: the API or a form, `auto`: the node watcher), for its counter.
+    fn change(&self, change: Change, trigger: &'static str) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        let what = change.summary();
+        let failover = match &change {
+            Change::Failover { pan, .. } => Some(pan.clone()),
+            _ => None,
+        };
+        let result = {
+            let st = &mut *st;
+            let capacity = |pan: &str, image: &str| {
+                let (bs, blocks) = self.control.capacity(st.image_index(pan, image)?)?;
+                Some(u64::from(bs) * blocks)
+            };
+            plan::plan(&st.cfg, change, capacity).and_then(|p| {
+                let done = self.apply_plan(st, p);
+                if let Some(pan) = &failover {
+                    self.metrics.failover(pan, trigger, if done.is_ok() { "done" } else { "failed" });
+                }
+                done
+            })
+        };
+        match &result {
+            Ok(()) => tracing::info!(change = %what, "admin change applied"),
+            Err(e) => tracing::info!(change = %what, error = %e, "admin change refused"),
+        }
+        result
     }
 }
 
@@ -613,21 +648,7 @@ impl web::Admin for GatewayAdmin {
     }
 
     fn apply(&self, change: Change) -> Result<(), AdminError> {
-        let mut st = self.lock();
-        let what = change.summary();
-        let result = {
-            let st = &mut *st;
-            let capacity = |pan: &str, image: &str| {
-                let (bs, blocks) = self.control.capacity(st.image_index(pan, image)?)?;
-                Some(u64::from(bs) * blocks)
-            };
-            plan::plan(&st.cfg, change, capacity).and_then(|p| self.apply_plan(st, p))
-        };
-        match &result {
-            Ok(()) => tracing::info!(change = %what, "admin change applied"),
-            Err(e) => tracing::info!(change = %what, error = %e, "admin change refused"),
-        }
-        result
+        self.change(change, "manual")
     }
 
     fn metrics(&self) -> String {

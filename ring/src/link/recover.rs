@@ -33,6 +33,7 @@ impl QueuePair {
             self.peers.connected.fetch_sub(1, Ordering::AcqRel);
         }
         st.generation += 1;
+        st.heartbeats.clear();
         self.generation.store(st.generation, Ordering::Release);
         st.backoff = BACKOFF_MIN;
         st.next_attempt = Instant::now() + BACKOFF_MIN;
