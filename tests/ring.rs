@@ -427,6 +427,39 @@ fn a_node_dying_with_io_in_flight_leaves_others_unharmed() {
     healthy_io(&mut good, 20);
 }
 
+/// Fencing a node (a failover) closes its queue pairs and returns only once every command
+/// they started has finished: nothing of the fenced node lands on the image afterwards.
+#[test]
+fn fencing_closes_the_nodes_queue_pairs_and_nothing_of_it_lands_afterwards() {
+    let f = start();
+    let images = f.server.as_ref().unwrap().images();
+    let file = f._dir.path().join("images/a0.img");
+    for round in 0..4u8 {
+        let mut node = connect(&f, "alpha", "n1", CRED_A);
+        node.execute(0, 0, &[0; 6], Data::None).unwrap();
+        let r = node.alloc(1 << 20).unwrap();
+        node.write_data(r, &pattern(1 << 20, round)).unwrap();
+        for k in 0..16u64 {
+            node.queue(0, 0, &scsi::build::rw16(0x8A, k * 2048, 2048, false), Data::Out { region: r, staged: false })
+                .unwrap();
+        }
+        node.kick().unwrap();
+        images.fence("alpha", "n1").unwrap();
+        assert_eq!(images.liveness("alpha", "n1").queue_pairs, 0, "its queue pairs are closed");
+        if images_on_disk() {
+            let at_fence = std::fs::read(&file).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(std::fs::read(&file).unwrap() == at_fence, "a write landed after the fence returned");
+        }
+        let mut out = Vec::new();
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            node.poll(&mut out, Duration::ZERO).is_err() || node.check_connected().is_err()
+        });
+        assert!(gone, "the node sees its queue pair closed");
+    }
+}
+
 /// Workers that never spin sleep between every command: in their io_uring, and (as where
 /// io_uring is missing) in poll(2). Either way doorbells and backend completions wake them,
 /// and a node that dies with I/O in flight is seen to hang up while others carry on.
