@@ -437,13 +437,27 @@ fn fencing_closes_the_nodes_queue_pairs_and_nothing_of_it_lands_afterwards() {
     for round in 0..4u8 {
         let mut node = connect(&f, "alpha", "n1", CRED_A);
         node.execute(0, 0, &[0; 6], Data::None).unwrap();
-        let r = node.alloc(1 << 20).unwrap();
-        node.write_data(r, &pattern(1 << 20, round)).unwrap();
-        for k in 0..16u64 {
-            node.queue(0, 0, &scsi::build::rw16(0x8A, k * 2048, 2048, false), Data::Out { region: r, staged: false })
-                .unwrap();
+        // Sixteen 1 MiB regions of different bytes, written over and over to shifting
+        // places: a write that lands late changes the file.
+        let regions: Vec<_> = (0..15u8)
+            .map(|i| {
+                let r = node.alloc(1 << 20).unwrap();
+                node.write_data(r, &pattern(1 << 20, round.wrapping_mul(16).wrapping_add(i))).unwrap();
+                r
+            })
+            .collect();
+        for k in 0..240u64 {
+            let (region, lba) = (regions[(k % 15) as usize], (k * 7 % 16) * 2048);
+            node.queue(0, 0, &scsi::build::rw16(0x8A, lba, 2048, false), Data::Out { region, staged: false }).unwrap();
         }
         node.kick().unwrap();
+        // Once the first write is answered, the rest are being taken and run.
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while out.is_empty() && std::time::Instant::now() < deadline {
+            node.poll(&mut out, Duration::from_millis(1)).unwrap();
+        }
+        assert!(!out.is_empty(), "no write was answered");
         images.fence("alpha", "n1").unwrap();
         assert_eq!(images.liveness("alpha", "n1").queue_pairs, 0, "its queue pairs are closed");
         if images_on_disk() {
@@ -451,7 +465,6 @@ fn fencing_closes_the_nodes_queue_pairs_and_nothing_of_it_lands_afterwards() {
             std::thread::sleep(Duration::from_millis(300));
             assert!(std::fs::read(&file).unwrap() == at_fence, "a write landed after the fence returned");
         }
-        let mut out = Vec::new();
         let gone = (0..50).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
             node.poll(&mut out, Duration::ZERO).is_err() || node.check_connected().is_err()
