@@ -846,3 +846,66 @@ async fn a_cluster_made_from_the_page_relays_to_its_backend_and_drains_from_the_
     assert!(saved(&f).pans[0].lans[0].clusters.is_empty());
     assert!(f.net.show().unwrap().lans.iter().find(|l| l.lan == "wire").unwrap().clusters.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_fails_over_to_a_spare_from_the_page_and_its_old_credential_opens_nothing() {
+    let f = start();
+    let r = call(&f, "POST", "/api/v1/pans/alpha/nodes", Some(json!({"name": "s1", "spare": true}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let spare_cred = r.json()["credential"].as_str().unwrap().to_string();
+    let lan = json!({"name": "wire", "ports": [{"node": "n1", "ips": ["198.18.7.1/24"]}]});
+    assert_eq!(call(&f, "POST", "/api/v1/pans/alpha/lans", Some(lan)).await.status, StatusCode::CREATED);
+    let mut old_qp = connect(&f, "alpha", "n1", CRED);
+    old_qp.execute(0, 0, &[0; 6], Data::None).unwrap();
+    let old_port = RingClient::connect(&f.net_socket, "alpha", "n1", "wire", CRED).unwrap();
+
+    // A spare shows as one, and has no failover button of its own; the form offers it.
+    let r = send(&f, form("/login", &[("token", TOKEN)], None)).await;
+    let cookie = r.set_cookie.unwrap().split(';').next().unwrap().to_string();
+    let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
+    assert!(page.body.contains("s1 (spare)") && page.body.contains("Fail over"), "{}", page.body);
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let go = [("csrf", csrf.as_str()), ("op", "failover"), ("pan", "alpha"), ("node", "n1"), ("name", "s1")];
+    let r = send(&f, form("/ui/change", &go, Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+
+    // Saved as one change: the spare is gone, n1 has its credential and keeps its map.
+    let cfg = saved(&f);
+    assert_eq!(cfg.pans[0].nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1"]);
+    assert_eq!(cfg.pans[0].nodes[0].credential, spare_cred);
+    assert_eq!(cfg.pans[0].nodes[0].luns.len(), 1);
+    // The old node's queue pair and port were closed; its credential opens neither again.
+    let mut out = Vec::new();
+    assert!(old_qp.poll(&mut out, Duration::from_millis(100)).is_err() || old_qp.check_connected().is_err());
+    let opts = ConnectOptions {
+        pan: "alpha".into(),
+        node: "n1".into(),
+        credential: CRED.into(),
+        slots: 16,
+        data_bytes: 1 << 20,
+    };
+    let refused = Initiator::connect(&f.socket, &opts).unwrap_err().to_string();
+    assert!(refused.contains("wrong credential"), "{refused}");
+    assert!(RingClient::connect(&f.net_socket, "alpha", "n1", "wire", CRED).is_err());
+    drop(old_port);
+    // The spare's credential is n1's now, for storage and network alike.
+    let mut new_qp = connect(&f, "alpha", "n1", &spare_cred);
+    assert!(new_qp.execute(0, 0, &[0; 6], Data::None).is_ok());
+    let mut attached = None;
+    for _ in 0..100 {
+        match RingClient::connect(&f.net_socket, "alpha", "n1", "wire", &spare_cred) {
+            Ok(c) => {
+                attached = Some(c);
+                break;
+            }
+            // The old client's port may take a moment to be let go of.
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert!(attached.is_some(), "the spare attaches to n1's port");
+    let text = call(&f, "GET", "/metrics", None).await.body;
+    assert!(text.contains(r#"pangate_failovers_total{pan="alpha",trigger="manual",outcome="done"} 1"#), "{text}");
+    // There is no spare left: a 409 that says so.
+    let r = call(&f, "POST", "/api/v1/pans/alpha/nodes/n1/failover", None).await;
+    assert!(r.problem(StatusCode::CONFLICT).contains("no free spare"));
+}

@@ -234,6 +234,8 @@ fn a_failed_node_s_personality_moves_to_a_spare_in_one_call() {
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", r#"{"to": "nobody"}"#), 404);
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", r#"{"to": "n1"}"#), 409);
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", "{bad json"), 400);
+    let taken = r#"{"name": "web", "ip": "198.18.0.2", "services": [{"port": 80, "nodes": ["n2"]}]}"#;
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters", taken), 400, "a cluster IP that is a node's");
     for s in &mut servers {
         kill(s);
     }

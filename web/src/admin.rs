@@ -11,7 +11,7 @@ pub enum Change {
     /// Deletes a PAN that has no nodes, LUNs or LANs left.
     DeletePan { pan: String },
     /// Creates a node with an empty map.
-    CreateNode { pan: String, node: String, credential: String, uid: Option<u32> },
+    CreateNode { pan: String, node: String, credential: String, uid: Option<u32>, spare: bool },
     /// Deletes a node, closing its queue pairs.
     DeleteNode { pan: String, node: String },
     /// Creates a LUN.

@@ -119,7 +119,14 @@ async fn create_node(
     Body(b): Body<NewNode>,
 ) -> Result<Response, Problem> {
     let credential = b.credential.unwrap_or_else(|| crate::auth::random_token(16));
-    s.apply(Change::CreateNode { pan, node: b.name.clone(), credential: credential.clone(), uid: b.uid }).await?;
+    s.apply(Change::CreateNode {
+        pan,
+        node: b.name.clone(),
+        credential: credential.clone(),
+        uid: b.uid,
+        spare: b.spare,
+    })
+    .await?;
     Ok(created(CreatedNode { name: b.name, credential }))
 }
 

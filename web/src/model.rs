@@ -339,6 +339,9 @@ pub struct NewNode {
     /// The only uid it may connect from.
     #[serde(default)]
     pub uid: Option<u32>,
+    /// A spare: in the PAN's free pool, with no map, waiting to take a failed node's place.
+    #[serde(default)]
+    pub spare: bool,
 }
 
 /// A node as created, with its credential.

@@ -326,7 +326,8 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
             h2 { "Change" }
             (change_form(&viewer, "create-node", &back, "Create node", html! {
                 input type="hidden" name="pan" value=(pan.name);
-                label { "name " input name="node" required; }
+                label { "name " input name="node" required; } " "
+                label { input type="checkbox" name="spare"; " spare" }
             }))
             @if pan.nodes.iter().any(|n| n.spare) {
                 (change_form(&viewer, "failover", &back, "Fail over", html! {
@@ -421,6 +422,7 @@ struct ChangeForm {
     ports: Option<String>,
     ip: Option<String>,
     cluster: Option<String>,
+    spare: Option<String>,
     services: Option<String>,
     port: Option<String>,
     proto: Option<String>,
@@ -455,6 +457,7 @@ impl ChangeForm {
                     node: field(&self.node, "node")?,
                     credential: credential.clone(),
                     uid: None,
+                    spare: self.spare.is_some(),
                 };
                 return Ok((c, Some(credential)));
             }

@@ -262,12 +262,12 @@ pub fn plan(cfg: &Config, change: Change, capacity: impl Fn(&str, &str) -> Optio
             }
             next.pans.retain(|p| p.name != pan);
         }
-        Change::CreateNode { pan, node, credential, uid } => {
+        Change::CreateNode { pan, node, credential, uid, spare } => {
             let p = pan_mut(&mut next, &pan)?;
             if p.nodes.iter().any(|n| n.name == node) {
                 return Err(AdminError::Conflict(format!("PAN {pan:?} already has a node {node:?}")));
             }
-            p.nodes.push(NodeConfig { uid, ..NodeConfig::new(&node, &credential) });
+            p.nodes.push(NodeConfig { uid, spare, ..NodeConfig::new(&node, &credential) });
             effects.push(Effect::SetNode { pan, node });
         }
         Change::DeleteNode { pan, node } => {
@@ -501,7 +501,13 @@ mod tests {
         let c = cfg();
         let before = c.clone();
         let pan = c.pans[0].name.clone();
-        let create = Change::CreateNode { pan: pan.clone(), node: "n9".into(), credential: "c".repeat(24), uid: None };
+        let create = Change::CreateNode {
+            pan: pan.clone(),
+            node: "n9".into(),
+            credential: "c".repeat(24),
+            uid: None,
+            spare: false,
+        };
         let p = plan(&c, create, no_capacity).unwrap();
         assert_eq!(p.effects, [Effect::SetNode { pan: pan.clone(), node: "n9".into() }]);
         assert!(p.effects.iter().all(|e| e.phase() == Phase::Commit));
