@@ -426,15 +426,7 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
         for (i, p) in plan.ports.iter().enumerate() {
             match p.kind {
                 PortKind::Tap => {
-                    let ns = match &p.netns {
-                        None => None,
-                        Some(name) => {
-                            if !namespaces.iter().any(|n| n.name() == name) {
-                                namespaces.push(NetNs::ensure(name)?);
-                            }
-                            namespaces.iter().find(|n| n.name() == name)
-                        }
-                    };
+                    let ns = open_netns(namespaces, p.netns.as_deref())?;
                     let spec = TapSpec {
                         ifname: p.ifname.clone(),
                         mac: p.mac,
@@ -488,6 +480,16 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
         lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached, epochs });
     }
     Ok((lans_io, states))
+}
+
+/// The namespace `name` among those open (opened, or created as `ip netns add` would,
+/// if not yet); `None` for the gateway's own.
+fn open_netns<'a>(namespaces: &'a mut Vec<NetNs>, name: Option<&str>) -> io::Result<Option<&'a NetNs>> {
+    let Some(name) = name else { return Ok(None) };
+    if !namespaces.iter().any(|n| n.name() == name) {
+        namespaces.push(NetNs::ensure(name)?);
+    }
+    Ok(namespaces.iter().find(|n| n.name() == name))
 }
 
 fn cidrs(addrs: &[(IpAddr, u8)]) -> Vec<String> {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{lock, LanState, Network, PortState};
+use super::{lock, open_netns, LanState, Network, PortState};
 use crate::config::PortKind;
 use crate::dataplane::{Command, PortIo};
 use crate::host::{self, NetNs, TapSpec};
@@ -60,15 +60,7 @@ impl Network {
         if port.plan.kind == PortKind::Tap {
             let fd = {
                 let mut namespaces = lock(&self.shared.namespaces);
-                let ns = match &netns {
-                    None => None,
-                    Some(name) => {
-                        if !namespaces.iter().any(|n| n.name() == name) {
-                            namespaces.push(NetNs::ensure(name)?);
-                        }
-                        namespaces.iter().find(|n| n.name() == name)
-                    }
-                };
+                let ns = open_netns(&mut namespaces, netns.as_deref())?;
                 let spec = TapSpec {
                     ifname: ifname.clone(),
                     mac: port.plan.mac,
