@@ -114,12 +114,7 @@ impl Mesh {
     /// Node `pan`/`node` sent a heartbeat now.
     pub(super) fn heard(&self, pan: &str, node: &str) {
         let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-        match beats.get_mut(&(pan.to_string(), node.to_string())) {
-            Some(t) => *t = std::time::Instant::now(),
-            None => {
-                beats.insert((pan.to_string(), node.to_string()), std::time::Instant::now());
-            }
-        }
+        beats.insert((pan.to_string(), node.to_string()), std::time::Instant::now());
     }
 
     /// When the node last sent a heartbeat, if it ever did.
