@@ -22,8 +22,9 @@ const OLD: &str = "credential-of-n1-0123";
 const SPARE: &str = "credential-of-s1-0123";
 const A_IP: &str = "198.18.0.1";
 
-/// n1 (failover as given) with LUN "disk" and a TAP on LAN a and a ring port on LAN r; n2
-/// on LAN a; spare s1 with a TAP on LAN a in its own namespace.
+/// n1 (failover as given) with LUN "disk", a TAP on LAN a, where it is the backend of
+/// cluster "web" (198.18.0.100, port 8080), and a ring port on LAN r; n2 on LAN a; spare s1
+/// with a TAP on LAN a in its own namespace.
 fn config(lab: &Lab, n1_failover: &str) -> String {
     let d = lab.dir.path().display();
     let mut c = format!(
@@ -42,6 +43,8 @@ fn config(lab: &Lab, n1_failover: &str) -> String {
             lab.ns(ns)
         );
     }
+    c += "[[pan.lan.cluster]]\nname = \"web\"\nip = \"198.18.0.100\"\n";
+    c += "[[pan.lan.cluster.service]]\nport = 8080\nnodes = [\"n1\"]\n";
     c += "[[pan.lan]]\nname = \"r\"\n[[pan.lan.port]]\nnode = \"n1\"\nkind = \"ring\"\nips = [\"198.18.2.1/24\"]\n";
     c
 }
@@ -197,6 +200,9 @@ fn a_failed_node_s_personality_moves_to_a_spare_in_one_call() {
     let mut servers = vec![lab.spawn_tool("s1", &["serve-name", "8080", "s1", "60"])];
     let answer = lab.exec("n2", &["python3", TOOL, "connect-many", A_IP, "8080", "3", "10"]);
     assert!(String::from_utf8_lossy(&answer.stdout).contains(r#""s1": 3"#), "{answer:?}");
+    // n1's cluster membership came along: the cluster's address reaches the spare.
+    let answer = lab.exec("n2", &["python3", TOOL, "connect-many", "198.18.0.100", "8080", "3", "10"]);
+    assert!(String::from_utf8_lossy(&answer.stdout).contains(r#""s1": 3"#), "{answer:?}");
     // A's old connection gets S's reset instead of hanging.
     let mut line = String::new();
     BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
@@ -234,7 +240,7 @@ fn a_failed_node_s_personality_moves_to_a_spare_in_one_call() {
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", r#"{"to": "nobody"}"#), 404);
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", r#"{"to": "n1"}"#), 409);
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", "{bad json"), 400);
-    let taken = r#"{"name": "web", "ip": "198.18.0.2", "services": [{"port": 80, "nodes": ["n2"]}]}"#;
+    let taken = r#"{"name": "web2", "ip": "198.18.0.2", "services": [{"port": 80, "nodes": ["n2"]}]}"#;
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters", taken), 400, "a cluster IP that is a node's");
     for s in &mut servers {
         kill(s);
