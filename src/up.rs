@@ -216,7 +216,8 @@ fn start_network(cfg: &Config, dir: &Path, registry: Registry) -> anyhow::Result
     let plans = gateway::net::plan(cfg, dir)?;
     let authorize = gateway::net::node_authorizer(registry);
     let socket = dir.join(&cfg.net.socket);
-    match netvirt::network::Network::start(plans.clone(), &socket, authorize) {
+    let spin = std::time::Duration::from_micros(cfg.net.spin_us);
+    match netvirt::network::Network::start(plans.clone(), &socket, authorize, spin) {
         Ok(n) => {
             for lan in &plans {
                 println!("  LAN {}/{} (MTU {})", lan.pan, lan.name, lan.mtu);

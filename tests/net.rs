@@ -154,6 +154,14 @@ fn tcp_udp_and_http_across_the_lan() {
     let _ = http.kill();
     let _ = http.wait();
     assert_eq!(body, "hello from n2\n");
+
+    // The data path polls after traffic, and stops once traffic does: over a quiet second
+    // it uses next to no CPU (100 ticks would be a whole core).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = lab.dataplane_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = lab.dataplane_ticks() - before;
+    assert!(used <= 5, "the idle data path used {used} ticks of 100 in a second");
 }
 
 #[test]

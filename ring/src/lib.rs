@@ -10,7 +10,8 @@
 #![deny(unsafe_code)]
 
 pub mod alloc;
-pub mod backoff;
+/// Hybrid polling, shared with netvirt (it lives in `shmem`, which both depend on).
+pub use shmem::backoff;
 pub mod handshake;
 pub mod initiator;
 pub mod link;

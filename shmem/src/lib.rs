@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod msg;
 #[allow(unsafe_code)]
 mod sys;

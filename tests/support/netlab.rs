@@ -160,6 +160,23 @@ impl Lab {
         }
     }
 
+    /// CPU time (user + system, in clock ticks) the gateway's netvirt data-path thread
+    /// has used so far.
+    pub fn dataplane_ticks(&self) -> u64 {
+        let pid = self.gateway.as_ref().expect("started").id();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != "netvirt" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the command name (which ends the first ")"): utime is the 12th, stime the 13th.
+            let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+            return rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+        }
+        panic!("no netvirt thread in the gateway");
+    }
+
     pub fn show(&self) -> NetShow {
         netvirt::network::query_show(&self.socket()).unwrap()
     }

@@ -299,12 +299,20 @@ pub struct NetConfig {
     /// Unix socket; relative to the data directory.
     #[serde(default = "default_net_socket")]
     pub socket: PathBuf,
+    /// Microseconds the data path polls for frames after traffic before it sleeps (0:
+    /// it sleeps at once). Polls that keep finding nothing back off by themselves.
+    #[serde(default = "default_net_spin_us")]
+    pub spin_us: u64,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { socket: default_net_socket() }
+        NetConfig { socket: default_net_socket(), spin_us: default_net_spin_us() }
     }
+}
+
+fn default_net_spin_us() -> u64 {
+    netvirt::network::DEFAULT_SPIN.as_micros() as u64
 }
 
 fn default_net_socket() -> PathBuf {
@@ -462,6 +470,13 @@ impl Config {
                 "storage.workers",
                 format!("{} worker threads is more than 256", self.storage.workers),
                 "set it to the number of cores to use, or 0 for one per core",
+            ));
+        }
+        if self.net.spin_us > 100_000 {
+            return Err(err(
+                "net.spin_us",
+                format!("{} µs of polling after every burst would hold a core for nothing", self.net.spin_us),
+                "use at most 100000 (the default is 3000; 0 sleeps at once)",
             ));
         }
         if self.storage.max_queue_pairs_per_node == 0 {

@@ -122,6 +122,10 @@ pub struct Dataplane {
     rx_frame: Vec<u8>,
     /// Ring ports with a client attached; the loop polls rings only while there are any.
     ring_ports: usize,
+    /// How long the loop polls its completion queue after traffic before it sleeps.
+    spin: Duration,
+    /// Whether those polls have been paying.
+    backoff: shmem::backoff::PollBackoff,
     stop: bool,
 }
 
@@ -132,8 +136,9 @@ impl std::fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Sets up the ring for these LANs.
-    pub fn new(lans: Vec<LanIo>) -> std::io::Result<(Dataplane, Control)> {
+    /// Sets up the ring for these LANs; after traffic the loop polls for `spin` before
+    /// it sleeps (zero: it sleeps at once).
+    pub fn new(lans: Vec<LanIo>, spin: Duration) -> std::io::Result<(Dataplane, Control)> {
         let ring = DataRing::new(1024)?;
         let wake = Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?);
         let queue = Arc::new(Mutex::new(Vec::new()));
@@ -158,6 +163,8 @@ impl Dataplane {
             wake,
             rx_frame: Vec::with_capacity(2048),
             ring_ports: 0,
+            spin,
+            backoff: shmem::backoff::PollBackoff::default(),
             stop: false,
         };
         Ok((dp, control))
@@ -181,11 +188,7 @@ impl Dataplane {
                     self.idle_rings()?;
                 }
             } else {
-                match self.ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) => return Err(e),
-                }
+                self.wait()?;
             }
             self.tell_time();
             self.ring.reap(&mut self.out.pool, &mut cqes);
@@ -577,6 +580,36 @@ impl Dataplane {
             }
         }
         moved
+    }
+
+    /// Submits, then waits for a completion: first by polling the completion queue for
+    /// `spin` (completions of TAP reads arrive while the thread runs, the kernel kicking it
+    /// to post them), so traffic that comes back within it costs no sleep and wake-up;
+    /// then, or at once when polls have stopped paying, asleep in `io_uring_enter`.
+    fn wait(&mut self) -> std::io::Result<()> {
+        self.ring.submit()?;
+        let spin = self.backoff.spin_for(self.spin, false);
+        if !spin.is_zero() {
+            let until = Instant::now() + spin;
+            let mut rounds = 0u32;
+            loop {
+                if self.ring.has_completions() {
+                    self.backoff.paid();
+                    return Ok(());
+                }
+                rounds = rounds.wrapping_add(1);
+                if rounds.is_multiple_of(64) && Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            self.backoff.missed();
+        }
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Spins briefly, then sleeps until a ring doorbell or any completion.
