@@ -63,14 +63,21 @@ fn lab(tag: &str, n1_failover: &str) -> Option<Lab> {
 
 /// An admin API call from inside the gateway's namespace; the HTTP status.
 fn api(lab: &Lab, method: &str, path: &str, body: &str) -> u16 {
+    api_body(lab, method, path, body).0
+}
+
+/// An admin API call; the HTTP status and the response body.
+fn api_body(lab: &Lab, method: &str, path: &str, body: &str) -> (u16, String) {
     let url = format!("http://127.0.0.1:8089{path}");
     let auth = format!("Authorization: Bearer {TOKEN}");
-    let mut args = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "-H", &auth];
+    let mut args = vec!["curl", "-s", "-w", "\n%{http_code}", "-X", method, "-H", &auth];
     if !body.is_empty() {
         args.extend(["-H", "Content-Type: application/json", "-d", body]);
     }
     args.push(&url);
-    String::from_utf8_lossy(&lab.exec("gw", &args).stdout).trim().parse().unwrap_or(0)
+    let out = String::from_utf8_lossy(&lab.exec("gw", &args).stdout).into_owned();
+    let (text, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (status.trim().parse().unwrap_or(0), text.to_string())
 }
 
 fn metrics(lab: &Lab) -> String {
@@ -245,6 +252,27 @@ fn a_failed_node_s_personality_moves_to_a_spare_in_one_call() {
     for s in &mut servers {
         kill(s);
     }
+}
+
+#[test]
+fn a_failover_that_cannot_complete_rolls_back_and_says_why() {
+    let Some(lab) = lab("fr", "") else { return };
+    assert!(lab.ping("n2", A_IP));
+    // The spare's machine is gone: its namespace with it, so its place cannot take a TAP.
+    ok(&["ip", "netns", "del", &lab.ns("s1")]);
+    let (status, body) = api_body(&lab, "POST", "/api/v1/pans/p/nodes/n1/failover", r#"{"to": "s1"}"#);
+    assert_eq!(status, 500, "{body}\n{}", lab.log());
+    assert!(body.contains("TAP") && body.contains("n1"), "the reason is given: {body}");
+    // Nothing changed: the config, n1's credential, and n1's TAP, back in its namespace.
+    let cfg = gateway::config::Config::load(&lab.dir.path().join("pangate.toml")).unwrap();
+    assert!(cfg.pans[0].nodes.iter().any(|n| n.name == "s1" && n.spare));
+    assert_eq!(cfg.pans[0].nodes.iter().find(|n| n.name == "n1").unwrap().credential, OLD);
+    wait_for(Duration::from_secs(3), "pings to n1 after the rollback", || lab.ping("n2", A_IP));
+    let link = ok(&["ip", "-n", &lab.ns("n1"), "addr", "show", "eth0"]);
+    assert!(link.contains("198.18.0.1/24") && link.contains(&lab.port_mac("a", "n1")), "{link}");
+    let out = scsi(&lab, OLD, &["inquiry"]);
+    assert!(out.status.success(), "n1 is unfenced: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(metrics(&lab).contains(r#"pangate_failovers_total{pan="p",trigger="manual",outcome="failed"} 1"#));
 }
 
 #[test]

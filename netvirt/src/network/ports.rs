@@ -51,7 +51,8 @@ impl Network {
     /// serves, switched from now on, and its IPv4 addresses announced with gratuitous ARP
     /// from its MAC. A ring port only takes the place (its client attaches by itself).
     /// The port comes back into the LAN if it was retired. Namespaces pangate created
-    /// that no port uses any more are removed afterwards.
+    /// that no port uses any more are removed afterwards. `NotFound` means there is no
+    /// such LAN or port; a device that cannot be made is another error.
     pub fn plug(&self, pan: &str, lan: &str, node: &str, netns: Option<String>, ifname: String) -> io::Result<()> {
         let _serial = lock(&self.shared.changes);
         let (l, state) = self.find_lan(pan, lan)?;
@@ -59,8 +60,12 @@ impl Network {
         let port = &state.ports[i];
         if port.plan.kind == PortKind::Tap {
             let fd = {
+                // Errors here are the device's, never "no such LAN or port" (NotFound), which
+                // callers take to mean the LAN is not running: a namespace that is gone is one.
+                let place_err =
+                    |e: io::Error| io::Error::other(format!("LAN {lan}: TAP {ifname} for node {node}: {e}"));
                 let mut namespaces = lock(&self.shared.namespaces);
-                let ns = open_netns(&mut namespaces, netns.as_deref())?;
+                let ns = open_netns(&mut namespaces, netns.as_deref()).map_err(place_err)?;
                 let spec = TapSpec {
                     ifname: ifname.clone(),
                     mac: port.plan.mac,
@@ -68,8 +73,7 @@ impl Network {
                     addrs: lock(&port.addrs).clone(),
                     cluster_ips: lock(&state.clusters).iter().filter(|c| c.serves(node)).map(|c| c.spec.ip).collect(),
                 };
-                host::create_tap(ns, &spec)
-                    .map_err(|e| io::Error::new(e.kind(), format!("LAN {lan}: TAP {ifname} for node {node}: {e}")))?
+                host::create_tap(ns, &spec).map_err(place_err)?
             };
             let (done, closed) = std::sync::mpsc::channel();
             self.shared.control.send(Command::SetPort { lan: l, port: i, io: PortIo::Tap(fd), done });
