@@ -216,8 +216,12 @@ fn start_network(cfg: &Config, dir: &Path, registry: Registry) -> anyhow::Result
     let plans = gateway::net::plan(cfg, dir)?;
     let authorize = gateway::net::node_authorizer(registry);
     let socket = dir.join(&cfg.net.socket);
-    let spin = std::time::Duration::from_micros(cfg.net.spin_us);
-    match netvirt::network::Network::start(plans.clone(), &socket, authorize, spin) {
+    let workers = match cfg.net.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let opts = netvirt::network::Options { spin: std::time::Duration::from_micros(cfg.net.spin_us), workers };
+    match netvirt::network::Network::start(plans.clone(), &socket, authorize, opts) {
         Ok(n) => {
             for lan in &plans {
                 println!("  LAN {}/{} (MTU {})", lan.pan, lan.name, lan.mtu);

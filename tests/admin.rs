@@ -74,7 +74,10 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
     // netvirt with no LANs yet, authorising nodes as the gateway does.
     let authorize = gateway::net::node_authorizer(registry.clone());
     let net_socket = dir.path().join("net.sock");
-    let net = Arc::new(LiveNetwork::new(Some(Network::start(vec![], &net_socket, authorize, Duration::ZERO).unwrap())));
+    let net = Arc::new(LiveNetwork::new(Some(
+        Network::start(vec![], &net_socket, authorize, netvirt::network::Options { spin: Duration::ZERO, workers: 2 })
+            .unwrap(),
+    )));
     let admin = GatewayAdmin::new(
         cfg,
         file.clone(),

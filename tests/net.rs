@@ -52,6 +52,29 @@ fn topology_ping_arp_isolation_and_broadcast() {
     assert!(!Path::new("/run/netns").join(lab.ns("n1")).exists(), "namespace left behind");
 }
 
+/// With two data-path workers every TAP of a LAN of TAPs has two queues, and flows from
+/// many source ports (which the node's kernel spreads over them) all get through.
+#[test]
+fn every_tap_has_a_queue_per_worker_and_flows_cross_them() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("q");
+    lab.start(&lab.config(""));
+    let queues = String::from_utf8_lossy(&lab.exec("n2", &["ls", "/sys/class/net/eth0/queues"]).stdout).into_owned();
+    assert!(queues.contains("rx-0") && queues.contains("rx-1"), "two queues: {queues}");
+    let receiver = lab.spawn_tool("n2", &["udp-seq-recv", "9998", "3"]);
+    ok(&["ip", "netns", "exec", &lab.ns("n1"), "python3", TOOL, "udp-seq-send", "198.18.0.2", "9998", "8", "2000"]);
+    let out = receiver.wait_with_output().unwrap();
+    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flows = flows.as_object().unwrap();
+    assert_eq!(flows.len(), 8, "{flows:?}");
+    for (port, f) in flows {
+        // The receiver's socket overflows at this rate, so not every datagram arrives.
+        assert!(f["got"].as_u64().unwrap() >= 100, "flow from port {port} lost most of its datagrams: {f}");
+    }
+}
+
 /// Failover of an address through the admin API: the TAP that had it loses it, the one
 /// that takes it gains it, and the gratuitous ARP repoints the other members' caches.
 #[test]

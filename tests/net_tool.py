@@ -331,6 +331,36 @@ def hold(ip, port, secs):
     print("held", flush=True)
 
 
+def udp_seq_recv(port, secs):
+    """Says "ready", then for `secs` takes numbered datagrams on `port` and prints JSON:
+    per sending port, how many arrived and how many came after a higher number."""
+    import json
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    flows = {}
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            data, addr = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        seq = struct.unpack("!I", data[:4])[0]
+        got, late, last = flows.get(addr[1], (0, 0, -1))
+        flows[addr[1]] = (got + 1, late + (seq < last), max(last, seq))
+    print(json.dumps({str(k): {"got": v[0], "late": v[1]} for k, v in flows.items()}), flush=True)
+
+
+def udp_seq_send(ip, port, flows, count):
+    """Sends `count` numbered datagrams on each of `flows` sockets (other source ports),
+    interleaved, as fast as it can."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+    for i in range(count):
+        for s in socks:
+            s.sendto(struct.pack("!I", i) + b"x" * 60, (ip, port))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve-name":
@@ -341,6 +371,10 @@ def main():
         return stream_many(args[0], int(args[1]), int(args[2]), float(args[3]))
     if cmd == "connect-rate":
         return connect_rate(args[0], int(args[1]), float(args[2]))
+    if cmd == "udp-seq-recv":
+        return udp_seq_recv(int(args[0]), float(args[1]))
+    if cmd == "udp-seq-send":
+        return udp_seq_send(args[0], int(args[1]), int(args[2]), int(args[3]))
     if cmd == "hold":
         return hold(args[0], int(args[1]), float(args[2]))
     if cmd == "connect-many":

@@ -144,3 +144,20 @@ pub struct TrafficSnapshot {
     #[serde(default)]
     pub largest_oversize: u64,
 }
+
+/// The sum of the counters of every data-path worker's copy of a port or LAN (each worker
+/// writes its own; they are added up only here, when someone reads them).
+pub fn sum(copies: &[std::sync::Arc<Traffic>]) -> TrafficSnapshot {
+    let mut total = TrafficSnapshot::default();
+    for s in copies.iter().map(|t| t.snapshot()) {
+        total.frames_in += s.frames_in;
+        total.bytes_in += s.bytes_in;
+        total.frames_out += s.frames_out;
+        total.bytes_out += s.bytes_out;
+        for (reason, n) in s.drops {
+            *total.drops.entry(reason).or_default() += n;
+        }
+        total.largest_oversize = total.largest_oversize.max(s.largest_oversize);
+    }
+    total
+}

@@ -132,11 +132,11 @@ pub struct TapSpec {
     pub cluster_ips: Vec<std::net::Ipv4Addr>,
 }
 
-/// Creates the TAP in `ns` (or the gateway's own namespace), sets its MAC and MTU, adds
-/// its addresses and brings it up. Returns the TAP's fd.
-pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec) -> io::Result<OwnedFd> {
-    let make = || -> io::Result<OwnedFd> {
-        let fd = sys::create_tap(&spec.ifname)?;
+/// Creates the TAP with `queues` queues in `ns` (or the gateway's own namespace), sets its
+/// MAC and MTU, adds its addresses and brings it up. Returns one fd per queue.
+pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec, queues: usize) -> io::Result<Vec<OwnedFd>> {
+    let make = || -> io::Result<Vec<OwnedFd>> {
+        let fd = sys::create_tap(&spec.ifname, queues)?;
         let index = sys::if_index(&spec.ifname)?;
         let mut nl = Rtnl::open()?;
         nl.link_set(index, Some(spec.mac), Some(spec.mtu), true)?;

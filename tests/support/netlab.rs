@@ -90,8 +90,11 @@ impl Lab {
                 self.ns(node)
             )
         };
-        let mut c =
-            format!("serial = \"pg-test\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n", self.dir.path().display());
+        // Two data-path workers whatever the machine: every TAP of LAN a and b has two queues.
+        let mut c = format!(
+            "serial = \"pg-test\"\ndata_dir = \"{}\"\n[net]\nworkers = 2\n[[pan]]\nname = \"p\"\n",
+            self.dir.path().display()
+        );
         for n in NODES.iter().chain(["r1", "r2"].iter()) {
             c += &format!("[[pan.node]]\nname = \"{n}\"\ncredential = \"credential-of-{n}-0123\"\n");
         }
@@ -160,21 +163,26 @@ impl Lab {
         }
     }
 
-    /// CPU time (user + system, in clock ticks) the gateway's netvirt data-path thread
-    /// has used so far.
+    /// CPU time (user + system, in clock ticks) the gateway's netvirt data-path workers
+    /// have used so far.
     pub fn dataplane_ticks(&self) -> u64 {
         let pid = self.gateway.as_ref().expect("started").id();
+        let mut ticks = 0;
+        let mut workers = 0;
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim() != "netvirt" {
+            let comm = comm.trim();
+            if comm != "netvirt" && !comm.starts_with("netvirt-w") {
                 continue;
             }
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
             // Fields after the command name (which ends the first ")"): utime is the 12th, stime the 13th.
             let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-            return rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+            ticks += rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+            workers += 1;
         }
-        panic!("no netvirt thread in the gateway");
+        assert!(workers > 0, "no netvirt data-path thread in the gateway");
+        ticks
     }
 
     pub fn show(&self) -> NetShow {

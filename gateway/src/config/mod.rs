@@ -303,11 +303,15 @@ pub struct NetConfig {
     /// it sleeps at once). Polls that keep finding nothing back off by themselves.
     #[serde(default = "default_net_spin_us")]
     pub spin_us: u64,
+    /// Data-path threads; 0 = one per core. A LAN of TAPs alone gets a queue per thread
+    /// on every TAP; a LAN with ring ports or an uplink runs on the first.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { socket: default_net_socket(), spin_us: default_net_spin_us() }
+        NetConfig { socket: default_net_socket(), spin_us: default_net_spin_us(), workers: 0 }
     }
 }
 
@@ -469,6 +473,13 @@ impl Config {
             return Err(err(
                 "storage.workers",
                 format!("{} worker threads is more than 256", self.storage.workers),
+                "set it to the number of cores to use, or 0 for one per core",
+            ));
+        }
+        if self.net.workers > 64 {
+            return Err(err(
+                "net.workers",
+                format!("{} data-path threads is more than 64", self.net.workers),
                 "set it to the number of cores to use, or 0 for one per core",
             ));
         }

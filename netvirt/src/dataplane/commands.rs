@@ -129,6 +129,53 @@ pub struct Control {
     pub(super) wake: Arc<OwnedFd>,
 }
 
+/// Every data-path worker's [`Control`], worker 0 first.
+#[derive(Debug, Clone)]
+pub struct Controls(pub Vec<Control>);
+
+impl Controls {
+    /// Worker 0: the one that serves ring ports and uplinks.
+    pub fn first(&self) -> &Control {
+        &self.0[0]
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sends each worker `w` the command `make(w)`.
+    pub fn each(&self, mut make: impl FnMut(usize) -> Command) {
+        for (w, c) in self.0.iter().enumerate() {
+            c.send(make(w));
+        }
+    }
+
+    /// Sends each worker `make(w, reply)` and waits up to `limit` for every reply; the
+    /// replies, or `None` if one did not come.
+    pub fn ask<T>(
+        &self,
+        limit: std::time::Duration,
+        mut make: impl FnMut(usize, std::sync::mpsc::Sender<T>) -> Command,
+    ) -> Option<Vec<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.each(|w| make(w, tx.clone()));
+        drop(tx);
+        let deadline = std::time::Instant::now() + limit;
+        let mut out = Vec::with_capacity(self.len());
+        while out.len() < self.len() {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            out.push(rx.recv_timeout(left).ok()?);
+        }
+        Some(out)
+    }
+}
+
 impl Control {
     /// Queues a command and wakes the thread.
     pub fn send(&self, c: Command) {
@@ -191,7 +238,8 @@ impl Dataplane {
                             }
                             r
                         }
-                        None => Err(format!("no LAN in slot {lan}")),
+                        // A LAN another worker serves alone.
+                        None => Ok(()),
                     };
                     let _ = done.send(r);
                 }
@@ -220,9 +268,12 @@ impl Dataplane {
                     }
                 }
                 Command::MoveIp { lan, ip, port } => {
+                    // Every worker's copy of the LAN moves it; the first worker announces it.
+                    let first = self.index == 0;
                     if let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(lan).and_then(Option::as_mut) {
                         let mut sink = self.out.sink(ports, uplink.as_ref(), (usize::MAX, VnetHdr::default()));
-                        if let Err(e) = lan.move_ip(ip, port, &mut sink) {
+                        let moved = if first { lan.move_ip(ip, port, &mut sink) } else { lan.rebind_ip(ip, port) };
+                        if let Err(e) = moved {
                             tracing::warn!(error = %e, "moving an IP failed");
                         }
                     }

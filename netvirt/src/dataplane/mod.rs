@@ -21,7 +21,7 @@ use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
 mod commands;
 mod egress;
 
-pub use self::commands::{Command, Control};
+pub use self::commands::{Command, Control, Controls};
 use self::egress::Egress;
 
 /// Room for a virtio-net header, an 802.1Q tag and the largest super-frame a TAP hands
@@ -122,6 +122,9 @@ pub struct Dataplane {
     rx_frame: Vec<u8>,
     /// Ring ports with a client attached; the loop polls rings only while there are any.
     ring_ports: usize,
+    /// Which data-path worker this is (the first also serves ring ports and uplinks, and
+    /// announces moved addresses).
+    index: usize,
     /// How long the loop polls its completion queue after traffic before it sleeps.
     spin: Duration,
     /// Whether those polls have been paying.
@@ -136,15 +139,16 @@ impl std::fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Sets up the ring for these LANs; after traffic the loop polls for `spin` before
-    /// it sleeps (zero: it sleeps at once).
-    pub fn new(lans: Vec<LanIo>, spin: Duration) -> std::io::Result<(Dataplane, Control)> {
+    /// Sets up worker `index`'s ring for its LANs (by slot; `None`: a LAN another worker
+    /// serves alone); after traffic the loop polls for `spin` before it sleeps (zero: it
+    /// sleeps at once).
+    pub fn new(index: usize, lans: Vec<Option<LanIo>>, spin: Duration) -> std::io::Result<(Dataplane, Control)> {
         let ring = DataRing::new(1024)?;
         let wake = Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?);
         let queue = Arc::new(Mutex::new(Vec::new()));
         let control = Control { queue: queue.clone(), wake: wake.clone() };
         let dp = Dataplane {
-            lans: lans.into_iter().map(Some).collect(),
+            lans,
             retiring: HashMap::new(),
             retiring_taps: HashMap::new(),
             ring,
@@ -163,6 +167,7 @@ impl Dataplane {
             wake,
             rx_frame: Vec::with_capacity(2048),
             ring_ports: 0,
+            index,
             spin,
             backoff: shmem::backoff::PollBackoff::default(),
             stop: false,
@@ -598,8 +603,13 @@ impl Dataplane {
                     return Ok(());
                 }
                 rounds = rounds.wrapping_add(1);
-                if rounds.is_multiple_of(64) && Instant::now() >= until {
-                    break;
+                if rounds.is_multiple_of(64) {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    // Whatever else wants this core (the nodes' stacks, another worker)
+                    // runs first: the traffic this poll waits for needs them.
+                    std::thread::yield_now();
                 }
                 std::hint::spin_loop();
             }

@@ -66,11 +66,16 @@ impl Network {
                 draining.push((s.proto, s.port, node.clone(), sp.draining.contains(node)));
             }
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.shared.control.send(Command::SetCluster { lan: l, spec: Box::new(spec), draining, done: tx });
-        let taken = match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(r) => r.map_err(io::Error::other),
-            Err(_) => Err(io::Error::other("the data path did not answer")),
+        // Every worker's copy of the LAN takes it (they decide alike).
+        let answers = self.shared.control.ask(Duration::from_secs(5), |_, done| Command::SetCluster {
+            lan: l,
+            spec: Box::new(spec.clone()),
+            draining: draining.clone(),
+            done,
+        });
+        let taken = match answers {
+            Some(all) => all.into_iter().collect::<Result<(), String>>().map_err(io::Error::other),
+            None => Err(io::Error::other("the data path did not answer")),
         };
         if let Err(e) = taken {
             let _ = self.cluster_ips(&state, &gain, false);
@@ -90,7 +95,7 @@ impl Network {
         let Some(old) = lock(&state.clusters).iter().find(|c| c.spec.name == name).cloned() else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no cluster {name:?} on LAN {lan:?}")));
         };
-        self.shared.control.send(Command::RemoveCluster { lan: l, name: name.to_string() });
+        self.shared.control.each(|_| Command::RemoveCluster { lan: l, name: name.to_string() });
         lock(&state.clusters).retain(|c| c.spec.name != name);
         self.cluster_ips(&state, &holders(&state, &old), false)
     }

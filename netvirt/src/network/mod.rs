@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::cluster::Limits;
 use crate::config::{PortKind, UplinkModeConfig};
 use crate::counters::Traffic;
-use crate::dataplane::{Command, Control, Dataplane, LanIo, PortIo, UplinkIo};
+use crate::dataplane::{Command, Controls, Dataplane, LanIo, PortIo, UplinkIo};
 use crate::host::{self, NetNs, TapSpec};
 use crate::mac::Mac;
 use crate::ringport::BcastRing;
@@ -34,6 +34,23 @@ pub use self::socket::{query_show, Reply, Request};
 /// find it awake (on this machine class, ping RTT through a LAN falls from about 170 µs to
 /// 10 µs), and no cost at all once traffic stops; polls that keep finding nothing back off.
 pub const DEFAULT_SPIN: Duration = Duration::from_millis(3);
+
+/// How the data path runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long a worker polls after traffic before it sleeps.
+    pub spin: Duration,
+    /// Data-path workers (threads). A LAN of TAPs alone gets a queue per worker on every
+    /// TAP (`IFF_MULTI_QUEUE`), so its flows spread over them; a LAN with ring ports or an
+    /// uplink is served by the first worker alone.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { spin: DEFAULT_SPIN, workers: 1 }
+    }
+}
 
 /// Slots per ring (each direction, and the broadcast ring).
 pub const RING_SLOTS: u32 = 1024;
@@ -94,7 +111,8 @@ pub type Authorize = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
 struct PortState {
     plan: PortPlan,
     attached: Arc<AtomicBool>,
-    traffic: Arc<Traffic>,
+    /// Its counters, one set per worker serving the LAN (summed when read).
+    traffic: Vec<Arc<Traffic>>,
     /// The attached ring client's socket, shut down when the LAN is removed.
     client: Mutex<Option<UnixStream>>,
     /// Its addresses now (they start as the plan's and move with [`Network::move_ip`]).
@@ -124,8 +142,11 @@ struct LanState {
     plan: LanPlan,
     external_mac: Option<Mac>,
     ports: Vec<PortState>,
-    traffic: Arc<Traffic>,
-    uplink_traffic: Arc<Traffic>,
+    /// Counters, one set per worker serving the LAN.
+    traffic: Vec<Arc<Traffic>>,
+    uplink_traffic: Vec<Arc<Traffic>>,
+    /// Workers serving it: all of them (a LAN of TAPs alone, a queue each), or the first.
+    queues: usize,
     arp_entries: usize,
     bcast: Option<Arc<BcastRing>>,
     /// Its clusters now (they start as the plan's and change with
@@ -143,7 +164,9 @@ struct Shared {
     namespaces: Mutex<Vec<NetNs>>,
     /// Serialises adding and removing LANs.
     changes: Mutex<()>,
-    control: Control,
+    control: Controls,
+    /// Data-path workers.
+    workers: usize,
     authorize: AuthorizeBox,
     gateway_uid: u32,
 }
@@ -160,7 +183,7 @@ impl std::fmt::Debug for AuthorizeBox {
 #[derive(Debug)]
 pub struct Network {
     shared: Arc<Shared>,
-    dataplane: Option<JoinHandle<io::Result<()>>>,
+    dataplane: Vec<JoinHandle<io::Result<()>>>,
     listener: Option<JoinHandle<()>>,
     /// Checks cluster backends whose services ask for it.
     health: Option<JoinHandle<()>>,
@@ -169,12 +192,12 @@ pub struct Network {
 }
 
 impl Network {
-    /// Creates namespaces, TAPs and uplinks, starts the data path (polling for `spin`
-    /// after traffic before it sleeps) and listens on `socket`. On error everything
-    /// created so far is removed again.
-    pub fn start(plans: Vec<LanPlan>, socket: &Path, authorize: Authorize, spin: Duration) -> io::Result<Network> {
+    /// Creates namespaces, TAPs and uplinks, starts the data-path workers and listens on
+    /// `socket`. On error everything created so far is removed again.
+    pub fn start(plans: Vec<LanPlan>, socket: &Path, authorize: Authorize, opts: Options) -> io::Result<Network> {
+        let workers = opts.workers.max(1);
         let mut namespaces: Vec<NetNs> = Vec::new();
-        let result = build(&plans, &mut namespaces);
+        let result = build(&plans, &mut namespaces, workers);
         let (lans_io, states) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -184,19 +207,26 @@ impl Network {
                 return Err(e);
             }
         };
-        let (dp, control) = Dataplane::new(lans_io, spin)?;
-        let dataplane = std::thread::Builder::new().name("netvirt".into()).spawn(move || {
-            let r = dp.run();
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "the netvirt data path stopped");
-            }
-            r
-        })?;
+        let mut controls = Vec::new();
+        let mut dataplane = Vec::new();
+        for (w, lans) in lans_io.into_iter().enumerate() {
+            let (dp, control) = Dataplane::new(w, lans, opts.spin)?;
+            controls.push(control);
+            let name = if w == 0 { "netvirt".to_string() } else { format!("netvirt-w{w}") };
+            dataplane.push(std::thread::Builder::new().name(name).spawn(move || {
+                let r = dp.run();
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, worker = w, "a netvirt data-path worker stopped");
+                }
+                r
+            })?);
+        }
         let shared = Arc::new(Shared {
             lans: RwLock::new(states.into_iter().map(|s| Some(Arc::new(s))).collect()),
             namespaces: Mutex::new(namespaces),
             changes: Mutex::new(()),
-            control,
+            control: Controls(controls),
+            workers,
             authorize: AuthorizeBox(authorize),
             gateway_uid: rustix::process::geteuid().as_raw(),
         });
@@ -213,13 +243,20 @@ impl Network {
             move |t, ok| {
                 let (cluster, node) = (t.cluster.clone(), t.node.clone());
                 let proto = crate::cluster::Proto::Tcp;
-                for_report.control.send(Command::Check { lan: t.lan, cluster, proto, port: t.port, node, ok });
+                for_report.control.each(|_| Command::Check {
+                    lan: t.lan,
+                    cluster: cluster.clone(),
+                    proto,
+                    port: t.port,
+                    node: node.clone(),
+                    ok,
+                });
             },
             stopping.clone(),
         )?;
         Ok(Network {
             shared,
-            dataplane: Some(dataplane),
+            dataplane,
             listener: Some(listener),
             health: Some(health),
             stopping,
@@ -245,7 +282,7 @@ impl Network {
         }
         let mut namespaces = lock(&self.shared.namespaces);
         let before = namespaces.len();
-        let (mut io, mut states) = match build(std::slice::from_ref(&plan), &mut namespaces) {
+        let (io, mut states) = match build(std::slice::from_ref(&plan), &mut namespaces, self.shared.workers) {
             Ok(v) => v,
             Err(e) => {
                 for ns in namespaces.drain(before..) {
@@ -255,12 +292,17 @@ impl Network {
             }
         };
         drop(namespaces);
-        let (Some(io), Some(state)) = (io.pop(), states.pop()) else {
+        let Some(state) = states.pop() else {
             return Err(io::Error::other("building the LAN gave nothing"));
         };
         let mut lans = self.shared.lans.write().unwrap_or_else(|p| p.into_inner());
         lans.push(Some(Arc::new(state)));
-        self.shared.control.send(Command::AddLan { lan: lans.len() - 1, io: Box::new(io) });
+        let slot = lans.len() - 1;
+        for (w, mut per_worker) in io.into_iter().enumerate() {
+            if let Some(io) = per_worker.pop().flatten() {
+                self.shared.control.0[w].send(Command::AddLan { lan: slot, io: Box::new(io) });
+            }
+        }
         tracing::info!(pan = %plan.pan, lan = %plan.name, ports = plan.ports.len(), "LAN added");
         Ok(())
     }
@@ -282,9 +324,8 @@ impl Network {
                 let _ = client.shutdown(std::net::Shutdown::Both);
             }
         }
-        let (done, closed) = std::sync::mpsc::channel();
-        self.shared.control.send(Command::RemoveLan { lan: slot, done });
-        if closed.recv_timeout(Duration::from_secs(5)).is_err() {
+        let closed = self.shared.control.ask(Duration::from_secs(5), |_, done| Command::RemoveLan { lan: slot, done });
+        if closed.is_none() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, format!("LAN {lan:?}: the data path did not let go")));
         }
         // The TAPs are gone; namespaces no other LAN uses can go too.
@@ -318,7 +359,7 @@ impl Network {
             return Ok(());
         }
         self.tap_addr(&state.ports[from], addr, prefix, false)?;
-        self.shared.control.send(Command::MoveIp { lan: l, ip, port: to });
+        self.shared.control.each(|_| Command::MoveIp { lan: l, ip, port: to });
         lock(&state.ports[from].addrs).retain(|a| a.0 != addr);
         lock(&state.ports[to].addrs).push((addr, prefix));
         self.tap_addr(&state.ports[to], addr, prefix, true)
@@ -349,18 +390,18 @@ impl Network {
     /// Stops the data path, deletes the TAPs and removes the namespaces pangate created.
     pub fn stop(mut self) -> io::Result<()> {
         self.stopping.store(true, Ordering::Relaxed);
-        self.shared.control.send(Command::Stop);
+        self.shared.control.each(|_| Command::Stop);
         if let Some(t) = self.listener.take() {
             let _ = t.join();
         }
         if let Some(t) = self.health.take() {
             let _ = t.join();
         }
-        let r = match self.dataplane.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(io::Error::other("netvirt thread panicked")),
-            None => Ok(()),
-        };
+        let mut r = Ok(());
+        for t in self.dataplane.drain(..) {
+            let joined = t.join().unwrap_or_else(|_| Err(io::Error::other("a netvirt worker panicked")));
+            r = r.and(joined);
+        }
         let _ = std::fs::remove_file(&self.socket);
         // The TAP fds closed with the data path; a namespace can go now.
         let namespaces = std::mem::take(&mut *lock(&self.shared.namespaces));
@@ -373,55 +414,76 @@ impl Network {
     }
 }
 
-type Built = (Vec<LanIo>, Vec<LanState>);
+/// Per worker, its LANs by slot (`None`: served by another worker alone); and every LAN's state.
+type Built = (Vec<Vec<Option<LanIo>>>, Vec<LanState>);
 
-fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
-    let mut lans_io = Vec::new();
+fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>, workers: usize) -> io::Result<Built> {
+    let mut per_worker: Vec<Vec<Option<LanIo>>> = (0..workers).map(|_| Vec::new()).collect();
     let mut states = Vec::new();
     for plan in plans {
-        let mut uplink_io = None;
-        let mut external_mac = None;
-        let uplink_mode = match &plan.uplink {
-            None => None,
-            Some(u) => {
-                let index = crate::sys::if_index(&u.interface)
-                    .map_err(|e| io::Error::new(e.kind(), format!("LAN {}: uplink {}: {e}", plan.name, u.interface)))?;
-                let unfiltered = u.mode == UplinkModeConfig::Unfiltered;
-                let fd = crate::sys::packet_socket(index, unfiltered)?;
-                uplink_io = Some(UplinkIo { fd, vlan: u.vlan });
-                if unfiltered {
-                    Some(UplinkMode::Unfiltered)
-                } else {
-                    let mac = match u.mac {
-                        Some(m) => m,
-                        None => Mac(crate::sys::if_mac(&u.interface)?),
-                    };
-                    external_mac = Some(mac);
-                    Some(UplinkMode::Filtered { external_mac: mac })
-                }
+        let (ios, state) = build_lan(plan, namespaces, workers)?;
+        for (w, io) in ios.into_iter().enumerate() {
+            per_worker[w].push(io);
+        }
+        states.push(state);
+    }
+    Ok((per_worker, states))
+}
+
+/// One LAN: its devices, a copy of its switch for each worker that serves it (with
+/// counters of its own), and its state. A LAN of TAPs alone is served by every worker,
+/// each on its own queue of every TAP; one with ring ports or an uplink by the first.
+fn build_lan(
+    plan: &LanPlan,
+    namespaces: &mut Vec<NetNs>,
+    workers: usize,
+) -> io::Result<(Vec<Option<LanIo>>, LanState)> {
+    let queues = if plan.uplink.is_none() && plan.ports.iter().all(|p| p.kind == PortKind::Tap) { workers } else { 1 };
+    let mut uplink_io = None;
+    let mut external_mac = None;
+    let uplink_mode = match &plan.uplink {
+        None => None,
+        Some(u) => {
+            let index = crate::sys::if_index(&u.interface)
+                .map_err(|e| io::Error::new(e.kind(), format!("LAN {}: uplink {}: {e}", plan.name, u.interface)))?;
+            let unfiltered = u.mode == UplinkModeConfig::Unfiltered;
+            let fd = crate::sys::packet_socket(index, unfiltered)?;
+            uplink_io = Some(UplinkIo { fd, vlan: u.vlan });
+            if unfiltered {
+                Some(UplinkMode::Unfiltered)
+            } else {
+                let mac = match u.mac {
+                    Some(m) => m,
+                    None => Mac(crate::sys::if_mac(&u.interface)?),
+                };
+                external_mac = Some(mac);
+                Some(UplinkMode::Filtered { external_mac: mac })
             }
-        };
-        let spec = LanSpec {
-            name: plan.name.clone(),
-            mtu: plan.mtu,
-            ports: plan
-                .ports
-                .iter()
-                .map(|p| PortSpec {
-                    node: p.node.clone(),
-                    mac: p.mac,
-                    ips: p.addrs.iter().map(|a| a.0).collect(),
-                    promiscuous: p.promiscuous,
-                })
-                .collect(),
-            uplink: uplink_mode,
-            clusters: plan
-                .clusters
-                .iter()
-                .map(|c| ClusterLanSpec { spec: c.spec.clone(), mac: c.mac, limits: Limits::default() })
-                .collect(),
-        };
-        let mut lan = VirtualLan::new(spec).map_err(io::Error::other)?;
+        }
+    };
+    let spec = LanSpec {
+        name: plan.name.clone(),
+        mtu: plan.mtu,
+        ports: plan
+            .ports
+            .iter()
+            .map(|p| PortSpec {
+                node: p.node.clone(),
+                mac: p.mac,
+                ips: p.addrs.iter().map(|a| a.0).collect(),
+                promiscuous: p.promiscuous,
+            })
+            .collect(),
+        uplink: uplink_mode,
+        clusters: plan
+            .clusters
+            .iter()
+            .map(|c| ClusterLanSpec { spec: c.spec.clone(), mac: c.mac, limits: Limits::default() })
+            .collect(),
+    };
+    let mut copies = Vec::new();
+    for _ in 0..queues {
+        let mut lan = VirtualLan::new(spec.clone()).map_err(io::Error::other)?;
         for c in &plan.clusters {
             for (s, sp) in c.spec.services.iter().zip(&c.services) {
                 for node in &sp.draining {
@@ -429,64 +491,70 @@ fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>) -> io::Result<Built> {
                 }
             }
         }
-        let mut ports_io = Vec::new();
-        for (i, p) in plan.ports.iter().enumerate() {
-            match p.kind {
-                PortKind::Tap => {
-                    let ns = open_netns(namespaces, p.netns.as_deref())?;
-                    let spec = TapSpec {
-                        ifname: p.ifname.clone(),
-                        mac: p.mac,
-                        mtu: plan.mtu,
-                        addrs: p.addrs.clone(),
-                        cluster_ips: clusters::cluster_ips(plan, &p.node),
-                    };
-                    let fd = host::create_tap(ns, &spec).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("LAN {}: TAP {} for node {}: {e}", plan.name, p.ifname, p.node),
-                        )
-                    })?;
-                    ports_io.push(PortIo::Tap(fd));
-                    lan.set_attached(i, true).map_err(io::Error::other)?;
-                }
-                PortKind::Ring => ports_io.push(PortIo::Absent),
-            }
-        }
-        let attached: Vec<Arc<AtomicBool>> =
-            plan.ports.iter().map(|p| Arc::new(AtomicBool::new(p.kind == PortKind::Tap))).collect();
-        let bcast = if plan.ports.iter().any(|p| p.kind == PortKind::Ring) {
-            Some(Arc::new(BcastRing::create(&plan.name, RING_SLOTS, plan.mtu as usize).map_err(io::Error::other)?))
-        } else {
-            None
-        };
-        states.push(LanState {
-            plan: plan.clone(),
-            external_mac,
-            ports: plan
-                .ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| PortState {
-                    plan: p.clone(),
-                    attached: attached[i].clone(),
-                    traffic: lan.port_traffic(i).unwrap_or_default(),
-                    client: Mutex::new(None),
-                    addrs: Mutex::new(p.addrs.clone()),
-                    place: Mutex::new((p.netns.clone(), p.ifname.clone())),
-                    retired: AtomicBool::new(false),
-                })
-                .collect(),
-            traffic: lan.traffic(),
-            uplink_traffic: lan.uplink_traffic(),
-            arp_entries: lan.arp_entries(),
-            bcast,
-            clusters: Mutex::new(plan.clusters.clone()),
-        });
-        let epochs = vec![0; ports_io.len()];
-        lans_io.push(LanIo { lan, ports: ports_io, uplink: uplink_io, attached, epochs });
+        copies.push(lan);
     }
-    Ok((lans_io, states))
+    let mut ports_io: Vec<Vec<PortIo>> = (0..queues).map(|_| Vec::new()).collect();
+    for (i, p) in plan.ports.iter().enumerate() {
+        match p.kind {
+            PortKind::Tap => {
+                let ns = open_netns(namespaces, p.netns.as_deref())?;
+                let spec = TapSpec {
+                    ifname: p.ifname.clone(),
+                    mac: p.mac,
+                    mtu: plan.mtu,
+                    addrs: p.addrs.clone(),
+                    cluster_ips: clusters::cluster_ips(plan, &p.node),
+                };
+                let fds = host::create_tap(ns, &spec, queues).map_err(|e| {
+                    io::Error::new(e.kind(), format!("LAN {}: TAP {} for node {}: {e}", plan.name, p.ifname, p.node))
+                })?;
+                for (w, fd) in fds.into_iter().enumerate() {
+                    ports_io[w].push(PortIo::Tap(fd));
+                    copies[w].set_attached(i, true).map_err(io::Error::other)?;
+                }
+            }
+            PortKind::Ring => ports_io[0].push(PortIo::Absent),
+        }
+    }
+    let attached: Vec<Arc<AtomicBool>> =
+        plan.ports.iter().map(|p| Arc::new(AtomicBool::new(p.kind == PortKind::Tap))).collect();
+    let bcast = if plan.ports.iter().any(|p| p.kind == PortKind::Ring) {
+        Some(Arc::new(BcastRing::create(&plan.name, RING_SLOTS, plan.mtu as usize).map_err(io::Error::other)?))
+    } else {
+        None
+    };
+    let state = LanState {
+        plan: plan.clone(),
+        external_mac,
+        ports: plan
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PortState {
+                plan: p.clone(),
+                attached: attached[i].clone(),
+                traffic: copies.iter().map(|l| l.port_traffic(i).unwrap_or_default()).collect(),
+                client: Mutex::new(None),
+                addrs: Mutex::new(p.addrs.clone()),
+                place: Mutex::new((p.netns.clone(), p.ifname.clone())),
+                retired: AtomicBool::new(false),
+            })
+            .collect(),
+        traffic: copies.iter().map(VirtualLan::traffic).collect(),
+        uplink_traffic: copies.iter().map(VirtualLan::uplink_traffic).collect(),
+        queues,
+        arp_entries: copies[0].arp_entries(),
+        bcast,
+        clusters: Mutex::new(plan.clusters.clone()),
+    };
+    let mut ios: Vec<Option<LanIo>> = Vec::new();
+    for (w, (lan, ports)) in copies.into_iter().zip(ports_io).enumerate() {
+        let epochs = vec![0; ports.len()];
+        let uplink = if w == 0 { uplink_io.take() } else { None };
+        ios.push(Some(LanIo { lan, ports, uplink, attached: attached.clone(), epochs }));
+    }
+    ios.resize_with(workers, || None);
+    Ok((ios, state))
 }
 
 /// The namespace `name` among those open (opened, or created as `ip netns add` would,

@@ -33,9 +33,9 @@ impl Network {
         if let Some(client) = lock(&port.client).take() {
             let _ = client.shutdown(std::net::Shutdown::Both);
         }
-        let (done, closed) = std::sync::mpsc::channel();
-        self.shared.control.send(Command::SetPort { lan: l, port: i, io: PortIo::Absent, done });
-        closed.recv_timeout(LET_GO).map_err(|_| {
+        let closed =
+            self.shared.control.ask(LET_GO, |_, done| Command::SetPort { lan: l, port: i, io: PortIo::Absent, done });
+        closed.ok_or_else(|| {
             io::Error::new(io::ErrorKind::TimedOut, format!("LAN {lan:?}: the data path did not let go of {node:?}"))
         })?;
         port.attached.store(false, Ordering::Relaxed);
@@ -59,7 +59,7 @@ impl Network {
         let i = port_of(&state, node, true).ok_or_else(|| no_port(node, lan))?;
         let port = &state.ports[i];
         if port.plan.kind == PortKind::Tap {
-            let fd = {
+            let fds = {
                 // Errors here are the device's, never "no such LAN or port" (NotFound), which
                 // callers take to mean the LAN is not running: a namespace that is gone is one.
                 let place_err =
@@ -73,14 +73,18 @@ impl Network {
                     addrs: lock(&port.addrs).clone(),
                     cluster_ips: lock(&state.clusters).iter().filter(|c| c.serves(node)).map(|c| c.spec.ip).collect(),
                 };
-                host::create_tap(ns, &spec).map_err(place_err)?
+                host::create_tap(ns, &spec, state.queues).map_err(place_err)?
             };
-            let (done, closed) = std::sync::mpsc::channel();
-            self.shared.control.send(Command::SetPort { lan: l, port: i, io: PortIo::Tap(fd), done });
-            closed.recv_timeout(LET_GO).map_err(|_| {
+            // Each worker serving the LAN takes its queue of the TAP.
+            let mut fds = fds.into_iter();
+            let taken = self.shared.control.ask(LET_GO, |_, done| {
+                let io = fds.next().map_or(PortIo::Absent, PortIo::Tap);
+                Command::SetPort { lan: l, port: i, io, done }
+            });
+            taken.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::TimedOut, format!("LAN {lan:?}: the data path did not take {node:?}"))
             })?;
-            self.shared.control.send(Command::Announce { lan: l, port: i });
+            self.shared.control.first().send(Command::Announce { lan: l, port: i });
         }
         *lock(&port.place) = (netns, ifname);
         port.retired.store(false, Ordering::Relaxed);

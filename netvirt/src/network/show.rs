@@ -158,12 +158,20 @@ pub(super) fn show(shared: &Shared) -> NetShow {
         shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().any(|l| !lock(&l.clusters).is_empty());
     let mut clusters: std::collections::HashMap<usize, Vec<ClusterShow>> = std::collections::HashMap::new();
     if any {
-        let (tx, rx) = std::sync::mpsc::channel();
-        shared.control.send(Command::ShowClusters { reply: tx });
-        if let Ok(all) = rx.recv_timeout(Duration::from_secs(1)) {
-            for (slot, list) in all {
-                clusters.insert(slot, list.iter().map(ClusterShow::of).collect());
+        // Each worker's copy of a LAN holds the flows that came its way: add them up.
+        let answers = shared.control.ask(Duration::from_secs(1), |_, reply| Command::ShowClusters { reply });
+        let mut merged: std::collections::BTreeMap<usize, Vec<crate::switch::ClusterStatus>> = Default::default();
+        for (slot, list) in answers.into_iter().flatten().flatten() {
+            let into = merged.entry(slot).or_default();
+            for c in list {
+                match into.iter_mut().find(|m| m.name == c.name) {
+                    Some(m) => m.add(&c),
+                    None => into.push(c),
+                }
             }
+        }
+        for (slot, list) in merged {
+            clusters.insert(slot, list.iter().map(ClusterShow::of).collect());
         }
     }
     let lans = shared.lans.read().unwrap_or_else(|p| p.into_inner());
@@ -186,7 +194,7 @@ pub(super) fn show(shared: &Shared) -> NetShow {
                         UplinkModeConfig::Unfiltered => "unfiltered".into(),
                     },
                     mac: l.external_mac,
-                    counters: l.uplink_traffic.snapshot(),
+                    counters: crate::counters::sum(&l.uplink_traffic),
                 }),
                 ports: l
                     .ports
@@ -205,10 +213,10 @@ pub(super) fn show(shared: &Shared) -> NetShow {
                         ips: cidrs(&lock(&p.addrs)),
                         promiscuous: p.plan.promiscuous,
                         attached: p.attached.load(Ordering::Relaxed),
-                        counters: p.traffic.snapshot(),
+                        counters: crate::counters::sum(&p.traffic),
                     })
                     .collect(),
-                counters: l.traffic.snapshot(),
+                counters: crate::counters::sum(&l.traffic),
             })
             .collect(),
     }

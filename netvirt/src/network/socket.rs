@@ -137,7 +137,8 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
         // The data path takes the port before the client hears back: once its connect
         // returns, frames sent to it are delivered, and frames it sends are switched.
         let (done, attached) = std::sync::mpsc::channel();
-        shared.control.send(Command::AttachRing { lan: l, port: p, ring, done });
+        // A LAN with ring ports is served by the first worker alone.
+        shared.control.first().send(Command::AttachRing { lan: l, port: p, ring, done });
         attached
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| io::Error::other("the data path did not take the port"))?;
@@ -170,7 +171,7 @@ fn connection(sock: &UnixStream, shared: &Shared, busy: &Mutex<HashSet<(usize, u
         }
         Ok(())
     })();
-    shared.control.send(Command::DetachRing { lan: l, port: p });
+    shared.control.first().send(Command::DetachRing { lan: l, port: p });
     lock(&port.client).take();
     port.attached.store(false, Ordering::Relaxed);
     busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&(l, p));

@@ -70,6 +70,21 @@ pub struct ClusterStatus {
     pub backends: Vec<(Proto, u16, String, Health)>,
 }
 
+impl ClusterStatus {
+    /// Adds another worker's copy of the same cluster: its flows and counters (backends'
+    /// health is the same in every copy).
+    pub fn add(&mut self, other: &ClusterStatus) {
+        self.flows += other.flows;
+        self.evicted += other.evicted;
+        self.counters.forwarded += other.counters.forwarded;
+        self.counters.new_flows += other.counters.new_flows;
+        self.counters.echo_replies += other.counters.echo_replies;
+        for (d, o) in self.counters.dropped.iter_mut().zip(other.counters.dropped) {
+            *d += o;
+        }
+    }
+}
+
 impl LanCluster {
     fn status(&self) -> ClusterStatus {
         let spec = self.cluster.spec();

@@ -386,6 +386,14 @@ impl VirtualLan {
     /// announces it with a gratuitous ARP to every other member and, when the virtual
     /// MACs are visible outside, to the uplink.
     pub fn move_ip(&mut self, ip: Ipv4Addr, to: PortId, out: &mut impl Sink) -> Result<(), LanError> {
+        self.rebind_ip(ip, to)?;
+        self.garp(ip, to, out);
+        Ok(())
+    }
+
+    /// Moves `ip` to port `to` in the tables only, announcing nothing: what a data-path
+    /// worker's copy of the LAN does while another copy announces the move.
+    pub fn rebind_ip(&mut self, ip: Ipv4Addr, to: PortId) -> Result<(), LanError> {
         if to >= self.ports.len() {
             return Err(LanError::NoPort { lan: self.name.clone(), port: to });
         }
@@ -397,7 +405,6 @@ impl VirtualLan {
             self.ports[old].spec.ips.retain(|&i| i != addr);
         }
         self.ports[to].spec.ips.push(addr);
-        self.garp(ip, to, out);
         Ok(())
     }
 

@@ -11,6 +11,7 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -23,14 +24,21 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
-/// Creates a TAP device named `name` in the calling thread's network namespace, with a
-/// virtio-net header on every frame and checksum and TCP segmentation offload toward
-/// userspace, so the stack hands over 64 KiB segments with partial checksums. The fd is
-/// non-blocking. Closing it deletes the device.
-pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
+/// Creates a TAP device named `name` in the calling thread's network namespace with
+/// `queues` queues (more than one: `IFF_MULTI_QUEUE`, the kernel spreading flows over
+/// them), a virtio-net header on every frame and checksum and TCP segmentation offload
+/// toward userspace, so the stack hands over 64 KiB segments with partial checksums.
+/// Returns one non-blocking fd per queue; closing them all deletes the device.
+pub fn create_tap(name: &str, queues: usize) -> io::Result<Vec<OwnedFd>> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is not a valid interface name")));
     }
+    let multi = if queues > 1 { IFF_MULTI_QUEUE } else { 0 };
+    (0..queues.max(1)).map(|_| tap_queue(name, multi)).collect()
+}
+
+/// Opens one queue of TAP `name` (creating the device with the first).
+fn tap_queue(name: &str, multi: libc::c_short) -> io::Result<OwnedFd> {
     let path = c"/dev/net/tun";
     // SAFETY: `path` is a NUL-terminated string; open has no other preconditions.
     let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) };
@@ -39,7 +47,8 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     }
     // SAFETY: `raw` is a fresh fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | multi;
+    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
     for (d, s) in req.name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
