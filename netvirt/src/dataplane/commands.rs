@@ -1,4 +1,4 @@
-//! Requests to the data path thread from the rest of the service, and how the thread
+//! Requests to a data-path worker from the rest of the service, and how the worker
 //! carries them out.
 
 use std::os::fd::OwnedFd;

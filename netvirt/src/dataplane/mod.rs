@@ -1,5 +1,7 @@
-//! The netvirt data path: one thread, one io_uring, every LAN of the control node. TAP
-//! fds and uplink packet sockets are read with several reads in flight per port; each
+//! One netvirt data-path worker: one thread, one io_uring, and its LANs: every LAN of TAPs
+//! alone (its own queue of each TAP, its own copy of the switch) and, on the first worker,
+//! every LAN with ring ports or an uplink. TAP fds and uplink packet sockets are read with
+//! several reads in flight per port; each
 //! completed read is run through its LAN's [`VirtualLan`], and the copies it sends become
 //! writes queued on the same ring and submitted together with the next reads, in one
 //! `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it

@@ -1,5 +1,5 @@
 //! The running netvirt service: builds every LAN's switch and ports from the plan the
-//! gateway resolved, runs the data path thread, and serves the netvirt socket where ring
+//! gateway resolved, runs the data-path workers, and serves the netvirt socket where ring
 //! clients attach and `pangate net show` asks what is there.
 
 use std::io;

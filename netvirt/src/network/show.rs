@@ -152,7 +152,7 @@ pub struct PortShow {
 }
 
 pub(super) fn show(shared: &Shared) -> NetShow {
-    // Clusters' state lives in the data path thread: ask it, briefly, without holding
+    // Clusters' state lives in the data-path workers: ask them, briefly, without holding
     // the LAN table meanwhile.
     let any =
         shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().any(|l| !lock(&l.clusters).is_empty());
