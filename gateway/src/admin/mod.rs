@@ -486,7 +486,8 @@ impl GatewayAdmin {
             invalid(format!("{e:#}"))
         })
     }
-    /// netvirt's plan for one LAN of `cfg` (assigning its ports' MACs).
+
+    /// netvirt's plan for cluster `name` of a LAN of `cfg`.
     fn cluster_plan(
         &self,
         cfg: &Config,
@@ -501,6 +502,7 @@ impl GatewayAdmin {
             .ok_or_else(|| AdminError::NotFound(format!("no cluster {name:?} on LAN {lan:?}")))
     }
 
+    /// netvirt's plan for one LAN of `cfg` (assigning its ports' MACs).
     fn lan_plan(&self, cfg: &Config, pan: &str, lan: &str) -> Result<netvirt::network::LanPlan, AdminError> {
         crate::net::plan(cfg, &self.data_dir)
             .map_err(|e| AdminError::Failed(format!("planning the LAN: {e}")))?
@@ -510,14 +512,14 @@ impl GatewayAdmin {
     }
 }
 
-/// A failure of netvirt or the host as the admin reports it: name clashes are conflicts,
-/// bad names invalid, missing things not found, the rest the host's failure.
 /// The LANs where `node` of `pan` has a port.
 fn lans_of<'a>(cfg: &'a Config, pan: &'a str, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     let lans = cfg.pans.iter().filter(move |p| p.name == pan).flat_map(|p| &p.lans);
     lans.filter(move |l| l.ports.iter().any(|p| p.node == node)).map(|l| l.name.as_str())
 }
 
+/// A failure of netvirt or the host as the admin reports it: name clashes are conflicts,
+/// bad names invalid, missing things not found, the rest the host's failure.
 fn io_error(e: std::io::Error) -> AdminError {
     match e.kind() {
         std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::ResourceBusy => AdminError::Conflict(e.to_string()),

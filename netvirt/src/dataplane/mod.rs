@@ -1,10 +1,9 @@
 //! One netvirt data-path worker: one thread, one io_uring, and its LANs: every LAN of TAPs
 //! alone (its own queue of each TAP, its own copy of the switch) and, on the first worker,
 //! every LAN with ring ports or an uplink. TAP fds and uplink packet sockets are read with
-//! several reads in flight per port; each
-//! completed read is run through its LAN's [`VirtualLan`], and the copies it sends become
-//! writes queued on the same ring and submitted together with the next reads, in one
-//! `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it
+//! several reads in flight per port; each completed read is run through its LAN's
+//! [`VirtualLan`], and the copies it sends become writes queued on the same ring and
+//! submitted together with the next reads, in one `io_uring_enter` per batch. A frame forwarded unchanged is written from the buffer it
 //! was read into (counted references), so a 64 KiB TCP super-frame is never copied.
 //!
 //! The ring and the buffer pool are `sys::ring`'s: every SQE that names memory is
