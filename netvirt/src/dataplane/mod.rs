@@ -28,8 +28,10 @@ use self::egress::Egress;
 /// Room for a virtio-net header, an 802.1Q tag and the largest super-frame a TAP hands
 /// over (64 KiB of IP plus the Ethernet header).
 const BUF_LEN: usize = VNET_HDR_LEN + 4 + 14 + 65_535 + 64;
-/// Reads kept in flight per TAP or uplink.
+/// Reads kept in flight per TAP or uplink, where reads are not multishot.
 const READS_PER_PORT: usize = 4;
+/// Pool buffers kept in the provided-buffer ring for multishot TAP reads to fill.
+const PROVIDED: usize = 64;
 /// Buffers the pool may hold at most (read and write buffers together).
 const MAX_BUFS: usize = 512;
 
@@ -81,6 +83,12 @@ enum Op {
         lan: usize,
         src: Src,
         buf: usize,
+        epoch: u32,
+    },
+    /// A multishot read of a TAP: one SQE, a CQE per frame, each in a provided buffer.
+    ReadMulti {
+        lan: usize,
+        src: Src,
         epoch: u32,
     },
     Recv {
@@ -178,12 +186,18 @@ impl Dataplane {
 
     /// Runs until [`Command::Stop`].
     pub fn run(mut self) -> std::io::Result<()> {
+        self.ring.start()?;
         self.push_wake();
         for l in 0..self.lans.len() {
             self.start_reads(l);
         }
         let mut cqes = Vec::with_capacity(256);
         while !self.stop {
+            self.provide();
+            // Reads that found no buffer are put in flight again now that there may be.
+            for (l, src) in std::mem::take(&mut self.starved) {
+                self.push_read(l, src);
+            }
             self.flush_writes();
             self.tell_time();
             if self.ring_ports > 0 {
@@ -200,10 +214,6 @@ impl Dataplane {
             self.ring.reap(&mut self.out.pool, &mut cqes);
             for c in cqes.drain(..) {
                 self.complete(c);
-            }
-            let starved = std::mem::take(&mut self.starved);
-            for (l, src) in starved {
-                self.push_read(l, src);
             }
         }
         self.cancel_all();
@@ -229,6 +239,28 @@ impl Dataplane {
         self.lans.get_mut(l).and_then(Option::as_mut)
     }
 
+    /// Tops the provided-buffer ring up to [`PROVIDED`] pool buffers (as far as the pool
+    /// has them), so multishot reads have somewhere to put the next frames.
+    fn provide(&mut self) {
+        while self.ring.multishot() && self.ring.provided() < PROVIDED {
+            let Some(b) = self.out.pool.alloc() else { return };
+            if !self.ring.provide(&mut self.out.pool, b) {
+                self.out.pool.release(b);
+                return;
+            }
+        }
+    }
+
+    /// How many reads `push_read` keeps in flight on `src`: one multishot read on a TAP
+    /// where the kernel has them, else [`READS_PER_PORT`].
+    fn reads_per(&self, src: Src) -> usize {
+        if self.ring.multishot() && matches!(src, Src::Port(_)) {
+            1
+        } else {
+            READS_PER_PORT
+        }
+    }
+
     /// Puts reads in flight on every TAP and the uplink of LAN `l`.
     fn start_reads(&mut self, l: usize) {
         let Some(lan) = self.lan(l) else { return };
@@ -238,7 +270,7 @@ impl Dataplane {
             srcs.push(Src::Uplink);
         }
         for src in srcs {
-            for _ in 0..READS_PER_PORT {
+            for _ in 0..self.reads_per(src) {
                 self.push_read(l, src);
             }
         }
@@ -326,6 +358,17 @@ impl Dataplane {
 
     fn push_read(&mut self, l: usize, src: Src) {
         let Some(fd) = self.fd_of(l, src) else { return };
+        if let (true, Src::Port(_)) = (self.ring.multishot(), src) {
+            if self.ring.provided() == 0 {
+                // Armed now it would end at once: wait until buffers come back.
+                self.starved.push((l, src));
+                return;
+            }
+            let epoch = self.epoch(l, src);
+            let token = self.push_op(Op::ReadMulti { lan: l, src, epoch });
+            self.ring.read_multi(fd, token);
+            return;
+        }
         let Some(buf) = self.out.pool.alloc() else {
             self.starved.push((l, src));
             return;
@@ -363,10 +406,34 @@ impl Dataplane {
     }
 
     fn complete(&mut self, c: Completion) {
-        let Completion { token, res, control } = c;
-        let Some(op) = self.ops.get_mut(token).and_then(Option::take) else { return };
+        let Completion { token, res, control, buf: provided, more } = c;
+        if more {
+            // A multishot read that stays armed: its op stays with it.
+            match self.ops.get(token) {
+                Some(&Some(Op::ReadMulti { lan, src, epoch })) => self.multi_frame(lan, src, epoch, res, provided),
+                _ => provided.into_iter().for_each(|b| self.out.pool.release(b)),
+            }
+            return;
+        }
+        let Some(op) = self.ops.get_mut(token).and_then(Option::take) else {
+            provided.into_iter().for_each(|b| self.out.pool.release(b));
+            return;
+        };
         self.free_ops.push(token);
         match op {
+            Op::ReadMulti { lan, src, epoch } => {
+                self.multi_frame(lan, src, epoch, res, provided);
+                if epoch != self.epoch(lan, src) || res == -libc::ECANCELED {
+                    return;
+                }
+                match res {
+                    // The provided buffers ran out (or the kernel ended it for its own
+                    // reasons): armed again once there are buffers.
+                    r if r >= 0 || r == -libc::ENOBUFS => self.starved.push((lan, src)),
+                    r if r == -libc::EAGAIN => self.push_poll(lan, src),
+                    r => self.tap_failed(lan, src, r),
+                }
+            }
             Op::Wake => {
                 if res >= 0 || res == -libc::EINTR || res == -libc::EAGAIN {
                     self.commands();
@@ -450,6 +517,16 @@ impl Dataplane {
         }
     }
 
+    /// One CQE of a multishot read: the frame in provided buffer `buf` goes through the
+    /// LAN unless its port has moved on to another device since the read was armed.
+    fn multi_frame(&mut self, l: usize, src: Src, epoch: u32, res: i32, buf: Option<usize>) {
+        let Some(b) = buf else { return };
+        if res > 0 && epoch == self.epoch(l, src) {
+            self.frame_in(l, src, b, res as usize, None);
+        }
+        self.out.pool.release(b);
+    }
+
     /// A TAP read failed (the device was deleted, or its namespace went): the port stops
     /// and counts as detached, so its cluster backends go down and a failover monitor
     /// sees it unreachable. Its fd stays until the port is replaced or the LAN removed.
@@ -492,7 +569,7 @@ impl Dataplane {
             }
         }
         if tap {
-            for _ in 0..READS_PER_PORT {
+            for _ in 0..self.reads_per(Src::Port(p)) {
                 self.push_read(l, Src::Port(p));
             }
         }

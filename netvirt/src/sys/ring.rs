@@ -109,6 +109,8 @@ enum Held {
     Recv(usize, Box<RecvState>),
     /// A read into the ring's own wake buffer.
     Wake,
+    /// A multishot read: each CQE names the provided buffer it filled.
+    Multi,
 }
 
 /// A completion, with the control messages of a `recvmsg`.
@@ -120,6 +122,11 @@ pub struct Completion {
     pub res: i32,
     /// For a `recvmsg`: the control messages the kernel wrote.
     pub control: Option<Control>,
+    /// For a multishot read: the provided pool buffer the frame is in, now the receiver's
+    /// (one reference, to release).
+    pub buf: Option<usize>,
+    /// For a multishot read: whether it stays armed (more CQEs will come for its token).
+    pub more: bool,
 }
 
 /// The control messages of a completed `recvmsg`.
@@ -141,6 +148,11 @@ impl std::fmt::Debug for Control {
 /// The data path's io_uring.
 pub struct DataRing {
     ring: IoUring,
+    /// Created disabled, waiting for [`DataRing::start`] on its thread.
+    disabled: bool,
+    /// The provided-buffer ring multishot reads take pool buffers from, where the kernel
+    /// has both (6.7 and later).
+    provided: Option<Provided>,
     /// What each token's SQE holds, indexed by token.
     held: Vec<Option<Held>>,
     wake_buf: Box<[u8; 8]>,
@@ -158,9 +170,76 @@ impl std::fmt::Debug for DataRing {
 pub const NO_TOKEN: usize = usize::MAX;
 
 impl DataRing {
-    /// A ring with room for `entries` SQEs.
+    /// A ring with room for `entries` SQEs, for the thread that calls [`DataRing::start`].
+    ///
+    /// Where the kernel allows (6.1 and later), the ring runs its completion work only
+    /// when that thread asks for completions (`DEFER_TASKRUN`, one issuer): a frame
+    /// arriving on a TAP then costs its sender a list insertion, not an interrupt of the
+    /// worker polling on another core, and the worker finishes the reads in batches. A
+    /// flag in the shared ring says when such work waits ([`DataRing::has_completions`]).
     pub fn new(entries: u32) -> io::Result<DataRing> {
-        Ok(DataRing { ring: IoUring::new(entries)?, held: Vec::new(), wake_buf: Box::new([0; 8]), wake_held: false })
+        let deferred = IoUring::builder()
+            .setup_r_disabled()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .build(entries);
+        let (ring, disabled) = match deferred {
+            Ok(ring) => (ring, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (IoUring::new(entries)?, false),
+            Err(e) => return Err(e),
+        };
+        Ok(DataRing { ring, disabled, provided: None, held: Vec::new(), wake_buf: Box::new([0; 8]), wake_held: false })
+    }
+
+    /// Makes the calling thread the ring's only issuer: called once, on the thread that
+    /// then submits and reaps, before anything is queued.
+    pub fn start(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.disabled) {
+            self.ring.submitter().register_enable_rings()?;
+        }
+        let mut probe = io_uring::Probe::new();
+        if self.ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(opcode::ReadMulti::CODE) {
+            self.provided = Provided::register(&self.ring).ok();
+        }
+        Ok(())
+    }
+
+    /// Whether reads can be multishot ([`DataRing::read_multi`]).
+    pub fn multishot(&self) -> bool {
+        self.provided.is_some()
+    }
+
+    /// How many pool buffers the provided-buffer ring holds for multishot reads to fill.
+    pub fn provided(&self) -> usize {
+        self.provided.as_ref().map_or(0, |p| p.count)
+    }
+
+    /// Gives pool buffer `b` (allocated, one reference) to the provided-buffer ring; a
+    /// multishot read's CQE hands it back. Returns `false`, keeping `b`, when the ring is
+    /// full or there is none.
+    pub fn provide(&mut self, pool: &mut Pool, b: usize) -> bool {
+        let Some(p) = self.provided.as_mut().filter(|p| p.count < usize::from(p.entries)) else { return false };
+        assert!(pool.idle(b) && pool.refs[b] == 1, "a provided buffer belongs to nobody else");
+        let Ok(bid) = u16::try_from(b) else { return false };
+        let buf = &mut pool.bufs[b];
+        let len = u32::try_from(buf.len()).expect("pool buffers are under 4 GiB");
+        pool.filling[b] += 1;
+        p.push(buf.as_mut_ptr() as u64, len, bid);
+        true
+    }
+
+    /// A multishot read of `fd` into provided buffers, one CQE per frame, until it ends
+    /// (a CQE without `more`: an error, cancellation, or the provided ring running dry).
+    /// Names no memory of its own.
+    pub fn read_multi(&mut self, fd: RawFd, token: usize) {
+        assert!(self.provided.is_some(), "multishot reads need the provided-buffer ring");
+        let e = opcode::ReadMulti::new(types::Fd(fd), 0, BGID).build();
+        self.hold(token, Held::Multi);
+        // SAFETY: the buffers the kernel fills are the provided ring's, each counted as
+        // filled in the pool until its CQE is reaped (and leaked if the pool is dropped
+        // before); the SQE itself points at no memory.
+        unsafe { self.push(e, token) };
     }
 
     fn hold(&mut self, token: usize, held: Held) {
@@ -265,8 +344,17 @@ impl DataRing {
         self.ring.submit_and_wait(want)
     }
 
-    /// Whether completions are waiting to be reaped.
+    /// Whether completions are waiting to be reaped. Completion work the kernel deferred
+    /// to this thread is run first when the ring flags some (one `io_uring_enter`, only
+    /// then), so a poll loop sees frames without sleeping and without being interrupted.
     pub fn has_completions(&mut self) -> bool {
+        if !self.ring.completion().is_empty() {
+            return true;
+        }
+        if self.ring.submission().taskrun() {
+            // submit() asks for events when the flag is up, which runs the deferred work.
+            let _ = self.ring.submit();
+        }
         !self.ring.completion().is_empty()
     }
 
@@ -275,7 +363,22 @@ impl DataRing {
         for cqe in self.ring.completion() {
             let token = cqe.user_data() as usize;
             let mut control = None;
-            match self.held.get_mut(token).and_then(Option::take) {
+            let more = io_uring::cqueue::more(cqe.flags());
+            let buf = io_uring::cqueue::buffer_select(cqe.flags()).map(|bid| {
+                let b = usize::from(bid);
+                pool.filling[b] = pool.filling[b].checked_sub(1).expect("this pool's provided buffer");
+                if let Some(p) = self.provided.as_mut() {
+                    p.count -= 1;
+                }
+                b
+            });
+            let slot = self.held.get_mut(token);
+            let held = match slot {
+                Some(h) if more && matches!(h, Some(Held::Multi)) => None,
+                Some(h) => h.take(),
+                None => None,
+            };
+            match held {
                 Some(Held::Fill(b)) => pool.filling[b] = pool.filling[b].checked_sub(1).expect("this pool's read"),
                 Some(Held::Send(b)) => pool.sending[b] = pool.sending[b].checked_sub(1).expect("this pool's write"),
                 Some(Held::Recv(b, state)) => {
@@ -283,9 +386,9 @@ impl DataRing {
                     control = Some(Control(state));
                 }
                 Some(Held::Wake) => self.wake_held = false,
-                None => {}
+                Some(Held::Multi) | None => {}
             }
-            out.push(Completion { token, res: cqe.result(), control });
+            out.push(Completion { token, res: cqe.result(), control, buf, more });
         }
     }
 }
@@ -298,6 +401,79 @@ impl Drop for DataRing {
             std::mem::forget(std::mem::take(&mut self.held));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
         }
+    }
+}
+
+/// The buffer group multishot reads select from.
+const BGID: u16 = 0;
+/// Entries of the provided-buffer ring (a power of two).
+const PROVIDED_ENTRIES: u16 = 256;
+
+/// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`): entries naming pool buffers,
+/// in memory of its own the kernel reads, and the tail this side advances.
+struct Provided {
+    base: *mut types::BufRingEntry,
+    map_len: usize,
+    entries: u16,
+    tail: u16,
+    /// Buffers in the ring now (given, not yet handed back by a CQE).
+    count: usize,
+}
+
+// SAFETY: the mapping is owned by the Provided and moves between threads only with the
+// data path that owns it.
+unsafe impl Send for Provided {}
+
+impl Provided {
+    /// Maps and registers an empty ring as buffer group [`BGID`] of `ring`.
+    fn register(ring: &IoUring) -> io::Result<Provided> {
+        let entries = PROVIDED_ENTRIES;
+        let map_len = usize::from(entries) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: a fresh private anonymous mapping, no address hint; zero-filled, which
+        // is a valid empty ring (tail 0).
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                map_len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }?;
+        // SAFETY: page-aligned memory of `entries` entries that lives until `Drop`, after
+        // the ring (declared before) has closed; the kernel pins its pages while it uses them.
+        let registered = unsafe { ring.submitter().register_buf_ring_with_flags(base as u64, entries, BGID, 0) };
+        let p = Provided { base: base.cast(), map_len, entries, tail: 0, count: 0 };
+        registered?;
+        Ok(p)
+    }
+
+    /// Appends one buffer and publishes the new tail.
+    fn push(&mut self, addr: u64, len: u32, bid: u16) {
+        let index = usize::from(self.tail & (self.entries - 1));
+        // SAFETY: `index` is within the mapping.
+        let slot = unsafe { self.base.add(index) };
+        // SAFETY: the kernel reads entries only below the published tail, and this one is
+        // at or past it, so nothing else reads or writes it now.
+        let entry = unsafe { &mut *slot };
+        entry.set_addr(addr);
+        entry.set_len(len);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: `base` is the ring's first entry, initialised (zeroed by the mapping).
+        let tail = unsafe { types::BufRingEntry::tail(self.base) }.cast::<std::sync::atomic::AtomicU16>();
+        // SAFETY: the tail overlays the first entry's reserved field, aligned for a u16,
+        // which the kernel reads and this side alone writes; published with release order
+        // after the entry.
+        unsafe { &*tail }.store(self.tail, std::sync::atomic::Ordering::Release);
+        self.count += 1;
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is this ring's own, made in `register`; the io_uring that
+        // used it is closed by now (the ring field drops first).
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.map_len) };
     }
 }
 
@@ -352,6 +528,7 @@ mod tests {
             eprintln!("skipping: no io_uring here");
             return;
         };
+        ring.start().unwrap();
         let (mut tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut pool = Pool::new(64, 2);
         let b = pool.alloc().unwrap();
@@ -380,5 +557,55 @@ mod tests {
         assert_eq!(&pool.get(b)[..5], b"frame");
         let taken = pool.take(b);
         pool.put(b, taken);
+    }
+
+    #[test]
+    fn a_multishot_read_hands_each_frame_in_a_provided_buffer_and_ends_when_they_run_out() {
+        let Ok(mut ring) = DataRing::new(8) else {
+            eprintln!("skipping: no io_uring here");
+            return;
+        };
+        ring.start().unwrap();
+        if !ring.multishot() {
+            eprintln!("skipping: this kernel has no multishot reads (6.7 and later)");
+            return;
+        }
+        let (tx, rx) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let mut pool = Pool::new(64, 4);
+        let bufs: Vec<usize> = (0..2).map(|_| pool.alloc().unwrap()).collect();
+        for &b in &bufs {
+            assert!(ring.provide(&mut pool, b));
+        }
+        assert_eq!(ring.provided(), 2);
+        ring.read_multi(rx.as_raw_fd(), 9);
+        let mut done = Vec::new();
+        let mut reap = |ring: &mut DataRing, pool: &mut Pool, want: usize| {
+            for _ in 0..100 {
+                if done.len() >= want {
+                    break;
+                }
+                ring.submit_and_wait(1).unwrap();
+                ring.reap(pool, &mut done);
+            }
+            std::mem::take(&mut done)
+        };
+        let mut seen = Vec::new();
+        for frame in [&b"first"[..], b"second"] {
+            tx.send(frame).unwrap();
+            let c = reap(&mut ring, &mut pool, 1);
+            let (b, more) = (c[0].buf.expect("a provided buffer"), c[0].more);
+            assert!(more, "still armed while buffers remain");
+            assert_eq!(&pool.get(b)[..c[0].res as usize], frame);
+            seen.push(b);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, bufs, "each provided buffer was used once");
+        assert_eq!(ring.provided(), 0);
+        tx.send(b"third").unwrap();
+        let c = reap(&mut ring, &mut pool, 1);
+        assert_eq!((c[0].token, c[0].res, c[0].more, c[0].buf), (9, -libc::ENOBUFS, false, None));
+        for b in seen {
+            pool.release(b);
+        }
     }
 }
