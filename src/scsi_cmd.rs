@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use gateway::ring::initiator::{Initiator, Response};
 use serde_json::json;
 
@@ -76,6 +76,143 @@ enum ScsiCmd {
     },
     /// REQUEST SENSE.
     Sense,
+    /// PERSISTENT RESERVE IN, as `sg_persist --in` would send it.
+    PrIn {
+        /// Service action.
+        #[arg(value_enum)]
+        action: PrIn,
+    },
+    /// PERSISTENT RESERVE OUT, as `sg_persist --out` would send it.
+    PrOut {
+        /// Service action.
+        #[arg(value_enum)]
+        action: PrOut,
+        /// The key this initiator is registered with (0 when it is not).
+        #[arg(long, default_value = "0", value_parser = parse_key)]
+        key: u64,
+        /// The service action key: the new key to register, or the key to preempt.
+        #[arg(long = "sa-key", default_value = "0", value_parser = parse_key)]
+        sa_key: u64,
+        /// Reservation type.
+        #[arg(long = "type", value_enum, default_value = "we")]
+        kind: PrKind,
+        /// Keep the state across a restart (APTPL), with a register.
+        #[arg(long)]
+        aptpl: bool,
+        /// Register through every target port.
+        #[arg(long = "all-tg-pt")]
+        all_tg_pt: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrIn {
+    ReadKeys,
+    ReadReservation,
+    ReportCapabilities,
+    ReadFullStatus,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrOut {
+    Register,
+    Reserve,
+    Release,
+    Clear,
+    Preempt,
+    PreemptAbort,
+    RegisterIgnore,
+}
+
+/// Reservation types by their `sg_persist` abbreviations.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrKind {
+    /// Write Exclusive.
+    We,
+    /// Exclusive Access.
+    Ea,
+    /// Write Exclusive, Registrants Only.
+    WeRo,
+    /// Exclusive Access, Registrants Only.
+    EaRo,
+    /// Write Exclusive, All Registrants.
+    WeAr,
+    /// Exclusive Access, All Registrants.
+    EaAr,
+}
+
+fn parse_key(s: &str) -> Result<u64, String> {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    u64::from_str_radix(hex, 16).map_err(|e| format!("{s:?} is not a hexadecimal key: {e}"))
+}
+
+fn type_name(code: u8) -> &'static str {
+    match code {
+        1 => "write-exclusive",
+        3 => "exclusive-access",
+        5 => "write-exclusive-registrants-only",
+        6 => "exclusive-access-registrants-only",
+        7 => "write-exclusive-all-registrants",
+        8 => "exclusive-access-all-registrants",
+        _ => "none",
+    }
+}
+
+/// Decodes PERSISTENT RESERVE IN data into JSON and a line or more for people.
+fn pr_in_report(action: PrIn, d: &[u8]) -> (serde_json::Value, String) {
+    let be32 = |at: usize| d.get(at..at + 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
+    let be64 = |at: usize| d.get(at..at + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+    let generation = be32(0);
+    match action {
+        PrIn::ReadKeys => {
+            let n = (be32(4) as usize / 8).min(d.len().saturating_sub(8) / 8);
+            let keys: Vec<String> = (0..n).map(|k| format!("{:#x}", be64(8 + 8 * k))).collect();
+            let h = format!("generation {generation:#x}, {} key(s): {}", keys.len(), keys.join(" "));
+            (json!({"generation": generation, "keys": keys}), h)
+        }
+        PrIn::ReadReservation => {
+            if be32(4) < 16 || d.len() < 24 {
+                return (
+                    json!({"generation": generation, "reservation": null}),
+                    format!("generation {generation:#x}, no reservation"),
+                );
+            }
+            let (key, kind) = (be64(8), type_name(d[21] & 0x0F));
+            let h = format!("generation {generation:#x}, key {key:#x}, type {kind}");
+            (json!({"generation": generation, "reservation": {"key": format!("{key:#x}"), "type": kind}}), h)
+        }
+        PrIn::ReportCapabilities => {
+            let b = |i: usize, bit: u8| d.get(i).is_some_and(|v| v & (1 << bit) != 0);
+            let v = json!({"crh": b(2, 4), "sip_c": b(2, 3), "atp_c": b(2, 2), "ptpl_c": b(2, 0),
+                "tmv": b(3, 7), "ptpl_a": b(3, 0), "type_mask": format!("{:02x}{:02x}", d.get(4).copied().unwrap_or(0), d.get(5).copied().unwrap_or(0))});
+            let h = v.to_string();
+            (v, h)
+        }
+        PrIn::ReadFullStatus => {
+            let end = (8 + be32(4) as usize).min(d.len());
+            let (mut at, mut regs, mut lines) = (8, Vec::new(), vec![format!("generation {generation:#x}")]);
+            while at + 24 <= end {
+                let len = be32(at + 20) as usize;
+                let tid = d.get(at + 24..(at + 24 + len).min(end)).unwrap_or(&[]);
+                let port = scsi::InitiatorPort::parse_transport_id(tid).map(|(p, _)| p);
+                let (key, holder, all_tg_pt) = (be64(at), d[at + 12] & 1 != 0, d[at + 12] & 2 != 0);
+                let kind = if holder { type_name(d[at + 13] & 0x0F) } else { "none" };
+                let target_port = u16::from_be_bytes([d[at + 18], d[at + 19]]);
+                let name = port.as_ref().map_or_else(String::new, |p| p.name.clone());
+                let isid = port.and_then(|p| p.isid).map(|i| format!("{i:012x}"));
+                lines.push(format!(
+                    "key {key:#x} {name} isid {} target port {target_port}{}{}",
+                    isid.as_deref().unwrap_or("-"),
+                    if all_tg_pt { " (all target ports)" } else { "" },
+                    if holder { format!(", holds {kind}") } else { String::new() }
+                ));
+                regs.push(json!({"key": format!("{key:#x}"), "holder": holder, "all_tg_pt": all_tg_pt,
+                    "type": kind, "target_port": target_port, "initiator": name, "isid": isid}));
+                at += 24 + len;
+            }
+            (json!({"generation": generation, "registrations": regs}), lines.join("\n"))
+        }
+    }
 }
 
 fn status_text(r: &Response) -> String {
@@ -182,6 +319,40 @@ pub fn run(a: ScsiArgs) -> anyhow::Result<()> {
         }
         ScsiCmd::Sync => (i.flush(t, l)?, json!({}), String::new()),
         ScsiCmd::Unmap { lba, count } => (i.unmap(t, l, *lba, *count)?, json!({}), String::new()),
+        ScsiCmd::PrIn { action } => {
+            let sa = match action {
+                PrIn::ReadKeys => scsi::pr::sa_in::READ_KEYS,
+                PrIn::ReadReservation => scsi::pr::sa_in::READ_RESERVATION,
+                PrIn::ReportCapabilities => scsi::pr::sa_in::REPORT_CAPABILITIES,
+                PrIn::ReadFullStatus => scsi::pr::sa_in::READ_FULL_STATUS,
+            };
+            let (r, d) = i.data_in(t, l, &scsi::build::persistent_reserve_in(sa, 8192), 8192)?;
+            let (v, h) = pr_in_report(*action, &d);
+            (r, v, h)
+        }
+        ScsiCmd::PrOut { action, key, sa_key, kind, aptpl, all_tg_pt } => {
+            use scsi::pr::sa_out;
+            let sa = match action {
+                PrOut::Register => sa_out::REGISTER,
+                PrOut::Reserve => sa_out::RESERVE,
+                PrOut::Release => sa_out::RELEASE,
+                PrOut::Clear => sa_out::CLEAR,
+                PrOut::Preempt => sa_out::PREEMPT,
+                PrOut::PreemptAbort => sa_out::PREEMPT_AND_ABORT,
+                PrOut::RegisterIgnore => sa_out::REGISTER_AND_IGNORE,
+            };
+            let code = match kind {
+                PrKind::We => 1,
+                PrKind::Ea => 3,
+                PrKind::WeRo => 5,
+                PrKind::EaRo => 6,
+                PrKind::WeAr => 7,
+                PrKind::EaAr => 8,
+            };
+            let p = scsi::build::persistent_reserve_out_params(*key, *sa_key, *all_tg_pt, *aptpl);
+            let r = i.data_out(t, l, &scsi::build::persistent_reserve_out(sa, code, p.len() as u32), &p)?;
+            (r, json!({}), String::new())
+        }
         ScsiCmd::Sense => {
             let (r, d) = i.data_in(t, l, &[0x03, 0, 0, 0, 252, 0], 252)?;
             let parsed = scsi::sense::parse_sense(&d);

@@ -569,8 +569,6 @@ const ALLOWED_SKIPS: &[(&str, &str)] = &[
     ("SCSI.ReceiveCopyResults.", "RECEIVE COPY RESULTS is not implemented (no EXTENDED COPY)"),
     ("SCSI.Sanitize.", "SANITIZE is not implemented"),
     ("SCSI.WriteAtomic16.", "WRITE ATOMIC(16) is not implemented"),
-    ("SCSI.Prin", "persistent reservations are not implemented yet (issue: reservations)"),
-    ("SCSI.Prout", "persistent reservations are not implemented yet (issue: reservations)"),
     ("SCSI.PreventAllow.", "the medium is not removable"),
     ("SCSI.StartStopUnit.Simple", "the medium is not removable"),
     ("SCSI.ReadOnly.ReadOnlySBC", "run on the writable LUN; the read-only LUN's run passes it"),

@@ -27,7 +27,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(d.outstanding(), 0);
     let mut mem = data_out.to_vec();
     let len = mem.len();
-    let nexus = Nexus { id: 3, luns: &[0, 1], read_only: false };
+    let nexus = Nexus {
+        id: 3,
+        luns: &[0, 1],
+        read_only: false,
+        port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
+        target_port: 1,
+    };
     match d.start_direct(&nexus, cdb, PeerSlice::from_mut(&mut mem), sel & 32 != 0) {
         Direct::Declined | Direct::Done(_) => {}
         Direct::Read(read) => {

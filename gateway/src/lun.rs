@@ -123,6 +123,8 @@ pub struct LunDriver {
     parked: VecDeque<usize>,
     finished: Vec<Finished>,
     reaped: Vec<IoCompletion>,
+    /// Where persistent reservations are saved while APTPL is set.
+    reservations: Option<std::path::PathBuf>,
 }
 
 impl LunDriver {
@@ -143,7 +145,34 @@ impl LunDriver {
             parked: VecDeque::new(),
             finished: Vec::new(),
             reaped: Vec::new(),
+            reservations: None,
         })
+    }
+
+    /// Keeps persistent reservations at `path` while APTPL is set, restoring what an
+    /// earlier run saved there.
+    pub fn keep_reservations_at(&mut self, path: std::path::PathBuf) -> anyhow::Result<()> {
+        if let Some(pr) = crate::reservations::load(&path)? {
+            self.lu.restore_persistent(pr);
+        }
+        self.reservations = Some(path);
+        Ok(())
+    }
+
+    /// Saves the reservation state if the last command changed it with APTPL set. The
+    /// command must not report success when that fails: the initiator was promised the
+    /// state survives power loss.
+    fn save_reservations(&mut self, completion: Completion, descriptor: bool) -> Completion {
+        let (Some(path), Some(pr)) = (self.reservations.as_ref(), self.lu.take_pr_to_persist()) else {
+            return completion;
+        };
+        match crate::reservations::save(path, pr) {
+            Ok(()) => completion,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "persistent reservations could not be saved");
+                Completion::check(&Sense::new(SenseKey::HardwareError, scsi::Asc::INTERNAL_TARGET_FAILURE), descriptor)
+            }
+        }
     }
 
     /// The SCSI logical unit.
@@ -272,7 +301,14 @@ impl LunDriver {
             (n, Some(b)) => &b.as_slice()[..n],
         };
         let task = match self.lu.execute(nexus, &cmd, params) {
-            Action::Complete(completion) => return self.finished.push(Finished { tag, completion, buffer: None }),
+            Action::Complete(completion) => {
+                let completion = if matches!(cmd, scsi::Command::PersistentReserveOut { .. }) {
+                    self.save_reservations(completion, descriptor)
+                } else {
+                    completion
+                };
+                return self.finished.push(Finished { tag, completion, buffer: None });
+            }
             Action::Backend(task) => task,
         };
         let data_in = match cmd.data_in_len(bs) {
@@ -513,7 +549,9 @@ impl LunDriver {
     /// Runs one command to completion. Other commands' completions stay queued for `poll`.
     pub fn run(&mut self, initiator: InitiatorId, luns: &[u16], cdb: &[u8], data_out: &[u8]) -> io::Result<Finished> {
         const TAG: u64 = u64::MAX;
-        self.submit(TAG, &Nexus { id: initiator, luns, read_only: false }, cdb, data_out);
+        let port = crate::nexus::gateway_port();
+        let nexus = Nexus { id: initiator, luns, read_only: false, port: &port, target_port: 0 };
+        self.submit(TAG, &nexus, cdb, data_out);
         let mut out = Vec::new();
         loop {
             self.poll(&mut out, true)?;

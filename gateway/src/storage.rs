@@ -82,7 +82,8 @@ pub fn open_image(
     lun.thin_provisioning = img.thin;
     lun.write_cache = img.write_cache;
     let engine = open_engine(image, kind, ENGINE_DEPTH)?;
-    let driver = LunDriver::new(lun, engine)?;
+    let mut driver = LunDriver::new(lun, engine)?;
+    driver.keep_reservations_at(crate::reservations::file_for(data_dir, pan, &img.name))?;
     Ok(OpenImage { pan: pan.to_string(), name: img.name.clone(), path, driver })
 }
 

@@ -649,6 +649,17 @@ impl Initiator {
         result
     }
 
+    /// A command with `params` as its data-out (a parameter list: MODE SELECT, PERSISTENT
+    /// RESERVE OUT…).
+    pub fn data_out(&mut self, target: u16, lun: u16, cdb: &[u8], params: &[u8]) -> Result<Response, InitiatorError> {
+        let r = self.alloc(params.len() as u32).ok_or_else(|| InitiatorError::Invalid("data area exhausted".into()))?;
+        self.write_data(r, params)?;
+        let region = Region { offset: r.offset, len: params.len() as u32 };
+        let result = self.execute(target, lun, cdb, Data::Out { region, staged: false });
+        self.free(r);
+        result
+    }
+
     /// A data-in command with an allocation-length-sized buffer (INQUIRY, READ CAPACITY…).
     pub fn data_in(
         &mut self,

@@ -101,6 +101,29 @@ pub fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
     p
 }
 
+/// PERSISTENT RESERVE IN with service action `action` ([`crate::pr::sa_in`]).
+pub fn persistent_reserve_in(action: u8, alloc: u16) -> [u8; 10] {
+    let a = alloc.to_be_bytes();
+    [op::PERSISTENT_RESERVE_IN, action & 0x1F, 0, 0, 0, 0, 0, a[0], a[1], 0]
+}
+
+/// PERSISTENT RESERVE OUT with service action `action` ([`crate::pr::sa_out`]), TYPE
+/// `kind` (LU scope) and a parameter list of `len` bytes.
+pub fn persistent_reserve_out(action: u8, kind: u8, len: u32) -> [u8; 10] {
+    let l = len.to_be_bytes();
+    [op::PERSISTENT_RESERVE_OUT, action & 0x1F, kind & 0x0F, 0, 0, l[0], l[1], l[2], l[3], 0]
+}
+
+/// The 24-byte PERSISTENT RESERVE OUT parameter list: reservation key, service action
+/// reservation key, and the ALL_TG_PT and APTPL flags.
+pub fn persistent_reserve_out_params(key: u64, sa_key: u64, all_tg_pt: bool, aptpl: bool) -> [u8; 24] {
+    let mut p = [0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = u8::from(all_tg_pt) << 2 | u8::from(aptpl);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,6 +168,22 @@ pub enum Command {
         /// Force unit access for the write.
         fua: bool,
     },
+    /// PERSISTENT RESERVE IN.
+    PersistentReserveIn {
+        /// Service action ([`crate::pr::sa_in`]).
+        action: u8,
+        /// Allocation length.
+        alloc: u16,
+    },
+    /// PERSISTENT RESERVE OUT.
+    PersistentReserveOut {
+        /// Service action ([`crate::pr::sa_out`]).
+        action: u8,
+        /// The SCOPE and TYPE byte.
+        scope_type: u8,
+        /// Parameter list length.
+        len: u32,
+    },
     /// REPORT LUNS.
     ReportLuns {
         /// SELECT REPORT field.
@@ -196,6 +212,7 @@ impl Command {
         let bs = block_size as usize;
         match *self {
             Command::ModeSelect { len, .. } | Command::Unmap { len } => usize::from(len),
+            Command::PersistentReserveOut { len, .. } => len as usize,
             Command::Write { extent, .. }
             | Command::WriteAndVerify { extent, .. }
             | Command::OrWrite { extent, .. } => extent.blocks as usize * bs,
@@ -239,9 +256,10 @@ impl Command {
     /// block); bulk write data is moved by the backend and never parsed.
     pub fn parameter_len(&self, block_size: u32) -> usize {
         match self {
-            Command::ModeSelect { .. } | Command::Unmap { .. } | Command::WriteSame { .. } => {
-                self.data_out_len(block_size)
-            }
+            Command::ModeSelect { .. }
+            | Command::Unmap { .. }
+            | Command::WriteSame { .. }
+            | Command::PersistentReserveOut { .. } => self.data_out_len(block_size),
             _ => 0,
         }
     }
@@ -252,6 +270,7 @@ impl Command {
             Command::Read { extent, .. } => extent.blocks as usize * block_size as usize,
             Command::RequestSense { alloc, .. } | Command::Inquiry { alloc, .. } => usize::from(alloc),
             Command::ModeSense(m) => usize::from(m.alloc),
+            Command::PersistentReserveIn { alloc, .. } => usize::from(alloc),
             Command::ReadCapacity10 => 8,
             Command::ReadDefectData { alloc, .. } => alloc as usize,
             Command::ReadCapacity16 { alloc }
@@ -279,6 +298,32 @@ impl Command {
     /// for INQUIRY, REPORT LUNS and REQUEST SENSE).
     pub fn reports_unit_attention(&self) -> bool {
         !matches!(self, Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. })
+    }
+
+    /// How a persistent reservation treats it (SPC-4 table 66, SBC-3 table 13): commands
+    /// that only describe the unit pass any reservation; reads of the medium or its state
+    /// are refused by the exclusive-access types; anything that changes the medium or the
+    /// unit by every type, to those the type does not admit.
+    pub fn pr_access(&self) -> crate::pr::Access {
+        use crate::pr::Access;
+        match self {
+            Command::Read { .. }
+            | Command::Verify { .. }
+            | Command::PreFetch { .. }
+            | Command::GetLbaStatus { .. }
+            | Command::ReadDefectData { .. }
+            | Command::ModeSense(_) => Access::Read,
+            Command::Write { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::OrWrite { .. }
+            | Command::SynchronizeCache
+            | Command::Unmap { .. }
+            | Command::WriteSame { .. }
+            | Command::CompareAndWrite { .. }
+            | Command::ModeSelect { .. }
+            | Command::StartStopUnit { start: false, .. } => Access::Write,
+            _ => Access::Any,
+        }
     }
 
     /// Whether an initiator may send it while another holds an SPC-2 reservation of the
@@ -461,6 +506,12 @@ pub fn decode(cdb: &[u8], cfg: &LunConfig) -> Result<Command, Sense> {
             Command::StartStopUnit { start: cdb[4] & 1 != 0, no_flush: cdb[4] & 0x04 != 0 }
         }
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval,
+        op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn { action: cdb[1] & 0x1F, alloc: be16(cdb, 7) },
+        op::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut {
+            action: cdb[1] & 0x1F,
+            scope_type: cdb[2],
+            len: u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]),
+        },
         op::RESERVE_6 | op::RESERVE_10 => Command::Reserve,
         op::RELEASE_6 | op::RELEASE_10 => Command::Release,
         op::READ_DEFECT_DATA_10 => {

@@ -8,6 +8,7 @@ use crate::config::LunConfig;
 use crate::inquiry;
 use crate::mode::{self, ModeState};
 use crate::opcodes::op;
+use crate::pr::{self, InitiatorPort, ItNexus, Persistent, PrError};
 use crate::report;
 use crate::sense::{Asc, Sense, SenseKey, Status};
 use crate::task::{BackendOp, Buf, Completion, DataIn, Finish, LockMode, LockRequest, Step, Task};
@@ -25,6 +26,16 @@ pub struct Nexus<'a> {
     /// This initiator's map gives it the LUN read-only: writes fail with DATA PROTECT and
     /// MODE SENSE reports WP, whatever the LUN allows others.
     pub read_only: bool,
+    /// The initiator port, as persistent reservations know it.
+    pub port: &'a InitiatorPort,
+    /// The relative target port the nexus came in on.
+    pub target_port: u16,
+}
+
+impl Nexus<'_> {
+    fn it(&self) -> ItNexus<'_> {
+        ItNexus { port: self.port, target_port: self.target_port }
+    }
 }
 
 /// Most scratch a single step uses, so long VERIFY and WRITE SAME work in bounded memory.
@@ -53,13 +64,30 @@ pub struct LogicalUnit {
     attentions: HashMap<InitiatorId, VecDeque<Asc>, foldhash::fast::RandomState>,
     /// The initiator holding an SPC-2 RESERVE of the whole unit.
     reserved_by: Option<InitiatorId>,
+    /// Persistent reservations.
+    pr: Persistent,
+    /// The initiator port and target port of each nexus seen, so unit attentions for a
+    /// registration reach the nexuses it covers.
+    ports: HashMap<InitiatorId, (InitiatorPort, u16), foldhash::fast::RandomState>,
+    /// Persistent reservation state changed with APTPL set (or just cleared) since
+    /// [`LogicalUnit::take_pr_to_persist`] was last asked.
+    pr_dirty: bool,
 }
 
 impl LogicalUnit {
     /// A logical unit at power on.
     pub fn new(cfg: LunConfig) -> LogicalUnit {
         let mode = ModeState::defaults(&cfg);
-        LogicalUnit { cfg, mode, saved: mode, attentions: HashMap::default(), reserved_by: None }
+        LogicalUnit {
+            cfg,
+            mode,
+            saved: mode,
+            attentions: HashMap::default(),
+            reserved_by: None,
+            pr: Persistent::default(),
+            ports: HashMap::default(),
+            pr_dirty: false,
+        }
     }
 
     /// The unit's settings.
@@ -95,6 +123,23 @@ impl LogicalUnit {
         }
     }
 
+    /// Queues `asc` for every nexus seen that `to` covers.
+    fn attention_to(&mut self, to: &pr::AttentionTo, asc: Asc) {
+        for (id, (port, target_port)) in &self.ports {
+            if !to.covers(&ItNexus { port, target_port: *target_port }) {
+                continue;
+            }
+            let q = self.attentions.entry(*id).or_insert_with(|| VecDeque::from([Asc::POWER_ON_RESET]));
+            if q.contains(&asc) {
+                continue;
+            }
+            if q.len() == MAX_PENDING_UA {
+                q.pop_front();
+            }
+            q.push_back(asc);
+        }
+    }
+
     /// Changes capacity (after the image was resized): every initiator that has seen the
     /// unit gets CAPACITY DATA HAS CHANGED.
     pub fn set_capacity(&mut self, blocks: u64) {
@@ -111,6 +156,22 @@ impl LogicalUnit {
         self.queue_attention(Asc::LUN_RESET, None);
     }
 
+    /// The persistent reservation state.
+    pub fn persistent(&self) -> &Persistent {
+        &self.pr
+    }
+
+    /// Restores persisted reservation state at start-up (APTPL).
+    pub fn restore_persistent(&mut self, pr: Persistent) {
+        self.pr = pr;
+    }
+
+    /// The reservation state to write out, if it changed with APTPL set (or APTPL was just
+    /// cleared, so the saved copy must go); `None` when nothing needs saving.
+    pub fn take_pr_to_persist(&mut self) -> Option<&Persistent> {
+        std::mem::take(&mut self.pr_dirty).then_some(&self.pr)
+    }
+
     /// The initiator holding an SPC-2 reservation of the unit.
     pub fn reserved_by(&self) -> Option<InitiatorId> {
         self.reserved_by
@@ -119,6 +180,7 @@ impl LogicalUnit {
     /// Forgets an initiator (its nexus is gone); a new one starts with a power-on attention.
     pub fn forget(&mut self, initiator: InitiatorId) {
         self.attentions.remove(&initiator);
+        self.ports.remove(&initiator);
         // I_T nexus loss releases its reservation (SPC-2 5.5.1).
         if self.reserved_by == Some(initiator) {
             self.reserved_by = None;
@@ -175,12 +237,30 @@ impl LogicalUnit {
     /// Executes a decoded command.
     pub fn execute(&mut self, nexus: &Nexus<'_>, cmd: &Command, params: &[u8]) -> Action {
         let initiator = nexus.id;
-        if self.reserved_by.is_some_and(|holder| holder != initiator) && !cmd.allowed_under_reservation() {
-            return Action::Complete(Completion {
+        let conflict = || {
+            Action::Complete(Completion {
                 status: Status::ReservationConflict,
                 sense: Vec::new(),
                 data_in: DataIn::None,
-            });
+            })
+        };
+        if self.reserved_by.is_some_and(|holder| holder != initiator) && !cmd.allowed_under_reservation() {
+            return conflict();
+        }
+        self.ports.entry(initiator).or_insert_with(|| (nexus.port.clone(), nexus.target_port));
+        let it = nexus.it();
+        match cmd {
+            // Compatible reservation handling (SPC-4 5.13.3): under a persistent
+            // reservation, RESERVE is GOOD without effect for its holder and RELEASE for
+            // any registrant; from anyone else both conflict.
+            Command::Reserve if self.pr.reservation.is_some() => {
+                return if self.pr.holds(&it) { Action::Complete(Completion::good()) } else { conflict() };
+            }
+            Command::Release if self.pr.reservation.is_some() => {
+                return if self.pr.registered(&it) { Action::Complete(Completion::good()) } else { conflict() };
+            }
+            _ if self.pr.conflicts(&it, cmd.pr_access()) => return conflict(),
+            _ => {}
         }
         let read_only = self.cfg.read_only || nexus.read_only;
         if cmd.writes_medium() && read_only {
@@ -250,6 +330,28 @@ impl LogicalUnit {
                     Action::Complete(Completion::good())
                 } else {
                     Action::Backend(self.task_of(Step::Io(BackendOp::Flush), Finish::Good, false))
+                }
+            }
+            Command::PersistentReserveIn { action, alloc } => match self.pr.read(action) {
+                Ok(b) => done(b, usize::from(alloc)),
+                Err(s) => self.fail(&s),
+            },
+            Command::PersistentReserveOut { action, scope_type, .. } => {
+                if self.reserved_by.is_some() {
+                    // An SPC-2 reservation (the holder's own, since others were refused
+                    // above) excludes persistent ones.
+                    return conflict();
+                }
+                match self.pr.out(&it, action, scope_type, params) {
+                    Ok(fx) => {
+                        for (to, asc) in fx.attentions {
+                            self.attention_to(&to, asc);
+                        }
+                        self.pr_dirty |= fx.persist;
+                        Action::Complete(Completion::good())
+                    }
+                    Err(PrError::Conflict) => conflict(),
+                    Err(PrError::Check(s)) => self.fail(&s),
                 }
             }
             Command::ReadCapacity10 => done(report::read_capacity10(cfg), 8),

@@ -32,6 +32,8 @@ pub mod op {
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
@@ -87,6 +89,8 @@ pub fn name(opcode: u8) -> Option<&'static str> {
         op::RESERVE_10 => "RESERVE_10",
         op::RELEASE_10 => "RELEASE_10",
         op::MODE_SENSE_10 => "MODE_SENSE_10",
+        op::PERSISTENT_RESERVE_IN => "PERSISTENT_RESERVE_IN",
+        op::PERSISTENT_RESERVE_OUT => "PERSISTENT_RESERVE_OUT",
         op::READ_16 => "READ_16",
         op::COMPARE_AND_WRITE => "COMPARE_AND_WRITE",
         op::WRITE_16 => "WRITE_16",
@@ -157,6 +161,20 @@ pub static COMMANDS: &[CommandInfo] = &[
     row(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], 1),
     row(op::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], 1),
     row(op::MODE_SENSE_10, &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0], 1),
+    // PERSISTENT RESERVE IN: READ KEYS, READ RESERVATION, REPORT CAPABILITIES, READ FULL
+    // STATUS; OUT: REGISTER through REGISTER AND MOVE. Each service action is its own row.
+    sa_row(op::PERSISTENT_RESERVE_IN, 0, &[0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_IN, 1, &[0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_IN, 2, &[0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_IN, 3, &[0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 0, &[0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 1, &[0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 2, &[0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 3, &[0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 4, &[0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 5, &[0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 6, &[0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
+    sa_row(op::PERSISTENT_RESERVE_OUT, 7, &[0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0], 1),
     row(
         op::READ_16,
         &[0x88, 0x1C, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0],
@@ -230,7 +248,10 @@ pub static COMMANDS: &[CommandInfo] = &[
 
 /// Opcodes whose second byte carries a five-bit service action.
 pub fn has_service_action(opcode: u8) -> bool {
-    matches!(opcode, op::SERVICE_ACTION_IN_16 | op::MAINTENANCE_IN)
+    matches!(
+        opcode,
+        op::SERVICE_ACTION_IN_16 | op::MAINTENANCE_IN | op::PERSISTENT_RESERVE_IN | op::PERSISTENT_RESERVE_OUT
+    )
 }
 
 /// Whether a command with this opcode moves data from the initiator to the target (for
@@ -238,7 +259,15 @@ pub fn has_service_action(opcode: u8) -> bool {
 /// medium, plus MODE SELECT and VERIFY (whose BYTCHK data is compared).
 pub fn carries_data_out(opcode: u8) -> bool {
     writes_medium(opcode)
-        || matches!(opcode, op::MODE_SELECT_6 | op::MODE_SELECT_10 | op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16)
+        || matches!(
+            opcode,
+            op::MODE_SELECT_6
+                | op::MODE_SELECT_10
+                | op::VERIFY_10
+                | op::VERIFY_12
+                | op::VERIFY_16
+                | op::PERSISTENT_RESERVE_OUT
+        )
 }
 
 /// Whether an opcode returns data read from the medium (the READ family).

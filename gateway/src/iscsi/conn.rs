@@ -250,7 +250,18 @@ pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>, 
     };
     let node = &est.admitted.node;
     let data_area = if est.params.discovery { DISCOVERY_DATA_AREA } else { DATA_AREA };
-    let (ring, opened) = match shared.attacher.open(&node.pan, &node.node, &node.credential, SLOTS, data_area) {
+    let name = node.iscsi.as_ref().map_or_else(|| crate::nexus::default_name(&node.pan, &node.node), |i| i.iqn.clone());
+    let port = scsi::InitiatorPort::new(&name, est.isid);
+    let opened = shared.attacher.open(
+        &node.pan,
+        &node.node,
+        &node.credential,
+        SLOTS,
+        data_area,
+        port,
+        crate::nexus::ISCSI_TARGET_PORT,
+    );
+    let (ring, opened) = match opened {
         Ok(q) => q,
         Err(why) => {
             // The node is at its limits (or the gateway is stopping): the login fails with

@@ -38,7 +38,13 @@ pub fn run(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
 /// Runs a READ (into `mem`) or WRITE (from `mem`) as initiator [`I`] on the direct path:
 /// its completion and the bytes read, or `None` when the driver declined it.
 pub fn direct(d: &mut LunDriver, cdb: &[u8], mem: &mut [u8], write: bool) -> Option<(Completion, usize)> {
-    let nexus = Nexus { id: I, luns: &[0], read_only: false };
+    let nexus = Nexus {
+        id: I,
+        luns: &[0],
+        read_only: false,
+        port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
+        target_port: 1,
+    };
     match d.start_direct(&nexus, cdb, PeerSlice::from_mut(mem), write) {
         Direct::Declined => None,
         Direct::Done(completion) => Some((completion, 0)),

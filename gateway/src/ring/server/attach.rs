@@ -71,8 +71,10 @@ impl std::fmt::Debug for Attacher {
 
 impl Attacher {
     /// Opens a queue pair for node `node` of `pan`, authenticated by `credential`, as a
-    /// hello would (the node's limits apply), and returns its node side. The queue pair
-    /// waits for [`Attacher::place`].
+    /// hello would (the node's limits apply), and returns its node side. Its commands come
+    /// from initiator port `port` on target port `target_port` (an iSCSI session's name and
+    /// ISID on the iSCSI port). The queue pair waits for [`Attacher::place`].
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         pan: &str,
@@ -80,6 +82,8 @@ impl Attacher {
         credential: &str,
         slots: u32,
         data_bytes: u64,
+        port: scsi::InitiatorPort,
+        target_port: u16,
     ) -> Result<(Initiator, Opened), Refused> {
         let a = &self.0;
         if a.stop.load(Ordering::SeqCst) {
@@ -90,7 +94,9 @@ impl Attacher {
         let (ours, theirs) = UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         theirs.set_nonblocking(true)?;
-        let (accepted, welcome) = open_queue_pair(&ours, entry, slots, data_bytes, a)?;
+        let (mut accepted, welcome) = open_queue_pair(&ours, entry, slots, data_bytes, a)?;
+        accepted.port = Arc::new(port);
+        accepted.target_port = target_port;
         let dup = |d: &Doorbell| d.fd().try_clone_to_owned().map(Doorbell::from_fd);
         let parts = Parts {
             sock: theirs,

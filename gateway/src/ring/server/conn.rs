@@ -117,6 +117,9 @@ fn target_luns(map: &Map<(u16, u16), MappedLun>) -> Map<u16, Arc<[u16]>> {
 
 pub(super) struct Conn {
     pub(super) id: u64,
+    /// The initiator port its commands come from, and the target port they come in on.
+    pub(super) port: Arc<scsi::InitiatorPort>,
+    pub(super) target_port: u16,
     pub(super) entry: NodeEntry,
     pub(super) sock: UnixStream,
     pub(super) data: Arc<SharedMemory>,
@@ -200,6 +203,8 @@ impl Conn {
             attached_readable: true,
             data_fixed,
             id,
+            port: a.port,
+            target_port: a.target_port,
             sock: a.sock,
             data: a.data,
             staging: a.staging,

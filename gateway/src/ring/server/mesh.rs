@@ -42,6 +42,9 @@ pub(super) struct Job {
     pub luns: Arc<[u16]>,
     /// The node's map gives it the LUN read-only (MODE SENSE reports WP).
     pub read_only: bool,
+    /// The initiator port and target port of the queue pair (persistent reservations).
+    pub port: Arc<scsi::InitiatorPort>,
+    pub target_port: u16,
     pub source: Source,
     /// The fixed buffer of the owner's io_uring registered over the node's data area; kept
     /// only while the job stays on the worker serving the queue pair (one ring for both).

@@ -270,6 +270,9 @@ struct Accepted {
     lease: quota::Lease,
     /// The front-end inside the gateway that is the node side, if it is one.
     attached: Option<Box<dyn Attachment>>,
+    /// The initiator port its commands come from, and the target port they come in on.
+    port: Arc<scsi::InitiatorPort>,
+    target_port: u16,
 }
 
 /// What admitting a node takes: the listener's and the [`Attacher`]'s.
@@ -736,7 +739,6 @@ fn open_queue_pair(
     };
     let welcome = Welcome { version: proto::VERSION, slots, data_bytes, staging_bytes: data_bytes, luns };
     let acc = Accepted {
-        entry,
         sock: sock.try_clone()?,
         ring,
         data,
@@ -746,6 +748,9 @@ fn open_queue_pair(
         slots,
         lease,
         attached: None,
+        port: Arc::new(crate::nexus::node_port(&entry)),
+        target_port: crate::nexus::LOCAL_TARGET_PORT,
+        entry,
     };
     Ok((acc, welcome))
 }

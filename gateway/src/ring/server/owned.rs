@@ -172,7 +172,13 @@ impl Owned {
         };
         self.landings[slot] = Some(Landing { tag: job.tag, copy_to });
         self.in_backend[job.image] += 1;
-        let nexus = Nexus { id: job.tag >> 32, luns: &job.luns, read_only: job.read_only };
+        let nexus = Nexus {
+            id: job.tag >> 32,
+            luns: &job.luns,
+            read_only: job.read_only,
+            port: &job.port,
+            target_port: job.target_port,
+        };
         match data_in {
             Some(view) => driver.submit_into(slot as u64, &nexus, cdb, view),
             None => driver.submit_buf(slot as u64, &nexus, cdb, data_out),

@@ -145,6 +145,8 @@ impl Worker {
             image: lun.image,
             luns: c.luns_of_target(cmd.target).clone(),
             read_only: lun.access.is_read_only(),
+            port: c.port.clone(),
+            target_port: c.target_port,
             cmd,
             source,
         };

@@ -63,7 +63,13 @@ impl Worker {
             return Err((lun, staged));
         }
         let c = &self.conns[i];
-        let nexus = Nexus { id: c.id, luns: c.luns_of_target(cmd.target), read_only: lun.access.is_read_only() };
+        let nexus = Nexus {
+            id: c.id,
+            luns: c.luns_of_target(cmd.target),
+            read_only: lun.access.is_read_only(),
+            port: &c.port,
+            target_port: c.target_port,
+        };
         let direct = if staged.is_empty() {
             self.owned.start_direct(lun.image, &nexus, cmd.cdb(), &c.data, &cmd.segments, data_out)
         } else {

@@ -1,0 +1,42 @@
+//! Who an initiator is to a logical unit's persistent reservations: its initiator port
+//! (an iSCSI name and ISID, as a TransportID says it) and the relative target port it came
+//! in on.
+//!
+//! - An iSCSI session is the initiator's own name and ISID, on target port
+//!   [`ISCSI_TARGET_PORT`], as SPC-4 has it for iSCSI.
+//! - Every queue pair of a ring node (its `pangate-ring` links, `pangate mount`, and the
+//!   TCMU devices that serve it) is one initiator port: the node's `iqn` if it has one, else
+//!   `iqn.2026-12.io.pangate:<pan>.<node>`, with ISID [`RING_ISID`], on target port
+//!   [`LOCAL_TARGET_PORT`]. A node's queue pairs are one group: reservations see the node,
+//!   whichever queue pair a command took.
+//! - The gateway's own commands (start-up checks) come from [`gateway_port`].
+
+use scsi::InitiatorPort;
+
+use crate::registry::NodeEntry;
+
+/// The ring server's target port (ring links, FUSE mounts, TCMU).
+pub const LOCAL_TARGET_PORT: u16 = 1;
+/// The iSCSI target's port.
+pub const ISCSI_TARGET_PORT: u16 = 2;
+/// The ISID of a ring node's initiator port: the random type (bits 47:46 = 10b), 1.
+pub const RING_ISID: u64 = 0x8000_0000_0001;
+
+/// The iSCSI name a node is known by when it has none configured.
+pub fn default_name(pan: &str, node: &str) -> String {
+    format!("iqn.2026-12.io.pangate:{pan}.{node}")
+}
+
+/// The initiator port of a ring node's queue pairs.
+pub fn node_port(entry: &NodeEntry) -> InitiatorPort {
+    let name = match &entry.iscsi {
+        Some(id) => id.iqn.clone(),
+        None => default_name(&entry.pan, &entry.node),
+    };
+    InitiatorPort::new(&name, RING_ISID)
+}
+
+/// The initiator port of the gateway's own commands.
+pub fn gateway_port() -> InitiatorPort {
+    InitiatorPort::new("iqn.2026-12.io.pangate:gateway", RING_ISID)
+}
