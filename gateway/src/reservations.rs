@@ -150,6 +150,6 @@ mod tests {
         assert!(decode("something else\n").is_err());
         assert!(decode(&text.replace("reservation 1", "reservation 9")).is_err());
         assert!(decode(&text.replace("reg 00000000000000aa 1", "reg 00000000000000aa 0")).is_err(), "no holder");
-        assert!(decode(&text.replace(" 0 2 - ", " 0 x - ")).is_err());
+        assert!(decode(&text.replace(" 1 2 - ", " 1 x - ")).is_err(), "a bad target port");
     }
 }

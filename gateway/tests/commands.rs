@@ -6,7 +6,7 @@ mod support;
 use gateway::engine::{AlignedBuf, Backend, EngineError, IoCompletion, IoOp, IoRequest, RamEngine};
 use gateway::lun::{Finished, LunDriver};
 use scsi::build::unmap_list;
-use scsi::{absent_lun, Asc, Nexus, Status};
+use scsi::{absent_lun, Asc, Status};
 use support::*;
 
 // ---- TEST UNIT READY, REQUEST SENSE, unit attentions -------------------------------------
@@ -232,18 +232,7 @@ fn writes_to_read_only_lun_are_write_protected() {
 /// Runs a command as initiator [`I`] whose map gives it LUN 0 read-only.
 fn run_read_only(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
     const TAG: u64 = 77;
-    d.submit(
-        TAG,
-        &Nexus {
-            id: I,
-            luns: &[0],
-            read_only: true,
-            port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
-            target_port: 1,
-        },
-        cdb,
-        out,
-    );
+    d.submit(TAG, &nexus(true), cdb, out);
     let mut done = Vec::new();
     while done.is_empty() {
         d.poll(&mut done, true).unwrap();

@@ -8,7 +8,7 @@ mod support;
 use gateway::engine::{Image, ImageOptions, RamEngine, UringEngine};
 use gateway::lun::{Direct, Finished, LunDriver};
 use scsi::sense::parse_sense;
-use scsi::{Asc, Completion, Nexus, Status};
+use scsi::{Asc, Completion, Status};
 use shmem::PeerSlice;
 use support::*;
 
@@ -98,13 +98,7 @@ fn a_direct_write_never_lands_inside_a_compare_and_write() {
     let mut d = ram();
     let [a, b, c] = [1u8, 2, 3].map(|s| pattern(BS, s));
     expect_good(&run(&mut d, &rw16(0x8A, 5, 1, false), &a));
-    let nexus = Nexus {
-        id: I,
-        luns: &[0],
-        read_only: false,
-        port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
-        target_port: 1,
-    };
+    let nexus = nexus(false);
     let mut caw = [0u8; 16];
     caw[0] = 0x89;
     caw[2..10].copy_from_slice(&5u64.to_be_bytes());
@@ -138,13 +132,7 @@ fn a_direct_read_finished_later_returns_one_version_of_the_block() {
     let mut d = ram();
     let [a, b] = [1u8, 2].map(|s| pattern(4096, s));
     expect_good(&run(&mut d, &rw16(0x8A, 0, 8, false), &a));
-    let nexus = Nexus {
-        id: I,
-        luns: &[0],
-        read_only: false,
-        port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
-        target_port: 1,
-    };
+    let nexus = nexus(false);
     let mut mem = vec![0u8; 4096];
     let read = match d.start_direct(&nexus, &rw16(0x88, 0, 8, false), PeerSlice::from_mut(&mut mem), false) {
         Direct::Read(read) => read,

@@ -10,7 +10,7 @@ use gateway::engine::{
 };
 use gateway::lun::Finished;
 use proptest::prelude::*;
-use scsi::{IoDone, Nexus, Status};
+use scsi::{IoDone, Status};
 use support::*;
 
 const SIZE: u64 = 4 << 20;
@@ -537,13 +537,7 @@ fn compare_and_write_is_atomic_against_overlapping_writes() {
     for round in 0..50u64 {
         let lba = round % 16;
         expect_good(&run(&mut d, &rw16(0x8A, lba, 1, false), &a));
-        let nexus = Nexus {
-            id: I,
-            luns: &[0],
-            read_only: false,
-            port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
-            target_port: 1,
-        };
+        let nexus = nexus(false);
         let mut caw = [0u8; 16];
         caw[0] = 0x89;
         caw[2..10].copy_from_slice(&lba.to_be_bytes());

@@ -427,6 +427,13 @@ impl GatewayAdmin {
                     self.control.retire(i).map_err(control_error)?;
                 }
                 self.metrics.remove_lun(&LunKey::of_lun(pan, image));
+                // A LUN created later under the same name must not inherit its reservations.
+                let saved = crate::reservations::file_for(&self.data_dir, pan, image);
+                if let Err(e) = std::fs::remove_file(&saved) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %saved.display(), error = %e, "the deleted LUN's reservations file stays");
+                    }
+                }
             }
             Effect::SetNode { pan, node } => {
                 let n = st.cfg.pans.iter().filter(|p| &p.name == pan).flat_map(|p| &p.nodes).find(|n| &n.name == node);

@@ -30,6 +30,13 @@ pub fn ram_lun() -> LunDriver {
     driver(config(512, 1 << 20), Box::new(RamEngine::new(1 << 20)))
 }
 
+/// Initiator [`I`]'s nexus seeing LUN 0 (read-only if `read_only`), from one initiator port.
+pub fn nexus(read_only: bool) -> Nexus<'static> {
+    static PORT: std::sync::LazyLock<scsi::InitiatorPort> =
+        std::sync::LazyLock::new(|| scsi::InitiatorPort::new("iqn.2026-12.test:i", 1));
+    Nexus { id: I, luns: &[0], read_only, port: &PORT, target_port: 1 }
+}
+
 /// Runs a command as initiator [`I`] seeing LUN 0.
 pub fn run(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
     d.run(I, &[0], cdb, out).unwrap()
@@ -38,13 +45,7 @@ pub fn run(d: &mut LunDriver, cdb: &[u8], out: &[u8]) -> Finished {
 /// Runs a READ (into `mem`) or WRITE (from `mem`) as initiator [`I`] on the direct path:
 /// its completion and the bytes read, or `None` when the driver declined it.
 pub fn direct(d: &mut LunDriver, cdb: &[u8], mem: &mut [u8], write: bool) -> Option<(Completion, usize)> {
-    let nexus = Nexus {
-        id: I,
-        luns: &[0],
-        read_only: false,
-        port: &scsi::InitiatorPort::new("iqn.2026-12.test:i", 1),
-        target_port: 1,
-    };
+    let nexus = nexus(false);
     match d.start_direct(&nexus, cdb, PeerSlice::from_mut(mem), write) {
         Direct::Declined => None,
         Direct::Done(completion) => Some((completion, 0)),
