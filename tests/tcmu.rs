@@ -464,7 +464,7 @@ fn every_command_family_through_the_ring() {
     // An opcode pangate does not know: CHECK CONDITION, ILLEGAL REQUEST, INVALID COMMAND
     // OPERATION CODE in the entry, as tcmu-runner answers, never TCMU_UFLAG_UNKNOWN_OP
     // (which LIO turns into LOGICAL UNIT COMMUNICATION FAILURE); without bothering the gateway.
-    let unknown = k.run(&[0x5E, 0, 0, 0, 0, 0, 0, 0, 24, 0], None, 24);
+    let unknown = k.run(&[0x4D, 0, 0, 0, 0, 0, 0, 0, 24, 0], None, 24); // LOG SENSE
     assert!(!unknown.unknown_op && unknown.status == 2);
     assert_eq!((unknown.sense_key(), unknown.sense[12], unknown.sense[13]), (0x5, 0x20, 0x00));
     assert_eq!(rig.ctl.stats(0).unwrap().unknown_op.load(std::sync::atomic::Ordering::Relaxed), 1);

@@ -83,6 +83,9 @@ pub fn open_image(
     lun.write_cache = img.write_cache;
     let engine = open_engine(image, kind, ENGINE_DEPTH)?;
     let mut driver = LunDriver::new(lun, engine)?;
+    // One gateway: one active/optimized target port group with both of its target ports.
+    let ports = [crate::nexus::LOCAL_TARGET_PORT, crate::nexus::ISCSI_TARGET_PORT];
+    driver.unit_mut().set_alua(scsi::alua::Alua::single(&ports));
     driver.keep_reservations_at(crate::reservations::file_for(data_dir, pan, &img.name))?;
     Ok(OpenImage { pan: pan.to_string(), name: img.name.clone(), path, driver })
 }

@@ -191,6 +191,13 @@ pub enum Command {
         /// Allocation length.
         alloc: u32,
     },
+    /// REPORT TARGET PORT GROUPS.
+    ReportTargetPortGroups {
+        /// PARAMETER DATA FORMAT 001b: the extended header.
+        extended: bool,
+        /// Allocation length.
+        alloc: u32,
+    },
     /// REPORT SUPPORTED OPERATION CODES.
     ReportSupportedOpcodes {
         /// Include command timeouts descriptors.
@@ -276,6 +283,7 @@ impl Command {
             Command::ReadCapacity16 { alloc }
             | Command::GetLbaStatus { alloc, .. }
             | Command::ReportLuns { alloc, .. }
+            | Command::ReportTargetPortGroups { alloc, .. }
             | Command::ReportSupportedOpcodes { alloc, .. } => alloc as usize,
             _ => 0,
         }
@@ -620,6 +628,9 @@ pub fn decode(cdb: &[u8], cfg: &LunConfig) -> Result<Command, Sense> {
         op::REPORT_LUNS => {
             let (select, alloc) = report_luns_fields(cdb)?;
             Command::ReportLuns { select, alloc }
+        }
+        op::MAINTENANCE_IN if u16::from(cdb[1] & 0x1F) == op::SA_REPORT_TARGET_PORT_GROUPS => {
+            Command::ReportTargetPortGroups { extended: cdb[1] >> 5 == 1, alloc: be32(cdb, 6) }
         }
         op::MAINTENANCE_IN => {
             let options = cdb[2] & 0x07;

@@ -30,6 +30,7 @@ pub fn standard(cfg: &LunConfig) -> Vec<u8> {
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = (b.len() - 5) as u8;
+    b[5] = 0x10; // TPGS 01b: implicit ALUA
     b[7] = 0x02; // CMDQUE
     b[8..16].copy_from_slice(VENDOR);
     b[16..32].copy_from_slice(&padded::<16>(&cfg.identity.product));
@@ -68,7 +69,7 @@ pub fn naa_designator(cfg: &LunConfig) -> [u8; 16] {
     value.to_be_bytes()
 }
 
-fn device_identification(cfg: &LunConfig) -> Vec<u8> {
+fn device_identification(cfg: &LunConfig, port: Option<(u16, u16)>) -> Vec<u8> {
     let mut body = Vec::new();
     // NAA designator: binary code set, LU association, type 3 (NAA).
     body.extend_from_slice(&[0x01, 0x03, 0x00, 16]);
@@ -78,6 +79,14 @@ fn device_identification(cfg: &LunConfig) -> Vec<u8> {
     body.extend_from_slice(&[0x02, 0x01, 0x00, (8 + serial.len()) as u8]);
     body.extend_from_slice(VENDOR);
     body.extend_from_slice(serial.as_bytes());
+    if let Some((relative, group)) = port {
+        // Relative target port (type 4) and target port group (type 5): binary, target
+        // port association; the port the command came through.
+        body.extend_from_slice(&[0x01, 0x14, 0x00, 4, 0, 0]);
+        body.extend_from_slice(&relative.to_be_bytes());
+        body.extend_from_slice(&[0x01, 0x15, 0x00, 4, 0, 0]);
+        body.extend_from_slice(&group.to_be_bytes());
+    }
     page(0x83, &body)
 }
 
@@ -115,12 +124,14 @@ fn logical_block_provisioning(cfg: &LunConfig) -> Vec<u8> {
     page(0xB2, &b)
 }
 
-/// One VPD page, or INVALID FIELD IN CDB for a page this target does not have.
-pub fn vpd(cfg: &LunConfig, code: u8) -> Result<Vec<u8>, Sense> {
+/// One VPD page, or INVALID FIELD IN CDB for a page this target does not have. `port` is
+/// the relative target port the command came through and its target port group, if it is
+/// in one (page 0x83 names them).
+pub fn vpd(cfg: &LunConfig, code: u8, port: Option<(u16, u16)>) -> Result<Vec<u8>, Sense> {
     Ok(match code {
         0x00 => page(0x00, &VPD_PAGES),
         0x80 => page(0x80, cfg.identity.serial().as_bytes()),
-        0x83 => device_identification(cfg),
+        0x83 => device_identification(cfg, port),
         0xB0 => block_limits(cfg),
         0xB1 => block_device_characteristics(),
         0xB2 => logical_block_provisioning(cfg),
@@ -149,14 +160,14 @@ mod tests {
 
     #[test]
     fn supported_pages_page_lists_all_pages() {
-        assert_eq!(vpd(&cfg(), 0).unwrap(), vec![0, 0, 0, 6, 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
-        assert_eq!(vpd(&cfg(), 0x86), Err(Sense::invalid_cdb_field(2, None)));
+        assert_eq!(vpd(&cfg(), 0, None).unwrap(), vec![0, 0, 0, 6, 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+        assert_eq!(vpd(&cfg(), 0x86, None), Err(Sense::invalid_cdb_field(2, None)));
     }
 
     #[test]
     fn device_identification_is_stable_naa6() {
-        let a = vpd(&cfg(), 0x83).unwrap();
-        assert_eq!(a, vpd(&cfg(), 0x83).unwrap());
+        let a = vpd(&cfg(), 0x83, None).unwrap();
+        assert_eq!(a, vpd(&cfg(), 0x83, None).unwrap());
         assert_eq!(&a[4..8], &[0x01, 0x03, 0x00, 16]);
         assert_eq!(a[8] >> 4, 6);
         assert_eq!(
@@ -168,16 +179,25 @@ mod tests {
         );
         let mut other = cfg();
         other.identity = LunIdentity::new("serial-1/pan-b/img-0");
-        assert_ne!(a, vpd(&other, 0x83).unwrap());
+        assert_ne!(a, vpd(&other, 0x83, None).unwrap());
+    }
+
+    #[test]
+    fn device_identification_names_the_port_and_its_group() {
+        let a = vpd(&cfg(), 0x83, Some((2, 1))).unwrap();
+        let plain = vpd(&cfg(), 0x83, None).unwrap();
+        assert_eq!(&a[plain.len()..], &[0x01, 0x14, 0, 4, 0, 0, 0, 2, 0x01, 0x15, 0, 4, 0, 0, 0, 1]);
+        assert_eq!(usize::from(u16::from_be_bytes([a[2], a[3]])), a.len() - 4);
+        assert_eq!(standard(&cfg())[5] & 0x30, 0x10, "TPGS: implicit ALUA");
     }
 
     #[test]
     fn block_limits_reflect_config() {
-        let b = vpd(&cfg(), 0xB0).unwrap();
+        let b = vpd(&cfg(), 0xB0, None).unwrap();
         assert_eq!(u16::from_be_bytes([b[2], b[3]]), 0x3C);
         assert_eq!(u32::from_be_bytes([b[8], b[9], b[10], b[11]]), (8 << 20) / 4096);
         assert_eq!(b[5], 16);
-        let p = vpd(&cfg(), 0xB2).unwrap();
+        let p = vpd(&cfg(), 0xB2, None).unwrap();
         assert_eq!(p[5], 0xE4);
     }
 }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alua;
 pub mod build;
 pub mod cdb;
 pub mod config;

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::alua::{AccessState, Alua};
 use crate::cdb::{self, Command, Extent};
 use crate::config::LunConfig;
 use crate::inquiry;
@@ -66,6 +67,8 @@ pub struct LogicalUnit {
     reserved_by: Option<InitiatorId>,
     /// Persistent reservations.
     pr: Persistent,
+    /// The target port groups it is reached through, and their states.
+    alua: Alua,
     /// The initiator port and target port of each nexus seen, so unit attentions for a
     /// registration reach the nexuses it covers.
     ports: HashMap<InitiatorId, (InitiatorPort, u16), foldhash::fast::RandomState>,
@@ -85,6 +88,7 @@ impl LogicalUnit {
             attentions: HashMap::default(),
             reserved_by: None,
             pr: Persistent::default(),
+            alua: Alua::single(&[]),
             ports: HashMap::default(),
             pr_dirty: false,
         }
@@ -154,6 +158,25 @@ impl LogicalUnit {
         self.mode = self.saved;
         self.reserved_by = None;
         self.queue_attention(Asc::LUN_RESET, None);
+    }
+
+    /// Sets the target port groups the unit is reached through (by default one group with
+    /// no ports, whose commands all execute).
+    pub fn set_alua(&mut self, alua: Alua) {
+        self.alua = alua;
+    }
+
+    /// The target port groups.
+    pub fn alua(&self) -> &Alua {
+        &self.alua
+    }
+
+    /// Changes target port group `group`'s access state; every initiator that has seen the
+    /// unit gets ASYMMETRIC ACCESS STATE CHANGED.
+    pub fn set_access_state(&mut self, group: u16, state: AccessState) {
+        if self.alua.set_state(group, state) {
+            self.queue_attention(Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+        }
     }
 
     /// The persistent reservation state.
@@ -247,6 +270,9 @@ impl LogicalUnit {
         if self.reserved_by.is_some_and(|holder| holder != initiator) && !cmd.allowed_under_reservation() {
             return conflict();
         }
+        if let Some(sense) = self.alua.refuses(nexus.target_port, cmd) {
+            return self.fail(&sense);
+        }
         self.ports.entry(initiator).or_insert_with(|| (nexus.port.clone(), nexus.target_port));
         let it = nexus.it();
         match cmd {
@@ -304,10 +330,14 @@ impl LogicalUnit {
                 done(sense.encode(desc), usize::from(alloc))
             }
             Command::Inquiry { vpd: None, alloc } => done(inquiry::standard(cfg), usize::from(alloc)),
-            Command::Inquiry { vpd: Some(page), alloc } => match inquiry::vpd(cfg, page) {
-                Ok(b) => done(b, usize::from(alloc)),
-                Err(s) => self.fail(&s),
-            },
+            Command::Inquiry { vpd: Some(page), alloc } => {
+                let port = self.alua.group_of(nexus.target_port).map(|g| (nexus.target_port, g.id));
+                match inquiry::vpd(cfg, page, port) {
+                    Ok(b) => done(b, usize::from(alloc)),
+                    Err(s) => self.fail(&s),
+                }
+            }
+            Command::ReportTargetPortGroups { extended, alloc } => done(self.alua.report(extended), alloc as usize),
             Command::ModeSense(req) => match mode::sense(&req, cfg, read_only, &self.mode, &self.saved) {
                 Ok(b) => done(b, usize::from(req.alloc)),
                 Err(s) => self.fail(&s),

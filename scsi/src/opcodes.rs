@@ -56,6 +56,8 @@ pub mod op {
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
     /// SERVICE ACTION IN(16) / GET LBA STATUS.
     pub const SA_GET_LBA_STATUS: u16 = 0x12;
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS.
+    pub const SA_REPORT_TARGET_PORT_GROUPS: u16 = 0x0A;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES.
     pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
 }
@@ -233,6 +235,12 @@ pub static COMMANDS: &[CommandInfo] = &[
         10,
     ),
     row(op::REPORT_LUNS, &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0], 1),
+    sa_row(
+        op::MAINTENANCE_IN,
+        op::SA_REPORT_TARGET_PORT_GROUPS,
+        &[0xA3, 0x2A, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+        1,
+    ),
     sa_row(
         op::MAINTENANCE_IN,
         op::SA_REPORT_SUPPORTED_OPCODES,

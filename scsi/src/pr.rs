@@ -609,7 +609,8 @@ impl Persistent {
 
     /// REGISTER AND MOVE (SPC-4 5.13.8) by registration `me`, the reservation holder.
     fn register_and_move(&mut self, me: usize, n: &ItNexus<'_>, scope_type: u8, p: &OutParams) -> Result<(), PrError> {
-        let kind = check_scope_type(scope_type)?;
+        // The reservation moves as it is; the TYPE field must still be a valid one.
+        check_scope_type(scope_type)?;
         match self.reservation {
             None => return Ok(()),
             Some(k) if k.all_registrants() => return Err(Sense::invalid_cdb_field(2, None).into()),
@@ -644,7 +645,6 @@ impl Persistent {
                 holder: true,
             })?,
         }
-        self.reservation = Some(kind);
         if p.unreg {
             if let Some(me) = self.find(n) {
                 self.registrations.remove(me);
