@@ -112,6 +112,11 @@ impl Alua {
         }
     }
 
+    /// Whether every group is active (optimized or not), so no command is refused.
+    pub fn all_active(&self) -> bool {
+        self.groups.iter().all(|g| matches!(g.state, AccessState::ActiveOptimized | AccessState::ActiveNonOptimized))
+    }
+
     /// The group relative target port `port` belongs to.
     pub fn group_of(&self, port: u16) -> Option<&PortGroup> {
         self.groups.iter().find(|g| g.ports.contains(&port))

@@ -72,6 +72,10 @@ pub struct LogicalUnit {
     /// The initiator port and target port of each nexus seen, so unit attentions for a
     /// registration reach the nexuses it covers.
     ports: HashMap<InitiatorId, (InitiatorPort, u16), foldhash::fast::RandomState>,
+    /// Every target port group is active, so no command is refused for its state.
+    alua_active: bool,
+    /// The nexus whose port `ports` was last made sure to know.
+    last_nexus: Option<InitiatorId>,
     /// Persistent reservation state changed with APTPL set (or just cleared) since
     /// [`LogicalUnit::take_pr_to_persist`] was last asked.
     pr_dirty: bool,
@@ -89,6 +93,8 @@ impl LogicalUnit {
             reserved_by: None,
             pr: Persistent::default(),
             alua: Alua::single(&[]),
+            alua_active: true,
+            last_nexus: None,
             ports: HashMap::default(),
             pr_dirty: false,
         }
@@ -164,6 +170,7 @@ impl LogicalUnit {
     /// no ports, whose commands all execute).
     pub fn set_alua(&mut self, alua: Alua) {
         self.alua = alua;
+        self.alua_active = self.alua.all_active();
     }
 
     /// The target port groups.
@@ -175,6 +182,7 @@ impl LogicalUnit {
     /// unit gets ASYMMETRIC ACCESS STATE CHANGED.
     pub fn set_access_state(&mut self, group: u16, state: AccessState) {
         if self.alua.set_state(group, state) {
+            self.alua_active = self.alua.all_active();
             self.queue_attention(Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
         }
     }
@@ -204,6 +212,9 @@ impl LogicalUnit {
     pub fn forget(&mut self, initiator: InitiatorId) {
         self.attentions.remove(&initiator);
         self.ports.remove(&initiator);
+        if self.last_nexus == Some(initiator) {
+            self.last_nexus = None;
+        }
         // I_T nexus loss releases its reservation (SPC-2 5.5.1).
         if self.reserved_by == Some(initiator) {
             self.reserved_by = None;
@@ -270,12 +281,19 @@ impl LogicalUnit {
         if self.reserved_by.is_some_and(|holder| holder != initiator) && !cmd.allowed_under_reservation() {
             return conflict();
         }
-        if let Some(sense) = self.alua.refuses(nexus.target_port, cmd) {
-            return self.fail(&sense);
+        if !self.alua_active {
+            if let Some(sense) = self.alua.refuses(nexus.target_port, cmd) {
+                return self.fail(&sense);
+            }
         }
-        self.ports.entry(initiator).or_insert_with(|| (nexus.port.clone(), nexus.target_port));
+        // Commands come in runs from one nexus: only a new one is looked up.
+        if self.last_nexus != Some(initiator) {
+            self.ports.entry(initiator).or_insert_with(|| (nexus.port.clone(), nexus.target_port));
+            self.last_nexus = Some(initiator);
+        }
         let it = nexus.it();
         match cmd {
+            _ if self.pr.reservation.is_none() => {}
             // Compatible reservation handling (SPC-4 5.13.3): under a persistent
             // reservation, RESERVE is GOOD without effect for its holder and RELEASE for
             // any registrant; from anyone else both conflict.
