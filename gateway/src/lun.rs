@@ -90,6 +90,11 @@ enum Which {
 #[derive(Debug)]
 struct Running {
     tag: u64,
+    /// The nexus it came from.
+    initiator: InitiatorId,
+    /// Aborted by a PREEMPT AND ABORT while its I/O was in flight: it ends with TASK
+    /// ABORTED.
+    aborted: bool,
     task: Task,
     data_in: Option<AlignedBuf>,
     data_out: Option<AlignedBuf>,
@@ -125,6 +130,9 @@ pub struct LunDriver {
     reaped: Vec<IoCompletion>,
     /// Where persistent reservations are saved while APTPL is set.
     reservations: Option<std::path::PathBuf>,
+    /// PREEMPT AND ABORT commands waiting for the aborted tasks still at the backend:
+    /// (tag, completion, running slots not yet ended).
+    awaiting: Vec<(u64, Completion, Vec<usize>)>,
 }
 
 impl LunDriver {
@@ -146,6 +154,7 @@ impl LunDriver {
             finished: Vec::new(),
             reaped: Vec::new(),
             reservations: None,
+            awaiting: Vec::new(),
         })
     }
 
@@ -302,12 +311,11 @@ impl LunDriver {
         };
         let task = match self.lu.execute(nexus, &cmd, params) {
             Action::Complete(completion) => {
-                let completion = if matches!(cmd, scsi::Command::PersistentReserveOut { .. }) {
-                    self.save_reservations(completion, descriptor)
-                } else {
-                    completion
-                };
-                return self.finished.push(Finished { tag, completion, buffer: None });
+                if !matches!(cmd, scsi::Command::PersistentReserveOut { .. }) {
+                    return self.finished.push(Finished { tag, completion, buffer: None });
+                }
+                let completion = self.save_reservations(completion, descriptor);
+                return self.abort_preempted(tag, completion);
             }
             Action::Backend(task) => task,
         };
@@ -334,6 +342,8 @@ impl LunDriver {
         });
         self.running[id] = Some(Running {
             tag,
+            initiator: nexus.id,
+            aborted: false,
             task,
             data_in,
             data_out,
@@ -483,9 +493,14 @@ impl LunDriver {
                     // Only what outlives the command is taken out; the slot (some 400
                     // bytes) is dropped where it is rather than moved out first.
                     let (tag, lock) = (r.tag, r.lock.take());
-                    let buffer = match completion.data_in {
-                        DataIn::InBuffer(_) => r.data_in.take(),
-                        _ => None,
+                    let (completion, buffer) = if r.aborted {
+                        (aborted(), None)
+                    } else {
+                        let buffer = match completion.data_in {
+                            DataIn::InBuffer(_) => r.data_in.take(),
+                            _ => None,
+                        };
+                        (completion, buffer)
                     };
                     self.running[id] = None;
                     self.free.push(id);
@@ -494,12 +509,59 @@ impl LunDriver {
                         self.locks.unlock(lock);
                     }
                     self.finished.push(Finished { tag, completion, buffer });
+                    self.ended(id);
                     if had_lock {
                         self.wake_parked();
                     }
                     return;
                 }
             }
+        }
+    }
+
+    /// After a PERSISTENT RESERVE OUT: the tasks of the nexuses a PREEMPT AND ABORT
+    /// preempted end with TASK ABORTED. Those waiting for a lock end now; those with I/O at
+    /// the backend end when it completes, and the PERSISTENT RESERVE OUT completes only
+    /// after them, so nothing the preempted nexus sent lands after it has.
+    fn abort_preempted(&mut self, tag: u64, completion: Completion) {
+        let gone = self.lu.take_aborted();
+        let of_gone = |r: &Option<Running>| r.as_ref().is_some_and(|r| gone.contains(&r.initiator));
+        let (parked, waiting): (Vec<usize>, Vec<usize>) =
+            self.parked.iter().partition(|&&id| of_gone(&self.running[id]));
+        self.parked = waiting.into();
+        for id in parked {
+            let r = self.running[id].take().expect("parked slot is live");
+            self.free.push(id);
+            self.finished.push(Finished { tag: r.tag, completion: aborted(), buffer: None });
+        }
+        let mut at_backend = Vec::new();
+        for (id, slot) in self.running.iter_mut().enumerate() {
+            if let Some(r) = slot.as_mut().filter(|r| gone.contains(&r.initiator)) {
+                r.aborted = true;
+                at_backend.push(id);
+            }
+        }
+        if at_backend.is_empty() {
+            self.finished.push(Finished { tag, completion, buffer: None });
+        } else {
+            self.awaiting.push((tag, completion, at_backend));
+        }
+        self.wake_parked();
+    }
+
+    /// Running slot `id` has ended: a PREEMPT AND ABORT waiting for it may complete.
+    fn ended(&mut self, id: usize) {
+        if self.awaiting.is_empty() {
+            return;
+        }
+        for entry in &mut self.awaiting {
+            entry.2.retain(|&s| s != id);
+        }
+        let (done, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.awaiting).into_iter().partition(|e| e.2.is_empty());
+        self.awaiting = rest;
+        for (tag, completion, _) in done {
+            self.finished.push(Finished { tag, completion, buffer: None });
         }
     }
 
@@ -570,6 +632,11 @@ impl LunDriver {
 }
 
 /// The completion of a direct task whose one step is done.
+/// TASK ABORTED status, for a task a PREEMPT AND ABORT ended.
+fn aborted() -> Completion {
+    Completion { status: scsi::Status::TaskAborted, sense: Vec::new(), data_in: DataIn::None }
+}
+
 fn finish_direct(task: &mut Task, descriptor: bool) -> Completion {
     match task.next_step() {
         Step::Done(completion) => completion,

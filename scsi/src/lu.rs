@@ -74,6 +74,9 @@ pub struct LogicalUnit {
     ports: HashMap<InitiatorId, (InitiatorPort, u16), foldhash::fast::RandomState>,
     /// Every target port group is active, so no command is refused for its state.
     alua_active: bool,
+    /// Nexuses a PREEMPT AND ABORT preempted, whose tasks the transport aborts
+    /// ([`LogicalUnit::take_aborted`]).
+    aborted: Vec<InitiatorId>,
     /// The nexus whose port `ports` was last made sure to know.
     last_nexus: Option<InitiatorId>,
     /// Persistent reservation state changed with APTPL set (or just cleared) since
@@ -94,6 +97,7 @@ impl LogicalUnit {
             pr: Persistent::default(),
             alua: Alua::single(&[]),
             alua_active: true,
+            aborted: Vec::new(),
             last_nexus: None,
             ports: HashMap::default(),
             pr_dirty: false,
@@ -185,6 +189,13 @@ impl LogicalUnit {
             self.alua_active = self.alua.all_active();
             self.queue_attention(Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, None);
         }
+    }
+
+    /// The nexuses whose tasks the last PREEMPT AND ABORT aborts (SPC-4 5.13.11.4.5): the
+    /// caller ends their tasks with TASK ABORTED and completes the PERSISTENT RESERVE OUT
+    /// only once none is left running.
+    pub fn take_aborted(&mut self) -> Vec<InitiatorId> {
+        std::mem::take(&mut self.aborted)
     }
 
     /// The persistent reservation state.
@@ -394,6 +405,12 @@ impl LogicalUnit {
                     Ok(fx) => {
                         for (to, asc) in fx.attentions {
                             self.attention_to(&to, asc);
+                        }
+                        for to in &fx.aborted {
+                            let hit = self.ports.iter().filter(|(id, (port, target_port))| {
+                                **id != initiator && to.covers(&ItNexus { port, target_port: *target_port })
+                            });
+                            self.aborted.extend(hit.map(|(id, _)| *id));
                         }
                         self.pr_dirty |= fx.persist;
                         Action::Complete(Completion::good())
