@@ -60,7 +60,7 @@ fn every_tap_has_a_queue_per_worker_and_flows_cross_them() {
     if skip_because(missing()) {
         return;
     }
-    let mut lab = Lab::new("q");
+    let mut lab = Lab::new("mq");
     lab.start(&lab.config(""));
     let queues = String::from_utf8_lossy(&lab.exec("n2", &["ls", "/sys/class/net/eth0/queues"]).stdout).into_owned();
     assert!(queues.contains("rx-0") && queues.contains("rx-1"), "two queues: {queues}");
@@ -88,7 +88,7 @@ fn a_moved_ip_is_announced_and_answered_by_its_new_node() {
     if skip_because(missing()) {
         return;
     }
-    let mut lab = Lab::new("m");
+    let mut lab = Lab::new("mv");
     lab.start(&lab.config(""));
     assert!(lab.ping("n2", "198.18.0.1"), "{}", lab.log());
     let (old, new) = (lab.port_mac("a", "n1"), lab.port_mac("a", "n5"));

@@ -47,18 +47,33 @@ pub fn ok(args: &[&str]) -> String {
 
 /// Namespaces and a gateway for one test; all removed on drop.
 pub struct Lab {
+    tag: String,
     prefix: String,
     pub dir: tempfile::TempDir,
     gateway: Option<Child>,
     pub extra_ns: Vec<String>,
 }
 
+/// The tags of the labs alive in this test binary.
+static TAGS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 pub const NODES: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 
 impl Lab {
     pub fn new(tag: &str) -> Lab {
+        // Tests of one binary run side by side, and a lab deletes its namespaces by name:
+        // two labs with one tag would delete each other's.
+        let fresh = TAGS.lock().unwrap_or_else(|e| e.into_inner()).insert(tag.to_string());
+        assert!(fresh, "lab tag {tag:?} is in use by another test of this binary; give each test its own");
         let prefix = format!("pgt{}{}", std::process::id() % 100_000, tag);
-        let lab = Lab { prefix, dir: tempfile::tempdir().unwrap(), gateway: None, extra_ns: Vec::new() };
+        let lab = Lab {
+            tag: tag.to_string(),
+            prefix,
+            dir: tempfile::tempdir().unwrap(),
+            gateway: None,
+            extra_ns: Vec::new(),
+        };
         lab.cleanup_namespaces();
         ok(&["ip", "netns", "add", &lab.ns("gw")]);
         ok(&["ip", "-n", &lab.ns("gw"), "link", "set", "lo", "up"]);
@@ -231,7 +246,7 @@ impl Lab {
         let mut line = String::new();
         let mut out = std::io::BufReader::new(c.stdout.as_mut().unwrap());
         out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
+        assert_eq!(line.trim(), "ready", "{} did not start; the gateway's log:\n{}", args[0], self.log());
         c
     }
 
@@ -245,5 +260,6 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.stop();
         self.cleanup_namespaces();
+        TAGS.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.tag);
     }
 }
