@@ -525,6 +525,9 @@ impl LunDriver {
     /// after them, so nothing the preempted nexus sent lands after it has.
     fn abort_preempted(&mut self, tag: u64, completion: Completion) {
         let gone = self.lu.take_aborted();
+        if gone.is_empty() {
+            return self.finished.push(Finished { tag, completion, buffer: None });
+        }
         let of_gone = |r: &Option<Running>| r.as_ref().is_some_and(|r| gone.contains(&r.initiator));
         let (parked, waiting): (Vec<usize>, Vec<usize>) =
             self.parked.iter().partition(|&&id| of_gone(&self.running[id]));

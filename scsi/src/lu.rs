@@ -308,10 +308,10 @@ impl LogicalUnit {
             // Compatible reservation handling (SPC-4 5.13.3): under a persistent
             // reservation, RESERVE is GOOD without effect for its holder and RELEASE for
             // any registrant; from anyone else both conflict.
-            Command::Reserve if self.pr.reservation.is_some() => {
+            Command::Reserve => {
                 return if self.pr.holds(&it) { Action::Complete(Completion::good()) } else { conflict() };
             }
-            Command::Release if self.pr.reservation.is_some() => {
+            Command::Release => {
                 return if self.pr.registered(&it) { Action::Complete(Completion::good()) } else { conflict() };
             }
             _ if self.pr.conflicts(&it, cmd.pr_access()) => return conflict(),

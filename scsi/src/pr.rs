@@ -568,14 +568,14 @@ impl Persistent {
         };
         let all_registrants = self.reservation.is_some_and(PrType::all_registrants);
         let me_id = (self.registrations[me].port.clone(), self.registrations[me].target_port);
+        let is_me = |r: &Registration| r.port == me_id.0 && r.target_port == me_id.1;
         // Which registrations go: those with the key, or for an all-registrants
         // reservation preempted with key 0, everyone else.
         let doomed = |r: &Registration, sa_key: u64| {
-            let is_me = (r.port.clone(), r.target_port) == me_id;
             if all_registrants && sa_key == 0 {
-                !is_me
+                !is_me(r)
             } else {
-                r.key == sa_key && !(is_me && holder_key == Some(sa_key))
+                r.key == sa_key && !(is_me(r) && holder_key == Some(sa_key))
             }
         };
         if sa_key == 0 && !all_registrants {
@@ -597,10 +597,10 @@ impl Persistent {
             let changed = self.reservation != Some(kind);
             self.reservation = Some(kind);
             for r in &mut self.registrations {
-                r.holder = kind.all_registrants() || (r.port.clone(), r.target_port) == me_id;
+                r.holder = kind.all_registrants() || is_me(r);
             }
             if changed {
-                let me = self.registrations.iter().position(|r| (r.port.clone(), r.target_port) == me_id);
+                let me = self.registrations.iter().position(is_me);
                 self.tell_others(me, Asc::RESERVATIONS_RELEASED, fx);
             }
         }
