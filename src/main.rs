@@ -44,6 +44,9 @@ enum Command {
         /// Start, check every LUN, flush and exit instead of serving until signalled.
         #[arg(long)]
         oneshot: bool,
+        /// Which of the config's `[[gateway]]` entries this process is (redundant gateways).
+        #[arg(long)]
+        gateway: Option<u16>,
     },
     /// Validate a configuration file without starting anything.
     CheckConfig {
@@ -123,7 +126,7 @@ fn main() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let result = match cli.command {
-        Command::Up { config, data_dir, oneshot } => up::run(config, data_dir, oneshot),
+        Command::Up { config, data_dir, oneshot, gateway } => up::run(config, data_dir, oneshot, gateway),
         Command::CheckConfig { file } => check_config(&file),
         Command::Scsi(args) => scsi_cmd::run(args),
         Command::Bench(args) => bench::run(args),

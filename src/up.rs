@@ -40,8 +40,25 @@ fn load_or_create(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow:
     Ok((cfg, file, dir))
 }
 
-pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) -> anyhow::Result<()> {
+pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool, gateway_id: Option<u16>) -> anyhow::Result<()> {
     let (cfg, file, dir) = load_or_create(config, data_dir)?;
+    let cfg = match (gateway_id, cfg.gateway_ids().as_slice()) {
+        (None, []) => cfg,
+        (Some(id), _) => {
+            let mine = cfg.as_gateway(id).map_err(|mut e| {
+                e.file = Some(file.clone());
+                e
+            })?;
+            gateway::nexus::set_gateway(id);
+            mine
+        }
+        (None, ids) => anyhow::bail!(
+            "{} lists redundant gateways {ids:?}: say which this one is with --gateway ID",
+            file.display()
+        ),
+    };
+    // The singletons (netvirt's TAPs, TCMU's devices) run on the first gateway alone.
+    let first_gateway = cfg.gateway_ids().first().is_none_or(|&id| Some(id) == gateway_id);
     // Resolved first, so that every path printed from here on is clean (no `./`).
     std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let dir = dir.canonicalize().unwrap_or(dir);
@@ -49,6 +66,9 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     let (mut images, maps) = storage::open_all(&cfg, &dir)?;
     let socket = dir.join(&cfg.storage.socket);
     println!("pangate {} control node {}", env!("CARGO_PKG_VERSION"), cfg.serial);
+    if let Some(id) = gateway_id {
+        println!("  gateway:   {id} of {:?} (redundant; lease {} ms)", cfg.gateway_ids(), cfg.storage.lease_ms);
+    }
     println!("  config:    {}", file.display());
     println!("  data dir:  {}", dir.display());
     println!("  socket:    {}", socket.display());
@@ -99,6 +119,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     };
     let metrics = opts.metrics.clone();
     let image_names: Vec<(String, String)> = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
+    let shared = redundancy_plan(&cfg, &dir, &image_names, gateway_id);
     // Who may connect and what each node maps: read by the ring server, TCMU, netvirt and
     // the admin, changed by the admin.
     let registry = Registry::from_config(&cfg, &maps);
@@ -109,21 +130,37 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
         println!("  try:       pangate scsi {node} inquiry");
         println!("  mount:     pangate mount {node} /mnt/pangate");
     }
+    let redundancy = match shared {
+        Some(plan) => Some(
+            gateway::redundancy::Redundancy::start(plan, server.images()).context("starting the lease and LUN ownership")?,
+        ),
+        None => None,
+    };
     // TCMU reads the node registry, which the admin keeps current.
     let nodes = gateway::tcmu::live_nodes(registry.clone());
     let grow = gateway::tcmu::live_grow(registry.clone(), server.images());
     // Logs one line and carries on where the kernel has no target_core_user.
-    let tcmu = gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow);
+    let tcmu = match first_gateway {
+        true => gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow),
+        false => None,
+    };
     println!(
         "  TCMU:      {}",
-        if tcmu.is_some() {
-            "serving LIO user: backstores (config pangate/<pan>/<node>/<target>/<lun>)"
-        } else {
-            "off (no target_core_user in this kernel)"
+        match (tcmu.is_some(), first_gateway) {
+            (true, _) => "serving LIO user: backstores (config pangate/<pan>/<node>/<target>/<lun>)",
+            (false, true) => "off (no target_core_user in this kernel)",
+            (false, false) => "on the first gateway",
         }
     );
     let iscsi = start_iscsi(&cfg, registry.clone(), server.images(), server.attacher())?;
-    let network = Arc::new(LiveNetwork::new(start_network(&cfg, &dir, registry.clone())?));
+    let network = match first_gateway {
+        true => start_network(&cfg, &dir, registry.clone())?,
+        false => {
+            println!("  netvirt:   on the first gateway");
+            None
+        }
+    };
+    let network = Arc::new(LiveNetwork::new(network));
     let admin = Arc::new(gateway::admin::GatewayAdmin::new(
         cfg.clone(),
         file.clone(),
@@ -141,6 +178,10 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     let watcher = admin.watch_nodes().context("starting the node watcher")?;
     let web = start_web(&cfg, &dir, admin)?;
     wait_for_signal()?;
+    // The LUNs this gateway serves go to its peers first, quiesced and flushed.
+    if let Some(r) = redundancy {
+        r.stop();
+    }
     watcher.stop();
     if let Some(w) = web {
         w.stop();
@@ -155,6 +196,32 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool) ->
     server.shutdown().context("stopping the ring server")?;
     println!("pangate: in-flight I/O completed, all images flushed; stopped");
     Ok(())
+}
+
+/// What the ownership loop of redundant gateway `me` needs: every image, each with the
+/// gateway that prefers it. `None` for a lone gateway.
+fn redundancy_plan(
+    cfg: &Config,
+    dir: &Path,
+    images: &[(String, String)],
+    me: Option<u16>,
+) -> Option<gateway::redundancy::Plan> {
+    let me = me?;
+    let luns = images
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (pan, name))| {
+            let preferred = cfg.preferred_gateway(pan, name)?;
+            Some(gateway::redundancy::SharedLun { index, pan: pan.clone(), name: name.clone(), preferred })
+        })
+        .collect();
+    Some(gateway::redundancy::Plan {
+        me,
+        ids: cfg.gateway_ids(),
+        lease: Duration::from_millis(cfg.storage.lease_ms),
+        dir: dir.join("gateways"),
+        luns,
+    })
 }
 
 /// The arguments that reach the first node with a LUN, for the banner's hints: through the

@@ -17,6 +17,7 @@ pub mod net;
 pub mod nexus;
 pub mod persist;
 pub mod placement;
+pub mod redundancy;
 pub mod registry;
 pub mod reservations;
 pub mod ring;

@@ -130,6 +130,8 @@ pub struct LunDriver {
     reaped: Vec<IoCompletion>,
     /// Where persistent reservations are saved while APTPL is set.
     reservations: Option<std::path::PathBuf>,
+    /// Save them after every change, APTPL or not: another gateway may take the LUN over.
+    shared_reservations: bool,
     /// PREEMPT AND ABORT commands waiting for the aborted tasks still at the backend:
     /// (tag, completion, running slots not yet ended).
     awaiting: Vec<(u64, Completion, Vec<usize>)>,
@@ -154,6 +156,7 @@ impl LunDriver {
             finished: Vec::new(),
             reaped: Vec::new(),
             reservations: None,
+            shared_reservations: false,
             awaiting: Vec::new(),
         })
     }
@@ -161,10 +164,26 @@ impl LunDriver {
     /// Keeps persistent reservations at `path` while APTPL is set, restoring what an
     /// earlier run saved there.
     pub fn keep_reservations_at(&mut self, path: std::path::PathBuf) -> anyhow::Result<()> {
-        if let Some(pr) = crate::reservations::load(&path)? {
+        if let Some(pr) = crate::reservations::load(&path)?.filter(|pr| pr.aptpl) {
             self.lu.restore_persistent(pr);
         }
         self.reservations = Some(path);
+        Ok(())
+    }
+
+    /// Saves the reservation state after every change, APTPL or not, for the gateway that
+    /// takes this LUN over ([`LunDriver::reload_reservations`]).
+    pub fn share_reservations(&mut self) {
+        self.shared_reservations = true;
+        self.lu.persist_every_change(true);
+    }
+
+    /// Replaces the reservation state with the saved copy (none saved: no registrations),
+    /// as a gateway does when it takes the LUN over from another.
+    pub fn reload_reservations(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.reservations else { return Ok(()) };
+        let pr = crate::reservations::load(path)?.unwrap_or_default();
+        self.lu.restore_persistent(pr);
         Ok(())
     }
 
@@ -175,7 +194,7 @@ impl LunDriver {
         let (Some(path), Some(pr)) = (self.reservations.as_ref(), self.lu.take_pr_to_persist()) else {
             return completion;
         };
-        match crate::reservations::save(path, pr) {
+        match crate::reservations::save(path, pr, self.shared_reservations) {
             Ok(()) => completion,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "persistent reservations could not be saved");

@@ -3,11 +3,11 @@
 //! in on.
 //!
 //! - An iSCSI session is the initiator's own name and ISID, on target port
-//!   [`ISCSI_TARGET_PORT`], as SPC-4 has it for iSCSI.
+//!   [`iscsi_target_port`], as SPC-4 has it for iSCSI.
 //! - Every queue pair of a ring node (its `pangate-ring` links, `pangate mount`, and the
 //!   TCMU devices that serve it) is one initiator port: the node's `iqn` if it has one, else
 //!   `iqn.2026-12.io.pangate:<pan>.<node>`, with ISID [`RING_ISID`], on target port
-//!   [`LOCAL_TARGET_PORT`]. A node's queue pairs are one group: reservations see the node,
+//!   [`local_target_port`]. A node's queue pairs are one group: reservations see the node,
 //!   whichever queue pair a command took.
 //! - The gateway's own commands (start-up checks) come from [`gateway_port`].
 
@@ -15,10 +15,35 @@ use scsi::InitiatorPort;
 
 use crate::registry::NodeEntry;
 
-/// The ring server's target port (ring links, FUSE mounts, TCMU).
-pub const LOCAL_TARGET_PORT: u16 = 1;
-/// The iSCSI target's port.
-pub const ISCSI_TARGET_PORT: u16 = 2;
+/// Which gateway of a redundant platform this process is (1 when there is one gateway),
+/// set once at start-up.
+static GATEWAY: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
+/// Says which gateway this process is; the first call wins.
+pub fn set_gateway(id: u16) {
+    let _ = GATEWAY.set(id.max(1));
+}
+
+/// This gateway's id: 1 unless [`set_gateway`] said otherwise.
+pub fn gateway_id() -> u16 {
+    GATEWAY.get().copied().unwrap_or(1)
+}
+
+/// The relative target ports of gateway `id`: its ring server's (ring links, FUSE mounts,
+/// TCMU), then its iSCSI target's. Gateway 1 has 1 and 2, gateway 2 has 3 and 4.
+pub fn target_ports(id: u16) -> [u16; 2] {
+    [2 * id - 1, 2 * id]
+}
+
+/// This gateway's ring server's target port.
+pub fn local_target_port() -> u16 {
+    target_ports(gateway_id())[0]
+}
+
+/// This gateway's iSCSI target's port.
+pub fn iscsi_target_port() -> u16 {
+    target_ports(gateway_id())[1]
+}
 /// The ISID of a ring node's initiator port: the random type (bits 47:46 = 10b), 1.
 pub const RING_ISID: u64 = 0x8000_0000_0001;
 

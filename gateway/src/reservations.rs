@@ -3,10 +3,15 @@
 //! PERSISTENT RESERVE OUT that changes them while APTPL is set, and removed when APTPL is
 //! cleared. Without APTPL the state is lost on restart, as SPC-4 says.
 //!
+//! Redundant gateways (`[[gateway]]`) save it after every change, APTPL or not: the
+//! gateway that takes a LUN over reads it there. A lone gateway restores only a copy saved
+//! with APTPL.
+//!
 //! ```text
 //! pangate-reservations 1
 //! generation 7
 //! reservation 1              (the TYPE code; 0: none)
+//! aptpl 1                    (absent: 1)
 //! reg 00000000000000aa 1 0 1 800000000001 iqn.2007-10.com.example:node
 //!     key              holder all_tg_pt target_port isid (or -) name
 //! ```
@@ -27,6 +32,7 @@ pub fn file_for(data_dir: &Path, pan: &str, image: &str) -> PathBuf {
 pub fn encode(pr: &Persistent) -> String {
     let mut s =
         format!("{MAGIC}\ngeneration {}\nreservation {}\n", pr.generation, pr.reservation.map_or(0, PrType::code));
+    s.push_str(&format!("aptpl {}\n", u8::from(pr.aptpl)));
     for r in &pr.registrations {
         let isid = r.port.isid.map_or_else(|| "-".to_string(), |i| format!("{i:012x}"));
         s.push_str(&format!(
@@ -61,6 +67,13 @@ pub fn decode(text: &str) -> Result<Persistent, String> {
                     0 => None,
                     c => Some(PrType::from_code(c).ok_or_else(|| bad("unknown reservation type"))?),
                 };
+            }
+            Some("aptpl") => {
+                pr.aptpl = match f.next() {
+                    Some("0") => false,
+                    Some("1") => true,
+                    _ => return Err(bad("bad aptpl")),
+                }
             }
             Some("reg") => {
                 let mut next = || f.next().ok_or_else(|| bad("too few fields"));
@@ -104,9 +117,10 @@ pub fn load(path: &Path) -> anyhow::Result<Option<Persistent>> {
     }
 }
 
-/// Saves `pr` at `path` if APTPL is set, and removes the file if not.
-pub fn save(path: &Path, pr: &Persistent) -> std::io::Result<()> {
-    if !pr.aptpl {
+/// Saves `pr` at `path` if APTPL is set or `shared` (redundant gateways), and removes the
+/// file if neither.
+pub fn save(path: &Path, pr: &Persistent, shared: bool) -> std::io::Result<()> {
+    if !pr.aptpl && !shared {
         return match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -151,5 +165,9 @@ mod tests {
         assert!(decode(&text.replace("reservation 1", "reservation 9")).is_err());
         assert!(decode(&text.replace("reg 00000000000000aa 1", "reg 00000000000000aa 0")).is_err(), "no holder");
         assert!(decode(&text.replace(" 1 2 - ", " 1 x - ")).is_err(), "a bad target port");
+        assert!(decode(&text.replace("aptpl 1", "aptpl 2")).is_err());
+        let shared = Persistent { aptpl: false, ..pr.clone() };
+        assert_eq!(decode(&encode(&shared)), Ok(shared), "a redundant pair's copy without APTPL");
+        assert_eq!(decode(&text.replace("aptpl 1\n", "")), Ok(pr), "files from before the aptpl line");
     }
 }

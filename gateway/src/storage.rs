@@ -83,10 +83,23 @@ pub fn open_image(
     lun.write_cache = img.write_cache;
     let engine = open_engine(image, kind, ENGINE_DEPTH)?;
     let mut driver = LunDriver::new(lun, engine)?;
-    // One gateway: one active/optimized target port group with both of its target ports.
-    let ports = [crate::nexus::LOCAL_TARGET_PORT, crate::nexus::ISCSI_TARGET_PORT];
-    driver.unit_mut().set_alua(scsi::alua::Alua::single(&ports));
     driver.keep_reservations_at(crate::reservations::file_for(data_dir, pan, &img.name))?;
+    match cfg.preferred_gateway(pan, &img.name) {
+        // Redundant gateways: a target port group per gateway, each transitioning until
+        // the gateways have settled who serves the LUN (`crate::redundancy`).
+        Some(preferred) => {
+            let groups = cfg.gateway_ids().into_iter().map(|id| scsi::alua::PortGroup {
+                id,
+                state: scsi::alua::AccessState::Transitioning,
+                preferred: id == preferred,
+                ports: crate::nexus::target_ports(id).to_vec(),
+            });
+            driver.unit_mut().set_alua(scsi::alua::Alua { groups: groups.collect() });
+            driver.share_reservations();
+        }
+        // One gateway: one active/optimized target port group with both of its ports.
+        None => driver.unit_mut().set_alua(scsi::alua::Alua::single(&crate::nexus::target_ports(1))),
+    }
     Ok(OpenImage { pan: pan.to_string(), name: img.name.clone(), path, driver })
 }
 

@@ -82,6 +82,9 @@ pub struct LogicalUnit {
     /// Persistent reservation state changed with APTPL set (or just cleared) since
     /// [`LogicalUnit::take_pr_to_persist`] was last asked.
     pr_dirty: bool,
+    /// Every change of the reservation state is to be saved, APTPL or not: redundant
+    /// gateways hand it over through the saved copy.
+    pr_shared: bool,
 }
 
 impl LogicalUnit {
@@ -101,6 +104,7 @@ impl LogicalUnit {
             last_nexus: None,
             ports: HashMap::default(),
             pr_dirty: false,
+            pr_shared: false,
         }
     }
 
@@ -208,8 +212,16 @@ impl LogicalUnit {
         self.pr = pr;
     }
 
+    /// Has [`LogicalUnit::take_pr_to_persist`] return the state after every PERSISTENT
+    /// RESERVE OUT that succeeds, APTPL or not: for a unit another gateway may take over,
+    /// which must find the state as it was.
+    pub fn persist_every_change(&mut self, on: bool) {
+        self.pr_shared = on;
+    }
+
     /// The reservation state to write out, if it changed with APTPL set (or APTPL was just
-    /// cleared, so the saved copy must go); `None` when nothing needs saving.
+    /// cleared, so the saved copy must go; or with [`LogicalUnit::persist_every_change`],
+    /// at all); `None` when nothing needs saving.
     pub fn take_pr_to_persist(&mut self) -> Option<&Persistent> {
         std::mem::take(&mut self.pr_dirty).then_some(&self.pr)
     }
@@ -412,7 +424,7 @@ impl LogicalUnit {
                             });
                             self.aborted.extend(hit.map(|(id, _)| *id));
                         }
-                        self.pr_dirty |= fx.persist;
+                        self.pr_dirty |= fx.persist || self.pr_shared;
                         Action::Complete(Completion::good())
                     }
                     Err(PrError::Conflict) => conflict(),

@@ -3,8 +3,10 @@
 //! Loading validates everything up front; an error names the file, the key and the reason,
 //! and says what would fix it.
 
+mod gateway;
 mod iscsi;
 mod node;
+pub use gateway::{GatewayConfig, DEFAULT_LEASE_MS, MAX_GATEWAYS};
 pub use iscsi::{valid_iscsi_name, IscsiConfig};
 pub use node::{FailoverMode, NodeConfig, DEFAULT_FAILOVER_AFTER};
 
@@ -166,6 +168,10 @@ pub struct StorageConfig {
     /// Shared memory (rings, data and staging areas) one node's queue pairs may hold.
     #[serde(default = "default_node_memory")]
     pub max_memory_per_node: Size,
+    /// With `[[gateway]]`: how long a gateway may go without renewing its lease before a
+    /// peer fences it and takes its LUNs over.
+    #[serde(default = "gateway::default_lease_ms")]
+    pub lease_ms: u64,
 }
 
 fn default_queue_pairs() -> u32 {
@@ -186,6 +192,7 @@ impl Default for StorageConfig {
             block_devices: Vec::new(),
             max_queue_pairs_per_node: default_queue_pairs(),
             max_memory_per_node: default_node_memory(),
+            lease_ms: DEFAULT_LEASE_MS,
         }
     }
 }
@@ -310,6 +317,9 @@ pub struct Config {
     /// The iSCSI target.
     #[serde(default)]
     pub iscsi: IscsiConfig,
+    /// Redundant gateways sharing this config and the images (none: one gateway).
+    #[serde(default, rename = "gateway", skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayConfig>,
     /// The PANs.
     #[serde(default, rename = "pan")]
     pub pans: Vec<PanConfig>,
@@ -428,6 +438,7 @@ impl Config {
             ));
         }
         self.validate_iscsi()?;
+        self.validate_gateways()?;
         let mut iqns = HashSet::new();
         let mut pans = HashSet::new();
         let mut taps = HashSet::new();
@@ -604,6 +615,7 @@ impl Config {
             net: NetConfig::default(),
             web: WebConfig::default(),
             iscsi: IscsiConfig { listen: vec!["127.0.0.1:3260".into()], ..IscsiConfig::default() },
+            gateways: Vec::new(),
             pans: vec![PanConfig {
                 name: "demo".into(),
                 images: vec![image("disk-a"), image("disk-b"), image("shared")],

@@ -259,7 +259,7 @@ pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>, 
         SLOTS,
         data_area,
         port,
-        crate::nexus::ISCSI_TARGET_PORT,
+        crate::nexus::iscsi_target_port(),
     );
     let (ring, opened) = match opened {
         Ok(q) => q,

@@ -167,6 +167,19 @@ enum Control {
         node: String,
         reply: Reply,
     },
+    /// Set the ALUA states of an image's target port groups, after reloading its saved
+    /// reservation state when the gateway is taking the LUN over.
+    Access {
+        image: usize,
+        states: Vec<(u16, scsi::alua::AccessState)>,
+        takeover: bool,
+        reply: Reply,
+    },
+    /// Flush an image's written data to stable storage.
+    Flush {
+        image: usize,
+        reply: Reply,
+    },
     /// Answer once every command the worker's engines have in flight now has finished.
     Barrier {
         reply: Reply,
@@ -254,6 +267,23 @@ impl Images for LunControl {
 
     fn retire(&self, image: usize) -> Result<(), ControlError> {
         self.ask(self.mesh.owner(image), |reply| Control::Retire { image, reply })
+    }
+
+    fn set_access(
+        &self,
+        image: usize,
+        states: &[(u16, scsi::alua::AccessState)],
+        takeover: bool,
+    ) -> Result<(), ControlError> {
+        self.ask(self.mesh.owner(image), |reply| Control::Access { image, states: states.to_vec(), takeover, reply })
+    }
+
+    /// Every worker first takes the jobs other workers sent it (commands on their way to
+    /// the image's owner), then waits for what its engines have in flight; then the owner
+    /// flushes the image.
+    fn quiesce(&self, image: usize) -> Result<(), ControlError> {
+        self.ask_all(|reply| Control::Barrier { reply })?;
+        self.ask(self.mesh.owner(image), |reply| Control::Flush { image, reply })
     }
 }
 
@@ -749,7 +779,7 @@ fn open_queue_pair(
         lease,
         attached: None,
         port: Arc::new(crate::nexus::node_port(&entry)),
-        target_port: crate::nexus::LOCAL_TARGET_PORT,
+        target_port: crate::nexus::local_target_port(),
         entry,
     };
     Ok((acc, welcome))

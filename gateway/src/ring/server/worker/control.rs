@@ -49,6 +49,30 @@ impl Worker {
                 self.close_dead();
                 let _ = reply.send(Ok(()));
             }
+            Control::Access { image, states, takeover, reply } => {
+                let result = match self.owned.get_mut(image) {
+                    Some(img) => {
+                        let reloaded = match takeover {
+                            true => img.driver.reload_reservations().map_err(|e| ControlError::Refused(format!("{e:#}"))),
+                            false => Ok(()),
+                        };
+                        reloaded.map(|()| {
+                            for (group, state) in states {
+                                img.driver.unit_mut().set_access_state(group, state);
+                            }
+                        })
+                    }
+                    None => Err(ControlError::NoImage(image)),
+                };
+                let _ = reply.send(result);
+            }
+            Control::Flush { image, reply } => {
+                let result = match self.owned.get_mut(image) {
+                    Some(img) => crate::lun::flush(img).map_err(ControlError::from),
+                    None => Err(ControlError::NoImage(image)),
+                };
+                let _ = reply.send(result);
+            }
             Control::Barrier { reply } => {
                 // Jobs other workers sent before they answered the fence start first.
                 self.take_messages();
