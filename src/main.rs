@@ -78,9 +78,10 @@ pub struct NodeArgs {
     /// The node's credential; defaults to $PANGATE_CREDENTIAL, else the gateway's config.
     #[arg(long)]
     credential: Option<String>,
-    /// Gateway socket; defaults to the one in the data directory's config.
+    /// Gateway socket; defaults to the one in the data directory's config (every
+    /// gateway's, with redundant gateways). Give it once per gateway to use several.
     #[arg(long)]
-    socket: Option<PathBuf>,
+    socket: Vec<PathBuf>,
     /// Data directory whose pangate.toml names the socket and credentials.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -89,21 +90,32 @@ pub struct NodeArgs {
 impl NodeArgs {
     /// Connects one queue pair.
     pub fn connect(&self, slots: u32, data_bytes: u64) -> anyhow::Result<Initiator> {
-        let (socket, credential) = self.resolve()?;
+        let (sockets, credential) = self.resolve()?;
         let opts = ConnectOptions { pan: self.pan.clone(), node: self.node.clone(), credential, slots, data_bytes };
-        Ok(Initiator::connect_with_retry(&socket, &opts, Duration::from_secs(5))?)
+        // The first gateway that answers; with none up yet, the first is waited for.
+        if sockets.len() > 1 {
+            if let Some(i) = sockets.iter().find_map(|s| Initiator::connect(s, &opts).ok()) {
+                return Ok(i);
+            }
+        }
+        Ok(Initiator::connect_with_retry(&sockets[0], &opts, Duration::from_secs(5))?)
     }
 
-    pub fn resolve(&self) -> anyhow::Result<(PathBuf, String)> {
+    /// The gateway sockets (at least one) and the credential.
+    pub fn resolve(&self) -> anyhow::Result<(Vec<PathBuf>, String)> {
         let credential = self.credential.clone().or_else(|| std::env::var("PANGATE_CREDENTIAL").ok());
-        if let (Some(socket), Some(credential)) = (&self.socket, &credential) {
-            return Ok((socket.clone(), credential.clone()));
+        if let (false, Some(credential)) = (self.socket.is_empty(), &credential) {
+            return Ok((self.socket.clone(), credential.clone()));
         }
         let dir = default_data_dir(self.data_dir.clone());
         let cfg = Config::load(&dir.join(CONFIG_NAME))
             .with_context(|| "give --socket and --credential, or --data-dir of a gateway whose config names them")?;
         let data_dir = cfg.data_dir_from(&dir);
-        let socket = self.socket.clone().unwrap_or_else(|| data_dir.join(&cfg.storage.socket));
+        let sockets = match (self.socket.is_empty(), cfg.gateway_ids().as_slice()) {
+            (false, _) => self.socket.clone(),
+            (true, []) => vec![data_dir.join(&cfg.storage.socket)],
+            (true, ids) => ids.iter().filter_map(|&id| cfg.gateway(id)).map(|g| data_dir.join(&g.socket)).collect(),
+        };
         let credential = match credential {
             Some(c) => c,
             None => cfg
@@ -115,7 +127,7 @@ impl NodeArgs {
                 .map(|n| n.credential.clone())
                 .with_context(|| format!("no node {:?} in PAN {:?} in {}", self.node, self.pan, dir.display()))?,
         };
-        Ok((socket, credential))
+        Ok((sockets, credential))
     }
 }
 

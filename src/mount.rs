@@ -58,13 +58,15 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
     if a.daemon {
         return detach();
     }
-    let (socket, credential) = a.node.resolve()?;
+    let (mut sockets, credential) = a.node.resolve()?;
+    let socket = sockets.remove(0);
     let queues = a.queues.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     anyhow::ensure!((1..=64).contains(&queues), "--queues must be between 1 and 64");
     let req = MountRequest {
         mountpoint: a.mountpoint.clone(),
         link: LinkOptions {
             socket,
+            alternates: sockets,
             connect: ConnectOptions {
                 pan: a.node.pan.clone(),
                 node: a.node.node.clone(),

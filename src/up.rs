@@ -141,7 +141,7 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool, ga
     let grow = gateway::tcmu::live_grow(registry.clone(), server.images());
     // Logs one line and carries on where the kernel has no target_core_user.
     let tcmu = match first_gateway {
-        true => gateway::tcmu::TcmuService::start(socket.clone(), nodes, grow),
+        true => gateway::tcmu::TcmuService::start(socket.clone(), other_sockets(&cfg, &dir, gateway_id), nodes, grow),
         false => None,
     };
     println!(
@@ -196,6 +196,11 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool, ga
     server.shutdown().context("stopping the ring server")?;
     println!("pangate: in-flight I/O completed, all images flushed; stopped");
     Ok(())
+}
+
+/// The ring sockets of the redundant gateways other than `me`.
+fn other_sockets(cfg: &Config, dir: &Path, me: Option<u16>) -> Vec<PathBuf> {
+    cfg.gateways.iter().filter(|g| Some(g.id) != me).map(|g| dir.join(&g.socket)).collect()
 }
 
 /// What the ownership loop of redundant gateway `me` needs: every image, each with the

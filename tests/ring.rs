@@ -88,6 +88,7 @@ fn link_n1(f: &Fixture, data_bytes: u64, io_timeout: Duration) -> gateway::ring:
     connect.data_bytes = data_bytes;
     let link = Link::connect(LinkOptions {
         socket: f.socket.clone(),
+        alternates: Vec::new(),
         connect,
         queues: 1,
         io_timeout,
@@ -927,6 +928,7 @@ fn holding_link(f: &Fixture, queues: usize, hold: Duration) -> std::sync::Arc<ga
     use gateway::ring::link::{Link, LinkOptions};
     let link = Link::connect(LinkOptions {
         socket: f.socket.clone(),
+        alternates: Vec::new(),
         connect: opts("beta", "n1", CRED_B),
         queues,
         io_timeout: Duration::from_secs(5),

@@ -370,13 +370,17 @@ fn try_lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// A process's start time in clock ticks since boot, if it exists.
+/// A process's start time in clock ticks since boot, if it exists and has not exited (a
+/// zombie's files, and so its locks, are gone).
 fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The name (field 2) may hold spaces and parentheses: count from its closing one.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // Field 3 is the first after the name; the start time is field 22.
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    // Field 3, the state, is the first after the name; the start time is field 22.
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// SIGKILLs `pid` if it is still the process that started at `start`; whether it did.

@@ -160,7 +160,7 @@ mod tests {
             ],
         };
         let text = encode(&pr);
-        assert_eq!(decode(&text), Ok(pr));
+        assert_eq!(decode(&text), Ok(pr.clone()));
         assert!(decode("something else\n").is_err());
         assert!(decode(&text.replace("reservation 1", "reservation 9")).is_err());
         assert!(decode(&text.replace("reg 00000000000000aa 1", "reg 00000000000000aa 0")).is_err(), "no holder");

@@ -35,8 +35,10 @@ use super::initiator::{ConnectOptions, Data, Initiator, InitiatorError, Response
 use super::proto::{ControlOp, Region};
 
 mod area;
+mod paths;
 mod recover;
 pub use area::{AreaData, Placed, Reservation};
+use paths::{Moved, Router};
 use recover::{take_held, Held};
 
 /// Longest wait in `poll(2)` before the completion thread looks at timeouts and shutdown.
@@ -109,6 +111,9 @@ pub struct Command<'a> {
 pub struct LinkOptions {
     /// The gateway's socket.
     pub socket: PathBuf,
+    /// The sockets of the other gateways of a redundant platform (`[[gateway]]`): each
+    /// LUN's commands go to the gateway that serves it, and move when it goes.
+    pub alternates: Vec<PathBuf>,
     /// PAN, node, credential, ring size and data area size.
     pub connect: ConnectOptions,
     /// Queue pairs to open.
@@ -138,7 +143,10 @@ struct Peers {
 /// The mount's queue pairs.
 #[derive(Debug)]
 pub struct Link {
+    /// Every path's queue pairs, path after path.
     queues: Vec<Arc<QueuePair>>,
+    /// Queue pairs per path: the first path's are the ones callers submit on.
+    per_path: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
 }
@@ -150,52 +158,74 @@ thread_local! {
 
 impl Link {
     /// Connects every queue pair (failing if the gateway refuses or is not there) and
-    /// starts their completion threads.
+    /// starts their completion threads. With [`LinkOptions::alternates`], every gateway
+    /// gets as many queue pairs; one that cannot be reached now is reconnected to in the
+    /// background, and only when none can does this fail.
     pub fn connect(opts: LinkOptions) -> Result<Link, InitiatorError> {
-        let opts = Arc::new(opts);
-        let peers = Arc::new(Peers::default());
-        let mut queues = Vec::new();
+        let sockets: Vec<PathBuf> = std::iter::once(opts.socket.clone()).chain(opts.alternates.iter().cloned()).collect();
+        let peers: Vec<Arc<Peers>> = sockets.iter().map(|_| Arc::new(Peers::default())).collect();
+        let router = (sockets.len() > 1).then(|| Arc::new(Router::new(peers.clone())));
+        let mut paths = Vec::new();
         let mut threads = Vec::new();
-        for index in 0..opts.queues.max(1) {
-            let conn = Initiator::connect(&opts.socket, &opts.connect)?;
-            let luns = conn.luns().to_vec();
-            let qp = Arc::new_cyclic(|me| QueuePair {
-                index,
-                opts: opts.clone(),
-                state: Mutex::new(State {
-                    conn: None,
-                    pending: HashMap::new(),
-                    luns,
-                    generation: 0,
-                    waiting: 0,
-                    backoff: BACKOFF_MIN,
-                    next_attempt: Instant::now(),
-                    held: Vec::new(),
-                    down_since: None,
-                    refused: false,
-                    seen_reconnects: 0,
-                    failed_attempts: 0,
-                    heartbeats: Vec::new(),
-                    next_heartbeat: Instant::now() + HEARTBEAT_EVERY,
-                }),
-                space: Condvar::new(),
-                closing: AtomicBool::new(false),
-                generation: AtomicU64::new(0),
-                me: me.clone(),
-                peers: peers.clone(),
-            });
-            peers.connected.fetch_add(1, Ordering::AcqRel);
-            let (wake, gone) = dup_wait_fds(&conn)?;
-            qp.lock().conn = Some(conn);
-            let runner = qp.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("pangate-cq{index}"))
-                    .spawn(move || runner.complete_loop(Some((wake, gone))))?,
-            );
-            queues.push(qp);
+        let mut first_error = None;
+        for (path, socket) in sockets.iter().enumerate() {
+            let opts = Arc::new(LinkOptions { socket: socket.clone(), ..opts.clone() });
+            let mut queues = Vec::new();
+            for index in 0..opts.queues.max(1) {
+                let conn = match Initiator::connect(&opts.socket, &opts.connect) {
+                    Ok(conn) => Some(conn),
+                    // Another gateway may do meanwhile; this one is tried again in the background.
+                    Err(e) if router.is_some() => {
+                        tracing::warn!(socket = %socket.display(), error = %e, "gateway not reachable; retrying in the background");
+                        first_error.get_or_insert(e);
+                        None
+                    }
+                    Err(e) => return Err(e),
+                };
+                let qp = Arc::new_cyclic(|me| QueuePair {
+                    index,
+                    path,
+                    opts: opts.clone(),
+                    state: Mutex::new(State::new(conn.as_ref().map(|c| c.luns().to_vec()).unwrap_or_default())),
+                    space: Condvar::new(),
+                    closing: AtomicBool::new(false),
+                    generation: AtomicU64::new(0),
+                    me: me.clone(),
+                    peers: peers[path].clone(),
+                    router: router.clone(),
+                });
+                let fds = match conn {
+                    Some(conn) => {
+                        peers[path].connected.fetch_add(1, Ordering::AcqRel);
+                        let fds = dup_wait_fds(&conn)?;
+                        qp.lock().conn = Some(conn);
+                        Some(fds)
+                    }
+                    None => {
+                        qp.lock().down_since = Some(Instant::now());
+                        None
+                    }
+                };
+                let runner = qp.clone();
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("pangate-cq{path}.{index}"))
+                        .spawn(move || runner.complete_loop(fds))?,
+                );
+                queues.push(qp);
+            }
+            paths.push(queues);
         }
-        Ok(Link { queues, threads: Mutex::new(threads), next: AtomicUsize::new(0) })
+        let per_path = paths[0].len();
+        if let Some(router) = &router {
+            router.set_queues(paths.iter().map(|qs| qs.iter().map(Arc::downgrade).collect()).collect());
+        }
+        let link = Link { queues: paths.concat(), threads: Mutex::new(threads), next: AtomicUsize::new(0), per_path };
+        if peers.iter().all(|p| p.connected.load(Ordering::Acquire) == 0) {
+            link.close();
+            return Err(first_error.unwrap_or(InitiatorError::Refused("no gateway reachable".into())));
+        }
+        Ok(link)
     }
 
     /// The calling thread's queue pair: threads are spread over them round-robin on first
@@ -209,12 +239,13 @@ impl Link {
                 i
             }
         });
-        &self.queues[i % self.queues.len()]
+        &self.queues[i % self.per_path]
     }
 
-    /// The node's LUNs as of the latest (re)connect.
+    /// The node's LUNs as of the latest (re)connect to any gateway.
     pub fn luns(&self) -> Vec<LunInfo> {
-        self.queues[0].lock().luns.clone()
+        let known = self.queues.iter().map(|q| q.lock().luns.clone()).find(|l| !l.is_empty());
+        known.unwrap_or_default()
     }
 
     /// Fails everything in flight with [`LinkError::Closing`], closes the connections and
@@ -250,6 +281,8 @@ struct Pending {
     capacity_changed: bool,
     /// Leave the data-in in the area ([`QueuePair::submit_read_in_place`]).
     in_place: bool,
+    /// When a gateway first refused it for ALUA (it serves the LUN elsewhere).
+    refused_since: Option<Instant>,
 }
 
 /// What a command carries besides its CDB: its data descriptor, the data-area pages it
@@ -286,6 +319,39 @@ struct State {
     heartbeats: Vec<u32>,
     /// When the next heartbeat is due.
     next_heartbeat: Instant,
+    /// Commands leaving for another queue pair (or to wait here), handed over once the
+    /// lock is let go: (path, when to send, command).
+    moving: Vec<(usize, Instant, Moved)>,
+    /// The data area of the connection that broke last, with its generation: pages placed
+    /// in it just before are still readable.
+    old_area: Option<(u64, Arc<crate::shm::SharedMemory>)>,
+    /// Commands waiting here to be sent at their time: moved from another gateway's path,
+    /// or paused after a transitioning answer.
+    deferred: Vec<(Instant, Moved)>,
+}
+
+impl State {
+    fn new(luns: Vec<LunInfo>) -> State {
+        State {
+            conn: None,
+            pending: HashMap::new(),
+            luns,
+            generation: 0,
+            waiting: 0,
+            backoff: BACKOFF_MIN,
+            next_attempt: Instant::now(),
+            held: Vec::new(),
+            down_since: None,
+            refused: false,
+            seen_reconnects: 0,
+            failed_attempts: 0,
+            heartbeats: Vec::new(),
+            next_heartbeat: Instant::now() + HEARTBEAT_EVERY,
+            moving: Vec::new(),
+            deferred: Vec::new(),
+            old_area: None,
+        }
+    }
 }
 
 /// One queue pair and its completion thread's shared state.
@@ -300,8 +366,12 @@ pub struct QueuePair {
     generation: AtomicU64,
     /// This queue pair, for data-in handed out in place to give its pages back to.
     me: std::sync::Weak<QueuePair>,
-    /// The link's other queue pairs, as far as reconnecting goes.
+    /// The link's other queue pairs of its path, as far as reconnecting goes.
     peers: Arc<Peers>,
+    /// Which gateway socket (path) it is connected to.
+    path: usize,
+    /// With redundant gateways, where each LUN's commands go.
+    router: Option<Arc<Router>>,
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -363,6 +433,9 @@ impl QueuePair {
 
     /// Copies a command's data-out into the area (or makes room for its data-in) and sends it.
     fn submit_from(&self, cmd: Command<'_>, in_place: bool, done: Done, spin: Duration) -> Polled {
+        if let Some(q) = self.routed_elsewhere(cmd.target, cmd.lun) {
+            return q.submit_from(cmd, in_place, done, spin);
+        }
         let need = cmd.out.len().max(cmd.in_len as usize);
         let Ok(need) = u32::try_from(need) else {
             return failed(done, LinkError::TooLarge);
@@ -463,6 +536,7 @@ impl QueuePair {
             retries: 0,
             capacity_changed: false,
             in_place,
+            refused_since: None,
         };
         if poll {
             conn.announce_polling();
@@ -536,6 +610,8 @@ impl QueuePair {
                 let mut st = self.lock();
                 let mut failed = take_all(&mut st, LinkError::Closing);
                 failed.extend(take_held(&mut st, LinkError::Closing));
+                failed.extend(st.deferred.drain(..).map(|(_, m)| (m.pending.done, lost(LinkError::Closing))));
+                failed.extend(st.moving.drain(..).map(|(_, _, m)| (m.pending.done, lost(LinkError::Closing))));
                 st.conn = None;
                 drop(st);
                 run(failed);
@@ -564,6 +640,7 @@ impl QueuePair {
                 let failed = self.tear_down(&mut st, LinkError::Down);
                 drop(st);
                 run(failed);
+                self.forward_moving();
                 fds = None;
                 continue;
             }
@@ -572,17 +649,22 @@ impl QueuePair {
             for r in responses.drain(..) {
                 kick |= self.finish(&mut st, r, &mut finished);
             }
+            kick |= self.send_deferred(&mut st, &mut finished);
             if kick {
                 if let Some(Err(e)) = st.conn.as_mut().map(Initiator::kick) {
                     tracing::warn!(queue = self.index, error = %e, "cannot ring the gateway");
                 }
             }
+            let moving = std::mem::take(&mut st.moving);
+            let due = Self::next_due(&st);
             let now = Instant::now();
             if st.pending.values().any(|p| now.duration_since(p.since) > self.opts.io_timeout) {
                 tracing::warn!(queue = self.index, timeout = ?self.opts.io_timeout, "the gateway did not answer in time; dropping the connection");
                 let failed = self.tear_down(&mut st, LinkError::Timeout);
                 drop(st);
                 run(failed);
+                self.forward(moving);
+                self.forward_moving();
                 fds = None;
                 continue;
             }
@@ -606,8 +688,10 @@ impl QueuePair {
                 drop(st);
             }
             run(std::mem::take(&mut finished));
+            self.forward(moving);
             if armed_clean {
-                socket_news = wait_readable(wake, sock, IDLE_WAIT);
+                let wait = due.map_or(IDLE_WAIT, |d| d.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
+                socket_news = wait_readable(wake, sock, wait);
                 drain_eventfd(wake);
             }
         }
@@ -647,6 +731,7 @@ impl QueuePair {
                 let failed = self.tear_down(&mut st, LinkError::Down);
                 drop(st);
                 run(failed);
+                self.forward_moving();
                 return true;
             }
             let moved = !responses.is_empty();
@@ -660,8 +745,10 @@ impl QueuePair {
                 }
             }
             if moved {
+                let moving = std::mem::take(&mut st.moving);
                 self.unlock_and_wake(st);
                 run(std::mem::take(&mut finished));
+                self.forward(moving);
             } else {
                 drop(st);
             }
@@ -684,6 +771,13 @@ impl QueuePair {
             tracing::warn!(queue = self.index, seq = r.seq, "response for no command of ours");
             return false;
         };
+        if self.router.is_some() {
+            let mut slot = Some(p);
+            if self.reroute(st, &r, &mut slot) {
+                return false;
+            }
+            p = slot.expect("left when not rerouted");
+        }
         let conn = st.conn.as_mut().expect("only called while connected");
         if let (true, Some(capacity_changed)) = (self.opts.retry, retryable(r.status, &r.sense)) {
             if p.retries < MAX_RETRIES {

@@ -244,18 +244,26 @@ fn create(path: &Path, size: u64) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())));
     };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    // Named for this process: redundant gateways starting together create the same image.
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(".creating");
+    tmp_name.push(format!(".creating-{}", std::process::id()));
     let tmp = dir.join(tmp_name);
-    // Left by a creation that was cut short; nothing else uses the name.
+    // Left by a creation of an earlier process with this pid that was cut short.
     let _ = std::fs::remove_file(&tmp);
     let made = (|| {
         let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.set_len(size)?;
         f.sync_all()?;
-        rustix::fs::renameat_with(rustix::fs::CWD, &tmp, rustix::fs::CWD, path, rustix::fs::RenameFlags::NOREPLACE)?;
-        File::open(dir)?.sync_all()
+        match rustix::fs::renameat_with(rustix::fs::CWD, &tmp, rustix::fs::CWD, path, rustix::fs::RenameFlags::NOREPLACE) {
+            // Another gateway created it meanwhile: theirs is the image.
+            Err(rustix::io::Errno::EXIST) => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+            Ok(()) => File::open(dir)?.sync_all(),
+        }
     })();
     if made.is_err() {
         let _ = std::fs::remove_file(&tmp);

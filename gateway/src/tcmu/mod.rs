@@ -149,6 +149,8 @@ struct Served {
 pub struct Controller<S: UioSource> {
     source: S,
     socket: PathBuf,
+    /// The other redundant gateways' sockets, for the LUNs they serve.
+    alternates: Vec<PathBuf>,
     nodes: NodeDirectory,
     io_timeout: Duration,
     devices: HashMap<u32, Served>,
@@ -167,7 +169,21 @@ impl<S: UioSource> std::fmt::Debug for Controller<S> {
 impl<S: UioSource> Controller<S> {
     /// A controller that connects to the ring server at `socket` as the given nodes.
     pub fn new(source: S, socket: PathBuf, nodes: NodeDirectory) -> Controller<S> {
-        Controller { source, socket, nodes, io_timeout: Duration::from_secs(30), devices: HashMap::new(), grow: None }
+        Controller {
+            source,
+            socket,
+            alternates: Vec::new(),
+            nodes,
+            io_timeout: Duration::from_secs(30),
+            devices: HashMap::new(),
+            grow: None,
+        }
+    }
+
+    /// Reaches the LUNs other redundant gateways serve through their `sockets` too.
+    pub fn with_alternates(mut self, sockets: Vec<PathBuf>) -> Controller<S> {
+        self.alternates = sockets;
+        self
     }
 
     /// Lets RECONFIG_DEVICE grow LUNs through `grow` (without it, a size other than the
@@ -239,6 +255,7 @@ impl<S: UioSource> Controller<S> {
         };
         let link = Link::connect(LinkOptions {
             socket: self.socket.clone(),
+            alternates: self.alternates.clone(),
             connect: ConnectOptions {
                 pan: sel.pan.clone(),
                 node: sel.node.clone(),
@@ -358,7 +375,8 @@ pub struct TcmuService {
 impl TcmuService {
     /// Starts serving TCMU devices, or logs one line and returns `None` when the kernel
     /// has no target_core_user.
-    pub fn start(socket: PathBuf, nodes: NodeDirectory, grow: GrowLun) -> Option<TcmuService> {
+    /// `alternates`: the other redundant gateways' sockets.
+    pub fn start(socket: PathBuf, alternates: Vec<PathBuf>, nodes: NodeDirectory, grow: GrowLun) -> Option<TcmuService> {
         let nl = match TcmuSocket::open() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -389,7 +407,7 @@ impl TcmuService {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pangate-tcmu".into())
-            .spawn(move || serve(nl, Controller::new(KernelUio, socket, nodes).with_grow(grow), &flag))
+            .spawn(move || serve(nl, Controller::new(KernelUio, socket, nodes).with_grow(grow).with_alternates(alternates), &flag))
             .ok()?;
         Some(TcmuService { stop, thread: Some(thread), _dbus: registration })
     }

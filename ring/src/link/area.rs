@@ -78,6 +78,21 @@ pub struct Placed {
 }
 
 impl QueuePair {
+    /// A placed command's data-out, from the live connection's area or, for one made just
+    /// before the connection broke, from the area it had.
+    fn placed_bytes(&self, placed: &Placed) -> Option<Vec<u8>> {
+        let mut bytes = vec![0u8; placed.data.len as usize];
+        let st = self.lock();
+        let read = match (&st.conn, &st.old_area) {
+            (Some(conn), _) if st.generation == placed.generation => conn.read_data(placed.data, &mut bytes).is_ok(),
+            (_, Some((generation, area))) if *generation == placed.generation => {
+                area.read(placed.data.offset, &mut bytes).is_ok()
+            }
+            _ => false,
+        };
+        read.then_some(bytes)
+    }
+
     /// Sends a data-in command like [`QueuePair::submit_polling`], but its outcome carries
     /// the data where the gateway put it ([`super::Outcome::in_area`]) instead of a copy, for a
     /// caller that passes it on (a FUSE reply) without looking at it.
@@ -116,9 +131,25 @@ impl QueuePair {
     /// Sends a command whose data-out the caller already put in the data area, in pages of
     /// a [`Reservation`] that the command now owns (freed when it completes). Otherwise
     /// as [`QueuePair::submit_polling`]; `cmd.out` must be empty. If the reservation's
-    /// connection has gone, the command fails with [`LinkError::Down`].
+    /// connection has gone, or another gateway serves the LUN, the data-out is copied
+    /// from where it lies and sent as any other command's.
     pub fn submit_placed(&self, cmd: Command<'_>, placed: Placed, done: Done, spin: Duration) -> Polled {
         debug_assert!(cmd.out.is_empty(), "a placed command carries its data in the area");
+        let elsewhere = self.routed_elsewhere(cmd.target, cmd.lun);
+        if elsewhere.is_some() || !self.is_current(placed.generation) {
+            // Another gateway serves the LUN, or the pages belong to a connection that has
+            // gone: the data-out is sent as a copy, from the area it is in.
+            let bytes = self.placed_bytes(&placed);
+            self.release(placed.generation, &[placed.hold]);
+            let Some(bytes) = bytes else {
+                return failed(done, LinkError::Down);
+            };
+            let cmd = Command { out: &bytes, ..cmd };
+            return match elsewhere {
+                Some(q) => q.submit_polling(cmd, done, spin),
+                None => self.submit_polling(cmd, done, spin),
+            };
+        }
         let deadline = Instant::now() + self.opts.io_timeout;
         let mut st = self.lock();
         loop {

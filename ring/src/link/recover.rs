@@ -28,7 +28,14 @@ impl QueuePair {
     /// otherwise (and for a gateway that stopped answering) they are taken to fail with
     /// `why`.
     pub(super) fn tear_down(&self, st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
+        if matches!(why, LinkError::Down | LinkError::Timeout) && st.conn.is_some() {
+            // Redundant gateways: what was in flight goes to one that is connected.
+            self.evacuate(st);
+        }
         let conn = st.conn.take();
+        if let Some(c) = &conn {
+            st.old_area = Some((st.generation, c.shared_data_area()));
+        }
         if conn.is_some() {
             self.peers.connected.fetch_sub(1, Ordering::AcqRel);
         }
@@ -82,11 +89,13 @@ impl QueuePair {
     /// Fails the held commands once the hold is over.
     pub(super) fn expire_held(&self) -> Vec<(Done, Outcome)> {
         let mut st = self.lock();
-        if st.held.is_empty() || self.holding(&st) {
+        if (st.held.is_empty() && st.deferred.is_empty()) || self.holding(&st) {
             return Vec::new();
         }
         tracing::warn!(queue = self.index, held = st.held.len(), timeout = ?self.opts.reconnect_timeout, "the gateway stayed away; failing held I/O");
         let failed = take_held(&mut st, LinkError::Down);
+        let mut failed = failed;
+        failed.extend(st.deferred.drain(..).map(|(_, m)| (m.pending.done, super::lost(LinkError::Down))));
         self.unlock_and_wake(st);
         failed
     }
