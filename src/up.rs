@@ -40,7 +40,12 @@ fn load_or_create(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow:
     Ok((cfg, file, dir))
 }
 
-pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool, gateway_id: Option<u16>) -> anyhow::Result<()> {
+pub fn run(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    oneshot: bool,
+    gateway_id: Option<u16>,
+) -> anyhow::Result<()> {
     let (cfg, file, dir) = load_or_create(config, data_dir)?;
     let cfg = match (gateway_id, cfg.gateway_ids().as_slice()) {
         (None, []) => cfg,
@@ -132,7 +137,8 @@ pub fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, oneshot: bool, ga
     }
     let redundancy = match shared {
         Some(plan) => Some(
-            gateway::redundancy::Redundancy::start(plan, server.images()).context("starting the lease and LUN ownership")?,
+            gateway::redundancy::Redundancy::start(plan, server.images())
+                .context("starting the lease and LUN ownership")?,
         ),
         None => None,
     };

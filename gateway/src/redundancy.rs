@@ -86,7 +86,8 @@ impl Lease {
         if (f.next()?, f.next()?) != ("pangate-lease", "1") {
             return None;
         }
-        let lease = Lease { pid: f.next()?.parse().ok()?, start: f.next()?.parse().ok()?, counter: f.next()?.parse().ok()? };
+        let lease =
+            Lease { pid: f.next()?.parse().ok()?, start: f.next()?.parse().ok()?, counter: f.next()?.parse().ok()? };
         f.next().is_none().then_some(lease)
     }
 }
@@ -235,9 +236,7 @@ impl Owner {
     /// Who should serve LUN `i`: its preferred gateway if alive, else the first alive one.
     fn server_of(&self, i: usize) -> Option<u16> {
         let preferred = self.plan.luns[i].preferred;
-        std::iter::once(preferred)
-            .chain(self.plan.ids.iter().copied())
-            .find(|&id| self.health(id) == Health::Alive)
+        std::iter::once(preferred).chain(self.plan.ids.iter().copied()).find(|&id| self.health(id) == Health::Alive)
     }
 
     fn settle(&mut self, i: usize) {
@@ -350,7 +349,9 @@ impl Owner {
         let Some((_, peer)) = self.peers.iter().find(|(p, _)| *p == id) else { return };
         let Some(lease) = peer.lease else { return };
         match kill_if(lease.pid, lease.start) {
-            Ok(true) => tracing::warn!(gateway = id, pid = lease.pid, lease = ?self.plan.lease, "fenced a gateway whose lease lapsed (SIGKILL)"),
+            Ok(true) => {
+                tracing::warn!(gateway = id, pid = lease.pid, lease = ?self.plan.lease, "fenced a gateway whose lease lapsed (SIGKILL)")
+            }
             Ok(false) => {}
             Err(e) => tracing::error!(gateway = id, pid = lease.pid, error = %e, "cannot fence the gateway"),
         }

@@ -94,8 +94,12 @@ pub trait Images: Send + Sync {
     /// Sets the ALUA access state of target port groups of an image's LUN; with
     /// `takeover`, first replaces its reservation state with the saved copy, as the
     /// gateway taking it over from another must.
-    fn set_access(&self, image: usize, states: &[(u16, scsi::alua::AccessState)], takeover: bool)
-        -> Result<(), ControlError>;
+    fn set_access(
+        &self,
+        image: usize,
+        states: &[(u16, scsi::alua::AccessState)],
+        takeover: bool,
+    ) -> Result<(), ControlError>;
     /// Returns once every command started before the call has finished and the image is
     /// flushed: after this (and a state that refuses new I/O) the image is at rest.
     fn quiesce(&self, image: usize) -> Result<(), ControlError>;

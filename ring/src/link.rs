@@ -162,7 +162,8 @@ impl Link {
     /// gets as many queue pairs; one that cannot be reached now is reconnected to in the
     /// background, and only when none can does this fail.
     pub fn connect(opts: LinkOptions) -> Result<Link, InitiatorError> {
-        let sockets: Vec<PathBuf> = std::iter::once(opts.socket.clone()).chain(opts.alternates.iter().cloned()).collect();
+        let sockets: Vec<PathBuf> =
+            std::iter::once(opts.socket.clone()).chain(opts.alternates.iter().cloned()).collect();
         let peers: Vec<Arc<Peers>> = sockets.iter().map(|_| Arc::new(Peers::default())).collect();
         let router = (sockets.len() > 1).then(|| Arc::new(Router::new(peers.clone())));
         let mut paths = Vec::new();

@@ -72,10 +72,18 @@ impl Config {
         for (i, g) in self.gateways.iter().enumerate() {
             let key = format!("gateway[{i}]");
             if g.id == 0 || g.id > MAX_GATEWAYS {
-                return Err(err(format!("{key}.id"), format!("{} is not 1 to {MAX_GATEWAYS}", g.id), "number them 1, 2, ..."));
+                return Err(err(
+                    format!("{key}.id"),
+                    format!("{} is not 1 to {MAX_GATEWAYS}", g.id),
+                    "number them 1, 2, ...",
+                ));
             }
             if !ids.insert(g.id) {
-                return Err(err(format!("{key}.id"), format!("gateway {} is listed twice", g.id), "give each a unique id"));
+                return Err(err(
+                    format!("{key}.id"),
+                    format!("gateway {} is listed twice", g.id),
+                    "give each a unique id",
+                ));
             }
             if !sockets.insert(&g.socket) {
                 return Err(err(
@@ -86,12 +94,20 @@ impl Config {
             }
             if let Some(a) = &g.web_listen {
                 if a.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(err(format!("{key}.web_listen"), format!("{a:?} is not an address and port"), "write it as \"127.0.0.1:9181\""));
+                    return Err(err(
+                        format!("{key}.web_listen"),
+                        format!("{a:?} is not an address and port"),
+                        "write it as \"127.0.0.1:9181\"",
+                    ));
                 }
             }
             for a in &g.iscsi_listen {
                 if a.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(err(format!("{key}.iscsi_listen"), format!("{a:?} is not an address and port"), "write it as \"127.0.0.1:3261\""));
+                    return Err(err(
+                        format!("{key}.iscsi_listen"),
+                        format!("{a:?} is not an address and port"),
+                        "write it as \"127.0.0.1:3261\"",
+                    ));
                 }
             }
         }

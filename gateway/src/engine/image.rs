@@ -255,7 +255,13 @@ fn create(path: &Path, size: u64) -> io::Result<()> {
         let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.set_len(size)?;
         f.sync_all()?;
-        match rustix::fs::renameat_with(rustix::fs::CWD, &tmp, rustix::fs::CWD, path, rustix::fs::RenameFlags::NOREPLACE) {
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &tmp,
+            rustix::fs::CWD,
+            path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
             // Another gateway created it meanwhile: theirs is the image.
             Err(rustix::io::Errno::EXIST) => {
                 let _ = std::fs::remove_file(&tmp);

@@ -376,7 +376,12 @@ impl TcmuService {
     /// Starts serving TCMU devices, or logs one line and returns `None` when the kernel
     /// has no target_core_user.
     /// `alternates`: the other redundant gateways' sockets.
-    pub fn start(socket: PathBuf, alternates: Vec<PathBuf>, nodes: NodeDirectory, grow: GrowLun) -> Option<TcmuService> {
+    pub fn start(
+        socket: PathBuf,
+        alternates: Vec<PathBuf>,
+        nodes: NodeDirectory,
+        grow: GrowLun,
+    ) -> Option<TcmuService> {
         let nl = match TcmuSocket::open() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -407,7 +412,9 @@ impl TcmuService {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pangate-tcmu".into())
-            .spawn(move || serve(nl, Controller::new(KernelUio, socket, nodes).with_grow(grow).with_alternates(alternates), &flag))
+            .spawn(move || {
+                serve(nl, Controller::new(KernelUio, socket, nodes).with_grow(grow).with_alternates(alternates), &flag)
+            })
             .ok()?;
         Some(TcmuService { stop, thread: Some(thread), _dbus: registration })
     }

@@ -173,7 +173,13 @@ impl QueuePair {
         }
         let waiting: Vec<_> = st.deferred.drain(..).collect();
         st.moving.extend(waiting.into_iter().map(|(due, m)| (to, due, m)));
-        tracing::info!(queue = self.index, path = self.path, to, moved = st.moving.len(), "gateway lost: its commands go to another");
+        tracing::info!(
+            queue = self.index,
+            path = self.path,
+            to,
+            moved = st.moving.len(),
+            "gateway lost: its commands go to another"
+        );
         true
     }
 

@@ -53,7 +53,9 @@ impl Worker {
                 let result = match self.owned.get_mut(image) {
                     Some(img) => {
                         let reloaded = match takeover {
-                            true => img.driver.reload_reservations().map_err(|e| ControlError::Refused(format!("{e:#}"))),
+                            true => {
+                                img.driver.reload_reservations().map_err(|e| ControlError::Refused(format!("{e:#}")))
+                            }
                             false => Ok(()),
                         };
                         reloaded.map(|()| {
