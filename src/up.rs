@@ -271,6 +271,14 @@ fn start_iscsi(
         max_connections: cfg.iscsi.max_connections,
         limits: iscsi::negotiate::Limits::default(),
         timeout: std::time::Duration::from_secs(cfg.iscsi.timeout_secs),
+        portal_group: gateway::nexus::gateway_id(),
+        // SendTargets lists every gateway's portals, each under its gateway's tag.
+        peer_portals: cfg
+            .gateways
+            .iter()
+            .filter(|g| g.id != gateway::nexus::gateway_id())
+            .flat_map(|g| g.iscsi_listen.iter().map(move |a| format!("{a},{}", g.id)))
+            .collect(),
     };
     // As with the web admin, a taken port is reported, not fatal: the rings and the other
     // front-ends serve on.

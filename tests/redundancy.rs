@@ -5,6 +5,9 @@
 //! These need root, /dev/fuse and fio. Outside CI a missing prerequisite skips the test
 //! with a reason; with CI=true it fails it.
 
+#[allow(dead_code)] // the iSCSI test uses a few of its calls
+#[path = "support/iscsi_client.rs"]
+mod iscsi_client;
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
@@ -17,6 +20,8 @@ use rustix::process::{kill_process, Pid, Signal};
 use support::{on_path, skip_because};
 
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
+const NODE_IQN: &str = "iqn.2026-12.test:redundant-n";
+const SECRET: &str = "redundant-chap-secret";
 /// FUSE mounts and fio load: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -38,12 +43,19 @@ fn prerequisites() -> bool {
 struct Pair {
     dir: tempfile::TempDir,
     gateways: [Option<Child>; 2],
+    /// Each gateway's iSCSI portal.
+    portals: [std::net::SocketAddr; 2],
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Pair {
     /// Images `a` (served by gateway 1) and `b` (gateway 2), both mapped to nodes `n` and `m`.
     fn new() -> Pair {
         let dir = tempfile::tempdir().unwrap();
+        let portals = [free_port(), free_port()].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
         let text = format!(
             r#"serial = "pg-redundant"
 data_dir = "{d}"
@@ -52,9 +64,11 @@ enabled = false
 [[gateway]]
 id = 1
 socket = "gw1.sock"
+iscsi_listen = ["{p1}"]
 [[gateway]]
 id = 2
 socket = "gw2.sock"
+iscsi_listen = ["{p2}"]
 [[pan]]
 name = "p"
 [[pan.image]]
@@ -68,16 +82,20 @@ size = "64MiB"
 [[pan.node]]
 name = "n"
 credential = "credential-of-node-n-0001"
+iqn = "{NODE_IQN}"
+chap_secret = "{SECRET}"
 luns = [{{ target = 0, lun = 0, image = "a", access = "rw" }}, {{ target = 0, lun = 1, image = "b", access = "rw" }}]
 [[pan.node]]
 name = "m"
 credential = "credential-of-node-m-0001"
 luns = [{{ target = 0, lun = 0, image = "a", access = "rw" }}]
 "#,
-            d = dir.path().display()
+            d = dir.path().display(),
+            p1 = portals[0],
+            p2 = portals[1],
         );
         std::fs::write(dir.path().join("pangate.toml"), text).unwrap();
-        let mut pair = Pair { dir, gateways: [None, None] };
+        let mut pair = Pair { dir, gateways: [None, None], portals };
         pair.start(1);
         pair.start(2);
         pair.wait_log(1, "LUN active/optimized here pan=p image=a");
@@ -377,4 +395,58 @@ fn a_reservation_taken_before_a_failover_holds_after_it() {
     assert!(!ok && v["status"] == 0x18, "m's write still conflicts after the failover: {v}");
     let (v, ok) = pair.scsi("n", 0, Some("gw2.sock"), &["write", "0", "--in", data, "--pad"]);
     assert!(ok, "the holder writes through the gateway that took over: {v}");
+}
+
+/// The designator of `kind` (association `assoc`) in a Device Identification VPD page.
+fn designator(page: &[u8], assoc: u8, kind: u8) -> Option<Vec<u8>> {
+    let mut at = 4;
+    while at + 4 <= page.len() {
+        let len = usize::from(page[at + 3]);
+        let (a, k) = ((page[at + 1] >> 4) & 3, page[at + 1] & 0xF);
+        if (a, k) == (assoc, kind) {
+            return page.get(at + 4..at + 4 + len).map(<[u8]>::to_vec);
+        }
+        at += 4 + len;
+    }
+    None
+}
+
+#[test]
+fn over_iscsi_both_gateways_show_one_unit_through_two_port_groups() {
+    let pair = Pair::new();
+    let target = "iqn.2026-12.io.pangate:p.t0";
+    // SendTargets on either gateway lists both portals, each under its gateway's tag.
+    let mut discovery = iscsi_client::Client::login(pair.portals[0], NODE_IQN, None, SECRET).unwrap();
+    let listed = discovery.send_targets();
+    let addresses: Vec<&str> = listed.iter().filter(|(k, _)| k == "TargetAddress").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(addresses, [format!("{},1", pair.portals[0]), format!("{},2", pair.portals[1])], "{listed:?}");
+    let mut one = iscsi_client::Client::login(pair.portals[0], NODE_IQN, Some(target), SECRET).unwrap();
+    let mut two = iscsi_client::Client::login(pair.portals[1], NODE_IQN, Some(target), SECRET).unwrap();
+    let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    for c in [&mut one, &mut two] {
+        // Each session's first command reports its power-on attention.
+        c.command(0, &[0; 6], &[], 0);
+    }
+    for c in [&mut one, &mut two] {
+        let r = c.command(0, &rtpg, &[], 256).unwrap();
+        assert_eq!(r.status, 0, "REPORT TARGET PORT GROUPS: {:02x?}", r.sense);
+        // Group 1 (gateway 1, preferred): active/optimized, ports 1 and 2; group 2: standby.
+        assert_eq!(&r.data[4..8], &[0x80, 0x8F, 0, 1], "{:02x?}", r.data);
+        assert_eq!(&r.data[12..20], &[0, 0, 0, 1, 0, 0, 0, 2]);
+        assert_eq!(&r.data[20..24], &[0x02, 0x8F, 0, 2], "{:02x?}", r.data);
+        assert_eq!(&r.data[28..36], &[0, 0, 0, 3, 0, 0, 0, 4]);
+    }
+    // The same unit (NAA designator), through each gateway's own iSCSI target port.
+    let vpd83 = |c: &mut iscsi_client::Client| c.command(0, &[0x12, 1, 0x83, 0, 255, 0], &[], 255).unwrap().data;
+    let (a, b) = (vpd83(&mut one), vpd83(&mut two));
+    assert_eq!(designator(&a, 0, 3), designator(&b, 0, 3), "one logical unit");
+    assert!(designator(&a, 0, 3).is_some());
+    assert_eq!(designator(&a, 1, 4), Some(vec![0, 0, 0, 2]), "gateway 1's iSCSI port");
+    assert_eq!(designator(&b, 1, 4), Some(vec![0, 0, 0, 4]), "gateway 2's iSCSI port");
+    assert_eq!(designator(&b, 1, 5), Some(vec![0, 0, 0, 2]), "gateway 2's port group");
+    // I/O is served by gateway 1 alone; gateway 2 answers NOT READY, standby.
+    let read = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    assert_eq!(one.command(0, &read, &[], 512).unwrap().status, 0);
+    let r = two.command(0, &read, &[], 512).unwrap();
+    assert_eq!((r.status, r.sense.get(2).map(|k| k & 0xF), r.sense.get(12..14)), (2, Some(2), Some(&[4u8, 0x0B][..])));
 }

@@ -99,6 +99,8 @@ pub struct Login {
     stage: u8,
     /// TSIH to give the session on success.
     tsih: u16,
+    /// The portal group serving the login, returned as TargetPortalGroupTag.
+    portal_group: u16,
 }
 
 impl Login {
@@ -113,7 +115,14 @@ impl Login {
             declared: false,
             stage: 0,
             tsih,
+            portal_group: 1,
         }
+    }
+
+    /// Says the login arrived through portal group `tag` (1 unless set).
+    pub fn with_portal_group(mut self, tag: u16) -> Login {
+        self.portal_group = tag;
+        self
     }
 
     /// Answers one Login Request. `random` supplies a CHAP identifier and challenge (17
@@ -152,6 +161,7 @@ impl Login {
             Err(_) => return fail(Status::INITIATOR_ERROR),
         };
         let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let mut answer: Vec<(String, String)> = Vec::new();
         // The first request names who is who.
         if self.secrets.is_none() {
             let Some(initiator) = get("InitiatorName") else { return fail(Status::MISSING_PARAMETER) };
@@ -171,8 +181,12 @@ impl Login {
             self.params.initiator_name = Some(initiator.to_string());
             self.params.target_name = if discovery { None } else { target.map(str::to_string) };
             self.params.discovery = discovery;
+            // RFC 7143 13.9: the answer to a normal session's first request names the
+            // portal group, which multipath initiators tell paths apart by.
+            if !discovery {
+                answer.push(("TargetPortalGroupTag".into(), self.portal_group.to_string()));
+            }
         }
-        let mut answer: Vec<(String, String)> = Vec::new();
         if req.current_stage == 0 {
             match self.security(&pairs, &mut answer, random) {
                 Ok(()) => {}
@@ -386,6 +400,25 @@ mod tests {
         };
         let id: u8 = value(&body, "CHAP_I").unwrap().parse().unwrap();
         (id, unhex(&value(&body, "CHAP_C").unwrap()).unwrap())
+    }
+
+    #[test]
+    fn a_normal_sessions_first_answer_names_the_portal_group() {
+        let s = Sns::default();
+        let first = req(0, 1, false, &[("InitiatorName", INITIATOR), ("TargetName", TARGET), ("AuthMethod", "CHAP")]);
+        let mut l = Login::new(Limits::default(), 1).with_portal_group(2);
+        let Step::Continue(_, body) = l.step(&first, &Table, RANDOM, s) else { panic!("first") };
+        assert_eq!(value(&body, "TargetPortalGroupTag").as_deref(), Some("2"));
+        let Step::Continue(_, body) = l.step(&req(0, 1, false, &[("CHAP_A", "5")]), &Table, RANDOM, s) else {
+            panic!("CHAP_A")
+        };
+        assert_eq!(value(&body, "TargetPortalGroupTag"), None, "only in the first answer");
+        let discovery =
+            req(0, 1, false, &[("InitiatorName", INITIATOR), ("SessionType", "Discovery"), ("AuthMethod", "CHAP")]);
+        let Step::Continue(_, body) = Login::new(Limits::default(), 1).step(&discovery, &Table, RANDOM, s) else {
+            panic!("discovery")
+        };
+        assert_eq!(value(&body, "TargetPortalGroupTag"), None, "not for discovery");
     }
 
     #[test]

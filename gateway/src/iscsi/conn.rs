@@ -334,7 +334,7 @@ fn login(
 ) -> Result<Option<(Established, Answer)>, Ended> {
     let framer = Framer::default();
     let tsih = shared.next_tsih();
-    let mut login = Login::new(shared.limits, tsih);
+    let mut login = Login::new(shared.limits, tsih).with_portal_group(shared.portal_group);
     let mut stat_sn = u32::from_be_bytes(random::<4>()?) & 0x00ff_ffff;
     loop {
         let raw = wire.read_login_pdu(&framer, deadline)?;

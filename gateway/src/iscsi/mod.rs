@@ -47,6 +47,10 @@ pub struct IscsiOptions {
     /// How long a login may take, and how long an initiator may stay silent before it is
     /// pinged (and then dropped if it does not answer within as long again).
     pub timeout: Duration,
+    /// This target's portal group tag: the gateway's id (1 for a lone gateway).
+    pub portal_group: u16,
+    /// The other redundant gateways' portals, `host:port,tag`, which SendTargets lists too.
+    pub peer_portals: Vec<String>,
 }
 
 /// A session in the full feature phase, as the admin lists it.
@@ -167,6 +171,8 @@ struct Shared {
     /// Gives logged-in connections their queue pairs and workers.
     attacher: Attacher,
     limits: Limits,
+    /// Returned as TargetPortalGroupTag at login.
+    pub(super) portal_group: u16,
     max_connections: usize,
     timeout: Duration,
     stopping: AtomicBool,
@@ -331,7 +337,8 @@ impl IscsiService {
             registry,
             images,
             prefix: opts.target_prefix,
-            addresses: bound.iter().map(|a| format!("{a},1")).collect(),
+            addresses: bound.iter().map(|a| format!("{a},{}", opts.portal_group)).chain(opts.peer_portals).collect(),
+            portal_group: opts.portal_group,
             attacher,
             limits: opts.limits,
             max_connections: opts.max_connections,
