@@ -311,7 +311,7 @@ fn assert_clean(run: &FioRun, what: &str) {
 }
 
 #[test]
-fn killing_the_serving_gateway_loses_no_write_and_its_luns_fail_back_when_it_returns() {
+fn killing_the_serving_gateway_loses_no_write_and_its_luns_fail_back_when_it_returns_twice_over() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if !prerequisites() {
         return;
@@ -328,8 +328,13 @@ fn killing_the_serving_gateway_loses_no_write_and_its_luns_fail_back_when_it_ret
     pair.start(1);
     pair.wait_log(2, "LUN handed over pan=p image=a");
     pair.wait_log(1, "LUN active/optimized here pan=p image=a");
+    // And once more: the node's routes after a failback must carry a second takeover.
+    std::thread::sleep(Duration::from_secs(2));
+    pair.signal(1, Signal::KILL);
+    assert_eq!(pair.wait_exit(1, Duration::from_secs(10)).signal(), Some(9));
+    pair.wait_log_n(2, "LUN active/optimized here pan=p image=a", 2);
     let run = finish_fio(fio, &mount);
-    assert_clean(&run, "SIGKILL, then failback");
+    assert_clean(&run, "SIGKILL, failback, SIGKILL");
     assert!(!pair.log(1).contains("image=b gateway=1"), "LUN b stayed on gateway 2:\n{}", pair.log(1));
 }
 

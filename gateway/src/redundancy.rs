@@ -109,6 +109,8 @@ enum Health {
     Dead,
     /// Its process exists but its lease lapsed: it may hold locks and must be fenced.
     Hung,
+    /// No lease yet, within a lease of this gateway's start: it may be starting too.
+    Unknown,
 }
 
 /// The running ownership loop.
@@ -151,6 +153,7 @@ struct Owner {
     /// Per LUN: the states last set, to set them only when they change.
     shown: Vec<Vec<(u16, AccessState)>>,
     tick: Duration,
+    started: Instant,
 }
 
 impl Owner {
@@ -168,6 +171,7 @@ impl Owner {
             held: (0..n).map(|_| None).collect(),
             shown: vec![Vec::new(); n],
             tick,
+            started: Instant::now(),
         })
     }
 
@@ -223,7 +227,14 @@ impl Owner {
             return Health::Alive;
         }
         let Some((_, peer)) = self.peers.iter().find(|(p, _)| *p == id) else { return Health::Dead };
-        let Some(lease) = peer.lease else { return Health::Dead };
+        let Some(lease) = peer.lease else {
+            // Gateways started together: give the other one a lease to show up before
+            // taking what it prefers.
+            return match self.started.elapsed() < self.plan.lease {
+                true => Health::Unknown,
+                false => Health::Dead,
+            };
+        };
         if process_start(lease.pid) != Some(lease.start) {
             return Health::Dead;
         }
@@ -233,10 +244,18 @@ impl Owner {
         }
     }
 
-    /// Who should serve LUN `i`: its preferred gateway if alive, else the first alive one.
+    /// Who should serve LUN `i`: its preferred gateway if alive, else the first alive one;
+    /// `None` while one ahead of it in that order may still be starting.
     fn server_of(&self, i: usize) -> Option<u16> {
         let preferred = self.plan.luns[i].preferred;
-        std::iter::once(preferred).chain(self.plan.ids.iter().copied()).find(|&id| self.health(id) == Health::Alive)
+        for id in std::iter::once(preferred).chain(self.plan.ids.iter().copied()) {
+            match self.health(id) {
+                Health::Alive => return Some(id),
+                Health::Unknown => return None,
+                Health::Dead | Health::Hung => {}
+            }
+        }
+        None
     }
 
     fn settle(&mut self, i: usize) {

@@ -619,6 +619,7 @@ impl QueuePair {
                 return;
             }
             let Some((wake, sock)) = fds.as_ref() else {
+                self.redispatch();
                 run(self.expire_held());
                 fds = self.reconnect();
                 continue;

@@ -207,7 +207,28 @@ impl QueuePair {
         // Wake the completion thread, which may be asleep on the doorbell.
         if let Some(conn) = st.conn.as_ref() {
             let _ = rustix::io::write(conn.wait_fds().0, &1u64.to_ne_bytes());
+            return;
         }
+        // This path went down meanwhile (its other queue pairs had not noticed yet).
+        drop(st);
+        self.redispatch();
+    }
+
+    /// Passes the commands waiting on this disconnected queue pair to another path that
+    /// is connected, if there is one; otherwise they wait for this one's reconnect.
+    pub(super) fn redispatch(&self) {
+        let Some(router) = self.router.as_ref() else { return };
+        let mut st = self.lock();
+        if st.deferred.is_empty() || st.conn.is_some() {
+            return;
+        }
+        let to = router.next_after(self.path);
+        if to == self.path {
+            return;
+        }
+        let waiting: Vec<_> = st.deferred.drain(..).map(|(due, m)| (to, due, m)).collect();
+        drop(st);
+        self.forward(waiting);
     }
 
     /// When the next command waiting here is due.

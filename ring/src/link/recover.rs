@@ -28,16 +28,17 @@ impl QueuePair {
     /// otherwise (and for a gateway that stopped answering) they are taken to fail with
     /// `why`.
     pub(super) fn tear_down(&self, st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
-        if matches!(why, LinkError::Down | LinkError::Timeout) && st.conn.is_some() {
-            // Redundant gateways: what was in flight goes to one that is connected.
-            self.evacuate(st);
+        if st.conn.is_some() {
+            // Not counted as connected from here on, so nothing is moved back to it.
+            self.peers.connected.fetch_sub(1, Ordering::AcqRel);
+            if matches!(why, LinkError::Down | LinkError::Timeout) {
+                // Redundant gateways: what was in flight goes to one that is connected.
+                self.evacuate(st);
+            }
         }
         let conn = st.conn.take();
         if let Some(c) = &conn {
             st.old_area = Some((st.generation, c.shared_data_area()));
-        }
-        if conn.is_some() {
-            self.peers.connected.fetch_sub(1, Ordering::AcqRel);
         }
         st.generation += 1;
         st.heartbeats.clear();
