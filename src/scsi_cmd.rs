@@ -38,6 +38,8 @@ enum ScsiCmd {
     Readcap,
     /// REPORT LUNS.
     Luns,
+    /// REPORT TARGET PORT GROUPS, as `sg_rtpg` shows it: each group's ALUA state and ports.
+    Rtpg,
     /// READ(16) COUNT blocks at LBA.
     Read {
         /// First block.
@@ -290,6 +292,18 @@ pub fn run(a: ScsiArgs) -> anyhow::Result<()> {
             let h = luns.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" ");
             (r, json!({"luns": luns}), h)
         }
+        ScsiCmd::Rtpg => {
+            let (r, d) = i.data_in(t, l, &[0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], 4096)?;
+            let groups = port_groups(&d);
+            let h = groups
+                .iter()
+                .map(|g| format!("group {} {}{}, ports {:?}", g.0, g.1, if g.2 { " (preferred)" } else { "" }, g.3))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let v: Vec<_> =
+                groups.iter().map(|g| json!({"group": g.0, "state": g.1, "preferred": g.2, "ports": g.3})).collect();
+            (r, json!({"groups": v}), h)
+        }
         ScsiCmd::Read { lba, count, out } => {
             let bs = i.luns().iter().find(|x| x.target == t && x.lun == l).map_or(512, |x| x.block_size);
             let (r, d) = i.read(t, l, *lba, count * bs)?;
@@ -381,4 +395,31 @@ pub fn run(a: ScsiArgs) -> anyhow::Result<()> {
         anyhow::bail!("command failed: {}", status_text(&resp));
     }
     Ok(())
+}
+
+/// The target port groups of REPORT TARGET PORT GROUPS data (length-only format): id,
+/// asymmetric access state, PREF, relative target ports.
+fn port_groups(d: &[u8]) -> Vec<(u16, &'static str, bool, Vec<u16>)> {
+    let end = d.get(..4).map_or(0, |b| 4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).min(d.len());
+    let mut groups = Vec::new();
+    let mut at = 4;
+    while at + 8 <= end {
+        let state = match d[at] & 0x0F {
+            0x0 => "active/optimized",
+            0x1 => "active/non-optimized",
+            0x2 => "standby",
+            0x3 => "unavailable",
+            0xE => "offline",
+            0xF => "transitioning",
+            _ => "reserved",
+        };
+        let count = usize::from(d[at + 7]);
+        let ports = (0..count)
+            .filter_map(|k| d.get(at + 8 + 4 * k + 2..at + 8 + 4 * k + 4))
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+            .collect();
+        groups.push((u16::from_be_bytes([d[at + 2], d[at + 3]]), state, d[at] & 0x80 != 0, ports));
+        at += 8 + 4 * count;
+    }
+    groups
 }

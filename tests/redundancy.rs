@@ -391,6 +391,11 @@ fn a_reservation_taken_before_a_failover_holds_after_it() {
     pair.signal(1, Signal::KILL);
     pair.wait_exit(1, Duration::from_secs(10));
     pair.wait_log(2, "LUN active/optimized here pan=p image=a");
+    let (groups, ok) = pair.scsi("n", 0, Some("gw2.sock"), &["rtpg"]);
+    assert!(ok, "{groups}");
+    assert_eq!(groups["groups"][0]["state"], "standby", "gateway 1's group after the takeover: {groups}");
+    assert_eq!(groups["groups"][1]["state"], "active/optimized", "gateway 2's: {groups}");
+    assert_eq!(groups["groups"][1]["ports"], serde_json::json!([3, 4]), "{groups}");
     let (r, _) = pair.scsi("n", 0, Some("gw2.sock"), &["pr-in", "read-reservation"]);
     assert_eq!(r["reservation"]["key"], "0xaa", "{r}");
     assert_eq!(r["reservation"]["type"], "write-exclusive", "{r}");
