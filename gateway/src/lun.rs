@@ -164,7 +164,7 @@ impl LunDriver {
     /// Keeps persistent reservations at `path` while APTPL is set, restoring what an
     /// earlier run saved there.
     pub fn keep_reservations_at(&mut self, path: std::path::PathBuf) -> anyhow::Result<()> {
-        if let Some(pr) = crate::reservations::load(&path)?.filter(|pr| pr.aptpl) {
+        if let Some((pr, _)) = crate::reservations::load(&path)?.filter(|(pr, _)| pr.aptpl) {
             self.lu.restore_persistent(pr);
         }
         self.reservations = Some(path);
@@ -179,11 +179,12 @@ impl LunDriver {
     }
 
     /// Replaces the reservation state with the saved copy (none saved: no registrations),
-    /// as a gateway does when it takes the LUN over from another.
+    /// and raises the attentions the last owner raised, as a gateway does when it takes the
+    /// LUN over from another.
     pub fn reload_reservations(&mut self) -> anyhow::Result<()> {
         let Some(path) = &self.reservations else { return Ok(()) };
-        let pr = crate::reservations::load(path)?.unwrap_or_default();
-        self.lu.restore_persistent(pr);
+        let (pr, events) = crate::reservations::load(path)?.unwrap_or_default();
+        self.lu.take_over_persistent(pr, events);
         Ok(())
     }
 
@@ -191,10 +192,10 @@ impl LunDriver {
     /// command must not report success when that fails: the initiator was promised the
     /// state survives power loss.
     fn save_reservations(&mut self, completion: Completion, descriptor: bool) -> Completion {
-        let (Some(path), Some(pr)) = (self.reservations.as_ref(), self.lu.take_pr_to_persist()) else {
+        let (Some(path), Some((pr, events))) = (self.reservations.as_ref(), self.lu.take_pr_to_persist()) else {
             return completion;
         };
-        match crate::reservations::save(path, pr, self.shared_reservations) {
+        match crate::reservations::save(path, pr, events, self.shared_reservations) {
             Ok(()) => completion,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "persistent reservations could not be saved");
@@ -314,7 +315,7 @@ impl LunDriver {
         into: Option<AlignedBuf>,
     ) {
         let descriptor = self.lu.mode().descriptor_sense;
-        let cmd = match self.lu.decode(nexus.id, cdb) {
+        let cmd = match self.lu.decode(nexus, cdb) {
             Ok(cmd) => cmd,
             Err(completion) => return self.finished.push(Finished { tag, completion, buffer: None }),
         };
@@ -402,7 +403,7 @@ impl LunDriver {
             return Direct::Declined;
         }
         let descriptor = self.lu.mode().descriptor_sense;
-        let cmd = match self.lu.decode(nexus.id, cdb) {
+        let cmd = match self.lu.decode(nexus, cdb) {
             Ok(cmd) => cmd,
             Err(completion) => return Direct::Done(completion),
         };

@@ -85,6 +85,12 @@ pub struct LogicalUnit {
     /// Every change of the reservation state is to be saved, APTPL or not: redundant
     /// gateways hand it over through the saved copy.
     pr_shared: bool,
+    /// With `pr_shared`: the latest unit attentions PR OUT raised, saved with the state.
+    pr_events: Vec<pr::PrEvent>,
+    /// Attentions another gateway raised while it served the unit, taken over with it
+    /// ([`LogicalUnit::take_over_persistent`]): also raised for nexuses first seen here
+    /// afterwards, a node's path to this gateway being its nexus too.
+    carried: Vec<pr::PrEvent>,
 }
 
 impl LogicalUnit {
@@ -105,6 +111,8 @@ impl LogicalUnit {
             ports: HashMap::default(),
             pr_dirty: false,
             pr_shared: false,
+            pr_events: Vec::new(),
+            carried: Vec::new(),
         }
     }
 
@@ -155,6 +163,21 @@ impl LogicalUnit {
                 q.pop_front();
             }
             q.push_back(asc);
+        }
+    }
+
+    /// Queues the carried attentions that cover a nexus seen for the first time.
+    fn raise_carried(&mut self, initiator: InitiatorId, nexus: &Nexus<'_>) {
+        let it = ItNexus { port: nexus.port, target_port: nexus.target_port };
+        let due: Vec<Asc> = self.carried.iter().filter(|e| e.to.covers(&it)).map(|e| e.asc).collect();
+        let q = self.attentions_of(initiator);
+        for asc in due {
+            if !q.contains(&asc) {
+                if q.len() == MAX_PENDING_UA {
+                    q.pop_front();
+                }
+                q.push_back(asc);
+            }
         }
     }
 
@@ -222,8 +245,22 @@ impl LogicalUnit {
     /// The reservation state to write out, if it changed with APTPL set (or APTPL was just
     /// cleared, so the saved copy must go; or with [`LogicalUnit::persist_every_change`],
     /// at all); `None` when nothing needs saving.
-    pub fn take_pr_to_persist(&mut self) -> Option<&Persistent> {
-        std::mem::take(&mut self.pr_dirty).then_some(&self.pr)
+    pub fn take_pr_to_persist(&mut self) -> Option<(&Persistent, &[pr::PrEvent])> {
+        std::mem::take(&mut self.pr_dirty).then_some((&self.pr, &self.pr_events))
+    }
+
+    /// Takes the unit over from another gateway: its saved reservation state, and the
+    /// attentions it raised since this unit last knew (by number), raised here for every
+    /// nexus they cover, now or when first seen.
+    pub fn take_over_persistent(&mut self, pr: Persistent, events: Vec<pr::PrEvent>) {
+        let known = self.pr_events.last().map_or(0, |e| e.seq);
+        let new: Vec<pr::PrEvent> = events.iter().filter(|e| e.seq > known).cloned().collect();
+        for e in &new {
+            self.attention_to(&e.to, e.asc);
+        }
+        self.carried = new;
+        self.pr_events = events;
+        self.pr = pr;
     }
 
     /// The initiator holding an SPC-2 reservation of the unit.
@@ -248,9 +285,15 @@ impl LogicalUnit {
         self.attentions.entry(initiator).or_insert_with(|| VecDeque::from([Asc::POWER_ON_RESET]))
     }
 
-    /// Decodes a CDB for `initiator`, reporting a pending unit attention first (SAM-5 5.14,
+    /// Decodes a CDB from `nexus`, reporting a pending unit attention first (SAM-5 5.14,
     /// except for INQUIRY, REPORT LUNS and REQUEST SENSE).
-    pub fn decode(&mut self, initiator: InitiatorId, cdb: &[u8]) -> Result<Command, Completion> {
+    pub fn decode(&mut self, nexus: &Nexus<'_>, cdb: &[u8]) -> Result<Command, Completion> {
+        let initiator = nexus.id;
+        if !self.carried.is_empty() && !self.ports.contains_key(&initiator) {
+            // A nexus new since a takeover: it hears of what happened at the last owner.
+            self.ports.insert(initiator, (nexus.port.clone(), nexus.target_port));
+            self.raise_carried(initiator, nexus);
+        }
         let descriptor = self.mode.descriptor_sense;
         let exempt = matches!(cdb.first(), Some(&(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)));
         if !exempt {
@@ -264,7 +307,7 @@ impl LogicalUnit {
     /// Decodes and executes in one go. `params` is the command's parameter data
     /// ([`Command::parameter_len`] bytes of data-out); bulk data stays with the transport.
     pub fn command(&mut self, nexus: &Nexus<'_>, cdb: &[u8], params: &[u8]) -> Action {
-        match self.decode(nexus.id, cdb) {
+        match self.decode(nexus, cdb) {
             Ok(cmd) => self.execute(nexus, &cmd, params),
             Err(c) => Action::Complete(c),
         }
@@ -417,7 +460,16 @@ impl LogicalUnit {
                     Ok(fx) => {
                         for (to, asc) in fx.attentions {
                             self.attention_to(&to, asc);
+                            if self.pr_shared {
+                                let seq = self.pr_events.last().map_or(0, |e| e.seq) + 1;
+                                if self.pr_events.len() == pr::MAX_PR_EVENTS {
+                                    self.pr_events.remove(0);
+                                }
+                                self.pr_events.push(pr::PrEvent { seq, to, asc });
+                            }
                         }
+                        // What this unit does now supersedes what it took over.
+                        self.carried.clear();
                         for to in &fx.aborted {
                             let hit = self.ports.iter().filter(|(id, (port, target_port))| {
                                 **id != initiator && to.covers(&ItNexus { port, target_port: *target_port })

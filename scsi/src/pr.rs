@@ -221,6 +221,21 @@ impl AttentionTo {
     }
 }
 
+/// A unit attention a PERSISTENT RESERVE OUT raised, numbered, kept with the saved state
+/// by a unit that other gateways may take over, so the one taking it raises it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrEvent {
+    /// Its number: one more than the event before it on this unit.
+    pub seq: u64,
+    /// The nexuses it is for.
+    pub to: AttentionTo,
+    /// The attention.
+    pub asc: Asc,
+}
+
+/// The most events a unit keeps.
+pub const MAX_PR_EVENTS: usize = 32;
+
 /// What a PERSISTENT RESERVE OUT did beyond its status.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Effects {

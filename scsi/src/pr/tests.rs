@@ -349,3 +349,52 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_unit_taken_over_raises_the_attentions_its_last_owner_raised() {
+    use crate::build::{persistent_reserve_out, persistent_reserve_out_params};
+    use crate::lu::{Action, LogicalUnit, Nexus};
+    let cfg = crate::LunConfig::new(crate::LunIdentity::new("a/b/c"), 512, 1 << 20).unwrap();
+    let (a, b) = (port(1), port(2));
+    // The sense of a command from nexus `id` (initiator `p` through target port `tp`).
+    let run = |lu: &mut LogicalUnit, id: u64, p: &InitiatorPort, tp: u16, cdb: &[u8], params: &[u8]| {
+        let nexus = Nexus { id, luns: &[0], read_only: false, port: p, target_port: tp };
+        match lu.command(&nexus, cdb, params) {
+            Action::Complete(c) => crate::sense::parse_sense(&c.sense).map(|(k, asc, _)| (k, asc)),
+            Action::Backend(_) => None,
+        }
+    };
+    let out = |lu: &mut LogicalUnit, id: u64, p: &InitiatorPort, action: u8, kind: u8, key: u64, sa_key: u64| {
+        let params = persistent_reserve_out_params(key, sa_key, true, false);
+        run(lu, id, p, 1, &persistent_reserve_out(action, kind, 24), &params)
+    };
+    let tur = [0u8; 6];
+    let mut owner = LogicalUnit::new(cfg.clone());
+    owner.persist_every_change(true);
+    let mut standby = LogicalUnit::new(cfg);
+    standby.persist_every_change(true);
+    // On the owner (target port 1): a and b register for every target port, a reserves,
+    // b preempts a.
+    run(&mut owner, 1, &a, 1, &tur, &[]);
+    run(&mut owner, 2, &b, 1, &tur, &[]);
+    assert_eq!(out(&mut owner, 1, &a, sa_out::REGISTER, 0, 0, 0xA), None);
+    assert_eq!(out(&mut owner, 2, &b, sa_out::REGISTER, 0, 0, 0xB), None);
+    assert_eq!(out(&mut owner, 1, &a, sa_out::RESERVE, WE, 0xA, 0), None);
+    assert_eq!(out(&mut owner, 2, &b, sa_out::PREEMPT, WE, 0xB, 0xA), None);
+    let (pr, events) = owner.take_pr_to_persist().map(|(p, e)| (p.clone(), e.to_vec())).expect("saved");
+    assert_eq!(events.iter().map(|e| (e.seq, e.asc)).collect::<Vec<_>>(), [(1, Asc::REGISTRATIONS_PREEMPTED)]);
+    // The standby gateway (target port 3) takes over: a's nexus through it, seen now for
+    // the first time, hears of the preemption after its power-on attention; b's does not.
+    standby.take_over_persistent(pr.clone(), events.clone());
+    let attention = Some((SenseKey::UnitAttention as u8, Asc::REGISTRATIONS_PREEMPTED));
+    assert_eq!(run(&mut standby, 11, &a, 3, &tur, &[]).map(|s| s.1), Some(Asc::POWER_ON_RESET));
+    assert_eq!(run(&mut standby, 11, &a, 3, &tur, &[]), attention);
+    assert_eq!(run(&mut standby, 11, &a, 3, &tur, &[]), None);
+    assert_eq!(run(&mut standby, 12, &b, 3, &tur, &[]).map(|s| s.1), Some(Asc::POWER_ON_RESET));
+    assert_eq!(run(&mut standby, 12, &b, 3, &tur, &[]), None);
+    assert_eq!(standby.persistent(), &pr);
+    // Taking it over again with nothing new raises nothing again.
+    standby.take_over_persistent(pr, events);
+    run(&mut standby, 13, &a, 3, &tur, &[]);
+    assert_eq!(run(&mut standby, 13, &a, 3, &tur, &[]), None);
+}
