@@ -268,7 +268,13 @@ impl Owner {
             (false, false) => {
                 // Another gateway serves it: standby here, active/optimized there.
                 let states = self.states(server, None);
-                self.show(i, states, false);
+                let changed = self.shown[i] != states;
+                if self.show(i, states, false) && changed {
+                    if let Some(server) = server {
+                        let lun = &self.plan.luns[i];
+                        tracing::info!(pan = %lun.pan, image = %lun.name, gateway = self.plan.me, server, "LUN on standby here");
+                    }
+                }
             }
         }
     }
