@@ -56,6 +56,43 @@ impl Gateway {
     }
 }
 
+/// Why `scripts/vm` cannot run here, if it cannot: it needs root, QEMU, a static busybox,
+/// kmod and Debian's package tools (for the kernel).
+pub fn vm_missing() -> Option<String> {
+    let mut missing = Vec::new();
+    if rustix::process::geteuid().as_raw() != 0 {
+        missing.push("root".to_string());
+    }
+    for tool in ["qemu-system-x86_64", "busybox", "modprobe", "depmod", "apt-get", "dpkg-deb"] {
+        let in_sbin = ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists());
+        if !on_path(tool) && !in_sbin {
+            missing.push(tool.to_string());
+        }
+    }
+    (!missing.is_empty()).then(|| format!("the test VM (scripts/vm) needs {}", missing.join(", ")))
+}
+
+/// Whether this process runs inside `scripts/vm`'s guest.
+pub fn in_vm() -> bool {
+    std::env::var_os("PANGATE_IN_VM").is_some()
+}
+
+/// Runs test `name` of this test binary again, alone, inside `scripts/vm`'s guest (Debian's
+/// kernel, with the modules this host lacks); panics with the guest's output if it fails.
+pub fn run_in_vm(name: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vm"))
+        .args(["run", "--"])
+        .arg(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .output()
+        .expect("running scripts/vm");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(out.status.success(), "{name} failed in the VM ({}):\n{text}", out.status);
+    assert!(text.contains("1 passed"), "{name} did not run in the VM:\n{text}");
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
