@@ -25,11 +25,21 @@ fn loaded(module: &str) -> bool {
         || Command::new("modprobe").arg(module).status().is_ok_and(|s| s.success())
 }
 
+/// The tools the test runs against the disk, if one is missing.
+fn tools_missing() -> Option<String> {
+    let missing: Vec<&str> = ["sg_inq", "sg_readcap", "sg_vpd", "sg_unmap", "mkfs.ext4", "fsck.ext4"]
+        .into_iter()
+        .filter(|t| !support::on_path(t) && !["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(t).exists()))
+        .collect();
+    (!missing.is_empty()).then(|| format!("the TCMU test needs {} (sg3-utils, e2fsprogs)", missing.join(", ")))
+}
+
 /// Why this kernel cannot run the test, if it cannot.
 fn missing() -> Option<String> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Some("root".into());
     }
+
     for m in ["target_core_user", "tcm_loop"] {
         if !loaded(m) {
             return Some(format!("the {m} kernel module"));
@@ -86,6 +96,9 @@ fn find_disk() -> Option<PathBuf> {
 
 #[test]
 fn lio_loopback_lun_backed_by_pangate() {
+    if support::skip_because(tools_missing()) {
+        return;
+    }
     if let Some(why) = missing() {
         assert!(!support::in_vm(), "the test VM lacks {why}");
         if support::skip_because(support::vm_missing().map(|vm| format!("this kernel lacks {why}, and {vm}"))) {
@@ -133,4 +146,27 @@ fn lio_loopback_lun_backed_by_pangate() {
     let mut back = vec![0u8; data.len()];
     f.read_exact_at(&mut back, 4 << 20).unwrap();
     assert!(back == data, "data written through LIO reads back");
+    drop(f);
+
+    // Linux's sd driver, sg3_utils and e2fsprogs against the disk, as an administrator would.
+    let dev = disk.to_str().unwrap();
+    let inq = tool(&["sg_inq", dev]);
+    assert!(inq.contains("PANGATE") && inq.contains("pangate disk"), "{inq}");
+    let cap = tool(&["sg_readcap", "--16", dev]);
+    assert!(cap.contains("Logical block length=512 bytes") && cap.contains("Number of logical blocks=131072"), "{cap}");
+    let ids = tool(&["sg_vpd", "--page=0x83", dev]);
+    assert!(ids.contains("NAA"), "a NAA designator of pangate's: {ids}");
+    let limits = tool(&["sg_vpd", "--page=0xb0", dev]);
+    assert!(limits.contains("Maximum unmap LBA count"), "{limits}");
+    tool(&["sg_unmap", "--lba=0", "--num=2048", dev]);
+    tool(&["mkfs.ext4", "-q", "-F", dev]);
+    tool(&["fsck.ext4", "-fn", dev]);
+}
+
+/// Runs a tool that must succeed; its output.
+fn tool(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?} failed: {text}");
+    text
 }
