@@ -23,20 +23,9 @@ const CRED: &str = "fuse-test-credential-0001";
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Whether the kernel parts are here; outside CI, says why not and returns false.
+#[track_caller]
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    if rustix::process::geteuid().as_raw() != 0 {
-        missing.push("root".to_string());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse".into());
-    }
-    for tool in ["losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "fio"] {
-        if !on_path(tool) {
-            missing.push(tool.into());
-        }
-    }
-    !skip_because((!missing.is_empty()).then(|| format!("FUSE tests need {}", missing.join(", "))))
+    support::fuse_prerequisites("FUSE tests", &["losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "fio"])
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {

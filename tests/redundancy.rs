@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
-use support::{on_path, skip_because};
 
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
 const NODE_IQN: &str = "iqn.2026-12.test:redundant-n";
@@ -25,18 +24,9 @@ const SECRET: &str = "redundant-chap-secret";
 /// FUSE mounts and fio load: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+#[track_caller]
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    if rustix::process::geteuid().as_raw() != 0 {
-        missing.push("root".to_string());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse".into());
-    }
-    if !on_path("fio") {
-        missing.push("fio".into());
-    }
-    !skip_because((!missing.is_empty()).then(|| format!("redundant gateway tests need {}", missing.join(", "))))
+    support::fuse_prerequisites("redundant gateway tests", &["fio"])
 }
 
 /// Two gateways over one data directory, each logging to `gw<id>.log` in it, killed on drop.

@@ -56,6 +56,21 @@ impl Gateway {
     }
 }
 
+/// Whether tests of `what` that mount FUSE file systems can run: root, /dev/fuse and
+/// `tools`. Outside CI, says why not and returns false; under CI=true a missing part fails.
+#[track_caller]
+pub fn fuse_prerequisites(what: &str, tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if rustix::process::geteuid().as_raw() != 0 {
+        missing.push("root".to_string());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse".into());
+    }
+    missing.extend(tools.iter().filter(|t| !on_path(t)).map(|t| t.to_string()));
+    !skip_because((!missing.is_empty()).then(|| format!("{what} need {}", missing.join(", "))))
+}
+
 /// Why `scripts/vm` cannot run here, if it cannot: it needs root, QEMU, a static busybox,
 /// kmod and Debian's package tools (for the kernel).
 pub fn vm_missing() -> Option<String> {
