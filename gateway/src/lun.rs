@@ -172,10 +172,18 @@ impl LunDriver {
     }
 
     /// Saves the reservation state after every change, APTPL or not, for the gateway that
-    /// takes this LUN over ([`LunDriver::reload_reservations`]).
-    pub fn share_reservations(&mut self) {
+    /// takes this LUN over ([`LunDriver::reload_reservations`]); the attentions saved
+    /// already count as told. Call after [`LunDriver::keep_reservations_at`].
+    pub fn share_reservations(&mut self) -> anyhow::Result<()> {
         self.shared_reservations = true;
         self.lu.persist_every_change(true);
+        // What was saved before this gateway started was told to the nexuses then.
+        if let Some((_, events)) =
+            self.reservations.as_ref().map(|p| crate::reservations::load(p)).transpose()?.flatten()
+        {
+            self.lu.know_events(events);
+        }
+        Ok(())
     }
 
     /// Replaces the reservation state with the saved copy (none saved: no registrations),

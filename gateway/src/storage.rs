@@ -95,7 +95,7 @@ pub fn open_image(
                 ports: crate::nexus::target_ports(id).to_vec(),
             });
             driver.unit_mut().set_alua(scsi::alua::Alua { groups: groups.collect() });
-            driver.share_reservations();
+            driver.share_reservations()?;
         }
         // One gateway: one active/optimized target port group with both of its ports.
         None => driver.unit_mut().set_alua(scsi::alua::Alua::single(&crate::nexus::target_ports(1))),

@@ -249,6 +249,12 @@ impl LogicalUnit {
         std::mem::take(&mut self.pr_dirty).then_some((&self.pr, &self.pr_events))
     }
 
+    /// Marks saved attentions as known without raising them: those a gateway finds at its
+    /// start were raised, by whoever served the unit then, before it came.
+    pub fn know_events(&mut self, events: Vec<pr::PrEvent>) {
+        self.pr_events = events;
+    }
+
     /// Takes the unit over from another gateway: its saved reservation state, and the
     /// attentions it raised since this unit last knew (by number), raised here for every
     /// nexus they cover, now or when first seen.

@@ -394,7 +394,14 @@ fn a_unit_taken_over_raises_the_attentions_its_last_owner_raised() {
     assert_eq!(run(&mut standby, 12, &b, 3, &tur, &[]), None);
     assert_eq!(standby.persistent(), &pr);
     // Taking it over again with nothing new raises nothing again.
-    standby.take_over_persistent(pr, events);
+    standby.take_over_persistent(pr.clone(), events.clone());
     run(&mut standby, 13, &a, 3, &tur, &[]);
     assert_eq!(run(&mut standby, 13, &a, 3, &tur, &[]), None);
+    // Nor does a gateway that found them saved when it started.
+    let cfg = crate::LunConfig::new(crate::LunIdentity::new("a/b/c"), 512, 1 << 20).unwrap();
+    let mut restarted = LogicalUnit::new(cfg);
+    restarted.know_events(events.clone());
+    restarted.take_over_persistent(pr, events);
+    run(&mut restarted, 21, &a, 3, &tur, &[]);
+    assert_eq!(run(&mut restarted, 21, &a, 3, &tur, &[]), None);
 }
