@@ -306,7 +306,11 @@ fn start_network(cfg: &Config, dir: &Path, registry: Registry) -> anyhow::Result
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let opts = netvirt::network::Options { spin: std::time::Duration::from_micros(cfg.net.spin_us), workers };
+    let opts = netvirt::network::Options {
+        spin: std::time::Duration::from_micros(cfg.net.spin_us),
+        workers,
+        fastpath: cfg.net.fastpath,
+    };
     match netvirt::network::Network::start(plans.clone(), &socket, authorize, opts) {
         Ok(n) => {
             for lan in &plans {

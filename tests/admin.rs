@@ -75,8 +75,13 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
     let authorize = gateway::net::node_authorizer(registry.clone());
     let net_socket = dir.path().join("net.sock");
     let net = Arc::new(LiveNetwork::new(Some(
-        Network::start(vec![], &net_socket, authorize, netvirt::network::Options { spin: Duration::ZERO, workers: 2 })
-            .unwrap(),
+        Network::start(
+            vec![],
+            &net_socket,
+            authorize,
+            netvirt::network::Options { spin: Duration::ZERO, workers: 2, fastpath: true },
+        )
+        .unwrap(),
     )));
     let admin = GatewayAdmin::new(
         cfg,

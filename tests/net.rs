@@ -81,6 +81,54 @@ fn every_tap_has_a_queue_per_worker_and_flows_cross_them() {
     }
 }
 
+/// Unicast between TAP-kind ports goes through the kernel fast path, past the switch, and
+/// the ports' and the LAN's counters still count every frame; with `fastpath = false`
+/// the same frames all go through the switch.
+#[test]
+fn the_kernel_forwards_unicast_and_the_counters_see_every_frame() {
+    if skip_because(missing()) {
+        return;
+    }
+    for fastpath in [true, false] {
+        let mut lab = Lab::new(if fastpath { "fk" } else { "fs" });
+        let config =
+            lab.config("").replace("[net]\nworkers = 2\n", &format!("[net]\nworkers = 2\nfastpath = {fastpath}\n"));
+        lab.start(&config);
+        assert!(lab.ping("n1", "198.18.0.2"), "{}", lab.log());
+        let port = |s: &netvirt::network::NetShow, node: &str| {
+            s.lans.iter().find(|l| l.lan == "a").unwrap().ports.iter().find(|p| p.node == node).unwrap().clone()
+        };
+        let lan = |s: &netvirt::network::NetShow| s.lans.iter().find(|l| l.lan == "a").unwrap().clone();
+        let before = lab.show();
+        assert_eq!(lan(&before).fastpath, fastpath);
+        let receiver = lab.spawn_tool("n2", &["udp-seq-recv", "9997", "2"]);
+        ok(&["ip", "netns", "exec", &lab.ns("n1"), "python3", TOOL, "udp-seq-send", "198.18.0.2", "9997", "1", "2000"]);
+        let got: serde_json::Value = serde_json::from_slice(&receiver.wait_with_output().unwrap().stdout).unwrap();
+        let got: u64 = got.as_object().unwrap().values().map(|f| f["got"].as_u64().unwrap()).sum();
+        let after = lab.show();
+        let (s1, s2) = (port(&before, "n1"), port(&before, "n2"));
+        let (a1, a2) = (port(&after, "n1"), port(&after, "n2"));
+        let sent = a1.counters.frames_in - s1.counters.frames_in;
+        let switched = a1.switched_in - s1.switched_in;
+        if !fastpath {
+            // Every frame goes through the switch, which counts those its TAP queue did not
+            // drop first (the node's kernel counts those).
+            assert!(switched == sent && sent >= 1000, "{switched} of {sent} frames switched");
+            lab.stop();
+            continue;
+        }
+        // 2,000 frames of 106 bytes, and at most a few others (the nodes' own IPv6 chatter).
+        assert!((2000..2020).contains(&sent), "n1 sent {sent} frames");
+        assert!(a1.counters.bytes_in - s1.counters.bytes_in >= 2000 * 106);
+        let given = a2.counters.frames_out - s2.counters.frames_out;
+        assert!((2000..2020).contains(&given) && given >= got, "n2 was given {given}, took {got}");
+        let lan_in = lan(&after).counters.frames_in - lan(&before).counters.frames_in;
+        assert!(lan_in >= 2000, "the LAN counted {lan_in} frames in");
+        assert!(switched < 20, "{switched} of n1's frames went through the switch");
+        lab.stop();
+    }
+}
+
 /// Failover of an address through the admin API: the TAP that had it loses it, the one
 /// that takes it gains it, and the gratuitous ARP repoints the other members' caches.
 #[test]

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod dataplane;
+pub mod fastpath;
 pub mod health;
 pub mod host;
 pub mod mac;

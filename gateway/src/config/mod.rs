@@ -237,12 +237,21 @@ pub struct NetConfig {
     /// on every TAP; a LAN with ring ports or an uplink runs on the first.
     #[serde(default)]
     pub workers: usize,
+    /// Let the kernel forward unicast between TAP-kind ports by itself, past the data-path
+    /// threads, where the kernel can (veth, `tc` u32 and mirred, eBPF); the switch still
+    /// decides everything else. `false`: every frame goes through the threads.
+    #[serde(default = "default_true")]
+    pub fastpath: bool,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { socket: default_net_socket(), spin_us: default_net_spin_us(), workers: 0 }
+        NetConfig { socket: default_net_socket(), spin_us: default_net_spin_us(), workers: 0, fastpath: true }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_net_spin_us() -> u64 {

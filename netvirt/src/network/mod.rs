@@ -15,12 +15,13 @@ use crate::cluster::Limits;
 use crate::config::{PortKind, UplinkModeConfig};
 use crate::counters::Traffic;
 use crate::dataplane::{Command, Controls, Dataplane, LanIo, PortIo, UplinkIo};
-use crate::host::{self, NetNs, TapSpec};
+use crate::host::{self, NetNs, TapSpec, WireStats, Wires, Yard};
 use crate::mac::Mac;
 use crate::ringport::BcastRing;
 use crate::switch::{ClusterLanSpec, LanSpec, PortSpec, UplinkMode, VirtualLan};
 
 mod clusters;
+mod fast;
 mod ports;
 mod show;
 mod socket;
@@ -44,11 +45,15 @@ pub struct Options {
     /// TAP (`IFF_MULTI_QUEUE`), so its flows spread over them; a LAN with ring ports or an
     /// uplink is served by the first worker alone.
     pub workers: usize,
+    /// Let the kernel forward what it can between TAP-kind ports ([`crate::fastpath`]),
+    /// where it has what that takes (veth, `tc` u32 and mirred, eBPF); otherwise, or when
+    /// off, every frame goes through the switch.
+    pub fastpath: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { spin: DEFAULT_SPIN, workers: 1 }
+        Options { spin: DEFAULT_SPIN, workers: 1, fastpath: true }
     }
 }
 
@@ -123,6 +128,10 @@ struct PortState {
     /// Taken out of the LAN for good (a spare whose place a failed node took): no client
     /// attaches to it and `net show` leaves it out.
     retired: AtomicBool,
+    /// Its wire and TAP in the yard, while it has them (kernel fast path).
+    wires: Mutex<Option<Wires>>,
+    /// What its earlier wires carried (a wire's counters go with it).
+    gone: Mutex<WireStats>,
 }
 
 impl PortState {
@@ -165,6 +174,8 @@ struct Shared {
     /// Serialises adding and removing LANs.
     changes: Mutex<()>,
     control: Controls,
+    /// The kernel fast path's namespace, if it runs.
+    yard: Option<Yard>,
     /// Data-path workers.
     workers: usize,
     authorize: AuthorizeBox,
@@ -196,8 +207,17 @@ impl Network {
     /// `socket`. On error everything created so far is removed again.
     pub fn start(plans: Vec<LanPlan>, socket: &Path, authorize: Authorize, opts: Options) -> io::Result<Network> {
         let workers = opts.workers.max(1);
+        let yard = if opts.fastpath {
+            Yard::new()
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "no kernel fast path here: every frame goes through the switch");
+                })
+                .ok()
+        } else {
+            None
+        };
         let mut namespaces: Vec<NetNs> = Vec::new();
-        let result = build(&plans, &mut namespaces, workers);
+        let result = build(&plans, &mut namespaces, workers, yard.as_ref());
         let (lans_io, states) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -226,10 +246,14 @@ impl Network {
             namespaces: Mutex::new(namespaces),
             changes: Mutex::new(()),
             control: Controls(controls),
+            yard,
             workers,
             authorize: AuthorizeBox(authorize),
             gateway_uid: rustix::process::geteuid().as_raw(),
         });
+        for state in shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten() {
+            fast::refresh(&shared, state, None);
+        }
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
         listener.set_nonblocking(true)?;
@@ -282,7 +306,8 @@ impl Network {
         }
         let mut namespaces = lock(&self.shared.namespaces);
         let before = namespaces.len();
-        let (io, mut states) = match build(std::slice::from_ref(&plan), &mut namespaces, self.shared.workers) {
+        let yard = self.shared.yard.as_ref();
+        let (io, mut states) = match build(std::slice::from_ref(&plan), &mut namespaces, self.shared.workers, yard) {
             Ok(v) => v,
             Err(e) => {
                 for ns in namespaces.drain(before..) {
@@ -295,14 +320,17 @@ impl Network {
         let Some(state) = states.pop() else {
             return Err(io::Error::other("building the LAN gave nothing"));
         };
+        let state = Arc::new(state);
         let mut lans = self.shared.lans.write().unwrap_or_else(|p| p.into_inner());
-        lans.push(Some(Arc::new(state)));
+        lans.push(Some(state.clone()));
         let slot = lans.len() - 1;
         for (w, mut per_worker) in io.into_iter().enumerate() {
             if let Some(io) = per_worker.pop().flatten() {
                 self.shared.control.0[w].send(Command::AddLan { lan: slot, io: Box::new(io) });
             }
         }
+        drop(lans);
+        fast::refresh(&self.shared, &state, None);
         tracing::info!(pan = %plan.pan, lan = %plan.name, ports = plan.ports.len(), "LAN added");
         Ok(())
     }
@@ -328,7 +356,8 @@ impl Network {
         if closed.is_none() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, format!("LAN {lan:?}: the data path did not let go")));
         }
-        // The TAPs are gone; namespaces no other LAN uses can go too.
+        // The TAPs are gone; the wires go, and namespaces no other LAN uses can go too.
+        fast::unwire_all(&self.shared, &state);
         drop(_serial);
         self.forget_unused_namespaces();
         tracing::info!(pan, lan, "LAN removed");
@@ -359,9 +388,14 @@ impl Network {
             return Ok(());
         }
         self.tap_addr(&state.ports[from], addr, prefix, false)?;
-        self.shared.control.each(|_| Command::MoveIp { lan: l, ip, port: to });
+        // The kernel stops taking the address from its old port before the switch moves
+        // it, and takes it from the new one only after: meanwhile frames from it go
+        // through the switch, which knows the owner at every moment.
         lock(&state.ports[from].addrs).retain(|a| a.0 != addr);
+        fast::refresh(&self.shared, &state, Some(from));
+        self.shared.control.each(|_| Command::MoveIp { lan: l, ip, port: to });
         lock(&state.ports[to].addrs).push((addr, prefix));
+        fast::refresh(&self.shared, &state, Some(to));
         self.tap_addr(&state.ports[to], addr, prefix, true)
     }
 
@@ -403,7 +437,10 @@ impl Network {
             r = r.and(joined);
         }
         let _ = std::fs::remove_file(&self.socket);
-        // The TAP fds closed with the data path; a namespace can go now.
+        // The TAP fds closed with the data path; the wires go, then the namespaces.
+        for state in self.shared.lans.read().unwrap_or_else(|p| p.into_inner()).iter().flatten() {
+            fast::unwire_all(&self.shared, state);
+        }
         let namespaces = std::mem::take(&mut *lock(&self.shared.namespaces));
         for ns in namespaces {
             if let Err(e) = ns.remove() {
@@ -417,11 +454,20 @@ impl Network {
 /// Per worker, its LANs by slot (`None`: served by another worker alone); and every LAN's state.
 type Built = (Vec<Vec<Option<LanIo>>>, Vec<LanState>);
 
-fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>, workers: usize) -> io::Result<Built> {
+fn build(plans: &[LanPlan], namespaces: &mut Vec<NetNs>, workers: usize, yard: Option<&Yard>) -> io::Result<Built> {
     let mut per_worker: Vec<Vec<Option<LanIo>>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut states = Vec::new();
+    let mut states: Vec<LanState> = Vec::new();
     for plan in plans {
-        let (ios, state) = build_lan(plan, namespaces, workers)?;
+        let (ios, state) = match build_lan(plan, namespaces, workers, yard) {
+            Ok(v) => v,
+            Err(e) => {
+                // The LANs built so far lose their wires (their TAPs close as they drop).
+                for state in &states {
+                    fast::unwire_ports(yard, &state.ports);
+                }
+                return Err(e);
+            }
+        };
         for (w, io) in ios.into_iter().enumerate() {
             per_worker[w].push(io);
         }
@@ -437,6 +483,26 @@ fn build_lan(
     plan: &LanPlan,
     namespaces: &mut Vec<NetNs>,
     workers: usize,
+    yard: Option<&Yard>,
+) -> io::Result<(Vec<Option<LanIo>>, LanState)> {
+    let mut wires: Vec<Option<Wires>> = vec![None; plan.ports.len()];
+    let built = build_lan_with(plan, namespaces, workers, yard, &mut wires);
+    if built.is_err() {
+        if let Some(yard) = yard {
+            for w in wires.into_iter().flatten() {
+                let _ = yard.remove_port(w);
+            }
+        }
+    }
+    built
+}
+
+fn build_lan_with(
+    plan: &LanPlan,
+    namespaces: &mut Vec<NetNs>,
+    workers: usize,
+    yard: Option<&Yard>,
+    wires: &mut [Option<Wires>],
 ) -> io::Result<(Vec<Option<LanIo>>, LanState)> {
     let queues = if plan.uplink.is_none() && plan.ports.iter().all(|p| p.kind == PortKind::Tap) { workers } else { 1 };
     let mut uplink_io = None;
@@ -505,7 +571,14 @@ fn build_lan(
                     addrs: p.addrs.clone(),
                     cluster_ips: clusters::cluster_ips(plan, &p.node),
                 };
-                let fds = host::create_tap(ns, &spec, queues).map_err(|e| {
+                let made = match yard {
+                    Some(yard) => yard.add_port(ns, &spec, queues).map(|(fds, w)| {
+                        wires[i] = Some(w);
+                        fds
+                    }),
+                    None => host::create_tap(ns, &spec, queues),
+                };
+                let fds = made.map_err(|e| {
                     io::Error::new(e.kind(), format!("LAN {}: TAP {} for node {}: {e}", plan.name, p.ifname, p.node))
                 })?;
                 for (w, fd) in fds.into_iter().enumerate() {
@@ -538,6 +611,8 @@ fn build_lan(
                 addrs: Mutex::new(p.addrs.clone()),
                 place: Mutex::new((p.netns.clone(), p.ifname.clone())),
                 retired: AtomicBool::new(false),
+                wires: Mutex::new(wires[i]),
+                gone: Mutex::new(WireStats::default()),
             })
             .collect(),
         traffic: copies.iter().map(VirtualLan::traffic).collect(),

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{lock, open_netns, LanState, Network, PortState};
+use super::{fast, lock, open_netns, LanState, Network, PortState};
 use crate::config::PortKind;
 use crate::dataplane::{Command, PortIo};
 use crate::host::{self, NetNs, TapSpec};
@@ -42,6 +42,10 @@ impl Network {
         if retire {
             port.retired.store(true, Ordering::Relaxed);
         }
+        // No rule leads to it any more (its frames meet the switch's "port down"), then
+        // its wire and the node's interface go.
+        fast::refresh(&self.shared, &state, None);
+        fast::unwire(self.shared.yard.as_ref(), port);
         tracing::info!(pan, lan, node, retire, "port unplugged");
         Ok(())
     }
@@ -59,6 +63,8 @@ impl Network {
         let i = port_of(&state, node, true).ok_or_else(|| no_port(node, lan))?;
         let port = &state.ports[i];
         if port.plan.kind == PortKind::Tap {
+            // A port plugged in again without being unplugged first gives up its old wire.
+            fast::unwire(self.shared.yard.as_ref(), port);
             let fds = {
                 // Errors here are the device's, never "no such LAN or port" (NotFound), which
                 // callers take to mean the LAN is not running: a namespace that is gone is one.
@@ -73,7 +79,14 @@ impl Network {
                     addrs: lock(&port.addrs).clone(),
                     cluster_ips: lock(&state.clusters).iter().filter(|c| c.serves(node)).map(|c| c.spec.ip).collect(),
                 };
-                host::create_tap(ns, &spec, state.queues).map_err(place_err)?
+                match &self.shared.yard {
+                    Some(yard) => {
+                        let (fds, wires) = yard.add_port(ns, &spec, state.queues).map_err(place_err)?;
+                        *lock(&port.wires) = Some(wires);
+                        fds
+                    }
+                    None => host::create_tap(ns, &spec, state.queues).map_err(place_err)?,
+                }
             };
             // Each worker serving the LAN takes its queue of the TAP.
             let mut fds = fds.into_iter();
@@ -88,6 +101,7 @@ impl Network {
         }
         *lock(&port.place) = (netns, ifname);
         port.retired.store(false, Ordering::Relaxed);
+        fast::refresh(&self.shared, &state, None);
         drop(_serial);
         self.forget_unused_namespaces();
         tracing::info!(pan, lan, node, "port plugged");

@@ -36,6 +36,9 @@ pub struct LanShow {
     pub ports: Vec<PortShow>,
     /// Everything on the LAN.
     pub counters: TrafficSnapshot,
+    /// The kernel forwards what it can between its TAP-kind ports (the fast path).
+    #[serde(default)]
+    pub fastpath: bool,
     /// Service clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<ClusterShow>,
@@ -147,8 +150,11 @@ pub struct PortShow {
     pub promiscuous: bool,
     /// Something is attached.
     pub attached: bool,
-    /// Counters ("in" is from the node).
+    /// Counters ("in" is from the node), whichever way the frames went.
     pub counters: TrafficSnapshot,
+    /// Frames from the node that went through the switch rather than the kernel fast path.
+    #[serde(default)]
+    pub switched_in: u64,
 }
 
 pub(super) fn show(shared: &Shared) -> NetShow {
@@ -174,14 +180,21 @@ pub(super) fn show(shared: &Shared) -> NetShow {
             clusters.insert(slot, list.iter().map(ClusterShow::of).collect());
         }
     }
+    let wires = super::fast::wire_stats(shared);
     let lans = shared.lans.read().unwrap_or_else(|p| p.into_inner());
     NetShow {
         lans: lans
             .iter()
             .enumerate()
             .filter_map(|(slot, l)| l.as_ref().map(|l| (slot, l)))
-            .map(|(slot, l)| LanShow {
+            .map(|(slot, l)| {
+                let ports: Vec<(TrafficSnapshot, u64)> =
+                    l.ports.iter().map(|p| super::fast::port_counters(p, &wires)).collect();
+                (slot, l, ports)
+            })
+            .map(|(slot, l, port_counters)| LanShow {
                 clusters: clusters.remove(&slot).unwrap_or_default(),
+                fastpath: l.ports.iter().any(|p| lock(&p.wires).is_some()),
                 pan: l.plan.pan.clone(),
                 lan: l.plan.name.clone(),
                 mtu: l.plan.mtu,
@@ -199,9 +212,10 @@ pub(super) fn show(shared: &Shared) -> NetShow {
                 ports: l
                     .ports
                     .iter()
-                    .filter(|p| !p.retired.load(Ordering::Relaxed))
-                    .map(|p| (p, p.place()))
-                    .map(|(p, (netns, ifname))| PortShow {
+                    .zip(&port_counters)
+                    .filter(|(p, _)| !p.retired.load(Ordering::Relaxed))
+                    .map(|(p, c)| (p, c, p.place()))
+                    .map(|(p, c, (netns, ifname))| PortShow {
                         node: p.plan.node.clone(),
                         kind: match p.plan.kind {
                             PortKind::Tap => "tap".into(),
@@ -213,11 +227,29 @@ pub(super) fn show(shared: &Shared) -> NetShow {
                         ips: cidrs(&lock(&p.addrs)),
                         promiscuous: p.plan.promiscuous,
                         attached: p.attached.load(Ordering::Relaxed),
-                        counters: crate::counters::sum(&p.traffic),
+                        counters: c.0.clone(),
+                        switched_in: p.traffic.iter().map(|t| t.frames_in.get()).sum(),
                     })
                     .collect(),
-                counters: crate::counters::sum(&l.traffic),
+                counters: lan_counters(l, &port_counters),
             })
             .collect(),
     }
+}
+
+/// A LAN's counters: the switch's, with frames and bytes each way the sum of its ports'
+/// and its uplink's when the kernel forwards some of them (the switch sees only the rest).
+fn lan_counters(l: &super::LanState, ports: &[(TrafficSnapshot, u64)]) -> TrafficSnapshot {
+    let mut c = crate::counters::sum(&l.traffic);
+    if !l.ports.iter().any(|p| lock(&p.wires).is_some() || *lock(&p.gone) != Default::default()) {
+        return c;
+    }
+    let uplink = crate::counters::sum(&l.uplink_traffic);
+    c.frames_in = uplink.frames_in + ports.iter().map(|p| p.0.frames_in).sum::<u64>();
+    c.bytes_in = uplink.bytes_in + ports.iter().map(|p| p.0.bytes_in).sum::<u64>();
+    c.frames_out = uplink.frames_out + ports.iter().map(|p| p.0.frames_out).sum::<u64>();
+    c.bytes_out = uplink.bytes_out + ports.iter().map(|p| p.0.bytes_out).sum::<u64>();
+    let failed = crate::counters::DropReason::TxFailed.label();
+    *c.drops.entry(failed.to_string()).or_default() += ports.iter().map(|p| p.1).sum::<u64>();
+    c
 }

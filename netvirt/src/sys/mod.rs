@@ -1,6 +1,7 @@
 //! The few raw kernel interfaces netvirt needs that no maintained crate wraps: the TUN/TAP
 //! ioctls and packet-socket options. Every `unsafe` block here says why it is sound.
 
+pub mod bpf;
 pub mod ring;
 
 use std::io;

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -16,6 +16,10 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::mac::Mac;
 use crate::sys;
+
+mod yard;
+
+pub use self::yard::{WireStats, Wires, Yard};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -66,6 +70,11 @@ impl NetNs {
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where it is bound.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Whether pangate created it (and so removes it).
@@ -137,24 +146,31 @@ pub struct TapSpec {
 pub fn create_tap(ns: Option<&NetNs>, spec: &TapSpec, queues: usize) -> io::Result<Vec<OwnedFd>> {
     let make = || -> io::Result<Vec<OwnedFd>> {
         let fd = sys::create_tap(&spec.ifname, queues)?;
-        let index = sys::if_index(&spec.ifname)?;
-        let mut nl = Rtnl::open()?;
-        nl.link_set(index, Some(spec.mac), Some(spec.mtu), true)?;
-        for &(ip, prefix) in &spec.addrs {
-            nl.addr_add(index, ip, prefix)?;
-        }
-        if !spec.cluster_ips.is_empty() {
-            arp_announce_best(&spec.ifname)?;
-        }
-        for &ip in &spec.cluster_ips {
-            nl.addr_add(index, IpAddr::V4(ip), 32)?;
-        }
+        configure(spec)?;
         Ok(fd)
     };
     match ns {
         Some(ns) => ns.run(make),
         None => make(),
     }
+}
+
+/// Gives interface `spec.ifname` in the calling thread's namespace its MAC, MTU and
+/// addresses, and brings it up.
+fn configure(spec: &TapSpec) -> io::Result<()> {
+    let index = sys::if_index(&spec.ifname)?;
+    let mut nl = Rtnl::open()?;
+    nl.link_set(index, Some(spec.mac), Some(spec.mtu), true)?;
+    for &(ip, prefix) in &spec.addrs {
+        nl.addr_add(index, ip, prefix)?;
+    }
+    if !spec.cluster_ips.is_empty() {
+        arp_announce_best(&spec.ifname)?;
+    }
+    for &ip in &spec.cluster_ips {
+        nl.addr_add(index, IpAddr::V4(ip), 32)?;
+    }
+    Ok(())
 }
 
 /// Sets `arp_announce` = 2 on `ifname` in the calling thread's namespace (sysctls under
@@ -206,6 +222,50 @@ impl Rtnl {
                 },
                 _ => Ok(()),
             };
+        }
+    }
+
+    /// Sends one request and gathers its answers: every part of a dump (`dump`), or the
+    /// one reply of a get.
+    fn dump(&mut self, msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let mut rx = Vec::with_capacity(64 * 1024);
+            self.sock.recv(&mut rx, 0)?;
+            let mut at = 0;
+            while at < rx.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..]).map_err(io::Error::other)?;
+                let len = reply.header.length as usize;
+                at += len.max(16).next_multiple_of(4);
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if !dump {
+                            return Ok(out);
+                        }
+                    }
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    _ => {}
+                }
+            }
         }
     }
 

@@ -1,0 +1,112 @@
+//! Keeping the kernel fast path in step with the switch: the forwarding rules follow
+//! every change of a LAN's membership and addresses, wires go with their ports, and the
+//! ports' counters come from the wires, which see every frame whichever way it goes.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use super::{lock, LanState, PortState, Shared};
+use crate::config::PortKind;
+use crate::counters::TrafficSnapshot;
+use crate::fastpath::{self, Member};
+use crate::host::{WireStats, Yard};
+
+/// Installs the forwarding rules of `state`'s ports (`only`: of that port alone, when
+/// only its addresses changed). A rule that cannot be installed is logged and left out:
+/// its frames then go through the switch, which is slower but as correct.
+pub(super) fn refresh(shared: &Shared, state: &LanState, only: Option<usize>) {
+    let Some(yard) = &shared.yard else { return };
+    let mut members = Vec::new();
+    let mut index = Vec::new();
+    for (i, p) in state.ports.iter().enumerate() {
+        let wire = *lock(&p.wires);
+        let live = !p.retired.load(Ordering::Relaxed) && p.attached.load(Ordering::Relaxed);
+        if let (Some(w), true) = (wire, live) {
+            members.push(Member {
+                wire: w.wire,
+                mac: p.plan.mac,
+                ips: lock(&p.addrs).iter().map(|a| a.0).collect(),
+                promiscuous: p.plan.promiscuous,
+            });
+            index.push(i);
+        }
+    }
+    let unreachable = state
+        .ports
+        .iter()
+        .any(|p| p.plan.promiscuous && !p.retired.load(Ordering::Relaxed) && p.plan.kind != PortKind::Tap);
+    let all = fastpath::rules(&members, unreachable);
+    // Ports that are not members any more (unplugged, retired) keep no rules either.
+    let wired_out = state
+        .ports
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !index.contains(i))
+        .filter_map(|(i, p)| lock(&p.wires).map(|w| (i, w.wire, Vec::new())));
+    let listed = all.into_iter().zip(&index).map(|((wire, rules), &i)| (i, wire, rules));
+    for (i, wire, rules) in listed.chain(wired_out.collect::<Vec<_>>()) {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        if let Err(e) = yard.set_rules(wire, &rules) {
+            tracing::warn!(lan = %state.plan.name, node = %state.ports[i].plan.node, error = %e,
+                "kernel fast path rules not installed; its frames go through the switch");
+        }
+    }
+}
+
+/// Deletes a port's wire (and so the node's interface), keeping what it carried.
+pub(super) fn unwire(yard: Option<&Yard>, port: &PortState) {
+    let (Some(yard), Some(w)) = (yard, lock(&port.wires).take()) else { return };
+    match yard.remove_port(w) {
+        Ok(stats) => *lock(&port.gone) += stats,
+        Err(e) => tracing::warn!(node = %port.plan.node, error = %e, "deleting a port's wire"),
+    }
+}
+
+/// Deletes the wires of `ports`.
+pub(super) fn unwire_ports(yard: Option<&Yard>, ports: &[PortState]) {
+    for p in ports {
+        unwire(yard, p);
+    }
+}
+
+/// Deletes every wire of a LAN.
+pub(super) fn unwire_all(shared: &Shared, state: &LanState) {
+    unwire_ports(shared.yard.as_ref(), &state.ports);
+}
+
+/// Every wire's counters now, by interface index (empty without a fast path).
+pub(super) fn wire_stats(shared: &Shared) -> HashMap<u32, WireStats> {
+    let Some(yard) = &shared.yard else { return HashMap::new() };
+    match yard.stats() {
+        Ok(s) => s.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the wires' counters");
+            HashMap::new()
+        }
+    }
+}
+
+/// A port's counters: the switch's, with frames and bytes each way taken from its wires
+/// (the one it has now and those it had) when it has had any, since the kernel forwards
+/// most of them past the switch. A frame the wire could not hand to the node counts as a
+/// `tx_failed` drop; the second figure is how many such drops the wires counted.
+pub(super) fn port_counters(port: &PortState, wires: &HashMap<u32, WireStats>) -> (TrafficSnapshot, u64) {
+    let mut c = crate::counters::sum(&port.traffic);
+    let now = lock(&port.wires).and_then(|w| wires.get(&w.wire).copied());
+    let gone = *lock(&port.gone);
+    if now.is_none() && gone == WireStats::default() {
+        return (c, 0);
+    }
+    let mut k = gone;
+    if let Some(now) = now {
+        k += now;
+    }
+    c.frames_in = k.frames_in;
+    c.bytes_in = k.bytes_in;
+    c.frames_out = k.frames_out;
+    c.bytes_out = k.bytes_out;
+    *c.drops.entry(crate::counters::DropReason::TxFailed.label().to_string()).or_default() += k.dropped_out;
+    (c, k.dropped_out)
+}
