@@ -315,6 +315,25 @@ fn frames_over_the_mtu_are_dropped_and_counted() {
     assert_eq!(send("1514"), 1);
 }
 
+/// A frame with an 802.1Q tag from a port is the switch's to drop (ports are access
+/// ports), though the packet inside is one the kernel's rules would forward untagged.
+#[test]
+fn tagged_frames_from_a_port_are_dropped_and_counted() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("v");
+    lab.start(&lab.config(""));
+    assert!(lab.ping("n1", "198.18.0.2"));
+    let (m1, m2) = (lab.port_mac("a", "n1"), lab.port_mac("a", "n2"));
+    let cap = lab.spawn_tool("n2", &["capture", "eth0", "1.5", "0"]);
+    let n1 = lab.ns("n1");
+    let args = ["tagged-frame", "eth0", &m1, &m2, "198.18.0.1", "198.18.0.2", "7"];
+    ok(&[&["ip", "netns", "exec", &n1, "python3", TOOL][..], &args[..]].concat());
+    assert_eq!(Lab::tool_count(cap), 0, "a tagged frame reached n2");
+    assert_eq!(lab.drops("a", "n1", "tagged"), 1);
+}
+
 #[test]
 fn nodes_whose_mtu_is_above_the_lans_recover_through_icmp_fragmentation_needed() {
     if skip_because(missing()) {

@@ -114,6 +114,13 @@ def big_frame(iface, own_mac, dst_mac, own_ip, dst_ip, size):
     s.send(f)
 
 
+def tagged_frame(iface, own_mac, dst_mac, own_ip, dst_ip, vid):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    f = udp_frame(mac_bytes(own_mac), mac_bytes(dst_mac), own_ip, dst_ip, 7777)
+    s.send(f[:12] + struct.pack("!HH", 0x8100, vid) + f[12:])
+
+
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
 TP_STATUS_VLAN_VALID = 0x10
@@ -391,6 +398,8 @@ def main():
         vlan_peer(*args)
     elif cmd == "big-frame":
         big_frame(args[0], args[1], args[2], args[3], args[4], int(args[5]))
+    elif cmd == "tagged-frame":
+        tagged_frame(args[0], args[1], args[2], args[3], args[4], int(args[5]))
     else:
         sys.exit("unknown command " + cmd)
 

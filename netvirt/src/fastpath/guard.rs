@@ -2,8 +2,8 @@
 //! sends to the userspace switch every frame the rules must not forward, because deciding
 //! it needs more than the rules can match:
 //!
-//! - a frame with an 802.1Q tag (the tag travels beside the frame, where the rules do not
-//!   look; the switch drops it: ports are access ports);
+//! - a frame with an 802.1Q tag (the switch drops it: ports are access ports; `tc`'s
+//!   per-protocol rules skip a tagged frame too, so this only makes it explicit);
 //! - a frame longer than the LAN's MTU plus the Ethernet header;
 //! - a segmentation-offload packet whose segments would be longer than the MTU (its
 //!   segment size plus its IPv4/IPv6 and TCP/UDP headers), or one of another protocol.
@@ -69,8 +69,8 @@ const BPF_FUNC_SKB_LOAD_BYTES: i32 = 26;
 const TC_ACT_UNSPEC: i32 = -1;
 
 const ETH_HLEN: i32 = 14;
-/// `skb->protocol` as the 32-bit field reads it on a little-endian machine: the
-/// big-endian EtherType in the low two bytes.
+/// `skb->protocol` as the 32-bit `__sk_buff` field holds it: the EtherType's two bytes in
+/// network order, read as a number in the machine's order.
 fn ethertype(t: u16) -> i32 {
     i32::from(u16::from_ne_bytes(t.to_be_bytes()))
 }

@@ -9,7 +9,8 @@
 //! rest to the TAP. Whatever the userspace switch writes to the TAP goes out of the wire.
 //!
 //! A rule matches only unicast IPv4 or IPv6 whose source MAC is the port's, whose source
-//! address is one registered to the port (or, for IPv6, the link-local address of its MAC),
+//! address is one the port may send from (registered to it, a cluster's it serves, or, for
+//! IPv6, the link-local address of its MAC),
 //! and whose destination MAC is another live member's: exactly the frames the switch would
 //! forward to that one member unchanged. Everything else (ARP, broadcast and multicast,
 //! frames to a service cluster or the uplink, spoofed sources, anything the guard
@@ -30,7 +31,8 @@ pub struct Member {
     pub wire: u32,
     /// Its MAC.
     pub mac: Mac,
-    /// Addresses registered to it.
+    /// Addresses it may send from: those registered to it, and those of the service
+    /// clusters it serves as a backend (its answers come from there).
     pub ips: Vec<IpAddr>,
     /// Allowed to see all traffic.
     pub promiscuous: bool,
@@ -73,15 +75,20 @@ impl Rule {
         }
     }
 
-    /// The u32 keys that match the rule's frames: destination and source MAC, then the
-    /// source address.
+    /// The u32 keys that match the rule's frames: destination and source MAC, the IP
+    /// version, a whole IP header's worth of bytes (a key with no bits still needs its four
+    /// bytes there), then the source address. The switch drops a frame of the EtherType
+    /// whose version differs or whose header is cut short, so the rule must not take it.
     pub fn keys(&self) -> Vec<Key> {
         let (d, s) = (self.dst_mac.0, self.src_mac.0);
         let all = [0xff; 4];
+        let (version, header) = if self.src_ip.is_ipv4() { (0x40, 20) } else { (0x60, 40) };
         let mut keys = vec![
             Key { off: -14, value: [d[0], d[1], d[2], d[3]], mask: all },
             Key { off: -10, value: [d[4], d[5], s[0], s[1]], mask: all },
             Key { off: -6, value: [s[2], s[3], s[4], s[5]], mask: all },
+            Key { off: 0, value: [version, 0, 0, 0], mask: [0xf0, 0, 0, 0] },
+            Key { off: header - 4, value: [0; 4], mask: [0; 4] },
         ];
         match self.src_ip {
             IpAddr::V4(ip) => keys.push(Key { off: 12, value: ip.octets(), mask: all }),
@@ -177,15 +184,16 @@ mod tests {
         let m = [member(10, 1, [198, 18, 0, 1], false), member(11, 2, [198, 18, 0, 2], false)];
         let keys = rules(&m, false)[0].1[0].keys();
         let offs: Vec<i32> = keys.iter().map(|k| k.off).collect();
-        assert_eq!(offs, [-14, -10, -6, 12]);
+        assert_eq!(offs, [-14, -10, -6, 0, 16, 12]);
         let mut frame = [0u8; 34];
+        frame[14] = 0x45;
         frame[..6].copy_from_slice(&m[1].mac.0);
         frame[6..12].copy_from_slice(&m[0].mac.0);
         frame[14 + 12..14 + 16].copy_from_slice(&[198, 18, 0, 1]);
         let matches = |f: &[u8]| {
             keys.iter().all(|k| {
                 let at = (14 + k.off) as usize;
-                (0..4).all(|i| f[at + i] & k.mask[i] == k.value[i])
+                at + 4 <= f.len() && (0..4).all(|i| f[at + i] & k.mask[i] == k.value[i])
             })
         };
         assert!(matches(&frame));
@@ -195,8 +203,12 @@ mod tests {
         let mut other_mac = frame;
         other_mac[11] = 7;
         assert!(!matches(&other_mac));
+        let mut not_v4 = frame;
+        not_v4[14] = 0x65;
+        assert!(!matches(&not_v4));
+        assert!(!matches(&frame[..33]), "a header cut short");
         let v6 = Rule { src_ip: IpAddr::V6(m[0].mac.ipv6_link_local()), ..rules(&m, false)[0].1[0].clone() };
-        assert_eq!(v6.keys().len(), 7);
+        assert_eq!(v6.keys().len(), 9);
         assert_eq!(v6.ethertype(), 0x86dd);
     }
 }

@@ -53,6 +53,8 @@ impl Network {
     pub fn set_cluster(&self, pan: &str, lan: &str, plan: ClusterPlan) -> io::Result<()> {
         let _serial = lock(&self.shared.changes);
         let (l, state) = self.lan_of(pan, lan)?;
+        // While backends change, their frames from cluster addresses go through the switch.
+        super::fast::refresh_sources(&self.shared, &state, false);
         let old = lock(&state.clusters).iter().find(|c| c.spec.name == plan.spec.name).cloned();
         let now = holders(&state, &plan);
         let before = old.as_ref().map(|o| holders(&state, o)).unwrap_or_default();
@@ -79,13 +81,16 @@ impl Network {
         };
         if let Err(e) = taken {
             let _ = self.cluster_ips(&state, &gain, false);
+            super::fast::refresh(&self.shared, &state, None);
             return Err(e);
         }
-        self.cluster_ips(&state, &lose, false)?;
-        let mut clusters = lock(&state.clusters);
-        clusters.retain(|c| c.spec.name != plan.spec.name);
-        clusters.push(plan);
-        Ok(())
+        {
+            let mut clusters = lock(&state.clusters);
+            clusters.retain(|c| c.spec.name != plan.spec.name);
+            clusters.push(plan);
+        }
+        super::fast::refresh(&self.shared, &state, None);
+        self.cluster_ips(&state, &lose, false)
     }
 
     /// Removes a LAN's service cluster; its backends' TAPs lose its address.
@@ -95,8 +100,9 @@ impl Network {
         let Some(old) = lock(&state.clusters).iter().find(|c| c.spec.name == name).cloned() else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no cluster {name:?} on LAN {lan:?}")));
         };
-        self.shared.control.each(|_| Command::RemoveCluster { lan: l, name: name.to_string() });
         lock(&state.clusters).retain(|c| c.spec.name != name);
+        super::fast::refresh(&self.shared, &state, None);
+        self.shared.control.each(|_| Command::RemoveCluster { lan: l, name: name.to_string() });
         self.cluster_ips(&state, &holders(&state, &old), false)
     }
 

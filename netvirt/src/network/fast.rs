@@ -15,7 +15,19 @@ use crate::host::{WireStats, Yard};
 /// only its addresses changed). A rule that cannot be installed is logged and left out:
 /// its frames then go through the switch, which is slower but as correct.
 pub(super) fn refresh(shared: &Shared, state: &LanState, only: Option<usize>) {
+    install(shared, state, only, true);
+}
+
+/// Installs every port's rules with (`clusters`) or without the service cluster
+/// addresses its node may send from as a backend: without them while clusters change, so
+/// that only the switch decides such frames until the change is done.
+pub(super) fn refresh_sources(shared: &Shared, state: &LanState, clusters: bool) {
+    install(shared, state, None, clusters);
+}
+
+fn install(shared: &Shared, state: &LanState, only: Option<usize>, with_clusters: bool) {
     let Some(yard) = &shared.yard else { return };
+    let clusters = lock(&state.clusters).clone();
     let mut members = Vec::new();
     let mut index = Vec::new();
     for (i, p) in state.ports.iter().enumerate() {
@@ -25,7 +37,13 @@ pub(super) fn refresh(shared: &Shared, state: &LanState, only: Option<usize>) {
             members.push(Member {
                 wire: w.wire,
                 mac: p.plan.mac,
-                ips: lock(&p.addrs).iter().map(|a| a.0).collect(),
+                ips: lock(&p.addrs)
+                    .iter()
+                    .map(|a| a.0)
+                    .chain(
+                        clusters.iter().filter(|c| with_clusters && c.serves(&p.plan.node)).map(|c| c.spec.ip.into()),
+                    )
+                    .collect(),
                 promiscuous: p.plan.promiscuous,
             });
             index.push(i);
