@@ -40,6 +40,7 @@ fn config(lab: &Lab) -> String {
     let checked = "check = \"tcp\"\ncheck_interval = \"200ms\"\ncheck_failures = 2\ncheck_passes = 1\n";
     c += &format!("[[pan.lan.cluster.service]]\nport = 8082\nnodes = [\"n1\", \"n2\", \"n3\"]\n{checked}");
     c += &format!("[[pan.lan.cluster.service]]\nport = 8083\nnodes = [\"n1\", \"n2\", \"n3\"]\n{checked}");
+    c += "[[pan.lan.cluster.service]]\nport = 5201\nnodes = [\"n1\"]\n";
     c
 }
 
@@ -211,4 +212,41 @@ fn losing_a_backend_moves_new_connections_and_breaks_none_on_the_others() {
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters/nope/drain", drain), 404);
     let on_node = r#"{"name": "x", "ip": "198.18.0.1", "services": []}"#;
     assert_eq!(api(&lab, "POST", "/api/v1/pans/p/lans/a/clusters", on_node), 400);
+}
+
+/// Once the switch has picked a backend for a flow, the kernel carries the flow's later
+/// packets (the client's port sends almost nothing through the switch), and the cluster's
+/// count of relayed packets still includes them.
+#[test]
+fn a_cluster_flow_moves_to_the_kernel_and_is_still_counted() {
+    if skip_because(missing()) {
+        return;
+    }
+    let mut lab = Lab::new("ck");
+    lab.start(&config(&lab));
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n1"), "iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let client = |s: &netvirt::network::NetShow| {
+        let lan = s.lans.iter().find(|l| l.lan == "a").unwrap();
+        let p = lan.ports.iter().find(|p| p.node == "n5").unwrap();
+        (p.counters.frames_in, p.switched_in, lan.clusters[0].forwarded)
+    };
+    let before = client(&lab.show());
+    let out = lab.exec("n5", &["timeout", "30", "iperf3", "-c", VIP, "-p", "5201", "-t", "2", "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(bytes > 1e8, "only {bytes} bytes crossed: {}", String::from_utf8_lossy(&out.stdout));
+    let after = client(&lab.show());
+    let (sent, switched, relayed) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    eprintln!("n5 sent {sent} frames, {switched} through the switch; the cluster relayed {relayed}");
+    assert!(sent > 1000, "n5 sent {sent} frames");
+    assert!(switched * 10 < sent, "{switched} of {sent} frames went through the switch");
+    assert!(relayed + 20 >= sent, "the cluster counted {relayed} of {sent} frames");
 }

@@ -25,6 +25,8 @@ pub(super) struct Egress {
     pub(super) redirect: Option<(usize, crate::mac::Mac)>,
     /// A frame with its destination MAC replaced, for deliveries that copy.
     pub(super) patched: Vec<u8>,
+    /// The port and MAC of the service cluster backend the input frame was relayed to.
+    pub(super) relayed: Option<(usize, crate::mac::Mac)>,
 }
 
 impl Egress {
@@ -37,6 +39,7 @@ impl Egress {
         input: (usize, VnetHdr),
     ) -> PlaneSink<'a> {
         self.generation += 1;
+        self.relayed = None;
         PlaneSink { ports, uplink, out: self, input }
     }
 }
@@ -91,6 +94,9 @@ impl Sink for PlaneSink<'_> {
         let (in_buf, in_hdr) = self.input;
         let hdr = if emit == Emit::Generated { VnetHdr::default() } else { in_hdr };
         if let Emit::Redirect(mac) = emit {
+            if let Dest::Port(q) = to {
+                self.out.relayed = Some((q, mac));
+            }
             if let (Dest::Port(q), true) = (to, in_buf != usize::MAX) {
                 if let Some(PortIo::Tap(fd)) = self.ports.get(q) {
                     // Shared like the input, and patched once the frame is done with.

@@ -70,6 +70,11 @@ pub struct LanIo {
     /// the value they were started under; one that completes under another is from a
     /// device the port no longer has, and its frame is dropped.
     pub epochs: Vec<u32>,
+    /// Per port: its wire's interface index in the yard (0: none), for offering service
+    /// cluster flows to the kernel.
+    pub wires: Vec<Arc<std::sync::atomic::AtomicU32>>,
+    /// The kernel's service cluster flow table, if the fast path has one.
+    pub flows: Option<Arc<crate::host::Flows>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +172,7 @@ impl Dataplane {
                 pool: Pool::new(BUF_LEN, MAX_BUFS),
                 writes: Vec::new(),
                 redirect: None,
+                relayed: None,
                 patched: Vec::new(),
                 scratch: Vec::with_capacity(2048),
                 generation: 0,
@@ -607,7 +613,9 @@ impl Dataplane {
                 b[..VNET_HDR_LEN].copy_from_slice(&hdr.emit());
             }
         }
-        let Some(LanIo { lan, ports, uplink, .. }) = self.lans.get_mut(l).and_then(Option::as_mut) else { return };
+        let Some(LanIo { lan, ports, uplink, wires, flows, .. }) = self.lans.get_mut(l).and_then(Option::as_mut) else {
+            return;
+        };
         // The frame is read from the pool buffer while the sink may allocate others; take
         // the buffer out for the duration so both can be borrowed.
         let data = self.out.pool.take(buf);
@@ -617,6 +625,14 @@ impl Dataplane {
         match src {
             Src::Port(p) => lan.from_port(p, frame, wire_len, &mut sink),
             Src::Uplink => lan.from_uplink(frame, wire_len, &mut sink),
+        }
+        // A frame the switch relayed to a service cluster's backend: the kernel may take
+        // the rest of its flow, unless promiscuous members need copies of it.
+        if let (Some((q, mac)), Src::Port(p), Some(flows)) = (self.out.relayed.take(), src, flows.as_ref()) {
+            let wire = |i: usize| wires.get(i).map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed));
+            if wire(p) != 0 && wire(q) != 0 && !lan.has_promiscuous() {
+                flows.relayed(wire(p), wire(q), mac, frame);
+            }
         }
         self.out.pool.put(buf, data);
         if let Some((b, mac)) = self.out.redirect.take() {

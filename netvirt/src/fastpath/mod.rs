@@ -18,7 +18,11 @@
 //! and counts by reason. Promiscuous members get their copies from mirror actions on the
 //! same rules.
 
+mod bpf;
 pub mod guard;
+pub mod offload;
+
+pub use self::bpf::Insn;
 
 use std::net::IpAddr;
 

@@ -17,8 +17,10 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use crate::mac::Mac;
 use crate::sys;
 
+mod flows;
 mod yard;
 
+pub use self::flows::Flows;
 pub use self::yard::{WireStats, Wires, Yard};
 
 /// Where `ip netns` keeps named namespaces.

@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
@@ -20,7 +20,7 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::{configure, NetNs, Rtnl, TapSpec};
+use super::{configure, Flows, NetNs, Rtnl, TapSpec};
 use crate::fastpath::{guard, Rule};
 
 /// The largest MTU a veth takes: a wire never drops a frame for its size; the guard sends
@@ -32,7 +32,8 @@ const WIRE_MTU: u32 = 65535;
 const PRIO_GUARD: u16 = 1;
 const PRIO_V4: u16 = 2;
 const PRIO_V6: u16 = 3;
-const PRIO_REST: u16 = 4;
+const PRIO_FLOWS: u16 = 4;
+const PRIO_REST: u16 = 5;
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
@@ -79,6 +80,7 @@ pub struct Yard {
     ns: OwnedFd,
     nl: Mutex<Rtnl>,
     next: AtomicU32,
+    flows: Option<Arc<Flows>>,
 }
 
 impl Yard {
@@ -100,7 +102,16 @@ impl Yard {
         .join()
         .map_err(|_| io::Error::other("namespace thread panicked"))??;
         crate::sys::bpf::load_sched_cls("pangate_guard", &guard::program(1500, 1))?;
-        Ok(Yard { ns, nl: Mutex::new(nl), next: AtomicU32::new(1) })
+        let flows = Flows::new()
+            .map_err(|e| tracing::warn!(error = %e, "service cluster flows stay in the switch: no kernel flow table"))
+            .ok()
+            .map(Arc::new);
+        Ok(Yard { ns, nl: Mutex::new(nl), next: AtomicU32::new(1), flows })
+    }
+
+    /// The kernel's service cluster flow table, if it has one.
+    pub fn flows(&self) -> Option<&Arc<Flows>> {
+        self.flows.as_ref()
     }
 
     /// The namespace, for operators: `nsenter --net=/proc/PID/fd/FD tc filter show ...`.
@@ -160,7 +171,12 @@ impl Yard {
             }
             nl.redirect_all(tap, PRIO_REST, wire).map_err(|e| context(e, "redirecting the TAP to the veth"))?;
             let program = crate::sys::bpf::load_sched_cls("pangate_guard", &guard::program(spec.mtu, tap))?;
-            nl.bpf_filter(wire, PRIO_GUARD, &program).map_err(|e| context(e, "attaching the guard"))?;
+            nl.bpf_filter(wire, PRIO_GUARD, &program, "pangate_guard")
+                .map_err(|e| context(e, "attaching the guard"))?;
+            if let Some(flows) = &self.flows {
+                nl.bpf_filter(wire, PRIO_FLOWS, flows.program(), "pangate_flows")
+                    .map_err(|e| context(e, "attaching the flow table"))?;
+            }
             nl.redirect_all(wire, PRIO_REST, tap).map_err(|e| context(e, "redirecting the veth to the TAP"))
         })();
         drop(nl);
@@ -377,10 +393,10 @@ impl Rtnl {
         self.filter(index, prio, rule.ethertype(), "u32", options)
     }
 
-    fn bpf_filter(&mut self, index: u32, prio: u16, program: &OwnedFd) -> io::Result<()> {
+    fn bpf_filter(&mut self, index: u32, prio: u16, program: &OwnedFd, name: &str) -> io::Result<()> {
         let options = vec![
             TcOption::Bpf(TcFilterBpfOption::ProgFd(program.as_raw_fd() as u32)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName("pangate_guard".into())),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ];
         self.filter(index, prio, ETH_P_ALL, "bpf", options)

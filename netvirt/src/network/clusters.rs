@@ -84,6 +84,7 @@ impl Network {
             super::fast::refresh(&self.shared, &state, None);
             return Err(e);
         }
+        super::fast::cluster_changed(&self.shared, &state, plan.mac, Some(&plan));
         {
             let mut clusters = lock(&state.clusters);
             clusters.retain(|c| c.spec.name != plan.spec.name);
@@ -103,6 +104,7 @@ impl Network {
         lock(&state.clusters).retain(|c| c.spec.name != name);
         super::fast::refresh(&self.shared, &state, None);
         self.shared.control.each(|_| Command::RemoveCluster { lan: l, name: name.to_string() });
+        super::fast::cluster_changed(&self.shared, &state, old.mac, None);
         self.cluster_ips(&state, &holders(&state, &old), false)
     }
 

@@ -73,9 +73,14 @@ fn install(shared: &Shared, state: &LanState, only: Option<usize>, with_clusters
     }
 }
 
-/// Deletes a port's wire (and so the node's interface), keeping what it carried.
+/// Deletes a port's wire (and so the node's interface), keeping what it carried, and
+/// forgets the service cluster flows from or to it.
 pub(super) fn unwire(yard: Option<&Yard>, port: &PortState) {
     let (Some(yard), Some(w)) = (yard, lock(&port.wires).take()) else { return };
+    port.wire.store(0, Ordering::Relaxed);
+    if let Some(flows) = yard.flows() {
+        flows.forget_wire(w.wire);
+    }
     match yard.remove_port(w) {
         Ok(stats) => *lock(&port.gone) += stats,
         Err(e) => tracing::warn!(node = %port.plan.node, error = %e, "deleting a port's wire"),
@@ -127,4 +132,54 @@ pub(super) fn port_counters(port: &PortState, wires: &HashMap<u32, WireStats>) -
     c.bytes_out = k.bytes_out;
     *c.drops.entry(crate::counters::DropReason::TxFailed.label().to_string()).or_default() += k.dropped_out;
     (c, k.dropped_out)
+}
+
+/// A service cluster's backend failed its check: the kernel forgets the cluster's flows to
+/// it, so the switch decides where their next packets go.
+pub(super) fn backend_down(shared: &Shared, lan: usize, cluster: &str, node: &str) {
+    let Some(flows) = shared.yard.as_ref().and_then(|y| y.flows()) else { return };
+    let Some(Some(state)) = shared.lans.read().unwrap_or_else(|p| p.into_inner()).get(lan).cloned() else { return };
+    let Some(mac) = lock(&state.clusters).iter().find(|c| c.spec.name == cluster).map(|c| c.mac) else { return };
+    let wires: Vec<u32> = state.ports.iter().filter(|p| p.is(node)).map(|p| p.wire.load(Ordering::Relaxed)).collect();
+    flows.forget_cluster(mac, Some(&wires));
+}
+
+/// A service cluster changed (`plan`) or went (`None`): the kernel forgets its flows to
+/// nodes that no longer serve it, or all of them.
+pub(super) fn cluster_changed(
+    shared: &Shared,
+    state: &LanState,
+    mac: crate::mac::Mac,
+    plan: Option<&super::ClusterPlan>,
+) {
+    let Some(flows) = shared.yard.as_ref().and_then(|y| y.flows()) else { return };
+    let Some(plan) = plan else {
+        flows.forget_cluster(mac, None);
+        return;
+    };
+    let serving: Vec<u32> =
+        state.ports.iter().filter(|p| plan.serves(&p.plan.node)).map(|p| p.wire.load(Ordering::Relaxed)).collect();
+    flows.forget(|k, v| {
+        fastpath::offload::key_cluster(k) == mac && !serving.contains(&fastpath::offload::value_wire(v))
+    });
+}
+
+/// Every 30 s, drops the kernel's service cluster flows idle past the clusters' timeouts.
+pub(super) fn spawn_sweeper(
+    shared: &std::sync::Arc<Shared>,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(flows) = shared.yard.as_ref().and_then(|y| y.flows()).cloned() else { return Ok(None) };
+    let limits = crate::cluster::Limits::default();
+    let t = std::thread::Builder::new().name("netvirt-flows".into()).spawn(move || {
+        let mut ticks = 0u32;
+        while !stopping.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            ticks += 1;
+            if ticks.is_multiple_of(150) {
+                flows.expire(limits.tcp_idle, limits.udp_idle);
+            }
+        }
+    })?;
+    Ok(Some(t))
 }

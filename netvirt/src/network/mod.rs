@@ -132,6 +132,8 @@ struct PortState {
     wires: Mutex<Option<Wires>>,
     /// What its earlier wires carried (a wire's counters go with it).
     gone: Mutex<WireStats>,
+    /// Its wire's interface index (0: none), as the data path reads it.
+    wire: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl PortState {
@@ -198,6 +200,8 @@ pub struct Network {
     listener: Option<JoinHandle<()>>,
     /// Checks cluster backends whose services ask for it.
     health: Option<JoinHandle<()>>,
+    /// Expires idle service cluster flows from the kernel's table.
+    sweeper: Option<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     socket: PathBuf,
 }
@@ -265,6 +269,9 @@ impl Network {
         let health = crate::health::spawn(
             move || clusters::check_targets(&for_targets),
             move |t, ok| {
+                if !ok {
+                    fast::backend_down(&for_report, t.lan, &t.cluster, &t.node);
+                }
                 let (cluster, node) = (t.cluster.clone(), t.node.clone());
                 let proto = crate::cluster::Proto::Tcp;
                 for_report.control.each(|_| Command::Check {
@@ -278,11 +285,13 @@ impl Network {
             },
             stopping.clone(),
         )?;
+        let sweeper = fast::spawn_sweeper(&shared, stopping.clone())?;
         Ok(Network {
             shared,
             dataplane,
             listener: Some(listener),
             health: Some(health),
+            sweeper,
             stopping,
             socket: socket.to_path_buf(),
         })
@@ -429,6 +438,9 @@ impl Network {
             let _ = t.join();
         }
         if let Some(t) = self.health.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.sweeper.take() {
             let _ = t.join();
         }
         let mut r = Ok(());
@@ -591,6 +603,8 @@ fn build_lan_with(
     }
     let attached: Vec<Arc<AtomicBool>> =
         plan.ports.iter().map(|p| Arc::new(AtomicBool::new(p.kind == PortKind::Tap))).collect();
+    let wire_cells: Vec<Arc<std::sync::atomic::AtomicU32>> =
+        wires.iter().map(|w| Arc::new(std::sync::atomic::AtomicU32::new(w.map_or(0, |w| w.wire)))).collect();
     let bcast = if plan.ports.iter().any(|p| p.kind == PortKind::Ring) {
         Some(Arc::new(BcastRing::create(&plan.name, RING_SLOTS, plan.mtu as usize).map_err(io::Error::other)?))
     } else {
@@ -613,6 +627,7 @@ fn build_lan_with(
                 retired: AtomicBool::new(false),
                 wires: Mutex::new(wires[i]),
                 gone: Mutex::new(WireStats::default()),
+                wire: wire_cells[i].clone(),
             })
             .collect(),
         traffic: copies.iter().map(VirtualLan::traffic).collect(),
@@ -626,7 +641,16 @@ fn build_lan_with(
     for (w, (lan, ports)) in copies.into_iter().zip(ports_io).enumerate() {
         let epochs = vec![0; ports.len()];
         let uplink = if w == 0 { uplink_io.take() } else { None };
-        ios.push(Some(LanIo { lan, ports, uplink, attached: attached.clone(), epochs }));
+        let flows = yard.and_then(|y| y.flows().cloned());
+        ios.push(Some(LanIo {
+            lan,
+            ports,
+            uplink,
+            attached: attached.clone(),
+            epochs,
+            wires: wire_cells.clone(),
+            flows,
+        }));
     }
     ios.resize_with(workers, || None);
     Ok((ios, state))

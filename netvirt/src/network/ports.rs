@@ -83,6 +83,7 @@ impl Network {
                     Some(yard) => {
                         let (fds, wires) = yard.add_port(ns, &spec, state.queues).map_err(place_err)?;
                         *lock(&port.wires) = Some(wires);
+                        port.wire.store(wires.wire, Ordering::Relaxed);
                         fds
                     }
                     None => host::create_tap(ns, &spec, state.queues).map_err(place_err)?,

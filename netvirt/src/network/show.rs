@@ -57,7 +57,8 @@ pub struct ClusterShow {
     pub flows: usize,
     /// Flows evicted from a full table.
     pub evicted: u64,
-    /// Packets relayed to backends.
+    /// Packets relayed to backends (by the switch, and by the kernel for the flows it took
+    /// over).
     pub forwarded: u64,
     /// Flows that picked a backend.
     pub new_flows: u64,
@@ -176,8 +177,14 @@ pub(super) fn show(shared: &Shared) -> NetShow {
                 }
             }
         }
+        let flows = shared.yard.as_ref().and_then(|y| y.flows());
         for (slot, list) in merged {
-            clusters.insert(slot, list.iter().map(ClusterShow::of).collect());
+            let mut shown: Vec<ClusterShow> = list.iter().map(ClusterShow::of).collect();
+            // Packets of flows the kernel took over were relayed too, past the switch.
+            for c in shown.iter_mut() {
+                c.forwarded += flows.map_or(0, |f| f.counted(c.mac).0);
+            }
+            clusters.insert(slot, shown);
         }
     }
     let wires = super::fast::wire_stats(shared);

@@ -350,6 +350,11 @@ impl VirtualLan {
         self.uplink
     }
 
+    /// Whether some member may see all traffic (and so needs copies of every frame).
+    pub fn has_promiscuous(&self) -> bool {
+        !self.promiscuous.is_empty()
+    }
+
     /// Entries in the server's ARP table (IP to port bindings).
     pub fn arp_entries(&self) -> usize {
         self.by_ip.len()
