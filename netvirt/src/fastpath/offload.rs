@@ -3,12 +3,13 @@
 //! backend's, their destination MAC rewritten to the backend's, as the switch would have
 //! sent them.
 //!
-//! The switch offers a flow when it relays one of its packets that is not a TCP SYN:
-//! [`flow_key`] names it (the client's wire, both MACs, both addresses, both ports and the
-//! protocol, so only the port that sent it can use it) and [`flow_value`] says where it
-//! goes. A TCP SYN is never forwarded by the kernel: it opens a connection, so the switch
-//! decides it (its Maglev pick, stickiness, draining) and drops the kernel's entry for the
-//! tuple, to offer it again from the connection's next packet. Entries go when their
+//! The switch offers a flow when it relays one of its packets: [`flow_key`] names it (the
+//! client's wire, both MACs, both addresses, both ports and the protocol, so only the port
+//! that sent it can use it) and [`flow_value`] says where it goes. A TCP SYN is never
+//! forwarded by the kernel: it opens a connection, so the switch decides it (its Maglev
+//! pick, stickiness, draining), and its entry replaces whatever the tuple had, so the
+//! rest of the connection, from the handshake's last ACK on, goes straight to the backend
+//! the switch picked. Entries go when their
 //! backend stops serving, when they idle past the cluster's timeouts, and when the table
 //! (an LRU hash) is full.
 //!
@@ -226,6 +227,18 @@ mod tests {
         icmp[14 + 9] = 1;
         assert!(flow_key(1, &icmp).is_none());
         assert!(flow_key(1, &tcp_frame(0x10)[..40]).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_give_a_key_for_their_own_wire_or_none(
+            frame in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            wire in 0u32..10,
+        ) {
+            if let Some((k, _)) = flow_key(wire, &frame) {
+                proptest::prop_assert_eq!(key_wire(&k), wire);
+            }
+        }
     }
 
     #[test]

@@ -57,18 +57,17 @@ impl Flows {
     }
 
     /// The switch relayed `frame`, which came in on wire `from`, to the backend on wire
-    /// `to` with MAC `mac`: its flow is offered to the kernel, or, for a TCP SYN, taken
-    /// back from it. Frames the kernel does not take are ignored.
+    /// `to` with MAC `mac`: the kernel takes the rest of its flow. A TCP SYN opens a
+    /// connection, which the switch has just picked a backend for, so its entry replaces
+    /// any the tuple had; other frames only add one. Frames the kernel does not take are
+    /// ignored.
     pub fn relayed(&self, from: u32, to: u32, mac: Mac, frame: &[u8]) {
         let Some((key, syn)) = offload::flow_key(from, frame) else { return };
-        let r = if syn {
-            bpf::map_delete(&self.table, &key)
-        } else {
-            let Some(slot) = self.slot(offload::key_cluster(&key)) else { return };
-            match bpf::map_update(&self.table, &key, &offload::flow_value(to, mac, slot), bpf::NOEXIST) {
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-                r => r,
-            }
+        let Some(slot) = self.slot(offload::key_cluster(&key)) else { return };
+        let value = offload::flow_value(to, mac, slot);
+        let r = match bpf::map_update(&self.table, &key, &value, if syn { bpf::ANY } else { bpf::NOEXIST }) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r,
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, "a cluster flow was not offloaded");

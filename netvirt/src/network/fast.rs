@@ -134,6 +134,15 @@ pub(super) fn port_counters(port: &PortState, wires: &HashMap<u32, WireStats>) -
     (c, k.dropped_out)
 }
 
+/// The kernel forgets the service cluster flows from or to `port` (it lost an address, so
+/// a flow it opened from there is no longer its to send).
+pub(super) fn forget_flows_of(shared: &Shared, port: &PortState) {
+    let wire = port.wire.load(Ordering::Relaxed);
+    if let (Some(flows), true) = (shared.yard.as_ref().and_then(|y| y.flows()), wire != 0) {
+        flows.forget_wire(wire);
+    }
+}
+
 /// A service cluster's backend failed its check: the kernel forgets the cluster's flows to
 /// it, so the switch decides where their next packets go.
 pub(super) fn backend_down(shared: &Shared, lan: usize, cluster: &str, node: &str) {

@@ -220,6 +220,11 @@ impl Network {
         } else {
             None
         };
+        if let Some(y) = &yard {
+            let ns = format!("/proc/{}/fd/{}", std::process::id(), y.fd());
+            tracing::info!(netns = %ns, cluster_flows = y.flows().is_some(),
+                "kernel fast path on; to look inside: nsenter --net={ns} tc -s filter show dev w1 ingress");
+        }
         let mut namespaces: Vec<NetNs> = Vec::new();
         let result = build(&plans, &mut namespaces, workers, yard.as_ref());
         let (lans_io, states) = match result {
@@ -402,6 +407,7 @@ impl Network {
         // through the switch, which knows the owner at every moment.
         lock(&state.ports[from].addrs).retain(|a| a.0 != addr);
         fast::refresh(&self.shared, &state, Some(from));
+        fast::forget_flows_of(&self.shared, &state.ports[from]);
         self.shared.control.each(|_| Command::MoveIp { lan: l, ip, port: to });
         lock(&state.ports[to].addrs).push((addr, prefix));
         fast::refresh(&self.shared, &state, Some(to));

@@ -74,6 +74,8 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_int = 4;
 pub const MAP_PERCPU_ARRAY: u32 = 6;
 /// `BPF_MAP_TYPE_LRU_HASH`.
 pub const MAP_LRU_HASH: u32 = 9;
+/// `BPF_ANY`: create an element or replace the one with the key.
+pub const ANY: u64 = 0;
 /// `BPF_NOEXIST`: create an element only if none has the key.
 pub const NOEXIST: u64 = 1;
 
