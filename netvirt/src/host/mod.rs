@@ -199,17 +199,23 @@ impl Rtnl {
         Ok(Rtnl { sock, seq: 0 })
     }
 
-    /// Sends one request and waits for its acknowledgement.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    /// Sends `msg` with `flags` (besides `NLM_F_REQUEST`) under the next sequence number.
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = self.seq;
         let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         nl.finalize();
         let mut buf = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut buf);
         self.sock.send(&buf, 0)?;
+        Ok(())
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.send(msg, NLM_F_ACK | flags)?;
         loop {
             let mut rx = Vec::with_capacity(8192);
             self.sock.recv(&mut rx, 0)?;
@@ -230,15 +236,7 @@ impl Rtnl {
     /// Sends one request and gathers its answers: every part of a dump (`dump`), or the
     /// one reply of a get.
     fn dump(&mut self, msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
+        self.send(msg, if dump { NLM_F_DUMP } else { 0 })?;
         let mut out = Vec::new();
         loop {
             let mut rx = Vec::with_capacity(64 * 1024);
