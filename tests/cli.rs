@@ -6,6 +6,13 @@ use std::time::{Duration, Instant};
 
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
 
+/// The embedded default's LAN puts its ports in fixed namespaces (`pg-demo-a`, `pg-demo-b`),
+/// so only one gateway at a time may run it: a second finds the interfaces taken.
+fn one_default_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static DEFAULT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DEFAULT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn up(dir: &std::path::Path, extra: &[&str]) -> Command {
     let mut c = Command::new(PANGATE);
     c.arg("up").arg("--data-dir").arg(dir).args(extra).env_remove("PANGATE_ENGINE");
@@ -14,6 +21,7 @@ fn up(dir: &std::path::Path, extra: &[&str]) -> Command {
 
 #[test]
 fn embedded_default_is_created_once_and_reused() {
+    let _one = one_default_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = up(dir.path(), &["--oneshot"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -42,6 +50,7 @@ fn embedded_default_is_created_once_and_reused() {
 
 #[test]
 fn sigterm_flushes_and_exits_zero() {
+    let _one = one_default_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut child = up(dir.path(), &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     // Wait (bounded) until it has started: the config exists and it printed its summary.
@@ -85,6 +94,7 @@ fn bad_config_is_reported_with_file_key_and_fix() {
 
 #[test]
 fn check_config_accepts_the_embedded_default() {
+    let _one = one_default_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     assert!(up(dir.path(), &["--oneshot"]).output().unwrap().status.success());
     let out = Command::new(PANGATE).arg("check-config").arg(dir.path().join("pangate.toml")).output().unwrap();
@@ -181,6 +191,7 @@ fn stop(mut child: std::process::Child) {
 
 #[test]
 fn the_banner_hints_work_with_a_config_outside_the_data_dir_and_the_cli_says_what_it_does() {
+    let _one = one_default_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (etc, data) = (dir.path().join("etc"), dir.path().join("data"));
     std::fs::create_dir_all(&etc).unwrap();
