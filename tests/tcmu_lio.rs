@@ -1,10 +1,12 @@
 //! The TCMU front-end against the real kernel: a LIO `user:` backstore created through
-//! configfs, exported on a loopback LUN, with real I/O on the SCSI disk that appears.
+//! configfs, exported on a loopback LUN, with real I/O on the SCSI disk that appears; and
+//! the same backstore exported by LIO's own iSCSI target on 127.0.0.1, with libiscsi's
+//! conformance suites against it.
 //!
-//! It needs target_core_user and tcm_loop and a mounted configfs. On a kernel without them
-//! (this machine's and CI's) the test runs itself again inside `scripts/vm`'s guest, a
-//! Debian kernel that has them; where no VM can run, it skips with the reason outside CI
-//! and fails under CI=true.
+//! They need target_core_user, tcm_loop or iscsi_target_mod, and a mounted configfs. On a
+//! kernel without them (this machine's and CI's) each test runs itself again inside
+//! `scripts/vm`'s guest, a Debian kernel that has them; where no VM can run, it skips with
+//! the reason outside CI and fails under CI=true.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "support/libiscsi.rs"]
+mod libiscsi;
 mod support;
 use support::Gateway;
 
@@ -34,13 +38,14 @@ fn tools_missing() -> Option<String> {
     (!missing.is_empty()).then(|| format!("the TCMU test needs {} (sg3-utils, e2fsprogs)", missing.join(", ")))
 }
 
-/// Why this kernel cannot run the test, if it cannot.
-fn missing() -> Option<String> {
+/// Why this kernel cannot run a test needing the LIO fabric module `fabric_module`, whose
+/// configfs directory is `fabric`, if it cannot.
+fn missing(fabric_module: &str, fabric: &str) -> Option<String> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Some("root".into());
     }
 
-    for m in ["target_core_user", "tcm_loop"] {
+    for m in ["target_core_user", fabric_module] {
         if !loaded(m) {
             return Some(format!("the {m} kernel module"));
         }
@@ -48,8 +53,39 @@ fn missing() -> Option<String> {
     if !Path::new(TARGET).exists() {
         let _ = Command::new("mount").args(["-t", "configfs", "none", "/sys/kernel/config"]).status();
     }
-    (!Path::new(TARGET).join("loopback").exists() && fs::create_dir_all(Path::new(TARGET).join("loopback")).is_err())
-        .then(|| "LIO's configfs tree with the loopback fabric".into())
+    (!Path::new(TARGET).join(fabric).exists() && fs::create_dir_all(Path::new(TARGET).join(fabric)).is_err())
+        .then(|| format!("LIO's configfs tree with the {fabric} fabric"))
+}
+
+/// Runs the test `name` here, or in the VM when this kernel lacks what it needs; false
+/// when it ran elsewhere or was skipped.
+fn here_or_in_vm(name: &str, fabric_module: &str, fabric: &str) -> bool {
+    let Some(why) = missing(fabric_module, fabric) else { return true };
+    assert!(!support::in_vm(), "the test VM lacks {why}");
+    if support::skip_because(support::vm_missing().map(|vm| format!("this kernel lacks {why}, and {vm}"))) {
+        return false;
+    }
+    support::run_in_vm(name);
+    false
+}
+
+/// A gateway serving one 64 MiB LUN to node n, and a LIO `user:` backstore of it.
+fn backstore(dir: &Path, c: &mut Configfs) -> (Gateway, PathBuf) {
+    let cfg = dir.join("pangate.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "serial = \"pg-lio\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\npath = \"images/d.img\"\nsize = \"64MiB\"\n[[pan.node]]\nname = \"n\"\ncredential = \"{CRED}\"\nluns = [{{ target = 0, lun = 0, image = \"d\", access = \"rw\" }}]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(dir, &cfg);
+    let core = Path::new(TARGET).join("core/user_57/pangate-test");
+    c.mkdir(core.clone());
+    c.write(core.join("control"), "dev_config=pangate/p/n/0/0,dev_size=67108864");
+    c.write(core.join("enable"), "1");
+    (gw, core)
 }
 
 /// Configfs objects, removed in reverse order on drop.
@@ -96,32 +132,14 @@ fn find_disk() -> Option<PathBuf> {
 
 #[test]
 fn lio_loopback_lun_backed_by_pangate() {
-    if support::skip_because(tools_missing()) {
+    if support::skip_because(tools_missing())
+        || !here_or_in_vm("lio_loopback_lun_backed_by_pangate", "tcm_loop", "loopback")
+    {
         return;
     }
-    if let Some(why) = missing() {
-        assert!(!support::in_vm(), "the test VM lacks {why}");
-        if support::skip_because(support::vm_missing().map(|vm| format!("this kernel lacks {why}, and {vm}"))) {
-            return;
-        }
-        return support::run_in_vm("lio_loopback_lun_backed_by_pangate");
-    }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("pangate.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "serial = \"pg-lio\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\npath = \"images/d.img\"\nsize = \"64MiB\"\n[[pan.node]]\nname = \"n\"\ncredential = \"{CRED}\"\nluns = [{{ target = 0, lun = 0, image = \"d\", access = \"rw\" }}]\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let _gw = Gateway::start(dir.path(), &cfg);
     let mut c = Configfs::default();
-    let core = Path::new(TARGET).join("core/user_57/pangate-test");
-    c.mkdir(core.clone());
-    c.write(core.join("control"), "dev_config=pangate/p/n/0/0,dev_size=67108864");
-    c.write(core.join("enable"), "1");
+    let (_gw, core) = backstore(dir.path(), &mut c);
     let tpg = Path::new(TARGET).join("loopback").join(WWN).join("tpgt_1");
     c.mkdir(tpg.clone());
     c.write(tpg.join("nexus"), INITIATOR);
@@ -169,4 +187,90 @@ fn tool(args: &[&str]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{args:?} failed: {text}");
     text
+}
+
+const IQN: &str = "iqn.2026-12.io.pangate:lio";
+const INITIATOR_A: &str = "iqn.2026-12.io.pangate:init-a";
+const INITIATOR_B: &str = "iqn.2026-12.io.pangate:init-b";
+/// Tests that fail through LIO whatever the backstore, with why: LIO's core answers RESERVE
+/// and RELEASE itself and never passes them to a `user:` backstore.
+const LIO_FAILS: &[(&str, &str)] = &[
+    ("SCSI.Reserve6.Logout", "LIO (Linux 6.1) keeps an SPC-2 reservation after its holder logs out"),
+    ("SCSI.Reserve6.ITNexusLoss", "LIO (Linux 6.1) keeps an SPC-2 reservation after its holder's I_T nexus is lost"),
+];
+
+/// LIO's iSCSI target exports pangate's TCMU backstore on 127.0.0.1, and every libiscsi
+/// SCSI suite runs against it through both: the commands LIO passes to a `user:` backstore
+/// reach pangate's SCSI target, the rest LIO answers itself (reservations among them). Every
+/// test must pass or be skipped, but for LIO's own failures ([`LIO_FAILS`]); the table is
+/// printed.
+#[test]
+fn lio_iscsi_target_over_tcmu_passes_libiscsi() {
+    if support::skip_because((!support::on_path("iscsi-test-cu")).then(|| "iscsi-test-cu (libiscsi-bin)".into()))
+        || !here_or_in_vm("lio_iscsi_target_over_tcmu_passes_libiscsi", "iscsi_target_mod", "iscsi")
+    {
+        return;
+    }
+    // The guest's loopback starts down.
+    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    // LIO records reservations in files under its dbroot after every change, APTPL or
+    // not, and fails the command where it cannot (targetcli makes the directory).
+    let dbroot = fs::read_to_string(Path::new(TARGET).join("dbroot")).unwrap_or_else(|_| "/etc/target".into());
+    fs::create_dir_all(Path::new(dbroot.trim()).join("pr")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Configfs::default();
+    let (_gw, core) = backstore(dir.path(), &mut c);
+    let iqn = Path::new(TARGET).join("iscsi").join(IQN);
+    c.mkdir(iqn.clone());
+    let tpg = iqn.join("tpgt_1");
+    c.mkdir(tpg.clone());
+    let lun = tpg.join("lun/lun_0");
+    c.mkdir(lun.clone());
+    let link = lun.join("pangate-test");
+    std::os::unix::fs::symlink(&core, &link).unwrap();
+    c.links.push(link);
+    c.mkdir(tpg.join("np/127.0.0.1:3260"));
+    c.write(tpg.join("attrib/authentication"), "0");
+    // An ACL for each initiator, as an administrator sets LIO up: LIO keeps persistent
+    // reservations for initiators it knows, not for ones it lets in on the fly.
+    for initiator in [INITIATOR_A, INITIATOR_B] {
+        let acl = tpg.join("acls").join(initiator);
+        c.mkdir(acl.clone());
+        c.mkdir(acl.join("lun_0"));
+        let mapped = acl.join("lun_0/lun_0");
+        std::os::unix::fs::symlink(&lun, &mapped).unwrap();
+        c.links.push(mapped);
+    }
+    c.write(tpg.join("enable"), "1");
+
+    let url = format!("iscsi://127.0.0.1/{IQN}/0");
+    let out = Command::new("iscsi-test-cu")
+        .args(["-d", "-S", "-g", "-v", "-i", INITIATOR_A, "-I", INITIATOR_B])
+        .args(["-t", "SCSI", &url, &url])
+        .output()
+        .expect("iscsi-test-cu runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let results = libiscsi::outcomes("SCSI", &text);
+    assert!(!results.is_empty(), "no results from iscsi-test-cu:\n{text}");
+    let mut report = String::from("| Suite | pass | fail | skip |\n|---|---|---|---|\n");
+    for (name, (p, f, s)) in libiscsi::table(&results) {
+        report.push_str(&format!("| {name} | {p} | {f} | {s} |\n"));
+    }
+    eprintln!("LIO iSCSI over pangate's TCMU backstore:\n{report}");
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|o| !o.passed && !LIO_FAILS.iter().any(|(name, _)| o.name == *name))
+        .map(|o| o.name.as_str())
+        .collect();
+    let passed = results.iter().filter(|o| o.passed && o.skipped.is_none()).count();
+    let skipped = results.iter().filter(|o| o.skipped.is_some()).count();
+    eprintln!(
+        "{} tests: {passed} passed, {} failed, {skipped} skipped",
+        results.len(),
+        results.len() - passed - skipped
+    );
+    if !failed.is_empty() {
+        eprintln!("{text}");
+    }
+    assert!(failed.is_empty(), "failed {failed:?}");
 }

@@ -95,6 +95,9 @@ pub fn in_vm() -> bool {
 /// Runs test `name` of this test binary again, alone, inside `scripts/vm`'s guest (Debian's
 /// kernel, with the modules this host lacks); panics with the guest's output if it fails.
 pub fn run_in_vm(name: &str) {
+    // One VM at a time: each takes a whole core under emulation, and 3 GiB.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vm"))
         .args(["run", "--"])
