@@ -31,7 +31,7 @@ fn loaded(module: &str) -> bool {
 
 /// The tools the test runs against the disk, if one is missing.
 fn tools_missing() -> Option<String> {
-    let missing: Vec<&str> = ["sg_inq", "sg_readcap", "sg_vpd", "sg_unmap", "mkfs.ext4", "fsck.ext4"]
+    let missing: Vec<&str> = ["sg_inq", "sg_readcap", "sg_vpd", "sg_unmap", "sg_persist", "mkfs.ext4", "fsck.ext4"]
         .into_iter()
         .filter(|t| !support::on_path(t) && !["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(t).exists()))
         .collect();
@@ -60,17 +60,22 @@ fn missing(fabric_module: &str, fabric: &str) -> Option<String> {
 /// Runs the test `name` here, or in the VM when this kernel lacks what it needs; false
 /// when it ran elsewhere or was skipped.
 fn here_or_in_vm(name: &str, fabric_module: &str, fabric: &str) -> bool {
-    let Some(why) = missing(fabric_module, fabric) else { return true };
-    assert!(!support::in_vm(), "the test VM lacks {why}");
-    if support::skip_because(support::vm_missing().map(|vm| format!("this kernel lacks {why}, and {vm}"))) {
-        return false;
-    }
-    support::run_in_vm(name);
-    false
+    support::here_or_in_vm(name, missing(fabric_module, fabric))
 }
 
-/// A gateway serving one 64 MiB LUN to node n, and a LIO `user:` backstore of it.
-fn backstore(dir: &Path, c: &mut Configfs) -> (Gateway, PathBuf) {
+/// LIO records reservations in files under its dbroot after every change, APTPL or not,
+/// and fails PERSISTENT RESERVE OUT where it cannot (targetcli makes the directory).
+fn reservations_directory() {
+    let dbroot = fs::read_to_string(Path::new(TARGET).join("dbroot")).unwrap_or_else(|_| "/etc/target".into());
+    fs::create_dir_all(Path::new(dbroot.trim()).join("pr")).unwrap();
+}
+
+/// A gateway serving one 64 MiB LUN to node n, and a LIO `user:` backstore of it (in the
+/// configfs objects returned, which the caller adds to). Bind them in this order, so the
+/// configfs objects go first: a LUN whose handler has already gone waits out LIO's
+/// command timeouts before it can be removed.
+fn backstore(dir: &Path) -> (Gateway, Configfs, PathBuf) {
+    let mut c = Configfs::default();
     let cfg = dir.join("pangate.toml");
     fs::write(
         &cfg,
@@ -85,7 +90,7 @@ fn backstore(dir: &Path, c: &mut Configfs) -> (Gateway, PathBuf) {
     c.mkdir(core.clone());
     c.write(core.join("control"), "dev_config=pangate/p/n/0/0,dev_size=67108864");
     c.write(core.join("enable"), "1");
-    (gw, core)
+    (gw, c, core)
 }
 
 /// Configfs objects, removed in reverse order on drop.
@@ -138,8 +143,7 @@ fn lio_loopback_lun_backed_by_pangate() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Configfs::default();
-    let (_gw, core) = backstore(dir.path(), &mut c);
+    let (_gw, mut c, core) = backstore(dir.path());
     let tpg = Path::new(TARGET).join("loopback").join(WWN).join("tpgt_1");
     c.mkdir(tpg.clone());
     c.write(tpg.join("nexus"), INITIATOR);
@@ -179,6 +183,20 @@ fn lio_loopback_lun_backed_by_pangate() {
     tool(&["sg_unmap", "--lba=0", "--num=2048", dev]);
     tool(&["mkfs.ext4", "-q", "-F", dev]);
     tool(&["fsck.ext4", "-fn", dev]);
+
+    // Persistent reservations, which LIO keeps for a `user:` backstore: register, reserve,
+    // read both back, release, unregister.
+    reservations_directory();
+    tool(&["sg_persist", "--out", "--register", "--param-sark=0xabc1", dev]);
+    let keys = tool(&["sg_persist", "--in", "--read-keys", dev]);
+    assert!(keys.contains("0xabc1"), "{keys}");
+    tool(&["sg_persist", "--out", "--reserve", "--param-rk=0xabc1", "--prout-type=1", dev]);
+    let held = tool(&["sg_persist", "--in", "--read-reservation", dev]);
+    assert!(held.contains("0xabc1") && held.contains("Write Exclusive"), "{held}");
+    tool(&["sg_persist", "--out", "--release", "--param-rk=0xabc1", "--prout-type=1", dev]);
+    tool(&["sg_persist", "--out", "--register", "--param-rk=0xabc1", "--param-sark=0", dev]);
+    let keys = tool(&["sg_persist", "--in", "--read-keys", dev]);
+    assert!(!keys.contains("0xabc1"), "{keys}");
 }
 
 /// Runs a tool that must succeed; its output.
@@ -213,13 +231,9 @@ fn lio_iscsi_target_over_tcmu_passes_libiscsi() {
     }
     // The guest's loopback starts down.
     let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
-    // LIO records reservations in files under its dbroot after every change, APTPL or
-    // not, and fails the command where it cannot (targetcli makes the directory).
-    let dbroot = fs::read_to_string(Path::new(TARGET).join("dbroot")).unwrap_or_else(|_| "/etc/target".into());
-    fs::create_dir_all(Path::new(dbroot.trim()).join("pr")).unwrap();
+    reservations_directory();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Configfs::default();
-    let (_gw, core) = backstore(dir.path(), &mut c);
+    let (_gw, mut c, core) = backstore(dir.path());
     let iqn = Path::new(TARGET).join("iscsi").join(IQN);
     c.mkdir(iqn.clone());
     let tpg = iqn.join("tpgt_1");

@@ -92,6 +92,18 @@ pub fn in_vm() -> bool {
     std::env::var_os("PANGATE_IN_VM").is_some()
 }
 
+/// Whether test `name` runs here: `lacking` is what this kernel lacks for it, if anything.
+/// If it lacks something, the test runs again inside `scripts/vm`'s guest (or skips, or
+/// fails under CI, where no VM can run) and this returns false.
+pub fn here_or_in_vm(name: &str, lacking: Option<String>) -> bool {
+    let Some(why) = lacking else { return true };
+    assert!(!in_vm(), "the test VM lacks {why}");
+    if !skip_because(vm_missing().map(|vm| format!("this kernel lacks {why}, and {vm}"))) {
+        run_in_vm(name);
+    }
+    false
+}
+
 /// Runs test `name` of this test binary again, alone, inside `scripts/vm`'s guest (Debian's
 /// kernel, with the modules this host lacks); panics with the guest's output if it fails.
 pub fn run_in_vm(name: &str) {
