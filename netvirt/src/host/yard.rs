@@ -85,9 +85,10 @@ pub struct Yard {
 
 impl Yard {
     /// Makes the namespace, with IPv6 off (its stack must never speak on a wire or TAP),
-    /// and checks that the kernel can load the guard.
+    /// and checks that the kernel has what wires need ([`probe`]); the service cluster
+    /// flow table is optional.
     pub fn new() -> io::Result<Yard> {
-        let (ns, nl) = std::thread::spawn(|| -> io::Result<(OwnedFd, Rtnl)> {
+        let (ns, mut nl) = std::thread::spawn(|| -> io::Result<(OwnedFd, Rtnl)> {
             crate::sys::unshare_net()?;
             for conf in ["all", "default"] {
                 let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
@@ -101,7 +102,7 @@ impl Yard {
         })
         .join()
         .map_err(|_| io::Error::other("namespace thread panicked"))??;
-        crate::sys::bpf::load_sched_cls("pangate_guard", &guard::program(1500, 1))?;
+        probe(&mut nl, ns.as_raw_fd())?;
         let flows = Flows::new()
             .map_err(|e| tracing::warn!(error = %e, "service cluster flows stay in the switch: no kernel flow table"))
             .ok()
@@ -220,6 +221,24 @@ impl Yard {
     pub fn stats(&self) -> io::Result<Vec<(u32, WireStats)>> {
         self.nl().link_stats()
     }
+}
+
+/// Checks, on a veth pair made for the purpose in the yard (`ns`), that the kernel has
+/// everything a wire needs: an ingress qdisc, u32 with mirred, and the guard. A kernel
+/// that lacks one gets no fast path at all, rather than ports that cannot be made.
+fn probe(nl: &mut Rtnl, ns: i32) -> io::Result<()> {
+    nl.veth_add("probe0", "probe1", ns, 1).map_err(|e| context(e, "veth"))?;
+    let tried = (|| -> io::Result<()> {
+        let (a, b) = (nl.index_of("probe0")?, nl.index_of("probe1")?);
+        nl.ingress_qdisc(a).map_err(|e| context(e, "an ingress qdisc"))?;
+        nl.redirect_all(a, PRIO_REST, b).map_err(|e| context(e, "tc u32 with mirred"))?;
+        let program = crate::sys::bpf::load_sched_cls("pangate_guard", &guard::program(1500, b))?;
+        nl.bpf_filter(a, PRIO_GUARD, &program, "pangate_guard").map_err(|e| context(e, "tc bpf"))
+    })();
+    if let Ok(a) = nl.index_of("probe0") {
+        let _ = nl.link_del(a);
+    }
+    tried
 }
 
 fn context(e: io::Error, what: &str) -> io::Error {
