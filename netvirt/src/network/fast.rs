@@ -76,7 +76,11 @@ fn install(shared: &Shared, state: &LanState, only: Option<usize>, with_clusters
 /// Deletes a port's wire (and so the node's interface), keeping what it carried, and
 /// forgets the service cluster flows from or to it.
 pub(super) fn unwire(yard: Option<&Yard>, port: &PortState) {
-    let (Some(yard), Some(w)) = (yard, lock(&port.wires).take()) else { return };
+    let Some(yard) = yard else { return };
+    // The wire stays recorded until what it carried is in `gone`, so the port's counters,
+    // read meanwhile, never go back.
+    let mut wires = lock(&port.wires);
+    let Some(w) = *wires else { return };
     port.wire.store(0, Ordering::Relaxed);
     if let Some(flows) = yard.flows() {
         flows.forget_wire(w.wire);
@@ -85,6 +89,7 @@ pub(super) fn unwire(yard: Option<&Yard>, port: &PortState) {
         Ok(stats) => *lock(&port.gone) += stats,
         Err(e) => tracing::warn!(node = %port.plan.node, error = %e, "deleting a port's wire"),
     }
+    *wires = None;
 }
 
 /// Deletes the wires of `ports`.
