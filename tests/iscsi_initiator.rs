@@ -7,7 +7,7 @@
 //! under CI=true.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,14 +42,6 @@ fn run(args: &[&str]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{args:?} failed: {text}");
     text
-}
-
-/// The SCSI disk whose vendor is PANGATE, if there is one.
-fn pangate_disk() -> Option<PathBuf> {
-    fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
-        let vendor = fs::read_to_string(e.path().join("device/vendor")).unwrap_or_default();
-        (vendor.trim() == "PANGATE").then(|| Path::new("/dev").join(e.file_name()))
-    })
 }
 
 /// iscsid, stopped when the test ends.
@@ -117,14 +109,7 @@ fn linux_initiator_discovers_logs_in_and_puts_ext4_on_a_pangate_lun() {
         iscsiadm(&[&node[..], &["-o", "update", "-n", name, "-v", value]].concat());
     }
     iscsiadm(&[&node[..], &["--login"]].concat());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let disk = loop {
-        if let Some(d) = pangate_disk() {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no PANGATE disk appeared after login");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let disk = support::await_pangate_disk(Duration::from_secs(30));
     let dev = disk.to_str().unwrap();
     let session = iscsiadm(&["-m", "session"]);
     assert!(session.contains(&target), "{session}");
@@ -146,7 +131,7 @@ fn linux_initiator_discovers_logs_in_and_puts_ext4_on_a_pangate_lun() {
 
     iscsiadm(&[&node[..], &["--logout"]].concat());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pangate_disk().is_some() {
+    while support::pangate_disk().is_some() {
         assert!(Instant::now() < deadline, "the disk stayed after logout");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -12,7 +12,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "support/libiscsi.rs"]
 mod libiscsi;
@@ -123,18 +123,6 @@ impl Drop for Configfs {
     }
 }
 
-/// The SCSI disk whose vendor is PANGATE, once it appears.
-fn find_disk() -> Option<PathBuf> {
-    for e in fs::read_dir("/sys/block").ok()?.flatten() {
-        let dev = e.path().join("device");
-        let vendor = fs::read_to_string(dev.join("vendor")).unwrap_or_default();
-        if vendor.trim() == "PANGATE" {
-            return Some(Path::new("/dev").join(e.file_name()));
-        }
-    }
-    None
-}
-
 #[test]
 fn lio_loopback_lun_backed_by_pangate() {
     if support::skip_because(tools_missing())
@@ -153,14 +141,7 @@ fn lio_loopback_lun_backed_by_pangate() {
     std::os::unix::fs::symlink(&core, &link).unwrap();
     c.links.push(link);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let disk = loop {
-        if let Some(d) = find_disk() {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no PANGATE disk appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let disk = support::await_pangate_disk(Duration::from_secs(20));
     let f = fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
     let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     f.write_all_at(&data, 4 << 20).unwrap();

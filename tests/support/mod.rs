@@ -87,6 +87,26 @@ pub fn vm_missing() -> Option<String> {
     (!missing.is_empty()).then(|| format!("the test VM (scripts/vm) needs {}", missing.join(", ")))
 }
 
+/// The SCSI disk whose vendor is PANGATE, if the kernel has one.
+pub fn pangate_disk() -> Option<PathBuf> {
+    std::fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
+        let vendor = std::fs::read_to_string(e.path().join("device/vendor")).unwrap_or_default();
+        (vendor.trim() == "PANGATE").then(|| Path::new("/dev").join(e.file_name()))
+    })
+}
+
+/// The PANGATE disk, once it appears (within `within`, or the test fails).
+pub fn await_pangate_disk(within: Duration) -> PathBuf {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(d) = pangate_disk() {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "no PANGATE disk appeared within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Whether this process runs inside `scripts/vm`'s guest.
 pub fn in_vm() -> bool {
     std::env::var_os("PANGATE_IN_VM").is_some()
