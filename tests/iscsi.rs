@@ -245,7 +245,15 @@ fn the_admin_lists_sessions_and_drops_one_and_metrics_count_logins_and_pdus() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let base = format!("http://127.0.0.1:{web_port}");
-    let list = curl(&[&format!("{base}/api/v1/iscsi/sessions")]);
+    // The portals open before the web admin does (netvirt starts in between): wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = curl(&[&format!("{base}/api/v1/iscsi/sessions")]);
+        if !list.is_empty() || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let sessions: serde_json::Value = serde_json::from_str(&list).unwrap();
     let s = &sessions[0];
     assert_eq!(s["initiator"], NODE_A, "{list}");
