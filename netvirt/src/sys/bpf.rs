@@ -49,18 +49,11 @@ pub fn load_sched_cls(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
         prog_name,
         _rest: [0; 64],
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_PROG_LOAD, zero beyond the fields
-    // set, and the size passed is its own; the instruction, license and log buffers it
-    // points to outlive the call.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoad, std::mem::size_of::<ProgLoad>())
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
+    let fd = bpf(BPF_PROG_LOAD, &attr).map_err(|e| {
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
-        return Err(io::Error::new(e.kind(), format!("loading the eBPF guard: {e}: {}", text.trim())));
-    }
+        io::Error::new(e.kind(), format!("loading the eBPF program {name}: {e}: {}", text.trim()))
+    })?;
     // SAFETY: the kernel returned a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
