@@ -46,6 +46,18 @@ pub struct MountArgs {
     /// (0: never).
     #[arg(long, default_value_t = 30)]
     poll_us: u64,
+    /// FUSE over io_uring (Linux 6.14+, with /sys/module/fuse/parameters/enable_uring set to
+    /// Y): auto uses it where the kernel allows, on fails the mount when it cannot, off reads
+    /// and writes /dev/fuse.
+    #[arg(long, value_enum, default_value_t = Uring::Auto)]
+    uring: Uring,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Uring {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +94,11 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
         },
         allow_other: a.allow_other,
         poll: Duration::from_micros(a.poll_us),
+        uring: match a.uring {
+            Uring::Auto => fuse::UringMode::Auto,
+            Uring::On => fuse::UringMode::On,
+            Uring::Off => fuse::UringMode::Off,
+        },
     };
     let mut mounted = fuse::mount(&req)?;
     let mut unmounter = mounted.unmounter();

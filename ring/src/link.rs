@@ -38,7 +38,7 @@ mod area;
 mod complete;
 mod paths;
 mod recover;
-pub use area::{AreaData, Placed, Reservation};
+pub use area::{AreaData, Lent, LentData, Placed, Reservation};
 use paths::{Moved, Router};
 use recover::{take_held, Held};
 
@@ -87,6 +87,10 @@ pub struct Outcome {
     /// For a command sent with [`QueuePair::submit_read_in_place`], the data-in where the
     /// gateway put it (and `data` is empty).
     pub in_area: Option<AreaData>,
+    /// For a data-in command sent with [`QueuePair::submit_lent`], whether the data is in
+    /// the lent pages (the response says how much was transferred) rather than in `data`
+    /// (the command had to be sent again from elsewhere).
+    pub lent: bool,
 }
 
 /// Runs once with the outcome, on a completion thread or the submitting one.
@@ -244,6 +248,13 @@ impl Link {
         &self.queues[i % self.per_path]
     }
 
+    /// The queue pair [`Link::queue`] gives this thread, shared, for another thread that
+    /// works on this one's behalf (replying to what it was asked).
+    pub fn queue_shared(&self) -> Arc<QueuePair> {
+        let q = self.queue();
+        self.queues.iter().find(|c| std::ptr::eq(&***c, q)).cloned().expect("a queue of this link")
+    }
+
     /// The node's LUNs as of the latest (re)connect to any gateway.
     pub fn luns(&self) -> Vec<LunInfo> {
         let known = self.queues.iter().map(|q| q.lock().luns.clone()).find(|l| !l.is_empty());
@@ -283,6 +294,8 @@ struct Pending {
     capacity_changed: bool,
     /// Leave the data-in in the area ([`QueuePair::submit_read_in_place`]).
     in_place: bool,
+    /// Its data region is the caller's ([`QueuePair::submit_lent`]): never freed here.
+    lent: bool,
     /// When a gateway first refused it for ALUA (it serves the LUN elsewhere).
     refused_since: Option<Instant>,
 }
@@ -293,6 +306,7 @@ struct Carried {
     data: Data,
     region: Option<Region>,
     in_place: bool,
+    lent: bool,
 }
 
 struct State {
@@ -509,7 +523,7 @@ impl QueuePair {
                 return failed(done, LinkError::Down);
             }
         }
-        self.send(st, cmd, Carried { data, region, in_place }, done, spin)
+        self.send(st, cmd, Carried { data, region, in_place, lent: false }, done, spin)
     }
 
     /// Queues a command holding a ring slot (and its data-area pages in `region`), then
@@ -522,7 +536,7 @@ impl QueuePair {
         done: Done,
         spin: Duration,
     ) -> Polled {
-        let Carried { data, region, in_place } = carried;
+        let Carried { data, region, in_place, lent } = carried;
         // A command that will be polled for: say so before the gateway can answer, or it
         // rings the completion thread, which may take the STAT first.
         let poll = !spin.is_zero() && st.pending.is_empty();
@@ -538,6 +552,7 @@ impl QueuePair {
             retries: 0,
             capacity_changed: false,
             in_place,
+            lent,
             refused_since: None,
         };
         if poll {
@@ -597,6 +612,7 @@ impl QueuePair {
             data: Vec::new(),
             capacity_changed: false,
             in_area: None,
+            lent: false,
         });
         (outcome, polled)
     }
@@ -625,7 +641,7 @@ fn take_all(st: &mut State, why: LinkError) -> Vec<(Done, Outcome)> {
 
 /// The outcome of a command that got no response.
 fn lost(why: LinkError) -> Outcome {
-    Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None }
+    Outcome { result: Err(why), data: Vec::new(), capacity_changed: false, in_area: None, lent: false }
 }
 
 /// What [`QueuePair::submit_polling`] did after sending.

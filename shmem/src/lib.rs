@@ -120,6 +120,21 @@ impl SharedMemory {
         self.map.view()
     }
 
+    /// Makes `[offset, offset+len)` of this mapping show `src`'s bytes at `src_offset`
+    /// instead, at the same addresses: what either side writes there, the other sees. For
+    /// memory whose address was handed to the kernel for good (a FUSE ring entry's buffer)
+    /// and must follow a queue pair to its new data area. Page-aligned ranges only.
+    pub fn alias(&self, offset: u64, len: u64, src: &SharedMemory, src_offset: u64) -> Result<(), ShmError> {
+        src.slice(src_offset, len)?;
+        self.map.replace(to_usize(offset)?, to_usize(len)?, Some((&src.fd, src_offset)))
+    }
+
+    /// Makes `[offset, offset+len)` private zeroed memory, at the same addresses: the peer's
+    /// writes there no longer reach this process. Page-aligned ranges only.
+    pub fn detach(&self, offset: u64, len: u64) -> Result<(), ShmError> {
+        self.map.replace(to_usize(offset)?, to_usize(len)?, None)
+    }
+
     /// Copies `dst.len()` bytes out of the area at `offset`.
     #[inline]
     pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), ShmError> {
@@ -222,9 +237,40 @@ impl Doorbell {
     }
 }
 
+fn to_usize(v: u64) -> Result<usize, ShmError> {
+    usize::try_from(v).map_err(|_| ShmError::Unaligned(usize::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_aliased_range_shows_the_other_area_and_a_detached_one_neither() {
+        let page = rustix::param::page_size() as u64;
+        let (home, away) = (
+            SharedMemory::create("home", 4 * page as usize).unwrap(),
+            SharedMemory::create("away", 4 * page as usize).unwrap(),
+        );
+        away.write(2 * page, b"away").unwrap();
+        home.write(page, b"home").unwrap();
+        home.alias(page, page, &away, 2 * page).unwrap();
+        let mut b = [0u8; 4];
+        home.read(page, &mut b).unwrap();
+        assert_eq!(&b, b"away");
+        home.write(page, b"both").unwrap();
+        away.read(2 * page, &mut b).unwrap();
+        assert_eq!(&b, b"both");
+        home.detach(page, page).unwrap();
+        home.read(page, &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
+        away.write(2 * page, b"gone").unwrap();
+        home.read(page, &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
+        assert!(home.detach(1, page).is_err());
+        assert!(home.detach(3 * page, 2 * page).is_err());
+        assert!(home.alias(0, page, &away, 4 * page).is_err());
+    }
 
     #[test]
     fn bounds_and_alignment_are_enforced() {

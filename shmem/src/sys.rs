@@ -59,6 +59,35 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Replaces the pages at `[offset, offset+len)` of this mapping with `src`'s pages at
+    /// `[src_offset, src_offset+len)` (`Some`), or with private zeroed memory (`None`), at
+    /// the same addresses. Both ranges are page-aligned and in bounds.
+    pub(crate) fn replace(&self, offset: usize, len: usize, src: Option<(&OwnedFd, u64)>) -> Result<(), ShmError> {
+        let page = rustix::param::page_size();
+        let aligned = offset.is_multiple_of(page) && len.is_multiple_of(page);
+        let in_bounds = offset.checked_add(len).is_some_and(|end| end <= self.len);
+        if !aligned || !in_bounds || len == 0 {
+            return Err(ShmError::Unaligned(offset));
+        }
+        let at = self.ptr.as_ptr().wrapping_add(offset).cast();
+        let prot = ProtFlags::READ | ProtFlags::WRITE;
+        // Why both calls are sound: the range lies inside this mapping, which we own, and
+        // pangate forms no reference into it (every access copies through a `PeerSlice`),
+        // so swapping the pages under those addresses invalidates nothing; MAP_FIXED keeps
+        // the addresses, so the mapping stays whole and Drop unmaps it as before.
+        let r = match src {
+            // SAFETY: see above.
+            Some((fd, src_offset)) => unsafe {
+                rustix::mm::mmap(at, len, prot, MapFlags::SHARED | MapFlags::FIXED, fd, src_offset)
+            },
+            // SAFETY: see above.
+            None => unsafe { rustix::mm::mmap_anonymous(at, len, prot, MapFlags::PRIVATE | MapFlags::FIXED) },
+        };
+        r.map(drop).map_err(|e| ShmError::Os(e.into()))
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `new`; no references into it exist and

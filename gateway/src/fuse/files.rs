@@ -14,7 +14,8 @@ use super::span::{chunks, verdict, Span, Verdict};
 use super::wire::{self, Attr, Header, Op, Statfs, DT_DIR, DT_REG, FOPEN_DIRECT_IO, FOPEN_PARALLEL_DIRECT_WRITES};
 use crate::ring::backoff::PollBackoff;
 use crate::ring::handshake::LunInfo;
-use crate::ring::link::{Command, Link, LinkError, Outcome, Placed, Polled, QueuePair};
+use crate::ring::link::{Command, Lent, LentData, Link, LinkError, Outcome, Placed, Polled, QueuePair};
+use crate::ring::proto::Region;
 use crate::ring::shm::SharedMemory;
 use scsi::build::{self, parse_capacity_16, rw16, unmap_one_list, UNMAP_ONE};
 
@@ -177,6 +178,9 @@ enum InArea {
     Out(Placed),
     /// Data-in left there for the reply.
     In,
+    /// Data-out from, or data-in into, a FUSE ring entry's buffer, mapped in `home` at the
+    /// offset.
+    Lent(Lent, Arc<SharedMemory>, u64),
 }
 
 /// A SCSI outcome as a result: the response's data, or the errno to reply with.
@@ -219,6 +223,7 @@ impl LunFiles {
             InArea::No => queue.submit_polling(cmd, done, spin),
             InArea::Out(p) => queue.submit_placed(cmd, p, done, spin),
             InArea::In => queue.submit_read_in_place(cmd, done, spin),
+            InArea::Lent(lent, home, at) => queue.submit_lent(cmd, lent, (&home, at), done, spin),
         };
         self.polling.note(polled);
     }
@@ -367,10 +372,21 @@ impl LunFiles {
 /// Answers fuser's INIT handshake with the mount's settings; the session loop serves
 /// everything after it.
 #[derive(Debug)]
-pub struct Handshake;
+pub struct Handshake {
+    /// Ask for FUSE over io_uring.
+    pub uring: bool,
+    /// Set when the kernel agreed to it.
+    pub negotiated: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Filesystem for Handshake {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.uring {
+            // Offered only where the kernel has it and `enable_uring` is on.
+            let flag = InitFlags::from_bits_retain(super::uring::FUSE_OVER_IO_URING);
+            let agreed = config.add_capabilities(flag).is_ok();
+            self.negotiated.store(agreed, std::sync::atomic::Ordering::Release);
+        }
         let _ = config.set_max_write(MAX_IO);
         // Let the kernel send several direct reads and writes of one file at once.
         for flag in [InitFlags::FUSE_ASYNC_DIO, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP] {
@@ -390,6 +406,8 @@ pub enum Payload<'a> {
     Bytes(&'a [u8]),
     /// In the data area of the calling thread's queue pair, ready to be sent as it lies.
     InPlace(InPlace<'a>),
+    /// In the buffer of the FUSE ring entry the request came in ([`Reply::lent`]).
+    Lent,
 }
 
 /// Data-area pages holding a WRITE's payload. Sent with the command, or given back to the
@@ -515,6 +533,24 @@ impl LunFiles {
         let cdb = rw16(0x88, span.first_block(), (span.blocks()) as u32, false);
         let (skip, len) = (span.head_skip() as u32, span.len as u32);
         let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len };
+        if let Some(pages) = reply.lent().filter(|_| skip == 0 && len == in_len) {
+            // Straight into the ring entry's buffer, where the kernel takes the reply from.
+            let lent = pages.data(|r| LentData::In(Region { offset: r.offset, len: in_len.min(r.len) }));
+            let area = InArea::Lent(lent, pages.home, pages.home_offset);
+            return self.send(
+                cmd,
+                area,
+                Box::new(move |o| {
+                    f.note(&o);
+                    let (lent, got) = (o.lent, o.result.as_ref().map_or(0, |r| r.transferred));
+                    match checked(o, "READ") {
+                        Ok(_) if lent => reply.data_lent(got.min(len)),
+                        Ok(d) => reply.data(&d[..d.len().min(len as usize)]),
+                        Err(e) => reply.error(e),
+                    }
+                }),
+            );
+        }
         // The data goes to the kernel from where the gateway put it: no copy on the way.
         self.send(
             cmd,
@@ -562,6 +598,25 @@ impl LunFiles {
                 Err(e) => return reply.error(e),
             },
             Payload::Bytes(b) => b,
+            Payload::Lent => match reply.lent() {
+                Some(pages) if span.aligned() => {
+                    let guard = f.lock_blocks(span.first_block(), span.end_block());
+                    let cdb = rw16(0x8A, span.first_block(), span.blocks() as u32, fua);
+                    // Clipped at the end of the LUN: send only what fits.
+                    let lent = pages.data(|r| LentData::Out(Region { offset: r.offset, len: span.len as u32 }));
+                    let cmd = Command { target: f.target, lun: f.lun, cdb: &cdb, out: &[], in_len: 0 };
+                    let area = InArea::Lent(lent, pages.home, pages.home_offset);
+                    return self.send(cmd, area, write_done(guard, span.len as u32, reply));
+                }
+                Some(pages) => match pages.copy_out(size) {
+                    Some(bytes) => {
+                        owned = bytes;
+                        &owned[..]
+                    }
+                    None => return reply.error(libc::EIO),
+                },
+                None => return reply.error(libc::EIO),
+            },
             Payload::None => return reply.error(libc::EIO),
         };
         let data = &data[..span.len as usize];

@@ -11,6 +11,8 @@
 //!   read requests into that queue pair's data area, so a write's payload is sent to the
 //!   gateway where the kernel put it; replies go out from the queue pairs' completion
 //!   threads (or from a FUSE thread that polled for its command).
+//! - With FUSE over io_uring ([`uring`]), requests come and replies go through ring
+//!   entries registered with the kernel once, per CPU, instead of a read and a write each.
 //! - When the gateway goes away, I/O fails with EIO; the mount reconnects by itself.
 
 mod files;
@@ -18,17 +20,21 @@ mod session;
 pub mod span;
 #[allow(unsafe_code)]
 mod sys;
+mod uring;
 pub mod wire;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::ring::link::{Link, LinkOptions};
 use anyhow::Context;
 pub use files::{file_name, Handshake, LunFiles, Polling, MAX_IO};
 use fuser::{Config, MountOption, SessionACL};
+pub use uring::{UringMode, ENTRIES_PER_AREA};
 
 /// What `pangate mount` was asked for.
 #[derive(Debug, Clone)]
@@ -41,6 +47,8 @@ pub struct MountRequest {
     pub allow_other: bool,
     /// How long a FUSE thread polls for a lone command's completion (see [`Polling`]).
     pub poll: Duration,
+    /// FUSE over io_uring or `/dev/fuse`.
+    pub uring: UringMode,
 }
 
 /// A mounted filesystem, serving until unmounted.
@@ -51,6 +59,8 @@ pub struct Mounted {
     fs: Arc<LunFiles>,
     link: Arc<Link>,
     threads: usize,
+    /// The FUSE ring queues' threads, when FUSE over io_uring is in use.
+    ring_threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
 /// Connects to the gateway and mounts. Returns once the kernel has completed the FUSE
@@ -85,13 +95,100 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
     }
     let threads = req.link.queues.max(1);
     // Mounts and answers INIT; the requests after it are served by `session::serve`.
-    let session = fuser::Session::new(Handshake, &req.mountpoint, &config)
+    let negotiated = Arc::new(AtomicBool::new(false));
+    let handshake = Handshake { uring: req.uring != UringMode::Off, negotiated: negotiated.clone() };
+    let session = fuser::Session::new(handshake, &req.mountpoint, &config)
         .with_context(|| format!("mounting on {}", req.mountpoint.display()))?;
     if !req.poll.is_zero() {
         let device = session.as_fd().try_clone_to_owned().context("duplicating the /dev/fuse fd")?;
         let _ = polling.device.set(device);
     }
-    Ok(Mounted { session, fs, link, threads })
+    let mut ring_threads = Vec::new();
+    match (negotiated.load(Ordering::Acquire), req.uring) {
+        (true, _) => match start_rings(&session, &fs, &link, threads) {
+            Ok(t) => ring_threads = t,
+            Err((e, t)) if req.uring == UringMode::On => {
+                drop(session);
+                t.into_iter().for_each(|t| drop(t.join()));
+                return Err(e.context("registering FUSE over io_uring (--uring on)"));
+            }
+            Err((e, t)) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "FUSE over io_uring could not start; serving through /dev/fuse"
+                );
+                ring_threads = t;
+            }
+        },
+        (false, UringMode::On) => {
+            anyhow::bail!("FUSE over io_uring (--uring on) is not available: {}", uring::unavailable_reason())
+        }
+        (false, UringMode::Auto) => {
+            tracing::info!(
+                "serving through /dev/fuse: FUSE over io_uring is not available ({})",
+                uring::unavailable_reason()
+            );
+        }
+        (false, UringMode::Off) => {}
+    }
+    Ok(Mounted { session, fs, link, threads, ring_threads })
+}
+
+type RingThreads = Vec<JoinHandle<std::io::Result<()>>>;
+
+/// Starts a thread per kernel FUSE ring queue, each registering its entries, and waits
+/// until all have. On failure, the threads that did register are returned too: the kernel
+/// gives their entries back when the filesystem is unmounted.
+fn start_rings(
+    session: &fuser::Session<Handshake>,
+    fs: &Arc<LunFiles>,
+    link: &Arc<Link>,
+    pairs: usize,
+) -> Result<RingThreads, (anyhow::Error, RingThreads)> {
+    let queues = match uring::kernel_queues() {
+        Ok(n) => n,
+        Err(e) => return Err((anyhow::Error::from(e).context("counting the kernel's FUSE ring queues"), Vec::new())),
+    };
+    // Each queue pair's data area holds the buffers of the queues that share it.
+    let depth = (ENTRIES_PER_AREA / queues.div_ceil(pairs.max(1))).max(1);
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for qid in 0..queues {
+        let (fs, link, tx) = (fs.clone(), link.clone(), tx.clone());
+        let session = match session.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => return Err((anyhow::Error::from(e).context("duplicating the /dev/fuse fd"), threads)),
+        };
+        let spawned = std::thread::Builder::new().name(format!("pangate-ring{qid}")).spawn(move || {
+            let registered = uring::Queue::register(&link, session.as_fd(), qid as u16, depth);
+            drop(session);
+            let (queue, early) = match registered {
+                Ok(q) => {
+                    let _ = tx.send(Ok(()));
+                    q
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("queue {qid}: {e}")));
+                    return Err(e);
+                }
+            };
+            queue.serve(&fs, early)
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => return Err((anyhow::Error::from(e).context("starting a FUSE ring thread"), threads)),
+        }
+    }
+    drop(tx);
+    for _ in 0..queues {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err((anyhow::anyhow!(e), threads)),
+            Err(_) => return Err((anyhow::anyhow!("a FUSE ring queue did not register"), threads)),
+        }
+    }
+    tracing::info!(queues, entries = depth, "serving through FUSE over io_uring");
+    Ok(threads)
 }
 
 impl Mounted {
@@ -125,6 +222,14 @@ impl Mounted {
             }
             result
         });
+        // The kernel gives the ring entries back when the filesystem goes.
+        for t in self.ring_threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "a FUSE ring queue stopped serving"),
+                Err(_) => tracing::error!("a FUSE ring thread panicked"),
+            }
+        }
         self.link.close();
         drop(self.session);
         result.context("serving FUSE requests")

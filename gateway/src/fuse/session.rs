@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::files::{InPlace, LunFiles, Payload};
+use super::uring::{Fill, LentPages, Slot};
 use super::wire::{self, Op, WRITE_PAYLOAD};
 use crate::ring::alloc::PAGE;
 use crate::ring::link::{AreaData, Link, Placed, Reservation};
@@ -25,16 +26,34 @@ const HEAD_BYTES: usize = 8192;
 /// out (cheaply) and the buffer is kept for the next request.
 const IN_PLACE_MIN: u32 = PAGE as u32;
 
-/// A reply to one request, written to the fd the request came from. It is sent exactly
-/// once: a reply dropped unsent answers EIO, so no request is left hanging.
+/// A reply to one request, written to the `/dev/fuse` fd the request came from or committed
+/// to the FUSE ring entry it came in. It is sent exactly once: a reply dropped unsent
+/// answers EIO, so no request is left hanging.
 #[derive(Debug)]
 pub struct Reply {
-    dev: Arc<OwnedFd>,
+    to: Sink,
     unique: u64,
     sent: bool,
 }
 
+/// Where a reply goes.
+#[derive(Debug)]
+enum Sink {
+    Device(Arc<OwnedFd>),
+    Ring(Slot),
+}
+
 impl Reply {
+    /// The reply to request `unique`, read from `dev`.
+    fn device(dev: Arc<OwnedFd>, unique: u64) -> Reply {
+        Reply { to: Sink::Device(dev), unique, sent: false }
+    }
+
+    /// The reply to request `unique`, which came in a FUSE ring entry.
+    pub(super) fn ring(slot: Slot, unique: u64) -> Reply {
+        Reply { to: Sink::Ring(slot), unique, sent: false }
+    }
+
     /// Answers with an errno.
     pub fn error(mut self, errno: i32) {
         self.send(-errno, &[]);
@@ -54,14 +73,37 @@ impl Reply {
     /// area, sent from where they lie; the area's pages go back once sent.
     pub fn data_in_area(mut self, data: AreaData, skip: u32, len: u32) {
         let n = data.len().saturating_sub(skip).min(len);
-        let header = wire::out_header(self.unique, 0, n as usize);
         // `data` keeps the pages mapped and reserved until after the call.
         let sent = match data.area().slice(data.offset() + u64::from(skip), u64::from(n)) {
-            Ok(view) => super::sys::write_with(&self.dev, &header, view).map(drop),
+            Ok(view) => match &self.to {
+                Sink::Device(dev) => {
+                    super::sys::write_with(dev, &wire::out_header(self.unique, 0, n as usize), view).map(drop)
+                }
+                Sink::Ring(slot) => slot.commit(self.unique, 0, Fill::View(view)),
+            },
             Err(e) => Err(std::io::Error::other(e)),
         };
         drop(data);
         // Not delivered: dropping the reply answers EIO instead.
+        self.sent = self.delivered(sent);
+    }
+
+    /// The FUSE ring entry's buffer this request came in, for a READ's data-in to land in
+    /// or a WRITE's payload to be sent from; `None` for a request read from `/dev/fuse`.
+    pub fn lent(&self) -> Option<LentPages> {
+        match &self.to {
+            Sink::Ring(slot) => Some(slot.lent()),
+            Sink::Device(_) => None,
+        }
+    }
+
+    /// Answers a READ whose `len` bytes the gateway left at the start of the ring entry's
+    /// buffer ([`Reply::lent`]).
+    pub fn data_lent(mut self, len: u32) {
+        let sent = match &self.to {
+            Sink::Ring(slot) => slot.commit(self.unique, 0, Fill::InPlace(len)),
+            Sink::Device(_) => Err(std::io::Error::other("no ring entry to answer from")),
+        };
         self.sent = self.delivered(sent);
     }
 
@@ -71,19 +113,26 @@ impl Reply {
     }
 
     fn send(&mut self, error: i32, payload: &[&[u8]]) {
-        let len = payload.iter().map(|p| p.len()).sum();
-        let header = wire::out_header(self.unique, error, len);
-        let mut iov = [IoSlice::new(&header), IoSlice::new(&[]), IoSlice::new(&[])];
-        for (slot, p) in iov[1..].iter_mut().zip(payload) {
-            *slot = IoSlice::new(p);
-        }
-        let sent = rustix::io::writev(&*self.dev, &iov[..1 + payload.len().min(2)]);
+        let sent = match &self.to {
+            Sink::Device(dev) => {
+                let len = payload.iter().map(|p| p.len()).sum();
+                let header = wire::out_header(self.unique, error, len);
+                let mut iov = [IoSlice::new(&header), IoSlice::new(&[]), IoSlice::new(&[])];
+                for (slot, p) in iov[1..].iter_mut().zip(payload) {
+                    *slot = IoSlice::new(p);
+                }
+                rustix::io::writev(&**dev, &iov[..1 + payload.len().min(2)]).map(drop).map_err(std::io::Error::from)
+            }
+            Sink::Ring(slot) => slot.commit(self.unique, error, Fill::Bytes(payload)),
+        };
         // Not delivered: a reply that was not yet the EIO of `drop` answers EIO instead.
-        self.sent = self.delivered(sent.map(drop).map_err(std::io::Error::from));
+        self.sent = self.delivered(sent);
     }
 
     /// Whether a reply reached the kernel, or no longer needs to: the request was
-    /// interrupted and is gone, or the filesystem was unmounted.
+    /// interrupted and is gone, or the filesystem was unmounted. A ring entry is committed
+    /// once whatever happens: a second commit would name a request the kernel no longer
+    /// has there.
     fn delivered(&self, sent: std::io::Result<()>) -> bool {
         let e = match sent {
             Ok(()) => return true,
@@ -93,7 +142,7 @@ impl Reply {
             return true;
         }
         tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel");
-        false
+        matches!(self.to, Sink::Ring(_))
     }
 }
 
@@ -154,7 +203,7 @@ pub(super) fn serve(fs: &LunFiles, link: &Link, session: BorrowedFd<'_>) -> std:
             Err(e) => {
                 tracing::error!(error = %e, "malformed FUSE request");
                 if let Some(unique) = wire::unique(&head[..take]) {
-                    Reply { dev: dev.clone(), unique, sent: false }.error(libc::EIO);
+                    Reply::device(dev.clone(), unique).error(libc::EIO);
                 }
                 continue;
             }
@@ -162,7 +211,7 @@ pub(super) fn serve(fs: &LunFiles, link: &Link, session: BorrowedFd<'_>) -> std:
         if op.unanswered() {
             continue;
         }
-        let reply = Reply { dev: dev.clone(), unique: h.unique, sent: false };
+        let reply = Reply::device(dev.clone(), h.unique);
         if matches!(op, Op::Destroy) {
             reply.ok();
             break Ok(());

@@ -1,7 +1,11 @@
-//! The FUSE front-end's system calls that need `unsafe`: cloning a `/dev/fuse` session fd
-//! reading a request into shared memory, and replying from it.
+//! The FUSE front-end's system calls that need `unsafe`: cloning a `/dev/fuse` session fd,
+//! reading a request into shared memory and replying from it, and the io_uring of a FUSE
+//! ring queue (its submission queue shared by the threads that reply, under a lock).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+use io_uring::{cqueue, squeue, IoUring};
 
 use shmem::PeerSlice;
 
@@ -50,6 +54,82 @@ pub fn write_with(dev: &OwnedFd, head: &[u8], data: PeerSlice<'_>) -> std::io::R
         return Err(std::io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// `IORING_OP_URING_CMD` on `/dev/fuse`, with the 80 command bytes of a 128-byte SQE and,
+/// for a registration, `addr`/`len` naming the entry's two iovecs.
+pub fn uring_cmd(fd: BorrowedFd<'_>, op: u32, cmd: [u8; 80], iovecs: Option<&[libc::iovec; 2]>) -> squeue::Entry128 {
+    let mut b = io_uring::opcode::UringCmd80::new(io_uring::types::Fd(fd.as_raw_fd()), op).cmd(cmd);
+    if let Some(iov) = iovecs {
+        b = b.addr(Some(iov.as_ptr() as u64));
+    }
+    let sqe = b.build();
+    if iovecs.is_none() {
+        return sqe;
+    }
+    // SAFETY: `Entry128` is `#[repr(C)]`, 128 bytes of `io_uring_sqe` then 64 command
+    // bytes, all plain integers, so it is valid as bytes and back; `len` is the u32 at byte
+    // 24 of `io_uring_sqe`, which the builder has no setter for.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[24..28].copy_from_slice(&2u32.to_le_bytes());
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+/// A FUSE ring queue's io_uring: any thread may queue and submit SQEs (under the lock);
+/// only the queue's own thread reaps completions.
+pub struct Ring {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    sq: Mutex<()>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    /// A ring with room for `entries` SQEs (at least one per FUSE ring entry).
+    pub fn new(entries: u32) -> std::io::Result<Ring> {
+        Ok(Ring { ring: IoUring::builder().build(entries.next_power_of_two())?, sq: Mutex::new(()) })
+    }
+
+    /// Queues `sqe` and submits it. Any iovec it points at must stay valid until it has
+    /// completed (a registration's live as long as the ring's entry).
+    pub fn submit(&self, sqe: &squeue::Entry128) -> std::io::Result<()> {
+        let _sq = self.sq.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the lock makes this the only handle on the submission queue.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        // SAFETY: the caller keeps what the SQE points at alive until it completes; the
+        // queue has a slot per FUSE ring entry and each entry has at most one SQE queued,
+        // so the push fails only on a bug.
+        let pushed = unsafe { sq.push(sqe) };
+        drop(sq);
+        pushed.map_err(|_| std::io::Error::other("the FUSE ring's submission queue is full"))?;
+        loop {
+            match self.ring.submitter().submit() {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => return r.map(drop),
+            }
+        }
+    }
+
+    /// Waits for at least one completion (or a signal), then returns all that are ready as
+    /// (user data, result). Called by the queue's thread only.
+    pub fn reap(&self, wait: bool, into: &mut Vec<(u64, i32)>) -> std::io::Result<()> {
+        if wait {
+            match self.ring.submitter().submit_and_wait(1) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                r => r.map(drop)?,
+            }
+        }
+        // SAFETY: only the queue's thread calls this, so this is the only completion queue
+        // handle.
+        let cq = unsafe { self.ring.completion_shared() };
+        into.extend(cq.map(|c| (c.user_data(), c.result())));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

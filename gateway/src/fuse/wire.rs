@@ -267,6 +267,84 @@ pub fn parse(b: &[u8], got: usize) -> Result<(Header, Op<'_>), WireError> {
     Ok((h, op))
 }
 
+/// `struct fuse_uring_req_header`: the in- or out-header, the operation's own header,
+/// then `struct fuse_uring_ent_in_out`.
+pub const RING_HEADERS: usize = 288;
+const RING_OP_IN: usize = 128;
+const RING_ENT_IN_OUT: usize = 256;
+
+/// What a FUSE ring entry's headers say of the request the kernel put in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingRequest {
+    /// The operation.
+    pub opcode: u32,
+    /// The request's unique id, which the commit names.
+    pub commit_id: u64,
+    /// Bytes the kernel put in the entry's payload buffer.
+    pub payload: u32,
+}
+
+/// Reads a FUSE ring entry's headers (at least [`RING_HEADERS`] bytes).
+pub fn ring_request(headers: &[u8]) -> Result<RingRequest, WireError> {
+    if headers.len() < RING_HEADERS {
+        return Err(WireError::Short(headers.len()));
+    }
+    Ok(RingRequest {
+        opcode: u32_at(headers, 4),
+        commit_id: u64_at(headers, RING_ENT_IN_OUT + 8),
+        payload: u32_at(headers, RING_ENT_IN_OUT + 16),
+    })
+}
+
+/// How many bytes of an operation's arguments FUSE over io_uring puts in the entry's
+/// `op_in` (its first argument, the operation's header), the rest going to the payload
+/// buffer. Operations whose first argument is a name, or that have none, put nothing
+/// there; so do those pangate does not serve, which are answered ENOSYS unread.
+pub fn ring_op_in(opcode: u32) -> usize {
+    match opcode {
+        opcode::GETATTR | opcode::FSYNC => 16,
+        opcode::SETATTR => 88,
+        opcode::OPEN | opcode::OPENDIR => 8,
+        opcode::READ | opcode::READDIR | opcode::WRITE => 40,
+        opcode::RELEASE | opcode::RELEASEDIR | opcode::FLUSH => 24,
+        opcode::FALLOCATE => 32,
+        _ => 0,
+    }
+}
+
+/// Lays out a request from a FUSE ring entry as a read of `/dev/fuse` returns it, into
+/// `into`, for [`parse`]: the in-header, the operation's header, then `payload` (the
+/// payload buffer's bytes; empty for a WRITE, whose data stays in the buffer). Returns the
+/// request's length as [`parse`] wants it, a WRITE's data included.
+pub fn ring_layout(headers: &[u8], payload: &[u8], into: &mut Vec<u8>) -> Result<usize, WireError> {
+    let r = ring_request(headers)?;
+    into.clear();
+    into.extend_from_slice(&headers[..IN_HEADER]);
+    into.extend_from_slice(&headers[RING_OP_IN..RING_OP_IN + ring_op_in(r.opcode)]);
+    let got = if r.opcode == opcode::WRITE {
+        into.len() + r.payload as usize
+    } else {
+        into.extend_from_slice(&payload[..payload.len().min(r.payload as usize)]);
+        into.len()
+    };
+    into[0..4].copy_from_slice(&u32::try_from(got).unwrap_or(u32::MAX).to_le_bytes());
+    Ok(got)
+}
+
+/// Fills a FUSE ring entry's headers for a reply of `payload` bytes (already in the
+/// payload buffer) to request `unique`: the out-header, and the payload's size.
+pub fn ring_reply(headers: &mut [u8; RING_HEADERS], unique: u64, error: i32, payload: u32) {
+    headers[..OUT_HEADER].copy_from_slice(&out_header(unique, error, payload as usize));
+    headers[RING_ENT_IN_OUT..RING_ENT_IN_OUT + 8].fill(0);
+    headers[RING_ENT_IN_OUT + 8..RING_ENT_IN_OUT + 16].copy_from_slice(&unique.to_le_bytes());
+    headers[RING_ENT_IN_OUT + 16..RING_ENT_IN_OUT + 20].copy_from_slice(&payload.to_le_bytes());
+}
+
+/// Whether an operation is WRITE.
+pub fn is_write(opcode: u32) -> bool {
+    opcode == opcode::WRITE
+}
+
 /// `struct fuse_out_header` for a reply of `payload` bytes; `error` is a negated errno or 0.
 pub fn out_header(unique: u64, error: i32, payload: usize) -> [u8; OUT_HEADER] {
     let mut b = [0u8; OUT_HEADER];
@@ -411,6 +489,52 @@ pub fn push_dirent(out: &mut Vec<u8>, room: usize, ino: u64, next_offset: u64, k
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ring entry's headers as the kernel fills them: `args` split into the operation's
+    /// header (`op_in`) and the payload.
+    fn ring_entry(opcode: u32, unique: u64, nodeid: u64, op_in: &[u8], payload: u32) -> Vec<u8> {
+        let mut h = vec![0u8; RING_HEADERS];
+        h[..IN_HEADER].copy_from_slice(&request(opcode, unique, nodeid, &[])[..IN_HEADER]);
+        h[0..4].fill(0xee); // the length the kernel leaves here is not relied on
+        h[RING_OP_IN..RING_OP_IN + op_in.len()].copy_from_slice(op_in);
+        h[RING_ENT_IN_OUT + 8..RING_ENT_IN_OUT + 16].copy_from_slice(&unique.to_le_bytes());
+        h[RING_ENT_IN_OUT + 16..RING_ENT_IN_OUT + 20].copy_from_slice(&payload.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn ring_requests_parse_as_device_requests_do() {
+        let mut into = Vec::new();
+        // A WRITE: its header from op_in, its data left in the buffer but counted.
+        let h = ring_entry(16, 7, 9, &rw_in(4096, 8192, 0), 8192);
+        let got = ring_layout(&h, &[], &mut into).unwrap();
+        assert_eq!(got, WRITE_PAYLOAD + 8192);
+        let (hd, op) = parse(&into, got).unwrap();
+        assert_eq!((hd.unique, hd.nodeid), (7, 9));
+        assert_eq!(op, Op::Write { offset: 4096, size: 8192, flags: 0 });
+        // A LOOKUP: nothing in op_in, the name in the payload.
+        let h = ring_entry(1, 8, 1, &[], 6);
+        let got = ring_layout(&h, b"t0-l0\0", &mut into).unwrap();
+        assert_eq!(parse(&into, got).unwrap().1, Op::Lookup { name: OsStr::new("t0-l0") });
+        // A READ, an FSYNC and a FALLOCATE: all in op_in.
+        let h = ring_entry(15, 9, 2, &rw_in(1 << 20, 65536, 0), 0);
+        let got = ring_layout(&h, &[], &mut into).unwrap();
+        assert_eq!(parse(&into, got).unwrap().1, Op::Read { offset: 1 << 20, size: 65536 });
+        let mut fsync = [0u8; 16];
+        fsync[8] = 1;
+        let h = ring_entry(20, 10, 2, &fsync, 0);
+        let got = ring_layout(&h, &[], &mut into).unwrap();
+        assert_eq!(parse(&into, got).unwrap().1, Op::Fsync { datasync: true });
+        assert_eq!(ring_request(&h).unwrap(), RingRequest { opcode: 20, commit_id: 10, payload: 0 });
+        // Headers cut short are refused.
+        assert_eq!(ring_request(&h[..100]), Err(WireError::Short(100)));
+        // A reply: out-header, then the commit id and the payload size.
+        let mut out = [0u8; RING_HEADERS];
+        ring_reply(&mut out, 10, -5, 8);
+        assert_eq!(&out[..OUT_HEADER], &out_header(10, -5, 8));
+        assert_eq!(u64_at(&out, RING_ENT_IN_OUT + 8), 10);
+        assert_eq!(u32_at(&out, RING_ENT_IN_OUT + 16), 8);
+    }
 
     fn request(opcode: u32, unique: u64, nodeid: u64, args: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();

@@ -3,10 +3,10 @@
 //! left where the gateway put it for the caller to pass on.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{failed, Carried, Command, Done, LinkError, Polled, QueuePair};
+use super::{failed, Carried, Command, Done, LinkError, Polled, QueuePair, State};
 use crate::initiator::Data;
 use crate::proto::Region;
 use crate::shm::SharedMemory;
@@ -64,6 +64,26 @@ pub struct Reservation {
     pub generation: u64,
     /// The data area, mapped for as long as this is held.
     pub area: Arc<SharedMemory>,
+}
+
+/// Pages of the live connection's data area that the caller keeps for itself and lends to
+/// one command at a time (see [`QueuePair::submit_lent`]): a FUSE ring entry's buffer,
+/// whose address the kernel holds for the life of the mount.
+#[derive(Debug, Clone, Copy)]
+pub struct Lent {
+    /// Where the data goes or comes from.
+    pub data: LentData,
+    /// The connection the pages belong to ([`Reservation::generation`]).
+    pub generation: u64,
+}
+
+/// Which way a [`Lent`] command's data moves.
+#[derive(Debug, Clone, Copy)]
+pub enum LentData {
+    /// Data-out: these bytes are sent.
+    Out(Region),
+    /// Data-in: the gateway writes up to the command's length here.
+    In(Region),
 }
 
 /// A command's data-out already in the data area (see [`QueuePair::submit_placed`]).
@@ -150,30 +170,77 @@ impl QueuePair {
                 None => self.submit_polling(cmd, done, spin),
             };
         }
+        let st = match self.wait_for_slot(placed.generation) {
+            Ok(st) => st,
+            Err(why) => {
+                if why != LinkError::Down {
+                    self.release(placed.generation, &[placed.hold]);
+                }
+                return failed(done, why);
+            }
+        };
+        let data = Data::Out { region: placed.data, staged: false };
+        self.send(st, cmd, Carried { data, region: Some(placed.hold), in_place: false, lent: false }, done, spin)
+    }
+
+    /// Sends a READ or WRITE whose data lies in pages the caller keeps ([`Lent`]): the
+    /// command sends its data-out from them or leaves its data-in in them (the outcome
+    /// says so with [`super::Outcome::lent`]), and never frees them. `cmd.out` must be
+    /// empty. If the pages' connection has gone, or another gateway serves the LUN, the
+    /// command is sent as any other: its data-out copied from `from` (the caller's own
+    /// mapping of the pages: area and offset), its data-in returned as bytes.
+    pub fn submit_lent(
+        &self,
+        cmd: Command<'_>,
+        lent: Lent,
+        from: (&SharedMemory, u64),
+        done: Done,
+        spin: Duration,
+    ) -> Polled {
+        debug_assert!(cmd.out.is_empty(), "a lent command carries its data in the area");
+        let elsewhere = self.routed_elsewhere(cmd.target, cmd.lun);
+        if elsewhere.is_some() || !self.is_current(lent.generation) {
+            let q = elsewhere.as_deref().unwrap_or(self);
+            let LentData::Out(region) = lent.data else {
+                return q.submit_polling(cmd, done, spin);
+            };
+            let mut bytes = vec![0u8; region.len as usize];
+            if from.0.read(from.1, &mut bytes).is_err() {
+                return failed(done, LinkError::Down);
+            }
+            return q.submit_polling(Command { out: &bytes, ..cmd }, done, spin);
+        }
+        let st = match self.wait_for_slot(lent.generation) {
+            Ok(st) => st,
+            Err(why) => return failed(done, why),
+        };
+        let data = match lent.data {
+            LentData::Out(region) => Data::Out { region, staged: false },
+            LentData::In(region) => Data::In(Region { offset: region.offset, len: cmd.in_len.min(region.len) }),
+        };
+        self.send(st, cmd, Carried { data, region: None, in_place: false, lent: true }, done, spin)
+    }
+
+    /// Waits, within the I/O timeout, for a free ring slot on the connection of
+    /// `generation`; fails with [`LinkError::Down`] once that connection is gone.
+    fn wait_for_slot(&self, generation: u64) -> Result<MutexGuard<'_, State>, LinkError> {
         let deadline = Instant::now() + self.opts.io_timeout;
         let mut st = self.lock();
         loop {
             if self.closing.load(Ordering::Acquire) {
-                drop(st);
-                self.release(placed.generation, &[placed.hold]);
-                return failed(done, LinkError::Closing);
+                return Err(LinkError::Closing);
             }
-            let Some(conn) = st.conn.as_ref().filter(|_| st.generation == placed.generation) else {
-                drop(st);
-                return failed(done, LinkError::Down);
+            let Some(conn) = st.conn.as_ref().filter(|_| st.generation == generation) else {
+                return Err(LinkError::Down);
             };
             if conn.outstanding() < conn.queue_depth() as usize {
-                break;
+                return Ok(st);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                drop(st);
-                self.release(placed.generation, &[placed.hold]);
-                return failed(done, LinkError::Timeout);
+                return Err(LinkError::Timeout);
             }
             st = self.wait_for_space(st, left);
         }
-        let data = Data::Out { region: placed.data, staged: false };
-        self.send(st, cmd, Carried { data, region: Some(placed.hold), in_place: false }, done, spin)
     }
 }

@@ -208,7 +208,10 @@ impl QueuePair {
         let mut data = Vec::new();
         let mut in_area = None;
         let keep = if p.in_place { self.me.upgrade() } else { None };
-        if let (Data::In(region), Some(queue), Some(pages)) = (p.data, keep, p.region) {
+        if p.lent {
+            // The data is in the caller's pages, where the gateway put it, or went out from
+            // them; either way they stay the caller's.
+        } else if let (Data::In(region), Some(queue), Some(pages)) = (p.data, keep, p.region) {
             let len = r.transferred.min(region.len);
             let area = conn.shared_data_area();
             in_area = Some(AreaData { queue, area, pages, len, generation: st.generation });
@@ -225,7 +228,16 @@ impl QueuePair {
         if let Some(region) = p.region {
             conn.free(region);
         }
-        finished.push((p.done, Outcome { result: Ok(r), data, capacity_changed: p.capacity_changed, in_area }));
+        finished.push((
+            p.done,
+            Outcome {
+                result: Ok(r),
+                data,
+                capacity_changed: p.capacity_changed,
+                in_area,
+                lent: p.lent && matches!(p.data, Data::In(_)),
+            },
+        ));
         false
     }
 }

@@ -133,6 +133,8 @@ impl QueuePair {
         if let Some(r) = p.region.take() {
             conn.free(r);
         }
+        // Lent pages stay with the caller; the data went out above, or comes back as bytes.
+        p.lent = false;
         p.data = Data::None;
         Moved { pending: p, out, in_len }
     }

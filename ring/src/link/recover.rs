@@ -110,7 +110,13 @@ impl QueuePair {
         let n = held.len();
         let conn = st.conn.as_mut().expect("called once connected");
         for Held { mut pending, area } in held {
-            let old = pending.region.take();
+            // A lent command's pages stay with the caller: on the new connection it
+            // carries its data in pages of its own, like any other.
+            let lent = match (std::mem::take(&mut pending.lent), pending.data) {
+                (true, Data::In(r) | Data::Out { region: r, .. }) => Some(r),
+                _ => None,
+            };
+            let old = pending.region.take().or(lent);
             let region = match old {
                 Some(r) => match conn.alloc(r.len) {
                     Some(new) => Some(new),
