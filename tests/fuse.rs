@@ -1,4 +1,6 @@
-//! `pangate mount` against the real kernel: FUSE, loop devices, ext4, fio.
+//! `pangate mount` against the real kernel: FUSE, loop devices, ext4, fio. This binary
+//! mounts with `--uring off` (requests through `/dev/fuse`); `tests/fuse_uring.rs` runs the
+//! same tests with `--uring on` (FUSE over io_uring).
 //!
 //! These need root, /dev/fuse, losetup, mkfs.ext4, fsck.ext4 and fio. Outside CI a missing
 //! prerequisite skips the test with a reason; with CI=true it fails it.
@@ -22,10 +24,30 @@ const CRED: &str = "fuse-test-credential-0001";
 /// The kernel's FUSE mounts are few and the machine small: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Whether the kernel parts are here; outside CI, says why not and returns false.
+/// How this binary's mounts reach the kernel: `--uring off`, or `on` when the suite is
+/// compiled as `tests/fuse_uring.rs`'s module.
+fn uring() -> &'static str {
+    if module_path!().contains("over_uring") {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// What a test holds while it runs: FUSE over io_uring switched on, in that mode.
+struct Prepared(#[allow(dead_code)] Option<support::FuseUring>);
+
+/// Whether the kernel parts are here; outside CI, says why not and returns `None`.
 #[track_caller]
-fn prerequisites() -> bool {
-    support::fuse_prerequisites("FUSE tests", &["losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "fio"])
+fn prerequisites() -> Option<Prepared> {
+    let tools = ["losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "fio"];
+    if !support::fuse_prerequisites("FUSE tests", &tools) {
+        return None;
+    }
+    match uring() {
+        "on" => support::FuseUring::enable().map(|u| Prepared(Some(u))),
+        _ => Some(Prepared(None)),
+    }
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -84,7 +106,8 @@ impl Mount {
     fn start_with(socket: &Path, point: &Path, extra: &[&str]) -> Mount {
         std::fs::create_dir_all(point).unwrap();
         let child = Command::new(PANGATE)
-            .args(["mount", "--pan", "p", "--node", "n", "--credential", CRED, "--io-timeout", "5", "--socket"])
+            .args(["mount", "--uring", uring(), "--pan", "p", "--node", "n", "--credential", CRED, "--io-timeout", "5"])
+            .arg("--socket")
             .arg(socket)
             .arg(point)
             .args(extra)
@@ -241,9 +264,9 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn ext4_on_a_loop_device_survives_unmount_fsck_and_remount() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let rig = Rig::new();
     let lun = rig.mount.file("t0-l0");
     let fs_dir = rig.dir.path().join("ext4");
@@ -279,9 +302,9 @@ fn ext4_on_a_loop_device_survives_unmount_fsck_and_remount() {
 #[test]
 fn fio_random_writes_verify_through_o_direct() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let rig = Rig::new();
     let lun = rig.mount.file("t0-l0");
     let out = Command::new("fio")
@@ -315,9 +338,9 @@ fn fio_random_writes_verify_through_o_direct() {
 #[test]
 fn a_gateway_gone_past_the_reconnect_timeout_fails_io_then_the_same_mount_recovers() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let mut rig = Rig::with_mount_args(&["--reconnect-timeout", "2"]);
     let lun = rig.mount.file("t0-l0");
     let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&lun).unwrap();
@@ -377,9 +400,9 @@ fn a_gateway_gone_past_the_reconnect_timeout_fails_io_then_the_same_mount_recove
 #[test]
 fn read_only_maps_edges_and_unaligned_io() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let rig = Rig::new();
     let ro = rig.mount.file("t0-l1");
     let rw = rig.mount.file("t0-l0");
@@ -500,9 +523,9 @@ impl AlignedBuf {
 #[test]
 fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let mut rig = Rig::new();
     // SIGTERM unmounts and exits 0.
     rig.mount.signal(Signal::TERM);
@@ -512,7 +535,7 @@ fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
 
     // --daemon returns once the files are there; `pangate umount` ends the mount process.
     let out = Command::new(PANGATE)
-        .args(["mount", "--daemon", "--pan", "p", "--node", "n", "--credential", CRED, "--socket"])
+        .args(["mount", "--daemon", "--uring", uring(), "--pan", "p", "--node", "n", "--credential", CRED, "--socket"])
         .arg(rig.socket())
         .arg(&rig.mount.point)
         .output()
@@ -539,9 +562,9 @@ fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
 #[test]
 fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let rig = Rig::new();
     let f = OpenOptions::new().read(true).write(true).open(rig.mount.file("t0-l0")).unwrap();
     f.write_all_at(&pattern(4096, 5), 0).unwrap();
@@ -580,9 +603,9 @@ fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
 #[test]
 fn an_ordinary_user_mounts_through_fusermount3() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let tools = on_path("fusermount3") && on_path("setpriv");
     if skip_because((!tools).then(|| "needs fusermount3 (fuse3) and setpriv (util-linux)".into())) {
         return;
@@ -606,12 +629,25 @@ fn an_ordinary_user_mounts_through_fusermount3() {
     };
     let sock = gw.socket.to_str().unwrap();
     let mnt = point.to_str().unwrap();
-    let child =
-        as_nobody(&[PANGATE, "mount", "--pan", "p", "--node", "n", "--credential", CRED, "--socket", sock, mnt])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+    let child = as_nobody(&[
+        PANGATE,
+        "mount",
+        "--uring",
+        uring(),
+        "--pan",
+        "p",
+        "--node",
+        "n",
+        "--credential",
+        CRED,
+        "--socket",
+        sock,
+        mnt,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
     let mut m = Mount { child: Some(child), point: point.clone() };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !mounted(&point) {
@@ -658,9 +694,9 @@ fn a_lun_file_follows_a_resize_in_the_gateway() {
     use gateway::ring::server::{Server, ServerOptions};
     use gateway::storage;
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config::load(&write_config(dir.path())).unwrap();
     let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
@@ -691,9 +727,9 @@ fn a_lun_file_follows_a_resize_in_the_gateway() {
 #[test]
 fn ext4_stays_read_write_across_gateway_restarts_with_sigterm_and_sigkill() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites() {
+    let Some(_prepared) = prerequisites() else {
         return;
-    }
+    };
     let mut rig = Rig::new();
     let dev = Loop::attach(&rig.mount.file("t0-l0"));
     sh("mkfs.ext4", &["-q", "-F", &dev.0]);

@@ -71,6 +71,34 @@ pub fn fuse_prerequisites(what: &str, tools: &[&str]) -> bool {
     !skip_because((!missing.is_empty()).then(|| format!("{what} need {}", missing.join(", "))))
 }
 
+/// FUSE over io_uring switched on (`/sys/module/fuse/parameters/enable_uring` = Y) while
+/// held, and put back as it was on drop.
+pub struct FuseUring(String);
+
+impl FuseUring {
+    const PARAM: &'static str = "/sys/module/fuse/parameters/enable_uring";
+
+    /// Switches it on. Outside CI, says why not and returns `None` where the kernel has no
+    /// FUSE over io_uring; with CI=true that is a failure.
+    pub fn enable() -> Option<FuseUring> {
+        let Ok(was) = std::fs::read_to_string(Self::PARAM) else {
+            skip_because(Some(format!(
+                "FUSE over io_uring needs Linux 6.14+ with CONFIG_FUSE_IO_URING ({} is missing)",
+                Self::PARAM
+            )));
+            return None;
+        };
+        std::fs::write(Self::PARAM, "Y").unwrap_or_else(|e| panic!("turning on {}: {e}", Self::PARAM));
+        Some(FuseUring(was.trim().to_string()))
+    }
+}
+
+impl Drop for FuseUring {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PARAM, &self.0);
+    }
+}
+
 /// Why `scripts/vm` cannot run here, if it cannot: it needs root, QEMU, a static busybox,
 /// kmod and Debian's package tools (for the kernel).
 pub fn vm_missing() -> Option<String> {

@@ -3,7 +3,6 @@
 //! ring queue (its submission queue shared by the threads that reply, under a lock).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
 
 use io_uring::{cqueue, squeue, IoUring};
 
@@ -76,11 +75,12 @@ pub fn uring_cmd(fd: BorrowedFd<'_>, op: u32, cmd: [u8; 80], iovecs: Option<&[li
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-/// A FUSE ring queue's io_uring: any thread may queue and submit SQEs (under the lock);
-/// only the queue's own thread reaps completions.
+/// A FUSE ring queue's io_uring, owned by the queue's thread: it alone queues SQEs, enters
+/// the kernel and reaps completions (`IORING_SETUP_SINGLE_ISSUER`), and the kernel runs
+/// the ring's deferred work, handing it the next requests, only when it waits
+/// (`IORING_SETUP_DEFER_TASKRUN`). Other threads leave their replies with it.
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    sq: Mutex<()>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -90,46 +90,51 @@ impl std::fmt::Debug for Ring {
 }
 
 impl Ring {
-    /// A ring with room for `entries` SQEs (at least one per FUSE ring entry).
+    /// A ring with room for `entries` SQEs (one per FUSE ring entry, and one more), made
+    /// on the thread that will own it.
     pub fn new(entries: u32) -> std::io::Result<Ring> {
-        Ok(Ring { ring: IoUring::builder().build(entries.next_power_of_two())?, sq: Mutex::new(()) })
+        let ring = IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(entries.next_power_of_two())?;
+        Ok(Ring { ring })
     }
 
-    /// Queues `sqe` and submits it. Any iovec it points at must stay valid until it has
-    /// completed (a registration's live as long as the ring's entry).
-    pub fn submit(&self, sqe: &squeue::Entry128) -> std::io::Result<()> {
-        let _sq = self.sq.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the lock makes this the only handle on the submission queue.
+    /// Queues `sqe`, to go with the next [`Ring::enter`]. Whatever it points at must stay
+    /// valid until it completes. Called by the owning thread only.
+    pub fn push(&self, sqe: &squeue::Entry128) -> std::io::Result<()> {
+        // SAFETY: only the owning thread calls this, so this is the only submission queue
+        // handle.
         let mut sq = unsafe { self.ring.submission_shared() };
         // SAFETY: the caller keeps what the SQE points at alive until it completes; the
-        // queue has a slot per FUSE ring entry and each entry has at most one SQE queued,
-        // so the push fails only on a bug.
+        // queue has a slot per FUSE ring entry (and the wakeup's), each with at most one
+        // SQE queued, so the push fails only on a bug.
         let pushed = unsafe { sq.push(sqe) };
         drop(sq);
-        pushed.map_err(|_| std::io::Error::other("the FUSE ring's submission queue is full"))?;
-        loop {
-            match self.ring.submitter().submit() {
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                r => return r.map(drop),
-            }
-        }
+        pushed.map_err(|_| std::io::Error::other("the FUSE ring's submission queue is full"))
     }
 
-    /// Waits for at least one completion (or a signal), then returns all that are ready as
-    /// (user data, result). Called by the queue's thread only.
-    pub fn reap(&self, wait: bool, into: &mut Vec<(u64, i32)>) -> std::io::Result<()> {
-        if wait {
-            match self.ring.submitter().submit_and_wait(1) {
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                r => r.map(drop)?,
-            }
+    /// Submits what was queued and, with `wait`, waits for at least one completion (or a
+    /// signal); then appends every completion that is ready to `into` as (user data,
+    /// result). Called by the owning thread only.
+    pub fn enter(&self, wait: bool, into: &mut Vec<(u64, i32)>) -> std::io::Result<()> {
+        let entered = match wait {
+            true => self.ring.submitter().submit_and_wait(1),
+            false => self.ring.submitter().submit(),
+        };
+        match entered {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            r => r.map(drop)?,
         }
-        // SAFETY: only the queue's thread calls this, so this is the only completion queue
+        // SAFETY: only the owning thread calls this, so this is the only completion queue
         // handle.
         let cq = unsafe { self.ring.completion_shared() };
         into.extend(cq.map(|c| (c.user_data(), c.result())));
         Ok(())
     }
+}
+
+/// An `IORING_OP_READ` of eight bytes from `fd` (an eventfd) into `buf`.
+pub fn read_eventfd(fd: BorrowedFd<'_>, buf: PeerSlice<'_>) -> squeue::Entry128 {
+    let len = buf.len().min(8) as u32;
+    io_uring::opcode::Read::new(io_uring::types::Fd(fd.as_raw_fd()), buf.as_ptr(), len).build().into()
 }
 
 #[cfg(test)]

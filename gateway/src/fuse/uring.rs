@@ -18,6 +18,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::files::{LunFiles, Payload, MAX_IO};
@@ -129,6 +130,13 @@ impl LentPages {
 }
 
 /// One kernel ring queue: its io_uring, its entries, and the queue pair their buffers are in.
+///
+/// Only the queue's thread enters its io_uring. A reply made on another thread (a queue
+/// pair's completion thread) fills the entry, leaves the commit in `posted`, and wakes the
+/// queue's thread through `wake` if it sleeps; the thread sends every posted commit with
+/// its next wait. The kernel then hands the next requests to that thread, which is waiting
+/// for them, rather than interrupting the replying one; and under load one system call
+/// carries many commits.
 pub struct Queue {
     qid: u16,
     dev: OwnedFd,
@@ -136,7 +144,16 @@ pub struct Queue {
     headers: SharedMemory,
     entries: Vec<Entry>,
     pair: Arc<QueuePair>,
+    /// Commits left by repliers: (entry, request).
+    posted: Mutex<Vec<(usize, u64)>>,
+    /// The queue's thread is about to wait, or waits: a replier must wake it.
+    sleeping: AtomicBool,
+    /// An eventfd the queue's thread always has a read of in flight.
+    wake: OwnedFd,
 }
+
+/// The user data of the wakeup's read.
+const WAKE: u64 = u64::MAX;
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,8 +235,11 @@ impl Slot {
         let mut headers = [0u8; RING_HEADERS];
         wire::ring_reply(&mut headers, unique, error, if error == 0 { len } else { 0 });
         q.headers.write(self.entry as u64 * HEADER_STRIDE, &headers).map_err(io::Error::other)?;
-        let sqe = sys::uring_cmd(q.dev.as_fd(), CMD_COMMIT_AND_FETCH, command(unique, q.qid), None);
-        q.ring.submit(&sqe.user_data(self.entry as u64))
+        q.posted.lock().unwrap_or_else(|p| p.into_inner()).push((self.entry, unique));
+        if q.sleeping.swap(false, Ordering::SeqCst) {
+            rustix::io::write(&q.wake, &1u64.to_ne_bytes())?;
+        }
+        Ok(())
     }
 }
 
@@ -261,10 +281,14 @@ impl Queue {
         depth: usize,
     ) -> io::Result<(Arc<Queue>, Completions)> {
         let dev = sys::clone_device(session)?;
-        let ring = sys::Ring::new(depth as u32)?;
-        let headers =
-            SharedMemory::create("pangate-fuse-ring", (depth as u64 * HEADER_STRIDE).next_multiple_of(4096) as usize)
-                .map_err(io::Error::other)?;
+        let ring = sys::Ring::new(depth as u32 + 1)?;
+        // The entries' headers, then the wakeup's read buffer.
+        let headers = SharedMemory::create(
+            "pangate-fuse-ring",
+            ((depth as u64 + 1) * HEADER_STRIDE).next_multiple_of(4096) as usize,
+        )
+        .map_err(io::Error::other)?;
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
         let pair = link.queue_shared();
         let mut entries = Vec::with_capacity(depth);
         for _ in 0..depth {
@@ -279,7 +303,17 @@ impl Queue {
                 now: Mutex::new(Some((r.region, r.generation))),
             });
         }
-        let queue = Arc::new(Queue { qid, dev, ring, headers, entries, pair });
+        let queue = Arc::new(Queue {
+            qid,
+            dev,
+            ring,
+            headers,
+            entries,
+            pair,
+            posted: Mutex::new(Vec::new()),
+            sleeping: AtomicBool::new(false),
+            wake,
+        });
         let mut iovecs = Vec::with_capacity(depth);
         for (i, e) in queue.entries.iter().enumerate() {
             let head = queue.headers.slice(i as u64 * HEADER_STRIDE, RING_HEADERS as u64).map_err(io::Error::other)?;
@@ -290,13 +324,15 @@ impl Queue {
             ]));
         }
         for (i, iov) in iovecs.iter().enumerate() {
-            // The kernel reads the iovecs while it handles the registration, inside submit.
+            // The kernel reads the iovecs while it handles the registration, inside the
+            // enter below; they live until this returns.
             let sqe = sys::uring_cmd(queue.dev.as_fd(), CMD_REGISTER, command(0, qid), Some(iov));
-            queue.ring.submit(&sqe.user_data(i as u64))?;
+            queue.ring.push(&sqe.user_data(i as u64))?;
         }
+        queue.arm_wake()?;
         // A refused registration completes at once, with its error.
         let mut early = Vec::new();
-        queue.ring.reap(false, &mut early)?;
+        queue.ring.enter(false, &mut early)?;
         if let Some(&(_, res)) = early.iter().find(|&&(_, res)| res < 0) {
             return Err(io::Error::from_raw_os_error(-res));
         }
@@ -308,9 +344,18 @@ impl Queue {
     pub fn serve(self: &Arc<Self>, fs: &LunFiles, early: Vec<(u64, i32)>) -> io::Result<()> {
         let mut done = early;
         let mut head = Vec::with_capacity(HEAD_BYTES);
+        let mut commits = Vec::new();
         let mut gone = 0;
         loop {
             for (entry, res) in done.drain(..) {
+                if entry == WAKE {
+                    if res < 0 && res != -libc::ECANCELED {
+                        let error = io::Error::from_raw_os_error(-res);
+                        tracing::warn!(qid = self.qid, %error, "the FUSE ring's wakeup failed");
+                    }
+                    self.arm_wake()?;
+                    continue;
+                }
                 let Some(entry) = usize::try_from(entry).ok().filter(|&e| e < self.entries.len()) else {
                     tracing::error!(entry, "completion for no FUSE ring entry");
                     continue;
@@ -330,8 +375,27 @@ impl Queue {
                 tracing::debug!(qid = self.qid, "FUSE ring queue done");
                 return Ok(());
             }
-            self.ring.reap(true, &mut done)?;
+            // Sleep only once nothing is left to send: a reply posted after this look
+            // finds `sleeping` set and wakes the thread.
+            self.sleeping.store(true, Ordering::SeqCst);
+            std::mem::swap(&mut commits, &mut *self.posted.lock().unwrap_or_else(|p| p.into_inner()));
+            let wait = commits.is_empty();
+            if !wait {
+                self.sleeping.store(false, Ordering::SeqCst);
+            }
+            for (entry, unique) in commits.drain(..) {
+                let sqe = sys::uring_cmd(self.dev.as_fd(), CMD_COMMIT_AND_FETCH, command(unique, self.qid), None);
+                self.ring.push(&sqe.user_data(entry as u64))?;
+            }
+            self.ring.enter(wait, &mut done)?;
+            self.sleeping.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// Starts a read of the wakeup eventfd, which a replier's write completes.
+    fn arm_wake(&self) -> io::Result<()> {
+        let buf = self.headers.slice(self.entries.len() as u64 * HEADER_STRIDE, 8).map_err(io::Error::other)?;
+        self.ring.push(&sys::read_eventfd(self.wake.as_fd(), buf).user_data(WAKE))
     }
 
     /// Parses the request in `entry` and dispatches it.
