@@ -344,6 +344,7 @@ impl Queue {
     pub fn serve(self: &Arc<Self>, fs: &LunFiles, early: Vec<(u64, i32)>) -> io::Result<()> {
         let mut done = early;
         let mut head = Vec::with_capacity(HEAD_BYTES);
+        let mut payload = vec![0u8; HEAD_BYTES];
         let mut commits = Vec::new();
         let mut gone = 0;
         loop {
@@ -369,7 +370,7 @@ impl Queue {
                     gone += 1;
                     continue;
                 }
-                self.handle(fs, entry, &mut head);
+                self.handle(fs, entry, &mut head, &mut payload);
             }
             if gone >= self.entries.len() {
                 tracing::debug!(qid = self.qid, "FUSE ring queue done");
@@ -399,7 +400,7 @@ impl Queue {
     }
 
     /// Parses the request in `entry` and dispatches it.
-    fn handle(self: &Arc<Self>, fs: &LunFiles, entry: usize, head: &mut Vec<u8>) {
+    fn handle(self: &Arc<Self>, fs: &LunFiles, entry: usize, head: &mut Vec<u8>, payload: &mut [u8]) {
         let slot = Slot { queue: self.clone(), entry };
         let mut headers = [0u8; RING_HEADERS];
         let e = &self.entries[entry];
@@ -415,7 +416,6 @@ impl Queue {
                 return;
             }
         };
-        let mut payload = [0u8; HEAD_BYTES];
         let n = if wire::is_write(req.opcode) { 0 } else { (req.payload as usize).min(HEAD_BYTES) };
         if e.home.read(e.home_offset, &mut payload[..n]).is_err() {
             return Reply::ring(slot, req.commit_id).error(libc::EIO);
