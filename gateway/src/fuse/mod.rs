@@ -136,6 +136,9 @@ pub fn mount(req: &MountRequest) -> anyhow::Result<Mounted> {
 
 type RingThreads = Vec<JoinHandle<std::io::Result<()>>>;
 
+/// Threads (each with its own io_uring and half the entries) per kernel FUSE ring queue.
+const THREADS_PER_QUEUE: usize = 2;
+
 /// Starts a thread per kernel FUSE ring queue, each registering its entries, and waits
 /// until all have. On failure, the threads that did register are returned too: the kernel
 /// gives their entries back when the filesystem is unmounted.
@@ -149,17 +152,22 @@ fn start_rings(
         Ok(n) => n,
         Err(e) => return Err((anyhow::Error::from(e).context("counting the kernel's FUSE ring queues"), Vec::new())),
     };
-    // Each queue pair's data area holds the buffers of the queues that share it.
-    let depth = (ENTRIES_PER_AREA / queues.div_ceil(pairs.max(1))).max(1);
+    // A process's I/O all goes to the queue of the CPU it runs on, and its requests' data
+    // is copied by the thread the entry belongs to: two threads per queue copy two at once,
+    // as two /dev/fuse threads do.
+    let per_queue = THREADS_PER_QUEUE.min(pairs.max(1));
+    let threads_n = queues * per_queue;
+    // Each queue pair's data area holds the buffers of the threads that share it.
+    let depth = (ENTRIES_PER_AREA / threads_n.div_ceil(pairs.max(1))).max(1);
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
-    for qid in 0..queues {
+    for (qid, t) in (0..queues).flat_map(|q| (0..per_queue).map(move |t| (q, t))) {
         let (fs, link, tx) = (fs.clone(), link.clone(), tx.clone());
         let session = match session.as_fd().try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => return Err((anyhow::Error::from(e).context("duplicating the /dev/fuse fd"), threads)),
         };
-        let spawned = std::thread::Builder::new().name(format!("pangate-ring{qid}")).spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("pangate-ring{qid}.{t}")).spawn(move || {
             let registered = uring::Queue::register(&link, session.as_fd(), qid as u16, depth);
             drop(session);
             let (queue, early) = match registered {
@@ -180,14 +188,14 @@ fn start_rings(
         }
     }
     drop(tx);
-    for _ in 0..queues {
+    for _ in 0..threads_n {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err((anyhow::anyhow!(e), threads)),
             Err(_) => return Err((anyhow::anyhow!("a FUSE ring queue did not register"), threads)),
         }
     }
-    tracing::info!(queues, entries = depth, "serving through FUSE over io_uring");
+    tracing::info!(queues, threads = threads_n, entries = depth, "serving through FUSE over io_uring");
     Ok(threads)
 }
 

@@ -248,7 +248,13 @@ impl Slot {
 fn rehome(e: &Entry, pair: &QueuePair) -> Option<(Region, u64)> {
     if let Some(r) = pair.reserve(MAX_IO) {
         match e.home.alias(e.home_offset, u64::from(MAX_IO), &r.area, r.region.offset) {
-            Ok(()) => return Some((r.region, r.generation)),
+            Ok(()) => {
+                tracing::debug!(
+                    offset = r.region.offset,
+                    "a FUSE ring buffer follows its queue pair to the new data area"
+                );
+                return Some((r.region, r.generation));
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot move a FUSE ring buffer to the new data area");
                 pair.release(r.generation, &[r.region]);
