@@ -559,6 +559,74 @@ fn sigterm_umount_and_daemon_mode_unmount_cleanly() {
     assert!(!mounted(&rig.mount.point));
 }
 
+/// `pangate mount` with `--uring MODE --log-level info` in the foreground, its log in
+/// `log`, once its files show.
+fn mount_logging(socket: &Path, point: &Path, mode: &str, log: &Path) -> Mount {
+    std::fs::create_dir_all(point).unwrap();
+    let child = Command::new(PANGATE)
+        .args(["mount", "--uring", mode, "--pan", "p", "--node", "n", "--credential", CRED, "--socket"])
+        .arg(socket)
+        .arg(point)
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let m = Mount { child: Some(child), point: point.to_path_buf() };
+    m.wait_ready();
+    m
+}
+
+/// Run by the io_uring binary (it switches the kernel's parameter itself): `--uring on`
+/// fails where FUSE over io_uring is off and says how to turn it on; `auto` then serves
+/// through /dev/fuse and says the same once; with it on, `auto` uses it.
+#[test]
+fn uring_on_fails_clearly_where_it_is_off_and_auto_falls_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if uring() != "on" {
+        return;
+    }
+    let Some(_prepared) = prerequisites() else {
+        return;
+    };
+    std::fs::write(support::FuseUring::PARAM, "N").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let gw = Gateway::start(dir.path(), &config);
+    let point = dir.path().join("mnt");
+    std::fs::create_dir_all(&point).unwrap();
+    let out = Command::new(PANGATE)
+        .args(["mount", "--daemon", "--uring", "on", "--pan", "p", "--node", "n", "--credential", CRED, "--socket"])
+        .arg(&gw.socket)
+        .arg(&point)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--uring on mounted with FUSE over io_uring off");
+    assert!(err.contains("enable_uring"), "the error says how to turn it on: {err}");
+    assert!(!mounted(&point));
+
+    let log = dir.path().join("auto.log");
+    let mut m = mount_logging(&gw.socket, &point, "auto", &log);
+    let lun = m.file("t0-l0");
+    std::fs::OpenOptions::new().write(true).open(&lun).unwrap().write_all_at(&pattern(4096, 7), 0).unwrap();
+    let mut back = vec![0u8; 4096];
+    std::fs::File::open(&lun).unwrap().read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, pattern(4096, 7));
+    m.signal(Signal::TERM);
+    assert!(m.wait(Duration::from_secs(10)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("serving through /dev/fuse") && text.contains("enable_uring"), "{text}");
+
+    std::fs::write(support::FuseUring::PARAM, "Y").unwrap();
+    let log = dir.path().join("auto-on.log");
+    let mut m = mount_logging(&gw.socket, &point, "auto", &log);
+    m.signal(Signal::TERM);
+    assert!(m.wait(Duration::from_secs(10)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("serving through FUSE over io_uring"), "{text}");
+}
+
 #[test]
 fn a_hung_gateway_fails_io_within_the_timeout_instead_of_hanging() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -76,7 +76,7 @@ pub fn fuse_prerequisites(what: &str, tools: &[&str]) -> bool {
 pub struct FuseUring(String);
 
 impl FuseUring {
-    const PARAM: &'static str = "/sys/module/fuse/parameters/enable_uring";
+    pub const PARAM: &'static str = "/sys/module/fuse/parameters/enable_uring";
 
     /// Switches it on. Outside CI, says why not and returns `None` where the kernel has no
     /// FUSE over io_uring; with CI=true that is a failure.
