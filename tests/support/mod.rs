@@ -159,7 +159,12 @@ pub fn run_in_vm(name: &str) {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vm"))
+    let mut vm = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/vm"));
+    if std::env::var_os("PANGATE_VM_TIMEOUT").is_none() {
+        // The libiscsi run through LIO takes about 11 minutes under emulation.
+        vm.env("PANGATE_VM_TIMEOUT", "900");
+    }
+    let out = vm
         .args(["run", "--"])
         .arg(&exe)
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
