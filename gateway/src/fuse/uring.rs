@@ -161,8 +161,9 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-/// A request's place in a ring queue: where its reply goes.
-#[derive(Debug, Clone)]
+/// A request's place in a ring queue: where its reply goes. Not `Clone`: an entry is
+/// committed once per request.
+#[derive(Debug)]
 pub struct Slot {
     queue: Arc<Queue>,
     entry: usize,
@@ -172,9 +173,9 @@ pub struct Slot {
 pub enum Fill<'a> {
     /// These bytes.
     Bytes(&'a [&'a [u8]]),
-    /// `len` bytes of `view` (data-in the gateway left elsewhere in its area).
+    /// The bytes of `view` (data-in the gateway left elsewhere in its area).
     View(PeerSlice<'a>),
-    /// Nothing: the first `len` bytes are already there (a lent READ's data-in).
+    /// Nothing: the buffer's first so many bytes are the reply (a lent READ's data-in).
     InPlace(u32),
 }
 
