@@ -100,10 +100,12 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
             Uring::Off => fuse::UringMode::Off,
         },
     };
+    // Taken before the files appear: a SIGTERM that comes as soon as they do must unmount,
+    // not kill the process.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let mut mounted = fuse::mount(&req)?;
     let mut unmounter = mounted.unmounter();
     let mountpoint = a.mountpoint.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let handle = signals.handle();
     std::thread::Builder::new().name("pangate-signals".into()).spawn(move || {
         if let Some(sig) = signals.forever().next() {

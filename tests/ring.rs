@@ -756,6 +756,58 @@ fn data_placed_in_the_area_or_left_there_round_trips_and_every_page_comes_back()
     link.close();
 }
 
+/// Pages a caller keeps (a FUSE ring entry's buffer) lent to commands: a WRITE goes out
+/// from them, a READ's data-in lands in them, and neither command frees them; lent pages
+/// of a connection that has gone are sent as a copy from the caller's mapping instead.
+#[test]
+fn lent_pages_carry_data_both_ways_and_stay_the_callers() {
+    use gateway::ring::link::{Command, Lent, LentData};
+
+    let f = start();
+    let link = link_n1(&f, 4 << 20, Duration::from_secs(10));
+    let q = link.queue();
+    let r = q.reserve(64 << 10).expect("room in the data area");
+    let send = |cmd: Command<'_>, lent: Lent| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        q.submit_lent(cmd, lent, (&r.area, r.region.offset), Box::new(move |o| tx.send(o).unwrap()), Duration::ZERO);
+        rx.recv_timeout(Duration::from_secs(10)).expect("the command completes")
+    };
+    let data = pattern(64 << 10, 9);
+    r.area.write(r.region.offset, &data).unwrap();
+    let write = scsi::build::rw16(0x8A, 256, 128, false);
+    let out = Lent { data: LentData::Out(r.region), generation: r.generation };
+    let o = send(Command { target: 0, lun: 0, cdb: &write, out: &[], in_len: 0 }, out);
+    assert_eq!(o.result.unwrap().status, 0);
+
+    r.area.write(r.region.offset, &[0u8; 64 << 10]).unwrap();
+    let read = scsi::build::rw16(0x88, 256, 128, false);
+    let into = Lent { data: LentData::In(r.region), generation: r.generation };
+    let o = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 64 << 10 }, into);
+    assert!(o.lent && o.data.is_empty(), "the data-in was left in the lent pages");
+    assert_eq!(o.result.unwrap().transferred, 64 << 10);
+    let mut back = vec![0u8; 64 << 10];
+    r.area.read(r.region.offset, &mut back).unwrap();
+    assert_eq!(back, data);
+
+    // Neither command freed the pages: the rest of the area is all that can be taken.
+    assert!(q.reserve(4 << 20).is_none(), "a lent command gave the caller's pages back");
+    let rest = q.reserve((4 << 20) - (64 << 10)).expect("every other page is free");
+    q.release(rest.generation, &[rest.region]);
+
+    // Pages of a connection that has gone: sent as a copy, and read back as bytes.
+    let stale = Lent { data: LentData::Out(r.region), generation: r.generation + 1 };
+    let write = scsi::build::rw16(0x8A, 512, 128, false);
+    let o = send(Command { target: 0, lun: 0, cdb: &write, out: &[], in_len: 0 }, stale);
+    assert_eq!(o.result.unwrap().status, 0);
+    let read = scsi::build::rw16(0x88, 512, 128, false);
+    let stale = Lent { data: LentData::In(r.region), generation: r.generation + 1 };
+    let o = send(Command { target: 0, lun: 0, cdb: &read, out: &[], in_len: 64 << 10 }, stale);
+    assert!(!o.lent);
+    assert_eq!(o.data, data);
+    q.release(r.generation, &[r.region]);
+    link.close();
+}
+
 /// Submitters that find no room in the data area wait for it and are woken when pages come
 /// back, whether a reservation is released or commands complete: none waits out its I/O
 /// timeout (a missed wake would end in `LinkError::Timeout` after 20 s).
