@@ -123,14 +123,21 @@ pub fn pangate_disk() -> Option<PathBuf> {
     })
 }
 
-/// The PANGATE disk, once it appears (within `within`, or the test fails).
+/// The PANGATE disk, once it appears and opens (within `within`, or the test fails): its
+/// sysfs entry shows while the sd driver is still bringing it up, and opening its node
+/// then fails with ENXIO.
 pub fn await_pangate_disk(within: Duration) -> PathBuf {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(d) = pangate_disk() {
-            return d;
+        let found = pangate_disk();
+        match found.as_deref().map(|d| std::fs::OpenOptions::new().read(true).open(d)) {
+            Some(Ok(_)) => return found.expect("found"),
+            Some(Err(e)) if e.raw_os_error() != Some(libc::ENXIO) && e.kind() != std::io::ErrorKind::NotFound => {
+                panic!("opening {}: {e}", found.expect("found").display())
+            }
+            _ => {}
         }
-        assert!(Instant::now() < deadline, "no PANGATE disk appeared within {within:?}");
+        assert!(Instant::now() < deadline, "no PANGATE disk appeared and opened within {within:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
