@@ -46,6 +46,10 @@ pub fn run(
     oneshot: bool,
     gateway_id: Option<u16>,
 ) -> anyhow::Result<()> {
+    // Taken before anything starts: a SIGINT or SIGTERM that comes while the gateway is
+    // still starting (its socket is up before netvirt and the web admin are) waits and
+    // stops it cleanly once it has, instead of killing it.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let (cfg, file, dir) = load_or_create(config, data_dir)?;
     let cfg = match (gateway_id, cfg.gateway_ids().as_slice()) {
         (None, []) => cfg,
@@ -183,7 +187,7 @@ pub fn run(
     // Nodes with failover = "auto" are failed over by the watcher.
     let watcher = admin.watch_nodes().context("starting the node watcher")?;
     let web = start_web(&cfg, &dir, admin)?;
-    wait_for_signal()?;
+    wait_for_signal(&mut signals);
     // The LUNs this gateway serves go to its peers first, quiesced and flushed.
     if let Some(r) = redundancy {
         r.stop();
@@ -442,11 +446,8 @@ fn self_check(img: &mut OpenImage) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+fn wait_for_signal(signals: &mut signal_hook::iterator::Signals) {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "stopping");
     }
-    Ok(())
 }

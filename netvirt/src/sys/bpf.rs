@@ -49,7 +49,16 @@ pub fn load_sched_cls(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
         prog_name,
         _rest: [0; 64],
     };
-    let fd = bpf(BPF_PROG_LOAD, &attr).map_err(|e| {
+    // The verifier gives up with EAGAIN when a signal arrives while it runs (a SIGTERM
+    // during start-up, which the gateway handles once it has started): load again.
+    let mut loaded = bpf(BPF_PROG_LOAD, &attr);
+    for _ in 0..5 {
+        match &loaded {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => loaded = bpf(BPF_PROG_LOAD, &attr),
+            _ => break,
+        }
+    }
+    let fd = loaded.map_err(|e| {
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
         io::Error::new(e.kind(), format!("loading the eBPF program {name}: {e}: {}", text.trim()))
