@@ -8,7 +8,7 @@ use std::path::Path;
 use scsi::{LunConfig, LunIdentity};
 
 use crate::config::{Access, Config, ImageConfig};
-use crate::engine::{open_engine, EngineKind, Image, ImageOptions};
+use crate::engine::{open_path, EngineKind, ImageOptions};
 use crate::lun::LunDriver;
 
 /// Queue depth of each image's engine.
@@ -73,15 +73,24 @@ pub fn open_image(
         std::fs::create_dir_all(parent)?;
     }
     let opts = ImageOptions { create_size: Some(img.size.0), direct: cfg.direct_io, read_only: false };
-    let image = Image::open(&path, &opts)
+    let engine = open_path(&path, &opts, kind, ENGINE_DEPTH)
         .map_err(|e| anyhow::anyhow!("pan {pan:?} image {:?} at {}: {e}", img.name, path.display()))?;
-    let size = image.size - image.size % u64::from(img.block_size);
+    if let Some(medium) = engine.block_size().filter(|&bs| bs != img.block_size) {
+        anyhow::bail!(
+            "pan {pan:?} image {:?}: {} is formatted with {medium}-byte blocks, but the image has block_size = {}; \
+             set block_size = {medium} (or reformat the namespace)",
+            img.name,
+            path.display(),
+            img.block_size
+        );
+    }
+    let size = engine.size() - engine.size() % u64::from(img.block_size);
     let identity = LunIdentity::new(format!("{}/{}/{}", cfg.serial, pan, img.name));
     let mut lun = LunConfig::new(identity, img.block_size, size)
         .map_err(|e| anyhow::anyhow!("pan {pan:?} image {:?}: {e}", img.name))?;
     lun.thin_provisioning = img.thin;
     lun.write_cache = img.write_cache;
-    let engine = open_engine(image, kind, ENGINE_DEPTH)?;
+    engine.limits(&mut lun.limits);
     let mut driver = LunDriver::new(lun, engine)?;
     driver.keep_reservations_at(crate::reservations::file_for(data_dir, pan, &img.name))?;
     match cfg.preferred_gateway(pan, &img.name) {

@@ -1,10 +1,11 @@
 //! Property test: random sequences of WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE, ORWRITE and READ
 //! give the same bytes and statuses as a plain in-memory model, on every engine, and on the
-//! RAM engine's direct path too.
+//! RAM engine's direct path too; and on the NVMe engine over QEMU's emulated drive, in the
+//! test VM.
 
 mod support;
 
-use gateway::engine::{Backend, Image, ImageOptions, RamEngine, SyncEngine, UringEngine};
+use gateway::engine::{Backend, Image, ImageOptions, IoOp, IoRequest, NvmeEngine, RamEngine, SyncEngine, UringEngine};
 use gateway::lun::LunDriver;
 use proptest::prelude::*;
 use scsi::build::unmap_list;
@@ -247,4 +248,22 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         check_sequence(driver(config(512, BLOCKS * 512), file_backend(&dir, false, false)), &ops, false)?;
     }
+}
+
+/// The model over the NVMe passthrough engine, on the test VM's emulated drive (512-byte
+/// blocks, as the model's): each case starts from zeroed blocks.
+#[test]
+fn nvme_engine_matches_model() {
+    let Some(dev) = nvme_or_in_vm("nvme_engine_matches_model") else { return };
+    let mut runner = proptest::test_runner::TestRunner::new(cases());
+    runner
+        .run(&prop::collection::vec(op(), 1..40), |ops| {
+            let mut engine = NvmeEngine::open(&dev, false, 64).unwrap();
+            engine.submit(IoRequest { tag: 0, op: IoOp::WriteZeroes { offset: 0, len: BLOCKS * BS as u64 } }).unwrap();
+            let mut done = Vec::new();
+            engine.reap(&mut done, 1).unwrap();
+            assert!(matches!(done.as_slice(), [c] if c.result.is_ok()), "zeroing the namespace: {done:?}");
+            check_sequence(driver(config(512, BLOCKS * 512), Box::new(engine)), &ops, false)
+        })
+        .unwrap();
 }

@@ -52,8 +52,16 @@ impl Asc {
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x00, 0x00);
     /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE.
     pub const NOT_READY: Asc = Asc(0x04, 0x00);
+    /// LOGICAL UNIT NOT READY, FORMAT IN PROGRESS.
+    pub const FORMAT_IN_PROGRESS: Asc = Asc(0x04, 0x04);
+    /// PERIPHERAL DEVICE WRITE FAULT.
+    pub const WRITE_FAULT: Asc = Asc(0x03, 0x00);
+    /// WARNING - POWER LOSS EXPECTED.
+    pub const POWER_LOSS_EXPECTED: Asc = Asc(0x0B, 0x08);
     /// WRITE ERROR.
     pub const WRITE_ERROR: Asc = Asc(0x0C, 0x00);
+    /// LOGICAL BLOCK GUARD CHECK FAILED.
+    pub const GUARD_CHECK_FAILED: Asc = Asc(0x10, 0x01);
     /// UNRECOVERED READ ERROR.
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
     /// PARAMETER LIST LENGTH ERROR.
@@ -62,6 +70,8 @@ impl Asc {
     pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1D, 0x00);
     /// INVALID COMMAND OPERATION CODE.
     pub const INVALID_OPCODE: Asc = Asc(0x20, 0x00);
+    /// ACCESS DENIED - INVALID LU IDENTIFIER.
+    pub const ACCESS_DENIED: Asc = Asc(0x20, 0x09);
     /// LOGICAL BLOCK ADDRESS OUT OF RANGE.
     pub const LBA_OUT_OF_RANGE: Asc = Asc(0x21, 0x00);
     /// INVALID FIELD IN CDB.

@@ -99,6 +99,9 @@ pub enum IoFailure {
     ReadOnly,
     /// Anything else (the backend could not take the request).
     Internal,
+    /// The device underneath reported a condition that has a nearer sense of its own (an
+    /// NVMe status translated to SCSI, say).
+    Sense(Sense),
 }
 
 /// What the transport must do next for a task.
@@ -195,6 +198,7 @@ pub fn failure_sense(failure: IoFailure, writing: bool) -> Sense {
         IoFailure::NoSpace => Sense::new(SenseKey::DataProtect, Asc::SPACE_ALLOCATION_FAILED),
         IoFailure::ReadOnly => Sense::write_protected(),
         IoFailure::Internal => Sense::new(SenseKey::HardwareError, Asc::INTERNAL_TARGET_FAILURE),
+        IoFailure::Sense(sense) => sense,
     }
 }
 

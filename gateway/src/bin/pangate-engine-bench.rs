@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use gateway::engine::{
-    open_engine, Backend, EngineKind, Image, ImageOptions, IoCompletion, IoOp, IoRequest, UringEngine,
+    open_engine, Backend, EngineKind, Image, ImageOptions, IoCompletion, IoOp, IoRequest, NvmeEngine, UringEngine,
 };
 use gateway::workload::XorShift;
 
@@ -21,7 +21,7 @@ enum Rw {
 #[derive(Debug, Parser)]
 #[command(about = "Drive a pangate engine with a fio-like workload and print JSON")]
 struct Args {
-    /// Image file (must exist).
+    /// Image file (must exist), or an NVMe namespace's generic device with `--engine nvme`.
     #[arg(long)]
     file: PathBuf,
     /// Workload.
@@ -45,7 +45,7 @@ struct Args {
     /// Most requests handed to the kernel per io_uring_enter.
     #[arg(long, default_value_t = gateway::engine::uring::SUBMIT_BATCH)]
     submit_batch: usize,
-    /// Engine: uring or sync.
+    /// Engine: uring, sync or nvme.
     #[arg(long, default_value = "uring")]
     engine: EngineKind,
 }
@@ -67,18 +67,21 @@ fn reap_adaptive(engine: &mut dyn Backend, out: &mut Vec<IoCompletion>, spin: Du
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let image = Image::open(&a.file, &ImageOptions { create_size: None, direct: a.direct, read_only: false })?;
-    let size = image.size;
-    let blocks = size / a.bs as u64;
-    anyhow::ensure!(blocks > 0, "image smaller than one block");
     let mut engine: Box<dyn Backend> = match a.engine {
-        EngineKind::Sync => open_engine(image, a.engine, a.qd as u32)?,
-        _ => {
-            let mut u = UringEngine::new(image, a.qd as u32)?;
-            u.set_submit_batch(a.submit_batch);
-            Box::new(u)
+        EngineKind::Nvme => Box::new(NvmeEngine::open(&a.file, false, a.qd as u32)?),
+        kind => {
+            let image = Image::open(&a.file, &ImageOptions { create_size: None, direct: a.direct, read_only: false })?;
+            if kind == EngineKind::Sync {
+                open_engine(image, kind, a.qd as u32)?
+            } else {
+                let mut u = UringEngine::new(image, a.qd as u32)?;
+                u.set_submit_batch(a.submit_batch);
+                Box::new(u)
+            }
         }
     };
+    let blocks = engine.size() / a.bs as u64;
+    anyhow::ensure!(blocks > 0, "image smaller than one block");
     // A fresh seed each run, like fio's randrepeat=0.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     let mut rng = XorShift::new(seed);

@@ -6,6 +6,7 @@
 //! not even be submitted, so the caller can always answer the command it came from.
 
 pub mod image;
+pub mod nvme;
 pub mod ram;
 pub mod sync;
 #[allow(unsafe_code)]
@@ -21,11 +22,12 @@ use std::str::FromStr;
 
 pub use buf::{AlignedBuf, Arena};
 pub use image::{Image, ImageOptions};
+pub use nvme::NvmeEngine;
 pub use ram::{NullEngine, RamEngine};
 pub use sync::SyncEngine;
 pub use uring::UringEngine;
 
-use scsi::{AllocExtent, IoDone, IoFailure};
+use scsi::{AllocExtent, BlockLimits, IoDone, IoFailure};
 use shmem::PeerSlice;
 
 /// One operation on an image. Offsets and lengths are bytes.
@@ -116,6 +118,8 @@ pub enum EngineError {
     Full,
     /// The request lies outside the image.
     OutOfRange,
+    /// An NVMe command completed with this status ([`nvme::translate::Status`]).
+    Nvme(u16),
 }
 
 impl fmt::Display for EngineError {
@@ -125,6 +129,7 @@ impl fmt::Display for EngineError {
             EngineError::Short { done, wanted } => write!(f, "short transfer: {done} of {wanted} bytes"),
             EngineError::Full => f.write_str("engine queue full"),
             EngineError::OutOfRange => f.write_str("request outside the image"),
+            EngineError::Nvme(s) => write!(f, "{}", nvme::translate::Status(*s)),
         }
     }
 }
@@ -141,6 +146,7 @@ impl EngineError {
             }
             EngineError::Os(libc::ENOMEM) | EngineError::Os(libc::EAGAIN) | EngineError::Full => IoFailure::Internal,
             EngineError::Os(_) | EngineError::Short { .. } | EngineError::OutOfRange => IoFailure::Medium,
+            EngineError::Nvme(s) => nvme::translate::failure(nvme::translate::Status(s)),
         }
     }
 }
@@ -202,6 +208,17 @@ pub trait Backend: fmt::Debug + Send {
 
     /// Image size in bytes.
     fn size(&self) -> u64;
+
+    /// The block size the medium is formatted with, for engines over media that have one
+    /// (an NVMe namespace); a LUN over it must use the same.
+    fn block_size(&self) -> Option<u32> {
+        None
+    }
+
+    /// Narrows the Block Limits a LUN over this engine advertises to what suits the medium.
+    fn limits(&self, limits: &mut BlockLimits) {
+        let _ = limits;
+    }
 
     /// Grows the image to `bytes`; engines over fixed-size media refuse.
     fn grow(&mut self, bytes: u64) -> io::Result<()> {
@@ -272,6 +289,9 @@ pub enum EngineKind {
     Uring,
     /// Synchronous pread/pwrite.
     Sync,
+    /// NVMe passthrough on a namespace's generic character device (`/dev/ngXnY`), which
+    /// `Auto` also picks for such a device.
+    Nvme,
     /// In memory, for tests and benchmarks: the image file is not used and contents are
     /// lost on exit.
     Ram,
@@ -285,8 +305,9 @@ impl FromStr for EngineKind {
             "auto" => Ok(EngineKind::Auto),
             "uring" | "io_uring" => Ok(EngineKind::Uring),
             "sync" => Ok(EngineKind::Sync),
+            "nvme" => Ok(EngineKind::Nvme),
             "ram" => Ok(EngineKind::Ram),
-            other => Err(format!("unknown engine {other:?}: expected auto, uring, sync or ram")),
+            other => Err(format!("unknown engine {other:?}: expected auto, uring, sync, nvme or ram")),
         }
     }
 }
@@ -304,10 +325,28 @@ impl EngineKind {
     }
 }
 
+/// Opens the image at `path` (creating a missing file as `opts` say) on an engine of
+/// `kind`: the NVMe engine for an NVMe namespace's generic device, else as [`open_engine`].
+pub fn open_path(
+    path: &std::path::Path,
+    opts: &ImageOptions,
+    kind: EngineKind,
+    depth: u32,
+) -> io::Result<Box<dyn Backend>> {
+    if nvme::chosen(kind, path)? {
+        return Ok(Box::new(NvmeEngine::open(path, opts.read_only, depth)?));
+    }
+    open_engine(Image::open(path, opts)?, kind, depth)
+}
+
 /// Opens an engine of `kind` on an image. `Auto` probes io_uring and falls back to the
 /// synchronous engine with one log line saying why.
 pub fn open_engine(image: Image, kind: EngineKind, depth: u32) -> io::Result<Box<dyn Backend>> {
     match kind {
+        EngineKind::Nvme => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: the nvme engine drives an NVMe namespace's device, not a file", image.path.display()),
+        )),
         EngineKind::Ram => Ok(Box::new(RamEngine::new(image.size))),
         EngineKind::Sync => Ok(Box::new(SyncEngine::new(image))),
         EngineKind::Uring => Ok(Box::new(UringEngine::new(image, depth)?)),

@@ -99,6 +99,31 @@ pub fn read(d: &mut LunDriver, lba: u64, blocks: u32) -> Vec<u8> {
     f.data().to_vec()
 }
 
+/// Size of the emulated NVMe drive the NVMe tests ask `scripts/vm` for.
+pub const NVME_DRIVE: &str = "4M";
+
+/// The emulated NVMe namespace's generic device, inside the test VM. Elsewhere, test `name`
+/// runs again in the VM with that drive (or skips, or fails under CI where no VM can run),
+/// and this gives `None`: NVMe tests never touch a host's own drives.
+pub fn nvme_or_in_vm(name: &str) -> Option<std::path::PathBuf> {
+    if in_vm() {
+        let dev = std::path::Path::new("/dev/ng0n1");
+        // The driver probes the drive in the background after modprobe.
+        for _ in 0..200 {
+            if dev.exists() {
+                return Some(dev.to_owned());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the test VM shows no {} within 20 s", dev.display());
+    }
+    let why = "NVMe passthrough needs an NVMe drive and driver (the test VM has both)";
+    if !skip_because(vm_missing().map(|vm| format!("{why}, and {vm}"))) {
+        run_in_vm_with(name, &[("PANGATE_VM_NVME", NVME_DRIVE)]);
+    }
+    None
+}
+
 mod prereq;
 #[allow(unused_imports)] // not every test binary checks for prerequisites
 pub use prereq::*;

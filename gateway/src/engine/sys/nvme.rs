@@ -1,0 +1,356 @@
+//! The NVMe engine's kernel interface: the namespace ID and admin commands through ioctls,
+//! and I/O commands through `IORING_OP_URING_CMD` on a ring of 128-byte SQEs and 32-byte
+//! CQEs, whose commands point into memory this module holds until the kernel answers.
+//!
+//! [`Queue`] owns every request whose commands it has queued, builds each SQE itself from a
+//! command it holds (so its data pointer is into that request's buffer, the command's own
+//! range list, or the queue's zero buffer), and gives a request back only once the kernel
+//! has answered every one of its commands. Dropped with commands still in the kernel, it
+//! leaks their requests rather than free memory the kernel may still write.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::engine::nvme::translate::{cns, opcode as nvme_op, Command, Data, IDENTIFY_BYTES};
+use crate::engine::{AlignedBuf, IoOp, IoRequest};
+
+/// `NVME_IOCTL_ID`: `_IO('N', 0x40)`, the namespace ID of the device.
+const NVME_IOCTL_ID: libc::c_ulong = 0x4E40;
+/// `NVME_IOCTL_ADMIN_CMD`: `_IOWR('N', 0x41, struct nvme_passthru_cmd)` (72 bytes).
+const NVME_IOCTL_ADMIN_CMD: libc::c_ulong = 0xC048_4E41;
+/// `NVME_URING_CMD_IO`: `_IOWR('N', 0x80, struct nvme_uring_cmd)` (72 bytes).
+const NVME_URING_CMD_IO: u32 = 0xC048_4E80;
+
+/// How many times a command the kernel answered with EAGAIN or EINTR is sent again.
+const MAX_RETRIES: u8 = 16;
+
+/// `struct nvme_passthru_cmd` of `<linux/nvme_ioctl.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct PassthruCmd {
+    opcode: u8,
+    flags: u8,
+    rsvd1: u16,
+    nsid: u32,
+    cdw2: u32,
+    cdw3: u32,
+    metadata: u64,
+    addr: u64,
+    metadata_len: u32,
+    data_len: u32,
+    cdw10: u32,
+    cdw11: u32,
+    cdw12: u32,
+    cdw13: u32,
+    cdw14: u32,
+    cdw15: u32,
+    timeout_ms: u32,
+    result: u32,
+}
+
+/// The namespace ID of an NVMe namespace's device (block or generic character device).
+pub fn namespace_id(file: &File) -> io::Result<u32> {
+    // SAFETY: NVME_IOCTL_ID takes no argument and returns the ID; `file` keeps the fd open.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), NVME_IOCTL_ID as _) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u32)
+    }
+}
+
+/// Runs Identify with `cns` (and `csi` in CDW11) for `nsid` through the admin passthrough
+/// ioctl, which the kernel allows on a namespace's device too. An NVMe error status comes
+/// back as an error that names it.
+pub fn identify(file: &File, cns_value: u32, csi: u8, nsid: u32) -> io::Result<Vec<u8>> {
+    let mut data = vec![0u8; IDENTIFY_BYTES];
+    let mut cmd = PassthruCmd {
+        opcode: nvme_op::IDENTIFY,
+        nsid: if cns_value == cns::NAMESPACE { nsid } else { 0 },
+        addr: data.as_mut_ptr() as u64,
+        data_len: IDENTIFY_BYTES as u32,
+        cdw10: cns_value,
+        cdw11: u32::from(csi) << 24,
+        ..PassthruCmd::default()
+    };
+    // SAFETY: the command is a `struct nvme_passthru_cmd` the call reads and writes back
+    // (`result`); its `addr` points at `data`, IDENTIFY_BYTES long, which outlives the call
+    // and is the only memory the kernel writes the identify data to.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), NVME_IOCTL_ADMIN_CMD as _, &mut cmd as *mut PassthruCmd) };
+    match r {
+        0 => Ok(data),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        status => Err(io::Error::other(format!("identify (CNS {cns_value:#x}) failed with NVMe status {status:#x}"))),
+    }
+}
+
+/// How a command ended, when it did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmdError {
+    /// The kernel refused or failed it with this errno.
+    Os(i32),
+    /// The controller completed it with this status (see `translate::Status`).
+    Status(u16),
+}
+
+/// A request whose commands are queued or in the kernel.
+struct Job {
+    req: IoRequest,
+    /// Commands not yet answered (waiting or in the kernel).
+    left: usize,
+    /// The first failure among its commands.
+    error: Option<CmdError>,
+}
+
+/// A command in the kernel: its job, the command (which holds its range list), and how
+/// often it was sent again.
+struct Sent {
+    job: u32,
+    cmd: Command,
+    retries: u8,
+}
+
+/// An NVMe namespace's I/O queue: a ring of its own with the namespace as fixed file 0.
+pub struct Queue {
+    ring: IoUring<squeue::Entry128, cqueue::Entry32>,
+    enabled: bool,
+    /// Registered with the ring: the kernel signals it as commands finish.
+    done_fd: Option<OwnedFd>,
+    jobs: Vec<Option<Job>>,
+    free_jobs: Vec<u32>,
+    /// Commands waiting for room in the ring, with their job.
+    waiting: VecDeque<(u32, Command, u8)>,
+    /// Ring slots, by the token in each CQE: `Some` while the kernel has the command.
+    sent: Vec<Option<Sent>>,
+    free_slots: Vec<u32>,
+    /// Zeros for writes standing in for Write Zeroes, as long as the longest such write
+    /// (taken only to be leaked, in `Drop`).
+    zeroes: Option<AlignedBuf>,
+    /// SQEs queued since the last enter.
+    queued: usize,
+    finished: Vec<(IoRequest, Result<(), CmdError>)>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("outstanding", &self.outstanding())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// A queue for `file` (an NVMe generic character device) with room for `depth` requests
+    /// and `depth` commands in the kernel, created disabled so that the first thread to
+    /// drive it becomes its single issuer. `zeroes` is the longest write of zeros it may do.
+    pub fn new(file: &File, depth: u32, zeroes: usize) -> io::Result<Queue> {
+        let depth = depth.clamp(1, 1024);
+        let (ring, enabled) = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_r_disabled()
+            .setup_cqsize(depth * 2)
+            .build(depth)
+            .map(|r| (r, false))
+            .or_else(|_| {
+                IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
+                    .setup_cqsize(depth * 2)
+                    .build(depth)
+                    .map(|r| (r, true))
+            })?;
+        ring.submitter().register_files(&[file.as_raw_fd()])?;
+        let done_fd =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+                .map_err(io::Error::from)
+                .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
+                .ok();
+        Ok(Queue {
+            ring,
+            enabled,
+            done_fd,
+            jobs: (0..depth).map(|_| None).collect(),
+            free_jobs: (0..depth).rev().collect(),
+            waiting: VecDeque::new(),
+            sent: (0..depth).map(|_| None).collect(),
+            free_slots: (0..depth).rev().collect(),
+            zeroes: Some(AlignedBuf::zeroed(zeroes.max(4096))),
+            queued: 0,
+            finished: Vec::new(),
+        })
+    }
+
+    /// The eventfd the kernel signals as commands finish, if it could be registered.
+    pub fn done_fd(&self) -> Option<&OwnedFd> {
+        self.done_fd.as_ref()
+    }
+
+    /// Requests queued and not yet handed back.
+    pub fn outstanding(&self) -> usize {
+        self.jobs.len() - self.free_jobs.len()
+    }
+
+    fn enable(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+        }
+        Ok(())
+    }
+
+    /// Takes `req` and the commands that perform it (at least one), and sends as many
+    /// commands as the ring has room for. Gives the request back when every request slot
+    /// is taken.
+    pub fn submit(&mut self, req: IoRequest, cmds: Vec<Command>) -> Result<(), IoRequest> {
+        debug_assert!(!cmds.is_empty());
+        let Some(job) = self.free_jobs.pop() else { return Err(req) };
+        self.jobs[job as usize] = Some(Job { req, left: cmds.len(), error: None });
+        self.waiting.extend(cmds.into_iter().map(|c| (job, c, 0)));
+        if let Err(e) = self.enable() {
+            // Nothing was sent: fail every waiting command of this job.
+            for (j, _, _) in std::mem::take(&mut self.waiting) {
+                self.answer(j, Err(CmdError::Os(e.raw_os_error().unwrap_or(libc::EIO))));
+            }
+            return Ok(());
+        }
+        self.send_waiting();
+        Ok(())
+    }
+
+    /// Moves waiting commands into the ring while it has free slots.
+    fn send_waiting(&mut self) {
+        while let Some(&slot) = self.free_slots.last() {
+            let Some((job, cmd, retries)) = self.waiting.pop_front() else { break };
+            let addr = match &cmd.data {
+                Data::None => 0,
+                Data::Ranges(list) => list.as_ptr() as u64,
+                Data::Zeroes { len } => {
+                    let zeroes = self.zeroes.as_mut().expect("the zero buffer, until drop");
+                    assert!(*len <= zeroes.len(), "a write of zeros longer than the zero buffer");
+                    zeroes.as_mut_ptr() as u64
+                }
+                Data::Buffer { at, len } => {
+                    let job = self.jobs[job as usize].as_mut().expect("a queued command's job");
+                    let (IoOp::Read { buf, range, .. } | IoOp::Write { buf, range, .. }) = &mut job.req.op else {
+                        unreachable!("only reads and writes carry the request's buffer")
+                    };
+                    let view = buf
+                        .view()
+                        .subslice((range.start + at) as u64, *len as u64)
+                        .expect("a command inside its request's validated range");
+                    view.as_ptr() as u64
+                }
+            };
+            let sqe = opcode::UringCmd80::new(types::Fixed(0), NVME_URING_CMD_IO)
+                .cmd(cmd.encode(addr))
+                .build()
+                .user_data(u64::from(slot));
+            // SAFETY: the SQE's data pointer is into memory that stays put until its CQE: the
+            // request's buffer, held in `jobs` until every command of it is answered (its
+            // heap memory never moves); the command's range list, held in `sent`; or the
+            // zero buffer the queue owns. Slots in `sent` are freed only by their CQE, and
+            // `Drop` leaks whatever the kernel still has.
+            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+                self.waiting.push_front((job, cmd, retries));
+                if self.ring.submit().is_err() {
+                    break;
+                }
+                continue;
+            }
+            self.free_slots.pop();
+            self.sent[slot as usize] = Some(Sent { job, cmd, retries });
+            self.queued += 1;
+        }
+    }
+
+    /// Records a command's answer; completes its request when it was the last.
+    fn answer(&mut self, job: u32, result: Result<(), CmdError>) {
+        let j = self.jobs[job as usize].as_mut().expect("an answered command's job");
+        if let Err(e) = result {
+            j.error.get_or_insert(e);
+        }
+        j.left -= 1;
+        if j.left == 0 {
+            let j = self.jobs[job as usize].take().expect("a job");
+            self.free_jobs.push(job);
+            self.finished.push((j.req, j.error.map_or(Ok(()), Err)));
+        }
+    }
+
+    /// Sends what is queued, waits until at least `min` requests have finished (if that
+    /// many are outstanding), and hands back every finished request.
+    pub fn reap(&mut self, min: usize) -> io::Result<Vec<(IoRequest, Result<(), CmdError>)>> {
+        self.enable()?;
+        // Bounded: every pass answers at least one command or stops.
+        for _ in 0..=self.sent.len() * usize::from(MAX_RETRIES + 1) * 4 {
+            let want_more = self.finished.len() < min.min(self.outstanding() + self.finished.len());
+            let deferred = self.ring.submission().taskrun();
+            let in_kernel = self.sent.len() - self.free_slots.len();
+            if self.queued > 0 || deferred || (want_more && in_kernel > 0) {
+                let wait = usize::from(want_more && in_kernel > 0);
+                match self.ring.submit_and_wait(wait) {
+                    Ok(_) => self.queued = 0,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            for (token, res) in &cqes {
+                let Some(sent) = self.sent.get_mut(*token as usize).and_then(Option::take) else {
+                    tracing::warn!(token, "a CQE for no command the kernel has; ignored");
+                    continue;
+                };
+                self.free_slots.push(*token as u32);
+                let errno = -res;
+                if (errno == libc::EAGAIN || errno == libc::EINTR) && sent.retries < MAX_RETRIES {
+                    self.waiting.push_back((sent.job, sent.cmd, sent.retries + 1));
+                    continue;
+                }
+                let result = match *res {
+                    0 => Ok(()),
+                    r if r < 0 => Err(CmdError::Os(-r)),
+                    status => Err(CmdError::Status(status as u16)),
+                };
+                self.answer(sent.job, result);
+            }
+            self.send_waiting();
+            let want_more = self.finished.len() < min.min(self.outstanding() + self.finished.len());
+            if !want_more && self.queued == 0 {
+                break;
+            }
+        }
+        Ok(std::mem::take(&mut self.finished))
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Wait (bounded) for what the kernel has; leak the requests of whatever it still has.
+        let in_kernel = |q: &Queue| q.sent.iter().any(Option::is_some);
+        if in_kernel(self) && self.enabled {
+            let _ = self.reap(usize::MAX);
+        }
+        if in_kernel(self) {
+            for job in self.sent.iter().flatten().map(|s| s.job).collect::<Vec<_>>() {
+                if let Some(j) = self.jobs[job as usize].take() {
+                    std::mem::forget(j);
+                }
+            }
+            for sent in self.sent.iter_mut() {
+                if let Some(s) = sent.take() {
+                    std::mem::forget(s);
+                }
+            }
+            if let Some(z) = self.zeroes.take() {
+                std::mem::forget(z);
+            }
+        }
+    }
+}
