@@ -1,7 +1,8 @@
 //! The TCMU front-end against the real kernel: a LIO `user:` backstore created through
 //! configfs, exported on a loopback LUN, with real I/O on the SCSI disk that appears; and
 //! the same backstore exported by LIO's own iSCSI target on 127.0.0.1, with libiscsi's
-//! conformance suites against it.
+//! conformance suites against it; and a loopback LUN whose image is the VM's emulated NVMe
+//! drive, on the NVMe passthrough engine.
 //!
 //! They need target_core_user, tcm_loop or iscsi_target_mod, and a mounted configfs. On a
 //! kernel without them (this machine's and CI's) each test runs itself again inside
@@ -63,6 +64,10 @@ fn here_or_in_vm(name: &str, fabric_module: &str, fabric: &str) -> bool {
     support::here_or_in_vm(name, missing(fabric_module, fabric))
 }
 
+/// Where the VM's emulated NVMe drive shows its namespace, and how large the drive is.
+const NVME_NAMESPACE: &str = "/dev/ng0n1";
+const NVME_DRIVE: &str = "64M";
+
 /// LIO records reservations in files under its dbroot after every change, APTPL or not,
 /// and fails PERSISTENT RESERVE OUT where it cannot (targetcli makes the directory).
 fn reservations_directory() {
@@ -70,22 +75,27 @@ fn reservations_directory() {
     fs::create_dir_all(Path::new(dbroot.trim()).join("pr")).unwrap();
 }
 
-/// A gateway serving one 64 MiB LUN to node n, and a LIO `user:` backstore of it (in the
-/// configfs objects returned, which the caller adds to). Bind them in this order, so the
-/// configfs objects go first: a LUN whose handler has already gone waits out LIO's
-/// command timeouts before it can be removed.
-fn backstore(dir: &Path) -> (Gateway, Configfs, PathBuf) {
-    let mut c = Configfs::default();
+/// A gateway config serving one 64 MiB LUN on `image` (a path) with `block_size` to node n.
+fn config(dir: &Path, image: &str, block_size: u32) -> PathBuf {
     let cfg = dir.join("pangate.toml");
     fs::write(
         &cfg,
         format!(
-            "serial = \"pg-lio\"\ndata_dir = \"{}\"\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\npath = \"images/d.img\"\nsize = \"64MiB\"\n[[pan.node]]\nname = \"n\"\ncredential = \"{CRED}\"\nluns = [{{ target = 0, lun = 0, image = \"d\", access = \"rw\" }}]\n",
+            "serial = \"pg-lio\"\ndata_dir = \"{}\"\n[storage]\nblock_devices = [\"{NVME_NAMESPACE}\"]\n[[pan]]\nname = \"p\"\n[[pan.image]]\nname = \"d\"\npath = \"{image}\"\nsize = \"64MiB\"\nblock_size = {block_size}\n[[pan.node]]\nname = \"n\"\ncredential = \"{CRED}\"\nluns = [{{ target = 0, lun = 0, image = \"d\", access = \"rw\" }}]\n",
             dir.display()
         ),
     )
     .unwrap();
-    let gw = Gateway::start(dir, &cfg);
+    cfg
+}
+
+/// A gateway serving one 64 MiB LUN on `image` to node n, and a LIO `user:` backstore of it
+/// (in the configfs objects returned, which the caller adds to). Bind them in this order,
+/// so the configfs objects go first: a LUN whose handler has already gone waits out LIO's
+/// command timeouts before it can be removed.
+fn backstore(dir: &Path, image: &str) -> (Gateway, Configfs, PathBuf) {
+    let mut c = Configfs::default();
+    let gw = Gateway::start(dir, &config(dir, image, 512));
     let core = Path::new(TARGET).join("core/user_57/pangate-test");
     c.mkdir(core.clone());
     c.write(core.join("control"), "dev_config=pangate/p/n/0/0,dev_size=67108864");
@@ -131,17 +141,8 @@ fn lio_loopback_lun_backed_by_pangate() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_gw, mut c, core) = backstore(dir.path());
-    let tpg = Path::new(TARGET).join("loopback").join(WWN).join("tpgt_1");
-    c.mkdir(tpg.clone());
-    c.write(tpg.join("nexus"), INITIATOR);
-    let lun = tpg.join("lun/lun_0");
-    c.mkdir(lun.clone());
-    let link = lun.join("pangate-test");
-    std::os::unix::fs::symlink(&core, &link).unwrap();
-    c.links.push(link);
-
-    let disk = support::await_pangate_disk(Duration::from_secs(20));
+    let (_gw, c, core) = backstore(dir.path(), "images/d.img");
+    let (_c, disk) = loopback(c, &core);
     let f = fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
     let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     f.write_all_at(&data, 4 << 20).unwrap();
@@ -180,6 +181,84 @@ fn lio_loopback_lun_backed_by_pangate() {
     assert!(!keys.contains("0xabc1"), "{keys}");
 }
 
+/// Exports the backstore at `core` on a tcm_loop LUN; the configfs objects and the SCSI disk
+/// that appears.
+fn loopback(mut c: Configfs, core: &Path) -> (Configfs, PathBuf) {
+    let tpg = Path::new(TARGET).join("loopback").join(WWN).join("tpgt_1");
+    c.mkdir(tpg.clone());
+    c.write(tpg.join("nexus"), INITIATOR);
+    let lun = tpg.join("lun/lun_0");
+    c.mkdir(lun.clone());
+    let link = lun.join("pangate-test");
+    std::os::unix::fs::symlink(core, &link).unwrap();
+    c.links.push(link);
+    (c, support::await_pangate_disk(Duration::from_secs(20)))
+}
+
+/// A LUN whose image is an NVMe namespace runs on the NVMe passthrough engine (chosen by
+/// `auto` for `/dev/ngXnY`): a block size other than the namespace's is refused at start;
+/// through LIO and tcm_loop, Linux's sd driver, sg3_utils and ext4 work on it, its Block
+/// Limits come from the drive, and the bytes land on the drive itself.
+#[test]
+fn lio_loopback_lun_on_an_nvme_drive() {
+    let name = "lio_loopback_lun_on_an_nvme_drive";
+    if support::skip_because(tools_missing()) {
+        return;
+    }
+    if !support::in_vm() {
+        // This host has no NVMe driver to lend a drive to the test in any case.
+        if !support::skip_because(
+            support::vm_missing().map(|vm| format!("the NVMe test runs in the test VM, and {vm}")),
+        ) {
+            support::run_in_vm_with(name, &[("PANGATE_VM_NVME", NVME_DRIVE)]);
+        }
+        return;
+    }
+    assert!(missing("tcm_loop", "loopback").is_none(), "the test VM has TCMU and tcm_loop");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !Path::new(NVME_NAMESPACE).exists() {
+        assert!(std::time::Instant::now() < deadline, "no {NVME_NAMESPACE} in the test VM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 4096-byte blocks on a namespace formatted with 512: refused, saying so.
+    let out = Command::new(env!("CARGO_BIN_EXE_pangate"))
+        .args(["up", "--config"])
+        .arg(config(dir.path(), NVME_NAMESPACE, 4096))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("formatted with 512-byte blocks"), "{text}");
+
+    let (mut gw, c, core) = backstore(dir.path(), NVME_NAMESPACE);
+    let (c, disk) = loopback(c, &core);
+    let dev = disk.to_str().unwrap();
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 241) as u8).collect();
+    let f = fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    f.write_all_at(&data, 8 << 20).unwrap();
+    f.sync_all().unwrap();
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, 8 << 20).unwrap();
+    assert!(back == data, "data written through LIO reads back from the drive");
+    drop(f);
+    let cap = tool(&["sg_readcap", "--16", dev]);
+    assert!(cap.contains("Logical block length=512 bytes") && cap.contains("Number of logical blocks=131072"), "{cap}");
+    let limits = tool(&["sg_vpd", "--page=0xb0", dev]);
+    // The optimal transfer is one NVMe command's worth, not the default 128 KiB.
+    assert!(limits.contains("Optimal transfer length") && !limits.contains("length: 256 blocks"), "{limits}");
+    tool(&["sg_unmap", "--lba=0", "--num=2048", dev]);
+    tool(&["mkfs.ext4", "-q", "-F", "-E", "nodiscard", dev]);
+    tool(&["fsck.ext4", "-fn", dev]);
+    drop(c);
+    gw.signal(rustix::process::Signal::TERM);
+    assert!(gw.wait(Duration::from_secs(20)).success());
+    // The namespace's own block device, once the gateway has gone: the file system is on
+    // the drive.
+    let raw = fs::read(Path::new("/dev/nvme0n1")).unwrap();
+    assert_eq!(raw.len(), 64 << 20);
+    assert_eq!(raw[1024 + 56..1024 + 58], [0x53, 0xEF], "ext4's superblock magic is on the drive");
+}
+
 /// Runs a tool that must succeed; its output.
 fn tool(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
@@ -214,7 +293,7 @@ fn lio_iscsi_target_over_tcmu_passes_libiscsi() {
     let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
     reservations_directory();
     let dir = tempfile::tempdir().unwrap();
-    let (_gw, mut c, core) = backstore(dir.path());
+    let (_gw, mut c, core) = backstore(dir.path(), "images/d.img");
     let iqn = Path::new(TARGET).join("iscsi").join(IQN);
     c.mkdir(iqn.clone());
     let tpg = iqn.join("tpgt_1");

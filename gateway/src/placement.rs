@@ -37,8 +37,8 @@ pub enum PlacementError {
         /// The resolved path.
         path: String,
     },
-    /// Neither a regular file nor a block device.
-    #[error("{path} is neither a regular file nor a block device")]
+    /// Neither a regular file nor a block device (nor an NVMe generic device).
+    #[error("{path} is neither a regular file, a block device nor an NVMe namespace's generic device")]
     NotFileOrDevice {
         /// The resolved path.
         path: String,
@@ -146,7 +146,9 @@ impl Placement {
             return Ok(Placed { id: FileId::Missing(path.clone()), path });
         };
         let id = FileId::Inode { dev: meta.dev(), ino: meta.ino() };
-        if meta.file_type().is_block_device() {
+        // A block device, or an NVMe namespace's generic device (the NVMe engine's): the
+        // operator lists each one the gateway may take.
+        if meta.file_type().is_block_device() || crate::engine::nvme::is_generic_device(&path) {
             if !self.devices.contains(&path) {
                 return Err(PlacementError::UnlistedDevice { path: shown(&path) });
             }
@@ -208,7 +210,9 @@ pub fn fix_for(e: &PlacementError) -> &'static str {
             "put the image under the data directory's images/, or add its directory to storage.image_roots"
         }
         PlacementError::UnlistedDevice { .. } => "list the device in storage.block_devices to allow it",
-        PlacementError::NotFileOrDevice { .. } => "name a regular file or a block device",
+        PlacementError::NotFileOrDevice { .. } => {
+            "name a regular file, a block device or an NVMe namespace (/dev/ngXnY)"
+        }
         PlacementError::HardLinked { .. } => "remove the file's other names, or copy it",
         PlacementError::Unresolvable { .. } => "write the path without '..'",
         PlacementError::Shared { .. } => {

@@ -571,8 +571,8 @@ fn read4k(d: &mut gateway::lun::LunDriver, lba: u64) -> Vec<u8> {
 /// the same operations (block status aside: NVMe reports every block mapped), on the test
 /// VM's emulated drive, which is as large as the file.
 #[test]
-fn nvme_and_uring_engines_agree() {
-    let Some(dev) = nvme_or_in_vm("nvme_and_uring_engines_agree") else { return };
+fn nvme_drive_agrees_with_the_uring_engine() {
+    let Some(dev) = nvme_or_in_vm("nvme_drive_agrees_with_the_uring_engine") else { return };
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 16, ..ProptestConfig::default() });
     runner
         .run(&prop::collection::vec(raw_op(), 1..30), |ops| {
@@ -603,8 +603,8 @@ fn nvme_and_uring_engines_agree() {
 /// the transfer limit, on a queue two deep) waits for room and completes; requests past
 /// the queue's depth are handed back as full; writes outside the drive are refused.
 #[test]
-fn nvme_engine_splits_large_requests_and_bounds_its_queue() {
-    let Some(dev) = nvme_or_in_vm("nvme_engine_splits_large_requests_and_bounds_its_queue") else { return };
+fn nvme_drive_splits_large_requests_and_bounds_its_queue() {
+    let Some(dev) = nvme_or_in_vm("nvme_drive_splits_large_requests_and_bounds_its_queue") else { return };
     let mut n = NvmeEngine::open(&dev, false, 2).unwrap();
     let ns = *n.namespace();
     assert!(ns.max_transfer_bytes() < SIZE / 2, "{ns:?}: the write takes more commands than the queue holds");

@@ -253,8 +253,8 @@ proptest! {
 /// The model over the NVMe passthrough engine, on the test VM's emulated drive (512-byte
 /// blocks, as the model's): each case starts from zeroed blocks.
 #[test]
-fn nvme_engine_matches_model() {
-    let Some(dev) = nvme_or_in_vm("nvme_engine_matches_model") else { return };
+fn nvme_drive_matches_model() {
+    let Some(dev) = nvme_or_in_vm("nvme_drive_matches_model") else { return };
     let mut runner = proptest::test_runner::TestRunner::new(cases());
     runner
         .run(&prop::collection::vec(op(), 1..40), |ops| {
