@@ -9,16 +9,32 @@ use gateway::engine::nvme::translate::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 3 * IDENTIFY_BYTES + 20 {
-        let _ = Controller::parse(data);
-        let _ = NamespaceData::parse(data);
+    // Raw bytes as each structure, then the fields the engine reads set from the input, so
+    // that namespaces it accepts are reached.
+    let _ = (Controller::parse(data), NvmLimits::parse(data), NamespaceData::parse(data));
+    if data.len() < 48 {
         return;
     }
-    let (ctrl, rest) = data.split_at(IDENTIFY_BYTES);
-    let (nvm, rest) = rest.split_at(IDENTIFY_BYTES);
-    let (ns, rest) = rest.split_at(IDENTIFY_BYTES);
-    let (Ok(ctrl), Ok(ns)) = (Controller::parse(ctrl), NamespaceData::parse(ns)) else { return };
-    let nvm = NvmLimits::parse(nvm).ok();
+    let (f, rest) = data.split_at(28);
+    let mut ctrl = vec![0u8; IDENTIFY_BYTES];
+    ctrl[77] = f[0];
+    ctrl[520..524].copy_from_slice(&f[1..5]);
+    ctrl[525] = f[5];
+    let mut nvm = vec![0u8; IDENTIFY_BYTES];
+    nvm[1] = f[6];
+    nvm[3] = f[7];
+    nvm[4..8].copy_from_slice(&f[8..12]);
+    let mut ns = vec![0u8; IDENTIFY_BYTES];
+    ns[0..8].copy_from_slice(&[f[12], f[13], f[14], f[15] & 0x3f, 0, 0, 0, 0]);
+    ns[25] = f[16] & 3;
+    ns[26] = f[17];
+    ns[29] = f[18] & 0x1;
+    ns[33] = f[19];
+    for i in 0..4 {
+        ns[128 + 4 * i..132 + 4 * i].copy_from_slice(&[f[20 + 2 * i] & 0x1, 0, f[21 + 2 * i] % 20, 0]);
+    }
+    let (Ok(ctrl), Ok(ns)) = (Controller::parse(&ctrl), NamespaceData::parse(&ns)) else { return };
+    let nvm = NvmLimits::parse(&nvm).ok();
     let host = u64::from(u32::from_le_bytes(rest[..4].try_into().unwrap()));
     let Ok(ns) = Namespace::new(1, &ctrl, nvm.as_ref(), &ns, 12, Some(host)) else { return };
     let lba = u64::from_le_bytes(rest[4..12].try_into().unwrap()) % (ns.blocks.saturating_add(8));
