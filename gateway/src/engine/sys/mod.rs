@@ -1,8 +1,8 @@
 //! Everything the engines do that needs `unsafe`, each block with its reason: the system
 //! calls std does not wrap (here), page-aligned buffers and arenas ([`buf`]), the worker's
 //! shared io_uring ([`host`]), the io_uring engine's in-flight requests and its own ring
-//! ([`inflight`]), mapped tmpfs images ([`mapping`]), NVMe passthrough ([`nvme`]) and the RAM engine's slabs ([`slab`]).
-//! What they offer the rest of the engine module is safe.
+//! ([`inflight`]), mapped tmpfs images ([`mapping`]), NVMe passthrough ([`nvme`]) and the
+//! RAM engine's slabs ([`slab`]). What they offer the rest of the engine module is safe.
 
 pub mod buf;
 pub mod host;

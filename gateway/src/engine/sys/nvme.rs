@@ -213,9 +213,13 @@ impl Queue {
         self.jobs[job as usize] = Some(Job { req, left: cmds.len(), error: None });
         self.waiting.extend(cmds.into_iter().map(|c| (job, c, 0)));
         if let Err(e) = self.enable() {
-            // Nothing was sent: fail every waiting command of this job.
-            for (j, _, _) in std::mem::take(&mut self.waiting) {
-                self.answer(j, Err(CmdError::Os(e.raw_os_error().unwrap_or(libc::EIO))));
+            // None of this job's commands can be sent: answer them all with the error.
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            let (mine, others): (VecDeque<_>, VecDeque<_>) =
+                std::mem::take(&mut self.waiting).into_iter().partition(|(j, _, _)| *j == job);
+            self.waiting = others;
+            for (j, _, _) in mine {
+                self.answer(j, Err(CmdError::Os(errno)));
             }
             return Ok(());
         }
