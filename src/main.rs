@@ -64,6 +64,12 @@ enum Command {
     /// Inspect the virtual LANs of a running gateway.
     #[command(subcommand)]
     Net(net::NetCommand),
+    /// Print a shell completion script (bash: `pangate completions bash >
+    /// /etc/bash_completion.d/pangate`; zsh: into a directory of $fpath as `_pangate`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How to reach the gateway as a node.
@@ -145,6 +151,12 @@ fn main() -> ExitCode {
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => mount::umount(args),
         Command::Net(command) => net::run(command),
+        Command::Completions { shell } => {
+            // Generated whole first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "pangate", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

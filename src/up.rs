@@ -187,7 +187,9 @@ pub fn run(
     // Nodes with failover = "auto" are failed over by the watcher.
     let watcher = admin.watch_nodes().context("starting the node watcher")?;
     let web = start_web(&cfg, &dir, admin)?;
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
     wait_for_signal(&mut signals);
+    notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining I/O and flushing images")]);
     // The LUNs this gateway serves go to its peers first, quiesced and flushed.
     if let Some(r) = redundancy {
         r.stop();
@@ -206,6 +208,14 @@ pub fn run(
     server.shutdown().context("stopping the ring server")?;
     println!("pangate: in-flight I/O completed, all images flushed; stopped");
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit: `$NOTIFY_SOCKET` set) how the gateway is doing; a
+/// no-op otherwise.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }
 
 /// The ring sockets of the redundant gateways other than `me`.
