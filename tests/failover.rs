@@ -300,3 +300,136 @@ fn a_node_that_stops_heartbeating_is_failed_over_by_itself() {
     assert!(link.contains("198.18.0.1/24"), "{link}");
     drop(m);
 }
+
+/// The metric names a Prometheus query or rule file uses: `pangate_*` and `process_*`
+/// series names (recording rules' `pangate:*` names and `up` are Prometheus's own).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    for prefix in ["pangate_", "process_"] {
+        for (at, _) in text.match_indices(prefix) {
+            if at > 0 && (word(bytes[at - 1]) || bytes[at - 1] == b':') {
+                continue;
+            }
+            let end =
+                text[at..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(text.len(), |e| at + e);
+            names.insert(text[at..end].to_string());
+        }
+    }
+    names
+}
+
+/// Every `expr` (and variable query) of the Grafana dashboard, rows' panels included.
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+/// `dist/grafana/pangate.json` and `dist/prometheus/pangate-rules.yml` ask only for metric
+/// families a live gateway exports. The gateway is made to export every one of them: I/O on
+/// a LUN, LAN traffic, a spoofed frame, a queue pair closed for a protocol error, a refused
+/// handshake and a failover; then each query's names must be series in `/metrics`.
+#[test]
+fn the_grafana_dashboard_and_the_alert_rules_ask_only_for_live_metrics() {
+    let Some(lab) = lab("g", "") else { return };
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dist.join("grafana/pangate.json")).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    assert!(queries.len() > 15, "{queries:?}");
+    // Panels are well formed: unique ids, a grid position, a data source for their queries.
+    let panels = dashboard["panels"].as_array().unwrap();
+    let ids: std::collections::BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    for p in panels {
+        assert!(p["gridPos"]["w"].as_u64().is_some_and(|w| w <= 24), "{p}");
+        if p["type"] != "row" {
+            assert!(
+                p["datasource"]["uid"].is_string() && p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+                "{p}"
+            );
+        }
+    }
+    let rules = std::fs::read_to_string(dist.join("prometheus/pangate-rules.yml")).unwrap();
+
+    // I/O on the LUN, and traffic on LAN a.
+    for rw in ["randwrite", "randread"] {
+        let io = Command::new(PANGATE)
+            .args([
+                "bench",
+                "--pan",
+                "p",
+                "--node",
+                "n1",
+                "--credential",
+                OLD,
+                "--rw",
+                rw,
+                "--seconds",
+                "0.5",
+                "--socket",
+            ])
+            .arg(socket(&lab))
+            .output()
+            .unwrap();
+        assert!(io.status.success(), "{}", String::from_utf8_lossy(&io.stderr));
+    }
+    assert!(lab.ping("n2", A_IP));
+    // n2 sends from an address that is not its own: dropped and counted.
+    ok(&["ip", "-n", &lab.ns("n2"), "addr", "add", "198.18.0.77/24", "dev", "eth0"]);
+    let _ = lab.exec("n2", &["ping", "-c", "1", "-W", "1", "-I", "198.18.0.77", A_IP]);
+    // A wrong credential is refused; a queue pair that writes garbage is closed.
+    assert!(!scsi(&lab, "not-the-credential-0123", &["inquiry"]).status.success());
+    garbage_queue_pair(&lab);
+    // A failover: n2's personality to the spare.
+    assert_eq!(api(&lab, "POST", "/api/v1/pans/p/nodes/n2/failover", r#"{"to": "s1"}"#), 200, "{}", lab.log());
+
+    let mut missing = std::collections::BTreeSet::new();
+    wait_for(Duration::from_secs(10), "every family in /metrics", || {
+        let live = metrics(&lab);
+        let exported: std::collections::BTreeSet<&str> = live
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(|c| c == '{' || c == ' ').next())
+            .collect();
+        missing = queries
+            .iter()
+            .map(String::as_str)
+            .chain([rules.as_str()])
+            .flat_map(metric_names)
+            .filter(|n| !exported.contains(n.as_str()))
+            .collect();
+        missing.is_empty()
+    });
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+}
+
+/// Connects n1's queue pair and writes garbage into its CMD ring: the gateway closes it for
+/// a protocol error.
+fn garbage_queue_pair(lab: &Lab) {
+    use gateway::ring::initiator::{ConnectOptions, Initiator, InitiatorError};
+    use gateway::ring::proto::SLOT_SIZE;
+    use gateway::ring::spsc::{cursor_offsets, slot_offset, RingId};
+    let opts =
+        ConnectOptions { pan: "p".into(), node: "n1".into(), credential: OLD.into(), slots: 8, data_bytes: 1 << 20 };
+    let bad = Initiator::connect(&socket(lab), &opts).unwrap();
+    let ring = bad.raw_ring();
+    let slot = [0xA5u8; SLOT_SIZE];
+    ring.write(slot_offset(RingId::Cmd, bad.queue_depth(), 0), &slot).unwrap();
+    ring.store_release(cursor_offsets(RingId::Cmd).0, 1).unwrap();
+    wait_for(Duration::from_secs(10), "the garbage queue pair closed", || {
+        matches!(bad.check_connected(), Err(InitiatorError::Closed))
+    });
+}
