@@ -402,7 +402,7 @@ fn the_grafana_dashboard_and_the_alert_rules_ask_only_for_live_metrics() {
         let exported: std::collections::BTreeSet<&str> = live
             .lines()
             .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split(|c| c == '{' || c == ' ').next())
+            .filter_map(|l| l.split(['{', ' ']).next())
             .collect();
         missing = queries
             .iter()
