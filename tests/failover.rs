@@ -399,11 +399,8 @@ fn the_grafana_dashboard_and_the_alert_rules_ask_only_for_live_metrics() {
     let mut missing = std::collections::BTreeSet::new();
     wait_for(Duration::from_secs(10), "every family in /metrics", || {
         let live = metrics(&lab);
-        let exported: std::collections::BTreeSet<&str> = live
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split(['{', ' ']).next())
-            .collect();
+        let exported: std::collections::BTreeSet<&str> =
+            live.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
         missing = queries
             .iter()
             .map(String::as_str)
