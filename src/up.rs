@@ -182,6 +182,7 @@ pub fn run(
             metrics,
             net: network.clone(),
             iscsi: iscsi.as_ref().map(|i| i.handle()),
+            tcmu: tcmu.is_some(),
         },
     )?);
     // Nodes with failover = "auto" are failed over by the watcher.

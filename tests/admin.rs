@@ -88,7 +88,7 @@ luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
         file.clone(),
         dir.path().to_path_buf(),
         names,
-        Running { control: server.images(), registry, metrics, net: net.clone(), iscsi: None },
+        Running { control: server.images(), registry, metrics, net: net.clone(), iscsi: None, tcmu: false },
     )
     .unwrap();
     let state = web::WebState::new(Arc::new(admin), TOKEN.into());
@@ -916,4 +916,107 @@ async fn a_node_fails_over_to_a_spare_from_the_page_and_its_old_credential_opens
     // There is no spare left: a 409 that says so.
     let r = call(&f, "POST", "/api/v1/pans/alpha/nodes/n1/failover", None).await;
     assert!(r.problem(StatusCode::CONFLICT).contains("no free spare"));
+}
+
+/// The event log: a node connecting and going, a refused handshake, a change and a refused
+/// one, each with level, time, subject and message, as JSON (newer than `after`) and on the
+/// pages; the header shows version, uptime and every front-end's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_logged_served_as_json_and_shown_with_the_gateways_status() {
+    let f = start();
+    let mut qp = connect(&f, "alpha", "n1", CRED);
+    qp.execute(0, 0, &[0; 6], Data::None).unwrap();
+    drop(qp);
+    let opts = ConnectOptions {
+        pan: "alpha".into(),
+        node: "n1".into(),
+        credential: "wrong-wrong-wrong-1".into(),
+        slots: 8,
+        data_bytes: 1 << 20,
+    };
+    assert!(Initiator::connect(&f.socket, &opts).is_err());
+    assert_eq!(call(&f, "POST", "/api/v1/pans", Some(json!({"name": "beta"}))).await.status, StatusCode::CREATED);
+    assert_eq!(call(&f, "POST", "/api/v1/pans", Some(json!({"name": "beta"}))).await.status, StatusCode::CONFLICT);
+
+    let mut kinds = Vec::new();
+    for _ in 0..100 {
+        let r = send(&f, api("GET", "/api/v1/events", None, None)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let events = r.json();
+        kinds = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
+        if kinds.iter().any(|k| k == "node_disconnected") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for wanted in ["node_connected", "node_disconnected", "handshake_refused", "change", "change_refused"] {
+        assert!(kinds.iter().any(|k| k == wanted), "no {wanted} in {kinds:?}");
+    }
+    let all = send(&f, api("GET", "/api/v1/events", None, None)).await.json();
+    let all = all.as_array().unwrap();
+    let connected = all.iter().find(|e| e["kind"] == "node_connected").unwrap();
+    assert_eq!((connected["subject"].as_str(), connected["level"].as_str()), (Some("alpha/n1"), Some("info")));
+    assert!(connected["unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let refused = all.iter().find(|e| e["kind"] == "change_refused").unwrap();
+    assert!(refused["message"].as_str().unwrap().contains("create PAN beta"), "{refused}");
+    // Only newer events after a number; at most `limit`, the newest.
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+    let newer = send(&f, api("GET", &format!("/api/v1/events?after={}", seqs[1]), None, None)).await.json();
+    assert_eq!(newer.as_array().unwrap().len(), seqs.len() - 2);
+    let last = send(&f, api("GET", "/api/v1/events?limit=1", None, None)).await.json();
+    assert_eq!(last[0]["seq"].as_u64(), seqs.last().copied());
+    send(&f, api("GET", "/api/v1/events?after=x", None, None)).await.problem(StatusCode::BAD_REQUEST);
+
+    // The pages: the dashboard's recent events and the whole log, under the status header.
+    let page = send(&f, Request::get("/").body(Body::empty()).unwrap()).await;
+    assert!(page.body.contains("Recent events") && page.body.contains("queue pair opened"), "{}", page.body);
+    assert!(page.body.contains(&format!("v{}", env!("CARGO_PKG_VERSION"))) && page.body.contains("up "));
+    assert!(page.body.contains("TCMU: off") && page.body.contains("iSCSI: off") && page.body.contains("netvirt: on"));
+    let events = send(&f, Request::get("/events").body(Body::empty()).unwrap()).await;
+    assert!(events.body.contains("a handshake was refused") && events.body.contains(" UTC"), "{}", events.body);
+}
+
+/// Delete, unmap and fail over first show what will happen: the button is a link to a page
+/// that says so and carries the real form; read-only tables have no action column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_actions_ask_first_and_read_only_tables_have_no_empty_column() {
+    let f = start();
+    let anonymous = send(&f, Request::get("/pans/alpha").body(Body::empty()).unwrap()).await;
+    assert!(!anonymous.body.contains("<th></th>") && !anonymous.body.contains("actions"), "{}", anonymous.body);
+    let r = send(&f, form("/login", &[("token", TOKEN)], None)).await;
+    let cookie = r.set_cookie.unwrap().split(';').next().unwrap().to_string();
+    let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
+    // Every destructive button leads to the confirmation page; none posts a change itself.
+    for op in ["delete-lun", "unmap", "failover", "delete-node", "delete-pan"] {
+        let at = page.body.find(&format!(r#"name="op" value="{op}""#)).unwrap_or_else(|| panic!("no {op} button"));
+        let form = &page.body[page.body[..at].rfind("<form").unwrap()..at];
+        assert!(form.contains(r#"method="get" action="/ui/confirm""#), "{op}: {form}");
+    }
+
+    let ask = "/ui/confirm?op=unmap&back=%2Fpans%2Falpha&label=unmap&pan=alpha&node=n1&target=0&lun=0";
+    let confirm = send(&f, Request::get(ask).header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(confirm.body.contains("This will <strong>unmap target 0 LUN 0 from alpha/n1</strong>"), "{}", confirm.body);
+    assert!(confirm.body.contains(r#"href="/pans/alpha">Cancel"#), "{}", confirm.body);
+    // Asking changes nothing; the form it carries does, with this session's CSRF token.
+    assert_eq!(saved(&f).pans[0].nodes[0].luns.len(), 1);
+    let csrf = confirm.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let change_form = confirm.body.split(r#"action="/ui/change""#).nth(1).unwrap().split("</form>").next().unwrap();
+    let fields: Vec<(String, String)> = change_form
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .map(|s| {
+            let (k, rest) = s.split_once("\" value=\"").unwrap();
+            (k.to_string(), rest.split('"').next().unwrap().to_string())
+        })
+        .collect();
+    assert!(fields.iter().any(|(k, v)| k == "csrf" && *v == csrf) && !fields.iter().any(|(k, _)| k == "label"));
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = send(&f, form("/ui/change", &fields, Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(saved(&f).pans[0].nodes[0].luns.is_empty());
+    // Not logged in, the page only says to log in.
+    let anon = send(&f, Request::get(ask).body(Body::empty()).unwrap()).await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
 }

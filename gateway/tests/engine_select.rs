@@ -44,7 +44,7 @@ fn child() {
         }
         Ok("turbo") => {
             let err = EngineKind::resolve(EngineKind::Auto).unwrap_err();
-            assert!(err.contains("expected auto, uring, sync or ram"), "{err}");
+            assert!(err.contains("expected auto, uring, sync, nvme or ram"), "{err}");
         }
         _ => {}
     }

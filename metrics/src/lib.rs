@@ -3,12 +3,14 @@
 //! time. No I/O: the caller serves the text.
 #![forbid(unsafe_code)]
 
+mod events;
 mod lun;
 mod registry;
 mod render;
 pub use render::CONTENT_TYPE;
 mod ring;
 
+pub use events::{Event, EventLog, Level, EVENTS_KEPT};
 pub use lun::{LatencyHistogram, LunSnapshot, LunStats, Transfer, LATENCY_BUCKETS};
 pub use registry::{
     ClusterSample, IscsiSampler, LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample, PortalSample,

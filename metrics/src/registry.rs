@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::events::{EventLog, Level};
 use crate::{LunSnapshot, LunStats, RingSnapshot, RingStats};
 
 /// What a set of LUN counters belongs to: a LUN (an image of a PAN), and with per-node
@@ -137,6 +138,7 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Failovers by (PAN, trigger, outcome).
     failovers: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
+    events: Arc<EventLog>,
     per_node: bool,
     opcode_name: fn(u8) -> Option<&'static str>,
     version: &'static str,
@@ -158,6 +160,7 @@ impl Metrics {
             iscsi: OnceLock::new(),
             refused: Mutex::default(),
             failovers: Mutex::default(),
+            events: Arc::default(),
             per_node: false,
             opcode_name,
             version,
@@ -199,13 +202,26 @@ impl Metrics {
     /// The ring counters of a node, created on first use.
     pub fn ring(&self, pan: &str, node: &str) -> Arc<RingStats> {
         let key = (pan.to_string(), node.to_string());
-        self.rings.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+        let events = &self.events;
+        self.rings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(RingStats::new(format!("{pan}/{node}"), events.clone())))
+            .clone()
+    }
+
+    /// The recent events (nodes connecting and going, protocol errors, refused handshakes,
+    /// failovers, and what the gateway records itself).
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     /// Counts a refused handshake, by a fixed `reason` label (never by the node it named,
     /// which could be anything).
     pub fn handshake_refused(&self, reason: &'static str) {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+        self.events.record(Level::Warning, "handshake_refused", "ring", format!("a handshake was refused: {reason}"));
     }
 
     /// Refused handshakes by reason.
@@ -222,6 +238,8 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry((pan.to_string(), trigger, outcome))
             .or_default() += 1;
+        let (level, what) = if outcome == "done" { (Level::Info, "done") } else { (Level::Error, "failed") };
+        self.events.record(level, "failover", pan, format!("failover ({trigger}) {what}"));
     }
 
     /// Failovers as ((PAN, trigger, outcome), count).

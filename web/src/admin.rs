@@ -109,6 +109,11 @@ pub trait Admin: Send + Sync + 'static {
     fn apply(&self, change: Change) -> Result<(), AdminError>;
     /// The Prometheus exposition of every metric.
     fn metrics(&self) -> String;
+    /// The events numbered after `after`, oldest first, at most `limit` (the newest).
+    fn events(&self, after: u64, limit: usize) -> Vec<crate::model::EventView> {
+        let _ = (after, limit);
+        Vec::new()
+    }
     /// Drops iSCSI session `id` (its connection closes). A gateway without iSCSI has none.
     fn drop_iscsi_session(&self, id: u64) -> Result<(), AdminError> {
         Err(AdminError::NotFound(format!("no iSCSI session {id}")))

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -338,7 +339,7 @@ impl Modify for TokenScheme {
     info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
     paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
         create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip, create_cluster,
-        replace_cluster, delete_cluster, drain, failover, list_iscsi_sessions, drop_iscsi_session),
+        replace_cluster, delete_cluster, drain, failover, list_iscsi_sessions, drop_iscsi_session, list_events),
     modifiers(&TokenScheme)
 )]
 #[derive(Debug)]
@@ -366,6 +367,28 @@ async fn failover(
     };
     s.apply(Change::Failover { pan: pan.clone(), node, to }).await?;
     Ok(Json(find_pan(&s.overview().await, &pan)?))
+}
+
+/// Which events to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// Only events numbered after this (0: from the oldest kept).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many, the newest (default and most: 1000).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "state", params(EventsQuery),
+    responses((status = 200, description = "recent events, oldest first", body = Vec<EventView>),
+        (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn list_events(
+    State(s): State<WebState>,
+    q: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<EventView>>, Problem> {
+    let axum::extract::Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(metrics::EVENTS_KEPT).min(metrics::EVENTS_KEPT);
+    Ok(Json(s.events(q.after, limit).await))
 }
 
 #[utoipa::path(get, path = "/api/v1/iscsi/sessions", tag = "iscsi", responses((status = 200, body = Vec<IscsiSessionView>)))]
@@ -396,6 +419,7 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/overview", get(overview))
+        .route("/api/v1/events", get(list_events))
         .route("/api/v1/pans", get(list_pans).post(create_pan))
         .route("/api/v1/pans/{pan}", get(get_pan).delete(delete_pan))
         .route("/api/v1/pans/{pan}/nodes", post(create_node))

@@ -60,6 +60,12 @@ impl WebState {
         }
     }
 
+    /// Recent events (see [`Admin::events`]).
+    pub async fn events(&self, after: u64, limit: usize) -> Vec<model::EventView> {
+        let admin = self.admin.clone();
+        tokio::task::spawn_blocking(move || admin.events(after, limit)).await.unwrap_or_default()
+    }
+
     /// Drops an iSCSI session off the async threads.
     pub async fn drop_iscsi_session(&self, id: u64) -> Result<(), Problem> {
         let admin = self.admin.clone();

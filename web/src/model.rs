@@ -10,11 +10,55 @@ pub struct Overview {
     pub serial: String,
     /// PANs.
     pub pans: Vec<PanView>,
+    /// pangate's version.
+    #[serde(default)]
+    pub version: String,
+    /// Seconds since the gateway started.
+    #[serde(default)]
+    pub uptime_secs: u64,
     /// Whether netvirt runs (TAP ports need root and /dev/net/tun).
     pub netvirt: bool,
+    /// Whether the iSCSI target listens.
+    #[serde(default)]
+    pub iscsi: bool,
+    /// Whether the TCMU front-end serves LIO backstores.
+    #[serde(default)]
+    pub tcmu: bool,
     /// iSCSI sessions in the full feature phase.
     #[serde(default)]
     pub iscsi_sessions: Vec<IscsiSessionView>,
+}
+
+/// Something that happened: a node connecting or going, a protocol error, a refused
+/// handshake, a change to the configuration, a failover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Its number; events are numbered from 1 in order (ask for newer ones with `after`).
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// `info`, `warning` or `error`.
+    pub level: String,
+    /// `node_connected`, `node_reconnected`, `node_disconnected`, `protocol_error`,
+    /// `handshake_refused`, `change`, `change_refused` or `failover`.
+    pub kind: String,
+    /// What it happened to: `<pan>/<node>`, `<pan>`, `ring`, `config`.
+    pub subject: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl From<metrics::Event> for EventView {
+    fn from(e: metrics::Event) -> EventView {
+        EventView {
+            seq: e.seq,
+            unix_ms: e.unix_ms,
+            level: e.level.name().to_string(),
+            kind: e.kind.to_string(),
+            subject: e.subject,
+            message: e.message,
+        }
+    }
 }
 
 /// An iSCSI session (one connection: MaxConnections is 1).

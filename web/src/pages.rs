@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -19,7 +19,8 @@ use crate::api::{find_lun, find_pan, Params};
 use crate::auth::{Auth, Viewer, SESSION_COOKIE};
 use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
 use crate::model::{
-    Access, ClusterBody, ClusterView, Drain, LanView, MoveIp, NewLan, NewLun, NewPort, PanView, ServiceBody,
+    Access, ClusterBody, ClusterView, Drain, EventView, LanView, MoveIp, NewLan, NewLun, NewPort, Overview, PanView,
+    ServiceBody,
 };
 use crate::problem::Problem;
 use crate::WebState;
@@ -30,7 +31,11 @@ header .who{margin-left:auto}table{border-collapse:collapse;margin:.4em 0 1.2em}
 td,th{border:1px solid #d6dae0;padding:.25em .6em;text-align:left;vertical-align:top}th{background:#f4f6f8}\
 form.inline{display:inline}fieldset{border:1px solid #d6dae0;margin:.6em 0;padding:.6em}\
 figure.chart{display:inline-block;margin:.3em 1.5em .3em 0}figcaption{font-size:.85em}\
-.error{color:#a00}code{background:#f4f6f8;padding:0 .2em}";
+.error{color:#a00}code{background:#f4f6f8;padding:0 .2em}\
+header .status{font-size:.85em;color:#4a5360}button.danger{background:#b3261e;color:#fff;border:0;padding:.3em .8em}\
+tr.warning td{background:#fff7e0}tr.error td{background:#fde8e8}\
+td.long{max-width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}\
+@media (max-width:700px){body{margin:0 .6em 1em}header{flex-wrap:wrap;gap:.6em}table{display:block;overflow-x:auto}}";
 
 /// The client's address, for slowing down failed logins (loopback when unknown).
 struct ClientIp(IpAddr);
@@ -45,6 +50,36 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
+    layout_with(title, viewer, None, body)
+}
+
+/// How long the gateway has run, as a person reads it.
+fn uptime(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// The header's status: version, uptime, and each front-end's state.
+fn status_bar(o: &Overview) -> Markup {
+    let queue_pairs: u64 = o.pans.iter().flat_map(|p| &p.nodes).map(|n| n.ring_connections).sum();
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    html! {
+        span.status {
+            span title="version" { "v" (o.version) } " · "
+            span title="uptime" { "up " (uptime(o.uptime_secs)) } " · "
+            span title="open ring queue pairs (rings, FUSE mounts, TCMU and iSCSI nodes)" { "rings: " (queue_pairs) } " · "
+            span { "iSCSI: " @if o.iscsi { (o.iscsi_sessions.len()) " sessions" } @else { "off" } } " · "
+            span { "TCMU: " (on_off(o.tcmu)) } " · "
+            span { "netvirt: " (on_off(o.netvirt)) }
+        }
+    }
+}
+
+fn layout_with(title: &str, viewer: &Viewer, status: Option<&Overview>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -58,6 +93,8 @@ fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
                     strong { a href="/" { "pangate" } }
                     a href="/metrics" { "metrics" }
                     a href="/api/v1/openapi.json" { "API" }
+                    a href="/events" { "events" }
+                    @if let Some(o) = status { (status_bar(o)) }
                     span.who {
                         @match viewer {
                             Viewer::Anonymous => { "read-only · " a href="/login" { "log in" } }
@@ -96,7 +133,24 @@ fn change_form(viewer: &Viewer, op: &str, back: &str, legend: &str, fields: Mark
     }
 }
 
-/// A one-button form (delete, unmap) carrying hidden fields.
+/// A button for a change that cannot be undone (delete, unmap, fail over): it leads to a
+/// page that says what will happen and asks first ([`confirm_page`]).
+fn confirm_form(viewer: &Viewer, op: &str, back: &str, label: &str, hidden: &[(&str, String)]) -> Markup {
+    if viewer.csrf().is_none() {
+        return nothing();
+    }
+    html! {
+        form.inline method="get" action="/ui/confirm" {
+            input type="hidden" name="op" value=(op);
+            input type="hidden" name="back" value=(back);
+            input type="hidden" name="label" value=(label);
+            @for (k, v) in hidden { input type="hidden" name=(k) value=(v); }
+            button type="submit" { (label) }
+        }
+    }
+}
+
+/// A one-button form (drain, undrain) carrying hidden fields.
 fn button_form(viewer: &Viewer, op: &str, back: &str, label: &str, hidden: &[(&str, String)]) -> Markup {
     let Some(csrf) = viewer.csrf() else { return nothing() };
     html! {
@@ -112,10 +166,12 @@ fn button_form(viewer: &Viewer, op: &str, back: &str, label: &str, hidden: &[(&s
 
 fn lun_rows(s: &WebState, pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
     let history = s.history.lock().unwrap_or_else(|p| p.into_inner());
+    // The action column only for an admin: a read-only table has no empty column.
+    let admin = viewer.csrf().is_some();
     html! {
         table.luns {
             tr { th { "LUN" } th { "capacity" } th { "IOPS" } th { "throughput" } th { "reads" } th { "writes" }
-                 th { "read" } th { "written" } th { "path" } th {} }
+                 th { "read" } th { "written" } th { "path" } @if admin { th { "actions" } } }
             @for l in &pan.luns {
                 @let rate = history.latest(&pan.name, &l.name);
                 tr data-lun=(l.name) {
@@ -127,8 +183,8 @@ fn lun_rows(s: &WebState, pan: &PanView, viewer: &Viewer, back: &str) -> Markup 
                     td.writes { (l.counters.writes) }
                     td { (bytes(l.counters.bytes_read)) }
                     td { (bytes(l.counters.bytes_written)) }
-                    td { code { (l.path) } }
-                    td { (button_form(viewer, "delete-lun", back, "delete", &[("pan", pan.name.clone()), ("name", l.name.clone())])) }
+                    td.long title=(l.path) { code { (l.path) } }
+                    @if admin { td { (confirm_form(viewer, "delete-lun", back, "delete", &[("pan", pan.name.clone()), ("name", l.name.clone())])) } }
                 }
             }
         }
@@ -139,7 +195,7 @@ fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
     html! {
         @for lan in &pan.lans {
             h3 { "LAN " (lan.name) " · MTU " (lan.mtu) " · " (lan.arp_entries) " ARP entries "
-                 (button_form(viewer, "delete-lan", back, "delete", &[("pan", pan.name.clone()), ("name", lan.name.clone())])) }
+                 (confirm_form(viewer, "delete-lan", back, "delete", &[("pan", pan.name.clone()), ("name", lan.name.clone())])) }
             table.ports {
                 tr { th { "node" } th { "kind" } th { "netns" } th { "MAC" } th { "IPs" } th { "frames in" } th { "frames out" } th { "drops" } }
                 @for p in &lan.ports {
@@ -182,9 +238,9 @@ fn cluster_tables(pan: &PanView, lan: &LanView, viewer: &Viewer, back: &str) -> 
         @for c in &lan.clusters {
             h4 { "cluster " (c.cluster.name) " · " code { (c.cluster.ip) } " · MAC " code { (c.mac.as_deref().unwrap_or("-")) }
                  " · " (c.flows) " flows · " (c.new_flows) " new · " (c.drops) " dropped "
-                 (button_form(viewer, "delete-cluster", back, "delete", &ids(c))) }
+                 (confirm_form(viewer, "delete-cluster", back, "delete", &ids(c))) }
             table.clusters {
-                tr { th { "service" } th { "node" } th { "health" } th { "sticky" } th { "check" } th {} }
+                tr { th { "service" } th { "node" } th { "health" } th { "sticky" } th { "check" } @if viewer.csrf().is_some() { th { "actions" } } }
                 @for s in &c.cluster.services {
                     @let proto = s.proto.clone().unwrap_or_else(|| "tcp".into());
                     @for node in &s.nodes {
@@ -195,8 +251,10 @@ fn cluster_tables(pan: &PanView, lan: &LanView, viewer: &Viewer, back: &str) -> 
                         tr data-backend=(format!("{}/{}/{node}", c.cluster.name, s.port)) {
                             td { (s.port) "/" (proto) } td { (node) } td.health { (health) }
                             td { @if s.sticky { "yes" } @else { "no" } } td { (s.check.as_deref().unwrap_or("port")) }
-                            td { @if draining { (button_form(viewer, "undrain", back, "undrain", &fields)) }
-                                 @else { (button_form(viewer, "drain", back, "drain", &fields)) } }
+                            @if viewer.csrf().is_some() {
+                                td { @if draining { (button_form(viewer, "undrain", back, "undrain", &fields)) }
+                                     @else { (button_form(viewer, "drain", back, "drain", &fields)) } }
+                            }
                         }
                     }
                 }
@@ -251,8 +309,11 @@ fn parse_services(text: &str) -> Result<Vec<ServiceBody>, Problem> {
     Ok(out)
 }
 
+/// Events the dashboard shows.
+const DASHBOARD_EVENTS: usize = 15;
+
 async fn dashboard(State(s): State<WebState>, viewer: Viewer) -> Markup {
-    let o = s.overview().await;
+    let (o, events) = (s.overview().await, s.events(0, DASHBOARD_EVENTS).await);
     let body = html! {
         p { "Control node " code { (o.serial) } ". netvirt " @if o.netvirt { "running" } @else { "off" } "." }
         @for pan in &o.pans {
@@ -275,8 +336,13 @@ async fn dashboard(State(s): State<WebState>, viewer: Viewer) -> Markup {
             }
         }
         (change_form(&viewer, "create-pan", "/", "Create PAN", html! { label { "name " input name="pan" required; } }))
+        section.events {
+            h2 { "Recent events" }
+            (event_table(&events))
+            p { a href="/events" { "all events" } }
+        }
     };
-    layout("Dashboard", &viewer, body)
+    layout_with("Dashboard", &viewer, Some(&o), body)
 }
 
 fn access_name(a: Access) -> &'static str {
@@ -299,7 +365,7 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
         (sparkline("throughput", &tput, bytes_per_sec))
         h2 { "Nodes" }
         table.nodes {
-            tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th { "failover" } th {} }
+            tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th { "failover" } @if viewer.csrf().is_some() { th { "actions" } } }
             @for n in &pan.nodes {
                 tr data-node=(n.name) {
                     td { (n.name) @if n.spare { " (spare)" } }
@@ -307,14 +373,14 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
                     td {
                         @for m in &n.maps {
                             div { (format!("target {} LUN {} → {} ({}) ", m.target, m.lun, m.image, access_name(m.access)))
-                                (button_form(&viewer, "unmap", &back, "unmap", &[p(), ("node", n.name.clone()),
+                                (confirm_form(&viewer, "unmap", &back, "unmap", &[p(), ("node", n.name.clone()),
                                     ("target", m.target.to_string()), ("lun", m.lun.to_string())])) }
                         }
                     }
                     td { (n.ring_connections) }
-                    td { @if !n.spare { (n.failover) " " (button_form(&viewer, "failover", &back, "fail over",
+                    td { @if !n.spare { (n.failover) " " (confirm_form(&viewer, "failover", &back, "fail over",
                         &[p(), ("node", n.name.clone())])) } }
-                    td { (button_form(&viewer, "delete-node", &back, "delete", &[p(), ("node", n.name.clone())])) }
+                    @if viewer.csrf().is_some() { td { (confirm_form(&viewer, "delete-node", &back, "delete", &[p(), ("node", n.name.clone())])) } }
                 }
             }
         }
@@ -358,10 +424,10 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
                 label { "ports, one per line: node address/prefix [netns] (no netns: a ring port)" br;
                     textarea name="ports" rows="3" cols="50" {} }
             }))
-            (button_form(&viewer, "delete-pan", "/", "Delete this PAN", &[p()]))
+            (confirm_form(&viewer, "delete-pan", "/", "Delete this PAN", &[p()]))
         }
     };
-    Ok(layout(&format!("PAN {}", pan.name), &viewer, body))
+    Ok(layout_with(&format!("PAN {}", pan.name), &viewer, Some(&o), body))
 }
 
 async fn lun_page(
@@ -399,14 +465,18 @@ async fn lun_page(
             label { "new size " input name="size" placeholder="2G" required; }
         }))
     };
-    Ok(layout(&format!("LUN {lun}"), &viewer, body))
+    Ok(layout_with(&format!("LUN {lun}"), &viewer, Some(&o), body))
 }
 
 /// Every field any change form sends.
 #[derive(Debug, Default, Deserialize)]
 struct ChangeForm {
+    /// Absent on the confirmation page's GET, which only shows what the change will do.
+    #[serde(default)]
     csrf: String,
     op: String,
+    /// The confirmation page's button label.
+    label: Option<String>,
     back: Option<String>,
     pan: Option<String>,
     node: Option<String>,
@@ -624,6 +694,77 @@ async fn post_change(
     }
 }
 
+/// Says what a change that cannot be undone will do and asks first: the real form posts
+/// it, with this session's CSRF token; Cancel goes back.
+async fn confirm_page(
+    viewer: Viewer,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    form: Result<Query<ChangeForm>, QueryRejection>,
+) -> Response {
+    let (Ok(Query(pairs)), Ok(Query(form))) = (pairs, form) else {
+        return error_page(&viewer, Problem::bad_request("the confirmation link is malformed"));
+    };
+    let Some(csrf) = viewer.csrf() else {
+        return error_page(&viewer, Problem::unauthorized("log in to change anything"));
+    };
+    let (change, _) = match form.change() {
+        Ok(c) => c,
+        Err(p) => return error_page(&viewer, p),
+    };
+    let back = safe_back(form.back.as_deref());
+    let label = form.label.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or("confirm");
+    let body = html! {
+        p.confirm { "This will " strong { (change.summary()) } ". It cannot be undone." }
+        form method="post" action="/ui/change" {
+            input type="hidden" name="csrf" value=(csrf);
+            @for (k, v) in &pairs {
+                @if k != "csrf" && k != "label" { input type="hidden" name=(k) value=(v); }
+            }
+            button.danger type="submit" autofocus { "Yes, " (label) }
+            " " a href=(back) { "Cancel" }
+        }
+    };
+    layout("Are you sure?", &viewer, body).into_response()
+}
+
+/// When an event happened, in UTC.
+fn event_time(unix_ms: u64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    at.format(&f).map_or_else(|_| unix_ms.to_string(), |t| format!("{t} UTC"))
+}
+
+/// Events, newest first.
+fn event_table(events: &[EventView]) -> Markup {
+    html! {
+        @if events.is_empty() {
+            p { "Nothing has happened yet." }
+        } @else {
+            table.events {
+                thead { tr { th scope="col" { "time" } th scope="col" { "level" } th scope="col" { "subject" } th scope="col" { "event" } } }
+                tbody {
+                    @for e in events.iter().rev() {
+                        tr.(e.level) data-kind=(e.kind) {
+                            td { (event_time(e.unix_ms)) } td { (e.level) } td { (e.subject) } td { (e.message) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn events_page(State(s): State<WebState>, viewer: Viewer) -> Markup {
+    let (o, events) = (s.overview().await, s.events(0, metrics::EVENTS_KEPT).await);
+    let body = html! {
+        p { "The last " (metrics::EVENTS_KEPT) " events the gateway kept, newest first; as JSON: "
+            a href="/api/v1/events" { code { "/api/v1/events" } } "." }
+        (event_table(&events))
+    };
+    layout_with("Events", &viewer, Some(&o), body)
+}
+
 async fn login_page(viewer: Viewer) -> Markup {
     login_form(&viewer, None)
 }
@@ -708,6 +849,8 @@ pub fn routes() -> Router<WebState> {
         .route("/pans/{pan}", get(pan_page))
         .route("/pans/{pan}/luns/{lun}", get(lun_page))
         .route("/ui/change", post(post_change))
+        .route("/ui/confirm", get(confirm_page))
+        .route("/events", get(events_page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/favicon.ico", get(favicon))

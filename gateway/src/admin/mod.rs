@@ -47,6 +47,8 @@ pub struct GatewayAdmin {
     metrics: Arc<Metrics>,
     net: Arc<dyn NetControl>,
     iscsi: Option<crate::iscsi::IscsiHandle>,
+    tcmu: bool,
+    started: std::time::Instant,
     file: PathBuf,
     data_dir: PathBuf,
     kind: EngineKind,
@@ -79,6 +81,8 @@ pub struct Running {
     pub net: Arc<dyn NetControl>,
     /// The iSCSI target, when it runs.
     pub iscsi: Option<crate::iscsi::IscsiHandle>,
+    /// Whether the TCMU front-end serves LIO backstores.
+    pub tcmu: bool,
 }
 
 impl std::fmt::Debug for Running {
@@ -98,7 +102,7 @@ impl GatewayAdmin {
         images: Vec<(String, String)>,
         running: Running,
     ) -> anyhow::Result<GatewayAdmin> {
-        let Running { control, registry, metrics, net, iscsi } = running;
+        let Running { control, registry, metrics, net, iscsi, tcmu } = running;
         let kind = EngineKind::resolve(cfg.engine).map_err(anyhow::Error::msg)?;
         let lans = net.clone();
         metrics.set_lan_sampler(Box::new(move || lans.show().map(|s| lan_samples(&s)).unwrap_or_default()));
@@ -112,6 +116,8 @@ impl GatewayAdmin {
             metrics,
             net,
             iscsi,
+            tcmu,
+            started: std::time::Instant::now(),
             file,
             data_dir,
             kind,
@@ -147,9 +153,16 @@ impl GatewayAdmin {
                 done
             })
         };
+        let events = self.metrics.events();
         match &result {
-            Ok(()) => tracing::info!(change = %what, "admin change applied"),
-            Err(e) => tracing::info!(change = %what, error = %e, "admin change refused"),
+            Ok(()) => {
+                tracing::info!(change = %what, "admin change applied");
+                events.record(metrics::Level::Info, "change", "config", what);
+            }
+            Err(e) => {
+                tracing::info!(change = %what, error = %e, "admin change refused");
+                events.record(metrics::Level::Warning, "change_refused", "config", format!("{what}: {e}"));
+            }
         }
         result
     }
@@ -559,7 +572,15 @@ impl web::Admin for GatewayAdmin {
         }
         let rings: HashMap<(String, String), metrics::RingSnapshot> = self.metrics.rings().into_iter().collect();
         let net = self.net.show();
-        let mut out = Overview { serial: st.cfg.serial.clone(), netvirt: net.is_some(), ..Overview::default() };
+        let mut out = Overview {
+            serial: st.cfg.serial.clone(),
+            version: self.metrics.version().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            netvirt: net.is_some(),
+            iscsi: self.iscsi.is_some(),
+            tcmu: self.tcmu,
+            ..Overview::default()
+        };
         for pan in &st.cfg.pans {
             let mut view = PanView { name: pan.name.clone(), ..Default::default() };
             for n in &pan.nodes {
@@ -662,6 +683,10 @@ impl web::Admin for GatewayAdmin {
 
     fn metrics(&self) -> String {
         self.metrics.render()
+    }
+
+    fn events(&self, after: u64, limit: usize) -> Vec<web::model::EventView> {
+        self.metrics.events().since(after, limit).into_iter().map(Into::into).collect()
     }
 
     fn drop_iscsi_session(&self, id: u64) -> Result<(), AdminError> {
