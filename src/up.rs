@@ -162,7 +162,7 @@ pub fn run(
             (false, false) => "on the first gateway",
         }
     );
-    let iscsi = start_iscsi(&cfg, registry.clone(), server.images(), server.attacher())?;
+    let iscsi = start_iscsi(&cfg, registry.clone(), server.images(), server.attacher(), metrics.event_log())?;
     let network = match first_gateway {
         true => start_network(&cfg, &dir, registry.clone())?,
         false => {
@@ -273,6 +273,7 @@ fn start_iscsi(
     registry: Registry,
     images: Arc<dyn gateway::registry::Images>,
     attacher: gateway::ring::server::attach::Attacher,
+    events: Arc<metrics::EventLog>,
 ) -> anyhow::Result<Option<gateway::iscsi::IscsiService>> {
     if cfg.iscsi.listen.is_empty() {
         println!("  iSCSI:     off (no [iscsi] listen)");
@@ -294,6 +295,7 @@ fn start_iscsi(
             .filter(|g| g.id != gateway::nexus::gateway_id())
             .flat_map(|g| g.iscsi_listen.iter().map(move |a| format!("{a},{}", g.id)))
             .collect(),
+        events,
     };
     // As with the web admin, a taken port is reported, not fatal: the rings and the other
     // front-ends serve on.

@@ -275,6 +275,12 @@ fn the_admin_lists_sessions_and_drops_one_and_metrics_count_logins_and_pdus() {
     );
     // The iSCSI commands count in the LUN's own families too.
     assert!(metrics.contains("pangate_lun_commands_total{"), "{metrics}");
+    // The event log has the login, as the node, and the refused one.
+    let events: serde_json::Value = serde_json::from_str(&curl(&[&format!("{base}/api/v1/events")])).unwrap();
+    let login = events.as_array().unwrap().iter().find(|e| e["kind"] == "iscsi_login").expect("a login event");
+    assert_eq!(login["subject"], "demo/a", "{events}");
+    assert!(login["message"].as_str().unwrap().contains(NODE_A), "{login}");
+    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "iscsi_login_refused"), "{events}");
     // Dropping needs the token, then closes the connection.
     let id = s["id"].as_u64().unwrap().to_string();
     let url = format!("{base}/api/v1/iscsi/sessions/{id}");

@@ -217,6 +217,11 @@ impl Metrics {
         &self.events
     }
 
+    /// The event log, for a recorder that keeps it (the iSCSI target).
+    pub fn event_log(&self) -> Arc<EventLog> {
+        self.events.clone()
+    }
+
     /// Counts a refused handshake, by a fixed `reason` label (never by the node it named,
     /// which could be anything).
     pub fn handshake_refused(&self, reason: &'static str) {

@@ -1,6 +1,8 @@
 // Drives the web admin in headless Chromium: log in, create a PAN, a node and a LUN, map
-// it, check they appear, do I/O through the rings, see the LUN's counters move, and keep a
-// screenshot. Environment: BASE, TOKEN, PANGATE (binary), SOCKET (ring socket), SHOT.
+// it, check they appear, do I/O through the rings, see the LUN's counters move and the node
+// connect in the event log, unmap only after the confirmation page asks, and keep
+// screenshots of the LUN page (SHOT) and, beside it, the dashboard and the PAN page.
+// Environment: BASE, TOKEN, PANGATE (binary), SOCKET (ring socket), SHOT.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
 
@@ -61,6 +63,28 @@ try {
   const chart = await page.getAttribute('figure.chart polyline', 'points');
   if (!chart || chart.split(' ').length < 2) fail(`the IOPS chart has no points: ${chart}`);
   await page.screenshot({ path: SHOT, fullPage: true });
+  const beside = (name) => SHOT.replace(/[^/]*$/, name);
+
+  // The dashboard's event log saw the node connect for the benchmark (and go again).
+  await page.goto(`${BASE}/`);
+  const events = await page.textContent('table.events');
+  if (!events.includes('web/web1') || !events.includes('queue pair opened')) fail(`no connect event: ${events}`);
+  const header = await page.textContent('header');
+  if (!/up \d/.test(header) || !header.includes('rings:')) fail(`no status in the header: ${header}`);
+  await page.screenshot({ path: beside('admin-dashboard.png'), fullPage: true });
+
+  // Unmapping asks first: Cancel keeps the map, confirming removes it.
+  await page.goto(`${BASE}/pans/web`);
+  await page.screenshot({ path: beside('admin-pan-page.png'), fullPage: true });
+  const unmap = `${form('unmap')} button[type=submit]`;
+  await Promise.all([page.waitForURL(/\/ui\/confirm/), page.click(unmap)]);
+  const asked = await page.textContent('p.confirm');
+  if (!asked.includes('unmap target 0 LUN 0 from web/web1')) fail(`the confirmation says: ${asked}`);
+  await Promise.all([page.waitForURL(`${BASE}/pans/web`), page.click('text=Cancel')]);
+  if (!(await page.textContent('table.nodes')).includes('target 0 LUN 0 → vol')) fail('Cancel unmapped');
+  await Promise.all([page.waitForURL(/\/ui\/confirm/), page.click(unmap)]);
+  await Promise.all([page.waitForURL(`${BASE}/pans/web`), page.click('button.danger')]);
+  if ((await page.textContent('table.nodes')).includes('target 0 LUN 0 → vol')) fail('confirming did not unmap');
   console.log(JSON.stringify({ credential_len: credential.length, ios, writes_before: before, writes_after: after }));
 } finally {
   await browser.close();

@@ -40,7 +40,8 @@ pub struct EventView {
     /// `info`, `warning` or `error`.
     pub level: String,
     /// `node_connected`, `node_reconnected`, `node_disconnected`, `protocol_error`,
-    /// `handshake_refused`, `change`, `change_refused` or `failover`.
+    /// `handshake_refused`, `iscsi_login`, `iscsi_login_refused`, `change`, `change_refused`
+    /// or `failover`.
     pub kind: String,
     /// What it happened to: `<pan>/<node>`, `<pan>`, `ring`, `config`.
     pub subject: String,

@@ -275,6 +275,13 @@ pub(super) fn serve(stream: TcpStream, portal: SocketAddr, shared: Arc<Shared>, 
     };
     wire.wbuf = answer.accept;
     shared.stats(portal).login(Status::SUCCESS);
+    let kind = if est.params.discovery { "discovery" } else { "normal" };
+    shared.events.record(
+        metrics::Level::Info,
+        "iscsi_login",
+        format!("{}/{}", est.admitted.node.pan, est.admitted.node.node),
+        format!("iSCSI {kind} session of {name} from {peer} on {portal}"),
+    );
     let reg = shared.register(&est, portal, peer, &wire.stream);
     let session = Session::new(session_config(&shared, &est));
     let link = Link::new(Start {
@@ -326,6 +333,16 @@ struct Answer {
 }
 
 /// The login phase: Login Requests until the session is established or refused.
+/// Records a refused login (the initiator's name may be anything: it is not the subject).
+fn refused_event(shared: &Shared, portal: SocketAddr, status: Status) {
+    shared.events.record(
+        metrics::Level::Warning,
+        "iscsi_login_refused",
+        "iscsi",
+        format!("an iSCSI login on {portal} was refused (status {:#04x}/{:#04x})", status.0, status.1),
+    );
+}
+
 fn login(
     wire: &mut Wire,
     shared: &Shared,
@@ -350,6 +367,7 @@ fn login(
             framer.emit(iscsi::login::refusal(&req, status, sns).bhs(), &[], &mut wire.wbuf);
             wire.flush_by(deadline)?;
             shared.stats(portal).login(status);
+            refused_event(shared, portal, status);
             Err(Ended::LoginFailed(status.0, status.1))
         };
         if req.tsih != 0 {
@@ -368,6 +386,7 @@ fn login(
                 framer.emit(pdu.bhs(), &[], &mut wire.wbuf);
                 wire.flush_by(deadline)?;
                 shared.stats(portal).login(status);
+                refused_event(shared, portal, status);
                 tracing::info!(%portal, isid = req.isid, ?status, "iSCSI login refused");
                 return Err(Ended::LoginFailed(status.0, status.1));
             }

@@ -51,6 +51,8 @@ pub struct IscsiOptions {
     pub portal_group: u16,
     /// The other redundant gateways' portals, `host:port,tag`, which SendTargets lists too.
     pub peer_portals: Vec<String>,
+    /// Where logins and refused logins are recorded for the admin.
+    pub events: Arc<metrics::EventLog>,
 }
 
 /// A session in the full feature phase, as the admin lists it.
@@ -182,6 +184,8 @@ struct Shared {
     sessions: Mutex<HashMap<u64, Registered>>,
     /// Each portal's counters.
     portals: Vec<(SocketAddr, PortalStats)>,
+    /// Logins, for the admin's event log.
+    pub(super) events: Arc<metrics::EventLog>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -349,6 +353,7 @@ impl IscsiService {
             next_id: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
             portals: bound.iter().map(|&a| (a, PortalStats::default())).collect(),
+            events: opts.events,
         });
         let mut portals = Vec::new();
         for (l, addr) in listeners.into_iter().zip(bound) {
