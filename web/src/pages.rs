@@ -139,23 +139,29 @@ fn confirm_form(viewer: &Viewer, op: &str, back: &str, label: &str, hidden: &[(&
     if viewer.csrf().is_none() {
         return nothing();
     }
-    html! {
-        form.inline method="get" action="/ui/confirm" {
-            input type="hidden" name="op" value=(op);
-            input type="hidden" name="back" value=(back);
-            input type="hidden" name="label" value=(label);
-            @for (k, v) in hidden { input type="hidden" name=(k) value=(v); }
-            button type="submit" { (label) }
-        }
-    }
+    one_button("get", "/ui/confirm", &[("label", label.to_string())], op, back, label, hidden)
 }
 
 /// A one-button form (drain, undrain) carrying hidden fields.
 fn button_form(viewer: &Viewer, op: &str, back: &str, label: &str, hidden: &[(&str, String)]) -> Markup {
     let Some(csrf) = viewer.csrf() else { return nothing() };
+    one_button("post", "/ui/change", &[("csrf", csrf.to_string())], op, back, label, hidden)
+}
+
+/// An inline form of hidden fields (`extra`, the change's `op`, where to go `back` to, and
+/// `hidden`) and one button.
+fn one_button(
+    method: &str,
+    action: &str,
+    extra: &[(&str, String)],
+    op: &str,
+    back: &str,
+    label: &str,
+    hidden: &[(&str, String)],
+) -> Markup {
     html! {
-        form.inline method="post" action="/ui/change" {
-            input type="hidden" name="csrf" value=(csrf);
+        form.inline method=(method) action=(action) {
+            @for (k, v) in extra { input type="hidden" name=(k) value=(v); }
             input type="hidden" name="op" value=(op);
             input type="hidden" name="back" value=(back);
             @for (k, v) in hidden { input type="hidden" name=(k) value=(v); }

@@ -242,6 +242,40 @@ impl std::fmt::Debug for Ring<'_> {
     }
 }
 
+/// A ring of an engine's own with room for `depth` requests (SQEs and CQEs of either size),
+/// `file` as fixed file 0, and an eventfd the kernel signals as requests finish, when one
+/// can be registered. It is created disabled, so that the thread that first drives it
+/// becomes its single issuer, unless the kernel is older than 6.1: the bool says whether it
+/// is enabled already.
+pub fn engine_ring<S: squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
+    file: &impl AsRawFd,
+    depth: u32,
+) -> io::Result<(IoUring<S, C>, bool, Option<OwnedFd>)> {
+    // Completions are posted only when the engine's thread enters the kernel
+    // (DEFER_TASKRUN), so they trickle in as it asks rather than waking it for each one.
+    // Kernels before 6.1 lack these flags; they get a plain ring.
+    let (ring, enabled) = IoUring::<S, C>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_r_disabled()
+        .setup_cqsize(depth * 2)
+        .build(depth)
+        .map(|r| (r, false))
+        .or_else(|_| IoUring::<S, C>::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
+    ring.submitter().register_files(&[file.as_raw_fd()])?;
+    let done_fd =
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+            .map_err(io::Error::from)
+            .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
+            .inspect_err(
+                |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
+            )
+            .ok();
+    Ok((ring, enabled, done_fd))
+}
+
 /// A ring of an engine's own: the image as fixed file 0 and, when registration works, an
 /// arena as fixed buffer 0, which the ring holds for as long as it is registered.
 pub struct OwnRing {
@@ -270,28 +304,7 @@ impl OwnRing {
     /// `arena_bytes` becomes fixed buffer 0 when first asked for ([`OwnRing::arena_or_make`]),
     /// not before: an engine that only ever joins a worker's ring pins nothing of its own.
     pub fn new(file: &impl AsRawFd, depth: u32, arena_bytes: usize) -> io::Result<OwnRing> {
-        // Completions are posted only when the engine's thread enters the kernel
-        // (DEFER_TASKRUN), so they trickle in as it asks rather than waking it for each
-        // one. Kernels before 6.1 lack these flags; they get a plain ring.
-        let (ring, enabled) = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .setup_r_disabled()
-            .setup_cqsize(depth * 2)
-            .build(depth)
-            .map(|r| (r, false))
-            .or_else(|_| IoUring::builder().setup_cqsize(depth * 2).build(depth).map(|r| (r, true)))?;
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
-        let done_fd =
-            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-                .map_err(io::Error::from)
-                .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
-                .inspect_err(
-                    |e| tracing::debug!(error = %e, "no completion eventfd; the worker naps while I/O is in flight"),
-                )
-                .ok();
+        let (ring, enabled, done_fd) = engine_ring(file, depth)?;
         Ok(OwnRing { ring, enabled, done_fd, arena: None, arena_bytes, arena_tried: arena_bytes == 0 })
     }
 

@@ -150,27 +150,7 @@ impl Queue {
     /// drive it becomes its single issuer. `zeroes` is the longest write of zeros it may do.
     pub fn new(file: &File, depth: u32, zeroes: usize) -> io::Result<Queue> {
         let depth = depth.clamp(1, 1024);
-        let (ring, enabled) = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .setup_r_disabled()
-            .setup_cqsize(depth * 2)
-            .build(depth)
-            .map(|r| (r, false))
-            .or_else(|_| {
-                IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
-                    .setup_cqsize(depth * 2)
-                    .build(depth)
-                    .map(|r| (r, true))
-            })?;
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
-        let done_fd =
-            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-                .map_err(io::Error::from)
-                .and_then(|fd| ring.submitter().register_eventfd(fd.as_raw_fd()).map(|()| fd))
-                .ok();
+        let (ring, enabled, done_fd) = super::inflight::engine_ring::<squeue::Entry128, cqueue::Entry32>(file, depth)?;
         Ok(Queue {
             ring,
             enabled,
