@@ -984,6 +984,9 @@ async fn destructive_actions_ask_first_and_read_only_tables_have_no_empty_column
     let f = start();
     let anonymous = send(&f, Request::get("/pans/alpha").body(Body::empty()).unwrap()).await;
     assert!(!anonymous.body.contains("<th></th>") && !anonymous.body.contains("actions"), "{}", anonymous.body);
+    // The PAN page draws its topology: node n1's map of LUN a0 is a line between them.
+    assert!(anonymous.body.contains(r#"<svg class="topology""#), "{}", anonymous.body);
+    assert!(anonymous.body.contains("n1 maps a0 as target 0 LUN 0"), "{}", anonymous.body);
     let r = send(&f, form("/login", &[("token", TOKEN)], None)).await;
     let cookie = r.set_cookie.unwrap().split(';').next().unwrap().to_string();
     let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;

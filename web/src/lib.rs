@@ -9,6 +9,7 @@ pub mod history;
 pub mod model;
 mod pages;
 pub mod problem;
+pub mod topology;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -35,6 +35,10 @@ figure.chart{display:inline-block;margin:.3em 1.5em .3em 0}figcaption{font-size:
 header .status{font-size:.85em;color:#4a5360}button.danger{background:#b3261e;color:#fff;border:0;padding:.3em .8em}\
 tr.warning td{background:#fff7e0}tr.error td{background:#fde8e8}\
 td.long{max-width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}\
+svg.topology{max-width:100%;height:auto}svg.topology rect{fill:#f4f6f8;stroke:#8a94a3}\
+svg.topology .node rect{fill:#e8f0fe}svg.topology .lan rect{fill:#e6f4ea}svg.topology .cluster rect{fill:#fef7e0}\
+svg.topology .spare rect{stroke-dasharray:4 3}svg.topology line{stroke:#5f6b7a;stroke-width:1.5}\
+svg.topology g.port line{stroke-dasharray:5 3}svg.topology text{font-size:13px}svg.topology .heading{font-weight:600}\
 @media (max-width:700px){body{margin:0 .6em 1em}header{flex-wrap:wrap;gap:.6em}table{display:block;overflow-x:auto}}";
 
 /// The client's address, for slowing down failed logins (loopback when unknown).
@@ -369,6 +373,8 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
     let body = html! {
         (sparkline("IOPS", &iops, per_sec))
         (sparkline("throughput", &tput, bytes_per_sec))
+        h2 { "Topology" }
+        (crate::topology::topology(&pan))
         h2 { "Nodes" }
         table.nodes {
             tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th { "failover" } @if viewer.csrf().is_some() { th { "actions" } } }
