@@ -20,22 +20,42 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Starts `pangate up` with `config` (whose data directory is `dir`) and returns once it
+    /// has told systemd's protocol it is ready: every front-end, netvirt and the web admin
+    /// serve (so a test that counts its threads or ports sees them all).
     pub fn start(dir: &Path, config: &Path) -> Gateway {
-        let child = Command::new(env!("CARGO_BIN_EXE_pangate"))
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let notify_path = dir.join(format!("notify-{n}.sock"));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pangate"))
             .args(["up", "--config"])
             .arg(config)
             .arg("--log-level")
             .arg("warn")
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let socket = dir.join("pangate.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start listening within 20 s");
-            std::thread::sleep(Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                    break;
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the gateway exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "the gateway was not ready within 30 s");
         }
+        let _ = std::fs::remove_file(&notify_path);
+        let socket = dir.join("pangate.sock");
+        assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok(), "ready, but its socket does not answer");
         Gateway { child, socket }
     }
 
