@@ -9,6 +9,7 @@ pub mod history;
 pub mod model;
 mod pages;
 pub mod problem;
+mod status;
 pub mod topology;
 
 use std::sync::{Arc, Mutex};

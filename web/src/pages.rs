@@ -19,10 +19,10 @@ use crate::api::{find_lun, find_pan, Params};
 use crate::auth::{Auth, Viewer, SESSION_COOKIE};
 use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
 use crate::model::{
-    Access, ClusterBody, ClusterView, Drain, EventView, LanView, MoveIp, NewLan, NewLun, NewPort, Overview, PanView,
-    ServiceBody,
+    Access, ClusterBody, ClusterView, Drain, LanView, MoveIp, NewLan, NewLun, NewPort, Overview, PanView, ServiceBody,
 };
 use crate::problem::Problem;
+use crate::status::{event_table, status_bar};
 use crate::WebState;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 2em 2em;color:#1b1f24}\
@@ -55,32 +55,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 
 fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
     layout_with(title, viewer, None, body)
-}
-
-/// How long the gateway has run, as a person reads it.
-fn uptime(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s} s"),
-        s if s < 3600 => format!("{} min", s / 60),
-        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// The header's status: version, uptime, and each front-end's state.
-fn status_bar(o: &Overview) -> Markup {
-    let queue_pairs: u64 = o.pans.iter().flat_map(|p| &p.nodes).map(|n| n.ring_connections).sum();
-    let on_off = |on: bool| if on { "on" } else { "off" };
-    html! {
-        span.status {
-            span title="version" { "v" (o.version) } " · "
-            span title="uptime" { "up " (uptime(o.uptime_secs)) } " · "
-            span title="open ring queue pairs (rings, FUSE mounts, TCMU and iSCSI nodes)" { "rings: " (queue_pairs) } " · "
-            span { "iSCSI: " @if o.iscsi { (o.iscsi_sessions.len()) " sessions" } @else { "off" } } " · "
-            span { "TCMU: " (on_off(o.tcmu)) } " · "
-            span { "netvirt: " (on_off(o.netvirt)) }
-        }
-    }
 }
 
 fn layout_with(title: &str, viewer: &Viewer, status: Option<&Overview>, body: Markup) -> Markup {
@@ -737,34 +711,6 @@ async fn confirm_page(
         }
     };
     layout("Are you sure?", &viewer, body).into_response()
-}
-
-/// When an event happened, in UTC.
-fn event_time(unix_ms: u64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    at.format(&f).map_or_else(|_| unix_ms.to_string(), |t| format!("{t} UTC"))
-}
-
-/// Events, newest first.
-fn event_table(events: &[EventView]) -> Markup {
-    html! {
-        @if events.is_empty() {
-            p { "Nothing has happened yet." }
-        } @else {
-            table.events {
-                thead { tr { th scope="col" { "time" } th scope="col" { "level" } th scope="col" { "subject" } th scope="col" { "event" } } }
-                tbody {
-                    @for e in events.iter().rev() {
-                        tr.(e.level) data-kind=(e.kind) {
-                            td { (event_time(e.unix_ms)) } td { (e.level) } td { (e.subject) } td { (e.message) }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 async fn events_page(State(s): State<WebState>, viewer: Viewer) -> Markup {
