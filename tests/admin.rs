@@ -4,171 +4,22 @@
 
 mod support;
 
+#[path = "support/admin.rs"]
+mod fixture;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use gateway::admin::{GatewayAdmin, Running};
-use gateway::config::Config;
-use gateway::net::{LiveNetwork, NetControl};
-use gateway::registry::Registry;
+use gateway::net::NetControl;
 use gateway::ring::initiator::{ConnectOptions, Data, Initiator};
-use gateway::ring::server::{Server, ServerOptions};
-use gateway::storage;
 use http_body_util::BodyExt;
 use netvirt::client::RingClient;
-use netvirt::network::Network;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const TOKEN: &str = "admin-token-for-tests-0123456789";
-const CRED: &str = "cccccccccccccccccccccccc";
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    file: PathBuf,
-    socket: PathBuf,
-    net_socket: PathBuf,
-    state: web::WebState,
-    net: Arc<LiveNetwork>,
-    _server: Server,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.net.stop();
-    }
-}
-
-fn start() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"
-serial = "pg-admin"
-data_dir = "{d}"
-[[pan]]
-name = "alpha"
-[[pan.image]]
-name = "a0"
-path = "images/a0.img"
-size = "16MiB"
-[[pan.node]]
-name = "n1"
-credential = "{CRED}"
-luns = [{{ target = 0, lun = 0, image = "a0", access = "rw" }}]
-"#,
-        d = dir.path().display()
-    );
-    let file = dir.path().join("pangate.toml");
-    std::fs::write(&file, &text).unwrap();
-    let cfg = Config::load(&file).unwrap();
-    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
-    let names = images.iter().map(|i| (i.pan.clone(), i.name.clone())).collect();
-    let socket = dir.path().join("pangate.sock");
-    let opts = ServerOptions::new(&socket);
-    let metrics = opts.metrics.clone();
-    let registry = Registry::from_config(&cfg, &maps);
-    let server = Server::start(images, registry.clone(), opts).unwrap();
-    // netvirt with no LANs yet, authorising nodes as the gateway does.
-    let authorize = gateway::net::node_authorizer(registry.clone());
-    let net_socket = dir.path().join("net.sock");
-    let net = Arc::new(LiveNetwork::new(Some(
-        Network::start(
-            vec![],
-            &net_socket,
-            authorize,
-            netvirt::network::Options { spin: Duration::ZERO, workers: 2, fastpath: true },
-        )
-        .unwrap(),
-    )));
-    let admin = GatewayAdmin::new(
-        cfg,
-        file.clone(),
-        dir.path().to_path_buf(),
-        names,
-        Running { control: server.images(), registry, metrics, net: net.clone(), iscsi: None, tcmu: false },
-    )
-    .unwrap();
-    let state = web::WebState::new(Arc::new(admin), TOKEN.into());
-    Fixture { dir, file, socket, net_socket, state, net, _server: server }
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    set_cookie: Option<String>,
-    location: Option<String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    /// A 4xx problem document, which says what is wrong.
-    fn problem(&self, status: StatusCode) -> String {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(self.content_type, "application/problem+json", "{}", self.body);
-        let p = self.json();
-        assert_eq!(p["status"], status.as_u16());
-        let detail = p["detail"].as_str().unwrap().to_string();
-        assert!(!detail.is_empty());
-        detail
-    }
-}
-
-async fn send(f: &Fixture, req: Request<Body>) -> Reply {
-    let resp = web::router(f.state.clone()).oneshot(req).await.unwrap();
-    let h = |name| resp.headers().get(name).map(|v: &header::HeaderValue| v.to_str().unwrap().to_string());
-    let (content_type, set_cookie, location) = (h(header::CONTENT_TYPE), h(header::SET_COOKIE), h(header::LOCATION));
-    let status = resp.status();
-    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    Reply { status, content_type: content_type.unwrap_or_default(), set_cookie, location, body }
-}
-
-fn api(method: &str, uri: &str, body: Option<Value>, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    match body {
-        Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())).unwrap(),
-        None => b.body(Body::empty()).unwrap(),
-    }
-}
-
-async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> Reply {
-    send(f, api(method, uri, body, Some(TOKEN))).await
-}
-
-fn form(uri: &str, fields: &[(&str, &str)], cookie: Option<&str>) -> Request<Body> {
-    let body: String = fields
-        .iter()
-        .map(|(k, v)| {
-            format!("{k}={}", v.replace('%', "%25").replace('&', "%26").replace(' ', "+").replace('/', "%2F"))
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut b =
-        Request::builder().method("POST").uri(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-    if let Some(c) = cookie {
-        b = b.header(header::COOKIE, c);
-    }
-    b.body(Body::from(body)).unwrap()
-}
-
-fn saved(f: &Fixture) -> Config {
-    Config::load(&f.file).unwrap()
-}
-
-fn connect(f: &Fixture, pan: &str, node: &str, cred: &str) -> Initiator {
-    let opts =
-        ConnectOptions { pan: pan.into(), node: node.into(), credential: cred.into(), slots: 256, data_bytes: 4 << 20 };
-    Initiator::connect(&f.socket, &opts).unwrap()
-}
+use fixture::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_open_and_changes_need_the_token() {
@@ -731,7 +582,7 @@ async fn every_response_is_unframeable_unsniffable_scriptless_and_echoes_little(
     let long = "x".repeat(100_000);
     let requests = [
         api("GET", "/", None, None),
-        api("GET", "/style.css", None, None),
+        api("GET", &format!("/assets/{}/pangate.js", env!("CARGO_PKG_VERSION")), None, None),
         api("GET", "/api/v1/pans", None, None),
         api("GET", "/metrics", None, None),
         api("GET", "/no/such/page", None, None),
@@ -747,9 +598,24 @@ async fn every_response_is_unframeable_unsniffable_scriptless_and_echoes_little(
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(body.len() < 2048 || uri != "/api/v1/pans", "{uri}: {} bytes echoed", body.len());
     }
-    // The pages need nothing the policy forbids: no inline style or script, no javascript: URL.
+    // The pages need nothing the policy forbids: no inline style or script (each script
+    // is an empty element loading this origin's asset), no javascript: URL.
     let page = send(&f, api("GET", "/", None, None)).await.body;
-    assert!(!page.contains("<style") && !page.contains("<script") && !page.contains("javascript:"), "{page}");
+    assert!(!page.contains("<style") && !page.contains("javascript:") && !page.contains("style="), "{page}");
+    let scripts: Vec<&str> = page.split("<script").skip(1).collect();
+    assert_eq!(scripts.len(), 2, "uPlot and pangate.js: {page}");
+    for s in scripts {
+        assert!(s.starts_with(" src=\"/assets/") && s.contains("defer></script>"), "an inline or foreign script: {s}");
+        let body = &s[s.find('>').unwrap() + 1..s.find("</script>").unwrap()];
+        assert!(body.is_empty(), "inline script: {body}");
+    }
+    // And the assets are served, as what they are.
+    for (asset, kind) in [("pangate.js", "text/javascript"), ("uplot.js", "text/javascript"), ("uplot.css", "text/css")]
+    {
+        let r = send(&f, api("GET", &format!("/assets/{}/{asset}", env!("CARGO_PKG_VERSION")), None, None)).await;
+        assert_eq!(r.status, StatusCode::OK, "{asset}");
+        assert!(r.content_type.starts_with(kind), "{asset}: {}", r.content_type);
+    }
     // A form that does not parse gets the error page, not axum's plain text.
     let r = send(&f, form("/ui/change", &[("nonsense", "1")], None)).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -916,110 +782,4 @@ async fn a_node_fails_over_to_a_spare_from_the_page_and_its_old_credential_opens
     // There is no spare left: a 409 that says so.
     let r = call(&f, "POST", "/api/v1/pans/alpha/nodes/n1/failover", None).await;
     assert!(r.problem(StatusCode::CONFLICT).contains("no free spare"));
-}
-
-/// The event log: a node connecting and going, a refused handshake, a change and a refused
-/// one, each with level, time, subject and message, as JSON (newer than `after`) and on the
-/// pages; the header shows version, uptime and every front-end's state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_logged_served_as_json_and_shown_with_the_gateways_status() {
-    let f = start();
-    let mut qp = connect(&f, "alpha", "n1", CRED);
-    qp.execute(0, 0, &[0; 6], Data::None).unwrap();
-    drop(qp);
-    let opts = ConnectOptions {
-        pan: "alpha".into(),
-        node: "n1".into(),
-        credential: "wrong-wrong-wrong-1".into(),
-        slots: 8,
-        data_bytes: 1 << 20,
-    };
-    assert!(Initiator::connect(&f.socket, &opts).is_err());
-    assert_eq!(call(&f, "POST", "/api/v1/pans", Some(json!({"name": "beta"}))).await.status, StatusCode::CREATED);
-    assert_eq!(call(&f, "POST", "/api/v1/pans", Some(json!({"name": "beta"}))).await.status, StatusCode::CONFLICT);
-
-    let mut kinds = Vec::new();
-    for _ in 0..100 {
-        let r = send(&f, api("GET", "/api/v1/events", None, None)).await;
-        assert_eq!(r.status, StatusCode::OK);
-        let events = r.json();
-        kinds = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
-        if kinds.iter().any(|k| k == "node_disconnected") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for wanted in ["node_connected", "node_disconnected", "handshake_refused", "change", "change_refused"] {
-        assert!(kinds.iter().any(|k| k == wanted), "no {wanted} in {kinds:?}");
-    }
-    let all = send(&f, api("GET", "/api/v1/events", None, None)).await.json();
-    let all = all.as_array().unwrap();
-    let connected = all.iter().find(|e| e["kind"] == "node_connected").unwrap();
-    assert_eq!((connected["subject"].as_str(), connected["level"].as_str()), (Some("alpha/n1"), Some("info")));
-    assert!(connected["unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
-    let refused = all.iter().find(|e| e["kind"] == "change_refused").unwrap();
-    assert!(refused["message"].as_str().unwrap().contains("create PAN beta"), "{refused}");
-    // Only newer events after a number; at most `limit`, the newest.
-    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
-    let newer = send(&f, api("GET", &format!("/api/v1/events?after={}", seqs[1]), None, None)).await.json();
-    assert_eq!(newer.as_array().unwrap().len(), seqs.len() - 2);
-    let last = send(&f, api("GET", "/api/v1/events?limit=1", None, None)).await.json();
-    assert_eq!(last[0]["seq"].as_u64(), seqs.last().copied());
-    send(&f, api("GET", "/api/v1/events?after=x", None, None)).await.problem(StatusCode::BAD_REQUEST);
-
-    // The pages: the dashboard's recent events and the whole log, under the status header.
-    let page = send(&f, Request::get("/").body(Body::empty()).unwrap()).await;
-    assert!(page.body.contains("Recent events") && page.body.contains("queue pair opened"), "{}", page.body);
-    assert!(page.body.contains(&format!("v{}", env!("CARGO_PKG_VERSION"))) && page.body.contains("up "));
-    assert!(page.body.contains("TCMU: off") && page.body.contains("iSCSI: off") && page.body.contains("netvirt: on"));
-    let events = send(&f, Request::get("/events").body(Body::empty()).unwrap()).await;
-    assert!(events.body.contains("a handshake was refused") && events.body.contains(" UTC"), "{}", events.body);
-}
-
-/// Delete, unmap and fail over first show what will happen: the button is a link to a page
-/// that says so and carries the real form; read-only tables have no action column.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn destructive_actions_ask_first_and_read_only_tables_have_no_empty_column() {
-    let f = start();
-    let anonymous = send(&f, Request::get("/pans/alpha").body(Body::empty()).unwrap()).await;
-    assert!(!anonymous.body.contains("<th></th>") && !anonymous.body.contains("actions"), "{}", anonymous.body);
-    // The PAN page draws its topology: node n1's map of LUN a0 is a line between them.
-    assert!(anonymous.body.contains(r#"<svg class="topology""#), "{}", anonymous.body);
-    assert!(anonymous.body.contains("n1 maps a0 as target 0 LUN 0"), "{}", anonymous.body);
-    let r = send(&f, form("/login", &[("token", TOKEN)], None)).await;
-    let cookie = r.set_cookie.unwrap().split(';').next().unwrap().to_string();
-    let page = send(&f, Request::get("/pans/alpha").header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
-    // Every destructive button leads to the confirmation page; none posts a change itself.
-    for op in ["delete-lun", "unmap", "failover", "delete-node", "delete-pan"] {
-        let at = page.body.find(&format!(r#"name="op" value="{op}""#)).unwrap_or_else(|| panic!("no {op} button"));
-        let form = &page.body[page.body[..at].rfind("<form").unwrap()..at];
-        assert!(form.contains(r#"method="get" action="/ui/confirm""#), "{op}: {form}");
-    }
-
-    let ask = "/ui/confirm?op=unmap&back=%2Fpans%2Falpha&label=unmap&pan=alpha&node=n1&target=0&lun=0";
-    let confirm = send(&f, Request::get(ask).header(header::COOKIE, &cookie).body(Body::empty()).unwrap()).await;
-    assert_eq!(confirm.status, StatusCode::OK);
-    assert!(confirm.body.contains("This will <strong>unmap target 0 LUN 0 from alpha/n1</strong>"), "{}", confirm.body);
-    assert!(confirm.body.contains(r#"href="/pans/alpha">Cancel"#), "{}", confirm.body);
-    // Asking changes nothing; the form it carries does, with this session's CSRF token.
-    assert_eq!(saved(&f).pans[0].nodes[0].luns.len(), 1);
-    let csrf = confirm.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
-    let change_form = confirm.body.split(r#"action="/ui/change""#).nth(1).unwrap().split("</form>").next().unwrap();
-    let fields: Vec<(String, String)> = change_form
-        .split("<input type=\"hidden\" name=\"")
-        .skip(1)
-        .map(|s| {
-            let (k, rest) = s.split_once("\" value=\"").unwrap();
-            (k.to_string(), rest.split('"').next().unwrap().to_string())
-        })
-        .collect();
-    assert!(fields.iter().any(|(k, v)| k == "csrf" && *v == csrf) && !fields.iter().any(|(k, _)| k == "label"));
-    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = send(&f, form("/ui/change", &fields, Some(&cookie))).await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    assert!(saved(&f).pans[0].nodes[0].luns.is_empty());
-    // Not logged in, the page only says to log in.
-    let anon = send(&f, Request::get(ask).body(Body::empty()).unwrap()).await;
-    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
 }

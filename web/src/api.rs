@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admin::Change;
 use crate::auth::Authorized;
+use crate::history::{Series, Subject};
 use crate::model::*;
 use crate::problem::Problem;
 use crate::WebState;
@@ -339,7 +340,8 @@ impl Modify for TokenScheme {
     info(title = "pangate admin API", description = "PANs, nodes, LUNs, maps and LANs of a pangate gateway."),
     paths(overview, list_pans, create_pan, get_pan, delete_pan, create_node, delete_node, map_lun, unmap_lun,
         create_lun, get_lun, delete_lun, resize_lun, create_lan, delete_lan, move_ip, create_cluster,
-        replace_cluster, delete_cluster, drain, failover, list_iscsi_sessions, drop_iscsi_session, list_events),
+        replace_cluster, delete_cluster, drain, failover, list_iscsi_sessions, drop_iscsi_session, list_events,
+        gateway_series, pan_series, lun_series, node_series, lan_series),
     modifiers(&TokenScheme)
 )]
 #[derive(Debug)]
@@ -409,6 +411,96 @@ async fn drop_iscsi_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Which points of a series to return.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SeriesQuery {
+    /// Only points sampled after this time, in seconds since the Unix epoch (default: the
+    /// whole last hour).
+    #[serde(default)]
+    pub after: f64,
+}
+
+/// A subject's series, or a problem when the query is malformed or there is no such
+/// subject. One created since the last sample has no charts yet.
+async fn series(s: &WebState, subject: Subject, q: SeriesParams) -> Result<Json<Series>, Problem> {
+    let axum::extract::Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if !q.after.is_finite() {
+        return Err(Problem::bad_request("after must be a finite number of seconds"));
+    }
+    let found = s.history().series(&subject, q.after);
+    if let Some(series) = found {
+        return Ok(Json(series));
+    }
+    let o = s.overview().await;
+    let exists = match &subject {
+        Subject::Gateway => true,
+        Subject::Pan(p) => find_pan(&o, p).is_ok(),
+        Subject::Lun(p, l) => find_lun(&o, p, l).is_ok(),
+        Subject::Node(p, n) => find_pan(&o, p).is_ok_and(|p| p.nodes.iter().any(|x| &x.name == n)),
+        Subject::Lan(p, l) => find_lan(&o, p, l).is_ok(),
+    };
+    match exists {
+        true => Ok(Json(Series::default())),
+        false => Err(Problem::not_found(format!("no {subject}"))),
+    }
+}
+
+type SeriesParams = Result<axum::extract::Query<SeriesQuery>, axum::extract::rejection::QueryRejection>;
+
+#[utoipa::path(get, path = "/api/v1/series", tag = "series", params(SeriesQuery),
+    responses((status = 200, description = "the whole gateway's I/O, a point a second for the last hour", body = Series),
+        (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn gateway_series(State(s): State<WebState>, q: SeriesParams) -> Result<Json<Series>, Problem> {
+    series(&s, Subject::Gateway, q).await
+}
+
+#[utoipa::path(get, path = "/api/v1/pans/{pan}/series", tag = "series", params(("pan" = String, Path), SeriesQuery),
+    responses((status = 200, description = "the I/O of the PAN's LUNs", body = Series),
+        (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn pan_series(
+    State(s): State<WebState>,
+    Params(pan): Params<String>,
+    q: SeriesParams,
+) -> Result<Json<Series>, Problem> {
+    series(&s, Subject::Pan(pan), q).await
+}
+
+#[utoipa::path(get, path = "/api/v1/pans/{pan}/luns/{lun}/series", tag = "series",
+    params(("pan" = String, Path), ("lun" = String, Path), SeriesQuery),
+    responses((status = 200, description = "the LUN's IOPS, throughput and latency", body = Series),
+        (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn lun_series(
+    State(s): State<WebState>,
+    Params((pan, lun)): Params<(String, String)>,
+    q: SeriesParams,
+) -> Result<Json<Series>, Problem> {
+    series(&s, Subject::Lun(pan, lun), q).await
+}
+
+#[utoipa::path(get, path = "/api/v1/pans/{pan}/nodes/{node}/series", tag = "series",
+    params(("pan" = String, Path), ("node" = String, Path), SeriesQuery),
+    responses((status = 200, description = "the node's I/O (with per-node metrics) and its LAN ports' traffic", body = Series),
+        (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn node_series(
+    State(s): State<WebState>,
+    Params((pan, node)): Params<(String, String)>,
+    q: SeriesParams,
+) -> Result<Json<Series>, Problem> {
+    series(&s, Subject::Node(pan, node), q).await
+}
+
+#[utoipa::path(get, path = "/api/v1/pans/{pan}/lans/{lan}/series", tag = "series",
+    params(("pan" = String, Path), ("lan" = String, Path), SeriesQuery),
+    responses((status = 200, description = "the LAN's frames, bytes and drops", body = Series),
+        (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn lan_series(
+    State(s): State<WebState>,
+    Params((pan, lan)): Params<(String, String)>,
+    q: SeriesParams,
+) -> Result<Json<Series>, Problem> {
+    series(&s, Subject::Lan(pan, lan), q).await
+}
+
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -436,6 +528,11 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/pans/{pan}/lans/{lan}/clusters", post(create_cluster))
         .route("/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}", put(replace_cluster).delete(delete_cluster))
         .route("/api/v1/pans/{pan}/lans/{lan}/clusters/{cluster}/drain", post(drain))
+        .route("/api/v1/series", get(gateway_series))
+        .route("/api/v1/pans/{pan}/series", get(pan_series))
+        .route("/api/v1/pans/{pan}/luns/{lun}/series", get(lun_series))
+        .route("/api/v1/pans/{pan}/nodes/{node}/series", get(node_series))
+        .route("/api/v1/pans/{pan}/lans/{lan}/series", get(lan_series))
         .route("/api/v1/iscsi/sessions", get(list_iscsi_sessions))
         .route("/api/v1/iscsi/sessions/{id}", delete(drop_iscsi_session))
 }

@@ -4,16 +4,21 @@
 
 pub mod admin;
 pub mod api;
+mod assets;
 pub mod auth;
+mod charts;
+mod detail;
+mod forms;
 pub mod history;
 pub mod model;
 mod pages;
 pub mod problem;
 mod status;
 pub mod topology;
+pub mod units;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -32,7 +37,6 @@ pub struct WebState {
     admin: Arc<dyn Admin>,
     auth: Arc<Auth>,
     history: Arc<Mutex<History>>,
-    started: Instant,
 }
 
 impl std::fmt::Debug for WebState {
@@ -44,7 +48,7 @@ impl std::fmt::Debug for WebState {
 impl WebState {
     /// State over a gateway, accepting `token` as the admin token.
     pub fn new(admin: Arc<dyn Admin>, token: String) -> WebState {
-        WebState { admin, auth: Arc::new(Auth::new(token)), history: Arc::default(), started: Instant::now() }
+        WebState { admin, auth: Arc::new(Auth::new(token)), history: Arc::default() }
     }
 
     /// The gateway's state, read off the async threads.
@@ -77,11 +81,16 @@ impl WebState {
         }
     }
 
-    /// Samples every LUN's counters into the history (the pages' charts).
+    /// Samples every counter into the history (the pages' charts).
     pub async fn sample(&self) {
         let o = self.overview().await;
-        let at = self.started.elapsed().as_secs_f64();
-        self.history.lock().unwrap_or_else(|p| p.into_inner()).record(&o, at);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.history().record(&o, (at.as_millis() as f64) / 1e3);
+    }
+
+    /// The charts' history.
+    pub(crate) fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -95,13 +104,13 @@ async fn not_found() -> Problem {
     Problem::not_found("no such page or API route")
 }
 
-/// The policy every response carries: nothing but this origin's own style sheet and
-/// forms, no scripts, never framed.
-pub const CONTENT_SECURITY_POLICY: &str =
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The policy every response carries: nothing but this origin's own style sheets,
+/// scripts (no inline ones), requests and forms; never framed.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Adds the security headers to a response: a page can be neither framed (clickjacking)
-/// nor sniffed into another type, and runs no script.
+/// nor sniffed into another type, and runs only this origin's scripts.
 async fn security_headers(mut r: axum::response::Response) -> axum::response::Response {
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(CONTENT_SECURITY_POLICY));

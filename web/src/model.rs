@@ -127,6 +127,10 @@ pub struct NodeView {
     pub outstanding_commands: u64,
     /// Queue pairs closed for protocol errors.
     pub protocol_errors: u64,
+    /// The node's own I/O, summed over its map entries: present when the gateway keeps
+    /// LUN counters per node (`web.per_node_metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<LunCounters>,
     /// In the PAN's free pool of spares.
     #[serde(default)]
     pub spare: bool,
@@ -192,7 +196,7 @@ pub struct LunView {
 }
 
 /// Per-LUN figures, as the source document's management interface keeps them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LunCounters {
     /// Commands of every kind.
     pub commands: u64,
@@ -206,6 +210,13 @@ pub struct LunCounters {
     pub bytes_written: u64,
     /// Seconds with I/O in progress.
     pub busy_seconds: f64,
+    /// Commands timed, by latency: the cumulative count at or under each bucket bound of
+    /// `pangate_lun_command_duration_seconds` (5 µs to 10 s).
+    #[serde(default)]
+    pub latency_buckets: Vec<u64>,
+    /// Commands timed, however long they took.
+    #[serde(default)]
+    pub latency_count: u64,
 }
 
 /// A LAN.
@@ -354,6 +365,12 @@ pub struct PortView {
     pub frames_in: u64,
     /// Frames to the node.
     pub frames_out: u64,
+    /// Bytes of the frames from the node.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes of the frames to the node.
+    #[serde(default)]
+    pub bytes_out: u64,
     /// Frames dropped (all reasons).
     pub drops: u64,
     /// Of those, frames larger than the LAN's MTU (the node's interface MTU is above it).

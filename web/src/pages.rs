@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -14,32 +14,16 @@ use axum_extra::extract::cookie::{Cookie, CookieJar};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use crate::admin::Change;
-use crate::api::{find_lun, find_pan, Params};
+use crate::api::{find_pan, Params};
 use crate::auth::{Auth, Viewer, SESSION_COOKIE};
-use crate::history::{bytes, bytes_per_sec, nothing, per_sec, sparkline};
-use crate::model::{
-    Access, ClusterBody, ClusterView, Drain, LanView, MoveIp, NewLan, NewLun, NewPort, Overview, PanView, ServiceBody,
-};
+use crate::charts::panel;
+use crate::forms::ChangeForm;
+use crate::history::Subject;
+use crate::model::{Access, ClusterView, LanView, Overview, PanView};
 use crate::problem::Problem;
 use crate::status::{event_table, status_bar};
+use crate::units::{bytes, bytes_per_sec, latency, nothing, per_sec};
 use crate::WebState;
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 2em 2em;color:#1b1f24}\
-header{display:flex;gap:1.5em;align-items:center;border-bottom:1px solid #ccd;padding:.6em 0;margin-bottom:1em}\
-header .who{margin-left:auto}table{border-collapse:collapse;margin:.4em 0 1.2em}\
-td,th{border:1px solid #d6dae0;padding:.25em .6em;text-align:left;vertical-align:top}th{background:#f4f6f8}\
-form.inline{display:inline}fieldset{border:1px solid #d6dae0;margin:.6em 0;padding:.6em}\
-figure.chart{display:inline-block;margin:.3em 1.5em .3em 0}figcaption{font-size:.85em}\
-.error{color:#a00}code{background:#f4f6f8;padding:0 .2em}\
-header .status{font-size:.85em;color:#4a5360}button.danger{background:#b3261e;color:#fff;border:0;padding:.3em .8em}\
-tr.warning td{background:#fff7e0}tr.error td{background:#fde8e8}\
-td.long{max-width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}\
-svg.topology{max-width:100%;height:auto}svg.topology rect{fill:#f4f6f8;stroke:#8a94a3}\
-svg.topology .node rect{fill:#e8f0fe}svg.topology .lan rect{fill:#e6f4ea}svg.topology .cluster rect{fill:#fef7e0}\
-svg.topology .spare rect{stroke-dasharray:4 3}svg.topology line{stroke:#5f6b7a;stroke-width:1.5}\
-svg.topology g.port line{stroke-dasharray:5 3}svg.topology text{font-size:13px}svg.topology .heading{font-weight:600}\
-@media (max-width:700px){body{margin:0 .6em 1em}header{flex-wrap:wrap;gap:.6em}table{display:block;overflow-x:auto}}";
 
 /// The client's address, for slowing down failed logins (loopback when unknown).
 struct ClientIp(IpAddr);
@@ -53,26 +37,31 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
+/// A page that shows no live state (login, forms' results, errors).
+pub(crate) fn layout(title: &str, viewer: &Viewer, body: Markup) -> Markup {
     layout_with(title, viewer, None, body)
 }
 
-fn layout_with(title: &str, viewer: &Viewer, status: Option<&Overview>, body: Markup) -> Markup {
+/// A page; with `status`, the header shows the gateway's status and the page updates
+/// itself once a second (`assets/pangate.js`).
+pub(crate) fn layout_with(title: &str, viewer: &Viewer, status: Option<&Overview>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · pangate" }
-                link rel="stylesheet" href="/style.css";
+                @for href in crate::assets::style_sheets() { link rel="stylesheet" href=(href); }
+                @for src in crate::assets::scripts() { script src=(src) defer {} }
             }
-            body {
+            body data-live[status.is_some()] {
                 header {
                     strong { a href="/" { "pangate" } }
                     a href="/metrics" { "metrics" }
                     a href="/api/v1/openapi.json" { "API" }
                     a href="/events" { "events" }
-                    @if let Some(o) = status { (status_bar(o)) }
+                    @if let Some(o) = status { (status_bar(o)) span #live role="status" {} }
                     span.who {
                         @match viewer {
                             Viewer::Anonymous => { "read-only · " a href="/login" { "log in" } }
@@ -87,15 +76,18 @@ fn layout_with(title: &str, viewer: &Viewer, status: Option<&Overview>, body: Ma
                         }
                     }
                 }
-                h1 { (title) }
-                (body)
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+                @if status.is_some() { footer { p.units { (crate::units::LEGEND) } } }
             }
         }
     }
 }
 
 /// A form that posts one change; `fields` are its inputs.
-fn change_form(viewer: &Viewer, op: &str, back: &str, legend: &str, fields: Markup) -> Markup {
+pub(crate) fn change_form(viewer: &Viewer, op: &str, back: &str, legend: &str, fields: Markup) -> Markup {
     let Some(csrf) = viewer.csrf() else { return nothing() };
     html! {
         form method="post" action="/ui/change" {
@@ -148,55 +140,54 @@ fn one_button(
     }
 }
 
-fn lun_rows(s: &WebState, pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
-    let history = s.history.lock().unwrap_or_else(|p| p.into_inner());
+/// A PAN's LUNs with their newest rates; `id` makes the table live on its page.
+fn lun_rows(s: &WebState, id: &str, pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
+    let history = s.history();
     // The action column only for an admin: a read-only table has no empty column.
     let admin = viewer.csrf().is_some();
     html! {
-        table.luns {
-            tr { th { "LUN" } th { "capacity" } th { "IOPS" } th { "throughput" } th { "reads" } th { "writes" }
-                 th { "read" } th { "written" } th { "path" } @if admin { th { "actions" } } }
-            @for l in &pan.luns {
-                @let rate = history.latest(&pan.name, &l.name);
-                tr data-lun=(l.name) {
-                    td { a href=(format!("/pans/{}/luns/{}", pan.name, l.name)) { (l.name) } }
-                    td { (bytes(l.size_bytes)) }
-                    td { (per_sec(rate.iops)) }
-                    td { (bytes_per_sec(rate.bytes_per_sec)) }
-                    td.reads { (l.counters.reads) }
-                    td.writes { (l.counters.writes) }
-                    td { (bytes(l.counters.bytes_read)) }
-                    td { (bytes(l.counters.bytes_written)) }
-                    td.long title=(l.path) { code { (l.path) } }
-                    @if admin { td { (confirm_form(viewer, "delete-lun", back, "delete", &[("pan", pan.name.clone()), ("name", l.name.clone())])) } }
+        table.luns id=(id) data-live {
+            thead { tr { th scope="col" { "LUN" } th scope="col" { "capacity" } th scope="col" { "IOPS" }
+                th scope="col" { "throughput" } th scope="col" { "p99 latency" } th scope="col" { "reads" }
+                th scope="col" { "writes" } th scope="col" { "read" } th scope="col" { "written" } th scope="col" { "path" }
+                @if admin { th scope="col" { "actions" } } } }
+            tbody {
+                @for l in &pan.luns {
+                    @let subject = Subject::Lun(pan.name.clone(), l.name.clone());
+                    @let iops: f64 = history.latest(&subject, "IOPS").iter().sum();
+                    @let tput: f64 = history.latest(&subject, "Throughput").iter().sum();
+                    @let p99 = history.latest(&subject, "Latency").get(1).copied().unwrap_or(f64::NAN);
+                    tr data-lun=(l.name) {
+                        td.name title=(l.name) { a href=(format!("/pans/{}/luns/{}", pan.name, l.name)) { (l.name) } }
+                        td.num { (bytes(l.size_bytes)) }
+                        td.num { (per_sec(iops)) }
+                        td.num { (bytes_per_sec(tput)) }
+                        td.num { (latency(p99)) }
+                        td.num.reads { (l.counters.reads) }
+                        td.num.writes { (l.counters.writes) }
+                        td.num { (bytes(l.counters.bytes_read)) }
+                        td.num { (bytes(l.counters.bytes_written)) }
+                        td.long title=(l.path) { code { (l.path) } }
+                        @if admin { td { (confirm_form(viewer, "delete-lun", back, "delete", &[("pan", pan.name.clone()), ("name", l.name.clone())])) } }
+                    }
                 }
             }
         }
     }
 }
 
-fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
+/// A PAN's LANs: each one's ports, traffic chart and clusters.
+fn lan_tables(s: &WebState, pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
+    let history = s.history();
     html! {
         @for lan in &pan.lans {
-            h3 { "LAN " (lan.name) " · MTU " (lan.mtu) " · " (lan.arp_entries) " ARP entries "
+            @let id = format!("lan-{}-{}", pan.name, lan.name);
+            h3 { "LAN " (lan.name) " · MTU " (lan.mtu) " · "
+                 span id=(format!("{id}-arp")) data-live { (lan.arp_entries) " ARP entries" } " "
                  (confirm_form(viewer, "delete-lan", back, "delete", &[("pan", pan.name.clone()), ("name", lan.name.clone())])) }
-            table.ports {
-                tr { th { "node" } th { "kind" } th { "netns" } th { "MAC" } th { "IPs" } th { "frames in" } th { "frames out" } th { "drops" } }
-                @for p in &lan.ports {
-                    tr {
-                        td { (p.node) } td { (p.kind) } td { (p.netns.as_deref().unwrap_or("-")) }
-                        td { code { (p.mac.as_deref().unwrap_or("-")) } } td { (p.ips.join(", ")) }
-                        td { (p.frames_in) } td { (p.frames_out) }
-                        td {
-                            (p.drops)
-                            @if p.oversize_drops > 0 {
-                                span.error { " (" (p.oversize_drops) " over the MTU, up to " (p.largest_oversize)
-                                    " bytes: the node's MTU is above the LAN's " (lan.mtu) ")" }
-                            }
-                        }
-                    }
-                }
-            }
+            (panel(&format!("{id}-charts"), &format!("/api/v1/pans/{}/lans/{}/series", pan.name, lan.name),
+                &format!("LAN {} traffic", lan.name), &history, &Subject::Lan(pan.name.clone(), lan.name.clone())))
+            (port_table(&format!("{id}-ports"), pan, lan))
             (cluster_tables(pan, lan, viewer, back))
             @if lan.ports.len() > 1 {
                 (change_form(viewer, "move-ip", back, "Move IP", html! {
@@ -212,6 +203,35 @@ fn lan_tables(pan: &PanView, viewer: &Viewer, back: &str) -> Markup {
     }
 }
 
+/// A LAN's ports with their counters (live, as `id`).
+pub(crate) fn port_table(id: &str, pan: &PanView, lan: &LanView) -> Markup {
+    html! {
+        table.ports id=(id) data-live {
+            thead { tr { th scope="col" { "node" } th scope="col" { "kind" } th scope="col" { "netns" } th scope="col" { "MAC" }
+                th scope="col" { "IPs" } th scope="col" { "frames in" } th scope="col" { "frames out" }
+                th scope="col" { "bytes in" } th scope="col" { "bytes out" } th scope="col" { "drops" } } }
+            tbody {
+                @for p in &lan.ports {
+                    tr {
+                        td.name title=(p.node) { a href=(format!("/pans/{}/nodes/{}", pan.name, p.node)) { (p.node) } }
+                        td { (p.kind) } td.name title=(p.netns.as_deref().unwrap_or("")) { (p.netns.as_deref().unwrap_or("-")) }
+                        td { code { (p.mac.as_deref().unwrap_or("-")) } } td { (p.ips.join(", ")) }
+                        td.num { (p.frames_in) } td.num { (p.frames_out) }
+                        td.num { (bytes(p.bytes_in)) } td.num { (bytes(p.bytes_out)) }
+                        td.num {
+                            (p.drops)
+                            @if p.oversize_drops > 0 {
+                                span.error { " (" (p.oversize_drops) " over the MTU, up to " (p.largest_oversize)
+                                    " bytes: the node's MTU is above the LAN's " (lan.mtu) ")" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A LAN's service clusters: each backend's health with a drain button, and a form for a
 /// new cluster.
 fn cluster_tables(pan: &PanView, lan: &LanView, viewer: &Viewer, back: &str) -> Markup {
@@ -220,11 +240,13 @@ fn cluster_tables(pan: &PanView, lan: &LanView, viewer: &Viewer, back: &str) -> 
     };
     html! {
         @for c in &lan.clusters {
+            @let id = format!("cluster-{}-{}-{}", pan.name, lan.name, c.cluster.name);
             h4 { "cluster " (c.cluster.name) " · " code { (c.cluster.ip) } " · MAC " code { (c.mac.as_deref().unwrap_or("-")) }
-                 " · " (c.flows) " flows · " (c.new_flows) " new · " (c.drops) " dropped "
+                 " · " span id=(format!("{id}-flows")) data-live { (c.flows) " flows · " (c.new_flows) " new · " (c.drops) " dropped" } " "
                  (confirm_form(viewer, "delete-cluster", back, "delete", &ids(c))) }
-            table.clusters {
-                tr { th { "service" } th { "node" } th { "health" } th { "sticky" } th { "check" } @if viewer.csrf().is_some() { th { "actions" } } }
+            table.clusters id=(id) data-live {
+                tr { th scope="col" { "service" } th scope="col" { "node" } th scope="col" { "health" } th scope="col" { "sticky" }
+                     th scope="col" { "check" } @if viewer.csrf().is_some() { th scope="col" { "actions" } } }
                 @for s in &c.cluster.services {
                     @let proto = s.proto.clone().unwrap_or_else(|| "tcp".into());
                     @for node in &s.nodes {
@@ -266,33 +288,6 @@ fn backend_fields(
     fields
 }
 
-/// "port[/udp] node,node [sticky] [check]" per line.
-fn parse_services(text: &str) -> Result<Vec<ServiceBody>, Problem> {
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let bad =
-            || Problem::bad_request(format!("service line {line:?} is not 'port[/udp] node,node [sticky] [check]'"));
-        let mut words = line.split_whitespace();
-        let first = words.next().ok_or_else(bad)?;
-        let (port, proto) = match first.split_once('/') {
-            Some((p, proto)) => (p, Some(proto.to_string())),
-            None => (first, None),
-        };
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let nodes = words.next().ok_or_else(bad)?.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect();
-        let mut s = ServiceBody { port, proto, nodes, ..ServiceBody::default() };
-        for w in words {
-            match w {
-                "sticky" => s.sticky = true,
-                "check" => s.check = Some("tcp".into()),
-                _ => return Err(bad()),
-            }
-        }
-        out.push(s);
-    }
-    Ok(out)
-}
-
 /// Events the dashboard shows.
 const DASHBOARD_EVENTS: usize = 15;
 
@@ -300,36 +295,40 @@ async fn dashboard(State(s): State<WebState>, viewer: Viewer) -> Markup {
     let (o, events) = (s.overview().await, s.events(0, DASHBOARD_EVENTS).await);
     let body = html! {
         p { "Control node " code { (o.serial) } ". netvirt " @if o.netvirt { "running" } @else { "off" } "." }
+        (panel("gateway", "/api/v1/series", "the gateway's I/O", &s.history(), &Subject::Gateway))
         @for pan in &o.pans {
             section.pan data-pan=(pan.name) {
                 h2 { "PAN " a href=(format!("/pans/{}", pan.name)) { (pan.name) } }
                 h3 { "Nodes" }
-                table.nodes {
-                    tr { th { "node" } th { "maps" } th { "ring queue pairs" } th { "outstanding" } th { "protocol errors" } }
-                    @for n in &pan.nodes {
-                        tr {
-                            td { (n.name) }
-                            td { @for m in &n.maps { (format!("t{} l{} → {} ({}) ", m.target, m.lun, m.image, access_name(m.access))) } }
-                            td { (n.ring_connections) } td { (n.outstanding_commands) } td { (n.protocol_errors) }
+                table.nodes id=(format!("nodes-{}", pan.name)) data-live {
+                    thead { tr { th scope="col" { "node" } th scope="col" { "maps" } th scope="col" { "ring queue pairs" }
+                        th scope="col" { "outstanding" } th scope="col" { "protocol errors" } } }
+                    tbody {
+                        @for n in &pan.nodes {
+                            tr {
+                                td.name title=(n.name) { a href=(format!("/pans/{}/nodes/{}", pan.name, n.name)) { (n.name) } }
+                                td { @for m in &n.maps { (format!("t{} l{} → {} ({}) ", m.target, m.lun, m.image, access_name(m.access))) } }
+                                td.num { (n.ring_connections) } td.num { (n.outstanding_commands) } td.num { (n.protocol_errors) }
+                            }
                         }
                     }
                 }
                 h3 { "LUNs" }
-                (lun_rows(&s, pan, &viewer, "/"))
-                (lan_tables(pan, &viewer, "/"))
+                (lun_rows(&s, &format!("luns-{}", pan.name), pan, &viewer, "/"))
+                (lan_tables(&s, pan, &viewer, "/"))
             }
         }
         (change_form(&viewer, "create-pan", "/", "Create PAN", html! { label { "name " input name="pan" required; } }))
         section.events {
             h2 { "Recent events" }
-            (event_table(&events))
+            div #events data-live { (event_table(&events)) }
             p { a href="/events" { "all events" } }
         }
     };
     layout_with("Dashboard", &viewer, Some(&o), body)
 }
 
-fn access_name(a: Access) -> &'static str {
+pub(crate) fn access_name(a: Access) -> &'static str {
     match a {
         Access::Ro => "ro",
         Access::Rw => "rw",
@@ -340,21 +339,19 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
     let o = s.overview().await;
     let pan = find_pan(&o, &name)?;
     let back = format!("/pans/{}", pan.name);
-    let rates = s.history.lock().unwrap_or_else(|p| p.into_inner()).pan_rates(&pan.name);
-    let iops: Vec<f64> = rates.iter().map(|r| r.iops).collect();
-    let tput: Vec<f64> = rates.iter().map(|r| r.bytes_per_sec).collect();
     let p = || ("pan", pan.name.clone());
     let body = html! {
-        (sparkline("IOPS", &iops, per_sec))
-        (sparkline("throughput", &tput, bytes_per_sec))
+        (panel("pan", &format!("/api/v1/pans/{}/series", pan.name), &format!("PAN {} I/O", pan.name), &s.history(),
+            &Subject::Pan(pan.name.clone())))
         h2 { "Topology" }
-        (crate::topology::topology(&pan))
+        div #topology data-live { (crate::topology::topology(&pan)) }
         h2 { "Nodes" }
-        table.nodes {
-            tr { th { "node" } th { "uid" } th { "map" } th { "ring queue pairs" } th { "failover" } @if viewer.csrf().is_some() { th { "actions" } } }
+        table.nodes #nodes data-live {
+            tr { th scope="col" { "node" } th scope="col" { "uid" } th scope="col" { "map" } th scope="col" { "ring queue pairs" }
+                 th scope="col" { "failover" } @if viewer.csrf().is_some() { th scope="col" { "actions" } } }
             @for n in &pan.nodes {
                 tr data-node=(n.name) {
-                    td { (n.name) @if n.spare { " (spare)" } }
+                    td.name title=(n.name) { a href=(format!("/pans/{}/nodes/{}", pan.name, n.name)) { (n.name) } @if n.spare { " (spare)" } }
                     td { (n.uid.map_or("-".to_string(), |u| u.to_string())) }
                     td {
                         @for m in &n.maps {
@@ -363,7 +360,7 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
                                     ("target", m.target.to_string()), ("lun", m.lun.to_string())])) }
                         }
                     }
-                    td { (n.ring_connections) }
+                    td.num { (n.ring_connections) }
                     td { @if !n.spare { (n.failover) " " (confirm_form(&viewer, "failover", &back, "fail over",
                         &[p(), ("node", n.name.clone())])) } }
                     @if viewer.csrf().is_some() { td { (confirm_form(&viewer, "delete-node", &back, "delete", &[p(), ("node", n.name.clone())])) } }
@@ -371,9 +368,9 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
             }
         }
         h2 { "LUNs" }
-        (lun_rows(&s, &pan, &viewer, &back))
+        (lun_rows(&s, "luns", &pan, &viewer, &back))
         h2 { "LANs" }
-        (lan_tables(&pan, &viewer, &back))
+        (lan_tables(&s, &pan, &viewer, &back))
         @if viewer.csrf().is_some() {
             h2 { "Change" }
             (change_form(&viewer, "create-node", &back, "Create node", html! {
@@ -414,210 +411,6 @@ async fn pan_page(State(s): State<WebState>, viewer: Viewer, Params(name): Param
         }
     };
     Ok(layout_with(&format!("PAN {}", pan.name), &viewer, Some(&o), body))
-}
-
-async fn lun_page(
-    State(s): State<WebState>,
-    viewer: Viewer,
-    Params((pan, lun)): Params<(String, String)>,
-) -> Result<Markup, Problem> {
-    let o = s.overview().await;
-    let p = find_pan(&o, &pan)?;
-    let l = find_lun(&o, &pan, &lun)?;
-    let rates = s.history.lock().unwrap_or_else(|p| p.into_inner()).rates(&pan, &lun);
-    let iops: Vec<f64> = rates.iter().map(|r| r.iops).collect();
-    let tput: Vec<f64> = rates.iter().map(|r| r.bytes_per_sec).collect();
-    let back = format!("/pans/{pan}/luns/{lun}");
-    let c = l.counters;
-    let body = html! {
-        p { a href=(format!("/pans/{pan}")) { "PAN " (pan) } " · " code { (l.path) } " · " (bytes(l.size_bytes))
-            " · " (l.block_size) "-byte blocks" }
-        (sparkline("IOPS", &iops, per_sec))
-        (sparkline("throughput", &tput, bytes_per_sec))
-        table.counters {
-            tr { th { "commands" } td.commands { (c.commands) } }
-            tr { th { "reads" } td.reads { (c.reads) } }
-            tr { th { "writes" } td.writes { (c.writes) } }
-            tr { th { "bytes read" } td { (c.bytes_read) } }
-            tr { th { "bytes written" } td { (c.bytes_written) } }
-            tr { th { "seconds busy" } td { (format!("{:.3}", c.busy_seconds)) } }
-        }
-        h2 { "Mapped by" }
-        ul { @for n in &p.nodes { @for m in n.maps.iter().filter(|m| m.image == lun) {
-            li { (n.name) ": target " (m.target) " LUN " (m.lun) " (" (access_name(m.access)) ")" } } } }
-        (change_form(&viewer, "resize-lun", &back, "Resize", html! {
-            input type="hidden" name="pan" value=(pan);
-            input type="hidden" name="name" value=(lun);
-            label { "new size " input name="size" placeholder="2G" required; }
-        }))
-    };
-    Ok(layout_with(&format!("LUN {lun}"), &viewer, Some(&o), body))
-}
-
-/// Every field any change form sends.
-#[derive(Debug, Default, Deserialize)]
-struct ChangeForm {
-    /// Absent on the confirmation page's GET, which only shows what the change will do.
-    #[serde(default)]
-    csrf: String,
-    op: String,
-    /// The confirmation page's button label.
-    label: Option<String>,
-    back: Option<String>,
-    pan: Option<String>,
-    node: Option<String>,
-    name: Option<String>,
-    size: Option<String>,
-    path: Option<String>,
-    block_size: Option<String>,
-    target: Option<String>,
-    lun: Option<String>,
-    image: Option<String>,
-    access: Option<String>,
-    mtu: Option<String>,
-    ports: Option<String>,
-    ip: Option<String>,
-    cluster: Option<String>,
-    spare: Option<String>,
-    services: Option<String>,
-    port: Option<String>,
-    proto: Option<String>,
-}
-
-fn field(v: &Option<String>, name: &str) -> Result<String, Problem> {
-    match v.as_deref().map(str::trim) {
-        Some(s) if !s.is_empty() => Ok(s.to_string()),
-        _ => Err(Problem::bad_request(format!("the form needs a {name}"))),
-    }
-}
-
-fn number<T: std::str::FromStr>(v: &Option<String>, name: &str) -> Result<T, Problem> {
-    field(v, name)?.parse().map_err(|_| Problem::bad_request(format!("{name} must be a number in range")))
-}
-
-fn optional(v: &Option<String>) -> Option<String> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
-}
-
-impl ChangeForm {
-    /// The change the form asks for; a node's generated credential comes back with it.
-    fn change(&self) -> Result<(Change, Option<String>), Problem> {
-        let pan = || field(&self.pan, "PAN");
-        let c = match self.op.as_str() {
-            "create-pan" => Change::CreatePan { pan: pan()? },
-            "delete-pan" => Change::DeletePan { pan: pan()? },
-            "create-node" => {
-                let credential = crate::auth::random_token(16);
-                let c = Change::CreateNode {
-                    pan: pan()?,
-                    node: field(&self.node, "node")?,
-                    credential: credential.clone(),
-                    uid: None,
-                    spare: self.spare.is_some(),
-                };
-                return Ok((c, Some(credential)));
-            }
-            "delete-node" => Change::DeleteNode { pan: pan()?, node: field(&self.node, "node")? },
-            "create-lun" => Change::CreateLun {
-                pan: pan()?,
-                lun: NewLun {
-                    name: field(&self.name, "name")?,
-                    size: optional(&self.size),
-                    path: optional(&self.path),
-                    block_size: optional(&self.block_size)
-                        .map(|b| b.parse())
-                        .transpose()
-                        .map_err(|_| Problem::bad_request("block size must be 512 or 4096"))?,
-                },
-            },
-            "delete-lun" => Change::DeleteLun { pan: pan()?, lun: field(&self.name, "name")? },
-            "resize-lun" => {
-                Change::ResizeLun { pan: pan()?, lun: field(&self.name, "name")?, size: field(&self.size, "size")? }
-            }
-            "map" => Change::Map {
-                pan: pan()?,
-                node: field(&self.node, "node")?,
-                target: number(&self.target, "target")?,
-                lun: number(&self.lun, "LUN")?,
-                image: field(&self.image, "image")?,
-                access: match self.access.as_deref() {
-                    Some("ro") => Access::Ro,
-                    None | Some("rw") => Access::Rw,
-                    Some(other) => return Err(Problem::bad_request(format!("access must be ro or rw, not {other:?}"))),
-                },
-            },
-            "unmap" => Change::Unmap {
-                pan: pan()?,
-                node: field(&self.node, "node")?,
-                target: number(&self.target, "target")?,
-                lun: number(&self.lun, "LUN")?,
-            },
-            "create-lan" => Change::CreateLan {
-                pan: pan()?,
-                lan: NewLan {
-                    name: field(&self.name, "name")?,
-                    mtu: optional(&self.mtu)
-                        .map(|m| m.parse())
-                        .transpose()
-                        .map_err(|_| Problem::bad_request("MTU must be a number"))?,
-                    ports: parse_ports(self.ports.as_deref().unwrap_or(""))?,
-                },
-            },
-            "delete-lan" => Change::DeleteLan { pan: pan()?, lan: field(&self.name, "name")? },
-            "move-ip" => Change::MoveIp {
-                pan: pan()?,
-                lan: field(&self.name, "LAN")?,
-                to: MoveIp { ip: field(&self.ip, "address")?, node: field(&self.node, "node")? },
-            },
-            "create-cluster" => Change::CreateCluster {
-                pan: pan()?,
-                lan: field(&self.name, "LAN")?,
-                cluster: ClusterBody {
-                    name: field(&self.cluster, "cluster")?,
-                    ip: field(&self.ip, "IP")?,
-                    services: parse_services(self.services.as_deref().unwrap_or(""))?,
-                },
-            },
-            "delete-cluster" => Change::DeleteCluster {
-                pan: pan()?,
-                lan: field(&self.name, "LAN")?,
-                name: field(&self.cluster, "cluster")?,
-            },
-            op @ ("drain" | "undrain") => Change::Drain {
-                pan: pan()?,
-                lan: field(&self.name, "LAN")?,
-                name: field(&self.cluster, "cluster")?,
-                drain: Drain {
-                    node: field(&self.node, "node")?,
-                    port: optional(&self.port)
-                        .map(|p| p.parse())
-                        .transpose()
-                        .map_err(|_| Problem::bad_request("port must be a number"))?,
-                    proto: optional(&self.proto),
-                    drain: op == "drain",
-                },
-            },
-            "failover" => Change::Failover { pan: pan()?, node: field(&self.node, "node")?, to: optional(&self.name) },
-            other => return Err(Problem::bad_request(format!("unknown operation {other:?}"))),
-        };
-        Ok((c, None))
-    }
-}
-
-/// "node address/prefix [netns]" per line.
-fn parse_ports(text: &str) -> Result<Vec<NewPort>, Problem> {
-    let mut ports = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            [node, ip] => ports.push(NewPort { node: node.to_string(), ips: vec![ip.to_string()], netns: None }),
-            [node, ip, ns] => {
-                ports.push(NewPort { node: node.to_string(), ips: vec![ip.to_string()], netns: Some(ns.to_string()) })
-            }
-            _ => return Err(Problem::bad_request(format!("port line {line:?} is not 'node address/prefix [netns]'"))),
-        }
-    }
-    Ok(ports)
 }
 
 fn error_page(viewer: &Viewer, p: Problem) -> Response {
@@ -718,7 +511,7 @@ async fn events_page(State(s): State<WebState>, viewer: Viewer) -> Markup {
     let body = html! {
         p { "The last " (metrics::EVENTS_KEPT) " events the gateway kept, newest first; as JSON: "
             a href="/api/v1/events" { code { "/api/v1/events" } } "." }
-        (event_table(&events))
+        div #events data-live { (event_table(&events)) }
     };
     layout_with("Events", &viewer, Some(&o), body)
 }
@@ -790,27 +583,17 @@ async fn logout(
     (jar.remove(Cookie::build(SESSION_COOKIE).path("/")), Redirect::to("/")).into_response()
 }
 
-/// The pages' style sheet, served rather than inlined so the Content-Security-Policy
-/// needs no 'unsafe-inline'.
-async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")], STYLE)
-}
-
-async fn favicon() -> impl IntoResponse {
-    (StatusCode::NO_CONTENT, [(header::CACHE_CONTROL, "max-age=86400")])
-}
-
 /// The pages' routes.
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(dashboard))
         .route("/pans/{pan}", get(pan_page))
-        .route("/pans/{pan}/luns/{lun}", get(lun_page))
+        .route("/pans/{pan}/luns/{lun}", get(crate::detail::lun_page))
+        .route("/pans/{pan}/nodes/{node}", get(crate::detail::node_page))
         .route("/ui/change", post(post_change))
         .route("/ui/confirm", get(confirm_page))
         .route("/events", get(events_page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
-        .route("/favicon.ico", get(favicon))
-        .route("/style.css", get(style))
+        .merge(crate::assets::routes())
 }

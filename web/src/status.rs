@@ -20,7 +20,7 @@ pub fn status_bar(o: &Overview) -> Markup {
     let queue_pairs: u64 = o.pans.iter().flat_map(|p| &p.nodes).map(|n| n.ring_connections).sum();
     let on_off = |on: bool| if on { "on" } else { "off" };
     html! {
-        span.status {
+        span.status #status data-live {
             span title="version" { "v" (o.version) } " · "
             span title="uptime" { "up " (uptime(o.uptime_secs)) } " · "
             span title="open ring queue pairs (rings, FUSE mounts, TCMU and iSCSI nodes)" { "rings: " (queue_pairs) } " · "

@@ -86,7 +86,7 @@ pub fn topology(pan: &PanView) -> Markup {
                 }
             }
             @for (i, l) in pan.luns.iter().enumerate() {
-                (node_box(luns_x, i, "lun", &l.name, &format!("LUN {} · {}", l.name, crate::history::bytes(l.size_bytes))))
+                (node_box(luns_x, i, "lun", &l.name, &format!("LUN {} · {}", l.name, crate::units::bytes(l.size_bytes))))
             }
             @for (i, n) in pan.nodes.iter().enumerate() {
                 @let what = if n.spare { " (spare)" } else { "" };

@@ -67,6 +67,13 @@ fn add(c: &mut LunCounters, s: &LunSnapshot) {
     c.bytes_read += s.bytes_read;
     c.bytes_written += s.bytes_written;
     c.busy_seconds += s.busy_seconds;
+    if c.latency_buckets.len() < s.latency_buckets.len() {
+        c.latency_buckets.resize(s.latency_buckets.len(), 0);
+    }
+    for (sum, n) in c.latency_buckets.iter_mut().zip(&s.latency_buckets) {
+        *sum += n;
+    }
+    c.latency_count += s.latency_count;
 }
 
 /// The running gateway's parts the admin changes and reads.
@@ -567,9 +574,15 @@ impl web::Admin for GatewayAdmin {
         let st = self.lock();
         // Per LUN, summed over its per-node sets when metrics are kept per node.
         let mut luns: HashMap<(String, String), LunCounters> = HashMap::new();
+        // And per node, when they are kept per node.
+        let mut nodes: HashMap<(String, String), LunCounters> = HashMap::new();
         for (k, s) in self.metrics.luns() {
+            if let Some(n) = &k.node {
+                add(nodes.entry((k.pan.clone(), n.node.clone())).or_default(), &s);
+            }
             add(luns.entry((k.pan, k.lun)).or_default(), &s);
         }
+        let per_node = self.metrics.per_node();
         let rings: HashMap<(String, String), metrics::RingSnapshot> = self.metrics.rings().into_iter().collect();
         let net = self.net.show();
         let mut out = Overview {
@@ -596,6 +609,8 @@ impl web::Admin for GatewayAdmin {
                     ring_connections: ring.connections,
                     outstanding_commands: ring.outstanding,
                     protocol_errors: ring.protocol_errors.iter().map(|e| e.1).sum(),
+                    counters: per_node
+                        .then(|| nodes.get(&(pan.name.clone(), n.name.clone())).cloned().unwrap_or_default()),
                     spare: n.spare,
                     failover: if n.failover == crate::config::FailoverMode::Auto { "auto" } else { "manual" }.into(),
                 });
@@ -610,7 +625,7 @@ impl web::Admin for GatewayAdmin {
                     path: storage::image_path(img, &self.data_dir).display().to_string(),
                     size_bytes: u64::from(block_size) * blocks,
                     block_size,
-                    counters: luns.get(&(pan.name.clone(), img.name.clone())).copied().unwrap_or_default(),
+                    counters: luns.get(&(pan.name.clone(), img.name.clone())).cloned().unwrap_or_default(),
                 });
             }
             for lan in &pan.lans {
@@ -636,6 +651,8 @@ impl web::Admin for GatewayAdmin {
                                 ips: p.ips.clone(),
                                 frames_in: lp.map_or(0, |x| x.counters.frames_in),
                                 frames_out: lp.map_or(0, |x| x.counters.frames_out),
+                                bytes_in: lp.map_or(0, |x| x.counters.bytes_in),
+                                bytes_out: lp.map_or(0, |x| x.counters.bytes_out),
                                 drops: lp.map_or(0, |x| x.counters.drops.values().sum()),
                                 oversize_drops: lp.map_or(0, |x| x.counters.drops.get("mtu").copied().unwrap_or(0)),
                                 largest_oversize: lp.map_or(0, |x| x.counters.largest_oversize),
