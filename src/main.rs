@@ -100,7 +100,14 @@ impl NodeArgs {
     /// Connects one queue pair.
     pub fn connect(&self, slots: u32, data_bytes: u64) -> anyhow::Result<Initiator> {
         let (sockets, credential) = self.resolve()?;
-        let opts = ConnectOptions { pan: self.pan.clone(), node: self.node.clone(), credential, slots, data_bytes };
+        let opts = ConnectOptions {
+            pan: self.pan.clone(),
+            node: self.node.clone(),
+            credential,
+            slots,
+            data_bytes,
+            client: None,
+        };
         // The first gateway that answers; with none up yet, the first is waited for.
         if sockets.len() > 1 {
             if let Some(i) = sockets.iter().find_map(|s| Initiator::connect(s, &opts).ok()) {

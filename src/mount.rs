@@ -86,6 +86,8 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
                 slots: 256,
                 // Room for the deepest queue of the largest requests the kernel sends.
                 data_bytes: 64 << 20,
+                // The gateway's header counts FUSE mounts by this.
+                client: Some("fuse".into()),
             },
             queues,
             io_timeout: Duration::from_secs(a.io_timeout.max(1)),

@@ -216,8 +216,14 @@ async fn every_operation_takes_effect_on_the_running_gateway_and_is_persisted() 
         assert!(std::time::Instant::now() < deadline, "the deleted node's queue pair stays open");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let opts =
-        ConnectOptions { pan: "beta".into(), node: "web1".into(), credential: cred, slots: 256, data_bytes: 1 << 20 };
+    let opts = ConnectOptions {
+        pan: "beta".into(),
+        node: "web1".into(),
+        credential: cred,
+        slots: 256,
+        data_bytes: 1 << 20,
+        client: None,
+    };
     assert!(Initiator::connect(&f.socket, &opts).is_err());
     call(&f, "DELETE", "/api/v1/pans/beta", None).await.problem(StatusCode::CONFLICT);
     assert_eq!(call(&f, "DELETE", "/api/v1/pans/beta/luns/disk", None).await.status, StatusCode::NO_CONTENT);
@@ -757,6 +763,7 @@ async fn a_node_fails_over_to_a_spare_from_the_page_and_its_old_credential_opens
         credential: CRED.into(),
         slots: 16,
         data_bytes: 1 << 20,
+        client: None,
     };
     let refused = Initiator::connect(&f.socket, &opts).unwrap_err().to_string();
     assert!(refused.contains("wrong credential"), "{refused}");

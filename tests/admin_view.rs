@@ -29,6 +29,7 @@ async fn events_are_logged_served_as_json_and_shown_with_the_gateways_status() {
         credential: "wrong-wrong-wrong-1".into(),
         slots: 8,
         data_bytes: 1 << 20,
+        client: None,
     };
     assert!(Initiator::connect(&f.socket, &opts).is_err());
     assert_eq!(call(&f, "POST", "/api/v1/pans", Some(json!({"name": "beta"}))).await.status, StatusCode::CREATED);
@@ -69,6 +70,7 @@ async fn events_are_logged_served_as_json_and_shown_with_the_gateways_status() {
     assert!(page.body.contains("Recent events") && page.body.contains("queue pair opened"), "{}", page.body);
     assert!(page.body.contains(&format!("v{}", env!("CARGO_PKG_VERSION"))) && page.body.contains("up "));
     assert!(page.body.contains("TCMU: off") && page.body.contains("iSCSI: off") && page.body.contains("netvirt: on"));
+    assert!(page.body.contains("FUSE mounts: 0"), "{}", page.body);
     let events = send(&f, Request::get("/events").body(Body::empty()).unwrap()).await;
     assert!(events.body.contains("a handshake was refused") && events.body.contains(" UTC"), "{}", events.body);
 }

@@ -419,8 +419,14 @@ fn garbage_queue_pair(lab: &Lab) {
     use gateway::ring::initiator::{ConnectOptions, Initiator, InitiatorError};
     use gateway::ring::proto::SLOT_SIZE;
     use gateway::ring::spsc::{cursor_offsets, slot_offset, RingId};
-    let opts =
-        ConnectOptions { pan: "p".into(), node: "n1".into(), credential: OLD.into(), slots: 8, data_bytes: 1 << 20 };
+    let opts = ConnectOptions {
+        pan: "p".into(),
+        node: "n1".into(),
+        credential: OLD.into(),
+        slots: 8,
+        data_bytes: 1 << 20,
+        client: None,
+    };
     let bad = Initiator::connect(&socket(lab), &opts).unwrap();
     let ring = bad.raw_ring();
     let slot = [0xA5u8; SLOT_SIZE];

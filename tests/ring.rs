@@ -101,7 +101,14 @@ fn link_n1(f: &Fixture, data_bytes: u64, io_timeout: Duration) -> gateway::ring:
 }
 
 fn opts(pan: &str, node: &str, cred: &str) -> ConnectOptions {
-    ConnectOptions { pan: pan.into(), node: node.into(), credential: cred.into(), slots: 256, data_bytes: 16 << 20 }
+    ConnectOptions {
+        pan: pan.into(),
+        node: node.into(),
+        credential: cred.into(),
+        slots: 256,
+        data_bytes: 16 << 20,
+        client: None,
+    }
 }
 
 fn connect(f: &Fixture, pan: &str, node: &str, cred: &str) -> Initiator {
@@ -972,6 +979,30 @@ fn every_lun_has_one_set_of_series_from_the_start_whichever_nodes_use_it() {
     let text = metrics.render();
     assert!(text.contains(r#"pangate_lun_reads_total{pan="alpha",lun="shared"} 2"#), "{text}");
     assert!(!text.contains("node_lun="), "no per-node series by default");
+}
+
+/// Queue pairs that say they are `pangate mount`'s count as FUSE mounts, one per process
+/// however many queue pairs it opens, until the last closes; other nodes do not count.
+#[test]
+fn fuse_mounts_are_counted_by_process_while_a_queue_pair_is_open() {
+    let f = start();
+    let metrics = f.server.as_ref().unwrap().metrics();
+    let fuse = || ConnectOptions { client: Some("fuse".into()), ..opts("alpha", "n1", CRED_A) };
+    let a = Initiator::connect(&f.socket, &fuse()).unwrap();
+    let b = Initiator::connect(&f.socket, &fuse()).unwrap();
+    let plain = connect(&f, "alpha", "n2", CRED_C);
+    assert_eq!(metrics.fuse_mounts(), 1, "two queue pairs of one process are one mount");
+    assert!(metrics.render().contains("pangate_fuse_mounts 1"), "{}", metrics.render());
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(metrics.fuse_mounts(), 1, "one queue pair is still open");
+    drop(b);
+    while metrics.fuse_mounts() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(metrics.fuse_mounts(), 0, "the mount's last queue pair closed");
+    drop(plain);
 }
 
 /// A link of node n1 (PAN beta) with `queues` queue pairs that holds I/O through outages

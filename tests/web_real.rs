@@ -128,6 +128,7 @@ fn prometheus_scrapes_counters_that_match_the_io_exactly() {
         credential: CRED.into(),
         slots: 256,
         data_bytes: 4 << 20,
+        client: None,
     };
     let mut i = Initiator::connect(&run.gateway.socket, &opts).unwrap();
     i.execute(0, 0, &[0; 6], Data::None).unwrap();

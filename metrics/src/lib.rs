@@ -13,8 +13,8 @@ mod ring;
 pub use events::{Event, EventLog, Level, EVENTS_KEPT};
 pub use lun::{LatencyHistogram, LunSnapshot, LunStats, Transfer, LATENCY_BUCKETS};
 pub use registry::{
-    ClusterSample, IscsiSampler, LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample, PortalSample,
-    TrafficSample,
+    ClusterSample, FuseQueuePair, IscsiSampler, LanSample, LanSampler, LunKey, Metrics, NodeLun, PortSample,
+    PortalSample, TrafficSample,
 };
 pub use ring::{RingSnapshot, RingStats};
 

@@ -139,6 +139,8 @@ pub struct Metrics {
     /// Failovers by (PAN, trigger, outcome).
     failovers: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     events: Arc<EventLog>,
+    /// Queue pairs open per `pangate mount` process (by pid): the FUSE mounts seen.
+    fuse_mounts: Arc<Mutex<BTreeMap<u32, u64>>>,
     per_node: bool,
     opcode_name: fn(u8) -> Option<&'static str>,
     version: &'static str,
@@ -161,6 +163,7 @@ impl Metrics {
             refused: Mutex::default(),
             failovers: Mutex::default(),
             events: Arc::default(),
+            fuse_mounts: Arc::default(),
             per_node: false,
             opcode_name,
             version,
@@ -252,6 +255,18 @@ impl Metrics {
         self.failovers.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, &n)| (k.clone(), n)).collect()
     }
 
+    /// A queue pair of the FUSE mount in process `pid` opened; it counts until the guard
+    /// is dropped.
+    pub fn fuse_queue_pair(&self, pid: u32) -> FuseQueuePair {
+        *self.fuse_mounts.lock().unwrap_or_else(|p| p.into_inner()).entry(pid).or_default() += 1;
+        FuseQueuePair { mounts: self.fuse_mounts.clone(), pid }
+    }
+
+    /// FUSE mounts (`pangate mount` processes) with at least one queue pair open.
+    pub fn fuse_mounts(&self) -> usize {
+        self.fuse_mounts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Sets where LAN counters come from (once; later calls are ignored).
     pub fn set_lan_sampler(&self, sampler: LanSampler) {
         let _ = self.lans.set(sampler);
@@ -296,5 +311,24 @@ impl Metrics {
     /// The version the build info reports.
     pub fn version(&self) -> &'static str {
         self.version
+    }
+}
+
+/// One open queue pair of a FUSE mount, counted in [`Metrics::fuse_mounts`] while it lives.
+#[derive(Debug)]
+pub struct FuseQueuePair {
+    mounts: Arc<Mutex<BTreeMap<u32, u64>>>,
+    pid: u32,
+}
+
+impl Drop for FuseQueuePair {
+    fn drop(&mut self) {
+        let mut m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.pid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.pid);
+            }
+        }
     }
 }

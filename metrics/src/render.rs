@@ -198,6 +198,12 @@ impl Metrics {
         for ((pan, trigger, outcome), n) in self.failovers() {
             failovers.value(&[("pan", pan.as_str()), ("trigger", trigger), ("outcome", outcome)], n as f64);
         }
+        let mut fuse = Family::new(
+            "pangate_fuse_mounts",
+            "FUSE mounts (pangate mount processes) with a queue pair open to the gateway",
+            GAUGE,
+        );
+        fuse.value(&[], self.fuse_mounts() as f64);
 
         let mut lan = TrafficFamilies::new("lan", "LAN");
         let mut port = TrafficFamilies::new("port", "port (or uplink)");
@@ -300,6 +306,7 @@ impl Metrics {
             errors,
             refused,
             failovers,
+            fuse,
             arp,
             flows,
             evicted,

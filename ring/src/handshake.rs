@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use shmem::msg::{peer_uid, recv, send, MAX_MESSAGE};
+pub use shmem::msg::{peer_pid, peer_uid, recv, send, MAX_MESSAGE};
 
 /// What a node asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,10 @@ pub struct Hello {
     pub slots: u32,
     /// Bytes of data area wanted (clamped by the gateway).
     pub data_bytes: u64,
+    /// What the node side is, for the gateway's status: `fuse` for `pangate mount`.
+    /// Anything else (or nothing) is a node of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// One LUN of the node's map, as the node sees it.
@@ -91,6 +95,7 @@ mod tests {
             credential: "c".into(),
             slots: 256,
             data_bytes: 1 << 20,
+            client: None,
         };
         send(&a, &hello, &[bell.fd()]).unwrap();
         let (got, fds): (Hello, _) = recv(&b).unwrap();

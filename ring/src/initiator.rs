@@ -77,6 +77,8 @@ pub struct ConnectOptions {
     pub slots: u32,
     /// Data area bytes to ask for.
     pub data_bytes: u64,
+    /// What the node side is (see [`Hello::client`]).
+    pub client: Option<String>,
 }
 
 /// Which way data moves, and where.
@@ -191,6 +193,7 @@ impl Initiator {
             credential: opts.credential.clone(),
             slots: opts.slots,
             data_bytes: opts.data_bytes,
+            client: opts.client.clone(),
         };
         // SO_RCVTIMEO running out shows as EAGAIN ("os error 11"): say what it means.
         let timed_out = |e: io::Error| match e.kind() {

@@ -79,3 +79,9 @@ pub fn recv<T: for<'de> Deserialize<'de>>(sock: &UnixStream) -> io::Result<(T, V
 pub fn peer_uid(sock: &UnixStream) -> io::Result<u32> {
     Ok(rustix::net::sockopt::socket_peercred(sock.as_fd())?.uid.as_raw())
 }
+
+/// The process id of the peer of a Unix stream socket (0 when it is in a PID namespace the
+/// caller cannot see into).
+pub fn peer_pid(sock: &UnixStream) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(sock.as_fd())?.pid.as_raw_nonzero().get() as u32)
+}

@@ -162,7 +162,13 @@ pub fn saved(f: &Fixture) -> Config {
 }
 
 pub fn connect(f: &Fixture, pan: &str, node: &str, cred: &str) -> Initiator {
-    let opts =
-        ConnectOptions { pan: pan.into(), node: node.into(), credential: cred.into(), slots: 256, data_bytes: 4 << 20 };
+    let opts = ConnectOptions {
+        pan: pan.into(),
+        node: node.into(),
+        credential: cred.into(),
+        slots: 256,
+        data_bytes: 4 << 20,
+        client: None,
+    };
     Initiator::connect(&f.socket, &opts).unwrap()
 }

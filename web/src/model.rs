@@ -24,6 +24,9 @@ pub struct Overview {
     /// Whether the TCMU front-end serves LIO backstores.
     #[serde(default)]
     pub tcmu: bool,
+    /// FUSE mounts (`pangate mount` processes) with a queue pair open.
+    #[serde(default)]
+    pub fuse_mounts: u64,
     /// iSCSI sessions in the full feature phase.
     #[serde(default)]
     pub iscsi_sessions: Vec<IscsiSessionView>,

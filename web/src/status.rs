@@ -24,6 +24,7 @@ pub fn status_bar(o: &Overview) -> Markup {
             span title="version" { "v" (o.version) } " · "
             span title="uptime" { "up " (uptime(o.uptime_secs)) } " · "
             span title="open ring queue pairs (rings, FUSE mounts, TCMU and iSCSI nodes)" { "rings: " (queue_pairs) } " · "
+            span title="pangate mount processes with a queue pair open" { "FUSE mounts: " (o.fuse_mounts) } " · "
             span { "iSCSI: " @if o.iscsi { (o.iscsi_sessions.len()) " sessions" } @else { "off" } } " · "
             span { "TCMU: " (on_off(o.tcmu)) } " · "
             span { "netvirt: " (on_off(o.netvirt)) }

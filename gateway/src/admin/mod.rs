@@ -592,6 +592,7 @@ impl web::Admin for GatewayAdmin {
             netvirt: net.is_some(),
             iscsi: self.iscsi.is_some(),
             tcmu: self.tcmu,
+            fuse_mounts: self.metrics.fuse_mounts() as u64,
             ..Overview::default()
         };
         for pan in &st.cfg.pans {

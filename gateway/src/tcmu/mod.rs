@@ -262,6 +262,7 @@ impl<S: UioSource> Controller<S> {
                 credential: cred.credential,
                 slots: 256,
                 data_bytes: 64 << 20,
+                client: None,
             },
             queues: 1,
             io_timeout: self.io_timeout,

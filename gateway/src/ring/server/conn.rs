@@ -169,6 +169,8 @@ pub(super) struct Conn {
     pub(super) attached_readable: bool,
     /// The queue pair's share of its node's limits, given back when it is dropped.
     _lease: super::quota::Lease,
+    /// Counts it among its FUSE mount's queue pairs until it is dropped.
+    _fuse: Option<metrics::FuseQueuePair>,
 }
 
 impl Conn {
@@ -198,6 +200,7 @@ impl Conn {
         };
         Conn {
             _lease: a.lease,
+            _fuse: a.fuse,
             attached: a.attached,
             attached_poll: None,
             attached_readable: true,

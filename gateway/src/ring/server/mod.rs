@@ -248,6 +248,8 @@ struct Accepted {
     /// The initiator port its commands come from, and the target port they come in on.
     port: Arc<scsi::InitiatorPort>,
     target_port: u16,
+    /// Counts the queue pair among its FUSE mount's while it is open (`pangate mount`'s).
+    fuse: Option<metrics::FuseQueuePair>,
 }
 
 /// What admitting a node takes: the listener's and the [`Attacher`]'s.
@@ -666,7 +668,10 @@ fn accept_hello(sock: &UnixStream, hello: Hello, admit: &Admit) -> Result<Accept
             return Err(Refused::WrongUid { node: hello.node, want, got });
         }
     }
-    let (acc, welcome) = open_queue_pair(sock, entry, hello.slots, hello.data_bytes, admit)?;
+    let (mut acc, welcome) = open_queue_pair(sock, entry, hello.slots, hello.data_bytes, admit)?;
+    if hello.client.as_deref() == Some("fuse") {
+        acc.fuse = Some(admit.opts.metrics.fuse_queue_pair(handshake::peer_pid(sock).unwrap_or(0)));
+    }
     handshake::send(
         sock,
         &Answer::Welcome(welcome),
@@ -726,6 +731,7 @@ fn open_queue_pair(
         port: Arc::new(crate::nexus::node_port(&entry)),
         target_port: crate::nexus::local_target_port(),
         entry,
+        fuse: None,
     };
     Ok((acc, welcome))
 }
