@@ -483,6 +483,7 @@ async fn a_lan_created_at_run_time_switches_at_once_and_deleting_it_detaches_its
     // Both nodes attach and a frame crosses, with no restart.
     let mut a = attach("n1", CRED).unwrap();
     let mut b = attach("n2", &cred2).unwrap();
+    f.state.sample().await;
     assert_eq!(a.ips(), ["198.18.7.1/24"]);
     let frame = udp_frame(a.mac().0, b.mac().0, [198, 18, 7, 1], [198, 18, 7, 2]);
     assert!(a.send(&frame).unwrap());
@@ -494,6 +495,18 @@ async fn a_lan_created_at_run_time_switches_at_once_and_deleting_it_detaches_its
     // Its ports are in the metrics too.
     let r = call(&f, "GET", "/metrics", None).await;
     assert!(r.body.contains(r#"pangate_lan_frames_total{pan="alpha",lan="wire",direction="in"} 1"#), "{}", r.body);
+    // And in the LAN's and the nodes' charts: a frame in from n1, out to n2, with its bytes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    f.state.sample().await;
+    let series = |uri: &str| send(&f, api("GET", uri, None, None));
+    let lan = series("/api/v1/pans/alpha/lans/wire/series").await.json();
+    let (dt, first) = (lan["t"].as_array().unwrap().len(), |c: usize| lan["values"][c][0].as_f64().unwrap());
+    assert_eq!(dt, 1, "{lan}");
+    assert!(first(0) > 0.0 && first(1) > 0.0 && first(2) == 0.0, "frames in, out, dropped: {lan}");
+    assert!((first(3) / first(0) - frame.len() as f64).abs() < 1.0, "bytes in a second per frame: {lan}");
+    let n1 = series("/api/v1/pans/alpha/nodes/n1/series").await.json();
+    assert_eq!(n1["charts"][0]["title"], "Frames", "{n1}");
+    assert!(n1["values"][0][0].as_f64().unwrap() > 0.0 && n1["values"][1][0].as_f64().unwrap() == 0.0, "{n1}");
 
     // Moving n1's address to n2 (a failover): n2 announces it with a gratuitous ARP and
     // may send from it; n1 no longer may.
