@@ -126,10 +126,13 @@ try {
 
   // At phone width nothing but a table's own scroller is wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.waitForTimeout(300);
-  const wide = await page.evaluate(() => document.documentElement.scrollWidth);
-  if (wide > 392) fail(`the LUN page is ${wide} px wide on a 390 px screen`);
-  await page.screenshot({ path: beside('admin-lun-page-phone.png'), fullPage: true });
+  for (const [path, shot] of [['/pans/web/luns/vol', 'admin-lun-page-phone.png'], ['/pans/web', null], ['/', null]]) {
+    await page.goto(`${BASE}${path}`);
+    await page.waitForTimeout(300);
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    if (wide > 392) fail(`${path} is ${wide} px wide on a 390 px screen`);
+    if (shot) await page.screenshot({ path: beside(shot), fullPage: true });
+  }
   await page.setViewportSize({ width: 1280, height: 800 });
 
   // The dashboard's event log saw the node connect for the benchmark (and go again).
