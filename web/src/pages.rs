@@ -1,5 +1,5 @@
-//! Server-rendered pages and the forms behind them. Forms build the same [`Change`]s as
-//! the API and go through the same [`WebState::apply`].
+//! Server-rendered pages and the forms behind them. Forms build the same
+//! [`Change`](crate::admin::Change)s as the API and go through the same [`WebState::apply`].
 
 use std::net::{IpAddr, SocketAddr};
 
