@@ -569,7 +569,7 @@ fn read4k(d: &mut gateway::lun::LunDriver, lba: u64) -> Vec<u8> {
 
 /// The NVMe engine and the io_uring engine over a file give the same results and bytes for
 /// the same operations (block status aside: NVMe reports every block mapped), on the test
-/// VM's emulated drive, which is as large as the file.
+/// VM's emulated drive, which is as large as the file, both in one worker's ring.
 #[test]
 fn nvme_drive_agrees_with_the_uring_engine() {
     let Some(dev) = nvme_or_in_vm("nvme_drive_agrees_with_the_uring_engine") else { return };
@@ -581,6 +581,9 @@ fn nvme_drive_agrees_with_the_uring_engine() {
             prop_assert_eq!(n.size(), SIZE, "the drive is as large as the file");
             prop_assert_eq!(one(&mut n, IoOp::WriteZeroes { offset: 0, len: SIZE }).0, Ok(IoDone::Done));
             let mut u = UringEngine::new(image(&dir, "u.img", false), 32).unwrap();
+            let host = std::sync::Arc::new(UringHost::new(64).unwrap());
+            prop_assert!(n.attach(&host).unwrap() && u.attach(&host).unwrap(), "both join the worker's ring");
+            prop_assert!(n.hosted());
             for op in &ops {
                 let (rn, dn) = one(&mut n, to_io(op));
                 let (ru, du) = one(&mut u, to_io(op));
@@ -636,6 +639,23 @@ fn nvme_drive_splits_large_requests_and_bounds_its_queue() {
     assert_eq!(r, Ok(IoDone::Done));
     let (_, back) = one(&mut n, IoOp::Read { offset: 4096, buf: AlignedBuf::zeroed(8192), range: 0..8192 });
     assert!(back.iter().all(|&b| b == 0), "deallocated blocks read as zeros");
+
+    // The same whole-drive write and read in a worker's ring of four entries, then back on
+    // a ring of its own.
+    let host = std::sync::Arc::new(UringHost::new(4).unwrap());
+    assert!(n.attach(&host).unwrap() && n.hosted() && n.completion_fd().is_none());
+    let data = pattern(SIZE as usize, 8);
+    let (r, _) =
+        one(&mut n, IoOp::Write { offset: 0, buf: AlignedBuf::from_slice(&data), range: 0..SIZE as usize, fua: true });
+    assert_eq!(r, Ok(IoDone::Done));
+    let (r, back) =
+        one(&mut n, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(SIZE as usize), range: 0..SIZE as usize });
+    assert_eq!(r, Ok(IoDone::Done));
+    assert!(back == data, "the drive reads back what was written through the worker's ring");
+    n.detach().unwrap();
+    assert!(!n.hosted());
+    let (_, back) = one(&mut n, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(4096), range: 0..4096 });
+    assert!(back == data[..4096], "and through its own ring again");
 }
 
 /// `engine = "nvme"` on a file says what the engine drives; `auto` on a file is not NVMe.

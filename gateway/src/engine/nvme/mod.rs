@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use scsi::{BlockLimits, IoDone};
 
+use super::sys::host::UringHost;
 use super::sys::nvme::{self as sys, CmdError, Queue};
 use super::{push_extent, validate, Backend, EngineError, EngineKind, IoCompletion, IoOp, IoRequest};
 use translate::{cns, Controller, Namespace, NamespaceData, NvmLimits, Request};
@@ -82,7 +83,7 @@ pub struct NvmeEngine {
     path: PathBuf,
     /// Dropped before the queue's device: declared first.
     queue: Queue,
-    _file: File,
+    file: File,
     ns: Namespace,
     ready: VecDeque<IoCompletion>,
     read_only: bool,
@@ -123,7 +124,7 @@ impl NvmeEngine {
             max_transfer = ns.max_transfer_bytes(),
             "NVMe namespace opened"
         );
-        Ok(NvmeEngine { path: path.to_owned(), queue, _file: file, ns, ready: VecDeque::new(), read_only })
+        Ok(NvmeEngine { path: path.to_owned(), queue, file, ns, ready: VecDeque::new(), read_only })
     }
 
     /// The namespace as identify described it.
@@ -220,6 +221,18 @@ impl Backend for NvmeEngine {
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.queue.done_fd().map(AsFd::as_fd)
+    }
+
+    fn attach(&mut self, host: &std::sync::Arc<UringHost>) -> io::Result<bool> {
+        self.queue.attach(host, &self.file)
+    }
+
+    fn detach(&mut self) -> io::Result<()> {
+        self.queue.detach(&self.file)
+    }
+
+    fn hosted(&self) -> bool {
+        self.queue.hosted()
     }
 
     fn size(&self) -> u64 {

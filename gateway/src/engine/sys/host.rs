@@ -24,7 +24,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::buf::Arena;
 
@@ -89,8 +89,12 @@ fn thread_mark() -> usize {
     HERE.with(|h| h as *const u8 as usize)
 }
 
+/// The worker's ring: 128-byte SQEs and 32-byte CQEs, so that NVMe passthrough commands
+/// (`IORING_OP_URING_CMD`) join it beside the file engine's reads and writes.
+type WideRing = IoUring<squeue::Entry128, cqueue::Entry32>;
+
 struct Inner {
-    ring: IoUring,
+    ring: WideRing,
     /// Completions sorted by owner key, as (token, result).
     mail: Vec<Vec<(u32, i32)>>,
     /// Whether each key is taken.
@@ -129,19 +133,20 @@ impl std::fmt::Debug for UringHost {
 
 impl UringHost {
     /// A ring for the calling thread with room for `entries` SQEs and eight times as many
-    /// CQEs. Kernels without single-issuer and deferred task work (before 6.1) get a plain
-    /// ring; kernels without sparse tables (before 5.19) get no fixed files, and engines
-    /// then keep rings of their own.
+    /// CQEs, of the sizes NVMe passthrough needs (Linux 5.19). Kernels without single-issuer
+    /// and deferred task work (before 6.1) get a plain ring; kernels without sparse tables
+    /// get no fixed files, and engines then keep rings of their own, as they do where no
+    /// host can be made.
     pub fn new(entries: u32) -> io::Result<UringHost> {
         let cq = entries * 8;
-        let ring = IoUring::builder()
+        let ring = WideRing::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .setup_cqsize(cq)
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
+            .or_else(|_| WideRing::builder().setup_cqsize(cq).build(entries))?;
         let files = match ring.submitter().register_files_sparse(TABLE) {
             Ok(()) => (0..TABLE).rev().collect(),
             Err(e) => {
@@ -297,8 +302,8 @@ impl UringHost {
     ///
     /// # Safety
     /// Whatever the SQE points to must stay valid until its CQE is taken.
-    pub unsafe fn push(&self, key: Key, token: u32, entry: squeue::Entry) -> io::Result<()> {
-        let entry = entry.user_data(UserData { key, token }.pack());
+    pub unsafe fn push(&self, key: Key, token: u32, entry: impl Into<squeue::Entry128>) -> io::Result<()> {
+        let entry = entry.into().user_data(UserData { key, token }.pack());
         self.with(|h| {
             // A full SQ empties into the kernel; a kernel that refuses more while the CQ is
             // full (EBUSY) gets room once the CQ is drained into the mailboxes.
@@ -374,7 +379,7 @@ impl UringHost {
 /// One `io_uring_enter`: submits what is queued and, with `want`, waits for that many
 /// completions or the timeout. EINTR, a timeout and a full CQ (EBUSY) are not errors: the
 /// caller drains and looks again.
-fn enter(ring: &IoUring, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+fn enter(ring: &WideRing, want: usize, timeout: Option<Duration>) -> io::Result<()> {
     let submitter = ring.submitter();
     let r = match timeout {
         Some(t) if want > 0 => {

@@ -12,9 +12,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::host::{Key, UringHost};
 use crate::engine::nvme::translate::{cns, opcode as nvme_op, Command, Data, IDENTIFY_BYTES};
 use crate::engine::{AlignedBuf, IoOp, IoRequest};
 
@@ -114,12 +116,26 @@ struct Sent {
     retries: u8,
 }
 
-/// An NVMe namespace's I/O queue: a ring of its own with the namespace as fixed file 0.
+/// Where a queue's commands go.
+enum Rings {
+    /// A ring of its own, with the namespace as fixed file 0, created disabled so that the
+    /// first thread to drive it becomes its single issuer; `done_fd` is registered with it
+    /// and signalled as commands finish.
+    Own { ring: Box<IoUring<squeue::Entry128, cqueue::Entry32>>, enabled: bool, done_fd: Option<OwnedFd> },
+    /// Its worker's ring, under `key`, with the namespace as fixed file `file`.
+    Hosted { host: Arc<UringHost>, key: Key, file: u32 },
+}
+
+impl Rings {
+    fn own(file: &File, depth: u32) -> io::Result<Rings> {
+        let (ring, enabled, done_fd) = super::inflight::engine_ring::<squeue::Entry128, cqueue::Entry32>(file, depth)?;
+        Ok(Rings::Own { ring: Box::new(ring), enabled, done_fd })
+    }
+}
+
+/// An NVMe namespace's I/O queue, on a ring of its own or its worker's.
 pub struct Queue {
-    ring: IoUring<squeue::Entry128, cqueue::Entry32>,
-    enabled: bool,
-    /// Registered with the ring: the kernel signals it as commands finish.
-    done_fd: Option<OwnedFd>,
+    rings: Rings,
     jobs: Vec<Option<Job>>,
     free_jobs: Vec<u32>,
     /// Commands waiting for room in the ring, with their job.
@@ -150,11 +166,8 @@ impl Queue {
     /// drive it becomes its single issuer. `zeroes` is the longest write of zeros it may do.
     pub fn new(file: &File, depth: u32, zeroes: usize) -> io::Result<Queue> {
         let depth = depth.clamp(1, 1024);
-        let (ring, enabled, done_fd) = super::inflight::engine_ring::<squeue::Entry128, cqueue::Entry32>(file, depth)?;
         Ok(Queue {
-            ring,
-            enabled,
-            done_fd,
+            rings: Rings::own(file, depth)?,
             jobs: (0..depth).map(|_| None).collect(),
             free_jobs: (0..depth).rev().collect(),
             waiting: VecDeque::new(),
@@ -166,9 +179,53 @@ impl Queue {
         })
     }
 
-    /// The eventfd the kernel signals as commands finish, if it could be registered.
+    /// The eventfd the kernel signals as commands finish, if the queue has a ring of its
+    /// own and the eventfd could be registered with it.
     pub fn done_fd(&self) -> Option<&OwnedFd> {
-        self.done_fd.as_ref()
+        match &self.rings {
+            Rings::Own { done_fd, .. } => done_fd.as_ref(),
+            Rings::Hosted { .. } => None,
+        }
+    }
+
+    /// Whether the queue's commands go to a worker's ring.
+    pub fn hosted(&self) -> bool {
+        matches!(self.rings, Rings::Hosted { .. })
+    }
+
+    /// Moves the queue into `host`'s ring once what it has in flight has finished (the
+    /// finished requests wait for the next [`Queue::reap`]). `false` when the host has no
+    /// room for the namespace (the queue keeps its own ring). On the host's thread.
+    pub fn attach(&mut self, host: &Arc<UringHost>, file: &File) -> io::Result<bool> {
+        if self.hosted() {
+            return Ok(true);
+        }
+        self.settle()?;
+        let Some((key, index)) = host.join(file.as_raw_fd()) else { return Ok(false) };
+        self.rings = Rings::Hosted { host: host.clone(), key, file: index };
+        Ok(true)
+    }
+
+    /// Leaves the worker's ring for one of the queue's own, once what it has in flight has
+    /// finished. On the host's thread.
+    pub fn detach(&mut self, file: &File) -> io::Result<()> {
+        if !self.hosted() {
+            return Ok(());
+        }
+        self.settle()?;
+        let own = Rings::own(file, self.sent.len() as u32)?;
+        if let Rings::Hosted { host, key, file } = std::mem::replace(&mut self.rings, own) {
+            host.leave(key, file, None);
+        }
+        Ok(())
+    }
+
+    /// Waits until the kernel has answered every command, keeping the finished requests
+    /// for the next [`Queue::reap`].
+    fn settle(&mut self) -> io::Result<()> {
+        let done = self.reap(usize::MAX)?;
+        self.finished = done;
+        Ok(())
     }
 
     /// Requests queued and not yet handed back.
@@ -177,9 +234,9 @@ impl Queue {
     }
 
     fn enable(&mut self) -> io::Result<()> {
-        if !self.enabled {
-            self.ring.submitter().register_enable_rings()?;
-            self.enabled = true;
+        if let Rings::Own { ring, enabled: enabled @ false, .. } = &mut self.rings {
+            ring.submitter().register_enable_rings()?;
+            *enabled = true;
         }
         Ok(())
     }
@@ -231,21 +288,35 @@ impl Queue {
                     view.as_ptr() as u64
                 }
             };
-            let sqe = opcode::UringCmd80::new(types::Fixed(0), NVME_URING_CMD_IO)
-                .cmd(cmd.encode(addr))
-                .build()
-                .user_data(u64::from(slot));
-            // SAFETY: the SQE's data pointer is into memory that stays put until its CQE: the
+            let file = match &self.rings {
+                Rings::Own { .. } => 0,
+                Rings::Hosted { file, .. } => *file,
+            };
+            let sqe = opcode::UringCmd80::new(types::Fixed(file), NVME_URING_CMD_IO).cmd(cmd.encode(addr)).build();
+            // The SQE's data pointer is into memory that stays put until its CQE: the
             // request's buffer, held in `jobs` until every command of it is answered (its
             // heap memory never moves); the command's range list, held in `sent`; or the
-            // zero buffer the queue owns. Slots in `sent` are freed only by their CQE, and
-            // `Drop` leaks whatever the kernel still has.
-            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                self.waiting.push_front((job, cmd, retries));
-                if self.ring.submit().is_err() {
-                    break;
+            // zero buffer the queue owns. Slots in `sent` are freed only by their CQE (the
+            // token is the slot), and `Drop` leaks whatever the kernel still has.
+            let pushed = match &mut self.rings {
+                Rings::Own { ring, .. } => {
+                    // SAFETY: see above.
+                    if unsafe { ring.submission().push(&sqe.user_data(u64::from(slot))) }.is_err() {
+                        self.waiting.push_front((job, cmd, retries));
+                        if ring.submit().is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    true
                 }
-                continue;
+                // SAFETY: see above; the host answers with `slot` as the token.
+                Rings::Hosted { host, key, .. } => unsafe { host.push(*key, slot, sqe) }.is_ok(),
+            };
+            if !pushed {
+                // The worker's ring is full and its kernel refuses more for now: later.
+                self.waiting.push_front((job, cmd, retries));
+                break;
             }
             self.free_slots.pop();
             self.sent[slot as usize] = Some(Sent { job, cmd, retries });
@@ -274,24 +345,33 @@ impl Queue {
         // Bounded: every pass answers at least one command or stops.
         for _ in 0..=self.sent.len() * usize::from(MAX_RETRIES + 1) * 4 {
             let want_more = self.finished.len() < min.min(self.outstanding() + self.finished.len());
-            let deferred = self.ring.submission().taskrun();
             let in_kernel = self.sent.len() - self.free_slots.len();
-            if self.queued > 0 || deferred || (want_more && in_kernel > 0) {
-                let wait = usize::from(want_more && in_kernel > 0);
-                match self.ring.submit_and_wait(wait) {
-                    Ok(_) => self.queued = 0,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                    Err(e) => return Err(e),
+            let wait = want_more && in_kernel > 0;
+            let mut cqes: Vec<(u32, i32)> = Vec::new();
+            match &mut self.rings {
+                Rings::Own { ring, .. } => {
+                    let deferred = ring.submission().taskrun();
+                    if self.queued > 0 || deferred || wait {
+                        match ring.submit_and_wait(usize::from(wait)) {
+                            Ok(_) => self.queued = 0,
+                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    cqes.extend(ring.completion().map(|c| (c.user_data() as u32, c.result())));
+                }
+                Rings::Hosted { host, key, .. } => {
+                    host.reap(*key, &mut cqes, wait, None)?;
+                    self.queued = 0;
                 }
             }
-            let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
             for (token, res) in &cqes {
                 let Some(sent) = self.sent.get_mut(*token as usize).and_then(Option::take) else {
                     tracing::warn!(token, "a CQE for no command the kernel has; ignored");
                     continue;
                 };
-                self.free_slots.push(*token as u32);
+                self.free_slots.push(*token);
                 let errno = -res;
                 if (errno == libc::EAGAIN || errno == libc::EINTR) && sent.retries < MAX_RETRIES {
                     self.waiting.push_back((sent.job, sent.cmd, sent.retries + 1));
@@ -318,8 +398,17 @@ impl Drop for Queue {
     fn drop(&mut self) {
         // Wait (bounded) for what the kernel has; leak the requests of whatever it still has.
         let in_kernel = |q: &Queue| q.sent.iter().any(Option::is_some);
-        if in_kernel(self) && self.enabled {
+        let drivable = match &self.rings {
+            Rings::Own { enabled, .. } => *enabled,
+            Rings::Hosted { host, .. } => host.is_home(),
+        };
+        if in_kernel(self) && drivable {
             let _ = self.reap(usize::MAX);
+        }
+        if let (false, Rings::Hosted { host, key, file }) = (in_kernel(self), &self.rings) {
+            if host.is_home() {
+                host.leave(*key, *file, None);
+            }
         }
         if in_kernel(self) {
             for job in self.sent.iter().flatten().map(|s| s.job).collect::<Vec<_>>() {
