@@ -143,17 +143,22 @@ impl Ledger {
     }
 }
 
-/// Writes with FUA (or plain writes followed by SYNCHRONIZE CACHE) until the gateway dies,
-/// recording every attempt and every write acknowledged as durable.
-fn write_until_killed(socket: &Path, rng: &mut u64, fua: bool, ledger: &mut Ledger) {
-    let opts = ConnectOptions {
+/// Node n0 of PAN load, as the durability tests connect it.
+fn load_node() -> ConnectOptions {
+    ConnectOptions {
         pan: "load".into(),
         node: "n0".into(),
         credential: cred(0),
         slots: 256,
         data_bytes: 8 << 20,
         client: None,
-    };
+    }
+}
+
+/// Writes with FUA (or plain writes followed by SYNCHRONIZE CACHE) until the gateway dies,
+/// recording every attempt and every write acknowledged as durable.
+fn write_until_killed(socket: &Path, rng: &mut u64, fua: bool, ledger: &mut Ledger) {
+    let opts = load_node();
     let Ok(mut i) = Initiator::connect_with_retry(socket, &opts, Duration::from_secs(10)) else { return };
     if i.execute(0, 0, &[0; 6], Data::None).is_err() {
         return;
@@ -213,14 +218,7 @@ fn acknowledged_flushed_writes_survive_sigkill() {
     assert!(ledger.durable_count() > 50, "too few durable writes to mean anything: {}", ledger.durable_count());
     // Restart and read everything back.
     let gw = Gateway::start(dir.path(), &config);
-    let opts = ConnectOptions {
-        pan: "load".into(),
-        node: "n0".into(),
-        credential: cred(0),
-        slots: 256,
-        data_bytes: 8 << 20,
-        client: None,
-    };
+    let opts = load_node();
     let mut i = Initiator::connect(&gw.socket, &opts).unwrap();
     i.execute(0, 0, &[0; 6], Data::None).unwrap();
     for (&lba, (durable, later)) in &ledger.allowed {

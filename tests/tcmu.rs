@@ -656,14 +656,7 @@ fn the_same_lun_over_tcmu_and_the_rings() {
     let mut k = KernelModel::new(16 << 10, 4 << 20, ALL_CAPS);
     assert_eq!(rig.add(0, NAME, &k), 0);
     clear_attention(&mut k);
-    let opts = ConnectOptions {
-        pan: "p".into(),
-        node: "n".into(),
-        credential: CRED.into(),
-        slots: 256,
-        data_bytes: 1 << 20,
-        client: None,
-    };
+    let opts = ring_node();
     let mut node = Initiator::connect(&rig.gateway.socket, &opts).unwrap();
     node.execute(0, 0, &[0; 6], Data::None).unwrap();
     for round in 0..20u8 {
@@ -934,14 +927,7 @@ fn reconfiguring_the_size_grows_the_lun() {
     assert_eq!(std::fs::metadata(dir.path().join("images/d.img")).unwrap().len(), 64 << 20);
     k.run(&rw16(0x8A, (60 << 20) / 512, 8, false), Some(&pattern(4096, 5)), 0).good();
     // Nodes connecting now are told the new size.
-    let opts = ConnectOptions {
-        pan: "p".into(),
-        node: "n".into(),
-        credential: CRED.into(),
-        slots: 256,
-        data_bytes: 1 << 20,
-        client: None,
-    };
+    let opts = ring_node();
     let node = Initiator::connect(&socket, &opts).unwrap();
     assert_eq!(node.luns()[0].blocks, (64 << 20) / 512);
     // Shrinking, or sizes that are not whole blocks, are refused.
@@ -992,4 +978,16 @@ fn nodes_added_at_run_time_are_served_and_removed_ones_are_not() {
     registry.remove("p", "late").unwrap();
     assert_eq!(added(&mut ctl), -libc::ENOENT, "a removed node is no longer served");
     server.shutdown().unwrap();
+}
+
+/// Node n of PAN p as a ring node (beside its TCMU backstore).
+fn ring_node() -> ConnectOptions {
+    ConnectOptions {
+        pan: "p".into(),
+        node: "n".into(),
+        credential: CRED.into(),
+        slots: 256,
+        data_bytes: 1 << 20,
+        client: None,
+    }
 }

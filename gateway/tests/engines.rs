@@ -612,14 +612,7 @@ fn nvme_drive_splits_large_requests_and_bounds_its_queue() {
     let ns = *n.namespace();
     assert!(ns.max_transfer_bytes() < SIZE / 2, "{ns:?}: the write takes more commands than the queue holds");
     assert_eq!(n.block_size(), Some(512));
-    let data = pattern(SIZE as usize, 7);
-    let (r, _) =
-        one(&mut n, IoOp::Write { offset: 0, buf: AlignedBuf::from_slice(&data), range: 0..SIZE as usize, fua: true });
-    assert_eq!(r, Ok(IoDone::Done));
-    let (r, back) =
-        one(&mut n, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(SIZE as usize), range: 0..SIZE as usize });
-    assert_eq!(r, Ok(IoDone::Done));
-    assert!(back == data, "the drive reads back what was written");
+    let data = whole_drive_round_trip(&mut n, 7);
     // Two requests fill the queue; the third is handed back.
     let write =
         |at: u64| IoOp::Write { offset: at, buf: AlignedBuf::from_slice(&data[..4096]), range: 0..4096, fua: false };
@@ -644,18 +637,24 @@ fn nvme_drive_splits_large_requests_and_bounds_its_queue() {
     // a ring of its own.
     let host = std::sync::Arc::new(UringHost::new(4).unwrap());
     assert!(n.attach(&host).unwrap() && n.hosted() && n.completion_fd().is_none());
-    let data = pattern(SIZE as usize, 8);
-    let (r, _) =
-        one(&mut n, IoOp::Write { offset: 0, buf: AlignedBuf::from_slice(&data), range: 0..SIZE as usize, fua: true });
-    assert_eq!(r, Ok(IoDone::Done));
-    let (r, back) =
-        one(&mut n, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(SIZE as usize), range: 0..SIZE as usize });
-    assert_eq!(r, Ok(IoDone::Done));
-    assert!(back == data, "the drive reads back what was written through the worker's ring");
+    let data = whole_drive_round_trip(&mut n, 8);
     n.detach().unwrap();
     assert!(!n.hosted());
     let (_, back) = one(&mut n, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(4096), range: 0..4096 });
     assert!(back == data[..4096], "and through its own ring again");
+}
+
+/// Writes a pattern over the whole drive with FUA in one request, reads it back in one,
+/// and returns it.
+fn whole_drive_round_trip(n: &mut NvmeEngine, seed: u8) -> Vec<u8> {
+    let data = pattern(SIZE as usize, seed);
+    let (r, _) =
+        one(n, IoOp::Write { offset: 0, buf: AlignedBuf::from_slice(&data), range: 0..SIZE as usize, fua: true });
+    assert_eq!(r, Ok(IoDone::Done));
+    let (r, back) = one(n, IoOp::Read { offset: 0, buf: AlignedBuf::zeroed(SIZE as usize), range: 0..SIZE as usize });
+    assert_eq!(r, Ok(IoDone::Done));
+    assert!(back == data, "the drive reads back what was written");
+    data
 }
 
 /// `engine = "nvme"` on a file says what the engine drives; `auto` on a file is not NVMe.
