@@ -60,6 +60,14 @@ pub(crate) fn find_lun(o: &Overview, pan: &str, lun: &str) -> Result<LunView, Pr
         .ok_or_else(|| Problem::not_found(format!("no LUN {lun:?} in PAN {pan:?}")))
 }
 
+pub(crate) fn find_node(o: &Overview, pan: &str, node: &str) -> Result<NodeView, Problem> {
+    find_pan(o, pan)?
+        .nodes
+        .into_iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| Problem::not_found(format!("no node {node:?} in PAN {pan:?}")))
+}
+
 pub(crate) fn find_lan(o: &Overview, pan: &str, lan: &str) -> Result<LanView, Problem> {
     find_pan(o, pan)?
         .lans
@@ -436,7 +444,7 @@ async fn series(s: &WebState, subject: Subject, q: SeriesParams) -> Result<Json<
         Subject::Gateway => true,
         Subject::Pan(p) => find_pan(&o, p).is_ok(),
         Subject::Lun(p, l) => find_lun(&o, p, l).is_ok(),
-        Subject::Node(p, n) => find_pan(&o, p).is_ok_and(|p| p.nodes.iter().any(|x| &x.name == n)),
+        Subject::Node(p, n) => find_node(&o, p, n).is_ok(),
         Subject::Lan(p, l) => find_lan(&o, p, l).is_ok(),
     };
     match exists {

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use maud::{html, Markup};
 
-use crate::api::{find_lun, find_pan, Params};
+use crate::api::{find_lun, find_node, find_pan, Params};
 use crate::auth::Viewer;
 use crate::charts::panel;
 use crate::history::Subject;
@@ -56,11 +56,7 @@ pub(crate) async fn node_page(
 ) -> Result<Markup, Problem> {
     let o = s.overview().await;
     let p = find_pan(&o, &pan)?;
-    let n = p
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
-        .ok_or_else(|| Problem::not_found(format!("no node {node:?} in PAN {pan:?}")))?;
+    let n = find_node(&o, &pan, &node)?;
     let subject = Subject::Node(pan.clone(), node.clone());
     let lans: Vec<_> = p.lans.iter().filter(|l| l.ports.iter().any(|x| x.node == node)).collect();
     let body = html! {

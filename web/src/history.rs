@@ -285,23 +285,30 @@ impl History {
     /// A subject's charts, each with its series' newest values (NaN where nothing was
     /// measured, zeros before the first point); none for a subject not sampled yet.
     pub fn now(&self, subject: &Subject) -> Vec<(Chart, Vec<f64>)> {
-        let Some(track) = self.tracks.get(subject) else { return Vec::new() };
-        let mut column = 0;
-        let mut out = Vec::new();
-        for spec in track.parts.iter().flat_map(|p| p.charts()) {
-            let values = (column..column + spec.series.len())
-                .map(|i| track.columns[i].back().map_or(0.0, |&v| f64::from(v)))
-                .collect();
-            column += spec.series.len();
-            out.push((spec.chart(), values));
-        }
-        out
+        self.newest(subject).into_iter().map(|(spec, values)| (spec.chart(), values)).collect()
     }
 
     /// The latest point of a subject's `chart` (by title) as that chart's series' values;
     /// NaN where nothing was measured, zeros before the first point.
     pub fn latest(&self, subject: &Subject, chart: &str) -> Vec<f64> {
-        self.now(subject).into_iter().find(|(c, _)| c.title == chart).map(|(_, v)| v).unwrap_or_default()
+        self.newest(subject).into_iter().find(|(spec, _)| spec.title == chart).map(|(_, v)| v).unwrap_or_default()
+    }
+
+    /// Each chart of a subject with its series' newest values (none for an unknown one).
+    fn newest(&self, subject: &Subject) -> Vec<(&'static ChartSpec, Vec<f64>)> {
+        let Some(track) = self.tracks.get(subject) else { return Vec::new() };
+        let mut column = 0;
+        let specs = track.parts.iter().flat_map(|p| p.charts());
+        specs
+            .map(|spec| {
+                let values = track.columns[column..column + spec.series.len()]
+                    .iter()
+                    .map(|c| c.back().map_or(0.0, |&v| f64::from(v)))
+                    .collect();
+                column += spec.series.len();
+                (spec, values)
+            })
+            .collect()
     }
 }
 
