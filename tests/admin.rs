@@ -441,26 +441,6 @@ async fn the_openapi_document_describes_every_route() {
     assert_eq!(doc["components"]["securitySchemes"]["token"]["scheme"], "bearer");
 }
 
-/// Waits (boundedly) for a frame on a ring client.
-fn recv_frame(c: &mut RingClient) -> Option<Vec<u8>> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut buf = vec![0u8; 2048];
-    while std::time::Instant::now() < deadline {
-        if let Some(n) = c.recv(&mut buf).unwrap() {
-            return Some(buf[..n].to_vec());
-        }
-        c.wait(Duration::from_millis(20)).unwrap();
-    }
-    None
-}
-
-fn udp_frame(src: [u8; 6], dst: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(src, dst).ipv4(sip, dip, 64).udp(7, 9);
-    let mut f = Vec::new();
-    b.write(&mut f, b"created at run time").unwrap();
-    f
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lan_created_at_run_time_switches_at_once_and_deleting_it_detaches_its_ports() {
     let f = start();

@@ -14,7 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "support/host.rs"]
+mod host;
 mod support;
+use host::{mounted, sh, AlignedBuf, FsMount, Loop};
 use rustix::fs::{fallocate, FallocateFlags};
 use rustix::process::{kill_process, Pid, Signal};
 use support::{on_path, skip_because, Gateway};
@@ -50,18 +53,6 @@ fn prerequisites() -> Option<Prepared> {
     }
 }
 
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A config with PAN "p" and node "n": t0-l0 read-write (64 MiB), t0-l1 read-only (4 MiB).
 fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
         r#"serial = "pg-fuse-test"
@@ -153,14 +144,6 @@ impl Mount {
     }
 }
 
-fn mounted(point: &Path) -> bool {
-    let point = point.canonicalize().unwrap_or_else(|_| point.to_path_buf());
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(point.to_str().unwrap()))
-}
-
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -169,43 +152,6 @@ impl Drop for Mount {
         }
         if mounted(&self.point) {
             let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-        }
-    }
-}
-
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        Loop(sh("losetup", &["-f", "--show", file.to_str().unwrap()]).trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
-/// A filesystem mounted on a directory, unmounted on drop.
-struct FsMount(PathBuf);
-
-impl FsMount {
-    fn mount(dev: &str, at: &Path) -> FsMount {
-        std::fs::create_dir_all(at).unwrap();
-        sh("mount", &[dev, at.to_str().unwrap()]);
-        FsMount(at.to_path_buf())
-    }
-}
-
-impl Drop for FsMount {
-    fn drop(&mut self) {
-        if mounted(&self.0) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-        if mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
 }
@@ -499,25 +445,6 @@ fn read_only_maps_edges_and_unaligned_io() {
     let st = rustix::fs::statfs(&rig.mount.point).unwrap();
     assert_eq!(st.f_files, 2);
     assert_eq!(st.f_blocks as u64 * st.f_bsize as u64, (64 << 20) + (4 << 20));
-}
-
-/// A page-aligned buffer for O_DIRECT.
-struct AlignedBuf {
-    v: Vec<u8>,
-    at: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let v = vec![0u8; len + 4096];
-        let at = v.as_ptr().align_offset(4096);
-        AlignedBuf { v, at, len }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.v[self.at..self.at + self.len]
-    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use gateway::ring::initiator::{ConnectOptions, Initiator};
 use gateway::ring::server::{Server, ServerOptions};
 use gateway::storage;
 use http_body_util::BodyExt;
+use netvirt::client::RingClient;
 use netvirt::network::Network;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -171,4 +172,25 @@ pub fn connect(f: &Fixture, pan: &str, node: &str, cred: &str) -> Initiator {
         client: None,
     };
     Initiator::connect(&f.socket, &opts).unwrap()
+}
+
+/// Waits (boundedly) for a frame on a ring client.
+pub fn recv_frame(c: &mut RingClient) -> Option<Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        if let Some(n) = c.recv(&mut buf).unwrap() {
+            return Some(buf[..n].to_vec());
+        }
+        c.wait(Duration::from_millis(20)).unwrap();
+    }
+    None
+}
+
+/// A UDP frame between the two addresses, for switching tests.
+pub fn udp_frame(src: [u8; 6], dst: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(src, dst).ipv4(sip, dip, 64).udp(7, 9);
+    let mut f = Vec::new();
+    b.write(&mut f, b"created at run time").unwrap();
+    f
 }
