@@ -25,7 +25,7 @@ use support::{on_path, skip_because, Gateway};
 const PANGATE: &str = env!("CARGO_BIN_EXE_pangate");
 const CRED: &str = "fuse-test-credential-0001";
 /// The kernel's FUSE mounts are few and the machine small: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 /// How this binary's mounts reach the kernel: `--uring off`, or `on` when the suite is
 /// compiled as `tests/fuse_uring.rs`'s module.
@@ -38,11 +38,11 @@ fn uring() -> &'static str {
 }
 
 /// What a test holds while it runs: FUSE over io_uring switched on, in that mode.
-struct Prepared(#[allow(dead_code)] Option<support::FuseUring>);
+pub(crate) struct Prepared(#[allow(dead_code)] Option<support::FuseUring>);
 
 /// Whether the kernel parts are here; outside CI, says why not and returns `None`.
 #[track_caller]
-fn prerequisites() -> Option<Prepared> {
+pub(crate) fn prerequisites() -> Option<Prepared> {
     let tools = ["losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "fio"];
     if !support::fuse_prerequisites("FUSE tests", &tools) {
         return None;
@@ -84,7 +84,7 @@ luns = [
 
 /// A `pangate mount` process; on drop it is stopped and the mount point released, whatever
 /// state the test left it in.
-struct Mount {
+pub(crate) struct Mount {
     child: Option<Child>,
     point: PathBuf,
 }
@@ -120,8 +120,14 @@ impl Mount {
         }
     }
 
-    fn file(&self, name: &str) -> PathBuf {
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.point.join(name)
+    }
+
+    /// The mount process's pid.
+    #[allow(dead_code)] // for tests/fuse_uring.rs
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     fn signal(&self, sig: Signal) {
@@ -160,15 +166,15 @@ impl Drop for Mount {
 /// Fields drop in this order: the mount and the gateway stop before the directory holding
 /// their socket, images and mount point is removed (removing it first could walk into a
 /// mount whose gateway it had just taken away).
-struct Rig {
-    mount: Mount,
+pub(crate) struct Rig {
+    pub(crate) mount: Mount,
     gateway: Option<Gateway>,
     dir: tempfile::TempDir,
     config: PathBuf,
 }
 
 impl Rig {
-    fn new() -> Rig {
+    pub(crate) fn new() -> Rig {
         Rig::with_mount_args(&[])
     }
 

@@ -15,6 +15,7 @@
 //!   entries registered with the kernel once, per CPU, instead of a read and a write each.
 //! - When the gateway goes away, I/O fails with EIO; the mount reconnects by itself.
 
+mod affinity;
 mod files;
 mod session;
 pub mod span;

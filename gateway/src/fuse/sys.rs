@@ -4,6 +4,9 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
+use std::time::Duration;
+
+use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, squeue, IoUring};
 
 use shmem::PeerSlice;
@@ -112,15 +115,19 @@ impl Ring {
     }
 
     /// Submits what was queued and, with `wait`, waits for at least one completion (or a
-    /// signal); then appends every completion that is ready to `into` as (user data,
-    /// result). Called by the owning thread only.
-    pub fn enter(&self, wait: bool, into: &mut Vec<(u64, i32)>) -> std::io::Result<()> {
-        let entered = match wait {
-            true => self.ring.submitter().submit_and_wait(1),
-            false => self.ring.submitter().submit(),
+    /// signal, or `timeout` to pass); then appends every completion that is ready to `into`
+    /// as (user data, result). Called by the owning thread only.
+    pub fn enter(&self, wait: bool, timeout: Option<Duration>, into: &mut Vec<(u64, i32)>) -> std::io::Result<()> {
+        let entered = match (wait, timeout) {
+            (true, Some(t)) => {
+                let ts = Timespec::from(t);
+                self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+            }
+            (true, None) => self.ring.submitter().submit_and_wait(1),
+            (false, _) => self.ring.submitter().submit(),
         };
         match entered {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => {}
             r => r.map(drop)?,
         }
         // SAFETY: only the owning thread calls this, so this is the only completion queue

@@ -13,6 +13,9 @@
 //! that is possible they become private memory, which a gateway that was dropped while
 //! still writing can no longer reach.
 //!
+//! A queue's threads run on the queue's CPU while they serve one request at a time, and
+//! are left to the scheduler under load ([`affinity`]).
+//!
 //! FORGET and INTERRUPT still come through `/dev/fuse`, as do all requests until every
 //! queue has registered, so the `/dev/fuse` threads keep running beside these.
 
@@ -20,7 +23,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use super::affinity::{self, Placement};
 use super::files::{LunFiles, Payload, MAX_IO};
 use super::session::Reply;
 use super::sys;
@@ -339,7 +344,7 @@ impl Queue {
         queue.arm_wake()?;
         // A refused registration completes at once, with its error.
         let mut early = Vec::new();
-        queue.ring.enter(false, &mut early)?;
+        queue.ring.enter(false, None, &mut early)?;
         if let Some(&(_, res)) = early.iter().find(|&&(_, res)| res < 0) {
             return Err(io::Error::from_raw_os_error(-res));
         }
@@ -354,6 +359,13 @@ impl Queue {
         let mut payload = vec![0u8; HEAD_BYTES];
         let mut commits = Vec::new();
         let mut gone = 0;
+        // Requests handed to this thread and not yet answered, for where it runs.
+        let mut held = 0usize;
+        let allowed = affinity::allowed();
+        let mut placement = allowed
+            .as_ref()
+            .filter(|a| affinity::bind(usize::from(self.qid), a))
+            .map(|_| Placement::new(true, Instant::now()));
         loop {
             for (entry, res) in done.drain(..) {
                 if entry == WAKE {
@@ -377,7 +389,7 @@ impl Queue {
                     gone += 1;
                     continue;
                 }
-                self.handle(fs, entry, &mut head, &mut payload);
+                held += usize::from(self.handle(fs, entry, &mut head, &mut payload));
             }
             if gone >= self.entries.len() {
                 tracing::debug!(qid = self.qid, "FUSE ring queue done");
@@ -391,11 +403,22 @@ impl Queue {
             if !wait {
                 self.sleeping.store(false, Ordering::SeqCst);
             }
+            held = held.saturating_sub(commits.len());
             for (entry, unique) in commits.drain(..) {
                 let sqe = sys::uring_cmd(self.dev.as_fd(), CMD_COMMIT_AND_FETCH, command(unique, self.qid), None);
                 self.ring.push(&sqe.user_data(entry as u64))?;
             }
-            self.ring.enter(wait, &mut done)?;
+            if let (Some(p), Some(allowed)) = (placement.as_mut(), allowed.as_ref()) {
+                match p.observe(held, Instant::now()) {
+                    Some(true) => drop(affinity::bind(usize::from(self.qid), allowed)),
+                    Some(false) => affinity::free(allowed),
+                    None => {}
+                }
+            }
+            // A thread left to the scheduler looks again after a window even when idle, so
+            // one that no longer gets requests is bound again.
+            let timeout = placement.as_ref().filter(|p| !p.bound()).map(|_| affinity::WINDOW);
+            self.ring.enter(wait, timeout, &mut done)?;
             self.sleeping.store(false, Ordering::SeqCst);
         }
     }
@@ -406,8 +429,9 @@ impl Queue {
         self.ring.push(&sys::read_eventfd(self.wake.as_fd(), buf).user_data(WAKE))
     }
 
-    /// Parses the request in `entry` and dispatches it.
-    fn handle(self: &Arc<Self>, fs: &LunFiles, entry: usize, head: &mut Vec<u8>, payload: &mut [u8]) {
+    /// Parses the request in `entry` and dispatches it; says whether it will be answered
+    /// (the entry committed).
+    fn handle(self: &Arc<Self>, fs: &LunFiles, entry: usize, head: &mut Vec<u8>, payload: &mut [u8]) -> bool {
         let slot = Slot { queue: self.clone(), entry };
         let mut headers = [0u8; RING_HEADERS];
         let e = &self.entries[entry];
@@ -420,19 +444,21 @@ impl Queue {
             Err(err) => {
                 // Nothing names the request to answer: the entry is lost to this mount.
                 tracing::error!(qid = self.qid, entry, error = %err, "unreadable FUSE ring entry");
-                return;
+                return false;
             }
         };
         let n = if wire::is_write(req.opcode) { 0 } else { (req.payload as usize).min(HEAD_BYTES) };
         if e.home.read(e.home_offset, &mut payload[..n]).is_err() {
-            return Reply::ring(slot, req.commit_id).error(libc::EIO);
+            Reply::ring(slot, req.commit_id).error(libc::EIO);
+            return true;
         }
         let parsed = wire::ring_layout(&headers, &payload[..n], head).and_then(|got| wire::parse(head, got));
         let (h, op) = match parsed {
             Ok(p) => p,
             Err(err) => {
                 tracing::error!(error = %err, "malformed FUSE request");
-                return Reply::ring(slot, req.commit_id).error(libc::EIO);
+                Reply::ring(slot, req.commit_id).error(libc::EIO);
+                return true;
             }
         };
         let reply = Reply::ring(slot, h.unique);
@@ -442,5 +468,6 @@ impl Queue {
             Op::Write { .. } => fs.dispatch(&h, op, Payload::Lent, reply),
             _ => fs.dispatch(&h, op, Payload::None, reply),
         }
+        true
     }
 }
