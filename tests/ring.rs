@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use gateway::ring::initiator::{ConnectOptions, Data, Initiator, InitiatorError};
 use gateway::ring::proto::{self, Region};
-use gateway::ring::server::{control_result, Server, ServerOptions};
-use gateway::storage;
+use gateway::ring::server::control_result;
 use scsi::Asc;
 
 #[path = "support/ring.rs"]
@@ -438,16 +437,8 @@ fn data_beyond_the_data_area_in_flight_gets_busy_not_memory() {
 /// attentions, LUN RESET and shutdown behave as with one.
 #[test]
 fn queue_pairs_on_every_worker_reach_each_image_through_its_owner() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("gateway=debug").try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (images, maps) = storage::open_all(&cfg, dir.path()).unwrap();
-    let socket = dir.path().join("pangate.sock");
-    let mut o = ServerOptions::new(&socket);
-    o.workers = 3;
-    let server = Server::start(images, gateway::registry::Registry::from_config(&cfg, &maps), o).unwrap();
-    assert_eq!(server.workers(), 3);
-    let f = Fixture { _dir: dir, server: Some(server), socket };
+    let f = start_with(|o| o.workers = 3);
+    assert_eq!(f.server.as_ref().unwrap().workers(), 3);
     // n1 maps a0 (image 0) rw and shared (image 1) ro; n2 maps shared rw at (0, 1).
     let mut queues: Vec<(Initiator, u16)> = Vec::new();
     for _ in 0..5 {
