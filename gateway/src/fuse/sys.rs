@@ -3,7 +3,6 @@
 //! ring queue (its submission queue shared by the threads that reply, under a lock).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-
 use std::time::Duration;
 
 use io_uring::types::{SubmitArgs, Timespec};
