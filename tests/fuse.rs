@@ -53,6 +53,7 @@ pub(crate) fn prerequisites() -> Option<Prepared> {
     }
 }
 
+/// A config with PAN "p" and node "n": t0-l0 read-write (64 MiB), t0-l1 read-only (4 MiB).
 fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
         r#"serial = "pg-fuse-test"

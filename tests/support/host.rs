@@ -17,7 +17,6 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A config with PAN "p" and node "n": t0-l0 read-write (64 MiB), t0-l1 read-only (4 MiB).
 /// Whether `point` is a mount point now.
 pub fn mounted(point: &Path) -> bool {
     let point = point.canonicalize().unwrap_or_else(|_| point.to_path_buf());
